@@ -1,0 +1,34 @@
+"""pyro_vi: variational-inference gradient estimators for Pyro.
+
+Each estimator is a :class:`pyro.infer.ELBO` that drops into
+:class:`pyro.infer.SVI` where ``Trace_ELBO`` goes.
+"""
+
+from .diagnostics import GradientStats, gradient_statistics, gradient_variance_table, psis_khat
+from .elbo import (
+    ControlVariateELBO,
+    ParticleELBO,
+    ParticleTerms,
+    ScoreFunctionELBO,
+    score_function_guide,
+)
+from .inference_data import to_inference_data
+from .training import FitResult, NonFiniteError, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ControlVariateELBO",
+    "FitResult",
+    "GradientStats",
+    "NonFiniteError",
+    "ParticleELBO",
+    "ParticleTerms",
+    "ScoreFunctionELBO",
+    "fit",
+    "gradient_statistics",
+    "gradient_variance_table",
+    "psis_khat",
+    "score_function_guide",
+    "to_inference_data",
+]

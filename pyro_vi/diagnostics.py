@@ -1,0 +1,263 @@
+"""
+Diagnostics for variational inference: the sampling distribution of any ELBO's
+gradient estimator, and the Pareto k-hat of the importance weights p(x, z) / q(z).
+
+References
+
+[1] `Black Box Variational Inference`,
+    Rajesh Ranganath, Sean Gerrish, David M. Blei (2014)
+[2] `Pareto Smoothed Importance Sampling`,
+    Aki Vehtari, Daniel Simpson, Andrew Gelman, Yuling Yao, Jonah Gabry (2015/2024)
+[3] `Yes, but Did It Work?: Evaluating Variational Inference`,
+    Yuling Yao, Aki Vehtari, Daniel Simpson, Andrew Gelman (2018)
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional
+
+import arviz
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+
+__all__ = [
+    "GradientStats",
+    "gradient_statistics",
+    "gradient_variance_table",
+    "psis_khat",
+]
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    r"""
+    Per-element summary of ``num_draws`` independent draws :math:`g_1, \dots, g_D`
+    of a stochastic gradient with respect to one (unconstrained) parameter.
+
+    :ivar torch.Tensor mean: :math:`\bar g = \frac{1}{D} \sum_d g_d`.
+    :ivar torch.Tensor variance: the unbiased
+        :math:`\frac{1}{D - 1} \sum_d (g_d - \bar g)^2`.
+    :ivar int num_draws: :math:`D`.
+    """
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    num_draws: int
+
+    @property
+    def snr(self) -> torch.Tensor:
+        r"""
+        Signal-to-noise ratio :math:`|\bar g| / \sqrt{\mathrm{variance}}`,
+        ``inf`` where the variance is zero and the mean is not, ``nan`` where
+        both are zero (a parameter the objective does not depend on).
+        """
+        return self.mean.abs() / self.variance.sqrt()
+
+    @property
+    def standard_error(self) -> torch.Tensor:
+        r"""Monte Carlo standard error of the mean, :math:`\sqrt{\mathrm{variance} / D}`."""
+        return (self.variance / self.num_draws).sqrt()
+
+    @property
+    def total_variance(self) -> float:
+        """Sum of the element variances (the trace of the covariance)."""
+        return self.variance.sum().item()
+
+
+def _summarize(draws: torch.Tensor) -> GradientStats:
+    """Mean and unbiased variance over the leading dimension of ``draws``."""
+    draws64 = draws.double()
+    mean = draws64.mean(0)
+    variance = draws64.var(0, correction=1)
+    return GradientStats(
+        mean=mean.to(draws.dtype),
+        variance=variance.to(draws.dtype),
+        num_draws=draws.shape[0],
+    )
+
+
+def _one_draw(elbo, model, guide, args, kwargs) -> Dict[str, torch.Tensor]:
+    """One call of ``elbo.loss_and_grads``; returns name -> gradient, clearing ``.grad``."""
+    with poutine.trace(param_only=True) as tr:
+        elbo.loss_and_grads(model, guide, *args, **kwargs)
+    grads = {}
+    for name, site in tr.trace.nodes.items():
+        param = site["value"].unconstrained()
+        grad = param.grad
+        grads[name] = (
+            torch.zeros_like(param) if grad is None else grad.detach().clone()
+        )
+        param.grad = None
+    return grads
+
+
+def _stack_draws(draws: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Stacks per-draw gradients; a parameter absent from a draw got a zero gradient."""
+    templates: Dict[str, torch.Tensor] = {}
+    for draw in draws:
+        for name, grad in draw.items():
+            templates.setdefault(name, grad)
+    return {
+        name: torch.stack(
+            [draw.get(name, torch.zeros_like(template)) for draw in draws]
+        )
+        for name, template in templates.items()
+    }
+
+
+def gradient_statistics(
+    elbo,
+    model,
+    guide,
+    *args,
+    num_draws: int = 100,
+    params: Optional[Iterable[str]] = None,
+    **kwargs,
+) -> Dict[str, GradientStats]:
+    r"""
+    Mean, variance and signal-to-noise ratio of the gradient estimator of ``elbo``
+    at the current parameter values.
+
+    Calls ``elbo.loss_and_grads(model, guide, *args, **kwargs)`` ``num_draws``
+    times without any optimizer step and collects the gradient of every parameter
+    the call touches (found as :class:`~pyro.infer.svi.SVI` finds them). Gradients
+    are of the *loss* (the negative ELBO) with respect to the *unconstrained*
+    parameter, i.e. what the optimizer sees. Gradients are cleared between draws
+    and any ``.grad`` present before the call is restored afterwards; parameter
+    values are not changed.
+
+    :param elbo: any object with Pyro's ``loss_and_grads`` interface, e.g. an
+        instance of :class:`~pyro.infer.elbo.ELBO`.
+    :param callable model: the Pyro model.
+    :param callable guide: the Pyro guide.
+    :param int num_draws: number of independent gradient draws (at least 2).
+    :param params: optional names of the parameters to report; all touched
+        parameters by default.
+    :returns: parameter name -> :class:`GradientStats`.
+    :rtype: dict
+    :raises ValueError: if ``num_draws < 2`` or a requested parameter is never
+        touched.
+    """
+    if num_draws < 2:
+        raise ValueError(
+            "num_draws={} is too small: a variance needs at least two draws".format(
+                num_draws
+            )
+        )
+    store = pyro.get_param_store()
+    saved = {name: p.grad for name, p in store.named_parameters()}
+    try:
+        for _, p in store.named_parameters():
+            p.grad = None
+        draws = [_one_draw(elbo, model, guide, args, kwargs) for _ in range(num_draws)]
+    finally:
+        for name, p in store.named_parameters():
+            p.grad = saved.get(name)
+    stacked = _stack_draws(draws)
+    if params is not None:
+        params = list(params)
+        missing = [name for name in params if name not in stacked]
+        if missing:
+            raise ValueError(
+                "params {} were not touched by the ELBO; touched: {}".format(
+                    missing, sorted(stacked)
+                )
+            )
+        stacked = {name: stacked[name] for name in params}
+    return {name: _summarize(draws) for name, draws in stacked.items()}
+
+
+def _ratio_string(value: float, reference: float) -> str:
+    if reference == 0.0:
+        return "1" if value == 0.0 else "inf"
+    return "{:.3g}".format(value / reference)
+
+
+def gradient_variance_table(
+    stats_by_estimator: Dict[str, Dict[str, GradientStats]], reference: str
+) -> str:
+    """
+    Plain-text table of the total gradient variance of every parameter under every
+    estimator, and its ratio to the ``reference`` estimator's.
+
+    :param dict stats_by_estimator: estimator name -> the output of
+        :func:`gradient_statistics`.
+    :param str reference: the estimator the ratios are taken against.
+    :returns: the table, one row per (parameter, estimator).
+    :rtype: str
+    :raises ValueError: if ``reference`` is not a key of ``stats_by_estimator``.
+    """
+    if reference not in stats_by_estimator:
+        raise ValueError(
+            "reference={!r} is not one of the estimators {}".format(
+                reference, list(stats_by_estimator)
+            )
+        )
+    names = list(stats_by_estimator[reference])
+    for stats in stats_by_estimator.values():
+        names += [name for name in stats if name not in names]
+    header = ("parameter", "estimator", "variance", "ratio to " + reference)
+    rows = []
+    for name in names:
+        ref = stats_by_estimator[reference].get(name)
+        for estimator, stats in stats_by_estimator.items():
+            if name not in stats:
+                rows.append((name, estimator, "n/a", "n/a"))
+                continue
+            value = stats[name].total_variance
+            ratio = "n/a" if ref is None else _ratio_string(value, ref.total_variance)
+            rows.append((name, estimator, "{:.4g}".format(value), ratio))
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+             for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+_MIN_PSIS_DRAWS = 21  # arviz fits the tail's ceil(min(S/5, 3 sqrt(S))) > 4 weights
+
+
+def psis_khat(log_weights) -> float:
+    r"""
+    Pareto-smoothed importance sampling diagnostic :math:`\hat k` [2] of the
+    importance weights :math:`w_s = p(x, z_s) / q(z_s)`, :math:`z_s \sim q`.
+
+    A generalized Pareto distribution is fit to the largest weights; its shape
+    :math:`\hat k` estimates how heavy the tail of :math:`w` is. Following [2, 3]:
+    :math:`\hat k < 0.5` means q is a good importance proposal for p and the
+    variational posterior is trustworthy; :math:`0.5 \le \hat k < 0.7` is usable;
+    :math:`\hat k \ge 0.7` means importance sampling (and likely q) is unreliable.
+    Uses :func:`arviz.psislw` with ``reff=1`` (independent draws from q).
+
+    :param log_weights: 1-D tensor or array of
+        :math:`\log p(x, z_s) - \log q(z_s)` (any additive constant is irrelevant).
+    :returns: :math:`\hat k`; ``-inf`` when all weights are equal (q = p up to a
+        constant on the draws) and ``inf`` when the tail cannot be fit (ties).
+    :rtype: float
+    :raises ValueError: if the input is not 1-D, not finite, or has fewer than
+        21 values (the tail fit needs at least 5 of them).
+    """
+    if isinstance(log_weights, torch.Tensor):
+        log_weights = log_weights.detach().cpu().numpy()
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    if log_weights.ndim != 1:
+        raise ValueError(
+            "log_weights must be 1-D, got shape {}".format(log_weights.shape)
+        )
+    if log_weights.size < _MIN_PSIS_DRAWS:
+        raise ValueError(
+            "log_weights has {} values; PSIS needs at least {}".format(
+                log_weights.size, _MIN_PSIS_DRAWS
+            )
+        )
+    if not np.all(np.isfinite(log_weights)):
+        raise ValueError("log_weights must be finite (found nan or inf)")
+    if np.all(log_weights == log_weights[0]):
+        return -math.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns when k > 0.7; we return k
+        _, khat = arviz.psislw(log_weights, reff=1.0)
+    return float(khat)

@@ -1,0 +1,274 @@
+"""The one place that runs guide and model with particles.
+
+Every estimator of :mod:`pyro_vi.elbo` reads the same thing: for particles
+:math:`z_s \\sim q_\\lambda`, :math:`s = 1..S`, the per-particle, per-site
+log-densities :math:`\\log p_i(x, z_s)` of the model and :math:`\\log q_j(z_s)`
+of the guide, each with the plate dimensions of its site. This module
+produces them (vectorized with a particle plate, as Pyro does, or one trace
+per particle) and leaves the arithmetic of each estimator to its own module.
+
+Shapes: a site term has shape ``(S,) + plate_shape`` where ``plate_shape`` has
+one entry per plate dimension of the program (``max_plate_nesting`` of them,
+right-aligned as in Pyro; size 1 where the site is not in that plate).
+"""
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import torch
+from pyro import poutine
+from pyro.infer.elbo import ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.messenger import Messenger
+from pyro.util import check_if_enumerated
+
+
+class ScoreFunctionMessenger(Messenger):
+    """Forces every latent sample site to be sampled without a pathwise
+    derivative (``fn.has_rsample_(False)``), so that gradients with respect
+    to the variational parameters can only flow through :math:`\\log q`.
+
+    Pyro's own estimators honour the same flag: ``TraceGraph_ELBO`` and
+    ``Trace_ELBO`` then use score-function gradients at every site.
+    """
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and getattr(msg["fn"], "has_rsample", False):
+            # A shallow copy: never mutate a distribution the program may reuse.
+            msg["fn"] = copy.copy(msg["fn"])
+            msg["fn"].has_rsample = False
+
+
+def score_function_guide(guide):
+    """Wraps ``guide`` so that all its latent sites use score-function
+    (REINFORCE) gradients, whatever their distribution could do."""
+    return ScoreFunctionMessenger()(guide)
+
+
+@dataclass
+class SiteTerm:
+    """The log-density of one sample site for every particle.
+
+    :ivar str name: the site name.
+    :ivar torch.Tensor log_prob: scaled and masked log-density, shape
+        ``(S,) + plate_shape``.
+    :ivar tuple plates: the names of the (vectorized) plates the site is in.
+    :ivar bool is_observed: whether the site is observed.
+    """
+
+    name: str
+    log_prob: torch.Tensor
+    plates: Tuple[str, ...]
+    is_observed: bool
+
+
+@dataclass
+class ParticleTerms:
+    """Per-particle, per-site log-densities of one ELBO evaluation.
+
+    :ivar model: model sample sites (observed and latent), in program order.
+    :ivar guide: guide sample sites, in program order.
+    :ivar model_params: unconstrained parameters met in the model, by name.
+    :ivar guide_params: unconstrained parameters met in the guide, by name.
+    :ivar traces: the ``(model_trace, guide_trace)`` pairs the terms came from
+        (one pair when vectorized).
+    """
+
+    model: Dict[str, SiteTerm]
+    guide: Dict[str, SiteTerm]
+    model_params: Dict[str, torch.Tensor]
+    guide_params: Dict[str, torch.Tensor]
+    traces: List[tuple]
+
+    @property
+    def num_particles(self):
+        return next(iter(self.guide.values())).log_prob.shape[0]
+
+    def log_p(self):
+        """:math:`\\log p(x, z_s)`, shape ``(S,)``."""
+        return _total(self.model.values())
+
+    def log_q(self):
+        """:math:`\\log q(z_s)`, shape ``(S,)``."""
+        return _total(self.guide.values())
+
+    def log_weights(self):
+        """:math:`\\log p(x, z_s) - \\log q(z_s)`, shape ``(S,)``."""
+        return self.log_p() - self.log_q()
+
+
+def _total(terms):
+    total = 0.0
+    for term in terms:
+        total = total + term.log_prob.reshape(term.log_prob.shape[0], -1).sum(-1)
+    return total
+
+
+class ParticleELBO(ELBO):
+    """Base class of the estimators: Pyro's ELBO arguments and plumbing.
+
+    A subclass states how many particles it needs (``min_particles``), whether
+    its guide keeps pathwise derivatives (``reparameterized``), and implements
+    :meth:`elbo_and_surrogate`, a pure function of :class:`ParticleTerms`.
+    The loss then carries the estimate as its value and the estimator as its
+    gradient: ``-(elbo + surrogate - surrogate.detach())``.
+
+    :param int num_particles: the number of particles :math:`S`.
+    :param max_plate_nesting: as in Pyro; guessed by running the program once
+        when left at infinity.
+    :param bool vectorize_particles: draw the particles in one vectorized
+        trace under an outermost plate, as Pyro does.
+    """
+
+    min_particles = 1
+    reparameterized = True
+
+    def __init__(
+        self,
+        num_particles=1,
+        max_plate_nesting=float("inf"),
+        vectorize_particles=False,
+        retain_graph=None,
+    ):
+        if (
+            isinstance(num_particles, bool)
+            or not isinstance(num_particles, int)
+            or num_particles < self.min_particles
+        ):
+            raise ValueError(
+                "{} needs num_particles >= {} (an integer), got {!r}".format(
+                    type(self).__name__, self.min_particles, num_particles
+                )
+            )
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            retain_graph=retain_graph,
+        )
+
+    # ---- the estimator: subclasses implement this --------------------------
+
+    def elbo_and_surrogate(self, terms: ParticleTerms):
+        """Returns ``(elbo, surrogate)``: the objective's estimate and a
+        scalar whose gradient is the estimator."""
+        raise NotImplementedError
+
+    def elbo_value(self, terms: ParticleTerms):
+        """The objective's estimate alone (default: the mean log-weight)."""
+        return terms.log_weights().mean()
+
+    # ---- Pyro's interface ---------------------------------------------------
+
+    def _get_trace(self, model, guide, args, kwargs):
+        model_trace, guide_trace = get_importance_trace(
+            "flat", self.max_plate_nesting, model, guide, args, kwargs
+        )
+        if is_validation_enabled():
+            check_if_enumerated(guide_trace)
+        return model_trace, guide_trace
+
+    def particle_terms(self, model, guide, *args, **kwargs) -> ParticleTerms:
+        """Runs the guide and the model against it with ``num_particles``
+        particles and collects the per-site terms."""
+        if not self.reparameterized:
+            guide = score_function_guide(guide)
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        traces = list(self._get_traces(model, guide, args, kwargs))
+        vectorized = self.vectorize_particles and self.num_particles > 1
+        plate_dims = self.max_plate_nesting - (1 if vectorized else 0)
+        model_sites, guide_sites = OrderedDict(), OrderedDict()
+        model_params, guide_params = OrderedDict(), OrderedDict()
+        for role, sites, params in (
+            (0, model_sites, model_params),
+            (1, guide_sites, guide_params),
+        ):
+            for name, site in traces[0][role].nodes.items():
+                if site["type"] == "param":
+                    params[name] = site["value"].unconstrained()
+                elif site["type"] == "sample":
+                    sites[name] = SiteTerm(
+                        name,
+                        _stack_log_prob(
+                            [_site(tr[role], name) for tr in traces],
+                            plate_dims,
+                            vectorized,
+                            self.num_particles,
+                        ),
+                        tuple(f.name for f in site["cond_indep_stack"] if f.vectorized),
+                        site["is_observed"],
+                    )
+        if not guide_sites:
+            raise ValueError("the guide has no sample sites: nothing to infer")
+        return ParticleTerms(model_sites, guide_sites, model_params, guide_params, traces)
+
+    def loss(self, model, guide, *args, **kwargs):
+        """:returns: an estimate of the negative objective (no graph).
+        :rtype: float"""
+        with torch.no_grad():
+            terms = self.particle_terms(model, guide, *args, **kwargs)
+            return -self.elbo_value(terms).item()
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """:returns: a scalar whose value is the negative estimate of the
+        objective and whose gradient is the negative estimator."""
+        terms = self.particle_terms(model, guide, *args, **kwargs)
+        elbo, surrogate = self.elbo_and_surrogate(terms)
+        return -(elbo.detach() + (surrogate - surrogate.detach()))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """Fills ``.grad`` of every parameter the estimator touches.
+
+        :returns: the negative estimate of the objective.
+        :rtype: float"""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+        return loss.item()
+
+
+def _site(trace, name):
+    if name not in trace.nodes:
+        raise ValueError(
+            "site '{}' is missing from some particles; the estimators need the "
+            "same sites in every particle".format(name)
+        )
+    return trace.nodes[name]
+
+
+def _stack_log_prob(sites, plate_dims, vectorized, num_particles):
+    """The sites' log-densities as one tensor of shape ``(S,) + plate_shape``,
+    refusing NaN and infinity with the site's name."""
+    name = sites[0]["name"]
+    terms = []
+    for site in sites:
+        log_prob = site["log_prob"]
+        if not torch.isfinite(log_prob).all():
+            where = "observed" if site["is_observed"] else "latent"
+            raise ValueError(
+                "the log-density of {} site '{}' is not finite ({} of {} entries are "
+                "NaN or inf); check its parameters and its value's support".format(
+                    where,
+                    name,
+                    int((~torch.isfinite(log_prob)).sum()),
+                    log_prob.numel(),
+                )
+            )
+        width = plate_dims + (1 if vectorized else 0)
+        log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
+        terms.append(log_prob)
+    if vectorized:
+        (log_prob,) = terms
+        return log_prob.expand((num_particles,) + log_prob.shape[1:])
+    shapes = {t.shape for t in terms}
+    if len(shapes) > 1:
+        raise ValueError(
+            "site '{}' has different batch shapes in different particles: {}".format(
+                name, sorted(tuple(s) for s in shapes)
+            )
+        )
+    return torch.stack(terms)

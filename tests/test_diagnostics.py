@@ -1,0 +1,208 @@
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from pyro.infer import Trace_ELBO
+from scipy import stats
+
+from pyro_vi.diagnostics import (
+    GradientStats,
+    gradient_statistics,
+    gradient_variance_table,
+    psis_khat,
+)
+
+X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.5])
+N = len(X)
+M0, S0 = 0.2, 0.6  # a point where every term of the gradient matters
+
+
+def model(x):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def guide(x):
+    m = pyro.param("m", torch.tensor(M0))
+    s = pyro.param("s", torch.tensor(S0), constraint=constraints.positive)
+    pyro.sample("z", dist.Normal(m, s))
+
+
+def exact_gradient_moments():
+    r"""
+    Trace_ELBO with one particle, z = m + s eps, u = log s. The loss is
+    -(log p(x, z) - log q(z)) with d log p / dz = a - (N+1) s eps,
+    a = sum(x) - (N+1) m, and log q(z) = -eps^2/2 - u - const, so
+        g_m = (N+1)(m + s eps) - sum(x)        (Gaussian)
+        g_u = -1 - a s eps + b eps^2,  b = (N+1) s^2.
+    """
+    a = X.sum().item() - (N + 1) * M0
+    b = (N + 1) * S0**2
+    c1, c2 = -a * S0, b  # g_u - E g_u = c1 eps + c2 (eps^2 - 1)
+    return {
+        "m": ((N + 1) * M0 - X.sum().item(), ((N + 1) * S0) ** 2, None),
+        "s": (-1.0 + b, c1**2 + 2 * c2**2, 3 * c1**4 + 60 * c1**2 * c2**2 + 60 * c2**4),
+    }
+
+
+@pytest.fixture
+def fresh():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+def test_gradient_statistics_matches_closed_form(fresh):
+    num_draws = 1000
+    result = gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=num_draws)
+    assert set(result) == {"m", "s"}
+    exact = exact_gradient_moments()
+    for name, (mean, variance, fourth_moment) in exact.items():
+        st = result[name]
+        assert st.num_draws == num_draws
+        assert st.mean.shape == () and st.variance.shape == ()
+        assert abs(st.mean.item() - mean) < 4 * st.standard_error.item()
+        assert st.standard_error.item() == pytest.approx(math.sqrt(st.variance.item() / num_draws))
+        assert st.total_variance == pytest.approx(st.variance.item())
+        assert st.snr.item() == pytest.approx(abs(st.mean.item()) / math.sqrt(st.variance.item()))
+        if fourth_moment is None:
+            # Gaussian gradient: (D - 1) S^2 / sigma^2 ~ chi2(D - 1)
+            statistic = (num_draws - 1) * st.variance.item() / variance
+            lo, hi = stats.chi2.ppf([1e-4, 1 - 1e-4], num_draws - 1)
+            assert lo < statistic < hi
+        else:
+            # Var(S^2) ~ (mu_4 - sigma^4) / D
+            sd = math.sqrt((fourth_moment - variance**2) / num_draws)
+            assert abs(st.variance.item() - variance) < 4 * sd
+
+
+def test_gradient_statistics_variance_shrinks_with_particles(fresh):
+    # K particles average K independent gradients: variance / K
+    elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+    result = gradient_statistics(elbo, model, guide, X, num_draws=400, params=["m"])
+    assert list(result) == ["m"]
+    variance = exact_gradient_moments()["m"][1] / 8
+    statistic = 399 * result["m"].variance.item() / variance
+    lo, hi = stats.chi2.ppf([1e-4, 1 - 1e-4], 399)
+    assert lo < statistic < hi
+
+
+def test_gradient_statistics_leaves_params_and_grads_alone(fresh):
+    guide(X)
+    store = pyro.get_param_store()
+    before = {name: p.detach().clone() for name, p in store.named_parameters()}
+    m_unconstrained = pyro.param("m").unconstrained()
+    m_unconstrained.grad = torch.tensor(7.0)
+    gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=5)
+    for name, p in store.named_parameters():
+        assert torch.equal(p.detach(), before[name])
+    assert torch.equal(pyro.param("m").unconstrained().grad, torch.tensor(7.0))
+    assert pyro.param("s").unconstrained().grad is None
+
+
+def test_gradient_statistics_snr_edge_cases(fresh):
+    def model_with_factor(x):
+        theta = pyro.param("theta", torch.tensor(1.0))
+        pyro.factor("linear", 3.0 * theta)
+        model(x)
+
+    def guide_with_unused(x):
+        pyro.param("unused", torch.zeros(2))
+        guide(x)
+
+    result = gradient_statistics(
+        Trace_ELBO(), model_with_factor, guide_with_unused, X, num_draws=3
+    )
+    theta, unused = result["theta"], result["unused"]
+    assert theta.mean.item() == -3.0 and theta.variance.item() == 0.0
+    assert math.isinf(theta.snr.item())
+    assert unused.mean.shape == (2,)
+    assert torch.isnan(unused.snr).all()
+    assert unused.total_variance == 0.0
+
+
+@pytest.mark.parametrize("num_draws", [0, 1])
+def test_gradient_statistics_needs_two_draws(fresh, num_draws):
+    with pytest.raises(ValueError, match="at least two draws"):
+        gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=num_draws)
+
+
+def test_gradient_statistics_unknown_param(fresh):
+    with pytest.raises(ValueError, match="nope"):
+        gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=2, params=["nope"])
+
+
+def test_gradient_variance_table():
+    def st(variance):
+        return GradientStats(torch.zeros(2), torch.tensor(variance), num_draws=10)
+
+    table = gradient_variance_table(
+        {
+            "Trace_ELBO": {"loc": st([1.0, 1.0]), "scale": st([0.5, 0.0])},
+            "score": {"loc": st([10.0, 20.0]), "scale": st([0.0, 0.0])},
+            "other": {"loc": st([0.5, 0.5])},
+        },
+        reference="Trace_ELBO",
+    )
+    lines = table.splitlines()
+    assert "ratio to Trace_ELBO" in lines[0]
+    assert set(lines[1]) <= {"-", " "}
+    rows = [line.split() for line in lines[2:]]
+    assert ["loc", "Trace_ELBO", "2", "1"] in rows
+    assert ["loc", "score", "30", "15"] in rows
+    assert ["loc", "other", "1", "0.5"] in rows
+    assert ["scale", "score", "0", "0"] in rows
+    assert ["scale", "other", "n/a", "n/a"] in rows
+    with pytest.raises(ValueError, match="reference"):
+        gradient_variance_table({"a": {}}, reference="b")
+
+
+def _normal_log_weights(q_scale, num_draws=4000, seed=0):
+    """log N(z; 0, 1) - log N(z; 0, q_scale), z ~ q."""
+    torch.manual_seed(seed)
+    q = dist.Normal(0.0, q_scale)
+    z = q.sample((num_draws,))
+    return dist.Normal(0.0, 1.0).log_prob(z) - q.log_prob(z)
+
+
+def test_psis_khat_good_proposal():
+    # q wider than p: bounded weights; q slightly narrower: k = 1 - 0.95^2 ~ 0.1
+    assert psis_khat(_normal_log_weights(1.2)) < 0.5
+    assert psis_khat(_normal_log_weights(0.95)) < 0.5
+
+
+def test_psis_khat_heavy_tail():
+    # q = N(0, s^2), p = N(0, 1), s < 1: P(w > t) ~ t^(-1 / (1 - s^2)), so k = 1 - s^2
+    khat = psis_khat(_normal_log_weights(0.3))
+    assert khat > 0.7
+    assert abs(khat - 0.91) < 0.15
+
+
+def test_psis_khat_generalized_pareto_weights():
+    # weights drawn from a generalized Pareto with shape 0.6 have tail shape 0.6
+    weights = stats.genpareto.rvs(c=0.6, size=10000, random_state=np.random.default_rng(1))
+    assert abs(psis_khat(np.log(weights)) - 0.6) < 0.1
+
+
+def test_psis_khat_equal_weights():
+    assert psis_khat(torch.zeros(50)) == -math.inf
+
+
+@pytest.mark.parametrize(
+    "log_weights, match",
+    [
+        (np.zeros((5, 10)), "1-D"),
+        (np.arange(10.0), "at least"),
+        (np.array([0.0] * 29 + [np.nan]), "finite"),
+        (np.array([0.0] * 29 + [np.inf]), "finite"),
+    ],
+)
+def test_psis_khat_bad_input(log_weights, match):
+    with pytest.raises(ValueError, match=match):
+        psis_khat(log_weights)

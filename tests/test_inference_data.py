@@ -1,0 +1,199 @@
+import math
+
+import arviz as az
+import matplotlib
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoNormal
+
+from pyro_vi.inference_data import to_inference_data
+
+matplotlib.use("Agg")
+
+X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.5, 0.9])
+N = len(X)
+LOC, SCALE = 0.7, 0.4  # q(z) = N(LOC, SCALE)
+Y_LOC = torch.linspace(-1.0, 1.0, N)  # q(y_n) = N(Y_LOC[n], 0.5)
+
+
+def model(x):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    pyro.deterministic("z_squared", z**2)
+    with pyro.plate("data", len(x)):
+        y = pyro.sample("y", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z + 0.1 * y, 1.0), obs=x)
+
+
+def guide(x):
+    pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(LOC)), SCALE))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal(pyro.param("y_loc", Y_LOC.clone()), 0.5))
+
+
+@pytest.fixture(scope="module")
+def idata():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    return to_inference_data(model, guide, X, num_samples=800, num_chains=4, seed=1)
+
+
+def test_groups_and_shapes(idata):
+    assert set(idata.groups()) == {
+        "posterior", "posterior_predictive", "observed_data", "log_likelihood"
+    }
+    post = idata.posterior
+    assert set(post.data_vars) == {"z", "z_squared", "y"}
+    assert post["z"].dims == ("chain", "draw")
+    assert post["z"].shape == (4, 200)
+    assert post["y"].dims == ("chain", "draw", "data")
+    assert post["y"].shape == (4, 200, N)
+    assert np.allclose(post["z_squared"], post["z"] ** 2)
+    assert idata.posterior_predictive["x"].dims == ("chain", "draw", "data")
+    assert idata.log_likelihood["x"].shape == (4, 200, N)
+    np.testing.assert_array_equal(idata.observed_data["x"].values, X.numpy())
+
+
+def test_summary_matches_guide(idata):
+    summary = az.summary(idata, var_names=["z", "y"])
+    num_draws = 800
+    assert abs(summary.loc["z", "mean"] - LOC) < 4 * SCALE / math.sqrt(num_draws)
+    assert summary.loc["z", "sd"] == pytest.approx(SCALE, rel=0.1)
+    for n in range(N):
+        mean = summary.loc["y[{}]".format(n), "mean"]
+        assert abs(mean - Y_LOC[n].item()) < 4 * 0.5 / math.sqrt(num_draws)
+    # independent draws split into chains: no between-chain difference
+    assert (summary["r_hat"] < 1.02).all()
+    assert (summary["ess_bulk"] > 400).all()
+
+
+def test_log_likelihood_is_pointwise_and_unscaled(idata):
+    z = torch.as_tensor(idata.posterior["z"].values)
+    y = torch.as_tensor(idata.posterior["y"].values)
+    expected = dist.Normal(z[..., None] + 0.1 * y, 1.0).log_prob(X)
+    np.testing.assert_allclose(idata.log_likelihood["x"].values, expected.numpy(), rtol=1e-5)
+
+
+def test_posterior_predictive_moments(idata):
+    # x_rep_n = z + 0.1 y_n + eps: mean LOC + 0.1 Y_LOC[n], variance SCALE^2 + 0.01 * 0.25 + 1
+    x_rep = idata.posterior_predictive["x"].values.reshape(-1, N)
+    sd = math.sqrt(SCALE**2 + 0.0025 + 1.0)
+    expected_mean = LOC + 0.1 * Y_LOC.numpy()
+    assert np.all(np.abs(x_rep.mean(0) - expected_mean) < 4 * sd / math.sqrt(800))
+    assert np.allclose(x_rep.std(0), sd, rtol=0.15)
+
+
+def test_loo_runs_and_is_below_lppd(idata):
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo)
+    log_lik = idata.log_likelihood["x"].values.reshape(-1, N)
+    lppd = np.sum(np.logaddexp.reduce(log_lik, axis=0) - np.log(log_lik.shape[0]))
+    assert loo.elpd_loo < lppd
+    assert loo.p_loo > 0
+
+
+def test_plot_posterior_runs(idata):
+    import matplotlib.pyplot as plt
+
+    axes = az.plot_posterior(idata, var_names=["z"])
+    assert axes is not None
+    plt.close("all")
+
+
+def test_seed_reproducible_and_restores_global_rng():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(5)
+    expected_next = torch.rand(3)
+    pyro.set_rng_seed(5)
+    a = to_inference_data(model, guide, X, num_samples=8, num_chains=2, seed=3)
+    assert torch.equal(torch.rand(3), expected_next)
+    b = to_inference_data(model, guide, X, num_samples=8, num_chains=2, seed=3)
+    np.testing.assert_array_equal(a.posterior["y"].values, b.posterior["y"].values)
+    c = to_inference_data(model, guide, X, num_samples=8, num_chains=2, seed=4)
+    assert not np.array_equal(a.posterior["z"].values, c.posterior["z"].values)
+
+
+def test_autoguide_and_observed_argument():
+    def unconditioned(x):
+        s = pyro.sample("s", dist.Gamma(2.0, 2.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(0.0, s))
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    conditioned = pyro.poutine.condition(unconditioned, data={"x": X})
+    auto = AutoNormal(conditioned)
+    idata = to_inference_data(
+        unconditioned, auto, X, num_samples=40, num_chains=2, observed={"x": X}, seed=0
+    )
+    assert list(idata.posterior.data_vars) == ["s"]  # no "s_unconstrained"
+    assert (idata.posterior["s"].values > 0).all()
+    np.testing.assert_array_equal(idata.observed_data["x"].values, X.numpy())
+    assert idata.log_likelihood["x"].shape == (2, 20, N)
+
+
+def test_group_flags():
+    pyro.clear_param_store()
+    idata = to_inference_data(
+        model, guide, X, num_samples=4, num_chains=1,
+        posterior_predictive=False, log_likelihood=False, seed=0,
+    )
+    assert set(idata.groups()) == {"posterior", "observed_data"}
+
+
+def _no_latent_model(x):
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+
+def _empty_guide(x):
+    pass
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_samples=10, num_chains=4), "num_samples"),
+        (dict(num_samples=0), "num_samples"),
+        (dict(num_samples=-4), "num_samples"),
+        (dict(num_samples=4, num_chains=0), "num_chains"),
+        (dict(num_samples=4, observed={"nope": X}), "nope"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=match):
+        to_inference_data(model, guide, X, **kwargs)
+
+
+def test_model_without_latents():
+    with pytest.raises(ValueError, match="model"):
+        to_inference_data(_no_latent_model, _empty_guide, X, num_samples=4)
+
+
+def test_subsampled_plate_rejected():
+    def subsampled(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x), subsample_size=2) as idx:
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
+
+    def q(x):
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="subsampled"):
+        to_inference_data(subsampled, q, X, num_samples=4)
+
+
+def test_positive_constraint_param_guide():
+    def q(x):
+        scale = pyro.param("q_scale", torch.tensor(0.5), constraint=constraints.positive)
+        pyro.sample("z", dist.Normal(0.0, scale))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(0.0, 1.0))
+
+    pyro.clear_param_store()
+    idata = to_inference_data(model, q, X, num_samples=4, num_chains=2, seed=0)
+    assert idata.posterior["z"].shape == (2, 2)
