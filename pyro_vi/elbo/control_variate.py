@@ -129,12 +129,12 @@ class ControlVariateELBO(ParticleELBO):
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):
-        log_p, log_q = terms.log_p(), terms.log_q()
-        log_weights = (log_p - log_q).detach()
+        log_p = terms.log_p()
+        log_weights = (log_p - terms.log_q()).detach()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         surrogate = log_p.mean()
         if params:
-            for param, h in zip(params, score_jacobians(log_q, params)):
+            for param, h in zip(params, score_jacobians(terms.score_log_q(), params)):
                 if isinstance(self.coefficient, str):
                     a = control_variate_coefficient(
                         h, log_weights, self.coefficient == "leave_one_out"

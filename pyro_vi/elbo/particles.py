@@ -15,7 +15,7 @@ right-aligned as in Pyro; size 1 where the site is not in that plate).
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional
 
 import torch
 from pyro import poutine
@@ -54,14 +54,20 @@ class SiteTerm:
 
     :ivar str name: the site name.
     :ivar torch.Tensor log_prob: scaled and masked log-density, shape
-        ``(S,) + plate_shape``.
-    :ivar tuple plates: the names of the (vectorized) plates the site is in.
+        ``(S,) + plate_shape``; what the objective sums.
+    :ivar torch.Tensor score_log_prob: the same, neither scaled nor masked
+        (guide sites only, else ``None``): the density the particles were
+        drawn from, whose gradient is the score. As in Pyro, a subsampling
+        scale multiplies the learning signal, never the score.
+    :ivar dict plates: plate name -> its (negative) dim in ``log_prob``, for
+        the program's vectorized plates (not the particle plate).
     :ivar bool is_observed: whether the site is observed.
     """
 
     name: str
     log_prob: torch.Tensor
-    plates: Tuple[str, ...]
+    score_log_prob: Optional[torch.Tensor]
+    plates: Dict[str, int]
     is_observed: bool
 
 
@@ -95,15 +101,20 @@ class ParticleTerms:
         """:math:`\\log q(z_s)`, shape ``(S,)``."""
         return _total(self.guide.values())
 
+    def score_log_q(self):
+        """:math:`\\log q(z_s)` unscaled, whose gradient is the score, shape ``(S,)``."""
+        return _total(self.guide.values(), "score_log_prob")
+
     def log_weights(self):
         """:math:`\\log p(x, z_s) - \\log q(z_s)`, shape ``(S,)``."""
         return self.log_p() - self.log_q()
 
 
-def _total(terms):
+def _total(terms, field="log_prob"):
     total = 0.0
     for term in terms:
-        total = total + term.log_prob.reshape(term.log_prob.shape[0], -1).sum(-1)
+        value = getattr(term, field)
+        total = total + value.reshape(value.shape[0], -1).sum(-1)
     return total
 
 
@@ -191,16 +202,12 @@ class ParticleELBO(ELBO):
                 if site["type"] == "param":
                     params[name] = site["value"].unconstrained()
                 elif site["type"] == "sample":
-                    sites[name] = SiteTerm(
-                        name,
-                        _stack_log_prob(
-                            [_site(tr[role], name) for tr in traces],
-                            plate_dims,
-                            vectorized,
-                            self.num_particles,
-                        ),
-                        tuple(f.name for f in site["cond_indep_stack"] if f.vectorized),
-                        site["is_observed"],
+                    sites[name] = _site_term(
+                        [_site(tr[role], name) for tr in traces],
+                        plate_dims,
+                        vectorized,
+                        self.num_particles,
+                        with_score=role == 1,
                     )
         if not guide_sites:
             raise ValueError("the guide has no sample sites: nothing to infer")
@@ -240,13 +247,33 @@ def _site(trace, name):
     return trace.nodes[name]
 
 
-def _stack_log_prob(sites, plate_dims, vectorized, num_particles):
-    """The sites' log-densities as one tensor of shape ``(S,) + plate_shape``,
-    refusing NaN and infinity with the site's name."""
-    name = sites[0]["name"]
+def _site_term(sites, plate_dims, vectorized, num_particles, with_score):
+    site = sites[0]
+    fields = ("log_prob", "unscaled_log_prob") if with_score else ("log_prob",)
+    stacked = [
+        _stack([s[f] for s in sites], site, plate_dims, vectorized, num_particles)
+        for f in fields
+    ]
+    plates = {
+        f.name: f.dim
+        for f in site["cond_indep_stack"]
+        if f.vectorized and f.name != "num_particles_vectorized"
+    }
+    return SiteTerm(
+        site["name"],
+        stacked[0],
+        stacked[1] if with_score else None,
+        plates,
+        site["is_observed"],
+    )
+
+
+def _stack(values, site, plate_dims, vectorized, num_particles):
+    """The particles' values of one site term as one tensor of shape
+    ``(S,) + plate_shape``, refusing NaN and infinity with the site's name."""
+    name = site["name"]
     terms = []
-    for site in sites:
-        log_prob = site["log_prob"]
+    for log_prob in values:
         if not torch.isfinite(log_prob).all():
             where = "observed" if site["is_observed"] else "latent"
             raise ValueError(

@@ -22,7 +22,8 @@ def score_function_surrogate(log_p, log_q, log_weights):
     expectation is zero, and Algorithm 1 does not have it.
 
     :param log_p: :math:`\\log p(x, z_s)`, shape ``(S,)``.
-    :param log_q: :math:`\\log q(z_s)`, shape ``(S,)``.
+    :param log_q: :math:`\\log q(z_s)` (unscaled, see
+        :attr:`~pyro_vi.elbo.particles.SiteTerm.score_log_prob`), shape ``(S,)``.
     :param log_weights: :math:`L_s`, shape ``(S,)``; detached here.
     """
     return (log_q * log_weights.detach() + log_p).mean()
@@ -54,6 +55,8 @@ class ScoreFunctionELBO(ParticleELBO):
     reparameterized = False
 
     def elbo_and_surrogate(self, terms):
-        log_p, log_q = terms.log_p(), terms.log_q()
-        log_weights = log_p - log_q
-        return log_weights.mean(), score_function_surrogate(log_p, log_q, log_weights)
+        log_p = terms.log_p()
+        log_weights = log_p - terms.log_q()
+        return log_weights.mean(), score_function_surrogate(
+            log_p, terms.score_log_q(), log_weights
+        )

@@ -1,0 +1,49 @@
+"""Every experiment script runs as a subprocess with tiny flags and writes its
+outputs (as Pyro's tests/test_examples.py does)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# script -> (tiny flags, files it must write to --out)
+SMOKE = {
+    "bbvi_normal_gamma": (
+        ["--steps", "30", "--variance-draws", "3"],
+        ["elbo.png", "posterior_means.png", "results.json"],
+    ),
+    "benchmark": (["--steps", "3", "--rounds", "1"], ["benchmark.json"]),
+}
+
+
+def test_every_experiment_is_in_the_smoke_list():
+    scripts = {
+        name[:-3]
+        for name in os.listdir(os.path.join(ROOT, "experiments"))
+        if name.endswith(".py") and not name.startswith("_")
+    }
+    assert scripts == set(SMOKE), "add new experiments to SMOKE"
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_experiment_runs(script, tmp_path):
+    flags, outputs = SMOKE[script]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments." + script, "--out", str(tmp_path)] + flags,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in outputs:
+        path = tmp_path / name
+        assert path.exists() and path.stat().st_size > 0, name
+        if name.endswith(".json"):
+            json.loads(path.read_text())
