@@ -47,7 +47,7 @@ BASELINE = "Trace_ELBO"
 
 def estimators(num_particles):
     """``name -> (elbo, guide wrapper)``: every estimator of the study."""
-    kw = dict(num_particles=num_particles, vectorize_particles=True)
+    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     same = lambda guide: guide  # noqa: E731
     return {
         "ScoreFunctionELBO (1.D.3)": (ScoreFunctionELBO(**kw), same),

@@ -24,7 +24,7 @@ from pyro_vi import ControlVariateELBO, ScoreFunctionELBO, score_function_guide
 
 def normal_gamma_estimators(num_particles):
     """``name -> (elbo, guide)`` for the Normal-NormalGamma benchmark."""
-    kw = dict(num_particles=num_particles, vectorize_particles=True)
+    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return {
         "Trace_ELBO": (Trace_ELBO(**kw), mean_field_guide),
         "ScoreFunctionELBO": (ScoreFunctionELBO(**kw), mean_field_guide),

@@ -9,6 +9,7 @@ from .elbo import (
     ControlVariateELBO,
     ParticleELBO,
     ParticleTerms,
+    RaoBlackwellELBO,
     ScoreFunctionELBO,
     score_function_guide,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "NonFiniteError",
     "ParticleELBO",
     "ParticleTerms",
+    "RaoBlackwellELBO",
     "ScoreFunctionELBO",
     "fit",
     "gradient_statistics",

@@ -11,7 +11,7 @@ from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
-from pyro_vi import ControlVariateELBO, ScoreFunctionELBO
+from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, ScoreFunctionELBO
 from pyro_vi.diagnostics import gradient_statistics
 
 DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4])
@@ -120,6 +120,8 @@ CATALOGUE = {
 ESTIMATORS = {
     "score_function": lambda **kw: ScoreFunctionELBO(**kw),
     "control_variate": lambda **kw: ControlVariateELBO(**kw),
+    "rao_blackwell": lambda **kw: RaoBlackwellELBO(**kw),
+    "rao_blackwell_no_cv": lambda **kw: RaoBlackwellELBO(control_variate=False, **kw),
 }
 
 
@@ -193,11 +195,19 @@ UNBIASED = {
     "control_variate_loo": lambda: ControlVariateELBO(
         num_particles=100, coefficient="leave_one_out", vectorize_particles=True
     ),
+    "rao_blackwell_no_cv": lambda: RaoBlackwellELBO(
+        num_particles=100, control_variate=False, vectorize_particles=True
+    ),
+    "rao_blackwell_loo": lambda: RaoBlackwellELBO(
+        num_particles=100, coefficient="leave_one_out", vectorize_particles=True
+    ),
 }
 
 
 @pytest.mark.parametrize("estimator", sorted(UNBIASED))
-@pytest.mark.parametrize("pair", ["local", "nested_plates", "amortized", "model_param", "subsample"])
+@pytest.mark.parametrize(
+    "pair", ["local", "nested_plates", "auto_normal", "amortized", "model_param", "subsample"]
+)
 def test_mean_gradient_matches_trace_elbo(pair, estimator):
     """Unbiasedness on every shape of the catalogue, against the mean of
     Pyro's reparameterized Trace_ELBO gradient: both estimate the same

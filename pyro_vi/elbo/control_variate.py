@@ -8,19 +8,20 @@ from .particles import ParticleELBO
 COEFFICIENTS = ("pooled", "leave_one_out")
 
 
-def score_jacobians(log_q, params):
-    """Per-particle scores :math:`h_s = \\nabla_\\lambda \\log q_\\lambda(z_s)`.
+def batched_jacobians(outputs, params):
+    """Per-row gradients :math:`\\nabla_\\lambda o_r` of a vector of outputs,
+    e.g. the scores :math:`h_s = \\nabla_\\lambda \\log q_\\lambda(z_s)`.
 
     One batched backward pass (``is_grads_batched``, i.e. ``torch.vmap`` over
-    the ``S`` rows of the identity), not ``S`` backward passes.
+    the rows of the identity), not one backward pass per row.
 
-    :param log_q: shape ``(S,)``.
+    :param outputs: shape ``(R,)``.
     :param list params: leaf tensors :math:`\\lambda`.
-    :returns: one tensor of shape ``(S,) + param.shape`` per parameter.
+    :returns: one tensor of shape ``(R,) + param.shape`` per parameter.
     """
-    eye = torch.eye(log_q.shape[0], dtype=log_q.dtype, device=log_q.device)
+    eye = torch.eye(outputs.shape[0], dtype=outputs.dtype, device=outputs.device)
     return torch.autograd.grad(
-        log_q,
+        outputs,
         params,
         grad_outputs=eye,
         is_grads_batched=True,
@@ -29,9 +30,9 @@ def score_jacobians(log_q, params):
     )
 
 
-def control_variate_coefficient(h, log_weights, leave_one_out):
+def control_variate_coefficient(f, h, leave_one_out):
     """The coefficient :math:`a^*_d = \\mathrm{Cov}(f_d, h_d) / \\mathrm{Var}(h_d)`
-    of every scalar parameter :math:`d`, with :math:`f_d[s] = h_d[s] L_s`.
+    of every scalar parameter :math:`d`.
 
     ``leave_one_out=False`` pools all ``S`` samples (BBVI's choice; the
     coefficient then depends on :math:`z_s` and the estimator has a bias of
@@ -41,33 +42,63 @@ def control_variate_coefficient(h, log_weights, leave_one_out):
     estimator is unbiased. Where :math:`\\mathrm{Var}(h_d) = 0` the coefficient
     is 0.
 
+    :param f: per-particle gradient terms, shape ``(S,) + param.shape``.
     :param h: scores, shape ``(S,) + param.shape``.
-    :param log_weights: :math:`L_s`, shape ``(S,)``.
     :returns: shape ``param.shape`` (pooled) or ``(S,) + param.shape``.
     """
-    num_particles = h.shape[0]
-    signal = log_weights.reshape((-1,) + (1,) * (h.dim() - 1))
-    f = h * signal
     # Covariances are shift-invariant: centre on the full-sample means first.
     hc = h - h.mean(0)
     fc = f - f.mean(0)
     cov = (fc * hc).sum(0)
     var = (hc * hc).sum(0)
     if leave_one_out:
-        n = num_particles - 1
-        h_rest = -hc  # sum over the other particles of the centred scores
-        f_rest = -fc
-        cov = cov - fc * hc - f_rest * h_rest / n
-        var = var - hc * hc - h_rest * h_rest / n
+        # Without particle s, the other centred values sum to -hc[s], -fc[s].
+        n = h.shape[0] - 1
+        cov = cov - fc * hc * (1 + 1 / n)
+        var = var - hc * hc * (1 + 1 / n)
     positive = var > 0
     return torch.where(positive, cov / torch.where(positive, var, 1.0), 0.0)
 
 
-def control_variate_gradient(h, log_weights, coefficient):
-    """:math:`\\hat g_d = \\frac{1}{S}\\sum_s h_d[s] (L_s - a_d)`, which is
-    :math:`\\frac{1}{S}\\sum_s (f_d[s] - a_d h_d[s])`."""
-    signal = log_weights.reshape((-1,) + (1,) * (h.dim() - 1))
-    return (h * (signal - coefficient)).mean(0)
+def control_variate_gradient(f, h, coefficient):
+    """:math:`\\hat g_d = \\frac{1}{S}\\sum_s (f_d[s] - a_d h_d[s])`."""
+    return (f - coefficient * h).mean(0)
+
+
+def controlled_gradients(f_outputs, score_outputs, params, coefficient):
+    """The control-variate gradient of every parameter, where :math:`f_s` is
+    the gradient of ``f_outputs[s]`` and :math:`h_s` that of
+    ``score_outputs[s]``; both Jacobians come from one batched pass."""
+    num_particles = score_outputs.shape[0]
+    jacobians = batched_jacobians(torch.cat([f_outputs, score_outputs]), params)
+    grads = []
+    for jac in jacobians:
+        f, h = jac[:num_particles], jac[num_particles:]
+        if isinstance(coefficient, str):
+            a = control_variate_coefficient(f, h, coefficient == "leave_one_out")
+        else:
+            a = torch.as_tensor(float(coefficient), dtype=h.dtype, device=h.device)
+        grads.append(control_variate_gradient(f, h, a))
+    return grads
+
+
+def check_coefficient(coefficient):
+    """Validates ``coefficient``; returns the number of particles it needs."""
+    if isinstance(coefficient, str):
+        if coefficient not in COEFFICIENTS:
+            raise ValueError(
+                "coefficient must be one of {} or a number, got {!r}".format(
+                    COEFFICIENTS, coefficient
+                )
+            )
+        return 3 if coefficient == "leave_one_out" else 2
+    if (
+        isinstance(coefficient, bool)
+        or not isinstance(coefficient, (int, float))
+        or coefficient != coefficient
+    ):
+        raise ValueError("coefficient must be a finite number, got {!r}".format(coefficient))
+    return 1
 
 
 class ControlVariateELBO(ParticleELBO):
@@ -115,32 +146,21 @@ class ControlVariateELBO(ParticleELBO):
     reparameterized = False
 
     def __init__(self, num_particles=10, coefficient="pooled", **kwargs):
-        if isinstance(coefficient, str):
-            if coefficient not in COEFFICIENTS:
-                raise ValueError(
-                    "coefficient must be one of {} or a number, got {!r}".format(
-                        COEFFICIENTS, coefficient
-                    )
-                )
-            self.min_particles = 3 if coefficient == "leave_one_out" else 2
-        elif not isinstance(coefficient, (int, float)) or coefficient != coefficient:
-            raise ValueError("coefficient must be a finite number, got {!r}".format(coefficient))
+        self.min_particles = check_coefficient(coefficient)
         self.coefficient = coefficient
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):
         log_p = terms.log_p()
         log_weights = (log_p - terms.log_q()).detach()
+        score_log_q = terms.score_log_q()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         surrogate = log_p.mean()
         if params:
-            for param, h in zip(params, score_jacobians(terms.score_log_q(), params)):
-                if isinstance(self.coefficient, str):
-                    a = control_variate_coefficient(
-                        h, log_weights, self.coefficient == "leave_one_out"
-                    )
-                else:
-                    a = torch.as_tensor(float(self.coefficient), dtype=h.dtype)
-                grad = control_variate_gradient(h, log_weights, a)
+            # f_s = h_s L_s is the gradient of log q(z_s) * stop(L_s).
+            grads = controlled_gradients(
+                score_log_q * log_weights, score_log_q, params, self.coefficient
+            )
+            for param, grad in zip(params, grads):
                 surrogate = surrogate + (grad.detach() * param).sum()
         return log_weights.mean(), surrogate

@@ -28,24 +28,37 @@ from pyro.util import check_if_enumerated
 
 class ScoreFunctionMessenger(Messenger):
     """Forces every latent sample site to be sampled without a pathwise
-    derivative (``fn.has_rsample_(False)``), so that gradients with respect
+    derivative (``fn.has_rsample = False``), so that gradients with respect
     to the variational parameters can only flow through :math:`\\log q`.
 
     Pyro's own estimators honour the same flag: ``TraceGraph_ELBO`` and
     ``Trace_ELBO`` then use score-function gradients at every site.
+
+    :param dict baseline: optional ``infer["baseline"]`` options given to every
+        latent site, e.g. ``{"use_decaying_avg_baseline": True}`` for the
+        decaying-average baseline of Pyro's ``TraceGraph_ELBO``.
     """
 
+    def __init__(self, baseline=None):
+        super().__init__()
+        self.baseline = baseline
+
     def _pyro_sample(self, msg):
-        if not msg["is_observed"] and getattr(msg["fn"], "has_rsample", False):
+        if msg["is_observed"]:
+            return
+        if getattr(msg["fn"], "has_rsample", False):
             # A shallow copy: never mutate a distribution the program may reuse.
             msg["fn"] = copy.copy(msg["fn"])
             msg["fn"].has_rsample = False
+        if self.baseline is not None:
+            msg["infer"] = dict(msg["infer"], baseline=dict(self.baseline))
 
 
-def score_function_guide(guide):
+def score_function_guide(guide, baseline=None):
     """Wraps ``guide`` so that all its latent sites use score-function
-    (REINFORCE) gradients, whatever their distribution could do."""
-    return ScoreFunctionMessenger()(guide)
+    (REINFORCE) gradients, whatever their distribution could do; see
+    :class:`ScoreFunctionMessenger` for ``baseline``."""
+    return ScoreFunctionMessenger(baseline)(guide)
 
 
 @dataclass
