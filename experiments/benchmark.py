@@ -1,4 +1,5 @@
-"""Time per SVI step of each estimator, as a ratio to Pyro's Trace_ELBO.
+"""Time per SVI step of each estimator, as a ratio to Pyro's Trace_ELBO (and,
+on the 1.C.2 model, of RaoBlackwellELBO to Pyro's TraceGraph_ELBO).
 
 All estimators are timed side by side in one run, round-robin, so that the
 ratios share the machine's noise; the median over rounds is reported.
@@ -17,14 +18,16 @@ import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
 
-from guides.normal_gamma import mean_field_guide
+from guides import normal_gamma, rao_blackwell
 from models.normal_gamma import COURSE_PRIOR, generate_data, model
-from pyro_vi import ControlVariateELBO, ScoreFunctionELBO, score_function_guide
+from models import rao_blackwell as rao_blackwell_model
+from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
 
 
 def normal_gamma_estimators(num_particles):
     """``name -> (elbo, guide)`` for the Normal-NormalGamma benchmark."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    mean_field_guide = normal_gamma.mean_field_guide
     return {
         "Trace_ELBO": (Trace_ELBO(**kw), mean_field_guide),
         "ScoreFunctionELBO": (ScoreFunctionELBO(**kw), mean_field_guide),
@@ -34,6 +37,23 @@ def normal_gamma_estimators(num_particles):
             score_function_guide(mean_field_guide),
         ),
         "RenyiELBO(alpha=0)": (RenyiELBO(alpha=0.0, **kw), mean_field_guide),
+    }
+
+
+def rao_blackwell_estimators(num_particles):
+    """``name -> (elbo, guide)`` for the 1.C.2 model: ours against Pyro's
+    TraceGraph_ELBO, both in score-function mode."""
+    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    guide = rao_blackwell.mean_field_guide
+    baseline = {"use_decaying_avg_baseline": True}
+    return {
+        "TraceGraph_ELBO (score function)": (TraceGraph_ELBO(**kw), score_function_guide(guide)),
+        "TraceGraph_ELBO + baseline": (
+            TraceGraph_ELBO(**kw),
+            score_function_guide(guide, baseline=baseline),
+        ),
+        "RaoBlackwellELBO (no CV)": (RaoBlackwellELBO(control_variate=False, **kw), guide),
+        "RaoBlackwellELBO (CV)": (RaoBlackwellELBO(**kw), guide),
     }
 
 
@@ -61,8 +81,8 @@ def benchmark(estimators, model, args, num_steps, rounds, baseline="Trace_ELBO")
     }
 
 
-def format_table(results, title):
-    lines = [title, "{:<36} {:>12} {:>14}".format("estimator", "ms/step", "x Trace_ELBO")]
+def format_table(results, title, baseline="Trace_ELBO"):
+    lines = [title, "{:<36} {:>12} {:>14}".format("estimator", "ms/step", "x " + baseline)]
     for name, row in results.items():
         lines.append("{:<36} {:>12.3f} {:>14.2f}".format(name, row["ms_per_step"], row["ratio"]))
     return "\n".join(lines)
@@ -87,10 +107,31 @@ def main(args):
             ),
         )
     )
+    rb_baseline = "TraceGraph_ELBO (score function)"
+    rb_results = benchmark(
+        rao_blackwell_estimators(args.particles),
+        rao_blackwell_model.model,
+        (rao_blackwell_model.generate_data(seed=args.seed),),
+        args.steps,
+        args.rounds,
+        baseline=rb_baseline,
+    )
+    print()
+    print(
+        format_table(
+            rb_results,
+            "1.C.2 model (N = 20), {} vectorized particles".format(args.particles),
+            baseline=rb_baseline,
+        )
+    )
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "benchmark.json"), "w") as f:
-            json.dump({"normal_gamma": results, "args": vars(args)}, f, indent=2)
+            json.dump(
+                {"normal_gamma": results, "rao_blackwell": rb_results, "args": vars(args)},
+                f,
+                indent=2,
+            )
     return results
 
 

@@ -17,6 +17,11 @@ SMOKE = {
         ["elbo.png", "posterior_means.png", "results.json"],
     ),
     "benchmark": (["--steps", "3", "--rounds", "1"], ["benchmark.json"]),
+    "poisson_gamma": (["--steps", "20"], ["theta.png", "elbo.png", "results.json"]),
+    "rao_blackwell": (
+        ["--steps", "20", "--variance-draws", "3", "--num-data", "4"],
+        ["variance.png", "elbo.png", "results.json"],
+    ),
 }
 
 

@@ -1,0 +1,204 @@
+r"""Exponential variational family for :mod:`models.poisson_gamma` (course exercise 2E).
+
+The family :math:`q(\lambda) = \mathrm{Exponential}(\theta)`, Pyro parameter
+``"q_theta"`` (:math:`\theta > 0`), is **misspecified**: the exact posterior
+:math:`\mathrm{Gamma}(\alpha + S, \beta + N)` is an exponential only when
+:math:`\alpha + S = 1`. So :math:`\log p(X) - \mathcal{L}(\theta^*) =
+\mathrm{KL}(q_{\theta^*} \,\|\, p(\cdot \mid X)) > 0` in general.
+
+Expectations under :math:`q` (:math:`\gamma` is the Euler-Mascheroni constant):
+
+.. math::
+
+    E_q[\lambda] = 1 / \theta, \qquad
+    E_q[\log\lambda] = -\gamma - \log\theta, \qquad
+    \mathbb{H}[q] = 1 - \log\theta.
+
+With :math:`S = \sum_n x_n`, the ELBO (:func:`elbo`) is
+
+.. math::
+
+    \mathcal{L}(\theta) &= E_q[\log p(X \mid \lambda)] + E_q[\log p(\lambda)] + \mathbb{H}[q]\\
+      &= (\alpha + S - 1)(-\gamma - \log\theta) - \frac{\beta + N}{\theta}
+         + \alpha\log\beta - \log\Gamma(\alpha) - \sum_n \log x_n! + 1 - \log\theta\\
+      &= -(\alpha + S) \log\theta - \frac{\beta + N}{\theta} + \text{const}.
+
+Its stationary point: :math:`\partial_\theta \mathcal{L} = -(\alpha + S)/\theta +
+(\beta + N)/\theta^2 = 0` gives
+
+.. math::
+
+    \theta^* = \frac{\beta + N}{\alpha + S}, \qquad
+    \partial^2_\theta \mathcal{L}(\theta^*) = \frac{\alpha + S}{\theta^{*2}}
+        - \frac{2 (\beta + N)}{\theta^{*3}} = -\frac{\alpha + S}{\theta^{*2}} < 0,
+
+the unique maximum (in :math:`u = \log\theta`, :math:`\mathcal{L} = -(\alpha + S) u -
+(\beta + N) e^{-u} + \text{const}` is strictly concave). At :math:`\theta^*` the
+variational mean :math:`1/\theta^*` equals the posterior mean :math:`(\alpha + S) /
+(\beta + N)`, while the variational variance :math:`1/\theta^{*2}` exceeds the
+posterior's by the factor :math:`\alpha + S`. :func:`optimal_theta` finds
+:math:`\theta^*` **numerically** (safeguarded Newton on :math:`\partial_u \mathcal{L}`
+by autograd, never using the formula above), so that it serves as an independent
+reference for estimators and for that formula.
+
+References
+
+1. R. Ranganath, S. Gerrish, D. M. Blei, *Black Box Variational Inference*, AISTATS 2014.
+2. D. M. Blei, A. Kucukelbir, J. D. McAuliffe, *Variational Inference: A Review for
+   Statisticians*, JASA 2017.
+"""
+
+import math
+import numbers
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+from models.poisson_gamma import DEFAULT_PRIOR, PoissonGammaPrior, sufficient_statistics
+
+__all__ = [
+    "DEFAULT_INIT_THETA",
+    "EULER_GAMMA",
+    "THETA",
+    "elbo",
+    "exponential_guide",
+    "optimal_theta",
+    "theta_from_store",
+]
+
+THETA = "q_theta"
+
+#: Euler-Mascheroni constant, :math:`-E[\log\lambda]` for :math:`\lambda \sim \mathrm{Exponential}(1)`.
+EULER_GAMMA = 0.57721566490153286060651209008240243
+
+#: Default initial rate of q: theta = 1 (E_q[lambda] = 1), uninformed by the data.
+DEFAULT_INIT_THETA = 1.0
+
+
+def _check_theta_value(name, value) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and positive, got {value}")
+    return value
+
+
+def exponential_guide(data, prior: PoissonGammaPrior = DEFAULT_PRIOR, init_theta: float = DEFAULT_INIT_THETA):
+    r"""Guide :math:`q(\lambda) = \mathrm{Exponential}(\theta)`, parameter ``"q_theta"`` (positive).
+
+    The parameter is created from ``init_theta`` the first time only; afterwards the
+    param store wins. ``data`` and ``prior`` are unused (they mirror the model's
+    signature). Works inside an outer vectorized particle plate.
+
+    :param float init_theta: initial rate, finite and > 0.
+    """
+    init_theta = _check_theta_value("init_theta", init_theta)
+    theta = pyro.param(
+        THETA, lambda: torch.tensor(init_theta, dtype=torch.get_default_dtype()), constraint=constraints.positive
+    )
+    pyro.sample("lambda", dist.Exponential(theta))
+
+
+def theta_from_store() -> float:
+    """Read the current ``"q_theta"`` from Pyro's param store."""
+    return pyro.param(THETA).item()
+
+
+def elbo(data, theta, prior: PoissonGammaPrior = DEFAULT_PRIOR) -> torch.Tensor:
+    r"""Closed-form ELBO :math:`E_q[\log p(X, \lambda)] - E_q[\log q(\lambda)]` for
+    :math:`q = \mathrm{Exponential}(\theta)` (module docstring):
+
+    .. math::
+
+        \mathcal{L}(\theta) = (\alpha + S - 1)(-\gamma - \log\theta) - \frac{\beta + N}{\theta}
+            + \alpha\log\beta - \log\Gamma(\alpha) - \sum_n \log x_n! + 1 - \log\theta.
+
+    Written with torch ops, so it is differentiable in ``theta`` (a tensor of any dtype
+    and shape, or a number); the result is float64 of the shape of ``theta``.
+
+    :raises ValueError: for bad data or a ``theta`` that is not finite and positive.
+    """
+    n, total, log_factorials = sufficient_statistics(data)
+    if isinstance(theta, torch.Tensor):
+        theta = theta.to(torch.float64)
+    else:
+        theta = torch.as_tensor(_check_theta_value("theta", theta), dtype=torch.float64)
+    with torch.no_grad():
+        ok = bool((torch.isfinite(theta) & (theta > 0)).all())
+    if not ok:
+        raise ValueError(f"theta must be finite and positive, got {theta.detach()}")
+    log_theta = theta.log()
+    e_log_rate = -EULER_GAMMA - log_theta
+    e_rate = 1 / theta
+    constant = prior.alpha * math.log(prior.beta) - math.lgamma(prior.alpha) - log_factorials
+    entropy = 1 - log_theta
+    return (prior.alpha + total - 1) * e_log_rate - (prior.beta + n) * e_rate + constant + entropy
+
+
+def optimal_theta(
+    data, prior: PoissonGammaPrior = DEFAULT_PRIOR, tol: float = 1e-14, max_iters: int = 200
+) -> float:
+    r"""The maximizer :math:`\theta^*` of :func:`elbo`, found numerically.
+
+    Works in :math:`u = \log\theta`, where the ELBO is strictly concave: first a
+    bracket :math:`[u_-, u_+]` with :math:`\partial_u \mathcal{L}(u_-) > 0 >
+    \partial_u \mathcal{L}(u_+)` is grown from :math:`u = 0`, then Newton steps on
+    :math:`\partial_u \mathcal{L}` (first and second derivatives by autograd of
+    :func:`elbo`) are taken, falling back to bisection whenever a step would leave
+    the bracket. It never uses the closed form :math:`\theta^* = (\beta + N) /
+    (\alpha + S)` derived in the module docstring, so it is a reference for it.
+
+    :param float tol: stop when a step in :math:`u` is below ``tol`` (relative to
+        :math:`\max(1, |u|)`) or the bracket is that narrow.
+    :param int max_iters: at most this many Newton/bisection steps.
+    :returns: :math:`\theta^*` as a float.
+    :raises ValueError: for bad data or settings.
+    :raises RuntimeError: if it did not converge in ``max_iters`` steps.
+    """
+    sufficient_statistics(data)  # validates the data once, with its own message
+    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+    if not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a finite positive number, got {tol!r}")
+
+    def derivatives(u: float):
+        u = torch.tensor(u, dtype=torch.float64, requires_grad=True)
+        (first,) = torch.autograd.grad(elbo(data, u.exp(), prior), u, create_graph=True)
+        (second,) = torch.autograd.grad(first, u)
+        return float(first.detach()), float(second)
+
+    # grow a bracket around the root of the (decreasing) derivative
+    lo, hi, step = 0.0, 0.0, 1.0
+    while derivatives(lo)[0] <= 0:
+        lo -= step
+        step *= 2
+        if lo < -700:
+            raise RuntimeError("optimal_theta: no bracket found (theta* below 1e-304)")
+    step = 1.0
+    while derivatives(hi)[0] >= 0:
+        hi += step
+        step *= 2
+        if hi > 700:
+            raise RuntimeError("optimal_theta: no bracket found (theta* above 1e304)")
+
+    u = 0.5 * (lo + hi)
+    for _ in range(int(max_iters)):
+        first, second = derivatives(u)
+        if first == 0:
+            return math.exp(u)
+        if first > 0:
+            lo = u
+        else:
+            hi = u
+        new = u - first / second if second < 0 else None
+        if new is None or not lo < new < hi:
+            new = 0.5 * (lo + hi)  # bisection keeps the bracket
+        if abs(new - u) <= tol * max(1.0, abs(u)) or hi - lo <= tol * max(1.0, abs(u)):
+            return math.exp(new)
+        u = new
+    raise RuntimeError(f"optimal_theta did not converge in {max_iters} steps")
