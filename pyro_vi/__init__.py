@@ -7,10 +7,12 @@ Each estimator is a :class:`pyro.infer.ELBO` that drops into
 from .diagnostics import GradientStats, gradient_statistics, gradient_variance_table, psis_khat
 from .elbo import (
     ControlVariateELBO,
+    ImportanceWeightedELBO,
     ParticleELBO,
     ParticleTerms,
     RaoBlackwellELBO,
     ScoreFunctionELBO,
+    StickingTheLandingELBO,
     score_function_guide,
 )
 from .inference_data import to_inference_data
@@ -20,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ControlVariateELBO",
+    "ImportanceWeightedELBO",
     "FitResult",
     "GradientStats",
     "NonFiniteError",
@@ -27,6 +30,7 @@ __all__ = [
     "ParticleTerms",
     "RaoBlackwellELBO",
     "ScoreFunctionELBO",
+    "StickingTheLandingELBO",
     "fit",
     "gradient_statistics",
     "gradient_variance_table",

@@ -1,15 +1,19 @@
 """Gradient estimators of variational objectives, one per module."""
 
 from .control_variate import ControlVariateELBO
+from .importance_weighted import ImportanceWeightedELBO
 from .particles import ParticleELBO, ParticleTerms, score_function_guide
 from .rao_blackwell import RaoBlackwellELBO
 from .score_function import ScoreFunctionELBO
+from .sticking_the_landing import StickingTheLandingELBO
 
 __all__ = [
     "ControlVariateELBO",
+    "ImportanceWeightedELBO",
     "ParticleELBO",
     "ParticleTerms",
     "RaoBlackwellELBO",
     "ScoreFunctionELBO",
+    "StickingTheLandingELBO",
     "score_function_guide",
 ]

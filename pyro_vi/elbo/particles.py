@@ -101,6 +101,8 @@ class ParticleTerms:
     model_params: Dict[str, torch.Tensor]
     guide_params: Dict[str, torch.Tensor]
     traces: List[tuple]
+    plate_dims: int = 0
+    vectorized: bool = False
 
     @property
     def num_particles(self):
@@ -118,9 +120,31 @@ class ParticleTerms:
         """:math:`\\log q(z_s)` unscaled, whose gradient is the score, shape ``(S,)``."""
         return _total(self.guide.values(), "score_log_prob")
 
+    def map_guide_sites(self, fn):
+        """``{name: fn(site)}`` over the guide's sample sites, each stacked to
+        ``(S,) + plate_shape`` like the site terms; ``fn`` takes a trace site
+        and returns a tensor of the site's batch shape."""
+        return {
+            name: _stack(
+                [fn(tr[1].nodes[name]) for tr in self.traces],
+                self.traces[0][1].nodes[name],
+                self.plate_dims,
+                self.vectorized,
+                self.num_particles,
+            )
+            for name in self.guide
+        }
+
     def log_weights(self):
         """:math:`\\log p(x, z_s) - \\log q(z_s)`, shape ``(S,)``."""
         return self.log_p() - self.log_q()
+
+
+def sum_to_plates(term, plate_dims):
+    """Sums a ``(S,) + plate_shape`` term over every plate dim not in
+    ``plate_dims`` (negative dims), keeping dims."""
+    dims = [d for d in range(-(term.dim() - 1), 0) if d not in plate_dims]
+    return term.sum(dims, keepdim=True) if dims else term
 
 
 def _total(terms, field="log_prob"):
@@ -224,7 +248,9 @@ class ParticleELBO(ELBO):
                     )
         if not guide_sites:
             raise ValueError("the guide has no sample sites: nothing to infer")
-        return ParticleTerms(model_sites, guide_sites, model_params, guide_params, traces)
+        return ParticleTerms(
+            model_sites, guide_sites, model_params, guide_params, traces, plate_dims, vectorized
+        )
 
     def loss(self, model, guide, *args, **kwargs):
         """:returns: an estimate of the negative objective (no graph).

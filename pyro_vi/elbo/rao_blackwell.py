@@ -13,7 +13,7 @@ from pyro.ops.provenance import get_provenance
 from pyro.poutine.util import site_is_subsample
 
 from .control_variate import check_coefficient, controlled_gradients
-from .particles import ParticleELBO
+from .particles import ParticleELBO, sum_to_plates
 
 
 @dataclass(frozen=True)
@@ -108,13 +108,6 @@ def _meet(factors, name, plates):
     factors[name] = factors[name] & plates if name in factors else plates
 
 
-def _sum_to(term, plate_dims):
-    """Sums a ``(S,) + plate_shape`` term over every plate dim not in
-    ``plate_dims``, keeping dims."""
-    dims = [d for d in range(-(term.dim() - 1), 0) if d not in plate_dims]
-    return term.sum(dims, keepdim=True) if dims else term
-
-
 def rao_blackwell_surrogate(terms, signals):
     """Per particle, :math:`\\sum_j \\langle \\log q_j(z_{j,s}),
     \\mathrm{stop}(L^{(j)}_s) \\rangle` with the Markov-blanket signal
@@ -134,7 +127,7 @@ def rao_blackwell_surrogate(terms, signals):
             sign = 1.0 if table is terms.model else -1.0
             for name, plates in factors.items():
                 dims = {site.plates[p] for p in plates}
-                signal = signal + sign * _sum_to(table[name].log_prob, dims)
+                signal = signal + sign * sum_to_plates(table[name].log_prob, dims)
         per_particle = site.score_log_prob * signal.detach()
         total = total + per_particle.reshape(per_particle.shape[0], -1).sum(-1)
     return total

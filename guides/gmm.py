@@ -1,0 +1,460 @@
+r"""Guides and CAVI for :mod:`models.gmm` (course 1.D.4).
+
+Mean-field family (question 1.2.8), fully factorized over every latent variable:
+
+.. math::
+
+    q(z, \mu, \tau) = \prod_{n=1}^N \mathrm{Categorical}(z_n \mid r_n)
+        \prod_{k=1}^K \mathcal{N}(\mu_k \mid m_k, l_k^{-1})\, \mathrm{Gamma}(\tau_k \mid a_k, b_k)
+
+(:math:`b_k` a rate; :math:`r_n` a point of the simplex). Note that :math:`\mu_k` and
+:math:`\tau_k` are independent under :math:`q`, unlike under the NormalGamma prior.
+
+CAVI (question 1.2.9). The generic update :math:`\log q_j^*(\theta_j) =
+E_{-j}[\log p(x, z, \mu, \tau)] + \text{const}` keeps the terms of
+:math:`\log p` (see :mod:`models.gmm`) that contain :math:`\mu_k`, with
+:math:`E[[z_n = k]] = r_{nk}`:
+
+.. math::
+
+    \log q^*(\mu_k) &= E[\tau_k] \Big( -\tfrac{\lambda_0}{2} (\mu_k - m_0)^2
+        - \tfrac12 \sum_n r_{nk} (x_n - \mu_k)^2 \Big) + \text{const}\\
+    &= -\tfrac{E[\tau_k]}{2} \Big( (\lambda_0 + N_k)\, \mu_k^2
+        - 2 \mu_k \big(\lambda_0 m_0 + \textstyle\sum_n r_{nk} x_n\big) \Big) + \text{const},
+    \qquad N_k = \textstyle\sum_n r_{nk},
+
+a Gaussian :math:`q^*(\mu_k) = \mathcal{N}(m_k, l_k^{-1})` with
+
+.. math::
+
+    l_k = E[\tau_k] (\lambda_0 + N_k), \qquad
+    m_k = \frac{\lambda_0 m_0 + \sum_n r_{nk} x_n}{\lambda_0 + N_k}.
+
+Each data point enters :math:`N_k` once, weighted by its responsibility (there is no
+extra factor :math:`N`). The other factors follow the same way, with
+:math:`E[\tau_k] = a_k / b_k`, :math:`E[\log\tau_k] = \psi(a_k) - \log b_k` and
+:math:`E[(x - \mu_k)^2] = (x - m_k)^2 + 1 / l_k`:
+
+.. math::
+
+    a_k &= a_0 + \tfrac{N_k + 1}{2}, \qquad
+    b_k = b_0 + \tfrac12 \Big(\lambda_0 E[(\mu_k - m_0)^2] + \textstyle\sum_n r_{nk} E[(x_n - \mu_k)^2]\Big),\\
+    r_{nk} &\propto \pi_k \exp\Big(\tfrac12 E[\log\tau_k] - \tfrac12 E[\tau_k]\, E[(x_n - \mu_k)^2]\Big).
+
+One CAVI sweep (:func:`cavi_step`) updates :math:`r`, then every :math:`q(\mu_k)`, then
+every :math:`q(\tau_k)`; each is the exact maximizer of the ELBO in its block, so the
+ELBO (:func:`elbo`) never decreases.
+
+Pyro guides. :func:`global_guide` samples ``"tau"`` and ``"mu"`` only, for
+``TraceEnum_ELBO(max_plate_nesting=1)`` with ``"z"`` enumerated in the model;
+:func:`mean_field_guide` also samples ``"z"`` from :math:`\mathrm{Categorical}(r_n)`
+(for score-function estimators). Parameters: ``"q_z_probs"`` (N, K) on the simplex,
+``"q_mu_loc"`` :math:`m`, ``"q_mu_precision"`` :math:`l`, ``"q_tau_concentration"``
+:math:`a`, ``"q_tau_rate"`` :math:`b` (each (K,), the last three positive).
+
+Initialization (:func:`initial_params`), deterministic: :math:`m_k` are the data
+quantiles at levels :math:`(k - \tfrac12)/K` (or, given an integer seed, K distinct data
+points drawn with that seed); :math:`a_k = a_0 + N\pi_k/2` and
+:math:`b_k = a_k \hat\sigma^2 / K^2` (so :math:`E[\tau_k] = K^2/\hat\sigma^2`, components
+about 1/K as wide as the data, :math:`\hat\sigma^2` the data variance);
+:math:`l_k = (\lambda_0 + N\pi_k) E[\tau_k]`; :math:`r` is the CAVI update given these.
+
+References
+
+1. C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer 2006, section 10.2.
+2. D. M. Blei, A. Kucukelbir, J. D. McAuliffe, *Variational Inference: A Review for
+   Statisticians*, JASA 2017, sections 2.4 and 3.
+"""
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import List, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights
+
+__all__ = [
+    "MU_LOC",
+    "MU_PRECISION",
+    "TAU_CONCENTRATION",
+    "TAU_RATE",
+    "Z_PROBS",
+    "CaviResult",
+    "MixtureParams",
+    "cavi",
+    "cavi_step",
+    "elbo",
+    "global_guide",
+    "initial_params",
+    "mean_field_guide",
+    "params_from_store",
+    "responsibilities",
+]
+
+Z_PROBS = "q_z_probs"
+MU_LOC = "q_mu_loc"
+MU_PRECISION = "q_mu_precision"
+TAU_CONCENTRATION = "q_tau_concentration"
+TAU_RATE = "q_tau_rate"
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _as_float64(name, value):
+    # tensors keep their autograd graph through .to(); anything else is copied
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float64)
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} must be an array of real numbers: {e}") from e
+
+
+@dataclass(frozen=True)
+class MixtureParams:
+    r"""Variational parameters :math:`(r, m, l, a, b)` of the mean-field family, as
+    float64 tensors (tensors passed in keep their autograd graph, so the closed-form
+    :func:`elbo` can be differentiated through them).
+
+    :param r: (N, K) responsibilities, each row on the simplex (within 1e-6).
+    :param m: (K,) means of :math:`q(\mu_k)`; finite.
+    :param l: (K,) precisions of :math:`q(\mu_k)`; > 0.
+    :param a: (K,) Gamma concentrations of :math:`q(\tau_k)`; > 0.
+    :param b: (K,) Gamma rates of :math:`q(\tau_k)`; > 0.
+    :raises ValueError: naming the offending field (bad shape, a number of components
+        that differs between fields, non-finite or out-of-range values).
+    """
+
+    r: torch.Tensor
+    m: torch.Tensor
+    l: torch.Tensor  # noqa: E741 (the course's name for the precision)
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def __post_init__(self):
+        values = {name: _as_float64(name, getattr(self, name)) for name in ("r", "m", "l", "a", "b")}
+        if values["r"].dim() != 2:
+            raise ValueError(f"r must have shape (N, K), got {tuple(values['r'].shape)}")
+        num_components = values["r"].shape[1]
+        with torch.no_grad():
+            for name in ("m", "l", "a", "b"):
+                value = values[name]
+                if value.dim() != 1:
+                    raise ValueError(f"{name} must be 1-D of length K, got shape {tuple(value.shape)}")
+                if value.numel() != num_components:
+                    raise ValueError(f"{name} has {value.numel()} components but r has {num_components}")
+                ok = torch.isfinite(value) if name == "m" else torch.isfinite(value) & (value > 0)
+                if not bool(ok.all()):
+                    need = "finite" if name == "m" else "finite and positive"
+                    raise ValueError(f"{name} must be {need}, got {value.tolist()}")
+            r = values["r"]
+            if not bool((torch.isfinite(r) & (r >= 0)).all()):
+                raise ValueError("r must be finite and non-negative")
+            if not bool(((r.sum(-1) - 1).abs() <= 1e-6).all()):
+                raise ValueError("every row of r must sum to 1")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def num_components(self) -> int:
+        return self.m.numel()
+
+
+def _check_params(params, x, pi, name="params") -> MixtureParams:
+    if not isinstance(params, MixtureParams):
+        raise ValueError(f"{name} must be a MixtureParams, got {type(params).__name__}")
+    if params.num_components != len(pi):
+        raise ValueError(f"{name} has {params.num_components} components but pi has {len(pi)}")
+    if params.r.shape[0] != len(x):
+        raise ValueError(f"{name}.r has {params.r.shape[0]} rows but data has {len(x)} points")
+    return params
+
+
+def _expected_sq(x, m, l):
+    r""":math:`E_q[(x_n - \mu_k)^2] = (x_n - m_k)^2 + 1 / l_k`, shape (N, K)."""
+    return (x[:, None] - m) ** 2 + 1 / l
+
+
+def _responsibilities(x, log_pi, m, l, a, b):
+    e_log_tau = torch.digamma(a) - b.log()
+    log_rho = log_pi + 0.5 * e_log_tau - 0.5 * (a / b) * _expected_sq(x, m, l)
+    return torch.softmax(log_rho, dim=-1)
+
+
+def responsibilities(data, pi, m, l, a, b) -> torch.Tensor:  # noqa: E741
+    r"""The CAVI update of :math:`q(z)` given :math:`q(\mu), q(\tau)`:
+    :math:`r_{nk} \propto \pi_k \exp(\tfrac12 E[\log\tau_k] - \tfrac12 E[\tau_k]
+    E[(x_n - \mu_k)^2])`, float64 (N, K)."""
+    x = check_data(data).to(torch.float64)
+    pi = check_weights(pi, dtype=torch.float64)
+    m, l, a, b = (_as_float64(n, v) for n, v in zip("mlab", (m, l, a, b)))
+    for name, value in zip("mlab", (m, l, a, b)):
+        if value.shape != pi.shape:
+            raise ValueError(f"{name} has {value.numel()} components but pi has {len(pi)}")
+    return _responsibilities(x, pi.log(), m, l, a, b)
+
+
+def _update_mu(x, r, a, b, prior):
+    n_k = r.sum(0)
+    lam = prior.lambda0 + n_k
+    m = (prior.lambda0 * prior.m0 + r.T @ x) / lam
+    return m, (a / b) * lam
+
+
+def _update_tau(x, r, m, l, prior):
+    n_k = r.sum(0)
+    a = prior.a0 + 0.5 * (n_k + 1)
+    spread = prior.lambda0 * ((m - prior.m0) ** 2 + 1 / l) + (r * _expected_sq(x, m, l)).sum(0)
+    return a, prior.b0 + 0.5 * spread
+
+
+def _step(x, log_pi, p: MixtureParams, prior) -> MixtureParams:
+    r = _responsibilities(x, log_pi, p.m, p.l, p.a, p.b)
+    m, l = _update_mu(x, r, p.a, p.b, prior)
+    a, b = _update_tau(x, r, m, l, prior)
+    return MixtureParams(r=r, m=m, l=l, a=a, b=b)
+
+
+def cavi_step(data, pi, params: MixtureParams, prior: GMMPrior = DEFAULT_PRIOR) -> MixtureParams:
+    r"""One CAVI sweep: :math:`q(z)`, then :math:`q(\mu_k)`, then :math:`q(\tau_k)`
+    (formulas in the module docstring). ``params.r`` is not read."""
+    x = check_data(data).to(torch.float64)
+    pi = check_weights(pi, dtype=torch.float64)
+    params = _check_params(params, x, pi)
+    with torch.no_grad():
+        return _step(x, pi.log(), params, prior)
+
+
+def initial_params(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, MixtureParams] = None):
+    r"""The starting point used by :func:`cavi` and the guides (see the module docstring).
+
+    :param init: ``None`` (data quantiles), an ``int`` seed (K distinct data points
+        drawn with a local generator as the means), or a :class:`MixtureParams`
+        (validated against ``data`` and ``pi`` and returned).
+    :rtype: MixtureParams
+    :raises ValueError: for a bad ``init``, or fewer distinct data points than
+        components when seeding.
+    """
+    x = check_data(data).to(torch.float64)
+    pi = check_weights(pi, dtype=torch.float64)
+    if isinstance(init, MixtureParams):
+        return _check_params(init, x, pi, name="init")
+    num_data, num_components = len(x), len(pi)
+    if init is None:
+        levels = (torch.arange(num_components, dtype=torch.float64) + 0.5) / num_components
+        m = torch.quantile(x, levels)
+    elif isinstance(init, numbers.Integral) and not isinstance(init, bool):
+        if num_data < num_components:
+            raise ValueError(f"cannot seed {num_components} components from {num_data} data points")
+        generator = torch.Generator().manual_seed(int(init))
+        m = x[torch.randperm(num_data, generator=generator)[:num_components]]
+    else:
+        raise ValueError(f"init must be None, an int seed or a MixtureParams, got {type(init).__name__}")
+    variance = float(x.var()) if num_data > 1 else 1.0
+    variance = variance if variance > 0 else 1.0
+    a = prior.a0 + 0.5 * num_data * pi
+    b = a * variance / num_components**2
+    l = (prior.lambda0 + num_data * pi) * (a / b)  # noqa: E741
+    r = _responsibilities(x, pi.log(), m, l, a, b)
+    return MixtureParams(r=r, m=m, l=l, a=a, b=b)
+
+
+def elbo(data, pi, params: MixtureParams, prior: GMMPrior = DEFAULT_PRIOR) -> torch.Tensor:
+    r"""Closed-form ELBO :math:`E_q[\log p(x, z, \mu, \tau)] - E_q[\log q(z, \mu, \tau)]`
+    of the mean-field family, a float64 scalar differentiable in every field of
+    ``params``. With :math:`E[\tau_k] = a_k/b_k`, :math:`E[\log\tau_k] = \psi(a_k) - \log b_k`:
+
+    .. math::
+
+        \mathcal{L} &= \sum_{n,k} r_{nk} \Big[\log\pi_k + \tfrac12 (E[\log\tau_k] - \log 2\pi)
+            - \tfrac{E[\tau_k]}{2} \big((x_n - m_k)^2 + l_k^{-1}\big) - \log r_{nk}\Big]\\
+        &\quad + \sum_k \Big[a_0 \log b_0 - \log\Gamma(a_0) + (a_0 - \tfrac12) E[\log\tau_k]
+            - b_0 E[\tau_k] + \tfrac12 \log\tfrac{\lambda_0}{2\pi}
+            - \tfrac{\lambda_0 E[\tau_k]}{2} \big((m_k - m_0)^2 + l_k^{-1}\big)\Big]\\
+        &\quad + \sum_k \Big[\tfrac12 \log\tfrac{2\pi e}{l_k}
+            + a_k - \log b_k + \log\Gamma(a_k) + (1 - a_k) \psi(a_k)\Big],
+
+    with :math:`0 \log 0 = 0`.
+
+    :raises ValueError: for bad data or weights, or ``params`` whose number of
+        components differs from ``len(pi)`` or whose ``r`` has the wrong number of rows.
+    """
+    x = check_data(data).to(torch.float64)
+    pi = check_weights(pi, dtype=torch.float64)
+    p = _check_params(params, x, pi)
+    e_tau = p.a / p.b
+    e_log_tau = torch.digamma(p.a) - p.b.log()
+    log_lik = pi.log() + 0.5 * (e_log_tau - _LOG_2PI) - 0.5 * e_tau * _expected_sq(x, p.m, p.l)
+    positive = p.r > 0
+    safe_r = torch.where(positive, p.r, torch.ones_like(p.r))  # 0 log 0 = 0 with finite gradients
+    neg_entropy_z = torch.where(positive, safe_r * safe_r.log(), torch.zeros_like(p.r))
+    e_log_lik_z = (p.r * log_lik - neg_entropy_z).sum()
+    log_prior = (
+        prior.a0 * math.log(prior.b0)
+        - math.lgamma(prior.a0)
+        + (prior.a0 - 0.5) * e_log_tau
+        - prior.b0 * e_tau
+        + 0.5 * (math.log(prior.lambda0) - _LOG_2PI)
+        - 0.5 * prior.lambda0 * e_tau * ((p.m - prior.m0) ** 2 + 1 / p.l)
+    )
+    entropy_mu = 0.5 * (_LOG_2PI + 1 - p.l.log())
+    entropy_tau = p.a - p.b.log() + torch.lgamma(p.a) + (1 - p.a) * torch.digamma(p.a)
+    return e_log_lik_z + (log_prior + entropy_mu + entropy_tau).sum()
+
+
+@dataclass
+class CaviResult:
+    """Outcome of :func:`cavi`.
+
+    :ivar MixtureParams params: the final parameters.
+    :ivar float elbo: the closed-form ELBO at ``params``.
+    :ivar list elbo_history: ELBO at the initial point and after each sweep.
+    :ivar int num_iters: number of sweeps run.
+    :ivar bool converged: whether the parameters stopped changing within ``tol``.
+    """
+
+    params: MixtureParams
+    elbo: float
+    elbo_history: List[float] = field(default_factory=list)
+    num_iters: int = 0
+    converged: bool = False
+
+
+def _max_relative_change(old: MixtureParams, new: MixtureParams) -> float:
+    change = 0.0
+    for name in ("r", "m", "l", "a", "b"):
+        before, after = getattr(old, name), getattr(new, name)
+        change = max(change, float(((after - before).abs() / before.abs().clamp_min(1.0)).max()))
+    return change
+
+
+def _check_settings(max_iters, tol):
+    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+    if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
+
+
+def cavi(
+    data,
+    pi,
+    prior: GMMPrior = DEFAULT_PRIOR,
+    init: Union[None, int, MixtureParams] = None,
+    max_iters: int = 2000,
+    tol: float = 1e-10,
+) -> CaviResult:
+    r"""Coordinate-ascent VI: sweeps of :func:`cavi_step` from :func:`initial_params`.
+
+    Stops when no parameter changes by more than ``tol`` (relative to
+    :math:`\max(1, |\text{value}|)`) in a sweep, or after ``max_iters`` sweeps. The
+    ELBO history is non-decreasing. CAVI finds a local optimum; which one (up to
+    relabeling) depends on ``init``.
+
+    :rtype: CaviResult
+    """
+    x = check_data(data).to(torch.float64)
+    pi = check_weights(pi, dtype=torch.float64)
+    _check_settings(max_iters, tol)
+    params = initial_params(x, pi, prior, init)
+    log_pi = pi.log()
+    history = [float(elbo(x, pi, params, prior))]
+    converged = False
+    num_iters = 0
+    with torch.no_grad():
+        while num_iters < max_iters and not converged:
+            new = _step(x, log_pi, params, prior)
+            converged = _max_relative_change(params, new) <= tol
+            params = new
+            num_iters += 1
+            history.append(float(elbo(x, pi, params, prior)))
+    return CaviResult(params=params, elbo=history[-1], elbo_history=history, num_iters=num_iters, converged=converged)
+
+
+# ---------------------------------------------------------------- Pyro guides
+
+
+def _param(name, init_fn, shape, constraint=constraints.real):
+    value = pyro.param(name, init_fn, constraint=constraint)
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(
+            f"param {name!r} in the param store has shape {tuple(value.shape)}, expected {tuple(shape)} "
+            "(a different number of components or data points?); call pyro.clear_param_store()"
+        )
+    return value
+
+
+def _guide_params(data, pi, prior, init, with_r):
+    cache = {}
+    dtype = torch.get_default_dtype()
+
+    def start(name):
+        if "params" not in cache:
+            cache["params"] = initial_params(data, pi, prior, init)
+        return getattr(cache["params"], name).detach().to(dtype)
+
+    num_components = len(pi)
+    positive = constraints.positive
+    m = _param(MU_LOC, lambda: start("m"), (num_components,))
+    l = _param(MU_PRECISION, lambda: start("l"), (num_components,), positive)  # noqa: E741
+    a = _param(TAU_CONCENTRATION, lambda: start("a"), (num_components,), positive)
+    b = _param(TAU_RATE, lambda: start("b"), (num_components,), positive)
+    r = _param(Z_PROBS, lambda: start("r"), (len(data), num_components), constraints.simplex) if with_r else None
+    return r, m, l, a, b
+
+
+def global_guide(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, MixtureParams] = None):
+    r"""Guide :math:`\prod_k \mathcal{N}(\mu_k \mid m_k, l_k^{-1})\,
+    \mathrm{Gamma}(\tau_k \mid a_k, b_k)` without ``"z"``, for
+    ``TraceEnum_ELBO(max_plate_nesting=1)``, which then sums ``"z"`` out of the model.
+
+    Parameters are created from ``init`` (see :func:`initial_params`) the first time
+    only; afterwards the param store wins. Works inside a vectorized particle plate.
+
+    :raises ValueError: for bad data or weights, or store params of another shape.
+    """
+    data = check_data(data)
+    pi = check_weights(pi)
+    _, m, l, a, b = _guide_params(data, pi, prior, init, with_r=False)
+    with pyro.plate("components", len(pi), dim=-1):
+        pyro.sample("tau", dist.Gamma(a, b))
+        pyro.sample("mu", dist.Normal(m, l**-0.5))
+
+
+def mean_field_guide(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, MixtureParams] = None):
+    r"""The full mean-field guide: :func:`global_guide` and
+    :math:`z_n \sim \mathrm{Categorical}(r_n)` in the ``"data"`` plate, with the (N, K)
+    simplex param ``"q_z_probs"``. ``"z"`` is not reparameterizable, so estimators treat
+    it with the score function (``Trace_ELBO`` does so itself).
+    """
+    data = check_data(data)
+    pi = check_weights(pi)
+    r, m, l, a, b = _guide_params(data, pi, prior, init, with_r=True)
+    with pyro.plate("components", len(pi), dim=-1):
+        pyro.sample("tau", dist.Gamma(a, b))
+        pyro.sample("mu", dist.Normal(m, l**-0.5))
+    with pyro.plate("data", len(data), dim=-1):
+        pyro.sample("z", dist.Categorical(r))
+
+
+def params_from_store(data=None, pi=None) -> MixtureParams:
+    r"""Read the guide parameters from Pyro's param store as a :class:`MixtureParams`.
+
+    After :func:`global_guide` there is no ``"q_z_probs"``; ``r`` is then the CAVI
+    update given the stored globals (:func:`responsibilities`), for which ``data`` and
+    ``pi`` are needed.
+    """
+    store = pyro.get_param_store()
+    m, l, a, b = (store[name].detach() for name in (MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE))
+    if Z_PROBS in store:
+        r = store[Z_PROBS].detach().to(torch.float64)
+        r = r / r.sum(-1, keepdim=True)  # float32 simplex rows, renormalized in float64
+    elif data is None or pi is None:
+        raise ValueError(f"no {Z_PROBS!r} in the param store; pass data and pi to compute r")
+    else:
+        r = responsibilities(data, pi, m, l, a, b)
+    return MixtureParams(r=r, m=m, l=l, a=a, b=b)

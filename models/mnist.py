@@ -1,0 +1,235 @@
+r"""MNIST for the VAE/IWAE experiments (course 1.B.2, 1.A.2), through torchvision.
+
+:func:`load_mnist` returns the images as float tensors of shape ``(N, 784)`` with
+pixel intensities scaled to :math:`[0, 1]`; :func:`binarize` draws a dynamic
+binarization (each pixel ~ Bernoulli(intensity)), as Burda et al. do for every
+training batch. Where the data come from, in this order:
+
+1. ``data_dir`` is a torchvision root (``data_dir/MNIST/raw/`` holds the four
+   uncompressed IDX files): :class:`torchvision.datasets.MNIST` reads it.
+2. ``data_dir`` (or ``data_dir/MNIST/raw`` or ``data_dir/raw``) holds raw IDX files,
+   ``{train,t10k}-images-idx3-ubyte`` and ``-labels-idx1-ubyte``, each possibly
+   ``.gz``: they are parsed by torchvision's own IDX reader
+   (:func:`torchvision.datasets.mnist.read_image_file`; ``.gz`` files are first
+   decompressed into a temporary directory, never next to the originals). When only
+   the 10,000-image test split is there, its first 80 % (8,000 images) are used for
+   training and the last 20 % (2,000) as the held-out test set; ``info["split"]``
+   says so.
+3. Otherwise, when downloads are allowed, ``torchvision.datasets.MNIST(data_dir,
+   download=True)`` fetches the full data set into ``data_dir``. Downloads are off
+   with ``download=False`` or the environment variable ``PYRO_VI_NO_DOWNLOAD=1``.
+
+Nothing is ever written into the repository: the default data directory is
+``$PYRO_VI_DATA_DIR`` or ``~/.cache/pyro_vi/data``.
+
+References
+
+1. Y. LeCun, C. Cortes, C. J. C. Burges, *The MNIST database of handwritten digits*.
+2. Y. Burda, R. Grosse, R. Salakhutdinov, *Importance Weighted Autoencoders*,
+   ICLR 2016, section 5.
+"""
+
+import gzip
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
+
+__all__ = [
+    "NO_DOWNLOAD_ENV",
+    "MnistData",
+    "MnistNotFoundError",
+    "TRAIN_FRACTION_OF_TEST_SPLIT",
+    "binarize",
+    "default_data_dir",
+    "load_mnist",
+    "write_idx",
+]
+
+NO_DOWNLOAD_ENV = "PYRO_VI_NO_DOWNLOAD"
+TRAIN_FRACTION_OF_TEST_SPLIT = 0.8
+_IDX_NAMES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+
+class MnistNotFoundError(FileNotFoundError):
+    """Raised by :func:`load_mnist` when there are no MNIST files and no download."""
+
+
+@dataclass
+class MnistData:
+    """
+    :ivar torch.Tensor train: training images, float32 ``(N_train, 784)`` in [0, 1].
+    :ivar torch.Tensor test: held-out test images, float32 ``(N_test, 784)`` in [0, 1].
+    :ivar dict info: where the images came from and how they were split.
+    """
+
+    train: torch.Tensor
+    test: torch.Tensor
+    info: Dict[str, object] = field(default_factory=dict)
+
+
+def default_data_dir() -> str:
+    """``$PYRO_VI_DATA_DIR``, else ``~/.cache/pyro_vi/data`` (outside the repository)."""
+    return os.environ.get(
+        "PYRO_VI_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pyro_vi", "data")
+    )
+
+
+def _downloads_forbidden() -> bool:
+    return os.environ.get(NO_DOWNLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _find_idx(data_dir: str, split: str, kind: str) -> Optional[str]:
+    name = _IDX_NAMES[split, kind]
+    for folder in (data_dir, os.path.join(data_dir, "MNIST", "raw"), os.path.join(data_dir, "raw")):
+        for candidate in (name, name + ".gz"):
+            path = os.path.join(folder, candidate)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _read_idx(path: str, reader, scratch: str) -> torch.Tensor:
+    """torchvision's IDX parser on ``path``, decompressing a ``.gz`` into ``scratch``."""
+    if path.endswith(".gz"):
+        target = os.path.join(scratch, os.path.basename(path)[:-3])
+        with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        path = target
+    return reader(path)
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.reshape(images.shape[0], -1).to(torch.float32) / 255.0
+
+
+def _read_split(data_dir: str, split: str, scratch: str):
+    images_path = _find_idx(data_dir, split, "images")
+    if images_path is None:
+        return None, None
+    images = _read_idx(images_path, read_image_file, scratch)
+    labels_path = _find_idx(data_dir, split, "labels")
+    if labels_path is not None:
+        labels = _read_idx(labels_path, read_label_file, scratch)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                "{} has {} images but {} has {} labels".format(
+                    images_path, images.shape[0], labels_path, labels.shape[0]
+                )
+            )
+    return images, images_path
+
+
+def _from_torchvision(root: str, download: bool):
+    train = MNIST(root, train=True, download=download)
+    test = MNIST(root, train=False, download=download)
+    info = {
+        "source": "torchvision.datasets.MNIST(root={!r})".format(root),
+        "split": "official: 60,000 training and 10,000 test images",
+        "only_test_split": False,
+    }
+    return _as_float(train.data), _as_float(test.data), info
+
+
+def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistData:
+    """
+    Loads MNIST with pixel intensities in [0, 1] (see the module docstring for
+    where the data are looked for).
+
+    :param str data_dir: a torchvision root or a directory with the raw IDX files;
+        ``None`` for :func:`default_data_dir`.
+    :param bool download: download the data set into ``data_dir`` when it is not
+        there (ignored when ``$PYRO_VI_NO_DOWNLOAD`` is set).
+    :rtype: MnistData
+    :raises MnistNotFoundError: when the files are not there and cannot be
+        downloaded, with what to do.
+    """
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    tv_raw = os.path.join(data_dir, "MNIST", "raw")
+    if all(os.path.isfile(os.path.join(tv_raw, name)) for name in _IDX_NAMES.values()):
+        train, test, info = _from_torchvision(data_dir, download=False)
+        return MnistData(train, test, dict(info, data_dir=data_dir,
+                                           num_train=len(train), num_test=len(test)))
+    with tempfile.TemporaryDirectory(prefix="pyro_vi_mnist_") as scratch:
+        train_u8, train_path = _read_split(data_dir, "train", scratch)
+        test_u8, test_path = _read_split(data_dir, "test", scratch)
+    if test_u8 is not None:
+        test = _as_float(test_u8)
+        if train_u8 is not None:
+            train = _as_float(train_u8)
+            info = {
+                "source": "IDX files {} and {} (torchvision's IDX reader)".format(train_path, test_path),
+                "split": "official training and test splits",
+                "only_test_split": False,
+            }
+        else:
+            num_train = int(round(TRAIN_FRACTION_OF_TEST_SPLIT * len(test)))
+            if num_train < 1 or num_train >= len(test):
+                raise ValueError("{} holds {} images: too few to split into train and test".format(
+                    test_path, len(test)))
+            train, test = test[:num_train], test[num_train:]
+            info = {
+                "source": "IDX file {} (torchvision's IDX reader)".format(test_path),
+                "split": (
+                    "only the {:,}-image MNIST test split was found: its first {:,} images "
+                    "are used for training and the last {:,} as the held-out test set "
+                    "(fixed split; test numbers are not comparable with the published "
+                    "60,000/10,000 ones)".format(num_train + len(test), num_train, len(test))
+                ),
+                "only_test_split": True,
+            }
+        return MnistData(train, test, dict(info, data_dir=data_dir,
+                                           num_train=len(train), num_test=len(test)))
+    if train_u8 is not None:
+        raise MnistNotFoundError(
+            "{} holds the MNIST training images but no test images ({}[.gz])".format(
+                data_dir, _IDX_NAMES["test", "images"]))
+    forbidden = _downloads_forbidden()
+    if not download or forbidden:
+        why = "${}={}".format(NO_DOWNLOAD_ENV, os.environ.get(NO_DOWNLOAD_ENV)) if forbidden \
+            else "downloads are off"
+        raise MnistNotFoundError(
+            "MNIST not found in {} and not downloaded ({}): pass --data-dir with the IDX "
+            "files (t10k-images-idx3-ubyte[.gz], optionally the train-* files) or a "
+            "torchvision root, or allow the download".format(data_dir, why))
+    try:
+        train, test, info = _from_torchvision(data_dir, download=True)
+    except Exception as error:  # URLError, RuntimeError, OSError (read-only dir), ...
+        raise MnistNotFoundError(
+            "MNIST not found in {} and could not be downloaded ({}: {}): pass --data-dir "
+            "with the IDX files (t10k-images-idx3-ubyte[.gz], optionally the train-* "
+            "files) or a torchvision root, or download it on a machine with internet "
+            "access".format(data_dir, type(error).__name__, str(error).strip().splitlines()[0]
+                            if str(error).strip() else "")) from error
+    return MnistData(train, test, dict(info, data_dir=data_dir,
+                                       num_train=len(train), num_test=len(test)))
+
+
+def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Dynamic binarization: each pixel ~ Bernoulli(its intensity in [0, 1])."""
+    return torch.bernoulli(images, generator=generator)
+
+
+def write_idx(path: str, array) -> None:
+    """
+    Writes a uint8 array in the IDX format (``.gz`` compressed when ``path`` ends in
+    ``.gz``): the big-endian magic ``0x0000 08 ndim``, the dimensions, the bytes.
+    Used to build tiny fake MNIST directories for tests.
+    """
+    array = np.ascontiguousarray(np.asarray(array, dtype=np.uint8))
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
