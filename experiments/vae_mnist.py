@@ -420,7 +420,8 @@ def main(args):
     mean_pixel = data.train.mean(0)
     test_gen = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
     test = binarize(data.test, test_gen).to(device)
-    train_fixed = binarize(data.train[:args.monitor_size], test_gen).to(device)
+    train_gen = torch.Generator().manual_seed(TEST_BINARIZATION_SEED + 1)
+    train_fixed = binarize(data.train[:args.monitor_size], train_gen).to(device)
     monitor = {"heldout": test[:args.monitor_size], "train": train_fixed}
 
     trained, results = {}, {}

@@ -17,6 +17,10 @@ SMOKE = {
         ["elbo.png", "posterior_means.png", "results.json"],
     ),
     "benchmark": (["--steps", "3", "--rounds", "1"], ["benchmark.json"]),
+    "gumbel_softmax": (
+        ["--num-samples", "50", "--grad-draws", "20", "--grid-points", "3", "--grad-temperatures", "0.5", "1"],
+        ["histogram.png", "temperature.png", "gradients.png", "results.json"],
+    ),
     "poisson_gamma": (["--steps", "20"], ["theta.png", "elbo.png", "results.json"]),
     "rao_blackwell": (
         ["--steps", "20", "--variance-draws", "3", "--num-data", "4"],

@@ -15,13 +15,14 @@ right-aligned as in Pyro; size 1 where the site is not in that plate).
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import prune_subsample_sites
 from pyro.poutine.messenger import Messenger
 from pyro.util import check_if_enumerated
 
@@ -103,6 +104,7 @@ class ParticleTerms:
     traces: List[tuple]
     plate_dims: int = 0
     vectorized: bool = False
+    replay_guide: Optional[Callable] = None
 
     @property
     def num_particles(self):
@@ -120,14 +122,25 @@ class ParticleTerms:
         """:math:`\\log q(z_s)` unscaled, whose gradient is the score, shape ``(S,)``."""
         return _total(self.guide.values(), "score_log_prob")
 
-    def map_guide_sites(self, fn):
-        """``{name: fn(site)}`` over the guide's sample sites, each stacked to
-        ``(S,) + plate_shape`` like the site terms; ``fn`` takes a trace site
-        and returns a tensor of the site's batch shape."""
+    def stopped_guide_log_prob(self):
+        """:math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide site: the guide
+        run again on detached copies of its samples, so that only the
+        variational parameters, not the samples (nor, in a structured guide,
+        the upstream samples its distributions depend on), carry gradient.
+        Same shapes as the site terms."""
+        reruns = []
+        for _, guide_trace in self.traces:
+            detached = guide_trace.copy()
+            for name, site in guide_trace.nodes.items():
+                if site["type"] == "sample":
+                    detached.nodes[name] = dict(site, value=site["value"].detach())
+            rerun = prune_subsample_sites(self.replay_guide(detached))
+            rerun.compute_log_prob()
+            reruns.append(rerun)
         return {
             name: _stack(
-                [fn(tr[1].nodes[name]) for tr in self.traces],
-                self.traces[0][1].nodes[name],
+                [rerun.nodes[name]["log_prob"] for rerun in reruns],
+                reruns[0].nodes[name],
                 self.plate_dims,
                 self.vectorized,
                 self.num_particles,
@@ -248,8 +261,20 @@ class ParticleELBO(ELBO):
                     )
         if not guide_sites:
             raise ValueError("the guide has no sample sites: nothing to infer")
+        run_guide = self._vectorized_num_particles(guide) if vectorized else guide
+
+        def replay_guide(values):
+            return poutine.trace(poutine.replay(run_guide, trace=values)).get_trace(*args, **kwargs)
+
         return ParticleTerms(
-            model_sites, guide_sites, model_params, guide_params, traces, plate_dims, vectorized
+            model_sites,
+            guide_sites,
+            model_params,
+            guide_params,
+            traces,
+            plate_dims,
+            vectorized,
+            replay_guide,
         )
 
     def loss(self, model, guide, *args, **kwargs):

@@ -1,26 +1,6 @@
 """Sticking the landing: the path-derivative gradient of the ELBO."""
 
-from pyro.distributions.util import scale_and_mask
-
 from .particles import ParticleELBO
-
-
-def _is_delta(fn):
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return type(fn).__name__ == "Delta"
-
-
-def stopped_log_prob(site):
-    """:math:`\\log q_\\lambda(\\mathrm{stop}(z))` of one guide site, scaled
-    and masked like the site: the score part of :math:`\\log q` alone, since
-    the value carries no path. A ``Delta`` site (an autoguide's transform of
-    an auxiliary sample) has no parameters of its own: its log-density, the
-    log-Jacobian of the transform, is all path, so it gets 0 here."""
-    if _is_delta(site["fn"]):
-        return site["log_prob"].new_zeros(site["log_prob"].shape)
-    log_prob = site["fn"].log_prob(site["value"].detach(), *site["args"], **site["kwargs"])
-    return scale_and_mask(log_prob, site["scale"], site["mask"])
 
 
 def check_reparameterized(terms, estimator):
@@ -39,9 +19,11 @@ def check_reparameterized(terms, estimator):
 def path_log_q(terms):
     """Per guide site, :math:`\\log q(z) - \\log q(\\mathrm{stop}(z))`, whose
     gradient is the path part of :math:`\\log q` alone: the gradient of
-    :math:`\\log q_{\\mathrm{stop}(\\lambda)}(z(\\epsilon, \\lambda))`. (Its value
-    is 0, except at ``Delta`` sites; only its gradient is used.)"""
-    stopped = terms.map_guide_sites(stopped_log_prob)
+    :math:`\\log q_{\\mathrm{stop}(\\lambda)}(z(\\epsilon, \\lambda))`. Its value
+    is 0. An autoguide's ``Delta`` sites, whose log-density is the
+    log-Jacobian of a transform of an auxiliary sample, are path entirely:
+    run on stopped samples they contribute nothing to the second term."""
+    stopped = terms.stopped_guide_log_prob()
     return {name: term.log_prob - stopped[name] for name, term in terms.guide.items()}
 
 
