@@ -364,6 +364,15 @@ def _param(name, init_fn, shape, constraint=constraints.real):
     return value
 
 
+def _floored(r, floor=1e-6):
+    """Responsibilities floored at ``floor`` and renormalized, for the Pyro
+    parameter: on well-separated data CAVI's responsibilities underflow to
+    exactly 0, which has no unconstrained (stick-breaking) value, and the
+    score of a zero probability is NaN."""
+    r = r.clamp_min(floor)
+    return r / r.sum(-1, keepdim=True)
+
+
 def _guide_params(x, s, pi, hyper, init, with_r):
     cache = {}
     dtype = torch.get_default_dtype()
@@ -379,7 +388,7 @@ def _guide_params(x, s, pi, hyper, init, with_r):
     p = _param(MU_PRECISION, lambda: start("p"), (k,), positive)
     a = _param(LAMBDA_CONCENTRATION, lambda: start("a"), (k,), positive)
     b = _param(LAMBDA_RATE, lambda: start("b"), (k,), positive)
-    r = _param(Z_PROBS, lambda: start("r"), (len(s), k), constraints.simplex) if with_r else None
+    r = _param(Z_PROBS, lambda: _floored(start("r")), (len(s), k), constraints.simplex) if with_r else None
     return r, m, p, a, b
 
 

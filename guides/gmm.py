@@ -388,6 +388,15 @@ def _param(name, init_fn, shape, constraint=constraints.real):
     return value
 
 
+def _floored(r, floor=1e-6):
+    """Responsibilities floored at ``floor`` and renormalized, for the Pyro
+    parameter: on well-separated data CAVI's responsibilities underflow to
+    exactly 0, which has no unconstrained (stick-breaking) value, and the
+    score of a zero probability is NaN."""
+    r = r.clamp_min(floor)
+    return r / r.sum(-1, keepdim=True)
+
+
 def _guide_params(data, pi, prior, init, with_r):
     cache = {}
     dtype = torch.get_default_dtype()
@@ -403,7 +412,7 @@ def _guide_params(data, pi, prior, init, with_r):
     l = _param(MU_PRECISION, lambda: start("l"), (num_components,), positive)  # noqa: E741
     a = _param(TAU_CONCENTRATION, lambda: start("a"), (num_components,), positive)
     b = _param(TAU_RATE, lambda: start("b"), (num_components,), positive)
-    r = _param(Z_PROBS, lambda: start("r"), (len(data), num_components), constraints.simplex) if with_r else None
+    r = _param(Z_PROBS, lambda: _floored(start("r")), (len(data), num_components), constraints.simplex) if with_r else None
     return r, m, l, a, b
 
 

@@ -15,6 +15,7 @@ from .elbo import (
     StickingTheLandingELBO,
     score_function_guide,
 )
+from .gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample
 from .inference_data import to_inference_data
 from .training import FitResult, NonFiniteError, fit
 
@@ -22,18 +23,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ControlVariateELBO",
-    "ImportanceWeightedELBO",
     "FitResult",
     "GradientStats",
+    "ImportanceWeightedELBO",
     "NonFiniteError",
     "ParticleELBO",
     "ParticleTerms",
     "RaoBlackwellELBO",
     "ScoreFunctionELBO",
     "StickingTheLandingELBO",
+    "categorical_from_relaxed",
     "fit",
     "gradient_statistics",
     "gradient_variance_table",
+    "gumbel_softmax_sample",
     "psis_khat",
     "score_function_guide",
     "to_inference_data",

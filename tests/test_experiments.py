@@ -17,10 +17,19 @@ SMOKE = {
         ["elbo.png", "posterior_means.png", "results.json"],
     ),
     "benchmark": (["--steps", "3", "--rounds", "1"], ["benchmark.json"]),
+    "earthquake": (
+        ["--steps", "5", "--num-data", "30", "--cavi-iters", "5"],
+        ["elbo.png", "clusters.png", "results.json"],
+    ),
+    "gmm_cavi": (
+        ["--steps", "5", "--num-data", "30", "--cavi-iters", "5"],
+        ["elbo.png", "clusters.png", "results.json"],
+    ),
     "gumbel_softmax": (
         ["--num-samples", "50", "--grad-draws", "20", "--grid-points", "3", "--grad-temperatures", "0.5", "1"],
         ["histogram.png", "temperature.png", "gradients.png", "results.json"],
     ),
+    "iwelbo_bounds": (["--ks", "1", "5", "--draws", "3"], ["bounds.png", "results.json"]),
     "poisson_gamma": (["--steps", "20"], ["theta.png", "elbo.png", "results.json"]),
     "rao_blackwell": (
         ["--steps", "20", "--variance-draws", "3", "--num-data", "4"],

@@ -48,11 +48,26 @@ class ScoreFunctionMessenger(Messenger):
         if msg["is_observed"]:
             return
         if getattr(msg["fn"], "has_rsample", False):
-            # A shallow copy: never mutate a distribution the program may reuse.
-            msg["fn"] = copy.copy(msg["fn"])
-            msg["fn"].has_rsample = False
+            msg["fn"] = _without_rsample(msg["fn"])
         if self.baseline is not None:
             msg["infer"] = dict(msg["infer"], baseline=dict(self.baseline))
+
+
+_SCORE_FUNCTION_CLASSES = {}
+
+
+def _without_rsample(fn):
+    """A copy of ``fn`` that samples without a pathwise derivative, never
+    mutating a distribution the program may reuse. The copy's class is a
+    subclass with ``has_rsample = False``, which survives ``expand`` (plates
+    broadcast distributions after this handler has seen them) and overrides
+    the property of wrappers such as ``Independent``."""
+    cls = type(fn)
+    if cls not in _SCORE_FUNCTION_CLASSES:
+        _SCORE_FUNCTION_CLASSES[cls] = type(cls.__name__, (cls,), {"has_rsample": False})
+    fn = copy.copy(fn)
+    fn.__class__ = _SCORE_FUNCTION_CLASSES[cls]
+    return fn
 
 
 def score_function_guide(guide, baseline=None):

@@ -158,7 +158,12 @@ class RaoBlackwellELBO(ParticleELBO):
 
     :param control_variate: ``True`` for Algorithm 2, ``False`` for plain
         Rao-Blackwellization.
-    :param coefficient: as in :class:`~pyro_vi.ControlVariateELBO`.
+    :param coefficient: as in :class:`~pyro_vi.ControlVariateELBO`, but
+        ``"leave_one_out"`` by default: Rao-Blackwellization is for models
+        with many parameters (local latents), where the pooled coefficient's
+        O(1/S) bias adds up. Measured on the 300-point GMM with 10 particles:
+        pooled, SVI drifts away (mean-field ELBO -740 -> -783 in 300 steps);
+        leave-one-out climbs to -699 (CAVI: -690.7).
 
     **References**
 
@@ -168,7 +173,7 @@ class RaoBlackwellELBO(ParticleELBO):
 
     reparameterized = False
 
-    def __init__(self, num_particles=10, control_variate=True, coefficient="pooled", **kwargs):
+    def __init__(self, num_particles=10, control_variate=True, coefficient="leave_one_out", **kwargs):
         if control_variate not in (True, False):
             raise ValueError("control_variate must be True or False, got {!r}".format(control_variate))
         self.min_particles = check_coefficient(coefficient) if control_variate else 1

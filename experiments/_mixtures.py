@@ -1,0 +1,97 @@
+"""What the mixture studies (``gmm_cavi``, ``earthquake``) share: SVI runs
+tracked by the closed-form mean-field ELBO, and the CAVI-against-SVI figure."""
+
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+import pyro
+from pyro.infer import TraceEnum_ELBO
+from pyro.optim import ClippedAdam
+
+from pyro_vi import RaoBlackwellELBO
+from pyro_vi.inference_data import to_inference_data
+from pyro_vi.training import fit
+
+
+def svi_estimators(particles):
+    """``name -> (elbo, which guide)``: Pyro's exact enumeration of the
+    assignments against our Rao-Blackwellized score function with the
+    assignments sampled."""
+    return {
+        "TraceEnum_ELBO (z enumerated)": (TraceEnum_ELBO(max_plate_nesting=1), "global"),
+        "RaoBlackwellELBO (z sampled)": (
+            RaoBlackwellELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1),
+            "mean_field",
+        ),
+    }
+
+
+def run_svi(model, guides, data_args, closed_form_elbo, args, summary_sites):
+    """Fits every estimator from the same start; returns the histories and
+    the ArviZ summary of the components under each final q."""
+    histories, summaries = {}, {}
+    for name, (elbo, which) in svi_estimators(args.particles).items():
+        guide = guides[which]
+        pyro.clear_param_store()
+        pyro.set_rng_seed(args.seed)
+        histories[name] = fit(
+            model,
+            guide,
+            elbo,
+            ClippedAdam({"lr": args.lr, "lrd": args.lrd}),
+            *data_args,
+            num_steps=args.steps,
+            track={"elbo": closed_form_elbo},
+            progress=False,
+        )
+        idata = to_inference_data(
+            model, guides["global"], *data_args, num_samples=1000, seed=args.seed,
+            posterior_predictive=False, log_likelihood=False,
+        )
+        summaries[name] = az.summary(idata, var_names=summary_sites, kind="stats")
+        print("\n{}: ArviZ summary of the components\n{}".format(name, summaries[name].to_string()))
+    return histories, summaries
+
+
+def plot_cavi_and_svi(cavi_history, histories, path, title):
+    fig, (cavi_ax, svi_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    cavi_ax.plot(np.arange(len(cavi_history)), cavi_history, marker=".", color="k", label="CAVI")
+    cavi_ax.set_xlabel("CAVI sweep")
+    cavi_ax.set_ylabel("ELBO (closed form, nats)")
+    cavi_ax.set_title("{}: CAVI (never decreases)".format(title))
+    cavi_ax.legend()
+    optimum = cavi_history[-1]
+    lows = [optimum - 50]
+    for name, result in histories.items():
+        elbo = result.tracked["elbo"]
+        svi_ax.plot(np.arange(1, len(elbo) + 1), elbo, label=name, lw=1.2)
+        lows.append(np.percentile(elbo, 10))
+    svi_ax.axhline(optimum, color="k", ls="--", lw=1, label="CAVI optimum")
+    svi_ax.set_ylim(max(min(lows), optimum - 400), optimum + 0.05 * (optimum - min(lows)) + 1)
+    svi_ax.set_xlabel("SVI step")
+    svi_ax.set_ylabel("mean-field ELBO of q_t (closed form, nats)")
+    svi_ax.set_title("SVI against the CAVI optimum")
+    svi_ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_common_arguments(parser, out):
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--particles", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lrd", type=float, default=0.999)
+    parser.add_argument("--cavi-iters", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=out)
+
+
+def check_common_arguments(parser, args):
+    if args.steps < 1 or args.cavi_iters < 1:
+        parser.error("--steps and --cavi-iters must be at least 1")
+    if args.particles < 2:
+        parser.error("--particles must be at least 2 (the control variates need a variance)")
+    if args.device != "cpu":
+        parser.error("--device {}: these studies run on the CPU".format(args.device))
