@@ -19,7 +19,7 @@ same data, batches, binarizations and initial weights:
                same seed it retraces ``iwae5`` (a cross-check)
 =============  ==============================================================
 
-Every epoch, the ELBO L_1 and the IWELBO L_K (K = ``--monitor-k``, 50) of every
+Every epoch (and at epoch 0, before training), the ELBO L_1 and the IWELBO L_K (K = ``--monitor-k``, 50) of every
 run are estimated on a fixed held-out batch and a fixed training batch with the
 same importance samples for every run and epoch. At the end, on the held-out test
 set: log p(x) ~ L_S with S = ``--eval-samples`` (5000) importance samples,
@@ -27,7 +27,8 @@ accumulated by log-sum-exp over chunks so that memory stays bounded, the test EL
 (the mean log-weight over the same S samples), and the active units (Burda et al.:
 dimension u is active when Cov_x(E_q[z_u | x]) > 1e-2). Writes to ``--out``:
 
-- ``elbo_iwelbo.png``: L_1 and L_K on the held-out batch over epochs, per run;
+- ``elbo_iwelbo.png``: L_1 and L_K over epochs for every run, on the fixed
+  held-out batch (left) and the fixed training batch (right);
 - ``reconstructions.png``: test digits and each run's reconstructions;
 - ``samples.png``: decoder means of the same prior draws for every run;
 - ``results.json``: histories, final numbers, data provenance, references;
@@ -43,12 +44,14 @@ import functools
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -179,8 +182,6 @@ def active_units(encoder, x, threshold=ACTIVE_UNIT_THRESHOLD):
 
 
 def _rng_state(data_gen):
-    import random
-
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
         "torch": torch.get_rng_state(),
@@ -192,8 +193,6 @@ def _rng_state(data_gen):
 
 
 def _set_rng_state(state, data_gen):
-    import random
-
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -216,7 +215,8 @@ def _fingerprint(key, args, config, data):
     """What must match for a checkpoint to be resumed (not the epoch count)."""
     return {
         "run": key, "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
-        "num_train": len(data.train), "hidden_dims": list(config.hidden_dims),
+        "num_train": len(data.train), "train_pixel_sum": round(float(data.train.double().sum()), 3),
+        "split": data.info.get("split"), "hidden_dims": list(config.hidden_dims),
         "latent_dim": config.latent_dim, "monitor_k": args.monitor_k,
         "monitor_size": args.monitor_size,
     }
@@ -269,6 +269,17 @@ def train_run(key, spec, data, monitor, config, mean_pixel, args, device):
         history = state["history"]
         _set_rng_state(state["rng"], data_gen)
         print("{}: resumed from {} at epoch {}".format(key, path, state["epoch"]), flush=True)
+    def record_bounds():
+        start = time.perf_counter()
+        for split in ("heldout", "train"):
+            with fixed_rng(MONITOR_SAMPLES_SEED):
+                iw, l1 = bounds(model_fn, guide_fn, monitor[split], args.monitor_k)
+            history[split + "_elbo"].append(l1.mean().item())
+            history[split + "_iwelbo"].append(iw.mean().item())
+        return time.perf_counter() - start
+
+    if not history["heldout_elbo"]:  # epoch 0: the untrained model
+        record_bounds()
     num_train = len(data.train)
     while len(history["seconds"]) < args.epochs:
         epoch = len(history["seconds"]) + 1
@@ -281,13 +292,7 @@ def train_run(key, spec, data, monitor, config, mean_pixel, args, device):
             total += _svi_step(elbo, optim, model_fn, guide_fn, x, where)
         history["seconds"].append(time.perf_counter() - start)
         history["train_objective"].append(-total / num_train)
-        start = time.perf_counter()
-        for split in ("heldout", "train"):
-            with fixed_rng(MONITOR_SAMPLES_SEED):
-                iw, l1 = bounds(model_fn, guide_fn, monitor[split], args.monitor_k)
-            history[split + "_elbo"].append(l1.mean().item())
-            history[split + "_iwelbo"].append(iw.mean().item())
-        history["monitor_seconds"].append(time.perf_counter() - start)
+        history["monitor_seconds"].append(record_bounds())
         print("{:<12} epoch {:>3}: objective {:9.3f}  held-out L_1 {:9.3f}  L_{} {:9.3f}  "
               "({:.1f} s + {:.1f} s monitor)".format(
                   key, epoch, history["train_objective"][-1], history["heldout_elbo"][-1],
@@ -329,7 +334,7 @@ def plot_bounds(results, monitor_k, path):
     for ax, split, title in ((axes[0], "heldout", "held-out batch"), (axes[1], "train", "training batch")):
         for i, (key, r) in enumerate(results.items()):
             h = r["history"]
-            epochs = np.arange(1, len(h["seconds"]) + 1)
+            epochs = np.arange(len(h[split + "_elbo"]))  # from epoch 0, the untrained model
             color = colors[i % len(colors)]
             ax.plot(epochs, h[split + "_elbo"], color=color, ls="-", marker=".", label=r["label"] + ": ELBO L_1")
             ax.plot(epochs, h[split + "_iwelbo"], color=color, ls="--", marker=".",
@@ -340,7 +345,7 @@ def plot_bounds(results, monitor_k, path):
             ax.axhline(reference, color="k", ls=":", lw=1,
                        label="Burda et al. IWAE k=50 test log p(x) (3,280 epochs)")
         ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title("ELBO (solid) and IWELBO L_{} (dashed), {}".format(monitor_k, title))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("bound per data point (nats)")
@@ -404,6 +409,8 @@ def main(args):
     if args.device != "cpu" and not torch.cuda.is_available():
         raise ValueError("--device {} asked for, but CUDA is not available".format(args.device))
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     specs = run_specs()
     os.makedirs(args.out, exist_ok=True)
     start_all = time.perf_counter()
@@ -503,6 +510,8 @@ def parse_args(argv=None):
                         help="continue every run from its checkpoint in OUT/checkpoints")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default); 1 can be faster on a busy machine")
     parser.add_argument("--out", default="results/vae_mnist")
     args = parser.parse_args(argv)
     args.runs = [r.strip() for r in args.runs.replace(" ", ",").split(",") if r.strip()]
@@ -511,6 +520,8 @@ def parse_args(argv=None):
         parser.error("--runs: unknown {} (choose from {})".format(unknown, ", ".join(specs)))
     if len(set(args.runs)) != len(args.runs):
         parser.error("--runs: duplicates in {}".format(args.runs))
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
     for name in ("epochs", "batch_size", "eval_samples", "monitor_k", "monitor_size", "latent_dim"):
         if getattr(args, name) < 1:
             parser.error("--{} must be at least 1".format(name.replace("_", "-")))

@@ -5,10 +5,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
+from tests.test_vae import write_tiny_mnist
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY_MNIST = write_tiny_mnist(tempfile.mkdtemp(prefix="tiny_mnist_"))
 
 # script -> (tiny flags, files it must write to --out)
 SMOKE = {
@@ -31,6 +36,12 @@ SMOKE = {
     ),
     "iwelbo_bounds": (["--ks", "1", "5", "--draws", "3"], ["bounds.png", "results.json"]),
     "poisson_gamma": (["--steps", "20"], ["theta.png", "elbo.png", "results.json"]),
+    "vae_mnist": (
+        ["--data-dir", TINY_MNIST, "--epochs", "1", "--eval-samples", "5", "--runs", "vae,iwae5",
+         "--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "8", "--monitor-k", "3",
+         "--monitor-size", "8", "--no-download"],
+        ["elbo_iwelbo.png", "reconstructions.png", "samples.png", "results.json"],
+    ),
     "rao_blackwell": (
         ["--steps", "20", "--variance-draws", "3", "--num-data", "4"],
         ["variance.png", "elbo.png", "results.json"],

@@ -20,7 +20,8 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from guides.vae import Encoder, guide
-from models.mnist import NO_DOWNLOAD_ENV, MnistNotFoundError, binarize, load_mnist, write_idx
+from models.mnist import NO_DOWNLOAD_ENV, MnistNotFoundError, binarize, load_mnist, split_test_only
+from models.mnist import write_idx
 from models.vae import Decoder, VAEConfig, check_binary, model, output_bias
 from pyro_vi import ImportanceWeightedELBO
 
@@ -150,13 +151,16 @@ def test_load_test_split_only_is_split_and_said(tmp_path):
     write_tiny_mnist(tmp_path, num_images=40)
     data = load_mnist(str(tmp_path), download=False)
     assert data.train.shape == (32, 784) and data.test.shape == (8, 784)
-    assert data.info["only_test_split"] and "first 32" in data.info["split"]
+    assert data.info["only_test_split"] and "random 32" in data.info["split"]
     assert data.train.dtype == torch.float32 and 0 <= data.train.min() and data.train.max() <= 1
     # same pixels as the IDX bytes / 255
     from torchvision.datasets.mnist import read_image_file
     write_tiny_mnist(tmp_path / "plain", num_images=40, gz=False)
     raw = read_image_file(str(tmp_path / "plain" / "t10k-images-idx3-ubyte"))
-    torch.testing.assert_close(data.test, raw[32:].reshape(8, -1).float() / 255)
+    train_idx, test_idx = split_test_only(40)
+    assert sorted(torch.cat([train_idx, test_idx]).tolist()) == list(range(40))
+    torch.testing.assert_close(data.test, raw[test_idx].reshape(8, -1).float() / 255)
+    torch.testing.assert_close(data.train, raw[train_idx].reshape(32, -1).float() / 255)
     # nothing was written next to the data
     assert sorted(os.listdir(tmp_path)) == ["plain", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
@@ -228,7 +232,8 @@ def test_script_writes_figures_and_results(uninterrupted):
     assert results["data"]["only_test_split"] and results["data"]["num_test_used"] == 8
     assert list(results["runs"]) == ["vae_stl", "iwae5"]
     for r in results["runs"].values():
-        assert len(r["history"]["heldout_iwelbo"]) == 2
+        assert len(r["history"]["heldout_iwelbo"]) == 3  # epochs 0, 1, 2
+        assert len(r["history"]["seconds"]) == 2
         f = r["final"]
         assert f["test_log_likelihood"] >= f["test_elbo"]
         assert 0 <= f["active_units"] <= 2 and math.isfinite(r["seconds_per_epoch"])
