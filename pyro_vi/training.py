@@ -160,13 +160,31 @@ def _load_checkpoint(path, svi, history: _History, num_steps, args, kwargs) -> N
             )
         )
     history.load(state["history"])
-    pyro.get_param_store().set_state(state["param_store"])
-    svi.optim.set_state(state["optim"])
-    # Lazily initialised guides (autoguides) draw random numbers on their first
-    # call; make that call now, before the RNG state is restored.
+    # Run the programs once first: lazily initialised guides (autoguides) draw
+    # random numbers on their first call, and pyro.module registers the
+    # modules' own tensors, which the programs keep using afterwards. The
+    # saved values are then copied into those very tensors.
     with poutine.block():
-        svi.guide(*args, **kwargs)
+        guide_trace = poutine.trace(svi.guide).get_trace(*args, **kwargs)
+        poutine.replay(svi.model, trace=guide_trace)(*args, **kwargs)
+    _restore_params(state["param_store"])
+    svi.optim.set_state(state["optim"])
     _set_rng_state(state["rng"])
+
+
+def _restore_params(saved):
+    """Loads a saved param-store state, in place where a parameter exists."""
+    store = pyro.get_param_store()
+    fresh = {"params": {}, "constraints": {}}
+    for name, value in saved["params"].items():
+        if name in store:
+            with torch.no_grad():
+                store[name].unconstrained().copy_(value)
+        else:
+            fresh["params"][name] = value
+            fresh["constraints"][name] = saved["constraints"][name]
+    if fresh["params"]:
+        store.set_state(fresh)
 
 
 def _check_finite(step: int, loss: float, params: Dict[str, torch.Tensor], history):

@@ -212,3 +212,40 @@ def test_resume_errors(tmp_path):
     with pytest.raises(ValueError, match="track"):
         fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=20,
             checkpoint=path, resume=True)
+
+
+def test_resume_with_pyro_module_is_identical(tmp_path):
+    """pyro.module keeps using the module's own tensors: a resume must load
+    the saved values into them, not swap new tensors into the store."""
+    import torch.nn as nn
+
+    data = torch.tensor([0.5, -0.3, 1.2, 0.8])
+
+    def run(num_steps, resume):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        torch.manual_seed(0)
+        net = nn.Linear(1, 2)
+
+        def guide(x):
+            pyro.module("net", net)
+            out = net(x.unsqueeze(-1))
+            with pyro.plate("data", len(x)):
+                pyro.sample("y", pyro.distributions.Normal(out[:, 0], nn.functional.softplus(out[:, 1]) + 0.1))
+
+        def model(x):
+            with pyro.plate("data", len(x)):
+                y = pyro.sample("y", pyro.distributions.Normal(0.0, 1.0))
+                pyro.sample("x", pyro.distributions.Normal(y, 0.5), obs=x)
+
+        result = fit(model, guide, pyro.infer.Trace_ELBO(), pyro.optim.Adam({"lr": 0.05}), data,
+                     num_steps=num_steps, checkpoint=tmp_path / "ck.pt", checkpoint_every=5,
+                     resume=resume, progress=False)
+        return result, net.bias.detach().clone()
+
+    full, bias_full = run(20, False)
+    (tmp_path / "ck.pt").unlink()
+    run(10, False)
+    resumed, bias_resumed = run(20, True)
+    assert np.array_equal(full.losses, resumed.losses)
+    assert torch.equal(bias_full, bias_resumed)
