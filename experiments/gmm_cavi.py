@@ -11,7 +11,6 @@ optimum), ``clusters.png`` (the data with the fitted mixture) and
 
 import argparse
 import functools
-import json
 import os
 
 import matplotlib
@@ -22,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from experiments._mixtures import add_common_arguments, check_common_arguments  # noqa: E402
-from experiments._mixtures import plot_cavi_and_svi, run_svi  # noqa: E402
+from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
 from guides.gmm import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
 from models.gmm import DEFAULT_PRIOR, generate_data, model  # noqa: E402
 
@@ -54,11 +53,7 @@ def main(args):
     os.makedirs(args.out, exist_ok=True)
     pi = torch.tensor(args.pi, dtype=torch.float64)
     data, z = generate_data(args.num_data, pi, args.mus, args.taus, seed=args.seed)
-    fit_cavi = cavi(data, pi, DEFAULT_PRIOR, max_iters=args.cavi_iters)
-    history = fit_cavi.elbo_history
-    drops = [b - a for a, b in zip(history, history[1:]) if b < a]
-    print("CAVI: {} sweeps, ELBO {:.4f} -> {:.4f}, largest decrease {:.2e}".format(
-        fit_cavi.num_iters, history[0], history[-1], -min(drops, default=0.0)))
+    fit_cavi = run_cavi(cavi, data, pi, DEFAULT_PRIOR, max_iters=args.cavi_iters)
     guides = {"global": global_guide, "mean_field": mean_field_guide}
     histories, summaries = run_svi(
         model,
@@ -68,33 +63,13 @@ def main(args):
         args,
         ["mu", "tau"],
     )
-    plot_cavi_and_svi(history, histories, os.path.join(args.out, "elbo.png"), "GMM")
+    plot_cavi_and_svi(fit_cavi.elbo_history, histories, os.path.join(args.out, "elbo.png"), "GMM")
     plot_clusters(data, z, pi, fit_cavi.params, args.mus, os.path.join(args.out, "clusters.png"))
-    results = {
-        "args": vars(args),
-        "cavi": {
-            "elbo": fit_cavi.elbo,
-            "elbo_history": history,
-            "num_iters": fit_cavi.num_iters,
-            "E_mu": fit_cavi.params.m.tolist(),
-            "E_tau": (fit_cavi.params.a / fit_cavi.params.b).tolist(),
-        },
-        "svi": {
-            name: {
-                "final_elbo": float(h.tracked["elbo"][-1]),
-                "gap_to_cavi": fit_cavi.elbo - float(h.tracked["elbo"][-1]),
-                "seconds_per_step": h.seconds_per_step,
-                "arviz_summary": summaries[name].to_dict(orient="index"),
-            }
-            for name, h in histories.items()
-        },
+    means = {
+        "E_mu": fit_cavi.params.m.tolist(),
+        "E_tau": (fit_cavi.params.a / fit_cavi.params.b).tolist(),
     }
-    for name, row in results["svi"].items():
-        print("{:<32} final ELBO {:.3f}, gap to CAVI {:.3f}, {:.1f} ms/step".format(
-            name, row["final_elbo"], row["gap_to_cavi"], 1e3 * row["seconds_per_step"]))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=float)
-    return results
+    return write_results(args, fit_cavi, means, histories, summaries)
 
 
 def parse_args(argv=None):
