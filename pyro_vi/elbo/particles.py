@@ -110,6 +110,10 @@ class ParticleTerms:
     :ivar guide_params: unconstrained parameters met in the guide, by name.
     :ivar traces: the ``(model_trace, guide_trace)`` pairs the terms came from
         (one pair when vectorized).
+    :ivar int plate_dims: the number of the program's plate dims in the terms.
+    :ivar bool vectorized: whether the particles share one vectorized trace.
+    :ivar replay_guide: runs the guide (with the particle plate, if any)
+        against a trace of given sample values; returns its trace.
     """
 
     model: Dict[str, SiteTerm]
