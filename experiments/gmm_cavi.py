@@ -10,7 +10,6 @@ optimum), ``clusters.png`` (the data with the fitted mixture) and
 """
 
 import argparse
-import functools
 import os
 
 import matplotlib

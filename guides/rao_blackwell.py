@@ -53,6 +53,7 @@ import torch
 from torch.distributions import constraints
 
 from models.rao_blackwell import W2_CONCENTRATION, W2_RATE, check_data
+from models._checks import as_real
 
 __all__ = [
     "PARAM_NAMES",
@@ -85,13 +86,6 @@ _LOCAL = ("q_y_loc", "q_y_scale")
 
 ParamsLike = Union["RaoBlackwellParams", Mapping[str, torch.Tensor]]
 
-
-def _real(name, value) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -141,7 +135,7 @@ class RaoBlackwellParams:
 
     @staticmethod
     def _check(name, value, positive) -> float:
-        value = _real(name, value)
+        value = as_real(name, value)
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
         if positive and not value > 0:

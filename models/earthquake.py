@@ -45,6 +45,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from models.gmm import check_weights
+from models._checks import as_real
 
 __all__ = [
     "DEFAULT_HYPER",
@@ -55,13 +56,6 @@ __all__ = [
     "model",
 ]
 
-
-def _as_real(name, value):
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -88,7 +82,7 @@ class EarthquakeHyper:
 
     def __post_init__(self):
         for name in ("tau", "rho", "alpha", "beta"):
-            value = _as_real(name, getattr(self, name))
+            value = as_real(name, getattr(self, name))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and positive, got {value}")
             object.__setattr__(self, name, value)
@@ -97,7 +91,7 @@ class EarthquakeHyper:
             nu = nu.tolist()
         if isinstance(nu, (str, bytes)) or not hasattr(nu, "__len__") or len(nu) != 2:
             raise ValueError(f"nu must be a pair of real numbers, got {self.nu!r}")
-        nu = tuple(_as_real("nu", v) for v in nu)
+        nu = tuple(as_real("nu", v) for v in nu)
         if not all(math.isfinite(v) for v in nu):
             raise ValueError(f"nu must be finite, got {nu}")
         object.__setattr__(self, "nu", nu)
@@ -195,7 +189,7 @@ def generate_data(num_data: int, pi, mus, rates, tau: float = 1.0, seed: int = 0
     """
     if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
         raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
-    tau = _as_real("tau", tau)
+    tau = as_real("tau", tau)
     if not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be finite and positive, got {tau}")
     pi = check_weights(pi, dtype=torch.float64)

@@ -57,6 +57,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from models.normal_gamma import check_data
+from models._checks import as_real
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -67,13 +68,6 @@ __all__ = [
     "model",
 ]
 
-
-def _as_real(name, value):
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -99,7 +93,7 @@ class GMMPrior:
 
     def __post_init__(self):
         for name in ("m0", "lambda0", "a0", "b0"):
-            value = _as_real(name, getattr(self, name))
+            value = as_real(name, getattr(self, name))
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
             if name != "m0" and not value > 0:

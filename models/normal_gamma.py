@@ -38,6 +38,7 @@ from typing import Dict, Tuple
 import pyro
 import pyro.distributions as dist
 import torch
+from models._checks import as_real
 
 __all__ = [
     "COURSE_PRIOR",
@@ -52,15 +53,6 @@ __all__ = [
     "sufficient_statistics",
 ]
 
-
-def _as_real(name, value):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
-        value = value.item()
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -84,7 +76,7 @@ class NormalGammaPrior:
 
     def __post_init__(self):
         for name in ("mu0", "lambda0", "a0", "b0"):
-            value = _as_real(name, getattr(self, name))
+            value = as_real(name, getattr(self, name))
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
             if name != "mu0" and not value > 0:
@@ -104,6 +96,8 @@ def check_data(data) -> torch.Tensor:
     :raises ValueError: if ``data`` is not numeric, not 1-D, empty, or contains
         NaN or infinite values (the message names the first bad index).
     """
+    if isinstance(data, torch.Tensor) and data.dtype == torch.bool:
+        raise ValueError("data must be a 1-D array of real numbers, got a boolean tensor")
     try:
         data = torch.as_tensor(data, dtype=torch.get_default_dtype())
     except (TypeError, ValueError, RuntimeError) as e:
@@ -133,7 +127,7 @@ def generate_data(num_data: int = 100, mu: float = 1.0, tau: float = 0.5, seed: 
     """
     if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
         raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
-    mu, tau = _as_real("mu", mu), _as_real("tau", tau)
+    mu, tau = as_real("mu", mu), as_real("tau", tau)
     if not math.isfinite(mu):
         raise ValueError(f"mu must be finite, got {mu}")
     if not (math.isfinite(tau) and tau > 0):

@@ -36,6 +36,7 @@ from typing import Tuple
 import pyro
 import pyro.distributions as dist
 import torch
+from models._checks import as_real
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -49,15 +50,6 @@ __all__ = [
     "sufficient_statistics",
 ]
 
-
-def _as_real(name, value):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
-        value = value.item()
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -76,7 +68,7 @@ class PoissonGammaPrior:
 
     def __post_init__(self):
         for name in ("alpha", "beta"):
-            value = _as_real(name, getattr(self, name))
+            value = as_real(name, getattr(self, name))
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
             if not value > 0:
@@ -144,7 +136,7 @@ def generate_data(num_data: int = 50, rate: float = 3.0, seed: int = 0) -> torch
     """
     if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
         raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
-    rate = _as_real("rate", rate)
+    rate = as_real("rate", rate)
     if not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"rate must be a finite positive number, got {rate}")
     generator = torch.Generator().manual_seed(int(seed))

@@ -49,6 +49,7 @@ from typing import Dict, Tuple, Union
 import pyro
 import pyro.distributions as dist
 import torch
+from models.normal_gamma import check_data
 
 __all__ = [
     "W2_CONCENTRATION",
@@ -65,31 +66,6 @@ W2_CONCENTRATION = 2.0
 #: Rate of the Gamma prior on the precision ``w2`` (so E[w2] = 1, Var[w2] = 1/2).
 W2_RATE = 2.0
 
-
-def check_data(data) -> torch.Tensor:
-    """Validate observations and return them as a 1-D tensor of the default dtype.
-
-    :param data: a 1-D array-like of real numbers with at least one element.
-    :rtype: torch.Tensor
-    :raises ValueError: if ``data`` is not numeric, not 1-D, empty, or contains
-        NaN or infinite values (the message names the first bad index).
-    """
-    if isinstance(data, torch.Tensor) and data.dtype == torch.bool:
-        raise ValueError("data must be a 1-D array of real numbers, got a boolean tensor")
-    try:
-        data = torch.as_tensor(data, dtype=torch.get_default_dtype())
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"data must be a 1-D array of real numbers: {e}") from e
-    if data.dim() != 1:
-        raise ValueError(f"data must be 1-D, got shape {tuple(data.shape)}")
-    if data.numel() == 0:
-        raise ValueError("data is empty; need at least one observation")
-    bad = ~torch.isfinite(data)
-    if bad.any():
-        index = int(bad.nonzero()[0])
-        kind = "NaN" if torch.isnan(data[index]) else "inf"
-        raise ValueError(f"data contains {kind} at index {index}")
-    return data
 
 
 def generate_data(
