@@ -59,6 +59,7 @@ import torch
 from torch.distributions import constraints
 
 from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, check_weights
+from guides._mixtures import as_float64, floored, max_relative_change, shaped_param
 
 __all__ = [
     "LAMBDA_CONCENTRATION",
@@ -87,15 +88,6 @@ LAMBDA_RATE = "q_lambda_rate"
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _as_float64(name, value):
-    if isinstance(value, torch.Tensor):
-        return value.to(torch.float64)
-    try:
-        return torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{name} must be an array of real numbers: {e}") from e
-
-
 @dataclass(frozen=True)
 class EarthquakeParams:
     r"""Variational parameters :math:`(r, m, p, a, b)` as float64 tensors (tensors passed
@@ -116,7 +108,7 @@ class EarthquakeParams:
     b: torch.Tensor
 
     def __post_init__(self):
-        values = {name: _as_float64(name, getattr(self, name)) for name in ("r", "m", "p", "a", "b")}
+        values = {name: as_float64(name, getattr(self, name)) for name in ("r", "m", "p", "a", "b")}
         if values["r"].dim() != 2:
             raise ValueError(f"r must have shape (N, K), got {tuple(values['r'].shape)}")
         num_components = values["r"].shape[1]
@@ -185,7 +177,7 @@ def _responsibilities(x, s, log_pi, m, p, a, b, hyper):
 def responsibilities(locations, counts, pi, m, p, a, b, hyper: EarthquakeHyper = DEFAULT_HYPER):
     r"""The CAVI update of :math:`q(Z)` given :math:`q(\mu), q(\lambda)`; float64 (N, K)."""
     x, s, pi = _prepare(locations, counts, pi)
-    m, p, a, b = (_as_float64(n, v) for n, v in zip("mpab", (m, p, a, b)))
+    m, p, a, b = (as_float64(n, v) for n, v in zip("mpab", (m, p, a, b)))
     if m.dim() != 2 or m.shape != (len(pi), 2):
         raise ValueError(f"m must have shape ({len(pi)}, 2) for {len(pi)} components, got {tuple(m.shape)}")
     for name, value in zip("pab", (p, a, b)):
@@ -307,14 +299,6 @@ class CaviResult:
     converged: bool = False
 
 
-def _max_relative_change(old, new) -> float:
-    change = 0.0
-    for name in ("r", "m", "p", "a", "b"):
-        before, after = getattr(old, name), getattr(new, name)
-        change = max(change, float(((after - before).abs() / before.abs().clamp_min(1.0)).max()))
-    return change
-
-
 def cavi(
     locations,
     counts,
@@ -344,7 +328,7 @@ def cavi(
     with torch.no_grad():
         while num_iters < max_iters and not converged:
             new = _step(x, s, log_pi, params, hyper)
-            converged = _max_relative_change(params, new) <= tol
+            converged = max_relative_change(params, new) <= tol
             params = new
             num_iters += 1
             history.append(float(elbo(x, s, pi, params, hyper)))
@@ -352,25 +336,6 @@ def cavi(
 
 
 # ---------------------------------------------------------------- Pyro guides
-
-
-def _param(name, init_fn, shape, constraint=constraints.real):
-    value = pyro.param(name, init_fn, constraint=constraint)
-    if tuple(value.shape) != tuple(shape):
-        raise ValueError(
-            f"param {name!r} in the param store has shape {tuple(value.shape)}, expected {tuple(shape)} "
-            "(a different number of components or data points?); call pyro.clear_param_store()"
-        )
-    return value
-
-
-def _floored(r, floor=1e-6):
-    """Responsibilities floored at ``floor`` and renormalized, for the Pyro
-    parameter: on well-separated data CAVI's responsibilities underflow to
-    exactly 0, which has no unconstrained (stick-breaking) value, and the
-    score of a zero probability is NaN."""
-    r = r.clamp_min(floor)
-    return r / r.sum(-1, keepdim=True)
 
 
 def _guide_params(x, s, pi, hyper, init, with_r):
@@ -384,11 +349,11 @@ def _guide_params(x, s, pi, hyper, init, with_r):
 
     k = len(pi)
     positive = constraints.positive
-    m = _param(MU_LOC, lambda: start("m"), (k, 2))
-    p = _param(MU_PRECISION, lambda: start("p"), (k,), positive)
-    a = _param(LAMBDA_CONCENTRATION, lambda: start("a"), (k,), positive)
-    b = _param(LAMBDA_RATE, lambda: start("b"), (k,), positive)
-    r = _param(Z_PROBS, lambda: _floored(start("r")), (len(s), k), constraints.simplex) if with_r else None
+    m = shaped_param(MU_LOC, lambda: start("m"), (k, 2))
+    p = shaped_param(MU_PRECISION, lambda: start("p"), (k,), positive)
+    a = shaped_param(LAMBDA_CONCENTRATION, lambda: start("a"), (k,), positive)
+    b = shaped_param(LAMBDA_RATE, lambda: start("b"), (k,), positive)
+    r = shaped_param(Z_PROBS, lambda: floored(start("r")), (len(s), k), constraints.simplex) if with_r else None
     return r, m, p, a, b
 
 

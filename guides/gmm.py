@@ -77,6 +77,7 @@ import torch
 from torch.distributions import constraints
 
 from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights
+from guides._mixtures import as_float64, floored, max_relative_change, shaped_param
 
 __all__ = [
     "MU_LOC",
@@ -105,16 +106,6 @@ TAU_RATE = "q_tau_rate"
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _as_float64(name, value):
-    # tensors keep their autograd graph through .to(); anything else is copied
-    if isinstance(value, torch.Tensor):
-        return value.to(torch.float64)
-    try:
-        return torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{name} must be an array of real numbers: {e}") from e
-
-
 @dataclass(frozen=True)
 class MixtureParams:
     r"""Variational parameters :math:`(r, m, l, a, b)` of the mean-field family, as
@@ -137,7 +128,7 @@ class MixtureParams:
     b: torch.Tensor
 
     def __post_init__(self):
-        values = {name: _as_float64(name, getattr(self, name)) for name in ("r", "m", "l", "a", "b")}
+        values = {name: as_float64(name, getattr(self, name)) for name in ("r", "m", "l", "a", "b")}
         if values["r"].dim() != 2:
             raise ValueError(f"r must have shape (N, K), got {tuple(values['r'].shape)}")
         num_components = values["r"].shape[1]
@@ -192,7 +183,7 @@ def responsibilities(data, pi, m, l, a, b) -> torch.Tensor:  # noqa: E741
     E[(x_n - \mu_k)^2])`, float64 (N, K)."""
     x = check_data(data).to(torch.float64)
     pi = check_weights(pi, dtype=torch.float64)
-    m, l, a, b = (_as_float64(n, v) for n, v in zip("mlab", (m, l, a, b)))
+    m, l, a, b = (as_float64(n, v) for n, v in zip("mlab", (m, l, a, b)))
     for name, value in zip("mlab", (m, l, a, b)):
         if value.shape != pi.shape:
             raise ValueError(f"{name} has {value.numel()} components but pi has {len(pi)}")
@@ -325,14 +316,6 @@ class CaviResult:
     converged: bool = False
 
 
-def _max_relative_change(old: MixtureParams, new: MixtureParams) -> float:
-    change = 0.0
-    for name in ("r", "m", "l", "a", "b"):
-        before, after = getattr(old, name), getattr(new, name)
-        change = max(change, float(((after - before).abs() / before.abs().clamp_min(1.0)).max()))
-    return change
-
-
 def _check_settings(max_iters, tol):
     if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
         raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
@@ -368,7 +351,7 @@ def cavi(
     with torch.no_grad():
         while num_iters < max_iters and not converged:
             new = _step(x, log_pi, params, prior)
-            converged = _max_relative_change(params, new) <= tol
+            converged = max_relative_change(params, new) <= tol
             params = new
             num_iters += 1
             history.append(float(elbo(x, pi, params, prior)))
@@ -376,25 +359,6 @@ def cavi(
 
 
 # ---------------------------------------------------------------- Pyro guides
-
-
-def _param(name, init_fn, shape, constraint=constraints.real):
-    value = pyro.param(name, init_fn, constraint=constraint)
-    if tuple(value.shape) != tuple(shape):
-        raise ValueError(
-            f"param {name!r} in the param store has shape {tuple(value.shape)}, expected {tuple(shape)} "
-            "(a different number of components or data points?); call pyro.clear_param_store()"
-        )
-    return value
-
-
-def _floored(r, floor=1e-6):
-    """Responsibilities floored at ``floor`` and renormalized, for the Pyro
-    parameter: on well-separated data CAVI's responsibilities underflow to
-    exactly 0, which has no unconstrained (stick-breaking) value, and the
-    score of a zero probability is NaN."""
-    r = r.clamp_min(floor)
-    return r / r.sum(-1, keepdim=True)
 
 
 def _guide_params(data, pi, prior, init, with_r):
@@ -408,11 +372,11 @@ def _guide_params(data, pi, prior, init, with_r):
 
     num_components = len(pi)
     positive = constraints.positive
-    m = _param(MU_LOC, lambda: start("m"), (num_components,))
-    l = _param(MU_PRECISION, lambda: start("l"), (num_components,), positive)  # noqa: E741
-    a = _param(TAU_CONCENTRATION, lambda: start("a"), (num_components,), positive)
-    b = _param(TAU_RATE, lambda: start("b"), (num_components,), positive)
-    r = _param(Z_PROBS, lambda: _floored(start("r")), (len(data), num_components), constraints.simplex) if with_r else None
+    m = shaped_param(MU_LOC, lambda: start("m"), (num_components,))
+    l = shaped_param(MU_PRECISION, lambda: start("l"), (num_components,), positive)  # noqa: E741
+    a = shaped_param(TAU_CONCENTRATION, lambda: start("a"), (num_components,), positive)
+    b = shaped_param(TAU_RATE, lambda: start("b"), (num_components,), positive)
+    r = shaped_param(Z_PROBS, lambda: floored(start("r")), (len(data), num_components), constraints.simplex) if with_r else None
     return r, m, l, a, b
 
 
