@@ -65,21 +65,14 @@ def control_variate_gradient(f, h, coefficient):
     return (f - coefficient * h).mean(0)
 
 
-def controlled_gradients(f_outputs, score_outputs, params, coefficient):
-    """The control-variate gradient of every parameter, where :math:`f_s` is
-    the gradient of ``f_outputs[s]`` and :math:`h_s` that of
-    ``score_outputs[s]``; both Jacobians come from one batched pass."""
-    num_particles = score_outputs.shape[0]
-    jacobians = batched_jacobians(torch.cat([f_outputs, score_outputs]), params)
-    grads = []
-    for jac in jacobians:
-        f, h = jac[:num_particles], jac[num_particles:]
-        if isinstance(coefficient, str):
-            a = control_variate_coefficient(f, h, coefficient == "leave_one_out")
-        else:
-            a = torch.as_tensor(float(coefficient), dtype=h.dtype, device=h.device)
-        grads.append(control_variate_gradient(f, h, a))
-    return grads
+def controlled_gradient(f, h, coefficient):
+    """:math:`\\hat g` of one parameter with the coefficient ``coefficient``:
+    ``"pooled"``, ``"leave_one_out"`` or a fixed number."""
+    if isinstance(coefficient, str):
+        a = control_variate_coefficient(f, h, coefficient == "leave_one_out")
+    else:
+        a = torch.as_tensor(float(coefficient), dtype=h.dtype, device=h.device)
+    return control_variate_gradient(f, h, a)
 
 
 def check_coefficient(coefficient):
@@ -157,10 +150,8 @@ class ControlVariateELBO(ParticleELBO):
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         surrogate = log_p.mean()
         if params:
-            # f_s = h_s L_s is the gradient of log q(z_s) * stop(L_s).
-            grads = controlled_gradients(
-                score_log_q * log_weights, score_log_q, params, self.coefficient
-            )
-            for param, grad in zip(params, grads):
+            for param, h in zip(params, batched_jacobians(score_log_q, params)):
+                f = h * log_weights.reshape((-1,) + (1,) * (h.dim() - 1))
+                grad = controlled_gradient(f, h, self.coefficient)
                 surrogate = surrogate + (grad.detach() * param).sum()
         return log_weights.mean(), surrogate

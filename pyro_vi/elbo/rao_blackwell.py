@@ -12,7 +12,7 @@ from pyro.infer.inspect import TrackProvenance
 from pyro.ops.provenance import get_provenance
 from pyro.poutine.util import site_is_subsample
 
-from .control_variate import check_coefficient, controlled_gradients
+from .control_variate import batched_jacobians, check_coefficient, controlled_gradient
 from .particles import ParticleELBO, sum_to_plates
 
 
@@ -208,7 +208,12 @@ class RaoBlackwellELBO(ParticleELBO):
         if not self.control_variate:
             return log_weights.mean(), surrogate + rao_blackwell.mean()
         if params:
-            grads = controlled_gradients(rao_blackwell, terms.score_log_q(), params, self.coefficient)
-            for param, grad in zip(params, grads):
+            # f_s and h_s: the gradients of the Rao-Blackwellized term and of
+            # log q(z_s), from one batched pass over 2S rows.
+            num_particles = log_p.shape[0]
+            jacobians = batched_jacobians(torch.cat([rao_blackwell, terms.score_log_q()]), params)
+            for param, jac in zip(params, jacobians):
+                f, h = jac[:num_particles], jac[num_particles:]
+                grad = controlled_gradient(f, h, self.coefficient)
                 surrogate = surrogate + (grad.detach() * param).sum()
         return log_weights.mean(), surrogate
