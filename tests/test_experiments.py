@@ -22,6 +22,10 @@ SMOKE = {
         ["elbo.png", "posterior_means.png", "results.json"],
     ),
     "benchmark": (["--steps", "3", "--rounds", "1"], ["benchmark.json"]),
+    "benchmark_vae": (
+        ["--ks", "2", "--batch-size", "4", "--steps", "1", "--rounds", "1"],
+        ["benchmark.json"],
+    ),
     "earthquake": (
         ["--steps", "5", "--num-data", "30", "--cavi-iters", "5"],
         ["elbo.png", "clusters.png", "results.json"],

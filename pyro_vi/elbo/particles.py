@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
+from pyro.distributions.util import scale_and_mask
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
@@ -142,24 +143,22 @@ class ParticleTerms:
         return _total(self.guide.values(), "score_log_prob")
 
     def stopped_guide_log_prob(self):
-        """:math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide site: the guide
-        run again on detached copies of its samples, so that only the
+        """:math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide site: only the
         variational parameters, not the samples (nor, in a structured guide,
         the upstream samples its distributions depend on), carry gradient.
-        Same shapes as the site terms."""
-        reruns = []
+        A guide whose distributions depend on none of its other samples (mean
+        field, amortized) is evaluated at the detached samples directly; any
+        other guide is run again on detached copies of its samples. Same
+        shapes as the site terms."""
+        stopped = []
         for _, guide_trace in self.traces:
-            detached = guide_trace.copy()
-            for name, site in guide_trace.nodes.items():
-                if site["type"] == "sample":
-                    detached.nodes[name] = dict(site, value=site["value"].detach())
-            rerun = prune_subsample_sites(self.replay_guide(detached))
-            rerun.compute_log_prob()
-            reruns.append(rerun)
+            stopped.append(_log_prob_at_detached(guide_trace))
+            if stopped[-1] is None:
+                stopped[-1] = self._rerun_on_detached(guide_trace)
         return {
             name: _stack(
-                [rerun.nodes[name]["log_prob"] for rerun in reruns],
-                reruns[0].nodes[name],
+                [log_probs[name] for log_probs in stopped],
+                self.traces[0][1].nodes[name],
                 self.plate_dims,
                 self.vectorized,
                 self.num_particles,
@@ -167,9 +166,39 @@ class ParticleTerms:
             for name in self.guide
         }
 
+    def _rerun_on_detached(self, guide_trace):
+        detached = guide_trace.copy()
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample":
+                detached.nodes[name] = dict(site, value=site["value"].detach())
+        rerun = prune_subsample_sites(self.replay_guide(detached))
+        rerun.compute_log_prob()
+        return {name: rerun.nodes[name]["log_prob"] for name in self.guide}
+
     def log_weights(self):
         """:math:`\\log p(x, z_s) - \\log q(z_s)`, shape ``(S,)``."""
         return self.log_p() - self.log_q()
+
+
+def _log_prob_at_detached(guide_trace):
+    """Each guide site's scaled, masked log-density at its detached sample,
+    or ``None`` when some site's distribution depends on another sample of
+    the guide (then only a rerun stops that path)."""
+    sites = [
+        s for s in prune_subsample_sites(guide_trace).nodes.values()
+        if s["type"] == "sample" and not s["is_observed"]
+    ]
+    samples = [s["value"] for s in sites if s["value"].requires_grad]
+    log_probs = {}
+    for site in sites:
+        log_prob = site["fn"].log_prob(site["value"].detach(), *site["args"], **site["kwargs"])
+        upstream = [v for v in samples if v is not site["value"]]
+        if upstream and log_prob.requires_grad:
+            grads = torch.autograd.grad(log_prob.sum(), upstream, retain_graph=True, allow_unused=True)
+            if any(g is not None for g in grads):
+                return None
+        log_probs[site["name"]] = scale_and_mask(log_prob, site["scale"], site["mask"])
+    return log_probs
 
 
 def sum_to_plates(term, plate_dims):
