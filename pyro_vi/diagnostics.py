@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
-import arviz
 import numpy as np
 import pyro
 import torch
@@ -259,5 +258,7 @@ def psis_khat(log_weights) -> float:
         return -math.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # arviz warns when k > 0.7; we return k
+        import arviz  # imported here: arviz takes seconds to import
+
         _, khat = arviz.psislw(log_weights, reff=1.0)
     return float(khat)

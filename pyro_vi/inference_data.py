@@ -5,14 +5,16 @@ and PSIS-LOO work on a variational posterior as they do on MCMC output.
 
 import contextlib
 import random
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-import arviz
 import numpy as np
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
+
+if TYPE_CHECKING:
+    import arviz
 
 __all__ = ["to_inference_data"]
 
@@ -118,6 +120,8 @@ def _stack(name: str, values: List[torch.Tensor], num_chains: int) -> np.ndarray
 
 
 def _dataset(data: Dict[str, np.ndarray], dims: Dict[str, List[str]], sample_dims=None):
+    import arviz  # imported on use: arviz takes seconds to import
+
     return arviz.dict_to_dataset(
         data, library=pyro, dims=dims, default_dims=sample_dims
     )
@@ -134,7 +138,7 @@ def to_inference_data(
     log_likelihood: bool = True,
     seed: Optional[int] = None,
     **kwargs,
-) -> arviz.InferenceData:
+) -> "arviz.InferenceData":
     r"""
     Draws ``num_samples`` joint samples :math:`z_s \sim q(z)` from the guide, replays
     the model on each, and packs them into an :class:`arviz.InferenceData`.
@@ -189,6 +193,8 @@ def to_inference_data(
             for _ in range(num_samples - 1)
         ]
         groups = _groups(traces, num_chains, posterior_predictive, log_likelihood)
+    import arviz  # imported on use: arviz takes seconds to import
+
     return arviz.InferenceData(**groups)
 
 
