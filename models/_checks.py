@@ -1,5 +1,6 @@
 """Argument checks shared by the models (and their guides)."""
 
+import math
 import numbers
 
 import torch
@@ -15,3 +16,23 @@ def as_real(name, value):
             raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
         value = value.item()
     return float(value)
+
+
+def as_counts(name, data):
+    """``data`` as a float64 tensor of counts, or a ``ValueError`` naming
+    ``name`` and the first entry that is not a finite non-negative integer
+    (integral floats are counts; booleans and non-numbers are not)."""
+    if isinstance(data, torch.Tensor) and data.dtype == torch.bool:
+        raise ValueError(f"{name} must be non-negative integers, got a boolean tensor")
+    try:
+        counts = torch.as_tensor(data, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} must be an array of non-negative integers: {e}") from e
+    bad = ~torch.isfinite(counts) | (counts < 0) | (counts != counts.round())
+    if bad.any():
+        index = tuple(bad.nonzero()[0].tolist())
+        value = counts[index].item()
+        shown = int(value) if math.isfinite(value) and value.is_integer() else value
+        where = index[0] if len(index) == 1 else index
+        raise ValueError(f"{name} must be non-negative integers, got {shown} at index {where}")
+    return counts

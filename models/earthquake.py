@@ -45,7 +45,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from models.gmm import check_weights
-from models._checks import as_real
+from models._checks import as_counts, as_real
 
 __all__ = [
     "DEFAULT_HYPER",
@@ -120,10 +120,7 @@ def check_data(locations, counts) -> Tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(locations, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"locations must be an (N, 2) array of real numbers: {e}") from e
-    try:
-        s = torch.as_tensor(counts, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"counts must be a 1-D array of non-negative integers: {e}") from e
+    s = as_counts("counts", counts)
     if x.dim() != 2 or x.shape[1] != 2:
         raise ValueError(f"locations must have shape (N, 2), got {tuple(x.shape)}")
     if s.dim() != 1:
@@ -137,17 +134,6 @@ def check_data(locations, counts) -> Tuple[torch.Tensor, torch.Tensor]:
         row = _first_bad(bad)
         kind = "NaN" if torch.isnan(x[row]).any() else "inf"
         raise ValueError(f"locations contains {kind} at row {row}")
-    bad = ~torch.isfinite(s)
-    if bad.any():
-        index = _first_bad(bad)
-        kind = "NaN" if torch.isnan(s[index]) else "inf"
-        raise ValueError(f"counts contains {kind} at index {index}")
-    if (s < 0).any():
-        index = _first_bad(s < 0)
-        raise ValueError(f"counts must be non-negative, got counts[{index}] = {float(s[index])}")
-    if (s != s.round()).any():
-        index = _first_bad(s != s.round())
-        raise ValueError(f"counts must be integers, got counts[{index}] = {float(s[index])}")
     dtype = torch.get_default_dtype()
     return x.to(dtype), s.to(dtype)
 

@@ -36,7 +36,7 @@ from typing import Tuple
 import pyro
 import pyro.distributions as dist
 import torch
-from models._checks import as_real
+from models._checks import as_counts, as_real
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -100,27 +100,11 @@ def check_data(data) -> torch.Tensor:
         infinite values, or a negative or non-integer count (the message names the
         first bad value and its index).
     """
-    if isinstance(data, torch.Tensor) and data.dtype == torch.bool:
-        raise ValueError("counts must be non-negative integers, got a boolean tensor")
-    try:
-        counts = torch.as_tensor(data, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"counts must be a 1-D array of non-negative integers: {e}") from e
+    counts = as_counts("counts", data)
     if counts.dim() != 1:
         raise ValueError(f"counts must be 1-D, got shape {tuple(counts.shape)}")
     if counts.numel() == 0:
         raise ValueError("counts are empty; need at least one observation")
-    bad = ~torch.isfinite(counts)
-    if bad.any():
-        index = int(bad.nonzero()[0])
-        kind = "NaN" if torch.isnan(counts[index]) else "inf"
-        raise ValueError(f"counts contain {kind} at index {index}")
-    bad = (counts < 0) | (counts != counts.round())
-    if bad.any():
-        index = int(bad.nonzero()[0])
-        value = counts[index].item()
-        shown = int(value) if value == round(value) else value
-        raise ValueError(f"counts must be non-negative integers, got {shown} at index {index}")
     return counts.to(torch.get_default_dtype())
 
 

@@ -316,12 +316,12 @@ def test_prior_rejects_bad_hyperparameters(kwargs, match):
     [
         ([3, 0, 2, 5, -1, 2], "counts must be non-negative integers, got -1 at index 4"),
         ([1.0, 2.5, 3.0], "counts must be non-negative integers, got 2.5 at index 1"),
-        ([1.0, float("nan")], "counts contain NaN at index 1"),
-        ([float("inf"), 1.0], "counts contain inf at index 0"),
+        ([1.0, float("nan")], "counts must be non-negative integers, got nan at index 1"),
+        ([float("inf"), 1.0], "counts must be non-negative integers, got inf at index 0"),
         ([], "counts are empty"),
         (torch.zeros(3, 2), r"counts must be 1-D, got shape \(3, 2\)"),
         (torch.tensor(4.0), r"counts must be 1-D, got shape \(\)"),
-        (["a", "b"], "counts must be a 1-D array of non-negative integers"),
+        (["a", "b"], "counts must be an array of non-negative integers"),
         (torch.tensor([True, False]), "counts must be non-negative integers, got a boolean tensor"),
     ],
 )
