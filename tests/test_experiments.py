@@ -26,6 +26,10 @@ SMOKE = {
         ["--ks", "2", "--batch-size", "4", "--steps", "1", "--rounds", "1"],
         ["benchmark.json"],
     ),
+    "diffusion_bound": (
+        ["--num-data", "4", "--samples", "20", "--timesteps", "5", "--variance-scales", "2"],
+        ["terms.png", "variance.png", "histogram.png", "results.json"],
+    ),
     "earthquake": (
         ["--steps", "5", "--num-data", "30", "--cavi-iters", "5"],
         ["elbo.png", "clusters.png", "results.json"],
