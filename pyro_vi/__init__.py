@@ -15,17 +15,31 @@ from .elbo import (
     StickingTheLandingELBO,
     score_function_guide,
 )
+from .exponential_family import FAMILIES, ExponentialFamily, NaturalParameterDomainError, get_family
 from .gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample
 from .inference_data import to_inference_data
+from .natural_gradient import (
+    DescentStep,
+    NaturalGradient,
+    descent_step,
+    natural_gradient,
+    natural_gradient_step,
+    natural_parameter_step,
+)
 from .training import FitResult, NonFiniteError, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ControlVariateELBO",
+    "DescentStep",
+    "ExponentialFamily",
+    "FAMILIES",
     "FitResult",
     "GradientStats",
     "ImportanceWeightedELBO",
+    "NaturalGradient",
+    "NaturalParameterDomainError",
     "NonFiniteError",
     "ParticleELBO",
     "ParticleTerms",
@@ -33,10 +47,15 @@ __all__ = [
     "ScoreFunctionELBO",
     "StickingTheLandingELBO",
     "categorical_from_relaxed",
+    "descent_step",
     "fit",
+    "get_family",
     "gradient_statistics",
     "gradient_variance_table",
     "gumbel_softmax_sample",
+    "natural_gradient",
+    "natural_gradient_step",
+    "natural_parameter_step",
     "psis_khat",
     "score_function_guide",
     "to_inference_data",

@@ -34,6 +34,10 @@ SMOKE = {
         ["--steps", "5", "--num-data", "30", "--cavi-iters", "5"],
         ["elbo.png", "clusters.png", "results.json"],
     ),
+    "gamma_natural_gradient": (
+        ["--steps", "20", "--num-data", "50"],
+        ["trajectories.png", "nll.png", "path.png", "results.json"],
+    ),
     "gmm_cavi": (
         ["--steps", "5", "--num-data", "30", "--cavi-iters", "5"],
         ["elbo.png", "clusters.png", "results.json"],
@@ -43,6 +47,10 @@ SMOKE = {
         ["histogram.png", "temperature.png", "gradients.png", "results.json"],
     ),
     "iwelbo_bounds": (["--ks", "1", "5", "--draws", "3"], ["bounds.png", "results.json"]),
+    "natural_gradient_svi": (
+        ["--steps", "5", "--exact-steps", "5", "--particles", "2", "--cavi-iters", "3"],
+        ["elbo_gap.png", "results.json"],
+    ),
     "poisson_gamma": (["--steps", "20"], ["theta.png", "elbo.png", "results.json"]),
     "vae_mnist": (
         ["--data-dir", TINY_MNIST, "--epochs", "1", "--eval-samples", "5", "--runs", "vae,iwae5",

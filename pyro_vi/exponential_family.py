@@ -1,0 +1,305 @@
+r"""
+Exponential families in canonical form, one small description per family, with
+generic log densities, mean parameters and Fisher information.
+
+A family with usual parameters :math:`\theta` (what the torch distribution takes)
+is written as
+
+.. math::
+
+    p(x \mid \eta) = h(x) \exp\big(\eta^\top t(x) - A(\eta)\big), \qquad \eta = \eta(\theta),
+
+with natural parameters :math:`\eta`, sufficient statistics :math:`t(x)`, log
+normalizer :math:`A` and base measure :math:`h`. Everything else follows from
+:math:`A` [1, 2]: the mean parameters are :math:`\nabla_\eta A = E[t(x)]`, the
+Fisher information in natural parameters is
+:math:`F(\eta) = \nabla^2_\eta A = \mathrm{Cov}[t(x)]`, and in usual parameters
+:math:`F(\theta) = J^\top F(\eta) J` with :math:`J = \partial\eta / \partial\theta`.
+These are computed here by autograd from the description, batched: an input of
+shape ``(..., d)`` gives ``(..., d)`` vectors and ``(..., d, d)`` matrices.
+
+The Gamma distribution (question 2.2.14), shape :math:`\alpha`, scale :math:`\beta`:
+
+.. math::
+
+    \eta = (\alpha - 1, -1/\beta), \quad t(x) = (\log x, x), \quad h(x) = 1, \quad
+    A(\eta) = \log\Gamma(\eta_1 + 1) - (\eta_1 + 1) \log(-\eta_2),\\
+    \nabla_\eta A = \big(\psi(\eta_1 + 1) - \log(-\eta_2),\; -(\eta_1 + 1)/\eta_2\big)
+                  = \big(\psi(\alpha) + \log\beta,\; \alpha\beta\big)
+                  = \big(E[\log x],\; E[x]\big).
+
+With rate :math:`b = 1/\beta` the natural parameters are :math:`(\alpha - 1, -b)`.
+The registry :data:`FAMILIES` holds ``"poisson"`` (rate), ``"exponential"`` (rate),
+``"gamma"`` (shape, rate: :class:`torch.distributions.Gamma`),
+``"gamma_shape_scale"`` (shape, scale), ``"normal"`` (loc, scale),
+``"normal_precision"`` (loc, precision) and ``"lognormal"`` (loc, scale of log x).
+
+References
+
+1. M. J. Wainwright, M. I. Jordan, *Graphical Models, Exponential Families, and
+   Variational Inference*, Found. Trends Mach. Learn. 1 (2008), section 3.
+2. S. Amari, *Natural Gradient Works Efficiently in Learning*, Neural Computation 10 (1998).
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple, Union
+
+import torch
+from torch.distributions import Distribution, Exponential, Gamma, LogNormal, Normal, Poisson, constraints
+
+__all__ = ["FAMILIES", "ExponentialFamily", "NaturalParameterDomainError", "get_family"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class NaturalParameterDomainError(ValueError):
+    """Natural parameters that map to no distribution of the family (e.g. a
+    Gamma shape :math:`\\eta_1 + 1 \\le 0`)."""
+
+
+def _batched_jacobian(outputs: torch.Tensor, inputs: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """``(..., d, d)`` Jacobians of ``outputs[..., i]`` w.r.t. ``inputs[..., j]`` when
+    every batch element of ``outputs`` depends on its own batch element only."""
+    rows = [
+        torch.autograd.grad(outputs[..., i].sum(), inputs, retain_graph=True, create_graph=create_graph)[0]
+        for i in range(outputs.shape[-1])
+    ]
+    return torch.stack(rows, dim=-2)
+
+
+@dataclass(frozen=True)
+class ExponentialFamily:
+    r"""Description of one exponential family and the generic quantities derived from it.
+
+    Parameters are stacked on the last dimension: usual parameters ``theta`` and
+    natural parameters ``eta`` have shape ``(..., d)``; methods also accept a sequence
+    of ``d`` numbers or tensors for ``theta`` (broadcast together).
+
+    :param str name: registry key.
+    :param tuple param_names: names of the usual parameters, in order.
+    :param tuple param_constraints: a constraint per usual parameter (``real``, ``positive``).
+    :param support: constraint on the data :math:`x`.
+    :param callable distribution: usual parameters (unpacked) -> torch distribution.
+    :param callable to_natural: :math:`\theta \mapsto \eta`, ``(..., d) -> (..., d)``.
+    :param callable from_natural: :math:`\eta \mapsto \theta`, its inverse.
+    :param callable sufficient_stats: :math:`x \mapsto t(x)`, ``(...) -> (..., d)``.
+    :param callable log_normalizer: :math:`\eta \mapsto A(\eta)`, ``(..., d) -> (...)``.
+    :param callable log_base_measure: :math:`x \mapsto \log h(x)`, ``(...) -> (...)``.
+    """
+
+    name: str
+    param_names: Tuple[str, ...]
+    param_constraints: Tuple[constraints.Constraint, ...]
+    support: constraints.Constraint
+    distribution: Callable[..., Distribution]
+    to_natural: Callable[[torch.Tensor], torch.Tensor]
+    from_natural: Callable[[torch.Tensor], torch.Tensor]
+    sufficient_stats: Callable[[torch.Tensor], torch.Tensor]
+    log_normalizer: Callable[[torch.Tensor], torch.Tensor]
+    log_base_measure: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def dim(self) -> int:
+        """Number of parameters :math:`d`."""
+        return len(self.param_names)
+
+    def check_params(self, theta) -> torch.Tensor:
+        """Usual parameters as a ``(..., d)`` tensor, each finite and inside its constraint.
+
+        :raises ValueError: naming the family, the parameter and the bad value.
+        """
+        if isinstance(theta, (list, tuple)):
+            if len(theta) != self.dim:
+                raise ValueError(f"{self.name}: expected {self.dim} parameters {self.param_names}, got {len(theta)}")
+            values = [torch.as_tensor(v, dtype=torch.get_default_dtype()) if not isinstance(v, torch.Tensor) else v
+                      for v in theta]
+            theta = torch.stack(torch.broadcast_tensors(*values), dim=-1)
+        if not isinstance(theta, torch.Tensor) or theta.dim() == 0 or theta.shape[-1] != self.dim:
+            raise ValueError(f"{self.name}: theta must have last dimension {self.dim} {self.param_names}, "
+                             f"got {theta!r}")
+        problem = self.param_problem(theta)
+        if problem:
+            raise ValueError(f"{self.name}: {problem}")
+        return theta
+
+    def param_problem(self, theta: torch.Tensor) -> str:
+        """What is wrong with usual parameters ``theta`` (``(..., d)``), or ``""`` if nothing."""
+        for i, (name, constraint) in enumerate(zip(self.param_names, self.param_constraints)):
+            value = theta[..., i].detach()
+            if not bool((torch.isfinite(value) & constraint.check(value)).all()):
+                return f"parameter {name} must be finite and {_describe(constraint)}, got {value}"
+        return ""
+
+    def check_data(self, x) -> torch.Tensor:
+        """``x`` as a tensor inside the family's support.
+
+        :raises ValueError: naming the family and the first bad value.
+        """
+        x = torch.as_tensor(x, dtype=torch.get_default_dtype()) if not isinstance(x, torch.Tensor) else x
+        bad = ~(torch.isfinite(x) & self.support.check(x))
+        if bool(bad.any()):
+            raise ValueError(f"{self.name}: data must be {_describe(self.support)}, got {x[bad].flatten()[0].item()}")
+        return x
+
+    def natural_params(self, theta) -> torch.Tensor:
+        r""":math:`\eta(\theta)` of checked usual parameters."""
+        return self.to_natural(self.check_params(theta))
+
+    def usual_params(self, eta: torch.Tensor) -> torch.Tensor:
+        r""":math:`\theta(\eta)`.
+
+        :raises NaturalParameterDomainError: if :math:`\eta` lies outside the natural domain.
+        """
+        if not isinstance(eta, torch.Tensor) or eta.dim() == 0 or eta.shape[-1] != self.dim:
+            raise ValueError(f"{self.name}: eta must be a tensor with last dimension {self.dim}, got {eta!r}")
+        theta = self.from_natural(eta)
+        problem = self.param_problem(theta)
+        if problem:
+            raise NaturalParameterDomainError(
+                f"natural parameters eta = {eta.detach().tolist()} lie outside the domain of {self.name}: "
+                f"they map to a {problem}"
+            )
+        return theta
+
+    def log_prob(self, theta, x) -> torch.Tensor:
+        r""":math:`\log h(x) + \eta^\top t(x) - A(\eta)`, broadcast over ``theta[..., 0]`` and ``x``."""
+        eta = self.natural_params(theta)
+        x = self.check_data(x)
+        return self.log_base_measure(x) + (eta * self.sufficient_stats(x)).sum(-1) - self.log_normalizer(eta)
+
+    def mean_params(self, eta: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        r"""Mean parameters :math:`\nabla_\eta A(\eta) = E[t(x)]`, shape ``(..., d)``."""
+        self.usual_params(eta)
+        with torch.enable_grad():
+            eta_ = eta if create_graph and eta.requires_grad else eta.detach().requires_grad_(True)
+            return torch.autograd.grad(self.log_normalizer(eta_).sum(), eta_, create_graph=create_graph)[0]
+
+    def fisher_natural(self, eta: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        r"""Fisher information in natural parameters, :math:`F(\eta) = \nabla^2_\eta A(\eta)
+        = \mathrm{Cov}[t(x)]`, shape ``(..., d, d)``."""
+        self.usual_params(eta)
+        with torch.enable_grad():
+            eta_ = eta if create_graph and eta.requires_grad else eta.detach().requires_grad_(True)
+            grad = torch.autograd.grad(self.log_normalizer(eta_).sum(), eta_, create_graph=True)[0]
+            return _batched_jacobian(grad, eta_, create_graph)
+
+    def natural_jacobian(self, theta) -> torch.Tensor:
+        r""":math:`J = \partial\eta / \partial\theta`, ``J[..., i, j] = d eta_i / d theta_j``."""
+        theta = self.check_params(theta)
+        with torch.enable_grad():
+            theta_ = theta.detach().requires_grad_(True)
+            return _batched_jacobian(self.to_natural(theta_), theta_, create_graph=False)
+
+    def fisher(self, theta) -> torch.Tensor:
+        r"""Fisher information in usual parameters, :math:`F(\theta) = J^\top F(\eta) J`,
+        shape ``(..., d, d)``."""
+        theta = self.check_params(theta)
+        jac = self.natural_jacobian(theta)
+        return jac.transpose(-1, -2) @ self.fisher_natural(self.to_natural(theta).detach()) @ jac
+
+    def natural_gradient(self, theta, grad_theta: torch.Tensor) -> torch.Tensor:
+        r""":math:`F(\theta)^{-1} \nabla_\theta \mathcal{L}`, by a linear solve, shape ``(..., d)``."""
+        return torch.linalg.solve(self.fisher(theta), grad_theta.unsqueeze(-1)).squeeze(-1)
+
+
+def _describe(constraint) -> str:
+    names = {
+        constraints.positive: "positive",
+        constraints.real: "real",
+        constraints.nonnegative: "non-negative",
+        constraints.nonnegative_integer: "a non-negative integer",
+    }
+    return names.get(constraint, str(constraint))
+
+
+def _stack(*columns):
+    return torch.stack(torch.broadcast_tensors(*columns), dim=-1)
+
+
+def _gamma_log_normalizer(eta):
+    shape = eta[..., 0] + 1
+    return torch.lgamma(shape) - shape * torch.log(-eta[..., 1])
+
+
+def _gaussian_log_normalizer(eta):
+    return -eta[..., 0] ** 2 / (4 * eta[..., 1]) - 0.5 * torch.log(-2 * eta[..., 1])
+
+
+def _normal_from_natural(eta):
+    variance = -0.5 / eta[..., 1]
+    return _stack(eta[..., 0] * variance, variance.sqrt())
+
+
+def _log_stats(x):
+    return _stack(x.log(), x.log() ** 2)
+
+
+def _zero(x):
+    return torch.zeros_like(x)
+
+
+def _family(name, params, support, distribution, to_natural, from_natural, stats, log_normalizer, log_h):
+    return ExponentialFamily(
+        name=name,
+        param_names=tuple(p for p, _ in params),
+        param_constraints=tuple(c for _, c in params),
+        support=support,
+        distribution=distribution,
+        to_natural=to_natural,
+        from_natural=from_natural,
+        sufficient_stats=stats,
+        log_normalizer=log_normalizer,
+        log_base_measure=log_h,
+    )
+
+
+_POS, _REAL = constraints.positive, constraints.real
+
+#: Registry of the families by name.
+FAMILIES: Dict[str, ExponentialFamily] = {
+    family.name: family
+    for family in (
+        _family("poisson", [("rate", _POS)], constraints.nonnegative_integer, Poisson,
+                lambda th: th.log(), lambda eta: eta.exp(), lambda x: x.unsqueeze(-1),
+                lambda eta: eta[..., 0].exp(), lambda x: -torch.lgamma(x + 1)),
+        _family("exponential", [("rate", _POS)], constraints.nonnegative, Exponential,
+                lambda th: -th, lambda eta: -eta, lambda x: x.unsqueeze(-1),
+                lambda eta: -torch.log(-eta[..., 0]), _zero),
+        _family("gamma", [("concentration", _POS), ("rate", _POS)], _POS, Gamma,
+                lambda th: _stack(th[..., 0] - 1, -th[..., 1]),
+                lambda eta: _stack(eta[..., 0] + 1, -eta[..., 1]),
+                lambda x: _stack(x.log(), x), _gamma_log_normalizer, _zero),
+        _family("gamma_shape_scale", [("shape", _POS), ("scale", _POS)], _POS,
+                lambda shape, scale: Gamma(shape, 1 / scale),
+                lambda th: _stack(th[..., 0] - 1, -1 / th[..., 1]),
+                lambda eta: _stack(eta[..., 0] + 1, -1 / eta[..., 1]),
+                lambda x: _stack(x.log(), x), _gamma_log_normalizer, _zero),
+        _family("normal", [("loc", _REAL), ("scale", _POS)], _REAL, Normal,
+                lambda th: _stack(th[..., 0] / th[..., 1] ** 2, -0.5 / th[..., 1] ** 2),
+                _normal_from_natural, lambda x: _stack(x, x**2), _gaussian_log_normalizer,
+                lambda x: torch.full_like(x, -0.5 * _LOG_2PI)),
+        _family("normal_precision", [("loc", _REAL), ("precision", _POS)], _REAL,
+                lambda loc, precision: Normal(loc, precision.rsqrt()),
+                lambda th: _stack(th[..., 0] * th[..., 1], -0.5 * th[..., 1]),
+                lambda eta: _stack(-0.5 * eta[..., 0] / eta[..., 1], -2 * eta[..., 1]),
+                lambda x: _stack(x, x**2), _gaussian_log_normalizer,
+                lambda x: torch.full_like(x, -0.5 * _LOG_2PI)),
+        _family("lognormal", [("loc", _REAL), ("scale", _POS)], _POS, LogNormal,
+                lambda th: _stack(th[..., 0] / th[..., 1] ** 2, -0.5 / th[..., 1] ** 2),
+                _normal_from_natural, _log_stats, _gaussian_log_normalizer,
+                lambda x: -0.5 * _LOG_2PI - x.log()),
+    )
+}
+
+
+def get_family(family: Union[str, ExponentialFamily]) -> ExponentialFamily:
+    """An :class:`ExponentialFamily` from itself or its name in :data:`FAMILIES`.
+
+    :raises ValueError: for an unknown name, listing the known ones.
+    """
+    if isinstance(family, ExponentialFamily):
+        return family
+    if isinstance(family, str) and family in FAMILIES:
+        return FAMILIES[family]
+    raise ValueError(f"family must be an ExponentialFamily or one of {sorted(FAMILIES)}, got {family!r}")

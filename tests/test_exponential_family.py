@@ -1,0 +1,160 @@
+"""Exponential-family descriptions: densities, mean parameters and Fisher information
+against torch, closed forms, autograd and Monte Carlo (tolerances: 5 standard errors)."""
+
+import pytest
+import torch
+from torch.autograd.functional import hessian
+
+from pyro_vi import FAMILIES, ExponentialFamily, NaturalParameterDomainError, get_family
+
+NUM_DRAWS = 100_000
+Z = 5.0  # standard errors allowed in Monte Carlo comparisons
+
+# usual parameters of a small batch per family: last dimension = the family's parameters
+PARAMS = {
+    "poisson": [[3.0], [0.4]],
+    "exponential": [[2.0], [0.3]],
+    "gamma": [[3.0, 0.5], [0.7, 2.0]],
+    "gamma_shape_scale": [[3.0, 2.0], [0.7, 0.5]],
+    "normal": [[1.0, 2.0], [-0.5, 0.3]],
+    "normal_precision": [[1.0, 4.0], [-0.5, 0.3]],
+    "lognormal": [[0.3, 0.7], [-1.0, 0.2]],
+}
+
+
+def theta_of(name):
+    return torch.tensor(PARAMS[name], dtype=torch.float64)
+
+
+def moments(name, theta):
+    """Closed-form E[t(x)] and Cov[t(x)] (the Hessian of A), per family."""
+    p0, p1 = theta[..., 0], theta[..., -1]
+    if name == "poisson":
+        return p0[..., None], p0[..., None, None]
+    if name == "exponential":
+        return (1 / p0)[..., None], (1 / p0**2)[..., None, None]
+    if name.startswith("gamma"):
+        scale = p1 if name == "gamma_shape_scale" else 1 / p1
+        mean = torch.stack([torch.digamma(p0) + scale.log(), p0 * scale], -1)
+        cov = [[torch.polygamma(1, p0), scale], [scale, p0 * scale**2]]
+        return mean, torch.stack([torch.stack(row, -1) for row in cov], -2)
+    var = 1 / p1 if name == "normal_precision" else p1**2
+    mean = torch.stack([p0, p0**2 + var], -1)
+    cov = [[var, 2 * p0 * var], [2 * p0 * var, 4 * p0**2 * var + 2 * var**2]]
+    return mean, torch.stack([torch.stack(row, -1) for row in cov], -2)
+
+
+def draws(family, theta, seed):
+    torch.manual_seed(seed)
+    return family.distribution(*theta.unbind(-1)).sample((NUM_DRAWS,))
+
+
+def assert_within_standard_errors(samples, expected):
+    """``samples`` of shape (n, ...): their mean is within Z standard errors of ``expected``."""
+    se = samples.std(0) / samples.shape[0] ** 0.5
+    error = (samples.mean(0) - expected).abs()
+    assert (error <= Z * se + 1e-12).all(), (error, se)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_log_prob_matches_torch(name):
+    family = FAMILIES[name]
+    theta = theta_of(name)
+    x = draws(family, theta, seed=0)[:7]
+    expected = family.distribution(*theta.unbind(-1)).log_prob(x)
+    assert torch.allclose(family.log_prob(theta, x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_parameter_round_trip(name):
+    family = FAMILIES[name]
+    theta = theta_of(name)
+    assert torch.allclose(family.usual_params(family.natural_params(theta)), theta, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_mean_params(name):
+    family = FAMILIES[name]
+    theta = theta_of(name)
+    eta = family.natural_params(theta)
+    mean = family.mean_params(eta)
+    assert mean.shape == theta.shape
+    eta_ = eta.clone().requires_grad_(True)
+    grad_a = torch.autograd.grad(family.log_normalizer(eta_).sum(), eta_)[0]
+    assert torch.allclose(mean, grad_a, rtol=1e-12)
+    assert torch.allclose(mean, moments(name, theta)[0], rtol=1e-10)
+    assert_within_standard_errors(family.sufficient_stats(draws(family, theta, seed=1)), mean)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_fisher_natural(name):
+    family = FAMILIES[name]
+    theta = theta_of(name)
+    eta = family.natural_params(theta)
+    fisher = family.fisher_natural(eta)
+    assert fisher.shape == theta.shape + (family.dim,)
+    assert torch.allclose(fisher, moments(name, theta)[1], rtol=1e-10)
+    for i in range(len(eta)):  # an unbatched autograd Hessian, point by point
+        assert torch.allclose(fisher[i], hessian(family.log_normalizer, eta[i]), rtol=1e-10)
+    # covariance of the score t(x) - E[t(x)] in natural parameters
+    score = family.sufficient_stats(draws(family, theta, seed=2)) - family.mean_params(eta)
+    assert_within_standard_errors(score[..., :, None] * score[..., None, :], fisher)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_fisher_usual_is_covariance_of_torch_score(name):
+    family = FAMILIES[name]
+    theta = theta_of(name)
+    x = draws(family, theta, seed=3)
+    theta_ = theta.expand(NUM_DRAWS, *theta.shape).clone().requires_grad_(True)
+    log_prob = family.distribution(*theta_.unbind(-1)).log_prob(x).sum()
+    score = torch.autograd.grad(log_prob, theta_)[0]
+    assert_within_standard_errors(score[..., :, None] * score[..., None, :], family.fisher(theta))
+
+
+def test_batched_shapes():
+    family = FAMILIES["normal"]
+    theta = family.check_params((torch.randn(4, 3, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64) + 0.5))
+    eta = family.natural_params(theta)
+    assert theta.shape == (4, 3, 2)
+    assert family.mean_params(eta).shape == (4, 3, 2)
+    assert family.fisher_natural(eta).shape == (4, 3, 2, 2)
+    assert family.fisher(theta).shape == (4, 3, 2, 2)
+    flat = family.fisher(theta.reshape(12, 2)).reshape(4, 3, 2, 2)
+    assert torch.allclose(family.fisher(theta), flat)
+
+
+def test_gamma_shape_scale_fisher_and_inverse_closed_form():
+    family = FAMILIES["gamma_shape_scale"]
+    a = torch.tensor([0.3, 1.0, 3.0, 40.0], dtype=torch.float64)
+    b = torch.tensor([0.5, 10.0, 2.0, 0.1], dtype=torch.float64)
+    trigamma = torch.polygamma(1, a)
+    expected = torch.stack([torch.stack([trigamma, 1 / b], -1), torch.stack([1 / b, a / b**2], -1)], -2)
+    fisher = family.fisher((a, b))
+    assert torch.allclose(fisher, expected, rtol=1e-12)
+    inverse = torch.stack([torch.stack([a, -b], -1), torch.stack([-b, b**2 * trigamma], -1)], -2)
+    inverse = inverse / (a * trigamma - 1)[:, None, None]
+    assert torch.allclose(torch.linalg.inv(fisher), inverse, rtol=1e-10)
+
+
+def test_bad_input_raises_clear_errors():
+    gamma = FAMILIES["gamma"]
+    with pytest.raises(ValueError, match="concentration must be finite and positive, got"):
+        gamma.check_params((0.0, 1.0))
+    with pytest.raises(ValueError, match="rate must be finite and positive"):
+        gamma.log_prob((2.0, -1.0), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="gamma: data must be positive, got 0.0"):
+        gamma.log_prob((2.0, 1.0), torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="data must be positive, got -2.0"):
+        FAMILIES["gamma_shape_scale"].log_prob((2.0, 1.0), torch.tensor([-2.0]))
+    with pytest.raises(ValueError, match="data must be a non-negative integer"):
+        FAMILIES["poisson"].log_prob((2.0,), torch.tensor([1.5]))
+    with pytest.raises(NaturalParameterDomainError, match="outside the domain of gamma.*concentration"):
+        gamma.mean_params(torch.tensor([-1.5, -1.0]))
+    with pytest.raises(NaturalParameterDomainError, match="outside the domain of normal.*scale"):
+        FAMILIES["normal"].fisher_natural(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="expected 2 parameters"):
+        gamma.check_params((1.0,))
+    with pytest.raises(ValueError, match="one of"):
+        get_family("beta")
+    assert isinstance(get_family("poisson"), ExponentialFamily)
