@@ -80,8 +80,11 @@ class ImportanceWeightedELBO(ParticleELBO):
       \\partial_\\phi z_k`, unbiased for the IWAE gradient, with a
       signal-to-noise ratio that does not decay with K; model parameters get
       :math:`\\sum_k \\tilde w_k \\nabla_\\theta \\log p_\\theta(x, z_k)` as in
-      IWAE. The two are taken as separate gradients (:math:`z_k` does not
-      depend on :math:`\\theta`), which avoids evaluating the model again at
+      IWAE. With one vectorized trace and samples that do not depend on each
+      other (a VAE), one backward pass does both: a hook on each :math:`z_k`
+      multiplies its gradient by :math:`\\tilde w_k`. Otherwise the two are
+      taken as separate gradients (:math:`z_k` does not depend on
+      :math:`\\theta`), which avoids evaluating the model again at
       :math:`\\mathrm{stop}(z_k)`.
 
     With K = 1, ``"reparam"`` is Trace_ELBO's estimator and ``"stl"`` and
@@ -131,20 +134,49 @@ class ImportanceWeightedELBO(ParticleELBO):
         path_log_w = log_weights_per_point(terms, path_log_q(terms))
         if self.gradient == "stl":
             return value, (weights * path_log_w).sum()
-        # DReG: squared weights on the path gradient of the guide parameters,
-        # plain weights on the model parameters.
-        surrogate = value.new_zeros(())
-        for params, objective in (
-            (terms.guide_params, (weights**2 * path_log_w).sum()),
-            (terms.model_params, (weights * log_weights_per_point(terms, {})).sum()),
-        ):
-            params = [p for p in params.values() if p.requires_grad]
-            if params and objective.requires_grad:
-                grads = torch.autograd.grad(
-                    objective, params, retain_graph=True, allow_unused=True, materialize_grads=True
-                )
-                surrogate = surrogate + _linear_surrogate(params, grads)
-        return value, surrogate
+        if terms.vectorized and terms.guide_samples_independent:
+            return value, dreg_surrogate_by_hooks(terms, weights, path_log_w)
+        return value, dreg_surrogate_by_two_gradients(terms, weights, path_log_w)
+
+
+def dreg_surrogate_by_two_gradients(terms, weights, path_log_w):
+    """DReG as two gradients: :math:`\\sum_k \\tilde w_k^2 \\log w_k^{\\mathrm{path}}`
+    for the guide parameters and :math:`\\sum_k \\tilde w_k \\log p(x, z_k)` for
+    the model parameters, returned as a surrogate linear in the parameters.
+    Valid for any guide."""
+    surrogate = path_log_w.new_zeros(())
+    for params, objective in (
+        (terms.guide_params, (weights**2 * path_log_w).sum()),
+        (terms.model_params, (weights * log_weights_per_point(terms, {})).sum()),
+    ):
+        params = [p for p in params.values() if p.requires_grad]
+        if params and objective.requires_grad:
+            grads = torch.autograd.grad(
+                objective, params, retain_graph=True, allow_unused=True, materialize_grads=True
+            )
+            surrogate = surrogate + _linear_surrogate(params, grads)
+    return surrogate
+
+
+def dreg_surrogate_by_hooks(terms, weights, path_log_w):
+    """DReG in one backward pass: :math:`\\sum_k \\tilde w_k \\log w_k^{\\mathrm{path}}`
+    with the gradient reaching each sample :math:`z_k` multiplied by
+    :math:`\\tilde w_k` once more. The model parameters then get
+    :math:`\\sum_k \\tilde w_k \\nabla_\\theta \\log p` and the guide parameters,
+    which reach the objective only through :math:`z_k` (the score part of
+    :math:`\\log q` is stopped), :math:`\\sum_k \\tilde w_k^2 \\partial_{z_k} \\log w_k
+    \\, \\partial_\\phi z_k`. Valid for one vectorized trace whose samples do not
+    depend on each other (else a sample's gradient would be scaled twice)."""
+    (_, guide_trace), = terms.traces
+    for name in terms.guide:
+        site = guide_trace.nodes[name]
+        sample = site["value"]
+        if sample.requires_grad:
+            batch_dim = len(site["fn"].batch_shape)
+            shape = (1,) * (batch_dim - weights.dim()) + weights.shape + (1,) * (sample.dim() - batch_dim)
+            scale = weights.reshape(shape)
+            sample.register_hook(lambda grad, scale=scale: grad * scale)
+    return (weights * path_log_w).sum()
 
 
 def _is_one(scale):

@@ -15,6 +15,7 @@ right-aligned as in Pyro; size 1 where the site is not in that plate).
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -146,18 +147,26 @@ class ParticleTerms:
         """:math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide site: only the
         variational parameters, not the samples (nor, in a structured guide,
         the upstream samples its distributions depend on), carry gradient.
-        A guide whose distributions depend on none of its other samples (mean
-        field, amortized) is evaluated at the detached samples directly; any
-        other guide is run again on detached copies of its samples. Same
-        shapes as the site terms."""
-        stopped = []
-        for _, guide_trace in self.traces:
-            stopped.append(_log_prob_at_detached(guide_trace))
-            if stopped[-1] is None:
-                stopped[-1] = self._rerun_on_detached(guide_trace)
-        return {
+        Same shapes as the site terms."""
+        return self._stopped_guide[0]
+
+    @property
+    def guide_samples_independent(self):
+        """Whether no guide sample, nor its distribution, depends on another
+        guide sample (mean-field and amortized guides)."""
+        return self._stopped_guide[1]
+
+    @cached_property
+    def _stopped_guide(self):
+        # Independent samples: each site's density at its detached sample.
+        # Otherwise the guide is run again on detached copies of its samples.
+        stopped = [_log_prob_at_detached(guide_trace) for _, guide_trace in self.traces]
+        independent = all(log_probs is not None for log_probs in stopped)
+        if not independent:
+            stopped = [self._rerun_on_detached(guide_trace) for _, guide_trace in self.traces]
+        log_probs = {
             name: _stack(
-                [log_probs[name] for log_probs in stopped],
+                [particle[name] for particle in stopped],
                 self.traces[0][1].nodes[name],
                 self.plate_dims,
                 self.vectorized,
@@ -165,6 +174,7 @@ class ParticleTerms:
             )
             for name in self.guide
         }
+        return log_probs, independent
 
     def _rerun_on_detached(self, guide_trace):
         detached = guide_trace.copy()
@@ -182,8 +192,8 @@ class ParticleTerms:
 
 def _log_prob_at_detached(guide_trace):
     """Each guide site's scaled, masked log-density at its detached sample,
-    or ``None`` when some site's distribution depends on another sample of
-    the guide (then only a rerun stops that path)."""
+    or ``None`` when some site's value or distribution depends on another
+    sample of the guide (then only a rerun stops that path)."""
     sites = [
         s for s in prune_subsample_sites(guide_trace).nodes.values()
         if s["type"] == "sample" and not s["is_observed"]
@@ -193,10 +203,13 @@ def _log_prob_at_detached(guide_trace):
     for site in sites:
         log_prob = site["fn"].log_prob(site["value"].detach(), *site["args"], **site["kwargs"])
         upstream = [v for v in samples if v is not site["value"]]
-        if upstream and log_prob.requires_grad:
-            grads = torch.autograd.grad(log_prob.sum(), upstream, retain_graph=True, allow_unused=True)
-            if any(g is not None for g in grads):
-                return None
+        if upstream:
+            # The site's value and density, each connected to the graph or zero.
+            reach = log_prob.sum() * 0 + site["value"].sum() * 0
+            if reach.requires_grad:
+                grads = torch.autograd.grad(reach, upstream, retain_graph=True, allow_unused=True)
+                if any(g is not None for g in grads):
+                    return None
         log_probs[site["name"]] = scale_and_mask(log_prob, site["scale"], site["mask"])
     return log_probs
 
