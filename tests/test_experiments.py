@@ -47,6 +47,12 @@ SMOKE = {
         ["histogram.png", "temperature.png", "gradients.png", "results.json"],
     ),
     "iwelbo_bounds": (["--ks", "1", "5", "--draws", "3"], ["bounds.png", "results.json"]),
+    "lda_svi": (
+        ["--num-docs", "40", "--vocab-size", "20", "--num-topics", "3", "--doc-length", "20",
+         "--cavi-iters", "3", "--svi-updates", "5", "--batch-size", "10", "--pyro-steps", "5",
+         "--eval-points", "3"],
+        ["elbo.png", "topics.png", "results.json"],
+    ),
     "natural_gradient_svi": (
         ["--steps", "5", "--exact-steps", "5", "--particles", "2", "--cavi-iters", "3"],
         ["elbo_gap.png", "results.json"],

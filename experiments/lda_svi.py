@@ -1,0 +1,316 @@
+"""LDA: Hoffman et al.'s stochastic variational inference against batch CAVI and
+against Pyro SVI with Adam on the same mean-field family (issue 5, item 5).
+
+All three start from the same random lambda (Hoffman et al.'s Gamma(100, 1/100)) and are
+judged by one yardstick: the closed-form mean-field ELBO of the full corpus at their
+global lambda, with gamma (and phi) refitted by a local step
+(:func:`guides.lda.corpus_elbo`). Pyro's guide has no z (the model sums it out), so Adam
+climbs the collapsed bound, which lies above that ELBO (Jensen); its own estimate is
+reported as well. The benchmark of the issue: documents per second of SVI against batch
+CAVI's cost per sweep on the same corpus, and the ELBO each method reaches after the same
+wall time (default: the shortest of the three runs). Evaluations are not timed. On a
+synthetic corpus the true topics are known and the fitted ones are matched to them by the
+Hungarian algorithm.
+
+Writes ``elbo.png`` (ELBO per word against wall time and against documents processed),
+``topics.png`` (topic-word matrices, matched) and ``results.json``; prints a table.
+
+    python -m experiments.lda_svi --out results/lda_svi
+    python -m experiments.lda_svi --counts docword.kos.txt --vocab vocab.kos.txt --num-topics 20 \\
+        --alpha 0.05 --eta 0.01
+
+References
+
+1. M. D. Hoffman, D. M. Blei, C. Wang, J. Paisley, *Stochastic Variational Inference*,
+   JMLR 14, 2013.
+2. D. M. Blei, A. Y. Ng, M. I. Jordan, *Latent Dirichlet Allocation*, JMLR 3, 2003.
+"""
+
+import argparse
+import functools
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyro  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
+from pyro.infer import Trace_ELBO  # noqa: E402
+from pyro.optim import Adam  # noqa: E402
+
+from guides.lda import LAMBDA, cavi, check_schedule, corpus_elbo, elbo, guide, initial_lambda  # noqa: E402
+from guides.lda import params_from_store, stochastic_vi  # noqa: E402
+from models.lda import generate_corpus, load_docword, match_topics, model  # noqa: E402
+from pyro_vi.training import fit  # noqa: E402
+
+CAVI, SVI, PYRO = "batch CAVI", "SVI (Hoffman et al.)", "Pyro SVI + Adam"
+BUDGET_FRACTIONS = (0.1, 0.2, 0.5, 1.0)
+
+
+def load_corpus(args):
+    """``(counts float64, true topics or None, vocabulary or None)``."""
+    if args.counts is not None:
+        counts, vocabulary = load_docword(args.counts, args.vocab)
+        return counts.double(), None, vocabulary
+    counts, topics = generate_corpus(
+        args.num_docs, args.vocab_size, args.num_topics, args.doc_length, args.alpha, args.eta, seed=args.seed
+    )
+    return counts.double(), topics, None
+
+
+def checkpoints(num_iters, points):
+    """Iterations 0 < i <= num_iters to evaluate: ``points`` geometrically spaced (for the
+    start and the log axis) and ``points`` evenly spaced (for the same-wall-time ELBO)."""
+    geometric = np.round(np.geomspace(1, num_iters, max(points, 2)))
+    even = np.round(np.linspace(0, num_iters, max(points, 2) + 1)[1:])
+    return set(np.concatenate([geometric, even]).astype(int).tolist()) | {num_iters}
+
+
+def recorder(num_iters, points, docs_per_iter, init):
+    """A callback ``(iteration, seconds, lam)`` that keeps snapshots at :func:`checkpoints`."""
+    keep = checkpoints(num_iters, points)
+    snapshots = [(0.0, 0, init.clone())]
+
+    def callback(iteration, seconds, lam):
+        if iteration in keep:
+            snapshots.append((seconds, iteration * docs_per_iter, lam.detach().clone().double()))
+
+    return snapshots, callback
+
+
+def run_cavi(counts, init, args):
+    snapshots, callback = recorder(args.cavi_iters, args.eval_points, counts.shape[0], init)
+    result = cavi(counts, args.num_topics, args.alpha, args.eta, max_iters=args.cavi_iters, tol=args.cavi_tol,
+                  init_lambda=init, warm_start=args.cavi_warm_start, local_tol=args.local_tol,
+                  local_max_iters=args.local_max_iters, callback=callback)
+    if snapshots[-1][1] != result.num_iters * counts.shape[0]:  # converged before the last checkpoint
+        snapshots.append((result.seconds, result.num_iters * counts.shape[0], result.lam.clone()))
+    return dict(snapshots=snapshots, seconds=result.seconds, iterations=result.num_iters,
+                docs=result.num_iters * counts.shape[0], own_elbo_history=result.elbo_history)
+
+
+def run_hoffman(counts, init, args):
+    snapshots, callback = recorder(args.svi_updates, args.eval_points, args.batch_size, init)
+    result = stochastic_vi(counts, args.num_topics, args.alpha, args.eta, batch_size=args.batch_size,
+                           tau0=args.tau0, kappa=args.kappa, num_updates=args.svi_updates, seed=args.seed,
+                           init_lambda=init, local_tol=args.local_tol, local_max_iters=args.local_max_iters,
+                           callback=callback)
+    return dict(snapshots=snapshots, seconds=result.seconds, iterations=result.num_updates, docs=result.docs_seen)
+
+
+def run_pyro(counts, init, args):
+    batch = args.pyro_batch_size or counts.shape[0]
+    pyro_args = (counts, args.num_topics, args.alpha, args.eta, batch if batch < counts.shape[0] else None)
+    pyro_guide = functools.partial(guide, init_lambda=init)
+    # one discarded step first: Pyro/torch initialize themselves lazily (about 1 s, once
+    # per process), which is not the cost of the algorithm
+    pyro.clear_param_store()
+    fit(model, pyro_guide, Trace_ELBO(), Adam({"lr": args.pyro_lr}), *pyro_args, num_steps=1, progress=False)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    history = fit(model, pyro_guide, Trace_ELBO(), Adam({"lr": args.pyro_lr}), *pyro_args,
+                  num_steps=args.pyro_steps, track={"lam": lambda: pyro.param(LAMBDA).detach().clone()},
+                  progress=False)
+    keep = sorted(checkpoints(args.pyro_steps, args.eval_points))
+    snapshots = [(0.0, 0, init.clone())] + [
+        (step * history.seconds_per_step, step * batch, torch.as_tensor(history.tracked["lam"][step - 1]).double())
+        for step in keep
+    ]
+    lam, gamma = params_from_store()
+    own = float(elbo(counts, lam, gamma, args.alpha, args.eta))
+    return dict(snapshots=snapshots, seconds=history.num_steps * history.seconds_per_step,
+                iterations=history.num_steps, docs=history.num_steps * batch,
+                collapsed_bound_estimate=float(np.mean(history.elbo[-max(1, len(history.elbo) // 20):])),
+                mean_field_elbo_own_gamma=own)
+
+
+def evaluate(counts, run, args):
+    """Closed-form corpus ELBO at every snapshot (untimed)."""
+    run["elbo"] = [corpus_elbo(counts, lam, args.alpha, args.eta, args.local_tol, args.local_max_iters)[0]
+                   for _, _, lam in run["snapshots"]]
+    run["time"] = [seconds for seconds, _, _ in run["snapshots"]]
+    run["docs_seen"] = [docs for _, docs, _ in run["snapshots"]]
+
+
+def elbo_at(run, budget):
+    """The ELBO of the last snapshot taken within ``budget`` seconds."""
+    return [value for seconds, value in zip(run["time"], run["elbo"]) if seconds <= budget][-1]
+
+
+def topic_scores(reference, lam):
+    order, hellinger = match_topics(reference, lam)
+    topics = (lam / lam.sum(-1, keepdim=True)).numpy()[order]
+    total_variation = 0.5 * np.abs(topics - reference.numpy()).sum(-1)
+    return order, dict(mean_hellinger=float(hellinger.mean()), max_hellinger=float(hellinger.max()),
+                       mean_total_variation=float(total_variation.mean()), hellinger=hellinger.tolist())
+
+
+def plot_elbo(runs, budget, tokens, reference_elbo, path):
+    fig, (time_ax, docs_ax) = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for name, run in runs.items():
+        per_word = np.asarray(run["elbo"]) / tokens
+        time_ax.plot(run["time"], per_word, marker=".", label=name)
+        docs_ax.plot(run["docs_seen"][1:], per_word[1:], marker=".", label=name)
+    time_ax.axvline(budget, color="0.5", ls=":", label=f"same wall time ({budget:.3g} s)")
+    finals = [run["elbo"][-1] / tokens for run in runs.values()]
+    top = max(finals + ([reference_elbo / tokens] if reference_elbo is not None else []))
+    values = np.concatenate([np.asarray(run["elbo"][1:]) / tokens for run in runs.values()])
+    for ax in (time_ax, docs_ax):
+        if reference_elbo is not None:
+            ax.axhline(reference_elbo / tokens, color="k", ls="--", lw=1,
+                       label="true topics, lambda = eta + (N/K) beta")
+        ax.set_ylim(max(np.percentile(values, 10), top - 10 * (top - min(finals)) - 0.05), top + 0.02)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
+    time_ax.set_xlabel("wall time (s, evaluations excluded)")
+    time_ax.set_ylabel("full-corpus ELBO per word (nats)")
+    time_ax.set_title("ELBO of the global lambda (gamma by a local step)")
+    docs_ax.set_xscale("log")
+    docs_ax.set_xlabel("documents processed (local steps or Pyro minibatch rows)")
+    docs_ax.set_title("the same against documents processed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_topics(reference, label, matched, scores, path):
+    word_order = np.lexsort((-reference.max(0).values.numpy(), reference.argmax(0).numpy()))
+    rows = {label: reference.numpy()}
+    rows.update({f"{name}: mean Hellinger {scores[name]['mean_hellinger']:.3f}": topics
+                 for name, topics in matched.items() if name != label})
+    fig, axes = plt.subplots(len(rows), 1, figsize=(11, 1.2 + 1.4 * len(rows)), sharex=True, layout="constrained")
+    vmax = max(float(topics.max()) for topics in rows.values())
+    for ax, (title, topics) in zip(axes, rows.items()):
+        image = ax.imshow(topics[:, word_order], aspect="auto", cmap="viridis", norm=PowerNorm(0.5, 0, vmax),
+                          interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("topic")
+    axes[-1].set_xlabel(f"word (sorted by the topic that favours it most in: {label})")
+    fig.colorbar(image, ax=axes, label="topic-word probability (sqrt scale)", shrink=0.9)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args):
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    counts, true_topics, vocabulary = load_corpus(args)
+    num_docs, vocab_size = counts.shape
+    tokens = float(counts.sum())
+    init = initial_lambda(args.num_topics, vocab_size, seed=args.seed)
+    runs = {name: run(counts, init, args) for name, run in ((CAVI, run_cavi), (SVI, run_hoffman), (PYRO, run_pyro))}
+    for run in runs.values():
+        evaluate(counts, run, args)
+    budget = args.budget or min(run["seconds"] for run in runs.values())
+    reference, label = (true_topics, "true topics") if true_topics is not None else (
+        runs[CAVI]["snapshots"][-1][2] / runs[CAVI]["snapshots"][-1][2].sum(-1, keepdim=True), CAVI)
+    reference_elbo = None
+    if true_topics is not None:
+        reference_elbo = corpus_elbo(counts, args.eta + tokens / args.num_topics * true_topics, args.alpha, args.eta,
+                                     args.local_tol, args.local_max_iters)[0]
+    rows, matched, scores = {}, {}, {}
+    for name, run in runs.items():
+        lam = run["snapshots"][-1][2]
+        order, scores[name] = topic_scores(reference, lam)
+        matched[name] = (lam / lam.sum(-1, keepdim=True)).numpy()[order]
+        rows[name] = dict(
+            docs_per_second=run["docs"] / run["seconds"], wall_seconds=run["seconds"],
+            seconds_per_iteration=run["seconds"] / run["iterations"], iterations=run["iterations"],
+            final_elbo=run["elbo"][-1], final_elbo_per_word=run["elbo"][-1] / tokens,
+            elbo_at_budget=elbo_at(run, budget), elbo_per_word_at_budget=elbo_at(run, budget) / tokens,
+            elbo_per_word_at_fraction_of_budget={f: elbo_at(run, f * budget) / tokens for f in BUDGET_FRACTIONS},
+            topic_distance_to=label, **scores[name],
+            history=dict(seconds=run["time"], docs=run["docs_seen"], elbo=run["elbo"]),
+            **{key: run[key] for key in ("own_elbo_history", "collapsed_bound_estimate", "mean_field_elbo_own_gamma")
+               if key in run},
+        )
+    plot_elbo(runs, budget, tokens, reference_elbo, os.path.join(args.out, "elbo.png"))
+    plot_topics(reference, label, matched, scores, os.path.join(args.out, "topics.png"))
+    print(f"corpus: D = {num_docs}, V = {vocab_size}, K = {args.num_topics}, {tokens:.0f} tokens;"
+          f" same wall time T = {budget:.3g} s; topic distances to the {label}")
+    print(f"{'method':<22}{'docs/s':>10}{'s/iter':>9}{'wall s':>8}{'ELBO/word':>11}"
+          f"{'@ T/5':>9}{'@ T':>9}{'Hellinger':>11}{'TV':>7}")
+    for name, row in rows.items():
+        print(f"{name:<22}{row['docs_per_second']:>10.0f}{row['seconds_per_iteration']:>9.4f}"
+              f"{row['wall_seconds']:>8.2f}"
+              f"{row['final_elbo_per_word']:>11.4f}{row['elbo_per_word_at_fraction_of_budget'][0.2]:>9.4f}"
+              f"{row['elbo_per_word_at_budget']:>9.4f}"
+              f"{row['mean_hellinger']:>11.3f}{row['mean_total_variation']:>7.3f}")
+    if reference_elbo is not None:
+        print(f"ELBO/word at the true topics: {reference_elbo / tokens:.4f}")
+    print(f"Pyro's collapsed bound (last 5% of steps, per word): {rows[PYRO]['collapsed_bound_estimate'] / tokens:.4f}"
+          " (above the mean-field ELBO by Jensen's inequality)")
+    print("docs/s: documents through a local step (CAVI, SVI); for Pyro, minibatch rows per second,"
+          " each getting one Adam step on its gamma_d and no local iterations")
+    top_words = None
+    if vocabulary is not None:
+        top_words = {name: [[vocabulary[w] for w in np.argsort(-topic)[:args.top_words]] for topic in topics]
+                     for name, topics in matched.items()}
+        for k, words in enumerate(top_words[CAVI]):
+            print(f"batch CAVI topic {k}: {' '.join(words)}")
+    results = dict(args=vars(args), num_docs=num_docs, vocab_size=vocab_size, tokens=tokens, same_wall_time=budget,
+                   true_topics_elbo=reference_elbo, top_words=top_words, methods=rows)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=float)
+    return results
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    corpus = parser.add_argument_group("corpus (synthetic unless --counts is given)")
+    corpus.add_argument("--counts", help="UCI bag-of-words docword file (see models.lda)")
+    corpus.add_argument("--vocab", help="its vocabulary file, one word per line")
+    corpus.add_argument("--top-words", type=int, default=10, help="words printed per topic with --vocab")
+    corpus.add_argument("--num-docs", type=int, default=2000)
+    corpus.add_argument("--vocab-size", type=int, default=150)
+    corpus.add_argument("--doc-length", type=int, default=80)
+    parser.add_argument("--num-topics", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=0.2, help="document-topic concentration (data and model)")
+    parser.add_argument("--eta", type=float, default=0.1, help="topic-word concentration (data and model)")
+    parser.add_argument("--cavi-iters", type=int, default=40)
+    parser.add_argument("--cavi-tol", type=float, default=1e-7)
+    parser.add_argument("--cavi-warm-start", action="store_true", help="start each local step from the last gamma")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--tau0", type=float, default=1.0)
+    parser.add_argument("--kappa", type=float, default=0.7)
+    parser.add_argument("--svi-updates", type=int, default=600)
+    parser.add_argument("--pyro-steps", type=int, default=800)
+    parser.add_argument("--pyro-lr", type=float, default=0.2)
+    parser.add_argument("--pyro-batch-size", type=int, default=0, help="0: the whole corpus per step")
+    parser.add_argument("--local-tol", type=float, default=1e-3)
+    parser.add_argument("--local-max-iters", type=int, default=100)
+    parser.add_argument("--eval-points", type=int, default=20, help="ELBO evaluations per method, twice over")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the same-wall-time ELBO")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="results/lda_svi")
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    return args
+
+
+def check_arguments(parser, args):
+    try:
+        check_schedule(args.tau0, args.kappa)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.vocab is not None and args.counts is None:
+        parser.error("--vocab needs --counts")
+    for name in ("cavi_iters", "svi_updates", "pyro_steps", "batch_size", "num_topics", "eval_points", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.pyro_batch_size < 0:
+        parser.error(f"--pyro-batch-size must be >= 0, got {args.pyro_batch_size}")
+    if args.budget is not None and not args.budget > 0:
+        parser.error(f"--budget must be positive, got {args.budget}")
+    if args.device != "cpu":
+        parser.error(f"--device {args.device}: this study runs on the CPU")
+
+
+if __name__ == "__main__":
+    main(parse_args())
