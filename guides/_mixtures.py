@@ -1,7 +1,5 @@
 """Pieces the mixture guides (``guides.gmm``, ``guides.earthquake``) share."""
 
-from dataclasses import fields
-
 import pyro
 import torch
 from torch.distributions import constraints
@@ -15,16 +13,6 @@ def as_float64(name, value):
         return torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{name} must be an array of real numbers: {e}") from e
-
-
-def max_relative_change(old, new) -> float:
-    """The largest change of any field between two parameter dataclasses,
-    relative to max(1, |old value|)."""
-    change = 0.0
-    for f in fields(old):
-        before, after = getattr(old, f.name), getattr(new, f.name)
-        change = max(change, float(((after - before).abs() / before.abs().clamp_min(1.0)).max()))
-    return change
 
 
 def shaped_param(name, init_fn, shape, constraint=constraints.real):

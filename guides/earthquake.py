@@ -50,8 +50,8 @@ References
 
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import List, Union
+from dataclasses import dataclass
+from typing import Union
 
 import pyro
 import pyro.distributions as dist
@@ -59,7 +59,8 @@ import torch
 from torch.distributions import constraints
 
 from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, check_weights
-from guides._mixtures import as_float64, floored, max_relative_change, shaped_param
+from guides._cavi import CaviResult, check_settings, coordinate_ascent
+from guides._mixtures import as_float64, floored, shaped_param
 
 __all__ = [
     "LAMBDA_CONCENTRATION",
@@ -281,24 +282,6 @@ def elbo(locations, counts, pi, params: EarthquakeParams, hyper: EarthquakeHyper
     return (q.r * log_lik - neg_entropy_z).sum() + (log_prior_mu + log_prior_rate + entropy_mu + entropy_rate).sum()
 
 
-@dataclass
-class CaviResult:
-    """Outcome of :func:`cavi`.
-
-    :ivar EarthquakeParams params: the final parameters.
-    :ivar float elbo: the closed-form ELBO at ``params``.
-    :ivar list elbo_history: ELBO at the initial point and after each sweep.
-    :ivar int num_iters: number of sweeps run.
-    :ivar bool converged: whether the parameters stopped changing within ``tol``.
-    """
-
-    params: EarthquakeParams
-    elbo: float
-    elbo_history: List[float] = field(default_factory=list)
-    num_iters: int = 0
-    converged: bool = False
-
-
 def cavi(
     locations,
     counts,
@@ -316,23 +299,15 @@ def cavi(
     :rtype: CaviResult
     """
     x, s, pi = _prepare(locations, counts, pi)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
-    if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
-    params = initial_params(x, s, pi, hyper, init)
+    check_settings(max_iters, tol)
     log_pi = pi.log()
-    history = [float(elbo(x, s, pi, params, hyper))]
-    converged = False
-    num_iters = 0
-    with torch.no_grad():
-        while num_iters < max_iters and not converged:
-            new = _step(x, s, log_pi, params, hyper)
-            converged = max_relative_change(params, new) <= tol
-            params = new
-            num_iters += 1
-            history.append(float(elbo(x, s, pi, params, hyper)))
-    return CaviResult(params=params, elbo=history[-1], elbo_history=history, num_iters=num_iters, converged=converged)
+    return coordinate_ascent(
+        lambda params: _step(x, s, log_pi, params, hyper),
+        lambda params: elbo(x, s, pi, params, hyper),
+        initial_params(x, s, pi, hyper, init),
+        max_iters,
+        tol,
+    )
 
 
 # ---------------------------------------------------------------- Pyro guides

@@ -68,8 +68,8 @@ References
 
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import List, Union
+from dataclasses import dataclass
+from typing import Union
 
 import pyro
 import pyro.distributions as dist
@@ -77,7 +77,8 @@ import torch
 from torch.distributions import constraints
 
 from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights
-from guides._mixtures import as_float64, floored, max_relative_change, shaped_param
+from guides._cavi import CaviResult, check_settings, coordinate_ascent
+from guides._mixtures import as_float64, floored, shaped_param
 
 __all__ = [
     "MU_LOC",
@@ -298,31 +299,6 @@ def elbo(data, pi, params: MixtureParams, prior: GMMPrior = DEFAULT_PRIOR) -> to
     return e_log_lik_z + (log_prior + entropy_mu + entropy_tau).sum()
 
 
-@dataclass
-class CaviResult:
-    """Outcome of :func:`cavi`.
-
-    :ivar MixtureParams params: the final parameters.
-    :ivar float elbo: the closed-form ELBO at ``params``.
-    :ivar list elbo_history: ELBO at the initial point and after each sweep.
-    :ivar int num_iters: number of sweeps run.
-    :ivar bool converged: whether the parameters stopped changing within ``tol``.
-    """
-
-    params: MixtureParams
-    elbo: float
-    elbo_history: List[float] = field(default_factory=list)
-    num_iters: int = 0
-    converged: bool = False
-
-
-def _check_settings(max_iters, tol):
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
-    if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
-
-
 def cavi(
     data,
     pi,
@@ -342,20 +318,15 @@ def cavi(
     """
     x = check_data(data).to(torch.float64)
     pi = check_weights(pi, dtype=torch.float64)
-    _check_settings(max_iters, tol)
-    params = initial_params(x, pi, prior, init)
+    check_settings(max_iters, tol)
     log_pi = pi.log()
-    history = [float(elbo(x, pi, params, prior))]
-    converged = False
-    num_iters = 0
-    with torch.no_grad():
-        while num_iters < max_iters and not converged:
-            new = _step(x, log_pi, params, prior)
-            converged = max_relative_change(params, new) <= tol
-            params = new
-            num_iters += 1
-            history.append(float(elbo(x, pi, params, prior)))
-    return CaviResult(params=params, elbo=history[-1], elbo_history=history, num_iters=num_iters, converged=converged)
+    return coordinate_ascent(
+        lambda params: _step(x, log_pi, params, prior),
+        lambda params: elbo(x, pi, params, prior),
+        initial_params(x, pi, prior, init),
+        max_iters,
+        tol,
+    )
 
 
 # ---------------------------------------------------------------- Pyro guides

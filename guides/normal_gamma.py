@@ -32,14 +32,15 @@ References
 
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
+from guides._cavi import CaviResult, check_settings, coordinate_ascent
 from models.normal_gamma import COURSE_PRIOR, NormalGammaPrior, check_data, posterior, sufficient_statistics
 
 __all__ = [
@@ -227,24 +228,6 @@ def mean_field_score(params: MeanFieldParams, mu, tau) -> Dict[str, torch.Tensor
     }
 
 
-@dataclass
-class CaviResult:
-    """Outcome of :func:`cavi`.
-
-    :ivar MeanFieldParams params: the final parameters.
-    :ivar float elbo: the closed-form ELBO at ``params``.
-    :ivar list elbo_history: ELBO at the initial point and after each sweep.
-    :ivar int num_iters: number of sweeps run.
-    :ivar bool converged: whether the parameters stopped changing within ``tol``.
-    """
-
-    params: MeanFieldParams
-    elbo: float
-    elbo_history: List[float] = field(default_factory=list)
-    num_iters: int = 0
-    converged: bool = False
-
-
 def cavi_step(data, params: MeanFieldParams, prior: NormalGammaPrior = COURSE_PRIOR) -> MeanFieldParams:
     r"""One CAVI sweep (Bishop 10.1.3 with the prior :math:`\mu \mid \tau \sim
     \mathcal{N}(\mu_0, (\lambda_0\tau)^{-1})`): first :math:`q(\mu)`, then :math:`q(\tau)`.
@@ -270,11 +253,6 @@ def cavi_step(data, params: MeanFieldParams, prior: NormalGammaPrior = COURSE_PR
     return MeanFieldParams(m=m, lam=lam, a=a, b=b)
 
 
-def _max_relative_change(old: MeanFieldParams, new: MeanFieldParams) -> float:
-    pairs = zip((old.m, old.lam, old.a, old.b), (new.m, new.lam, new.a, new.b))
-    return max(abs(x - y) / max(1.0, abs(x)) for x, y in pairs)
-
-
 def cavi(
     data,
     prior: NormalGammaPrior = COURSE_PRIOR,
@@ -295,21 +273,11 @@ def cavi(
     """
     data = check_data(data)
     params = _check_init(init)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
-    if not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
-
-    def value(p):
-        return float(elbo(data, p.m, p.lam, p.a, p.b, prior))
-
-    history = [value(params)]
-    converged = False
-    num_iters = 0
-    while num_iters < max_iters and not converged:
-        new = cavi_step(data, params, prior)
-        converged = _max_relative_change(params, new) <= tol
-        params = new
-        num_iters += 1
-        history.append(value(params))
-    return CaviResult(params=params, elbo=history[-1], elbo_history=history, num_iters=num_iters, converged=converged)
+    check_settings(max_iters, tol)
+    return coordinate_ascent(
+        lambda p: cavi_step(data, p, prior),
+        lambda p: elbo(data, p.m, p.lam, p.a, p.b, prior),
+        params,
+        max_iters,
+        tol,
+    )
