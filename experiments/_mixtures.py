@@ -11,6 +11,7 @@ import pyro
 from pyro.infer import TraceEnum_ELBO
 from pyro.optim import ClippedAdam
 
+from experiments._figures import save_figure
 from pyro_vi import RaoBlackwellELBO
 from pyro_vi.inference_data import to_inference_data
 from pyro_vi.training import fit
@@ -113,9 +114,7 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     svi_ax.set_ylabel("mean-field ELBO of q_t (closed form, nats)")
     svi_ax.set_title("SVI against the CAVI optimum")
     svi_ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def add_common_arguments(parser, out):

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO  # noqa: E402
 from pyro.optim import ClippedAdam  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from guides.normal_gamma import DEFAULT_INIT, cavi, elbo as closed_form_elbo  # noqa: E402
 from guides.normal_gamma import mean_field_guide, params_from_store  # noqa: E402
 from models.normal_gamma import COURSE_PRIOR, generate_data, log_evidence, model  # noqa: E402
@@ -136,9 +137,7 @@ def plot_elbo(histories, optimum, log_px, path):
     gap_ax.set_xlabel("iteration")
     gap_ax.set_ylabel("CAVI ELBO - ELBO of q_t (nats)")
     gap_ax.set_title("Gap to the CAVI optimum")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_means(histories, optimum, exact, path):
@@ -154,9 +153,7 @@ def plot_means(histories, optimum, exact, path):
         ax.set_ylabel(label)
         ax.set_title("{} over iterations".format(label))
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_table(rows):

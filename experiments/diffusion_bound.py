@@ -43,6 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from models.diffusion import (  # noqa: E402
     decomposed_bound_terms,
     direct_bound_terms,
@@ -173,9 +174,7 @@ def plot_terms(r, path, title):
     right.set_ylabel("std of one chain's estimate of L_k (nats)")
     right.set_title("Per-term spread; the closed-form KL is Rao-Blackwellized over x_k", fontsize=10)
     right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_variance(results, main, path):
@@ -201,9 +200,7 @@ def plot_variance(results, main, path):
     ax.set_title("Which form has the lower variance depends on how good p_theta is", fontsize=11)
     ax.set_ylim(top=ax.get_ylim()[1] * 300)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_histogram(direct, decomposed, exact, path, title):
@@ -221,9 +218,7 @@ def plot_histogram(direct, decomposed, exact, path, title):
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(args):

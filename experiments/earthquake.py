@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from experiments._mixtures import add_common_arguments, check_common_arguments  # noqa: E402
 from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
 from guides.earthquake import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
@@ -45,9 +46,7 @@ def plot_clusters(locations, counts, params, path):
     ax.set_ylabel("location x2")
     ax.set_title("Earthquakes: CAVI clusters (X: E[mu_k], +: true centres; size ~ count)")
     fig.colorbar(points, ax=ax, label="most likely cluster")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(args):

@@ -50,6 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from pyro_vi.exponential_family import FAMILIES  # noqa: E402
 from pyro_vi.natural_gradient import descent_step, natural_gradient_step  # noqa: E402
 
@@ -159,9 +160,7 @@ def plot_trajectories(runs, mle, truth, path):
         ax.set_ylabel(label)
         ax.set_title(f"{label} over iterations")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_nll(runs, best, tol, path):
@@ -182,9 +181,7 @@ def plot_nll(runs, best, tol, path):
     gap_ax.set_title("gap to the MLE")
     for a in (ax, gap_ax):
         a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_paths(runs, stats, mle, path):
@@ -203,9 +200,7 @@ def plot_paths(runs, stats, mle, path):
     ax.set_ylabel("scale beta")
     ax.set_title("paths in (alpha, beta) over the NLL")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(args):

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from experiments._mixtures import add_common_arguments, check_common_arguments  # noqa: E402
 from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
 from guides.gmm import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
@@ -43,9 +44,7 @@ def plot_clusters(data, z, pi, params, mus, path):
     ax.set_ylabel("density")
     ax.set_title("GMM with unknown precisions: CAVI fit")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(args):

@@ -40,6 +40,7 @@ import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from pyro_vi.gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample  # noqa: E402
 
 OBJECTIVES = {
@@ -112,9 +113,7 @@ def histogram_experiment(logits, probs, args, generator):
     ax.set_ylabel("relative frequency (N = {})".format(n))
     ax.set_title("argmax of Gumbel-softmax samples vs Categorical draws")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "histogram.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(args.out, "histogram.png"))
     return {name: {"counts": c.tolist(), "chisquare_pvalue": pvalues[name]} for name, c in counts.items()}
 
 
@@ -174,9 +173,7 @@ def temperature_experiment(logits, probs, args, generator):
     ax.set_ylabel("mean of y_k")
     ax.set_title("E[y] tends to a as tau -> 0")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "temperature.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(args.out, "temperature.png"))
     return {
         "grid": grid.tolist(),
         "mean_max_component": mean_max,
@@ -241,9 +238,7 @@ def gradient_experiment(logits, probs, args, generator):
     axes[1].set_title("variance ({} draws per point)".format(args.grad_draws))
     for ax in axes:
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "gradients.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(args.out, "gradients.png"))
     return {"coefficients": args.coefficients, "exact_gradient": exact.tolist(),
             "discrete_value": discrete_value, "rows": rows}
 

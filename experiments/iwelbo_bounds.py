@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from guides.normal_gamma import MeanFieldParams, elbo as closed_form_elbo, mean_field_guide  # noqa: E402
 from models.normal_gamma import generate_data, log_evidence, model  # noqa: E402
 from pyro_vi import ImportanceWeightedELBO  # noqa: E402
@@ -71,9 +72,7 @@ def main(args):
     ax.set_ylabel("bound (nats)")
     ax.set_title("Importance-weighted bound against K")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "bounds.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(args.out, "bounds.png"))
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "log_evidence": log_px, "closed_form_elbo": exact_elbo,
                    "bounds": rows, "non_decreasing": increasing, "below_log_evidence": below}, f, indent=2)

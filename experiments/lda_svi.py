@@ -42,6 +42,7 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 from pyro.infer import Trace_ELBO  # noqa: E402
 from pyro.optim import Adam  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from guides.lda import LAMBDA, cavi, check_schedule, corpus_elbo, elbo, guide, initial_lambda  # noqa: E402
 from guides.lda import params_from_store, stochastic_vi  # noqa: E402
 from models.lda import generate_corpus, load_docword, match_topics, model  # noqa: E402
@@ -172,9 +173,7 @@ def plot_elbo(runs, budget, tokens, reference_elbo, path):
     docs_ax.set_xscale("log")
     docs_ax.set_xlabel("documents processed (local steps or Pyro minibatch rows)")
     docs_ax.set_title("the same against documents processed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_topics(reference, label, matched, scores, path):

@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from pyro.infer import Trace_ELBO  # noqa: E402
 from pyro.optim import ClippedAdam  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from guides.normal_gamma import DEFAULT_INIT, MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE  # noqa: E402
 from guides.normal_gamma import cavi, mean_field_guide, params_from_store  # noqa: E402
 from guides.normal_gamma import elbo as closed_form_elbo  # noqa: E402
@@ -115,9 +116,7 @@ def plot_gaps(gaps, tol, path):
     ax.set_ylabel(f"ELBO(CAVI optimum) - ELBO(q_t) (nats, floored at {GAP_FLOOR:g})")
     ax.set_title("Normal-NormalGamma mean field: ELBO gap to the CAVI optimum")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def methods(args):

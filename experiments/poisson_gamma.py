@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from pyro.infer import Trace_ELBO  # noqa: E402
 from pyro.optim import ClippedAdam  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from guides.poisson_gamma import elbo as closed_form_elbo  # noqa: E402
 from guides.poisson_gamma import exponential_guide, optimal_theta, theta_from_store  # noqa: E402
 from models.poisson_gamma import DEFAULT_PRIOR, generate_data, log_evidence, model  # noqa: E402
@@ -74,9 +75,7 @@ def plot(histories, key, references, ylabel, title, path, log=False):
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(args):

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from pyro.infer import TraceGraph_ELBO  # noqa: E402
 from pyro.optim import ClippedAdam  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from guides.rao_blackwell import PARAM_NAMES, RaoBlackwellParams, elbo as closed_form_elbo  # noqa: E402
 from guides.rao_blackwell import mean_field_guide, near_optimal_params, params_from_store  # noqa: E402
 from models.rao_blackwell import generate_data, model  # noqa: E402
@@ -87,9 +88,7 @@ def plot_variance(tables, path):
         ax.set_ylabel("gradient variance (summed over elements)")
         ax.set_title("at the {} q".format(where))
     np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_elbo(histories, optimum, path):
@@ -108,9 +107,7 @@ def plot_elbo(histories, optimum, path):
     gap_ax.set_xlabel("iteration")
     gap_ax.set_ylabel("maximum ELBO - ELBO of q_t (nats)")
     gap_ax.set_title("Gap to the maximum")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(args):

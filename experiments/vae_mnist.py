@@ -63,6 +63,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO  # noqa: E402
 from pyro.infer.util import torch_item, zero_grads  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from experiments._figures import save_figure  # noqa: E402
 from guides.vae import Encoder, guide  # noqa: E402
 from models.mnist import MnistNotFoundError, binarize, default_data_dir, load_mnist  # noqa: E402
 from models.vae import Decoder, VAEConfig, model  # noqa: E402
@@ -351,9 +352,7 @@ def plot_bounds(results, monitor_k, path):
     axes[0].set_ylabel("bound per data point (nats)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def _image_rows(rows, labels, title, path):
@@ -366,9 +365,7 @@ def _image_rows(rows, labels, title, path):
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xticks([])
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_reconstructions(trained, results, x, path):
