@@ -44,7 +44,6 @@ import functools
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ from guides.vae import Encoder, guide  # noqa: E402
 from models.mnist import MnistNotFoundError, binarize, default_data_dir, load_mnist  # noqa: E402
 from models.vae import Decoder, VAEConfig, model  # noqa: E402
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO  # noqa: E402
-from pyro_vi.training import NonFiniteError  # noqa: E402
+from pyro_vi.training import NonFiniteError, atomic_save, rng_state, set_rng_state  # noqa: E402
 
 # Burda et al. 2015, table 1, one stochastic layer, test NLL (L_5000) after 3,280
 # epochs (3^8 passes schedule); ours run 20 epochs.
@@ -183,33 +182,12 @@ def active_units(encoder, x, threshold=ACTIVE_UNIT_THRESHOLD):
 
 
 def _rng_state(data_gen):
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if cuda else None,
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "data": data_gen.get_state(),
-    }
+    return dict(rng_state(), data=data_gen.get_state())
 
 
 def _set_rng_state(state, data_gen):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    set_rng_state(state)
     data_gen.set_state(state["data"])
-
-
-def _atomic_save(state, path):
-    tmp = "{}.tmp{}".format(path, os.getpid())
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _fingerprint(key, args, config, data):
@@ -300,7 +278,7 @@ def train_run(key, spec, data, monitor, config, mean_pixel, args, device):
                   args.monitor_k, history["heldout_iwelbo"][-1], history["seconds"][-1],
                   history["monitor_seconds"][-1]), flush=True)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _atomic_save({
+        atomic_save({
             "epoch": epoch, "fingerprint": fingerprint,
             "decoder": decoder.state_dict(), "encoder": encoder.state_dict(),
             "optim": optim.get_state(), "history": history, "rng": _rng_state(data_gen),

@@ -68,7 +68,8 @@ class FitResult:
         return -self.losses
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """The torch (and CUDA), Python and NumPy random states, for a checkpoint."""
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
         "torch": torch.get_rng_state(),
@@ -78,7 +79,8 @@ def _rng_state() -> dict:
     }
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
+    """Restores random states saved by :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -138,8 +140,14 @@ def _save_checkpoint(path, optim, history: _History) -> None:
         "param_store": pyro.get_param_store().get_state(),
         "optim": optim.get_state(),
         "history": history.state(),
-        "rng": _rng_state(),
+        "rng": rng_state(),
     }
+    atomic_save(state, path)
+
+
+def atomic_save(state, path) -> None:
+    """``torch.save`` to a temporary file, then renamed over ``path``: an
+    interrupted write never leaves a truncated checkpoint."""
     tmp = "{}.tmp{}".format(path, os.getpid())
     try:
         torch.save(state, tmp)
@@ -169,7 +177,7 @@ def _load_checkpoint(path, svi, history: _History, num_steps, args, kwargs) -> N
         poutine.replay(svi.model, trace=guide_trace)(*args, **kwargs)
     _restore_params(state["param_store"])
     svi.optim.set_state(state["optim"])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
 
 
 def _restore_params(saved):
