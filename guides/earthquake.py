@@ -60,7 +60,7 @@ from torch.distributions import constraints
 
 from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, check_weights
 from guides._cavi import CaviResult, check_settings, coordinate_ascent
-from guides._mixtures import as_float64, floored, shaped_param
+from guides._mixtures import as_float64, check_mixture_params, floored, shaped_param
 
 __all__ = [
     "LAMBDA_CONCENTRATION",
@@ -110,30 +110,7 @@ class EarthquakeParams:
 
     def __post_init__(self):
         values = {name: as_float64(name, getattr(self, name)) for name in ("r", "m", "p", "a", "b")}
-        if values["r"].dim() != 2:
-            raise ValueError(f"r must have shape (N, K), got {tuple(values['r'].shape)}")
-        num_components = values["r"].shape[1]
-        with torch.no_grad():
-            m = values["m"]
-            if m.dim() != 2 or m.shape[1] != 2:
-                raise ValueError(f"m must have shape (K, 2), got {tuple(m.shape)}")
-            if m.shape[0] != num_components:
-                raise ValueError(f"m has {m.shape[0]} components but r has {num_components}")
-            if not bool(torch.isfinite(m).all()):
-                raise ValueError(f"m must be finite, got {m.tolist()}")
-            for name in ("p", "a", "b"):
-                value = values[name]
-                if value.dim() != 1:
-                    raise ValueError(f"{name} must be 1-D of length K, got shape {tuple(value.shape)}")
-                if value.numel() != num_components:
-                    raise ValueError(f"{name} has {value.numel()} components but r has {num_components}")
-                if not bool((torch.isfinite(value) & (value > 0)).all()):
-                    raise ValueError(f"{name} must be finite and positive, got {value.tolist()}")
-            r = values["r"]
-            if not bool((torch.isfinite(r) & (r >= 0)).all()):
-                raise ValueError("r must be finite and non-negative")
-            if not bool(((r.sum(-1) - 1).abs() <= 1e-6).all()):
-                raise ValueError("every row of r must sum to 1")
+        check_mixture_params(values, event_shapes={"m": (2,)})
         for name, value in values.items():
             object.__setattr__(self, name, value)
 

@@ -78,7 +78,7 @@ from torch.distributions import constraints
 
 from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights
 from guides._cavi import CaviResult, check_settings, coordinate_ascent
-from guides._mixtures import as_float64, floored, shaped_param
+from guides._mixtures import as_float64, check_mixture_params, floored, shaped_param
 
 __all__ = [
     "MU_LOC",
@@ -130,25 +130,7 @@ class MixtureParams:
 
     def __post_init__(self):
         values = {name: as_float64(name, getattr(self, name)) for name in ("r", "m", "l", "a", "b")}
-        if values["r"].dim() != 2:
-            raise ValueError(f"r must have shape (N, K), got {tuple(values['r'].shape)}")
-        num_components = values["r"].shape[1]
-        with torch.no_grad():
-            for name in ("m", "l", "a", "b"):
-                value = values[name]
-                if value.dim() != 1:
-                    raise ValueError(f"{name} must be 1-D of length K, got shape {tuple(value.shape)}")
-                if value.numel() != num_components:
-                    raise ValueError(f"{name} has {value.numel()} components but r has {num_components}")
-                ok = torch.isfinite(value) if name == "m" else torch.isfinite(value) & (value > 0)
-                if not bool(ok.all()):
-                    need = "finite" if name == "m" else "finite and positive"
-                    raise ValueError(f"{name} must be {need}, got {value.tolist()}")
-            r = values["r"]
-            if not bool((torch.isfinite(r) & (r >= 0)).all()):
-                raise ValueError("r must be finite and non-negative")
-            if not bool(((r.sum(-1) - 1).abs() <= 1e-6).all()):
-                raise ValueError("every row of r must sum to 1")
+        check_mixture_params(values, event_shapes={})
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
