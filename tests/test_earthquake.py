@@ -15,7 +15,6 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.optim import Adam
-from pyro.poutine.util import site_is_subsample
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
@@ -32,6 +31,7 @@ from guides.earthquake import (
     responsibilities,
 )
 from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, generate_data, model
+from tests.helpers import per_draw_log_prob
 
 PI = [0.3, 0.3, 0.4]
 HYPER = EarthquakeHyper(tau=1.0, rho=0.05, nu=(0.5, -0.5), alpha=2.0, beta=0.3)
@@ -68,15 +68,6 @@ def reference_log_lik_table(x, s, mu, rate, pi, hyper):
     for k in range(len(rate)):
         table[:, k] += stats.multivariate_normal.logpdf(x, mean=mu[k], cov=np.eye(2) / hyper.tau)
     return table
-
-
-def per_draw_log_prob(trace, num_draws):
-    trace.compute_log_prob()
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            total = total + site["log_prob"].reshape(num_draws, -1).sum(-1)
-    return total
 
 
 def unconstrained_leaves(p: EarthquakeParams):

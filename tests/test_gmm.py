@@ -15,7 +15,6 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.optim import Adam
-from pyro.poutine.util import site_is_subsample
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
@@ -32,6 +31,7 @@ from guides.gmm import (
     responsibilities,
 )
 from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights, generate_data, model
+from tests.helpers import per_draw_log_prob
 
 PI = [0.3, 0.3, 0.4]
 PRIOR = GMMPrior(m0=0.5, lambda0=0.2, a0=2.0, b0=1.5)
@@ -70,15 +70,6 @@ def reference_log_joint_z_summed(x, mu, tau, pi, prior):
     value += stats.norm.logpdf(mu, prior.m0, 1 / np.sqrt(prior.lambda0 * tau)).sum()
     per_point = np.log(pi) + stats.norm.logpdf(x[:, None], mu, 1 / np.sqrt(tau))
     return value + logsumexp(per_point, axis=1).sum()
-
-
-def per_draw_log_prob(trace, num_draws):
-    trace.compute_log_prob()
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            total = total + site["log_prob"].reshape(num_draws, -1).sum(-1)
-    return total
 
 
 def unconstrained_leaves(p: MixtureParams):

@@ -12,7 +12,6 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.poutine.util import site_is_subsample
 
 from guides.normal_gamma import (
     DEFAULT_INIT,
@@ -37,6 +36,7 @@ from models.normal_gamma import (
     posterior,
     posterior_means,
 )
+from tests.helpers import per_draw_log_prob
 
 SMALL_PRIOR = NormalGammaPrior(mu0=-0.5, lambda0=2.0, a0=3.0, b0=1.5)
 
@@ -91,16 +91,6 @@ def grid_posterior(case):
 @pytest.fixture(scope="module")
 def course_grid():
     return grid_posterior("course")
-
-
-def per_draw_log_prob(trace, num_draws):
-    """Sum of every sample site's log_prob, one value per draw of the particle plate."""
-    trace.compute_log_prob()
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            total = total + site["log_prob"].reshape(num_draws, -1).sum(-1)
-    return total
 
 
 def vectorized_log_weights(guide, data, prior, params, num_draws):

@@ -12,7 +12,6 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.poutine.util import site_is_subsample
 
 from guides.poisson_gamma import (
     DEFAULT_INIT_THETA,
@@ -34,6 +33,7 @@ from models.poisson_gamma import (
     posterior,
     sufficient_statistics,
 )
+from tests.helpers import per_draw_log_prob
 
 scipy_integrate = pytest.importorskip("scipy.integrate")
 
@@ -73,15 +73,6 @@ def quad_moments(data, prior):
     z0, z1, z2 = integral(0), integral(1), integral(2)
     mean = z1 / z0
     return shift + math.log(z0), mean, z2 / z0 - mean**2
-
-
-def per_draw_log_prob(trace, num_draws):
-    trace.compute_log_prob()
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            total = total + site["log_prob"].reshape(num_draws, -1).sum(-1)
-    return total
 
 
 def vectorized_log_weights(data, prior, theta, num_draws):

@@ -14,7 +14,6 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.inspect import get_dependencies
-from pyro.poutine.util import site_is_subsample
 
 from guides.rao_blackwell import (
     PARAM_NAMES,
@@ -36,6 +35,7 @@ from models.rao_blackwell import (
     markov_blankets,
     model,
 )
+from tests.helpers import per_draw_log_prob
 
 NUM_DATA = 20
 GLOBAL_SITES = ("w1", "w2", "v", "z")
@@ -62,15 +62,6 @@ def assert_params_close(a, b, rel=1e-6):
     """Field-wise comparison; the param store holds the default dtype (float32)."""
     for name in PARAM_NAMES:
         assert getattr(a, name[2:]) == pytest.approx(getattr(b, name[2:]), rel=rel), name
-
-
-def per_draw_log_prob(trace, num_draws):
-    trace.compute_log_prob()
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            total = total + site["log_prob"].reshape(num_draws, -1).sum(-1)
-    return total
 
 
 def vectorized_log_weights(data, params, num_draws):
