@@ -36,3 +36,16 @@ def as_counts(name, data):
         where = index[0] if len(index) == 1 else index
         raise ValueError(f"{name} must be non-negative integers, got {shown} at index {where}")
     return counts
+
+
+def set_real_fields(obj, real=(), positive=()):
+    """Validates the float fields of a frozen dataclass in its ``__post_init__``
+    and stores them as floats: each a real number (:func:`as_real`), finite, and
+    for the names in ``positive`` greater than 0; ``ValueError`` names the field."""
+    for name in tuple(real) + tuple(positive):
+        value = as_real(name, getattr(obj, name))
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+        if name in positive and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+        object.__setattr__(obj, name, value)

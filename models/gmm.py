@@ -46,7 +46,6 @@ References
    Statisticians*, JASA 2017, section 3 (CAVI for a Gaussian mixture).
 """
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Tuple
@@ -57,7 +56,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from models.normal_gamma import check_data
-from models._checks import as_real
+from models._checks import set_real_fields
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -92,13 +91,7 @@ class GMMPrior:
     b0: float = 1.0
 
     def __post_init__(self):
-        for name in ("m0", "lambda0", "a0", "b0"):
-            value = as_real(name, getattr(self, name))
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
-            if name != "m0" and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-            object.__setattr__(self, name, value)
+        set_real_fields(self, real=("m0",), positive=("lambda0", "a0", "b0"))
 
 
 #: Weak default prior: m0 = 0, lambda0 = 0.1, a0 = 1, b0 = 1 (rate).

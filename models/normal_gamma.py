@@ -38,7 +38,7 @@ from typing import Dict, Tuple
 import pyro
 import pyro.distributions as dist
 import torch
-from models._checks import as_real
+from models._checks import as_real, set_real_fields
 
 __all__ = [
     "COURSE_PRIOR",
@@ -75,13 +75,7 @@ class NormalGammaPrior:
     b0: float = 2.0
 
     def __post_init__(self):
-        for name in ("mu0", "lambda0", "a0", "b0"):
-            value = as_real(name, getattr(self, name))
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
-            if name != "mu0" and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-            object.__setattr__(self, name, value)
+        set_real_fields(self, real=("mu0",), positive=("lambda0", "a0", "b0"))
 
 
 #: The prior of the course assignment: mu0 = 1, lambda0 = 0.1, a0 = 1, b0 = 2 (rate).

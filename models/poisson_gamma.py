@@ -36,7 +36,7 @@ from typing import Tuple
 import pyro
 import pyro.distributions as dist
 import torch
-from models._checks import as_counts, as_real
+from models._checks import as_counts, as_real, set_real_fields
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -67,13 +67,7 @@ class PoissonGammaPrior:
     beta: float = 1.0
 
     def __post_init__(self):
-        for name in ("alpha", "beta"):
-            value = as_real(name, getattr(self, name))
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-            object.__setattr__(self, name, value)
+        set_real_fields(self, positive=("alpha", "beta"))
 
     @property
     def mean(self) -> float:
