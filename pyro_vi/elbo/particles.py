@@ -283,6 +283,13 @@ class ParticleELBO(ELBO):
         """The objective's estimate alone (default: the mean log-weight)."""
         return terms.log_weights().mean()
 
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        # The guess runs both programs. Under a forked RNG it draws nothing
+        # from the global stream, so a run resumed from a checkpoint (which
+        # restores that stream) makes the same draws as an uninterrupted one.
+        with torch.random.fork_rng():
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
+
     # ---- Pyro's interface ---------------------------------------------------
 
     def _get_trace(self, model, guide, args, kwargs):

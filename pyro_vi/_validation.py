@@ -1,0 +1,92 @@
+"""The argument checks every public entry point runs before any work.
+
+Each returns the value in a canonical type or raises ``ValueError`` whose
+message names the argument, the value it got, and what to pass instead.
+NumPy scalars are accepted where Python numbers are; booleans are not numbers.
+"""
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+__all__ = ["boolean", "choice", "integer", "real"]
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bounds(minimum, maximum, strict_minimum):
+    parts = []
+    if minimum is not None:
+        parts.append("{} {}".format(">" if strict_minimum else ">=", minimum))
+    if maximum is not None:
+        parts.append("<= {}".format(maximum))
+    return " and ".join(parts)
+
+
+def integer(name, value, minimum=None, maximum=None):
+    """``value`` as an ``int``: a Python or NumPy integer (not a bool, not a
+    float, not a string) within ``[minimum, maximum]``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        bounds = _bounds(minimum, maximum, False)
+        raise ValueError(
+            "{} must be an integer{}, got {} ({}); pass e.g. {}={}".format(
+                name,
+                " " + bounds if bounds else "",
+                _shown(value),
+                type(value).__name__,
+                name,
+                minimum if minimum is not None else 1,
+            )
+        )
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(
+            "{} must be an integer {}, got {}".format(name, _bounds(minimum, maximum, False), value)
+        )
+    return value
+
+
+def real(name, value, minimum=None, maximum=None, strict_minimum=False, finite=True):
+    """``value`` as a ``float``: a Python or NumPy real number or a
+    one-element tensor (not a bool), finite unless ``finite=False``, within
+    the bounds (``minimum`` excluded when ``strict_minimum``)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            "{} must be a real number, got {} ({})".format(name, _shown(value), type(value).__name__)
+        )
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError("{} must be a finite number, got {}".format(name, value))
+    below = minimum is not None and (value <= minimum if strict_minimum else value < minimum)
+    if below or (maximum is not None and value > maximum):
+        raise ValueError(
+            "{} must be {}, got {}".format(name, _bounds(minimum, maximum, strict_minimum), value)
+        )
+    return value
+
+
+def choice(name, value, choices):
+    """``value`` if it is one of ``choices``."""
+    if not isinstance(value, (str, numbers.Number, type(None))) or value not in choices:
+        raise ValueError(
+            "{} must be one of {}, got {}".format(
+                name, ", ".join(repr(c) for c in choices), _shown(value)
+            )
+        )
+    return value
+
+
+def boolean(name, value):
+    """``value`` as a ``bool``: only ``True`` or ``False`` (or NumPy's)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            "{} must be True or False, got {} ({})".format(name, _shown(value), type(value).__name__)
+        )
+    return bool(value)
