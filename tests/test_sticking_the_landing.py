@@ -186,12 +186,12 @@ def test_stopped_log_q_without_a_rerun_equals_the_rerun(guide, rerun):
     terms = StickingTheLandingELBO(num_particles=4, vectorize_particles=True).particle_terms(
         model, guide, DATA
     )
-    (_, guide_trace), = terms.traces
+    ((_, guide_trace, replay_trace),) = terms.runs
     direct = particles._log_prob_at_detached(guide_trace)
     assert (direct is None) == rerun
     if direct is None:
         return
-    again = terms._rerun_on_detached(guide_trace)
+    again = terms._rerun_on_detached(replay_trace)
     params = [p for p in terms.guide_params.values() if p.requires_grad]
     for name in direct:
         assert torch.allclose(direct[name], again[name])

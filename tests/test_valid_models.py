@@ -163,7 +163,7 @@ def test_loss_forms_agree(pair, estimator, vectorize):
     model, guide = _pair(pair)
     elbo = ESTIMATORS[estimator](num_particles=4, vectorize_particles=vectorize)
     if (pair, estimator) in UNSUPPORTED:
-        with pytest.raises(ValueError, match="subsampling"):
+        with pytest.raises(ValueError, match="outside the subsampled plate"):
             elbo.loss(model, guide, DATA)
         return
     pyro.set_rng_seed(0)
@@ -199,10 +199,16 @@ def test_value_matches_trace_elbo(pair, estimator):
     model, guide = _pair(pair)
     pyro.set_rng_seed(0)
     guide(DATA)
+    # Each ELBO guesses max_plate_nesting on its first call (Pyro's own guess
+    # draws from the RNG, ours does not): compare from the second call.
+    reference = Trace_ELBO(num_particles=4, vectorize_particles=True)
+    ours = ESTIMATORS[estimator](num_particles=4, vectorize_particles=True)
+    for elbo in (reference, ours):
+        elbo.loss(model, guide, DATA)
     pyro.set_rng_seed(5)
-    expected = Trace_ELBO(num_particles=4, vectorize_particles=True).loss(model, guide, DATA)
+    expected = reference.loss(model, guide, DATA)
     pyro.set_rng_seed(5)
-    actual = ESTIMATORS[estimator](num_particles=4, vectorize_particles=True).loss(model, guide, DATA)
+    actual = ours.loss(model, guide, DATA)
     assert actual == pytest.approx(expected, rel=1e-5)
 
 

@@ -2,7 +2,7 @@
 
 from .control_variate import ControlVariateELBO
 from .importance_weighted import ImportanceWeightedELBO
-from .particles import ParticleELBO, ParticleTerms, score_function_guide
+from .particles import ParticleELBO, ParticleTerms, SiteTerm, score_function_guide
 from .rao_blackwell import RaoBlackwellELBO
 from .score_function import ScoreFunctionELBO
 from .sticking_the_landing import StickingTheLandingELBO
@@ -14,6 +14,7 @@ __all__ = [
     "ParticleTerms",
     "RaoBlackwellELBO",
     "ScoreFunctionELBO",
+    "SiteTerm",
     "StickingTheLandingELBO",
     "score_function_guide",
 ]

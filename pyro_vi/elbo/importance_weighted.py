@@ -1,12 +1,11 @@
 """The importance-weighted ELBO (IWAE) with reparameterized, STL and DReG
 gradient estimators."""
 
-import math
-
 import torch
 
-from .particles import ParticleELBO, sum_to_plates
-from .sticking_the_landing import check_reparameterized, path_log_q
+from .. import _validation
+from .particles import ParticleELBO
+from .surrogate import check_reparameterized, linear_surrogate, log_mean_exp, sum_to_plates
 
 GRADIENTS = ("reparam", "stl", "dreg")
 
@@ -16,41 +15,47 @@ def independent_plates(terms):
     particles' log-weights factorize over them (one importance-weighted bound
     per data point in a VAE). Empty when any site is global."""
     sites = list(terms.model.values()) + list(terms.guide.values())
+    if not sites:
+        return {}
     common = set.intersection(*(set(site.plates) for site in sites))
     return {name: sites[0].plates[name] for name in common}
 
 
-def log_weights_per_point(terms, guide_terms=None):
-    """:math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k)`, summed over every
-    plate dim except the independent ones: shape ``(K,) + plate_shape`` with
-    size 1 on the summed dims. ``guide_terms`` replaces the guide's
-    log-densities (e.g. by their path parts)."""
+def log_weights_per_point(terms, guide_log_probs=None):
+    """:math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k)` per point of the
+    independent plates (summed over every other plate dim, size 1 there),
+    shape ``(K,) + plate_shape``. Subsampling scales are taken out (they
+    multiply each point's bound instead); ``poutine.scale`` stays inside the
+    weights, as in Pyro's ``RenyiELBO``. ``guide_log_probs`` replaces the
+    guide's log-densities (e.g. by their path parts)."""
     dims = set(independent_plates(terms).values())
-    if guide_terms is None:
-        guide_terms = {name: t.log_prob for name, t in terms.guide.items()}
+    if guide_log_probs is None:
+        guide_log_probs = {name: t.log_prob for name, t in terms.guide.items()}
     log_w = 0.0
-    for term in terms.model.values():
-        log_w = log_w + sum_to_plates(term.log_prob, dims)
-    for value in guide_terms.values():
-        log_w = log_w - sum_to_plates(value, dims)
-    return log_w
+    for table, log_probs, sign in (
+        (terms.model, {n: t.log_prob for n, t in terms.model.items()}, 1.0),
+        (terms.guide, guide_log_probs, -1.0),
+    ):
+        for name, log_prob in log_probs.items():
+            log_w = log_w + sign * sum_to_plates(log_prob / table[name].subsample_scale, dims)
+    return torch.as_tensor(log_w)
 
 
-def iwelbo(log_w):
-    """:math:`\\sum_n \\log \\frac{1}{K} \\sum_k w_{k,n}`, by log-sum-exp."""
-    return (torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])).sum()
+def point_scale(terms):
+    """The subsampling scale :math:`N / B` of each point's bound: that of the
+    subsampled plates, which every site lies in."""
+    sites = list(terms.model.values()) + list(terms.guide.values())
+    return sites[0].subsample_scale if sites else 1.0
+
+
+def iwelbo(log_w, scale=1.0):
+    """:math:`\\sum_n s \\log \\frac{1}{K} \\sum_k w_{k,n}`, by log-sum-exp."""
+    return (scale * log_mean_exp(log_w)).sum()
 
 
 def normalized_weights(log_w):
     """:math:`\\tilde w_k = w_k / \\sum_j w_j`, per point, detached."""
     return torch.softmax(log_w.detach(), 0)
-
-
-def _linear_surrogate(params, grads):
-    surrogate = 0.0
-    for param, grad in zip(params, grads):
-        surrogate = surrogate + (grad.detach() * param).sum()
-    return surrogate
 
 
 class ImportanceWeightedELBO(ParticleELBO):
@@ -70,27 +75,33 @@ class ImportanceWeightedELBO(ParticleELBO):
     data), the bound is over the whole joint, as Pyro's ``RenyiELBO(alpha=0)``
     computes it. Computed with log-sum-exp, stable for K in the thousands.
 
-    Gradients, with normalized weights :math:`\\tilde w_k`:
+    Subsampling: when the subsampled plate holds every site, each point's
+    bound is estimated without bias and multiplied by :math:`N/B`; a site
+    outside a subsampled plate (a global latent) is refused by name, since
+    the bound of the whole joint has no unbiased minibatch estimate.
+    ``poutine.scale`` acts inside the weights, as in Pyro.
+
+    Gradients, with normalized weights :math:`\\tilde w_k`, all **unbiased**
+    for :math:`\\nabla \\mathcal{L}_K`:
 
     - ``"reparam"`` (IWAE): :math:`\\sum_k \\tilde w_k \\nabla \\log w_k`;
     - ``"stl"``: the same with the score part of :math:`\\log q` dropped
       from :math:`\\nabla_\\phi \\log w_k` (Roeder et al. [2]);
     - ``"dreg"`` (Tucker et al. [3]): guide parameters get
       :math:`\\sum_k \\tilde w_k^2 \\, \\partial_{z_k} \\log w_k \\,
-      \\partial_\\phi z_k`, unbiased for the IWAE gradient, with a
-      signal-to-noise ratio that does not decay with K; model parameters get
+      \\partial_\\phi z_k`, with a signal-to-noise ratio that does not decay
+      with K; model parameters get
       :math:`\\sum_k \\tilde w_k \\nabla_\\theta \\log p_\\theta(x, z_k)` as in
-      IWAE. With one vectorized trace and samples that do not depend on each
-      other (a VAE), one backward pass does both: a hook on each :math:`z_k`
-      multiplies its gradient by :math:`\\tilde w_k`. Otherwise the two are
-      taken as separate gradients (:math:`z_k` does not depend on
-      :math:`\\theta`), which avoids evaluating the model again at
-      :math:`\\mathrm{stop}(z_k)`.
+      IWAE. When no random guide sample depends on another (mean-field,
+      amortized, autoguides), one backward pass does both: a hook on each
+      random sample :math:`z_k` multiplies its gradient by :math:`\\tilde w_k`,
+      while point masses (``Delta``), which have no score to rewrite, keep the
+      weight :math:`\\tilde w_k`. For a structured guide the two are taken
+      as separate gradients, and point masses are refused there.
 
     With K = 1, ``"reparam"`` is Trace_ELBO's estimator and ``"stl"`` and
     ``"dreg"`` are StickingTheLandingELBO's. Every guide site must be
-    reparameterizable; subsampled plates are refused (the scale would have
-    to act outside the log-mean-exp).
+    reparameterizable.
 
     **References**
 
@@ -104,80 +115,126 @@ class ImportanceWeightedELBO(ParticleELBO):
     """
 
     def __init__(self, num_particles=5, gradient="reparam", **kwargs):
-        if gradient not in GRADIENTS:
-            raise ValueError("gradient must be one of {}, got {!r}".format(GRADIENTS, gradient))
-        self.gradient = gradient
+        self.gradient = _validation.choice("{}: gradient".format(type(self).__name__), gradient, GRADIENTS)
         super().__init__(num_particles=num_particles, **kwargs)
 
-    def _check(self, terms):
-        check_reparameterized(terms, type(self).__name__)
-        for model_trace, guide_trace in terms.traces[:1]:
-            for trace in (model_trace, guide_trace):
-                for site in trace.nodes.values():
-                    if site["type"] == "sample" and not _is_one(site["scale"]):
-                        raise ValueError(
-                            "ImportanceWeightedELBO does not support subsampling or "
-                            "poutine.scale: site '{}' has scale {}".format(site["name"], site["scale"])
+    def check(self, terms):
+        name = type(self).__name__
+        check_reparameterized(terms, name)
+        sites = list(terms.model.values()) + list(terms.guide.values())
+        per_point = set(independent_plates(terms))
+        for site in sites:
+            sequential = site.subsampled_plates - set(site.plates)
+            if sequential:
+                raise ValueError(
+                    "{} does not support subsampled sequential plates: site '{}' is in "
+                    "the subsampled plate '{}'; vectorize the plate".format(
+                        name, site.name, sorted(sequential)[0]
+                    )
+                )
+        subsampled = set()
+        for site in sites:
+            subsampled |= site.subsampled_plates
+        for plate in subsampled:
+            if plate not in per_point:
+                outside = next(site for site in sites if plate not in site.plates)
+                raise ValueError(
+                    "{}: site '{}' lies outside the subsampled plate '{}'; the "
+                    "importance-weighted bound of latents shared across data points has "
+                    "no unbiased minibatch estimate: do not subsample, or use an ELBO "
+                    "estimator".format(name, outside.name, plate)
+                )
+        if self.gradient == "dreg" and not _random_samples_independent(terms):
+            for site in terms.guide.values():
+                if site.is_point_mass:
+                    raise ValueError(
+                        "{}(gradient='dreg'): point-mass site '{}' (Delta) in a guide whose "
+                        "random samples depend on one another; DReG's weights apply to "
+                        "random samples only: use gradient='stl' or 'reparam'".format(
+                            name, site.name
                         )
+                    )
 
     def elbo_value(self, terms):
-        self._check(terms)
-        return iwelbo(log_weights_per_point(terms))
+        return iwelbo(log_weights_per_point(terms), point_scale(terms))
 
     def elbo_and_surrogate(self, terms):
-        self._check(terms)
         log_w = log_weights_per_point(terms)
-        value = iwelbo(log_w)
+        scale = point_scale(terms)
+        value = iwelbo(log_w, scale)
         if self.gradient == "reparam":
             return value, value
-        weights = normalized_weights(log_w)
-        path_log_w = log_weights_per_point(terms, path_log_q(terms))
+        weights = scale * normalized_weights(log_w)
+        path_log_w = log_weights_per_point(terms, terms.path_part_log_q())
         if self.gradient == "stl":
             return value, (weights * path_log_w).sum()
-        if terms.vectorized and terms.guide_samples_independent:
-            return value, dreg_surrogate_by_hooks(terms, weights, path_log_w)
-        return value, dreg_surrogate_by_two_gradients(terms, weights, path_log_w)
+        if _random_samples_independent(terms):
+            return value, dreg_surrogate_by_hooks(terms, weights / scale, weights * path_log_w)
+        return value, dreg_surrogate_by_two_gradients(terms, weights, weights / scale, path_log_w)
 
 
-def dreg_surrogate_by_two_gradients(terms, weights, path_log_w):
+def _random_samples_independent(terms):
+    """Whether no random guide sample depends on another one, directly or
+    through point masses (read by provenance from the programs)."""
+    guide = terms.read_structure()[1]
+    random = {name for name, site in terms.guide.items() if not site.is_point_mass and not site.is_observed}
+    for name in random:
+        ancestors, frontier = set(), set(guide.dependencies.get(name, ())) - {name}
+        while frontier:
+            site = frontier.pop()
+            ancestors.add(site)
+            if site not in random:
+                frontier |= set(guide.dependencies.get(site, ())) - ancestors - {site}
+        if ancestors & random:
+            return False
+    return True
+
+
+def dreg_surrogate_by_two_gradients(terms, weights, normalized, path_log_w):
     """DReG as two gradients: :math:`\\sum_k \\tilde w_k^2 \\log w_k^{\\mathrm{path}}`
     for the guide parameters and :math:`\\sum_k \\tilde w_k \\log p(x, z_k)` for
-    the model parameters, returned as a surrogate linear in the parameters.
-    Valid for any guide."""
+    the model parameters (``weights`` carry the points' subsampling scale),
+    returned as a surrogate linear in the parameters. Valid for any guide
+    without point masses."""
     surrogate = path_log_w.new_zeros(())
     for params, objective in (
-        (terms.guide_params, (weights**2 * path_log_w).sum()),
+        (terms.guide_params, (weights * normalized * path_log_w).sum()),
         (terms.model_params, (weights * log_weights_per_point(terms, {})).sum()),
     ):
         params = [p for p in params.values() if p.requires_grad]
         if params and objective.requires_grad:
-            grads = torch.autograd.grad(
-                objective, params, retain_graph=True, allow_unused=True, materialize_grads=True
-            )
-            surrogate = surrogate + _linear_surrogate(params, grads)
+            grads = torch.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
+            surrogate = surrogate + linear_surrogate(params, grads)
     return surrogate
 
 
-def dreg_surrogate_by_hooks(terms, weights, path_log_w):
+def dreg_surrogate_by_hooks(terms, normalized, weighted_path_log_w):
     """DReG in one backward pass: :math:`\\sum_k \\tilde w_k \\log w_k^{\\mathrm{path}}`
-    with the gradient reaching each sample :math:`z_k` multiplied by
+    with the gradient reaching each random sample :math:`z_k` multiplied by
     :math:`\\tilde w_k` once more. The model parameters then get
     :math:`\\sum_k \\tilde w_k \\nabla_\\theta \\log p` and the guide parameters,
     which reach the objective only through :math:`z_k` (the score part of
     :math:`\\log q` is stopped), :math:`\\sum_k \\tilde w_k^2 \\partial_{z_k} \\log w_k
-    \\, \\partial_\\phi z_k`. Valid for one vectorized trace whose samples do not
-    depend on each other (else a sample's gradient would be scaled twice)."""
-    (_, guide_trace), = terms.traces
-    for name in terms.guide:
-        site = guide_trace.nodes[name]
-        sample = site["value"]
-        if sample.requires_grad:
-            batch_dim = len(site["fn"].batch_shape)
-            shape = (1,) * (batch_dim - weights.dim()) + weights.shape + (1,) * (sample.dim() - batch_dim)
-            scale = weights.reshape(shape)
-            sample.register_hook(lambda grad, scale=scale: grad * scale)
-    return (weights * path_log_w).sum()
+    \\, \\partial_\\phi z_k`. Valid when no random sample depends on another
+    (else a sample's gradient would be scaled twice); point masses are not
+    hooked, so their direct paths keep :math:`\\tilde w_k`."""
+    for k, (_, guide_trace, _) in enumerate(terms.runs):
+        weights = normalized if terms.vectorized else normalized[k]
+        for name, site_term in terms.guide.items():
+            site = guide_trace.nodes.get(name)
+            if site is None or site_term.is_point_mass or site_term.is_observed:
+                continue
+            sample = site["value"]
+            if sample.requires_grad:
+                scale = _align(weights, len(site["fn"].batch_shape), sample.dim())
+                sample.register_hook(lambda grad, scale=scale: grad * scale)
+    return weighted_path_log_w.sum()
 
 
-def _is_one(scale):
-    return bool((torch.as_tensor(scale) == 1).all())
+def _align(weights, batch_dim, dim):
+    """``weights`` (``plate_shape`` or ``(K,) + plate_shape``) reshaped to
+    broadcast against a sample with ``batch_dim`` batch dims out of ``dim``:
+    its leading size-1 plate dims dropped or added, event dims appended."""
+    extra = weights.dim() - batch_dim
+    shape = weights.shape[extra:] if extra > 0 else (1,) * -extra + weights.shape
+    return weights.reshape(tuple(shape) + (1,) * (dim - batch_dim))

@@ -3,9 +3,12 @@
 Every estimator of :mod:`pyro_vi.elbo` reads the same thing: for particles
 :math:`z_s \\sim q_\\lambda`, :math:`s = 1..S`, the per-particle, per-site
 log-densities :math:`\\log p_i(x, z_s)` of the model and :math:`\\log q_j(z_s)`
-of the guide, each with the plate dimensions of its site. This module
-produces them (vectorized with a particle plate, as Pyro does, or one trace
-per particle) and leaves the arithmetic of each estimator to its own module.
+of the guide, each with the plate dimensions of its site, together with what
+an estimator may ask of a site (does it keep its pathwise derivative, its
+scale, its mask) and of the programs (which factors each guide sample
+reaches). This module produces them, vectorized with a particle plate as
+Pyro does or one trace per particle, and leaves the arithmetic of each
+estimator to its own module.
 
 Shapes: a site term has shape ``(S,) + plate_shape`` where ``plate_shape`` has
 one entry per plate dimension of the program (``max_plate_nesting`` of them,
@@ -14,28 +17,61 @@ right-aligned as in Pyro; size 1 where the site is not in that plate).
 
 import copy
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, FrozenSet, List, Optional
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.elbo import ELBO
 from pyro.distributions.util import scale_and_mask
-from pyro.infer.enum import get_importance_trace
+from pyro.infer.elbo import ELBO
 from pyro.infer.util import is_validation_enabled
-from pyro.poutine.util import prune_subsample_sites
 from pyro.poutine.messenger import Messenger
-from pyro.util import check_if_enumerated
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
+
+from .. import _validation
+from .structure import learning_signal_factors, read_structure
+
+_PARTICLE_PLATE = "num_particles_vectorized"
+_STRUCTURE_CACHE_SIZE = 16
+
+
+def is_point_mass(fn):
+    """Whether the distribution ``fn`` is a point mass (``Delta``, possibly
+    masked, expanded or reinterpreted): its sample has no randomness, so it
+    has no score and its gradient is exact through its path."""
+    while not isinstance(fn, dist.Delta) and hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Delta)
+
+
+def _without_mask(fn):
+    """``fn`` without its :meth:`~pyro.distributions.TorchDistributionMixin.mask`
+    wrappers: the density the sample was drawn from."""
+    if isinstance(fn, dist.MaskedDistribution):
+        return _without_mask(fn.base_dist)
+    if isinstance(fn, dist.Independent) and _has_mask(fn.base_dist):
+        return dist.Independent(_without_mask(fn.base_dist), fn.reinterpreted_batch_ndims)
+    return fn
+
+
+def _has_mask(fn):
+    while not isinstance(fn, dist.MaskedDistribution) and isinstance(fn, dist.Independent):
+        fn = fn.base_dist
+    return isinstance(fn, dist.MaskedDistribution)
 
 
 class ScoreFunctionMessenger(Messenger):
-    """Forces every latent sample site to be sampled without a pathwise
-    derivative (``fn.has_rsample = False``), so that gradients with respect
-    to the variational parameters can only flow through :math:`\\log q`.
-
-    Pyro's own estimators honour the same flag: ``TraceGraph_ELBO`` and
-    ``Trace_ELBO`` then use score-function gradients at every site.
+    """Gives every random guide site a score-function (REINFORCE) gradient:
+    sites that could ``rsample`` are sampled without a pathwise derivative,
+    and each sampled value is a fresh tensor, so that no transform reuses an
+    inverse it cached without a graph (``TransformedDistribution`` flows).
+    Point masses (``Delta``, ``AutoDelta``) have no randomness and no score:
+    they keep their path, as in ``Trace_ELBO``. ``pyro.factor`` sites of the
+    guide become score terms too: at fixed samples, they are part of the
+    sampling density's gradient.
 
     :param dict baseline: optional ``infer["baseline"]`` options given to every
         latent site, e.g. ``{"use_decaying_avg_baseline": True}`` for the
@@ -47,12 +83,18 @@ class ScoreFunctionMessenger(Messenger):
         self.baseline = baseline
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"]:
+        fn = msg["fn"]
+        if site_is_subsample(msg) or is_point_mass(fn):
             return
-        if getattr(msg["fn"], "has_rsample", False):
-            msg["fn"] = _without_rsample(msg["fn"])
-        if self.baseline is not None:
-            msg["infer"] = dict(msg["infer"], baseline=dict(self.baseline))
+        msg["infer"] = dict(msg["infer"], has_rsample=bool(fn.has_rsample))
+        if fn.has_rsample:
+            msg["fn"] = _without_rsample(fn)
+        if self.baseline is not None and not msg["is_observed"]:
+            msg["infer"]["baseline"] = dict(self.baseline)
+
+    def _pyro_post_sample(self, msg):
+        if not msg["is_observed"] and "has_rsample" in msg["infer"] and not site_is_subsample(msg):
+            msg["value"] = msg["value"].clone()
 
 
 _SCORE_FUNCTION_CLASSES = {}
@@ -68,12 +110,13 @@ def _without_rsample(fn):
     if cls not in _SCORE_FUNCTION_CLASSES:
         _SCORE_FUNCTION_CLASSES[cls] = type(cls.__name__, (cls,), {"has_rsample": False})
     fn = copy.copy(fn)
+    fn.__dict__.pop("has_rsample", None)  # set per instance by has_rsample_()
     fn.__class__ = _SCORE_FUNCTION_CLASSES[cls]
     return fn
 
 
 def score_function_guide(guide, baseline=None):
-    """Wraps ``guide`` so that all its latent sites use score-function
+    """Wraps ``guide`` so that all its random sites use score-function
     (REINFORCE) gradients, whatever their distribution could do; see
     :class:`ScoreFunctionMessenger` for ``baseline``."""
     return ScoreFunctionMessenger(baseline)(guide)
@@ -81,18 +124,33 @@ def score_function_guide(guide, baseline=None):
 
 @dataclass
 class SiteTerm:
-    """The log-density of one sample site for every particle.
+    """The log-density of one sample site for every particle, and what an
+    estimator may ask of the site.
 
     :ivar str name: the site name.
     :ivar torch.Tensor log_prob: scaled and masked log-density, shape
-        ``(S,) + plate_shape``; what the objective sums.
-    :ivar torch.Tensor score_log_prob: the same, neither scaled nor masked
-        (guide sites only, else ``None``): the density the particles were
-        drawn from, whose gradient is the score. As in Pyro, a subsampling
-        scale multiplies the learning signal, never the score.
+        ``(S,) + plate_shape``; what the objective sums. Zero in particles
+        that did not meet the site (sequential plates).
+    :ivar torch.Tensor score_log_prob: for guide sites with a score (random
+        sites without a pathwise derivative, and ``pyro.factor`` sites marked
+        ``has_rsample=False``), the density the particles were drawn from,
+        neither scaled nor masked, whose gradient is the score (as in Pyro, a
+        subsampling scale multiplies the learning signal, never the score);
+        else ``None``.
     :ivar dict plates: plate name -> its (negative) dim in ``log_prob``, for
         the program's vectorized plates (not the particle plate).
-    :ivar bool is_observed: whether the site is observed.
+    :ivar bool is_observed: observed (data, ``pyro.factor``).
+    :ivar bool reparameterized: the sample keeps its pathwise derivative in
+        this evaluation (it was drawn with ``rsample``, or it is a point mass).
+    :ivar bool has_rsample: the distribution could ``rsample`` (before any
+        score-function treatment).
+    :ivar bool is_point_mass: a ``Delta`` site: no randomness, no score.
+    :ivar scale: the site's scale (subsampling times ``poutine.scale``).
+    :ivar float subsample_scale: the part of ``scale`` due to subsampled
+        plates, :math:`\\prod N / B`.
+    :ivar frozenset subsampled_plates: the subsampled plates the site is in
+        (sequential ones included).
+    :ivar mask: the site's ``poutine.mask`` (``None`` when unmasked).
     """
 
     name: str
@@ -100,48 +158,69 @@ class SiteTerm:
     score_log_prob: Optional[torch.Tensor]
     plates: Dict[str, int]
     is_observed: bool
+    reparameterized: bool = True
+    has_rsample: bool = True
+    is_point_mass: bool = False
+    scale: object = 1.0
+    subsample_scale: float = 1.0
+    subsampled_plates: FrozenSet[str] = frozenset()
+    mask: object = None
 
 
 @dataclass
 class ParticleTerms:
-    """Per-particle, per-site log-densities of one ELBO evaluation.
+    """Per-particle, per-site log-densities of one ELBO evaluation, and what
+    the estimators need from the programs.
 
     :ivar model: model sample sites (observed and latent), in program order.
     :ivar guide: guide sample sites, in program order.
     :ivar model_params: unconstrained parameters met in the model, by name.
     :ivar guide_params: unconstrained parameters met in the guide, by name.
-    :ivar traces: the ``(model_trace, guide_trace)`` pairs the terms came from
-        (one pair when vectorized).
+    :ivar int num_particles: :math:`S`.
     :ivar int plate_dims: the number of the program's plate dims in the terms.
     :ivar bool vectorized: whether the particles share one vectorized trace.
-    :ivar replay_guide: runs the guide (with the particle plate, if any)
-        against a trace of given sample values; returns its trace.
     """
 
     model: Dict[str, SiteTerm]
     guide: Dict[str, SiteTerm]
     model_params: Dict[str, torch.Tensor]
     guide_params: Dict[str, torch.Tensor]
-    traces: List[tuple]
+    num_particles: int
     plate_dims: int = 0
     vectorized: bool = False
-    replay_guide: Optional[Callable] = None
-
-    @property
-    def num_particles(self):
-        return next(iter(self.guide.values())).log_prob.shape[0]
+    # The real traces, one (model, guide, unpruned guide) triple per run.
+    runs: List[tuple] = field(default_factory=list, repr=False)
+    # Runs the guide (in its particle plate) against a trace; returns its trace.
+    replay_guide: Optional[Callable] = field(default=None, repr=False)
+    # Reads the (model, guide) ProgramStructure of the runs.
+    read_structure: Optional[Callable] = field(default=None, repr=False)
 
     def log_p(self):
         """:math:`\\log p(x, z_s)`, shape ``(S,)``."""
-        return _total(self.model.values())
+        return _total(t.log_prob for t in self.model.values())
 
     def log_q(self):
         """:math:`\\log q(z_s)`, shape ``(S,)``."""
-        return _total(self.guide.values())
+        return _total(t.log_prob for t in self.guide.values())
+
+    def log_weights(self):
+        """:math:`\\log p(x, z_s) - \\log q(z_s)`, shape ``(S,)``."""
+        return self.log_p() - self.log_q()
+
+    def score_sites(self):
+        """The guide sites with a score."""
+        return [t for t in self.guide.values() if t.score_log_prob is not None]
 
     def score_log_q(self):
-        """:math:`\\log q(z_s)` unscaled, whose gradient is the score, shape ``(S,)``."""
-        return _total(self.guide.values(), "score_log_prob")
+        """:math:`\\log q(z_s)` of the score sites, unscaled, whose gradient
+        is the score :math:`h_s`, shape ``(S,)``."""
+        return _total(t.score_log_prob for t in self.score_sites())
+
+    def path_log_q(self):
+        """:math:`\\log q(z_s)` of the guide sites without a score (point
+        masses, reparameterized sites), shape ``(S,)``: its gradient is
+        pathwise."""
+        return _total(t.log_prob for t in self.guide.values() if t.score_log_prob is None)
 
     def stopped_guide_log_prob(self):
         """:math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide site: only the
@@ -149,6 +228,15 @@ class ParticleTerms:
         the upstream samples its distributions depend on), carry gradient.
         Same shapes as the site terms."""
         return self._stopped_guide[0]
+
+    def path_part_log_q(self):
+        """Per guide site, :math:`\\log q(z) - \\log q(\\mathrm{stop}(z))`: value
+        0, gradient the path part of :math:`\\log q` alone (the gradient of
+        :math:`\\log q_{\\mathrm{stop}(\\lambda)}(z(\\epsilon, \\lambda))`). An
+        autoguide's ``Delta`` sites, whose log-density is the log-Jacobian of a
+        transform of an auxiliary sample, are path entirely."""
+        stopped = self.stopped_guide_log_prob()
+        return {name: term.log_prob - stopped[name] for name, term in self.guide.items()}
 
     @property
     def guide_samples_independent(self):
@@ -160,14 +248,15 @@ class ParticleTerms:
     def _stopped_guide(self):
         # Independent samples: each site's density at its detached sample.
         # Otherwise the guide is run again on detached copies of its samples.
-        stopped = [_log_prob_at_detached(guide_trace) for _, guide_trace in self.traces]
+        stopped = [_log_prob_at_detached(guide_trace) for _, guide_trace, _ in self.runs]
         independent = all(log_probs is not None for log_probs in stopped)
         if not independent:
-            stopped = [self._rerun_on_detached(guide_trace) for _, guide_trace in self.traces]
+            stopped = [self._rerun_on_detached(replay) for _, _, replay in self.runs]
         log_probs = {
             name: _stack(
-                [particle[name] for particle in stopped],
-                self.traces[0][1].nodes[name],
+                [particle.get(name) for particle in stopped],
+                name,
+                False,
                 self.plate_dims,
                 self.vectorized,
                 self.num_particles,
@@ -176,55 +265,67 @@ class ParticleTerms:
         }
         return log_probs, independent
 
-    def _rerun_on_detached(self, guide_trace):
-        detached = guide_trace.copy()
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample":
+    def _rerun_on_detached(self, replay_trace):
+        detached = replay_trace.copy()
+        for name, site in replay_trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site):
                 detached.nodes[name] = dict(site, value=site["value"].detach())
-        rerun = prune_subsample_sites(self.replay_guide(detached))
+        with poutine.block():
+            rerun = prune_subsample_sites(self.replay_guide(detached))
         rerun.compute_log_prob()
-        return {name: rerun.nodes[name]["log_prob"] for name in self.guide}
+        return {
+            name: site["log_prob"] for name, site in rerun.nodes.items() if site["type"] == "sample"
+        }
 
-    def log_weights(self):
-        """:math:`\\log p(x, z_s) - \\log q(z_s)`, shape ``(S,)``."""
-        return self.log_p() - self.log_q()
+    @cached_property
+    def signal_factors(self):
+        """For each guide site :math:`j`, the model and guide factors of its
+        Markov-blanket learning signal with the plates in which each stays
+        element-wise (see :func:`~pyro_vi.elbo.structure.learning_signal_factors`),
+        read from the real traces."""
+        return learning_signal_factors(*self.read_structure())
 
 
 def _log_prob_at_detached(guide_trace):
     """Each guide site's scaled, masked log-density at its detached sample,
     or ``None`` when some site's value or distribution depends on another
     sample of the guide (then only a rerun stops that path)."""
-    sites = [
-        s for s in prune_subsample_sites(guide_trace).nodes.values()
-        if s["type"] == "sample" and not s["is_observed"]
-    ]
-    samples = [s["value"] for s in sites if s["value"].requires_grad]
+    sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample"]
+    samples = [s["value"] for s in sites if not s["is_observed"] and s["value"].requires_grad]
     log_probs = {}
     for site in sites:
+        if site["is_observed"]:
+            return None  # a guide factor: only a rerun separates its paths
         log_prob = site["fn"].log_prob(site["value"].detach(), *site["args"], **site["kwargs"])
         upstream = [v for v in samples if v is not site["value"]]
-        if upstream:
-            # The site's value and density, each connected to the graph or zero.
-            reach = log_prob.sum() * 0 + site["value"].sum() * 0
-            if reach.requires_grad:
-                grads = torch.autograd.grad(reach, upstream, retain_graph=True, allow_unused=True)
-                if any(g is not None for g in grads):
-                    return None
+        if upstream and (reaches(log_prob, upstream) or reaches(site["value"], upstream)):
+            return None
         log_probs[site["name"]] = scale_and_mask(log_prob, site["scale"], site["mask"])
     return log_probs
 
 
-def sum_to_plates(term, plate_dims):
-    """Sums a ``(S,) + plate_shape`` term over every plate dim not in
-    ``plate_dims`` (negative dims), keeping dims."""
-    dims = [d for d in range(-(term.dim() - 1), 0) if d not in plate_dims]
-    return term.sum(dims, keepdim=True) if dims else term
+def reaches(output, tensors):
+    """Whether the autograd graph of ``output`` reaches any of ``tensors``
+    (their own graph nodes; a walk over the recorded graph, no backward
+    pass)."""
+    if output.grad_fn is None or not tensors:
+        return False
+    targets = {torch.autograd.graph.get_gradient_edge(t).node for t in tensors if t.requires_grad}
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node in targets:
+            return True
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
 
 
-def _total(terms, field="log_prob"):
+def _total(terms):
     total = 0.0
-    for term in terms:
-        value = getattr(term, field)
+    for value in terms:
         total = total + value.reshape(value.shape[0], -1).sum(-1)
     return total
 
@@ -232,47 +333,75 @@ def _total(terms, field="log_prob"):
 class ParticleELBO(ELBO):
     """Base class of the estimators: Pyro's ELBO arguments and plumbing.
 
-    A subclass states how many particles it needs (``min_particles``), whether
-    its guide keeps pathwise derivatives (``reparameterized``), and implements
-    :meth:`elbo_and_surrogate`, a pure function of :class:`ParticleTerms`.
+    A subclass states how many particles it needs (``min_particles``),
+    whether guide sites that can ``rsample`` keep their pathwise derivative
+    (``reparameterize``; if not, every random guide site gets a score),
+    and implements
+
+    - :meth:`check`, which refuses what the estimator cannot handle: every
+      entry point (``loss``, ``loss_and_grads``, ``differentiable_loss``)
+      runs it on the same terms, before any arithmetic;
+    - :meth:`elbo_and_surrogate`, a function of the :class:`ParticleTerms`
+      alone: it reads no state of the estimator and runs no program (it may
+      attach gradient hooks to the terms' own tensors, which live as long as
+      this evaluation's graph).
+
     The loss then carries the estimate as its value and the estimator as its
     gradient: ``-(elbo + surrogate - surrogate.detach())``.
 
+    Every keyword of :class:`pyro.infer.ELBO` is accepted with Pyro's meaning.
+
     :param int num_particles: the number of particles :math:`S`.
-    :param max_plate_nesting: as in Pyro; guessed by running the program once
-        when left at infinity.
+    :param max_plate_nesting: as in Pyro; guessed by running the programs once
+        (under a forked RNG) when left at infinity.
     :param bool vectorize_particles: draw the particles in one vectorized
         trace under an outermost plate, as Pyro does.
     """
 
     min_particles = 1
-    reparameterized = True
+    reparameterize = True
 
     def __init__(
         self,
         num_particles=1,
         max_plate_nesting=float("inf"),
+        max_iarange_nesting=None,
         vectorize_particles=False,
+        strict_enumeration_warning=True,
+        ignore_jit_warnings=False,
+        jit_options=None,
         retain_graph=None,
+        tail_adaptive_beta=-1.0,
     ):
-        if (
-            isinstance(num_particles, bool)
-            or not isinstance(num_particles, int)
-            or num_particles < self.min_particles
-        ):
-            raise ValueError(
-                "{} needs num_particles >= {} (an integer), got {!r}".format(
-                    type(self).__name__, self.min_particles, num_particles
-                )
+        name = type(self).__name__
+        num_particles = _validation.integer(
+            "{}: num_particles".format(name), num_particles, minimum=self.min_particles
+        )
+        if max_plate_nesting != float("inf"):
+            max_plate_nesting = _validation.integer(
+                "{}: max_plate_nesting".format(name), max_plate_nesting, minimum=0
             )
+        vectorize_particles = _validation.boolean(
+            "{}: vectorize_particles".format(name), vectorize_particles
+        )
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
+            max_iarange_nesting=max_iarange_nesting,
             vectorize_particles=vectorize_particles,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+            jit_options=jit_options,
             retain_graph=retain_graph,
+            tail_adaptive_beta=tail_adaptive_beta,
         )
+        self._structures = OrderedDict()
 
-    # ---- the estimator: subclasses implement this --------------------------
+    # ---- the estimator: subclasses implement these -------------------------
+
+    def check(self, terms: ParticleTerms):
+        """Raises ``ValueError`` naming the site and the reason for anything
+        in ``terms`` the estimator cannot handle."""
 
     def elbo_and_surrogate(self, terms: ParticleTerms):
         """Returns ``(elbo, surrogate)``: the objective's estimate and a
@@ -283,6 +412,8 @@ class ParticleELBO(ELBO):
         """The objective's estimate alone (default: the mean log-weight)."""
         return terms.log_weights().mean()
 
+    # ---- Pyro's interface ---------------------------------------------------
+
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         # The guess runs both programs. Under a forked RNG it draws nothing
         # from the global stream, so a run resumed from a checkpoint (which
@@ -290,73 +421,120 @@ class ParticleELBO(ELBO):
         with torch.random.fork_rng():
             super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
-    # ---- Pyro's interface ---------------------------------------------------
-
     def _get_trace(self, model, guide, args, kwargs):
-        model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, guide, args, kwargs
+        """One run of the guide and of the model against it: the pruned
+        traces with their log-densities, and the unpruned guide trace (its
+        subsample indices let the programs be replayed exactly)."""
+        if isinstance(poutine.unwrap(guide), Messenger):
+            raise ValueError(
+                "{} needs a guide that is a Pyro program; {} is a GuideMessenger "
+                "(e.g. AutoNormalMessenger), which runs the model itself: use the "
+                "matching autoguide (e.g. AutoNormal) instead".format(
+                    type(self).__name__, type(poutine.unwrap(guide)).__name__
+                )
+            )
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
         )
         if is_validation_enabled():
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
             check_if_enumerated(guide_trace)
-        return model_trace, guide_trace
+        replay_trace = guide_trace
+        guide_trace = prune_subsample_sites(guide_trace)
+        model_trace = prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob()
+        guide_trace.compute_score_parts()
+        if is_validation_enabled():
+            for trace in (model_trace, guide_trace):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        check_site_shape(site, self.max_plate_nesting)
+        return model_trace, guide_trace, replay_trace
 
     def particle_terms(self, model, guide, *args, **kwargs) -> ParticleTerms:
         """Runs the guide and the model against it with ``num_particles``
         particles and collects the per-site terms."""
-        if not self.reparameterized:
-            guide = score_function_guide(guide)
+        run_guide = guide if self.reparameterize else score_function_guide(guide)
         if self.max_plate_nesting == float("inf"):
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
-        traces = list(self._get_traces(model, guide, args, kwargs))
+            self._guess_max_plate_nesting(model, run_guide, args, kwargs)
+        runs = list(self._get_traces(model, run_guide, args, kwargs))
         vectorized = self.vectorize_particles and self.num_particles > 1
         plate_dims = self.max_plate_nesting - (1 if vectorized else 0)
-        model_sites, guide_sites = OrderedDict(), OrderedDict()
-        model_params, guide_params = OrderedDict(), OrderedDict()
-        for role, sites, params in (
-            (0, model_sites, model_params),
-            (1, guide_sites, guide_params),
-        ):
-            for name, site in traces[0][role].nodes.items():
-                if site["type"] == "param":
-                    params[name] = site["value"].unconstrained()
-                elif site["type"] == "sample":
-                    sites[name] = _site_term(
-                        [_site(tr[role], name) for tr in traces],
-                        plate_dims,
-                        vectorized,
-                        self.num_particles,
-                        with_score=role == 1,
-                    )
-        if not guide_sites:
-            raise ValueError("the guide has no sample sites: nothing to infer")
-        run_guide = self._vectorized_num_particles(guide) if vectorized else guide
+        wrap = self._vectorized_num_particles if vectorized else (lambda fn: fn)
+        sites, params = [OrderedDict(), OrderedDict()], [OrderedDict(), OrderedDict()]
+        for role in (0, 1):
+            for run in runs:
+                for name, site in run[role].nodes.items():
+                    if site["type"] == "param":
+                        params[role].setdefault(name, site["value"].unconstrained())
+                    elif site["type"] == "sample" and name not in sites[role]:
+                        sites[role][name] = _site_term(
+                            [r[role].nodes.get(name) for r in runs],
+                            plate_dims,
+                            vectorized,
+                            self.num_particles,
+                            is_guide=role == 1,
+                        )
 
-        def replay_guide(values):
-            return poutine.trace(poutine.replay(run_guide, trace=values)).get_trace(*args, **kwargs)
+        def replay_guide(trace):
+            return poutine.trace(poutine.replay(wrap(run_guide), trace=trace)).get_trace(
+                *args, **kwargs
+            )
+
+        def read():
+            return self._read_structure(wrap(model), wrap(run_guide), (model, guide), runs, args, kwargs)
 
         return ParticleTerms(
-            model_sites,
-            guide_sites,
-            model_params,
-            guide_params,
-            traces,
-            plate_dims,
-            vectorized,
-            replay_guide,
+            model=sites[0],
+            guide=sites[1],
+            model_params=params[0],
+            guide_params=params[1],
+            num_particles=self.num_particles,
+            plate_dims=plate_dims,
+            vectorized=vectorized,
+            runs=runs,
+            replay_guide=replay_guide,
+            read_structure=read,
         )
+
+    def _read_structure(self, model, guide, key, runs, args, kwargs):
+        """The programs' structure, read by replaying the real traces; reused
+        only for runs with the same site names, distribution types, value
+        shapes and plates (and the same model and guide)."""
+        result = None
+        for model_trace, _, replay_trace in runs:
+            signature = key + (_signature(model_trace), _signature(replay_trace))
+            if signature in self._structures:
+                self._structures.move_to_end(signature)
+            else:
+                self._structures[signature] = read_structure(model, guide, replay_trace, args, kwargs)
+                if len(self._structures) > _STRUCTURE_CACHE_SIZE:
+                    self._structures.popitem(last=False)
+            structure = self._structures[signature]
+            result = structure if result is None else tuple(
+                old.union(new) for old, new in zip(result, structure)
+            )
+        return result
+
+    def _terms(self, model, guide, args, kwargs):
+        terms = self.particle_terms(model, guide, *args, **kwargs)
+        self.check(terms)
+        return terms
 
     def loss(self, model, guide, *args, **kwargs):
         """:returns: an estimate of the negative objective (no graph).
         :rtype: float"""
         with torch.no_grad():
-            terms = self.particle_terms(model, guide, *args, **kwargs)
-            return -self.elbo_value(terms).item()
+            terms = self._terms(model, guide, args, kwargs)
+            return -float(self.elbo_value(terms))
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """:returns: a scalar whose value is the negative estimate of the
         objective and whose gradient is the negative estimator."""
-        terms = self.particle_terms(model, guide, *args, **kwargs)
+        terms = self._terms(model, guide, args, kwargs)
         elbo, surrogate = self.elbo_and_surrogate(terms)
+        elbo, surrogate = torch.as_tensor(elbo), torch.as_tensor(surrogate)
         return -(elbo.detach() + (surrogate - surrogate.detach()))
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
@@ -370,64 +548,97 @@ class ParticleELBO(ELBO):
         return loss.item()
 
 
-def _site(trace, name):
-    if name not in trace.nodes:
-        raise ValueError(
-            "site '{}' is missing from some particles; the estimators need the "
-            "same sites in every particle".format(name)
+def _signature(trace):
+    return tuple(
+        (
+            name,
+            type(site["fn"]).__name__,
+            site["is_observed"],
+            tuple(site["value"].shape) if isinstance(site["value"], torch.Tensor) else None,
+            tuple((f.name, f.dim, f.size) for f in site["cond_indep_stack"]),
         )
-    return trace.nodes[name]
-
-
-def _site_term(sites, plate_dims, vectorized, num_particles, with_score):
-    site = sites[0]
-    fields = ("log_prob", "unscaled_log_prob") if with_score else ("log_prob",)
-    stacked = [
-        _stack([s[f] for s in sites], site, plate_dims, vectorized, num_particles)
-        for f in fields
-    ]
-    plates = {
-        f.name: f.dim
-        for f in site["cond_indep_stack"]
-        if f.vectorized and f.name != "num_particles_vectorized"
-    }
-    return SiteTerm(
-        site["name"],
-        stacked[0],
-        stacked[1] if with_score else None,
-        plates,
-        site["is_observed"],
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
     )
 
 
-def _stack(values, site, plate_dims, vectorized, num_particles):
+def _site_term(sites, plate_dims, vectorized, num_particles, is_guide):
+    """The :class:`SiteTerm` of one site from its node in each run (``None``
+    in runs that did not meet it)."""
+    site = next(s for s in sites if s is not None)
+    name, fn = site["name"], site["fn"]
+    point_mass = is_point_mass(fn)
+    has_score = is_guide and not point_mass and not fn.has_rsample
+    stacked = _stack(
+        [None if s is None else s["log_prob"] for s in sites],
+        name, site["is_observed"], plate_dims, vectorized, num_particles,
+    )
+    score = None
+    if has_score:
+        score = _stack(
+            [None if s is None else _sampling_log_prob(s) for s in sites],
+            name, site["is_observed"], plate_dims, vectorized, num_particles,
+        )
+    frames = site["cond_indep_stack"]
+    subsampled = [f for f in frames if f.full_size is not None and f.full_size != f.size]
+    subsample_scale = 1.0
+    for f in subsampled:
+        subsample_scale *= f.full_size / f.size
+    return SiteTerm(
+        name=name,
+        log_prob=stacked,
+        score_log_prob=score,
+        plates={f.name: f.dim for f in frames if f.vectorized and f.name != _PARTICLE_PLATE},
+        is_observed=site["is_observed"],
+        reparameterized=not has_score,
+        has_rsample=bool(site["infer"].get("has_rsample", fn.has_rsample)) or point_mass,
+        is_point_mass=point_mass,
+        scale=site["scale"],
+        subsample_scale=subsample_scale,
+        subsampled_plates=frozenset(f.name for f in subsampled),
+        mask=site["mask"],
+    )
+
+
+def _sampling_log_prob(site):
+    """The unscaled log-density the site's value was drawn from (masks of
+    the distribution removed: the sample was still drawn)."""
+    if _has_mask(site["fn"]):
+        return _without_mask(site["fn"]).log_prob(site["value"], *site["args"], **site["kwargs"])
+    return site["unscaled_log_prob"]
+
+
+def _stack(values, name, is_observed, plate_dims, vectorized, num_particles):
     """The particles' values of one site term as one tensor of shape
-    ``(S,) + plate_shape``, refusing NaN and infinity with the site's name."""
-    name = site["name"]
+    ``(S,) + plate_shape`` (zeros for particles that did not meet the site),
+    refusing NaN and infinity with the site's name."""
+    width = plate_dims + (1 if vectorized else 0)
     terms = []
     for log_prob in values:
+        if log_prob is None:
+            terms.append(None)
+            continue
         if not torch.isfinite(log_prob).all():
-            where = "observed" if site["is_observed"] else "latent"
             raise ValueError(
                 "the log-density of {} site '{}' is not finite ({} of {} entries are "
                 "NaN or inf); check its parameters and its value's support".format(
-                    where,
+                    "observed" if is_observed else "latent",
                     name,
                     int((~torch.isfinite(log_prob)).sum()),
                     log_prob.numel(),
                 )
             )
-        width = plate_dims + (1 if vectorized else 0)
-        log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
-        terms.append(log_prob)
+        terms.append(log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape))
     if vectorized:
         (log_prob,) = terms
         return log_prob.expand((num_particles,) + log_prob.shape[1:])
-    shapes = {t.shape for t in terms}
+    shapes = {t.shape for t in terms if t is not None}
     if len(shapes) > 1:
         raise ValueError(
-            "site '{}' has different batch shapes in different particles: {}".format(
-                name, sorted(tuple(s) for s in shapes)
-            )
+            "site '{}' has different batch shapes in different particles: {}; "
+            "use vectorize_particles=True or give the site the same shape in "
+            "every run".format(name, sorted(tuple(s) for s in shapes))
         )
-    return torch.stack(terms)
+    (shape,) = shapes
+    zero = next(t for t in terms if t is not None).new_zeros(shape)
+    return torch.stack([zero if t is None else t for t in terms])

@@ -1,0 +1,168 @@
+"""Which factors each guide sample reaches, read from the real traces.
+
+The learning signal of a guide site :math:`z_j` needs only the factors whose
+log-density depends on :math:`z_j` (its Markov blanket). We read that
+dependence by provenance tracking: the model and the guide are replayed
+against the sample values of the real traces, in the same particle plate and
+with the same arguments, with each latent value tagged by its site name
+(:class:`~pyro.ops.provenance.ProvenanceTensor`); the tags that reach a site's
+log-density are the sites it depends on. Nothing is sampled, nothing is
+differentiated, and the replay is hidden from outer handlers.
+
+Dependence through Python control flow on values (``if z > 0``,
+``int(z)``) is invisible to provenance tracking, as it is to
+:func:`pyro.infer.inspect.get_dependencies`.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, FrozenSet
+
+import torch
+from pyro import poutine
+from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+
+@dataclass(frozen=True)
+class ProgramStructure:
+    """What a program's sample sites depend on.
+
+    :ivar dict dependencies: site -> the latent sites its log-density depends
+        on, itself included.
+    :ivar frozenset observed: the observed sites.
+    :ivar dict plates: site -> the names of its vectorized plates.
+    """
+
+    dependencies: Dict[str, FrozenSet[str]]
+    observed: FrozenSet[str]
+    plates: Dict[str, FrozenSet[str]]
+
+    def union(self, other: "ProgramStructure") -> "ProgramStructure":
+        """The structure of either program run (e.g. two particles whose
+        sequential plates met different sites)."""
+        names = set(self.dependencies) | set(other.dependencies)
+        empty = frozenset()
+        return ProgramStructure(
+            dependencies={
+                n: self.dependencies.get(n, empty) | other.dependencies.get(n, empty) for n in names
+            },
+            observed=self.observed | other.observed,
+            plates={n: self.plates.get(n, empty) | other.plates.get(n, empty) for n in names},
+        )
+
+
+class _TagLatents(Messenger):
+    """Tags each latent sample value with its own site name only, so that a
+    site's provenance names its direct dependencies. Observed values (data,
+    ``pyro.deterministic``, ``pyro.factor``) keep whatever provenance they
+    carry, so dependence flows through them to the sites that use them."""
+
+    def _pyro_post_sample(self, msg):
+        if msg["is_observed"] or site_is_subsample(msg):
+            return
+        msg["value"] = ProvenanceTensor(detach_provenance(msg["value"]), frozenset({msg["name"]}))
+
+
+def _structure(trace) -> ProgramStructure:
+    sites = [
+        site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)
+    ]
+    latents = frozenset(site["name"] for site in sites if not site["is_observed"])
+    dependencies = {}
+    for site in sites:
+        log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+        dependencies[site["name"]] = (get_provenance(log_prob) & latents) | (
+            latents & {site["name"]}
+        )
+    return ProgramStructure(
+        dependencies=dependencies,
+        observed=frozenset(site["name"] for site in sites if site["is_observed"]),
+        plates={
+            site["name"]: frozenset(
+                f.name
+                for f in site["cond_indep_stack"]
+                if f.vectorized and f.name != "num_particles_vectorized"
+            )
+            for site in sites
+        },
+    )
+
+
+def _tagged_trace(fn, trace, args, kwargs):
+    return poutine.trace(_TagLatents()(poutine.replay(fn, trace=trace))).get_trace(*args, **kwargs)
+
+
+def program_structure(fn, trace, *args, **kwargs) -> ProgramStructure:
+    """The :class:`ProgramStructure` of ``fn``, replayed against ``trace``
+    (subsample sites included) under provenance tracking."""
+    with torch.random.fork_rng(), torch.no_grad(), poutine.block():
+        return _structure(_tagged_trace(fn, trace, args, kwargs))
+
+
+def read_structure(model, guide, guide_trace, args, kwargs):
+    """Replays ``guide`` against ``guide_trace`` (an unpruned trace of the
+    real pass, subsample sites included) and ``model`` against the guide's
+    replayed values, both under provenance tracking; returns the two
+    programs' :class:`ProgramStructure`. ``model`` and ``guide`` must carry the
+    same wrappers (the particle plate) as in the real pass."""
+    with torch.random.fork_rng(), torch.no_grad(), poutine.block():
+        guide_tagged = _tagged_trace(guide, guide_trace, args, kwargs)
+        model_tagged = _tagged_trace(model, guide_tagged, args, kwargs)
+        return _structure(model_tagged), _structure(guide_tagged)
+
+
+def markov_blankets(model: ProgramStructure):
+    """For each latent site :math:`z_i` of a model, the factors that contain
+    it (its own and its children's) with the plates in which the factor
+    depends on :math:`z_i` element-wise: ``{latent: {factor: plates}}``.
+
+    Within a plate both sites share, element :math:`n` of a factor depends on
+    element :math:`n` of the latent only: that is what a plate asserts (and
+    what Pyro's own estimators assume)."""
+    plates = model.plates
+    return {
+        latent: {
+            factor: plates[factor] & plates[latent]
+            for factor, deps in model.dependencies.items()
+            if latent in deps
+        }
+        for latent in model.dependencies
+        if latent not in model.observed
+    }
+
+
+def learning_signal_factors(model: ProgramStructure, guide: ProgramStructure):
+    """For each guide site :math:`j` (latent sites and ``pyro.factor``
+    sites, whose terms get the whole signal): the model factors and guide factors its learning signal
+    :math:`L^{(j)}` sums, ``{j: (model_factors, guide_factors)}``, each
+    ``{factor: plates}`` with the plates in which the factor stays
+    element-wise. A guide site reaches the model through the guide sites
+    that depend on it (itself, or e.g. an autoguide's ``Delta`` site that
+    transforms it)."""
+    blankets = markov_blankets(model)
+    signals = {}
+    for j, j_plates in guide.plates.items():
+        if j in guide.observed:
+            # A guide factor is a piece of the sampling density that no
+            # conditional independence describes: its term gets the full signal.
+            signals[j] = (
+                {name: frozenset() for name in model.plates},
+                {name: frozenset() for name in guide.plates},
+            )
+            continue
+        model_factors, guide_factors = {}, {}
+        for k, deps in guide.dependencies.items():
+            if j != k and j not in deps:
+                continue
+            path = j_plates & guide.plates[k]
+            _meet(guide_factors, k, path)
+            for factor, plates in blankets.get(k, {}).items():
+                _meet(model_factors, factor, path & plates)
+        signals[j] = (model_factors, guide_factors)
+    return signals
+
+
+def _meet(factors, name, plates):
+    # Element-wise only if element-wise along every path.
+    factors[name] = factors[name] & plates if name in factors else plates
