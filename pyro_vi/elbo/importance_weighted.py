@@ -31,14 +31,14 @@ def log_weights_per_point(terms, guide_log_probs=None):
     dims = set(independent_plates(terms).values())
     if guide_log_probs is None:
         guide_log_probs = {name: t.log_prob for name, t in terms.guide.items()}
-    log_w = 0.0
+    log_w = terms.zeros(terms.num_particles, *(1,) * terms.plate_dims)
     for table, log_probs, sign in (
         (terms.model, {n: t.log_prob for n, t in terms.model.items()}, 1.0),
         (terms.guide, guide_log_probs, -1.0),
     ):
         for name, log_prob in log_probs.items():
             log_w = log_w + sign * sum_to_plates(log_prob / table[name].subsample_scale, dims)
-    return torch.as_tensor(log_w)
+    return log_w
 
 
 def point_scale(terms):

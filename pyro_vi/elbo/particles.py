@@ -66,8 +66,8 @@ def _has_mask(fn):
 class ScoreFunctionMessenger(Messenger):
     """Gives every random guide site a score-function (REINFORCE) gradient:
     sites that could ``rsample`` are sampled without a pathwise derivative,
-    and each sampled value is a fresh tensor, so that no transform reuses an
-    inverse it cached without a graph (``TransformedDistribution`` flows).
+    each value a fresh tensor, so that no transform reuses an inverse it
+    cached without a graph (``TransformedDistribution`` flows).
     Point masses (``Delta``, ``AutoDelta``) have no randomness and no score:
     they keep their path, as in ``Trace_ELBO``. ``pyro.factor`` sites of the
     guide become score terms too: at fixed samples, they are part of the
@@ -92,10 +92,6 @@ class ScoreFunctionMessenger(Messenger):
         if self.baseline is not None and not msg["is_observed"]:
             msg["infer"]["baseline"] = dict(self.baseline)
 
-    def _pyro_post_sample(self, msg):
-        if not msg["is_observed"] and "has_rsample" in msg["infer"] and not site_is_subsample(msg):
-            msg["value"] = msg["value"].clone()
-
 
 _SCORE_FUNCTION_CLASSES = {}
 
@@ -108,9 +104,16 @@ def _without_rsample(fn):
     the property of wrappers such as ``Independent``."""
     cls = type(fn)
     if cls not in _SCORE_FUNCTION_CLASSES:
-        _SCORE_FUNCTION_CLASSES[cls] = type(cls.__name__, (cls,), {"has_rsample": False})
+
+        def sample(self, sample_shape=torch.Size()):
+            # A fresh tensor: a transform's cached inverse of the sample (made
+            # without a graph) must not be reused by log_prob.
+            return cls.sample(self, sample_shape).clone()
+
+        _SCORE_FUNCTION_CLASSES[cls] = type(cls.__name__, (cls,), {"has_rsample": False, "sample": sample})
     fn = copy.copy(fn)
-    fn.__dict__.pop("has_rsample", None)  # set per instance by has_rsample_()
+    if "has_rsample" in fn.__dict__:  # set per instance (has_rsample_(), pyro.factor)
+        fn.__dict__["has_rsample"] = False
     fn.__class__ = _SCORE_FUNCTION_CLASSES[cls]
     return fn
 
@@ -197,11 +200,11 @@ class ParticleTerms:
 
     def log_p(self):
         """:math:`\\log p(x, z_s)`, shape ``(S,)``."""
-        return _total(t.log_prob for t in self.model.values())
+        return self._total(t.log_prob for t in self.model.values())
 
     def log_q(self):
         """:math:`\\log q(z_s)`, shape ``(S,)``."""
-        return _total(t.log_prob for t in self.guide.values())
+        return self._total(t.log_prob for t in self.guide.values())
 
     def log_weights(self):
         """:math:`\\log p(x, z_s) - \\log q(z_s)`, shape ``(S,)``."""
@@ -214,13 +217,25 @@ class ParticleTerms:
     def score_log_q(self):
         """:math:`\\log q(z_s)` of the score sites, unscaled, whose gradient
         is the score :math:`h_s`, shape ``(S,)``."""
-        return _total(t.score_log_prob for t in self.score_sites())
+        return self._total(t.score_log_prob for t in self.score_sites())
 
     def path_log_q(self):
         """:math:`\\log q(z_s)` of the guide sites without a score (point
         masses, reparameterized sites), shape ``(S,)``: its gradient is
         pathwise."""
-        return _total(t.log_prob for t in self.guide.values() if t.score_log_prob is None)
+        return self._total(t.log_prob for t in self.guide.values() if t.score_log_prob is None)
+
+    def zeros(self, *shape):
+        """Zeros with the terms' dtype and device."""
+        for term in list(self.model.values()) + list(self.guide.values()):
+            return term.log_prob.new_zeros(shape)
+        return torch.zeros(shape)
+
+    def _total(self, terms):
+        total = self.zeros(self.num_particles)
+        for value in terms:
+            total = total + value.reshape(value.shape[0], -1).sum(-1)
+        return total
 
     def stopped_guide_log_prob(self):
         """:math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide site: only the
@@ -321,13 +336,6 @@ def reaches(output, tensors):
         seen.add(node)
         stack.extend(next_node for next_node, _ in node.next_functions)
     return False
-
-
-def _total(terms):
-    total = 0.0
-    for value in terms:
-        total = total + value.reshape(value.shape[0], -1).sum(-1)
-    return total
 
 
 class ParticleELBO(ELBO):

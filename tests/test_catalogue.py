@@ -1,0 +1,267 @@
+"""The drop-in contract on the catalogue (tests/catalogue.py): every
+estimator either works on every pair or refuses it with a ``ValueError``
+naming the site, ``Trace_ELBO`` passes the same tests, and the gradients are
+unbiased where they can be checked against an exact or Pyro reference."""
+
+import functools
+import math
+import re
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
+from pyro.optim import Adam
+
+from pyro_vi import ImportanceWeightedELBO
+from pyro_vi.diagnostics import gradient_statistics
+from tests.catalogue import CATALOGUE, ESTIMATORS, expected_refusal
+
+NUM_PARTICLES = 3
+
+
+def _elbo(estimator, vectorize, pair, **kwargs):
+    options = dict(num_particles=NUM_PARTICLES, vectorize_particles=vectorize)
+    if pair.max_plate_nesting is not None:
+        options["max_plate_nesting"] = pair.max_plate_nesting
+    options.update(kwargs)
+    return ESTIMATORS[estimator].make(**options)
+
+
+def _grads():
+    grads = {}
+    for name, param in pyro.get_param_store().named_parameters():
+        if param.grad is not None:
+            grads[name] = param.grad.clone()
+            param.grad = None
+    return grads
+
+
+@functools.lru_cache(maxsize=None)
+def outcome(pair_name, estimator, vectorize):
+    """Runs one pair with one estimator: an SVI step, then ``loss``,
+    ``loss_and_grads`` and ``differentiable_loss`` on the same seed. Returns
+    ``("refused", message)`` or ``("ok", values, grads, grads_again)``."""
+    pair = CATALOGUE[pair_name]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model, guide = pair.model, pair.guide()
+    elbo = _elbo(estimator, vectorize, pair)
+    try:
+        SVI(model, guide, Adam({"lr": 1e-6}), elbo).step(*pair.args)
+    except ValueError as error:
+        return ("refused", str(error))
+    _grads()
+    pyro.set_rng_seed(3)
+    loss = elbo.loss(model, guide, *pair.args)
+    pyro.set_rng_seed(3)
+    loss_and_grads = elbo.loss_and_grads(model, guide, *pair.args)
+    grads = _grads()
+    pyro.set_rng_seed(3)
+    differentiable = torch.as_tensor(elbo.differentiable_loss(model, guide, *pair.args))
+    if differentiable.requires_grad:
+        differentiable.backward()
+    return ("ok", (loss, loss_and_grads, differentiable.item()), grads, _grads())
+
+
+CASES = [
+    (pair, estimator, vectorize)
+    for pair in sorted(CATALOGUE)
+    for estimator in ESTIMATORS
+    for vectorize in (True, False)
+]
+
+
+@pytest.mark.parametrize(
+    "pair,estimator,vectorize", CASES, ids=["{}-{}-{}".format(p, e, "vec" if v else "seq") for p, e, v in CASES]
+)
+def test_works_or_refuses_by_name(pair, estimator, vectorize):
+    result = outcome(pair, estimator, vectorize)
+    refusal = expected_refusal(CATALOGUE[pair], ESTIMATORS[estimator])
+    if refusal is not None:
+        assert result[0] == "refused", "expected a refusal matching {!r}".format(refusal)
+        assert re.search(refusal, result[1]), result[1]
+        return
+    assert result[0] == "ok", result[1]
+    _, (loss, loss_and_grads, differentiable), grads, grads_again = result
+    assert math.isfinite(loss)
+    assert loss_and_grads == pytest.approx(loss, rel=1e-5, abs=1e-5)
+    assert differentiable == pytest.approx(loss, rel=1e-5, abs=1e-5)
+    assert grads.keys() == grads_again.keys()
+    for name in grads:
+        assert torch.isfinite(grads[name]).all(), name
+        assert torch.allclose(grads[name], grads_again[name], rtol=1e-5, atol=1e-5), name
+    # No silent zero: the parameters that Trace_ELBO moves, and only those.
+    control = outcome(pair, "Trace_ELBO", vectorize)
+    assert set(grads) == set(control[2])
+
+
+@pytest.mark.parametrize("pair", sorted(CATALOGUE))
+@pytest.mark.parametrize(
+    "estimator", [e for e in ESTIMATORS if e != "Trace_ELBO" and not ESTIMATORS[e].importance_weighted]
+)
+def test_value_equals_trace_elbo_on_the_same_seed(pair, estimator):
+    """Every ELBO-valued estimator reports the mean log-weight of the same
+    particles as Trace_ELBO."""
+    spec = CATALOGUE[pair]
+    if expected_refusal(spec, ESTIMATORS[estimator]) is not None:
+        return
+    values = []
+    for name in ("Trace_ELBO", estimator):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        elbo, guide = _elbo(name, True, spec), spec.guide()
+        elbo.loss(spec.model, guide, *spec.args)  # first call: guesses max_plate_nesting
+        pyro.set_rng_seed(5)
+        values.append(elbo.loss(spec.model, guide, *spec.args))
+    assert values[1] == pytest.approx(values[0], rel=1e-5, abs=1e-5)
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("pair", ["delta", "auto_delta", "latent_stable_reparam"])
+@pytest.mark.parametrize("estimator", [e for e in ESTIMATORS if e != "Trace_ELBO"])
+def test_point_masses_get_the_exact_map_gradient(pair, estimator):
+    """A guide of point masses has no randomness: every estimator (the
+    score-function ones, and DReG, whose weights would otherwise divide it by
+    K) gives exactly Trace_ELBO's gradient, the MAP gradient."""
+    spec = CATALOGUE[pair]
+    grads = []
+    for name in ("Trace_ELBO", estimator):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = spec.guide()
+        _elbo(name, True, spec, num_particles=5).loss_and_grads(spec.model, guide, *spec.args)
+        grads.append(_grads())
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert grads[0][name].abs().sum() > 0, name
+        assert torch.allclose(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6), name
+
+
+def _statistics(make, spec, num_draws, seed, enumerate_guide=False):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = spec.guide()
+    if enumerate_guide:
+        guide = config_enumerate(guide)
+    guide(*spec.args)  # create the parameters at the same values for every estimator
+    make().loss(spec.model, guide, *spec.args)
+    pyro.set_rng_seed(seed)
+    return gradient_statistics(make(), spec.model, guide, *spec.args, num_draws=num_draws)
+
+
+def _reference(spec, importance_weighted, particles):
+    """An estimator of the same expected gradient, from Pyro: Trace_ELBO
+    (TraceEnum_ELBO, exact in the discrete sites, where the guide has some),
+    or RenyiELBO(alpha=0) for the importance-weighted bound."""
+    if importance_weighted:
+        return lambda: RenyiELBO(alpha=0, num_particles=particles, vectorize_particles=True)
+    if "not_reparameterizable" in spec.tags:
+        return lambda: TraceEnum_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=2)
+    return lambda: Trace_ELBO(num_particles=particles, vectorize_particles=True)
+
+
+def compare(actual, reference):
+    """``(agrees, powerful)``: whether every parameter's mean gradient agrees
+    within 4.5 combined standard errors, and whether the comparison could
+    see a gradient off by half (the tolerance is below half the largest
+    reference gradient of some parameter), as a missing term, a silent zero
+    or a weight off by a factor K would be."""
+    agrees, powerful = True, False
+    assert actual.keys() == reference.keys()
+    for name in reference:
+        se = (actual[name].standard_error ** 2 + reference[name].standard_error ** 2).sqrt()
+        diff = (actual[name].mean - reference[name].mean).abs()
+        # The floor allows for float rounding where the variance vanishes
+        # (e.g. leave-one-out control variates on a two-valued site are exact).
+        agrees &= bool((diff <= 4.5 * se + 1e-5 * reference[name].mean.abs() + 1e-6).all())
+        largest = reference[name].mean.abs().argmax()
+        powerful |= bool(4.5 * se.flatten()[largest] < 0.5 * reference[name].mean.abs().flatten()[largest])
+    return agrees, powerful
+
+
+UNBIASED = {
+    # pair -> estimators whose mean gradient must equal the reference's
+    "local": ["ScoreFunctionELBO", "ControlVariateELBO", "RaoBlackwellELBO", "RaoBlackwellELBO(no CV)",
+              "StickingTheLandingELBO"],
+    "subsample_global": ["ControlVariateELBO", "RaoBlackwellELBO", "StickingTheLandingELBO"],
+    "auto_iaf_normal": ["ScoreFunctionELBO", "ControlVariateELBO", "StickingTheLandingELBO"],
+    "auto_diagonal_normal": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)"],
+    "delta_after_random": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
+    "structured": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)"],
+    "factor_in_guide_score": ["ScoreFunctionELBO", "RaoBlackwellELBO"],
+    "categorical_local": ["ControlVariateELBO", "RaoBlackwellELBO"],
+    "discrete_and_continuous": ["RaoBlackwellELBO"],
+    "amortized": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
+}
+GRADIENT_CASES = [(pair, estimator) for pair, estimators in UNBIASED.items() for estimator in estimators]
+# Draws where 60 leave too little power: the plain score function, and the
+# structured guide, whose reference (RenyiELBO) is noisy.
+DRAWS = {"ScoreFunctionELBO": 200, "structured": 200}
+
+
+def _compare_with_reference(pair, estimator, draws):
+    spec, config = CATALOGUE[pair], ESTIMATORS[estimator]
+    particles = 5 if config.importance_weighted else 50
+    actual = _statistics(
+        lambda: _elbo(estimator, True, spec, num_particles=particles), spec, num_draws=draws, seed=1
+    )
+    enumerate_guide = "not_reparameterizable" in spec.tags and not config.importance_weighted
+    reference = _statistics(
+        _reference(spec, config.importance_weighted, particles), spec, num_draws=draws, seed=2,
+        enumerate_guide=enumerate_guide,
+    )
+    return compare(actual, reference)
+
+
+@pytest.mark.parametrize("pair,estimator", GRADIENT_CASES, ids=["{}-{}".format(*c) for c in GRADIENT_CASES])
+def test_mean_gradient_matches_the_reference(pair, estimator):
+    draws = max(DRAWS.get(estimator, 60), DRAWS.get(pair, 60))
+    agrees, powerful = _compare_with_reference(pair, estimator, draws)
+    assert powerful, "the comparison cannot see a gradient off by half"
+    assert agrees
+
+
+def test_importance_weighted_stl_is_biased():
+    """Power check, and a documented property: the STL gradient of the
+    importance-weighted bound drops a score term whose expectation is not
+    zero for K > 1 (Tucker et al. 2019); the comparison sees its bias."""
+    agrees, powerful = _compare_with_reference("delta_after_random", "ImportanceWeightedELBO(stl)", 200)
+    assert powerful and not agrees
+
+
+def test_importance_weighting_under_subsampling_estimates_the_full_bound():
+    """With every latent in the subsampled plate, (N/B) times the minibatch
+    bounds estimates the bound of the whole data set without bias."""
+    subsampled, full = CATALOGUE["amortized_subsample"], CATALOGUE["amortized"]
+    make = functools.partial(ImportanceWeightedELBO, num_particles=5, vectorize_particles=True)
+    actual = _statistics(make, subsampled, num_draws=300, seed=1)
+    reference = _statistics(make, full, num_draws=100, seed=2)
+    agrees, powerful = compare(actual, reference)
+    assert powerful and agrees
+
+
+def test_the_comparison_detects_a_biased_estimator():
+    """Power check: the same comparison fails for the pooled coefficient,
+    whose O(1/S) bias is large at S = 3."""
+    spec = CATALOGUE["local"]
+    actual = _statistics(
+        lambda: _elbo("ControlVariateELBO(pooled)", True, spec, num_particles=3), spec, num_draws=300, seed=1
+    )
+    reference = _statistics(_reference(spec, False, 50), spec, num_draws=60, seed=2)
+    agrees, powerful = compare(actual, reference)
+    assert powerful and not agrees
+
+
+def test_flow_weights_get_a_score():
+    """The score of a flow guide reaches the flow's own weights (no inverse
+    cached without a graph)."""
+    spec = CATALOGUE["auto_iaf_normal"]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = spec.guide()
+    _elbo("ScoreFunctionELBO", True, spec, num_particles=4).loss_and_grads(spec.model, guide)
+    flow = {name: g for name, g in _grads().items() if "arn" in name}
+    assert flow and all(g.abs().sum() > 0 for g in flow.values())
