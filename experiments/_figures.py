@@ -1,6 +1,12 @@
-"""Writing the experiments' figures."""
+"""Writing the experiments' figures, with the one matplotlib backend of every
+study (Agg: files only, no display). Studies take ``plt`` from here."""
 
-import matplotlib.pyplot as plt
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plt", "save_figure"]
 
 
 def save_figure(fig, path, **savefig_kwargs):

@@ -2,30 +2,35 @@
 tracked by the closed-form mean-field ELBO, and the CAVI-against-SVI figure."""
 
 import json
+import operator
 import os
 
 import arviz as az
-import matplotlib.pyplot as plt
 import numpy as np
 import pyro
 from pyro.infer import TraceEnum_ELBO
 from pyro.optim import ClippedAdam
 
-from experiments._figures import save_figure
+from experiments import _cli
+from experiments._figures import plt, save_figure
+from models.gmm import check_weights
 from pyro_vi import RaoBlackwellELBO
 from pyro_vi.inference_data import to_inference_data
 from pyro_vi.training import fit
 
 
 def svi_estimators(particles):
-    """``name -> (elbo, which guide)``: Pyro's exact enumeration of the
-    assignments against our Rao-Blackwellized score function with the
-    assignments sampled."""
+    """The :data:`~experiments._cli.Registry` of the SVI runs: Pyro's exact
+    enumeration of the assignments against our Rao-Blackwellized score
+    function with the assignments sampled. Each picks its guide from the
+    study's ``{"global": ..., "mean_field": ...}``."""
     return {
-        "TraceEnum_ELBO (z enumerated)": (TraceEnum_ELBO(max_plate_nesting=1), "global"),
-        "RaoBlackwellELBO (z sampled)": (
-            RaoBlackwellELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1),
-            "mean_field",
+        "TraceEnum_ELBO (z enumerated)": _cli.Estimator(
+            lambda: TraceEnum_ELBO(max_plate_nesting=1), guide=operator.itemgetter("global")
+        ),
+        "RaoBlackwellELBO (z sampled)": _cli.Estimator(
+            lambda: RaoBlackwellELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1),
+            guide=operator.itemgetter("mean_field"),
         ),
     }
 
@@ -34,14 +39,14 @@ def run_svi(model, guides, data_args, closed_form_elbo, args, summary_sites):
     """Fits every estimator from the same start; returns the histories and
     the ArviZ summary of the components under each final q."""
     histories, summaries = {}, {}
-    for name, (elbo, which) in svi_estimators(args.particles).items():
-        guide = guides[which]
+    for name, estimator in svi_estimators(args.particles).items():
+        guide = estimator.guide(guides)
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
         histories[name] = fit(
             model,
             guide,
-            elbo,
+            estimator.make(),
             ClippedAdam({"lr": args.lr, "lrd": args.lrd}),
             *data_args,
             num_steps=args.steps,
@@ -117,21 +122,19 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     save_figure(fig, path)
 
 
-def add_common_arguments(parser, out):
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--particles", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--lrd", type=float, default=0.999)
-    parser.add_argument("--cavi-iters", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=out)
+def add_arguments(parser):
+    """The flags both mixture studies share."""
+    # RaoBlackwellELBO's leave-one-out control variates need three particles.
+    _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
+    parser.add_argument("--cavi-iters", type=_cli.positive_int, default=500, help="CAVI sweeps at most")
+    parser.add_argument("--num-data", type=_cli.positive_int, default=300)
+    parser.add_argument("--pi", type=_cli.positive_real, nargs="+", default=[0.3, 0.4, 0.3],
+                        help="mixing weights (summing to one)")
 
 
-def check_common_arguments(parser, args):
-    if args.steps < 1 or args.cavi_iters < 1:
-        parser.error("--steps and --cavi-iters must be at least 1")
-    if args.particles < 2:
-        parser.error("--particles must be at least 2 (the control variates need a variance)")
-    if args.device != "cpu":
-        parser.error("--device {}: these studies run on the CPU".format(args.device))
+def check_weights_argument(args):
+    """``--pi`` must sum to one (:func:`models.gmm.check_weights`)."""
+    try:
+        check_weights(args.pi)
+    except ValueError as e:
+        raise ValueError("argument --pi: {}".format(e)) from None

@@ -16,24 +16,23 @@ gradient variance at the start and at the CAVI optimum; and writes
     python -m experiments.bbvi_normal_gamma --out results/bbvi_normal_gamma
 """
 
-import argparse
 import functools
 import json
 import os
 import time
 
 import arviz as az
-import matplotlib
+import numpy as np
+import pyro
+import torch
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO
+from pyro.optim import ClippedAdam
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO  # noqa: E402
-from pyro.optim import ClippedAdam  # noqa: E402
+if not __package__:  # run as ``python experiments/bbvi_normal_gamma.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from guides.normal_gamma import DEFAULT_INIT, cavi, elbo as closed_form_elbo  # noqa: E402
 from guides.normal_gamma import mean_field_guide, params_from_store  # noqa: E402
 from models.normal_gamma import COURSE_PRIOR, generate_data, log_evidence, model  # noqa: E402
@@ -47,16 +46,17 @@ BASELINE = "Trace_ELBO"
 
 
 def estimators(num_particles):
-    """``name -> (elbo, guide wrapper)``: every estimator of the study."""
+    """The study's :data:`~experiments._cli.Registry`: every estimator it compares."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    same = lambda guide: guide  # noqa: E731
     return {
-        "ScoreFunctionELBO (1.D.3)": (ScoreFunctionELBO(**kw), same),
-        "ControlVariateELBO (1.C.3)": (ControlVariateELBO(**kw), same),
-        "Trace_ELBO": (Trace_ELBO(**kw), same),
-        "TraceGraph_ELBO (score function)": (TraceGraph_ELBO(**kw), score_function_guide),
-        "RenyiELBO(alpha=0)": (RenyiELBO(alpha=0.0, **kw), same),
-        "RenyiELBO(alpha=0.5)": (RenyiELBO(alpha=0.5, **kw), same),
+        "ScoreFunctionELBO (1.D.3)": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
+        "ControlVariateELBO (1.C.3)": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
+        "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),
+        "TraceGraph_ELBO (score function)": _cli.Estimator(
+            lambda: TraceGraph_ELBO(**kw), guide=score_function_guide
+        ),
+        "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
+        "RenyiELBO(alpha=0.5)": _cli.Estimator(lambda: RenyiELBO(alpha=0.5, **kw)),
     }
 
 
@@ -176,18 +176,17 @@ def format_table(rows):
 
 
 def main(args):
-    if args.device != "cpu" and not torch.cuda.is_available():
-        raise ValueError("--device {} asked for, but CUDA is not available".format(args.device))
     torch.set_default_device(args.device)
-    os.makedirs(args.out, exist_ok=True)
     data = generate_data(num_data=args.num_data, seed=args.seed)
     optimum = cavi(data)
     log_px = log_evidence(data)
     exact = posterior_means(data)
     histories, rows = {}, {}
     start = time.perf_counter()
-    for name, (elbo, wrap) in estimators(args.particles).items():
-        histories[name], rows[name] = run_estimator(name, elbo, wrap, data, args, optimum)
+    for name, estimator in estimators(args.particles).items():
+        histories[name], rows[name] = run_estimator(
+            name, estimator.make(), estimator.guide, data, args, optimum
+        )
     for row in rows.values():
         row["time_vs_trace_elbo"] = row["seconds_per_step"] / rows[BASELINE]["seconds_per_step"]
     plot_elbo(histories, optimum, log_px, os.path.join(args.out, "elbo.png"))
@@ -215,23 +214,13 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--particles", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--lrd", type=float, default=0.9995, help="ClippedAdam's per-step lr decay")
-    parser.add_argument("--variance-draws", type=int, default=200)
-    parser.add_argument("--num-data", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/bbvi_normal_gamma")
-    args = parser.parse_args(argv)
-    for name in ("steps", "particles", "num_data"):
-        if getattr(args, name) < 1:
-            parser.error("--{} must be at least 1".format(name.replace("_", "-")))
-    if args.variance_draws < 2:
-        parser.error("--variance-draws must be at least 2 (a variance needs two draws)")
-    return args
+    parser = _cli.parser(__doc__, out="results/bbvi_normal_gamma", device=True)
+    # ControlVariateELBO's pooled coefficient needs two particles.
+    _cli.add_svi_arguments(parser, steps=3000, particles=10, lr=0.05, lrd=0.9995, min_particles=2)
+    parser.add_argument("--variance-draws", type=_cli.integer(minimum=2), default=200,
+                        help="gradient draws per variance (at least 2)")
+    parser.add_argument("--num-data", type=_cli.positive_int, default=100)
+    return _cli.parse(parser, argv)
 
 
 if __name__ == "__main__":

@@ -7,53 +7,52 @@ ratios share the machine's noise; the median over rounds is reported.
     python -m experiments.benchmark --out results/benchmark
 """
 
-import argparse
+import functools
 import json
 import os
 import time
 
 import numpy as np
 import pyro
-import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
 
-from guides import normal_gamma, rao_blackwell
-from models.normal_gamma import COURSE_PRIOR, generate_data, model
-from models import rao_blackwell as rao_blackwell_model
-from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
+if not __package__:  # run as ``python experiments/benchmark.py``
+    import _repo_root  # noqa: F401
+
+from experiments import _cli  # noqa: E402
+from guides import normal_gamma, rao_blackwell  # noqa: E402
+from models.normal_gamma import COURSE_PRIOR, generate_data, model  # noqa: E402
+from models import rao_blackwell as rao_blackwell_model  # noqa: E402
+from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide  # noqa: E402
 
 
 def normal_gamma_estimators(num_particles):
-    """``name -> (elbo, guide)`` for the Normal-NormalGamma benchmark."""
+    """The :data:`~experiments._cli.Registry` of the Normal-NormalGamma
+    benchmark; the guides wrap :func:`guides.normal_gamma.mean_field_guide`."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    mean_field_guide = normal_gamma.mean_field_guide
     return {
-        "Trace_ELBO": (Trace_ELBO(**kw), mean_field_guide),
-        "ScoreFunctionELBO": (ScoreFunctionELBO(**kw), mean_field_guide),
-        "ControlVariateELBO": (ControlVariateELBO(**kw), mean_field_guide),
-        "TraceGraph_ELBO (score function)": (
-            TraceGraph_ELBO(**kw),
-            score_function_guide(mean_field_guide),
-        ),
-        "RenyiELBO(alpha=0)": (RenyiELBO(alpha=0.0, **kw), mean_field_guide),
+        "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),
+        "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
+        "ControlVariateELBO": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
+        "TraceGraph_ELBO (score function)": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
+        "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
     }
 
 
 def rao_blackwell_estimators(num_particles):
-    """``name -> (elbo, guide)`` for the 1.C.2 model: ours against Pyro's
-    TraceGraph_ELBO, both in score-function mode."""
+    """The :data:`~experiments._cli.Registry` of the 1.C.2 benchmark: ours
+    against Pyro's TraceGraph_ELBO, both in score-function mode; the guides
+    wrap :func:`guides.rao_blackwell.mean_field_guide`."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    guide = rao_blackwell.mean_field_guide
     baseline = {"use_decaying_avg_baseline": True}
     return {
-        "TraceGraph_ELBO (score function)": (TraceGraph_ELBO(**kw), score_function_guide(guide)),
-        "TraceGraph_ELBO + baseline": (
-            TraceGraph_ELBO(**kw),
-            score_function_guide(guide, baseline=baseline),
+        "TraceGraph_ELBO (score function)": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
+        "TraceGraph_ELBO + baseline": _cli.Estimator(
+            lambda: TraceGraph_ELBO(**kw), guide=functools.partial(score_function_guide, baseline=baseline)
         ),
-        "RaoBlackwellELBO (no CV)": (RaoBlackwellELBO(control_variate=False, **kw), guide),
-        "RaoBlackwellELBO (CV)": (RaoBlackwellELBO(**kw), guide),
+        "RaoBlackwellELBO (no CV)": _cli.Estimator(lambda: RaoBlackwellELBO(control_variate=False, **kw)),
+        "RaoBlackwellELBO (CV)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw)),
     }
 
 
@@ -68,16 +67,18 @@ def time_steps(model, guide, elbo, args, num_steps):
     return (time.perf_counter() - start) / num_steps
 
 
-def benchmark(estimators, model, args, num_steps, rounds, baseline="Trace_ELBO"):
-    """Median seconds per step of each estimator and its ratio to ``baseline``."""
-    times = {name: [] for name in estimators}
+def benchmark(estimators, model, guide, args, num_steps, rounds, baseline="Trace_ELBO"):
+    """Median seconds per step of each estimator (running its wrap of
+    ``guide``) and its ratio to ``baseline``."""
+    runs = {name: (estimator.make(), estimator.guide(guide)) for name, estimator in estimators.items()}
+    times = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, (elbo, guide) in estimators.items():
-            times[name].append(time_steps(model, guide, elbo, args, num_steps))
+        for name, (elbo, wrapped) in runs.items():
+            times[name].append(time_steps(model, wrapped, elbo, args, num_steps))
     median = {name: float(np.median(t)) for name, t in times.items()}
     return {
         name: {"ms_per_step": 1e3 * median[name], "ratio": median[name] / median[baseline]}
-        for name in estimators
+        for name in runs
     }
 
 
@@ -90,11 +91,11 @@ def format_table(results, title, baseline="Trace_ELBO"):
 
 def main(args):
     pyro.set_rng_seed(args.seed)
-    torch.set_num_threads(args.threads)
     data = generate_data(seed=args.seed)
     results = benchmark(
         normal_gamma_estimators(args.particles),
         model,
+        normal_gamma.mean_field_guide,
         (data, COURSE_PRIOR),
         args.steps,
         args.rounds,
@@ -111,6 +112,7 @@ def main(args):
     rb_results = benchmark(
         rao_blackwell_estimators(args.particles),
         rao_blackwell_model.model,
+        rao_blackwell.mean_field_guide,
         (rao_blackwell_model.generate_data(seed=args.seed),),
         args.steps,
         args.rounds,
@@ -125,7 +127,6 @@ def main(args):
         )
     )
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "benchmark.json"), "w") as f:
             json.dump(
                 {"normal_gamma": results, "rao_blackwell": rb_results, "args": vars(args)},
@@ -136,14 +137,12 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--particles", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=200, help="steps per timing")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="folder for benchmark.json")
-    return parser.parse_args(argv)
+    parser = _cli.parser(__doc__, out=None)
+    # ControlVariateELBO's pooled coefficient needs 2 particles, RaoBlackwellELBO's leave-one-out 3.
+    parser.add_argument("--particles", type=_cli.integer(minimum=3), default=10)
+    parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per timing")
+    parser.add_argument("--rounds", type=_cli.positive_int, default=5)
+    return _cli.parse(parser, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ noise; the median over rounds is reported. The batch is random binary pixels
     python -m experiments.benchmark_vae --out results/benchmark_vae
 """
 
-import argparse
 import functools
 import json
 import math
@@ -25,24 +24,29 @@ import torch.distributions as td
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam
 
-from guides.vae import Encoder, guide
-from models.vae import BURDA_CONFIG, Decoder, model
-from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
+if not __package__:  # run as ``python experiments/benchmark_vae.py``
+    import _repo_root  # noqa: F401
+
+from experiments import _cli  # noqa: E402
+from guides.vae import Encoder, guide  # noqa: E402
+from models.vae import BURDA_CONFIG, Decoder, model  # noqa: E402
+from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO  # noqa: E402
 
 RENYI = "RenyiELBO(alpha=0)"
 PLAIN = "plain PyTorch IWAE"
 
 
 def pyro_estimators(k):
-    """``name -> ELBO`` at ``k`` vectorized particles."""
+    """The :data:`~experiments._cli.Registry` of the Pyro estimators at ``k``
+    vectorized particles (the plain-PyTorch loop is timed beside them)."""
     kw = dict(num_particles=k, vectorize_particles=True, max_plate_nesting=1)
     return {
-        RENYI: RenyiELBO(alpha=0.0, **kw),
-        "Trace_ELBO": Trace_ELBO(**kw),
-        "StickingTheLandingELBO": StickingTheLandingELBO(**kw),
-        "ImportanceWeightedELBO reparam": ImportanceWeightedELBO(gradient="reparam", **kw),
-        "ImportanceWeightedELBO stl": ImportanceWeightedELBO(gradient="stl", **kw),
-        "ImportanceWeightedELBO dreg": ImportanceWeightedELBO(gradient="dreg", **kw),
+        RENYI: _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
+        "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),
+        "StickingTheLandingELBO": _cli.Estimator(lambda: StickingTheLandingELBO(**kw)),
+        "ImportanceWeightedELBO reparam": _cli.Estimator(lambda: ImportanceWeightedELBO(gradient="reparam", **kw)),
+        "ImportanceWeightedELBO stl": _cli.Estimator(lambda: ImportanceWeightedELBO(gradient="stl", **kw)),
+        "ImportanceWeightedELBO dreg": _cli.Estimator(lambda: ImportanceWeightedELBO(gradient="dreg", **kw)),
     }
 
 
@@ -108,13 +112,14 @@ def seconds_per_step(step, num_steps):
 def benchmark(k, state, x, num_steps, rounds):
     """Median ms per step of every configuration at ``k`` particles, with its
     ratios to RenyiELBO(alpha=0) and to the plain-PyTorch loop."""
-    names = list(pyro_estimators(k)) + [PLAIN]
+    estimators = pyro_estimators(k)
+    names = list(estimators) + [PLAIN]
     times = {name: [] for name in names}
     for _ in range(rounds):
         for name in names:
             # Fresh networks, estimator and param store right before each timing:
             # pyro.module reuses whatever tensors the store already holds by that name.
-            step = plain_step(state, x, k) if name == PLAIN else pyro_step(pyro_estimators(k)[name], state, x)
+            step = plain_step(state, x, k) if name == PLAIN else pyro_step(estimators[name].make(), state, x)
             torch.manual_seed(0)
             times[name].append(seconds_per_step(step, num_steps))
     median = {name: float(np.median(t)) for name, t in times.items()}
@@ -140,7 +145,6 @@ def format_table(results, title):
 
 
 def main(args):
-    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     x = torch.bernoulli(torch.full((args.batch_size, BURDA_CONFIG.data_dim), 0.13))
     encoder, decoder = Encoder(BURDA_CONFIG), Decoder(BURDA_CONFIG, mean_pixel=0.13)
@@ -153,22 +157,18 @@ def main(args):
         )
         print(format_table(results[k], title))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "benchmark.json"), "w") as f:
             json.dump({"results": results, "args": vars(args)}, f, indent=2)
     return results
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ks", type=int, nargs="+", default=[5, 50])
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=30, help="steps per timing")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="folder for benchmark.json")
-    return parser.parse_args(argv)
+    parser = _cli.parser(__doc__, out=None)
+    parser.add_argument("--ks", type=_cli.positive_int, nargs="+", default=[5, 50], help="particles K")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=100)
+    parser.add_argument("--steps", type=_cli.positive_int, default=30, help="steps per timing")
+    parser.add_argument("--rounds", type=_cli.positive_int, default=7)
+    return _cli.parse(parser, argv)
 
 
 if __name__ == "__main__":

@@ -30,20 +30,19 @@ References
 1. J. Ho, A. Jain, P. Abbeel, *Denoising Diffusion Probabilistic Models*, NeurIPS 2020.
 """
 
-import argparse
 import dataclasses
 import json
 import math
 import os
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+if not __package__:  # run as ``python experiments/diffusion_bound.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from models.diffusion import (  # noqa: E402
     decomposed_bound_terms,
     direct_bound_terms,
@@ -222,7 +221,6 @@ def plot_histogram(direct, decomposed, exact, path, title):
 
 
 def main(args):
-    os.makedirs(args.out, exist_ok=True)
     betas = linear_schedule(args.timesteps, args.beta_start, args.beta_end)
     data = make_data(args.data, args.num_data, args.seed)
     chain = sample_forward_chain(data, betas, args.samples, torch.Generator().manual_seed(args.seed + 1))
@@ -259,34 +257,26 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__, out="results/diffusion_bound")
     parser.add_argument("--data", choices=("mixture", "gaussian"), default="mixture")
-    parser.add_argument("--num-data", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=500, help="forward chains per data point")
-    parser.add_argument("--timesteps", type=int, default=50, help="T")
-    parser.add_argument("--beta-start", type=float, default=1e-3)
-    parser.add_argument("--beta-end", type=float, default=0.2)
+    parser.add_argument("--num-data", type=_cli.positive_int, default=32)
+    parser.add_argument("--samples", type=_cli.integer(minimum=2), default=500,
+                        help="forward chains per data point (at least 2: a variance needs two)")
+    parser.add_argument("--timesteps", type=_cli.positive_int, default=50, help="T")
+    parser.add_argument("--beta-start", type=_cli.positive_real, default=1e-3)
+    parser.add_argument("--beta-end", type=_cli.positive_real, default=0.2)
     parser.add_argument("--model", choices=MODELS, default="ho-beta",
                         help="reverse model of the per-term figure and histogram")
-    parser.add_argument("--variance-scales", type=float, nargs="*", default=[0.25, 0.5, 0.8, 1.25, 2.0, 4.0],
+    parser.add_argument("--variance-scales", type=_cli.positive_real, nargs="*",
+                        default=[0.25, 0.5, 0.8, 1.25, 2.0, 4.0],
                         help="extra models: the Gaussian-fit reverse variances times each scale")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/diffusion_bound")
-    args = parser.parse_args(argv)
-    if args.num_data < 1:
-        parser.error("--num-data must be at least 1, got {}".format(args.num_data))
-    if args.samples < 2:
-        parser.error("--samples must be at least 2 (a variance needs two chains), got {}".format(args.samples))
-    if args.timesteps < 1:
-        parser.error("--timesteps must be at least 1, got {}".format(args.timesteps))
-    if not 0 < args.beta_start <= args.beta_end < 1:
-        parser.error("need 0 < --beta-start <= --beta-end < 1, got {} and {}".format(args.beta_start, args.beta_end))
-    if any(not (s > 0 and math.isfinite(s)) for s in args.variance_scales):
-        parser.error("--variance-scales must be positive, got {}".format(args.variance_scales))
-    if args.device != "cpu":
-        parser.error("--device {}: this experiment runs on the CPU only (float64, seconds)".format(args.device))
-    return args
+    return _cli.parse(parser, argv, check=check_arguments)
+
+
+def check_arguments(args):
+    if not args.beta_start <= args.beta_end < 1:
+        raise ValueError("need 0 < --beta-start <= --beta-end < 1, got {} and {}".format(
+            args.beta_start, args.beta_end))
 
 
 if __name__ == "__main__":

@@ -10,17 +10,16 @@ ArviZ summaries of the cluster centres and rates.
     python -m experiments.earthquake --out results/earthquake
 """
 
-import argparse
 import os
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+if not __package__:  # run as ``python experiments/earthquake.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
-from experiments._mixtures import add_common_arguments, check_common_arguments  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._mixtures import add_arguments, check_weights_argument  # noqa: E402
 from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
 from guides.earthquake import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
 from models.earthquake import DEFAULT_HYPER, generate_data, model  # noqa: E402
@@ -50,7 +49,6 @@ def plot_clusters(locations, counts, params, path):
 
 
 def main(args):
-    os.makedirs(args.out, exist_ok=True)
     pi = torch.tensor(args.pi, dtype=torch.float64)
     locations, counts, _ = generate_data(args.num_data, pi, TRUE_CENTRES, TRUE_RATES, seed=args.seed)
     fit_cavi = run_cavi(cavi, locations, counts, pi, DEFAULT_HYPER, max_iters=args.cavi_iters)
@@ -72,15 +70,16 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-data", type=int, default=300)
-    parser.add_argument("--pi", type=float, nargs="+", default=[0.3, 0.4, 0.3])
-    add_common_arguments(parser, "results/earthquake")
-    args = parser.parse_args(argv)
-    check_common_arguments(parser, args)
+    parser = _cli.parser(__doc__, out="results/earthquake")
+    add_arguments(parser)
+    return _cli.parse(parser, argv, check=check_arguments)
+
+
+def check_arguments(args):
     if len(args.pi) != len(TRUE_CENTRES):
-        parser.error("--pi needs {} weights, one per true cluster".format(len(TRUE_CENTRES)))
-    return args
+        raise ValueError("argument --pi: needs {} weights, one per true cluster, got {}".format(
+            len(TRUE_CENTRES), len(args.pi)))
+    check_weights_argument(args)
 
 
 if __name__ == "__main__":

@@ -38,19 +38,18 @@ the step size) independently of how the Gamma is parameterized.
     python -m experiments.gamma_natural_gradient --out results/gamma_natural_gradient
 """
 
-import argparse
 import json
 import os
 import time
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+if not __package__:  # run as ``python experiments/gamma_natural_gradient.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from pyro_vi.exponential_family import FAMILIES  # noqa: E402
 from pyro_vi.natural_gradient import descent_step, natural_gradient_step  # noqa: E402
 
@@ -204,7 +203,6 @@ def plot_paths(runs, stats, mle, path):
 
 
 def main(args):
-    os.makedirs(args.out, exist_ok=True)
     stats = data_statistics(sample_data(args.num_data, args.true_shape, args.true_scale, args.seed))
     mle = gamma_mle(stats)
     best = float(average_nll(mle, stats))
@@ -253,28 +251,19 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-data", type=int, default=1000)
-    parser.add_argument("--true-shape", type=float, default=3.0)
-    parser.add_argument("--true-scale", type=float, default=2.0)
-    parser.add_argument("--init-shape", type=float, default=1.0, help="poor start: an exponential ...")
-    parser.add_argument("--init-scale", type=float, default=10.0, help="... with mean 10 (the data's is 6)")
-    parser.add_argument("--lr", type=float, default=0.2, help="step size, the same for GD and NGD")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--tol", type=float, default=1e-6, help="NLL gap to the MLE counted as reached (nats)")
-    parser.add_argument("--max-halvings", type=int, default=30, help="halvings of a step that leaves the domain")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="only cpu: the problem has two parameters")
-    parser.add_argument("--out", default="results/gamma_natural_gradient")
-    args = parser.parse_args(argv)
-    if args.num_data < 2 or args.steps < 1:
-        parser.error("--num-data must be >= 2 and --steps >= 1")
-    for name in ("true_shape", "true_scale", "init_shape", "init_scale", "lr", "tol"):
-        if not getattr(args, name) > 0:
-            parser.error("--{} must be positive, got {}".format(name.replace("_", "-"), getattr(args, name)))
-    if args.device != "cpu":
-        parser.error(f"--device {args.device}: this experiment runs on the cpu only")
-    return args
+    parser = _cli.parser(__doc__, out="results/gamma_natural_gradient")
+    positive = _cli.positive_real
+    parser.add_argument("--num-data", type=_cli.integer(minimum=2), default=1000)
+    parser.add_argument("--true-shape", type=positive, default=3.0)
+    parser.add_argument("--true-scale", type=positive, default=2.0)
+    parser.add_argument("--init-shape", type=positive, default=1.0, help="poor start: an exponential ...")
+    parser.add_argument("--init-scale", type=positive, default=10.0, help="... with mean 10 (the data's is 6)")
+    parser.add_argument("--lr", type=positive, default=0.2, help="step size, the same for GD and NGD")
+    parser.add_argument("--steps", type=_cli.positive_int, default=2000)
+    parser.add_argument("--tol", type=positive, default=1e-6, help="NLL gap to the MLE counted as reached (nats)")
+    parser.add_argument("--max-halvings", type=_cli.nonnegative_int, default=30,
+                        help="halvings of a step that leaves the domain")
+    return _cli.parse(parser, argv)
 
 
 if __name__ == "__main__":

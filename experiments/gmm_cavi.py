@@ -9,18 +9,17 @@ optimum), ``clusters.png`` (the data with the fitted mixture) and
     python -m experiments.gmm_cavi --out results/gmm_cavi
 """
 
-import argparse
 import os
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+if not __package__:  # run as ``python experiments/gmm_cavi.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
-from experiments._mixtures import add_common_arguments, check_common_arguments  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._mixtures import add_arguments, check_weights_argument  # noqa: E402
 from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
 from guides.gmm import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
 from models.gmm import DEFAULT_PRIOR, generate_data, model  # noqa: E402
@@ -48,7 +47,6 @@ def plot_clusters(data, z, pi, params, mus, path):
 
 
 def main(args):
-    os.makedirs(args.out, exist_ok=True)
     pi = torch.tensor(args.pi, dtype=torch.float64)
     data, z = generate_data(args.num_data, pi, args.mus, args.taus, seed=args.seed)
     fit_cavi = run_cavi(cavi, data, pi, DEFAULT_PRIOR, max_iters=args.cavi_iters)
@@ -71,15 +69,21 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-data", type=int, default=300)
-    parser.add_argument("--pi", type=float, nargs="+", default=[0.3, 0.4, 0.3])
-    parser.add_argument("--mus", type=float, nargs="+", default=[-4.0, 0.0, 4.0])
-    parser.add_argument("--taus", type=float, nargs="+", default=[1.0, 4.0, 0.5])
-    add_common_arguments(parser, "results/gmm_cavi")
-    args = parser.parse_args(argv)
-    check_common_arguments(parser, args)
-    return args
+    parser = _cli.parser(__doc__, out="results/gmm_cavi")
+    add_arguments(parser)
+    parser.add_argument("--mus", type=_cli.finite_real, nargs="+", default=[-4.0, 0.0, 4.0],
+                        help="true component means, one per weight")
+    parser.add_argument("--taus", type=_cli.positive_real, nargs="+", default=[1.0, 4.0, 0.5],
+                        help="true component precisions, one per weight")
+    return _cli.parse(parser, argv, check=check_arguments)
+
+
+def check_arguments(args):
+    check_weights_argument(args)
+    for flag, values in (("--mus", args.mus), ("--taus", args.taus)):
+        if len(values) != len(args.pi):
+            raise ValueError("argument {}: needs one value per weight of --pi ({}), got {}".format(
+                flag, len(args.pi), len(values)))
 
 
 if __name__ == "__main__":

@@ -25,22 +25,21 @@ Writes ``histogram.png``, ``temperature.png``, ``gradients.png`` and ``results.j
     python -m experiments.gumbel_softmax --out results/gumbel_softmax
 """
 
-import argparse
 import json
 import os
 import time
 
-import matplotlib
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
+if not __package__:  # run as ``python experiments/gumbel_softmax.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from pyro_vi.gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample  # noqa: E402
 
 OBJECTIVES = {
@@ -249,7 +248,6 @@ def probs_tensor(probs, like):
 
 def main(args):
     start = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
     pyro.set_rng_seed(args.seed)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     probs = np.asarray(args.probs, dtype=np.float64)
@@ -284,33 +282,30 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probs", type=float, nargs="+", default=[0.1, 0.2, 0.5, 0.2])
-    parser.add_argument("--num-samples", type=int, default=1000, help="N for the histogram and samples")
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.1, 0.5, 1.0, 5.0])
-    parser.add_argument("--grid-points", type=int, default=21, help="temperatures in [0.01, 100] for the curve")
-    parser.add_argument("--shown-samples", type=int, default=8, help="samples drawn per temperature")
-    parser.add_argument("--coefficients", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0],
+    parser = _cli.parser(__doc__, out="results/gumbel_softmax", device=True)
+    positive = _cli.positive_real
+    parser.add_argument("--probs", type=positive, nargs="+", default=[0.1, 0.2, 0.5, 0.2],
+                        help="category probabilities a (renormalized)")
+    parser.add_argument("--num-samples", type=_cli.positive_int, default=1000, help="N for the histogram and samples")
+    parser.add_argument("--temperatures", type=positive, nargs="+", default=[0.1, 0.5, 1.0, 5.0])
+    parser.add_argument("--grid-points", type=_cli.integer(minimum=2), default=21,
+                        help="temperatures in [0.01, 100] for the curve")
+    parser.add_argument("--shown-samples", type=_cli.positive_int, default=8, help="samples drawn per temperature")
+    parser.add_argument("--coefficients", type=_cli.finite_real, nargs="+", default=[1.0, 2.0, 3.0, 4.0],
                         help="c in f(y) = sum_k c_k y_k (or c_k y_k^2)")
-    parser.add_argument("--grad-temperatures", type=float, nargs="+",
+    parser.add_argument("--grad-temperatures", type=positive, nargs="+",
                         default=[0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0])
-    parser.add_argument("--grad-draws", type=int, default=100000,
+    parser.add_argument("--grad-draws", type=_cli.integer(minimum=2), default=100000,
                         help="one-sample gradient estimates per estimator and temperature")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/gumbel_softmax")
-    args = parser.parse_args(argv)
-    if len(args.probs) < 2 or min(args.probs) <= 0:
-        parser.error("--probs needs at least two positive numbers")
+    return _cli.parse(parser, argv, check=check_arguments)
+
+
+def check_arguments(args):
+    if len(args.probs) < 2:
+        raise ValueError("argument --probs: needs at least two categories, got {}".format(args.probs))
     if len(args.coefficients) != len(args.probs):
-        parser.error("--coefficients needs one number per category ({})".format(len(args.probs)))
-    if args.num_samples < 1 or args.grad_draws < 2 or args.grid_points < 2 or args.shown_samples < 1:
-        parser.error("--num-samples, --shown-samples >= 1, --grad-draws, --grid-points >= 2")
-    if min(args.temperatures + args.grad_temperatures) <= 0:
-        parser.error("temperatures must be positive")
-    if args.device != "cpu" and not torch.cuda.is_available():
-        parser.error("--device {}: CUDA is not available".format(args.device))
-    return args
+        raise ValueError("argument --coefficients: needs one number per category ({}), got {}".format(
+            len(args.probs), len(args.coefficients)))
 
 
 if __name__ == "__main__":

@@ -9,20 +9,19 @@ evidence and the closed-form ELBO (= L_1). Writes ``bounds.png`` and
     python -m experiments.iwelbo_bounds --out results/iwelbo_bounds
 """
 
-import argparse
 import functools
 import json
 import math
 import os
 
-import matplotlib
+import pyro
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
+if not __package__:  # run as ``python experiments/iwelbo_bounds.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from guides.normal_gamma import MeanFieldParams, elbo as closed_form_elbo, mean_field_guide  # noqa: E402
 from models.normal_gamma import generate_data, log_evidence, model  # noqa: E402
 from pyro_vi import ImportanceWeightedELBO  # noqa: E402
@@ -41,7 +40,6 @@ def estimate_bound(data, q, num_particles, num_draws):
 
 
 def main(args):
-    os.makedirs(args.out, exist_ok=True)
     pyro.set_rng_seed(args.seed)
     data = generate_data(seed=args.seed)
     q = MeanFieldParams(m=args.m, lam=args.lam, a=args.a, b=args.b)
@@ -80,24 +78,16 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100, 500, 1000])
-    parser.add_argument("--draws", type=int, default=500)
-    parser.add_argument("--m", type=float, default=0.8, help="q(mu) mean")
-    parser.add_argument("--lam", type=float, default=20.0, help="q(mu) precision")
-    parser.add_argument("--a", type=float, default=15.0, help="q(tau) shape")
-    parser.add_argument("--b", type=float, default=40.0, help="q(tau) rate")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/iwelbo_bounds")
-    args = parser.parse_args(argv)
-    if min(args.ks) < 1:
-        parser.error("--ks: K must be at least 1")
-    if args.draws < 2:
-        parser.error("--draws must be at least 2 (a standard error needs two draws)")
-    if args.device != "cpu" and not torch.cuda.is_available():
-        parser.error("--device {}: CUDA is not available".format(args.device))
-    return args
+    parser = _cli.parser(__doc__, out="results/iwelbo_bounds")
+    parser.add_argument("--ks", type=_cli.positive_int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100, 500, 1000],
+                        help="numbers of importance samples K")
+    parser.add_argument("--draws", type=_cli.integer(minimum=2), default=500,
+                        help="draws per K (at least 2: a standard error needs two)")
+    parser.add_argument("--m", type=_cli.finite_real, default=0.8, help="q(mu) mean")
+    parser.add_argument("--lam", type=_cli.positive_real, default=20.0, help="q(mu) precision")
+    parser.add_argument("--a", type=_cli.positive_real, default=15.0, help="q(tau) shape")
+    parser.add_argument("--b", type=_cli.positive_real, default=40.0, help="q(tau) rate")
+    return _cli.parse(parser, argv)
 
 
 if __name__ == "__main__":

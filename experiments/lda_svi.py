@@ -26,23 +26,22 @@ References
 2. D. M. Blei, A. Y. Ng, M. I. Jordan, *Latent Dirichlet Allocation*, JMLR 3, 2003.
 """
 
-import argparse
 import functools
 import json
 import os
 
-import matplotlib
+import numpy as np
+import pyro
+import torch
+from matplotlib.colors import PowerNorm
+from pyro.infer import Trace_ELBO
+from pyro.optim import Adam
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import PowerNorm  # noqa: E402
-from pyro.infer import Trace_ELBO  # noqa: E402
-from pyro.optim import Adam  # noqa: E402
+if not __package__:  # run as ``python experiments/lda_svi.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from guides.lda import LAMBDA, cavi, check_schedule, corpus_elbo, elbo, guide, initial_lambda  # noqa: E402
 from guides.lda import params_from_store, stochastic_vi  # noqa: E402
 from models.lda import generate_corpus, load_docword, match_topics, model  # noqa: E402
@@ -195,8 +194,6 @@ def plot_topics(reference, label, matched, scores, path):
 
 
 def main(args):
-    os.makedirs(args.out, exist_ok=True)
-    torch.set_num_threads(args.threads)
     counts, true_topics, vocabulary = load_corpus(args)
     num_docs, vocab_size = counts.shape
     tokens = float(counts.sum())
@@ -259,56 +256,43 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__, out="results/lda_svi")
+    positive, count = _cli.positive_real, _cli.positive_int
     corpus = parser.add_argument_group("corpus (synthetic unless --counts is given)")
-    corpus.add_argument("--counts", help="UCI bag-of-words docword file (see models.lda)")
-    corpus.add_argument("--vocab", help="its vocabulary file, one word per line")
-    corpus.add_argument("--top-words", type=int, default=10, help="words printed per topic with --vocab")
-    corpus.add_argument("--num-docs", type=int, default=2000)
-    corpus.add_argument("--vocab-size", type=int, default=150)
-    corpus.add_argument("--doc-length", type=int, default=80)
-    parser.add_argument("--num-topics", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=0.2, help="document-topic concentration (data and model)")
-    parser.add_argument("--eta", type=float, default=0.1, help="topic-word concentration (data and model)")
-    parser.add_argument("--cavi-iters", type=int, default=40)
-    parser.add_argument("--cavi-tol", type=float, default=1e-7)
+    corpus.add_argument("--counts", type=_cli.existing_file, help="UCI bag-of-words docword file (see models.lda)")
+    corpus.add_argument("--vocab", type=_cli.existing_file, help="its vocabulary file, one word per line")
+    corpus.add_argument("--top-words", type=count, default=10, help="words printed per topic with --vocab")
+    corpus.add_argument("--num-docs", type=count, default=2000)
+    corpus.add_argument("--vocab-size", type=count, default=150)
+    corpus.add_argument("--doc-length", type=count, default=80)
+    parser.add_argument("--num-topics", type=count, default=8)
+    parser.add_argument("--alpha", type=positive, default=0.2, help="document-topic concentration (data and model)")
+    parser.add_argument("--eta", type=positive, default=0.1, help="topic-word concentration (data and model)")
+    parser.add_argument("--cavi-iters", type=count, default=40)
+    parser.add_argument("--cavi-tol", type=_cli.nonnegative_real, default=1e-7,
+                        help="relative ELBO change that stops CAVI (0: run every sweep)")
     parser.add_argument("--cavi-warm-start", action="store_true", help="start each local step from the last gamma")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--tau0", type=float, default=1.0)
-    parser.add_argument("--kappa", type=float, default=0.7)
-    parser.add_argument("--svi-updates", type=int, default=600)
-    parser.add_argument("--pyro-steps", type=int, default=800)
-    parser.add_argument("--pyro-lr", type=float, default=0.2)
-    parser.add_argument("--pyro-batch-size", type=int, default=0, help="0: the whole corpus per step")
-    parser.add_argument("--local-tol", type=float, default=1e-3)
-    parser.add_argument("--local-max-iters", type=int, default=100)
-    parser.add_argument("--eval-points", type=int, default=20, help="ELBO evaluations per method, twice over")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the same-wall-time ELBO")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/lda_svi")
-    args = parser.parse_args(argv)
-    check_arguments(parser, args)
-    return args
+    parser.add_argument("--batch-size", type=count, default=100)
+    parser.add_argument("--tau0", type=_cli.nonnegative_real, default=1.0, help="delay of rho_t = (tau0 + t)^-kappa")
+    parser.add_argument("--kappa", type=_cli.finite_real, default=0.7, help="forgetting rate, in (0.5, 1]")
+    parser.add_argument("--svi-updates", type=count, default=600)
+    parser.add_argument("--pyro-steps", type=count, default=800)
+    parser.add_argument("--pyro-lr", type=positive, default=0.2)
+    parser.add_argument("--pyro-batch-size", type=_cli.nonnegative_int, default=0, help="0: the whole corpus per step")
+    parser.add_argument("--local-tol", type=_cli.nonnegative_real, default=1e-3)
+    parser.add_argument("--local-max-iters", type=count, default=100)
+    parser.add_argument("--eval-points", type=count, default=20, help="ELBO evaluations per method, twice over")
+    parser.add_argument("--budget", type=positive, default=None, help="seconds for the same-wall-time ELBO")
+    return _cli.parse(parser, argv, check=check_arguments)
 
 
-def check_arguments(parser, args):
-    try:
-        check_schedule(args.tau0, args.kappa)
-    except ValueError as e:
-        parser.error(str(e))
+def check_arguments(args):
+    check_schedule(args.tau0, args.kappa)
     if args.vocab is not None and args.counts is None:
-        parser.error("--vocab needs --counts")
-    for name in ("cavi_iters", "svi_updates", "pyro_steps", "batch_size", "num_topics", "eval_points", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.pyro_batch_size < 0:
-        parser.error(f"--pyro-batch-size must be >= 0, got {args.pyro_batch_size}")
-    if args.budget is not None and not args.budget > 0:
-        parser.error(f"--budget must be positive, got {args.budget}")
-    if args.device != "cpu":
-        parser.error(f"--device {args.device}: this study runs on the CPU")
+        raise ValueError("argument --vocab: needs --counts")
+    if args.counts is None and args.batch_size > args.num_docs:
+        raise ValueError("argument --batch-size: must be at most --num-docs ({}), got {}".format(
+            args.num_docs, args.batch_size))
 
 
 if __name__ == "__main__":

@@ -28,22 +28,21 @@ References
    JMLR 14 (2013).
 """
 
-import argparse
 import functools
 import json
 import os
 
-import matplotlib
+import numpy as np
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.optim import ClippedAdam
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from pyro.infer import Trace_ELBO  # noqa: E402
-from pyro.optim import ClippedAdam  # noqa: E402
+if not __package__:  # run as ``python experiments/natural_gradient_svi.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from guides.normal_gamma import DEFAULT_INIT, MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE  # noqa: E402
 from guides.normal_gamma import cavi, mean_field_guide, params_from_store  # noqa: E402
 from guides.normal_gamma import elbo as closed_form_elbo  # noqa: E402
@@ -149,7 +148,6 @@ def main(args):
 
 
 def compare(data, args):
-    os.makedirs(args.out, exist_ok=True)
     optimum = cavi(data, init=DEFAULT_INIT)
     gaps, rows = {}, {}
     for name, (loss, optim, num_steps) in methods(args).items():
@@ -175,30 +173,22 @@ def compare(data, args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000, help="SVI steps with Monte Carlo gradients")
-    parser.add_argument("--exact-steps", type=int, default=100, help="SVI steps with exact expectations")
-    parser.add_argument("--particles", type=int, default=10)
-    parser.add_argument("--ng-lr", type=float, default=0.5, help="rho_0 of the Robbins-Monro schedule")
-    parser.add_argument("--ng-decay", type=float, default=0.7, help="kappa of the schedule, in (0.5, 1]")
-    parser.add_argument("--max-halvings", type=int, default=10, help="for Monte Carlo natural-gradient steps")
-    parser.add_argument("--adam-lr", type=float, default=0.3)
-    parser.add_argument("--adam-lrd", type=float, default=0.995)
-    parser.add_argument("--cavi-iters", type=int, default=10)
-    parser.add_argument("--tol", type=float, default=0.01, help="ELBO gap counted as reached (nats)")
-    parser.add_argument("--num-data", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/natural_gradient_svi")
-    args = parser.parse_args(argv)
-    if min(args.steps, args.exact_steps, args.particles, args.cavi_iters) < 1 or args.max_halvings < 0:
-        parser.error("--steps, --exact-steps, --particles and --cavi-iters must be >= 1, --max-halvings >= 0")
-    if not (args.ng_lr > 0 and 0.5 < args.ng_decay <= 1 and args.adam_lr > 0 and 0 < args.adam_lrd <= 1
-            and args.tol > 0):
-        parser.error("need --ng-lr > 0, 0.5 < --ng-decay <= 1, --adam-lr > 0, 0 < --adam-lrd <= 1, --tol > 0")
-    if args.device != "cpu":
-        parser.error(f"--device {args.device}: this experiment runs on the cpu only")
-    return args
+    parser = _cli.parser(__doc__, out="results/natural_gradient_svi")
+    parser.add_argument("--steps", type=_cli.positive_int, default=1000, help="SVI steps with Monte Carlo gradients")
+    parser.add_argument("--exact-steps", type=_cli.positive_int, default=100,
+                        help="SVI steps with exact expectations")
+    parser.add_argument("--particles", type=_cli.positive_int, default=10)
+    parser.add_argument("--ng-lr", type=_cli.positive_real, default=0.5, help="rho_0 of the Robbins-Monro schedule")
+    parser.add_argument("--ng-decay", type=_cli.real(minimum=0.5, maximum=1, strict_minimum=True), default=0.7,
+                        help="kappa of the schedule, in (0.5, 1]")
+    parser.add_argument("--max-halvings", type=_cli.nonnegative_int, default=10,
+                        help="for Monte Carlo natural-gradient steps")
+    parser.add_argument("--adam-lr", type=_cli.positive_real, default=0.3)
+    parser.add_argument("--adam-lrd", type=_cli.decay, default=0.995, help="ClippedAdam's per-step lr decay, in (0, 1]")
+    parser.add_argument("--cavi-iters", type=_cli.positive_int, default=10)
+    parser.add_argument("--tol", type=_cli.positive_real, default=0.01, help="ELBO gap counted as reached (nats)")
+    parser.add_argument("--num-data", type=_cli.positive_int, default=100)
+    return _cli.parse(parser, argv)
 
 
 if __name__ == "__main__":

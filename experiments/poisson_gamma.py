@@ -10,22 +10,20 @@ and optimizer. Writes ``theta.png`` (theta_t against theta*), ``elbo.png``
     python -m experiments.poisson_gamma --out results/poisson_gamma
 """
 
-import argparse
 import functools
 import json
 import os
 
-import matplotlib
+import numpy as np
+import pyro
+from pyro.infer import Trace_ELBO
+from pyro.optim import ClippedAdam
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from pyro.infer import Trace_ELBO  # noqa: E402
-from pyro.optim import ClippedAdam  # noqa: E402
+if not __package__:  # run as ``python experiments/poisson_gamma.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from guides.poisson_gamma import elbo as closed_form_elbo  # noqa: E402
 from guides.poisson_gamma import exponential_guide, optimal_theta, theta_from_store  # noqa: E402
 from models.poisson_gamma import DEFAULT_PRIOR, generate_data, log_evidence, model  # noqa: E402
@@ -34,22 +32,25 @@ from pyro_vi.training import fit  # noqa: E402
 
 
 def estimators(num_particles):
+    """The study's :data:`~experiments._cli.Registry`."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return {
-        "ScoreFunctionELBO": ScoreFunctionELBO(**kw),
-        "ControlVariateELBO (pooled)": ControlVariateELBO(**kw),
-        "ControlVariateELBO (leave-one-out)": ControlVariateELBO(coefficient="leave_one_out", **kw),
-        "Trace_ELBO (reparameterized)": Trace_ELBO(**kw),
+        "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
+        "ControlVariateELBO (pooled)": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
+        "ControlVariateELBO (leave-one-out)": _cli.Estimator(
+            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw)
+        ),
+        "Trace_ELBO (reparameterized)": _cli.Estimator(lambda: Trace_ELBO(**kw)),
     }
 
 
-def run(elbo, data, args):
+def run(estimator, data, args):
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     return fit(
         model,
-        functools.partial(exponential_guide, init_theta=args.init_theta),
-        elbo,
+        estimator.guide(functools.partial(exponential_guide, init_theta=args.init_theta)),
+        estimator.make(),
         ClippedAdam({"lr": args.lr, "lrd": args.lrd}),
         data,
         DEFAULT_PRIOR,
@@ -79,12 +80,11 @@ def plot(histories, key, references, ylabel, title, path, log=False):
 
 
 def main(args):
-    os.makedirs(args.out, exist_ok=True)
     data = generate_data(num_data=args.num_data, rate=args.rate, seed=args.seed)
     theta_star = optimal_theta(data)
     best = closed_form_elbo(data, theta_star).item()
     log_px = log_evidence(data)
-    histories = {name: run(elbo, data, args) for name, elbo in estimators(args.particles).items()}
+    histories = {name: run(estimator, data, args) for name, estimator in estimators(args.particles).items()}
     plot(
         histories,
         "theta",
@@ -134,26 +134,16 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser = _cli.parser(__doc__, out="results/poisson_gamma")
     # With 10 particles the score-function runs end 15-25% away from theta*
     # after 2000 steps (the family is misspecified: log q is far from log p and
     # the learning signal varies by tens of nats); 100 particles converge.
-    parser.add_argument("--particles", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--lrd", type=float, default=0.999)
-    parser.add_argument("--init-theta", type=float, default=5.0)
-    parser.add_argument("--num-data", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=3.0, help="true Poisson rate of the data")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/poisson_gamma")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.particles < 3:
-        parser.error("--steps must be >= 1 and --particles >= 3 (leave-one-out needs 3)")
-    if args.device != "cpu" and not torch.cuda.is_available():
-        parser.error("--device {}: CUDA is not available".format(args.device))
-    return args
+    # The leave-one-out control variate needs 3 particles.
+    _cli.add_svi_arguments(parser, steps=2000, particles=100, lr=0.05, lrd=0.999, min_particles=3)
+    parser.add_argument("--init-theta", type=_cli.positive_real, default=5.0, help="start of q's rate theta")
+    parser.add_argument("--num-data", type=_cli.positive_int, default=50)
+    parser.add_argument("--rate", type=_cli.positive_real, default=3.0, help="true Poisson rate of the data")
+    return _cli.parse(parser, argv)
 
 
 if __name__ == "__main__":

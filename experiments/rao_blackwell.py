@@ -14,22 +14,20 @@ without and with its decaying-average baseline. Writes to ``--out``:
     python -m experiments.rao_blackwell --out results/rao_blackwell
 """
 
-import argparse
 import functools
 import json
 import os
 
-import matplotlib
+import numpy as np
+import pyro
+from pyro.infer import TraceGraph_ELBO
+from pyro.optim import ClippedAdam
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from pyro.infer import TraceGraph_ELBO  # noqa: E402
-from pyro.optim import ClippedAdam  # noqa: E402
+if not __package__:  # run as ``python experiments/rao_blackwell.py``
+    import _repo_root  # noqa: F401
 
-from experiments._figures import save_figure  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
 from guides.rao_blackwell import PARAM_NAMES, RaoBlackwellParams, elbo as closed_form_elbo  # noqa: E402
 from guides.rao_blackwell import mean_field_guide, near_optimal_params, params_from_store  # noqa: E402
 from models.rao_blackwell import generate_data, model  # noqa: E402
@@ -47,18 +45,16 @@ BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}
 
 
 def estimators(num_particles):
-    """``name -> (elbo, guide wrapper)``."""
+    """The study's :data:`~experiments._cli.Registry`."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    same = lambda guide: guide  # noqa: E731
     return {
-        REFERENCE: (ScoreFunctionELBO(**kw), same),
-        "ControlVariateELBO": (ControlVariateELBO(**kw), same),
-        "RaoBlackwellELBO (no CV)": (RaoBlackwellELBO(control_variate=False, **kw), same),
-        "RaoBlackwellELBO (CV)": (RaoBlackwellELBO(**kw), same),
-        "TraceGraph_ELBO": (TraceGraph_ELBO(**kw), score_function_guide),
-        "TraceGraph_ELBO + baseline": (
-            TraceGraph_ELBO(**kw),
-            functools.partial(score_function_guide, baseline=BASELINE),
+        REFERENCE: _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
+        "ControlVariateELBO": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
+        "RaoBlackwellELBO (no CV)": _cli.Estimator(lambda: RaoBlackwellELBO(control_variate=False, **kw)),
+        "RaoBlackwellELBO (CV)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw)),
+        "TraceGraph_ELBO": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
+        "TraceGraph_ELBO + baseline": _cli.Estimator(
+            lambda: TraceGraph_ELBO(**kw), guide=functools.partial(score_function_guide, baseline=BASELINE)
         ),
     }
 
@@ -111,13 +107,13 @@ def plot_elbo(histories, optimum, path):
 
 
 def main(args):
-    os.makedirs(args.out, exist_ok=True)
     data = generate_data(num_data=args.num_data, seed=args.seed)
     poor = RaoBlackwellParams.poor_init(len(data))
     best = near_optimal_params(data)
     optimum = closed_form_elbo(data, best).item()
     tables, histories, results = {"poor": {}, "near-optimal": {}}, {}, {}
-    for name, (elbo, wrap) in estimators(args.particles).items():
+    for name, estimator in estimators(args.particles).items():
+        elbo, wrap = estimator.make(), estimator.guide
         for where, params in (("poor", poor), ("near-optimal", best)):
             guide = wrap(functools.partial(mean_field_guide, init=params))
             tables[where][name] = variances(elbo, guide, data, args.variance_draws, args.seed)
@@ -160,22 +156,13 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--particles", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--lrd", type=float, default=0.999)
-    parser.add_argument("--variance-draws", type=int, default=200)
-    parser.add_argument("--num-data", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/rao_blackwell")
-    args = parser.parse_args(argv)
-    if args.variance_draws < 2:
-        parser.error("--variance-draws must be at least 2 (a variance needs two draws)")
-    if args.device != "cpu" and not torch.cuda.is_available():
-        parser.error("--device {}: CUDA is not available".format(args.device))
-    return args
+    parser = _cli.parser(__doc__, out="results/rao_blackwell")
+    # RaoBlackwellELBO's leave-one-out control variates need three particles.
+    _cli.add_svi_arguments(parser, steps=2000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
+    parser.add_argument("--variance-draws", type=_cli.integer(minimum=2), default=200,
+                        help="gradient draws per variance (at least 2)")
+    parser.add_argument("--num-data", type=_cli.positive_int, default=20)
+    return _cli.parse(parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Every experiment script runs as a subprocess with tiny flags and writes its
-outputs (as Pyro's tests/test_examples.py does)."""
+outputs (as Pyro's tests/test_examples.py does), refuses bad flags before any
+work, and runs as ``python experiments/NAME.py`` too."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -80,21 +82,132 @@ def test_every_experiment_is_in_the_smoke_list():
     assert scripts == set(SMOKE), "add new experiments to SMOKE"
 
 
-@pytest.mark.parametrize("script", sorted(SMOKE))
-def test_experiment_runs(script, tmp_path):
-    flags, outputs = SMOKE[script]
-    env = dict(os.environ, MPLBACKEND="Agg")
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments." + script, "--out", str(tmp_path)] + flags,
+def run(command, out, flags):
+    """Runs an experiment with one torch thread; the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable] + command + ["--out", str(out), "--threads", "1"] + flags,
         cwd=ROOT,
-        env=env,
+        env=dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def check_outputs(out, outputs):
     for name in outputs:
-        path = tmp_path / name
+        path = out / name
         assert path.exists() and path.stat().st_size > 0, name
         if name.endswith(".json"):
             json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_experiment_runs(script, tmp_path):
+    flags, outputs = SMOKE[script]
+    proc = run(["-m", "experiments." + script], tmp_path, flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_outputs(tmp_path, outputs)
+
+
+@pytest.mark.parametrize("script", ["iwelbo_bounds", "gamma_natural_gradient"])
+def test_experiment_runs_as_a_file(script, tmp_path):
+    flags, outputs = SMOKE[script]
+    proc = run([os.path.join("experiments", script + ".py")], tmp_path, flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_outputs(tmp_path, outputs)
+
+
+# ----------------------------------------------------------------------------
+# bad flags: refused while parsing, before any work
+
+# The scripts on the shared command line (experiments/_cli.py).
+CLI_SCRIPTS = sorted(set(SMOKE) - {"vae_mnist"})
+
+# script -> (bad flags, what the message must say)
+BAD_FLAGS = [
+    ("bbvi_normal_gamma", ["--lr", "-0.05"], "argument --lr: value must be > 0, got -0.05"),
+    ("bbvi_normal_gamma", ["--lr", "inf"], "argument --lr: value must be a finite number, got inf"),
+    ("bbvi_normal_gamma", ["--particles", "1"], "argument --particles: value must be an integer >= 2, got 1"),
+    ("bbvi_normal_gamma", ["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    ("poisson_gamma", ["--lr", "nan"], "argument --lr: value must be a finite number, got nan"),
+    ("poisson_gamma", ["--steps", "0"], "argument --steps: value must be an integer >= 1, got 0"),
+    ("rao_blackwell", ["--steps", "2.5"], "argument --steps: value must be an integer >= 1, got '2.5'"),
+    ("rao_blackwell", ["--variance-draws", "1"], "argument --variance-draws: value must be an integer >= 2"),
+    ("gmm_cavi", ["--lrd", "1.5"], "argument --lrd: value must be > 0 and <= 1, got 1.5"),
+    ("gmm_cavi", ["--pi", "0.5", "0.6", "0.3"], "argument --pi: pi must sum to 1"),
+    ("gmm_cavi", ["--taus", "1", "2"], "argument --taus: needs one value per weight of --pi (3), got 2"),
+    ("earthquake", ["--pi", "0.5", "0.5"], "argument --pi: needs 3 weights"),
+    ("earthquake", ["--cavi-iters", "-3"], "argument --cavi-iters: value must be an integer >= 1, got -3"),
+    ("gamma_natural_gradient", ["--lr", "-0.2"], "argument --lr: value must be > 0"),
+    ("gamma_natural_gradient", ["--max-halvings", "-1"], "argument --max-halvings: value must be an integer >= 0"),
+    ("natural_gradient_svi", ["--ng-decay", "0.5"], "argument --ng-decay: value must be > 0.5 and <= 1"),
+    ("natural_gradient_svi", ["--adam-lr", "inf"], "argument --adam-lr: value must be a finite number"),
+    ("lda_svi", ["--pyro-lr", "-1"], "argument --pyro-lr: value must be > 0, got -1.0"),
+    ("lda_svi", ["--kappa", "0.3"], "kappa must be in (0.5, 1]"),
+    ("lda_svi", ["--counts", "/no/such/docword.txt"], "argument --counts: no file at '/no/such/docword.txt'"),
+    ("lda_svi", ["--batch-size", "50", "--num-docs", "10"], "argument --batch-size: must be at most --num-docs"),
+    ("iwelbo_bounds", ["--ks", "1", "0"], "argument --ks: value must be an integer >= 1, got 0"),
+    ("iwelbo_bounds", ["--lam", "0"], "argument --lam: value must be > 0, got 0.0"),
+    ("diffusion_bound", ["--beta-start", "0.5", "--beta-end", "0.1"], "need 0 < --beta-start <= --beta-end < 1"),
+    ("diffusion_bound", ["--variance-scales", "1", "-2"], "argument --variance-scales: value must be > 0"),
+    ("gumbel_softmax", ["--grad-draws", "1e5"], "argument --grad-draws: value must be an integer >= 2, got '1e5'"),
+    ("gumbel_softmax", ["--coefficients", "1", "2"], "argument --coefficients: needs one number per category (4)"),
+    ("benchmark", ["--rounds", "0"], "argument --rounds: value must be an integer >= 1, got 0"),
+    ("benchmark_vae", ["--batch-size", "x"], "argument --batch-size: value must be an integer >= 1, got 'x'"),
+] + [
+    (script, flags, message)
+    for script in CLI_SCRIPTS
+    for flags, message in [
+        (["--seed", "-1"], "argument --seed: value must be an integer >= 0 and <= 4294967295, got -1"),
+        (["--seeds", "0", "1"], "argument --seeds: this study runs one seed per call"),
+        (["--threads", "0"], "argument --threads: value must be an integer >= 1, got 0"),
+        (["--out", os.path.join(os.path.abspath(__file__), "out")], "argument --out: cannot write to"),
+    ]
+]
+
+
+@pytest.mark.parametrize("script, flags, message", BAD_FLAGS, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_bad_flags_are_refused_while_parsing(script, flags, message, tmp_path, capsys):
+    parse_args = importlib.import_module("experiments." + script).parse_args
+    out = tmp_path / "out"
+    argv = flags if "--out" in flags else ["--out", str(out)] + flags
+    with pytest.raises(SystemExit) as raised:
+        parse_args(argv)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # refused before --out is created, let alone written
+
+
+@pytest.mark.parametrize("command, flags", [
+    (["-m", "experiments.bbvi_normal_gamma"], ["--lr", "-0.05"]),
+    (["-m", "experiments.poisson_gamma"], ["--lr", "inf"]),
+    ([os.path.join("experiments", "rao_blackwell.py")], ["--steps", "0"]),
+    ([os.path.join("experiments", "gmm_cavi.py")], ["--steps", "2.5"]),
+])
+def test_bad_flags_exit_with_status_2_before_any_work(command, flags, tmp_path):
+    out = tmp_path / "out"
+    proc = run(command, out, flags)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: argument " + flags[0] in proc.stderr
+    assert not out.exists()
+
+
+def test_unwritable_out_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run(["-m", "experiments.rao_blackwell"], blocker / "out", [])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: argument --out: cannot write to" in proc.stderr
+
+
+def test_common_flags(tmp_path):
+    from experiments import poisson_gamma
+
+    out = tmp_path / "new" / "folder"
+    args = poisson_gamma.parse_args(["--out", str(out), "--seeds", "7", "--lr", "1e-3", "--steps", "10"])
+    assert out.is_dir()  # created by the parser
+    assert (args.seed, args.seeds, args.threads) == (7, [7], 1)
+    assert (args.lr, args.steps) == (1e-3, 10) and isinstance(args.steps, int)
+    args = poisson_gamma.parse_args(["--out", str(out), "--seed", "3"])
+    assert (args.seed, args.seeds) == (3, [3])

@@ -1,0 +1,227 @@
+"""The command line every experiment shares.
+
+A script builds its parser with :func:`parser`, adds its own flags with the
+validated ``type=`` functions below, and finishes with :func:`parse`::
+
+    def parse_args(argv=None):
+        parser = _cli.parser(__doc__, out="results/study")
+        _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999)
+        parser.add_argument("--num-data", type=_cli.positive_int, default=100)
+        return _cli.parse(parser, argv)
+
+Common flags (added by :func:`parser`):
+
+- ``--out DIR``: where the figures and ``results.json`` go; created if missing
+  and checked writable by :func:`parse`, before any work.
+- ``--seed S`` or ``--seeds S [S ...]``: ``--seed`` keeps its old meaning (one
+  seed) and is shorthand for ``--seeds S``. After :func:`parse`, ``args.seeds``
+  is the list and ``args.seed`` its first element, so code written for one
+  seed keeps working. A study that does not aggregate over seeds yet
+  (``multi_seed=False``, the default) refuses more than one seed.
+- ``--threads N``: torch's intra-op (and, where still possible, inter-op)
+  thread count, default 1, set by :func:`parse` before any work.
+- ``--device {cpu,cuda}``: only for a study that uses it (``device=True``);
+  ``cuda`` is refused when CUDA is not available.
+
+Every bad value exits through ``parser.error`` (status 2) with a message that
+names the flag, the value and what to pass: the ``type=`` functions wrap
+:mod:`pyro_vi._validation`, and a study's cross-flag ``check`` may raise
+``ValueError``. The matplotlib backend is set in :mod:`experiments._figures`.
+
+A study declares the estimators it compares as a :data:`Registry`: label ->
+:class:`Estimator` (a factory, the guide it runs, its plotting style).
+"""
+
+import argparse
+import dataclasses
+import os
+import tempfile
+from typing import Callable, Dict
+
+import torch
+
+from pyro_vi import _validation
+
+SEED_MAX = 2**32 - 1  # numpy's seeds (pyro.set_rng_seed seeds numpy too)
+
+
+# ----------------------------------------------------------------------------
+# argparse ``type=`` functions
+
+
+def _type(name, parse):
+    """An argparse ``type`` that turns ``ValueError`` into argparse's error
+    (argparse otherwise prints only "invalid <name> value")."""
+
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def integer(minimum=None, maximum=None):
+    """A whole number (written as one: ``2.5`` and ``1e3`` are refused) within
+    ``[minimum, maximum]``."""
+
+    def parse(text):
+        try:
+            value = int(text, 10)
+        except ValueError:
+            bounds = " ".join(filter(None, [
+                ">= {}".format(minimum) if minimum is not None else "",
+                "<= {}".format(maximum) if maximum is not None else ""]))
+            raise ValueError("value must be an integer{}, got {!r}".format(
+                " " + bounds if bounds else "", text)) from None
+        return _validation.integer("value", value, minimum=minimum, maximum=maximum)
+
+    return _type("integer", parse)
+
+
+def real(minimum=None, maximum=None, strict_minimum=False):
+    """A finite real number within the bounds (``minimum`` excluded when
+    ``strict_minimum``); ``inf`` and ``nan`` are refused."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("value must be a real number, got {!r}".format(text)) from None
+        return _validation.real("value", value, minimum=minimum, maximum=maximum, strict_minimum=strict_minimum)
+
+    return _type("real", parse)
+
+
+positive_int = integer(minimum=1)
+nonnegative_int = integer(minimum=0)
+seed = integer(minimum=0, maximum=SEED_MAX)
+finite_real = real()
+positive_real = real(minimum=0, strict_minimum=True)
+nonnegative_real = real(minimum=0)
+#: In (0, 1]: a per-step learning-rate decay such as ClippedAdam's ``lrd``.
+decay = real(minimum=0, maximum=1, strict_minimum=True)
+
+
+def existing_file(text):
+    """The path of a file that exists."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError("no file at {!r}; pass the path of an existing file".format(text))
+    return text
+
+
+# ----------------------------------------------------------------------------
+# the parser
+
+
+def parser(doc, out, device=False, multi_seed=False):
+    """An ``ArgumentParser`` described by the first line of ``doc``, with the
+    common flags. ``out=None`` makes ``--out`` optional (no files written
+    unless it is given)."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--out", default=out,
+                   help="folder for the outputs, created if missing" + (" (default: none)" if out is None else ""))
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=seed, default=0, help="one seed (default 0); the same as --seeds SEED")
+    seeds.add_argument("--seeds", type=seed, nargs="+", default=None,
+                       help="several seeds" if multi_seed else "one seed (this study runs one seed per call)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (default 1: fastest on a shared CPU)")
+    if device:
+        p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.set_defaults(_multi_seed=multi_seed)
+    return p
+
+
+def add_svi_arguments(parser, steps, particles, lr, lrd, min_particles=1):
+    """``--steps``, ``--particles`` (at least ``min_particles``, which the
+    study's estimators need), ``--lr`` and ``--lrd`` (ClippedAdam's)."""
+    parser.add_argument("--steps", type=positive_int, default=steps, help="SVI steps")
+    parser.add_argument("--particles", type=integer(minimum=min_particles), default=particles,
+                        help="particles per step (at least {})".format(min_particles))
+    parser.add_argument("--lr", type=positive_real, default=lr, help="learning rate")
+    parser.add_argument("--lrd", type=decay, default=lrd, help="ClippedAdam's per-step lr decay, in (0, 1]")
+
+
+def parse(parser, argv=None, check=None):
+    """Parses ``argv``, runs ``check(args)`` (a ``ValueError`` becomes an
+    argparse error), checks ``--device``, creates and checks ``--out``, and
+    sets the torch threads: everything before any work. Returns ``args``."""
+    args = parser.parse_args(argv)
+    multi_seed = args._multi_seed
+    del args._multi_seed
+    if args.seeds is None:
+        args.seeds = [args.seed]
+    elif len(set(args.seeds)) != len(args.seeds):
+        parser.error("argument --seeds: repeats a seed, got {}; pass distinct seeds".format(args.seeds))
+    elif len(args.seeds) > 1 and not multi_seed:
+        parser.error("argument --seeds: this study runs one seed per call, got {}; "
+                     "run it once per seed with --seed".format(args.seeds))
+    args.seed = args.seeds[0]
+    if check is not None:
+        try:
+            check(args)
+        except ValueError as e:
+            parser.error(str(e))
+    if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda asked for, but CUDA is not available; pass --device cpu")
+    if args.out is not None:
+        problem = writable_folder(args.out)
+        if problem:
+            parser.error("argument --out: {}".format(problem))
+    set_threads(args.threads)
+    return args
+
+
+def writable_folder(path):
+    """Creates ``path`` if missing; ``None`` if a file can be written there,
+    else what is wrong."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return "cannot write to {!r} ({}); pass a writable folder".format(path, e.strerror or e)
+    return None
+
+
+def set_threads(num_threads):
+    """``torch.set_num_threads``, and the inter-op threads too unless torch
+    has already started its inter-op pool (it can be set once per process)."""
+    torch.set_num_threads(num_threads)
+    try:
+        torch.set_num_interop_threads(num_threads)
+    except RuntimeError:
+        pass
+
+
+# ----------------------------------------------------------------------------
+# the estimators a study compares
+
+
+def _same(guide):
+    return guide
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """One entry of a study's :data:`Registry`.
+
+    :param make: a factory, called once per run, that returns what the study
+        runs (an ELBO instance in most studies).
+    :param guide: maps the study's guide (or its dict of guides) to the guide
+        this estimator runs, e.g. :func:`pyro_vi.score_function_guide`;
+        the identity by default.
+    :param style: matplotlib keyword arguments for its curves (``color``,
+        ``ls``, ``marker``...); empty: matplotlib's defaults.
+    """
+
+    make: Callable[[], object]
+    guide: Callable = _same
+    style: Dict = dataclasses.field(default_factory=dict)
+
+
+#: A study's estimators, in the order they are run and drawn: label -> Estimator.
+Registry = Dict[str, Estimator]

@@ -1,0 +1,34 @@
+"""Every test starts from the same state: an empty Pyro param store, the
+global RNGs seeded with 0, and one torch thread.
+
+One thread because the default (one per core) makes the suite several times
+slower on a shared machine, where the threads fight each other. The
+environment variables below reach the subprocesses that tests start (the
+experiment scripts also get ``--threads 1``); they are set before torch is
+imported so that this process's OpenMP pool starts with one thread too.
+"""
+
+import os
+
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
+
+import pyro  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+try:  # possible only before torch's inter-op pool has started
+    torch.set_num_interop_threads(1)
+except RuntimeError:
+    pass
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro_state():
+    """Clears the param store, seeds Pyro (``random``, NumPy and torch) with
+    0 and sets one torch thread before each test."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    torch.set_num_threads(1)
+    yield
