@@ -9,6 +9,7 @@ Every pair must either work with every estimator, or be refused with a
 estimator refuses and why.
 """
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, FrozenSet, Optional
 
@@ -17,7 +18,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.infer import Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import (
     AutoDelta,
     AutoDiagonalNormal,
@@ -27,6 +28,7 @@ from pyro.infer.autoguide import (
     AutoNormalMessenger,
 )
 from pyro.infer.reparam import LatentStableReparam, LocScaleReparam
+from pyro.optim import Adam
 from pyro.poutine.plate_messenger import block_plate
 from torch import nn
 
@@ -531,20 +533,10 @@ class Encoder(nn.Module):
         return out[..., 0], nn.functional.softplus(out[..., 1]) + 0.1
 
 
-ENCODER = Encoder()
-
-
 def amortized_model(data):
     with pyro.plate("data", len(data)):
         z = pyro.sample("z", dist.Normal(0.0, 1.0))
         pyro.sample("x", dist.Normal(z, 0.5), obs=data)
-
-
-def amortized_guide(data):
-    pyro.module("encoder", ENCODER)
-    loc, scale = ENCODER(data)
-    with pyro.plate("data", len(data)):
-        pyro.sample("z", dist.Normal(loc, scale))
 
 
 def amortized_subsample_model(data):
@@ -553,11 +545,22 @@ def amortized_subsample_model(data):
         pyro.sample("x", dist.Normal(z, 0.5), obs=data[idx])
 
 
-def amortized_subsample_guide(data):
-    pyro.module("encoder", ENCODER)
-    with pyro.plate("data", len(data), subsample_size=3) as idx:
-        loc, scale = ENCODER(data[idx])
-        pyro.sample("z", dist.Normal(loc, scale))
+def amortized_guide(subsample=False):
+    """A guide with its own freshly initialized encoder (``make_guide`` runs
+    after the seed is set, so every run starts from the same weights)."""
+
+    def make(model):
+        encoder = Encoder()
+
+        def guide(data):
+            pyro.module("encoder", encoder)
+            with pyro.plate("data", len(data), subsample_size=3 if subsample else None) as idx:
+                loc, scale = encoder(data[idx])
+                pyro.sample("z", dist.Normal(loc, scale))
+
+        return guide
+
+    return make
 
 
 # ---------------------------------------------------------------- discrete sites
@@ -681,9 +684,9 @@ CATALOGUE = {
     "auto_normal_messenger": Pair(
         global_model, AutoNormalMessenger, "messenger", frozenset({"guide_messenger"})
     ),
-    "amortized": Pair(amortized_model, _same(amortized_guide), "amortized", args=(DATA,)),
+    "amortized": Pair(amortized_model, amortized_guide(), "amortized", args=(DATA,)),
     "amortized_subsample": Pair(
-        amortized_subsample_model, _same(amortized_subsample_guide), "amortized", args=(DATA,), subsample=True
+        amortized_subsample_model, amortized_guide(subsample=True), "amortized", args=(DATA,), subsample=True
     ),
     "bernoulli": Pair(bernoulli_model, _same(bernoulli_guide), "discrete", NOT_REPARAM),
     "categorical_local": Pair(mixture_model, _same(mixture_guide), "discrete", NOT_REPARAM),
@@ -727,19 +730,90 @@ ESTIMATORS = {
 }
 
 
-def expected_refusal(pair: Pair, estimator: Estimator):
-    """The message an estimator must refuse ``pair`` with (a regex naming a
-    site or the guide), or ``None`` when it must work."""
+REFUSALS = {
+    # tag -> (the refusal's message pattern, a short reason for the table)
+    "guide_messenger": ("GuideMessenger", "GuideMessenger guides run the model themselves"),
+    "not_reparameterizable": (
+        "site '.*' has no pathwise derivative", "needs a pathwise derivative at every guide site"
+    ),
+    "sequential_subsample": ("subsampled sequential plates: site '.*'", "subsampled sequential plates"),
+    "global_subsample": (
+        "site '.*' lies outside the subsampled plate",
+        "a site outside the subsampled plate (the bound of shared latents has no minibatch estimate)",
+    ),
+    "structured_point_mass": ("point-mass site '.*'", "DReG: a point mass in a structured guide"),
+}
+
+
+def refusal_tag(pair: Pair, estimator: Estimator):
+    """The tag of ``pair`` for which ``estimator`` must refuse it, or ``None``
+    when it must work."""
     if not estimator.ours:
         return None
     if "guide_messenger" in pair.tags:
-        return "GuideMessenger"
+        return "guide_messenger"
     if estimator.pathwise and "not_reparameterizable" in pair.tags:
-        return "site '.*' has no pathwise derivative"
+        return "not_reparameterizable"
     if estimator.importance_weighted and "sequential_subsample" in pair.tags:
-        return "subsampled sequential plates: site '.*'"
+        return "sequential_subsample"
     if estimator.importance_weighted and "global_subsample" in pair.tags:
-        return "site '.*' lies outside the subsampled plate"
+        return "global_subsample"
     if estimator.dreg and "structured_point_mass" in pair.tags:
-        return "point-mass site '.*'"
+        return "structured_point_mass"
     return None
+
+
+def expected_refusal(pair: Pair, estimator: Estimator):
+    """The message an estimator must refuse ``pair`` with (a regex naming a
+    site or the guide), or ``None`` when it must work."""
+    tag = refusal_tag(pair, estimator)
+    return None if tag is None else REFUSALS[tag][0]
+
+
+NUM_PARTICLES = 3
+
+
+def elbo_for(estimator, vectorize, pair, **kwargs):
+    """The ELBO of configuration ``estimator`` for ``pair``."""
+    options = dict(num_particles=NUM_PARTICLES, vectorize_particles=vectorize)
+    if pair.max_plate_nesting is not None:
+        options["max_plate_nesting"] = pair.max_plate_nesting
+    options.update(kwargs)
+    return ESTIMATORS[estimator].make(**options)
+
+
+def take_grads():
+    """The parameters' ``.grad`` by name (those with one), cleared."""
+    grads = {}
+    for name, param in pyro.get_param_store().named_parameters():
+        if param.grad is not None:
+            grads[name] = param.grad.clone()
+            param.grad = None
+    return grads
+
+
+@functools.lru_cache(maxsize=None)
+def outcome(pair_name, estimator, vectorize):
+    """Runs one pair with one estimator: an SVI step, then ``loss``,
+    ``loss_and_grads`` and ``differentiable_loss`` on the same seed. Returns
+    ``("refused", message)`` or ``("ok", values, grads, grads_again)``."""
+    pair = CATALOGUE[pair_name]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model, guide = pair.model, pair.guide()
+    elbo = elbo_for(estimator, vectorize, pair)
+    try:
+        SVI(model, guide, Adam({"lr": 1e-6}), elbo).step(*pair.args)
+    except ValueError as error:
+        return ("refused", str(error))
+    take_grads()
+    pyro.set_rng_seed(3)
+    loss = elbo.loss(model, guide, *pair.args)
+    pyro.set_rng_seed(3)
+    loss_and_grads = elbo.loss_and_grads(model, guide, *pair.args)
+    grads = take_grads()
+    pyro.set_rng_seed(3)
+    differentiable = torch.as_tensor(elbo.differentiable_loss(model, guide, *pair.args))
+    if differentiable.requires_grad:
+        differentiable.backward()
+    return ("ok", (loss, loss_and_grads, differentiable.item()), grads, take_grads())

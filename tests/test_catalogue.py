@@ -4,65 +4,19 @@ naming the site, ``Trace_ELBO`` passes the same tests, and the gradients are
 unbiased where they can be checked against an exact or Pyro reference."""
 
 import functools
+import json
 import math
+import os
 import re
 
 import pyro
 import pytest
 import torch
-from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
-from pyro.optim import Adam
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
 from pyro_vi import ImportanceWeightedELBO
 from pyro_vi.diagnostics import gradient_statistics
-from tests.catalogue import CATALOGUE, ESTIMATORS, expected_refusal
-
-NUM_PARTICLES = 3
-
-
-def _elbo(estimator, vectorize, pair, **kwargs):
-    options = dict(num_particles=NUM_PARTICLES, vectorize_particles=vectorize)
-    if pair.max_plate_nesting is not None:
-        options["max_plate_nesting"] = pair.max_plate_nesting
-    options.update(kwargs)
-    return ESTIMATORS[estimator].make(**options)
-
-
-def _grads():
-    grads = {}
-    for name, param in pyro.get_param_store().named_parameters():
-        if param.grad is not None:
-            grads[name] = param.grad.clone()
-            param.grad = None
-    return grads
-
-
-@functools.lru_cache(maxsize=None)
-def outcome(pair_name, estimator, vectorize):
-    """Runs one pair with one estimator: an SVI step, then ``loss``,
-    ``loss_and_grads`` and ``differentiable_loss`` on the same seed. Returns
-    ``("refused", message)`` or ``("ok", values, grads, grads_again)``."""
-    pair = CATALOGUE[pair_name]
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    model, guide = pair.model, pair.guide()
-    elbo = _elbo(estimator, vectorize, pair)
-    try:
-        SVI(model, guide, Adam({"lr": 1e-6}), elbo).step(*pair.args)
-    except ValueError as error:
-        return ("refused", str(error))
-    _grads()
-    pyro.set_rng_seed(3)
-    loss = elbo.loss(model, guide, *pair.args)
-    pyro.set_rng_seed(3)
-    loss_and_grads = elbo.loss_and_grads(model, guide, *pair.args)
-    grads = _grads()
-    pyro.set_rng_seed(3)
-    differentiable = torch.as_tensor(elbo.differentiable_loss(model, guide, *pair.args))
-    if differentiable.requires_grad:
-        differentiable.backward()
-    return ("ok", (loss, loss_and_grads, differentiable.item()), grads, _grads())
-
+from tests.catalogue import CATALOGUE, ESTIMATORS, elbo_for, expected_refusal, outcome, take_grads
 
 CASES = [
     (pair, estimator, vectorize)
@@ -110,7 +64,7 @@ def test_value_equals_trace_elbo_on_the_same_seed(pair, estimator):
     for name in ("Trace_ELBO", estimator):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        elbo, guide = _elbo(name, True, spec), spec.guide()
+        elbo, guide = elbo_for(name, True, spec), spec.guide()
         elbo.loss(spec.model, guide, *spec.args)  # first call: guesses max_plate_nesting
         pyro.set_rng_seed(5)
         values.append(elbo.loss(spec.model, guide, *spec.args))
@@ -132,8 +86,8 @@ def test_point_masses_get_the_exact_map_gradient(pair, estimator):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = spec.guide()
-        _elbo(name, True, spec, num_particles=5).loss_and_grads(spec.model, guide, *spec.args)
-        grads.append(_grads())
+        elbo_for(name, True, spec, num_particles=5).loss_and_grads(spec.model, guide, *spec.args)
+        grads.append(take_grads())
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert grads[0][name].abs().sum() > 0, name
@@ -206,7 +160,7 @@ def _compare_with_reference(pair, estimator, draws):
     spec, config = CATALOGUE[pair], ESTIMATORS[estimator]
     particles = 5 if config.importance_weighted else 50
     actual = _statistics(
-        lambda: _elbo(estimator, True, spec, num_particles=particles), spec, num_draws=draws, seed=1
+        lambda: elbo_for(estimator, True, spec, num_particles=particles), spec, num_draws=draws, seed=1
     )
     enumerate_guide = "not_reparameterizable" in spec.tags and not config.importance_weighted
     reference = _statistics(
@@ -248,7 +202,7 @@ def test_the_comparison_detects_a_biased_estimator():
     whose O(1/S) bias is large at S = 3."""
     spec = CATALOGUE["local"]
     actual = _statistics(
-        lambda: _elbo("ControlVariateELBO(pooled)", True, spec, num_particles=3), spec, num_draws=300, seed=1
+        lambda: elbo_for("ControlVariateELBO(pooled)", True, spec, num_particles=3), spec, num_draws=300, seed=1
     )
     reference = _statistics(_reference(spec, False, 50), spec, num_draws=60, seed=2)
     agrees, powerful = compare(actual, reference)
@@ -262,6 +216,17 @@ def test_flow_weights_get_a_score():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = spec.guide()
-    _elbo("ScoreFunctionELBO", True, spec, num_particles=4).loss_and_grads(spec.model, guide)
-    flow = {name: g for name, g in _grads().items() if "arn" in name}
+    elbo_for("ScoreFunctionELBO", True, spec, num_particles=4).loss_and_grads(spec.model, guide)
+    flow = {name: g for name, g in take_grads().items() if "arn" in name}
     assert flow and all(g.abs().sum() > 0 for g in flow.values())
+
+
+def test_the_compatibility_results_are_current():
+    """results/compatibility/results.json (rendered into the README) holds the
+    catalogue's outcomes as they are now."""
+    from experiments import compatibility
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "compatibility", "results.json")
+    with open(path) as f:
+        committed = json.load(f)["records"]
+    assert committed == compatibility.run(sorted(CATALOGUE))

@@ -28,6 +28,7 @@ SMOKE = {
         ["--ks", "2", "--batch-size", "4", "--steps", "1", "--rounds", "1"],
         ["benchmark.json"],
     ),
+    "compatibility": (["--pairs", "global", "bernoulli"], ["results.json"]),
     "diffusion_bound": (
         ["--num-data", "4", "--samples", "20", "--timesteps", "5", "--variance-scales", "2"],
         ["terms.png", "variance.png", "histogram.png", "results.json"],

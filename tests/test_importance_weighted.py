@@ -10,17 +10,29 @@ from torch import nn
 
 import pyro
 import pyro.distributions as dist
+from pyro.distributions import constraints
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from guides.normal_gamma import MeanFieldParams, mean_field_guide
 from models.normal_gamma import generate_data, log_evidence, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
 from pyro_vi.diagnostics import gradient_statistics
-from tests.test_valid_models import global_guide, global_model
 
 NG_DATA = generate_data()
 IMPERFECT = MeanFieldParams(m=0.8, lam=20.0, a=15.0, b=40.0)
 DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4])
+
+
+def global_model(data):
+    loc = pyro.sample("loc", dist.Normal(0.0, 2.0))
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=data)
+
+
+def global_guide(data):
+    m = pyro.param("m", torch.tensor(0.2))
+    s = pyro.param("s", torch.tensor(0.8), constraint=constraints.positive)
+    pyro.sample("loc", dist.Normal(m, s))
 
 
 def local_model(data):

@@ -81,13 +81,18 @@ class ImportanceWeightedELBO(ParticleELBO):
     the bound of the whole joint has no unbiased minibatch estimate.
     ``poutine.scale`` acts inside the weights, as in Pyro.
 
-    Gradients, with normalized weights :math:`\\tilde w_k`, all **unbiased**
-    for :math:`\\nabla \\mathcal{L}_K`:
+    Gradients, with normalized weights :math:`\\tilde w_k`:
 
-    - ``"reparam"`` (IWAE): :math:`\\sum_k \\tilde w_k \\nabla \\log w_k`;
+    - ``"reparam"`` (IWAE, the default, **unbiased** for
+      :math:`\\nabla \\mathcal{L}_K`): :math:`\\sum_k \\tilde w_k \\nabla \\log w_k`;
     - ``"stl"``: the same with the score part of :math:`\\log q` dropped
-      from :math:`\\nabla_\\phi \\log w_k` (Roeder et al. [2]);
-    - ``"dreg"`` (Tucker et al. [3]): guide parameters get
+      from :math:`\\nabla_\\phi \\log w_k` (Roeder et al. [2]). **Biased**
+      for :math:`K > 1`: the dropped term
+      :math:`-\\sum_k \\tilde w_k \\nabla_\\phi \\log q_\\phi(z_k)` has a nonzero
+      expectation because :math:`\\tilde w_k` depends on :math:`z_k` (Tucker et
+      al. [3]); unbiased for :math:`K = 1`, where it is
+      :class:`~pyro_vi.StickingTheLandingELBO`;
+    - ``"dreg"`` (Tucker et al. [3], **unbiased**): guide parameters get
       :math:`\\sum_k \\tilde w_k^2 \\, \\partial_{z_k} \\log w_k \\,
       \\partial_\\phi z_k`, with a signal-to-noise ratio that does not decay
       with K; model parameters get

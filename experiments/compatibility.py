@@ -1,0 +1,105 @@
+"""Which estimator works with which kind of guide: every pair of the
+drop-in catalogue (tests/catalogue.py) run through every estimator, with
+vectorized and with sequential particles, and the outcomes tabulated by
+guide kind and subsampling.
+
+    python -m experiments.compatibility --out results/compatibility
+
+A cell reads "yes" when every pair of that kind works, "no" when every one
+is refused (the footnote says why), and "k of n" otherwise.
+"""
+
+import json
+import os
+
+if not __package__:  # run as ``python experiments/compatibility.py``
+    import _repo_root  # noqa: F401
+
+from experiments import _cli  # noqa: E402
+from tests.catalogue import CATALOGUE, ESTIMATORS, REFUSALS, outcome, refusal_tag  # noqa: E402
+
+KINDS = {
+    "mean_field": "hand-written mean field",
+    "structured": "structured",
+    "autoguide": "autoguides",
+    "delta": "Delta, AutoDelta",
+    "flow": "flows",
+    "amortized": "amortized",
+    "discrete": "discrete sites",
+    "messenger": "GuideMessenger",
+}
+
+
+def parse_args(argv=None):
+    parser = _cli.parser(__doc__, out="results/compatibility")
+    parser.add_argument(
+        "--pairs", nargs="+", choices=sorted(CATALOGUE), default=sorted(CATALOGUE),
+        help="catalogue pairs to run (default: all)",
+    )
+    return _cli.parse(parser, argv)
+
+
+def run(pairs):
+    """One record per (pair, estimator): ``status`` is ``works`` when both
+    particle modes work, else ``refused`` with the reason's tag. A refusal
+    that the catalogue does not expect, or an unexpected success, is an
+    error."""
+    records = []
+    for pair in pairs:
+        spec = CATALOGUE[pair]
+        for estimator, config in ESTIMATORS.items():
+            results = [outcome(pair, estimator, vectorize)[0] for vectorize in (True, False)]
+            tag = refusal_tag(spec, config)
+            expected = "works" if tag is None else "refused"
+            if any(r != ("ok" if tag is None else "refused") for r in results):
+                raise RuntimeError("{} on {}: {} (expected {})".format(estimator, pair, results, expected))
+            records.append(
+                dict(pair=pair, kind=spec.kind, subsampled=spec.subsample, estimator=estimator,
+                     status=expected, reason=tag)
+            )
+    return records
+
+
+def render(records):
+    """The compatibility table in Markdown, with footnotes for the refusals."""
+    kinds = [k for k in KINDS if any(r["kind"] == k for r in records)]
+    notes = [tag for tag in REFUSALS if any(r["reason"] == tag for r in records)]
+    header = "| estimator | " + " | ".join(KINDS[k] for k in kinds) + " |"
+    lines = [header, "|---" * (len(kinds) + 1) + "|"]
+    for estimator in dict.fromkeys(r["estimator"] for r in records):
+        cells = []
+        for kind in kinds:
+            parts = []
+            for subsampled in (False, True):
+                group = [r for r in records if r["estimator"] == estimator and r["kind"] == kind
+                         and r["subsampled"] == subsampled]
+                if group:
+                    parts.append(_cell(group, notes) + (" (subsampled)" if subsampled else ""))
+            cells.append("; ".join(parts))
+        lines.append("| {} | {} |".format(estimator, " | ".join(cells)))
+    lines.append("")
+    for number, tag in enumerate(notes, 1):
+        lines.append("{}. refused: {}".format(number, REFUSALS[tag][1]))
+    return "\n".join(lines)
+
+
+def _cell(group, notes):
+    works = sum(r["status"] == "works" for r in group)
+    marks = sorted({notes.index(r["reason"]) + 1 for r in group if r["reason"]})
+    footnote = "".join("<sup>{}</sup>".format(m) for m in marks)
+    if works == len(group):
+        return "yes"
+    if works == 0:
+        return "no" + footnote
+    return "{} of {}{}".format(works, len(group), footnote)
+
+
+def main(args):
+    records = run(args.pairs)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records}, f, indent=1)
+    print(render(records))
+
+
+if __name__ == "__main__":
+    main(parse_args())
