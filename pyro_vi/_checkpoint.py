@@ -1,0 +1,309 @@
+"""
+The checkpoint file of :func:`pyro_vi.training.fit`: plain data only, so that
+``torch.load(path, weights_only=True)`` reads it and loading can run no code.
+
+A checkpoint holds tensors, ``int``/``float``/``bool``/``str``/``None``, and
+lists, tuples and dicts of them. Constraints are stored by name (rebuilt from
+the fixed table :data:`CONSTRAINTS`) and random states as tensors and numbers.
+Files are written atomically: a temporary ``<path>.tmp<pid>``, flushed and
+fsynced, renamed over ``path``, then the directory is fsynced.
+"""
+
+import os
+import random
+import re
+
+import numpy as np
+import torch
+from pyro.distributions import constraints
+from torch.distributions import constraints as torch_constraints
+
+__all__ = [
+    "CONSTRAINTS",
+    "FORMAT",
+    "atomic_save",
+    "check_plain",
+    "check_writable",
+    "decode_constraint",
+    "encode_constraint",
+    "load",
+    "remove_stale_temporaries",
+    "rng_state",
+    "set_rng_state",
+]
+
+FORMAT = "pyro_vi.fit checkpoint v1"
+
+# The constraints a checkpoint can name: these singletons, plus the
+# parameterized families in _FAMILIES.
+CONSTRAINTS = {
+    name: getattr(constraints, name)
+    for name in (
+        "boolean", "corr_cholesky", "corr_matrix", "integer", "lower_cholesky",
+        "lower_triangular", "nonnegative", "nonnegative_integer", "one_hot",
+        "ordered_vector", "positive", "positive_definite", "positive_integer",
+        "positive_ordered_vector", "positive_semidefinite", "real", "real_vector",
+        "simplex", "softplus_lower_cholesky", "softplus_positive", "sphere", "square",
+        "symmetric", "unit_interval", "unit_lower_cholesky",
+    )
+}
+# name -> (exact class, its constructor, the attributes that are its arguments)
+_FAMILIES = {
+    "greater_than": (torch_constraints._GreaterThan, constraints.greater_than, ("lower_bound",)),
+    "greater_than_eq": (torch_constraints._GreaterThanEq, constraints.greater_than_eq, ("lower_bound",)),
+    "less_than": (torch_constraints._LessThan, constraints.less_than, ("upper_bound",)),
+    "interval": (torch_constraints._Interval, constraints.interval, ("lower_bound", "upper_bound")),
+    "half_open_interval": (
+        torch_constraints._HalfOpenInterval, constraints.half_open_interval, ("lower_bound", "upper_bound"),
+    ),
+    "integer_interval": (
+        torch_constraints._IntegerInterval, constraints.integer_interval, ("lower_bound", "upper_bound"),
+    ),
+    "independent": (
+        torch_constraints._IndependentConstraint, constraints.independent,
+        ("base_constraint", "reinterpreted_batch_ndims"),
+    ),
+}
+
+
+# ---- plain data ---------------------------------------------------------------
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def check_plain(value, where):
+    """Raises ``ValueError`` naming the first part of ``value`` (reached as
+    ``where``) that is not a tensor, a plain number, a string, ``None``, or a
+    list, tuple or dict (with ``str`` or ``int`` keys) of those."""
+    if type(value) in _SCALARS or isinstance(value, torch.Tensor):
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            check_plain(item, "{}[{}]".format(where, i))
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) not in (str, int):
+                raise ValueError("{} has the key {!r} ({}); checkpoint dicts need str or int keys".format(
+                    where, key, type(key).__name__))
+            check_plain(item, "{}[{!r}]".format(where, key))
+        return
+    raise ValueError(
+        "{} is a {} ({!r:.60}); a checkpoint holds only tensors, Python numbers, strings, None, "
+        "lists and dicts: convert it (e.g. float(x), x.tolist() or torch.as_tensor(x))".format(
+            where, type(value).__name__, value)
+    )
+
+
+# ---- constraints --------------------------------------------------------------
+
+
+def encode_constraint(constraint, where):
+    """``constraint`` as ``{"name": ..., "args": [...]}`` from the fixed table."""
+    for name, known in CONSTRAINTS.items():
+        if constraint is known:
+            return {"name": name, "args": []}
+    for name, (cls, _, attributes) in _FAMILIES.items():
+        if type(constraint) is cls:
+            args = [getattr(constraint, a) for a in attributes]
+            if name == "independent":
+                args[0] = encode_constraint(args[0], where)
+            return {"name": name, "args": args}
+    raise ValueError(
+        "{} has the constraint {!r}, which a checkpoint cannot store: it must be one of "
+        "torch.distributions.constraints {} or {}".format(
+            where, constraint, ", ".join(CONSTRAINTS), ", ".join("{}(...)".format(n) for n in _FAMILIES))
+    )
+
+
+def decode_constraint(encoded, where):
+    """The constraint named by :func:`encode_constraint`'s output; unknown
+    names are refused."""
+    if not isinstance(encoded, dict) or set(encoded) != {"name", "args"} or not isinstance(encoded["args"], list):
+        raise ValueError("{} is not a constraint record ({{'name': ..., 'args': [...]}})".format(where))
+    name, args = encoded["name"], list(encoded["args"])
+    if name in CONSTRAINTS and not args:
+        return CONSTRAINTS[name]
+    if name not in _FAMILIES:
+        raise ValueError("{} names the unknown constraint {!r}; known: {}".format(
+            where, name, ", ".join(list(CONSTRAINTS) + list(_FAMILIES))))
+    if len(args) != len(_FAMILIES[name][2]):
+        raise ValueError("{}: constraint {!r} takes {} arguments, got {}".format(
+            where, name, len(_FAMILIES[name][2]), len(args)))
+    if name == "independent":
+        args[0] = decode_constraint(args[0], where)
+        if type(args[1]) is not int:
+            raise ValueError("{}: independent() needs an int reinterpreted_batch_ndims".format(where))
+    elif not all(type(a) in (int, float) or isinstance(a, torch.Tensor) for a in args):
+        raise ValueError("{}: the bounds of {!r} must be numbers or tensors".format(where, name))
+    return _FAMILIES[name][1](*args)
+
+
+def constraint_label(encoded):
+    """A short text for an encoded constraint, e.g. ``interval(0.0, 1.0)``."""
+    if not encoded["args"]:
+        return encoded["name"]
+    args = [
+        constraint_label(a) if isinstance(a, dict)
+        else (str(a.tolist()) if a.numel() <= 4 else "tensor{}".format(list(a.shape)))
+        if isinstance(a, torch.Tensor) else repr(a)
+        for a in encoded["args"]
+    ]
+    return "{}({})".format(encoded["name"], ", ".join(args))
+
+
+# ---- random states ------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """The torch (and CUDA), Python and NumPy random states, as plain data."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if cuda else None,
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores random states saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+
+
+def check_rng_state(state, where):
+    """Raises ``ValueError`` unless ``state`` has the layout of :func:`rng_state`."""
+    def bad(what):
+        raise ValueError("{} {}".format(where, what))
+
+    if not isinstance(state, dict) or not {"torch", "cuda", "python", "numpy"} <= set(state):
+        bad("needs the keys torch, cuda, python and numpy")
+    if not isinstance(state["torch"], torch.Tensor) or state["torch"].dtype != torch.uint8:
+        bad("['torch'] must be a uint8 tensor")
+    if state["cuda"] is not None and not (
+        isinstance(state["cuda"], list) and all(isinstance(t, torch.Tensor) for t in state["cuda"])
+    ):
+        bad("['cuda'] must be None or a list of tensors")
+    python, numpy = state["python"], state["numpy"]
+    if not (isinstance(python, dict) and type(python.get("version")) is int
+            and isinstance(python.get("internal"), torch.Tensor) and python["internal"].dim() == 1
+            and type(python.get("gauss_next", 0)) in (float, type(None))):
+        bad("['python'] must hold version, internal (a 1-D tensor) and gauss_next")
+    if not (isinstance(numpy, dict) and type(numpy.get("name")) is str
+            and isinstance(numpy.get("keys"), torch.Tensor) and numpy["keys"].dim() == 1
+            and type(numpy.get("pos")) is int and type(numpy.get("has_gauss")) is int
+            and type(numpy.get("cached_gaussian")) is float):
+        bad("['numpy'] must hold name, keys (a 1-D tensor), pos, has_gauss and cached_gaussian")
+
+
+# ---- files --------------------------------------------------------------------
+
+
+def _temporary(path, pid=None):
+    return "{}.tmp{}".format(path, os.getpid() if pid is None else pid)
+
+
+def check_writable(path) -> None:
+    """Raises ``ValueError`` unless a checkpoint can be written at ``path``:
+    its directory exists, ``path`` is not a directory, and a file can be
+    created next to it (tried, then removed)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(
+            "checkpoint {}: the directory {} does not exist; create it first "
+            "(os.makedirs) or pass another path".format(path, directory))
+    if os.path.isdir(path):
+        raise ValueError("checkpoint {} is a directory; pass a file path".format(path))
+    probe = _temporary(path)
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError("checkpoint {} cannot be written: {}".format(path, error)) from error
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list:
+    """Removes the ``<path>.tmp<pid>`` files of processes that no longer run
+    (killed while writing); returns their names."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(os.path.basename(path)) + r"\.tmp(\d+)$")
+    removed = []
+    for name in os.listdir(directory):
+        match = pattern.match(name)
+        if match and (int(match.group(1)) == os.getpid() or not _alive(int(match.group(1)))):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def atomic_save(state, path) -> None:
+    """``torch.save`` to ``<path>.tmp<pid>``, fsync, rename over ``path``, fsync
+    the directory: a crash leaves either the old or the new file, never a
+    truncated one."""
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(path):
+    """``torch.load(path, weights_only=True)`` onto the CPU, with every failure
+    raised as ``ValueError`` naming ``path`` and the problem. Checks only that
+    the file is a safe torch file holding a dict of this :data:`FORMAT`."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        raise ValueError("checkpoint {} cannot be read: {}".format(path, error)) from error
+    if size == 0:
+        raise ValueError("checkpoint {} is empty (0 bytes): a run was killed before its first "
+                         "write completed, or it is not a checkpoint".format(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types here: name them all the same way
+        text = str(error)
+        if "Weights only load failed" in text or "weights_only" in text:
+            raise ValueError(
+                "checkpoint {} holds objects other than tensors and plain data; it was refused "
+                "without running them (it is not a {} file)".format(path, FORMAT)) from error
+        raise ValueError("checkpoint {} is not a readable torch file (truncated or corrupt?): {}: {}".format(
+            path, type(error).__name__, text.splitlines()[0] if text else "")) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError("checkpoint {} is not a {} file (found {!r:.60})".format(path, FORMAT, found))
+    return state
