@@ -110,9 +110,10 @@ def encode_constraint(constraint, where):
                 args[0] = encode_constraint(args[0], where)
             return {"name": name, "args": args}
     raise ValueError(
-        "{} has the constraint {!r}, which a checkpoint cannot store: it must be one of "
+        "{} has the constraint {} ({!r}), which a checkpoint cannot store: it must be one of "
         "torch.distributions.constraints {} or {}".format(
-            where, constraint, ", ".join(CONSTRAINTS), ", ".join("{}(...)".format(n) for n in _FAMILIES))
+            where, type(constraint).__name__, constraint, ", ".join(CONSTRAINTS),
+            ", ".join("{}(...)".format(n) for n in _FAMILIES))
     )
 
 
@@ -185,10 +186,10 @@ def set_rng_state(state: dict) -> None:
 def check_rng_state(state, where):
     """Raises ``ValueError`` unless ``state`` has the layout of :func:`rng_state`."""
     def bad(what):
-        raise ValueError("{} {}".format(where, what))
+        raise ValueError("{}{}".format(where, what))
 
     if not isinstance(state, dict) or not {"torch", "cuda", "python", "numpy"} <= set(state):
-        bad("needs the keys torch, cuda, python and numpy")
+        bad(" needs the keys torch, cuda, python and numpy")
     if not isinstance(state["torch"], torch.Tensor) or state["torch"].dtype != torch.uint8:
         bad("['torch'] must be a uint8 tensor")
     if state["cuda"] is not None and not (
@@ -297,12 +298,15 @@ def load(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types here: name them all the same way
         text = str(error)
-        if "Weights only load failed" in text or "weights_only" in text:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe:
             raise ValueError(
-                "checkpoint {} holds objects other than tensors and plain data; it was refused "
-                "without running them (it is not a {} file)".format(path, FORMAT)) from error
+                "checkpoint {} holds {}, not plain data; it was refused without running it (a {} file "
+                "holds only tensors, numbers, strings, lists and dicts)".format(
+                    path, unsafe.group(1), FORMAT)) from error
+        lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
         raise ValueError("checkpoint {} is not a readable torch file (truncated or corrupt?): {}: {}".format(
-            path, type(error).__name__, text.splitlines()[0] if text else "")) from error
+            path, type(error).__name__, lines[0] if lines else "")) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError("checkpoint {} is not a {} file (found {!r:.60})".format(path, FORMAT, found))

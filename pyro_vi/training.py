@@ -299,6 +299,21 @@ def _optim_state(optim) -> dict:
     return state
 
 
+def _check_optim_state(optim, state, params, path):
+    """The layout of a PyroOptim's saved state: one torch state dict per param
+    (torch checks their contents when each param's optimizer is built)."""
+    if type(optim).get_state is not PyroOptim.get_state:
+        return
+    keys = {"scheduler", "optimizer"} if isinstance(optim, PyroLRScheduler) else {"state", "param_groups"}
+    for name, value in state.items():
+        if name not in params:
+            raise ValueError("checkpoint {}: optim holds a state for {!r}, which is not a param of this "
+                             "run".format(path, name))
+        if not isinstance(value, dict) or not keys <= set(value):
+            raise ValueError("checkpoint {}: optim[{!r}] must be a dict with {}".format(
+                path, name, " and ".join(sorted(keys))))
+
+
 # ---- passes over data -------------------------------------------------------------
 
 
@@ -462,26 +477,25 @@ def _find_invalid(model, guide, args, kwargs, torch_state):
     return None
 
 
-def _show_values(value, constraint) -> str:
+def _show_values(name, value, constraint) -> str:
+    """``"scale = -0.1"`` or ``"2 of 3 values of scale (e.g. -0.1, nan)"``."""
     value = value.detach()
     if value.numel() == 1:
-        return "= {:.6g}".format(value.item())
+        return "{} = {:.6g}".format(name, value.item())
     ok = torch.as_tensor(constraint.check(value))
-    if ok.shape == value.shape:
-        bad = value[~ok]
-        return "has {} of {} values outside (e.g. {:.6g})".format(bad.numel(), value.numel(), bad[0].item())
-    return "= {}".format(value)
+    bad = value[~ok] if ok.shape == value.shape else value.flatten()
+    return "{} of {} values of {} (e.g. {})".format(
+        bad.numel(), value.numel(), name, ", ".join("{:.6g}".format(v) for v in bad[:3].tolist()))
 
 
 def _raise_out_of_support(found, where, step, losses, error):
     role, site, dist_name, argument, value, constraint, names = found
     if argument == "value":
-        text = "{}: the {}'s observed site {!r} has a value {} outside the support {} of its {}".format(
-            where, role, site, _show_values(value, constraint).replace("= ", "").replace("has ", ""),
-            constraint, dist_name)
+        text = "{}: the {}'s observed site {!r} has {} outside the support {} of its {}".format(
+            where, role, site, _show_values("the observation", value, constraint), constraint, dist_name)
     else:
-        text = "{}: the {}'s site {!r} got {}({}=...) with {} {} outside its support {}".format(
-            where, role, site, dist_name, argument, argument, _show_values(value, constraint), constraint)
+        text = "{}: the {}'s site {!r} got {}({}=...) with {} outside its support {}".format(
+            where, role, site, dist_name, argument, _show_values(argument, value, constraint), constraint)
     if names:
         text += "; it is computed from param{} {}: give {} a constraint (pyro.param(..., constraint=...)) " \
                 "or lower the learning rate".format("s" if len(names) > 1 else "",
@@ -641,17 +655,22 @@ class _Fit:
                              {"params": _param_fingerprint(_param_records(params))})
         if lines:
             self._refuse(lines)
-        with torch.no_grad():
-            for name, record in saved["params"].items():
-                params[name].copy_(record["value"])
-        self.run_params = set(params)
-        self.optim.set_state(saved["optim"])
-        history.load(saved["history"], path)
-        self.state.clear()
-        self.state.update(saved["state"])
-        if self.epochs is not None:
-            self.epochs.restore(saved["epoch"], saved["batch"], saved["epoch_start"], path)
-        set_rng_state(saved["rng"])
+        _check_optim_state(self.optim, saved["optim"], params, path)
+        try:
+            with torch.no_grad():
+                for name, record in saved["params"].items():
+                    params[name].copy_(record["value"])
+            self.run_params = set(params)
+            self.optim.set_state(saved["optim"])
+            history.load(saved["history"], path)
+            self.state.clear()
+            self.state.update(saved["state"])
+            if self.epochs is not None:
+                self.epochs.restore(saved["epoch"], saved["batch"], saved["epoch_start"], path)
+            set_rng_state(saved["rng"])
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as error:
+            raise ValueError("checkpoint {} cannot be restored: {}: {}".format(
+                path, type(error).__name__, error)) from error
 
     # -- the loop
 
