@@ -91,6 +91,8 @@ class FitResult:
     :ivar int num_steps: number of steps.
     :ivar numpy.ndarray epoch_steps: the step count at the end of each
         completed epoch (empty without ``data``).
+    :ivar int resumed_from: the step of the checkpoint this call resumed
+        from; 0 when it started fresh.
     """
 
     losses: np.ndarray
@@ -98,6 +100,7 @@ class FitResult:
     seconds_per_step: float = float("nan")
     num_steps: int = 0
     epoch_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    resumed_from: int = 0
 
     @property
     def elbo(self) -> np.ndarray:
@@ -923,4 +926,6 @@ def fit(
     elif epoch_callback is not None:
         epoch_callback(0, np.zeros(0))
     run.run(first_step_check=saved is None)
-    return run.history.result()
+    result = run.history.result()
+    result.resumed_from = saved["step"] if saved is not None else 0
+    return result

@@ -342,8 +342,7 @@ def test_save_is_atomic_with_fsync_of_file_and_directory(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    path = tmp_path / "ckpt.pt"
-    _checkpoint.atomic_save({"a": torch.ones(2)}, str(path))
+    _fit(tmp_path / "ckpt.pt", 3)  # one checkpoint, at step 3
     tmp_name = "ckpt.pt.tmp{}".format(os.getpid())
     assert renamed == [([str(tmp_path / tmp_name)], tmp_name, "ckpt.pt")]  # file synced before the rename
     assert synced == [str(tmp_path / tmp_name), str(tmp_path)]  # then the directory
@@ -367,3 +366,26 @@ def test_optimizer_that_already_stepped_is_refused_on_resume(tmp_path):
     fit(model, guide, Trace_ELBO(), optim, X, num_steps=2, checkpoint=path)
     with pytest.raises(ValueError, match="optim has already taken steps; pass a new optimizer"):
         fit(model, guide, Trace_ELBO(), optim, X, num_steps=4, checkpoint=path, resume=True)
+
+
+def test_resume_of_a_finished_run_restores_it_without_steps(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    state = {"evaluated": []}
+    full = _fit(path, 5, state=state, callback=lambda step, loss: state["evaluated"].append(step))
+    assert full.resumed_from == 0
+    full_params = _params()
+    steps = []
+    state = {}
+    again = _fit(path, 5, resume="allow_fresh", state=state, seed=3, callback=lambda s, l: steps.append(s))
+    assert steps == [] and again.resumed_from == 5 and state == {"evaluated": [1, 2, 3, 4, 5]}
+    np.testing.assert_array_equal(again.losses, full.losses)
+    assert all(torch.equal(p, full_params[n]) for n, p in _params().items())
+
+
+def test_a_checkpoint_of_full_batch_steps_is_not_resumed_with_data(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    _fit(path, 3)
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"data: None in the checkpoint, \{'batches_per_epoch': 1"):
+        fit(model, guide, Trace_ELBO(), ClippedAdam({"lr": 0.05, "lrd": 0.99}), data=[(X,)], epochs=5,
+            checkpoint=path, resume=True)
