@@ -22,6 +22,7 @@ __all__ = [
     "CONSTRAINTS",
     "FORMAT",
     "atomic_save",
+    "differences",
     "check_plain",
     "check_writable",
     "decode_constraint",
@@ -283,10 +284,9 @@ def atomic_save(state, path) -> None:
         os.close(fd)
 
 
-def load(path):
-    """``torch.load(path, weights_only=True)`` onto the CPU, with every failure
-    raised as ``ValueError`` naming ``path`` and the problem. Checks only that
-    the file is a safe torch file holding a dict of this :data:`FORMAT`."""
+def _read(path):
+    """``torch.load(path, weights_only=True)`` onto the CPU, every failure a
+    ``ValueError`` naming ``path``; checks that it holds a dict of :data:`FORMAT`."""
     try:
         size = os.path.getsize(path)
     except OSError as error:
@@ -311,3 +311,85 @@ def load(path):
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError("checkpoint {} is not a {} file (found {!r:.60})".format(path, FORMAT, found))
     return state
+
+
+# ---- the layout --------------------------------------------------------------
+# What a checkpoint holds (FORMAT "pyro_vi.fit checkpoint v1"), all plain data:
+#   step, epoch, batch      steps done; completed epochs; batches done in the current one
+#   epoch_start             None, or {"rng", "generators"}: the random states when the
+#                           current epoch began (a resume replays its first `batch` batches)
+#   fingerprint             {"elbo", "optim", "track", "data", "user", "params"}: must match
+#   params                  name -> {"value": unconstrained tensor, "constraint": by name}
+#   optim, history, rng, state   optimizer state; losses, tracked values, seconds and
+#                           epoch ends; rng_state(); the caller's dict
+
+KEYS = ("format", "step", "epoch", "batch", "epoch_start", "fingerprint", "params", "optim",
+        "history", "rng", "state")
+
+
+def load(path) -> dict:
+    """
+    Reads a checkpoint written by :func:`pyro_vi.training.fit` with
+    ``torch.load(weights_only=True)``,
+    so that loading can run no code, checks its layout and rebuilds the
+    constraints of its params by name.
+
+    :param path: the checkpoint file.
+    :returns: the checkpoint's dict (the keys above), each param's
+        ``"constraint"`` a :class:`~torch.distributions.constraints.Constraint`.
+    :raises ValueError: naming ``path`` and the problem, for any file that is
+        missing, empty, truncated, not a checkpoint, or holds a wrong layout.
+    """
+    state = _read(path)
+    missing = [key for key in KEYS if key not in state]
+    if missing:
+        raise ValueError("checkpoint {} lacks {}".format(path, ", ".join(missing)))
+    for key in ("step", "epoch", "batch"):
+        if type(state[key]) is not int or state[key] < 0:
+            raise ValueError("checkpoint {}: {} must be an integer >= 0, got {!r:.40}".format(
+                path, key, state[key]))
+    for key in ("fingerprint", "params", "optim", "history", "state"):
+        if not isinstance(state[key], dict):
+            raise ValueError("checkpoint {}: {} must be a dict, got {}".format(
+                path, key, type(state[key]).__name__))
+    if not {"losses", "tracked", "seconds", "epoch_steps"} <= set(state["history"]):
+        raise ValueError("checkpoint {}: history lacks losses, tracked, seconds or epoch_steps".format(path))
+    if not isinstance(state["history"]["losses"], torch.Tensor) or len(state["history"]["losses"]) != state["step"]:
+        raise ValueError("checkpoint {}: history['losses'] must hold its {} losses".format(path, state["step"]))
+    check_rng_state(state["rng"], "checkpoint {}: rng".format(path))
+    start = state["epoch_start"]
+    if start is not None:
+        if not (isinstance(start, dict) and isinstance(start.get("generators"), list)
+                and all(isinstance(g, torch.Tensor) for g in start["generators"])):
+            raise ValueError("checkpoint {}: epoch_start must hold rng and a list of generator "
+                             "states".format(path))
+        check_rng_state(start.get("rng"), "checkpoint {}: epoch_start['rng']".format(path))
+    params = {}
+    for name, record in state["params"].items():
+        where = "checkpoint {}: param {!r}".format(path, name)
+        if not (isinstance(record, dict) and isinstance(record.get("value"), torch.Tensor)):
+            raise ValueError("{} must be {{'value': tensor, 'constraint': ...}}".format(where))
+        params[name] = {"value": record["value"],
+                        "constraint": decode_constraint(record.get("constraint"), where)}
+    return dict(state, params=params)
+
+
+def differences(saved, current, where=""):
+    """Where two fingerprints differ, as lines of text."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        lines = []
+        for key in sorted(set(saved) | set(current), key=str):
+            at = "{}[{!r}]".format(where, key) if where else str(key)
+            if key not in current:
+                lines.append("{}: {!r} in the checkpoint, absent here".format(at, saved[key]))
+            elif key not in saved:
+                lines.append("{}: absent from the checkpoint, {!r} here".format(at, current[key]))
+            else:
+                lines.extend(differences(saved[key], current[key], at))
+        return lines
+    if isinstance(saved, torch.Tensor) or isinstance(current, torch.Tensor):
+        same = isinstance(saved, torch.Tensor) and isinstance(current, torch.Tensor) and (
+            saved.shape == current.shape and torch.equal(saved.cpu(), current.cpu()))
+    else:
+        same = type(saved) is type(current) and saved == current
+    return [] if same else ["{}: {!r} in the checkpoint, {!r} here".format(where, saved, current)]

@@ -26,10 +26,12 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from . import _checkpoint
-from ._checkpoint import atomic_save, rng_state, set_rng_state  # noqa: F401 (used by experiments)
+from ._checkpoint import atomic_save, rng_state, set_rng_state  # noqa: F401 (experiments use them)
 from ._validation import boolean, function, integer
 
 __all__ = ["FitResult", "NonFiniteError", "OutOfSupportError", "fit", "load_checkpoint"]
+
+load_checkpoint = _checkpoint.load
 
 _PROGRESS_MIN_STEPS = 1000
 RESUME_CHOICES = (False, True, "allow_fresh")
@@ -180,63 +182,7 @@ class _History:
         )
 
 
-# ---- checkpoints ----------------------------------------------------------------
-# What a checkpoint holds (FORMAT "pyro_vi.fit checkpoint v1"), all plain data:
-#   step, epoch, batch      steps done; completed epochs; batches done in the current one
-#   epoch_start             None, or {"rng", "generators"}: the random states when the
-#                           current epoch began (a resume replays its first `batch` batches)
-#   fingerprint             {"elbo", "optim", "track", "data", "user", "params"}: must match
-#   params                  name -> {"value": unconstrained tensor, "constraint": by name}
-#   optim, history, rng, state   optimizer state, _History.state(), rng_state(), caller's dict
-
-_KEYS = ("format", "step", "epoch", "batch", "epoch_start", "fingerprint", "params", "optim",
-         "history", "rng", "state")
-
-
-def load_checkpoint(path) -> dict:
-    """
-    Reads a checkpoint written by :func:`fit` with ``torch.load(weights_only=True)``,
-    so that loading can run no code, checks its layout and rebuilds the
-    constraints of its params by name.
-
-    :param path: the checkpoint file.
-    :returns: the checkpoint's dict (see :data:`_KEYS`), each param's
-        ``"constraint"`` a :class:`~torch.distributions.constraints.Constraint`.
-    :raises ValueError: naming ``path`` and the problem, for any file that is
-        missing, empty, truncated, not a checkpoint, or holds a wrong layout.
-    """
-    state = _checkpoint.load(path)
-    missing = [key for key in _KEYS if key not in state]
-    if missing:
-        raise ValueError("checkpoint {} lacks {}".format(path, ", ".join(missing)))
-    for key in ("step", "epoch", "batch"):
-        if type(state[key]) is not int or state[key] < 0:
-            raise ValueError("checkpoint {}: {} must be an integer >= 0, got {!r:.40}".format(
-                path, key, state[key]))
-    for key in ("fingerprint", "params", "optim", "history", "state"):
-        if not isinstance(state[key], dict):
-            raise ValueError("checkpoint {}: {} must be a dict, got {}".format(
-                path, key, type(state[key]).__name__))
-    if not {"losses", "tracked", "seconds", "epoch_steps"} <= set(state["history"]):
-        raise ValueError("checkpoint {}: history lacks losses, tracked, seconds or epoch_steps".format(path))
-    if not isinstance(state["history"]["losses"], torch.Tensor) or len(state["history"]["losses"]) != state["step"]:
-        raise ValueError("checkpoint {}: history['losses'] must hold its {} losses".format(path, state["step"]))
-    _checkpoint.check_rng_state(state["rng"], "checkpoint {}: rng".format(path))
-    start = state["epoch_start"]
-    if start is not None:
-        if not (isinstance(start, dict) and isinstance(start.get("generators"), list)
-                and all(isinstance(g, torch.Tensor) for g in start["generators"])):
-            raise ValueError("checkpoint {}: epoch_start must hold rng and a list of generator "
-                             "states".format(path))
-        _checkpoint.check_rng_state(start.get("rng"), "checkpoint {}: epoch_start['rng']".format(path))
-    params = {}
-    for name, record in state["params"].items():
-        where = "checkpoint {}: param {!r}".format(path, name)
-        if not (isinstance(record, dict) and isinstance(record.get("value"), torch.Tensor)):
-            raise ValueError("{} must be {{'value': tensor, 'constraint': ...}}".format(where))
-        params[name] = {"value": record["value"],
-                        "constraint": _checkpoint.decode_constraint(record.get("constraint"), where)}
-    return dict(state, params=params)
+# ---- what a checkpoint holds of the params and the optimizer ------------------------
 
 
 def _param_records(names) -> dict:
@@ -256,27 +202,6 @@ def _param_fingerprint(records) -> dict:
                "constraint": _checkpoint.constraint_label(r["constraint"])}
         for name, r in records.items()
     }
-
-
-def _differences(saved, current, where=""):
-    """Where two fingerprints differ, as lines of text."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        lines = []
-        for key in sorted(set(saved) | set(current), key=str):
-            at = "{}[{!r}]".format(where, key) if where else str(key)
-            if key not in current:
-                lines.append("{}: {!r} in the checkpoint, absent here".format(at, saved[key]))
-            elif key not in saved:
-                lines.append("{}: absent from the checkpoint, {!r} here".format(at, current[key]))
-            else:
-                lines.extend(_differences(saved[key], current[key], at))
-        return lines
-    if isinstance(saved, torch.Tensor) or isinstance(current, torch.Tensor):
-        same = isinstance(saved, torch.Tensor) and isinstance(current, torch.Tensor) and (
-            saved.shape == current.shape and torch.equal(saved.cpu(), current.cpu()))
-    else:
-        same = type(saved) is type(current) and saved == current
-    return [] if same else ["{}: {!r} in the checkpoint, {!r} here".format(where, saved, current)]
 
 
 def _describe_elbo(elbo) -> str:
@@ -638,7 +563,7 @@ class _Fit:
                 path, saved["epoch"] + (saved["batch"] > 0), self.max_epochs))
         ours = dict(saved["fingerprint"])
         ours.pop("params", None)
-        lines = _differences(ours, self.fingerprint)
+        lines = _checkpoint.differences(ours, self.fingerprint)
         if lines:
             self._refuse(lines)
         if self.epochs is not None and saved["epoch_start"] is None:
@@ -654,7 +579,7 @@ class _Fit:
             self.loss_and_grads(self.model, self.guide, *args, **self.kwargs)
         params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
         zero_grads(params.values())
-        lines = _differences({"params": saved["fingerprint"].get("params")},
+        lines = _checkpoint.differences({"params": saved["fingerprint"].get("params")},
                              {"params": _param_fingerprint(_param_records(params))})
         if lines:
             self._refuse(lines)
@@ -917,7 +842,7 @@ def fit(
             raise ValueError("checkpoint {} exists: pass resume=True to continue it, or overwrite=True to "
                              "replace it".format(checkpoint))
         if resume and exists:
-            saved = load_checkpoint(checkpoint)
+            saved = _checkpoint.load(checkpoint)
 
     run = _Fit(model, guide, elbo, optim, args, kwargs, num_steps, epochs, data, callback,
                epoch_callback, track, progress, checkpoint, checkpoint_every, fingerprint, state)

@@ -125,7 +125,6 @@ def test_constraints_round_trip_by_name(constraint):
     _checkpoint.check_plain(encoded, "encoded")
     decoded = _checkpoint.decode_constraint(encoded, "param 'p'")
     assert type(decoded) is type(constraint)
-    assert _checkpoint.encode_constraint(decoded, "again") .keys() == encoded.keys()
     assert _checkpoint.constraint_label(_checkpoint.encode_constraint(decoded, "x")) == \
         _checkpoint.constraint_label(encoded)
 
@@ -258,7 +257,6 @@ def test_checkpoint_of_another_model_is_refused_naming_differences(tmp_path):
     assert "params['loc']['shape']: [] in the checkpoint, [2] here" in text
     assert "params['scale']: {" in text and "absent here" in text
     assert "params['width']: absent from the checkpoint" in text
-    assert "width" not in pyro.get_param_store() or True  # the refusal restored nothing
     assert torch.load(path, weights_only=True)["step"] == 3  # and left the file alone
 
 
