@@ -566,8 +566,6 @@ class _Fit:
         lines = _checkpoint.differences(ours, self.fingerprint)
         if lines:
             self._refuse(lines)
-        if self.epochs is not None and saved["epoch_start"] is None:
-            self._refuse(["epoch_start: None in the checkpoint, data given here"])
         if getattr(self.optim, "optim_objs", None):
             raise ValueError("optim has already taken steps; pass a new optimizer to resume from "
                              "checkpoint {}".format(path))
@@ -580,7 +578,7 @@ class _Fit:
         params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
         zero_grads(params.values())
         lines = _checkpoint.differences({"params": saved["fingerprint"].get("params")},
-                             {"params": _param_fingerprint(_param_records(params))})
+                                        {"params": _param_fingerprint(_param_records(params))})
         if lines:
             self._refuse(lines)
         _check_optim_state(self.optim, saved["optim"], params, path)
@@ -741,7 +739,10 @@ def fit(
     everything, replays the current epoch's batches up to the saved position,
     and continues: the run ends bit for bit as the uninterrupted one, when
     nothing outside the saved state draws random numbers differently (a
-    callback that draws from the global RNG is fine: it is saved after it).
+    callback that draws from the global RNG is fine: it is saved after it;
+    DataLoader workers that persist across epochs and draw random numbers are
+    not, their states are not saved). Module buffers (e.g. batch-norm
+    statistics) are not params and are not saved.
 
     :param callable model: the Pyro model.
     :param callable guide: the Pyro guide.

@@ -535,3 +535,65 @@ def test_observation_outside_the_support_names_step_and_site():
         fit(count_model, count_guide, Trace_ELBO(), Adam({"lr": 0.1}), torch.tensor([1.0, -1.0, 2.0]),
             num_steps=2)
     assert info.value.names == [] and info.value.argument == "value"
+
+
+def test_vae_style_study_resumes_exactly(tmp_path):
+    """What experiments/vae_mnist.py needs: pyro.module networks, batches that
+    are shuffled and binarized from one generator, an evaluation at epoch 0 and
+    after each epoch kept in ``state``, its own fingerprint, ``allow_fresh``."""
+    images = torch.rand(12, 4)
+    heldout = torch.bernoulli(images, generator=torch.Generator().manual_seed(5))
+
+    class Binarized:
+        def __init__(self):
+            self.generator = torch.Generator().manual_seed(1)
+
+        def __len__(self):
+            return 3
+
+        def __iter__(self):
+            order = torch.randperm(len(images), generator=self.generator)
+            for first in range(0, len(images), 4):
+                yield torch.bernoulli(images[order[first:first + 4]], generator=self.generator)
+
+    def study(resume, **limits):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        torch.manual_seed(0)
+        encoder, decoder = torch.nn.Linear(4, 2), torch.nn.Linear(1, 4)
+
+        def vae_model(x):
+            pyro.module("decoder", decoder)
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(torch.zeros(len(x), 1), 1.0).to_event(1))
+                pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+        def vae_guide(x):
+            pyro.module("encoder", encoder)
+            out = encoder(x)
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(out[:, :1], torch.nn.functional.softplus(out[:, 1:])).to_event(1))
+
+        history = {"heldout": [], "objective": []}
+
+        def evaluate(epoch, losses):
+            with torch.random.fork_rng():
+                torch.manual_seed(7)
+                history["heldout"].append(-Trace_ELBO(num_particles=5).loss(vae_model, vae_guide, heldout))
+            if epoch:
+                history["objective"].append(-float(losses.sum()) / len(images))
+
+        result = fit(vae_model, vae_guide, ControlVariateELBO(num_particles=4), Adam({"lr": 0.01}),
+                     data=Binarized(), epochs=3, epoch_callback=evaluate, state=history,
+                     fingerprint={"seed": 0, "lr": 0.01, "num_train": 12},
+                     checkpoint=tmp_path / "vae.pt", resume="allow_fresh" if resume else False,
+                     overwrite=not resume, **limits)
+        return result, history, decoder.weight.detach().clone()
+
+    full, full_history, full_weight = study(False)
+    assert len(full_history["heldout"]) == 4 and len(full_history["objective"]) == 3
+    study(False, num_steps=5)  # killed in epoch 2
+    resumed, history, weight = study(True)
+    assert resumed.resumed_from == 5
+    np.testing.assert_array_equal(resumed.losses, full.losses)
+    assert history == full_history and torch.equal(weight, full_weight)
