@@ -34,7 +34,7 @@ __all__ = ["FitResult", "NonFiniteError", "OutOfSupportError", "fit", "load_chec
 load_checkpoint = _checkpoint.load
 
 _PROGRESS_MIN_STEPS = 1000
-RESUME_CHOICES = (False, True, "allow_fresh")
+_RESUME_CHOICES = (False, True, "allow_fresh")
 
 
 class NonFiniteError(FloatingPointError):
@@ -818,7 +818,7 @@ def fit(
         resume = bool(resume)
     elif resume != "allow_fresh" or not isinstance(resume, str):
         raise ValueError("resume must be one of {}, got {!r:.60}".format(
-            ", ".join(map(repr, RESUME_CHOICES)), resume))
+            ", ".join(map(repr, _RESUME_CHOICES)), resume))
     overwrite = boolean("overwrite", overwrite)
     fingerprint = _checked_dict("fingerprint", fingerprint)
     state = _checked_dict("state", {} if state is None else state)
