@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["boolean", "choice", "integer", "real"]
+__all__ = ["boolean", "choice", "function", "integer", "real"]
 
 
 def _shown(value):
@@ -90,3 +90,23 @@ def boolean(name, value):
             "{} must be True or False, got {} ({})".format(name, _shown(value), type(value).__name__)
         )
     return bool(value)
+
+
+def function(name, value, optional=False):
+    """``value`` if it is callable and not a class (``None`` too when
+    ``optional``): a class where an instance or function belongs is refused
+    with the call to make instead."""
+    if value is None and optional:
+        return None
+    if isinstance(value, type):
+        raise ValueError(
+            "{} must be a function or an instance, got the class {}; pass an instance, "
+            "e.g. {}(...)".format(name, value.__name__, value.__name__)
+        )
+    if not callable(value):
+        raise ValueError(
+            "{} must be callable{}, got {} ({})".format(
+                name, " or None" if optional else "", _shown(value), type(value).__name__
+            )
+        )
+    return value

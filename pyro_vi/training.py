@@ -1,12 +1,14 @@
 """
-A fit loop around :class:`~pyro.infer.svi.SVI` for any ELBO: loss history, tracked
-quantities, a progress bar, a guard against NaN/inf, and atomic checkpoints that
-resume bit-for-bit.
+A fit loop for any ELBO: loss history, tracked quantities, per-step and
+per-epoch callbacks, epochs over batches, a progress bar, clear errors for
+NaN/inf and for parameters that leave their support, and checkpoints that
+hold only plain data and resume bit for bit.
 """
 
+import collections.abc
+import contextlib
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,11 +19,22 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.util import torch_item, zero_grads
+from pyro.optim import PyroOptim
+from pyro.optim.lr_scheduler import PyroLRScheduler
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-__all__ = ["FitResult", "NonFiniteError", "fit"]
+from . import _checkpoint
+from ._checkpoint import atomic_save, rng_state, set_rng_state  # noqa: F401 (experiments use them)
+from ._validation import boolean, function, integer
+
+__all__ = ["FitResult", "NonFiniteError", "OutOfSupportError", "fit", "load_checkpoint"]
+
+load_checkpoint = _checkpoint.load
 
 _PROGRESS_MIN_STEPS = 1000
+_RESUME_CHOICES = (False, True, "allow_fresh")
 
 
 class NonFiniteError(FloatingPointError):
@@ -44,6 +57,28 @@ class NonFiniteError(FloatingPointError):
         self.losses = losses
 
 
+class OutOfSupportError(ValueError):
+    """
+    Raised by :func:`fit` when a distribution of the model or guide gets an
+    argument outside its constraint (a scale driven negative or NaN, say), in
+    place of torch's validation error. No optimizer step is taken.
+
+    :ivar int step: the failing step, counted from 1.
+    :ivar str role: ``"guide"`` or ``"model"``.
+    :ivar str site: the sample site.
+    :ivar str argument: the distribution's argument (``"value"`` for an
+        observation outside the support).
+    :ivar list names: the Pyro params the argument is computed from.
+    :ivar numpy.ndarray losses: the losses of the completed steps before it.
+    """
+
+    def __init__(self, message, step, role, site, argument, names, losses):
+        super().__init__(message)
+        self.step, self.role, self.site, self.argument = step, role, site, argument
+        self.names = list(names)
+        self.losses = losses
+
+
 @dataclass
 class FitResult:
     """
@@ -53,75 +88,88 @@ class FitResult:
     :ivar dict tracked: name -> array of the tracked value after every step,
         shape ``(num_steps, *value_shape)``.
     :ivar float seconds_per_step: wall time per step, over all steps including
-        those of a run that was resumed (checkpoint writes are not counted).
+        those of a run that was resumed (callbacks and checkpoint writes are
+        not counted).
     :ivar int num_steps: number of steps.
+    :ivar numpy.ndarray epoch_steps: the step count at the end of each
+        completed epoch (empty without ``data``).
+    :ivar int resumed_from: the step of the checkpoint this call resumed
+        from; 0 when it started fresh.
     """
 
     losses: np.ndarray
     tracked: Dict[str, np.ndarray] = field(default_factory=dict)
     seconds_per_step: float = float("nan")
     num_steps: int = 0
+    epoch_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    resumed_from: int = 0
 
     @property
     def elbo(self) -> np.ndarray:
         """The ELBO estimate of every step, ``-losses``."""
         return -self.losses
 
-
-def rng_state() -> dict:
-    """The torch (and CUDA), Python and NumPy random states, for a checkpoint."""
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if cuda else None,
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restores random states saved by :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    @property
+    def epochs(self) -> int:
+        """The number of completed epochs."""
+        return len(self.epoch_steps)
 
 
 def _as_value(x):
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         return x.item() if x.dim() == 0 else x.numpy()
+    if isinstance(x, np.generic):
+        return x.item()
     return x
 
 
 class _History:
-    """Losses and tracked values so far, plus the wall time spent on them."""
+    """Losses, tracked values and epoch ends so far, and the wall time spent."""
 
     def __init__(self, track_names: List[str]):
         self.losses: List[float] = []
         self.tracked: Dict[str, list] = {name: [] for name in track_names}
         self.seconds = 0.0
+        self.epoch_steps: List[int] = []
 
     @property
     def step(self) -> int:
         return len(self.losses)
 
-    def state(self) -> dict:
-        return {"losses": list(self.losses),
-                "tracked": {k: list(v) for k, v in self.tracked.items()},
-                "seconds": self.seconds}
+    def epoch_losses(self) -> np.ndarray:
+        """The losses of the epoch that ended last."""
+        first = self.epoch_steps[-2] if len(self.epoch_steps) > 1 else 0
+        return np.asarray(self.losses[first:self.epoch_steps[-1]], dtype=np.float64)
 
-    def load(self, state: dict) -> None:
-        if set(state["tracked"]) != set(self.tracked):
-            raise ValueError(
-                "track names {} differ from the checkpoint's {}".format(
-                    sorted(self.tracked), sorted(state["tracked"])
-                )
-            )
-        self.losses = list(state["losses"])
-        self.tracked = {k: list(v) for k, v in state["tracked"].items()}
-        self.seconds = state["seconds"]
+    def state(self) -> dict:
+        tracked = {}
+        for name, values in self.tracked.items():
+            array = np.asarray(values)
+            if array.dtype.kind not in "biuf":
+                raise ValueError(
+                    "track[{!r}] returned {} values; a checkpoint holds tracked numbers or "
+                    "tensors of one shape".format(name, type(values[-1]).__name__))
+            tracked[name] = torch.tensor(array)
+        return {"losses": torch.tensor(self.losses, dtype=torch.float64), "tracked": tracked,
+                "seconds": float(self.seconds), "epoch_steps": list(self.epoch_steps)}
+
+    def load(self, state: dict, path) -> None:
+        losses = state["losses"]
+        if not (isinstance(losses, torch.Tensor) and losses.dim() == 1 and losses.dtype == torch.float64):
+            raise ValueError("checkpoint {}: history['losses'] must be a 1-D float64 tensor".format(path))
+        steps = len(losses)
+        for name, values in state["tracked"].items():
+            if not isinstance(values, torch.Tensor) or len(values) != steps:
+                raise ValueError("checkpoint {}: history['tracked'][{!r}] must be a tensor of {} "
+                                 "values".format(path, name, steps))
+        ends = state["epoch_steps"]
+        if not (isinstance(ends, list) and all(type(e) is int and 0 < e <= steps for e in ends)):
+            raise ValueError("checkpoint {}: history['epoch_steps'] must be a list of step counts".format(path))
+        self.losses = losses.tolist()
+        self.tracked = {k: list(v.numpy()) for k, v in state["tracked"].items()}
+        self.seconds = float(state["seconds"])
+        self.epoch_steps = list(ends)
 
     def result(self) -> FitResult:
         steps = self.step
@@ -130,72 +178,261 @@ class _History:
             tracked={k: np.asarray(v) for k, v in self.tracked.items()},
             seconds_per_step=self.seconds / steps if steps else float("nan"),
             num_steps=steps,
+            epoch_steps=np.asarray(self.epoch_steps, dtype=np.int64),
         )
 
 
-def _save_checkpoint(path, optim, history: _History) -> None:
-    """Atomically writes the param store, optimizer, history and RNG states to ``path``."""
-    state = {
-        "step": history.step,
-        "param_store": pyro.get_param_store().get_state(),
-        "optim": optim.get_state(),
-        "history": history.state(),
-        "rng": rng_state(),
+# ---- what a checkpoint holds of the params and the optimizer ------------------------
+
+
+def _param_records(names) -> dict:
+    store = dict(pyro.get_param_store().get_state()["constraints"])
+    values = dict(pyro.get_param_store().named_parameters())
+    return {
+        name: {"value": values[name].detach(),
+               "constraint": _checkpoint.encode_constraint(store[name], "param {!r}".format(name))}
+        for name in sorted(names)
     }
-    atomic_save(state, path)
 
 
-def atomic_save(state, path) -> None:
-    """``torch.save`` to a temporary file, then renamed over ``path``: an
-    interrupted write never leaves a truncated checkpoint."""
-    tmp = "{}.tmp{}".format(path, os.getpid())
+def _param_fingerprint(records) -> dict:
+    """Shape, dtype and constraint of each param, as compared on resume."""
+    return {
+        name: {"shape": list(r["value"].shape), "dtype": str(r["value"].dtype).replace("torch.", ""),
+               "constraint": _checkpoint.constraint_label(r["constraint"])}
+        for name, r in records.items()
+    }
+
+
+def _describe_elbo(elbo) -> str:
+    name = type(elbo).__name__ if hasattr(elbo, "loss_and_grads") else getattr(
+        elbo, "__qualname__", type(elbo).__name__)
+    particles = getattr(elbo, "num_particles", None)
+    return name if particles is None else "{}(num_particles={})".format(name, particles)
+
+
+def _describe_optim(optim) -> str:
+    if type(optim) not in (PyroOptim, PyroLRScheduler):
+        return type(optim).__name__
+    name = getattr(optim.pt_optim_constructor, "__name__", "PyroOptim")
+    if isinstance(optim, PyroLRScheduler):
+        name = "{}({})".format(getattr(optim.pt_scheduler_constructor, "__name__", "scheduler"), name)
+    return name
+
+
+def _optim_state(optim) -> dict:
+    state = optim.get_state()
+    if type(optim).get_state is PyroOptim.get_state:  # states loaded but not yet used
+        state = dict(getattr(optim, "_state_waiting_to_be_consumed", {}), **state)
+    return state
+
+
+def _check_optim_state(optim, state, params, path):
+    """The layout of a PyroOptim's saved state: one torch state dict per param
+    (torch checks their contents when each param's optimizer is built)."""
+    if type(optim).get_state is not PyroOptim.get_state:
+        return
+    keys = {"scheduler", "optimizer"} if isinstance(optim, PyroLRScheduler) else {"state", "param_groups"}
+    for name, value in state.items():
+        if name not in params:
+            raise ValueError("checkpoint {}: optim holds a state for {!r}, which is not a param of this "
+                             "run".format(path, name))
+        if not isinstance(value, dict) or not keys <= set(value):
+            raise ValueError("checkpoint {}: optim[{!r}] must be a dict with {}".format(
+                path, name, " and ".join(sorted(keys))))
+
+
+# ---- passes over data -------------------------------------------------------------
+
+
+def _generators(data) -> list:
+    """The torch generators that drive ``data``'s order: ``data.generator``,
+    ``data.sampler.generator``, ``data.batch_sampler.sampler.generator``."""
+    found = []
+    batch_sampler = getattr(data, "batch_sampler", None)
+    for owner in (data, getattr(data, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+@contextlib.contextmanager
+def _random_states_kept(generators=()):
+    """Runs the block, then puts back the global random states and ``generators``."""
+    saved = rng_state(), [g.get_state() for g in generators]
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        yield
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        set_rng_state(saved[0])
+        for generator, state in zip(generators, saved[1]):
+            generator.set_state(state)
 
 
-def _load_checkpoint(path, svi, history: _History, num_steps, args, kwargs) -> None:
-    # weights_only=False: the checkpoint holds constraints and RNG states; load
-    # only checkpoints you wrote yourself.
-    state = torch.load(path, weights_only=False)
-    if state["step"] > num_steps:
-        raise ValueError(
-            "checkpoint {} is at step {}, past num_steps={}".format(
-                path, state["step"], num_steps
-            )
-        )
-    history.load(state["history"])
-    # Run the programs once first: lazily initialised guides (autoguides) draw
-    # random numbers on their first call, and pyro.module registers the
-    # modules' own tensors, which the programs keep using afterwards. The
-    # saved values are then copied into those very tensors.
-    with poutine.block():
-        guide_trace = poutine.trace(svi.guide).get_trace(*args, **kwargs)
-        poutine.replay(svi.model, trace=guide_trace)(*args, **kwargs)
-    _restore_params(state["param_store"])
-    svi.optim.set_state(state["optim"])
-    set_rng_state(state["rng"])
+def _batch_args(batch) -> tuple:
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
-def _restore_params(saved):
-    """Loads a saved param-store state, in place where a parameter exists."""
-    store = pyro.get_param_store()
-    fresh = {"params": {}, "constraints": {}}
-    for name, value in saved["params"].items():
-        if name in store:
-            with torch.no_grad():
-                store[name].unconstrained().copy_(value)
-        else:
-            fresh["params"][name] = value
-            fresh["constraints"][name] = saved["constraints"][name]
-    if fresh["params"]:
-        store.set_state(fresh)
+def _sized(data) -> Optional[int]:
+    try:
+        return len(data)
+    except (TypeError, NotImplementedError):
+        return None
 
 
-def _check_finite(step: int, loss: float, params: Dict[str, torch.Tensor], history):
+class _Epochs:
+    """Passes over ``data``, each from a fresh ``iter(data)``. The random states
+    at the start of the current epoch are kept: a resumed run puts them back
+    and replays the epoch's first batches, which reproduces the batches of any
+    iterable whose order depends only on those states (e.g. a DataLoader that
+    shuffles with its ``generator`` or with the global RNG)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.generators = _generators(data)
+        self.epoch = 0  # completed
+        self.batch = 0  # done in the current epoch
+        self.iterator = None
+        self.start = None
+
+    def _states(self):
+        return {"rng": rng_state(), "generators": [g.get_state() for g in self.generators]}
+
+    def next(self):
+        """The next batch, or ``None`` when the epoch has just ended."""
+        if self.iterator is None:
+            self.start = self._states()
+            self.iterator = iter(self.data)
+            self.batch = 0
+        try:
+            batch = next(self.iterator)
+        except StopIteration:
+            if self.batch == 0:
+                raise ValueError("data yielded no batch in epoch {}".format(self.epoch + 1)) from None
+            self.iterator = None
+            self.epoch += 1
+            return None
+        self.batch += 1
+        return batch
+
+    def position(self) -> dict:
+        if self.iterator is None:
+            return {"epoch": self.epoch, "batch": 0, "epoch_start": self._states()}
+        return {"epoch": self.epoch, "batch": self.batch, "epoch_start": self.start}
+
+    def any_batch(self):
+        """A batch for a throw-away step, leaving every random state as it was."""
+        with _random_states_kept(self.generators):
+            for batch in self.data:
+                return batch
+        raise ValueError("data yielded no batch")
+
+    def restore(self, epoch, batch, start, path):
+        set_rng_state(start["rng"])
+        for generator, state in zip(self.generators, start["generators"]):
+            generator.set_state(state)
+        self.epoch, self.batch, self.start = epoch, 0, start
+        if batch:
+            self.iterator = iter(self.data)
+            for done in range(batch):
+                try:
+                    next(self.iterator)
+                except StopIteration:
+                    raise ValueError(
+                        "checkpoint {} is at batch {} of epoch {}, but data now yields only {} batches "
+                        "in that epoch".format(path, batch, epoch + 1, done)) from None
+            self.batch = batch
+
+
+# ---- one step -------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    pass
+
+
+class _CheckArguments(Messenger):
+    """Raises :class:`_Invalid` at the first sample site whose distribution
+    has an argument (or observed value) outside its constraint."""
+
+    def __init__(self, role):
+        super().__init__()
+        self.role = role
+
+    def _process_message(self, msg):
+        if msg["type"] != "sample" or site_is_subsample(msg):
+            return
+        fn = msg["fn"]
+        while fn is not None:
+            for name, constraint in getattr(fn, "arg_constraints", {}).items():
+                value = fn.__dict__.get(name)  # lazy arguments not computed are skipped
+                if isinstance(value, torch.Tensor) and not _satisfies(constraint, value):
+                    raise _Invalid(self.role, msg["name"], type(fn).__name__, name, value, constraint)
+            fn = getattr(fn, "base_dist", None)
+        if msg["is_observed"] and not _satisfies(msg["fn"].support, msg["value"]):
+            raise _Invalid(self.role, msg["name"], type(msg["fn"]).__name__, "value", msg["value"],
+                           msg["fn"].support)
+
+
+def _satisfies(constraint, value) -> bool:
+    try:
+        return bool(torch.as_tensor(constraint.check(value)).all())
+    except Exception:  # dependent constraints, odd shapes: not ours to judge
+        return True
+
+
+def _params_behind(value) -> list:
+    named = [(n, p) for n, p in pyro.get_param_store().named_parameters() if p.requires_grad]
+    if not named or not value.requires_grad:
+        return []
+    grads = torch.autograd.grad(value.sum(), [p for _, p in named], allow_unused=True)
+    return [name for (name, _), grad in zip(named, grads) if grad is not None]
+
+
+def _find_invalid(model, guide, args, kwargs, torch_state):
+    """Reruns guide and model from the step's torch random state, without
+    validation, to find the site whose argument left its support."""
+    with _random_states_kept(), pyro.validation_enabled(False):
+        torch.set_rng_state(torch_state)
+        try:
+            guide_trace = poutine.trace(_CheckArguments("guide")(guide)).get_trace(*args, **kwargs)
+            poutine.replay(_CheckArguments("model")(model), trace=guide_trace)(*args, **kwargs)
+        except _Invalid as invalid:
+            role, site, dist_name, argument, value, constraint = invalid.args
+            return role, site, dist_name, argument, value, constraint, _params_behind(value)
+        except Exception:
+            return None
+    return None
+
+
+def _show_values(name, value, constraint) -> str:
+    """``"scale = -0.1"`` or ``"2 of 3 values of scale (e.g. -0.1, nan)"``."""
+    value = value.detach()
+    if value.numel() == 1:
+        return "{} = {:.6g}".format(name, value.item())
+    ok = torch.as_tensor(constraint.check(value))
+    bad = value[~ok] if ok.shape == value.shape else value.flatten()
+    return "{} of {} values of {} (e.g. {})".format(
+        bad.numel(), value.numel(), name, ", ".join("{:.6g}".format(v) for v in bad[:3].tolist()))
+
+
+def _raise_out_of_support(found, where, step, losses, error):
+    role, site, dist_name, argument, value, constraint, names = found
+    if argument == "value":
+        text = "{}: the {}'s observed site {!r} has {} outside the support {} of its {}".format(
+            where, role, site, _show_values("the observation", value, constraint), constraint, dist_name)
+    else:
+        text = "{}: the {}'s site {!r} got {}({}=...) with {} outside its support {}".format(
+            where, role, site, dist_name, argument, _show_values(argument, value, constraint), constraint)
+    if names:
+        text += "; it is computed from param{} {}: give {} a constraint (pyro.param(..., constraint=...)) " \
+                "or lower the learning rate".format("s" if len(names) > 1 else "",
+                                                    ", ".join(repr(n) for n in names),
+                                                    "it" if len(names) == 1 else "them")
+    raise OutOfSupportError(text, step, role, site, argument, names, losses) from error
+
+
+def _check_finite(where, step, loss, params, history):
     bad = [
         name for name, p in params.items()
         if p.grad is not None and not torch.isfinite(p.grad).all()
@@ -207,30 +444,230 @@ def _check_finite(step: int, loss: float, params: Dict[str, torch.Tensor], histo
     if bad:
         problems.append("non-finite gradient of {}".format(", ".join(bad)))
     raise NonFiniteError(
-        "step {}: {}".format(step, "; ".join(problems)),
+        "{}: {}".format(where, "; ".join(problems)),
         step=step, names=bad, loss=loss,
         losses=np.asarray(history.losses, dtype=np.float64),
     )
 
 
-def _svi_step(svi, step: int, history, args, kwargs) -> float:
-    """What :meth:`SVI.step` does, with a finiteness check before the update."""
-    with poutine.trace(param_only=True) as param_capture:
-        loss = torch_item(svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs))
-    params = {
-        name: site["value"].unconstrained()
-        for name, site in param_capture.trace.nodes.items()
-    }
-    _check_finite(step, loss, params, history)
-    svi.optim(params.values())
-    zero_grads(params.values())
-    return loss
+def _loss_and_grads_of(elbo):
+    if hasattr(elbo, "loss_and_grads"):
+        return elbo.loss_and_grads
+
+    def loss_and_grads(model, guide, *args, **kwargs):  # a plain loss callable, as SVI takes it
+        loss = elbo(model, guide, *args, **kwargs)
+        if getattr(loss, "requires_grad", False):
+            loss.backward()
+        return loss
+
+    return loss_and_grads
 
 
-def _show_progress(progress: Optional[bool], num_steps: int) -> bool:
+# ---- fit ---------------------------------------------------------------------
+
+
+def _checked_dict(name, value, keys_only=False):
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError("{} must be a dict with str keys, got {!r:.60}".format(name, value))
+    if not keys_only:
+        _checkpoint.check_plain(value, name)
+    return value
+
+
+def _checked_data(data, args):
+    if data is None:
+        return None
+    if isinstance(data, (torch.Tensor, np.ndarray, str, bytes, dict)) or not isinstance(
+            data, collections.abc.Iterable):
+        raise ValueError(
+            "data must be an iterable of batches (a DataLoader, a list of tuples...), got {}; "
+            "pass a single full batch as positional arguments instead".format(type(data).__name__))
+    if isinstance(data, collections.abc.Iterator):
+        raise ValueError(
+            "data must be re-iterable, one pass per epoch (a DataLoader, a list), got the one-shot "
+            "iterator {}; pass the iterable it came from".format(type(data).__name__))
+    if args:
+        raise ValueError("with data=, each batch is the model's positional arguments: pass the other "
+                         "{} positional argument(s) as keywords".format(len(args)))
+    return data
+
+
+class _Fit:
+    """The state of one :func:`fit` call."""
+
+    def __init__(self, model, guide, elbo, optim, args, kwargs, num_steps, epochs, data, callback,
+                 epoch_callback, track, progress, checkpoint, every, fingerprint, state):
+        self.model, self.guide, self.optim = model, guide, optim
+        self.loss_and_grads = _loss_and_grads_of(elbo)
+        self.args, self.kwargs = args, kwargs
+        self.num_steps, self.max_epochs = num_steps, epochs
+        self.epochs = _Epochs(data) if data is not None else None
+        self.callback, self.epoch_callback = callback, epoch_callback
+        self.track, self.progress = track, progress
+        self.path, self.every, self.state = checkpoint, every, state
+        self.history = _History(list(track))
+        self.run_params = set()
+        self.unsaved = False
+        per_epoch = _sized(data) if data is not None else None
+        self.fingerprint = {
+            "elbo": _describe_elbo(elbo), "optim": _describe_optim(optim), "track": sorted(track),
+            "data": None if data is None else {"batches_per_epoch": per_epoch,
+                                               "generators": len(self.epochs.generators)},
+            "user": fingerprint,
+        }
+        total = num_steps
+        if epochs is not None and per_epoch is not None:
+            total = epochs * per_epoch if total is None else min(total, epochs * per_epoch)
+        self.total = total
+
+    # -- checkpoints
+
+    def _where(self, step):
+        if self.epochs is None:
+            return "step {}".format(step)
+        return "step {} (epoch {}, batch {})".format(step, self.epochs.epoch + 1, self.epochs.batch)
+
+    def checkpoint_state(self) -> dict:
+        params = _param_records(self.run_params)
+        position = self.epochs.position() if self.epochs else {"epoch": 0, "batch": 0, "epoch_start": None}
+        state = dict(
+            format=_checkpoint.FORMAT, step=self.history.step, **position,
+            fingerprint=dict(self.fingerprint, params=_param_fingerprint(params)),
+            params=params, optim=_optim_state(self.optim), history=self.history.state(),
+            rng=rng_state(), state=self.state,
+        )
+        _checkpoint.check_plain(state["optim"], "the optimizer's state")
+        _checkpoint.check_plain(state["state"], "state")
+        return state
+
+    def save(self):
+        atomic_save(self.checkpoint_state(), self.path)
+        self.unsaved = False
+
+    def _refuse(self, lines):
+        raise ValueError(
+            "checkpoint {} belongs to another run:\n  {}\npass another checkpoint path, or "
+            "resume=False with overwrite=True to start this run over there".format(
+                self.path, "\n  ".join(lines)))
+
+    def resume(self, saved):
+        """Puts back the state of ``saved`` (from :func:`load_checkpoint`)."""
+        path, history = self.path, self.history
+        if self.num_steps is not None and saved["step"] > self.num_steps:
+            raise ValueError("checkpoint {} is at step {}, past num_steps={}".format(
+                path, saved["step"], self.num_steps))
+        if self.max_epochs is not None and saved["epoch"] + (saved["batch"] > 0) > self.max_epochs:
+            raise ValueError("checkpoint {} is in epoch {}, past epochs={}".format(
+                path, saved["epoch"] + (saved["batch"] > 0), self.max_epochs))
+        ours = dict(saved["fingerprint"])
+        ours.pop("params", None)
+        lines = _checkpoint.differences(ours, self.fingerprint)
+        if lines:
+            self._refuse(lines)
+        if getattr(self.optim, "optim_objs", None):
+            raise ValueError("optim has already taken steps; pass a new optimizer to resume from "
+                             "checkpoint {}".format(path))
+        # One throw-away step sets up what a first step sets up (lazily built
+        # autoguides, pyro.module params, an ELBO's guessed max_plate_nesting),
+        # drawing random numbers as it likes: every state is put back below.
+        args = _batch_args(self.epochs.any_batch()) if self.epochs else self.args
+        with poutine.trace(param_only=True) as capture:
+            self.loss_and_grads(self.model, self.guide, *args, **self.kwargs)
+        params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+        zero_grads(params.values())
+        lines = _checkpoint.differences({"params": saved["fingerprint"].get("params")},
+                                        {"params": _param_fingerprint(_param_records(params))})
+        if lines:
+            self._refuse(lines)
+        _check_optim_state(self.optim, saved["optim"], params, path)
+        try:
+            with torch.no_grad():
+                for name, record in saved["params"].items():
+                    params[name].copy_(record["value"])
+            self.run_params = set(params)
+            self.optim.set_state(saved["optim"])
+            history.load(saved["history"], path)
+            self.state.clear()
+            self.state.update(saved["state"])
+            if self.epochs is not None:
+                self.epochs.restore(saved["epoch"], saved["batch"], saved["epoch_start"], path)
+            set_rng_state(saved["rng"])
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as error:
+            raise ValueError("checkpoint {} cannot be restored: {}: {}".format(
+                path, type(error).__name__, error)) from error
+
+    # -- the loop
+
+    def _done(self):
+        if self.num_steps is not None and self.history.step >= self.num_steps:
+            return True
+        return self.max_epochs is not None and self.epochs.epoch >= self.max_epochs
+
+    def _step(self, args):
+        history = self.history
+        step = history.step + 1
+        where = self._where(step)
+        start = time.perf_counter()
+        torch_state = torch.get_rng_state()
+        try:
+            with poutine.trace(param_only=True) as capture:
+                loss = torch_item(self.loss_and_grads(self.model, self.guide, *args, **self.kwargs))
+        except ValueError as error:
+            found = _find_invalid(self.model, self.guide, args, self.kwargs, torch_state)
+            if found is None:
+                raise
+            _raise_out_of_support(found, where, step, np.asarray(history.losses, dtype=np.float64), error)
+        params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+        _check_finite(where, step, loss, params, history)
+        self.optim(params.values())
+        zero_grads(params.values())
+        self.run_params.update(params)
+        history.losses.append(loss)
+        for name, fn in self.track.items():
+            history.tracked[name].append(_as_value(fn()))
+        history.seconds += time.perf_counter() - start
+        if self.callback is not None:
+            self.callback(step, loss)
+        self.unsaved = True
+        return loss
+
+    def run(self, first_step_check):
+        bar = tqdm(total=self.total, initial=self.history.step, file=sys.stderr,
+                   disable=not _show_progress(self.progress, self.total), dynamic_ncols=True)
+        running = None
+        with bar:
+            while not self._done():
+                args = self.args
+                if self.epochs is not None:
+                    batch = self.epochs.next()
+                    if batch is None:
+                        self.history.epoch_steps.append(self.history.step)
+                        if self.epoch_callback is not None:
+                            self.epoch_callback(self.epochs.epoch, self.history.epoch_losses())
+                        if self.path is not None:
+                            self.save()
+                        continue
+                    args = _batch_args(batch)
+                loss = self._step(args)
+                running = loss if running is None else 0.95 * running + 0.05 * loss
+                bar.set_postfix(loss="{:.4g}".format(running), refresh=False)
+                bar.update(1)
+                if self.path is not None:
+                    if self.history.step % self.every == 0:
+                        self.save()
+                    elif first_step_check:
+                        self.checkpoint_state()  # refuse what a checkpoint cannot hold now, not later
+                    first_step_check = False
+            if self.path is not None and self.unsaved:
+                self.save()
+
+
+def _show_progress(progress: Optional[bool], total: Optional[int]) -> bool:
     if progress is not None:
         return bool(progress)
-    return num_steps >= _PROGRESS_MIN_STEPS and sys.stderr.isatty()
+    return total is not None and total >= _PROGRESS_MIN_STEPS and sys.stderr.isatty()
 
 
 def fit(
@@ -239,88 +676,182 @@ def fit(
     elbo,
     optim,
     *args,
-    num_steps: int,
+    num_steps: Optional[int] = None,
+    epochs: Optional[int] = None,
+    data=None,
+    callback: Optional[Callable[[int, float], object]] = None,
+    epoch_callback: Optional[Callable[[int, np.ndarray], object]] = None,
     track: Optional[Dict[str, Callable[[], object]]] = None,
     progress: Optional[bool] = None,
     checkpoint=None,
     checkpoint_every: int = 100,
-    resume: bool = False,
+    resume=False,
+    overwrite: bool = False,
+    fingerprint: Optional[dict] = None,
+    state: Optional[dict] = None,
     **kwargs,
 ) -> FitResult:
     r"""
-    Runs ``num_steps`` steps of :class:`~pyro.infer.svi.SVI` with ``elbo`` and
-    ``optim`` and returns the history.
+    Runs steps of :class:`~pyro.infer.svi.SVI` with ``elbo`` and ``optim`` and
+    returns the history. Every argument is checked before any work.
 
     Each step is :meth:`SVI.step <pyro.infer.svi.SVI.step>` (``loss_and_grads``,
-    ``optim(params)``, ``zero_grads(params)``) with one addition: before the
-    optimizer step, the loss and every parameter's gradient are checked and a
-    :class:`NonFiniteError` is raised if any is NaN or infinite, so a diverging
-    run stops at the first bad step instead of writing NaN into the parameters.
+    ``optim(params)``, ``zero_grads(params)``) with two checks: a distribution
+    argument outside its support (a guide scale driven negative or NaN) raises
+    :class:`OutOfSupportError` naming the step, the site and the params it is
+    computed from; a NaN or infinite loss or gradient raises
+    :class:`NonFiniteError` before the optimizer step. After the step come
+    ``track``, then ``callback(step, loss)``.
 
-    With ``checkpoint``, the param store, optimizer state, history and RNG states
-    (torch, python, numpy) are saved every ``checkpoint_every`` steps and at the
-    end, by writing a temporary file and renaming it over ``checkpoint`` (a crash
-    never leaves a half-written checkpoint). With ``resume=True`` and an existing
-    checkpoint, all of that is restored (this overrides the current RNG seed and
-    the current values of the saved parameters) and the run continues from the
-    saved step, giving the same result as an uninterrupted run (the guide is run
-    once before the RNG state is restored, so that lazily initialised guides such
-    as autoguides are set up as they were in the interrupted run). With
-    ``resume=True`` and no checkpoint file, the run starts fresh.
+    **Steps and epochs.** Without ``data``, every step gets ``*args, **kwargs``
+    and the run has ``num_steps`` steps. With ``data``, an iterable of batches
+    (e.g. a :class:`~torch.utils.data.DataLoader`), each epoch is one pass
+    ``iter(data)`` and each step gets one batch as the model's positional
+    arguments (a tuple or list batch is unpacked, anything else is the one
+    argument), plus ``**kwargs``. The run ends after ``epochs`` epochs or
+    ``num_steps`` steps in all, whichever comes first (at least one is
+    needed); ``num_steps`` may end it mid-epoch. ``epoch_callback(epoch,
+    losses)`` is called with the epoch's step losses after each completed epoch,
+    and once with ``(0, [])`` before the first step of a run that does not
+    resume (to record the untrained model).
+
+    **Checkpoints.** With ``checkpoint`` (a file path; its directory must exist
+    and be writable, checked first), the run saves its state every
+    ``checkpoint_every`` steps, at the end of each epoch and at the end: the
+    param store's params used by the programs, the optimizer state (including
+    an LR scheduler's, for :class:`~pyro.optim.lr_scheduler.PyroLRScheduler`),
+    the history, the torch/CUDA/Python/NumPy random states, the random states
+    at the start of the current epoch with the generators of ``data``
+    (``data.generator``, ``data.sampler.generator``), ``state``, and a
+    fingerprint. Files hold plain data only and are read with
+    ``torch.load(weights_only=True)`` (see :func:`load_checkpoint`); writes are
+    atomic (temporary file, fsync, rename, fsync of the directory), and
+    temporary files of killed runs are removed.
+
+    ``resume=False`` refuses an existing checkpoint file unless
+    ``overwrite=True``; ``resume=True`` continues from it and refuses a missing
+    file; ``resume="allow_fresh"`` continues from it if it exists and starts
+    fresh otherwise. A resume refuses a checkpoint whose fingerprint differs
+    (the params' names, shapes, dtypes and constraints, the ELBO class and
+    ``num_particles``, the optimizer, the track names, the batches per epoch,
+    ``fingerprint``), listing the differences. It runs one throw-away step
+    (so that lazily built guides and ELBO settings are set up), restores
+    everything, replays the current epoch's batches up to the saved position,
+    and continues: the run ends bit for bit as the uninterrupted one, when
+    nothing outside the saved state draws random numbers differently (a
+    callback that draws from the global RNG is fine: it is saved after it;
+    DataLoader workers that persist across epochs and draw random numbers are
+    not, their states are not saved). Module buffers (e.g. batch-norm
+    statistics) are not params and are not saved.
 
     :param callable model: the Pyro model.
     :param callable guide: the Pyro guide.
-    :param elbo: an ELBO instance (anything :class:`~pyro.infer.svi.SVI` accepts
-        as ``loss``).
-    :param optim: a :class:`~pyro.optim.PyroOptim`.
-    :param int num_steps: total number of steps (including resumed ones), >= 1.
-    :param dict track: optional name -> zero-argument callable, evaluated after
-        every step, e.g. ``{"loc": lambda: pyro.param("loc").item()}``.
+    :param elbo: an ELBO instance (or a loss callable, as
+        :class:`~pyro.infer.svi.SVI` takes), not its class.
+    :param optim: a :class:`~pyro.optim.PyroOptim` instance.
+    :param int num_steps: the number of steps, including resumed ones (>= 1).
+    :param int epochs: the number of passes over ``data`` (>= 1).
+    :param data: an iterable of batches that can be iterated again for each
+        epoch (not a one-shot iterator); excludes ``*args``.
+    :param callable callback: ``callback(step, loss)`` after every step, e.g.
+        ``lambda step, loss: scheduler.step()`` for a
+        :class:`~pyro.optim.lr_scheduler.PyroLRScheduler`.
+    :param callable epoch_callback: ``epoch_callback(epoch, losses)``, see above;
+        needs ``data``.
+    :param dict track: name -> zero-argument callable returning a number or
+        tensor, evaluated after every step, e.g.
+        ``{"loc": lambda: pyro.param("loc").item()}``.
     :param bool progress: show a tqdm bar with the running loss (an exponential
-        moving average, weight 0.05); ``None`` shows it only when
-        ``num_steps >= 1000`` and stderr is a terminal.
-    :param checkpoint: optional path of the checkpoint file.
-    :param int checkpoint_every: steps between checkpoints.
-    :param bool resume: continue from ``checkpoint`` if it exists.
+        moving average, weight 0.05); ``None`` shows it only for runs of at
+        least 1000 steps with stderr a terminal.
+    :param checkpoint: path of the checkpoint file (``str`` or path-like).
+    :param int checkpoint_every: steps between checkpoints (>= 1).
+    :param resume: ``False``, ``True`` or ``"allow_fresh"``, see above.
+    :param bool overwrite: with ``resume=False``, replace an existing checkpoint.
+    :param dict fingerprint: the caller's plain values (str keys) that must be
+        equal for a checkpoint to be resumed, e.g. data size, seed, learning rate.
+    :param dict state: the caller's plain values (str keys; tensors, numbers,
+        strings, lists, dicts) saved in every checkpoint and, on resume,
+        restored into this same dict (``state.clear(); state.update(saved)``)
+        before the first step: keep per-epoch evaluations here.
     :returns: the history.
     :rtype: FitResult
-    :raises ValueError: if ``num_steps < 1``, ``checkpoint_every < 1``, the
-        checkpoint is past ``num_steps`` or tracks other names.
+    :raises ValueError: for a bad argument, a checkpoint that cannot be read,
+        written or resumed, or data that yields no batch.
     :raises NonFiniteError: at the first step with a non-finite loss or gradient.
+    :raises OutOfSupportError: at the first step where a distribution argument
+        leaves its support.
     """
-    if num_steps < 1:
-        raise ValueError("num_steps must be at least 1, got {}".format(num_steps))
-    if checkpoint_every < 1:
-        raise ValueError("checkpoint_every must be at least 1, got {}".format(checkpoint_every))
-    track = dict(track or {})
-    svi = pyro.infer.SVI(model, guide, optim, elbo)  # validates optim
-    if hasattr(elbo, "loss_and_grads"):  # duck-typed estimators that are not ELBOs
-        svi.loss_and_grads = elbo.loss_and_grads
-    history = _History(list(track))
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
-        _load_checkpoint(checkpoint, svi, history, num_steps, args, kwargs)
-    _run(svi, history, num_steps, track, progress, checkpoint, checkpoint_every, args, kwargs)
-    return history.result()
+    function("model", model)
+    function("guide", guide)
+    if isinstance(elbo, type):
+        raise ValueError("elbo must be an ELBO instance, got the class {0}; pass {0}(...) instead".format(
+            elbo.__name__))
+    if not hasattr(elbo, "loss_and_grads") and not callable(elbo):
+        raise ValueError("elbo must be an ELBO instance such as pyro.infer.Trace_ELBO(), got {!r:.60}".format(elbo))
+    if isinstance(optim, type) or not isinstance(optim, PyroOptim):
+        raise ValueError("optim must be a pyro.optim optimizer instance such as pyro.optim.Adam({{'lr': 0.01}}), "
+                         "got {}".format(optim.__name__ if isinstance(optim, type) else repr(optim)[:60]))
+    data = _checked_data(data, args)
+    if num_steps is not None:
+        num_steps = integer("num_steps", num_steps, minimum=1)
+    if epochs is not None:
+        epochs = integer("epochs", epochs, minimum=1)
+    if data is None:
+        if num_steps is None:
+            raise ValueError("num_steps is required: pass num_steps=..., or data= with epochs=...")
+        if epochs is not None:
+            raise ValueError("epochs counts passes over data=; without data pass num_steps only")
+    elif num_steps is None and epochs is None:
+        raise ValueError("with data=, pass epochs=... (passes over data) or num_steps=... (or both)")
+    callback = function("callback", callback, optional=True)
+    epoch_callback = function("epoch_callback", epoch_callback, optional=True)
+    if epoch_callback is not None and data is None:
+        raise ValueError("epoch_callback needs data=: without it there are no epochs")
+    track = _checked_dict("track", track, keys_only=True)
+    for name, fn in track.items():
+        function("track[{!r}]".format(name), fn)
+    if progress is not None:
+        progress = boolean("progress", progress)
+    checkpoint_every = integer("checkpoint_every", checkpoint_every, minimum=1)
+    if isinstance(resume, (bool, np.bool_)):
+        resume = bool(resume)
+    elif resume != "allow_fresh" or not isinstance(resume, str):
+        raise ValueError("resume must be one of {}, got {!r:.60}".format(
+            ", ".join(map(repr, _RESUME_CHOICES)), resume))
+    overwrite = boolean("overwrite", overwrite)
+    fingerprint = _checked_dict("fingerprint", fingerprint)
+    state = _checked_dict("state", {} if state is None else state)
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, os.PathLike)) or not isinstance(os.fspath(checkpoint), str):
+            raise ValueError("checkpoint must be a file path (str or pathlib.Path), got {!r:.60}".format(checkpoint))
+        checkpoint = os.fspath(checkpoint)
+    elif resume or overwrite:
+        raise ValueError("resume and overwrite need checkpoint=<path>")
+    if overwrite and resume:
+        raise ValueError("overwrite=True starts the run over; it cannot be combined with resume={!r}".format(resume))
 
+    saved = None
+    if checkpoint is not None:
+        _checkpoint.check_writable(checkpoint)
+        _checkpoint.remove_stale_temporaries(checkpoint)
+        exists = os.path.exists(checkpoint)
+        if resume is True and not exists:
+            raise ValueError("resume=True, but there is no checkpoint {}; pass resume='allow_fresh' to start "
+                             "fresh when it is missing".format(checkpoint))
+        if not resume and exists and not overwrite:
+            raise ValueError("checkpoint {} exists: pass resume=True to continue it, or overwrite=True to "
+                             "replace it".format(checkpoint))
+        if resume and exists:
+            saved = _checkpoint.load(checkpoint)
 
-def _run(svi, history, num_steps, track, progress, checkpoint, every, args, kwargs):
-    bar = tqdm(
-        total=num_steps, initial=history.step, file=sys.stderr,
-        disable=not _show_progress(progress, num_steps), dynamic_ncols=True,
-    )
-    running = None
-    with bar:
-        while history.step < num_steps:
-            start = time.perf_counter()
-            loss = _svi_step(svi, history.step + 1, history, args, kwargs)
-            history.losses.append(loss)
-            for name, fn in track.items():
-                history.tracked[name].append(_as_value(fn()))
-            history.seconds += time.perf_counter() - start
-            running = loss if running is None else 0.95 * running + 0.05 * loss
-            bar.set_postfix(loss="{:.4g}".format(running), refresh=False)
-            bar.update(1)
-            if checkpoint is not None and (
-                history.step % every == 0 or history.step == num_steps
-            ):
-                _save_checkpoint(checkpoint, svi.optim, history)
+    run = _Fit(model, guide, elbo, optim, args, kwargs, num_steps, epochs, data, callback,
+               epoch_callback, track, progress, checkpoint, checkpoint_every, fingerprint, state)
+    if saved is not None:
+        run.resume(saved)
+    elif epoch_callback is not None:
+        epoch_callback(0, np.zeros(0))
+    run.run(first_step_check=saved is None)
+    result = run.history.result()
+    result.resumed_from = saved["step"] if saved is not None else 0
+    return result

@@ -1,0 +1,395 @@
+"""
+The checkpoint file of :func:`pyro_vi.training.fit`: plain data only, so that
+``torch.load(path, weights_only=True)`` reads it and loading can run no code.
+
+A checkpoint holds tensors, ``int``/``float``/``bool``/``str``/``None``, and
+lists, tuples and dicts of them. Constraints are stored by name (rebuilt from
+the fixed table :data:`CONSTRAINTS`) and random states as tensors and numbers.
+Files are written atomically: a temporary ``<path>.tmp<pid>``, flushed and
+fsynced, renamed over ``path``, then the directory is fsynced.
+"""
+
+import os
+import random
+import re
+
+import numpy as np
+import torch
+from pyro.distributions import constraints
+from torch.distributions import constraints as torch_constraints
+
+__all__ = [
+    "CONSTRAINTS",
+    "FORMAT",
+    "atomic_save",
+    "differences",
+    "check_plain",
+    "check_writable",
+    "decode_constraint",
+    "encode_constraint",
+    "load",
+    "remove_stale_temporaries",
+    "rng_state",
+    "set_rng_state",
+]
+
+FORMAT = "pyro_vi.fit checkpoint v1"
+
+# The constraints a checkpoint can name: these singletons, plus the
+# parameterized families in _FAMILIES.
+CONSTRAINTS = {
+    name: getattr(constraints, name)
+    for name in (
+        "boolean", "corr_cholesky", "corr_matrix", "integer", "lower_cholesky",
+        "lower_triangular", "nonnegative", "nonnegative_integer", "one_hot",
+        "ordered_vector", "positive", "positive_definite", "positive_integer",
+        "positive_ordered_vector", "positive_semidefinite", "real", "real_vector",
+        "simplex", "softplus_lower_cholesky", "softplus_positive", "sphere", "square",
+        "symmetric", "unit_interval", "unit_lower_cholesky",
+    )
+}
+# name -> (exact class, its constructor, the attributes that are its arguments)
+_FAMILIES = {
+    "greater_than": (torch_constraints._GreaterThan, constraints.greater_than, ("lower_bound",)),
+    "greater_than_eq": (torch_constraints._GreaterThanEq, constraints.greater_than_eq, ("lower_bound",)),
+    "less_than": (torch_constraints._LessThan, constraints.less_than, ("upper_bound",)),
+    "interval": (torch_constraints._Interval, constraints.interval, ("lower_bound", "upper_bound")),
+    "half_open_interval": (
+        torch_constraints._HalfOpenInterval, constraints.half_open_interval, ("lower_bound", "upper_bound"),
+    ),
+    "integer_interval": (
+        torch_constraints._IntegerInterval, constraints.integer_interval, ("lower_bound", "upper_bound"),
+    ),
+    "independent": (
+        torch_constraints._IndependentConstraint, constraints.independent,
+        ("base_constraint", "reinterpreted_batch_ndims"),
+    ),
+}
+
+
+# ---- plain data ---------------------------------------------------------------
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def check_plain(value, where):
+    """Raises ``ValueError`` naming the first part of ``value`` (reached as
+    ``where``) that is not a tensor, a plain number, a string, ``None``, or a
+    list, tuple or dict (with ``str`` or ``int`` keys) of those."""
+    if type(value) in _SCALARS or isinstance(value, torch.Tensor):
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            check_plain(item, "{}[{}]".format(where, i))
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) not in (str, int):
+                raise ValueError("{} has the key {!r} ({}); checkpoint dicts need str or int keys".format(
+                    where, key, type(key).__name__))
+            check_plain(item, "{}[{!r}]".format(where, key))
+        return
+    raise ValueError(
+        "{} is a {} ({!r:.60}); a checkpoint holds only tensors, Python numbers, strings, None, "
+        "lists and dicts: convert it (e.g. float(x), x.tolist() or torch.as_tensor(x))".format(
+            where, type(value).__name__, value)
+    )
+
+
+# ---- constraints --------------------------------------------------------------
+
+
+def encode_constraint(constraint, where):
+    """``constraint`` as ``{"name": ..., "args": [...]}`` from the fixed table."""
+    for name, known in CONSTRAINTS.items():
+        if constraint is known:
+            return {"name": name, "args": []}
+    for name, (cls, _, attributes) in _FAMILIES.items():
+        if type(constraint) is cls:
+            args = [getattr(constraint, a) for a in attributes]
+            if name == "independent":
+                args[0] = encode_constraint(args[0], where)
+            return {"name": name, "args": args}
+    raise ValueError(
+        "{} has the constraint {} ({!r}), which a checkpoint cannot store: it must be one of "
+        "torch.distributions.constraints {} or {}".format(
+            where, type(constraint).__name__, constraint, ", ".join(CONSTRAINTS),
+            ", ".join("{}(...)".format(n) for n in _FAMILIES))
+    )
+
+
+def decode_constraint(encoded, where):
+    """The constraint named by :func:`encode_constraint`'s output; unknown
+    names are refused."""
+    if not isinstance(encoded, dict) or set(encoded) != {"name", "args"} or not isinstance(encoded["args"], list):
+        raise ValueError("{} is not a constraint record ({{'name': ..., 'args': [...]}})".format(where))
+    name, args = encoded["name"], list(encoded["args"])
+    if name in CONSTRAINTS and not args:
+        return CONSTRAINTS[name]
+    if name not in _FAMILIES:
+        raise ValueError("{} names the unknown constraint {!r}; known: {}".format(
+            where, name, ", ".join(list(CONSTRAINTS) + list(_FAMILIES))))
+    if len(args) != len(_FAMILIES[name][2]):
+        raise ValueError("{}: constraint {!r} takes {} arguments, got {}".format(
+            where, name, len(_FAMILIES[name][2]), len(args)))
+    if name == "independent":
+        args[0] = decode_constraint(args[0], where)
+        if type(args[1]) is not int:
+            raise ValueError("{}: independent() needs an int reinterpreted_batch_ndims".format(where))
+    elif not all(type(a) in (int, float) or isinstance(a, torch.Tensor) for a in args):
+        raise ValueError("{}: the bounds of {!r} must be numbers or tensors".format(where, name))
+    return _FAMILIES[name][1](*args)
+
+
+def constraint_label(encoded):
+    """A short text for an encoded constraint, e.g. ``interval(0.0, 1.0)``."""
+    if not encoded["args"]:
+        return encoded["name"]
+    args = [
+        constraint_label(a) if isinstance(a, dict)
+        else (str(a.tolist()) if a.numel() <= 4 else "tensor{}".format(list(a.shape)))
+        if isinstance(a, torch.Tensor) else repr(a)
+        for a in encoded["args"]
+    ]
+    return "{}({})".format(encoded["name"], ", ".join(args))
+
+
+# ---- random states ------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """The torch (and CUDA), Python and NumPy random states, as plain data."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if cuda else None,
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores random states saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+
+
+def check_rng_state(state, where):
+    """Raises ``ValueError`` unless ``state`` has the layout of :func:`rng_state`."""
+    def bad(what):
+        raise ValueError("{}{}".format(where, what))
+
+    if not isinstance(state, dict) or not {"torch", "cuda", "python", "numpy"} <= set(state):
+        bad(" needs the keys torch, cuda, python and numpy")
+    if not isinstance(state["torch"], torch.Tensor) or state["torch"].dtype != torch.uint8:
+        bad("['torch'] must be a uint8 tensor")
+    if state["cuda"] is not None and not (
+        isinstance(state["cuda"], list) and all(isinstance(t, torch.Tensor) for t in state["cuda"])
+    ):
+        bad("['cuda'] must be None or a list of tensors")
+    python, numpy = state["python"], state["numpy"]
+    if not (isinstance(python, dict) and type(python.get("version")) is int
+            and isinstance(python.get("internal"), torch.Tensor) and python["internal"].dim() == 1
+            and type(python.get("gauss_next", 0)) in (float, type(None))):
+        bad("['python'] must hold version, internal (a 1-D tensor) and gauss_next")
+    if not (isinstance(numpy, dict) and type(numpy.get("name")) is str
+            and isinstance(numpy.get("keys"), torch.Tensor) and numpy["keys"].dim() == 1
+            and type(numpy.get("pos")) is int and type(numpy.get("has_gauss")) is int
+            and type(numpy.get("cached_gaussian")) is float):
+        bad("['numpy'] must hold name, keys (a 1-D tensor), pos, has_gauss and cached_gaussian")
+
+
+# ---- files --------------------------------------------------------------------
+
+
+def _temporary(path, pid=None):
+    return "{}.tmp{}".format(path, os.getpid() if pid is None else pid)
+
+
+def check_writable(path) -> None:
+    """Raises ``ValueError`` unless a checkpoint can be written at ``path``:
+    its directory exists, ``path`` is not a directory, and a file can be
+    created next to it (tried, then removed)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(
+            "checkpoint {}: the directory {} does not exist; create it first "
+            "(os.makedirs) or pass another path".format(path, directory))
+    if os.path.isdir(path):
+        raise ValueError("checkpoint {} is a directory; pass a file path".format(path))
+    probe = _temporary(path)
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError("checkpoint {} cannot be written: {}".format(path, error)) from error
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list:
+    """Removes the ``<path>.tmp<pid>`` files of processes that no longer run
+    (killed while writing); returns their names."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(os.path.basename(path)) + r"\.tmp(\d+)$")
+    removed = []
+    for name in os.listdir(directory):
+        match = pattern.match(name)
+        if match and (int(match.group(1)) == os.getpid() or not _alive(int(match.group(1)))):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def atomic_save(state, path) -> None:
+    """``torch.save`` to ``<path>.tmp<pid>``, fsync, rename over ``path``, fsync
+    the directory: a crash leaves either the old or the new file, never a
+    truncated one."""
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read(path):
+    """``torch.load(path, weights_only=True)`` onto the CPU, every failure a
+    ``ValueError`` naming ``path``; checks that it holds a dict of :data:`FORMAT`."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        raise ValueError("checkpoint {} cannot be read: {}".format(path, error)) from error
+    if size == 0:
+        raise ValueError("checkpoint {} is empty (0 bytes): a run was killed before its first "
+                         "write completed, or it is not a checkpoint".format(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types here: name them all the same way
+        text = str(error)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe:
+            raise ValueError(
+                "checkpoint {} holds {}, not plain data; it was refused without running it (a {} file "
+                "holds only tensors, numbers, strings, lists and dicts)".format(
+                    path, unsafe.group(1), FORMAT)) from error
+        lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+        raise ValueError("checkpoint {} is not a readable torch file (truncated or corrupt?): {}: {}".format(
+            path, type(error).__name__, lines[0] if lines else "")) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError("checkpoint {} is not a {} file (found {!r:.60})".format(path, FORMAT, found))
+    return state
+
+
+# ---- the layout --------------------------------------------------------------
+# What a checkpoint holds (FORMAT "pyro_vi.fit checkpoint v1"), all plain data:
+#   step, epoch, batch      steps done; completed epochs; batches done in the current one
+#   epoch_start             None, or {"rng", "generators"}: the random states when the
+#                           current epoch began (a resume replays its first `batch` batches)
+#   fingerprint             {"elbo", "optim", "track", "data", "user", "params"}: must match
+#   params                  name -> {"value": unconstrained tensor, "constraint": by name}
+#   optim, history, rng, state   optimizer state; losses, tracked values, seconds and
+#                           epoch ends; rng_state(); the caller's dict
+
+KEYS = ("format", "step", "epoch", "batch", "epoch_start", "fingerprint", "params", "optim",
+        "history", "rng", "state")
+
+
+def load(path) -> dict:
+    """
+    Reads a checkpoint written by :func:`pyro_vi.training.fit` with
+    ``torch.load(weights_only=True)``,
+    so that loading can run no code, checks its layout and rebuilds the
+    constraints of its params by name.
+
+    :param path: the checkpoint file.
+    :returns: the checkpoint's dict (the keys above), each param's
+        ``"constraint"`` a :class:`~torch.distributions.constraints.Constraint`.
+    :raises ValueError: naming ``path`` and the problem, for any file that is
+        missing, empty, truncated, not a checkpoint, or holds a wrong layout.
+    """
+    state = _read(path)
+    missing = [key for key in KEYS if key not in state]
+    if missing:
+        raise ValueError("checkpoint {} lacks {}".format(path, ", ".join(missing)))
+    for key in ("step", "epoch", "batch"):
+        if type(state[key]) is not int or state[key] < 0:
+            raise ValueError("checkpoint {}: {} must be an integer >= 0, got {!r:.40}".format(
+                path, key, state[key]))
+    for key in ("fingerprint", "params", "optim", "history", "state"):
+        if not isinstance(state[key], dict):
+            raise ValueError("checkpoint {}: {} must be a dict, got {}".format(
+                path, key, type(state[key]).__name__))
+    if not {"losses", "tracked", "seconds", "epoch_steps"} <= set(state["history"]):
+        raise ValueError("checkpoint {}: history lacks losses, tracked, seconds or epoch_steps".format(path))
+    if not isinstance(state["history"]["losses"], torch.Tensor) or len(state["history"]["losses"]) != state["step"]:
+        raise ValueError("checkpoint {}: history['losses'] must hold its {} losses".format(path, state["step"]))
+    check_rng_state(state["rng"], "checkpoint {}: rng".format(path))
+    start = state["epoch_start"]
+    if start is not None:
+        if not (isinstance(start, dict) and isinstance(start.get("generators"), list)
+                and all(isinstance(g, torch.Tensor) for g in start["generators"])):
+            raise ValueError("checkpoint {}: epoch_start must hold rng and a list of generator "
+                             "states".format(path))
+        check_rng_state(start.get("rng"), "checkpoint {}: epoch_start['rng']".format(path))
+    params = {}
+    for name, record in state["params"].items():
+        where = "checkpoint {}: param {!r}".format(path, name)
+        if not (isinstance(record, dict) and isinstance(record.get("value"), torch.Tensor)):
+            raise ValueError("{} must be {{'value': tensor, 'constraint': ...}}".format(where))
+        params[name] = {"value": record["value"],
+                        "constraint": decode_constraint(record.get("constraint"), where)}
+    return dict(state, params=params)
+
+
+def differences(saved, current, where=""):
+    """Where two fingerprints differ, as lines of text."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        lines = []
+        for key in sorted(set(saved) | set(current), key=str):
+            at = "{}[{!r}]".format(where, key) if where else str(key)
+            if key not in current:
+                lines.append("{}: {!r} in the checkpoint, absent here".format(at, saved[key]))
+            elif key not in saved:
+                lines.append("{}: absent from the checkpoint, {!r} here".format(at, current[key]))
+            else:
+                lines.extend(differences(saved[key], current[key], at))
+        return lines
+    if isinstance(saved, torch.Tensor) or isinstance(current, torch.Tensor):
+        same = isinstance(saved, torch.Tensor) and isinstance(current, torch.Tensor) and (
+            saved.shape == current.shape and torch.equal(saved.cpu(), current.cpu()))
+    else:
+        same = type(saved) is type(current) and saved == current
+    return [] if same else ["{}: {!r} in the checkpoint, {!r} here".format(where, saved, current)]
