@@ -54,10 +54,6 @@ class ControlVariateELBO(ParticleELBO):
     def elbo_and_surrogate(self, terms):
         log_weights = terms.log_weights().detach()
         surrogate = (terms.log_p() - terms.path_log_q()).mean()
-        if terms.score_sites():
-            score = terms.score_log_q()
-            params = [p for p in terms.guide_params.values() if p.requires_grad]
-            surrogate = surrogate + controlled_surrogate(
-                params, score, self.coefficient, signal=log_weights
-            )
+        params = [p for p in terms.guide_params.values() if p.requires_grad]
+        surrogate = surrogate + controlled_surrogate(terms, params, self.coefficient, signal=log_weights)
         return log_weights.mean(), surrogate

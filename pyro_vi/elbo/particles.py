@@ -32,6 +32,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
 from .. import _validation
+from .scores import CaptureDistributions
 from .structure import learning_signal_factors, read_structure
 
 _PARTICLE_PLATE = "num_particles_vectorized"
@@ -428,6 +429,16 @@ class ParticleELBO(ELBO):
         # restores that stream) makes the same draws as an uninterrupted one.
         with torch.random.fork_rng():
             super()._guess_max_plate_nesting(model, guide, args, kwargs)
+
+    def _get_vectorized_trace(self, model, guide, args, kwargs):
+        # Each latent site's distribution is recorded before the particle
+        # plate broadcasts it (for per-particle scores, pyro_vi.elbo.scores).
+        return self._get_trace(
+            self._vectorized_num_particles(model),
+            self._vectorized_num_particles(CaptureDistributions()(guide)),
+            args,
+            kwargs,
+        )
 
     def _get_trace(self, model, guide, args, kwargs):
         """One run of the guide and of the model against it: the pruned

@@ -67,10 +67,10 @@ class RaoBlackwellELBO(ParticleELBO):
         surrogate = (terms.log_p() - terms.path_log_q()).mean()
         if not terms.score_sites():
             return log_weights.mean(), surrogate
-        rao_blackwell = rao_blackwell_term(terms, markov_blanket_signals(terms))
+        signals = markov_blanket_signals(terms)
         if not self.control_variate:
-            return log_weights.mean(), surrogate + rao_blackwell.mean()
+            return log_weights.mean(), surrogate + rao_blackwell_term(terms, signals).mean()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         return log_weights.mean(), surrogate + controlled_surrogate(
-            params, terms.score_log_q(), self.coefficient, f_rows=rao_blackwell
+            terms, params, self.coefficient, signals=signals
         )

@@ -11,6 +11,7 @@ import math
 import torch
 
 from .. import _validation
+from .scores import particle_gradients
 
 COEFFICIENTS = ("leave_one_out", "pooled")
 
@@ -74,27 +75,6 @@ def rao_blackwell_term(terms, signals):
     return torch.as_tensor(total)
 
 
-def score_jacobians(rows, params):
-    """Per-row gradients :math:`\\nabla_\\lambda r` of a vector ``rows`` (e.g.
-    the scores :math:`h_s` of ``rows = log q(z_s)``).
-
-    One batched backward pass (``is_grads_batched``), not one per row.
-
-    :param rows: shape ``(R,)``; may have no graph (a guide without a score).
-    :param list params: leaf tensors :math:`\\lambda`.
-    :returns: per parameter, a tensor of shape ``(R,) + param.shape``, or
-        ``None`` where ``rows`` does not depend on it.
-    """
-    if not rows.requires_grad:
-        return [None] * len(params)
-    eye = torch.eye(rows.shape[0], dtype=rows.dtype, device=rows.device)
-    return list(
-        torch.autograd.grad(
-            rows, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True
-        )
-    )
-
-
 def check_coefficient(coefficient, estimator):
     """Validates a control-variate ``coefficient`` (``"leave_one_out"``,
     ``"pooled"`` or a finite number); returns the number of particles it
@@ -106,71 +86,103 @@ def check_coefficient(coefficient, estimator):
     return 1
 
 
-def control_variate_coefficient(f, h, leave_one_out):
-    """The coefficient :math:`a^*_d = \\mathrm{Cov}(f_d, h_d) / \\mathrm{Var}(h_d)`
-    of every scalar parameter :math:`d`.
+def controlled_gradient(h, coefficient, signal=None, f=None):
+    """The controlled gradient of one parameter from its per-particle
+    scores ``h`` (shape ``(S,) + shape``),
 
-    ``leave_one_out=False`` pools all ``S`` samples (BBVI's choice; the
-    coefficient then depends on :math:`z_s` and the estimator has a bias of
-    order :math:`1/S`). ``leave_one_out=True`` gives particle :math:`s` the
-    coefficient :math:`a^{(-s)}_d` computed without it, which is independent
-    of :math:`z_s`, so :math:`E[h_s a^{(-s)}] = E[h_s] E[a^{(-s)}] = 0` and the
-    estimator is unbiased. Where :math:`\\mathrm{Var}(h_d) = 0` the coefficient
-    is 0.
+    .. math::
 
-    :param f: per-particle gradient terms, shape ``(S,) + param.shape``.
-    :param h: scores, shape ``(S,) + param.shape``.
-    :returns: shape ``param.shape`` (pooled) or ``(S,) + param.shape``.
+        \\hat g_d = \\frac{1}{S}\\sum_s \\left(f_d[s] - a_d h_d[s]\\right),
+        \\qquad a^*_d = \\frac{\\mathrm{Cov}(f_d, h_d)}{\\mathrm{Var}(h_d)},
+
+    with :math:`f_s = h_s L_s` for a learning ``signal`` :math:`L` (shape
+    ``(S,)``), or given per particle as ``f``. ``coefficient``:
+    ``"pooled"`` estimates :math:`a^*_d` from all ``S`` particles (BBVI's
+    choice; it then depends on :math:`z_s`, a bias of order :math:`1/S`);
+    ``"leave_one_out"`` gives particle :math:`s` the :math:`a^{(-s)}_d`
+    estimated without it, independent of :math:`z_s`, so that
+    :math:`E[a^{(-s)} h_s] = 0` and the estimator is unbiased; a number fixes
+    :math:`a`. Where the variance of :math:`h_d` is 0 the coefficient is 0.
+
+    Everything comes from per-parameter sums over the particles, taken a
+    chunk of particles at a time, so that besides ``h`` and ``f`` no
+    particle-by-parameter temporary exceeds a chunk. (Centring ``signal``
+    first changes :math:`a` by the same constant and leaves :math:`\\hat g`
+    as it is.)
     """
-    # Covariances are shift-invariant: centre on the full-sample means first.
-    hc = h - h.mean(0)
-    fc = f - f.mean(0)
-    cov = (fc * hc).sum(0)
-    var = (hc * hc).sum(0)
-    if leave_one_out:
-        # Without particle s, the other centred values sum to -hc[s], -fc[s].
-        n = h.shape[0] - 1
-        cov = cov - fc * hc * (1 + 1 / n)
-        var = var - hc * hc * (1 + 1 / n)
-    positive = var > 0
-    return torch.where(positive, cov / torch.where(positive, var, 1.0), 0.0)
+    num_particles = h.shape[0]
+    shift = 0.0
+    if f is None:
+        signal = signal.detach()
+        shift = signal.mean()
+        signal = (signal - shift).reshape((-1,) + (1,) * (h.dim() - 1))
 
+        def f_of(s):
+            return h[s] * signal[s]
 
-def controlled_gradient(f, h, coefficient):
-    """:math:`\\hat g_d = \\frac{1}{S}\\sum_s (f_d[s] - a_d h_d[s])` of one
-    parameter with the coefficient ``coefficient``: ``"pooled"``,
-    ``"leave_one_out"`` or a fixed number."""
-    if isinstance(coefficient, str):
-        a = control_variate_coefficient(f, h, coefficient == "leave_one_out")
     else:
-        a = torch.as_tensor(float(coefficient), dtype=h.dtype, device=h.device)
-    return (f - a * h).mean(0)
+
+        def f_of(s):
+            return f[s]
+
+    f_sum = _particle_sum(f_of, h)
+    if not isinstance(coefficient, str):
+        return (f_sum + (shift - float(coefficient)) * h.sum(0)) / num_particles
+    h_mean, f_mean = h.sum(0) / num_particles, f_sum / num_particles
+    cov = _particle_sum(lambda s: (f_of(s) - f_mean) * (h[s] - h_mean), h)
+    var = _particle_sum(lambda s: (h[s] - h_mean).square(), h)
+    if coefficient == "pooled":
+        return f_mean - _ratio(cov, var) * h_mean
+    # Without particle s, the other centred values sum to -hc[s] and -fc[s].
+    scale = 1 + 1 / (num_particles - 1)
+
+    def a_times_h(s):
+        hc = h[s] - h_mean
+        fc = f_of(s) - f_mean
+        return _ratio(cov - fc * hc * scale, var - hc * hc * scale) * h[s]
+
+    return f_mean - _particle_sum(a_times_h, h) / num_particles
 
 
-def controlled_surrogate(params, h_rows, coefficient, signal=None, f_rows=None):
+def _ratio(numerator, denominator):
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1.0), 0.0)
+
+
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _particle_sum(term, h):
+    """:math:`\\sum_s` ``term(s)`` over slices ``s`` of the particles, a
+    chunk of particles at a time (about 4M elements each)."""
+    num_particles = h.shape[0]
+    size = max(1, _CHUNK_ELEMENTS // max(1, h[0].numel()))
+    total = 0.0
+    for start in range(0, num_particles, size):
+        total = total + term(slice(start, start + size)).sum(0)
+    return total
+
+
+def controlled_surrogate(terms, params, coefficient, signal=None, signals=None):
     """The linear surrogate :math:`\\sum_d \\mathrm{stop}(\\hat g_d) \\lambda_d`
-    of the controlled gradients, for the parameters the scores depend on.
+    of the controlled gradients of the score sites, for the parameters the
+    scores depend on.
 
-    :param h_rows: shape ``(S,)``, whose per-particle gradients are the
-        scores :math:`h_s`.
-    :param signal: shape ``(S,)``: then :math:`f_s = h_s L_s` with
-        :math:`L_s` = ``signal``, from the same Jacobian.
-    :param f_rows: shape ``(S,)``, whose per-particle gradients are
-        :math:`f_s` (e.g. a Rao-Blackwellized term), if ``signal`` is not given.
+    :param signal: a learning signal :math:`L_s` (shape ``(S,)``): then
+        :math:`f_s = h_s L_s`.
+    :param signals: per-site Markov-blanket signals (``{site: tensor}``):
+        then :math:`f_s` is the gradient of the Rao-Blackwellized term
+        :math:`\\sum_j \\langle \\log q_j, L^{(j)}_s \\rangle`.
     """
-    num_particles = h_rows.shape[0]
-    rows = h_rows if f_rows is None else torch.cat([f_rows, h_rows])
+    weightings = [{}] if signals is None else [{}, signals]
     surrogate = 0.0
-    for param, jacobian in zip(params, score_jacobians(rows, params)):
-        if jacobian is None:
+    for param, grads in zip(params, particle_gradients(terms, weightings, params)):
+        if grads is None:
             continue
-        if f_rows is None:
-            h = jacobian
-            f = h * signal.detach().reshape((-1,) + (1,) * (h.dim() - 1))
-        else:
-            f, h = jacobian[:num_particles], jacobian[num_particles:]
-        grad = controlled_gradient(f, h, coefficient)
-        surrogate = surrogate + (grad.detach() * param).sum()
+        h = grads.rows[0]
+        f = None if signals is None else grads.rows[1]
+        g = controlled_gradient(h, coefficient, signal=signal, f=f)
+        surrogate = surrogate + (g.detach() * grads.coordinates(param)).sum()
     return torch.as_tensor(surrogate)
 
 

@@ -1,0 +1,464 @@
+"""Per-particle score gradients in O(S x P).
+
+The control-variate estimators need, for every particle :math:`s` and every
+scalar parameter :math:`\\lambda_d`, gradients of weighted guide log-densities
+
+.. math::
+
+    r^{(k)}_s = \\sum_j \\sum_n W^{(k)}_{j,s,n} \\log q_j(z_{j,s,n}),
+
+the scores :math:`h_s` (all weights 1) and Rao-Blackwellized terms (weights
+the learning signals). A batched backward pass over the rows of an
+``S``-particle-wide graph costs :math:`O(S^2 P)`; here the particles are
+separated where they actually differ:
+
+1. Each score site's distribution is captured before the particle plate
+   broadcasts it (:class:`CaptureDistributions`). When it does not depend on
+   the particle (mean-field guides, amortized encoders, autoguides), the
+   per-particle gradients of its log-density with respect to its own tensors
+   (``loc``, ``scale``, ``scale_tril``, ...) come from ``torch.func``:
+   ``vmap(grad(log_prob))`` over the particles, :math:`O(S)` in the size of
+   those tensors.
+2. One batched backward pass of those gradients through the shared graph
+   upstream of the distributions (the parameters' constraints, an encoder),
+   which has no particle dimension: :math:`O(S P)`.
+3. A parameter read only through a selection of distinct rows (a subsampled
+   per-datum parameter, ``pyro.param(..., event_dim=0)`` in a subsampled
+   plate or ``param[idx]``) through an elementwise constraint gets gradients
+   for the touched rows only: :math:`O(S B)` under subsampling.
+
+Guides whose distributions depend on other samples (structured guides) and
+sequential particles take one backward pass per particle, again
+:math:`O(S P)` for sequential particles.
+"""
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from pyro.distributions import Delta
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch.autograd.graph import GradientEdge
+from torch.distributions import Distribution, Transform, constraints, transform_to
+from torch.func import grad, vmap
+
+_DISTRIBUTION = "pyro_vi_distribution"  # infer key of the captured distribution
+
+
+class CaptureDistributions(Messenger):
+    """Records, at each latent sample site, the distribution as it is before
+    the outer particle plate broadcasts it (put it just inside that plate)."""
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and not site_is_subsample(msg):
+            msg["infer"] = dict(msg["infer"], **{_DISTRIBUTION: msg["fn"]})
+
+
+@dataclass
+class ParticleGradients:
+    """Per-particle gradients of ``K`` row vectors with respect to one
+    parameter, shape ``(K, S) + shape``: on the whole parameter
+    (``index is None``) or on the rows ``index`` of its dim ``dim`` only."""
+
+    rows: torch.Tensor
+    dim: Optional[int] = None
+    index: Optional[torch.Tensor] = None
+
+    def coordinates(self, param):
+        """The entries of ``param`` the gradients refer to."""
+        return param if self.index is None else param.index_select(self.dim, self.index)
+
+    def dense(self, param):
+        """The gradients on the whole parameter (zeros elsewhere)."""
+        if self.index is None:
+            return self.rows
+        dim = self.dim % param.dim() + 2
+        out = self.rows.new_zeros(self.rows.shape[:2] + param.shape)
+        return out.index_copy(dim, self.index, self.rows)
+
+
+def particle_gradients(terms, weightings, params, param_names=None):
+    """Per-particle gradients of the rows
+    :math:`r^{(k)}_s = \\sum_j \\sum_n W^{(k)}_j[s, n] \\log q_j(z_{j,s,n})`
+    over the score sites :math:`j`.
+
+    :param terms: :class:`~pyro_vi.elbo.particles.ParticleTerms`.
+    :param list weightings: ``K`` dicts site name -> weight, a tensor
+        broadcastable to the site's ``score_log_prob`` (sites absent: 1).
+    :param list params: the parameters (unconstrained leaves).
+    :returns: one :class:`ParticleGradients` per parameter, or ``None`` for a
+        parameter the rows do not depend on.
+    """
+    sites = terms.score_sites()
+    if not sites or not params:
+        return [None] * len(params)
+    weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
+    if terms.vectorized:
+        frontier = _distribution_frontier(terms, sites, weights)
+        if frontier is not None:
+            return _through_shared_graph(terms, frontier, params, len(weightings))
+    return _one_particle_at_a_time(terms, sites, weights, params)
+
+
+def _weight(weight, site):
+    shape = site.score_log_prob.shape
+    if weight is None:
+        return None
+    return torch.as_tensor(weight, dtype=site.score_log_prob.dtype).detach().expand(shape)
+
+
+# ---------------------------------------------------------------- the general path
+
+
+def _one_particle_at_a_time(terms, sites, weights, params):
+    """One backward pass per particle and row: exact for any guide; O(S P)
+    for sequential particles, whose graphs are separate."""
+    rows = []
+    for site_weights in weights:
+        row = 0.0
+        for site, weight in zip(sites, site_weights):
+            term = site.score_log_prob if weight is None else site.score_log_prob * weight
+            row = row + term.reshape(term.shape[0], -1).sum(-1)
+        rows.append(row)
+    num_particles = terms.num_particles
+    grads = [[None] * (len(rows) * num_particles) for _ in params]
+    for k, row in enumerate(rows):
+        if not row.requires_grad:
+            continue
+        for s in range(num_particles):
+            for p, g in enumerate(torch.autograd.grad(row[s], params, retain_graph=True, allow_unused=True)):
+                grads[p][k * num_particles + s] = g
+    result = []
+    for param, param_grads in zip(params, grads):
+        if all(g is None for g in param_grads):
+            result.append(None)
+            continue
+        stacked = torch.stack([torch.zeros_like(param) if g is None else g for g in param_grads])
+        result.append(ParticleGradients(stacked.reshape((len(rows), num_particles) + param.shape)))
+    return result
+
+
+# ---------------------------------------------------------------- the fast path
+
+
+def _distribution_frontier(terms, sites, weights):
+    """For each tensor of the score sites' captured distributions, the
+    per-particle gradients of every row with respect to it, shape
+    ``(K, S) + tensor.shape``; ``None`` when a site's distribution depends
+    on the particle or cannot be handled."""
+    (_, guide_trace, _), = terms.runs
+    particle_dim = terms.plate_dims + 1  # counted from the right of the batch shape
+    broadcast, functional = [], []
+    for j, site in enumerate(sites):
+        node = guide_trace.nodes[site.name]
+        captured = node["infer"].get(_DISTRIBUTION)
+        if captured is None or len(captured.batch_shape) >= particle_dim and (
+            captured.batch_shape[-particle_dim] != 1
+        ):
+            return None
+        pairs = _expanded_pairs(captured, node["fn"], terms.num_particles)
+        if pairs is not None:
+            broadcast.append((j, site, pairs))
+            continue
+        fn = _functional(_sampling(captured))
+        if fn is None or node["value"].dim() - len(captured.event_shape) != particle_dim:
+            return None
+        functional.append((j, site, fn, node["value"].detach()))
+    frontier = _through_the_broadcast(broadcast, weights)
+    if functional:
+        frontier += _by_functorch(functional, weights)
+    return frontier
+
+
+def _tensors(fn):
+    """``{path: tensor}`` of the tensors of a distribution (nested ones
+    included) that carry gradient, each once; ``None`` when its state holds
+    anything but tensors, plain values, nested distributions and
+    parameter-free transforms (e.g. a flow's neural network)."""
+    found, seen = {}, set()
+
+    def collect(obj, path):
+        for key, value in vars(obj).items():
+            if isinstance(value, torch.Tensor):
+                if value.requires_grad and id(value) not in seen:
+                    seen.add(id(value))
+                    found[path + key] = value
+            elif isinstance(value, Distribution):
+                if not collect(value, path + key + "."):
+                    return False
+            elif key == "transforms" and isinstance(value, (list, tuple)):
+                if not all(_plain_transform(t) for t in value):
+                    return False
+            elif not _plain(value):
+                return False
+        return True
+
+    return found if collect(fn, "") else None
+
+
+def _plain(value):
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _attribute(fn, path):
+    for key in path.split("."):
+        fn = vars(fn).get(key)
+    return fn
+
+
+def _expanded_pairs(captured, broadcast_fn, num_particles):
+    """``[(captured tensor, its broadcast copy)]`` when the particle plate
+    broadcast every tensor of the distribution by ``expand`` (Normal, Gamma,
+    Beta, Dirichlet, Categorical, Bernoulli, Independent, LogNormal, ...):
+    then the gradients at the broadcast copies are per particle. ``None``
+    otherwise (e.g. ``MultivariateNormal`` keeps its scale unbroadcast)."""
+    tensors = _tensors(captured)
+    if tensors is None:
+        return None
+    pairs = []
+    for path, tensor in tensors.items():
+        copy_ = _attribute(broadcast_fn, path)
+        if not isinstance(copy_, torch.Tensor) or copy_.dim() == 0 or copy_.shape[0] != num_particles:
+            return None
+        node = copy_.grad_fn
+        source = tensor.grad_fn or torch.autograd.graph.get_gradient_edge(tensor).node
+        if type(node).__name__ != "ExpandBackward0" or node.next_functions[0][0] is not source:
+            return None
+        pairs.append((tensor, copy_))
+    return pairs
+
+
+def _through_the_broadcast(broadcast, weights):
+    """Per-particle gradients at the broadcast copies of the distributions'
+    tensors, from one backward pass per row through the real graph of the
+    score sites' log-densities, summed back to the captured tensors' shapes."""
+    copies = [copy_ for _, _, pairs in broadcast for _, copy_ in pairs]
+    if not copies:
+        return []
+    per_row = []
+    for site_weights in weights:
+        row = 0.0
+        for j, site, _ in broadcast:
+            weight = site_weights[j]
+            term = site.score_log_prob if weight is None else site.score_log_prob * weight
+            row = row + term.sum()
+        per_row.append(torch.autograd.grad(row, copies, retain_graph=True, allow_unused=True))
+    frontier, i = [], 0
+    for _, _, pairs in broadcast:
+        for tensor, copy_ in pairs:
+            grads = [
+                torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row
+            ]
+            target = (copy_.shape[0],) + (1,) * (copy_.dim() - 1 - tensor.dim()) + tensor.shape
+            grads = [g.sum_to_size(target).reshape((copy_.shape[0],) + tensor.shape) for g in grads]
+            frontier.append((tensor, torch.stack(grads)))
+            i += 1
+    return frontier
+
+
+def _by_functorch(functional, weights):
+    """Per-particle gradients with respect to the captured distributions'
+    tensors by ``vmap(grad(log_prob))`` over the particles and rows, for
+    distributions that the particle plate does not broadcast by ``expand``."""
+    rebuilds, tensors, values, site_weights = [], [], [], []
+    for j, site, (site_tensors, rebuild), value in functional:
+        rebuilds.append(rebuild)
+        tensors.append(site_tensors)
+        values.append(value)
+        ones = torch.ones_like(site.score_log_prob)
+        site_weights.append(torch.stack([ones if w[j] is None else w[j] for w in weights]))
+
+    def weighted_log_prob(tensors, values, weights):
+        total = 0.0
+        for rebuild, site_tensors, value, weight in zip(rebuilds, tensors, values, weights):
+            total = total + (rebuild(site_tensors).log_prob(value) * weight).sum()
+        return total
+
+    per_particle = vmap(grad(weighted_log_prob), in_dims=(None, 0, 0))  # over the particles
+    per_row = vmap(per_particle, in_dims=(None, None, 0))(tensors, values, site_weights)  # and the rows
+    return [
+        (tensor, grads[name])
+        for site_tensors, grads in zip(tensors, per_row)
+        for name, tensor in site_tensors.items()
+    ]
+
+
+def _sampling(fn):
+    """The distribution the value was drawn from: masks removed."""
+    from .particles import _without_mask
+
+    return _without_mask(fn)
+
+
+def _functional(fn):
+    """``(tensors, rebuild)``: the tensors of ``fn`` that carry gradient, and
+    a function that rebuilds ``fn`` with other tensors in their place; or
+    ``None`` for a distribution whose state is not only tensors, plain
+    values, nested distributions and parameter-free transforms."""
+    tensors = _tensors(fn)
+    if isinstance(fn, Delta) or not tensors:
+        return None
+
+    paths = {id(tensor): path for path, tensor in tensors.items()}  # a tensor may sit in several attributes
+
+    def rebuild(new_tensors, obj=fn):
+        copied = copy.copy(obj)
+        copied.__dict__ = dict(vars(obj))
+        copied._validate_args = False
+        for key, value in vars(obj).items():
+            if isinstance(value, torch.Tensor) and id(value) in paths:
+                copied.__dict__[key] = new_tensors[paths[id(value)]]
+            elif isinstance(value, Distribution):
+                copied.__dict__[key] = rebuild(new_tensors, value)
+            elif key == "transforms":
+                copied.__dict__[key] = [t.with_cache(0) for t in value]
+        return copied
+
+    return tensors, rebuild
+
+
+_PLAIN = (bool, int, float, str, type(None), torch.Size, torch.dtype, torch.device, constraints.Constraint)
+
+
+def _plain_transform(transform):
+    """A transform without parameters of its own that can drop its cache."""
+    if not isinstance(transform, Transform) or isinstance(transform, torch.nn.Module):
+        return False
+    if any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(transform).values()):
+        return False
+    try:
+        transform.with_cache(0)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _through_shared_graph(terms, frontier, params, num_rows):
+    """Pushes the per-particle gradients at the distributions' tensors back
+    through the shared graph to the parameters, in one batched pass."""
+    outputs = [tensor for tensor, _ in frontier]
+    grad_outputs = [grads.flatten(0, 1) for _, grads in frontier]  # (K * S,) + shape
+    inputs, sparse = [], {}
+    selections = _row_selections(outputs, params, terms)
+    for p, param in enumerate(params):
+        selection = selections.get(p)
+        if selection is None:
+            inputs.append(param)
+        else:
+            node, dim, index, derivative = selection
+            inputs.append(GradientEdge(node, 0))
+            sparse[p] = (dim, index, derivative)
+    grads = torch.autograd.grad(
+        outputs, inputs, grad_outputs=grad_outputs, is_grads_batched=True, retain_graph=True, allow_unused=True
+    )
+    num_particles = terms.num_particles
+    result = []
+    for p, g in enumerate(grads):
+        if g is None:
+            result.append(None)
+            continue
+        g = g.reshape((num_rows, num_particles) + g.shape[1:])
+        if p in sparse:
+            dim, index, derivative = sparse[p]
+            result.append(ParticleGradients(g * derivative, dim, index))
+        else:
+            result.append(ParticleGradients(g))
+    return result
+
+
+# ---------------------------------------------------------------- subsampled rows
+
+
+_SELECTIONS = ("IndexBackward0", "IndexSelectBackward0")
+
+
+def _row_selections(outputs, params, terms):
+    """Parameters read only through one selection of distinct rows
+    (``index_select`` or ``param[idx]``) of their constrained value, with an
+    elementwise constraint: ``{position: (selection node, dim, index,
+    derivative)}``, the derivative of the constrained rows with respect to
+    the unconstrained ones, shaped to multiply the rows' gradients."""
+    constrained = _constrained_values(terms)
+    parents = _parents(outputs)
+    result = {}
+    for p, param in enumerate(params):
+        found = constrained.get(id(param))
+        if found is None:
+            continue
+        value, constraint = found
+        leaf = torch.autograd.graph.get_gradient_edge(param).node
+        node = leaf if value is param else value.grad_fn
+        if value is not param and parents.get(leaf) != [node]:
+            continue
+        users = parents.get(node, [])
+        if len(users) != 1 or type(users[0]).__name__ not in _SELECTIONS:
+            continue
+        selection = _selection(users[0])
+        if selection is None:
+            continue
+        dim, index = selection
+        rows = param.detach().index_select(dim, index).requires_grad_()
+        with torch.enable_grad():
+            derivative = torch.autograd.grad(transform_to(constraint)(rows).sum(), rows)[0]
+        result[p] = (users[0], dim, index, derivative)
+    return result
+
+
+def _selection(node):
+    """``(dim, index)`` of a selection node with distinct 1-D indices."""
+    if type(node).__name__ == "IndexSelectBackward0":
+        dim, index = node._saved_dim, node._saved_index
+        if dim >= 1 << 63:  # a negative dim, saved unsigned
+            dim -= 1 << 64
+    else:
+        indices = [(d, i) for d, i in enumerate(node._saved_indices) if i is not None]
+        if len(indices) != 1:
+            return None
+        dim, index = indices[0]
+    if index.dim() != 1 or index.dtype == torch.bool or index.unique().numel() != index.numel():
+        return None
+    return dim, index
+
+
+def _constrained_values(terms):
+    """id(unconstrained leaf) -> (its constrained value in the guide trace,
+    its constraint), for parameters with an elementwise constraint."""
+    from pyro import get_param_store
+
+    store = get_param_store()
+    found = {}
+    (_, guide_trace, _), = terms.runs
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "param" or name not in store:
+            continue
+        constraint = store._constraints[name]
+        if transform_to(constraint).codomain.event_dim != 0:
+            continue
+        found[id(site["value"].unconstrained())] = (site["value"], constraint)
+    return found
+
+
+def _parents(outputs):
+    """For each autograd node reachable from ``outputs``, the nodes that use
+    it (each listed once)."""
+    parents, seen = {}, set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    for t in outputs:
+        if t.grad_fn is None and t.requires_grad:
+            parents.setdefault(torch.autograd.graph.get_gradient_edge(t).node, []).append(None)
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                users = parents.setdefault(child, [])
+                if node not in users:
+                    users.append(node)
+                stack.append(child)
+    return parents
