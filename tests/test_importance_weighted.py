@@ -216,6 +216,7 @@ def test_dreg_in_one_backward_pass_equals_dreg_by_two_gradients(mdl, guide, data
         dreg_surrogate_by_two_gradients,
         log_weights_per_point,
         normalized_weights,
+        per_point,
     )
 
     pyro.clear_param_store()
@@ -223,13 +224,14 @@ def test_dreg_in_one_backward_pass_equals_dreg_by_two_gradients(mdl, guide, data
     elbo = ImportanceWeightedELBO(num_particles=7, gradient="dreg", vectorize_particles=True, max_plate_nesting=1)
     terms = elbo.particle_terms(mdl, guide, data)
     assert terms.guide_samples_independent
-    weights = normalized_weights(log_weights_per_point(terms))
-    path_log_w = log_weights_per_point(terms, terms.path_part_log_q())
+    log_p, log_w = log_weights_per_point(terms)
+    weights = normalized_weights(log_w)
+    path_log_w = log_w + per_point(terms, terms.stopped_guide_log_prob(), terms.guide)
     params = [p for p in {**terms.model_params, **terms.guide_params}.values() if p.requires_grad]
     kw = dict(allow_unused=True, materialize_grads=True)
     # Two gradients first: the hooks, once registered, act on every later backward pass.
     expected = torch.autograd.grad(
-        dreg_surrogate_by_two_gradients(terms, weights, weights, path_log_w), params, retain_graph=True, **kw
+        dreg_surrogate_by_two_gradients(terms, weights, weights, path_log_w, log_p), params, retain_graph=True, **kw
     )
     actual = torch.autograd.grad(dreg_surrogate_by_hooks(terms, weights, weights * path_log_w), params, **kw)
     assert all(e.abs().sum() > 0 for e in expected)

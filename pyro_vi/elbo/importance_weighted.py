@@ -21,24 +21,28 @@ def independent_plates(terms):
     return {name: sites[0].plates[name] for name in common}
 
 
-def log_weights_per_point(terms, guide_log_probs=None):
-    """:math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k)` per point of the
-    independent plates (summed over every other plate dim, size 1 there),
-    shape ``(K,) + plate_shape``. Subsampling scales are taken out (they
-    multiply each point's bound instead); ``poutine.scale`` stays inside the
-    weights, as in Pyro's ``RenyiELBO``. ``guide_log_probs`` replaces the
-    guide's log-densities (e.g. by their path parts)."""
+def per_point(terms, log_probs, sites):
+    """:math:`\\sum` of ``log_probs`` (``{name: (S,) + plate_shape}``) per
+    point of the independent plates: summed over every other plate dim
+    (size 1 there), each divided by its site's subsampling scale (which
+    multiplies each point's bound instead; ``poutine.scale`` stays inside
+    the weights, as in Pyro's ``RenyiELBO``)."""
     dims = set(independent_plates(terms).values())
-    if guide_log_probs is None:
-        guide_log_probs = {name: t.log_prob for name, t in terms.guide.items()}
-    log_w = terms.zeros(terms.num_particles, *(1,) * terms.plate_dims)
-    for table, log_probs, sign in (
-        (terms.model, {n: t.log_prob for n, t in terms.model.items()}, 1.0),
-        (terms.guide, guide_log_probs, -1.0),
-    ):
-        for name, log_prob in log_probs.items():
-            log_w = log_w + sign * sum_to_plates(log_prob / table[name].subsample_scale, dims)
-    return log_w
+    total = terms.zeros(terms.num_particles, *(1,) * terms.plate_dims)
+    for name, log_prob in log_probs.items():
+        log_prob = sum_to_plates(log_prob, dims)
+        scale = sites[name].subsample_scale
+        total = total + (log_prob if scale == 1 else log_prob / scale)
+    return total
+
+
+def log_weights_per_point(terms):
+    """``(log p, log w)`` per point of the independent plates, shape
+    ``(K,) + plate_shape``: :math:`\\log p(x, z_k)` and
+    :math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k)`."""
+    log_p = per_point(terms, {n: t.log_prob for n, t in terms.model.items()}, terms.model)
+    log_q = per_point(terms, {n: t.log_prob for n, t in terms.guide.items()}, terms.guide)
+    return log_p, log_p - log_q
 
 
 def point_scale(terms):
@@ -161,21 +165,23 @@ class ImportanceWeightedELBO(ParticleELBO):
                     )
 
     def elbo_value(self, terms):
-        return iwelbo(log_weights_per_point(terms), point_scale(terms))
+        return iwelbo(log_weights_per_point(terms)[1], point_scale(terms))
 
     def elbo_and_surrogate(self, terms):
-        log_w = log_weights_per_point(terms)
+        log_p, log_w = log_weights_per_point(terms)
         scale = point_scale(terms)
         value = iwelbo(log_w, scale)
         if self.gradient == "reparam":
             return value, value
         weights = scale * normalized_weights(log_w)
-        path_log_w = log_weights_per_point(terms, terms.path_part_log_q())
+        # log w with the guide's density at stopped parameters: its gradient
+        # is the path part of log w.
+        path_log_w = log_w + per_point(terms, terms.stopped_guide_log_prob(), terms.guide)
         if self.gradient == "stl":
             return value, (weights * path_log_w).sum()
         if _random_samples_independent(terms):
             return value, dreg_surrogate_by_hooks(terms, weights / scale, weights * path_log_w)
-        return value, dreg_surrogate_by_two_gradients(terms, weights, weights / scale, path_log_w)
+        return value, dreg_surrogate_by_two_gradients(terms, weights, weights / scale, path_log_w, log_p)
 
 
 def _random_samples_independent(terms):
@@ -195,7 +201,7 @@ def _random_samples_independent(terms):
     return True
 
 
-def dreg_surrogate_by_two_gradients(terms, weights, normalized, path_log_w):
+def dreg_surrogate_by_two_gradients(terms, weights, normalized, path_log_w, log_p):
     """DReG as two gradients: :math:`\\sum_k \\tilde w_k^2 \\log w_k^{\\mathrm{path}}`
     for the guide parameters and :math:`\\sum_k \\tilde w_k \\log p(x, z_k)` for
     the model parameters (``weights`` carry the points' subsampling scale),
@@ -204,7 +210,7 @@ def dreg_surrogate_by_two_gradients(terms, weights, normalized, path_log_w):
     surrogate = path_log_w.new_zeros(())
     for params, objective in (
         (terms.guide_params, (weights * normalized * path_log_w).sum()),
-        (terms.model_params, (weights * log_weights_per_point(terms, {})).sum()),
+        (terms.model_params, (weights * log_p).sum()),
     ):
         params = [p for p in params.values() if p.requires_grad]
         if params and objective.requires_grad:

@@ -201,11 +201,38 @@ class ParticleTerms:
 
     def log_p(self):
         """:math:`\\log p(x, z_s)`, shape ``(S,)``."""
-        return self._total(t.log_prob for t in self.model.values())
+        return self._totals[0]
 
     def log_q(self):
         """:math:`\\log q(z_s)`, shape ``(S,)``."""
-        return self._total(t.log_prob for t in self.guide.values())
+        return self._totals[1]
+
+    @cached_property
+    def _totals(self):
+        return (
+            self._total(t.log_prob for t in self.model.values()),
+            self._total(t.log_prob for t in self.guide.values()),
+        )
+
+    def check_finite(self):
+        """Refuses a NaN or infinite log-density, naming the site. Checks the
+        per-particle totals (a sum is finite only if every entry is), and
+        looks for the site only when one is not."""
+        totals = list(self._totals) + [self.score_log_q()]
+        if all(bool(torch.isfinite(total).all()) for total in totals):
+            return
+        for site in list(self.model.values()) + list(self.guide.values()):
+            for term in (site.log_prob, site.score_log_prob):
+                if term is not None and not bool(torch.isfinite(term).all()):
+                    raise ValueError(
+                        "the log-density of {} site '{}' is not finite ({} of {} entries are "
+                        "NaN or inf); check its parameters and its value's support".format(
+                            "observed" if site.is_observed else "latent",
+                            site.name,
+                            int((~torch.isfinite(term)).sum()),
+                            term.numel(),
+                        )
+                    )
 
     def log_weights(self):
         """:math:`\\log p(x, z_s) - \\log q(z_s)`, shape ``(S,)``."""
@@ -245,15 +272,6 @@ class ParticleTerms:
         Same shapes as the site terms."""
         return self._stopped_guide[0]
 
-    def path_part_log_q(self):
-        """Per guide site, :math:`\\log q(z) - \\log q(\\mathrm{stop}(z))`: value
-        0, gradient the path part of :math:`\\log q` alone (the gradient of
-        :math:`\\log q_{\\mathrm{stop}(\\lambda)}(z(\\epsilon, \\lambda))`). An
-        autoguide's ``Delta`` sites, whose log-density is the log-Jacobian of a
-        transform of an auxiliary sample, are path entirely."""
-        stopped = self.stopped_guide_log_prob()
-        return {name: term.log_prob - stopped[name] for name, term in self.guide.items()}
-
     @property
     def guide_samples_independent(self):
         """Whether no guide sample, nor its distribution, depends on another
@@ -272,7 +290,6 @@ class ParticleTerms:
             name: _stack(
                 [particle.get(name) for particle in stopped],
                 name,
-                False,
                 self.plate_dims,
                 self.vectorized,
                 self.num_particles,
@@ -538,6 +555,7 @@ class ParticleELBO(ELBO):
 
     def _terms(self, model, guide, args, kwargs):
         terms = self.particle_terms(model, guide, *args, **kwargs)
+        terms.check_finite()
         self.check(terms)
         return terms
 
@@ -589,14 +607,13 @@ def _site_term(sites, plate_dims, vectorized, num_particles, is_guide):
     point_mass = is_point_mass(fn)
     has_score = is_guide and not point_mass and not fn.has_rsample
     stacked = _stack(
-        [None if s is None else s["log_prob"] for s in sites],
-        name, site["is_observed"], plate_dims, vectorized, num_particles,
+        [None if s is None else s["log_prob"] for s in sites], name, plate_dims, vectorized, num_particles
     )
     score = None
     if has_score:
         score = _stack(
             [None if s is None else _sampling_log_prob(s) for s in sites],
-            name, site["is_observed"], plate_dims, vectorized, num_particles,
+            name, plate_dims, vectorized, num_particles,
         )
     frames = site["cond_indep_stack"]
     subsampled = [f for f in frames if f.full_size is not None and f.full_size != f.size]
@@ -627,26 +644,15 @@ def _sampling_log_prob(site):
     return site["unscaled_log_prob"]
 
 
-def _stack(values, name, is_observed, plate_dims, vectorized, num_particles):
+def _stack(values, name, plate_dims, vectorized, num_particles):
     """The particles' values of one site term as one tensor of shape
-    ``(S,) + plate_shape`` (zeros for particles that did not meet the site),
-    refusing NaN and infinity with the site's name."""
+    ``(S,) + plate_shape`` (zeros for particles that did not meet the site)."""
     width = plate_dims + (1 if vectorized else 0)
     terms = []
     for log_prob in values:
         if log_prob is None:
             terms.append(None)
             continue
-        if not torch.isfinite(log_prob).all():
-            raise ValueError(
-                "the log-density of {} site '{}' is not finite ({} of {} entries are "
-                "NaN or inf); check its parameters and its value's support".format(
-                    "observed" if is_observed else "latent",
-                    name,
-                    int((~torch.isfinite(log_prob)).sum()),
-                    log_prob.numel(),
-                )
-            )
         terms.append(log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape))
     if vectorized:
         (log_prob,) = terms

@@ -392,11 +392,11 @@ def _row_selections(outputs, params, terms):
         value, constraint = found
         leaf = torch.autograd.graph.get_gradient_edge(param).node
         node = leaf if value is param else value.grad_fn
-        if value is not param and parents.get(leaf) != [node]:
-            continue
         users = parents.get(node, [])
         if len(users) != 1 or type(users[0]).__name__ not in _SELECTIONS:
             continue
+        if node is not leaf and _reaches(outputs, leaf, avoiding=node):
+            continue  # the parameter is also read other than through its constrained value
         selection = _selection(users[0])
         if selection is None:
             continue
@@ -462,3 +462,19 @@ def _parents(outputs):
                     users.append(node)
                 stack.append(child)
     return parents
+
+
+def _reaches(outputs, target, avoiding):
+    """Whether the graph of ``outputs`` reaches the node ``target`` on a path
+    that does not pass through the node ``avoiding``."""
+    seen = {avoiding}
+    stack = [t.grad_fn or torch.autograd.graph.get_gradient_edge(t).node for t in outputs if t.requires_grad]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node is target:
+            return True
+        seen.add(node)
+        stack.extend(child for child, _ in node.next_functions)
+    return False

@@ -36,7 +36,10 @@ class StickingTheLandingELBO(ParticleELBO):
         check_reparameterized(terms, type(self).__name__)
 
     def elbo_and_surrogate(self, terms):
-        surrogate = terms.log_p()
-        for term in terms.path_part_log_q().values():
-            surrogate = surrogate - per_particle(term)
-        return terms.log_weights().mean(), surrogate.mean()
+        # log p - log q + log q(stop): the value of log p, the gradient of
+        # log p - log q_stop(lambda)(z(eps, lambda)).
+        log_weights = terms.log_weights()
+        surrogate = log_weights
+        for term in terms.stopped_guide_log_prob().values():
+            surrogate = surrogate + per_particle(term)
+        return log_weights.mean(), surrogate.mean()

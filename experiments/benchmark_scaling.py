@@ -1,0 +1,279 @@
+"""How the time and memory of an SVI step grow with the number of particles,
+the data size (with and without subsampling) and the encoder's width, for
+every estimator beside its Pyro counterpart (Trace_ELBO for the ELBO
+estimators, RenyiELBO(alpha=0) for the importance-weighted ones).
+
+Sweeps:
+
+- ``particles``: the course's Normal-NormalGamma model, S particles;
+- ``data``: a hierarchical model with one local latent per data point
+  (z_n ~ N(mu, tau), x_n ~ N(z_n, 0.5), mu and tau model parameters), N points,
+  10 particles, the whole data set each step;
+- ``subsample``: the same with ``subsample_size=100``;
+- ``encoder``: an amortized Gaussian encoder 784 -> H -> H -> 2 x 50 (tanh)
+  with Burda's small decoder, batch 100, 10 particles; H sets the encoder's
+  parameter count (H = 3250: 13.4M).
+
+Every configuration of a size is timed round-robin in one process (the
+median of ``--rounds`` rounds of ``--steps`` steps), so the ratios share the
+machine's noise; peak memory is measured in a subprocess per configuration
+(peak resident memory during the steps minus that before them).
+
+    python -m experiments.benchmark_scaling --out results/benchmark_scaling
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO
+from pyro.optim import Adam
+
+if not __package__:  # run as ``python experiments/benchmark_scaling.py``
+    import _repo_root  # noqa: F401
+
+from experiments import _cli  # noqa: E402
+from experiments._figures import plt, save_figure  # noqa: E402
+from guides import normal_gamma  # noqa: E402
+from guides.vae import Encoder, guide as vae_guide  # noqa: E402
+from models import normal_gamma as normal_gamma_model  # noqa: E402
+from models.vae import BURDA_CONFIG, Decoder, VAEConfig, model as vae_model  # noqa: E402
+from pyro_vi import (  # noqa: E402
+    ControlVariateELBO,
+    ImportanceWeightedELBO,
+    RaoBlackwellELBO,
+    ScoreFunctionELBO,
+    StickingTheLandingELBO,
+)
+
+ESTIMATORS = {
+    # label -> (factory, the Pyro counterpart it is compared with)
+    "Trace_ELBO": (Trace_ELBO, None),
+    "RenyiELBO(alpha=0)": (lambda **kw: RenyiELBO(alpha=0.0, **kw), None),
+    "ScoreFunctionELBO": (ScoreFunctionELBO, "Trace_ELBO"),
+    "ControlVariateELBO": (ControlVariateELBO, "Trace_ELBO"),
+    "RaoBlackwellELBO": (RaoBlackwellELBO, "Trace_ELBO"),
+    "StickingTheLandingELBO": (StickingTheLandingELBO, "Trace_ELBO"),
+    "ImportanceWeightedELBO": (ImportanceWeightedELBO, "RenyiELBO(alpha=0)"),
+    "ImportanceWeightedELBO(stl)": (lambda **kw: ImportanceWeightedELBO(gradient="stl", **kw), "RenyiELBO(alpha=0)"),
+    "ImportanceWeightedELBO(dreg)": (lambda **kw: ImportanceWeightedELBO(gradient="dreg", **kw), "RenyiELBO(alpha=0)"),
+}
+SWEEPS = {
+    # sweep -> (its size's name, default sizes)
+    "particles": ("S", [10, 100, 1000, 10000]),
+    "data": ("N", [1000, 10000, 100000]),
+    "subsample": ("N", [1000, 10000, 100000]),
+    "encoder": ("encoder parameters", [200, 800, 1600, 3250]),
+}
+BATCH = 100
+
+
+def parse_args(argv=None):
+    parser = _cli.parser(__doc__, out="results/benchmark_scaling")
+    parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
+    parser.add_argument("--sizes", type=_cli.positive_int, nargs="+", default=None,
+                        help="sizes of every chosen sweep (default: each sweep's own)")
+    parser.add_argument("--estimators", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS))
+    parser.add_argument("--steps", type=_cli.positive_int, default=5, help="steps per round")
+    parser.add_argument("--rounds", type=_cli.positive_int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--measure", nargs=3, metavar=("SWEEP", "SIZE", "ESTIMATOR"), help=argparse_hidden())
+    return _cli.parse(parser, argv)
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+# ---------------------------------------------------------------- the problems
+
+
+def particles_problem(size):
+    data = normal_gamma_model.generate_data()
+    return normal_gamma_model.model, normal_gamma.mean_field_guide, (data,), dict(num_particles=size)
+
+
+def local_problem(size, subsample):
+    data = torch.randn(size, generator=torch.Generator().manual_seed(0))
+    batch = BATCH if subsample else None
+
+    def model(data):
+        mu = pyro.param("mu", torch.tensor(0.0))
+        tau = pyro.param("tau", torch.tensor(1.0), constraint=constraints.positive)
+        with pyro.plate("data", len(data), subsample_size=batch) as idx:
+            z = pyro.sample("z", dist.Normal(mu, tau))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=data[idx])
+
+    def guide(data):
+        with pyro.plate("data", len(data), subsample_size=batch):
+            loc = pyro.param("z_loc", torch.zeros(len(data)), event_dim=0)
+            scale = pyro.param("z_scale", torch.ones(len(data)), constraint=constraints.positive, event_dim=0)
+            pyro.sample("z", dist.Normal(loc, scale))
+
+    return model, guide, (data,), dict(num_particles=10)
+
+
+def encoder_problem(width):
+    torch.manual_seed(0)
+    encoder = Encoder(VAEConfig(hidden_dims=(width, width)))
+    decoder = Decoder(BURDA_CONFIG, mean_pixel=0.13)
+    x = (torch.rand(BATCH, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float()
+
+    def model(x):
+        vae_model(x, decoder)
+
+    def guide(x):
+        vae_guide(x, encoder)
+
+    return model, guide, (x,), dict(num_particles=10)
+
+
+def encoder_parameters(width):
+    return sum(p.numel() for p in Encoder(VAEConfig(hidden_dims=(width, width))).parameters())
+
+
+def problem(sweep, size):
+    if sweep == "particles":
+        return particles_problem(size)
+    if sweep == "encoder":
+        return encoder_problem(size)
+    return local_problem(size, subsample=sweep == "subsample")
+
+
+def svi(sweep, size, estimator):
+    """A fresh SVI of ``estimator`` on the problem, one step taken (the
+    parameters created, max_plate_nesting set)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model, guide, args, options = problem(sweep, size)
+    make = ESTIMATORS[estimator][0]
+    inference = SVI(model, guide, Adam({"lr": 1e-3}), make(vectorize_particles=True, max_plate_nesting=1, **options))
+    inference.step(*args)
+    return inference, args
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def time_size(sweep, size, estimators, rounds, steps):
+    """Median milliseconds per step of each estimator, round-robin."""
+    times = {name: [] for name in estimators}
+    for _ in range(rounds):
+        for name in estimators:
+            inference, args = svi(sweep, size, name)  # built right before it is timed
+            start = time.perf_counter()
+            for _ in range(steps):
+                inference.step(*args)
+            times[name].append(1000 * (time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure_memory(sweep, size, estimator, steps=3):
+    """Peak resident memory during ``steps`` steps minus that before them, MB
+    (run in a fresh process: the peak is the process's)."""
+    inference, args = svi(sweep, size, estimator)
+    before = _resident_mb()
+    for _ in range(steps):
+        inference.step(*args)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+
+
+def memory_size(sweep, size, estimators, threads):
+    result = {}
+    for name in estimators:
+        command = [sys.executable, "-m", "experiments.benchmark_scaling", "--out", "/tmp", "--threads", str(threads),
+                   "--measure", sweep, str(size), name]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout
+        result[name] = float(out.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------- results
+
+
+def slope(sizes, values):
+    """The least-squares slope of log(value) against log(size)."""
+    if len(sizes) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(sizes), np.log(values), 1)[0])
+
+
+def plot(results, path):
+    sweeps = [s for s in SWEEPS if s in results["sweeps"]]
+    kinds = ["ms_per_step"] + (["peak_mb"] if results["memory"] else [])
+    fig, axes = plt.subplots(len(kinds), len(sweeps), figsize=(4.2 * len(sweeps), 3.6 * len(kinds)), squeeze=False)
+    styles = {name: dict(marker="os^vD<>ph"[i], ls="-" if ESTIMATORS[name][1] else "--", color="C{}".format(i))
+              for i, name in enumerate(ESTIMATORS)}
+    for column, sweep in enumerate(sweeps):
+        data = results["sweeps"][sweep]
+        x = data["x"]
+        for row, kind in enumerate(kinds):
+            ax = axes[row][column]
+            for name, values in data[kind].items():
+                if min(values) <= 0:
+                    continue
+                ax.loglog(x, values, label="{} ({:.2f})".format(name, slope(x, values)), ms=4, **styles[name])
+            ax.set_xlabel(data["size_name"])
+            ax.set_ylabel("ms per step" if kind == "ms_per_step" else "peak extra memory (MB)")
+            ax.set_title("{}: {} (fitted slope)".format(sweep, "time" if kind == "ms_per_step" else "memory"))
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    save_figure(fig, path)
+
+
+def main(args):
+    if args.measure:
+        sweep, size, estimator = args.measure
+        print(measure_memory(sweep, int(size), estimator))
+        return
+    results = {"threads": args.threads, "steps": args.steps, "rounds": args.rounds, "memory": not args.no_memory,
+               "machine": "{} CPU cores".format(os.cpu_count()), "sweeps": {}}
+    for sweep in args.sweeps:
+        size_name, sizes = SWEEPS[sweep]
+        sizes = args.sizes or sizes
+        x = [encoder_parameters(s) for s in sizes] if sweep == "encoder" else sizes
+        data = {"size_name": size_name, "sizes": sizes, "x": x, "ms_per_step": {}, "peak_mb": {}}
+        for size in sizes:
+            times = time_size(sweep, size, args.estimators, args.rounds, args.steps)
+            memory = {} if args.no_memory else memory_size(sweep, size, args.estimators, args.threads)
+            for name in args.estimators:
+                data["ms_per_step"].setdefault(name, []).append(times[name])
+                if memory:
+                    data["peak_mb"].setdefault(name, []).append(memory[name])
+            print(sweep, size, {n: round(t, 2) for n, t in times.items()}, flush=True)
+        data["ratios"] = {
+            name: [t / data["ms_per_step"][reference][i] for i, t in enumerate(times)]
+            for name, times in data["ms_per_step"].items()
+            for reference in [ESTIMATORS[name][1]] if reference in data["ms_per_step"]
+        }
+        results["sweeps"][sweep] = data
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plot(results, os.path.join(args.out, "scaling.png"))
+    for sweep, data in results["sweeps"].items():
+        print("\n{} ({}: {})".format(sweep, data["size_name"], data["x"]))
+        for name, times in data["ms_per_step"].items():
+            ratio = data["ratios"].get(name)
+            print("{:30s} ms {}  ratio {}".format(
+                name, " ".join("{:9.2f}".format(t) for t in times),
+                "" if ratio is None else " ".join("{:5.2f}".format(r) for r in ratio)))
+
+
+if __name__ == "__main__":
+    main(parse_args())
