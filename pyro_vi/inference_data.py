@@ -101,13 +101,13 @@ def _point_mask(site: dict) -> Optional[torch.Tensor]:
     return None if bool(mask.all()) else mask
 
 
-def _check_no_subsampling(name: str, site: dict) -> None:
+def _check_no_subsampling(name: str, site: dict, who: str = "to_inference_data") -> None:
     for frame in site["cond_indep_stack"]:
         if frame.full_size is not None and frame.full_size != frame.size:
             raise ValueError(
                 "site {!r} is in the subsampled plate {!r} ({} of {}); "
-                "to_inference_data needs every data point".format(
-                    name, frame.name, frame.size, frame.full_size
+                "{} needs every data point".format(
+                    name, frame.name, frame.size, frame.full_size, who
                 )
             )
 
