@@ -22,7 +22,7 @@ from pyro.infer import Trace_ELBO
 from guides.vae import Encoder, guide
 from models.mnist import NO_DOWNLOAD_ENV, MnistNotFoundError, binarize, load_mnist, split_test_only
 from models.mnist import write_idx
-from models.vae import Decoder, VAEConfig, check_binary, model, output_bias
+from models.vae import Decoder, VAEConfig, check_binary, check_images, model, output_bias
 from pyro_vi import ImportanceWeightedELBO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,6 +124,65 @@ def test_non_binary_pixels_are_refused():
         Trace_ELBO().loss(functools.partial(model, decoder=decoder),
                           functools.partial(guide, encoder=encoder), x)
     check_binary(binarize(x))
+
+
+@pytest.mark.parametrize("images, match", [
+    (lambda x: (x * 255).to(torch.uint8), r"x has dtype torch\.uint8; .*raw 0-255 pixel bytes\?\): pass "
+                                          r"binarize\(x\.float\(\) / 255\)"),
+    (lambda x: x.double(), r"x has dtype torch\.float64 but the (encoder|decoder)'s weights are torch\.float32: "
+                           r"pass x\.to\(torch\.float32\)"),
+    (lambda x: x.reshape(len(x), 28, 28), r"x must have shape \(batch, 784\), got \(4, 28, 28\): flatten"),
+    (lambda x: x[:, :100], r"x must have shape \(batch, 784\), got \(4, 100\)"),
+    (lambda x: x * 255, r"pixel values in \[0, 255\], outside \[0, 1\].*scale 0-255 images by 1/255"),
+    (lambda x: x - 1, r"pixel values in \[-1, 0\], outside \[0, 1\]"),
+    (lambda x: torch.where(x > 0, torch.nan, x), r"x contains NaN pixels"),
+    (lambda x: x.bool(), r"x has dtype torch\.bool; .*pass x\.float\(\)"),
+    (lambda x: x.numpy(), r"x must be a tensor of binary pixels of shape \(batch, 784\), got ndarray"),
+])
+def test_bad_images_are_refused_before_the_networks_run(images, match, monkeypatch):
+    config = VAEConfig(hidden_dims=(8,), latent_dim=2)
+    decoder, encoder = Decoder(config, 0.3), Encoder(config)
+    ran = []
+    for net in (decoder, encoder):
+        monkeypatch.setattr(net.net, "forward", lambda *a: ran.append(a))
+    x = images(binarize(torch.rand(4, 784), torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match=match):
+        model(x, decoder)
+    with pytest.raises(ValueError, match=match):
+        guide(x, encoder)
+    with pytest.raises(ValueError, match=match):
+        Trace_ELBO().loss(functools.partial(model, decoder=decoder), functools.partial(guide, encoder=encoder), x)
+    assert ran == [] and len(pyro.get_param_store()) == 0
+
+
+def test_float64_networks_take_float64_images():
+    config = VAEConfig(data_dim=6, hidden_dims=(4,), latent_dim=2)
+    decoder, encoder = Decoder(config, 0.3).double(), Encoder(config).double()
+    x = torch.bernoulli(torch.full((3, 6), 0.5, dtype=torch.float64))
+    check_images(x, config, encoder)
+    loss = Trace_ELBO().loss(functools.partial(model, decoder=decoder), functools.partial(guide, encoder=encoder), x)
+    assert math.isfinite(loss)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"latent_dim": 2.5}, r"VAEConfig\.latent_dim must be an integer >= 1, got 2\.5 \(float\)"),
+    ({"latent_dim": 0}, r"VAEConfig\.latent_dim must be an integer >= 1, got 0"),
+    ({"data_dim": "784"}, r"VAEConfig\.data_dim must be an integer >= 1, got '784' \(str\)"),
+    ({"hidden_dims": "200"}, r"VAEConfig\.hidden_dims must be a tuple of layer widths .* got '200' \(str\)"),
+    ({"hidden_dims": 200}, r"VAEConfig\.hidden_dims must be a tuple of layer widths .* got 200 \(int\)"),
+    ({"hidden_dims": (200, 0)}, r"VAEConfig\.hidden_dims\[1\] must be an integer >= 1, got 0"),
+    ({"hidden_dims": (200.5,)}, r"VAEConfig\.hidden_dims\[0\] must be an integer >= 1, got 200\.5"),
+    ({"hidden_dims": (True,)}, r"VAEConfig\.hidden_dims\[0\] must be an integer >= 1, got True \(bool\)"),
+])
+def test_bad_vae_config_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VAEConfig(**kwargs)
+
+
+def test_vae_config_takes_numpy_integers_and_lists():
+    config = VAEConfig(data_dim=np.int64(6), hidden_dims=[np.int32(4), 3], latent_dim=np.int64(2))
+    assert config == VAEConfig(data_dim=6, hidden_dims=(4, 3), latent_dim=2)
+    assert type(config.data_dim) is int and all(type(h) is int for h in config.hidden_dims)
 
 
 def test_model_and_guide_in_a_vectorized_particle_plate():
