@@ -41,7 +41,7 @@ class Encoder(nn.Module):
 
     def __init__(self, config: VAEConfig = BURDA_CONFIG):
         super().__init__()
-        self.config = config
+        self.config = instance("config", config, VAEConfig, "a models.vae.VAEConfig such as VAEConfig(latent_dim=50)")
         self.net = mlp((config.data_dim,) + config.hidden_dims + (2 * config.latent_dim,))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torchvision.datasets import MNIST
 
-from pyro_vi._validation import boolean
+from pyro_vi._validation import boolean, instance, integer
 
 __all__ = [
     "NO_DOWNLOAD_ENV",
@@ -216,6 +216,7 @@ def _from_torchvision(root: str, download: bool):
 def split_test_only(num_images: int):
     """``(train_indices, test_indices)`` of the fixed random 80/20 split used when
     only the MNIST test split is available."""
+    num_images = integer("num_images", num_images, minimum=2)
     num_train = int(round(TRAIN_FRACTION_OF_TEST_SPLIT * num_images))
     if num_train < 1 or num_train >= num_images:
         raise ValueError("{} images are too few to split into train and test".format(num_images))
@@ -303,7 +304,20 @@ def _one_line(error, limit=300):
 
 
 def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Dynamic binarization: each pixel ~ Bernoulli(its intensity in [0, 1])."""
+    """Dynamic binarization: each pixel ~ Bernoulli(its intensity in [0, 1]).
+
+    :raises ValueError: unless ``images`` is a floating tensor with values in [0, 1]
+        (scale 0-255 images by 1/255 first) and ``generator`` a torch.Generator or None.
+    """
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise ValueError("images must be a floating-point tensor of intensities in [0, 1], got {}{}; scale "
+                         "0-255 images with images.float() / 255".format(
+                             type(images).__name__, " of dtype {}".format(images.dtype)
+                             if isinstance(images, torch.Tensor) else ""))
+    if images.numel() and not bool(((images >= 0) & (images <= 1)).all()):
+        raise ValueError("images must have intensities in [0, 1], got values in [{:.6g}, {:.6g}]; scale 0-255 "
+                         "images by 1/255".format(images.min().item(), images.max().item()))
+    instance("generator", generator, torch.Generator, "a torch.Generator", optional=True)
     return torch.bernoulli(images, generator=generator)
 
 

@@ -116,7 +116,7 @@ class Decoder(nn.Module):
 
     def __init__(self, config: VAEConfig = BURDA_CONFIG, mean_pixel=None):
         super().__init__()
-        self.config = config
+        self.config = instance("config", config, VAEConfig, "a models.vae.VAEConfig such as VAEConfig(latent_dim=50)")
         self.net = mlp((config.latent_dim,) + tuple(reversed(config.hidden_dims)) + (config.data_dim,))
         if mean_pixel is not None:
             with torch.no_grad():

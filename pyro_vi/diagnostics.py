@@ -199,6 +199,11 @@ def gradient_variance_table(
     :rtype: str
     :raises ValueError: if ``reference`` is not a key of ``stats_by_estimator``.
     """
+    if not isinstance(stats_by_estimator, dict) or not all(
+            isinstance(stats, dict) and all(isinstance(v, GradientStats) for v in stats.values())
+            for stats in stats_by_estimator.values()):
+        raise ValueError("stats_by_estimator must be a dict estimator name -> gradient_statistics(...) output, "
+                         "got {!r:.60}".format(stats_by_estimator))
     if reference not in stats_by_estimator:
         raise ValueError(
             "reference={!r} is not one of the estimators {}".format(
