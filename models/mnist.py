@@ -163,7 +163,8 @@ def read_idx(path: str, kind: str) -> torch.Tensor:
             path, data[3], kind, ndim, "count, rows, columns" if ndim == 3 else "count"))
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError("{} is truncated: {} bytes, shorter than its {}-byte IDX header".format(path, len(data), header))
+        raise ValueError("{} is truncated: {} bytes, shorter than its {}-byte IDX header".format(
+            path, len(data), header))
     dims = struct.unpack(">" + "I" * ndim, data[4:header])
     expected, found = math.prod(dims), len(data) - header
     if found < expected:

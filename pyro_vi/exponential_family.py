@@ -147,11 +147,9 @@ class ExponentialFamily:
                 raise ValueError(f"{self.name}: parameter {name} must be a number or a tensor, got {value!r:.60} "
                                  f"({type(value).__name__})")
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        if not (value.is_floating_point() or value.is_complex()):
-            value = value.to(torch.get_default_dtype())
         if value.is_complex():
             raise ValueError(f"{self.name}: parameter {name} must be real, got dtype {value.dtype}")
-        return value
+        return value if value.is_floating_point() else value.to(torch.get_default_dtype())
 
     def param_problem(self, theta: torch.Tensor) -> str:
         """What is wrong with usual parameters ``theta`` (``(..., d)``), or ``""`` if nothing."""

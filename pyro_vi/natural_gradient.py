@@ -219,8 +219,8 @@ class NaturalGradient(PyroOptim):
         if isinstance(lr, type) or not callable(lr):
             lr = _check_step_size(lr)
         max_halvings = _check_max_halvings(max_halvings)
-        instance("fallback", fallback, PyroOptim, "a pyro.optim optimizer instance such as pyro.optim.Adam({'lr': 0.01})",
-                 optional=True)
+        instance("fallback", fallback, PyroOptim,
+                 "a pyro.optim optimizer instance such as pyro.optim.Adam({'lr': 0.01})", optional=True)
         self.lr, self.max_halvings, self.fallback = lr, max_halvings, fallback
         self.num_steps = 0
         self.last_step_sizes: Dict[str, float] = {}

@@ -10,7 +10,6 @@ cases marked ``runs`` (bad programs, which are found by running them, and
 optimizer calls on existing params).
 """
 
-import functools
 import gzip
 import math
 import os

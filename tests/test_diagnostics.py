@@ -262,5 +262,6 @@ def test_log_importance_weights_refuse_a_guide_without_a_model_latent(fresh):
 
 
 def test_psis_khat_refuses_non_numbers():
-    with pytest.raises(ValueError, match="log_weights must be a 1-D tensor or array of numbers.*log_importance_weights"):
+    with pytest.raises(ValueError, match="log_weights must be a 1-D tensor or array of numbers.*"
+                                         "log_importance_weights"):
         psis_khat(["a"] * 30)

@@ -545,9 +545,9 @@ def test_guide_draw_outside_the_models_support_names_step_and_site():
         pyro.sample("rate", dist.Normal(pyro.param("loc", torch.tensor(-3.0)), 0.1))
 
     with pytest.raises(OutOfSupportError, match=r"step 1: the model's latent site 'rate' got the value = -[0-9.]+ "
-                                                r"from the guide, outside the support GreaterThanEq\(lower_bound=0\.0\) "
-                                                r"of its Gamma; the guide must draw 'rate' from a distribution with "
-                                                r"that support") as info:
+                                                r"from the guide, outside the support "
+                                                r"GreaterThanEq\(lower_bound=0\.0\) of its Gamma; the guide must "
+                                                r"draw 'rate' from a distribution with that support") as info:
         fit(gamma_model, normal_guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=2)
     err = info.value
     assert (err.step, err.role, err.site, err.argument) == (1, "model", "rate", "value")

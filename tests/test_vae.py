@@ -263,7 +263,8 @@ def _malformed(kind):
     return {
         "empty": ("t10k-images-idx3-ubyte", b"", r"is empty \(0 bytes\)"),
         "shorter than magic": ("t10k-images-idx3-ubyte", b"\0\0", r"is truncated: 2 bytes, shorter than the 4-byte"),
-        "truncated header": ("t10k-images-idx3-ubyte", images[:10], r"is truncated: 10 bytes, shorter than its 16-byte"),
+        "truncated header": ("t10k-images-idx3-ubyte", images[:10],
+                             r"is truncated: 10 bytes, shorter than its 16-byte"),
         "truncated images": ("t10k-images-idx3-ubyte", images[:-100],
                              r"is truncated: its header promises 3 images \(2352 bytes of data\), the file holds 2252"),
         "trailing bytes": ("t10k-images-idx3-ubyte", images + b"\0" * 7, r"has 7 bytes after the 3 images"),
