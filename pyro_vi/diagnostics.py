@@ -318,8 +318,9 @@ def log_importance_weights(model, guide, *args, num_samples: int = 1000, seed: O
     weights = []
     with _seeded(seed), torch.no_grad():
         for _ in range(num_samples):
-            guide_trace, model_trace = _guide_and_model_traces(model, guide, args, kwargs,
-                                                               "log_importance_weights")
+            guide_trace, model_trace, _ = _guide_and_model_traces(
+                model, guide, args, kwargs, "log_importance_weights",
+                enumerated_refused="log importance weights need every latent site in the guide")
             if not weights:
                 for name, site in model_trace.nodes.items():
                     if site["type"] == "sample":

@@ -137,39 +137,52 @@ def _is_density_latent(site: dict) -> bool:
     return mask is None or bool(mask.any())
 
 
-def _check_guide_covers(guide_trace, model_trace, who: str) -> None:
+def _check_guide_covers(guide_trace, model_trace, who: str, enumerated_refused: Optional[str]) -> List[str]:
     """Refuses a guide that lacks a latent site of the model: the model replayed on
-    the guide's draws would draw that site from its prior instead."""
+    the guide's draws would draw that site from its prior instead. Sites that the
+    model enumerates (``infer={"enumerate": ...}``, summed out by TraceEnum_ELBO)
+    and the guide lacks are returned when ``enumerated_refused`` is None, and
+    refused with that reason otherwise."""
     missing = [
         name for name, site in model_trace.nodes.items()
         if _is_density_latent(site)
         and (name not in guide_trace.nodes or guide_trace.nodes[name]["type"] != "sample")
     ]
+    enumerated = [n for n in missing if model_trace.nodes[n]["infer"].get("enumerate")]
+    if enumerated_refused is None:
+        missing = [n for n in missing if n not in enumerated]
     if missing:
         raise ValueError(
             "the guide has no sample site for the model's latent site(s) {}: {} would draw "
             "them from the model's prior, not from the approximate posterior; add them to the "
             "guide (an autoguide such as AutoNormal has every latent site), or condition the "
-            "model on their values".format(", ".join(repr(n) for n in missing), who)
+            "model on their values{}".format(
+                ", ".join(repr(n) for n in missing), who,
+                "" if not enumerated or enumerated_refused is None else "; the model enumerates {}: {}".format(
+                    ", ".join(repr(n) for n in enumerated), enumerated_refused))
         )
+    return enumerated
 
 
-def _guide_and_model_traces(model, guide, args, kwargs, who: str):
-    """One guide draw and the model replayed on it (the guide checked to cover the model)."""
+def _guide_and_model_traces(model, guide, args, kwargs, who: str, enumerated_refused: Optional[str]):
+    """One guide draw, the model replayed on it (the guide checked to cover the
+    model), and the enumerated model sites that the guide leaves out."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    _check_guide_covers(guide_trace, model_trace, who)
-    return guide_trace, model_trace
+    summed_out = _check_guide_covers(guide_trace, model_trace, who, enumerated_refused)
+    return guide_trace, model_trace, summed_out
 
 
-def _joint_traces(model, guide, args, kwargs, predictive: bool):
-    """One guide draw, the model replayed on it, and optionally a posterior predictive run."""
-    guide_trace, model_trace = _guide_and_model_traces(model, guide, args, kwargs, "to_inference_data")
+def _joint_traces(model, guide, args, kwargs, predictive: bool, enumerated_refused: Optional[str]):
+    """One guide draw, the model replayed on it, and optionally a posterior
+    predictive run; and the enumerated sites the guide leaves out."""
+    guide_trace, model_trace, summed_out = _guide_and_model_traces(
+        model, guide, args, kwargs, "to_inference_data", enumerated_refused)
     predictive_trace = None
     if predictive:
         unconditioned = poutine.uncondition(poutine.replay(model, trace=guide_trace))
         predictive_trace = poutine.trace(unconditioned).get_trace(*args, **kwargs)
-    return model_trace, predictive_trace
+    return (model_trace, predictive_trace), summed_out
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -223,7 +236,11 @@ def to_inference_data(
       :class:`~pyro.infer.autoguide.AutoNormal`'s ``*_unconstrained`` are left out;
       points that the model masks out (``poutine.mask``, ``.mask()``, the
       ``<site>_unobserved`` site's observed points under ``obs_mask``) are NaN, and
-      a site masked out entirely is left out;
+      a site masked out entirely is left out; so are discrete sites that the model
+      enumerates (``infer={"enumerate": ...}``, summed out by ``TraceEnum_ELBO``)
+      and the guide does not sample, which is allowed only with
+      ``log_likelihood=False`` and ``posterior_predictive=False`` (both would
+      otherwise rest on prior draws of those sites);
     - ``posterior_predictive``: the observed sites re-sampled from the model given
       each guide draw (the model is run with its observations removed, as
       :class:`~pyro.infer.predictive.Predictive` does);
@@ -277,13 +294,16 @@ def to_inference_data(
     if observed is not None:
         model = poutine.condition(model, data=observed)
     with _seeded(seed), torch.no_grad():
-        traces = [_joint_traces(model, guide, args, kwargs, posterior_predictive)]
-        _check_sites(traces[0][0], observed)
-        traces += [
-            _joint_traces(model, guide, args, kwargs, posterior_predictive)
+        # enumerated sites the guide lacks are left out, unless the observation groups need them
+        enumerated_refused = None if not (log_likelihood or posterior_predictive) else (
+            "to_inference_data leaves them out only with log_likelihood=False and posterior_predictive=False")
+        first, summed_out = _joint_traces(model, guide, args, kwargs, posterior_predictive, enumerated_refused)
+        _check_sites(first[0], observed)
+        traces = [first] + [
+            _joint_traces(model, guide, args, kwargs, posterior_predictive, enumerated_refused)[0]
             for _ in range(num_samples - 1)
         ]
-        groups = _groups(traces, num_chains, posterior_predictive, log_likelihood)
+        groups = _groups(traces, num_chains, posterior_predictive, log_likelihood, summed_out)
     import arviz  # imported on use: arviz takes seconds to import
 
     return arviz.InferenceData(**groups)
@@ -309,11 +329,11 @@ def _nan_where(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return array
 
 
-def _groups(traces, num_chains: int, posterior_predictive: bool, log_likelihood: bool):
+def _groups(traces, num_chains: int, posterior_predictive: bool, log_likelihood: bool, summed_out: List[str]):
     first = traces[0][0]
     latent, masks = [], {}
     for name, site in first.nodes.items():
-        if _is_latent(site):
+        if _is_latent(site) and name not in summed_out:
             masks[name] = None if _is_deterministic(site) else _fixed_mask(name, traces, 0)
             if masks[name] is None or masks[name].any():
                 latent.append(name)

@@ -305,3 +305,24 @@ def test_a_fully_masked_observation_is_left_out():
     idata = to_inference_data(masked, _z_guide, X, num_samples=4, num_chains=2, seed=0)
     assert list(idata.log_likelihood.data_vars) == ["x2"]
     assert list(idata.observed_data.data_vars) == ["x2"]
+
+
+def _enumerated_mixture(x):
+    loc = pyro.sample("loc", dist.Normal(0.0, 3.0))
+    with pyro.plate("data", len(x)):
+        c = pyro.sample("c", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(loc * (2 * c - 1), 1.0), obs=x)
+
+
+def _global_guide(x):
+    pyro.sample("loc", dist.Normal(pyro.param("q_loc", torch.tensor(1.0)), 0.3))
+
+
+def test_enumerated_sites_the_guide_lacks_are_left_out_of_the_posterior_only():
+    # summed out by TraceEnum_ELBO: not in the posterior, and no group may rest on prior draws of them
+    idata = to_inference_data(_enumerated_mixture, _global_guide, X, num_samples=8, num_chains=2, seed=0,
+                              log_likelihood=False, posterior_predictive=False)
+    assert list(idata.posterior.data_vars) == ["loc"]
+    with pytest.raises(ValueError, match=r"latent site\(s\) 'c'.*the model enumerates 'c': to_inference_data leaves "
+                                         r"them out only with log_likelihood=False and posterior_predictive=False"):
+        to_inference_data(_enumerated_mixture, _global_guide, X, num_samples=8, num_chains=2)
