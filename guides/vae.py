@@ -24,7 +24,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from models.vae import BURDA_CONFIG, VAEConfig, check_binary, mlp
+from models.vae import BURDA_CONFIG, VAEConfig, check_images, mlp
+from pyro_vi._validation import instance
 
 __all__ = ["Encoder", "guide"]
 
@@ -40,7 +41,7 @@ class Encoder(nn.Module):
 
     def __init__(self, config: VAEConfig = BURDA_CONFIG):
         super().__init__()
-        self.config = config
+        self.config = instance("config", config, VAEConfig, "a models.vae.VAEConfig such as VAEConfig(latent_dim=50)")
         self.net = mlp((config.data_dim,) + config.hidden_dims + (2 * config.latent_dim,))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -52,9 +53,11 @@ def guide(x: torch.Tensor, encoder: Encoder) -> None:
     """
     The amortized guide: ``z_n ~ N(loc(x_n), diag scale(x_n)^2)`` in the same
     ``"data"`` plate as :func:`models.vae.model`. Pass the encoder with
-    :func:`functools.partial`.
+    :func:`functools.partial`. ``x`` is checked (:func:`models.vae.check_images`:
+    shape, dtype, binary pixels) before the encoder runs.
     """
-    check_binary(x)
+    instance("encoder", encoder, Encoder, "a guides.vae.Encoder")
+    check_images(x, encoder.config, encoder)
     pyro.module("encoder", encoder)
     loc, scale = encoder(x)
     with pyro.plate("data", x.shape[0], dim=-1):

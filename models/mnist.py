@@ -5,21 +5,20 @@ pixel intensities scaled to :math:`[0, 1]`; :func:`binarize` draws a dynamic
 binarization (each pixel ~ Bernoulli(intensity)), as Burda et al. do for every
 training batch. Where the data come from, in this order:
 
-1. ``data_dir`` is a torchvision root (``data_dir/MNIST/raw/`` holds the four
-   uncompressed IDX files): :class:`torchvision.datasets.MNIST` reads it.
-2. ``data_dir`` (or ``data_dir/MNIST/raw`` or ``data_dir/raw``) holds raw IDX files,
-   ``{train,t10k}-images-idx3-ubyte`` and ``-labels-idx1-ubyte``, each possibly
-   ``.gz``: they are parsed by torchvision's own IDX reader
-   (:func:`torchvision.datasets.mnist.read_image_file`; ``.gz`` files are first
-   decompressed into a temporary directory, never next to the originals). When only
-   the 10,000-image test split is there, it is split at random, with a fixed seed
+1. ``data_dir`` (or ``data_dir/MNIST/raw``, a torchvision root, or ``data_dir/raw``)
+   holds raw IDX files, ``{train,t10k}-images-idx3-ubyte`` and ``-labels-idx1-ubyte``,
+   each possibly ``.gz`` (decompressed in memory, nothing is written): they are read
+   by :func:`read_idx`, which checks each file and names the file and the problem
+   (empty, truncated, not gzip, not IDX, not unsigned bytes, images that are not
+   28x28, labels that are not digits, image and label counts that differ).
+   When only the 10,000-image test split is there, it is split at random, with a fixed seed
    (:data:`SPLIT_SEED`, independent of any experiment seed), into 80 % (8,000 images)
    for training and 20 % (2,000) held out for testing (:func:`split_test_only`);
    ``info["split"]`` says so. Not first/last: the first 5,000 test digits (Census
    Bureau employees) are cleaner than the last 5,000 (high-school students), and
    a first-8,000 / last-2,000 split would hold out only the harder half, ~16 nats
    per digit apart under the pixel-marginal model.
-3. Otherwise, when downloads are allowed, ``torchvision.datasets.MNIST(data_dir,
+2. Otherwise, when downloads are allowed, ``torchvision.datasets.MNIST(data_dir,
    download=True)`` fetches the full data set into ``data_dir``. Downloads are off
    with ``download=False`` or the environment variable ``PYRO_VI_NO_DOWNLOAD=1``.
 
@@ -34,17 +33,18 @@ References
 """
 
 import gzip
+import math
 import os
-import shutil
 import struct
-import tempfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 from torchvision.datasets import MNIST
-from torchvision.datasets.mnist import read_image_file, read_label_file
+
+from pyro_vi._validation import boolean, instance, integer
 
 __all__ = [
     "NO_DOWNLOAD_ENV",
@@ -55,6 +55,7 @@ __all__ = [
     "binarize",
     "default_data_dir",
     "load_mnist",
+    "read_idx",
     "split_test_only",
     "write_idx",
 ]
@@ -108,28 +109,91 @@ def _find_idx(data_dir: str, split: str, kind: str) -> Optional[str]:
     return None
 
 
-def _read_idx(path: str, reader, scratch: str) -> torch.Tensor:
-    """torchvision's IDX parser on ``path``, decompressing a ``.gz`` into ``scratch``."""
-    if path.endswith(".gz"):
-        target = os.path.join(scratch, os.path.basename(path)[:-3])
-        with gzip.open(path, "rb") as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        path = target
-    return reader(path)
+_IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32",
+              0x0E: "float64"}
+_IMAGE_SIZE = (28, 28)
+
+
+def _file_bytes(path: str) -> bytes:
+    """The bytes of ``path``, decompressed when it ends in ``.gz``."""
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except gzip.BadGzipFile as error:
+        raise ValueError("{} is not a gzip file although its name ends in .gz ({})".format(path, error)) from None
+    except EOFError:
+        raise ValueError("{} is a truncated gzip file: it ends before its compressed data does".format(path)) from None
+    except zlib.error as error:
+        raise ValueError("{} is a corrupt gzip file ({})".format(path, error)) from None
+    except OSError as error:
+        raise ValueError("{} cannot be read: {}".format(path, error)) from None
+
+
+def read_idx(path: str, kind: str) -> torch.Tensor:
+    """
+    The uint8 array of an MNIST IDX file (``.gz`` compressed or not): images
+    ``(N, 28, 28)`` when ``kind == "images"``, labels ``(N,)`` when
+    ``kind == "labels"``.
+
+    :raises ValueError: naming ``path`` and the problem: an empty or truncated
+        file (or gzip stream), a ``.gz`` that is not gzip, a magic number that is
+        not IDX, data that are not unsigned bytes, the wrong number of dimensions,
+        images that are not 28x28, labels that are not digits 0-9, or bytes left
+        over after the data.
+    """
+    if kind not in ("images", "labels"):
+        raise ValueError("kind must be 'images' or 'labels', got {!r}".format(kind))
+    ndim = 3 if kind == "images" else 1
+    data = _file_bytes(path)
+    if not data:
+        raise ValueError("{} is empty (0 bytes); expected MNIST {} in the IDX format".format(path, kind))
+    if len(data) < 4:
+        raise ValueError("{} is truncated: {} bytes, shorter than the 4-byte IDX magic number".format(path, len(data)))
+    if data[:2] != b"\0\0" or data[2] not in _IDX_TYPES:
+        raise ValueError("{} is not an IDX file: it starts with 0x{}, the IDX magic number of MNIST {} is "
+                         "0x{:08x}".format(path, data[:4].hex(), kind, 0x0800 + ndim))
+    if data[2] != 0x08:
+        raise ValueError("{} holds IDX data of type {} (0x{:02x}); MNIST {} are unsigned bytes (0x08)".format(
+            path, _IDX_TYPES[data[2]], data[2], kind))
+    if data[3] != ndim:
+        raise ValueError("{} holds a {}-dimensional IDX array; MNIST {} have {} ({})".format(
+            path, data[3], kind, ndim, "count, rows, columns" if ndim == 3 else "count"))
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError("{} is truncated: {} bytes, shorter than its {}-byte IDX header".format(
+            path, len(data), header))
+    dims = struct.unpack(">" + "I" * ndim, data[4:header])
+    expected, found = math.prod(dims), len(data) - header
+    if found < expected:
+        raise ValueError("{} is truncated: its header promises {} {} ({} bytes of data), the file holds {} "
+                         "bytes".format(path, dims[0], kind, expected, found))
+    if found > expected:
+        raise ValueError("{} has {} bytes after the {} {} its header promises; the file is not an MNIST IDX "
+                         "file or its header is wrong".format(path, found - expected, dims[0], kind))
+    if kind == "images" and tuple(dims[1:]) != _IMAGE_SIZE:
+        raise ValueError("{} holds {}x{} images; MNIST images are 28x28 (load_mnist returns (N, 784))".format(
+            path, dims[1], dims[2]))
+    array = torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=header).copy()).reshape(dims)
+    if kind == "labels" and array.numel() and int(array.max()) > 9:
+        raise ValueError("{} holds the label {}; MNIST labels are digits 0-9".format(path, int(array.max())))
+    return array
 
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(images.shape[0], -1).to(torch.float32) / 255.0
 
 
-def _read_split(data_dir: str, split: str, scratch: str):
+def _read_split(data_dir: str, split: str):
     images_path = _find_idx(data_dir, split, "images")
     if images_path is None:
         return None, None
-    images = _read_idx(images_path, read_image_file, scratch)
+    images = read_idx(images_path, "images")
     labels_path = _find_idx(data_dir, split, "labels")
     if labels_path is not None:
-        labels = _read_idx(labels_path, read_label_file, scratch)
+        labels = read_idx(labels_path, "labels")
         if labels.shape[0] != images.shape[0]:
             raise ValueError(
                 "{} has {} images but {} has {} labels".format(
@@ -153,6 +217,7 @@ def _from_torchvision(root: str, download: bool):
 def split_test_only(num_images: int):
     """``(train_indices, test_indices)`` of the fixed random 80/20 split used when
     only the MNIST test split is available."""
+    num_images = integer("num_images", num_images, minimum=2)
     num_train = int(round(TRAIN_FRACTION_OF_TEST_SPLIT * num_images))
     if num_train < 1 or num_train >= num_images:
         raise ValueError("{} images are too few to split into train and test".format(num_images))
@@ -172,22 +237,25 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
     :rtype: MnistData
     :raises MnistNotFoundError: when the files are not there and cannot be
         downloaded, with what to do.
+    :raises ValueError: for a bad argument, or a malformed file, naming the file
+        and the problem (see :func:`read_idx`).
     """
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
-    tv_raw = os.path.join(data_dir, "MNIST", "raw")
-    if all(os.path.isfile(os.path.join(tv_raw, name)) for name in _IDX_NAMES.values()):
-        train, test, info = _from_torchvision(data_dir, download=False)
-        return MnistData(train, test, dict(info, data_dir=data_dir,
-                                           num_train=len(train), num_test=len(test)))
-    with tempfile.TemporaryDirectory(prefix="pyro_vi_mnist_") as scratch:
-        train_u8, train_path = _read_split(data_dir, "train", scratch)
-        test_u8, test_path = _read_split(data_dir, "test", scratch)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise ValueError("data_dir must be a directory path (str or pathlib.Path) or None, got {!r:.60}".format(
+            data_dir))
+    download = boolean("download", download)
+    data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir) if data_dir is not None else default_data_dir()))
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ValueError("data_dir {} is a file, not a directory; pass the directory that holds the MNIST "
+                         "IDX files".format(data_dir))
+    train_u8, train_path = _read_split(data_dir, "train")
+    test_u8, test_path = _read_split(data_dir, "test")
     if test_u8 is not None:
         test = _as_float(test_u8)
         if train_u8 is not None:
             train = _as_float(train_u8)
             info = {
-                "source": "IDX files {} and {} (torchvision's IDX reader)".format(train_path, test_path),
+                "source": "IDX files {} and {}".format(train_path, test_path),
                 "split": "official training and test splits",
                 "only_test_split": False,
             }
@@ -195,7 +263,7 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
             train_idx, test_idx = split_test_only(len(test))
             train, test = test[train_idx], test[test_idx]
             info = {
-                "source": "IDX file {} (torchvision's IDX reader)".format(test_path),
+                "source": "IDX file {}".format(test_path),
                 "split": (
                     "only the {:,}-image MNIST test split was found: a fixed random {:,} of "
                     "its images (torch.randperm, seed {}) are used for training and the other "
@@ -237,7 +305,20 @@ def _one_line(error, limit=300):
 
 
 def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Dynamic binarization: each pixel ~ Bernoulli(its intensity in [0, 1])."""
+    """Dynamic binarization: each pixel ~ Bernoulli(its intensity in [0, 1]).
+
+    :raises ValueError: unless ``images`` is a floating tensor with values in [0, 1]
+        (scale 0-255 images by 1/255 first) and ``generator`` a torch.Generator or None.
+    """
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise ValueError("images must be a floating-point tensor of intensities in [0, 1], got {}{}; scale "
+                         "0-255 images with images.float() / 255".format(
+                             type(images).__name__, " of dtype {}".format(images.dtype)
+                             if isinstance(images, torch.Tensor) else ""))
+    if images.numel() and not bool(((images >= 0) & (images <= 1)).all()):
+        raise ValueError("images must have intensities in [0, 1], got values in [{:.6g}, {:.6g}]; scale 0-255 "
+                         "images by 1/255".format(images.min().item(), images.max().item()))
+    instance("generator", generator, torch.Generator, "a torch.Generator", optional=True)
     return torch.bernoulli(images, generator=generator)
 
 

@@ -24,19 +24,24 @@ References
 2. D. P. Kingma, M. Welling, *Auto-Encoding Variational Bayes*, ICLR 2014.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Sequence, Tuple, Union
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+
+from pyro_vi._validation import instance, integer
 
 __all__ = [
     "BURDA_CONFIG",
     "Decoder",
     "VAEConfig",
     "check_binary",
+    "check_images",
     "mlp",
     "model",
     "output_bias",
@@ -62,12 +67,15 @@ class VAEConfig:
     latent_dim: int = 50
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
-        for name, value in (("data_dim", self.data_dim), ("latent_dim", self.latent_dim)) + tuple(
-            ("hidden_dims", h) for h in self.hidden_dims
-        ):
-            if int(value) < 1:
-                raise ValueError("VAEConfig.{} must be positive, got {}".format(name, value))
+        hidden = self.hidden_dims
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (tuple, list, np.ndarray)):
+            raise ValueError(
+                "VAEConfig.hidden_dims must be a tuple of layer widths such as (200, 200), got {!r:.60} "
+                "({})".format(hidden, type(hidden).__name__))
+        object.__setattr__(self, "data_dim", integer("VAEConfig.data_dim", self.data_dim, minimum=1))
+        object.__setattr__(self, "latent_dim", integer("VAEConfig.latent_dim", self.latent_dim, minimum=1))
+        object.__setattr__(self, "hidden_dims", tuple(
+            integer("VAEConfig.hidden_dims[{}]".format(i), h, minimum=1) for i, h in enumerate(hidden)))
 
 
 BURDA_CONFIG = VAEConfig()
@@ -108,7 +116,7 @@ class Decoder(nn.Module):
 
     def __init__(self, config: VAEConfig = BURDA_CONFIG, mean_pixel=None):
         super().__init__()
-        self.config = config
+        self.config = instance("config", config, VAEConfig, "a models.vae.VAEConfig such as VAEConfig(latent_dim=50)")
         self.net = mlp((config.latent_dim,) + tuple(reversed(config.hidden_dims)) + (config.data_dim,))
         if mean_pixel is not None:
             with torch.no_grad():
@@ -119,14 +127,53 @@ class Decoder(nn.Module):
 
 
 def check_binary(x: torch.Tensor) -> None:
-    """Raises :class:`ValueError` unless every pixel of ``x`` is 0 or 1."""
+    """Raises :class:`ValueError` unless every pixel of ``x`` is 0 or 1 (saying
+    what range the pixels have when they leave [0, 1])."""
     if not isinstance(x, torch.Tensor):
         raise ValueError("x must be a tensor of binary pixels, got {}".format(type(x).__name__))
+    if x.numel() and bool(torch.isnan(x).any()):
+        raise ValueError("x contains NaN pixels; the Bernoulli decoder needs binary pixels (0 or 1)")
+    if x.numel() and (bool((x < 0).any()) or bool((x > 1).any())):
+        raise ValueError(
+            "x has pixel values in [{:.6g}, {:.6g}], outside [0, 1]; the Bernoulli decoder needs binary "
+            "pixels: scale 0-255 images by 1/255, then binarize (dynamic binarization: "
+            "torch.bernoulli(x))".format(x.min().item(), x.max().item()))
     if not ((x == 0) | (x == 1)).all():
         raise ValueError(
             "the Bernoulli decoder needs binary pixels; binarize first "
             "(dynamic binarization: torch.bernoulli(x))"
         )
+
+
+def check_images(x, config: VAEConfig, network: nn.Module, name: str = "x") -> None:
+    """
+    Raises :class:`ValueError` before ``network`` (the encoder or decoder) runs
+    unless ``x`` is a ``(batch, config.data_dim)`` floating tensor of binary pixels
+    in the dtype of the network's weights: raw ``uint8`` images, images of shape
+    ``(batch, 28, 28)``, a dtype the weights do not have (``float64`` input for
+    ``float32`` weights) and pixels outside {0, 1} are each refused with the fix.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError("{} must be a tensor of binary pixels of shape (batch, {}), got {}".format(
+            name, config.data_dim, type(x).__name__))
+    if not x.is_floating_point():
+        hint = (" (raw 0-255 pixel bytes?): pass binarize(x.float() / 255)" if x.dtype == torch.uint8
+                else ": pass x.float()")
+        raise ValueError("{} has dtype {}; the VAE takes floating-point binary pixels{}".format(
+            name, x.dtype, hint))
+    if x.dim() != 2 or x.shape[-1] != config.data_dim:
+        hint = ""
+        if x.dim() > 2 and math.prod(x.shape[1:]) == config.data_dim:
+            hint = ": flatten the images with {0}.reshape(len({0}), -1)".format(name)
+        raise ValueError("{} must have shape (batch, {}), got {}{}".format(
+            name, config.data_dim, tuple(x.shape), hint))
+    weight = next(network.parameters(), None)
+    if weight is not None and x.dtype != weight.dtype:
+        raise ValueError(
+            "{} has dtype {} but the {}'s weights are {}: pass {}.to({}) (or convert the networks with "
+            ".to({}))".format(name, x.dtype, type(network).__name__.lower(), weight.dtype, name, weight.dtype,
+                              x.dtype))
+    check_binary(x)
 
 
 def model(x: torch.Tensor, decoder: Decoder) -> None:
@@ -136,12 +183,10 @@ def model(x: torch.Tensor, decoder: Decoder) -> None:
 
     Pass the decoder with :func:`functools.partial`, e.g.
     ``functools.partial(model, decoder=Decoder(config, mean_pixel))``.
+    ``x`` is checked (:func:`check_images`) before the decoder runs.
     """
-    check_binary(x)
-    if x.dim() != 2 or x.shape[-1] != decoder.config.data_dim:
-        raise ValueError(
-            "x must have shape (batch, {}), got {}".format(decoder.config.data_dim, tuple(x.shape))
-        )
+    instance("decoder", decoder, Decoder, "a models.vae.Decoder")
+    check_images(x, decoder.config, decoder)
     pyro.module("decoder", decoder)
     prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([decoder.config.latent_dim]).to_event(1)
     with pyro.plate("data", x.shape[0], dim=-1):

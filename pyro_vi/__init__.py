@@ -4,7 +4,13 @@ Each estimator is a :class:`pyro.infer.ELBO` that drops into
 :class:`pyro.infer.SVI` where ``Trace_ELBO`` goes.
 """
 
-from .diagnostics import GradientStats, gradient_statistics, gradient_variance_table, psis_khat
+from .diagnostics import (
+    GradientStats,
+    gradient_statistics,
+    gradient_variance_table,
+    log_importance_weights,
+    psis_khat,
+)
 from .elbo import (
     ControlVariateELBO,
     ImportanceWeightedELBO,
@@ -26,7 +32,7 @@ from .natural_gradient import (
     natural_gradient_step,
     natural_parameter_step,
 )
-from .training import FitResult, NonFiniteError, fit
+from .training import FitResult, NonFiniteError, OutOfSupportError, fit, load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -41,6 +47,7 @@ __all__ = [
     "NaturalGradient",
     "NaturalParameterDomainError",
     "NonFiniteError",
+    "OutOfSupportError",
     "ParticleELBO",
     "ParticleTerms",
     "RaoBlackwellELBO",
@@ -53,6 +60,8 @@ __all__ = [
     "gradient_statistics",
     "gradient_variance_table",
     "gumbel_softmax_sample",
+    "load_checkpoint",
+    "log_importance_weights",
     "natural_gradient",
     "natural_gradient_step",
     "natural_parameter_step",

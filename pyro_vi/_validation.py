@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["boolean", "choice", "function", "integer", "real"]
+__all__ = ["boolean", "choice", "function", "instance", "integer", "real"]
 
 
 def _shown(value):
@@ -107,6 +107,32 @@ def function(name, value, optional=False):
         raise ValueError(
             "{} must be callable{}, got {} ({})".format(
                 name, " or None" if optional else "", _shown(value), type(value).__name__
+            )
+        )
+    return value
+
+
+def instance(name, value, kind, description, optional=False):
+    """``value`` if it is an instance of ``kind`` (a class or a tuple of
+    classes), or, when ``kind`` is a string, an object with that attribute
+    (``None`` too when ``optional``). ``description`` says what to pass, e.g.
+    ``"an ELBO instance such as pyro.infer.Trace_ELBO()"``; a class passed
+    where its instance belongs is refused with the call to make."""
+    if value is None and optional:
+        return None
+    ok = hasattr(value, kind) if isinstance(kind, str) else isinstance(value, kind)
+    if isinstance(value, type):
+        instantiable = hasattr(value, kind) if isinstance(kind, str) else issubclass(value, kind)
+        raise ValueError(
+            "{} must be {}, got the class {}{}".format(
+                name, description, value.__name__,
+                "; pass an instance, e.g. {}(...)".format(value.__name__) if instantiable else "",
+            )
+        )
+    if not ok:
+        raise ValueError(
+            "{} must be {}{}, got {} ({})".format(
+                name, description, " or None" if optional else "", _shown(value), type(value).__name__
             )
         )
     return value

@@ -12,6 +12,7 @@ References
     Yuling Yao, Aki Vehtari, Daniel Simpson, Andrew Gelman (2018)
 """
 
+import collections.abc
 import math
 import warnings
 from dataclasses import dataclass
@@ -22,10 +23,14 @@ import pyro
 import torch
 from pyro import poutine
 
+from ._validation import function, instance, integer
+from .inference_data import _check_no_subsampling, _check_seed, _guide_and_model_traces, _seeded
+
 __all__ = [
     "GradientStats",
     "gradient_statistics",
     "gradient_variance_table",
+    "log_importance_weights",
     "psis_khat",
 ]
 
@@ -137,15 +142,21 @@ def gradient_statistics(
         parameters by default.
     :returns: parameter name -> :class:`GradientStats`.
     :rtype: dict
-    :raises ValueError: if ``num_draws < 2`` or a requested parameter is never
-        touched.
+    :raises ValueError: before any draw, for an ``elbo`` without
+        ``loss_and_grads`` (e.g. the class instead of an instance), a ``model`` or
+        ``guide`` that is not callable, a ``num_draws`` that is not an integer
+        >= 2 (a variance needs two draws) or ``params`` that are not names;
+        after the draws, if a requested parameter is never touched.
     """
-    if num_draws < 2:
-        raise ValueError(
-            "num_draws={} is too small: a variance needs at least two draws".format(
-                num_draws
-            )
-        )
+    instance("elbo", elbo, "loss_and_grads", "an ELBO instance such as pyro.infer.Trace_ELBO()")
+    function("model", model)
+    function("guide", guide)
+    num_draws = integer("num_draws", num_draws, minimum=2)
+    if params is not None:
+        if not isinstance(params, str) and isinstance(params, collections.abc.Iterable):
+            params = list(params)
+        if not isinstance(params, list) or not all(isinstance(name, str) for name in params):
+            raise ValueError("params must be a list of param names, got {!r:.60}".format(params))
     store = pyro.get_param_store()
     saved = {name: p.grad for name, p in store.named_parameters()}
     try:
@@ -157,7 +168,6 @@ def gradient_statistics(
             p.grad = saved.get(name)
     stacked = _stack_draws(draws)
     if params is not None:
-        params = list(params)
         missing = [name for name in params if name not in stacked]
         if missing:
             raise ValueError(
@@ -189,6 +199,11 @@ def gradient_variance_table(
     :rtype: str
     :raises ValueError: if ``reference`` is not a key of ``stats_by_estimator``.
     """
+    if not isinstance(stats_by_estimator, dict) or not all(
+            isinstance(stats, dict) and all(isinstance(v, GradientStats) for v in stats.values())
+            for stats in stats_by_estimator.values()):
+        raise ValueError("stats_by_estimator must be a dict estimator name -> gradient_statistics(...) output, "
+                         "got {!r:.60}".format(stats_by_estimator))
     if reference not in stats_by_estimator:
         raise ValueError(
             "reference={!r} is not one of the estimators {}".format(
@@ -232,7 +247,8 @@ def psis_khat(log_weights) -> float:
     Uses :func:`arviz.psislw` with ``reff=1`` (independent draws from q).
 
     :param log_weights: 1-D tensor or array of
-        :math:`\log p(x, z_s) - \log q(z_s)` (any additive constant is irrelevant).
+        :math:`\log p(x, z_s) - \log q(z_s)` (any additive constant is
+        irrelevant), e.g. ``log_importance_weights(model, guide, data)``.
     :returns: :math:`\hat k`; ``-inf`` when all weights are equal (q = p up to a
         constant on the draws) and ``inf`` when the tail cannot be fit (ties).
     :rtype: float
@@ -241,7 +257,13 @@ def psis_khat(log_weights) -> float:
     """
     if isinstance(log_weights, torch.Tensor):
         log_weights = log_weights.detach().cpu().numpy()
-    log_weights = np.asarray(log_weights, dtype=np.float64)
+    raw = np.asarray(log_weights)
+    if raw.dtype.kind not in "iuf":
+        raise ValueError(
+            "log_weights must be a 1-D tensor or array of numbers, got {} of dtype {}; compute it "
+            "with log_importance_weights(model, guide, *args)".format(type(log_weights).__name__, raw.dtype)
+        )
+    log_weights = raw.astype(np.float64)
     if log_weights.ndim != 1:
         raise ValueError(
             "log_weights must be 1-D, got shape {}".format(log_weights.shape)
@@ -262,3 +284,46 @@ def psis_khat(log_weights) -> float:
 
         _, khat = arviz.psislw(log_weights, reff=1.0)
     return float(khat)
+
+
+def log_importance_weights(model, guide, *args, num_samples: int = 1000, seed: Optional[int] = None,
+                           **kwargs) -> torch.Tensor:
+    r"""
+    The log importance weights :math:`\log p(x, z_s) - \log q(z_s)`,
+    :math:`z_s \sim q`, of ``num_samples`` independent guide draws: what
+    :func:`psis_khat` takes, e.g.
+    ``psis_khat(log_importance_weights(model, guide, data))``.
+
+    Each draw runs the guide, replays the model on it, and takes the difference of
+    the traces' log densities (masks included, as Pyro's ELBOs do; auxiliary guide
+    sites, such as an autoguide's, are part of :math:`\log q`).
+
+    :param callable model: the Pyro model, called as ``model(*args, **kwargs)``.
+    :param callable guide: the Pyro guide; it must sample every latent site of
+        the model.
+    :param int num_samples: the number of draws (>= 1; :func:`psis_khat` needs
+        at least 21).
+    :param int seed: optional seed in ``[0, 2**32 - 1]``; the global RNG states
+        (torch, python, numpy) are restored afterwards.
+    :returns: a float64 tensor of shape ``(num_samples,)``.
+    :rtype: torch.Tensor
+    :raises ValueError: before any draw, for a bad argument; at the first draw,
+        for a guide that lacks a latent site of the model (naming it) or a
+        subsampled plate (the weights of a subsample are not those of the model).
+    """
+    function("model", model)
+    function("guide", guide)
+    num_samples = integer("num_samples", num_samples, minimum=1)
+    seed = _check_seed(seed)
+    weights = []
+    with _seeded(seed), torch.no_grad():
+        for _ in range(num_samples):
+            guide_trace, model_trace, _ = _guide_and_model_traces(
+                model, guide, args, kwargs, "log_importance_weights",
+                enumerated_refused="log importance weights need every latent site in the guide")
+            if not weights:
+                for name, site in model_trace.nodes.items():
+                    if site["type"] == "sample":
+                        _check_no_subsampling(name, site, "log_importance_weights")
+            weights.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+    return torch.stack(weights).to(torch.float64)

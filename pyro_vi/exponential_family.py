@@ -17,6 +17,10 @@ Fisher information in natural parameters is
 :math:`F(\theta) = J^\top F(\eta) J` with :math:`J = \partial\eta / \partial\theta`.
 These are computed here by autograd from the description, batched: an input of
 shape ``(..., d)`` gives ``(..., d)`` vectors and ``(..., d, d)`` matrices.
+Every computation runs in float64 and its result is returned in the dtype of the
+input, so that a valid float32 distribution (a Normal scale of ``1e-20`` or
+``1e20``, whose natural parameter :math:`-1/(2\sigma^2)` overflows or underflows
+float32) is not mistaken for one outside the domain.
 
 The Gamma distribution (question 2.2.14), shape :math:`\alpha`, scale :math:`\beta`:
 
@@ -45,6 +49,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple, Union
 
+import numpy as np
 import torch
 from torch.distributions import Distribution, Exponential, Gamma, LogNormal, Normal, Poisson, constraints
 
@@ -56,6 +61,10 @@ _LOG_2PI = math.log(2 * math.pi)
 class NaturalParameterDomainError(ValueError):
     """Natural parameters that map to no distribution of the family (e.g. a
     Gamma shape :math:`\\eta_1 + 1 \\le 0`)."""
+
+
+def _float64(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float64)
 
 
 def _batched_jacobian(outputs: torch.Tensor, inputs: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -105,23 +114,42 @@ class ExponentialFamily:
         return len(self.param_names)
 
     def check_params(self, theta) -> torch.Tensor:
-        """Usual parameters as a ``(..., d)`` tensor, each finite and inside its constraint.
+        """Usual parameters as a floating ``(..., d)`` tensor, each finite and inside
+        its constraint. Booleans are refused; integers become the default float dtype.
 
         :raises ValueError: naming the family, the parameter and the bad value.
         """
         if isinstance(theta, (list, tuple)):
             if len(theta) != self.dim:
                 raise ValueError(f"{self.name}: expected {self.dim} parameters {self.param_names}, got {len(theta)}")
-            values = [torch.as_tensor(v, dtype=torch.get_default_dtype()) if not isinstance(v, torch.Tensor) else v
-                      for v in theta]
-            theta = torch.stack(torch.broadcast_tensors(*values), dim=-1)
+            values = [self._param_tensor(name, v) for name, v in zip(self.param_names, theta)]
+            dtype = values[0].dtype
+            for v in values[1:]:
+                dtype = torch.promote_types(dtype, v.dtype)
+            theta = torch.stack(torch.broadcast_tensors(*[v.to(dtype) for v in values]), dim=-1)
         if not isinstance(theta, torch.Tensor) or theta.dim() == 0 or theta.shape[-1] != self.dim:
             raise ValueError(f"{self.name}: theta must have last dimension {self.dim} {self.param_names}, "
                              f"got {theta!r}")
+        theta = self._param_tensor("theta", theta)
         problem = self.param_problem(theta)
         if problem:
             raise ValueError(f"{self.name}: {problem}")
         return theta
+
+    def _param_tensor(self, name, value) -> torch.Tensor:
+        """``value`` (a number or a tensor) as a floating tensor; booleans and
+        non-numbers are refused."""
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+            raise ValueError(f"{self.name}: parameter {name} must be a number, got the boolean {value!r}; "
+                             f"pass a float, e.g. {name}=1.0")
+        if not isinstance(value, torch.Tensor):
+            if not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{self.name}: parameter {name} must be a number or a tensor, got {value!r:.60} "
+                                 f"({type(value).__name__})")
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        if value.is_complex():
+            raise ValueError(f"{self.name}: parameter {name} must be real, got dtype {value.dtype}")
+        return value if value.is_floating_point() else value.to(torch.get_default_dtype())
 
     def param_problem(self, theta: torch.Tensor) -> str:
         """What is wrong with usual parameters ``theta`` (``(..., d)``), or ``""`` if nothing."""
@@ -143,17 +171,23 @@ class ExponentialFamily:
         return x
 
     def natural_params(self, theta) -> torch.Tensor:
-        r""":math:`\eta(\theta)` of checked usual parameters."""
-        return self.to_natural(self.check_params(theta))
+        r""":math:`\eta(\theta)` of checked usual parameters (computed in float64)."""
+        theta = self.check_params(theta)
+        return self.to_natural(_float64(theta)).to(theta.dtype)
 
     def usual_params(self, eta: torch.Tensor) -> torch.Tensor:
-        r""":math:`\theta(\eta)`.
+        r""":math:`\theta(\eta)` (computed in float64).
 
         :raises NaturalParameterDomainError: if :math:`\eta` lies outside the natural domain.
         """
+        return self._usual_params64(eta).to(eta.dtype)
+
+    def _usual_params64(self, eta) -> torch.Tensor:
         if not isinstance(eta, torch.Tensor) or eta.dim() == 0 or eta.shape[-1] != self.dim:
             raise ValueError(f"{self.name}: eta must be a tensor with last dimension {self.dim}, got {eta!r}")
-        theta = self.from_natural(eta)
+        if not eta.is_floating_point():
+            raise ValueError(f"{self.name}: eta must be a floating-point tensor, got dtype {eta.dtype}")
+        theta = self.from_natural(_float64(eta))
         problem = self.param_problem(theta)
         if problem:
             raise NaturalParameterDomainError(
@@ -163,44 +197,87 @@ class ExponentialFamily:
         return theta
 
     def log_prob(self, theta, x) -> torch.Tensor:
-        r""":math:`\log h(x) + \eta^\top t(x) - A(\eta)`, broadcast over ``theta[..., 0]`` and ``x``."""
-        eta = self.natural_params(theta)
+        r""":math:`\log h(x) + \eta^\top t(x) - A(\eta)`, broadcast over ``theta[..., 0]`` and ``x``
+        (computed in float64, returned in the dtype of ``theta`` and a floating ``x`` promoted)."""
+        theta = self.check_params(theta)
         x = self.check_data(x)
-        return self.log_base_measure(x) + (eta * self.sufficient_stats(x)).sum(-1) - self.log_normalizer(eta)
+        dtype = torch.promote_types(theta.dtype, x.dtype) if x.is_floating_point() else theta.dtype
+        eta, x = self.to_natural(_float64(theta)), _float64(x)
+        return (self.log_base_measure(x) + (eta * self.sufficient_stats(x)).sum(-1)
+                - self.log_normalizer(eta)).to(dtype)
 
     def mean_params(self, eta: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         r"""Mean parameters :math:`\nabla_\eta A(\eta) = E[t(x)]`, shape ``(..., d)``."""
-        self.usual_params(eta)
+        return self._mean_params64(eta, create_graph).to(eta.dtype)
+
+    def _mean_params64(self, eta, create_graph=False):
+        self._usual_params64(eta)
         with torch.enable_grad():
-            eta_ = eta if create_graph and eta.requires_grad else eta.detach().requires_grad_(True)
+            eta_ = _float64(eta) if create_graph and eta.requires_grad else _float64(eta.detach()).requires_grad_(True)
             return torch.autograd.grad(self.log_normalizer(eta_).sum(), eta_, create_graph=create_graph)[0]
 
     def fisher_natural(self, eta: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         r"""Fisher information in natural parameters, :math:`F(\eta) = \nabla^2_\eta A(\eta)
         = \mathrm{Cov}[t(x)]`, shape ``(..., d, d)``."""
-        self.usual_params(eta)
+        return self._fisher_natural64(eta, create_graph).to(eta.dtype)
+
+    def _fisher_natural64(self, eta, create_graph=False):
+        self._usual_params64(eta)
         with torch.enable_grad():
-            eta_ = eta if create_graph and eta.requires_grad else eta.detach().requires_grad_(True)
+            eta_ = _float64(eta) if create_graph and eta.requires_grad else _float64(eta.detach()).requires_grad_(True)
             grad = torch.autograd.grad(self.log_normalizer(eta_).sum(), eta_, create_graph=True)[0]
             return _batched_jacobian(grad, eta_, create_graph)
 
     def natural_jacobian(self, theta) -> torch.Tensor:
         r""":math:`J = \partial\eta / \partial\theta`, ``J[..., i, j] = d eta_i / d theta_j``."""
         theta = self.check_params(theta)
+        return self._natural_jacobian64(_float64(theta)).to(theta.dtype)
+
+    def _natural_jacobian64(self, theta64):
         with torch.enable_grad():
-            theta_ = theta.detach().requires_grad_(True)
+            theta_ = theta64.detach().requires_grad_(True)
             return _batched_jacobian(self.to_natural(theta_), theta_, create_graph=False)
 
     def fisher(self, theta) -> torch.Tensor:
         r"""Fisher information in usual parameters, :math:`F(\theta) = J^\top F(\eta) J`,
         shape ``(..., d, d)``."""
         theta = self.check_params(theta)
-        jac = self.natural_jacobian(theta)
-        return jac.transpose(-1, -2) @ self.fisher_natural(self.to_natural(theta).detach()) @ jac
+        return self._fisher64(_float64(theta)).to(theta.dtype)
+
+    def _fisher64(self, theta64):
+        jac = self._natural_jacobian64(theta64)
+        return jac.transpose(-1, -2) @ self._fisher_natural64(self.to_natural(theta64).detach()) @ jac
 
     def natural_gradient(self, theta, grad_theta: torch.Tensor) -> torch.Tensor:
-        r""":math:`F(\theta)^{-1} \nabla_\theta \mathcal{L}`, by a linear solve, shape ``(..., d)``."""
-        return torch.linalg.solve(self.fisher(theta), grad_theta.unsqueeze(-1)).squeeze(-1)
+        r""":math:`F(\theta)^{-1} \nabla_\theta \mathcal{L}`, by a linear solve in float64,
+        shape ``(..., d)``.
+
+        :raises ValueError: if :math:`F(\theta)` is singular to working precision.
+        """
+        theta = self.check_params(theta)
+        theta64 = _float64(theta)
+        return self.solve(self._fisher64(theta64), grad_theta, theta64, "Fisher information").to(theta.dtype)
+
+    def solve(self, matrix, rhs, theta, what) -> torch.Tensor:
+        r""":math:`M^{-1} r` in float64 for ``(..., d, d)`` matrices :math:`M` and ``(..., d)``
+        vectors :math:`r`; a matrix singular to working precision (an LU pivot of zero,
+        or a non-finite solution) raises ``ValueError`` naming ``what``, the family and
+        the usual parameters ``theta`` where it happens (instead of torch's ``LinAlgError``)."""
+        matrix, rhs = _float64(matrix), _float64(torch.as_tensor(rhs))
+        batch = torch.broadcast_shapes(matrix.shape[:-2], rhs.shape[:-1])
+        matrix, rhs = matrix.expand(batch + matrix.shape[-2:]), rhs.expand(batch + rhs.shape[-1:])
+        solution, info = torch.linalg.solve_ex(matrix, rhs.unsqueeze(-1))
+        solution = solution.squeeze(-1)
+        bad = (info != 0) | ~torch.isfinite(solution).all(-1)
+        if bool(bad.any()):
+            at = _float64(theta).detach().expand(bad.shape + (self.dim,))[bad][0]
+            shown = ", ".join(f"{n}={v:.6g}" for n, v in zip(self.param_names, at.tolist()))
+            raise ValueError(
+                f"{self.name}: the {what} at {shown} is singular to working precision (float64), so the "
+                f"natural gradient is not defined there; move the parameters away from this point (e.g. a "
+                f"smaller step) or use a plain gradient step for this factor"
+            )
+        return solution
 
 
 def _describe(constraint) -> str:

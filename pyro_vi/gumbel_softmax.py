@@ -52,17 +52,19 @@ References
     (the Gumbel-max trick)
 """
 
-import numbers
+import collections.abc
 from typing import Optional, Sequence, Union
 
 import torch
+
+from ._validation import boolean, instance, integer, real
 
 __all__ = ["categorical_from_relaxed", "gumbel_noise", "gumbel_softmax_sample"]
 
 
 def _check_temperature(temperature, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(temperature, bool) or not isinstance(temperature, (numbers.Real, torch.Tensor)):
-        raise ValueError("temperature must be a positive finite number, got {!r}".format(temperature))
+    if not isinstance(temperature, torch.Tensor) or temperature.dtype == torch.bool:
+        temperature = real("temperature", temperature, minimum=0, strict_minimum=True)
     t = torch.as_tensor(temperature, dtype=like.dtype, device=like.device)
     if t.numel() == 0 or not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
         raise ValueError(
@@ -90,6 +92,18 @@ def _check_logits(logits) -> torch.Tensor:
             "zero a large negative logit instead of -inf"
         )
     return logits
+
+
+def _check_sample_shape(sample_shape) -> torch.Size:
+    """``sample_shape`` as a ``torch.Size`` of non-negative integers (a sequence, not a number)."""
+    if isinstance(sample_shape, (str, bytes)) or not isinstance(sample_shape, collections.abc.Sequence):
+        raise ValueError(
+            "sample_shape must be a sequence of non-negative integers such as (10,) or torch.Size([10]), "
+            "got {!r:.60} ({})".format(sample_shape, type(sample_shape).__name__)
+        )
+    return torch.Size(
+        [integer("sample_shape[{}]".format(i), n, minimum=0) for i, n in enumerate(sample_shape)]
+    )
 
 
 def gumbel_noise(
@@ -141,12 +155,16 @@ def gumbel_softmax_sample(
     :param torch.Generator generator: optional source of randomness (on the device
         of ``logits``); the same generator state gives the same sample.
     :returns: a tensor of shape ``sample_shape + logits.shape`` on the simplex.
-    :raises ValueError: for non-finite or empty ``logits`` and for a temperature that
-        is not positive and finite.
+    :raises ValueError: for non-finite or empty ``logits``, a temperature that is
+        not positive and finite, a ``sample_shape`` that is not a sequence of
+        non-negative integers, a non-boolean ``hard`` or a ``generator`` that is not
+        a :class:`torch.Generator`.
     """
     logits = _check_logits(logits)
     t = _check_temperature(temperature, logits)
-    shape = torch.Size(sample_shape) + logits.shape
+    shape = _check_sample_shape(sample_shape) + logits.shape
+    hard = boolean("hard", hard)
+    instance("generator", generator, torch.Generator, "a torch.Generator", optional=True)
     g = gumbel_noise(shape, dtype=logits.dtype, device=logits.device, generator=generator)
     # log-space softmax: exp(log_softmax) never overflows, even for tau -> 0.
     y = torch.log_softmax((logits + g) / t, dim=-1).exp()

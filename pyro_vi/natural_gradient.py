@@ -44,15 +44,15 @@ References
    Inference*, JMLR 14 (2013), section 2.3 (eq. 14: natural gradient = phi* - lambda).
 """
 
-import math
-import numbers
 from typing import Callable, Dict, NamedTuple, Sequence, Tuple, Union
 
+import numpy as np
 import pyro
 import torch
 from pyro.optim import PyroOptim
 from torch.distributions import transform_to
 
+from ._validation import instance, integer, real
 from .exponential_family import ExponentialFamily, NaturalParameterDomainError, get_family
 
 __all__ = ["DescentStep", "NaturalGradient", "descent_step", "natural_gradient", "natural_gradient_step",
@@ -68,16 +68,12 @@ class DescentStep(NamedTuple):
     step_size: float
 
 
-def _check_step_size(lr) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
-    return float(lr)
+def _check_step_size(lr, name="lr") -> float:
+    return real(name, lr, minimum=0, strict_minimum=True)
 
 
 def _check_max_halvings(max_halvings) -> int:
-    if isinstance(max_halvings, bool) or not isinstance(max_halvings, numbers.Integral) or max_halvings < 0:
-        raise ValueError(f"max_halvings must be a non-negative integer, got {max_halvings!r}")
-    return int(max_halvings)
+    return integer("max_halvings", max_halvings, minimum=0)
 
 
 def _halve_until_inside(family, propose: Callable[[float], torch.Tensor], lr, max_halvings) -> DescentStep:
@@ -96,9 +92,24 @@ def _halve_until_inside(family, propose: Callable[[float], torch.Tensor], lr, ma
 
 
 def _as_grad(family, theta, grad, name) -> torch.Tensor:
-    grad = torch.as_tensor(grad, dtype=theta.dtype)
+    """``grad`` as a tensor of ``theta``'s dtype with last dimension ``family.dim``,
+    finite (a NaN or infinite component is refused, naming the parameter)."""
+    if isinstance(grad, (list, tuple)) and any(isinstance(g, (bool, np.bool_)) for g in grad) or (
+            isinstance(grad, torch.Tensor) and grad.dtype == torch.bool):
+        raise ValueError(f"{name} must hold numbers, got booleans {grad!r:.60}")
+    try:
+        grad = torch.as_tensor(grad, dtype=theta.dtype)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{name} must be a tensor of numbers, got {grad!r:.60}: {error}") from None
     if grad.dim() == 0 or grad.shape[-1] != family.dim:
         raise ValueError(f"{name} must have last dimension {family.dim}, got shape {tuple(grad.shape)}")
+    for i, param in enumerate(family.param_names):
+        bad = ~torch.isfinite(grad[..., i])
+        if bool(bad.any()):
+            raise ValueError(f"{name} for {family.name} parameter {param} is not finite "
+                             f"({grad[..., i][bad].flatten()[0].item()}); the natural gradient of a "
+                             f"non-finite gradient is meaningless: find where the loss or its gradient "
+                             f"became NaN/inf")
     return grad
 
 
@@ -107,8 +118,11 @@ def natural_gradient(family: FamilyLike, theta, grad_theta: torch.Tensor) -> tor
     ``family`` (a name in :data:`~pyro_vi.exponential_family.FAMILIES` or a description).
 
     :param theta: usual parameters, shape ``(..., d)`` or a sequence of ``d`` values.
-    :param torch.Tensor grad_theta: :math:`\nabla_\theta \mathcal{L}`, shape ``(..., d)``.
+    :param torch.Tensor grad_theta: :math:`\nabla_\theta \mathcal{L}`, shape ``(..., d)``, finite.
     :rtype: torch.Tensor
+    :raises ValueError: for parameters outside the family's domain, a non-finite
+        ``grad_theta`` (naming the parameter), or a Fisher information singular to
+        working precision (computed in float64).
     """
     family = get_family(family)
     theta = family.check_params(theta)
@@ -146,11 +160,13 @@ def natural_parameter_step(family: FamilyLike, theta, grad_theta, lr: float, max
     family = get_family(family)
     theta = family.check_params(theta).detach()
     grad_theta = _as_grad(family, theta, grad_theta, "grad_theta")
-    eta = family.to_natural(theta)
-    jac = family.natural_jacobian(theta)
-    grad_eta = torch.linalg.solve(jac.transpose(-1, -2), grad_theta.unsqueeze(-1))
-    direction = torch.linalg.solve(family.fisher_natural(eta), grad_eta).squeeze(-1)
-    return _halve_until_inside(family, lambda rho: family.from_natural(eta - rho * direction), lr, max_halvings)
+    theta64 = theta.to(torch.float64)  # float64 throughout: float32 natural parameters under/overflow
+    eta = family.to_natural(theta64)
+    jac = family._natural_jacobian64(theta64)
+    grad_eta = family.solve(jac.transpose(-1, -2), grad_theta, theta64, "Jacobian d eta / d theta")
+    direction = family.solve(family._fisher_natural64(eta), grad_eta, theta64, "Fisher information")
+    return _halve_until_inside(family, lambda rho: family.from_natural(eta - rho * direction).to(theta.dtype),
+                               lr, max_halvings)
 
 
 def _check_factors(factors) -> Dict[str, Tuple[ExponentialFamily, Tuple[str, ...]]]:
@@ -200,18 +216,19 @@ class NaturalGradient(PyroOptim):
                  fallback: PyroOptim = None):
         # PyroOptim.__init__ builds torch optimizers per parameter; none are needed here.
         self.factors = _check_factors(factors)
-        if not callable(lr):
-            _check_step_size(lr)
-        _check_max_halvings(max_halvings)
-        if fallback is not None and not isinstance(fallback, PyroOptim):
-            raise ValueError(f"fallback must be a pyro.optim.PyroOptim, got {type(fallback).__name__}")
+        if isinstance(lr, type) or not callable(lr):
+            lr = _check_step_size(lr)
+        max_halvings = _check_max_halvings(max_halvings)
+        instance("fallback", fallback, PyroOptim,
+                 "a pyro.optim optimizer instance such as pyro.optim.Adam({'lr': 0.01})", optional=True)
         self.lr, self.max_halvings, self.fallback = lr, max_halvings, fallback
         self.num_steps = 0
         self.last_step_sizes: Dict[str, float] = {}
 
     def _step_size(self) -> float:
-        rho = self.lr(self.num_steps) if callable(self.lr) else self.lr
-        return _check_step_size(rho)
+        if not callable(self.lr):
+            return self.lr
+        return _check_step_size(self.lr(self.num_steps), "lr({}) (the schedule at this step)".format(self.num_steps))
 
     def __call__(self, params: Sequence[torch.Tensor], *args, **kwargs) -> None:
         store = pyro.get_param_store()
@@ -222,6 +239,11 @@ class NaturalGradient(PyroOptim):
                 raise ValueError("NaturalGradient got a tensor that is not an unconstrained Pyro param")
             named[name] = p
         owned = {name for _, names in self.factors.values() for name in names}
+        unknown = sorted(owned - set(store.keys()))
+        if unknown:
+            raise ValueError(f"NaturalGradient factors name param(s) {unknown} that are not in the Pyro param "
+                             f"store, whose params are {sorted(store.keys())}; fix the names in factors (their "
+                             f"params would otherwise go to the fallback optimizer or nowhere)")
         others = [p for name, p in named.items() if name not in owned]
         if others and self.fallback is None:
             unknown = sorted(name for name in named if name not in owned)
@@ -237,11 +259,11 @@ class NaturalGradient(PyroOptim):
                 missing = [name for name, ok in zip(names, present) if not ok]
                 raise ValueError(f"factor {factor!r}: param(s) {missing} are not among the optimized params")
             transforms = [_elementwise_transform(name, param_constraints[name]) for name in names]
-            theta, grad_theta = _usual_params_and_grads([named[n] for n in names], transforms, factor)
+            theta, grad_theta = _usual_params_and_grads(names, [named[n] for n in names], transforms, factor)
             try:
                 step = natural_parameter_step(family, theta, grad_theta, rho, self.max_halvings)
-            except NaturalParameterDomainError as error:
-                raise NaturalParameterDomainError(f"factor {factor!r}: {error}") from None
+            except ValueError as error:  # the domain, a singular Fisher information: say which factor
+                raise type(error)(f"factor {factor!r}: {error}") from None
             sizes[factor] = step.step_size
             for name, transform, value in zip(names, transforms, step.theta.unbind(-1)):
                 updates[name] = transform.inv(value)
@@ -271,12 +293,19 @@ def _elementwise_transform(name, constraint):
     return transform
 
 
-def _usual_params_and_grads(unconstrained, transforms, factor):
+def _usual_params_and_grads(names, unconstrained, transforms, factor):
     """Constrained values ``(..., d)`` and the loss gradient w.r.t. them by the chain rule,
-    :math:`\\partial L / \\partial \\theta = (\\partial L / \\partial u) / (d\\theta / du)`."""
+    :math:`\\partial L / \\partial \\theta = (\\partial L / \\partial u) / (d\\theta / du)`;
+    a non-finite gradient is refused, naming the param."""
     shapes = {tuple(u.shape) for u in unconstrained}
     if len(shapes) != 1:
         raise ValueError(f"factor {factor!r}: its params must have one shape, got {sorted(shapes)}")
+    for name, u in zip(names, unconstrained):
+        if u.grad is not None and not bool(torch.isfinite(u.grad).all()):
+            bad = u.grad[~torch.isfinite(u.grad)].flatten()[0].item()
+            raise ValueError(f"factor {factor!r}: the gradient of param {name!r} is not finite ({bad}); "
+                             f"no param was changed: find where the loss or its gradient became NaN/inf "
+                             f"(pyro_vi.fit stops there with NonFiniteError)")
     values, grads = [], []
     with torch.enable_grad():
         for u, transform in zip(unconstrained, transforms):

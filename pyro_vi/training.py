@@ -60,14 +60,17 @@ class NonFiniteError(FloatingPointError):
 class OutOfSupportError(ValueError):
     """
     Raised by :func:`fit` when a distribution of the model or guide gets an
-    argument outside its constraint (a scale driven negative or NaN, say), in
-    place of torch's validation error. No optimizer step is taken.
+    argument outside its constraint (a scale driven negative or NaN, say), or
+    when the guide draws a latent value outside the model's support (a Normal
+    guide for a Gamma latent), in place of torch's validation error. No
+    optimizer step is taken.
 
     :ivar int step: the failing step, counted from 1.
     :ivar str role: ``"guide"`` or ``"model"``.
     :ivar str site: the sample site.
     :ivar str argument: the distribution's argument (``"value"`` for an
-        observation outside the support).
+        observation outside the support, or for a latent site of the model
+        whose value, drawn by the guide, is outside the model's support).
     :ivar list names: the Pyro params the argument is computed from.
     :ivar numpy.ndarray losses: the losses of the completed steps before it.
     """
@@ -367,11 +370,20 @@ class _CheckArguments(Messenger):
             for name, constraint in getattr(fn, "arg_constraints", {}).items():
                 value = fn.__dict__.get(name)  # lazy arguments not computed are skipped
                 if isinstance(value, torch.Tensor) and not _satisfies(constraint, value):
-                    raise _Invalid(self.role, msg["name"], type(fn).__name__, name, value, constraint)
+                    raise _Invalid(self.role, msg["name"], type(fn).__name__, name, value, constraint, False)
             fn = getattr(fn, "base_dist", None)
         if msg["is_observed"] and not _satisfies(msg["fn"].support, msg["value"]):
             raise _Invalid(self.role, msg["name"], type(msg["fn"]).__name__, "value", msg["value"],
-                           msg["fn"].support)
+                           msg["fn"].support, False)
+
+    def _postprocess_message(self, msg):
+        # a latent site of the model gets its value from the guide (replay): it
+        # must lie in the model distribution's support too
+        if (self.role == "model" and msg["type"] == "sample" and not msg["is_observed"]
+                and not site_is_subsample(msg)
+                and isinstance(msg["value"], torch.Tensor) and not _satisfies(msg["fn"].support, msg["value"])):
+            raise _Invalid(self.role, msg["name"], type(msg["fn"]).__name__, "value", msg["value"],
+                           msg["fn"].support, True)
 
 
 def _satisfies(constraint, value) -> bool:
@@ -398,8 +410,8 @@ def _find_invalid(model, guide, args, kwargs, torch_state):
             guide_trace = poutine.trace(_CheckArguments("guide")(guide)).get_trace(*args, **kwargs)
             poutine.replay(_CheckArguments("model")(model), trace=guide_trace)(*args, **kwargs)
         except _Invalid as invalid:
-            role, site, dist_name, argument, value, constraint = invalid.args
-            return role, site, dist_name, argument, value, constraint, _params_behind(value)
+            role, site, dist_name, argument, value, constraint, latent = invalid.args
+            return role, site, dist_name, argument, value, constraint, _params_behind(value), latent
         except Exception:
             return None
     return None
@@ -417,8 +429,13 @@ def _show_values(name, value, constraint) -> str:
 
 
 def _raise_out_of_support(found, where, step, losses, error):
-    role, site, dist_name, argument, value, constraint, names = found
-    if argument == "value":
+    role, site, dist_name, argument, value, constraint, names, latent = found
+    if latent:
+        text = ("{}: the model's latent site {!r} got {} from the guide, outside the support {} of its {}; "
+                "the guide must draw {!r} from a distribution with that support (e.g. a LogNormal or Gamma "
+                "for a positive latent, or an autoguide)").format(
+            where, site, _show_values("the value", value, constraint), constraint, dist_name, site)
+    elif argument == "value":
         text = "{}: the {}'s observed site {!r} has {} outside the support {} of its {}".format(
             where, role, site, _show_values("the observation", value, constraint), constraint, dist_name)
     else:

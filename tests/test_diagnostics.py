@@ -13,6 +13,7 @@ from pyro_vi.diagnostics import (
     GradientStats,
     gradient_statistics,
     gradient_variance_table,
+    log_importance_weights,
     psis_khat,
 )
 
@@ -129,7 +130,7 @@ def test_gradient_statistics_snr_edge_cases(fresh):
 
 @pytest.mark.parametrize("num_draws", [0, 1])
 def test_gradient_statistics_needs_two_draws(fresh, num_draws):
-    with pytest.raises(ValueError, match="at least two draws"):
+    with pytest.raises(ValueError, match="num_draws must be an integer >= 2, got {}".format(num_draws)):
         gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=num_draws)
 
 
@@ -206,3 +207,61 @@ def test_psis_khat_equal_weights():
 def test_psis_khat_bad_input(log_weights, match):
     with pytest.raises(ValueError, match=match):
         psis_khat(log_weights)
+
+
+def test_gradient_statistics_float_num_draws_is_refused_by_name(fresh):
+    with pytest.raises(ValueError, match=r"num_draws must be an integer >= 2, got 3\.0 \(float\)"):
+        gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=3.0)
+    assert len(pyro.get_param_store()) == 0  # refused before any draw
+    stats = gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=np.int64(3))
+    assert stats["m"].num_draws == 3
+
+
+def test_gradient_statistics_elbo_class_is_refused(fresh):
+    with pytest.raises(ValueError, match=r"elbo must be an ELBO instance .*got the class Trace_ELBO; pass"):
+        gradient_statistics(Trace_ELBO, model, guide, X, num_draws=3)
+
+
+def test_log_importance_weights_are_log_p_minus_log_q(fresh):
+    log_w = log_importance_weights(model, guide, X, num_samples=30, seed=2)
+    assert log_w.shape == (30,) and log_w.dtype == torch.float64
+    # the same draws by hand under the same seed
+    pyro.set_rng_seed(2)
+    expected = []
+    for _ in range(30):
+        z = dist.Normal(M0, S0).sample()
+        log_p = dist.Normal(0.0, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(X).sum()
+        expected.append(log_p - dist.Normal(M0, S0).log_prob(z))
+    torch.testing.assert_close(log_w, torch.stack(expected).double(), rtol=1e-5, atol=1e-5)
+
+
+def test_psis_khat_from_model_and_guide(fresh):
+    post_var = 1.0 / (N + 1)
+    post_mean = X.sum().item() * post_var
+
+    def exact(x):
+        pyro.sample("z", dist.Normal(post_mean, math.sqrt(post_var)))
+
+    def narrow(x):
+        pyro.sample("z", dist.Normal(post_mean, 0.3 * math.sqrt(post_var)))
+
+    log_w = log_importance_weights(model, exact, X, num_samples=50, seed=0)
+    torch.testing.assert_close(log_w, log_w[:1].expand(50), rtol=0, atol=1e-4)
+    assert psis_khat(log_importance_weights(model, narrow, X, num_samples=2000, seed=0)) > 0.7
+
+
+def test_log_importance_weights_refuse_a_guide_without_a_model_latent(fresh):
+    def two_latents(x):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+        model(x)
+
+    with pytest.raises(ValueError, match=r"latent site\(s\) 'w'"):
+        log_importance_weights(two_latents, guide, X, num_samples=30)
+    with pytest.raises(ValueError, match=r"num_samples must be an integer >= 1, got 2\.5"):
+        log_importance_weights(model, guide, X, num_samples=2.5)
+
+
+def test_psis_khat_refuses_non_numbers():
+    with pytest.raises(ValueError, match="log_weights must be a 1-D tensor or array of numbers.*"
+                                         "log_importance_weights"):
+        psis_khat(["a"] * 30)

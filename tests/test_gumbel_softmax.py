@@ -211,3 +211,29 @@ def test_bad_logits(logits):
 def test_bad_relaxed_sample(y):
     with pytest.raises(ValueError, match="y "):
         categorical_from_relaxed(y)
+
+
+@pytest.mark.parametrize("sample_shape, match", [
+    ((-1,), r"sample_shape\[0\] must be an integer >= 0, got -1"),
+    ((2, -3), r"sample_shape\[1\] must be an integer >= 0, got -3"),
+    ((2.5,), r"sample_shape\[0\] must be an integer >= 0, got 2\.5 \(float\)"),
+    (5, r"sample_shape must be a sequence of non-negative integers .* got 5 \(int\)"),
+    ("5", r"sample_shape must be a sequence .* got '5' \(str\)"),
+])
+def test_bad_sample_shape_is_refused_by_name(sample_shape, match):
+    with pytest.raises(ValueError, match=match):
+        gumbel_softmax_sample(LOGITS, 1.0, sample_shape=sample_shape)
+
+
+def test_sample_shape_accepts_numpy_integers_and_zero():
+    assert gumbel_softmax_sample(LOGITS, 1.0, sample_shape=(np.int64(2), 0)).shape == (2, 0) + LOGITS.shape
+    assert gumbel_softmax_sample(LOGITS, 1.0, sample_shape=torch.Size([3])).shape == (3,) + LOGITS.shape
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"hard": "yes"}, r"hard must be True or False, got 'yes'"),
+    ({"generator": 0}, r"generator must be a torch\.Generator or None, got 0"),
+])
+def test_bad_hard_and_generator(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gumbel_softmax_sample(LOGITS, 1.0, **kwargs)

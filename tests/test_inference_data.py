@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import arviz as az
 import matplotlib
@@ -197,3 +198,131 @@ def test_positive_constraint_param_guide():
     pyro.clear_param_store()
     idata = to_inference_data(model, q, X, num_samples=4, num_chains=2, seed=0)
     assert idata.posterior["z"].shape == (2, 2)
+
+
+# ---------------------------------------------------------------------------
+# issue 10: guides that lack a latent, pyro.factor, masks, argument types
+
+MASK = torch.tensor([True, True, False, True, False, True])
+
+
+def _z_guide(x):
+    pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(LOC)), SCALE))
+
+
+def test_guide_without_a_model_latent_is_refused_naming_it():
+    # model has z and y; this guide samples z only: y would be prior draws
+    with pytest.raises(ValueError, match=r"no sample site for the model's latent site\(s\) 'y'.*prior"):
+        to_inference_data(model, _z_guide, X, num_samples=4, num_chains=2)
+
+
+def test_float_num_samples_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"num_samples must be an integer >= 1, got 8\.0 \(float\)"):
+        to_inference_data(model, guide, X, num_samples=8.0, num_chains=2)
+    idata = to_inference_data(model, guide, X, num_samples=np.int64(4), num_chains=np.int32(2), seed=0)
+    assert idata.posterior["z"].shape == (2, 2)
+
+
+def test_factor_is_a_density_term_not_an_observation():
+    def with_factor(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.factor("penalty", -(z**2))
+        with pyro.plate("data", len(x)):
+            pyro.factor("pointwise", -0.1 * x.abs())
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    idata = to_inference_data(with_factor, _z_guide, X, num_samples=8, num_chains=2, seed=0)
+    for group in ("observed_data", "posterior_predictive", "log_likelihood"):
+        assert list(getattr(idata, group).data_vars) == ["x"]
+    assert list(idata.posterior.data_vars) == ["z"]
+
+
+def _masked_model(how):
+    def masked(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            if how == "dist":
+                pyro.sample("x", dist.Normal(z, 1.0).mask(MASK), obs=x)
+            elif how == "poutine":
+                with pyro.poutine.mask(mask=MASK):
+                    pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+            else:
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x, obs_mask=MASK)
+
+    return masked
+
+
+def _imputing_guide(x):
+    _z_guide(x)
+    with pyro.plate("data", len(x)):
+        pyro.sample("x_unobserved", dist.Normal(pyro.param("x_loc", torch.zeros(len(x))), 1.0))
+
+
+@pytest.mark.parametrize("how", ["dist", "poutine", "obs_mask"])
+def test_masked_observations_are_left_out_of_the_likelihood(how):
+    q = _imputing_guide if how == "obs_mask" else _z_guide
+    idata = to_inference_data(_masked_model(how), q, X, num_samples=40, num_chains=2, seed=0)
+    site = "x_observed" if how == "obs_mask" else "x"
+    observed = MASK.nonzero().squeeze(-1).numpy()
+    log_lik = idata.log_likelihood[site]
+    assert log_lik.dims == ("chain", "draw", site + "_point")
+    np.testing.assert_array_equal(log_lik[site + "_point"].values, observed)
+    np.testing.assert_array_equal(idata.observed_data[site].values, X.numpy()[observed])
+    assert idata.posterior_predictive[site].shape == (2, 20, len(observed))
+    z = torch.as_tensor(idata.posterior["z"].values)
+    expected = dist.Normal(z[..., None], 1.0).log_prob(X[MASK])
+    np.testing.assert_allclose(log_lik.values, expected.numpy(), rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 40 draws: arviz may warn about the k-hats
+        loo = az.loo(idata, var_name=site)
+    assert loo.n_data_points == len(observed)
+
+
+def test_obs_mask_posterior_holds_only_the_imputed_points():
+    idata = to_inference_data(_masked_model("obs_mask"), _imputing_guide, X, num_samples=8, num_chains=2,
+                              seed=0)
+    imputed = idata.posterior["x_unobserved"].values
+    assert np.isnan(imputed[:, :, MASK.numpy()]).all()
+    assert np.isfinite(imputed[:, :, ~MASK.numpy()]).all()
+    # the deterministic x: data where observed, the imputed draws elsewhere
+    x = idata.posterior["x"].values
+    np.testing.assert_array_equal(x[:, :, MASK.numpy()], np.broadcast_to(X[MASK].numpy(), (2, 4, 4)))
+    np.testing.assert_array_equal(x[:, :, ~MASK.numpy()], imputed[:, :, ~MASK.numpy()])
+
+
+def test_obs_mask_guide_without_the_imputed_site_is_refused():
+    with pytest.raises(ValueError, match="'x_unobserved'"):
+        to_inference_data(_masked_model("obs_mask"), _z_guide, X, num_samples=4, num_chains=2)
+
+
+def test_a_fully_masked_observation_is_left_out():
+    def masked(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(z, 1.0).mask(False), obs=x)
+            pyro.sample("x2", dist.Normal(z, 1.0), obs=x)
+
+    idata = to_inference_data(masked, _z_guide, X, num_samples=4, num_chains=2, seed=0)
+    assert list(idata.log_likelihood.data_vars) == ["x2"]
+    assert list(idata.observed_data.data_vars) == ["x2"]
+
+
+def _enumerated_mixture(x):
+    loc = pyro.sample("loc", dist.Normal(0.0, 3.0))
+    with pyro.plate("data", len(x)):
+        c = pyro.sample("c", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(loc * (2 * c - 1), 1.0), obs=x)
+
+
+def _global_guide(x):
+    pyro.sample("loc", dist.Normal(pyro.param("q_loc", torch.tensor(1.0)), 0.3))
+
+
+def test_enumerated_sites_the_guide_lacks_are_left_out_of_the_posterior_only():
+    # summed out by TraceEnum_ELBO: not in the posterior, and no group may rest on prior draws of them
+    idata = to_inference_data(_enumerated_mixture, _global_guide, X, num_samples=8, num_chains=2, seed=0,
+                              log_likelihood=False, posterior_predictive=False)
+    assert list(idata.posterior.data_vars) == ["loc"]
+    with pytest.raises(ValueError, match=r"latent site\(s\) 'c'.*the model enumerates 'c': to_inference_data leaves "
+                                         r"them out only with log_likelihood=False and posterior_predictive=False"):
+        to_inference_data(_enumerated_mixture, _global_guide, X, num_samples=8, num_chains=2)

@@ -98,7 +98,7 @@ def test_steps_refuse_to_leave_the_domain_or_halve():
         descent_step("gamma_shape_scale", theta, grad, lr=1.0)
     step = descent_step("gamma_shape_scale", theta, grad, lr=1.0, max_halvings=3)
     assert step.step_size == 0.25 and torch.allclose(step.theta, torch.tensor([0.25, 1.0], dtype=torch.float64))
-    with pytest.raises(ValueError, match="lr must be a finite positive number, got -1"):
+    with pytest.raises(ValueError, match="lr must be > 0, got -1"):
         natural_gradient_step("gamma", theta, grad, lr=-1)
 
 
@@ -209,7 +209,7 @@ def test_bad_factors_and_constraints():
         NaturalGradient({"tau": ("beta", ["a", "b"])})
     with pytest.raises(ValueError, match="more than one factor"):
         NaturalGradient({"x": ("gamma", ["a", "b"]), "y": ("gamma", ["b", "c"])})
-    with pytest.raises(ValueError, match="lr must be a finite positive number, got 0"):
+    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
         NaturalGradient(FACTORS, lr=0)
     pyro.clear_param_store()
     p = pyro.param("p", torch.tensor([0.2, 0.8]), constraint=constraints.simplex).unconstrained()
@@ -258,3 +258,57 @@ def test_batched_factor_unit_step_gives_the_conjugate_posterior(float64):
     svi.step(counts)
     assert torch.allclose(pyro.param("a"), 1 + counts.sum(1), rtol=1e-12)
     assert torch.allclose(pyro.param("b"), torch.full((2,), 4.0), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# issue 10: factor names that match nothing, NaN gradients, singular Fisher
+
+
+def test_factor_names_that_match_no_param_are_refused(float64, data):
+    typo = {"mu": ("normal_precision", ["q_mu_locc", MU_PRECISION]), "tau": FACTORS["tau"]}
+    params = _setup_guide(DEFAULT_INIT)
+    _exact_gradients(data)
+    before = [p.detach().clone() for p in params]
+    optim = NaturalGradient(typo, lr=1.0, fallback=Adam({"lr": 0.1}))
+    with pytest.raises(ValueError, match=r"factors name param\(s\) \['q_mu_locc'\] that are not in the Pyro param "
+                                         r"store.*'q_mu_loc'"):
+        optim(params)
+    assert all(torch.equal(p, old) for p, old in zip(params, before))
+
+
+def test_nan_gradient_is_refused_naming_the_param(float64, data):
+    params = _setup_guide(DEFAULT_INIT)
+    _exact_gradients(data)
+    params[2].grad[...] = float("nan")  # q_tau_concentration
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"factor 'tau': the gradient of param 'q_tau_concentration' is not finite "
+                                         r"\(nan\)"):
+        NaturalGradient(FACTORS, lr=1.0)(params)
+    assert all(torch.equal(p, old) for p, old in zip(params, before))
+    with pytest.raises(ValueError, match="grad_theta for gamma parameter rate is not finite"):
+        natural_gradient("gamma", [2.0, 1.0], torch.tensor([0.5, float("nan")]))
+    with pytest.raises(ValueError, match="grad_theta for normal parameter loc is not finite"):
+        natural_parameter_step("normal", [0.0, 1.0], [float("inf"), 0.0], lr=0.1)
+
+
+def test_singular_fisher_is_a_clear_error_not_a_linalg_error():
+    # Gamma(1e30, 1): trigamma(a) a = 1 in float64, the determinant is 0
+    for call in (lambda: natural_gradient("gamma", [1e30, 1.0], torch.tensor([1.0, 0.0])),
+                 lambda: natural_parameter_step("gamma", [1e30, 1.0], torch.tensor([1.0, 0.0]), lr=0.1)):
+        with pytest.raises(ValueError, match=r"gamma: the Fisher information at concentration=1e\+30, rate=1 is "
+                                             r"singular to working precision") as raised:
+            call()
+        assert not isinstance(raised.value, torch.linalg.LinAlgError)
+
+
+def test_float32_natural_steps_of_extreme_normals_stay_in_the_domain():
+    # -1 / (2 scale^2) overflows float32 at scale 1e-20 and underflows at 1e20
+    for scale in (1e-20, 1e20):
+        theta = torch.tensor([0.0, scale])
+        grad = torch.tensor([1.0, 1.0]) / scale
+        step = natural_parameter_step("normal", theta, grad, lr=0.1)
+        expected = natural_parameter_step("normal", theta.double(), grad.double(), lr=0.1).theta
+        assert step.theta.dtype == torch.float32
+        torch.testing.assert_close(step.theta, expected.float())
+        ng = natural_gradient("normal", theta, grad)
+        torch.testing.assert_close(ng, natural_gradient("normal", theta.double(), grad.double()).float())

@@ -537,6 +537,23 @@ def test_observation_outside_the_support_names_step_and_site():
     assert info.value.names == [] and info.value.argument == "value"
 
 
+def test_guide_draw_outside_the_models_support_names_step_and_site():
+    def gamma_model(x):
+        pyro.sample("rate", dist.Gamma(2.0, 2.0))
+
+    def normal_guide(x):  # a Normal guide for a positive latent draws negative values
+        pyro.sample("rate", dist.Normal(pyro.param("loc", torch.tensor(-3.0)), 0.1))
+
+    with pytest.raises(OutOfSupportError, match=r"step 1: the model's latent site 'rate' got the value = -[0-9.]+ "
+                                                r"from the guide, outside the support "
+                                                r"GreaterThanEq\(lower_bound=0\.0\) of its Gamma; the guide must "
+                                                r"draw 'rate' from a distribution with that support") as info:
+        fit(gamma_model, normal_guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=2)
+    err = info.value
+    assert (err.step, err.role, err.site, err.argument) == (1, "model", "rate", "value")
+    assert pyro.param("loc").item() == -3.0  # no step taken
+
+
 def test_vae_style_study_resumes_exactly(tmp_path):
     """What experiments/vae_mnist.py needs: pyro.module networks, batches that
     are shuffled and binarized from one generator, an evaluation at epoch 0 and
