@@ -105,6 +105,7 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
+from matplotlib.ticker import MaxNLocator
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 if not __package__:  # run as ``python experiments/vae_mnist.py``
@@ -482,13 +483,15 @@ def train_run(key, seed, args, study):
 
     path = checkpoint_path(args.out, key, seed)
     resume = "allow_fresh" if args.resume else False
+    if args.resume and os.path.exists(path):
+        print("{:<12} seed {}: continuing from {}".format(key, seed, path), flush=True)
     result = fit(model_fn, guide_fn, REGISTRY[key].make(), optim, data=batches, epochs=args.epochs,
                  callback=step_callback, epoch_callback=after_epoch, state=state,
                  fingerprint=fingerprint(key, seed, args, study), checkpoint=path,
                  checkpoint_every=args.checkpoint_every, resume=resume, overwrite=args.overwrite,
                  progress=False)
     if result.resumed_from:
-        print("{:<12} seed {}: resumed from {} at step {}".format(key, seed, path, result.resumed_from), flush=True)
+        print("{:<12} seed {}: resumed from step {} of {}".format(key, seed, result.resumed_from, path), flush=True)
     return state, result
 
 
@@ -646,22 +649,33 @@ def plot_bounds(results, path):
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     num_seeds = max(len(r["seeds"]) for r in results["runs"].values())
     longest = max(max(s["epochs"] for s in r["seeds"].values()) for r in results["runs"].values())
+    # the y axis starts at the values of epoch `first`, so that the last epochs,
+    # where the runs differ by a few nats, are not squashed by the first ones
+    first = max(2, min(10, round(longest / 6)))
     for ax, (name, title) in zip(axes.flat, panels):
-        untrained = []
+        untrained, lowest, highest = [], [], []
         for i, (key, run) in enumerate(results["runs"].items()):
             epochs, mean, low, high = _curves(run, name)
             style = dict(REGISTRY[key].style) if key in REGISTRY else {}
-            every = max(1, len(epochs) // 12)
+            every = 1 if len(epochs) < 8 else max(2, len(epochs) // 8)
+            # markers of different runs on different epochs: curves on top of each other stay visible
             ax.plot(epochs, mean, lw=1.4, markevery=(i % every, every), label=key, **style)
             if len(run["seeds"]) > 1:
                 ax.fill_between(epochs, low, high, color=style.get("color"), alpha=0.15, lw=0)
             untrained.extend(s["history"][name][0] for s in run["seeds"].values())
+            shown = epochs >= min(first, epochs.max())
+            lowest.append(np.nanmin(low[shown]))
+            highest.append(np.nanmax(high))
+        span = max(max(highest) - min(lowest), 1e-3)
+        ax.set_ylim(min(lowest) - 0.03 * span, max(highest) + 0.05 * span)
         ax.set_title("{}\n(epoch 0, untrained: {:.1f} nats, off the scale)".format(title, np.mean(untrained)),
                      fontsize=10)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch" if first <= 2 or longest <= 2 else "epoch (axis from epoch {}'s values)".format(first))
         ax.set_ylabel("bound per image (nats)")
         if longest > 60:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, keys = axes[0, 0].get_legend_handles_labels()
     labels = []
