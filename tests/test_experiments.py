@@ -63,9 +63,9 @@ SMOKE = {
     "poisson_gamma": (["--steps", "20"], ["theta.png", "elbo.png", "results.json"]),
     "vae_mnist": (
         ["--data-dir", TINY_MNIST, "--epochs", "1", "--eval-samples", "5", "--runs", "vae,iwae5",
-         "--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "8", "--monitor-k", "3",
-         "--monitor-size", "8", "--no-download"],
-        ["elbo_iwelbo.png", "reconstructions.png", "samples.png", "results.json"],
+         "--seeds", "0", "1", "--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "8",
+         "--monitor-k", "3", "--monitor-size", "8", "--no-download"],
+        ["elbo_iwelbo.png", "test_loglik.png", "reconstructions.png", "samples.png", "results.json"],
     ),
     "rao_blackwell": (
         ["--steps", "20", "--variance-draws", "3", "--num-data", "4"],

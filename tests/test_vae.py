@@ -1,19 +1,16 @@
-"""The VAE/IWAE model, guide, MNIST loading and the vae_mnist experiment.
+"""The VAE/IWAE model, guide and MNIST loading (the vae_mnist study itself is
+tested in tests/test_vae_mnist.py).
 
 :func:`write_tiny_mnist` writes a fake MNIST directory (IDX files) that the real
-torchvision loading path reads; the experiment smoke test can use it for
-``--data-dir``.
+torchvision loading path reads; the experiment tests use it for ``--data-dir``.
 """
 
 import functools
 import gzip
-import json
 import math
 import os
 import re
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pyro
@@ -31,15 +28,6 @@ from pyro_vi import ImportanceWeightedELBO
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = VAEConfig(hidden_dims=(8,), latent_dim=2)
 
-# Tiny flags for experiments/vae_mnist.py (add "--data-dir", write_tiny_mnist(dir)).
-TINY_FLAGS = [
-    "--epochs", "2", "--eval-samples", "20", "--runs", "vae_stl,iwae5",
-    "--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "8",
-    "--monitor-k", "3", "--monitor-size", "8", "--no-download",
-]
-OUTPUTS = ["elbo_iwelbo.png", "reconstructions.png", "samples.png", "results.json"]
-
-
 def write_tiny_mnist(directory, num_images=40, seed=0, gz=True, train=False):
     """Writes ``num_images`` random 28x28 uint8 images with labels as MNIST IDX
     files (``t10k-*``, and ``train-*`` with ``train=True``) into ``directory``;
@@ -55,38 +43,12 @@ def write_tiny_mnist(directory, num_images=40, seed=0, gz=True, train=False):
     return str(directory)
 
 
-def run_script(data_dir, out, *extra, epochs=None):
-    flags = list(TINY_FLAGS)
-    if epochs is not None:
-        flags[flags.index("--epochs") + 1] = str(epochs)
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.vae_mnist", "--data-dir", str(data_dir),
-         "--out", str(out)] + flags + list(extra),
-        cwd=ROOT, env=dict(os.environ, MPLBACKEND="Agg"), capture_output=True, text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, json.loads((out / "results.json").read_text())
-
-
 @pytest.fixture(autouse=True)
 def fresh():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    proc, results = run_script(tiny_dir, out)
-    return out, proc, results
 
 
 # ----------------------------------------------------------------------------
@@ -336,80 +298,3 @@ def test_dynamic_binarization_is_seeded():
     a = binarize(x, torch.Generator().manual_seed(3))
     b = binarize(x, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
-
-
-# ----------------------------------------------------------------------------
-# evaluation helpers
-
-
-def test_chunked_bounds_and_active_units(monkeypatch):
-    import experiments.vae_mnist as vm
-
-    x = binarize(torch.rand(5, 784), torch.Generator().manual_seed(0))
-    decoder, encoder = Decoder(TINY, 0.3), Encoder(TINY)
-    model_fn = functools.partial(model, decoder=decoder)
-    guide_fn = functools.partial(guide, encoder=encoder)
-    with vm.fixed_rng(0):
-        log_w = vm.log_weights(model_fn, guide_fn, x, 12)
-    monkeypatch.setattr(vm, "log_weights", lambda m, g, xb, s, _it=iter(log_w.split(5)): next(_it)[:s])
-    monkeypatch.setattr(vm, "EVAL_CHUNK_ELEMENTS", 5 * 784 * 5)  # chunks of 5, 5, 2 samples
-    log_px, elbo = vm.bounds(model_fn, guide_fn, x, 12)
-    torch.testing.assert_close(log_px, torch.logsumexp(log_w, 0) - math.log(12))
-    torch.testing.assert_close(elbo, log_w.mean(0))
-    assert (log_px >= elbo).all()
-
-    class Fixed(torch.nn.Module):
-        def forward(self, xb):
-            loc = torch.stack([xb[:, 0] * 10, xb[:, 0] * 0.01, torch.zeros(len(xb))], -1)
-            return loc, torch.ones_like(loc)
-
-    units, variance = vm.active_units(Fixed(), torch.tensor([[0.0], [1.0]] * 4))
-    assert units == 1 and variance.shape == (3,)
-
-
-# ----------------------------------------------------------------------------
-# the experiment script, through the real torchvision IDX loading path
-
-
-def test_script_writes_figures_and_results(uninterrupted):
-    out, proc, results = uninterrupted
-    for name in OUTPUTS:
-        assert (out / name).stat().st_size > 0, name
-    assert "only the 40-image MNIST test split" in proc.stdout
-    assert results["data"]["only_test_split"] and results["data"]["num_test_used"] == 8
-    assert list(results["runs"]) == ["vae_stl", "iwae5"]
-    for r in results["runs"].values():
-        assert len(r["history"]["heldout_iwelbo"]) == 3  # epochs 0, 1, 2
-        assert len(r["history"]["seconds"]) == 2
-        f = r["final"]
-        assert f["test_log_likelihood"] >= f["test_elbo"]
-        assert 0 <= f["active_units"] <= 2 and math.isfinite(r["seconds_per_epoch"])
-    assert (out / "checkpoints" / "iwae5.pt").exists()
-
-
-def _numbers(results):
-    """Everything but wall times."""
-    drop = {"seconds", "monitor_seconds", "eval_seconds", "seconds_per_epoch"}
-    return {key: ({k: v for k, v in r["history"].items() if k not in drop},
-                  {k: v for k, v in r["final"].items() if k not in drop})
-            for key, r in results["runs"].items()}
-
-
-def test_resume_gives_the_uninterrupted_numbers(uninterrupted, tiny_dir, tmp_path):
-    _, _, reference = uninterrupted
-    _, first = run_script(tiny_dir, tmp_path, epochs=1)
-    assert len(first["runs"]["iwae5"]["history"]["seconds"]) == 1
-    proc, resumed = run_script(tiny_dir, tmp_path, "--resume", epochs=2)
-    assert "resumed from" in proc.stdout
-    assert _numbers(resumed) == _numbers(reference)
-
-
-def test_cli_missing_data_dir_fails_clearly(tmp_path):
-    import experiments.vae_mnist as vm
-
-    args = vm.parse_args(["--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
-                          "--no-download"])
-    with pytest.raises(MnistNotFoundError, match="pass --data-dir"):
-        vm.main(args)
-    with pytest.raises(SystemExit):
-        vm.parse_args(["--runs", "vae,nope"])
