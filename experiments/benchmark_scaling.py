@@ -61,7 +61,11 @@ ESTIMATORS = {
     "RenyiELBO(alpha=0)": (lambda **kw: RenyiELBO(alpha=0.0, **kw), None),
     "ScoreFunctionELBO": (ScoreFunctionELBO, "Trace_ELBO"),
     "ControlVariateELBO": (ControlVariateELBO, "Trace_ELBO"),
+    "ControlVariateELBO(distributions)": (lambda **kw: ControlVariateELBO(coordinates="distributions", **kw),
+                                          "Trace_ELBO"),
     "RaoBlackwellELBO": (RaoBlackwellELBO, "Trace_ELBO"),
+    "RaoBlackwellELBO(distributions)": (lambda **kw: RaoBlackwellELBO(coordinates="distributions", **kw),
+                                        "Trace_ELBO"),
     "StickingTheLandingELBO": (StickingTheLandingELBO, "Trace_ELBO"),
     "ImportanceWeightedELBO": (ImportanceWeightedELBO, "RenyiELBO(alpha=0)"),
     "ImportanceWeightedELBO(stl)": (lambda **kw: ImportanceWeightedELBO(gradient="stl", **kw), "RenyiELBO(alpha=0)"),
@@ -219,7 +223,7 @@ def plot(results, path):
     sweeps = [s for s in SWEEPS if s in results["sweeps"]]
     kinds = ["ms_per_step"] + (["peak_mb"] if results["memory"] else [])
     fig, axes = plt.subplots(len(kinds), len(sweeps), figsize=(4.2 * len(sweeps), 3.6 * len(kinds)), squeeze=False)
-    styles = {name: dict(marker="os^vD<>ph"[i], ls="-" if ESTIMATORS[name][1] else "--", color="C{}".format(i))
+    styles = {name: dict(marker="os^vD<>ph*xP"[i], ls="-" if ESTIMATORS[name][1] else "--", color="C{}".format(i))
               for i, name in enumerate(ESTIMATORS)}
     for column, sweep in enumerate(sweeps):
         data = results["sweeps"][sweep]

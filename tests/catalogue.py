@@ -716,7 +716,11 @@ ESTIMATORS = {
     "ScoreFunctionELBO": Estimator(ScoreFunctionELBO),
     "ControlVariateELBO": Estimator(ControlVariateELBO),
     "ControlVariateELBO(pooled)": Estimator(lambda **kw: ControlVariateELBO(coefficient="pooled", **kw)),
+    "ControlVariateELBO(distributions)": Estimator(
+        lambda **kw: ControlVariateELBO(coordinates="distributions", **kw)
+    ),
     "RaoBlackwellELBO": Estimator(RaoBlackwellELBO),
+    "RaoBlackwellELBO(distributions)": Estimator(lambda **kw: RaoBlackwellELBO(coordinates="distributions", **kw)),
     "RaoBlackwellELBO(no CV)": Estimator(lambda **kw: RaoBlackwellELBO(control_variate=False, **kw)),
     "StickingTheLandingELBO": Estimator(StickingTheLandingELBO, pathwise=True),
     "ImportanceWeightedELBO": Estimator(ImportanceWeightedELBO, pathwise=True, importance_weighted=True),

@@ -148,7 +148,8 @@ UNBIASED = {
     "factor_in_guide_score": ["ScoreFunctionELBO", "RaoBlackwellELBO"],
     "categorical_local": ["ControlVariateELBO", "RaoBlackwellELBO"],
     "discrete_and_continuous": ["RaoBlackwellELBO"],
-    "amortized": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
+    "amortized": ["ControlVariateELBO", "ControlVariateELBO(distributions)", "RaoBlackwellELBO(distributions)",
+                  "ImportanceWeightedELBO(dreg)"],
 }
 GRADIENT_CASES = [(pair, estimator) for pair, estimators in UNBIASED.items() for estimator in estimators]
 # Draws where 60 leave too little power: the plain score function, and the

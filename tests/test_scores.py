@@ -111,3 +111,27 @@ def test_fixed_coefficient():
     h, signal = torch.tensor([[1.0], [2.0], [-1.0]]), torch.tensor([3.0, 1.0, 2.0])
     expected = ((h[:, 0] * (signal - 0.5)).mean()).item()
     assert controlled_gradient(h, 0.5, signal=signal).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("estimator", ["ControlVariateELBO", "RaoBlackwellELBO"])
+@pytest.mark.parametrize("pair", ["local", "subsample_global", "auto_normal", "positive_supports"])
+def test_distribution_coordinates_equal_parameter_coordinates_on_mean_field_guides(pair, estimator):
+    """Where the parameters map element by element onto the distributions'
+    tensors, a coefficient per distribution scalar is a coefficient per
+    parameter: the same gradient on the same particles."""
+    from tests.catalogue import ESTIMATORS, elbo_for, take_grads
+
+    grads = []
+    for config in (estimator, estimator + "(distributions)"):
+        spec = CATALOGUE[pair]
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = spec.guide()
+        elbo = elbo_for(config, True, spec, num_particles=6)
+        elbo.loss(spec.model, guide, *spec.args)
+        pyro.set_rng_seed(1)
+        elbo.loss_and_grads(spec.model, guide, *spec.args)
+        grads.append(take_grads())
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5), name

@@ -2,7 +2,7 @@
 the score-function gradient with a control variate per scalar parameter."""
 
 from .particles import ParticleELBO
-from .surrogate import check_coefficient, controlled_surrogate
+from .surrogate import check_coefficient, check_coordinates, controlled_surrogate
 
 
 class ControlVariateELBO(ParticleELBO):
@@ -30,6 +30,14 @@ class ControlVariateELBO(ParticleELBO):
         by :math:`O(1/S)` (it needs ``num_particles >= 2``). A number fixes
         the coefficient of every parameter (``0.0`` gives
         :class:`~pyro_vi.ScoreFunctionELBO`'s estimator).
+    :param str coordinates: ``"parameters"`` (the default, BBVI's): a
+        coefficient per scalar variational parameter. ``"distributions"``: a
+        coefficient per scalar of the guide's distributions; the same for a
+        mean-field guide whose parameters map element by element onto its
+        distributions (every guide of the course), per data point rather
+        than per network weight for an amortized guide, where it costs about
+        one backward pass instead of one per particle (see
+        :func:`~pyro_vi.elbo.surrogate.controlled_surrogate`).
 
     Point masses keep their exact pathwise gradient, as in
     :class:`~pyro_vi.ScoreFunctionELBO`; model parameters get
@@ -46,14 +54,17 @@ class ControlVariateELBO(ParticleELBO):
 
     reparameterize = False
 
-    def __init__(self, num_particles=10, coefficient="leave_one_out", **kwargs):
+    def __init__(self, num_particles=10, coefficient="leave_one_out", coordinates="parameters", **kwargs):
         self.min_particles = check_coefficient(coefficient, type(self).__name__)
         self.coefficient = coefficient
+        self.coordinates = check_coordinates(coordinates, type(self).__name__)
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):
         log_weights = terms.log_weights().detach()
         surrogate = (terms.log_p() - terms.path_log_q()).mean()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
-        surrogate = surrogate + controlled_surrogate(terms, params, self.coefficient, signal=log_weights)
+        surrogate = surrogate + controlled_surrogate(
+            terms, params, self.coefficient, signal=log_weights, coordinates=self.coordinates
+        )
         return log_weights.mean(), surrogate

@@ -5,6 +5,7 @@ only, with control variates on top."""
 from .particles import ParticleELBO
 from .surrogate import (
     check_coefficient,
+    check_coordinates,
     controlled_surrogate,
     markov_blanket_signals,
     rao_blackwell_term,
@@ -41,6 +42,7 @@ class RaoBlackwellELBO(ParticleELBO):
     :param coefficient: as in :class:`~pyro_vi.ControlVariateELBO`:
         ``"leave_one_out"`` (the default, **unbiased**), ``"pooled"``
         (**biased** by :math:`O(1/S)`) or a number.
+    :param str coordinates: as in :class:`~pyro_vi.ControlVariateELBO`.
 
     **References**
 
@@ -50,14 +52,16 @@ class RaoBlackwellELBO(ParticleELBO):
 
     reparameterize = False
 
-    def __init__(self, num_particles=10, control_variate=True, coefficient=None, **kwargs):
+    def __init__(self, num_particles=10, control_variate=True, coefficient=None, coordinates=None, **kwargs):
         name = type(self).__name__
         self.control_variate = _validation.boolean("{}: control_variate".format(name), control_variate)
-        if not control_variate and coefficient is not None:
-            raise ValueError(
-                "{}: coefficient={!r} has no effect with control_variate=False; "
-                "drop it or set control_variate=True".format(name, coefficient)
-            )
+        for option, value in (("coefficient", coefficient), ("coordinates", coordinates)):
+            if not control_variate and value is not None:
+                raise ValueError(
+                    "{}: {}={!r} has no effect with control_variate=False; "
+                    "drop it or set control_variate=True".format(name, option, value)
+                )
+        self.coordinates = check_coordinates("parameters" if coordinates is None else coordinates, name)
         self.coefficient = "leave_one_out" if coefficient is None else coefficient
         self.min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
         super().__init__(num_particles=num_particles, **kwargs)
@@ -72,5 +76,5 @@ class RaoBlackwellELBO(ParticleELBO):
             return log_weights.mean(), surrogate + rao_blackwell_term(terms, signals).mean()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         return log_weights.mean(), surrogate + controlled_surrogate(
-            terms, params, self.coefficient, signals=signals
+            terms, params, self.coefficient, signals=signals, coordinates=self.coordinates
         )

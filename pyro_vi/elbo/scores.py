@@ -79,7 +79,23 @@ class ParticleGradients:
         return out.index_copy(dim, self.index, self.rows)
 
 
-def particle_gradients(terms, weightings, params, param_names=None):
+def distribution_gradients(terms, weightings):
+    """Per-particle gradients of the same rows as :func:`particle_gradients`
+    with respect to the tensors of the score sites' distributions (their
+    ``loc``, ``scale``, ``probs``, ...: per data point for an amortized
+    guide): ``[(tensor, gradients of shape (K, S) + tensor.shape)]``, or
+    ``None`` where the particles do not share those tensors (sequential
+    particles, structured guides, flows)."""
+    sites = terms.score_sites()
+    if not sites:
+        return []
+    if not terms.vectorized:
+        return None
+    weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
+    return _distribution_frontier(terms, sites, weights)
+
+
+def particle_gradients(terms, weightings, params):
     """Per-particle gradients of the rows
     :math:`r^{(k)}_s = \\sum_j \\sum_n W^{(k)}_j[s, n] \\log q_j(z_{j,s,n})`
     over the score sites :math:`j`.

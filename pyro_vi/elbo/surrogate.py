@@ -11,9 +11,10 @@ import math
 import torch
 
 from .. import _validation
-from .scores import particle_gradients
+from .scores import distribution_gradients, particle_gradients
 
 COEFFICIENTS = ("leave_one_out", "pooled")
+COORDINATES = ("parameters", "distributions")
 
 
 def per_particle(term):
@@ -75,6 +76,11 @@ def rao_blackwell_term(terms, signals):
     return torch.as_tensor(total)
 
 
+def check_coordinates(coordinates, estimator):
+    """Validates the control variates' ``coordinates``."""
+    return _validation.choice("{}: coordinates".format(estimator), coordinates, COORDINATES)
+
+
 def check_coefficient(coefficient, estimator):
     """Validates a control-variate ``coefficient`` (``"leave_one_out"``,
     ``"pooled"`` or a finite number); returns the number of particles it
@@ -104,85 +110,93 @@ def controlled_gradient(h, coefficient, signal=None, f=None):
     :math:`E[a^{(-s)} h_s] = 0` and the estimator is unbiased; a number fixes
     :math:`a`. Where the variance of :math:`h_d` is 0 the coefficient is 0.
 
-    Everything comes from per-parameter sums over the particles, taken a
-    chunk of particles at a time, so that besides ``h`` and ``f`` no
-    particle-by-parameter temporary exceeds a chunk. (Centring ``signal``
-    first changes :math:`a` by the same constant and leaves :math:`\\hat g`
-    as it is.)
+    The coefficients come from per-parameter sums over the particles (of
+    :math:`h`, :math:`f` and their centred products), taken a block of
+    parameters at a time, so that no temporary is larger than a block. (Centring ``signal`` first changes
+    :math:`a` by the same constant and leaves :math:`\\hat g` as it is.)
     """
-    num_particles = h.shape[0]
+    num_particles, shape = h.shape[0], h.shape[1:]
+    h = h.reshape(num_particles, -1)
     shift = 0.0
     if f is None:
-        signal = signal.detach()
+        signal = signal.detach().to(h.dtype)
         shift = signal.mean()
-        signal = (signal - shift).reshape((-1,) + (1,) * (h.dim() - 1))
-
-        def f_of(s):
-            return h[s] * signal[s]
-
+        signal = (signal - shift)[:, None]  # (S, 1)
     else:
-
-        def f_of(s):
-            return f[s]
-
-    f_sum = _particle_sum(f_of, h)
-    if not isinstance(coefficient, str):
-        return (f_sum + (shift - float(coefficient)) * h.sum(0)) / num_particles
-    h_mean, f_mean = h.sum(0) / num_particles, f_sum / num_particles
-    cov = _particle_sum(lambda s: (f_of(s) - f_mean) * (h[s] - h_mean), h)
-    var = _particle_sum(lambda s: (h[s] - h_mean).square(), h)
-    if coefficient == "pooled":
-        return f_mean - _ratio(cov, var) * h_mean
-    # Without particle s, the other centred values sum to -hc[s] and -fc[s].
-    scale = 1 + 1 / (num_particles - 1)
-
-    def a_times_h(s):
-        hc = h[s] - h_mean
-        fc = f_of(s) - f_mean
-        return _ratio(cov - fc * hc * scale, var - hc * hc * scale) * h[s]
-
-    return f_mean - _particle_sum(a_times_h, h) / num_particles
+        f = f.reshape(num_particles, -1)
+    gradient = h.new_empty(h.shape[1])
+    # Every statistic is per parameter: a block of parameters at a time, all
+    # particles, so that the temporaries stay small (and in cache).
+    block = max(1, _BLOCK_ELEMENTS // num_particles)
+    for start in range(0, h.shape[1], block):
+        columns = slice(start, start + block)
+        fb = None if f is None else f[:, columns]
+        gradient[columns] = _controlled(h[:, columns], coefficient, signal, fb, shift)
+    return gradient.reshape(shape)
 
 
-def _ratio(numerator, denominator):
-    positive = denominator > 0
-    return torch.where(positive, numerator / torch.where(positive, denominator, 1.0), 0.0)
+_BLOCK_ELEMENTS = 1 << 18
 
 
-_CHUNK_ELEMENTS = 1 << 22
-
-
-def _particle_sum(term, h):
-    """:math:`\\sum_s` ``term(s)`` over slices ``s`` of the particles, a
-    chunk of particles at a time (about 4M elements each)."""
+def _controlled(h, coefficient, signal, f, shift):
+    """:func:`controlled_gradient` of a block of parameters: ``h`` and ``f``
+    of shape ``(S, block)``, or ``f = h * signal`` (``signal`` centred, of
+    shape ``(S, 1)``). Covariances from centred values (two passes)."""
     num_particles = h.shape[0]
-    size = max(1, _CHUNK_ELEMENTS // max(1, h[0].numel()))
-    total = 0.0
-    for start in range(0, num_particles, size):
-        total = total + term(slice(start, start + size)).sum(0)
-    return total
+    h_mean = h.mean(0)
+    f_mean = (signal.T @ h).reshape(-1) / num_particles if f is None else f.mean(0)
+    if not isinstance(coefficient, str):
+        return f_mean + (shift - float(coefficient)) * h_mean
+    hc = h - h_mean
+    fc = torch.addcmul(-f_mean, h, signal) if f is None else f - f_mean
+    fh, hh = fc * hc, hc.square()
+    cov, var = fh.sum(0), hh.sum(0)
+    if coefficient == "pooled":
+        return f_mean - cov / torch.where(var > 0, var, torch.inf) * h_mean
+    # Without particle s the other centred values sum to -hc[s] and -fc[s]:
+    # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = S / (S - 1).
+    k = num_particles / (num_particles - 1)
+    numerator = torch.add(cov, fh, alpha=-k)
+    denominator = torch.add(var, hh, alpha=-k)
+    denominator.masked_fill_(denominator <= 0, torch.inf)
+    return f_mean - numerator.mul_(h).div_(denominator).sum(0) / num_particles
 
 
-def controlled_surrogate(terms, params, coefficient, signal=None, signals=None):
+def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, coordinates="parameters"):
     """The linear surrogate :math:`\\sum_d \\mathrm{stop}(\\hat g_d) \\lambda_d`
-    of the controlled gradients of the score sites, for the parameters the
-    scores depend on.
+    of the controlled gradients of the score sites.
 
     :param signal: a learning signal :math:`L_s` (shape ``(S,)``): then
         :math:`f_s = h_s L_s`.
     :param signals: per-site Markov-blanket signals (``{site: tensor}``):
         then :math:`f_s` is the gradient of the Rao-Blackwellized term
         :math:`\\sum_j \\langle \\log q_j, L^{(j)}_s \\rangle`.
+    :param str coordinates: ``"parameters"``: a coefficient per scalar
+        parameter :math:`\\lambda_d` (BBVI). ``"distributions"``: a coefficient
+        per scalar of the score sites' distributions (their ``loc``,
+        ``scale``, ...), whose controlled gradients :math:`\\hat g_\\eta` reach
+        the parameters as :math:`J^\\top \\hat g_\\eta` in one backward pass.
+        The two are the same for a mean-field guide whose parameters map
+        element by element onto its distributions; for an amortized guide the
+        second has a coefficient per data point instead of per network
+        weight, and costs about one backward pass instead of one per particle.
+        Falls back to ``"parameters"`` where the particles do not share the
+        distributions' tensors (see
+        :func:`~pyro_vi.elbo.scores.distribution_gradients`).
     """
     weightings = [{}] if signals is None else [{}, signals]
+    frontier = distribution_gradients(terms, weightings) if coordinates == "distributions" else None
+    if frontier is None:
+        frontier = [
+            (grads.coordinates(param), grads.rows)
+            for param, grads in zip(params, particle_gradients(terms, weightings, params))
+            if grads is not None
+        ]
     surrogate = 0.0
-    for param, grads in zip(params, particle_gradients(terms, weightings, params)):
-        if grads is None:
-            continue
-        h = grads.rows[0]
-        f = None if signals is None else grads.rows[1]
-        g = controlled_gradient(h, coefficient, signal=signal, f=f)
-        surrogate = surrogate + (g.detach() * grads.coordinates(param)).sum()
+    for target, rows in frontier:
+        f = None if signals is None else rows[1]
+        g = controlled_gradient(rows[0], coefficient, signal=signal, f=f)
+        surrogate = surrogate + (g.detach() * target).sum()
     return torch.as_tensor(surrogate)
 
 
