@@ -105,6 +105,7 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
+import torch.distributed
 from matplotlib.ticker import MaxNLocator
 from pyro.infer import RenyiELBO, Trace_ELBO
 
@@ -117,6 +118,7 @@ from guides.vae import Encoder, guide  # noqa: E402
 from models.mnist import MnistNotFoundError, binarize, default_data_dir, load_mnist  # noqa: E402
 from models.vae import Decoder, VAEConfig, model  # noqa: E402
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO  # noqa: E402
+from pyro_vi.distributed import process  # noqa: E402
 from pyro_vi.training import fit, load_checkpoint  # noqa: E402
 
 SCHEMA = "pyro_vi vae_mnist results v2"
@@ -304,17 +306,40 @@ def make_optim(args, steps_per_epoch):
 
 
 # ----------------------------------------------------------------------------
+# Processes
+
+#: Process r of a ``torchrun`` job draws its particles from seed + r * this.
+PROCESS_SEED_STRIDE = 1_000_003
+
+
+def start_processes(device):
+    """Joins the ``torchrun`` job this process belongs to, if any (gloo on the
+    CPU, nccl on CUDA), and silences all but the first process; returns the
+    rank. Training then averages gradients over the processes
+    (:mod:`pyro_vi.distributed`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+    rank = process()[0]
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")
+    return rank
+
+
+# ----------------------------------------------------------------------------
 # Data
 
 
 class BinarizedBatches:
     """The training images in a random order, in batches, each dynamically
     binarized; order and pixels come from :attr:`generator`, which
-    :func:`~pyro_vi.training.fit` saves and restores with a checkpoint."""
+    :func:`~pyro_vi.training.fit` saves and restores with a checkpoint. Under
+    ``torchrun`` every process draws the same order and takes its share of
+    each batch (``batch_size / world_size`` images)."""
 
     def __init__(self, images, batch_size, seed, device):
         self.images, self.batch_size, self.device = images, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = process()
 
     def __len__(self):
         return math.ceil(len(self.images) / self.batch_size)
@@ -322,7 +347,8 @@ class BinarizedBatches:
     def __iter__(self):
         order = torch.randperm(len(self.images), generator=self.generator)
         for first in range(0, len(order), self.batch_size):
-            yield binarize(self.images[order[first:first + self.batch_size]], self.generator).to(self.device)
+            batch = binarize(self.images[order[first:first + self.batch_size]], self.generator)
+            yield batch[self.rank::self.world_size].to(self.device)
 
 
 @dataclass
@@ -386,6 +412,13 @@ def checkpoint_path(out, key, seed):
     return os.path.join(out, "checkpoints", "{}-seed{}.pt".format(key, seed))
 
 
+def process_file(path):
+    """The checkpoint file :func:`~pyro_vi.training.fit` writes for ``path``
+    in this process (``<path>.rank<r>`` under ``torchrun``)."""
+    rank, world_size = process()
+    return path if world_size == 1 else "{}.rank{}".format(path, rank)
+
+
 def fingerprint(key, seed, args, study):
     """What must match for a checkpoint to be resumed (not ``--epochs``: a run
     can be extended)."""
@@ -406,7 +439,7 @@ def check_checkpoints(args, study):
     configuration or past ``--epochs``, naming the differences."""
     problems = []
     for seed, key in planned(args):
-        path = checkpoint_path(args.out, key, seed)
+        path = process_file(checkpoint_path(args.out, key, seed))
         if not os.path.exists(path):
             continue
         saved = load_checkpoint(path)
@@ -447,7 +480,7 @@ def train_run(key, seed, args, study):
     last epoch; returns ``(state, fit_result)``, ``state`` holding the history
     and ``state["final"]``."""
     pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(seed)  # the same initial weights in every process
     decoder = Decoder(study.config, study.mean_pixel).to(study.device)
     encoder = Encoder(study.config).to(study.device)
     model_fn = functools.partial(model, decoder=decoder)
@@ -456,6 +489,9 @@ def train_run(key, seed, args, study):
     optim, step_callback = make_optim(args, len(batches))
     num_train = len(study.train)
     state = {}
+    rank, world_size = process()
+    if world_size > 1:
+        pyro.set_rng_seed(seed + PROCESS_SEED_STRIDE * rank)  # each process its own particles
 
     def record_bounds():
         for split in ("heldout", "train"):
@@ -478,7 +514,7 @@ def train_run(key, seed, args, study):
                 print("{:<12} seed {} epoch {:>4}: objective {:9.3f}  held-out L_1 {:9.3f}  L_{} {:9.3f}"
                       .format(key, seed, epoch, state["train_objective"][-1], state["heldout_elbo"][-1],
                               args.monitor_k, state["heldout_iwelbo"][-1]), flush=True)
-        if epoch == args.epochs:
+        if epoch == args.epochs and rank == 0:  # one process evaluates
             state["final"] = evaluate(encoder, model_fn, guide_fn, study, args)
 
     path = checkpoint_path(args.out, key, seed)
@@ -814,7 +850,7 @@ def draw_figures(results, out, images=None, device="cpu"):
                        latent_dim=results["config"]["latent_dim"])
     networks, missing = {}, []
     for key in results["runs"]:
-        path = checkpoint_path(out, key, seed)
+        path = process_file(checkpoint_path(out, key, seed))
         if os.path.exists(path):
             networks[key] = load_networks(path, config, device)
         else:
@@ -968,6 +1004,7 @@ def main(args):
     """Runs the study of ``args`` (from :func:`parse_args`); returns the results."""
     if args.plot_only:
         return plot_only(args)
+    rank = start_processes(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
     study = prepare(args)
     print("MNIST from {}\n  {}\n  training on {:,} images (dynamic binarization per batch); test L_{} on {}"
@@ -989,6 +1026,8 @@ def main(args):
     plan = planned(args)
     for seed, key in plan:
         state, result = train_run(key, seed, args, study)
+        if rank > 0:
+            continue  # the first process evaluates and writes
         records[key, seed] = seed_record(state, result, steps_per_epoch)
         log_px[key, seed] = state["final"]["log_px"]
         r = records[key, seed]
@@ -1001,6 +1040,8 @@ def main(args):
             len(records), len(plan))
         results = results_document(args, study, records, log_px, started, status)
         write_json(results, json_path)
+    if rank > 0:
+        return None
     written = draw_figures(results, args.out, figure_images(study.test), args.device)
     print("\n" + format_table(results))
     if not study.info["standard_split"]:
@@ -1135,8 +1176,8 @@ def _check(args):
         if args.resume or args.overwrite:
             raise ValueError("argument --plot-only: trains nothing; drop --resume/--overwrite")
         return
-    existing = [checkpoint_path(args.out, k, s) for s, k in planned(args)
-                if os.path.exists(checkpoint_path(args.out, k, s))]
+    existing = [process_file(checkpoint_path(args.out, k, s)) for s, k in planned(args)
+                if os.path.exists(process_file(checkpoint_path(args.out, k, s)))]
     if existing and not (args.resume or args.overwrite):
         raise ValueError("{} holds checkpoints of this study ({}); pass --resume to continue them or "
                          "--overwrite to start over".format(os.path.join(args.out, "checkpoints"),

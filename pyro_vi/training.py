@@ -26,6 +26,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from . import _checkpoint
+from .distributed import average_gradients, process
 from ._checkpoint import atomic_save, rng_state, set_rng_state  # noqa: F401 (experiments use them)
 from ._validation import boolean, function, integer
 
@@ -637,6 +638,7 @@ class _Fit:
                 raise
             _raise_out_of_support(found, where, step, np.asarray(history.losses, dtype=np.float64), error)
         params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+        loss = average_gradients([params[name] for name in sorted(params)], loss)  # over processes, if any
         _check_finite(where, step, loss, params, history)
         self.optim(params.values())
         zero_grads(params.values())
@@ -682,6 +684,8 @@ class _Fit:
 
 
 def _show_progress(progress: Optional[bool], total: Optional[int]) -> bool:
+    if process()[0] != 0:
+        return False  # one bar, from the first process
     if progress is not None:
         return bool(progress)
     return total is not None and total >= _PROGRESS_MIN_STEPS and sys.stderr.isatty()
@@ -731,6 +735,12 @@ def fit(
     losses)`` is called with the epoch's step losses after each completed epoch,
     and once with ``(0, [])`` before the first step of a run that does not
     resume (to record the untrained model).
+
+    **Processes.** Under :mod:`torch.distributed` (a process group initialized,
+    e.g. by ``torchrun``), the gradients and the loss are averaged over the
+    processes after each ``loss_and_grads``, as ``DistributedDataParallel``
+    does, so every process takes the same step; each process writes its own
+    checkpoint, ``<checkpoint>.rank<r>`` (see :mod:`pyro_vi.distributed`).
 
     **Checkpoints.** With ``checkpoint`` (a file path; its directory must exist
     and be writable, checked first), the run saves its state every
@@ -843,6 +853,9 @@ def fit(
         if not isinstance(checkpoint, (str, os.PathLike)) or not isinstance(os.fspath(checkpoint), str):
             raise ValueError("checkpoint must be a file path (str or pathlib.Path), got {!r:.60}".format(checkpoint))
         checkpoint = os.fspath(checkpoint)
+        rank, size = process()
+        if size > 1:  # under torch.distributed, one checkpoint per process
+            checkpoint = "{}.rank{}".format(checkpoint, rank)
     elif resume or overwrite:
         raise ValueError("resume and overwrite need checkpoint=<path>")
     if overwrite and resume:

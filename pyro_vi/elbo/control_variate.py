@@ -2,7 +2,7 @@
 the score-function gradient with a control variate per scalar parameter."""
 
 from .particles import ParticleELBO
-from .surrogate import check_coefficient, check_coordinates, controlled_surrogate
+from .surrogate import check_coefficient, check_coordinates, check_pool, controlled_surrogate
 
 
 class ControlVariateELBO(ParticleELBO):
@@ -38,6 +38,10 @@ class ControlVariateELBO(ParticleELBO):
         than per network weight for an amortized guide, where it costs about
         one backward pass instead of one per particle (see
         :func:`~pyro_vi.elbo.surrogate.controlled_surrogate`).
+    :param bool pool_processes: under :mod:`torch.distributed`, estimate the
+        coefficients from the particles of every process (their sufficient
+        statistics added up with one all-reduce) rather than from this
+        process's alone; see :mod:`pyro_vi.distributed`.
 
     Point masses keep their exact pathwise gradient, as in
     :class:`~pyro_vi.ScoreFunctionELBO`; model parameters get
@@ -54,10 +58,14 @@ class ControlVariateELBO(ParticleELBO):
 
     reparameterize = False
 
-    def __init__(self, num_particles=10, coefficient="leave_one_out", coordinates="parameters", **kwargs):
-        self.min_particles = check_coefficient(coefficient, type(self).__name__)
+    def __init__(
+        self, num_particles=10, coefficient="leave_one_out", coordinates="parameters", pool_processes=False, **kwargs
+    ):
+        name = type(self).__name__
+        self.min_particles = check_coefficient(coefficient, name)
         self.coefficient = coefficient
-        self.coordinates = check_coordinates(coordinates, type(self).__name__)
+        self.coordinates = check_coordinates(coordinates, name)
+        self.pool = check_pool(pool_processes, coefficient, name)
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):
@@ -65,6 +73,6 @@ class ControlVariateELBO(ParticleELBO):
         surrogate = (terms.log_p() - terms.path_log_q()).mean()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         surrogate = surrogate + controlled_surrogate(
-            terms, params, self.coefficient, signal=log_weights, coordinates=self.coordinates
+            terms, params, self.coefficient, signal=log_weights, coordinates=self.coordinates, pool=self.pool
         )
         return log_weights.mean(), surrogate

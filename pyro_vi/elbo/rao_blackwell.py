@@ -6,6 +6,7 @@ from .particles import ParticleELBO
 from .surrogate import (
     check_coefficient,
     check_coordinates,
+    check_pool,
     controlled_surrogate,
     markov_blanket_signals,
     rao_blackwell_term,
@@ -43,6 +44,7 @@ class RaoBlackwellELBO(ParticleELBO):
         ``"leave_one_out"`` (the default, **unbiased**), ``"pooled"``
         (**biased** by :math:`O(1/S)`) or a number.
     :param str coordinates: as in :class:`~pyro_vi.ControlVariateELBO`.
+    :param bool pool_processes: as in :class:`~pyro_vi.ControlVariateELBO`.
 
     **References**
 
@@ -52,18 +54,23 @@ class RaoBlackwellELBO(ParticleELBO):
 
     reparameterize = False
 
-    def __init__(self, num_particles=10, control_variate=True, coefficient=None, coordinates=None, **kwargs):
+    def __init__(
+        self, num_particles=10, control_variate=True, coefficient=None, coordinates=None, pool_processes=None,
+        **kwargs,
+    ):
         name = type(self).__name__
         self.control_variate = _validation.boolean("{}: control_variate".format(name), control_variate)
-        for option, value in (("coefficient", coefficient), ("coordinates", coordinates)):
+        options = (("coefficient", coefficient), ("coordinates", coordinates), ("pool_processes", pool_processes))
+        for option, value in options:
             if not control_variate and value is not None:
                 raise ValueError(
                     "{}: {}={!r} has no effect with control_variate=False; "
                     "drop it or set control_variate=True".format(name, option, value)
                 )
-        self.coordinates = check_coordinates("parameters" if coordinates is None else coordinates, name)
         self.coefficient = "leave_one_out" if coefficient is None else coefficient
         self.min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
+        self.coordinates = check_coordinates("parameters" if coordinates is None else coordinates, name)
+        self.pool = check_pool(bool(pool_processes), self.coefficient, name)
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):
@@ -76,5 +83,5 @@ class RaoBlackwellELBO(ParticleELBO):
             return log_weights.mean(), surrogate + rao_blackwell_term(terms, signals).mean()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         return log_weights.mean(), surrogate + controlled_surrogate(
-            terms, params, self.coefficient, signals=signals, coordinates=self.coordinates
+            terms, params, self.coefficient, signals=signals, coordinates=self.coordinates, pool=self.pool
         )

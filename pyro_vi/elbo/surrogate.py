@@ -81,6 +81,20 @@ def check_coordinates(coordinates, estimator):
     return _validation.choice("{}: coordinates".format(estimator), coordinates, COORDINATES)
 
 
+def check_pool(pool_processes, coefficient, estimator):
+    """The ``pool`` of :func:`controlled_surrogate` for ``pool_processes``."""
+    from ..distributed import sum_over_processes
+
+    if not _validation.boolean("{}: pool_processes".format(estimator), pool_processes):
+        return None
+    if not isinstance(coefficient, str):
+        raise ValueError(
+            "{}: pool_processes=True has no effect with a fixed coefficient={!r}; drop one of "
+            "them".format(estimator, coefficient)
+        )
+    return sum_over_processes
+
+
 def check_coefficient(coefficient, estimator):
     """Validates a control-variate ``coefficient`` (``"leave_one_out"``,
     ``"pooled"`` or a finite number); returns the number of particles it
@@ -92,7 +106,7 @@ def check_coefficient(coefficient, estimator):
     return 1
 
 
-def controlled_gradient(h, coefficient, signal=None, f=None):
+def controlled_gradient(h, coefficient, signal=None, f=None, pool=None):
     """The controlled gradient of one parameter from its per-particle
     scores ``h`` (shape ``(S,) + shape``),
 
@@ -110,59 +124,76 @@ def controlled_gradient(h, coefficient, signal=None, f=None):
     :math:`E[a^{(-s)} h_s] = 0` and the estimator is unbiased; a number fixes
     :math:`a`. Where the variance of :math:`h_d` is 0 the coefficient is 0.
 
-    The coefficients come from per-parameter sums over the particles (of
-    :math:`h`, :math:`f` and their centred products), taken a block of
-    parameters at a time, so that no temporary is larger than a block. (Centring ``signal`` first changes
-    :math:`a` by the same constant and leaves :math:`\\hat g` as it is.)
+    The coefficients need only the per-parameter sums of :math:`h, f, h^2,
+    fh` over the particles (:func:`particle_sums`); ``pool`` may add up
+    those of other processes first (one all-reduce), so that the
+    coefficients come from every process's particles. Leave-one-out then
+    takes one more pass over the particles. Both go a block of parameters at
+    a time, in float64, so that no temporary is larger than a block.
     """
-    num_particles, shape = h.shape[0], h.shape[1:]
-    h = h.reshape(num_particles, -1)
-    shift = 0.0
-    if f is None:
-        signal = signal.detach().to(h.dtype)
-        shift = signal.mean()
-        signal = (signal - shift)[:, None]  # (S, 1)
-    else:
-        f = f.reshape(num_particles, -1)
-    gradient = h.new_empty(h.shape[1])
-    # Every statistic is per parameter: a block of parameters at a time, all
-    # particles, so that the temporaries stay small (and in cache).
-    block = max(1, _BLOCK_ELEMENTS // num_particles)
-    for start in range(0, h.shape[1], block):
-        columns = slice(start, start + block)
-        fb = None if f is None else f[:, columns]
-        gradient[columns] = _controlled(h[:, columns], coefficient, signal, fb, shift)
-    return gradient.reshape(shape)
+    sums = particle_sums(h, signal, f)
+    pooled = pool(sums.clone()) if pool is not None and isinstance(coefficient, str) else sums
+    return gradient_from_sums(h, sums, pooled, coefficient, signal, f)
 
 
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def _controlled(h, coefficient, signal, f, shift):
-    """:func:`controlled_gradient` of a block of parameters: ``h`` and ``f``
-    of shape ``(S, block)``, or ``f = h * signal`` (``signal`` centred, of
-    shape ``(S, 1)``). Covariances from centred values (two passes)."""
+def _blocks(h, signal, f):
+    """``(columns, h, f)`` for blocks of parameters, in float64."""
     num_particles = h.shape[0]
-    h_mean = h.mean(0)
-    f_mean = (signal.T @ h).reshape(-1) / num_particles if f is None else f.mean(0)
+    h = h.reshape(num_particles, -1)
+    f = None if f is None else f.reshape(num_particles, -1)
+    signal = None if signal is None else signal.detach().to(torch.float64)[:, None]
+    block = max(1, _BLOCK_ELEMENTS // num_particles)
+    for start in range(0, h.shape[1], block):
+        columns = slice(start, start + block)
+        hb = h[:, columns].to(torch.float64)
+        yield columns, hb, hb * signal if f is None else f[:, columns].to(torch.float64)
+
+
+def particle_sums(h, signal=None, f=None):
+    """The sufficient statistics of :func:`controlled_gradient`, a float64
+    tensor of shape ``(5, P)``: the number of particles and the sums over
+    them of :math:`h, f, h^2, fh`, per scalar parameter."""
+    sums = torch.empty(5, h[0].numel(), dtype=torch.float64, device=h.device)
+    sums[0] = h.shape[0]
+    for columns, hb, fb in _blocks(h, signal, f):
+        sums[1:, columns] = torch.stack([hb.sum(0), fb.sum(0), hb.square().sum(0), (fb * hb).sum(0)])
+    return sums
+
+
+def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None):
+    """:math:`\\hat g` of this process's particles (``h``, ``signal`` or ``f``,
+    whose :func:`particle_sums` are ``sums``), with the coefficients of the
+    ``pooled`` sums (these, or those of several processes added up)."""
+    num_particles, shape = h.shape[0], h.shape[1:]
+    h_sum, f_sum = sums[1], sums[2]
     if not isinstance(coefficient, str):
-        return f_mean + (shift - float(coefficient)) * h_mean
-    hc = h - h_mean
-    fc = torch.addcmul(-f_mean, h, signal) if f is None else f - f_mean
-    fh, hh = fc * hc, hc.square()
-    cov, var = fh.sum(0), hh.sum(0)
+        return ((f_sum - float(coefficient) * h_sum) / num_particles).to(h.dtype).reshape(shape)
+    count = pooled[0]
+    h_mean, f_mean = pooled[1] / count, pooled[2] / count
+    cov = pooled[4] - count * f_mean * h_mean
+    var = pooled[3] - count * h_mean.square()
     if coefficient == "pooled":
-        return f_mean - cov / torch.where(var > 0, var, torch.inf) * h_mean
+        a = cov / torch.where(var > 0, var, torch.inf)
+        return ((f_sum - a * h_sum) / num_particles).to(h.dtype).reshape(shape)
     # Without particle s the other centred values sum to -hc[s] and -fc[s]:
-    # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = S / (S - 1).
-    k = num_particles / (num_particles - 1)
-    numerator = torch.add(cov, fh, alpha=-k)
-    denominator = torch.add(var, hh, alpha=-k)
-    denominator.masked_fill_(denominator <= 0, torch.inf)
-    return f_mean - numerator.mul_(h).div_(denominator).sum(0) / num_particles
+    # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = N / (N - 1).
+    k = count / (count - 1)
+    a_h_sum = torch.empty_like(h_sum)
+    for columns, hb, fb in _blocks(h, signal, f):
+        hc, fc = hb - h_mean[columns], fb - f_mean[columns]
+        numerator = cov[columns] - k[columns] * fc * hc
+        denominator = var[columns] - k[columns] * hc.square()
+        denominator.masked_fill_(denominator <= 0, torch.inf)
+        a_h_sum[columns] = numerator.mul_(hb).div_(denominator).sum(0)
+    return ((f_sum - a_h_sum) / num_particles).to(h.dtype).reshape(shape)
 
 
-def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, coordinates="parameters"):
+def controlled_surrogate(
+    terms, params, coefficient, signal=None, signals=None, coordinates="parameters", pool=None
+):
     """The linear surrogate :math:`\\sum_d \\mathrm{stop}(\\hat g_d) \\lambda_d`
     of the controlled gradients of the score sites.
 
@@ -183,6 +214,10 @@ def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, 
         Falls back to ``"parameters"`` where the particles do not share the
         distributions' tensors (see
         :func:`~pyro_vi.elbo.scores.distribution_gradients`).
+    :param pool: adds up the sufficient statistics of several processes
+        (:func:`pyro_vi.distributed.sum_over_processes`), in one all-reduce
+        for all parameters, so that the coefficients come from every
+        process's particles.
     """
     weightings = [{}] if signals is None else [{}, signals]
     frontier = distribution_gradients(terms, weightings) if coordinates == "distributions" else None
@@ -192,12 +227,20 @@ def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, 
             for param, grads in zip(params, particle_gradients(terms, weightings, params))
             if grads is not None
         ]
+    if not frontier:
+        return terms.zeros(())
+    sums = [particle_sums(rows[0], signal, None if signals is None else rows[1]) for _, rows in frontier]
+    pooled = sums
+    if pool is not None and isinstance(coefficient, str):
+        # One all-reduce for the statistics of every parameter.
+        sizes = [s.shape[1] for s in sums]
+        pooled = list(pool(torch.cat(sums, dim=1)).split(sizes, dim=1))
     surrogate = 0.0
-    for target, rows in frontier:
+    for (target, rows), own, pooled_sums in zip(frontier, sums, pooled):
         f = None if signals is None else rows[1]
-        g = controlled_gradient(rows[0], coefficient, signal=signal, f=f)
+        g = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f)
         surrogate = surrogate + (g.detach() * target).sum()
-    return torch.as_tensor(surrogate)
+    return surrogate
 
 
 def linear_surrogate(params, grads):
