@@ -110,7 +110,7 @@ def particles_problem(size):
 
 def local_problem(size, subsample):
     data = torch.randn(size, generator=torch.Generator().manual_seed(0))
-    batch = BATCH if subsample else None
+    batch = min(BATCH, size) if subsample else None
 
     def model(data):
         mu = pyro.param("mu", torch.tensor(0.0))

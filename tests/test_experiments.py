@@ -19,6 +19,11 @@ TINY_MNIST = write_tiny_mnist(tempfile.mkdtemp(prefix="tiny_mnist_"))
 
 # script -> (tiny flags, files it must write to --out)
 SMOKE = {
+    "benchmark_scaling": (
+        ["--sweeps", "particles", "subsample", "--sizes", "3", "--estimators", "Trace_ELBO",
+         "ControlVariateELBO", "--steps", "1", "--rounds", "1", "--no-memory"],
+        ["results.json", "scaling.png"],
+    ),
     "bbvi_normal_gamma": (
         ["--steps", "30", "--variance-draws", "3"],
         ["elbo.png", "posterior_means.png", "results.json"],

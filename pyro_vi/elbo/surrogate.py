@@ -228,7 +228,7 @@ def controlled_surrogate(
             if grads is not None
         ]
     if not frontier:
-        return terms.zeros(())
+        return terms.zeros()
     sums = [particle_sums(rows[0], signal, None if signals is None else rows[1]) for _, rows in frontier]
     pooled = sums
     if pool is not None and isinstance(coefficient, str):
