@@ -226,7 +226,7 @@ def test_dreg_in_one_backward_pass_equals_dreg_by_two_gradients(mdl, guide, data
     assert terms.guide_samples_independent
     log_p, log_w = log_weights_per_point(terms)
     weights = normalized_weights(log_w)
-    path_log_w = log_w + per_point(terms, terms.stopped_guide_log_prob(), terms.guide)
+    path_log_w = log_p - per_point(terms, terms.log_q_at_stopped_parameters(), terms.guide)
     params = [p for p in {**terms.model_params, **terms.guide_params}.values() if p.requires_grad]
     kw = dict(allow_unused=True, materialize_grads=True)
     # Two gradients first: the hooks, once registered, act on every later backward pass.

@@ -125,6 +125,7 @@ class ImportanceWeightedELBO(ParticleELBO):
 
     def __init__(self, num_particles=5, gradient="reparam", **kwargs):
         self.gradient = _validation.choice("{}: gradient".format(type(self).__name__), gradient, GRADIENTS)
+        self.guide_density = "full" if gradient == "reparam" else "path"
         super().__init__(num_particles=num_particles, **kwargs)
 
     def check(self, terms):
@@ -176,7 +177,7 @@ class ImportanceWeightedELBO(ParticleELBO):
         weights = scale * normalized_weights(log_w)
         # log w with the guide's density at stopped parameters: its gradient
         # is the path part of log w.
-        path_log_w = log_w + per_point(terms, terms.stopped_guide_log_prob(), terms.guide)
+        path_log_w = log_p - per_point(terms, terms.log_q_at_stopped_parameters(), terms.guide)
         if self.gradient == "stl":
             return value, (weights * path_log_w).sum()
         if _random_samples_independent(terms):

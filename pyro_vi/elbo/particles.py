@@ -24,6 +24,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import is_validation_enabled
@@ -149,6 +150,9 @@ class SiteTerm:
     :ivar bool has_rsample: the distribution could ``rsample`` (before any
         score-function treatment).
     :ivar bool is_point_mass: a ``Delta`` site: no randomness, no score.
+    :ivar bool path_only: ``log_prob`` was computed at stopped distribution
+        parameters (for the path-derivative estimators, see
+        :attr:`ParticleELBO.guide_density`): its gradient is the path part only.
     :ivar scale: the site's scale (subsampling times ``poutine.scale``).
     :ivar float subsample_scale: the part of ``scale`` due to subsampled
         plates, :math:`\\prod N / B`.
@@ -165,6 +169,7 @@ class SiteTerm:
     reparameterized: bool = True
     has_rsample: bool = True
     is_point_mass: bool = False
+    path_only: bool = False
     scale: object = 1.0
     subsample_scale: float = 1.0
     subsampled_plates: FrozenSet[str] = frozenset()
@@ -272,6 +277,21 @@ class ParticleTerms:
         Same shapes as the site terms."""
         return self._stopped_guide[0]
 
+    def log_q_at_stopped_parameters(self):
+        """Per guide site, :math:`\\log q_{\\mathrm{stop}(\\lambda)}(z(\\epsilon, \\lambda))`:
+        the value of :math:`\\log q(z)`, and only the gradient through the
+        samples (the path derivative; the score term is stopped). A site
+        already computed at stopped parameters (``SiteTerm.path_only``) is
+        used as it is; for the others it is :math:`\\log q(z) - \\log
+        q_\\lambda(\\mathrm{stop}(z))` plus that value, stopped."""
+        if all(site.path_only for site in self.guide.values()):
+            return {name: site.log_prob for name, site in self.guide.items()}
+        stopped = self.stopped_guide_log_prob()
+        return {
+            name: site.log_prob if site.path_only else site.log_prob - stopped[name] + stopped[name].detach()
+            for name, site in self.guide.items()
+        }
+
     @property
     def guide_samples_independent(self):
         """Whether no guide sample, nor its distribution, depends on another
@@ -337,6 +357,32 @@ def _log_prob_at_detached(guide_trace):
     return log_probs
 
 
+def _compute_path_log_prob(guide_trace):
+    """The log-density of each latent guide site whose distribution depends
+    on no other sample, computed at stopped parameters: the gradient through
+    the sample only. Other sites are left to ``compute_score_parts``."""
+    from .scores import _functional  # a distribution rebuilt from its tensors
+
+    sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
+    samples = [s["value"] for s in sites if s["value"].requires_grad]
+    for site in sites:
+        functional = _functional(site["fn"])
+        if functional is None:
+            continue
+        tensors, rebuild = functional
+        others = [v for v in samples if v is not site["value"]]
+        if any(reaches(t, others) for t in tensors.values()):
+            continue  # a structured site: only a rerun stops its parameters alone
+        log_prob = rebuild({k: t.detach() for k, t in tensors.items()}).log_prob(
+            site["value"], *site["args"], **site["kwargs"]
+        )
+        site["unscaled_log_prob"] = log_prob
+        site["log_prob"] = scale_and_mask(log_prob, site["scale"], site["mask"])
+        site["log_prob_sum"] = site["log_prob"].sum()
+        site["score_parts"] = ScoreParts(site["log_prob"], 0, site["log_prob"])
+        site["pyro_vi_path_only"] = True
+
+
 def reaches(output, tensors):
     """Whether the autograd graph of ``output`` reaches any of ``tensors``
     (their own graph nodes; a walk over the recorded graph, no backward
@@ -386,6 +432,12 @@ class ParticleELBO(ELBO):
 
     min_particles = 1
     reparameterize = True
+    #: ``"full"``: the guide's log-densities carry their whole gradient.
+    #: ``"path"``: the estimator needs only their path derivative
+    #: (:meth:`ParticleTerms.log_q_at_stopped_parameters`); where a site's
+    #: distribution depends on no other sample, its density is then computed
+    #: once, at stopped parameters, instead of twice.
+    guide_density = "full"
 
     def __init__(
         self,
@@ -480,6 +532,8 @@ class ParticleELBO(ELBO):
         guide_trace = prune_subsample_sites(guide_trace)
         model_trace = prune_subsample_sites(model_trace)
         model_trace.compute_log_prob()
+        if self.guide_density == "path":
+            _compute_path_log_prob(guide_trace)
         guide_trace.compute_score_parts()
         if is_validation_enabled():
             for trace in (model_trace, guide_trace):
@@ -629,6 +683,7 @@ def _site_term(sites, plate_dims, vectorized, num_particles, is_guide):
         reparameterized=not has_score,
         has_rsample=bool(site["infer"].get("has_rsample", fn.has_rsample)) or point_mass,
         is_point_mass=point_mass,
+        path_only=site.get("pyro_vi_path_only", False),
         scale=site["scale"],
         subsample_scale=subsample_scale,
         subsampled_plates=frozenset(f.name for f in subsampled),

@@ -32,14 +32,15 @@ class StickingTheLandingELBO(ParticleELBO):
         Variational Inference, Geoffrey Roeder, Yuhuai Wu, David Duvenaud (NIPS 2017)
     """
 
+    guide_density = "path"
+
     def check(self, terms):
         check_reparameterized(terms, type(self).__name__)
 
     def elbo_and_surrogate(self, terms):
-        # log p - log q + log q(stop): the value of log p, the gradient of
-        # log p - log q_stop(lambda)(z(eps, lambda)).
-        log_weights = terms.log_weights()
-        surrogate = log_weights
-        for term in terms.stopped_guide_log_prob().values():
-            surrogate = surrogate + per_particle(term)
-        return log_weights.mean(), surrogate.mean()
+        # log p - log q_stop(lambda)(z(eps, lambda)): the value of log p - log q,
+        # the path derivative only.
+        surrogate = terms.log_p()
+        for term in terms.log_q_at_stopped_parameters().values():
+            surrogate = surrogate - per_particle(term)
+        return terms.log_weights().mean(), surrogate.mean()
