@@ -25,6 +25,10 @@ CASES = [
     for vectorize in (True, False)
 ]
 
+# One worker runs the whole file, so that the outcomes cached by
+# tests.catalogue.outcome serve every test here.
+pytestmark = pytest.mark.xdist_group("catalogue")
+
 
 @pytest.mark.parametrize(
     "pair,estimator,vectorize", CASES, ids=["{}-{}-{}".format(p, e, "vec" if v else "seq") for p, e, v in CASES]
