@@ -17,7 +17,8 @@ Sweeps:
 Every configuration of a size is timed round-robin in one process (the
 median of ``--rounds`` rounds of ``--steps`` steps), so the ratios share the
 machine's noise; peak memory is measured in a subprocess per configuration
-(peak resident memory during the steps minus that before them).
+(peak resident memory during three steps minus that before them, the
+problem's data and networks built).
 
     python -m experiments.benchmark_scaling --out results/benchmark_scaling
 """
@@ -156,14 +157,12 @@ def problem(sweep, size):
 
 
 def svi(sweep, size, estimator):
-    """A fresh SVI of ``estimator`` on the problem, one step taken (the
-    parameters created, max_plate_nesting set)."""
+    """A fresh SVI of ``estimator`` on the problem."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model, guide, args, options = problem(sweep, size)
     make = ESTIMATORS[estimator][0]
     inference = SVI(model, guide, Adam({"lr": 1e-3}), make(vectorize_particles=True, max_plate_nesting=1, **options))
-    inference.step(*args)
     return inference, args
 
 
@@ -176,6 +175,7 @@ def time_size(sweep, size, estimators, rounds, steps):
     for _ in range(rounds):
         for name in estimators:
             inference, args = svi(sweep, size, name)  # built right before it is timed
+            inference.step(*args)  # creates the parameters
             start = time.perf_counter()
             for _ in range(steps):
                 inference.step(*args)
@@ -189,8 +189,9 @@ def _resident_mb():
 
 
 def measure_memory(sweep, size, estimator, steps=3):
-    """Peak resident memory during ``steps`` steps minus that before them, MB
-    (run in a fresh process: the peak is the process's)."""
+    """Peak resident memory during ``steps`` steps (the first creates the
+    parameters) minus that before them, MB; run in a fresh process, whose
+    peak so far is the setup's."""
     inference, args = svi(sweep, size, estimator)
     before = _resident_mb()
     for _ in range(steps):
@@ -281,3 +282,26 @@ def main(args):
 
 if __name__ == "__main__":
     main(parse_args())
+
+
+def render(results):
+    """The README's tables: time (ms per step, and the ratio to the Pyro
+    counterpart) and peak extra memory at each sweep's sizes."""
+    lines = []
+    for sweep, data in results["sweeps"].items():
+        x = data["x"]
+        head = ["estimator"] + ["{} = {:,}".format(data["size_name"], v) for v in x]
+        lines += ["", "**{}** (ms per step, x its Pyro counterpart{}; {} torch thread, {})".format(
+            sweep, "; peak extra MB" if data.get("peak_mb") else "", results["threads"], results["machine"]),
+            "", "| " + " | ".join(head) + " |", "|---" + "|---:" * len(x) + "|"]
+        for name, times in data["ms_per_step"].items():
+            cells = []
+            for i, t in enumerate(times):
+                cell = "{:.1f}".format(t)
+                if name in data["ratios"]:
+                    cell += " ({:.2f}x)".format(data["ratios"][name][i])
+                if data.get("peak_mb"):
+                    cell += "; {:.0f} MB".format(data["peak_mb"][name][i])
+                cells.append(cell)
+            lines.append("| {} | {} |".format(name, " | ".join(cells)))
+    return "\n".join(lines[1:])
