@@ -23,10 +23,10 @@ SMOKE = {
         ["--steps", "30", "--variance-draws", "3"],
         ["elbo.png", "posterior_means.png", "results.json"],
     ),
-    "benchmark": (["--steps", "3", "--rounds", "1"], ["benchmark.json"]),
+    "benchmark": (["--steps", "3", "--rounds", "2"], ["results.json"]),
     "benchmark_vae": (
-        ["--ks", "2", "--batch-size", "4", "--steps", "1", "--rounds", "1"],
-        ["benchmark.json"],
+        ["--ks", "2", "--batch-size", "4", "--steps", "1", "--rounds", "2"],
+        ["results.json"],
     ),
     "diffusion_bound": (
         ["--num-data", "4", "--samples", "20", "--timesteps", "5", "--variance-scales", "2"],
@@ -73,13 +73,17 @@ SMOKE = {
 }
 
 
+# scripts in experiments/ that are not studies (tested in their own files)
+TOOLS = {"render_readme"}
+
+
 def test_every_experiment_is_in_the_smoke_list():
     scripts = {
         name[:-3]
         for name in os.listdir(os.path.join(ROOT, "experiments"))
         if name.endswith(".py") and not name.startswith("_")
     }
-    assert scripts == set(SMOKE), "add new experiments to SMOKE"
+    assert scripts - TOOLS == set(SMOKE), "add new experiments to SMOKE"
 
 
 def run(command, out, flags):
@@ -102,12 +106,24 @@ def check_outputs(out, outputs):
             json.loads(path.read_text())
 
 
+# The studies that aggregate over seeds (all but vae_mnist) run two seeds in
+# the smoke test, so that the mean ± std path runs too.
+MULTI_SEED = sorted(set(SMOKE) - {"vae_mnist"})
+
+
 @pytest.mark.parametrize("script", sorted(SMOKE))
 def test_experiment_runs(script, tmp_path):
     flags, outputs = SMOKE[script]
-    proc = run(["-m", "experiments." + script], tmp_path, flags)
+    seeds = ["--seeds", "0", "1"] if script in MULTI_SEED else []
+    proc = run(["-m", "experiments." + script], tmp_path, flags + seeds)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_outputs(tmp_path, outputs)
+    if script in MULTI_SEED:
+        results = json.loads((tmp_path / "results.json").read_text())
+        run_record = results["run"]
+        assert run_record["seeds"] == [0, 1]
+        assert run_record["machine"]["torch_threads"] == 1 and run_record["wall_seconds"] > 0
+        assert run_record["command"].startswith("python -m experiments." + script)
 
 
 @pytest.mark.parametrize("script", ["iwelbo_bounds", "gamma_natural_gradient"])
@@ -160,7 +176,7 @@ BAD_FLAGS = [
     for script in CLI_SCRIPTS
     for flags, message in [
         (["--seed", "-1"], "argument --seed: value must be an integer >= 0 and <= 4294967295, got -1"),
-        (["--seeds", "0", "1"], "argument --seeds: this study runs one seed per call"),
+        (["--seeds", "0", "0"], "argument --seeds: repeats a seed, got [0, 0]"),
         (["--threads", "0"], "argument --threads: value must be an integer >= 1, got 0"),
         (["--out", os.path.join(os.path.abspath(__file__), "out")], "argument --out: cannot write to"),
     ]
@@ -202,7 +218,7 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path):
 
 
 def test_common_flags(tmp_path):
-    from experiments import poisson_gamma
+    from experiments import benchmark, poisson_gamma
 
     out = tmp_path / "new" / "folder"
     args = poisson_gamma.parse_args(["--out", str(out), "--seeds", "7", "--lr", "1e-3", "--steps", "10"])
@@ -211,3 +227,18 @@ def test_common_flags(tmp_path):
     assert (args.lr, args.steps) == (1e-3, 10) and isinstance(args.steps, int)
     args = poisson_gamma.parse_args(["--out", str(out), "--seed", "3"])
     assert (args.seed, args.seeds) == (3, [3])
+    args = poisson_gamma.parse_args(["--out", str(out)])
+    assert (args.seed, args.seeds) == (0, [0, 1, 2])  # three seeds by default
+    assert benchmark.parse_args([]).seeds == [0]  # timings: one seed, the spread is over rounds
+
+
+def test_seed_aggregation():
+    from experiments._results import fmt, indistinguishable, spread
+
+    a, b, c = spread([1.0, 2.0, 3.0]), spread([2.5, 3.0, 3.5]), spread([10.0, 10.5, 11.0])
+    assert (a["mean"], a["std"], a["n"]) == (2.0, 1.0, 3)
+    assert fmt(a, ".1f") == "2.0 ± 1.0"
+    assert indistinguishable({"a": a, "b": b, "c": c}) == [["a", "b"]]
+    assert spread([4.0])["std"] is None and fmt(spread([4.0]), ".1f") == "4.0"
+    never = spread([3.0, None, 5.0])
+    assert (never["mean"], never["missing"]) == (4.0, 1) and "(1 of 3 never)" in fmt(never)
