@@ -61,7 +61,7 @@ def run_svi(model, guides, data_args, closed_form_elbo, args, summary_sites):
                 {"final_elbo": float(result.tracked["elbo"][-1]), "seconds_per_step": result.seconds_per_step})
             if index == 0:
                 idata = to_inference_data(
-                    model, guides["global"], *data_args, num_samples=1000, seed=seed,
+                    model, guides["global"], *data_args, num_samples=args.summary_draws, seed=seed,
                     posterior_predictive=False, log_likelihood=False,
                 )
                 summaries[name] = az.summary(idata, var_names=summary_sites, kind="stats")
@@ -156,6 +156,8 @@ def add_arguments(parser):
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=500, help="CAVI sweeps at most")
+    parser.add_argument("--summary-draws", type=_cli.integer(minimum=4), default=1000,
+                        help="draws of each final q for its ArviZ summary (first seed)")
     parser.add_argument("--num-data", type=_cli.positive_int, default=300)
     parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     parser.add_argument("--pi", type=_cli.positive_real, nargs="+", default=[0.3, 0.4, 0.3],

@@ -112,7 +112,7 @@ def run_estimator(name, estimator, data, args, seed, optimum, summarize):
     row = {"final_elbo": float(result.tracked["elbo"][-1]),
            "final_q": {"m": final_q.m, "lam": final_q.lam, "a": final_q.a, "b": final_q.b}}
     if summarize:
-        idata = to_inference_data(model, start_guide, data, COURSE_PRIOR, num_samples=2000, seed=seed)
+        idata = to_inference_data(model, start_guide, data, COURSE_PRIOR, num_samples=args.summary_draws, seed=seed)
         summary = az.summary(idata, var_names=["mu", "tau"], kind="stats")
         row["arviz_summary"] = summary.to_dict(orient="index")
         print("\n{}: ArviZ summary of the final q (seed {})\n{}".format(name, seed, summary.to_string()))
@@ -272,6 +272,8 @@ def parse_args(argv=None):
     _cli.add_svi_arguments(parser, steps=3000, particles=10, lr=0.05, lrd=0.9995, min_particles=2)
     parser.add_argument("--variance-draws", type=_cli.integer(minimum=2), default=200,
                         help="gradient draws per variance (at least 2)")
+    parser.add_argument("--summary-draws", type=_cli.integer(minimum=4), default=2000,
+                        help="draws of each final q for its ArviZ summary (first seed)")
     parser.add_argument("--num-data", type=_cli.positive_int, default=100)
     parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the course data set (default 0)")
     return _cli.parse(parser, argv)

@@ -20,7 +20,7 @@ TINY_MNIST = write_tiny_mnist(tempfile.mkdtemp(prefix="tiny_mnist_"))
 # script -> (tiny flags, files it must write to --out)
 SMOKE = {
     "bbvi_normal_gamma": (
-        ["--steps", "30", "--variance-draws", "3"],
+        ["--steps", "30", "--variance-draws", "3", "--summary-draws", "20"],
         ["elbo.png", "posterior_means.png", "results.json"],
     ),
     "benchmark": (["--steps", "3", "--rounds", "2"], ["results.json"]),
@@ -33,7 +33,7 @@ SMOKE = {
         ["terms.png", "variance.png", "histogram.png", "results.json"],
     ),
     "earthquake": (
-        ["--steps", "5", "--num-data", "30", "--cavi-iters", "5"],
+        ["--steps", "5", "--num-data", "30", "--cavi-iters", "5", "--summary-draws", "20"],
         ["elbo.png", "clusters.png", "results.json"],
     ),
     "gamma_natural_gradient": (
@@ -41,7 +41,7 @@ SMOKE = {
         ["trajectories.png", "nll.png", "path.png", "results.json"],
     ),
     "gmm_cavi": (
-        ["--steps", "5", "--num-data", "30", "--cavi-iters", "5"],
+        ["--steps", "5", "--num-data", "30", "--cavi-iters", "5", "--summary-draws", "20"],
         ["elbo.png", "clusters.png", "results.json"],
     ),
     "gumbel_softmax": (
