@@ -81,6 +81,15 @@ def machine():
             "python": platform.python_version(), "torch": torch.__version__}
 
 
+def _load_average():
+    """The machine's 1-minute load average at the end of the run (how busy
+    the shared cores were), or None where the OS does not say."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def command(study):
     """The command line that ran ``study`` (``python -m experiments.STUDY`` and
     its flags)."""
@@ -89,18 +98,22 @@ def command(study):
 
 def finish(study, args, results, start):
     """Adds the run record (command, seeds, machine, wall time since
-    ``start``, a ``time.perf_counter()``) to ``results``, writes it to
-    ``args.out/results.json`` and returns it."""
+    ``start``, a ``time.perf_counter()``, the process's CPU time and the load
+    average) to ``results``, writes it to ``args.out/results.json`` and
+    returns it."""
     record = {"study": study, "command": command(study), "seeds": list(args.seeds),
-              "wall_seconds": time.perf_counter() - start, "machine": machine()}
+              "wall_seconds": time.perf_counter() - start,
+              # CPU time of the whole process (imports included): on a shared
+              # machine it varies far less between runs than the wall time
+              "cpu_seconds": time.process_time(), "load_average": _load_average(), "machine": machine()}
     results = dict(run=record, **results)
     results.setdefault("args", {k: v for k, v in vars(args).items()})
     if args.out:
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(_clean(results), f, indent=1, allow_nan=False)
             f.write("\n")
-    print("{}: {} seed(s), {:.0f} s wall, {} torch thread(s)".format(
-        study, len(args.seeds), record["wall_seconds"], record["machine"]["torch_threads"]))
+    print("{}: {} seed(s), {:.0f} s wall, {:.0f} s CPU, {} torch thread(s)".format(
+        study, len(args.seeds), record["wall_seconds"], record["cpu_seconds"], record["machine"]["torch_threads"]))
     return results
 
 

@@ -271,7 +271,9 @@ def plot_gradients(summary, names, args, path):
         var_ax.set_title("f {}: variance ({} draws per point)".format(fname, args.grad_draws), fontsize=10)
         for ax in (bias_ax, var_ax):
             ax.set_xscale("log")
-            ax.set_xlabel("temperature tau (log scale)")
+            ax.set_xticks(args.grad_temperatures, ["{:g}".format(t) for t in args.grad_temperatures])
+            ax.minorticks_off()
+            ax.set_xlabel("temperature tau (log scale, ticks at the temperatures run)")
             legend_outside(ax, where="below", ncol=2, title="{}; points offset around each tau; bars: lowest to "
                            "highest seed".format(band_note(num_seeds).split(",")[0]), title_fontsize=8)
     save_figure(fig, path)

@@ -115,9 +115,9 @@ def main(args):
     print("non-decreasing in K: {}; below log p(X): {} (within 4 pooled standard errors)".format(increasing, below))
     for row in rows:
         if row["gap_to_log_evidence"] < 0:
-            print("L_{} is {:.4f} above log p(X), {:.1f} pooled standard errors: Monte Carlo error, the true gap is "
-                  "smaller than the estimate's noise".format(row["K"], -row["gap_to_log_evidence"],
-                                                            -row["gap_to_log_evidence"] / row["pooled_standard_error"]))
+            print("L_{} is {:.4f} above log p(X), {:.1f} pooled standard errors: Monte Carlo error; the true gap "
+                  "shrinks like 1/K and at this K is of the order of the estimate's standard error".format(
+                      row["K"], -row["gap_to_log_evidence"], -row["gap_to_log_evidence"] / row["pooled_standard_error"]))
     plot_bounds(rows, log_px, exact_elbo, args.draws, len(args.seeds), os.path.join(args.out, "bounds.png"))
     results = {"args": vars(args), "log_evidence": log_px, "closed_form_elbo": exact_elbo, "bounds": rows,
                "non_decreasing": increasing, "below_log_evidence": below}
