@@ -16,8 +16,9 @@ Common flags (added by :func:`parser`):
 - ``--seed S`` or ``--seeds S [S ...]``: ``--seed`` keeps its old meaning (one
   seed) and is shorthand for ``--seeds S``. After :func:`parse`, ``args.seeds``
   is the list and ``args.seed`` its first element, so code written for one
-  seed keeps working. A study that does not aggregate over seeds yet
-  (``multi_seed=False``, the default) refuses more than one seed.
+  seed keeps working. A study that aggregates over seeds (``multi_seed=True``)
+  runs its ``default_seeds`` when neither flag is given; one that does not
+  (``multi_seed=False``, the default) runs seed 0 and refuses more than one.
 - ``--threads N``: torch's intra-op (and, where still possible, inter-op)
   thread count, default 1, set by :func:`parse` before any work.
 - ``--device {cpu,cuda}``: only for a study that uses it (``device=True``);
@@ -116,22 +117,30 @@ def existing_file(text):
 # the parser
 
 
-def parser(doc, out, device=False, multi_seed=False):
+def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_help=None):
     """An ``ArgumentParser`` described by the first line of ``doc``, with the
     common flags. ``out=None`` makes ``--out`` optional (no files written
-    unless it is given)."""
+    unless it is given). A ``multi_seed`` study runs ``default_seeds`` when
+    neither ``--seed`` nor ``--seeds`` is given; ``seeds_help`` says what a
+    seed changes in it (and, when the default is one seed, why)."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument("--out", default=out,
                    help="folder for the outputs, created if missing" + (" (default: none)" if out is None else ""))
+    default_seeds = [int(s) for s in default_seeds]
     seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=seed, default=0, help="one seed (default 0); the same as --seeds SEED")
-    seeds.add_argument("--seeds", type=seed, nargs="+", default=None,
-                       help="several seeds" if multi_seed else "one seed (this study runs one seed per call)")
+    seeds.add_argument("--seed", type=seed, default=None, help="one seed; the same as --seeds SEED")
+    if multi_seed:
+        seeds_text = "seeds to run and aggregate (default {})".format(" ".join(map(str, default_seeds)))
+        if seeds_help:
+            seeds_text += "; " + seeds_help
+    else:
+        seeds_text = "one seed (this study runs one seed per call; default {})".format(default_seeds[0])
+    seeds.add_argument("--seeds", type=seed, nargs="+", default=None, help=seeds_text)
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: fastest on a shared CPU)")
     if device:
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.set_defaults(_multi_seed=multi_seed)
+    p.set_defaults(_multi_seed=multi_seed, _default_seeds=default_seeds if multi_seed else default_seeds[:1])
     return p
 
 
@@ -150,10 +159,10 @@ def parse(parser, argv=None, check=None):
     argparse error), checks ``--device``, creates and checks ``--out``, and
     sets the torch threads: everything before any work. Returns ``args``."""
     args = parser.parse_args(argv)
-    multi_seed = args._multi_seed
-    del args._multi_seed
+    multi_seed, default_seeds = args._multi_seed, args._default_seeds
+    del args._multi_seed, args._default_seeds
     if args.seeds is None:
-        args.seeds = [args.seed]
+        args.seeds = list(default_seeds) if args.seed is None else [args.seed]
     elif len(set(args.seeds)) != len(args.seeds):
         parser.error("argument --seeds: repeats a seed, got {}; pass distinct seeds".format(args.seeds))
     elif len(args.seeds) > 1 and not multi_seed:

@@ -1,9 +1,7 @@
 """What the mixture studies (``gmm_cavi``, ``earthquake``) share: SVI runs
 tracked by the closed-form mean-field ELBO, and the CAVI-against-SVI figure."""
 
-import json
 import operator
-import os
 
 import arviz as az
 import numpy as np
@@ -12,7 +10,10 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.optim import ClippedAdam
 
 from experiments import _cli
-from experiments._figures import plt, save_figure
+from matplotlib.ticker import MaxNLocator
+
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
+from experiments._results import finish, fmt, indistinguishable, spreads
 from models.gmm import check_weights
 from pyro_vi import RaoBlackwellELBO
 from pyro_vi.inference_data import to_inference_data
@@ -36,30 +37,37 @@ def svi_estimators(particles):
 
 
 def run_svi(model, guides, data_args, closed_form_elbo, args, summary_sites):
-    """Fits every estimator from the same start; returns the histories and
-    the ArviZ summary of the components under each final q."""
-    histories, summaries = {}, {}
-    for name, estimator in svi_estimators(args.particles).items():
-        guide = estimator.guide(guides)
-        pyro.clear_param_store()
-        pyro.set_rng_seed(args.seed)
-        histories[name] = fit(
-            model,
-            guide,
-            estimator.make(),
-            ClippedAdam({"lr": args.lr, "lrd": args.lrd}),
-            *data_args,
-            num_steps=args.steps,
-            track={"elbo": closed_form_elbo},
-            progress=False,
-        )
-        idata = to_inference_data(
-            model, guides["global"], *data_args, num_samples=1000, seed=args.seed,
-            posterior_predictive=False, log_likelihood=False,
-        )
-        summaries[name] = az.summary(idata, var_names=summary_sites, kind="stats")
-        print("\n{}: ArviZ summary of the components\n{}".format(name, summaries[name].to_string()))
-    return histories, summaries
+    """Fits every estimator from the same start once per seed of ``args.seeds``;
+    returns ``name -> [ELBO history per seed]``, ``name -> [row per seed]`` and
+    the ArviZ summaries of the components under each final q of the first seed."""
+    histories, rows, summaries = {}, {}, {}
+    for index, seed in enumerate(args.seeds):
+        for name, estimator in svi_estimators(args.particles).items():
+            guide = estimator.guide(guides)
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            result = fit(
+                model,
+                guide,
+                estimator.make(),
+                ClippedAdam({"lr": args.lr, "lrd": args.lrd}),
+                *data_args,
+                num_steps=args.steps,
+                track={"elbo": closed_form_elbo},
+                progress=False,
+            )
+            histories.setdefault(name, []).append(result.tracked["elbo"])
+            rows.setdefault(name, []).append(
+                {"final_elbo": float(result.tracked["elbo"][-1]), "seconds_per_step": result.seconds_per_step})
+            if index == 0:
+                idata = to_inference_data(
+                    model, guides["global"], *data_args, num_samples=args.summary_draws, seed=seed,
+                    posterior_predictive=False, log_likelihood=False,
+                )
+                summaries[name] = az.summary(idata, var_names=summary_sites, kind="stats")
+                print("\n{}: ArviZ summary of the components (seed {})\n{}".format(
+                    name, seed, summaries[name].to_string()))
+    return histories, rows, summaries
 
 
 def run_cavi(cavi, *args, **kwargs):
@@ -72,54 +80,75 @@ def run_cavi(cavi, *args, **kwargs):
     return fit_cavi
 
 
-def write_results(args, fit_cavi, cavi_means, histories, summaries):
-    """Prints the SVI gaps and writes ``results.json``."""
+def write_results(study, args, fit_cavi, cavi_means, rows, summaries, start):
+    """Prints the SVI gaps (mean ± std over seeds) and writes ``results.json``."""
+    history = fit_cavi.elbo_history
+    svi = {}
+    for name, seed_rows in rows.items():
+        for row in seed_rows:
+            row["gap_to_cavi"] = fit_cavi.elbo - row["final_elbo"]
+        svi[name] = dict(spreads(seed_rows, ["final_elbo", "gap_to_cavi", "seconds_per_step"]),
+                         arviz_summary_first_seed=summaries[name].to_dict(orient="index"))
+    close = indistinguishable({name: row["gap_to_cavi"] for name, row in svi.items()})
     results = {
         "args": vars(args),
         "cavi": dict(
             elbo=fit_cavi.elbo,
-            elbo_history=fit_cavi.elbo_history,
+            elbo_history=history,
             num_iters=fit_cavi.num_iters,
+            largest_decrease=max([a - b for a, b in zip(history, history[1:])] + [0.0]),
             **cavi_means,
         ),
-        "svi": {
-            name: {
-                "final_elbo": float(h.tracked["elbo"][-1]),
-                "gap_to_cavi": fit_cavi.elbo - float(h.tracked["elbo"][-1]),
-                "seconds_per_step": h.seconds_per_step,
-                "arviz_summary": summaries[name].to_dict(orient="index"),
-            }
-            for name, h in histories.items()
-        },
+        "svi": svi,
+        "within_seed_spread": {"gap_to_cavi": close},
+        "per_seed": rows,
     }
-    for name, row in results["svi"].items():
-        print("{:<32} final ELBO {:.3f}, gap to CAVI {:.3f}, {:.1f} ms/step".format(
-            name, row["final_elbo"], row["gap_to_cavi"], 1e3 * row["seconds_per_step"]))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=float)
-    return results
+    for name, row in svi.items():
+        print("{:<32} final ELBO {}, gap to CAVI {}, {} ms/step".format(
+            name, fmt(row["final_elbo"]), fmt(row["gap_to_cavi"]),
+            fmt({**row["seconds_per_step"], "mean": 1e3 * row["seconds_per_step"]["mean"],
+                 "std": None if row["seconds_per_step"]["std"] is None else 1e3 * row["seconds_per_step"]["std"]},
+                ".1f")))
+    for a, b in close:
+        print("gap to CAVI: {} and {} differ by less than their seed spread".format(a, b))
+    return finish(study, args, results, start)
 
 
 def plot_cavi_and_svi(cavi_history, histories, path, title):
-    fig, (cavi_ax, svi_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    cavi_ax.plot(np.arange(len(cavi_history)), cavi_history, marker=".", color="k", label="CAVI")
+    """Left: CAVI's distance to its final ELBO per sweep (log scale: each
+    sweep's gain stays visible when the first is thousands of nats); right:
+    the SVI runs (mean and band over seeds) against the CAVI optimum."""
+    num_seeds = len(next(iter(histories.values())))
+    history = np.asarray(cavi_history, float)
+    drops = np.diff(history)
+    fig, (cavi_ax, svi_ax) = plt.subplots(1, 2, figsize=(13, 5))
+    sweeps = np.arange(len(history))
+    cavi_ax.plot(sweeps, np.maximum(history[-1] - history, 1e-12), marker="o", color="k",
+                 label="CAVI (deterministic start), ELBO {:.1f} -> {:.3f}".format(history[0], history[-1]))
+    cavi_ax.set_yscale("log")
+    cavi_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     cavi_ax.set_xlabel("CAVI sweep")
-    cavi_ax.set_ylabel("ELBO (closed form, nats)")
-    cavi_ax.set_title("{}: CAVI (never decreases)".format(title))
-    cavi_ax.legend()
+    cavi_ax.set_ylabel("final ELBO - ELBO after the sweep (nats, floored at 1e-12)")
+    cavi_ax.set_title("{}: CAVI, {} sweeps; the ELBO never decreases beyond float\nrounding (largest "
+                      "decrease between sweeps: {:.1e} nats)".format(title, len(history) - 1, max(0.0, -drops.min()) if drops.size else 0.0),
+                      fontsize=10)
+    legend_outside(cavi_ax, where="below")
     optimum = cavi_history[-1]
     lows = [optimum - 50]
-    for name, result in histories.items():
-        elbo = result.tracked["elbo"]
-        svi_ax.plot(np.arange(1, len(elbo) + 1), elbo, label=name, lw=1.2)
-        lows.append(np.percentile(elbo, 10))
-    svi_ax.axhline(optimum, color="k", ls="--", lw=1, label="CAVI optimum")
+    for (name, runs), color in zip(histories.items(), ("C0", "C3")):
+        runs = np.asarray(runs)
+        seed_band(svi_ax, np.arange(1, runs.shape[1] + 1), runs, label=name, lw=1.2, color=color)
+        lows.append(np.percentile(runs.mean(0), 10))
+    svi_ax.axhline(optimum, color="k", ls="--", lw=1, label="CAVI optimum {:.3f}".format(optimum))
     svi_ax.set_ylim(max(min(lows), optimum - 400), optimum + 0.05 * (optimum - min(lows)) + 1)
     svi_ax.set_xlabel("SVI step")
     svi_ax.set_ylabel("mean-field ELBO of q_t (closed form, nats)")
-    svi_ax.set_title("SVI against the CAVI optimum")
-    svi_ax.legend(fontsize=8, loc="lower right")
+    svi_ax.set_title("SVI against the CAVI optimum ({})".format(band_note(num_seeds)), fontsize=10)
+    legend_outside(svi_ax, where="below")
     save_figure(fig, path)
+
+
+SEEDS_HELP = "a seed sets the SVI runs' particles; the data (--data-seed) and CAVI's start are fixed"
 
 
 def add_arguments(parser):
@@ -127,7 +156,10 @@ def add_arguments(parser):
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=500, help="CAVI sweeps at most")
+    parser.add_argument("--summary-draws", type=_cli.integer(minimum=4), default=1000,
+                        help="draws of each final q for its ArviZ summary (first seed)")
     parser.add_argument("--num-data", type=_cli.positive_int, default=300)
+    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     parser.add_argument("--pi", type=_cli.positive_real, nargs="+", default=[0.3, 0.4, 0.3],
                         help="mixing weights (summing to one)")
 

@@ -2,22 +2,27 @@
 side with Pyro's own estimators.
 
 Runs ScoreFunctionELBO (Algorithm 1), ControlVariateELBO (Algorithm 2 without
-Rao-Blackwellization), Trace_ELBO, TraceGraph_ELBO with score-function
-gradients, and RenyiELBO (alpha = 0 and 0.5) from the same poor start, with
-the same data, seed, optimizer and step count; measures each estimator's
-gradient variance at the start and at the CAVI optimum; and writes
+Rao-Blackwellization) with the published pooled coefficient a* that question
+1.C.3 asks for and with the library's unbiased leave-one-out default,
+Trace_ELBO, TraceGraph_ELBO with score-function gradients, and RenyiELBO
+(alpha = 0 and 0.5) from the same poor start, with the same data, optimizer
+and step count, once per seed of ``--seeds`` (a seed sets the particles; the
+course data are fixed by ``--data-seed``); measures each estimator's gradient
+variance at the start and at the CAVI optimum; and writes
 
-- ``elbo.png``: the ELBO of q_t (closed form) over iterations, with the CAVI
-  optimum and the exact log p(X), and the gap to the CAVI optimum (log scale);
-- ``posterior_means.png``: E_q[mu] and E_q[tau] over iterations, with the exact
-  posterior means and CAVI's;
-- ``results.json``: the table below, the references and the ArviZ summaries.
+- ``elbo.png``: the ELBO of q_t (closed form) over iterations, mean and band
+  over seeds, with the CAVI optimum, and KL(q_t || p) = log p(X) - ELBO on a
+  log scale, where the CAVI optimum (0.005 nats below log p(X)) has a line of
+  its own;
+- ``posterior_means.png``: E_q[mu] and E_q[tau] over iterations, with the
+  exact posterior means and CAVI's, and a zoom on the last two thirds;
+- ``results.json``: mean ± std over seeds and per-seed rows, the references,
+  the ArviZ summaries of the first seed, the command, machine and wall time.
 
     python -m experiments.bbvi_normal_gamma --out results/bbvi_normal_gamma
 """
 
 import functools
-import json
 import os
 import time
 
@@ -32,7 +37,8 @@ if not __package__:  # run as ``python experiments/bbvi_normal_gamma.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
+from experiments._results import finish, fmt, indistinguishable, spreads  # noqa: E402
 from guides.normal_gamma import DEFAULT_INIT, cavi, elbo as closed_form_elbo  # noqa: E402
 from guides.normal_gamma import mean_field_guide, params_from_store  # noqa: E402
 from models.normal_gamma import COURSE_PRIOR, generate_data, log_evidence, model  # noqa: E402
@@ -43,20 +49,26 @@ from pyro_vi.inference_data import to_inference_data  # noqa: E402
 from pyro_vi.training import fit  # noqa: E402
 
 BASELINE = "Trace_ELBO"
+POOLED = "ControlVariateELBO, pooled a* (1.C.3, as published)"
 
 
 def estimators(num_particles):
-    """The study's :data:`~experiments._cli.Registry`: every estimator it compares."""
+    """The study's :data:`~experiments._cli.Registry`: every estimator it compares.
+
+    Question 1.C.3 asks for BBVI's Algorithm 2 as published: the control-variate
+    coefficient a* pooled over the S samples (biased by O(1/S)). The library's
+    default is the unbiased leave-one-out coefficient; both run here."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return {
-        "ScoreFunctionELBO (1.D.3)": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
-        "ControlVariateELBO (1.C.3)": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
-        "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),
+        "ScoreFunctionELBO (1.D.3)": _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
+        POOLED: _cli.Estimator(lambda: ControlVariateELBO(coefficient="pooled", **kw), style=dict(color="C1")),
+        "ControlVariateELBO, leave-one-out (default)": _cli.Estimator(
+            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw), style=dict(color="C5", ls="--")),
+        BASELINE: _cli.Estimator(lambda: Trace_ELBO(**kw), style=dict(color="C2")),
         "TraceGraph_ELBO (score function)": _cli.Estimator(
-            lambda: TraceGraph_ELBO(**kw), guide=score_function_guide
-        ),
-        "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
-        "RenyiELBO(alpha=0.5)": _cli.Estimator(lambda: RenyiELBO(alpha=0.5, **kw)),
+            lambda: TraceGraph_ELBO(**kw), guide=score_function_guide, style=dict(color="C3", ls="--")),
+        "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw), style=dict(color="C4")),
+        "RenyiELBO(alpha=0.5)": _cli.Estimator(lambda: RenyiELBO(alpha=0.5, **kw), style=dict(color="C9")),
     }
 
 
@@ -71,14 +83,16 @@ def total_gradient_variance(elbo, guide, data, num_draws):
     return {name: float(s.variance.sum()) for name, s in stats.items()}
 
 
-def run_estimator(name, elbo, wrap, data, args, optimum):
-    """Fits one estimator from the poor start; returns its history and row."""
+def run_estimator(name, estimator, data, args, seed, optimum, summarize):
+    """Fits one estimator from the poor start with ``seed``; returns its
+    tracked history and its row (with the ArviZ summary if ``summarize``)."""
+    elbo, wrap = estimator.make(), estimator.guide
     pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
+    pyro.set_rng_seed(seed)
     start_guide = wrap(functools.partial(mean_field_guide, init=DEFAULT_INIT))
     variance_start = total_gradient_variance(elbo, start_guide, data, args.variance_draws)
     pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
+    pyro.set_rng_seed(seed)
     result = fit(
         model,
         start_guide,
@@ -94,109 +108,146 @@ def run_estimator(name, elbo, wrap, data, args, optimum):
         },
         progress=False,
     )
-    idata = to_inference_data(
-        model, start_guide, data, COURSE_PRIOR, num_samples=2000, seed=args.seed
-    )
-    summary = az.summary(idata, var_names=["mu", "tau"], kind="stats")
+    final_q = params_from_store()
+    row = {"final_elbo": float(result.tracked["elbo"][-1]),
+           "final_q": {"m": final_q.m, "lam": final_q.lam, "a": final_q.a, "b": final_q.b}}
+    if summarize:
+        idata = to_inference_data(model, start_guide, data, COURSE_PRIOR, num_samples=args.summary_draws, seed=seed)
+        summary = az.summary(idata, var_names=["mu", "tau"], kind="stats")
+        row["arviz_summary"] = summary.to_dict(orient="index")
+        print("\n{}: ArviZ summary of the final q (seed {})\n{}".format(name, seed, summary.to_string()))
     pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
+    pyro.set_rng_seed(seed)
     optimum_guide = wrap(functools.partial(mean_field_guide, init=optimum.params))
     variance_optimum = total_gradient_variance(elbo, optimum_guide, data, args.variance_draws)
-    final = float(result.tracked["elbo"][-1])
-    row = {
-        "final_elbo": final,
-        "gap_to_cavi": optimum.elbo - final,
-        "grad_variance_start": sum(variance_start.values()),
-        "grad_variance_cavi": sum(variance_optimum.values()),
-        "grad_variance_start_per_param": variance_start,
-        "grad_variance_cavi_per_param": variance_optimum,
-        "seconds_per_step": result.seconds_per_step,
-        "arviz_summary": summary.to_dict(orient="index"),
-    }
-    print("\n{}: ArviZ summary of the final q\n{}".format(name, summary.to_string()))
-    return result, row
+    row.update(
+        gap_to_cavi=optimum.elbo - row["final_elbo"],
+        grad_variance_start=sum(variance_start.values()),
+        grad_variance_cavi=sum(variance_optimum.values()),
+        grad_variance_start_per_param=variance_start,
+        grad_variance_cavi_per_param=variance_optimum,
+        seconds_per_step=result.seconds_per_step,
+    )
+    return result.tracked, row
 
 
-def plot_elbo(histories, optimum, log_px, path):
-    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    steps = None
-    for name, result in histories.items():
-        elbo = result.tracked["elbo"]
-        steps = np.arange(1, len(elbo) + 1)
-        ax.plot(steps, elbo, label=name, lw=1.2)
-        gap_ax.plot(steps, np.maximum(optimum.elbo - elbo, 1e-6), label=name, lw=1.2)
-    for axis in (ax,):
-        axis.axhline(optimum.elbo, color="k", ls="--", lw=1, label="CAVI optimum (mean field)")
-        axis.axhline(log_px, color="k", ls=":", lw=1, label="exact log p(X)")
-    ax.set_ylim(optimum.elbo - 40, log_px + 4)
+def plot_elbo(histories, styles, optimum, log_px, path):
+    """Top: the ELBO of q_t; bottom: KL(q_t || posterior) = log p(X) - ELBO
+    on a log scale, where the CAVI optimum (0.005 nats below log p(X)) is a
+    line of its own."""
+    num_seeds = len(next(iter(histories.values()))["elbo"])
+    fig, (ax, kl_ax) = plt.subplots(2, 1, figsize=(11, 8.5))
+    for name, tracked in histories.items():
+        elbo = np.asarray(tracked["elbo"])
+        steps = np.arange(1, elbo.shape[1] + 1)
+        seed_band(ax, steps, elbo, label=name, lw=1.2, **styles[name])
+        seed_band(kl_ax, steps, np.maximum(log_px - elbo, 1e-6), label=name, lw=1.2, **styles[name])
+    ax.axhline(optimum.elbo, color="k", ls=":", lw=1.2, zorder=1,
+               label="CAVI optimum {:.4f} and exact log p(X) {:.4f}\n(0.005 nats apart: one line at this "
+                     "scale; see lower panel)".format(optimum.elbo, log_px))
+    # from the lowest final ELBO (every run's end is in view) to log p(X)
+    lowest = min(np.asarray(tracked["elbo"])[:, -steps.size // 3:].min() for tracked in histories.values())
+    ax.set_ylim(lowest - 3, log_px + 3)
     ax.set_xlabel("iteration")
     ax.set_ylabel("ELBO of q_t (closed form, nats)")
-    ax.set_title("ELBO over iterations")
-    ax.legend(fontsize=8, loc="lower right")
-    gap_ax.set_yscale("log")
-    gap_ax.set_xlabel("iteration")
-    gap_ax.set_ylabel("CAVI ELBO - ELBO of q_t (nats)")
-    gap_ax.set_title("Gap to the CAVI optimum")
+    ax.set_title("Normal-NormalGamma: ELBO over iterations ({})".format(band_note(num_seeds)))
+    legend_outside(ax)
+    kl_ax.axhline(log_px - optimum.elbo, color="k", ls=":", lw=1.2, zorder=1,
+                  label="CAVI optimum: KL(q* || p) = {:.4f}\n(the best of the mean-field family)".format(
+                      log_px - optimum.elbo))
+    kl_ax.set_yscale("log")
+    kl_ax.set_xlabel("iteration")
+    kl_ax.set_ylabel("log p(X) - ELBO(q_t) = KL(q_t || p) (nats)")
+    kl_ax.set_title("Distance to the exact posterior (log scale; exact log p(X) is 0)")
+    legend_outside(kl_ax)
     save_figure(fig, path)
 
 
-def plot_means(histories, optimum, exact, path):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+def plot_means(histories, styles, optimum, exact, path, zoom=0.04, converged=1.0):
+    """Top: E_q[mu], E_q[tau] over iterations; bottom: the runs that end
+    within ``converged`` nats of the CAVI optimum, over the last third,
+    zoomed to the exact posterior mean +- ``zoom`` (relative), drawn over the
+    reference lines."""
+    num_seeds = len(next(iter(histories.values()))["elbo"])
+    steps = len(next(iter(histories.values()))["elbo"][0])
+    close = [name for name, tracked in histories.items()
+             if optimum.elbo - np.mean(np.asarray(tracked["elbo"])[:, -1]) < converged]
     cavi_means = optimum.params.means
-    for ax, key, label in zip(axes, ("mu", "tau"), ("E_q[mu]", "E_q[tau]")):
-        for name, result in histories.items():
-            values = result.tracked["E[{}]".format(key)]
-            ax.plot(np.arange(1, len(values) + 1), values, label=name, lw=1.2)
-        ax.axhline(exact[key], color="k", ls=":", lw=1.5, label="exact posterior mean")
-        ax.axhline(cavi_means[key], color="k", ls="--", lw=1, label="CAVI")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(label)
-        ax.set_title("{} over iterations".format(label))
-    axes[0].legend(fontsize=8)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    for column, (key, label) in enumerate((("mu", "E_q[mu]"), ("tau", "E_q[tau]"))):
+        equal = abs(cavi_means[key] - exact[key]) < 1e-6 * abs(exact[key])
+        for row, ax in enumerate(axes[:, column]):
+            ax.axhline(exact[key], color="0.6", lw=6, alpha=0.5, zorder=1,
+                       label="exact posterior mean {:.4f} (wide grey)".format(exact[key]))
+            ax.axhline(cavi_means[key], color="k", ls="--", lw=1, zorder=4,
+                       label="CAVI {:.4f} (dashed){}".format(
+                           cavi_means[key], ", equal to the exact mean" if equal else ""))
+            for name, tracked in histories.items():
+                if row == 1 and name not in close:
+                    continue
+                values = np.asarray(tracked["E[{}]".format(key)])
+                seed_band(ax, np.arange(1, steps + 1), values, label=name, lw=1, zorder=3, **styles[name])
+            ax.set_xlabel("iteration")
+            ax.set_ylabel(label)
+        top, bottom = axes[0, column], axes[1, column]
+        top.set_title("{} over iterations ({})".format(label, band_note(num_seeds)), fontsize=10)
+        bottom.set_xlim(2 * steps // 3, steps)
+        bottom.set_ylim(exact[key] * (1 - zoom), exact[key] * (1 + zoom))
+        bottom.set_title("zoom: the runs within {:g} nat of the CAVI optimum at the end,\n"
+                         "iterations {}-{}, exact mean +- {:.0%}".format(converged, 2 * steps // 3, steps, zoom),
+                         fontsize=10)
+        for ax in (top, bottom):
+            legend_outside(ax, where="below")
     save_figure(fig, path)
 
 
-def format_table(rows):
-    header = "{:<34} {:>11} {:>10} {:>13} {:>13} {:>10}".format(
-        "estimator", "final ELBO", "gap CAVI", "var(start)", "var(CAVI)", "time/step"
-    )
+SUMMARY_KEYS = ("final_elbo", "gap_to_cavi", "grad_variance_start", "grad_variance_cavi", "time_vs_trace_elbo")
+
+
+def format_table(summary):
+    header = "{:<44} {:>20} {:>18} {:>22} {:>22} {:>12}".format(
+        "estimator", "final ELBO", "gap CAVI", "var(start)", "var(CAVI)", "time/step")
     lines = [header, "-" * len(header)]
-    for name, r in rows.items():
-        lines.append(
-            "{:<34} {:>11.3f} {:>10.3f} {:>13.4g} {:>13.4g} {:>9.2f}x".format(
-                name,
-                r["final_elbo"],
-                r["gap_to_cavi"],
-                r["grad_variance_start"],
-                r["grad_variance_cavi"],
-                r["time_vs_trace_elbo"],
-            )
-        )
+    for name, s in summary.items():
+        lines.append("{:<44} {:>20} {:>18} {:>22} {:>22} {:>12}".format(
+            name, fmt(s["final_elbo"]), fmt(s["gap_to_cavi"]), fmt(s["grad_variance_start"], ".3g"),
+            fmt(s["grad_variance_cavi"], ".3g"), fmt(s["time_vs_trace_elbo"], ".2f") + "x"))
     return "\n".join(lines)
 
 
 def main(args):
+    start = time.perf_counter()
     torch.set_default_device(args.device)
-    data = generate_data(num_data=args.num_data, seed=args.seed)
+    data = generate_data(num_data=args.num_data, seed=args.data_seed)
     optimum = cavi(data)
     log_px = log_evidence(data)
     exact = posterior_means(data)
-    histories, rows = {}, {}
-    start = time.perf_counter()
-    for name, estimator in estimators(args.particles).items():
-        histories[name], rows[name] = run_estimator(
-            name, estimator.make(), estimator.guide, data, args, optimum
-        )
-    for row in rows.values():
-        row["time_vs_trace_elbo"] = row["seconds_per_step"] / rows[BASELINE]["seconds_per_step"]
-    plot_elbo(histories, optimum, log_px, os.path.join(args.out, "elbo.png"))
-    plot_means(histories, optimum, exact, os.path.join(args.out, "posterior_means.png"))
-    table = format_table(rows)
-    print("\nNormal-NormalGamma, N = {}, {} particles, {} steps of Adam(lr={}, lrd={})".format(
-        args.num_data, args.particles, args.steps, args.lr, args.lrd))
+    registry = estimators(args.particles)
+    histories = {name: {"elbo": [], "E[mu]": [], "E[tau]": []} for name in registry}
+    per_seed = {name: [] for name in registry}
+    for index, seed in enumerate(args.seeds):
+        for name, estimator in registry.items():
+            tracked, row = run_estimator(name, estimator, data, args, seed, optimum, summarize=index == 0)
+            for key in histories[name]:
+                histories[name][key].append(tracked[key])
+            per_seed[name].append(row)
+        for name in registry:
+            per_seed[name][-1]["time_vs_trace_elbo"] = (
+                per_seed[name][-1]["seconds_per_step"] / per_seed[BASELINE][-1]["seconds_per_step"])
+    summary = {name: spreads(rows, SUMMARY_KEYS) for name, rows in per_seed.items()}
+    close = {key: indistinguishable({name: s[key] for name, s in summary.items()})
+             for key in ("final_elbo", "grad_variance_cavi")}
+    styles = {name: estimator.style for name, estimator in registry.items()}
+    plot_elbo(histories, styles, optimum, log_px, os.path.join(args.out, "elbo.png"))
+    plot_means(histories, styles, optimum, exact, os.path.join(args.out, "posterior_means.png"))
+    print("\nNormal-NormalGamma, N = {}, {} particles, {} steps of Adam(lr={}, lrd={}), seeds {}".format(
+        args.num_data, args.particles, args.steps, args.lr, args.lrd, args.seeds))
     print("log p(X) = {:.4f}, CAVI ELBO = {:.4f}; gradient variance summed over the 4 "
-          "parameters, {} draws".format(log_px, optimum.elbo, args.variance_draws))
-    print(table)
+          "parameters, {} draws; mean ± std over seeds".format(log_px, optimum.elbo, args.variance_draws))
+    print(format_table(summary))
+    for key, pairs in close.items():
+        for a, b in pairs:
+            print("{}: {} and {} differ by less than their seed spread".format(key, a, b))
     results = {
         "args": vars(args),
         "references": {
@@ -205,21 +256,26 @@ def main(args):
             "cavi_params": optimum.params.__dict__,
             "exact_posterior_means": exact,
         },
-        "estimators": rows,
-        "wall_seconds": time.perf_counter() - start,
+        "summary": summary,
+        "within_seed_spread": close,
+        "per_seed": per_seed,
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=float)
-    return results
+    return finish("bbvi_normal_gamma", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/bbvi_normal_gamma", device=True)
+    parser = _cli.parser(__doc__, out="results/bbvi_normal_gamma", device=True, multi_seed=True,
+                         default_seeds=(0, 1, 2),
+                         seeds_help="a seed sets the particles and the gradient-variance draws; "
+                                    "the data are fixed by --data-seed")
     # ControlVariateELBO's pooled coefficient needs two particles.
     _cli.add_svi_arguments(parser, steps=3000, particles=10, lr=0.05, lrd=0.9995, min_particles=2)
     parser.add_argument("--variance-draws", type=_cli.integer(minimum=2), default=200,
                         help="gradient draws per variance (at least 2)")
+    parser.add_argument("--summary-draws", type=_cli.integer(minimum=4), default=2000,
+                        help="draws of each final q for its ArviZ summary (first seed)")
     parser.add_argument("--num-data", type=_cli.positive_int, default=100)
+    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the course data set (default 0)")
     return _cli.parse(parser, argv)
 
 

@@ -2,14 +2,14 @@
 on the 1.C.2 model, of RaoBlackwellELBO to Pyro's TraceGraph_ELBO).
 
 All estimators are timed side by side in one run, round-robin, so that the
-ratios share the machine's noise; the median over rounds is reported.
+ratios share the machine's noise; the median over rounds is reported, with the
+lowest and highest per-round ratio (two estimators whose ranges overlap cannot
+be told apart by this run). Writes ``results.json`` to ``--out`` if given.
 
     python -m experiments.benchmark --out results/benchmark
 """
 
 import functools
-import json
-import os
 import time
 
 import numpy as np
@@ -21,6 +21,7 @@ if not __package__:  # run as ``python experiments/benchmark.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
+from experiments._results import finish  # noqa: E402
 from guides import normal_gamma, rao_blackwell  # noqa: E402
 from models.normal_gamma import COURSE_PRIOR, generate_data, model  # noqa: E402
 from models import rao_blackwell as rao_blackwell_model  # noqa: E402
@@ -34,7 +35,9 @@ def normal_gamma_estimators(num_particles):
     return {
         "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),
         "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
-        "ControlVariateELBO": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
+        "ControlVariateELBO (pooled)": _cli.Estimator(lambda: ControlVariateELBO(coefficient="pooled", **kw)),
+        "ControlVariateELBO (leave-one-out)": _cli.Estimator(
+            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw)),
         "TraceGraph_ELBO (score function)": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
         "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
     }
@@ -68,76 +71,81 @@ def time_steps(model, guide, elbo, args, num_steps):
 
 
 def benchmark(estimators, model, guide, args, num_steps, rounds, baseline="Trace_ELBO"):
-    """Median seconds per step of each estimator (running its wrap of
-    ``guide``) and its ratio to ``baseline``."""
+    """Every estimator (running its wrap of ``guide``) timed ``rounds`` times,
+    round-robin; per round its seconds per step and its ratio to
+    ``baseline`` in that round (which shares the round's machine noise)."""
     runs = {name: (estimator.make(), estimator.guide(guide)) for name, estimator in estimators.items()}
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, (elbo, wrapped) in runs.items():
             times[name].append(time_steps(model, wrapped, elbo, args, num_steps))
-    median = {name: float(np.median(t)) for name, t in times.items()}
-    return {
-        name: {"ms_per_step": 1e3 * median[name], "ratio": median[name] / median[baseline]}
-        for name in runs
-    }
+    return {name: {"ms_per_step_rounds": [1e3 * t for t in times[name]],
+                   "ratio_rounds": [t / b for t, b in zip(times[name], times[baseline])]} for name in runs}
 
 
-def format_table(results, title, baseline="Trace_ELBO"):
-    lines = [title, "{:<36} {:>12} {:>14}".format("estimator", "ms/step", "x " + baseline)]
-    for name, row in results.items():
-        lines.append("{:<36} {:>12.3f} {:>14.2f}".format(name, row["ms_per_step"], row["ratio"]))
+def summarize(rounds, baseline):
+    """Median ms/step and median per-round ratio, with the per-round ratios'
+    lowest and highest; which estimators are within the rounds' spread of
+    each other (their ratio ranges overlap)."""
+    table = {}
+    for name, r in rounds.items():
+        table[name] = {"ms_per_step": float(np.median(r["ms_per_step_rounds"])),
+                       "ratio": float(np.median(r["ratio_rounds"])),
+                       "ratio_low": float(np.min(r["ratio_rounds"])), "ratio_high": float(np.max(r["ratio_rounds"])),
+                       **r}
+    names = [n for n in table if n != baseline]
+    overlapping = [[a, b] for i, a in enumerate(names) for b in names[i + 1:]
+                   if table[a]["ratio_low"] <= table[b]["ratio_high"] and table[b]["ratio_low"] <= table[a]["ratio_high"]]
+    like_baseline = [n for n in names if table[n]["ratio_low"] <= 1.0 <= table[n]["ratio_high"]]
+    return {"baseline": baseline, "estimators": table, "overlapping": overlapping, "like_baseline": like_baseline}
+
+
+def format_table(result, title):
+    baseline = result["baseline"]
+    lines = [title, "{:<36} {:>10} {:>16} {:>18}".format("estimator", "ms/step", "x " + baseline, "rounds' range")]
+    for name, row in result["estimators"].items():
+        lines.append("{:<36} {:>10.3f} {:>16.2f} {:>18}".format(
+            name, row["ms_per_step"], row["ratio"], "{:.2f}-{:.2f}".format(row["ratio_low"], row["ratio_high"])))
+    if result["like_baseline"]:
+        lines.append("within the rounds' spread of {}: {}".format(baseline, ", ".join(result["like_baseline"])))
     return "\n".join(lines)
 
 
+def pooled(per_seed):
+    """Rounds of several seeds, concatenated."""
+    return {name: {key: [v for rounds in per_seed for v in rounds[name][key]] for key in per_seed[0][name]}
+            for name in per_seed[0]}
+
+
 def main(args):
-    pyro.set_rng_seed(args.seed)
-    data = generate_data(seed=args.seed)
-    results = benchmark(
-        normal_gamma_estimators(args.particles),
-        model,
-        normal_gamma.mean_field_guide,
-        (data, COURSE_PRIOR),
-        args.steps,
-        args.rounds,
-    )
-    print(
-        format_table(
-            results,
-            "Normal-NormalGamma, {} vectorized particles, median of {} rounds of {} steps".format(
-                args.particles, args.rounds, args.steps
-            ),
-        )
-    )
+    start = time.perf_counter()
+    normal_gamma_rounds, rb_rounds = [], []
     rb_baseline = "TraceGraph_ELBO (score function)"
-    rb_results = benchmark(
-        rao_blackwell_estimators(args.particles),
-        rao_blackwell_model.model,
-        rao_blackwell.mean_field_guide,
-        (rao_blackwell_model.generate_data(seed=args.seed),),
-        args.steps,
-        args.rounds,
-        baseline=rb_baseline,
-    )
+    for seed in args.seeds:
+        pyro.set_rng_seed(seed)
+        data = generate_data(seed=seed)
+        normal_gamma_rounds.append(benchmark(
+            normal_gamma_estimators(args.particles), model, normal_gamma.mean_field_guide, (data, COURSE_PRIOR),
+            args.steps, args.rounds))
+        rb_rounds.append(benchmark(
+            rao_blackwell_estimators(args.particles), rao_blackwell_model.model, rao_blackwell.mean_field_guide,
+            (rao_blackwell_model.generate_data(seed=seed),), args.steps, args.rounds, baseline=rb_baseline))
+    results = summarize(pooled(normal_gamma_rounds), "Trace_ELBO")
+    rb_results = summarize(pooled(rb_rounds), rb_baseline)
+    rounds = args.rounds * len(args.seeds)
+    print(format_table(results, "Normal-NormalGamma, {} vectorized particles, median of {} rounds of {} steps".format(
+        args.particles, rounds, args.steps)))
     print()
-    print(
-        format_table(
-            rb_results,
-            "1.C.2 model (N = 20), {} vectorized particles".format(args.particles),
-            baseline=rb_baseline,
-        )
-    )
-    if args.out:
-        with open(os.path.join(args.out, "benchmark.json"), "w") as f:
-            json.dump(
-                {"normal_gamma": results, "rao_blackwell": rb_results, "args": vars(args)},
-                f,
-                indent=2,
-            )
-    return results
+    print(format_table(rb_results, "1.C.2 model (N = 20), {} vectorized particles, median of {} rounds".format(
+        args.particles, rounds)))
+    return finish("benchmark", args, {"args": vars(args), "normal_gamma": results, "rao_blackwell": rb_results},
+                  start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out=None)
+    parser = _cli.parser(__doc__, out=None, multi_seed=True, default_seeds=(0,),
+                         seeds_help="one by default: a step's cost does not depend on the seed, and the spread "
+                                    "reported is over --rounds; several seeds pool their rounds")
     # ControlVariateELBO's pooled coefficient needs 2 particles, RaoBlackwellELBO's leave-one-out 3.
     parser.add_argument("--particles", type=_cli.integer(minimum=3), default=10)
     parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per timing")

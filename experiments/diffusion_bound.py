@@ -19,9 +19,11 @@ L(x_0), averaged over the data points. The main model is picked by ``--model``; 
 variance comparison runs over a family of reverse variances (``--variance-scales``
 times the exact reverse variance, and Ho et al.'s two fixed choices), because which
 form has the lower variance depends on how close the model is to the true reverse
-process. Writes ``terms.png`` (per-term L_t and per-term spread), ``variance.png``
-(variance of both forms against the looseness of the bound), ``histogram.png``
-(per-chain estimates minus the exact bound) and ``results.json``.
+process. The chains are drawn once per seed of ``--seeds`` (mean ± std over seeds).
+Writes ``terms.png`` (per-term L_t and per-term spread, first seed), ``variance.png``
+(variance of both forms against the looseness of the bound, every seed),
+``histogram.png`` (per-chain estimates minus the exact bound, first seed) and
+``results.json``.
 
     python -m experiments.diffusion_bound --out results/diffusion_bound
 
@@ -31,9 +33,9 @@ References
 """
 
 import dataclasses
-import json
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -42,7 +44,8 @@ if not __package__:  # run as ``python experiments/diffusion_bound.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
+from experiments._results import finish, fmt, spreads  # noqa: E402
 from models.diffusion import (  # noqa: E402
     decomposed_bound_terms,
     direct_bound_terms,
@@ -133,14 +136,33 @@ def evaluate(data, process, direct_terms, decomposed_terms, exact):
     }
 
 
-def print_table(results, main):
-    print("{:<32} {:>8} {:>8} {:>18} {:>18} {:>10} {:>10} {:>10}".format(
-        "reverse model", "exact L", "-log p", "direct +- SE", "decomposed +- SE", "Var dir", "Var dec", "dir/dec"))
-    for name, r in results.items():
-        print("{:<32} {:>8.4f} {:>8.4f} {:>10.4f} +- {:<6.4f} {:>10.4f} +- {:<6.4f} {:>10.3g} {:>10.3g} {:>10.3g}{}".format(
-            name, r["exact_bound"], r["neg_log_marginal"], r["direct"]["mean"], r["direct"]["standard_error"],
-            r["decomposed"]["mean"], r["decomposed"]["standard_error"], r["direct"]["variance"],
-            r["decomposed"]["variance"], r["variance_ratio_direct_over_decomposed"], "  <- main" if name == main else ""))
+SCALARS = {"direct": ("direct", "mean"), "direct_variance": ("direct", "variance"),
+           "decomposed": ("decomposed", "mean"), "decomposed_variance": ("decomposed", "variance"),
+           "paired_difference": ("paired_difference", "mean"),
+           "variance_ratio_direct_over_decomposed": ("variance_ratio_direct_over_decomposed",),
+           "decomposed_independent_terms_variance": ("decomposed_independent_terms_variance",)}
+
+
+def scalars(result):
+    """The per-seed numbers of one model's :func:`evaluate` result."""
+    out = {}
+    for key, path in SCALARS.items():
+        value = result
+        for part in path:
+            value = value[part]
+        out[key] = value
+    out["direct_standard_error"] = result["direct"]["standard_error"]
+    out["decomposed_standard_error"] = result["decomposed"]["standard_error"]
+    return out
+
+
+def print_table(summary, main):
+    print("{:<32} {:>8} {:>8} {:>22} {:>22} {:>20}".format(
+        "reverse model", "exact L", "-log p", "direct (± std)", "decomposed (± std)", "Var dir/dec (± std)"))
+    for name, r in summary.items():
+        print("{:<32} {:>8.4f} {:>8.4f} {:>22} {:>22} {:>20}{}".format(
+            name, r["exact_bound"], r["neg_log_marginal"], fmt(r["direct"], ".4f"), fmt(r["decomposed"], ".4f"),
+            fmt(r["variance_ratio_direct_over_decomposed"], ".3g"), "  <- main" if name == main else ""))
 
 
 def print_terms(r, num_terms=6):
@@ -156,7 +178,7 @@ def print_terms(r, num_terms=6):
 def plot_terms(r, path, title):
     terms = {key: np.asarray(value) for key, value in r["terms"].items()}
     k = np.arange(len(terms["exact"]))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     left.plot(k[1:], terms["exact"][1:], "k-", lw=1.2, label="closed form")
     left.errorbar(k[1:], terms["decomposed_mean"][1:], yerr=2 * terms["decomposed_standard_error"][1:], fmt="o",
                   ms=3, capsize=2, label="Monte Carlo over x_t, closed-form KL (2 SE bars)")
@@ -164,7 +186,7 @@ def plot_terms(r, path, title):
     left.set_xlabel("k  (L_k = KL term for x_k; L_T = prior term)")
     left.set_ylabel("L_k (nats per data point)")
     left.set_title("{}: L_1..L_T (L_0 = {:.3f}, not on log axis)".format(title, terms["exact"][0]), fontsize=10)
-    left.legend(fontsize=8)
+    legend_outside(left, where="below", ncol=1)
     decomposed_std = np.where(terms["decomposed_std"] > 0, terms["decomposed_std"], np.nan)  # L_T is exact
     right.plot(k, terms["direct_std"], "o-", ms=3, label="one-sample log-ratio (inside the direct form)")
     right.plot(k, decomposed_std, "s-", ms=3, label="closed-form KL at x_t (decomposed form; L_T exact)")
@@ -172,21 +194,32 @@ def plot_terms(r, path, title):
     right.set_xlabel("k")
     right.set_ylabel("std of one chain's estimate of L_k (nats)")
     right.set_title("Per-term spread; the closed-form KL is Rao-Blackwellized over x_k", fontsize=10)
-    right.legend(fontsize=8)
+    legend_outside(right, where="below", ncol=1)
     save_figure(fig, path)
 
 
-def plot_variance(results, main, path):
-    names = sorted(results, key=lambda n: results[n]["gap"])
-    gaps = np.array([max(results[n]["gap"], 1e-6) for n in names])
-    fig, ax = plt.subplots(figsize=(8, 5))
-    direct = [results[n]["direct"]["variance"] for n in names]
-    decomposed = [results[n]["decomposed"]["variance"] for n in names]
+def plot_variance(summary, main, path):
+    """Variance of both forms against the looseness of the bound, one column
+    of markers per reverse model (mean over seeds; small dots: each seed)."""
+    names = sorted(summary, key=lambda n: summary[n]["gap"])
+    gaps = np.array([max(summary[n]["gap"], 1e-6) for n in names])
+    num_seeds = len(summary[names[0]]["direct_variance"]["values"])
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    series = [("direct_variance", "o", "C0", "(a) direct, eq. 3"),
+              ("decomposed_variance", "s", "C1", "(b) KL-decomposed, eq. 5 (x_t from the same chain)"),
+              ("decomposed_independent_terms_variance", "^", "C2",
+               "(b) with a fresh x_t per term (sum of per-term variances)")]
+    direct = np.array([summary[n]["direct_variance"]["mean"] for n in names])
+    decomposed = np.array([summary[n]["decomposed_variance"]["mean"] for n in names])
     ax.vlines(gaps, np.minimum(direct, decomposed), np.maximum(direct, decomposed), colors="0.8", lw=1)
-    ax.plot(gaps, direct, "o", label="(a) direct, eq. 3")
-    ax.plot(gaps, decomposed, "s", label="(b) KL-decomposed, eq. 5 (x_t from the same chain)")
-    ax.plot(gaps, [results[n]["decomposed_independent_terms_variance"] for n in names], "^", mfc="none",
-            label="(b) with a fresh x_t per term (sum of per-term variances)")
+    for key, marker, color, label in series:
+        ax.plot(gaps, [summary[n][key]["mean"] for n in names], marker, color=color, ls="none",
+                mfc="none" if marker == "^" else color, label=label)
+        if num_seeds > 1:
+            for j in range(num_seeds):
+                ax.plot(gaps, [summary[n][key]["values"][j] for n in names], ".", color=color, ms=2,
+                        label="one seed (small dots, inside the markers where the seeds agree)"
+                        if key == "direct_variance" and j == 0 else None)
     for index, (gap, name) in enumerate(zip(gaps, names)):
         ax.annotate(name.replace("gaussian-fit, ", ""), (gap, max(direct[index], decomposed[index])), fontsize=7,
                     rotation=90, ha="left" if index % 2 else "right", va="bottom",  # neighbours apart
@@ -196,14 +229,15 @@ def plot_variance(results, main, path):
     ax.set_yscale("log")
     ax.set_xlabel("looseness of the bound: L - (-log p_theta(x_0)) (nats, closed form)")
     ax.set_ylabel("variance of one chain's estimate of L(x_0)")
-    ax.set_title("Which form has the lower variance depends on how good p_theta is", fontsize=11)
+    ax.set_title("Which form has the lower variance depends on how good p_theta is ({} seed(s))".format(num_seeds),
+                 fontsize=10)
     ax.set_ylim(top=ax.get_ylim()[1] * 300)
-    ax.legend(fontsize=8)
+    legend_outside(ax, where="below", ncol=1)
     save_figure(fig, path)
 
 
 def plot_histogram(direct, decomposed, exact, path, title):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     errors = {"(a) direct": direct - exact, "(b) KL-decomposed": decomposed - exact}
     low = min(e.min().item() for e in errors.values())
     high = max(e.max().item() for e in errors.values())
@@ -214,52 +248,64 @@ def plot_histogram(direct, decomposed, exact, path, title):
     ax.axvline(0, color="k", ls=":", label="exact L(x_0)")
     ax.set_yscale("log")
     ax.set_xlabel("one chain's estimate of L(x_0) minus the closed-form L(x_0) (nats)")
-    ax.set_ylabel("density")
+    ax.set_ylabel("density (log scale)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     save_figure(fig, path)
 
 
 def main(args):
+    start = time.perf_counter()
     betas = linear_schedule(args.timesteps, args.beta_start, args.beta_end)
-    data = make_data(args.data, args.num_data, args.seed)
-    chain = sample_forward_chain(data, betas, args.samples, torch.Generator().manual_seed(args.seed + 1))
+    data = make_data(args.data, args.num_data, args.data_seed)
     models = reverse_models(betas, data, args.variance_scales)
-    results = {}
-    for name, process in models.items():
-        terms = estimates(data, chain, betas, process)
-        results[name] = evaluate(data, process, *terms)
-        if name == args.model:
-            direct_terms, decomposed_terms, exact = terms
-    main_result = results[args.model]
+    first, per_seed = {}, {name: [] for name in models}
+    for seed in args.seeds:
+        chain = sample_forward_chain(data, betas, args.samples, torch.Generator().manual_seed(seed + 1))
+        for name, process in models.items():
+            terms = estimates(data, chain, betas, process)
+            result = evaluate(data, process, *terms)
+            per_seed[name].append(scalars(result))
+            if seed == args.seeds[0]:
+                first[name] = result
+                if name == args.model:
+                    direct_terms, decomposed_terms, exact = terms
+    summary = {name: dict(exact_bound=first[name]["exact_bound"], neg_log_marginal=first[name]["neg_log_marginal"],
+                          gap=first[name]["gap"], **spreads(rows))
+               for name, rows in per_seed.items()}
+    main_result = first[args.model]
 
-    print("data: {} ({} points, 2-D); T = {}, betas linear {:g}..{:g}; {} chains per point".format(
-        args.data, args.num_data, args.timesteps, args.beta_start, args.beta_end, args.samples))
-    print_table(results, args.model)
-    print("\nmain model {}: per-term L_k (nats per data point)".format(args.model))
+    print("data: {} ({} points, 2-D, data seed {}); T = {}, betas linear {:g}..{:g}; {} chains per point; "
+          "seeds {} (mean ± std over seeds)".format(args.data, args.num_data, args.data_seed, args.timesteps,
+                                                     args.beta_start, args.beta_end, args.samples, args.seeds))
+    print_table(summary, args.model)
+    print("\nmain model {}: per-term L_k (nats per data point), first seed".format(args.model))
     print_terms(main_result)
-    difference = main_result["paired_difference"]
-    print("direct - decomposed = {:.4f} +- {:.4f} (paired SE); variance ratio direct/decomposed = {:.3g}".format(
-        difference["mean"], difference["standard_error"], main_result["variance_ratio_direct_over_decomposed"]))
+    difference = summary[args.model]["paired_difference"]
+    print("direct - decomposed = {} (over seeds); variance ratio direct/decomposed = {}".format(
+        fmt(difference, ".4f"), fmt(summary[args.model]["variance_ratio_direct_over_decomposed"], ".3g")))
 
     plot_terms(main_result, os.path.join(args.out, "terms.png"), args.model)
-    plot_variance(results, args.model, os.path.join(args.out, "variance.png"))
+    plot_variance(summary, args.model, os.path.join(args.out, "variance.png"))
     plot_histogram(
         direct_terms.sum(-1),
         decomposed_terms.sum(-1),
         exact.sum(-1),
         os.path.join(args.out, "histogram.png"),
-        "{}: per-chain estimates of the bound, {} chains x {} points".format(args.model, args.samples, args.num_data),
+        "{}: per-chain estimates of the bound, {} chains x {} points (first seed)".format(
+            args.model, args.samples, args.num_data),
     )
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "betas": betas.tolist(), "main_model": args.model, "models": results}, f, indent=2)
-    return results
+    results = {"args": vars(args), "main_model": args.model, "summary": summary,
+               "main_model_terms_first_seed": main_result["terms"], "per_seed": per_seed}
+    return finish("diffusion_bound", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/diffusion_bound")
+    parser = _cli.parser(__doc__, out="results/diffusion_bound", multi_seed=True, default_seeds=(0, 1, 2),
+                         seeds_help="a seed draws the forward chains; the data are fixed by --data-seed")
     parser.add_argument("--data", choices=("mixture", "gaussian"), default="mixture")
     parser.add_argument("--num-data", type=_cli.positive_int, default=32)
+    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     parser.add_argument("--samples", type=_cli.integer(minimum=2), default=500,
                         help="forward chains per data point (at least 2: a variance needs two)")
     parser.add_argument("--timesteps", type=_cli.positive_int, default=50, help="T")

@@ -2,15 +2,18 @@
 SVI with the assignments enumerated (Pyro's TraceEnum_ELBO) or sampled
 (RaoBlackwellELBO).
 
-Writes ``elbo.png`` (CAVI's ELBO per sweep; SVI curves against the CAVI
-optimum), ``clusters.png`` (the catalogue coloured by its most likely
-cluster, with the fitted centres and rates) and ``results.json``; prints
-ArviZ summaries of the cluster centres and rates.
+CAVI starts from a deterministic point; the SVI runs repeat for each seed of
+``--seeds`` on the same data. Writes ``elbo.png`` (CAVI's ELBO per sweep; SVI
+curves, mean and band over seeds, against the CAVI optimum), ``clusters.png``
+(the catalogue coloured by its most likely cluster, with the fitted centres
+and rates) and ``results.json`` (gaps as mean ± std over seeds); prints ArviZ
+summaries of the cluster centres and rates for the first seed.
 
     python -m experiments.earthquake --out results/earthquake
 """
 
 import os
+import time
 
 import torch
 
@@ -18,8 +21,8 @@ if not __package__:  # run as ``python experiments/earthquake.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
-from experiments._mixtures import add_arguments, check_weights_argument  # noqa: E402
+from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
+from experiments._mixtures import SEEDS_HELP, add_arguments, check_weights_argument  # noqa: E402
 from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
 from guides.earthquake import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
 from models.earthquake import DEFAULT_HYPER, generate_data, model  # noqa: E402
@@ -29,30 +32,37 @@ TRUE_RATES = [2.0, 10.0, 30.0]
 
 
 def plot_clusters(locations, counts, params, path):
-    fig, ax = plt.subplots(figsize=(7, 6))
+    """Each event coloured by its most likely cluster (a categorical legend,
+    no colour scale), sized by its count; fitted and true centres marked."""
+    fig, ax = plt.subplots(figsize=(8, 6))
     assignment = params.r.argmax(-1).numpy()
-    points = ax.scatter(
-        locations[:, 0].numpy(), locations[:, 1].numpy(), c=assignment, cmap="viridis",
-        s=8 + 2 * counts.numpy(), alpha=0.6, edgecolors="none",
-    )
     rates = (params.a / params.b).numpy()
     for k, (centre, rate) in enumerate(zip(params.m.numpy(), rates)):
-        ax.plot(*centre, marker="X", color="r", markersize=12, markeredgecolor="k")
-        ax.annotate("E[lambda]={:.1f}".format(rate), centre, textcoords="offset points", xytext=(8, 8))
-    for centre in TRUE_CENTRES:
-        ax.plot(*centre, marker="+", color="k", markersize=14)
+        chosen = assignment == k
+        ax.scatter(locations[chosen, 0].numpy(), locations[chosen, 1].numpy(), color="C{}".format(k),
+                   s=8 + 2 * counts[chosen].numpy(), alpha=0.5, edgecolors="none",
+                   label="cluster {}: {} events, E[mu] ({:.2f}, {:.2f}), E[lambda] {:.1f}".format(
+                       k, int(chosen.sum()), centre[0], centre[1], rate))
+        ax.plot(*centre, marker="X", color="C{}".format(k), markersize=13, markeredgecolor="k", ls="none")
+    ax.plot([], [], marker="X", color="w", markeredgecolor="k", markersize=11, ls="none",
+            label="E[mu_k] (CAVI)")
+    for i, (centre, rate) in enumerate(zip(TRUE_CENTRES, TRUE_RATES)):
+        ax.plot(*centre, marker="+", color="k", markersize=16, mew=2, ls="none",
+                label="true centres (rates {})".format(", ".join("{:g}".format(r) for r in TRUE_RATES))
+                if i == 0 else None)
     ax.set_xlabel("location x1")
     ax.set_ylabel("location x2")
-    ax.set_title("Earthquakes: CAVI clusters (X: E[mu_k], +: true centres; size ~ count)")
-    fig.colorbar(points, ax=ax, label="most likely cluster")
+    ax.set_title("Earthquakes: events by most likely CAVI cluster (marker area ~ count)", fontsize=10)
+    legend_outside(ax, where="below", ncol=1)
     save_figure(fig, path)
 
 
 def main(args):
+    start = time.perf_counter()
     pi = torch.tensor(args.pi, dtype=torch.float64)
-    locations, counts, _ = generate_data(args.num_data, pi, TRUE_CENTRES, TRUE_RATES, seed=args.seed)
+    locations, counts, _ = generate_data(args.num_data, pi, TRUE_CENTRES, TRUE_RATES, seed=args.data_seed)
     fit_cavi = run_cavi(cavi, locations, counts, pi, DEFAULT_HYPER, max_iters=args.cavi_iters)
-    histories, summaries = run_svi(
+    histories, rows, summaries = run_svi(
         model,
         {"global": global_guide, "mean_field": mean_field_guide},
         (locations, counts, pi),
@@ -66,11 +76,12 @@ def main(args):
         "E_mu": fit_cavi.params.m.tolist(),
         "E_lambda": (fit_cavi.params.a / fit_cavi.params.b).tolist(),
     }
-    return write_results(args, fit_cavi, means, histories, summaries)
+    return write_results("earthquake", args, fit_cavi, means, rows, summaries, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/earthquake")
+    parser = _cli.parser(__doc__, out="results/earthquake", multi_seed=True, default_seeds=(0, 1, 2),
+                         seeds_help=SEEDS_HELP)
     add_arguments(parser)
     return _cli.parse(parser, argv, check=check_arguments)
 

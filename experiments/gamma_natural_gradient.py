@@ -25,7 +25,10 @@ Fisher information and its inverse (question 2.2.16), :math:`\psi_1` the trigamm
 with the same :math:`\rho`; a step that would leave :math:`\alpha, \beta > 0` is halved
 until it stays inside (the number of halved steps is reported). Writes
 ``trajectories.png`` (alpha_t, beta_t against the MLE), ``nll.png`` (NLL and its gap to
-the MLE), ``path.png`` (both paths over NLL contours) and ``results.json``.
+the MLE), ``path.png`` (both paths over NLL contours) and ``results.json``. The
+descents are deterministic; each seed of ``--seeds`` draws another data set, and
+the iteration counts are reported as mean ± std over the data sets (the
+trajectories and paths are drawn for the first).
 
 Why NGD is faster and steadier (question 2.2.19): the NLL is badly conditioned in
 :math:`(\alpha, \beta)`: :math:`\alpha` and :math:`\beta` trade off along a long curved valley
@@ -38,7 +41,6 @@ the step size) independently of how the Gamma is parameterized.
     python -m experiments.gamma_natural_gradient --out results/gamma_natural_gradient
 """
 
-import json
 import os
 import time
 
@@ -49,7 +51,8 @@ if not __package__:  # run as ``python experiments/gamma_natural_gradient.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
+from experiments._results import finish, fmt, spreads  # noqa: E402
 from pyro_vi.exponential_family import FAMILIES  # noqa: E402
 from pyro_vi.natural_gradient import descent_step, natural_gradient_step  # noqa: E402
 
@@ -147,49 +150,53 @@ def iterations_to_reach(nll, best, tol):
     return int(hits[0]) if hits.size else None
 
 
-def plot_trajectories(runs, mle, truth, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+def plot_trajectories(runs, mle, truth, seed, path):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for i, (ax, label) in enumerate(zip(axes, ("shape alpha", "scale beta"))):
         for name, run in runs.items():
             ax.plot(np.arange(1, len(run["path"]) + 1), run["path"][:, i], label=name, lw=1.4)
-        ax.axhline(mle[i], color="k", ls="--", lw=1, label="MLE")
-        ax.axhline(truth[i], color="gray", ls=":", lw=1, label="true value")
+        ax.axhline(mle[i], color="k", ls="--", lw=1, label="MLE {:.4f}".format(mle[i]))
+        ax.axhline(truth[i], color="gray", ls=":", lw=1.5,
+                   label="true value {:g} (dotted; MLE - true = {:+.3f})".format(truth[i], mle[i] - truth[i]))
         ax.set_xscale("log")
         ax.set_xlabel("iteration + 1 (log scale)")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} over iterations")
-        ax.legend(fontsize=8)
+        ax.set_title(f"{label} over iterations (data seed {seed})", fontsize=10)
+        legend_outside(ax, where="below", ncol=2)
     save_figure(fig, path)
 
 
-def plot_nll(runs, best, tol, path):
-    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, run in runs.items():
-        steps = np.arange(len(run["nll"]))
-        ax.plot(steps + 1, run["nll"], label=name, lw=1.4)
-        gap_ax.plot(steps, np.maximum(run["nll"] - best, GAP_FLOOR), label=name, lw=1.4)
-    ax.axhline(best, color="k", ls="--", lw=1, label="NLL at the MLE")
+def plot_nll(runs_per_seed, bests, tol, path):
+    """Left: the NLL of the first data set; right: the gap to the MLE of
+    every data set (mean and band over seeds, log scale)."""
+    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    first, best = runs_per_seed[0], bests[0]
+    for i, name in enumerate(METHODS):
+        steps = np.arange(len(first[name]["nll"]))
+        ax.plot(steps + 1, first[name]["nll"], label=name, lw=1.4, color="C{}".format(i))
+        gaps = [np.maximum(runs[name]["nll"] - b, GAP_FLOOR) for runs, b in zip(runs_per_seed, bests)]
+        seed_band(gap_ax, steps, np.log10(gaps), label=name, lw=1.4, color="C{}".format(i))
+    ax.axhline(best, color="k", ls="--", lw=1, label="NLL at the MLE {:.5f}".format(best))
     ax.set_xscale("log")
     ax.set_xlabel("iteration + 1 (log scale)")
     ax.set_ylabel("average NLL (nats)")
-    ax.set_title("average negative log-likelihood")
-    gap_ax.axhline(tol, color="k", ls=":", lw=1, label=f"tolerance {tol:g}")
-    gap_ax.set_yscale("log")
+    ax.set_title("average negative log-likelihood (first data set)", fontsize=10)
+    gap_ax.axhline(np.log10(tol), color="k", ls=":", lw=1, label=f"tolerance {tol:g} nats")
     gap_ax.set_xlabel("iteration")
-    gap_ax.set_ylabel(f"NLL - NLL(MLE) (nats, floored at {GAP_FLOOR:g})")
-    gap_ax.set_title("gap to the MLE")
+    gap_ax.set_ylabel(f"log10(NLL - NLL(MLE)) (nats, floored at {GAP_FLOOR:g})")
+    gap_ax.set_title("gap to the MLE ({})".format(band_note(len(runs_per_seed))), fontsize=10)
     for a in (ax, gap_ax):
-        a.legend(fontsize=8)
+        legend_outside(a, where="below", ncol=2)
     save_figure(fig, path)
 
 
-def plot_paths(runs, stats, mle, path):
+def plot_paths(runs, stats, mle, seed, path):
     paths = np.concatenate([run["path"] for run in runs.values()])
     lo, hi = paths.min(0) * 0.9, paths.max(0) * 1.1
     grid = torch.stack(torch.meshgrid(torch.linspace(lo[0], hi[0], 200, dtype=torch.float64),
                                       torch.linspace(lo[1], hi[1], 200, dtype=torch.float64), indexing="xy"), -1)
     gap = (average_nll(grid, stats) - average_nll(torch.as_tensor(mle), stats)).clamp_min(1e-8)
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = plt.subplots(figsize=(7, 5.5))
     contours = ax.contour(grid[..., 0], grid[..., 1], gap.log10(), levels=15, cmap="viridis", linewidths=0.7)
     fig.colorbar(contours, ax=ax, label="log10(NLL - NLL(MLE))")
     for name, run in runs.items():
@@ -197,13 +204,14 @@ def plot_paths(runs, stats, mle, path):
     ax.plot(*mle, "k*", ms=12, label="MLE")
     ax.set_xlabel("shape alpha")
     ax.set_ylabel("scale beta")
-    ax.set_title("paths in (alpha, beta) over the NLL")
-    ax.legend(fontsize=8)
+    ax.set_title("paths in (alpha, beta) over the NLL (data seed {})".format(seed), fontsize=10)
+    legend_outside(ax, where="below", ncol=3)
     save_figure(fig, path)
 
 
-def main(args):
-    stats = data_statistics(sample_data(args.num_data, args.true_shape, args.true_scale, args.seed))
+def fit_one(args, seed):
+    """GD and NGD on the data set drawn with ``seed``."""
+    stats = data_statistics(sample_data(args.num_data, args.true_shape, args.true_scale, seed))
     mle = gamma_mle(stats)
     best = float(average_nll(mle, stats))
     init = (args.init_shape, args.init_scale)
@@ -223,35 +231,47 @@ def main(args):
             "final_nll_gap": float(runs[name]["nll"][-1] - best),
             "seconds": seconds,
         }
+    return stats, mle, best, runs, rows
+
+
+def main(args):
+    start = time.perf_counter()
+    fits = [fit_one(args, seed) for seed in args.seeds]
+    stats, mle, best, runs, _ = fits[0]
+    mles = [f[1] for f in fits]
     points = torch.tensor([[0.3, 0.5], [1.0, 10.0], [args.true_shape, args.true_scale], mle.tolist(), [40.0, 0.1]],
                           dtype=torch.float64)
     check = fisher_check(points)
-    theta = torch.tensor(init, dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor((args.init_shape, args.init_scale), dtype=torch.float64, requires_grad=True)
     autograd_grad = torch.autograd.grad(average_nll(theta, stats), theta)[0]
     check["gradient_closed_vs_autograd"] = float((autograd_grad - nll_gradient(theta.detach(), stats)).abs().max())
     mle_np = mle.numpy()
-    plot_trajectories(runs, mle_np, (args.true_shape, args.true_scale), os.path.join(args.out, "trajectories.png"))
-    plot_nll(runs, best, args.tol, os.path.join(args.out, "nll.png"))
-    plot_paths(runs, stats, mle_np, os.path.join(args.out, "path.png"))
-    print(f"MLE alpha = {mle_np[0]:.5f}, beta = {mle_np[1]:.5f}, NLL = {best:.6f}; start {init}, lr = {args.lr}, "
-          f"tolerance {args.tol:g} nats")
-    print("{:<5} {:>12} {:>8} {:>10} {:>10} {:>12}".format(
-        "method", "iterations", "halved", "alpha_T", "beta_T", "NLL gap_T"))
-    for name, row in rows.items():
-        its = row["iterations_to_tolerance"]
-        print("{:<5} {:>12} {:>8} {:>10.5f} {:>10.5f} {:>12.2e}".format(
-            name, "not reached" if its is None else its, row["halved_steps"], row["final_alpha"],
-            row["final_beta"], row["final_nll_gap"]))
+    plot_trajectories(runs, mle_np, (args.true_shape, args.true_scale), args.seeds[0],
+                      os.path.join(args.out, "trajectories.png"))
+    plot_nll([f[3] for f in fits], [f[2] for f in fits], args.tol, os.path.join(args.out, "nll.png"))
+    plot_paths(runs, stats, mle_np, args.seeds[0], os.path.join(args.out, "path.png"))
+    per_seed = {name: [f[4][name] for f in fits] for name in METHODS}
+    summary = {name: spreads(rows, ["iterations_to_tolerance", "halved_steps", "final_nll_gap"])
+               for name, rows in per_seed.items()}
+    print(f"{len(args.seeds)} data sets (seeds {args.seeds}) of {args.num_data} draws from Gamma(shape "
+          f"{args.true_shape:g}, scale {args.true_scale:g}); start ({args.init_shape:g}, {args.init_scale:g}), "
+          f"lr = {args.lr}, tolerance {args.tol:g} nats")
+    print("MLE per data set: " + "; ".join(f"alpha {m[0]:.5f}, beta {m[1]:.5f}" for m in mles))
+    print("{:<6} {:>24} {:>12} {:>24}".format("method", "iterations (mean ± std)", "halved", "final NLL gap"))
+    for name, s in summary.items():
+        print("{:<6} {:>24} {:>12} {:>24}".format(name, fmt(s["iterations_to_tolerance"], ".1f"),
+                                                 fmt(s["halved_steps"], ".0f"), fmt(s["final_nll_gap"], ".2e")))
     print("Fisher checks (max relative error): " + ", ".join(
         f"{k} {v:.1e}" for k, v in check.items() if k != "points"))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "mle": {"alpha": float(mle_np[0]), "beta": float(mle_np[1]), "nll": best},
-                   "tolerance_nats": args.tol, "methods": rows, "checks": check}, f, indent=2)
-    return rows
+    results = {"args": vars(args),
+               "mle": [{"alpha": float(m[0]), "beta": float(m[1]), "nll": f[2]} for m, f in zip(mles, fits)],
+               "tolerance_nats": args.tol, "summary": summary, "per_seed": per_seed, "checks": check}
+    return finish("gamma_natural_gradient", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/gamma_natural_gradient")
+    parser = _cli.parser(__doc__, out="results/gamma_natural_gradient", multi_seed=True, default_seeds=(0, 1, 2),
+                         seeds_help="a seed draws the data set; GD and NGD are deterministic given the data")
     positive = _cli.positive_real
     parser.add_argument("--num-data", type=_cli.integer(minimum=2), default=1000)
     parser.add_argument("--true-shape", type=positive, default=3.0)

@@ -2,14 +2,18 @@
 with the assignments enumerated (Pyro's TraceEnum_ELBO) or sampled
 (RaoBlackwellELBO).
 
-Writes ``elbo.png`` (CAVI's ELBO per sweep; SVI curves against the CAVI
-optimum), ``clusters.png`` (the data with the fitted mixture) and
-``results.json``; prints ArviZ summaries of the component parameters.
+CAVI starts from the data quantiles (deterministic); the SVI runs repeat for
+each seed of ``--seeds`` on the same data. Writes ``elbo.png`` (CAVI's ELBO
+per sweep; SVI curves, mean and band over seeds, against the CAVI optimum),
+``clusters.png`` (the data with the fitted mixture and its components) and
+``results.json`` (gaps as mean ± std over seeds); prints ArviZ summaries of
+the component parameters for the first seed.
 
     python -m experiments.gmm_cavi --out results/gmm_cavi
 """
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -18,40 +22,47 @@ if not __package__:  # run as ``python experiments/gmm_cavi.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
-from experiments._mixtures import add_arguments, check_weights_argument  # noqa: E402
+from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
+from experiments._mixtures import SEEDS_HELP, add_arguments, check_weights_argument  # noqa: E402
 from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
 from guides.gmm import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
 from models.gmm import DEFAULT_PRIOR, generate_data, model  # noqa: E402
 
 
-def plot_clusters(data, z, pi, params, mus, path):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+def plot_clusters(data, pi, params, mus, taus, path):
+    """The data with CAVI's fitted mixture (thick grey) and its weighted
+    components drawn over it, and the true means."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     x = data.numpy()
-    ax.hist(x, bins=60, density=True, color="0.8", label="data")
+    ax.hist(x, bins=60, density=True, color="0.85", label="data (N = {})".format(len(x)))
     grid = np.linspace(x.min() - 1, x.max() + 1, 600)
     tau = (params.a / params.b).numpy()
-    total = np.zeros_like(grid)
-    for k, (weight, loc, prec) in enumerate(zip(pi.numpy(), params.m.numpy(), tau)):
-        density = weight * np.sqrt(prec / (2 * np.pi)) * np.exp(-0.5 * prec * (grid - loc) ** 2)
-        total += density
-        ax.plot(grid, density, lw=1, label="component {} (E[mu]={:.2f}, E[tau]={:.2f})".format(k, loc, prec))
-    ax.plot(grid, total, color="k", lw=1.5, label="fitted mixture (CAVI)")
-    for mu in mus:
-        ax.axvline(mu, color="k", ls=":", lw=1)
-    ax.set_xlabel("x (dotted: true means)")
+    densities = [weight * np.sqrt(prec / (2 * np.pi)) * np.exp(-0.5 * prec * (grid - loc) ** 2)
+                 for weight, loc, prec in zip(pi.numpy(), params.m.numpy(), tau)]
+    ax.plot(grid, np.sum(densities, 0), color="0.35", lw=5, alpha=0.45, zorder=2,
+            label="fitted mixture (CAVI), wide grey")
+    for k in np.argsort(params.m.numpy()):
+        nearest = int(np.argmin(np.abs(np.asarray(mus) - float(params.m[k]))))
+        ax.plot(grid, densities[k], lw=1.4, ls="--", zorder=3,
+                label="component {}: pi {:.2f}, E[mu] {:.2f} (nearest true mean {:.2f}), "
+                      "E[tau] {:.2f} (its true tau {:.2f})".format(
+                          k, float(pi[k]), float(params.m[k]), mus[nearest], tau[k], taus[nearest]))
+    for i, mu in enumerate(mus):
+        ax.axvline(mu, color="k", ls=":", lw=1, label="true means" if i == 0 else None)
+    ax.set_xlabel("x")
     ax.set_ylabel("density")
-    ax.set_title("GMM with unknown precisions: CAVI fit")
-    ax.legend(fontsize=8)
+    ax.set_title("GMM with unknown precisions: CAVI fit (weighted components dashed)")
+    legend_outside(ax, where="below", ncol=1)
     save_figure(fig, path)
 
 
 def main(args):
+    start = time.perf_counter()
     pi = torch.tensor(args.pi, dtype=torch.float64)
-    data, z = generate_data(args.num_data, pi, args.mus, args.taus, seed=args.seed)
+    data, _ = generate_data(args.num_data, pi, args.mus, args.taus, seed=args.data_seed)
     fit_cavi = run_cavi(cavi, data, pi, DEFAULT_PRIOR, max_iters=args.cavi_iters)
     guides = {"global": global_guide, "mean_field": mean_field_guide}
-    histories, summaries = run_svi(
+    histories, rows, summaries = run_svi(
         model,
         guides,
         (data, pi),
@@ -60,16 +71,17 @@ def main(args):
         ["mu", "tau"],
     )
     plot_cavi_and_svi(fit_cavi.elbo_history, histories, os.path.join(args.out, "elbo.png"), "GMM")
-    plot_clusters(data, z, pi, fit_cavi.params, args.mus, os.path.join(args.out, "clusters.png"))
+    plot_clusters(data, pi, fit_cavi.params, args.mus, args.taus, os.path.join(args.out, "clusters.png"))
     means = {
         "E_mu": fit_cavi.params.m.tolist(),
         "E_tau": (fit_cavi.params.a / fit_cavi.params.b).tolist(),
     }
-    return write_results(args, fit_cavi, means, histories, summaries)
+    return write_results("gmm_cavi", args, fit_cavi, means, rows, summaries, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/gmm_cavi")
+    parser = _cli.parser(__doc__, out="results/gmm_cavi", multi_seed=True, default_seeds=(0, 1, 2),
+                         seeds_help=SEEDS_HELP)
     add_arguments(parser)
     parser.add_argument("--mus", type=_cli.finite_real, nargs="+", default=[-4.0, 0.0, 4.0],
                         help="true component means, one per weight")

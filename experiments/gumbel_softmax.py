@@ -20,12 +20,14 @@ With probabilities a = (0.1, 0.2, 0.5, 0.2) (logits = log a):
    objective E[f(y_tau)], whose gradient differs from the discrete one by a bias
    that vanishes as tau -> 0 while the variance grows like 1/tau.
 
+Each part runs once per seed of ``--seeds``; the figures show the mean over
+seeds with every seed's value, and the chi-square p-values of every seed (with
+several tests, a few p-values below 0.05 are expected even for exact samplers).
 Writes ``histogram.png``, ``temperature.png``, ``gradients.png`` and ``results.json``.
 
     python -m experiments.gumbel_softmax --out results/gumbel_softmax
 """
 
-import json
 import os
 import time
 
@@ -39,7 +41,8 @@ if not __package__:  # run as ``python experiments/gumbel_softmax.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
+from experiments._results import finish, fmt, spread  # noqa: E402
 from pyro_vi.gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample  # noqa: E402
 
 OBJECTIVES = {
@@ -89,7 +92,9 @@ def gradient_draws(sample, logits, tau, f, c, num_draws):
     return grads, values.detach()
 
 
-def histogram_experiment(logits, probs, args, generator):
+def histogram_counts(logits, probs, args, generator):
+    """name -> counts of N direct Categorical draws and of the argmax of N
+    Gumbel-softmax samples at each temperature (one seed)."""
     n, k = args.num_samples, len(probs)
     direct = torch.distributions.Categorical(logits=logits).sample((n,))
     counts = {"Categorical (direct)": torch.bincount(direct, minlength=k).cpu().numpy()}
@@ -98,54 +103,73 @@ def histogram_experiment(logits, probs, args, generator):
         counts["Gumbel-softmax argmax, tau={:g}".format(tau)] = (
             torch.bincount(categorical_from_relaxed(y), minlength=k).cpu().numpy()
         )
-    pvalues = {name: chisquare(c, probs) for name, c in counts.items()}
+    return {name: {"counts": c.tolist(), "chisquare_pvalue": chisquare(c, probs)} for name, c in counts.items()}
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / (len(counts) + 1)
+
+def plot_histogram(per_seed, probs, n, path):
+    """Bars: relative frequencies, mean over seeds; dots: each seed."""
+    names = list(per_seed[0])
+    k = len(probs)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / (len(names) + 1)
     xs = np.arange(k)
     ax.bar(xs, probs, width, color="k", label="true probabilities a")
-    for i, (name, c) in enumerate(counts.items(), start=1):
-        ax.bar(xs + i * width, c / n, width, label="{} (chi-square p = {:.2f})".format(name, pvalues[name]))
+    for i, name in enumerate(names, start=1):
+        freqs = np.array([seed[name]["counts"] for seed in per_seed]) / n
+        pvalues = ", ".join("{:.2f}".format(seed[name]["chisquare_pvalue"]) for seed in per_seed)
+        ax.bar(xs + i * width, freqs.mean(0), width, color="C{}".format(i - 1),
+               label="{} (chi-square p = {})".format(name, pvalues))
+        for seed_freqs in freqs:
+            ax.plot(xs + i * width, seed_freqs, "k.", ms=3)
+    ax.plot([], [], "k.", ms=3, label="one seed")
     ax.set_xticks(xs + 0.4 - width / 2)
     ax.set_xticklabels(["k = {}".format(j) for j in range(k)])
     ax.set_xlabel("category")
-    ax.set_ylabel("relative frequency (N = {})".format(n))
-    ax.set_title("argmax of Gumbel-softmax samples vs Categorical draws")
-    ax.legend(fontsize=7)
-    save_figure(fig, os.path.join(args.out, "histogram.png"))
-    return {name: {"counts": c.tolist(), "chisquare_pvalue": pvalues[name]} for name, c in counts.items()}
+    ax.set_ylabel("relative frequency (N = {} per seed)".format(n))
+    ax.set_title("argmax of Gumbel-softmax samples vs Categorical draws (bars: mean of {} seeds; "
+                 "p-values per seed)".format(len(per_seed)), fontsize=10)
+    legend_outside(ax)
+    save_figure(fig, path)
 
 
-def temperature_experiment(logits, probs, args, generator):
-    n, k = args.num_samples, len(probs)
+def temperature_values(logits, probs, args, generator):
+    """One seed: the mean largest component over a temperature grid, and the
+    samples at ``--temperatures``."""
+    n = args.num_samples
     grid = np.logspace(-2, 2, args.grid_points)
     mean_max = []
     for tau in grid:
         y = gumbel_softmax_sample(logits, float(tau), (n,), generator=generator)
         mean_max.append(float(y.max(-1).values.mean()))
-    shown = {}
-    for tau in args.temperatures:
-        y = gumbel_softmax_sample(logits, tau, (n,), generator=generator)
-        shown[tau] = y.cpu()
+    shown = {tau: gumbel_softmax_sample(logits, tau, (n,), generator=generator).cpu() for tau in args.temperatures}
+    return grid, mean_max, shown
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+
+def plot_temperature(grid, mean_max, shown, probs, args, path):
+    """``mean_max``: per seed; ``shown``: per seed, tau -> samples."""
+    k = len(probs)
+    num_seeds = len(mean_max)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     ax = axes[0]
-    ax.semilogx(grid, mean_max, "o-", ms=3, label="mean max_k y_k (N = {})".format(n))
-    for tau in args.temperatures:
-        ax.plot([tau], [float(shown[tau].max(-1).values.mean())], "s", ms=7, label="tau = {:g}".format(tau))
+    seed_band(ax, grid, mean_max, label="mean max_k y_k (N = {}; {})".format(args.num_samples, band_note(num_seeds)),
+              marker="o", ms=3, color="C0")
+    for i, tau in enumerate(args.temperatures):
+        values = [float(seed[tau].max(-1).values.mean()) for seed in shown]
+        ax.plot([tau], [np.mean(values)], "s", ms=7, color="C{}".format(i + 1), label="tau = {:g}".format(tau))
     ax.axhline(1.0, color="k", ls="--", lw=1, label="one-hot (tau -> 0)")
     ax.axhline(1.0 / k, color="k", ls=":", lw=1, label="uniform 1/K (tau -> inf)")
     ax.axhline(float(probs.max()), color="grey", ls="-.", lw=1, label="max_k a_k")
-    ax.set_xlabel("temperature tau")
+    ax.set_xscale("log")
+    ax.set_xlabel("temperature tau (log scale, 1e-2 to 1e2)")
     ax.set_ylabel("mean largest component of y")
-    ax.set_title("one-hot at low, uniform at high temperature")
-    ax.legend(fontsize=7)
+    ax.set_title("one-hot at low, uniform at high temperature", fontsize=10)
+    legend_outside(ax, where="below", ncol=2)
 
     ax = axes[1]
     per = args.shown_samples
     left = 0
     for tau in args.temperatures:
-        y = shown[tau][:per].numpy()
+        y = shown[0][tau][:per].numpy()
         bottom = np.zeros(len(y))
         for j in range(k):
             ax.bar(left + np.arange(len(y)), y[:, j], bottom=bottom, color="C{}".format(j),
@@ -155,38 +179,32 @@ def temperature_experiment(logits, probs, args, generator):
         left += len(y) + 1
     ax.set_xticks([])
     ax.set_ylim(0, 1.1)
-    ax.set_xlabel("{} samples per temperature".format(per))
+    ax.set_xlabel("{} samples per temperature (first seed)".format(per))
     ax.set_ylabel("components of y (stacked)")
-    ax.set_title("Gumbel-softmax samples")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Gumbel-softmax samples", fontsize=10)
+    legend_outside(ax, where="below", ncol=4)
 
     ax = axes[2]
     width = 0.8 / (len(args.temperatures) + 1)
     xs = np.arange(k)
     ax.bar(xs, probs, width, color="k", label="a (= E[one-hot])")
     for i, tau in enumerate(args.temperatures, start=1):
-        ax.bar(xs + i * width, shown[tau].mean(0).numpy(), width, label="E[y], tau = {:g}".format(tau))
+        means = np.array([seed[tau].mean(0).numpy() for seed in shown])
+        ax.bar(xs + i * width, means.mean(0), width, color="C{}".format(i), label="E[y], tau = {:g}".format(tau))
+        for seed_means in means:
+            ax.plot(xs + i * width, seed_means, "k.", ms=3)
+    ax.plot([], [], "k.", ms=3, label="one seed")
     ax.set_xticks(xs + 0.4 - width / 2)
     ax.set_xticklabels(["k = {}".format(j) for j in range(k)])
     ax.set_xlabel("category")
     ax.set_ylabel("mean of y_k")
-    ax.set_title("E[y] tends to a as tau -> 0")
-    ax.legend(fontsize=7)
-    save_figure(fig, os.path.join(args.out, "temperature.png"))
-    return {
-        "grid": grid.tolist(),
-        "mean_max_component": mean_max,
-        "shown": {
-            "{:g}".format(tau): {
-                "mean_max_component": float(y.max(-1).values.mean()),
-                "mean": y.mean(0).tolist(),
-            }
-            for tau, y in shown.items()
-        },
-    }
+    ax.set_title("E[y] tends to a as tau -> 0 (bars: mean of {} seeds)".format(num_seeds), fontsize=10)
+    legend_outside(ax, where="below", ncol=2)
+    save_figure(fig, path)
 
 
-def gradient_experiment(logits, probs, args, generator):
+def gradient_rows(logits, probs, args, generator):
+    """One seed: bias and variance of every estimator, objective and temperature."""
     c = torch.tensor(args.coefficients, dtype=logits.dtype, device=logits.device)
     exact = exact_gradient(logits, c)
     discrete_value = float((c * probs_tensor(probs, logits)).sum())
@@ -202,44 +220,63 @@ def gradient_experiment(logits, probs, args, generator):
                     "objective": fname,
                     "estimator": name,
                     "temperature": tau,
-                    "mean": mean.tolist(),
-                    "bias": bias.tolist(),
                     "bias_norm": float(bias.norm()),
                     "bias_norm_se": float(se.norm()),
                     "max_abs_bias_over_se": float((bias.abs() / se).max()),
                     "variance_trace": float(var.sum()),
                     "value_bias": float(values.mean()) - discrete_value,
-                    "value_bias_se": float(values.std() / args.grad_draws ** 0.5),
                 })
+    return exact.tolist(), discrete_value, rows
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    styles = {"linear": "-", "square": "--"}
+
+def summarize_gradients(per_seed):
+    """Rows of the first seed with each number's mean ± std over seeds."""
+    summary = []
+    for i, row in enumerate(per_seed[0]):
+        entry = {key: row[key] for key in ("objective", "estimator", "temperature")}
+        for key in ("bias_norm", "bias_norm_se", "max_abs_bias_over_se", "variance_trace", "value_bias"):
+            entry[key] = spread([seed[i][key] for seed in per_seed])
+        summary.append(entry)
+    return summary
+
+
+#: Horizontal offsets (factors on the log axis) that keep estimators with
+#: equal values apart: ours and Pyro's samplers draw from the same distribution.
+OFFSETS = (0.93, 0.98, 1.02, 1.07)
+
+
+def plot_gradients(summary, names, args, path):
+    """Rows: the two objectives; columns: bias and variance. Points: mean over
+    seeds, bars: lowest to highest seed; estimators offset horizontally."""
+    num_seeds = len(summary[0]["bias_norm"]["values"])
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9.5))
     markers = ["o", "x", "s", "+"]
-    names = list(samplers(generator))
-    for fname in OBJECTIVES:
+    styles = ["-", "--", "-", "--"]
+    for row, fname in enumerate(OBJECTIVES):
         for i, name in enumerate(names):
-            sel = [r for r in rows if r["objective"] == fname and r["estimator"] == name]
-            taus = [r["temperature"] for r in sel]
-            label = "{}, f {}".format(name, fname)
-            kw = dict(ls=styles[fname], marker=markers[i], color="C{}".format(i), label=label, ms=6)
-            axes[0].errorbar(taus, [r["bias_norm"] for r in sel], yerr=[2 * r["bias_norm_se"] for r in sel],
-                             capsize=2, **kw)
-            axes[1].plot(taus, [r["variance_trace"] for r in sel], **kw)
-    axes[0].axhline(0.0, color="k", lw=1, label="unbiased (exact gradient)")
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("temperature tau")
-    axes[0].set_ylabel("|mean estimate - exact gradient|_2  (+- 2 SE)")
-    axes[0].set_title("bias w.r.t. d/dlogits sum_k c_k a_k")
-    axes[1].set_xscale("log")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("temperature tau")
-    axes[1].set_ylabel("trace of the covariance of one-sample estimates")
-    axes[1].set_title("variance ({} draws per point)".format(args.grad_draws))
-    for ax in axes:
-        ax.legend(fontsize=6)
-    save_figure(fig, os.path.join(args.out, "gradients.png"))
-    return {"coefficients": args.coefficients, "exact_gradient": exact.tolist(),
-            "discrete_value": discrete_value, "rows": rows}
+            sel = [r for r in summary if r["objective"] == fname and r["estimator"] == name]
+            taus = np.array([r["temperature"] for r in sel]) * OFFSETS[i]
+            kw = dict(ls=styles[i], marker=markers[i], color="C{}".format(i), ms=6, capsize=2, label=name)
+            for col, key in enumerate(("bias_norm", "variance_trace")):
+                mean = np.array([r[key]["mean"] for r in sel])
+                low = np.array([min(r[key]["values"]) for r in sel])
+                high = np.array([max(r[key]["values"]) for r in sel])
+                axes[row, col].errorbar(taus, mean, yerr=[mean - low, high - mean], **kw)
+        bias_ax, var_ax = axes[row]
+        bias_ax.axhline(0.0, color="k", lw=1, label="0: unbiased for the discrete gradient")
+        bias_ax.set_ylabel("|mean estimate - exact gradient|_2")
+        bias_ax.set_title("f {}: bias w.r.t. d/dlogits sum_k c_k a_k".format(fname), fontsize=10)
+        var_ax.set_yscale("log")
+        var_ax.set_ylabel("trace of the covariance of one-sample estimates")
+        var_ax.set_title("f {}: variance ({} draws per point)".format(fname, args.grad_draws), fontsize=10)
+        for ax in (bias_ax, var_ax):
+            ax.set_xscale("log")
+            ax.set_xticks(args.grad_temperatures, ["{:g}".format(t) for t in args.grad_temperatures])
+            ax.minorticks_off()
+            ax.set_xlabel("temperature tau (log scale, ticks at the temperatures run)")
+            legend_outside(ax, where="below", ncol=2, title="{}; points offset around each tau; bars: lowest to "
+                           "highest seed".format(band_note(num_seeds).split(",")[0]), title_fontsize=8)
+    save_figure(fig, path)
 
 
 def probs_tensor(probs, like):
@@ -248,41 +285,56 @@ def probs_tensor(probs, like):
 
 def main(args):
     start = time.perf_counter()
-    pyro.set_rng_seed(args.seed)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
     probs = np.asarray(args.probs, dtype=np.float64)
     probs = probs / probs.sum()
     logits = torch.tensor(np.log(probs), dtype=torch.get_default_dtype(), device=args.device)
+    hist, mean_max, shown, grads = [], [], [], []
+    for seed in args.seeds:
+        pyro.set_rng_seed(seed)
+        generator = torch.Generator(device=args.device).manual_seed(seed)
+        hist.append(histogram_counts(logits, probs, args, generator))
+        grid, seed_mean_max, seed_shown = temperature_values(logits, probs, args, generator)
+        mean_max.append(seed_mean_max)
+        shown.append(seed_shown)
+        exact, discrete_value, rows = gradient_rows(logits, probs, args, generator)
+        grads.append(rows)
+    plot_histogram(hist, probs, args.num_samples, os.path.join(args.out, "histogram.png"))
+    plot_temperature(grid, mean_max, shown, probs, args, os.path.join(args.out, "temperature.png"))
+    summary = summarize_gradients(grads)
+    plot_gradients(summary, list(samplers(None)), args, os.path.join(args.out, "gradients.png"))
 
-    hist = histogram_experiment(logits, probs, args, generator)
-    temp = temperature_experiment(logits, probs, args, generator)
-    grad = gradient_experiment(logits, probs, args, generator)
-
-    print("a = {}, N = {}".format(np.round(probs, 4).tolist(), args.num_samples))
-    print("{:<44} {:>28} {:>10}".format("argmax histogram", "counts", "chi2 p"))
-    for name, r in hist.items():
-        print("{:<44} {:>28} {:>10.3f}".format(name, str(r["counts"]), r["chisquare_pvalue"]))
-    print("\n{:<8} {:>20} {:>36}".format("tau", "mean max_k y_k", "E[y]"))
-    for tau, r in temp["shown"].items():
-        print("{:<8} {:>20.4f} {:>36}".format(tau, r["mean_max_component"], str(np.round(r["mean"], 3).tolist())))
-    print("\nc = {}, exact gradient = {}".format(args.coefficients, np.round(grad["exact_gradient"], 4).tolist()))
-    print("{:<7} {:<45} {:>6} {:>10} {:>9} {:>9} {:>10} {:>11}".format(
-        "f", "estimator", "tau", "|bias|", "+-SE", "max z", "tr Var", "value bias"))
-    for r in grad["rows"]:
-        print("{:<7} {:<45} {:>6g} {:>10.4f} {:>9.4f} {:>9.1f} {:>10.4f} {:>11.4f}".format(
-            r["objective"], r["estimator"], r["temperature"], r["bias_norm"], r["bias_norm_se"],
-            r["max_abs_bias_over_se"], r["variance_trace"], r["value_bias"]))
-    seconds = time.perf_counter() - start
-    print("\n{:.1f} s".format(seconds))
-    results = {"args": vars(args), "probs": probs.tolist(), "histogram": hist, "temperature": temp,
-               "gradients": grad, "seconds": seconds}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    return results
+    pvalues = [seed[name]["chisquare_pvalue"] for seed in hist for name in seed]
+    below = sum(p < 0.05 for p in pvalues)
+    print("a = {}, N = {} per seed, seeds {}".format(np.round(probs, 4).tolist(), args.num_samples, args.seeds))
+    print("{:<44} {:>30}".format("argmax histogram", "chi-square p per seed"))
+    for name in hist[0]:
+        print("{:<44} {:>30}".format(name, ", ".join("{:.3f}".format(seed[name]["chisquare_pvalue"]) for seed in hist)))
+    print("{} of {} p-values below 0.05; {:.2f} expected when every sampler is exact (p is uniform)".format(
+        below, len(pvalues), 0.05 * len(pvalues)))
+    temperature = {"{:g}".format(tau): {
+        "mean_max_component": spread([float(seed[tau].max(-1).values.mean()) for seed in shown]),
+        "mean": np.mean([seed[tau].mean(0).numpy() for seed in shown], 0).tolist()} for tau in args.temperatures}
+    print("\n{:<8} {:>24} {:>36}".format("tau", "mean max_k y_k", "E[y] (mean over seeds)"))
+    for tau, r in temperature.items():
+        print("{:<8} {:>24} {:>36}".format(tau, fmt(r["mean_max_component"], ".4f"), str(np.round(r["mean"], 3).tolist())))
+    print("\nc = {}, exact gradient = {}; mean ± std over seeds".format(args.coefficients, np.round(exact, 4).tolist()))
+    print("{:<7} {:<45} {:>6} {:>20} {:>9} {:>22}".format("f", "estimator", "tau", "|bias|", "SE", "tr Var"))
+    for r in summary:
+        print("{:<7} {:<45} {:>6g} {:>20} {:>9.4f} {:>22}".format(
+            r["objective"], r["estimator"], r["temperature"], fmt(r["bias_norm"], ".4f"),
+            r["bias_norm_se"]["mean"], fmt(r["variance_trace"], ".4f")))
+    results = {"args": vars(args), "probs": probs.tolist(),
+               "histogram": {"per_seed": hist, "pvalues_below_0.05": below, "num_pvalues": len(pvalues)},
+               "temperature": {"grid": grid.tolist(), "mean_max_component": [spread(v) for v in zip(*mean_max)],
+                               "shown": temperature},
+               "gradients": {"coefficients": args.coefficients, "exact_gradient": exact,
+                             "discrete_value": discrete_value, "rows": summary}}
+    return finish("gumbel_softmax", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/gumbel_softmax", device=True)
+    parser = _cli.parser(__doc__, out="results/gumbel_softmax", device=True, multi_seed=True,
+                         default_seeds=(0, 1, 2), seeds_help="a seed sets every draw of the study")
     positive = _cli.positive_real
     parser.add_argument("--probs", type=positive, nargs="+", default=[0.1, 0.2, 0.5, 0.2],
                         help="category probabilities a (renormalized)")

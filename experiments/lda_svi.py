@@ -12,8 +12,11 @@ wall time (default: the shortest of the three runs). Evaluations are not timed. 
 synthetic corpus the true topics are known and the fitted ones are matched to them by the
 Hungarian algorithm.
 
-Writes ``elbo.png`` (ELBO per word against wall time and against documents processed),
-``topics.png`` (topic-word matrices, matched) and ``results.json``; prints a table.
+Every method repeats for each seed of ``--seeds`` (a seed sets the random start and
+SVI's minibatches; the corpus is fixed by ``--data-seed``); the table is mean ± std over
+seeds. Writes ``elbo.png`` (ELBO per word against wall time and against documents
+processed, one line per seed), ``topics.png`` (topic-word matrices, matched, first seed)
+and ``results.json``; prints a table.
 
     python -m experiments.lda_svi --out results/lda_svi
     python -m experiments.lda_svi --counts docword.kos.txt --vocab vocab.kos.txt --num-topics 20 \\
@@ -26,9 +29,10 @@ References
 2. D. M. Blei, A. Y. Ng, M. I. Jordan, *Latent Dirichlet Allocation*, JMLR 3, 2003.
 """
 
+import argparse
 import functools
-import json
 import os
+import time
 
 import numpy as np
 import pyro
@@ -41,7 +45,8 @@ if not __package__:  # run as ``python experiments/lda_svi.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
+from experiments._results import finish, fmt, indistinguishable, spread, spreads  # noqa: E402
 from guides.lda import LAMBDA, cavi, check_schedule, corpus_elbo, elbo, guide, initial_lambda  # noqa: E402
 from guides.lda import params_from_store, stochastic_vi  # noqa: E402
 from models.lda import generate_corpus, load_docword, match_topics, model  # noqa: E402
@@ -57,7 +62,7 @@ def load_corpus(args):
         counts, vocabulary = load_docword(args.counts, args.vocab)
         return counts.double(), None, vocabulary
     counts, topics = generate_corpus(
-        args.num_docs, args.vocab_size, args.num_topics, args.doc_length, args.alpha, args.eta, seed=args.seed
+        args.num_docs, args.vocab_size, args.num_topics, args.doc_length, args.alpha, args.eta, seed=args.data_seed
     )
     return counts.double(), topics, None
 
@@ -149,36 +154,47 @@ def topic_scores(reference, lam):
                        mean_total_variation=float(total_variation.mean()), hellinger=hellinger.tolist())
 
 
-def plot_elbo(runs, budget, tokens, reference_elbo, path):
-    fig, (time_ax, docs_ax) = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    for name, run in runs.items():
-        per_word = np.asarray(run["elbo"]) / tokens
-        time_ax.plot(run["time"], per_word, marker=".", label=name)
-        docs_ax.plot(run["docs_seen"][1:], per_word[1:], marker=".", label=name)
-    time_ax.axvline(budget, color="0.5", ls=":", label=f"same wall time ({budget:.3g} s)")
-    finals = [run["elbo"][-1] / tokens for run in runs.values()]
+def plot_elbo(seed_runs, budgets, tokens, reference_elbo, path):
+    """``seed_runs``: one ``{method: run}`` per seed, drawn as one thin line
+    per seed in the method's colour (their wall-time axes differ)."""
+    fig, (time_ax, docs_ax) = plt.subplots(1, 2, figsize=(14, 5.2), sharey=True)
+    finals, values = [], []
+    for index, runs in enumerate(seed_runs):
+        for color, (name, run) in zip(("C0", "C1", "C2"), runs.items()):
+            per_word = np.asarray(run["elbo"]) / tokens
+            label = name if index == 0 else None
+            time_ax.plot(run["time"], per_word, marker=".", ms=3, lw=1, color=color, label=label)
+            docs_ax.plot(run["docs_seen"][1:], per_word[1:], marker=".", ms=3, lw=1, color=color, label=label)
+            finals.append(per_word[-1])
+            values.append(per_word[1:])
+    for index, budget in enumerate(budgets):
+        time_ax.axvline(budget, color="0.5", ls=":", label="same wall time T per seed ({})".format(
+            ", ".join("{:.3g} s".format(b) for b in budgets)) if index == 0 else None)
     top = max(finals + ([reference_elbo / tokens] if reference_elbo is not None else []))
-    values = np.concatenate([np.asarray(run["elbo"][1:]) / tokens for run in runs.values()])
+    values = np.concatenate(values)
     for ax in (time_ax, docs_ax):
         if reference_elbo is not None:
             ax.axhline(reference_elbo / tokens, color="k", ls="--", lw=1,
                        label="true topics, lambda = eta + (N/K) beta")
         ax.set_ylim(max(np.percentile(values, 10), top - 10 * (top - min(finals)) - 0.05), top + 0.02)
-        ax.legend(fontsize=8, loc="lower right")
         ax.grid(alpha=0.3)
+        legend_outside(ax, where="below", ncol=2)
     time_ax.set_xlabel("wall time (s, evaluations excluded)")
     time_ax.set_ylabel("full-corpus ELBO per word (nats)")
-    time_ax.set_title("ELBO of the global lambda (gamma by a local step)")
+    time_ax.set_title("ELBO of the global lambda (gamma by a local step); one line per seed ({})".format(
+        len(seed_runs)), fontsize=10)
     docs_ax.set_xscale("log")
-    docs_ax.set_xlabel("documents processed (local steps or Pyro minibatch rows)")
-    docs_ax.set_title("the same against documents processed")
+    docs_ax.set_xlabel("documents processed (local steps or Pyro minibatch rows; log scale)")
+    docs_ax.set_ylabel("full-corpus ELBO per word (nats)")
+    docs_ax.tick_params(labelleft=True)
+    docs_ax.set_title("the same against documents processed", fontsize=10)
     save_figure(fig, path)
 
 
-def plot_topics(reference, label, matched, scores, path):
+def plot_topics(reference, label, matched, scores, seed, path):
     word_order = np.lexsort((-reference.max(0).values.numpy(), reference.argmax(0).numpy()))
     rows = {label: reference.numpy()}
-    rows.update({f"{name}: mean Hellinger {scores[name]['mean_hellinger']:.3f}": topics
+    rows.update({f"{name}: mean Hellinger {scores[name]['mean_hellinger']:.3f} (seed {seed})": topics
                  for name, topics in matched.items() if name != label})
     fig, axes = plt.subplots(len(rows), 1, figsize=(11, 1.2 + 1.4 * len(rows)), sharex=True, layout="constrained")
     vmax = max(float(topics.max()) for topics in rows.values())
@@ -189,25 +205,19 @@ def plot_topics(reference, label, matched, scores, path):
         ax.set_ylabel("topic")
     axes[-1].set_xlabel(f"word (sorted by the topic that favours it most in: {label})")
     fig.colorbar(image, ax=axes, label="topic-word probability (sqrt scale)", shrink=0.9)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def main(args):
-    counts, true_topics, vocabulary = load_corpus(args)
-    num_docs, vocab_size = counts.shape
-    tokens = float(counts.sum())
-    init = initial_lambda(args.num_topics, vocab_size, seed=args.seed)
-    runs = {name: run(counts, init, args) for name, run in ((CAVI, run_cavi), (SVI, run_hoffman), (PYRO, run_pyro))}
+def run_seed(counts, true_topics, tokens, reference_elbo, args, seed):
+    """Every method from the same random start drawn with ``seed``; their rows."""
+    init = initial_lambda(args.num_topics, counts.shape[1], seed=seed)
+    seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+    runs = {name: run(counts, init, seed_args) for name, run in ((CAVI, run_cavi), (SVI, run_hoffman), (PYRO, run_pyro))}
     for run in runs.values():
         evaluate(counts, run, args)
     budget = args.budget or min(run["seconds"] for run in runs.values())
     reference, label = (true_topics, "true topics") if true_topics is not None else (
         runs[CAVI]["snapshots"][-1][2] / runs[CAVI]["snapshots"][-1][2].sum(-1, keepdim=True), CAVI)
-    reference_elbo = None
-    if true_topics is not None:
-        reference_elbo = corpus_elbo(counts, args.eta + tokens / args.num_topics * true_topics, args.alpha, args.eta,
-                                     args.local_tol, args.local_max_iters)[0]
     rows, matched, scores = {}, {}, {}
     for name, run in runs.items():
         lam = run["snapshots"][-1][2]
@@ -218,27 +228,55 @@ def main(args):
             seconds_per_iteration=run["seconds"] / run["iterations"], iterations=run["iterations"],
             final_elbo=run["elbo"][-1], final_elbo_per_word=run["elbo"][-1] / tokens,
             elbo_at_budget=elbo_at(run, budget), elbo_per_word_at_budget=elbo_at(run, budget) / tokens,
+            elbo_per_word_at_fifth_of_budget=elbo_at(run, 0.2 * budget) / tokens,
             elbo_per_word_at_fraction_of_budget={f: elbo_at(run, f * budget) / tokens for f in BUDGET_FRACTIONS},
             topic_distance_to=label, **scores[name],
-            history=dict(seconds=run["time"], docs=run["docs_seen"], elbo=run["elbo"]),
-            **{key: run[key] for key in ("own_elbo_history", "collapsed_bound_estimate", "mean_field_elbo_own_gamma")
-               if key in run},
+            **{key: run[key] for key in ("collapsed_bound_estimate", "mean_field_elbo_own_gamma") if key in run},
         )
-    plot_elbo(runs, budget, tokens, reference_elbo, os.path.join(args.out, "elbo.png"))
-    plot_topics(reference, label, matched, scores, os.path.join(args.out, "topics.png"))
+    return runs, budget, rows, reference, label, matched, scores
+
+
+NUMBERS = ("docs_per_second", "wall_seconds", "seconds_per_iteration", "final_elbo_per_word",
+           "elbo_per_word_at_budget", "elbo_per_word_at_fifth_of_budget", "mean_hellinger", "mean_total_variation")
+
+
+def main(args):
+    start = time.perf_counter()
+    counts, true_topics, vocabulary = load_corpus(args)
+    num_docs, vocab_size = counts.shape
+    tokens = float(counts.sum())
+    reference_elbo = None
+    if true_topics is not None:
+        reference_elbo = corpus_elbo(counts, args.eta + tokens / args.num_topics * true_topics, args.alpha, args.eta,
+                                     args.local_tol, args.local_max_iters)[0]
+    seed_runs, budgets, per_seed = [], [], []
+    for seed in args.seeds:
+        runs, budget, rows, reference, label, matched, scores = run_seed(
+            counts, true_topics, tokens, reference_elbo, args, seed)
+        if seed == args.seeds[0]:
+            first = (reference, label, matched, scores, runs)
+        seed_runs.append(runs)
+        budgets.append(budget)
+        per_seed.append(rows)
+    reference, label, matched, scores, runs = first
+    summary = {name: spreads([rows[name] for rows in per_seed], NUMBERS) for name in per_seed[0]}
+    close = indistinguishable({name: s["elbo_per_word_at_budget"] for name, s in summary.items()})
+    plot_elbo(seed_runs, budgets, tokens, reference_elbo, os.path.join(args.out, "elbo.png"))
+    plot_topics(reference, label, matched, scores, args.seeds[0], os.path.join(args.out, "topics.png"))
     print(f"corpus: D = {num_docs}, V = {vocab_size}, K = {args.num_topics}, {tokens:.0f} tokens;"
-          f" same wall time T = {budget:.3g} s; topic distances to the {label}")
-    print(f"{'method':<22}{'docs/s':>10}{'s/iter':>9}{'wall s':>8}{'ELBO/word':>11}"
-          f"{'@ T/5':>9}{'@ T':>9}{'Hellinger':>11}{'TV':>7}")
-    for name, row in rows.items():
-        print(f"{name:<22}{row['docs_per_second']:>10.0f}{row['seconds_per_iteration']:>9.4f}"
-              f"{row['wall_seconds']:>8.2f}"
-              f"{row['final_elbo_per_word']:>11.4f}{row['elbo_per_word_at_fraction_of_budget'][0.2]:>9.4f}"
-              f"{row['elbo_per_word_at_budget']:>9.4f}"
-              f"{row['mean_hellinger']:>11.3f}{row['mean_total_variation']:>7.3f}")
+          f" same wall time T = {', '.join(f'{b:.3g}' for b in budgets)} s (per seed); topic distances to the {label};"
+          f" mean ± std over seeds {args.seeds}")
+    print(f"{'method':<22}{'docs/s':>20}{'s/iter':>20}{'ELBO/word':>20}{'@ T/5':>20}{'@ T':>20}{'Hellinger':>18}")
+    for name, s in summary.items():
+        print(f"{name:<22}{fmt(s['docs_per_second'], '.0f'):>20}{fmt(s['seconds_per_iteration'], '.4f'):>20}"
+              f"{fmt(s['final_elbo_per_word'], '.4f'):>20}{fmt(s['elbo_per_word_at_fifth_of_budget'], '.4f'):>20}"
+              f"{fmt(s['elbo_per_word_at_budget'], '.4f'):>20}{fmt(s['mean_hellinger'], '.3f'):>18}")
+    for a, b in close:
+        print(f"ELBO at the same wall time: {a} and {b} differ by less than their seed spread")
     if reference_elbo is not None:
         print(f"ELBO/word at the true topics: {reference_elbo / tokens:.4f}")
-    print(f"Pyro's collapsed bound (last 5% of steps, per word): {rows[PYRO]['collapsed_bound_estimate'] / tokens:.4f}"
+    collapsed = spread([rows[PYRO]["collapsed_bound_estimate"] / tokens for rows in per_seed])
+    print(f"Pyro's collapsed bound (last 5% of steps, per word): {fmt(collapsed, '.4f')}"
           " (above the mean-field ELBO by Jensen's inequality)")
     print("docs/s: documents through a local step (CAVI, SVI); for Pyro, minibatch rows per second,"
           " each getting one Adam step on its gamma_d and no local iterations")
@@ -248,15 +286,19 @@ def main(args):
                      for name, topics in matched.items()}
         for k, words in enumerate(top_words[CAVI]):
             print(f"batch CAVI topic {k}: {' '.join(words)}")
-    results = dict(args=vars(args), num_docs=num_docs, vocab_size=vocab_size, tokens=tokens, same_wall_time=budget,
-                   true_topics_elbo=reference_elbo, top_words=top_words, methods=rows)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=float)
-    return results
+    results = dict(args=vars(args), num_docs=num_docs, vocab_size=vocab_size, tokens=tokens, same_wall_time=budgets,
+                   true_topics_elbo=reference_elbo, collapsed_bound_per_word=collapsed, top_words=top_words,
+                   summary=summary, within_seed_spread={"elbo_per_word_at_budget": close},
+                   history_first_seed={name: dict(seconds=run["time"], docs=run["docs_seen"], elbo=run["elbo"])
+                                       for name, run in runs.items()},
+                   per_seed=per_seed)
+    return finish("lda_svi", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/lda_svi")
+    parser = _cli.parser(__doc__, out="results/lda_svi", multi_seed=True, default_seeds=(0, 1, 2),
+                         seeds_help="a seed sets the random start lambda and SVI's minibatches; the synthetic "
+                                    "corpus is fixed by --data-seed")
     positive, count = _cli.positive_real, _cli.positive_int
     corpus = parser.add_argument_group("corpus (synthetic unless --counts is given)")
     corpus.add_argument("--counts", type=_cli.existing_file, help="UCI bag-of-words docword file (see models.lda)")
@@ -265,6 +307,7 @@ def parse_args(argv=None):
     corpus.add_argument("--num-docs", type=count, default=2000)
     corpus.add_argument("--vocab-size", type=count, default=150)
     corpus.add_argument("--doc-length", type=count, default=80)
+    corpus.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the synthetic corpus (default 0)")
     parser.add_argument("--num-topics", type=count, default=8)
     parser.add_argument("--alpha", type=positive, default=0.2, help="document-topic concentration (data and model)")
     parser.add_argument("--eta", type=positive, default=0.1, help="topic-word concentration (data and model)")

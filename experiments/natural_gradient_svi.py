@@ -17,8 +17,9 @@ The guide :math:`q(\mu)\, q(\tau) = \mathcal{N}(m, \lambda^{-1})\, \mathrm{Gamma
 Parameters are float64. Each is scored by the closed-form ELBO of its current :math:`q` against the CAVI optimum.
 "Iterations to 0.01 nats" is the first iteration from which the gap stays below 0.01
 for the rest of the run (``None``: not within the run); the first iteration at which it
-dips below is reported too. Writes ``elbo_gap.png`` (gap against iteration, log y) and
-``results.json``, and prints the table.
+dips below is reported too. The Monte Carlo runs repeat for each seed of ``--seeds``
+(mean ± std over seeds; the others are deterministic and run once). Writes
+``elbo_gap.png`` (gap against iteration, log y) and ``results.json``, and prints the table.
 
     python -m experiments.natural_gradient_svi --out results/natural_gradient_svi
 
@@ -29,8 +30,8 @@ References
 """
 
 import functools
-import json
 import os
+import time
 
 import numpy as np
 import pyro
@@ -42,7 +43,8 @@ if not __package__:  # run as ``python experiments/natural_gradient_svi.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
+from experiments._results import finish, fmt, spreads  # noqa: E402
 from guides.normal_gamma import DEFAULT_INIT, MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE  # noqa: E402
 from guides.normal_gamma import cavi, mean_field_guide, params_from_store  # noqa: E402
 from guides.normal_gamma import elbo as closed_form_elbo  # noqa: E402
@@ -77,9 +79,9 @@ def elbo_gap(data, optimum_elbo):
     return optimum_elbo - float(closed_form_elbo(data, q.m, q.lam, q.a, q.b))
 
 
-def run_svi(loss, optim, data, optimum_elbo, num_steps, args):
+def run_svi(loss, optim, data, optimum_elbo, num_steps, seed):
     pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
+    pyro.set_rng_seed(seed)
     guide = functools.partial(mean_field_guide, init=DEFAULT_INIT)
     track = {"gap": lambda: elbo_gap(data, optimum_elbo)}
     if isinstance(optim, NaturalGradient):
@@ -104,33 +106,38 @@ def iterations_to_reach(gaps, tol):
 
 
 def plot_gaps(gaps, tol, path):
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for name, values in gaps.items():
-        style = "o-" if len(values) < 50 else "-"
-        ax.plot(np.arange(1, len(values) + 1), np.maximum(values, GAP_FLOOR), style, ms=3, lw=1.2, label=name)
-    ax.axhline(tol, color="k", ls=":", lw=1, label=f"{tol:g} nats")
+    """``gaps``: method -> (seeds, iterations); mean and band over seeds."""
+    num_seeds = max(len(values) for values in gaps.values())
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    for i, (name, values) in enumerate(gaps.items()):
+        values = np.maximum(np.asarray(values), GAP_FLOOR)
+        style = dict(marker="o", ms=4) if values.shape[1] < 50 else {}
+        seed_band(ax, np.arange(1, values.shape[1] + 1), values, label=name, lw=1.2, color="C{}".format(i), **style)
+    ax.axhline(tol, color="k", ls=":", lw=1, label=f"tolerance {tol:g} nats")
     ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_xlabel("iteration (log scale)")
     ax.set_ylabel(f"ELBO(CAVI optimum) - ELBO(q_t) (nats, floored at {GAP_FLOOR:g})")
-    ax.set_title("Normal-NormalGamma mean field: ELBO gap to the CAVI optimum")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Normal-NormalGamma mean field: ELBO gap to the CAVI optimum\n(Monte Carlo runs: {}; "
+                 "exact-expectation runs and CAVI are deterministic)".format(band_note(num_seeds)), fontsize=10)
+    legend_outside(ax, where="below", ncol=1)
     save_figure(fig, path)
 
 
 def methods(args):
-    """``name -> (loss, optimizer, steps)`` for the SVI runs."""
+    """``name -> (loss, optimizer, steps, stochastic)`` for the SVI runs."""
     schedule = robbins_monro(args.ng_lr, args.ng_decay)
     mc = Trace_ELBO(num_particles=args.particles, vectorize_particles=True, max_plate_nesting=1)
     rm = f"rho_t = {args.ng_lr:g}(t+1)^-{args.ng_decay:g}"
     return {
-        "NG, exact expectations, rho = 1": (closed_form_loss, NaturalGradient(FACTORS, lr=1.0), args.exact_steps),
+        "NG, exact expectations, rho = 1": (
+            closed_form_loss, NaturalGradient(FACTORS, lr=1.0), args.exact_steps, False),
         f"NG, exact expectations, {rm}": (
-            closed_form_loss, NaturalGradient(FACTORS, lr=schedule), args.exact_steps),
+            closed_form_loss, NaturalGradient(FACTORS, lr=schedule), args.exact_steps, False),
         f"NG, Trace_ELBO ({args.particles} particles), {rm}": (
-            mc, NaturalGradient(FACTORS, lr=schedule, max_halvings=args.max_halvings), args.steps),
+            mc, NaturalGradient(FACTORS, lr=schedule, max_halvings=args.max_halvings), args.steps, True),
         f"ClippedAdam (lr {args.adam_lr:g}, lrd {args.adam_lrd:g}), Trace_ELBO ({args.particles} particles)": (
-            mc, ClippedAdam({"lr": args.adam_lr, "lrd": args.adam_lrd}), args.steps),
+            mc, ClippedAdam({"lr": args.adam_lr, "lrd": args.adam_lrd}), args.steps, True),
     }
 
 
@@ -138,42 +145,55 @@ def main(args):
     # The course data are drawn in the default dtype (float32); the fits run in float64:
     # in float32 the slowly decaying exact Robbins-Monro run stalls near 1e-7 nats once
     # its steps fall below float32 resolution.
-    data = generate_data(num_data=args.num_data, seed=args.seed).to(torch.float64)
+    start = time.perf_counter()
+    data = generate_data(num_data=args.num_data, seed=args.data_seed).to(torch.float64)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return compare(data, args)
+        results = compare(data, args)
     finally:
         torch.set_default_dtype(previous)
+    return finish("natural_gradient_svi", args, results, start)
 
 
 def compare(data, args):
     optimum = cavi(data, init=DEFAULT_INIT)
-    gaps, rows = {}, {}
-    for name, (loss, optim, num_steps) in methods(args).items():
-        gaps[name], rows[name] = run_svi(loss, optim, data, optimum.elbo, num_steps, args)
+    gaps, per_seed = {}, {}
+    for name, (_, _, _, stochastic) in methods(args).items():
+        # deterministic runs are run once: every seed would give the same numbers
+        for seed in args.seeds if stochastic else args.seeds[:1]:
+            loss, optim, num_steps, _ = methods(args)[name]  # a fresh optimizer per run
+            values, row = run_svi(loss, optim, data, optimum.elbo, num_steps, seed)
+            gaps.setdefault(name, []).append(values)
+            per_seed.setdefault(name, []).append(row)
     cavi_run = cavi(data, init=DEFAULT_INIT, max_iters=args.cavi_iters, tol=0.0)
-    gaps["CAVI (Gauss-Seidel sweeps)"] = optimum.elbo - np.asarray(cavi_run.elbo_history[1:])
-    rows["CAVI (Gauss-Seidel sweeps)"] = {}
-    for name, values in gaps.items():
-        first, stays = iterations_to_reach(values, args.tol)
-        rows[name].update(first_below_tol=first, iterations_to_tol=stays, final_gap=float(values[-1]),
-                          max_gap_last_10pct=float(values[-max(1, len(values) // 10):].max()))
+    cavi_name = "CAVI (Gauss-Seidel sweeps)"
+    gaps[cavi_name] = [optimum.elbo - np.asarray(cavi_run.elbo_history[1:])]
+    per_seed[cavi_name] = [{}]
+    for name, runs in gaps.items():
+        for values, row in zip(runs, per_seed[name]):
+            first, stays = iterations_to_reach(values, args.tol)
+            row.update(first_below_tol=first, iterations_to_tol=stays, final_gap=float(values[-1]),
+                       max_gap_last_10pct=float(values[-max(1, len(values) // 10):].max()))
+    summary = {name: dict(spreads(rows, ["first_below_tol", "iterations_to_tol", "final_gap"]),
+                          deterministic=len(rows) == 1 and len(args.seeds) > 1)
+               for name, rows in per_seed.items()}
     plot_gaps(gaps, args.tol, os.path.join(args.out, "elbo_gap.png"))
     print(f"CAVI optimum ELBO = {optimum.elbo:.6f} nats; tolerance {args.tol:g} nats; "
-          f"{args.steps} Monte Carlo / {args.exact_steps} exact SVI steps")
-    print("{:<72} {:>10} {:>10} {:>11}".format("method", "first<tol", "stays<tol", "final gap"))
-    for name, row in rows.items():
-        print("{:<72} {:>10} {:>10} {:>11.2e}".format(
-            name, str(row["first_below_tol"]), str(row["iterations_to_tol"]), row["final_gap"]))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "cavi_optimum_elbo": optimum.elbo, "tolerance_nats": args.tol,
-                   "methods": rows}, f, indent=2)
-    return rows
+          f"{args.steps} Monte Carlo / {args.exact_steps} exact SVI steps; seeds {args.seeds} "
+          "(deterministic methods run once)")
+    print("{:<72} {:>16} {:>16} {:>22}".format("method", "first<tol", "stays<tol", "final gap"))
+    for name, s in summary.items():
+        print("{:<72} {:>16} {:>16} {:>22}".format(
+            name, fmt(s["first_below_tol"], ".1f"), fmt(s["iterations_to_tol"], ".1f"), fmt(s["final_gap"], ".2e")))
+    return {"args": vars(args), "cavi_optimum_elbo": optimum.elbo, "tolerance_nats": args.tol,
+            "summary": summary, "per_seed": per_seed}
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/natural_gradient_svi")
+    parser = _cli.parser(__doc__, out="results/natural_gradient_svi", multi_seed=True, default_seeds=(0, 1, 2),
+                         seeds_help="a seed sets the Monte Carlo runs' particles (the exact-expectation runs and "
+                                    "CAVI are deterministic and run once); the data are fixed by --data-seed")
     parser.add_argument("--steps", type=_cli.positive_int, default=1000, help="SVI steps with Monte Carlo gradients")
     parser.add_argument("--exact-steps", type=_cli.positive_int, default=100,
                         help="SVI steps with exact expectations")
@@ -188,6 +208,7 @@ def parse_args(argv=None):
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=10)
     parser.add_argument("--tol", type=_cli.positive_real, default=0.01, help="ELBO gap counted as reached (nats)")
     parser.add_argument("--num-data", type=_cli.positive_int, default=100)
+    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the course data set (default 0)")
     return _cli.parse(parser, argv)
 
 

@@ -2,17 +2,19 @@
 family: theta over iterations against the numerically found optimum theta*.
 
 Estimators: ScoreFunctionELBO, ControlVariateELBO (pooled and leave-one-out
-coefficients) and Pyro's reparameterized Trace_ELBO, same data, seed, start
-and optimizer. Writes ``theta.png`` (theta_t against theta*), ``elbo.png``
-(closed-form ELBO of q_t against ELBO(theta*) and the exact log p(X)) and
-``results.json``.
+coefficients) and Pyro's reparameterized Trace_ELBO, same data, start and
+optimizer, once per seed of ``--seeds``. Writes ``theta.png`` (theta_t against
+theta*, and its relative error on a log scale), ``elbo.png`` (closed-form ELBO
+of q_t against ELBO(theta*), and the gap on a log scale; the exact log p(X)
+is far above, as the family is misspecified) and ``results.json`` (mean ±
+std over seeds and per seed).
 
     python -m experiments.poisson_gamma --out results/poisson_gamma
 """
 
 import functools
-import json
 import os
+import time
 
 import numpy as np
 import pyro
@@ -23,7 +25,8 @@ if not __package__:  # run as ``python experiments/poisson_gamma.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band, zoom_ylim  # noqa: E402
+from experiments._results import finish, fmt, indistinguishable, spreads  # noqa: E402
 from guides.poisson_gamma import elbo as closed_form_elbo  # noqa: E402
 from guides.poisson_gamma import exponential_guide, optimal_theta, theta_from_store  # noqa: E402
 from models.poisson_gamma import DEFAULT_PRIOR, generate_data, log_evidence, model  # noqa: E402
@@ -35,18 +38,18 @@ def estimators(num_particles):
     """The study's :data:`~experiments._cli.Registry`."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return {
-        "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
-        "ControlVariateELBO (pooled)": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
-        "ControlVariateELBO (leave-one-out)": _cli.Estimator(
-            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw)
-        ),
-        "Trace_ELBO (reparameterized)": _cli.Estimator(lambda: Trace_ELBO(**kw)),
+        "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
+        "ControlVariateELBO (pooled a*, as published)": _cli.Estimator(
+            lambda: ControlVariateELBO(coefficient="pooled", **kw), style=dict(color="C1")),
+        "ControlVariateELBO (leave-one-out, default)": _cli.Estimator(
+            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw), style=dict(color="C3", ls="--")),
+        "Trace_ELBO (reparameterized)": _cli.Estimator(lambda: Trace_ELBO(**kw), style=dict(color="C2")),
     }
 
 
-def run(estimator, data, args):
+def run(estimator, data, args, seed):
     pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
+    pyro.set_rng_seed(seed)
     return fit(
         model,
         estimator.guide(functools.partial(exponential_guide, init_theta=args.init_theta)),
@@ -63,78 +66,108 @@ def run(estimator, data, args):
     )
 
 
-def plot(histories, key, references, ylabel, title, path, log=False):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, result in histories.items():
-        values = result.tracked[key]
-        ax.plot(np.arange(1, len(values) + 1), values, label=name, lw=1.2)
-    for label, (value, style) in references.items():
-        ax.axhline(value, color="k", ls=style, lw=1, label=label)
-    if log:
-        ax.set_yscale("log")
+def plot_theta(thetas, styles, theta_star, path):
+    """Top: theta_t after the first 10% of steps (linear; the start at
+    ``--init-theta`` would flatten the rest); bottom: its relative error over
+    every step (log scale)."""
+    num_seeds = len(next(iter(thetas.values())))
+    fig, (ax, err_ax) = plt.subplots(2, 1, figsize=(10, 8))
+    tails = []
+    for name, runs in thetas.items():
+        runs = np.asarray(runs)
+        steps = np.arange(1, runs.shape[1] + 1)
+        first = runs.shape[1] // 10
+        seed_band(ax, steps[first:], runs[:, first:], label=name, lw=1.2, **styles[name])
+        seed_band(err_ax, steps, np.abs(runs - theta_star) / theta_star, label=name, lw=1, **styles[name])
+        tails.append(runs[:, first:])
+    ax.axhline(theta_star, color="k", ls=":", lw=1.2, label="theta* = {:.5f} (numerical optimum)".format(theta_star))
+    zoom_ylim(ax, tails, include=[theta_star])
     ax.set_xlabel("iteration")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("theta (rate of q)")
+    ax.set_title("Exponential(theta) family: theta from iteration {} on ({}; the start is in the lower "
+                 "panel)".format(first + 1, band_note(num_seeds)), fontsize=10)
+    legend_outside(ax)
+    err_ax.set_yscale("log")
+    err_ax.set_xlabel("iteration")
+    err_ax.set_ylabel("|theta_t - theta*| / theta*")
+    err_ax.set_title("relative error of theta_t (log scale)", fontsize=10)
+    legend_outside(err_ax)
+    save_figure(fig, path)
+
+
+def plot_elbo(elbos, styles, best, log_px, path):
+    """Top: the ELBO of q_t after the first 10% of steps, near ELBO(theta*)
+    (log p(X) is 86 nats above and not drawn); bottom: the gap
+    ELBO(theta*) - ELBO(q_t) over every step on a log scale."""
+    num_seeds = len(next(iter(elbos.values())))
+    fig, (ax, gap_ax) = plt.subplots(2, 1, figsize=(10, 8))
+    tails = []
+    for name, runs in elbos.items():
+        runs = np.asarray(runs)
+        steps = np.arange(1, runs.shape[1] + 1)
+        first = runs.shape[1] // 10
+        seed_band(ax, steps[first:], runs[:, first:], label=name, lw=1.2, **styles[name])
+        seed_band(gap_ax, steps, np.maximum(best - runs, 1e-9), label=name, lw=1, **styles[name])
+        tails.append(runs[:, first:])
+    ax.axhline(best, color="k", ls=":", lw=1.2, label="ELBO(theta*) = {:.3f}".format(best))
+    zoom_ylim(ax, tails, include=[best])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("ELBO of q_t (closed form, nats)")
+    ax.set_title("ELBO from iteration {} on ({}; the start is in the lower panel)\nexact log p(X) = {:.2f} lies "
+                 "{:.1f} nats above ELBO(theta*): the family is misspecified".format(
+                     first + 1, band_note(num_seeds), log_px, log_px - best), fontsize=10)
+    legend_outside(ax)
+    gap_ax.set_yscale("log")
+    gap_ax.set_xlabel("iteration")
+    gap_ax.set_ylabel("ELBO(theta*) - ELBO of q_t (nats)")
+    gap_ax.set_title("gap to the best ELBO of the family (log scale)", fontsize=10)
+    legend_outside(gap_ax)
     save_figure(fig, path)
 
 
 def main(args):
-    data = generate_data(num_data=args.num_data, rate=args.rate, seed=args.seed)
+    start = time.perf_counter()
+    data = generate_data(num_data=args.num_data, rate=args.rate, seed=args.data_seed)
     theta_star = optimal_theta(data)
     best = closed_form_elbo(data, theta_star).item()
     log_px = log_evidence(data)
-    histories = {name: run(estimator, data, args) for name, estimator in estimators(args.particles).items()}
-    plot(
-        histories,
-        "theta",
-        {"theta* (numerical optimum)": (theta_star, "--")},
-        "theta (rate of q)",
-        "Exponential(theta) family: theta over iterations",
-        os.path.join(args.out, "theta.png"),
-        log=True,
-    )
-    plot(
-        histories,
-        "elbo",
-        {"ELBO(theta*)": (best, "--"), "exact log p(X)": (log_px, ":")},
-        "ELBO of q_t (closed form, nats)",
-        "ELBO over iterations",
-        os.path.join(args.out, "elbo.png"),
-    )
-    rows = {}
-    print("theta* = {:.5f}, ELBO(theta*) = {:.4f}, log p(X) = {:.4f}".format(theta_star, best, log_px))
-    print("{:<36} {:>10} {:>12} {:>12}".format("estimator", "theta", "rel. error", "ELBO gap"))
-    for name, result in histories.items():
-        # The last 10% of the steps, averaged: the stationary noise of Adam.
-        tail = result.tracked["theta"][-max(1, args.steps // 10):]
-        theta = float(np.mean(tail))
-        rows[name] = {
-            "final_theta": float(result.tracked["theta"][-1]),
-            "mean_theta_last_10pct": theta,
-            "relative_error": abs(theta - theta_star) / theta_star,
-            "elbo_gap": best - float(result.tracked["elbo"][-1]),
-            "seconds_per_step": result.seconds_per_step,
-        }
-        print("{:<36} {:>10.5f} {:>12.2e} {:>12.2e}".format(
-            name, theta, rows[name]["relative_error"], rows[name]["elbo_gap"]))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(
-            {
-                "args": vars(args),
-                "theta_star": theta_star,
-                "elbo_theta_star": best,
-                "log_evidence": log_px,
-                "estimators": rows,
-            },
-            f,
-            indent=2,
-        )
-    return rows
+    registry = estimators(args.particles)
+    thetas, elbos, per_seed = {}, {}, {}
+    for seed in args.seeds:
+        for name, estimator in registry.items():
+            result = run(estimator, data, args, seed)
+            thetas.setdefault(name, []).append(result.tracked["theta"])
+            elbos.setdefault(name, []).append(result.tracked["elbo"])
+            # The last 10% of the steps, averaged: the stationary noise of Adam.
+            theta = float(np.mean(result.tracked["theta"][-max(1, args.steps // 10):]))
+            per_seed.setdefault(name, []).append({
+                "final_theta": float(result.tracked["theta"][-1]),
+                "mean_theta_last_10pct": theta,
+                "relative_error": abs(theta - theta_star) / theta_star,
+                "elbo_gap": best - float(result.tracked["elbo"][-1]),
+                "seconds_per_step": result.seconds_per_step,
+            })
+    styles = {name: estimator.style for name, estimator in registry.items()}
+    plot_theta(thetas, styles, theta_star, os.path.join(args.out, "theta.png"))
+    plot_elbo(elbos, styles, best, log_px, os.path.join(args.out, "elbo.png"))
+    summary = {name: spreads(rows) for name, rows in per_seed.items()}
+    close = indistinguishable({name: s["relative_error"] for name, s in summary.items()})
+    print("theta* = {:.5f}, ELBO(theta*) = {:.4f}, log p(X) = {:.4f}; mean ± std over seeds {}".format(
+        theta_star, best, log_px, args.seeds))
+    print("{:<46} {:>22} {:>22} {:>22}".format("estimator", "theta (last 10%)", "rel. error", "ELBO gap"))
+    for name, s in summary.items():
+        print("{:<46} {:>22} {:>22} {:>22}".format(name, fmt(s["mean_theta_last_10pct"], ".5f"),
+                                                   fmt(s["relative_error"], ".2e"), fmt(s["elbo_gap"], ".2e")))
+    for a, b in close:
+        print("relative error: {} and {} differ by less than their seed spread".format(a, b))
+    results = {"args": vars(args), "theta_star": theta_star, "elbo_theta_star": best, "log_evidence": log_px,
+               "summary": summary, "within_seed_spread": {"relative_error": close}, "per_seed": per_seed}
+    return finish("poisson_gamma", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/poisson_gamma")
+    parser = _cli.parser(__doc__, out="results/poisson_gamma", multi_seed=True, default_seeds=(0, 1, 2),
+                         seeds_help="a seed sets the particles; the data are fixed by --data-seed")
     # With 10 particles the score-function runs end 15-25% away from theta*
     # after 2000 steps (the family is misspecified: log q is far from log p and
     # the learning signal varies by tens of nats); 100 particles converge.
@@ -143,6 +176,7 @@ def parse_args(argv=None):
     parser.add_argument("--init-theta", type=_cli.positive_real, default=5.0, help="start of q's rate theta")
     parser.add_argument("--num-data", type=_cli.positive_int, default=50)
     parser.add_argument("--rate", type=_cli.positive_real, default=3.0, help="true Poisson rate of the data")
+    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     return _cli.parse(parser, argv)
 
 

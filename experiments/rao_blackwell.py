@@ -3,20 +3,25 @@ ELBO curves of the score-function family, against Pyro's TraceGraph_ELBO.
 
 Estimators: ScoreFunctionELBO, ControlVariateELBO, RaoBlackwellELBO without
 and with control variates, and Pyro's TraceGraph_ELBO in score-function mode
-without and with its decaying-average baseline. Writes to ``--out``:
+without and with its decaying-average baseline, each over ``--seeds`` (the
+data fixed). The variance reduction of an estimator is
+variance(ScoreFunctionELBO) / variance(estimator) (higher is better), per
+parameter and summed per latent. Writes to ``--out``:
 
 - ``variance.png``: per-parameter gradient variance (log scale) at a poor q
-  and at the near-optimal q;
-- ``elbo.png``: the closed-form ELBO of q_t over iterations, with the
-  maximum over the mean-field family;
-- ``results.json``: variances, ratios to ScoreFunctionELBO, final ELBOs.
+  and at the near-optimal q, bars the mean over seeds and dots each seed;
+- ``elbo.png``: the closed-form ELBO of q_t over iterations (mean and band
+  over seeds) of the runs that converge, with the maximum over the mean-field
+  family, and every run's gap to that maximum on a log scale;
+- ``results.json``: variances and reductions (mean ± std over seeds and per
+  seed), final ELBOs, the run's command, machine and wall time.
 
     python -m experiments.rao_blackwell --out results/rao_blackwell
 """
 
 import functools
-import json
 import os
+import time
 
 import numpy as np
 import pyro
@@ -27,7 +32,9 @@ if not __package__:  # run as ``python experiments/rao_blackwell.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
+from experiments._figures import band_note, coinciding, legend_outside, off_scale, plt  # noqa: E402
+from experiments._figures import save_figure, seed_band, zoom_ylim  # noqa: E402
+from experiments._results import finish, fmt, indistinguishable, spread  # noqa: E402
 from guides.rao_blackwell import PARAM_NAMES, RaoBlackwellParams, elbo as closed_form_elbo  # noqa: E402
 from guides.rao_blackwell import mean_field_guide, near_optimal_params, params_from_store  # noqa: E402
 from models.rao_blackwell import generate_data, model  # noqa: E402
@@ -37,89 +44,63 @@ from pyro_vi import (  # noqa: E402
     ScoreFunctionELBO,
     score_function_guide,
 )
-from pyro_vi.diagnostics import gradient_statistics, gradient_variance_table  # noqa: E402
+from pyro_vi.diagnostics import gradient_statistics  # noqa: E402
 from pyro_vi.training import fit  # noqa: E402
 
 REFERENCE = "ScoreFunctionELBO"
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}
+#: Parameter groups of the table: the variances of a latent's parameters, summed.
+GROUPS = {latent: tuple(n for n in PARAM_NAMES if n.startswith("q_{}_".format(latent)))
+          for latent in ("w1", "w2", "v", "z", "y")}
+WHERE = ("poor", "near-optimal")
 
 
 def estimators(num_particles):
-    """The study's :data:`~experiments._cli.Registry`."""
+    """The study's :data:`~experiments._cli.Registry`. RaoBlackwellELBO without
+    control variates computes exactly TraceGraph_ELBO's gradient on this
+    mean-field guide, so those two are drawn with different line styles."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return {
-        REFERENCE: _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
-        "ControlVariateELBO": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
-        "RaoBlackwellELBO (no CV)": _cli.Estimator(lambda: RaoBlackwellELBO(control_variate=False, **kw)),
-        "RaoBlackwellELBO (CV)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw)),
-        "TraceGraph_ELBO": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
+        REFERENCE: _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
+        "ControlVariateELBO (leave-one-out)": _cli.Estimator(
+            lambda: ControlVariateELBO(**kw), style=dict(color="C1")),
+        "RaoBlackwellELBO (no CV)": _cli.Estimator(
+            lambda: RaoBlackwellELBO(control_variate=False, **kw), style=dict(color="C2", lw=3, alpha=0.6)),
+        "RaoBlackwellELBO (leave-one-out CV)": _cli.Estimator(
+            lambda: RaoBlackwellELBO(**kw), style=dict(color="C3")),
+        "TraceGraph_ELBO": _cli.Estimator(
+            lambda: TraceGraph_ELBO(**kw), guide=score_function_guide, style=dict(color="k", ls=(0, (2, 2)), lw=1)),
         "TraceGraph_ELBO + baseline": _cli.Estimator(
-            lambda: TraceGraph_ELBO(**kw), guide=functools.partial(score_function_guide, baseline=BASELINE)
-        ),
+            lambda: TraceGraph_ELBO(**kw), guide=functools.partial(score_function_guide, baseline=BASELINE),
+            style=dict(color="C4")),
     }
 
 
 def variances(elbo, guide, data, num_draws, seed):
+    """Total gradient variance of each variational parameter over ``num_draws`` draws."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     # Only the variational parameters: TraceGraph's baselines keep state params too.
-    return gradient_statistics(elbo, model, guide, data, num_draws=num_draws, params=PARAM_NAMES)
+    stats = gradient_statistics(elbo, model, guide, data, num_draws=num_draws, params=PARAM_NAMES)
+    return {name: s.total_variance for name, s in stats.items()}
 
 
 def current_elbo(data):
     return closed_form_elbo(data, params_from_store()).item()
 
 
-def plot_variance(tables, path):
-    fig, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), 4.8), sharey=True)
-    for ax, (where, stats) in zip(np.atleast_1d(axes), tables.items()):
-        names = list(next(iter(stats.values())))
-        width = 0.8 / len(stats)
-        for i, (estimator, per_param) in enumerate(stats.items()):
-            values = [per_param[n].total_variance for n in names]
-            ax.bar(np.arange(len(names)) + i * width, values, width, label=estimator)
-        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
-        ax.set_xticklabels([n[2:] for n in names], rotation=45, ha="right")
-        ax.set_yscale("log")
-        ax.set_ylabel("gradient variance (summed over elements)")
-        ax.set_title("at the {} q".format(where))
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def plot_elbo(histories, optimum, path):
-    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, result in histories.items():
-        elbo = result.tracked["elbo"]
-        steps = np.arange(1, len(elbo) + 1)
-        ax.plot(steps, elbo, label=name, lw=1.2)
-        gap_ax.plot(steps, np.maximum(optimum - elbo, 1e-6), label=name, lw=1.2)
-    ax.axhline(optimum, color="k", ls="--", lw=1, label="maximum over the mean-field family")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("ELBO of q_t (closed form, nats)")
-    ax.set_title("1.C.2 model: ELBO over iterations")
-    ax.legend(fontsize=8, loc="lower left")
-    gap_ax.set_yscale("log")
-    gap_ax.set_xlabel("iteration")
-    gap_ax.set_ylabel("maximum ELBO - ELBO of q_t (nats)")
-    gap_ax.set_title("Gap to the maximum")
-    save_figure(fig, path)
-
-
-def main(args):
-    data = generate_data(num_data=args.num_data, seed=args.seed)
-    poor = RaoBlackwellParams.poor_init(len(data))
-    best = near_optimal_params(data)
-    optimum = closed_form_elbo(data, best).item()
-    tables, histories, results = {"poor": {}, "near-optimal": {}}, {}, {}
-    for name, estimator in estimators(args.particles).items():
+def run_seed(registry, data, poor, best, args, seed):
+    """One seed: every estimator's variances at both q and its ELBO history."""
+    rows, histories = {}, {}
+    for name, estimator in registry.items():
         elbo, wrap = estimator.make(), estimator.guide
-        for where, params in (("poor", poor), ("near-optimal", best)):
+        row = {}
+        for where, params in zip(WHERE, (poor, best)):
             guide = wrap(functools.partial(mean_field_guide, init=params))
-            tables[where][name] = variances(elbo, guide, data, args.variance_draws, args.seed)
+            row["variance_" + where] = variances(elbo, guide, data, args.variance_draws, seed)
         pyro.clear_param_store()
-        pyro.set_rng_seed(args.seed)
-        histories[name] = fit(
+        pyro.set_rng_seed(seed)
+        result = fit(
             model,
             wrap(functools.partial(mean_field_guide, init=poor)),
             elbo,
@@ -129,39 +110,146 @@ def main(args):
             track={"elbo": lambda: current_elbo(data)},
             progress=False,
         )
-        results[name] = {
-            "final_elbo": float(histories[name].tracked["elbo"][-1]),
-            "seconds_per_step": histories[name].seconds_per_step,
-        }
-    for where, stats in tables.items():
-        print("\nGradient variance at the {} q ({} particles, {} draws)".format(
-            where, args.particles, args.variance_draws))
-        print(gradient_variance_table(stats, REFERENCE))
-        for name, per_param in stats.items():
-            results[name]["variance_" + where] = {
-                n: s.total_variance for n, s in per_param.items()
-            }
-            results[name]["variance_ratio_to_score_function_" + where] = {
-                n: stats[REFERENCE][n].total_variance / s.total_variance
-                for n, s in per_param.items()
-            }
-    print("\nFinal closed-form ELBO after {} steps (maximum {:.3f}):".format(args.steps, optimum))
-    for name, row in results.items():
-        print("  {:<28} {:>10.3f}".format(name, row["final_elbo"]))
-    plot_variance(tables, os.path.join(args.out, "variance.png"))
-    plot_elbo(histories, optimum, os.path.join(args.out, "elbo.png"))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "max_elbo": optimum, "estimators": results}, f, indent=2)
-    return results
+        histories[name] = result.tracked["elbo"]
+        row.update(final_elbo=float(result.tracked["elbo"][-1]), seconds_per_step=result.seconds_per_step)
+        rows[name] = row
+    for where in WHERE:
+        reference = rows[REFERENCE]["variance_" + where]
+        for row in rows.values():
+            variance = row["variance_" + where]
+            # higher is better: how many times lower than the plain score function
+            row["reduction_" + where] = {group: sum(reference[n] for n in names) / sum(variance[n] for n in names)
+                                         for group, names in GROUPS.items()}
+    return rows, histories
+
+
+def summarize(per_seed):
+    """Mean ± std over seeds of the final ELBO and of every variance and reduction."""
+    summary = {}
+    for name in per_seed[0]:
+        rows = [seed_rows[name] for seed_rows in per_seed]
+        entry = {"final_elbo": spread([r["final_elbo"] for r in rows])}
+        for key in ["variance_" + w for w in WHERE] + ["reduction_" + w for w in WHERE]:
+            entry[key] = {k: spread([r[key][k] for r in rows]) for k in rows[0][key]}
+        summary[name] = entry
+    return summary
+
+
+def plot_variance(summary, per_seed, styles, path):
+    """Per-parameter gradient variance (bars: mean over seeds; dots: each seed)."""
+    names = list(PARAM_NAMES)
+    same = coinciding({name: [r[name]["variance_poor"][n] for r in per_seed for n in names] for name in summary})
+    fig, axes = plt.subplots(2, 1, figsize=(12, 9))
+    width = 0.8 / len(summary)
+    for ax, where in zip(axes, WHERE):
+        for i, (estimator, entry) in enumerate(summary.items()):
+            xs = np.arange(len(names)) + i * width
+            label = estimator + ("  (identical to {})".format(same[estimator]) if estimator in same else "")
+            ax.bar(xs, [entry["variance_" + where][n]["mean"] for n in names], width,
+                   color=styles[estimator].get("color"), alpha=0.75, label=label,
+                   hatch="//" if estimator in same else None, edgecolor="k" if estimator in same else None)
+            for seed_rows in per_seed:
+                ax.plot(xs, [seed_rows[estimator]["variance_" + where][n] for n in names], "k.", ms=3)
+        ax.plot([], [], "k.", ms=3, label="one seed")
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+        ax.set_xticklabels([n[2:] for n in names], rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_xlabel("variational parameter")
+        ax.set_ylabel("gradient variance (summed over elements)")
+        ax.set_title("1.C.2 model: gradient variance at the {} q (bars: mean of {} seeds)".format(
+            where, len(per_seed)))
+        legend_outside(ax)
+    save_figure(fig, path)
+
+
+def plot_elbo(histories, styles, optimum, path):
+    """Top: the ELBO of the runs that converge, at a scale where they differ;
+    bottom: every run's gap to the maximum on a log scale (diverging runs too)."""
+    num_seeds = len(next(iter(histories.values())))
+    gaps = {name: optimum - np.mean(h, axis=0) for name, h in histories.items()}
+    far = off_scale({name: g[-1] for name, g in gaps.items()})
+    same = coinciding({name: np.asarray(h) for name, h in histories.items()})
+    fig, (ax, gap_ax) = plt.subplots(2, 1, figsize=(11, 8.5))
+    shown = []
+    for name, h in histories.items():
+        h = np.asarray(h)
+        steps = np.arange(1, h.shape[1] + 1)
+        label = name + ("  (identical to {}: dotted over solid)".format(same[name]) if name in same else "")
+        if name not in far:
+            seed_band(ax, steps, h, label=label, **styles[name])
+            shown.append(h[:, h.shape[1] // 10:])
+        seed_band(gap_ax, steps, np.maximum(optimum - h, 1e-4), label=label, **styles[name])
+    ax.axhline(optimum, color="k", ls="--", lw=1, label="maximum over the mean-field family")
+    zoom_ylim(ax, shown, include=[optimum])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("ELBO of q_t (closed form, nats)")
+    ax.set_title("1.C.2 model: ELBO over iterations ({}){}".format(
+        band_note(num_seeds), "\noff this scale (lower panel): " + ", ".join(far) if far else ""), fontsize=10)
+    legend_outside(ax)
+    gap_ax.set_yscale("log")
+    gap_ax.set_xlabel("iteration")
+    gap_ax.set_ylabel("maximum ELBO - ELBO of q_t (nats)")
+    gap_ax.set_title("Gap to the maximum, every run (log scale)", fontsize=10)
+    legend_outside(gap_ax)
+    save_figure(fig, path)
+
+
+def print_tables(summary, args, optimum):
+    for where in WHERE:
+        print("\nGradient variance at the {} q ({} particles, {} draws), summed per latent; "
+              "reduction = variance(ScoreFunctionELBO) / variance(estimator), higher is better".format(
+                  where, args.particles, args.variance_draws))
+        print("{:<38}".format("estimator") + "".join("{:>22}".format(g) for g in GROUPS))
+        for name, entry in summary.items():
+            print("{:<38}".format(name) + "".join(
+                "{:>22}".format(fmt(entry["reduction_" + where][g], ".3g")) for g in GROUPS))
+    print("\nFinal closed-form ELBO after {} steps (maximum {:.3f}), mean ± std over seeds {}:".format(
+        args.steps, optimum, args.seeds))
+    for name, entry in summary.items():
+        print("  {:<38} {:>20}".format(name, fmt(entry["final_elbo"])))
+
+
+def main(args):
+    start = time.perf_counter()
+    data = generate_data(num_data=args.num_data, seed=args.data_seed)
+    poor = RaoBlackwellParams.poor_init(len(data))
+    best = near_optimal_params(data)
+    optimum = closed_form_elbo(data, best).item()
+    registry = estimators(args.particles)
+    per_seed, histories = [], {name: [] for name in registry}
+    for seed in args.seeds:
+        rows, seed_histories = run_seed(registry, data, poor, best, args, seed)
+        per_seed.append(rows)
+        for name, h in seed_histories.items():
+            histories[name].append(h)
+    summary = summarize(per_seed)
+    close = indistinguishable({name: entry["final_elbo"] for name, entry in summary.items()})
+    print_tables(summary, args, optimum)
+    identical = coinciding({name: np.asarray(h) for name, h in histories.items()})
+    for a, b in identical.items():
+        print("{} gives the same ELBO history as {} (to float32 rounding)".format(a, b))
+    for a, b in close:
+        print("final ELBO: {} and {} differ by less than their seed spread".format(a, b))
+    styles = {name: estimator.style for name, estimator in registry.items()}
+    plot_variance(summary, per_seed, styles, os.path.join(args.out, "variance.png"))
+    plot_elbo(histories, styles, optimum, os.path.join(args.out, "elbo.png"))
+    results = {"args": vars(args), "max_elbo": optimum, "groups": GROUPS, "summary": summary,
+               "within_seed_spread": {"final_elbo": close},
+               "identical": identical,
+               "per_seed": per_seed}
+    return finish("rao_blackwell", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/rao_blackwell")
+    parser = _cli.parser(__doc__, out="results/rao_blackwell", multi_seed=True, default_seeds=(0, 1, 2),
+                         seeds_help="a seed sets the particles and the gradient-variance draws; "
+                                    "the data are fixed by --data-seed")
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=2000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
     parser.add_argument("--variance-draws", type=_cli.integer(minimum=2), default=200,
                         help="gradient draws per variance (at least 2)")
     parser.add_argument("--num-data", type=_cli.positive_int, default=20)
+    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     return _cli.parse(parser, argv)
 
 

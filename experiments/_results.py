@@ -1,0 +1,136 @@
+"""What every study's ``results.json`` shares: numbers over seeds as mean,
+standard deviation and the per-seed values, a rule for "within the seed
+spread", and a record of how and where the study ran (the command, seeds,
+threads, machine and wall time), which the README's tables are rendered from
+(:mod:`experiments.render_readme`)."""
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def spread(values):
+    """``{"mean", "std", "n", "values"}`` of one number over seeds; ``std``
+    is the sample standard deviation (``None`` for one seed). ``None``
+    values (a run that never reached a target) are left out of the mean and
+    counted in ``"missing"``."""
+    values = [None if v is None else float(v) for v in values]
+    present = [v for v in values if v is not None]
+    result = {"mean": float(np.mean(present)) if present else None,
+              "std": float(np.std(present, ddof=1)) if len(present) > 1 else None,
+              "n": len(present), "values": values}
+    if len(present) < len(values):
+        result["missing"] = len(values) - len(present)
+    return result
+
+
+def spreads(rows, keys=None):
+    """Per-seed dicts (one per seed, same keys) -> ``key -> spread``; only
+    the numeric ``keys`` (default: every key whose values are numbers)."""
+    keys = keys or [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {k: spread([row[k] for row in rows]) for k in keys}
+
+
+def within_spread(a, b):
+    """Whether two estimators' means differ by less than the sum of their
+    seed standard deviations (mean +- std intervals overlap): then the runs
+    cannot tell them apart. ``None`` with fewer than two seeds."""
+    if a["std"] is None or b["std"] is None:
+        return None
+    return abs(a["mean"] - b["mean"]) <= a["std"] + b["std"]
+
+
+def indistinguishable(stats):
+    """The pairs ``[a, b]`` of ``stats`` (name -> :func:`spread`, in order)
+    that are :func:`within_spread` of each other."""
+    names = list(stats)
+    return [[a, b] for i, a in enumerate(names) for b in names[i + 1:]
+            if within_spread(stats[a], stats[b])]
+
+
+def fmt(stat, spec=".3f"):
+    """``"mean ± std"`` of a :func:`spread` (just the mean for one seed)."""
+    if stat["mean"] is None:
+        return "never"
+    text = format(stat["mean"], spec)
+    if stat["std"] is not None:
+        text += " ± " + format(stat["std"], spec)
+    if stat.get("missing"):
+        text += " ({} of {} never)".format(stat["missing"], len(stat["values"]))
+    return text
+
+
+def machine():
+    """Where the study ran: CPU model, cores, torch threads, versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "gpu": torch.cuda.is_available(),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def _load_average():
+    """The machine's 1-minute load average at the end of the run (how busy
+    the shared cores were), or None where the OS does not say."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def command(study):
+    """The command line that ran ``study`` (``python -m experiments.STUDY`` and
+    its flags)."""
+    return " ".join(["python -m experiments." + study] + sys.argv[1:])
+
+
+def finish(study, args, results, start):
+    """Adds the run record (command, seeds, machine, wall time since
+    ``start``, a ``time.perf_counter()``, the process's CPU time and the load
+    average) to ``results``, writes it to ``args.out/results.json`` and
+    returns it."""
+    record = {"study": study, "command": command(study), "seeds": list(args.seeds),
+              "wall_seconds": time.perf_counter() - start,
+              # CPU time of the whole process (imports included): on a shared
+              # machine it varies far less between runs than the wall time
+              "cpu_seconds": time.process_time(), "load_average": _load_average(), "machine": machine()}
+    results = dict(run=record, **results)
+    results.setdefault("args", {k: v for k, v in vars(args).items()})
+    if args.out:
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(_clean(results), f, indent=1, allow_nan=False)
+            f.write("\n")
+    print("{}: {} seed(s), {:.0f} s wall, {:.0f} s CPU, {} torch thread(s)".format(
+        study, len(args.seeds), record["wall_seconds"], record["cpu_seconds"], record["machine"]["torch_threads"]))
+    return results
+
+
+def _clean(value):
+    """JSON-safe: numpy scalars and arrays to Python, floats to 10
+    significant digits, NaN and inf to None, keys to strings."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if hasattr(value, "tolist"):  # a torch tensor
+        return _clean(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)  # 10 significant digits: exact enough, half the bytes
+        return float(format(value, ".10g")) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
