@@ -152,6 +152,13 @@ def spread_sentence(pairs, what):
 # the blocks
 
 
+@block("compatibility")
+def compatibility(results):
+    from experiments.compatibility import render as render_compatibility
+
+    return render_compatibility(results["records"])
+
+
 @block("bbvi_normal_gamma")
 def bbvi_normal_gamma(results):
     ref, summary = results["references"], results["summary"]
