@@ -23,7 +23,6 @@ problem's data and networks built).
     python -m experiments.benchmark_scaling --out results/benchmark_scaling
 """
 
-import json
 import os
 import resource
 import statistics
@@ -42,7 +41,7 @@ from pyro.optim import Adam
 if not __package__:  # run as ``python experiments/benchmark_scaling.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
+from experiments import _cli, _results  # noqa: E402
 from experiments._figures import plt, save_figure  # noqa: E402
 from guides import normal_gamma  # noqa: E402
 from guides.vae import Encoder, guide as vae_guide  # noqa: E402
@@ -83,7 +82,9 @@ BATCH = 100
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/benchmark_scaling")
+    parser = _cli.parser(__doc__, out="results/benchmark_scaling", multi_seed=True, default_seeds=(0,),
+                         seeds_help="one by default: a step's cost does not depend on the seed; several "
+                                    "seeds pool their rounds")
     parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
     parser.add_argument("--sizes", type=_cli.positive_int, nargs="+", default=None,
                         help="sizes of every chosen sweep (default: each sweep's own)")
@@ -156,10 +157,10 @@ def problem(sweep, size):
     return local_problem(size, subsample=sweep == "subsample")
 
 
-def svi(sweep, size, estimator):
+def svi(sweep, size, estimator, seed=0):
     """A fresh SVI of ``estimator`` on the problem."""
     pyro.clear_param_store()
-    pyro.set_rng_seed(0)
+    pyro.set_rng_seed(seed)
     model, guide, args, options = problem(sweep, size)
     make = ESTIMATORS[estimator][0]
     inference = SVI(model, guide, Adam({"lr": 1e-3}), make(vectorize_particles=True, max_plate_nesting=1, **options))
@@ -169,18 +170,23 @@ def svi(sweep, size, estimator):
 # ---------------------------------------------------------------- measuring
 
 
-def time_size(sweep, size, estimators, rounds, steps):
+def time_size(sweep, size, estimators, rounds, steps, seeds=(0,)):
     """Median milliseconds per step of each estimator, round-robin."""
     times = {name: [] for name in estimators}
-    for _ in range(rounds):
-        for name in estimators:
-            inference, args = svi(sweep, size, name)  # built right before it is timed
-            inference.step(*args)  # creates the parameters
-            start = time.perf_counter()
-            for _ in range(steps):
-                inference.step(*args)
-            times[name].append(1000 * (time.perf_counter() - start) / steps)
+    for seed in seeds:
+        for _ in range(rounds):
+            for name in estimators:
+                _time_one(times, sweep, size, name, steps, seed)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _time_one(times, sweep, size, name, steps, seed):
+    inference, args = svi(sweep, size, name, seed)  # built right before it is timed
+    inference.step(*args)  # creates the parameters
+    start = time.perf_counter()
+    for _ in range(steps):
+        inference.step(*args)
+    times[name].append(1000 * (time.perf_counter() - start) / steps)
 
 
 def _resident_mb():
@@ -247,6 +253,7 @@ def main(args):
         sweep, size, estimator = args.measure
         print(measure_memory(sweep, int(size), estimator))
         return
+    start = time.perf_counter()
     results = {"threads": args.threads, "steps": args.steps, "rounds": args.rounds, "memory": not args.no_memory,
                "machine": "{} CPU cores".format(os.cpu_count()), "sweeps": {}}
     for sweep in args.sweeps:
@@ -255,7 +262,7 @@ def main(args):
         x = [encoder_parameters(s) for s in sizes] if sweep == "encoder" else sizes
         data = {"size_name": size_name, "sizes": sizes, "x": x, "ms_per_step": {}, "peak_mb": {}}
         for size in sizes:
-            times = time_size(sweep, size, args.estimators, args.rounds, args.steps)
+            times = time_size(sweep, size, args.estimators, args.rounds, args.steps, args.seeds)
             memory = {} if args.no_memory else memory_size(sweep, size, args.estimators, args.threads)
             for name in args.estimators:
                 data["ms_per_step"].setdefault(name, []).append(times[name])
@@ -268,8 +275,7 @@ def main(args):
             for reference in [ESTIMATORS[name][1]] if reference in data["ms_per_step"]
         }
         results["sweeps"][sweep] = data
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    results = _results.finish("benchmark_scaling", args, results, start)
     plot(results, os.path.join(args.out, "scaling.png"))
     for sweep, data in results["sweeps"].items():
         print("\n{} ({}: {})".format(sweep, data["size_name"], data["x"]))

@@ -9,13 +9,12 @@ A cell reads "yes" when every pair of that kind works, "no" when every one
 is refused (the footnote says why), and "k of n" otherwise.
 """
 
-import json
-import os
+import time
 
 if not __package__:  # run as ``python experiments/compatibility.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
+from experiments import _cli, _results  # noqa: E402
 from tests.catalogue import CATALOGUE, ESTIMATORS, REFUSALS, outcome, refusal_tag  # noqa: E402
 
 KINDS = {
@@ -31,7 +30,8 @@ KINDS = {
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/compatibility")
+    parser = _cli.parser(__doc__, out="results/compatibility", multi_seed=True, default_seeds=(0,),
+                         seeds_help="not used: every outcome is computed with fixed seeds")
     parser.add_argument(
         "--pairs", nargs="+", choices=sorted(CATALOGUE), default=sorted(CATALOGUE),
         help="catalogue pairs to run (default: all)",
@@ -95,9 +95,10 @@ def _cell(group, notes):
 
 
 def main(args):
+    start = time.perf_counter()
     records = run(args.pairs)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records}, f, indent=1)
+    _results.finish("compatibility", args,
+                    {"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records}, start)
     print(render(records))
 
 
