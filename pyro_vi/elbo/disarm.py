@@ -60,8 +60,6 @@ class DisARMELBO(ParticleELBO):
 
     def __init__(self, num_particles=1, **kwargs):
         super().__init__(num_particles=num_particles, **kwargs)
-        self.num_pairs = self.num_particles
-        self.num_particles = 2 * self.num_pairs
 
     def check(self, terms):
         check_antithetic(terms, type(self).__name__)

@@ -124,9 +124,6 @@ class ImportanceWeightedELBO(ParticleELBO):
         self.min_particles = 2 if gradient == "vimco" else 1
         self.antithetic = gradient == "disarm"
         super().__init__(num_particles=num_particles, **kwargs)
-        if self.antithetic:
-            self.num_pairs = self.num_particles
-            self.num_particles = 2 * self.num_pairs
 
     def check(self, terms):
         name = type(self).__name__

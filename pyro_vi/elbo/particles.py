@@ -489,7 +489,10 @@ class ParticleELBO(ELBO):
     A subclass states how many particles it needs (``min_particles``),
     whether guide sites that can ``rsample`` keep their pathwise derivative
     (``reparameterize``; if not, every random guide site gets a score),
-    and implements
+    whether random Bernoulli guide sites are drawn in antithetic pairs
+    (``antithetic``; then ``num_particles`` counts pairs, and the
+    ``num_particles`` attribute holds the :math:`2\\times` as many particles
+    drawn), and implements
 
     - :meth:`check`, which refuses what the estimator cannot handle: every
       entry point (``loss``, ``loss_and_grads``, ``differentiable_loss``)
@@ -539,6 +542,9 @@ class ParticleELBO(ELBO):
         vectorize_particles = _validation.boolean(
             "{}: vectorize_particles".format(name), vectorize_particles
         )
+        if self.antithetic:  # num_particles counts antithetic pairs
+            self.num_pairs = num_particles
+            num_particles = 2 * num_particles
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,

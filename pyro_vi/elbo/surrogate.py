@@ -136,7 +136,14 @@ def controlled_gradient(h, coefficient, signal=None, f=None):
     ``"leave_one_out"`` gives particle :math:`s` the :math:`a^{(-s)}_d`
     estimated without it, independent of :math:`z_s`, so that
     :math:`E[a^{(-s)} h_s] = 0` and the estimator is unbiased; a number fixes
-    :math:`a`. Where the variance of :math:`h_d` is 0 the coefficient is 0.
+    :math:`a`. Where the (other) particles' :math:`h_d` are all equal, up to
+    the rounding error of the sums (:math:`64\\,\\epsilon` times their sum of
+    squares), the slope is undefined: the leave-one-out coefficient is then
+    the regression through the origin, :math:`\\bar f_d / \\bar h_d` of the
+    other particles (their mean signal, for :math:`f = hL`; 0 where
+    :math:`\\bar h_d` is 0), still independent of :math:`z_s`; the pooled one
+    is 0. (Before, a variance left at :math:`10^{-7}` by cancellation gave an
+    arbitrary coefficient, and a zero variance no baseline at all.)
 
     Everything comes from per-parameter sums over the particles, taken a
     chunk of particles at a time, so that besides ``h`` and ``f`` no
@@ -165,22 +172,41 @@ def controlled_gradient(h, coefficient, signal=None, f=None):
     h_mean, f_mean = h.sum(0) / num_particles, f_sum / num_particles
     cov = _particle_sum(lambda s: (f_of(s) - f_mean) * (h[s] - h_mean), h)
     var = _particle_sum(lambda s: (h[s] - h_mean).square(), h)
+    tolerance = 64 * torch.finfo(h.dtype).eps
     if coefficient == "pooled":
-        return f_mean - _ratio(cov, var) * h_mean
+        square_sum = _particle_sum(lambda s: h[s].square(), h)
+        return f_mean - _ratio(cov, var, tolerance * square_sum) * h_mean
     # Without particle s, the other centred values sum to -hc[s] and -fc[s].
     scale = 1 + 1 / (num_particles - 1)
+    h_sum, square_sum = h.sum(0), _particle_sum(lambda s: h[s].square(), h)
 
     def a_times_h(s):
         hc = h[s] - h_mean
         fc = f_of(s) - f_mean
-        return _ratio(cov - fc * hc * scale, var - hc * hc * scale) * h[s]
+        others = num_particles - 1
+        # The others' sums: cancellation in var - hc^2 leaves an error of
+        # about eps * sum of their squares; below it their variance is 0.
+        others_square_sum = (square_sum - h[s].square()).clamp(min=0)
+        others_h_mean = (h_sum - h[s]) / others
+        others_f_mean = (f_sum - f_of(s)) / others
+        regression = _ratio(cov - fc * hc * scale, var - hc * hc * scale, tolerance * others_square_sum)
+        # Degenerate: the others' scores are all equal. Then the coefficient
+        # is the regression through the origin, f / h (the others' mean
+        # signal for f = h L), or 0 (in the signal's own units) when h is 0.
+        through_origin = _ratio(others_f_mean, others_h_mean, (tolerance * others_square_sum / others).sqrt(),
+                                absolute=True, otherwise=-shift)
+        degenerate = (var - hc * hc * scale) <= tolerance * others_square_sum
+        return torch.where(degenerate, through_origin, regression) * h[s]
 
     return f_mean - _particle_sum(a_times_h, h) / num_particles
 
 
-def _ratio(numerator, denominator):
-    positive = denominator > 0
-    return torch.where(positive, numerator / torch.where(positive, denominator, 1.0), 0.0)
+def _ratio(numerator, denominator, threshold=0.0, absolute=False, otherwise=0.0):
+    """``numerator / denominator`` where ``denominator`` (or its absolute
+    value) exceeds ``threshold``, else ``otherwise``."""
+    size = denominator.abs() if absolute else denominator
+    large = size > threshold
+    return torch.where(large, numerator / torch.where(large, denominator, 1.0), otherwise)
 
 
 _CHUNK_ELEMENTS = 1 << 22
