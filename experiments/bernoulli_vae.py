@@ -363,6 +363,7 @@ def plot_time(summary, path):
 
 
 def write_outputs(records, args, study_info, styles, verbose=True):
+    """Writes results.json and, with ``verbose``, the figures and the table."""
     summary = aggregate(records)
     budget = ("{} steps per single-sample run and {} per multi-sample run, batch {}, chosen to fit the CPU "
               "budget (one thread); published runs train for orders of magnitude more steps, so these are "
@@ -371,6 +372,8 @@ def write_outputs(records, args, study_info, styles, verbose=True):
                "summary": summary}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
+    if not verbose:
+        return results
     single = {kind: rows for kind, rows in summary.get("single", {}).items()}
     if single:
         plot_group(single, styles, os.path.join(args.out, "single_sample.png"),
@@ -391,8 +394,6 @@ def write_outputs(records, args, study_info, styles, verbose=True):
                    "Bernoulli VAE, multi-sample bound: VIMCO and local DisARM (mean and min-max over seeds)",
                    "training bound L_K")
     plot_time(summary, os.path.join(args.out, "time_per_step.png"))
-    if not verbose:
-        return results
     print(budget)
     print("{:<14} {:<10} {:<44} {:>10} {:>12} {:>12} {:>9}".format(
         "group", "model", "estimator", "train obj", "test L_100", "grad var", "ms/step"))
@@ -433,7 +434,7 @@ def main(args):
         print("[{}/{}] {} {} {} seed {}: train {:.2f}, test L_100 {:.2f}, {:.1f} ms/step".format(
             i + 1, len(runs), group, kind, label, seed, record["train_objective"][-1], record["test_bound"][-1],
             1e3 * record["seconds_per_step"]), flush=True)
-        write_outputs(records, args, study["info"], styles, verbose=False)  # partial results after every run
+        write_outputs(records, args, study["info"], styles, verbose=False)  # results.json after every run
     return write_outputs(records, args, study["info"], styles)
 
 

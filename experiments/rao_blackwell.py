@@ -2,7 +2,9 @@
 ELBO curves of the score-function family, against Pyro's TraceGraph_ELBO.
 
 Estimators: ScoreFunctionELBO, ControlVariateELBO, RaoBlackwellELBO without
-and with control variates, and Pyro's TraceGraph_ELBO in score-function mode
+and with control variates and with the pathwise option (here every site can
+rsample, so it is sticking the landing), ReinforceLeaveOneOutELBO, and Pyro's
+TraceGraph_ELBO in score-function mode
 without and with its decaying-average baseline. Writes to ``--out``:
 
 - ``variance.png``: per-parameter gradient variance (log scale) at a poor q
@@ -34,6 +36,7 @@ from models.rao_blackwell import generate_data, model  # noqa: E402
 from pyro_vi import (  # noqa: E402
     ControlVariateELBO,
     RaoBlackwellELBO,
+    ReinforceLeaveOneOutELBO,
     ScoreFunctionELBO,
     score_function_guide,
 )
@@ -52,6 +55,8 @@ def estimators(num_particles):
         "ControlVariateELBO": _cli.Estimator(lambda: ControlVariateELBO(**kw)),
         "RaoBlackwellELBO (no CV)": _cli.Estimator(lambda: RaoBlackwellELBO(control_variate=False, **kw)),
         "RaoBlackwellELBO (CV)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw)),
+        "RaoBlackwellELBO (pathwise)": _cli.Estimator(lambda: RaoBlackwellELBO(pathwise=True, **kw)),
+        "ReinforceLeaveOneOutELBO": _cli.Estimator(lambda: ReinforceLeaveOneOutELBO(**kw)),
         "TraceGraph_ELBO": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
         "TraceGraph_ELBO + baseline": _cli.Estimator(
             lambda: TraceGraph_ELBO(**kw), guide=functools.partial(score_function_guide, baseline=BASELINE)

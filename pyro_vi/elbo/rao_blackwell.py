@@ -47,11 +47,14 @@ class RaoBlackwellELBO(ParticleELBO):
     (a continuous sample drawn given a discrete one), read from the program
     as before; the score of a discrete site drawn given a continuous sample
     is differentiated through that sample's path too. This is what Pyro's
-    ``TraceGraph_ELBO`` does with its baselines. It is not the default:
-    measured on the course models (see the README), it is far better on the
-    continuous sites of the mixtures, but with control variates the score
-    function is better for some continuous sites near the optimum of a
-    conjugate model (Normal-NormalGamma), so neither is never worse.
+    ``TraceGraph_ELBO`` does with its baselines. It is not the default,
+    because it is not never worse: measured with 10 particles, its gradient
+    variance is lower on every continuous parameter of the course models
+    (Normal-NormalGamma at the start and at the CAVI optimum, 1.C.2, the GMM
+    components: 3.6 to 660 times) and on 49 of the 52 catalogue pairs, but
+    where the path derivative is sparse (``x ~ N(clamp(100 z, 0, 1), 1)``,
+    Pyro's own ``has_rsample`` test) it is 1,200 times the score function's,
+    and 3 times for a Gamma latent's concentration on nested plates.
 
     :param bool control_variate: ``True`` for Algorithm 2, ``False`` for plain
         Rao-Blackwellization (unbiased; then no ``coefficient`` is taken).
