@@ -348,7 +348,10 @@ def plot_group(summary, styles, path, title, objective_label):
 
 def plot_time(summary, path):
     rows = [(group, kind, label, s["ms_per_step"]) for group, models in summary.items()
-            for kind, estimators in models.items() for label, s in estimators.items()]
+            for kind, estimators in models.items() for label, s in estimators.items()
+            if not math.isnan(s["ms_per_step"])]
+    if not rows:
+        return
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.5))
     names = ["{} | {} | {}".format(g, k, lab) for g, k, lab, _ in rows]
     ax.barh(np.arange(len(rows)), [r[3] for r in rows], color=["tab:blue" if r[1] == "linear" else "tab:orange"
@@ -418,13 +421,15 @@ def main(args):
     for i, (group, kind, label, estimator, k, seed) in enumerate(runs):
         path = run_path(args.out, group, kind, label, seed)
         settings = run_settings(args, k)
-        if args.resume and os.path.exists(path):
+        if (args.resume or args.plot_only) and os.path.exists(path):
             with open(path) as f:
                 saved = json.load(f)
             if saved.get("settings", settings) == settings and saved["steps"] == settings["steps"]:
                 records.append(saved)
                 continue
             print("  {} was run with other settings: running it again".format(path))
+        if args.plot_only:
+            continue
         record = dict(run_one(kind, label, estimator, k, seed, study, args), group=group, settings=settings)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -470,6 +475,8 @@ def parse_args(argv=None):
     parser.add_argument("--variance-draws", type=_cli.nonnegative_int, default=10,
                         help="gradient draws per variance (0: none; else >= 2)")
     parser.add_argument("--resume", action="store_true", help="skip the runs already saved under OUT/runs")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="only the figures and results.json of the runs saved under OUT/runs (none is run)")
     return _cli.parse(parser, argv, check=check_arguments)
 
 

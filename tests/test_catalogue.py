@@ -147,7 +147,7 @@ UNBIASED = {
               "StickingTheLandingELBO"],
     "subsample_global": ["ControlVariateELBO", "RaoBlackwellELBO", "StickingTheLandingELBO"],
     "auto_iaf_normal": ["ScoreFunctionELBO", "ControlVariateELBO", "StickingTheLandingELBO"],
-    "auto_diagonal_normal": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)"],
+    "auto_diagonal_normal": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "ImportanceWeightedELBO(disarm)"],
     "delta_after_random": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
     "structured": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "RaoBlackwellELBO(pathwise)"],
     "factor_in_guide_score": ["ScoreFunctionELBO", "RaoBlackwellELBO"],
@@ -156,7 +156,7 @@ UNBIASED = {
         "RaoBlackwellELBO", "RaoBlackwellELBO(pathwise)", "ControlVariateELBO(pathwise)",
         "ReinforceLeaveOneOutELBO", "DisARMELBO",
     ],
-    "amortized": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
+    "amortized": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)", "ImportanceWeightedELBO(vimco)"],
 }
 GRADIENT_CASES = [(pair, estimator) for pair, estimators in UNBIASED.items() for estimator in estimators]
 # Draws where 60 leave too little power: the plain score function, and the
