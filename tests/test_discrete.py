@@ -257,8 +257,9 @@ def gmm_setup(num_data=100, seed=0):
 def test_pathwise_variance_on_the_gmm_continuous_sites_is_below_the_score_function():
     """RaoBlackwellELBO's continuous GMM parameters (component means,
     precisions): the pathwise option's gradient variance is far below the
-    Rao-Blackwellized, controlled score function's (measured: about 1/300
-    at the initial q)."""
+    Rao-Blackwellized, controlled score function's (measured at the initial
+    q, N = 100, 10 particles: 112 times lower in total, 32 to 144 times per
+    parameter; with N = 300, 70 to 660 times)."""
     gmm_model, gmm_guide, args = gmm_setup()
     names = ["q_mu_loc", "q_mu_precision", "q_tau_concentration", "q_tau_rate"]
     totals = []
