@@ -190,7 +190,8 @@ def main(args):
     tg = "TraceGraph_ELBO + baseline"
     config = bernoulli_vae.BernoulliVAEConfig(kind="linear")
     decoder, encoder = bernoulli_vae.Decoder(config), bernoulli_vae_guides.Encoder(config)
-    images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=torch.Generator().manual_seed(args.seed))
+    generator = torch.Generator().manual_seed(args.seed)
+    images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=generator)
     discrete_results = benchmark(
         discrete_estimators(args.evaluations),
         functools.partial(bernoulli_vae.model, decoder=decoder),
@@ -236,7 +237,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per timing")
     parser.add_argument("--rounds", type=_cli.positive_int, default=5)
     parser.add_argument("--evaluations", type=_cli.integer(minimum=4), default=10,
-                        help="model evaluations per image of the discrete estimators (even; DisARM: half as many pairs)")
+                        help="model evaluations per image of the discrete estimators (DisARM: half as many pairs)")
     parser.add_argument("--batch-size", type=_cli.positive_int, default=50, help="Bernoulli VAE batch")
     return _cli.parse(parser, argv)
 
