@@ -6,8 +6,9 @@ import operator
 import arviz as az
 import numpy as np
 import pyro
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 from pyro.optim import ClippedAdam
+from pyro.poutine.messenger import Messenger
 
 from experiments import _cli
 from matplotlib.ticker import MaxNLocator
@@ -15,23 +16,47 @@ from matplotlib.ticker import MaxNLocator
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
 from experiments._results import finish, fmt, indistinguishable, spreads
 from models.gmm import check_weights
-from pyro_vi import RaoBlackwellELBO
+from pyro_vi import RaoBlackwellELBO, ReinforceLeaveOneOutELBO
 from pyro_vi.inference_data import to_inference_data
 from pyro_vi.training import fit
 
 
+BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}
+
+
+class DiscreteSiteBaselines(Messenger):
+    """Gives the guide sites that cannot ``rsample`` Pyro's decaying-average
+    baseline: TraceGraph_ELBO then differentiates the continuous sites
+    through their paths and the discrete ones by the score with a baseline."""
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and not msg["fn"].has_rsample:
+            msg["infer"] = dict(msg["infer"], baseline=dict(BASELINE))
+
+
 def svi_estimators(particles):
     """The :data:`~experiments._cli.Registry` of the SVI runs: Pyro's exact
-    enumeration of the assignments against our Rao-Blackwellized score
-    function with the assignments sampled. Each picks its guide from the
-    study's ``{"global": ..., "mean_field": ...}``."""
+    enumeration of the assignments against the assignments sampled, by our
+    Rao-Blackwellized score function (everywhere, or only for z with the
+    pathwise option), REINFORCE leave-one-out with the pathwise option, and
+    Pyro's TraceGraph_ELBO (pathwise for the components, decaying-average
+    baseline for z). Each picks its guide from the study's
+    ``{"global": ..., "mean_field": ...}``."""
+    kw = dict(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+    mean_field = operator.itemgetter("mean_field")
     return {
         "TraceEnum_ELBO (z enumerated)": _cli.Estimator(
             lambda: TraceEnum_ELBO(max_plate_nesting=1), guide=operator.itemgetter("global")
         ),
-        "RaoBlackwellELBO (z sampled)": _cli.Estimator(
-            lambda: RaoBlackwellELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1),
-            guide=operator.itemgetter("mean_field"),
+        "RaoBlackwellELBO (z sampled)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw), guide=mean_field),
+        "RaoBlackwellELBO, pathwise (z sampled)": _cli.Estimator(
+            lambda: RaoBlackwellELBO(pathwise=True, **kw), guide=mean_field
+        ),
+        "ReinforceLeaveOneOutELBO, pathwise (z sampled)": _cli.Estimator(
+            lambda: ReinforceLeaveOneOutELBO(pathwise=True, **kw), guide=mean_field
+        ),
+        "TraceGraph_ELBO + baseline (z sampled)": _cli.Estimator(
+            lambda: TraceGraph_ELBO(**kw), guide=lambda guides: DiscreteSiteBaselines()(guides["mean_field"])
         ),
     }
 

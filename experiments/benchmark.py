@@ -1,5 +1,7 @@
 """Time per SVI step of each estimator, as a ratio to Pyro's Trace_ELBO (and,
-on the 1.C.2 model, of RaoBlackwellELBO to Pyro's TraceGraph_ELBO).
+on the 1.C.2 model, of RaoBlackwellELBO to Pyro's TraceGraph_ELBO; for the
+discrete-latent estimators, to TraceGraph_ELBO and RenyiELBO at the same number
+of model evaluations, on the Bernoulli VAE and on the GMM).
 
 All estimators are timed side by side in one run, round-robin, so that the
 ratios share the machine's noise; the median over rounds is reported, with the
@@ -14,6 +16,7 @@ import time
 
 import numpy as np
 import pyro
+import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
 
@@ -25,7 +28,18 @@ from experiments._results import finish  # noqa: E402
 from guides import normal_gamma, rao_blackwell  # noqa: E402
 from models.normal_gamma import COURSE_PRIOR, generate_data, model  # noqa: E402
 from models import rao_blackwell as rao_blackwell_model  # noqa: E402
-from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide  # noqa: E402
+from experiments._mixtures import DiscreteSiteBaselines  # noqa: E402
+from guides import bernoulli_vae as bernoulli_vae_guides, gmm as gmm_guides  # noqa: E402
+from models import bernoulli_vae, gmm  # noqa: E402
+from pyro_vi import (  # noqa: E402
+    ControlVariateELBO,
+    DisARMELBO,
+    ImportanceWeightedELBO,
+    RaoBlackwellELBO,
+    ReinforceLeaveOneOutELBO,
+    ScoreFunctionELBO,
+    score_function_guide,
+)
 
 
 def normal_gamma_estimators(num_particles):
@@ -56,6 +70,47 @@ def rao_blackwell_estimators(num_particles):
         ),
         "RaoBlackwellELBO (no CV)": _cli.Estimator(lambda: RaoBlackwellELBO(control_variate=False, **kw)),
         "RaoBlackwellELBO (CV)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw)),
+    }
+
+
+def discrete_estimators(evaluations):
+    """The discrete-latent estimators at ``evaluations`` model evaluations per
+    step (DisARM: half as many pairs), against Pyro's TraceGraph_ELBO (score
+    function with its decaying-average baseline) and RenyiELBO(alpha=0),
+    which times the same work but gives a discrete guide no gradient."""
+    kw = dict(vectorize_particles=True, max_plate_nesting=1)
+    pairs = evaluations // 2
+    baseline = {"use_decaying_avg_baseline": True}
+    return {
+        "TraceGraph_ELBO + baseline": _cli.Estimator(
+            lambda: TraceGraph_ELBO(num_particles=evaluations, **kw),
+            guide=functools.partial(score_function_guide, baseline=baseline)),
+        "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, num_particles=evaluations, **kw)),
+        "RaoBlackwellELBO": _cli.Estimator(lambda: RaoBlackwellELBO(num_particles=evaluations, **kw)),
+        "ReinforceLeaveOneOutELBO": _cli.Estimator(
+            lambda: ReinforceLeaveOneOutELBO(num_particles=evaluations, **kw)),
+        "DisARMELBO ({} pairs)".format(pairs): _cli.Estimator(lambda: DisARMELBO(num_particles=pairs, **kw)),
+        "ImportanceWeightedELBO vimco": _cli.Estimator(
+            lambda: ImportanceWeightedELBO(evaluations, gradient="vimco", **kw)),
+        "ImportanceWeightedELBO disarm ({} pairs)".format(pairs): _cli.Estimator(
+            lambda: ImportanceWeightedELBO(pairs, gradient="disarm", **kw)),
+    }
+
+
+def pathwise_estimators(num_particles):
+    """The pathwise option on the GMM (continuous components, sampled z),
+    against TraceGraph_ELBO with the same split (pathwise components,
+    decaying-average baseline on z) and RenyiELBO(alpha=0)."""
+    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    return {
+        "TraceGraph_ELBO + baseline": _cli.Estimator(
+            lambda: TraceGraph_ELBO(**kw), guide=lambda guide: DiscreteSiteBaselines()(guide)),
+        "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
+        "RaoBlackwellELBO": _cli.Estimator(lambda: RaoBlackwellELBO(**kw)),
+        "RaoBlackwellELBO pathwise": _cli.Estimator(lambda: RaoBlackwellELBO(pathwise=True, **kw)),
+        "ControlVariateELBO pathwise": _cli.Estimator(lambda: ControlVariateELBO(pathwise=True, **kw)),
+        "ReinforceLeaveOneOutELBO pathwise": _cli.Estimator(
+            lambda: ReinforceLeaveOneOutELBO(pathwise=True, **kw)),
     }
 
 
@@ -100,12 +155,26 @@ def summarize(rounds, baseline):
     return {"baseline": baseline, "estimators": table, "overlapping": overlapping, "like_baseline": like_baseline}
 
 
+def add_ratio(result, reference):
+    """Adds each estimator's median per-round ratio to ``reference`` too
+    (``ratio_<reference>``)."""
+    rounds = result["estimators"][reference]["ms_per_step_rounds"]
+    for row in result["estimators"].values():
+        row["ratio_" + reference] = float(np.median([t / r for t, r in zip(row["ms_per_step_rounds"], rounds)]))
+    result["also"] = reference
+
+
 def format_table(result, title):
     baseline = result["baseline"]
     lines = [title, "{:<36} {:>10} {:>16} {:>18}".format("estimator", "ms/step", "x " + baseline, "rounds' range")]
+    also = result.get("also")
+    if also:
+        lines[1] += " {:>10}".format("x " + also.split("(")[0])
     for name, row in result["estimators"].items():
         lines.append("{:<36} {:>10.3f} {:>16.2f} {:>18}".format(
             name, row["ms_per_step"], row["ratio"], "{:.2f}-{:.2f}".format(row["ratio_low"], row["ratio_high"])))
+        if also:
+            lines[-1] += " {:>10.2f}".format(row["ratio_" + also])
     if result["like_baseline"]:
         lines.append("within the rounds' spread of {}: {}".format(baseline, ", ".join(result["like_baseline"])))
     return "\n".join(lines)
@@ -119,8 +188,10 @@ def pooled(per_seed):
 
 def main(args):
     start = time.perf_counter()
-    normal_gamma_rounds, rb_rounds = [], []
+    normal_gamma_rounds, rb_rounds, discrete_rounds, gmm_rounds = [], [], [], []
     rb_baseline = "TraceGraph_ELBO (score function)"
+    tg = "TraceGraph_ELBO + baseline"
+    config = bernoulli_vae.BernoulliVAEConfig(kind="linear")
     for seed in args.seeds:
         pyro.set_rng_seed(seed)
         data = generate_data(seed=seed)
@@ -130,16 +201,36 @@ def main(args):
         rb_rounds.append(benchmark(
             rao_blackwell_estimators(args.particles), rao_blackwell_model.model, rao_blackwell.mean_field_guide,
             (rao_blackwell_model.generate_data(seed=seed),), args.steps, args.rounds, baseline=rb_baseline))
+        decoder, encoder = bernoulli_vae.Decoder(config), bernoulli_vae_guides.Encoder(config)
+        images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=torch.Generator().manual_seed(seed))
+        discrete_rounds.append(benchmark(
+            discrete_estimators(args.evaluations), functools.partial(bernoulli_vae.model, decoder=decoder),
+            functools.partial(bernoulli_vae_guides.guide, encoder=encoder), (images,), args.steps, args.rounds,
+            baseline=tg))
+        pi = torch.tensor([0.3, 0.4, 0.3])
+        gmm_data = gmm.generate_data(300, pi, [-4.0, 0.0, 4.0], [1.0, 4.0, 0.5], seed=seed)[0].float()
+        gmm_rounds.append(benchmark(
+            pathwise_estimators(args.particles), gmm.model, gmm_guides.mean_field_guide, (gmm_data, pi),
+            args.steps, args.rounds, baseline=tg))
     results = summarize(pooled(normal_gamma_rounds), "Trace_ELBO")
     rb_results = summarize(pooled(rb_rounds), rb_baseline)
+    discrete_results = summarize(pooled(discrete_rounds), tg)
+    gmm_results = summarize(pooled(gmm_rounds), tg)
+    for result in (discrete_results, gmm_results):
+        add_ratio(result, "RenyiELBO(alpha=0)")
     rounds = args.rounds * len(args.seeds)
     print(format_table(results, "Normal-NormalGamma, {} vectorized particles, median of {} rounds of {} steps".format(
         args.particles, rounds, args.steps)))
     print()
     print(format_table(rb_results, "1.C.2 model (N = 20), {} vectorized particles, median of {} rounds".format(
         args.particles, rounds)))
-    return finish("benchmark", args, {"args": vars(args), "normal_gamma": results, "rao_blackwell": rb_results},
-                  start)
+    print()
+    print(format_table(discrete_results, "Bernoulli VAE (linear, 200 latents, batch {}), {} model evaluations per "
+                       "image".format(args.batch_size, args.evaluations)))
+    print()
+    print(format_table(gmm_results, "GMM (N = 300, K = 3), {} vectorized particles".format(args.particles)))
+    return finish("benchmark", args, {"args": vars(args), "normal_gamma": results, "rao_blackwell": rb_results,
+                                      "discrete": discrete_results, "gmm_pathwise": gmm_results}, start)
 
 
 def parse_args(argv=None):
@@ -150,6 +241,9 @@ def parse_args(argv=None):
     parser.add_argument("--particles", type=_cli.integer(minimum=3), default=10)
     parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per timing")
     parser.add_argument("--rounds", type=_cli.positive_int, default=5)
+    parser.add_argument("--evaluations", type=_cli.integer(minimum=4), default=10,
+                        help="model evaluations per image of the discrete estimators (DisARM: half as many pairs)")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=50, help="Bernoulli VAE batch")
     return _cli.parse(parser, argv)
 
 

@@ -2,11 +2,12 @@
 ELBO curves of the score-function family, against Pyro's TraceGraph_ELBO.
 
 Estimators: ScoreFunctionELBO, ControlVariateELBO, RaoBlackwellELBO without
-and with control variates, and Pyro's TraceGraph_ELBO in score-function mode
-without and with its decaying-average baseline, each over ``--seeds`` (the
-data fixed). The variance reduction of an estimator is
-variance(ScoreFunctionELBO) / variance(estimator) (higher is better), per
-parameter and summed per latent. Writes to ``--out``:
+and with control variates and with the pathwise option (here every site can
+rsample, so it is sticking the landing), ReinforceLeaveOneOutELBO, and Pyro's
+TraceGraph_ELBO in score-function mode without and with its decaying-average
+baseline, each over ``--seeds`` (the data fixed). The variance reduction of
+an estimator is variance(ScoreFunctionELBO) / variance(estimator) (higher is
+better), per parameter and summed per latent. Writes to ``--out``:
 
 - ``variance.png``: per-parameter gradient variance (log scale) at a poor q
   and at the near-optimal q, bars the mean over seeds and dots each seed;
@@ -41,6 +42,7 @@ from models.rao_blackwell import generate_data, model  # noqa: E402
 from pyro_vi import (  # noqa: E402
     ControlVariateELBO,
     RaoBlackwellELBO,
+    ReinforceLeaveOneOutELBO,
     ScoreFunctionELBO,
     score_function_guide,
 )
@@ -68,6 +70,10 @@ def estimators(num_particles):
             lambda: RaoBlackwellELBO(control_variate=False, **kw), style=dict(color="C2", lw=3, alpha=0.6)),
         "RaoBlackwellELBO (leave-one-out CV)": _cli.Estimator(
             lambda: RaoBlackwellELBO(**kw), style=dict(color="C3")),
+        "RaoBlackwellELBO (pathwise)": _cli.Estimator(
+            lambda: RaoBlackwellELBO(pathwise=True, **kw), style=dict(color="C5")),
+        "ReinforceLeaveOneOutELBO": _cli.Estimator(
+            lambda: ReinforceLeaveOneOutELBO(**kw), style=dict(color="C6")),
         "TraceGraph_ELBO": _cli.Estimator(
             lambda: TraceGraph_ELBO(**kw), guide=score_function_guide, style=dict(color="k", ls=(0, (2, 2)), lw=1)),
         "TraceGraph_ELBO + baseline": _cli.Estimator(

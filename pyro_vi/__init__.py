@@ -13,10 +13,12 @@ from .diagnostics import (
 )
 from .elbo import (
     ControlVariateELBO,
+    DisARMELBO,
     ImportanceWeightedELBO,
     ParticleELBO,
     ParticleTerms,
     RaoBlackwellELBO,
+    ReinforceLeaveOneOutELBO,
     ScoreFunctionELBO,
     StickingTheLandingELBO,
     score_function_guide,
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ControlVariateELBO",
     "DescentStep",
+    "DisARMELBO",
     "ExponentialFamily",
     "FAMILIES",
     "FitResult",
@@ -51,6 +54,7 @@ __all__ = [
     "ParticleELBO",
     "ParticleTerms",
     "RaoBlackwellELBO",
+    "ReinforceLeaveOneOutELBO",
     "ScoreFunctionELBO",
     "StickingTheLandingELBO",
     "categorical_from_relaxed",

@@ -34,8 +34,10 @@ from torch import nn
 
 from pyro_vi import (
     ControlVariateELBO,
+    DisARMELBO,
     ImportanceWeightedELBO,
     RaoBlackwellELBO,
+    ReinforceLeaveOneOutELBO,
     ScoreFunctionELBO,
     StickingTheLandingELBO,
 )
@@ -55,7 +57,8 @@ class Pair:
         pathwise derivative), ``global_subsample`` (a site outside a subsampled
         plate), ``sequential_subsample``, ``structured_point_mass`` (a point
         mass in a guide whose random samples depend on one another),
-        ``guide_messenger``.
+        ``guide_messenger``, ``not_bernoulli`` (a guide site without a
+        pathwise derivative that is not a Bernoulli).
     """
 
     model: Callable
@@ -618,6 +621,7 @@ def clamp_guide():
 # ---------------------------------------------------------------- the catalogue
 
 NOT_REPARAM = frozenset({"not_reparameterizable"})
+NOT_BERNOULLI = frozenset({"not_reparameterizable", "not_bernoulli"})
 
 CATALOGUE = {
     "global": Pair(global_model, _same(global_guide), "mean_field"),
@@ -656,7 +660,7 @@ CATALOGUE = {
     "obs_mask": Pair(obs_mask_model, _same(obs_mask_guide), "structured"),
     "factor_in_model": Pair(factor_model, _same(scale_guide), "mean_field"),
     "factor_in_guide_rsample": Pair(factor_model, _same(factor_guide(True)), "mean_field"),
-    "factor_in_guide_score": Pair(factor_model, _same(factor_guide(False)), "mean_field", NOT_REPARAM),
+    "factor_in_guide_score": Pair(factor_model, _same(factor_guide(False)), "mean_field", NOT_BERNOULLI),
     "deterministic": Pair(deterministic_model, _same(deterministic_guide), "mean_field"),
     "empty_guide": Pair(observed_only_model, _same(empty_program), "mean_field"),
     "empty_model_and_guide": Pair(empty_program, _same(empty_program), "mean_field"),
@@ -689,9 +693,9 @@ CATALOGUE = {
         amortized_subsample_model, amortized_guide(subsample=True), "amortized", args=(DATA,), subsample=True
     ),
     "bernoulli": Pair(bernoulli_model, _same(bernoulli_guide), "discrete", NOT_REPARAM),
-    "categorical_local": Pair(mixture_model, _same(mixture_guide), "discrete", NOT_REPARAM),
+    "categorical_local": Pair(mixture_model, _same(mixture_guide), "discrete", NOT_BERNOULLI),
     "discrete_and_continuous": Pair(mixed_model, _same(mixed_guide), "discrete", NOT_REPARAM),
-    "has_rsample_false": Pair(clamp_model, _same(not_rsample_guide), "mean_field", NOT_REPARAM),
+    "has_rsample_false": Pair(clamp_model, _same(not_rsample_guide), "mean_field", NOT_BERNOULLI),
     "sparse_path_gradient": Pair(clamp_model, _same(clamp_guide), "mean_field"),
 }
 
@@ -707,6 +711,7 @@ class Estimator:
     pathwise: bool = False  # every guide site needs a pathwise derivative
     importance_weighted: bool = False
     dreg: bool = False
+    bernoulli_only: bool = False  # every guide site without a pathwise derivative must be Bernoulli
     ours: bool = True
     options: dict = field(default_factory=dict)
 
@@ -722,6 +727,10 @@ ESTIMATORS = {
     "RaoBlackwellELBO": Estimator(RaoBlackwellELBO),
     "RaoBlackwellELBO(distributions)": Estimator(lambda **kw: RaoBlackwellELBO(coordinates="distributions", **kw)),
     "RaoBlackwellELBO(no CV)": Estimator(lambda **kw: RaoBlackwellELBO(control_variate=False, **kw)),
+    "RaoBlackwellELBO(pathwise)": Estimator(lambda **kw: RaoBlackwellELBO(pathwise=True, **kw)),
+    "ControlVariateELBO(pathwise)": Estimator(lambda **kw: ControlVariateELBO(pathwise=True, **kw)),
+    "ReinforceLeaveOneOutELBO": Estimator(ReinforceLeaveOneOutELBO),
+    "DisARMELBO": Estimator(DisARMELBO, bernoulli_only=True),
     "StickingTheLandingELBO": Estimator(StickingTheLandingELBO, pathwise=True),
     "ImportanceWeightedELBO": Estimator(ImportanceWeightedELBO, pathwise=True, importance_weighted=True),
     "ImportanceWeightedELBO(stl)": Estimator(
@@ -730,6 +739,12 @@ ESTIMATORS = {
     "ImportanceWeightedELBO(dreg)": Estimator(
         lambda **kw: ImportanceWeightedELBO(gradient="dreg", **kw),
         pathwise=True, importance_weighted=True, dreg=True,
+    ),
+    "ImportanceWeightedELBO(vimco)": Estimator(
+        lambda **kw: ImportanceWeightedELBO(gradient="vimco", **kw), importance_weighted=True
+    ),
+    "ImportanceWeightedELBO(disarm)": Estimator(
+        lambda **kw: ImportanceWeightedELBO(gradient="disarm", **kw), importance_weighted=True, bernoulli_only=True
     ),
 }
 
@@ -746,6 +761,9 @@ REFUSALS = {
         "a site outside the subsampled plate (the bound of shared latents has no minibatch estimate)",
     ),
     "structured_point_mass": ("point-mass site '.*'", "DReG: a point mass in a structured guide"),
+    "not_bernoulli": (
+        "site '.*' is not Bernoulli", "DisARM: a guide site that is neither Bernoulli nor reparameterizable"
+    ),
 }
 
 
@@ -758,6 +776,8 @@ def refusal_tag(pair: Pair, estimator: Estimator):
         return "guide_messenger"
     if estimator.pathwise and "not_reparameterizable" in pair.tags:
         return "not_reparameterizable"
+    if estimator.bernoulli_only and "not_bernoulli" in pair.tags:
+        return "not_bernoulli"
     if estimator.importance_weighted and "sequential_subsample" in pair.tags:
         return "sequential_subsample"
     if estimator.importance_weighted and "global_subsample" in pair.tags:

@@ -28,7 +28,13 @@ SMOKE = {
         ["--steps", "30", "--variance-draws", "3", "--summary-draws", "20"],
         ["elbo.png", "posterior_means.png", "results.json"],
     ),
-    "benchmark": (["--steps", "3", "--rounds", "2"], ["results.json"]),
+    "benchmark": (["--steps", "3", "--rounds", "2", "--batch-size", "4"], ["results.json"]),
+    "bernoulli_vae": (
+        ["--data-dir", TINY_MNIST, "--no-download", "--models", "linear", "--estimators", "DisARMELBO",
+         "--ks", "2", "--seeds", "0", "1", "--steps", "4", "--multi-steps", "2", "--eval-every", "2",
+         "--eval-size", "8", "--test-samples", "3", "--batch-size", "8", "--variance-draws", "2"],
+        ["single_sample.png", "multi_sample.png", "time_per_step.png", "results.json"],
+    ),
     "benchmark_vae": (
         ["--ks", "2", "--batch-size", "4", "--steps", "1", "--rounds", "2"],
         ["results.json"],
@@ -145,6 +151,8 @@ def test_experiment_runs_as_a_file(script, tmp_path):
 
 # The scripts on the shared command line (experiments/_cli.py).
 CLI_SCRIPTS = sorted(set(SMOKE) - {"vae_mnist"})
+# The studies that take several seeds in one call.
+MULTI_SEED = {"bernoulli_vae"}
 
 # script -> (bad flags, what the message must say)
 BAD_FLAGS = [
@@ -177,6 +185,10 @@ BAD_FLAGS = [
     ("gumbel_softmax", ["--coefficients", "1", "2"], "argument --coefficients: needs one number per category (4)"),
     ("benchmark", ["--rounds", "0"], "argument --rounds: value must be an integer >= 1, got 0"),
     ("benchmark_vae", ["--batch-size", "x"], "argument --batch-size: value must be an integer >= 1, got 'x'"),
+    ("bernoulli_vae", ["--particles", "5"], "argument --particles: must be even"),
+    ("bernoulli_vae", ["--variance-draws", "1"], "argument --variance-draws: a variance needs 2 draws or more"),
+    ("bernoulli_vae", ["--ks", "1"], "argument --ks: value must be an integer >= 2, got 1"),
+    ("bernoulli_vae", ["--seeds", "0", "0"], "argument --seeds: repeats a seed"),
 ] + [
     (script, flags, message)
     for script in CLI_SCRIPTS
@@ -186,6 +198,7 @@ BAD_FLAGS = [
         (["--threads", "0"], "argument --threads: value must be an integer >= 1, got 0"),
         (["--out", os.path.join(os.path.abspath(__file__), "out")], "argument --out: cannot write to"),
     ]
+    if not (script in MULTI_SEED and flags[0] == "--seeds")
 ]
 
 

@@ -183,7 +183,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="num_particles must be an integer >= 1"):
         ImportanceWeightedELBO(num_particles=0)
     with pytest.raises(ValueError, match="gradient must be one of"):
-        ImportanceWeightedELBO(gradient="vimco")
+        ImportanceWeightedELBO(gradient="rloo")
 
     def coin_model():
         pyro.sample("coin", dist.Bernoulli(0.3))

@@ -119,7 +119,7 @@ def test_distribution_coordinates_equal_parameter_coordinates_on_mean_field_guid
     """Where the parameters map element by element onto the distributions'
     tensors, a coefficient per distribution scalar is a coefficient per
     parameter: the same gradient on the same particles."""
-    from tests.catalogue import ESTIMATORS, elbo_for, take_grads
+    from tests.catalogue import elbo_for, take_grads
 
     grads = []
     for config in (estimator, estimator + "(distributions)"):
@@ -135,3 +135,32 @@ def test_distribution_coordinates_equal_parameter_coordinates_on_mean_field_guid
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("with_signal", [True, False])
+def test_leave_one_out_coefficient_when_the_other_scores_are_equal(with_signal):
+    """Where the other particles' scores are all equal (a discrete site they
+    all drew alike), the slope of f on h is undefined; the sums' rounding
+    left a variance of ~1e-7 that gave an arbitrary coefficient. Now the
+    coefficient is the others' f / h, their mean signal for f = h L: the
+    REINFORCE leave-one-out baseline, exactly."""
+    h = torch.full((6, 2), 0.37)
+    h[0, 1] = -1.1  # particle 0 differs in the second entry only
+    signal = 40.0 + torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4])
+    f = h * signal[:, None]
+    got = controlled_gradient(h, "leave_one_out", signal=signal) if with_signal else controlled_gradient(
+        h, "leave_one_out", f=f)
+    s = len(signal)
+    baseline = (signal.sum() - signal) / (s - 1)
+    # Entry 0: every particle's others are equal -> the leave-one-out baseline.
+    assert got[0].item() == pytest.approx((h[:, 0] * (signal - baseline)).mean().item(), abs=1e-4)
+    # Entry 1: particle 0's others are equal (its coefficient is its
+    # baseline); every other particle's others include particle 0, so its
+    # coefficient is the regression slope.
+    coefficients = [baseline[0]]
+    for k in range(1, s):
+        keep = torch.arange(s) != k
+        hk, fk = h[keep, 1] - h[keep, 1].mean(), f[keep, 1] - f[keep, 1].mean()
+        coefficients.append((fk * hk).sum() / (hk * hk).sum())
+    expected = (f[:, 1] - torch.stack(coefficients) * h[:, 1]).mean().item()
+    assert got[1].item() == pytest.approx(expected, abs=1e-3)

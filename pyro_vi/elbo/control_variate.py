@@ -2,7 +2,8 @@
 the score-function gradient with a control variate per scalar parameter."""
 
 from .particles import ParticleELBO
-from .surrogate import check_coefficient, check_coordinates, check_pool, controlled_surrogate
+from .. import _validation
+from .surrogate import check_coefficient, check_coordinates, check_pool, controlled_surrogate, pathwise_surrogate
 
 
 class ControlVariateELBO(ParticleELBO):
@@ -50,27 +51,44 @@ class ControlVariateELBO(ParticleELBO):
     function :math:`\\sum_d \\mathrm{stop}(\\hat g_d) \\lambda_d`, whose gradient
     is :math:`\\hat g`.
 
+    With ``pathwise=True``, guide sites that can ``rsample`` keep their
+    pathwise derivative in the sticking-the-landing form (Roeder et al. [2],
+    **unbiased**) and only the others (discrete sites, ``has_rsample=False``)
+    get the controlled score function, with the whole log-weight as their
+    signal. Not the default, for the reason given in
+    :class:`~pyro_vi.RaoBlackwellELBO`.
+
     **References**
 
     [1] Black Box Variational Inference,
         Rajesh Ranganath, Sean Gerrish, David M. Blei (AISTATS 2014)
+
+    [2] Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
+        Variational Inference, Geoffrey Roeder, Yuhuai Wu, David Duvenaud (NIPS 2017)
     """
 
     reparameterize = False
 
     def __init__(
-        self, num_particles=10, coefficient="leave_one_out", coordinates="parameters", pool_processes=False, **kwargs
+        self,
+        num_particles=10,
+        coefficient="leave_one_out",
+        pathwise=False,
+        coordinates="parameters",
+        pool_processes=False,
+        **kwargs,
     ):
         name = type(self).__name__
         self.min_particles = check_coefficient(coefficient, name)
         self.coefficient = coefficient
+        self.reparameterize = self.pathwise = _validation.boolean("{}: pathwise".format(name), pathwise)
         self.coordinates = check_coordinates(coordinates, name)
         self.pool = check_pool(pool_processes, coefficient, name)
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):
         log_weights = terms.log_weights().detach()
-        surrogate = (terms.log_p() - terms.path_log_q()).mean()
+        surrogate = pathwise_surrogate(terms).mean()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         surrogate = surrogate + controlled_surrogate(
             terms, params, self.coefficient, signal=log_weights, coordinates=self.coordinates, pool=self.pool

@@ -1,65 +1,30 @@
-"""The importance-weighted ELBO (IWAE) with reparameterized, STL and DReG
-gradient estimators."""
+"""The importance-weighted ELBO (IWAE) with reparameterized, STL, DReG,
+VIMCO and local DisARM gradient estimators."""
 
 import torch
 
 from .. import _validation
 from .particles import ParticleELBO
-from .surrogate import check_reparameterized, linear_surrogate, log_mean_exp, sum_to_plates
+from .surrogate import (
+    check_antithetic,
+    check_importance_weighted,
+    check_reparameterized,
+    independent_plates,
+    iwelbo,
+    linear_surrogate,
+    local_disarm_term,
+    log_weights_per_point,
+    normalized_weights,
+    per_point,
+    point_scale,
+    random_guide_ancestors,
+    sum_to_plates,
+    vimco_signals,
+)
 
-GRADIENTS = ("reparam", "stl", "dreg")
+__all__ = ["ImportanceWeightedELBO", "independent_plates", "log_weights_per_point", "normalized_weights", "per_point"]
 
-
-def independent_plates(terms):
-    """The plates every model and guide site lies in, ``{name: dim}``: the
-    particles' log-weights factorize over them (one importance-weighted bound
-    per data point in a VAE). Empty when any site is global."""
-    sites = list(terms.model.values()) + list(terms.guide.values())
-    if not sites:
-        return {}
-    common = set.intersection(*(set(site.plates) for site in sites))
-    return {name: sites[0].plates[name] for name in common}
-
-
-def per_point(terms, log_probs, sites):
-    """:math:`\\sum` of ``log_probs`` (``{name: (S,) + plate_shape}``) per
-    point of the independent plates: summed over every other plate dim
-    (size 1 there), each divided by its site's subsampling scale (which
-    multiplies each point's bound instead; ``poutine.scale`` stays inside
-    the weights, as in Pyro's ``RenyiELBO``)."""
-    dims = set(independent_plates(terms).values())
-    total = terms.zeros(terms.num_particles, *(1,) * terms.plate_dims)
-    for name, log_prob in log_probs.items():
-        log_prob = sum_to_plates(log_prob, dims)
-        scale = sites[name].subsample_scale
-        total = total + (log_prob if scale == 1 else log_prob / scale)
-    return total
-
-
-def log_weights_per_point(terms):
-    """``(log p, log w)`` per point of the independent plates, shape
-    ``(K,) + plate_shape``: :math:`\\log p(x, z_k)` and
-    :math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k)`."""
-    log_p = per_point(terms, {n: t.log_prob for n, t in terms.model.items()}, terms.model)
-    log_q = per_point(terms, {n: t.log_prob for n, t in terms.guide.items()}, terms.guide)
-    return log_p, log_p - log_q
-
-
-def point_scale(terms):
-    """The subsampling scale :math:`N / B` of each point's bound: that of the
-    subsampled plates, which every site lies in."""
-    sites = list(terms.model.values()) + list(terms.guide.values())
-    return sites[0].subsample_scale if sites else 1.0
-
-
-def iwelbo(log_w, scale=1.0):
-    """:math:`\\sum_n s \\log \\frac{1}{K} \\sum_k w_{k,n}`, by log-sum-exp."""
-    return (scale * log_mean_exp(log_w)).sum()
-
-
-def normalized_weights(log_w):
-    """:math:`\\tilde w_k = w_k / \\sum_j w_j`, per point, detached."""
-    return torch.softmax(log_w.detach(), 0)
+GRADIENTS = ("reparam", "stl", "dreg", "vimco", "disarm")
 
 
 class ImportanceWeightedELBO(ParticleELBO):
@@ -108,9 +73,34 @@ class ImportanceWeightedELBO(ParticleELBO):
       weight :math:`\\tilde w_k`. For a structured guide the two are taken
       as separate gradients, and point masses are refused there.
 
+    - ``"vimco"`` (Mnih and Rezende [4], **unbiased**, ``K >= 2``): for guide
+      sites without a pathwise derivative (discrete sites), sample
+      :math:`k`'s score gets the local learning signal
+      :math:`\\hat L - \\hat L_{-k}`, where :math:`\\hat L_{-k}` is the bound with
+      :math:`w_k` replaced by the geometric mean of the other weights,
+      :math:`\\exp(\\frac{1}{K-1}\\sum_{j \\ne k}\\log w_j)`; plus
+      :math:`\\sum_k \\tilde w_k \\nabla \\log w_k` at fixed discrete samples,
+      which carries the pathwise (IWAE) gradient of the sites that
+      ``rsample``, the model parameters and the direct dependence of
+      :math:`\\log q` on its parameters;
+    - ``"disarm"`` (local DisARM, Dong, Mnih and Tucker [5], **unbiased**):
+      for guides whose sites without a pathwise derivative are all Bernoulli,
+      ``num_particles = K`` antithetic **pairs** are drawn (:math:`2K` model
+      evaluations: the ``num_particles`` attribute becomes :math:`2K`). The
+      bound :math:`\\mathcal{L}_K` is estimated on the pairs' first particles
+      :math:`b_{1:K}` and on their second particles :math:`b'_{1:K}`, and the
+      two estimates averaged; sample :math:`k`'s DisARM estimate swaps
+      :math:`b_k` for its partner with the others fixed,
+      :math:`\\frac{1}{2}(\\hat L(b_{1:K}) - \\hat L(b'_k, b_{-k}))
+      (-1)^{b'_k} 1[b_k \\ne b'_k] \\sigma(|\\theta_k|)` (and symmetrically),
+      plus the pathwise gradient at fixed Bernoulli samples as for VIMCO.
+      A site that is neither Bernoulli nor reparameterizable is refused by
+      name, as is a Bernoulli whose distribution depends on another random
+      guide sample.
+
     With K = 1, ``"reparam"`` is Trace_ELBO's estimator and ``"stl"`` and
-    ``"dreg"`` are StickingTheLandingELBO's. Every guide site must be
-    reparameterizable.
+    ``"dreg"`` are StickingTheLandingELBO's. Except for ``"vimco"`` and
+    ``"disarm"``, every guide site must be reparameterizable.
 
     **References**
 
@@ -121,39 +111,28 @@ class ImportanceWeightedELBO(ParticleELBO):
 
     [3] Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives,
         George Tucker, Dieterich Lawson, Shixiang Gu, Chris J. Maddison (ICLR 2019)
+
+    [4] Variational Inference for Monte Carlo Objectives, Andriy Mnih,
+        Danilo J. Rezende (ICML 2016)
+
+    [5] DisARM: An Antithetic Gradient Estimator for Binary Latent Variables,
+        Zhe Dong, Andriy Mnih, George Tucker (NeurIPS 2020)
     """
 
     def __init__(self, num_particles=5, gradient="reparam", **kwargs):
         self.gradient = _validation.choice("{}: gradient".format(type(self).__name__), gradient, GRADIENTS)
-        self.guide_density = "full" if gradient == "reparam" else "path"
+        self.guide_density = "path" if gradient in ("stl", "dreg") else "full"
+        self.min_particles = 2 if gradient == "vimco" else 1
+        self.antithetic = gradient == "disarm"
         super().__init__(num_particles=num_particles, **kwargs)
 
     def check(self, terms):
         name = type(self).__name__
-        check_reparameterized(terms, name)
-        sites = list(terms.model.values()) + list(terms.guide.values())
-        per_point = set(independent_plates(terms))
-        for site in sites:
-            sequential = site.subsampled_plates - set(site.plates)
-            if sequential:
-                raise ValueError(
-                    "{} does not support subsampled sequential plates: site '{}' is in "
-                    "the subsampled plate '{}'; vectorize the plate".format(
-                        name, site.name, sorted(sequential)[0]
-                    )
-                )
-        subsampled = set()
-        for site in sites:
-            subsampled |= site.subsampled_plates
-        for plate in subsampled:
-            if plate not in per_point:
-                outside = next(site for site in sites if plate not in site.plates)
-                raise ValueError(
-                    "{}: site '{}' lies outside the subsampled plate '{}'; the "
-                    "importance-weighted bound of latents shared across data points has "
-                    "no unbiased minibatch estimate: do not subsample, or use an ELBO "
-                    "estimator".format(name, outside.name, plate)
-                )
+        if self.gradient == "disarm":
+            check_antithetic(terms, "{}(gradient='disarm')".format(name))
+        elif self.gradient != "vimco":
+            check_reparameterized(terms, name)
+        check_importance_weighted(terms, name)
         if self.gradient == "dreg" and not _random_samples_independent(terms):
             for site in terms.guide.values():
                 if site.is_point_mass:
@@ -166,14 +145,22 @@ class ImportanceWeightedELBO(ParticleELBO):
                     )
 
     def elbo_value(self, terms):
-        return iwelbo(log_weights_per_point(terms)[1], point_scale(terms))
+        log_w = log_weights_per_point(terms)[1]
+        if self.gradient == "disarm":
+            return 0.5 * (iwelbo(log_w[0::2], point_scale(terms)) + iwelbo(log_w[1::2], point_scale(terms)))
+        return iwelbo(log_w, point_scale(terms))
 
     def elbo_and_surrogate(self, terms):
         log_p, log_w = log_weights_per_point(terms)
         scale = point_scale(terms)
+        if self.gradient == "disarm":
+            value = 0.5 * (iwelbo(log_w[0::2], scale) + iwelbo(log_w[1::2], scale))
+            return value, value + local_disarm_term(terms, log_w, scale)
         value = iwelbo(log_w, scale)
         if self.gradient == "reparam":
             return value, value
+        if self.gradient == "vimco":
+            return value, value + vimco_score_term(terms, scale * vimco_signals(log_w))
         weights = scale * normalized_weights(log_w)
         # log w with the guide's density at stopped parameters: its gradient
         # is the path part of log w.
@@ -185,21 +172,22 @@ class ImportanceWeightedELBO(ParticleELBO):
         return value, dreg_surrogate_by_two_gradients(terms, weights, weights / scale, path_log_w, log_p)
 
 
+def vimco_score_term(terms, signals):
+    """:math:`\\sum_k \\sum_n \\log q^{\\mathrm{score}}(z_{k,n})\\, \\mathrm{stop}(s_{k,n})` for
+    per-point signals ``signals`` (``(K,) + plate_shape``): each score site's
+    density summed to the points of the independent plates."""
+    dims = set(independent_plates(terms).values())
+    total = 0.0
+    for site in terms.score_sites():
+        total = total + (sum_to_plates(site.score_log_prob, dims) * signals.detach()).sum()
+    return torch.as_tensor(total)
+
+
 def _random_samples_independent(terms):
     """Whether no random guide sample depends on another one, directly or
     through point masses (read by provenance from the programs)."""
-    guide = terms.read_structure()[1]
-    random = {name for name, site in terms.guide.items() if not site.is_point_mass and not site.is_observed}
-    for name in random:
-        ancestors, frontier = set(), set(guide.dependencies.get(name, ())) - {name}
-        while frontier:
-            site = frontier.pop()
-            ancestors.add(site)
-            if site not in random:
-                frontier |= set(guide.dependencies.get(site, ())) - ancestors - {site}
-        if ancestors & random:
-            return False
-    return True
+    random = [name for name, site in terms.guide.items() if not site.is_point_mass and not site.is_observed]
+    return not any(random_guide_ancestors(terms, name) for name in random)
 
 
 def dreg_surrogate_by_two_gradients(terms, weights, normalized, path_log_w, log_p):

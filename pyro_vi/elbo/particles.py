@@ -127,6 +127,100 @@ def score_function_guide(guide, baseline=None):
     return ScoreFunctionMessenger(baseline)(guide)
 
 
+def bernoulli_of(fn):
+    """The ``Bernoulli`` that ``fn`` samples (through ``Independent``, masks
+    and expansions), or ``None`` when ``fn`` is not a Bernoulli."""
+    while not isinstance(fn, torch.distributions.Bernoulli):
+        if not isinstance(fn, (torch.distributions.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)):
+            return None
+        fn = fn.base_dist
+    return fn
+
+
+class AntitheticPairs:
+    """The antithetic pairs of one ELBO evaluation: particles :math:`2i` and
+    :math:`2i + 1` share one uniform draw :math:`u` at every random Bernoulli
+    guide site, :math:`b = 1[u < \\sigma(\\theta)]` and
+    :math:`b' = 1[1 - u < \\sigma(\\theta)]` (Yin and Zhou 2019; Dong et al.
+    2020). Each particle is still an exact draw from the guide. Vectorized,
+    the pairs are interleaved along the particle dim; sequential, they are
+    consecutive runs, and the second run of a pair replays the first run's
+    subsample indices, so that both draw the same data points."""
+
+    def __init__(self, num_particles, vectorized):
+        self.num_particles = num_particles
+        self.vectorized = vectorized
+        self.run = -1
+        self.stored = {}
+
+    def messenger(self):
+        """The handler for the next run (put it outside the particle plate)."""
+        self.run += 1
+        if self.run % 2 == 0:
+            self.stored = {}
+        return AntitheticMessenger(self, first=self.run % 2 == 0)
+
+
+class AntitheticMessenger(Messenger):
+    """Draws the random Bernoulli guide sites of one run in antithetic pairs
+    (see :class:`AntitheticPairs`); marks each with ``infer["antithetic"]``,
+    whether its pair is complete."""
+
+    def __init__(self, pairs, first):
+        super().__init__()
+        self.pairs = pairs
+        self.first = first
+
+    def _pyro_sample(self, msg):
+        if msg["value"] is not None or msg["done"]:
+            return
+        pairs = self.pairs
+        if site_is_subsample(msg):
+            if not pairs.vectorized and not self.first and msg["name"] in pairs.stored:
+                msg["value"] = pairs.stored.pop(msg["name"])
+            return
+        bernoulli = None if msg["is_observed"] else bernoulli_of(msg["fn"])
+        if bernoulli is None:
+            return
+        shape = msg["fn"].batch_shape + msg["fn"].event_shape
+        probs = bernoulli.probs.detach().expand(shape)
+        paired = True
+        if pairs.vectorized:
+            if len(shape) == 0 or shape[0] != pairs.num_particles:
+                return  # not broadcast by the particle plate: drawn as usual, unpaired
+            u = torch.rand((shape[0] // 2,) + shape[1:], dtype=probs.dtype, device=probs.device)
+            first, second = u < probs[0::2], (1 - u) < probs[1::2]
+            value = torch.stack([first, second], 1).reshape(shape)
+        else:
+            stored = None if self.first else pairs.stored.pop(msg["name"], None)
+            if stored is not None and stored.shape == shape:
+                u = 1 - stored
+            else:
+                u = torch.rand(shape, dtype=probs.dtype, device=probs.device)
+                paired = self.first
+                if self.first:
+                    pairs.stored[msg["name"]] = u
+            value = u < probs
+        msg["value"] = value.to(probs.dtype)
+        msg["infer"] = dict(msg["infer"], antithetic=paired)
+
+    def _pyro_post_sample(self, msg):
+        if site_is_subsample(msg) and self.first and not self.pairs.vectorized:
+            self.pairs.stored[msg["name"]] = msg["value"]
+
+
+@dataclass
+class BernoulliTerm:
+    """A Bernoulli guide site's logits :math:`\\theta` and values :math:`b`,
+    shape ``(S,) + plate_shape + event_shape``, and whether every particle
+    was drawn in a complete antithetic pair."""
+
+    logits: torch.Tensor
+    value: torch.Tensor
+    event_dim: int
+    paired: bool
+
+
 @dataclass
 class SiteTerm:
     """The log-density of one sample site for every particle, and what an
@@ -270,6 +364,39 @@ class ParticleTerms:
             total = total + value.reshape(value.shape[0], -1).sum(-1)
         return total
 
+    def bernoulli(self, name):
+        """The :class:`BernoulliTerm` of guide site ``name``, or ``None`` when
+        its distribution is not a Bernoulli. Particles that did not meet the
+        site (sequential plates) have logits and values 0."""
+        nodes = [guide_trace.nodes.get(name) for _, guide_trace, _ in self.runs]
+        node = next(n for n in nodes if n is not None)
+        if bernoulli_of(node["fn"]) is None:
+            return None
+        event_dim = len(node["fn"].event_shape)
+        width = self.plate_dims + event_dim + (1 if self.vectorized else 0)
+        logits, values = [], []
+        for n in nodes:
+            if n is None:
+                logits.append(None)
+                values.append(None)
+                continue
+            value = n["value"]
+            logits.append(torch.broadcast_to(bernoulli_of(n["fn"]).logits, value.shape))
+            values.append(value)
+        if self.vectorized:
+            paired = bool(node["infer"].get("antithetic"))
+        else:
+            pairs = list(zip(nodes[0::2], nodes[1::2]))
+            paired = len(nodes) % 2 == 0 and all(
+                (a is None) == (b is None) and (b is None or bool(b["infer"].get("antithetic"))) for a, b in pairs
+            )
+        return BernoulliTerm(
+            logits=_stack_full(logits, width, self.vectorized, self.num_particles),
+            value=_stack_full(values, width, self.vectorized, self.num_particles),
+            event_dim=event_dim,
+            paired=paired,
+        )
+
     def stopped_guide_log_prob(self):
         """:math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide site: only the
         variational parameters, not the samples (nor, in a structured guide,
@@ -408,7 +535,10 @@ class ParticleELBO(ELBO):
     A subclass states how many particles it needs (``min_particles``),
     whether guide sites that can ``rsample`` keep their pathwise derivative
     (``reparameterize``; if not, every random guide site gets a score),
-    and implements
+    whether random Bernoulli guide sites are drawn in antithetic pairs
+    (``antithetic``; then ``num_particles`` counts pairs, and the
+    ``num_particles`` attribute holds the :math:`2\\times` as many particles
+    drawn), and implements
 
     - :meth:`check`, which refuses what the estimator cannot handle: every
       entry point (``loss``, ``loss_and_grads``, ``differentiable_loss``)
@@ -438,6 +568,8 @@ class ParticleELBO(ELBO):
     #: distribution depends on no other sample, its density is then computed
     #: once, at stopped parameters, instead of twice.
     guide_density = "full"
+    antithetic = False
+    _antithetic_pairs = None
 
     def __init__(
         self,
@@ -462,6 +594,9 @@ class ParticleELBO(ELBO):
         vectorize_particles = _validation.boolean(
             "{}: vectorize_particles".format(name), vectorize_particles
         )
+        if self.antithetic:  # num_particles counts antithetic pairs
+            self.num_pairs = num_particles
+            num_particles = 2 * num_particles
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -521,6 +656,9 @@ class ParticleELBO(ELBO):
                     type(self).__name__, type(poutine.unwrap(guide)).__name__
                 )
             )
+        if self._antithetic_pairs is not None:
+            # Outside the particle plate: it sees the broadcast distributions.
+            guide = self._antithetic_pairs.messenger()(guide)
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
@@ -548,8 +686,13 @@ class ParticleELBO(ELBO):
         run_guide = guide if self.reparameterize else score_function_guide(guide)
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, run_guide, args, kwargs)
-        runs = list(self._get_traces(model, run_guide, args, kwargs))
         vectorized = self.vectorize_particles and self.num_particles > 1
+        if self.antithetic:
+            self._antithetic_pairs = AntitheticPairs(self.num_particles, vectorized)
+        try:
+            runs = list(self._get_traces(model, run_guide, args, kwargs))
+        finally:
+            self._antithetic_pairs = None
         plate_dims = self.max_plate_nesting - (1 if vectorized else 0)
         wrap = self._vectorized_num_particles if vectorized else (lambda fn: fn)
         sites, params = [OrderedDict(), OrderedDict()], [OrderedDict(), OrderedDict()]
@@ -697,6 +840,17 @@ def _sampling_log_prob(site):
     if _has_mask(site["fn"]):
         return _without_mask(site["fn"]).log_prob(site["value"], *site["args"], **site["kwargs"])
     return site["unscaled_log_prob"]
+
+
+def _stack_full(tensors, width, vectorized, num_particles):
+    """Per-particle tensors (``None`` where a particle did not meet the site)
+    as one ``(S,) + shape`` tensor, each left-padded to ``width`` dims."""
+    padded = [None if t is None else t.reshape((1,) * (width - t.dim()) + t.shape) for t in tensors]
+    if vectorized:
+        return padded[0].expand((num_particles,) + padded[0].shape[1:])
+    shape = torch.broadcast_shapes(*(t.shape for t in padded if t is not None))
+    zero = next(t for t in padded if t is not None).new_zeros(shape)
+    return torch.stack([zero if t is None else t.expand(shape) for t in padded])
 
 
 def _stack(values, name, plate_dims, vectorized, num_particles):

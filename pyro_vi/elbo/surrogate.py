@@ -66,6 +66,40 @@ def markov_blanket_signals(terms):
     return signals
 
 
+def pathwise_surrogate(terms):
+    """Per particle, the part of the surrogate that is differentiated through
+    the samples: :math:`\\log p(x, z_s) - \\log q^{\\mathrm{path}}(z_s)
+    + \\log q^{\\mathrm{path}}_{\\mathrm{stop}(\\lambda)}(z_s)` over the guide sites
+    without a score. For a site that keeps its pathwise derivative (it
+    ``rsample``-s) this is the sticking-the-landing gradient (Roeder et al.
+    2017): the score part of :math:`\\nabla_\\lambda \\log q`, whose expectation
+    is zero, is cancelled by the density at stopped parameters. Point masses
+    and model parameters get their exact gradient. When every random guide
+    site has a score (a score-function estimator), this is
+    :math:`\\log p - \\log q^{\\mathrm{point\\ masses}}` and nothing is recomputed.
+    Shape ``(S,)``."""
+    surrogate = terms.log_p() - terms.path_log_q()
+    sites = [s.name for s in terms.guide.values() if s.score_log_prob is None and not s.is_point_mass]
+    if sites:
+        stopped = terms.stopped_guide_log_prob()
+        for name in sites:
+            surrogate = surrogate + per_particle(stopped[name])
+    return surrogate
+
+
+def leave_one_out_signals(signals):
+    """REINFORCE leave-one-out (Kool et al. 2019): each particle's signal
+    minus the mean of the other particles' signals,
+    :math:`L_s - \\frac{1}{S-1}\\sum_{s' \\ne s} L_{s'}
+    = \\frac{S}{S-1}(L_s - \\bar L)`, over dim 0 (the particles), for each
+    entry of ``signals`` (``{site: (S,) + plate_shape}``)."""
+    result = {}
+    for name, signal in signals.items():
+        num_particles = signal.shape[0]
+        result[name] = (signal - signal.mean(0, keepdim=True)) * (num_particles / (num_particles - 1))
+    return result
+
+
 def rao_blackwell_term(terms, signals):
     """Per particle, :math:`\\sum_j \\langle \\log q_j(z_{j,s}),
     \\mathrm{stop}(L^{(j)}_s)\\rangle` over the score sites: its gradient is
@@ -122,7 +156,13 @@ def controlled_gradient(h, coefficient, signal=None, f=None, pool=None):
     ``"leave_one_out"`` gives particle :math:`s` the :math:`a^{(-s)}_d`
     estimated without it, independent of :math:`z_s`, so that
     :math:`E[a^{(-s)} h_s] = 0` and the estimator is unbiased; a number fixes
-    :math:`a`. Where the variance of :math:`h_d` is 0 the coefficient is 0.
+    :math:`a`. Where the (other) particles' :math:`h_d` are all equal, up to
+    the rounding error of the sums (:math:`64\\,\\epsilon` times their sum of
+    squares), the slope is undefined: the leave-one-out coefficient is then
+    the regression through the origin, :math:`\\bar f_d / \\bar h_d` of the
+    other particles (their mean signal, for :math:`f = hL`; 0 where
+    :math:`\\bar h_d` is 0), still independent of :math:`z_s`; the pooled one
+    is 0.
 
     The coefficients need only the per-parameter sums of :math:`h, f, h^2,
     fh` over the particles (:func:`particle_sums`); ``pool`` may add up
@@ -171,23 +211,34 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None):
     h_sum, f_sum = sums[1], sums[2]
     if not isinstance(coefficient, str):
         return ((f_sum - float(coefficient) * h_sum) / num_particles).to(h.dtype).reshape(shape)
-    count = pooled[0]
-    h_mean, f_mean = pooled[1] / count, pooled[2] / count
+    count, pooled_h, pooled_f, pooled_hh = pooled[0], pooled[1], pooled[2], pooled[3]
+    h_mean, f_mean = pooled_h / count, pooled_f / count
     cov = pooled[4] - count * f_mean * h_mean
-    var = pooled[3] - count * h_mean.square()
+    var = pooled_hh - count * h_mean.square()
+    # Below tolerance * (sum of squares), a variance is rounding error: 0.
+    tolerance = 64 * torch.finfo(h.dtype).eps
     if coefficient == "pooled":
-        a = cov / torch.where(var > 0, var, torch.inf)
+        a = torch.where(var > tolerance * pooled_hh, cov / var, 0.0)
         return ((f_sum - a * h_sum) / num_particles).to(h.dtype).reshape(shape)
     # Without particle s the other centred values sum to -hc[s] and -fc[s]:
     # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = N / (N - 1).
-    k = count / (count - 1)
+    k, others = count / (count - 1), count - 1
     a_h_sum = torch.empty_like(h_sum)
     for columns, hb, fb in _blocks(h, signal, f):
         hc, fc = hb - h_mean[columns], fb - f_mean[columns]
         numerator = cov[columns] - k[columns] * fc * hc
         denominator = var[columns] - k[columns] * hc.square()
-        denominator.masked_fill_(denominator <= 0, torch.inf)
-        a_h_sum[columns] = numerator.mul_(hb).div_(denominator).sum(0)
+        threshold = tolerance * (pooled_hh[columns] - hb.square()).clamp(min=0)
+        regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
+        # The others' scores all equal: the slope is undefined; the
+        # coefficient is then their regression through the origin, f / h
+        # (their mean signal for f = h L), 0 where their h is 0.
+        others_h = (pooled_h[columns] - hb) / others[columns]
+        others_f = (pooled_f[columns] - fb) / others[columns]
+        origin = others_h.abs() > (threshold / others[columns]).sqrt()
+        through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
+        a = torch.where(denominator > threshold, regression, through_origin)
+        a_h_sum[columns] = (a * hb).sum(0)
     return ((f_sum - a_h_sum) / num_particles).to(h.dtype).reshape(shape)
 
 
@@ -268,3 +319,234 @@ def check_reparameterized(terms, estimator):
 def log_mean_exp(log_w):
     """:math:`\\log \\frac{1}{K}\\sum_k e^{\\ell_k}` over dim 0, by log-sum-exp."""
     return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
+# ---------------------------------------------------------------- importance-weighted bounds
+
+
+def independent_plates(terms):
+    """The plates every model and guide site lies in, ``{name: dim}``: the
+    particles' log-weights factorize over them (one importance-weighted bound
+    per data point in a VAE). Empty when any site is global."""
+    sites = list(terms.model.values()) + list(terms.guide.values())
+    if not sites:
+        return {}
+    common = set.intersection(*(set(site.plates) for site in sites))
+    return {name: sites[0].plates[name] for name in common}
+
+
+def per_point(terms, log_probs, sites):
+    """:math:`\\sum` of ``log_probs`` (``{name: (S,) + plate_shape}``) per
+    point of the independent plates: summed over every other plate dim
+    (size 1 there), each divided by its site's subsampling scale (which
+    multiplies each point's bound instead; ``poutine.scale`` stays inside
+    the weights, as in Pyro's ``RenyiELBO``)."""
+    dims = set(independent_plates(terms).values())
+    total = terms.zeros(terms.num_particles, *(1,) * terms.plate_dims)
+    for name, log_prob in log_probs.items():
+        log_prob = sum_to_plates(log_prob, dims)
+        scale = sites[name].subsample_scale
+        total = total + (log_prob if scale == 1 else log_prob / scale)
+    return total
+
+
+def log_weights_per_point(terms):
+    """``(log p, log w)`` per point of the independent plates, shape
+    ``(K,) + plate_shape``: :math:`\\log p(x, z_k)` and
+    :math:`\\log w_k = \\log p(x, z_k) - \\log q(z_k)`."""
+    log_p = per_point(terms, {n: t.log_prob for n, t in terms.model.items()}, terms.model)
+    log_q = per_point(terms, {n: t.log_prob for n, t in terms.guide.items()}, terms.guide)
+    return log_p, log_p - log_q
+
+
+def point_scale(terms):
+    """The subsampling scale :math:`N / B` of each point's bound: that of the
+    subsampled plates, which every site lies in."""
+    sites = list(terms.model.values()) + list(terms.guide.values())
+    return sites[0].subsample_scale if sites else 1.0
+
+
+def iwelbo(log_w, scale=1.0):
+    """:math:`\\sum_n s \\log \\frac{1}{K} \\sum_k w_{k,n}`, by log-sum-exp."""
+    return (scale * log_mean_exp(log_w)).sum()
+
+
+def normalized_weights(log_w):
+    """:math:`\\tilde w_k = w_k / \\sum_j w_j`, per point, detached."""
+    return torch.softmax(log_w.detach(), 0)
+
+
+def log_mean_exp_replacing(log_w, replacement):
+    """For each :math:`k`, :math:`\\log \\frac{1}{K}\\bigl(\\sum_{j \\ne k} w_j
+    + e^{r_k}\\bigr)`: the bound with sample :math:`k`'s log-weight replaced
+    by ``replacement[k]``; both of shape ``(K,) + shape``, the result too.
+    Exact in log space (a :math:`K \\times K` log-sum-exp, no subtraction)."""
+    num = log_w.shape[0]
+    eye = torch.eye(num, dtype=torch.bool, device=log_w.device).reshape((num, num) + (1,) * (log_w.dim() - 1))
+    table = torch.where(eye, replacement.unsqueeze(1), log_w.unsqueeze(0))  # row k: log w with entry k replaced
+    return torch.logsumexp(table, 1) - math.log(num)
+
+
+def vimco_signals(log_w):
+    """VIMCO's local learning signals (Mnih and Rezende 2016, eq. 9 with the
+    geometric mean): :math:`\\hat L - \\hat L_{-k}`, where
+    :math:`\\hat L = \\log \\frac{1}{K}\\sum_j w_j` and :math:`\\hat L_{-k}` is the
+    same bound with :math:`w_k` replaced by the geometric mean of the others,
+    :math:`\\exp(\\frac{1}{K-1}\\sum_{j \\ne k} \\log w_j)`. :math:`\\hat L_{-k}` does
+    not depend on :math:`z_k`, so it is a baseline for sample :math:`k`'s
+    score. ``log_w``: ``(K,) + shape``, ``K >= 2``; detached result."""
+    log_w = log_w.detach()
+    num = log_w.shape[0]
+    others_mean = (log_w.sum(0, keepdim=True) - log_w) / (num - 1)
+    return log_mean_exp(log_w).unsqueeze(0) - log_mean_exp_replacing(log_w, others_mean)
+
+
+def check_importance_weighted(terms, estimator):
+    """Refuses, by name, what an importance-weighted bound cannot take:
+    subsampled sequential plates, and a site outside a subsampled plate
+    (the bound of latents shared across data points has no unbiased
+    minibatch estimate)."""
+    sites = list(terms.model.values()) + list(terms.guide.values())
+    common = set(independent_plates(terms))
+    for site in sites:
+        sequential = site.subsampled_plates - set(site.plates)
+        if sequential:
+            raise ValueError(
+                "{} does not support subsampled sequential plates: site '{}' is in "
+                "the subsampled plate '{}'; vectorize the plate".format(
+                    estimator, site.name, sorted(sequential)[0]
+                )
+            )
+    subsampled = set()
+    for site in sites:
+        subsampled |= site.subsampled_plates
+    for plate in subsampled:
+        if plate not in common:
+            outside = next(site for site in sites if plate not in site.plates)
+            raise ValueError(
+                "{}: site '{}' lies outside the subsampled plate '{}'; the "
+                "importance-weighted bound of latents shared across data points has "
+                "no unbiased minibatch estimate: do not subsample, or use an ELBO "
+                "estimator".format(estimator, outside.name, plate)
+            )
+
+
+def random_guide_ancestors(terms, name):
+    """The random guide sites (not point masses, not factors) that the
+    sample or the distribution of guide site ``name`` depends on, directly or
+    through point masses (read by provenance from the programs)."""
+    guide = terms.read_structure()[1]
+    random = {n for n, site in terms.guide.items() if not site.is_point_mass and not site.is_observed}
+    found, seen, frontier = set(), set(), set(guide.dependencies.get(name, ())) - {name}
+    while frontier:
+        site = frontier.pop()
+        seen.add(site)
+        if site in random:
+            found.add(site)
+        else:
+            frontier |= set(guide.dependencies.get(site, ())) - seen - {site, name}
+    return found
+
+
+# ---------------------------------------------------------------- antithetic pairs (DisARM)
+
+
+def check_antithetic(terms, estimator):
+    """Refuses, by name, a guide site that DisARM cannot take: a site with a
+    score that is not a Bernoulli, a Bernoulli whose distribution depends on
+    another random guide sample (the two particles of a pair would not share
+    it), and a Bernoulli that could not be drawn in complete pairs."""
+    for site in terms.score_sites():
+        bernoulli = terms.bernoulli(site.name) if not site.is_observed else None
+        if bernoulli is None:
+            kind = "pyro.factor site" if site.is_observed else "site"
+            raise ValueError(
+                "{}: {} '{}' is not Bernoulli and has no pathwise derivative; DisARM's "
+                "antithetic pairs are defined for binary sites only: use "
+                "ReinforceLeaveOneOutELBO or RaoBlackwellELBO for this guide".format(estimator, kind, site.name)
+            )
+        ancestors = random_guide_ancestors(terms, site.name)
+        if ancestors:
+            raise ValueError(
+                "{}: the distribution of Bernoulli site '{}' depends on the random guide "
+                "site '{}'; the two particles of an antithetic pair must share it: use "
+                "ReinforceLeaveOneOutELBO or RaoBlackwellELBO for this guide".format(
+                    estimator, site.name, sorted(ancestors)[0]
+                )
+            )
+        if not bernoulli.paired:
+            raise ValueError(
+                "{}: Bernoulli site '{}' could not be drawn in antithetic pairs (it is met in "
+                "only one particle of a pair, or the particle plate does not broadcast it); "
+                "give both particles of a pair the same sites".format(estimator, site.name)
+            )
+
+
+def _with_event_dims(signal, event_dim):
+    return signal.reshape(signal.shape + (1,) * event_dim)
+
+
+def disarm_weights(bernoulli):
+    """For the pairs :math:`(b, b')` of a :class:`~pyro_vi.elbo.particles.BernoulliTerm`:
+    the logits :math:`\\theta` of each pair's first particle (with graph) and
+    :math:`(-1)^{b'}\\, 1[b \\ne b']\\, \\sigma(|\\theta|)` (detached), each of
+    shape ``(S/2,) + plate_shape + event_shape``."""
+    theta = bernoulli.logits[0::2]
+    first, second = bernoulli.value[0::2], bernoulli.value[1::2]
+    weight = (1 - 2 * second) * (first != second) * torch.sigmoid(theta.detach().abs())
+    return theta, weight
+
+
+def disarm_term(terms, signals):
+    """:math:`\\frac{2}{S}\\sum_i \\sum_n \\mathrm{stop}(g_{i,n}) \\theta_{i,n}` over the
+    Bernoulli score sites, whose gradient is DisARM's estimate (Dong, Mnih and
+    Tucker 2020, eq. 6) for each of the :math:`S/2` pairs,
+
+    .. math::
+
+        g = \\tfrac{1}{2}\\bigl(L(b) - L(b')\\bigr)\\, (-1)^{b'}\\, 1[b \\ne b']\\,
+            \\sigma(|\\theta|),
+
+    with each site's learning ``signals`` (``{site: (S,) + plate_shape}``,
+    e.g. Markov-blanket signals), averaged over the pairs."""
+    total = 0.0
+    num_pairs = terms.num_particles // 2
+    for site in terms.score_sites():
+        bernoulli = terms.bernoulli(site.name)
+        signal = signals[site.name]
+        difference = _with_event_dims(0.5 * (signal[0::2] - signal[1::2]), bernoulli.event_dim)
+        theta, weight = disarm_weights(bernoulli)
+        total = total + ((difference * weight).detach() * theta).sum()
+    return torch.as_tensor(total) / num_pairs
+
+
+def local_disarm_term(terms, log_w, scale=1.0):
+    """Local DisARM for the importance-weighted bound over the pairs'
+    first particles (:math:`b_{1:K}`) and, symmetrically, over their second
+    particles (:math:`b'_{1:K}`): sample :math:`k`'s estimate holds the other
+    samples of its set fixed and swaps :math:`b_k` for its antithetic partner,
+
+    .. math::
+
+        g_k = \\tfrac{1}{2}\\bigl(\\hat L(b_{1:K}) - \\hat L(b'_k, b_{-k})\\bigr)
+            (-1)^{b'_k} 1[b_k \\ne b'_k] \\sigma(|\\theta_k|),
+
+    unbiased for the part of :math:`\\nabla \\mathcal{L}_K` that flows through
+    :math:`b_k`'s distribution because :math:`b_{-k}` is independent of
+    :math:`u_k`. The two sets' estimates are averaged. ``log_w``: per-point
+    log-weights of the :math:`2K` particles, ``(2K,) + plate_shape``."""
+    first, second = log_w[0::2].detach(), log_w[1::2].detach()
+    first_signal = 0.5 * (log_mean_exp(first).unsqueeze(0) - log_mean_exp_replacing(first, second))
+    second_signal = 0.5 * (log_mean_exp(second).unsqueeze(0) - log_mean_exp_replacing(second, first))
+    total = 0.0
+    for site in terms.score_sites():
+        bernoulli = terms.bernoulli(site.name)
+        theta = bernoulli.logits[0::2]
+        b, b_prime = bernoulli.value[0::2], bernoulli.value[1::2]
+        common = (b != b_prime) * torch.sigmoid(theta.detach().abs())
+        g = (
+            _with_event_dims(first_signal, bernoulli.event_dim) * (1 - 2 * b_prime)
+            + _with_event_dims(second_signal, bernoulli.event_dim) * (1 - 2 * b)
+        ) * common
+        total = total + ((0.5 * scale * g).detach() * theta).sum()
+    return torch.as_tensor(total)
