@@ -43,6 +43,7 @@ if not __package__:  # run as ``python experiments/bernoulli_vae.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli  # noqa: E402
+from experiments._results import finish  # noqa: E402
 from experiments._figures import plt, save_figure  # noqa: E402
 from guides.bernoulli_vae import Encoder, guide  # noqa: E402
 from models.bernoulli_vae import KINDS, BernoulliVAEConfig, Decoder, model  # noqa: E402
@@ -374,18 +375,20 @@ def plot_time(summary, path):
     save_figure(fig, path)
 
 
-def write_outputs(records, args, study_info, styles, verbose=True):
-    """Writes results.json and, with ``verbose``, the figures and the table."""
+def write_outputs(records, args, study_info, styles, start, verbose=True):
+    """Writes results.json (with the run record when ``verbose``) and, with
+    ``verbose``, the figures and the table."""
     summary = aggregate(records)
     budget = ("{} steps per single-sample run and {} per multi-sample run, batch {}, chosen to fit the CPU "
               "budget (one thread); published runs train for orders of magnitude more steps, so these are "
               "early-training comparisons".format(args.steps, args.multi_steps, args.batch_size))
     results = {"args": {k: v for k, v in vars(args).items()}, "data": study_info, "budget": budget,
                "summary": summary}
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=str)
     if not verbose:
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1, default=str)
         return results
+    results = finish("bernoulli_vae", args, results, start)
     single = {kind: rows for kind, rows in summary.get("single", {}).items()}
     if single:
         plot_group(single, styles, os.path.join(args.out, "single_sample.png"),
@@ -420,6 +423,7 @@ def write_outputs(records, args, study_info, styles, verbose=True):
 
 
 def main(args):
+    start = time.perf_counter()
     study = prepare(args)
     print("data: {}; {}".format(study["info"]["source"], study["info"]["split"]))
     runs = plan(args)
@@ -448,8 +452,8 @@ def main(args):
         print("[{}/{}] {} {} {} seed {}: train {:.2f}, test L_100 {:.2f}, {:.1f} ms/step".format(
             i + 1, len(runs), group, kind, label, seed, record["train_objective"][-1], record["test_bound"][-1],
             1e3 * record["seconds_per_step"]), flush=True)
-        write_outputs(records, args, study["info"], styles, verbose=False)  # results.json after every run
-    return write_outputs(records, args, study["info"], styles)
+        write_outputs(records, args, study["info"], styles, start, verbose=False)  # results.json after every run
+    return write_outputs(records, args, study["info"], styles, start)
 
 
 def parse_args(argv=None):

@@ -1081,12 +1081,8 @@ def _test_images(text):
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/vae_mnist", device=True, multi_seed=True)
-    parser.set_defaults(seed=None)
-    for action in parser._actions:  # the study's own default: three seeds
-        if action.dest == "seed":
-            action.help = "one seed; the same as --seeds SEED (default: --seeds {})".format(
-                " ".join(map(str, DEFAULT_SEEDS)))
+    parser = _cli.parser(__doc__, out="results/vae_mnist", device=True, multi_seed=True,
+                         default_seeds=DEFAULT_SEEDS)
     parser.add_argument("--data-dir", default=None,
                         help="torchvision MNIST root or folder with the IDX files (default $PYRO_VI_DATA_DIR "
                              "or ~/.cache/pyro_vi/data: {})".format(default_data_dir()))
@@ -1146,9 +1142,6 @@ def parse_args(argv=None):
 
 def _check(args):
     """Cross-flag checks and the study's defaults, before any work."""
-    if args.seed is None:
-        args.seeds = list(DEFAULT_SEEDS)
-        args.seed = args.seeds[0]
     args.runs = [name for names in args.runs for name in names]
     if len(set(args.runs)) != len(args.runs):
         raise ValueError("argument --runs: repeats a run, got {}; pass each once".format(", ".join(args.runs)))

@@ -151,8 +151,6 @@ def test_experiment_runs_as_a_file(script, tmp_path):
 
 # The scripts on the shared command line (experiments/_cli.py).
 CLI_SCRIPTS = sorted(set(SMOKE) - {"vae_mnist"})
-# The studies that take several seeds in one call.
-MULTI_SEED = {"bernoulli_vae"}
 
 # script -> (bad flags, what the message must say)
 BAD_FLAGS = [
@@ -188,7 +186,6 @@ BAD_FLAGS = [
     ("bernoulli_vae", ["--particles", "5"], "argument --particles: must be even"),
     ("bernoulli_vae", ["--variance-draws", "1"], "argument --variance-draws: a variance needs 2 draws or more"),
     ("bernoulli_vae", ["--ks", "1"], "argument --ks: value must be an integer >= 2, got 1"),
-    ("bernoulli_vae", ["--seeds", "0", "0"], "argument --seeds: repeats a seed"),
 ] + [
     (script, flags, message)
     for script in CLI_SCRIPTS
@@ -198,7 +195,6 @@ BAD_FLAGS = [
         (["--threads", "0"], "argument --threads: value must be an integer >= 1, got 0"),
         (["--out", os.path.join(os.path.abspath(__file__), "out")], "argument --out: cannot write to"),
     ]
-    if not (script in MULTI_SEED and flags[0] == "--seeds")
 ]
 
 
