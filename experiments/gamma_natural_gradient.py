@@ -54,7 +54,7 @@ from experiments import _cli  # noqa: E402
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
 from experiments._results import finish, fmt, spreads  # noqa: E402
 from pyro_vi.exponential_family import FAMILIES  # noqa: E402
-from pyro_vi.natural_gradient import descent_step, natural_gradient_step  # noqa: E402
+from pyro_vi.optim import descent_step, natural_gradient_step  # noqa: E402
 
 FAMILY = FAMILIES["gamma_shape_scale"]
 METHODS = ("GD", "NGD")

@@ -26,7 +26,7 @@ from .elbo import (
 from .exponential_family import FAMILIES, ExponentialFamily, NaturalParameterDomainError, get_family
 from .gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample
 from .inference_data import to_inference_data
-from .natural_gradient import (
+from .optim import (
     DescentStep,
     NaturalGradient,
     descent_step,
