@@ -457,7 +457,7 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/bernoulli_vae", multi_seed=True)
+    parser = _cli.parser(__doc__, out="results/bernoulli_vae", multi_seed=True, default_seeds=(0, 1, 2))
     parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
     parser.add_argument("--no-download", action="store_true", help="never download MNIST")
     parser.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS))
