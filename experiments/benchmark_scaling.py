@@ -286,10 +286,6 @@ def main(args):
                 "" if ratio is None else " ".join("{:5.2f}".format(r) for r in ratio)))
 
 
-if __name__ == "__main__":
-    main(parse_args())
-
-
 def render(results):
     """The README's tables: time (ms per step, and the ratio to the Pyro
     counterpart) and peak extra memory at each sweep's sizes."""
@@ -311,3 +307,7 @@ def render(results):
                 cells.append(cell)
             lines.append("| {} | {} |".format(name, " | ".join(cells)))
     return "\n".join(lines[1:])
+
+
+if __name__ == "__main__":
+    main(parse_args())

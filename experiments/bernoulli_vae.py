@@ -383,7 +383,8 @@ def write_outputs(records, args, study_info, styles, start, verbose=True):
               "budget (one thread); published runs train for orders of magnitude more steps, so these are "
               "early-training comparisons".format(args.steps, args.multi_steps, args.batch_size))
     results = {"args": {k: v for k, v in vars(args).items()}, "data": study_info, "budget": budget,
-               "summary": summary}
+               # the runs' own wall time, also of those a --resume call found saved
+               "run_seconds": sum(r["wall_seconds"] for r in records), "summary": summary}
     if not verbose:
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=str)

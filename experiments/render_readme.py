@@ -499,6 +499,90 @@ def benchmark_vae(results):
     return "\n".join(lines)
 
 
+@block("benchmark_discrete", "results/benchmark/results.json")
+def benchmark_discrete(results):
+    args = results["args"]
+    lines = []
+    for key, title in [("discrete", "On the Bernoulli VAE (linear, 200 binary latents, batch {}), {} model "
+                                    "evaluations per image".format(args["batch_size"], args["evaluations"])),
+                       ("gmm_pathwise", "On the GMM (N = 300, K = 3) with sampled assignments, {} vectorized "
+                                        "particles".format(args["particles"]))]:
+        part = results[key]
+        also = part["also"]
+        rows = [[name, "{:.2f}".format(row["ms_per_step"]), _ratio_cell(row),
+                 "{:.2f}".format(row["ratio_" + also])] for name, row in part["estimators"].items()]
+        lines += ["{}, from the same run:\n".format(title),
+                  table(["estimator", "ms/step", "x {} (rounds' range)".format(part["baseline"]),
+                         "x {}".format(also)], rows)]
+    return "\n".join(lines)
+
+
+@block("benchmark_scaling")
+def benchmark_scaling(results):
+    from experiments.benchmark_scaling import render as render_scaling
+
+    return render_scaling(results) + "\n\n" + run_line(results)
+
+
+@block("bernoulli_vae")
+def bernoulli_vae(results):
+    rows = []
+    for group, models in results["summary"].items():
+        for kind, estimators in models.items():
+            for label, s in estimators.items():
+                last = {k: {stat: s[k][stat][-1] for stat in ("mean", "min", "max")}
+                        for k in ("train_objective", "test_bound", "grad_variance")}
+                variance = last["grad_variance"]["mean"]
+                rows.append([group, kind, label, "{:.2f}".format(last["train_objective"]["mean"]),
+                             "{:.2f} ({:.2f} to {:.2f})".format(*(last["test_bound"][k] for k in ("mean", "min", "max"))),
+                             "-" if variance is None else "{:.3g}".format(variance), "{:.1f}".format(s["ms_per_step"])])
+    args = results["args"]
+    return "\n".join([
+        table(["group", "decoder", "estimator", "train objective", "test L_{} (seeds' min to max)".format(
+            args["test_samples"]), "grad. variance", "ms/step"], rows, align="lllrrrr"),
+        "Mean over seeds at the last step. {}. Data: {}. Gradient variance: the mean over the encoder's weights "
+        "of the variance of the per-image gradient, {} draws at the last step. The runs themselves took {} of "
+        "wall time in all.\n".format(results["budget"][0].upper() + results["budget"][1:], results["data"]["split"],
+                                      args["variance_draws"], seconds(results["run_seconds"])),
+        run_line(results),
+    ])
+
+
+@block("vae_mnist")
+def vae_mnist(results):
+    ev = results["evaluation"]
+    rows = []
+    for key, run in results["runs"].items():
+        m = run["summary"]
+        rows.append([run["label"], str(len(run["seeds"])), _mean_sd(m["test_log_likelihood"]),
+                     _mean_sd(m["test_elbo"]), _mean_sd(m["active_units"], 1), _mean_sd(m["seconds_per_epoch"], 1)])
+    lines = [table(["run", "seeds", "test L_{}".format(ev["eval_samples"]), "test ELBO", "active units",
+                    "s/epoch"], rows)]
+    bases = sorted({c["basis"] for c in results["comparisons"]})
+    lines.append("Comparisons in the papers' order, difference ± 95% half-width ({}): {}.\n".format(
+        "; ".join(bases), "; ".join("{} - {} = {:+.2f} ± {:.2f} nats, {}".format(
+            c["better"], c["worse"], c["mean_difference"], c["half_width_95"], c["verdict"])
+            for c in results["comparisons"])))
+    burda = results["references"]["burda_test_nll_3280_epochs"]
+    lines.append("For scale, Burda et al. (2016, table 1) report test log-likelihoods of -{} (VAE, k = 1), -{} "
+                 "(IWAE k = 5) and -{} (IWAE k = 50) after 3,280 epochs; {}.\n".format(
+                     burda["VAE"]["k=1"], burda["IWAE"]["k=5"], burda["IWAE"]["k=50"],
+                     results["references"]["note"].split("; ")[-1]))
+    env = results["environment"]
+    lines.append("Command: `{}`; test images: {}; {:.1f} h of training and evaluation in all, on {}, {} torch thread, device {}; "
+                 "status: {}.\n".format(results["command"], results["data"]["test_subset"]["how"],
+                                        results["compute_seconds"] / 3600, env["machine"], env["threads"],
+                                        env["device"], results["status"]))
+    return "\n".join(lines)
+
+
+def _mean_sd(summary, digits=2):
+    if summary is None or summary["mean"] is None:
+        return "-"
+    sd = "" if summary["sd"] is None else " ± {:.{}f}".format(summary["sd"], digits)
+    return "{:.{}f}{}".format(summary["mean"], digits, sd)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md differs")
