@@ -132,7 +132,8 @@ ESTIMATORS = {
     "TraceGraph_ELBO (Pyro)": (lambda s, **kw: TraceGraph_ELBO(num_particles=s, **kw), "ELBO"),
     "ScoreFunctionELBO": (lambda s, **kw: ScoreFunctionELBO(num_particles=s, **kw), "ELBO"),
     "ControlVariateELBO": (lambda s, **kw: ControlVariateELBO(num_particles=s, **kw), "ELBO"),
-    "ControlVariateELBO(pathwise=True)": (lambda s, **kw: ControlVariateELBO(num_particles=s, **kw, pathwise=True), "ELBO"),
+    "ControlVariateELBO(pathwise=True)": (
+        lambda s, **kw: ControlVariateELBO(num_particles=s, **kw, pathwise=True), "ELBO"),
     "RaoBlackwellELBO": (lambda s, **kw: RaoBlackwellELBO(num_particles=s, **kw), "ELBO"),
     "RaoBlackwellELBO(pathwise=True)": (lambda s, **kw: RaoBlackwellELBO(num_particles=s, **kw, pathwise=True), "ELBO"),
     "ReinforceLeaveOneOutELBO(pathwise=True)": (
@@ -140,7 +141,8 @@ ESTIMATORS = {
     "DisARMELBO": (lambda s, **kw: DisARMELBO(num_particles=s // 2, **kw), "ELBO"),
     "StickingTheLandingELBO": (lambda s, **kw: StickingTheLandingELBO(num_particles=s, **kw), "ELBO"),
     "ImportanceWeightedELBO": (lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw), "IW bound"),
-    "ImportanceWeightedELBO(dreg)": (lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw, gradient="dreg"), "IW bound"),
+    "ImportanceWeightedELBO(dreg)": (
+        lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw, gradient="dreg"), "IW bound"),
     "ImportanceWeightedELBO(vimco)": (
         lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw, gradient="vimco"), "IW bound"),
     "ImportanceWeightedELBO(disarm)": (
