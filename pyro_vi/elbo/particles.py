@@ -764,8 +764,10 @@ class ParticleELBO(ELBO):
             return -float(self.elbo_value(terms))
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        """:returns: a scalar whose value is the negative estimate of the
-        objective and whose gradient is the negative estimator."""
+        """The loss as a tensor, for a hand-written training loop.
+
+        :returns: a scalar whose value is the negative estimate of the
+            objective and whose gradient is the negative estimator."""
         terms = self._terms(model, guide, args, kwargs)
         elbo, surrogate = self.elbo_and_surrogate(terms)
         elbo, surrogate = torch.as_tensor(elbo), torch.as_tensor(surrogate)
