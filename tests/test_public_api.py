@@ -5,6 +5,7 @@ must give the module, whatever the package imports)."""
 
 import importlib
 import pkgutil
+import sys
 
 import pytest
 
@@ -96,3 +97,11 @@ def test_no_attribute_shadows_a_submodule(package):
         submodule = importlib.import_module(f"{package}.{info.name}")
         assert getattr(module, info.name) is submodule, f"{package}.{info.name} is not the submodule"
         assert info.name not in module.__all__, f"{package}.__all__ exports {info.name!r}, a submodule's name"
+
+
+def test_without_arviz_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "arviz", None)  # `import arviz` now raises ImportError
+    with pytest.raises(ImportError, match=r'to_inference_data needs ArviZ.*pip install "pyro_vi\[arviz\]"'):
+        pyro_vi.to_inference_data(lambda: None, lambda: None)
+    with pytest.raises(ImportError, match=r'psis_khat needs ArviZ.*pip install "pyro_vi\[arviz\]"'):
+        pyro_vi.psis_khat(list(range(30)))
