@@ -20,11 +20,13 @@ from .elbo import (
     RaoBlackwellELBO,
     ReinforceLeaveOneOutELBO,
     ScoreFunctionELBO,
+    SiteTerm,
     StickingTheLandingELBO,
     score_function_guide,
 )
+from .distributed import average_gradients, process, sum_over_processes
 from .exponential_family import FAMILIES, ExponentialFamily, NaturalParameterDomainError, get_family
-from .gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample
+from .gumbel_softmax import categorical_from_relaxed, gumbel_noise, gumbel_softmax_sample
 from .inference_data import to_inference_data
 from .optim import (
     DescentStep,
@@ -56,20 +58,25 @@ __all__ = [
     "RaoBlackwellELBO",
     "ReinforceLeaveOneOutELBO",
     "ScoreFunctionELBO",
+    "SiteTerm",
     "StickingTheLandingELBO",
+    "average_gradients",
     "categorical_from_relaxed",
     "descent_step",
     "fit",
     "get_family",
     "gradient_statistics",
     "gradient_variance_table",
+    "gumbel_noise",
     "gumbel_softmax_sample",
     "load_checkpoint",
     "log_importance_weights",
     "natural_gradient",
     "natural_gradient_step",
     "natural_parameter_step",
+    "process",
     "psis_khat",
     "score_function_guide",
+    "sum_over_processes",
     "to_inference_data",
 ]

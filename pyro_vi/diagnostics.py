@@ -23,6 +23,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from ._optional import import_arviz
 from ._validation import function, instance, integer
 from .inference_data import _check_no_subsampling, _check_seed, _guide_and_model_traces, _seeded
 
@@ -254,6 +255,8 @@ def psis_khat(log_weights) -> float:
     :rtype: float
     :raises ValueError: if the input is not 1-D, not finite, or has fewer than
         21 values (the tail fit needs at least 5 of them).
+    :raises ImportError: naming ``pip install "pyro_vi[arviz]"`` when ArviZ is
+        not installed.
     """
     if isinstance(log_weights, torch.Tensor):
         log_weights = log_weights.detach().cpu().numpy()
@@ -280,9 +283,7 @@ def psis_khat(log_weights) -> float:
         return -math.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # arviz warns when k > 0.7; we return k
-        import arviz  # imported here: arviz takes seconds to import
-
-        _, khat = arviz.psislw(log_weights, reff=1.0)
+        _, khat = import_arviz("psis_khat").psislw(log_weights, reff=1.0)
     return float(khat)
 
 

@@ -14,6 +14,7 @@ from pyro import poutine
 from pyro.distributions import Independent, MaskedDistribution
 from pyro.poutine.util import site_is_subsample
 
+from ._optional import import_arviz
 from ._validation import boolean, function, integer
 
 if TYPE_CHECKING:
@@ -201,9 +202,7 @@ def _stack(name: str, values: List[torch.Tensor], num_chains: int) -> np.ndarray
 
 
 def _dataset(data: Dict[str, np.ndarray], dims: Dict[str, List[str]], sample_dims=None, coords=None):
-    import arviz  # imported on use: arviz takes seconds to import
-
-    return arviz.dict_to_dataset(
+    return import_arviz("to_inference_data").dict_to_dataset(
         data, library=pyro, dims=dims, default_dims=sample_dims, coords=coords
     )
 
@@ -276,6 +275,8 @@ def to_inference_data(
         (torch, python, numpy) are restored afterwards.
     :returns: the inference data.
     :rtype: arviz.InferenceData
+    :raises ImportError: naming ``pip install "pyro_vi[arviz]"`` when ArviZ is
+        not installed.
     :raises ValueError: before any draw, for a bad argument (a ``num_samples`` or
         ``num_chains`` that is not a positive integer, a ``num_samples`` not
         divisible by ``num_chains``, ...); at the first draw, for ``observed``
@@ -283,6 +284,7 @@ def to_inference_data(
         sites, a guide that lacks a latent site of the model (naming it), or a
         subsampled plate; for a mask or shape that changes between draws.
     """
+    arviz = import_arviz("to_inference_data")
     function("model", model)
     function("guide", guide)
     num_samples, num_chains = _check_draws(num_samples, num_chains)
@@ -304,8 +306,6 @@ def to_inference_data(
             for _ in range(num_samples - 1)
         ]
         groups = _groups(traces, num_chains, posterior_predictive, log_likelihood, summed_out)
-    import arviz  # imported on use: arviz takes seconds to import
-
     return arviz.InferenceData(**groups)
 
 

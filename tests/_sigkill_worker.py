@@ -17,26 +17,16 @@ import sys
 import time
 
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 
 from pyro_vi import ControlVariateELBO
 from pyro_vi.training import fit
+from tests.programs import normal_guide, normal_model
 
 X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.5, 0.9])
 
 
-def model(x):
-    z = pyro.sample("z", dist.Normal(0.0, 1.0))
-    with pyro.plate("data", len(x)):
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def guide(x):
-    loc = pyro.param("loc", torch.tensor(-1.0))
-    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
-    pyro.sample("z", dist.Normal(loc, scale))
+model, guide = normal_model, normal_guide
 
 
 def train(path, num_steps, out):

@@ -10,12 +10,12 @@ imported so that this process's OpenMP pool starts with one thread too.
 
 import os
 
-for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_variable] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
-import pyro  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pyro
+import pytest
+import torch
 
 torch.set_num_threads(1)
 try:  # possible only before torch's inter-op pool has started
@@ -27,8 +27,11 @@ except RuntimeError:
 @pytest.fixture(autouse=True)
 def fresh_pyro_state():
     """Clears the param store, seeds Pyro (``random``, NumPy and torch) with
-    0 and sets one torch thread before each test."""
+    0 and sets one torch thread before each test; clears the store again
+    after it."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     torch.set_num_threads(1)
     yield
+    # so that a module- or session-scoped fixture set up next finds an empty store too
+    pyro.clear_param_store()

@@ -1,5 +1,9 @@
-"""Helpers shared by the model tests."""
+"""Helpers shared by the test modules (the toy programs are in
+tests/programs.py)."""
 
+import os
+
+import numpy as np
 from pyro.poutine.util import site_is_subsample
 
 
@@ -11,3 +15,19 @@ def per_draw_log_prob(trace, num_draws):
         if site["type"] == "sample" and not site_is_subsample(site):
             total = total + site["log_prob"].reshape(num_draws, -1).sum(-1)
     return total
+
+
+def write_tiny_mnist(directory, num_images=40, seed=0, gz=True, train=False):
+    """Writes ``num_images`` random 28x28 uint8 images with labels as MNIST IDX
+    files (``t10k-*``, and ``train-*`` with ``train=True``) into ``directory``;
+    returns ``str(directory)``."""
+    from models.mnist import write_idx
+
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    suffix = ".gz" if gz else ""
+    for prefix in ("t10k", "train") if train else ("t10k",):
+        images = (rng.random((num_images, 28, 28)) ** 3 * 255).astype(np.uint8)
+        write_idx(os.path.join(directory, prefix + "-images-idx3-ubyte" + suffix), images)
+        write_idx(os.path.join(directory, prefix + "-labels-idx1-ubyte" + suffix), rng.integers(0, 10, num_images))
+    return str(directory)

@@ -226,7 +226,6 @@ def test_flow_weights_get_a_score():
     """The score of a flow guide reaches the flow's own weights (no inverse
     cached without a graph)."""
     spec = CATALOGUE["auto_iaf_normal"]
-    pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = spec.guide()
     elbo_for("ScoreFunctionELBO", True, spec, num_particles=4).loss_and_grads(spec.model, guide)

@@ -24,34 +24,18 @@ from pyro_vi import (
 )
 from pyro_vi import _checkpoint
 from pyro_vi.training import fit, load_checkpoint
+from tests.programs import normal_guide, normal_model
 
 X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.5, 0.9, 1.1, -0.4, 0.8, 1.9])
 
 
-def model(x):
-    z = pyro.sample("z", dist.Normal(0.0, 1.0))
-    with pyro.plate("data", len(x)):
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def guide(x):
-    loc = pyro.param("loc", torch.tensor(-1.0))
-    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
-    pyro.sample("z", dist.Normal(loc, scale))
+model, guide = normal_model, normal_guide
 
 
 def other_guide(x):
     loc = pyro.param("loc", torch.zeros(2))
     width = pyro.param("width", torch.tensor(1.0), constraint=constraints.positive)
     pyro.sample("z", dist.Normal(loc.sum(), width))
-
-
-@pytest.fixture(autouse=True)
-def fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
 
 
 def _params():
@@ -374,7 +358,7 @@ def test_resume_of_a_finished_run_restores_it_without_steps(tmp_path):
     full_params = _params()
     steps = []
     state = {}
-    again = _fit(path, 5, resume="allow_fresh", state=state, seed=3, callback=lambda s, l: steps.append(s))
+    again = _fit(path, 5, resume="allow_fresh", state=state, seed=3, callback=lambda step, loss: steps.append(step))
     assert steps == [] and again.resumed_from == 5 and state == {"evaluated": [1, 2, 3, 4, 5]}
     np.testing.assert_array_equal(again.losses, full.losses)
     assert all(torch.equal(p, full_params[n]) for n, p in _params().items())

@@ -51,15 +51,7 @@ def exact_gradient_moments():
     }
 
 
-@pytest.fixture
-def fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
-
-def test_gradient_statistics_matches_closed_form(fresh):
+def test_gradient_statistics_matches_closed_form():
     num_draws = 1000
     result = gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=num_draws)
     assert set(result) == {"m", "s"}
@@ -83,7 +75,7 @@ def test_gradient_statistics_matches_closed_form(fresh):
             assert abs(st.variance.item() - variance) < 4 * sd
 
 
-def test_gradient_statistics_variance_shrinks_with_particles(fresh):
+def test_gradient_statistics_variance_shrinks_with_particles():
     # K particles average K independent gradients: variance / K
     elbo = Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
     result = gradient_statistics(elbo, model, guide, X, num_draws=400, params=["m"])
@@ -94,7 +86,7 @@ def test_gradient_statistics_variance_shrinks_with_particles(fresh):
     assert lo < statistic < hi
 
 
-def test_gradient_statistics_leaves_params_and_grads_alone(fresh):
+def test_gradient_statistics_leaves_params_and_grads_alone():
     guide(X)
     store = pyro.get_param_store()
     before = {name: p.detach().clone() for name, p in store.named_parameters()}
@@ -107,7 +99,7 @@ def test_gradient_statistics_leaves_params_and_grads_alone(fresh):
     assert pyro.param("s").unconstrained().grad is None
 
 
-def test_gradient_statistics_snr_edge_cases(fresh):
+def test_gradient_statistics_snr_edge_cases():
     def model_with_factor(x):
         theta = pyro.param("theta", torch.tensor(1.0))
         pyro.factor("linear", 3.0 * theta)
@@ -129,12 +121,12 @@ def test_gradient_statistics_snr_edge_cases(fresh):
 
 
 @pytest.mark.parametrize("num_draws", [0, 1])
-def test_gradient_statistics_needs_two_draws(fresh, num_draws):
+def test_gradient_statistics_needs_two_draws(num_draws):
     with pytest.raises(ValueError, match="num_draws must be an integer >= 2, got {}".format(num_draws)):
         gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=num_draws)
 
 
-def test_gradient_statistics_unknown_param(fresh):
+def test_gradient_statistics_unknown_param():
     with pytest.raises(ValueError, match="nope"):
         gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=2, params=["nope"])
 
@@ -209,7 +201,7 @@ def test_psis_khat_bad_input(log_weights, match):
         psis_khat(log_weights)
 
 
-def test_gradient_statistics_float_num_draws_is_refused_by_name(fresh):
+def test_gradient_statistics_float_num_draws_is_refused_by_name():
     with pytest.raises(ValueError, match=r"num_draws must be an integer >= 2, got 3\.0 \(float\)"):
         gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=3.0)
     assert len(pyro.get_param_store()) == 0  # refused before any draw
@@ -217,12 +209,12 @@ def test_gradient_statistics_float_num_draws_is_refused_by_name(fresh):
     assert stats["m"].num_draws == 3
 
 
-def test_gradient_statistics_elbo_class_is_refused(fresh):
+def test_gradient_statistics_elbo_class_is_refused():
     with pytest.raises(ValueError, match=r"elbo must be an ELBO instance .*got the class Trace_ELBO; pass"):
         gradient_statistics(Trace_ELBO, model, guide, X, num_draws=3)
 
 
-def test_log_importance_weights_are_log_p_minus_log_q(fresh):
+def test_log_importance_weights_are_log_p_minus_log_q():
     log_w = log_importance_weights(model, guide, X, num_samples=30, seed=2)
     assert log_w.shape == (30,) and log_w.dtype == torch.float64
     # the same draws by hand under the same seed
@@ -235,7 +227,7 @@ def test_log_importance_weights_are_log_p_minus_log_q(fresh):
     torch.testing.assert_close(log_w, torch.stack(expected).double(), rtol=1e-5, atol=1e-5)
 
 
-def test_psis_khat_from_model_and_guide(fresh):
+def test_psis_khat_from_model_and_guide():
     post_var = 1.0 / (N + 1)
     post_mean = X.sum().item() * post_var
 
@@ -250,7 +242,7 @@ def test_psis_khat_from_model_and_guide(fresh):
     assert psis_khat(log_importance_weights(model, narrow, X, num_samples=2000, seed=0)) > 0.7
 
 
-def test_log_importance_weights_refuse_a_guide_without_a_model_latent(fresh):
+def test_log_importance_weights_refuse_a_guide_without_a_model_latent():
     def two_latents(x):
         pyro.sample("w", dist.Normal(0.0, 1.0))
         model(x)

@@ -48,13 +48,6 @@ def separated_data():
     return generate_data(300, PI, SEPARATED_MUS, SEPARATED_RATES, tau=1.0, seed=2)
 
 
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 def reference_log_prior(mu, rate, hyper):
     mu, rate = np.asarray(mu, dtype=np.float64), np.asarray(rate, dtype=np.float64)
     value = stats.gamma.logpdf(rate, hyper.alpha, scale=1 / hyper.beta).sum()

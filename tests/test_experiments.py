@@ -7,15 +7,15 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
-from tests.test_vae import write_tiny_mnist
+from tests.helpers import write_tiny_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY_MNIST = write_tiny_mnist(tempfile.mkdtemp(prefix="tiny_mnist_"))
+#: stands in SMOKE's flags for the folder of the ``tiny_mnist`` fixture
+TINY_MNIST = "<tiny MNIST folder>"
 
 # script -> (tiny flags, files it must write to --out)
 SMOKE = {
@@ -110,6 +110,22 @@ def run(command, out, flags):
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory):
+    """A fake MNIST folder (IDX files) for the studies' ``--data-dir``."""
+    return write_tiny_mnist(tmp_path_factory.mktemp("tiny_mnist"))
+
+
+def smoke(script, request):
+    """SMOKE's ``(flags, outputs)`` of ``script``, with the tiny MNIST folder
+    (written on first use) in its flags."""
+    flags, outputs = SMOKE[script]
+    if TINY_MNIST in flags:
+        folder = request.getfixturevalue("tiny_mnist")
+        flags = [folder if flag == TINY_MNIST else flag for flag in flags]
+    return flags, outputs
+
+
 def check_outputs(out, outputs):
     for name in outputs:
         path = out / name
@@ -124,8 +140,8 @@ MULTI_SEED = sorted(set(SMOKE) - {"vae_mnist"})
 
 
 @pytest.mark.parametrize("script", sorted(SMOKE))
-def test_experiment_runs(script, tmp_path):
-    flags, outputs = SMOKE[script]
+def test_experiment_runs(script, tmp_path, request):
+    flags, outputs = smoke(script, request)
     seeds = ["--seeds", "0", "1"] if script in MULTI_SEED else []
     proc = run(["-m", "experiments." + script], tmp_path, flags + seeds)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -139,8 +155,8 @@ def test_experiment_runs(script, tmp_path):
 
 
 @pytest.mark.parametrize("script", ["iwelbo_bounds", "gamma_natural_gradient"])
-def test_experiment_runs_as_a_file(script, tmp_path):
-    flags, outputs = SMOKE[script]
+def test_experiment_runs_as_a_file(script, tmp_path, request):
+    flags, outputs = smoke(script, request)
     proc = run([os.path.join("experiments", script + ".py")], tmp_path, flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_outputs(tmp_path, outputs)

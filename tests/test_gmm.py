@@ -46,13 +46,6 @@ def separated_data():
     return generate_data(300, PI, mus=[-10.0, 0.0, 10.0], taus=[1.0, 4.0, 0.5], seed=2)
 
 
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 def reference_log_joint(x, z, mu, tau, pi, prior):
     """log p(x, z, mu, tau) with scipy.stats, float64."""
     x, z, mu, tau, pi = (np.asarray(v, dtype=np.float64) for v in (x, z, mu, tau, pi))

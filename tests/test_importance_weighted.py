@@ -10,29 +10,19 @@ from torch import nn
 
 import pyro
 import pyro.distributions as dist
-from pyro.distributions import constraints
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from guides.normal_gamma import MeanFieldParams, mean_field_guide
 from models.normal_gamma import generate_data, log_evidence, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
 from pyro_vi.diagnostics import gradient_statistics
+from tests.programs import location_guide, location_model
 
 NG_DATA = generate_data()
 IMPERFECT = MeanFieldParams(m=0.8, lam=20.0, a=15.0, b=40.0)
 DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4])
 
-
-def global_model(data):
-    loc = pyro.sample("loc", dist.Normal(0.0, 2.0))
-    with pyro.plate("data", len(data)):
-        pyro.sample("x", dist.Normal(loc, 1.0), obs=data)
-
-
-def global_guide(data):
-    m = pyro.param("m", torch.tensor(0.2))
-    s = pyro.param("s", torch.tensor(0.8), constraint=constraints.positive)
-    pyro.sample("loc", dist.Normal(m, s))
+global_model, global_guide = location_model, location_guide
 
 
 def local_model(data):
@@ -94,7 +84,6 @@ def test_value_equals_renyi_alpha_zero(pair):
     """Same samples, same value: with a global latent both take the joint
     log-mean-exp; with every site in the data plate both take it per point."""
     model, guide = (local_model, local_guide) if pair == "local" else (global_model, global_guide)
-    pyro.clear_param_store()
     kw = dict(num_particles=7, vectorize_particles=True, max_plate_nesting=1)
     pyro.set_rng_seed(2)
     renyi = RenyiELBO(alpha=0.0, **kw).loss(model, guide, DATA)
@@ -106,7 +95,6 @@ def test_value_equals_renyi_alpha_zero(pair):
 def test_local_latents_take_the_bound_per_data_point():
     """With every site in the data plate the bound is sum_n log mean_k w_kn
     (computed here from the site terms), not the joint log mean_k prod_n w_kn."""
-    pyro.clear_param_store()
     elbo = ImportanceWeightedELBO(num_particles=7, vectorize_particles=True, max_plate_nesting=1)
     pyro.set_rng_seed(2)
     terms = elbo.particle_terms(local_model, local_guide, DATA)
@@ -142,7 +130,6 @@ def test_bound_increases_with_k_and_stays_below_log_evidence():
 
 
 def test_stable_for_thousands_of_particles():
-    pyro.clear_param_store()
     guide = functools.partial(mean_field_guide, init=MeanFieldParams(m=0.0, lam=1.0, a=1.0, b=1.0))
     elbo = ImportanceWeightedELBO(5000, gradient="dreg", vectorize_particles=True, max_plate_nesting=1)
     loss = elbo.loss_and_grads(model, guide, NG_DATA)
@@ -211,15 +198,9 @@ def model_with_param(data):
     ids=["amortized with a model param", "mean-field, global"],
 )
 def test_dreg_in_one_backward_pass_equals_dreg_by_two_gradients(mdl, guide, data):
-    from pyro_vi.elbo.importance_weighted import (
-        dreg_surrogate_by_hooks,
-        dreg_surrogate_by_two_gradients,
-        log_weights_per_point,
-        normalized_weights,
-        per_point,
-    )
+    from pyro_vi.elbo.importance_weighted import dreg_surrogate_by_hooks, dreg_surrogate_by_two_gradients
+    from pyro_vi.elbo.surrogate import log_weights_per_point, normalized_weights, per_point
 
-    pyro.clear_param_store()
     pyro.set_rng_seed(0)
     elbo = ImportanceWeightedELBO(num_particles=7, gradient="dreg", vectorize_particles=True, max_plate_nesting=1)
     terms = elbo.particle_terms(mdl, guide, data)
@@ -242,7 +223,6 @@ def test_dreg_in_one_backward_pass_equals_dreg_by_two_gradients(mdl, guide, data
 def test_dreg_on_a_structured_guide_takes_two_gradients():
     from guides.normal_gamma import structured_guide
 
-    pyro.clear_param_store()
     elbo = ImportanceWeightedELBO(num_particles=3, gradient="dreg", vectorize_particles=True, max_plate_nesting=1)
     terms = elbo.particle_terms(model, functools.partial(structured_guide, init=IMPERFECT), NG_DATA)
     assert not terms.guide_samples_independent

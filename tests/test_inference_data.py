@@ -105,7 +105,6 @@ def test_plot_posterior_runs(idata):
 
 
 def test_seed_reproducible_and_restores_global_rng():
-    pyro.clear_param_store()
     pyro.set_rng_seed(5)
     expected_next = torch.rand(3)
     pyro.set_rng_seed(5)
@@ -123,7 +122,6 @@ def test_autoguide_and_observed_argument():
         with pyro.plate("data", len(x)):
             pyro.sample("x", dist.Normal(0.0, s))
 
-    pyro.clear_param_store()
     pyro.set_rng_seed(0)
     conditioned = pyro.poutine.condition(unconditioned, data={"x": X})
     auto = AutoNormal(conditioned)
@@ -137,7 +135,6 @@ def test_autoguide_and_observed_argument():
 
 
 def test_group_flags():
-    pyro.clear_param_store()
     idata = to_inference_data(
         model, guide, X, num_samples=4, num_chains=1,
         posterior_predictive=False, log_likelihood=False, seed=0,
@@ -165,7 +162,6 @@ def _empty_guide(x):
     ],
 )
 def test_bad_arguments(kwargs, match):
-    pyro.clear_param_store()
     with pytest.raises(ValueError, match=match):
         to_inference_data(model, guide, X, **kwargs)
 
@@ -195,7 +191,6 @@ def test_positive_constraint_param_guide():
         with pyro.plate("data", len(x)):
             pyro.sample("y", dist.Normal(0.0, 1.0))
 
-    pyro.clear_param_store()
     idata = to_inference_data(model, q, X, num_samples=4, num_chains=2, seed=0)
     assert idata.posterior["z"].shape == (2, 2)
 

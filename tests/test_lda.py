@@ -42,17 +42,6 @@ from models.lda import check_counts, generate_corpus, load_docword, match_topics
 ALPHA, ETA, K = 0.3, 0.2, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_clean_store():
-    # one intra-op thread: on a shared 2-core machine, two threads are ~15x slower here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
-
-
 def small_corpus(seed=0):
     """300 documents of 50 tokens over 30 words from 3 topics: (counts, true topics)."""
     return generate_corpus(300, 30, K, 50, ALPHA, ETA, seed=seed)

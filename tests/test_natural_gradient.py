@@ -36,10 +36,8 @@ NAMES = (MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE)
 def float64():
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
     yield
     torch.set_default_dtype(previous)
-    pyro.clear_param_store()
 
 
 @pytest.fixture(scope="module")
@@ -211,12 +209,10 @@ def test_bad_factors_and_constraints():
         NaturalGradient({"x": ("gamma", ["a", "b"]), "y": ("gamma", ["b", "c"])})
     with pytest.raises(ValueError, match="lr must be > 0, got 0"):
         NaturalGradient(FACTORS, lr=0)
-    pyro.clear_param_store()
     p = pyro.param("p", torch.tensor([0.2, 0.8]), constraint=constraints.simplex).unconstrained()
     p.grad = torch.ones_like(p)
     with pytest.raises(ValueError, match="'p'.*elementwise constraint"):
         NaturalGradient({"x": ("normal", ["p", "s"])})([p, pyro.param("s", torch.ones(2)).unconstrained()])
-    pyro.clear_param_store()
 
 
 def test_fit_checkpoint_resume_matches_uninterrupted_run(float64, data, tmp_path):

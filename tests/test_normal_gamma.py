@@ -327,7 +327,6 @@ def test_guides_use_documented_param_names_and_init():
         assert set(store.keys()) == {"q_mu_loc", "q_mu_precision", "q_tau_concentration", "q_tau_rate"}
         assert params_from_store() == init
         assert init.means == {"mu": 0.25, "tau": 0.75}
-    pyro.clear_param_store()
 
 
 # ---------------------------------------------------------------- bad input

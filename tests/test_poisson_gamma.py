@@ -45,13 +45,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 def quad_moments(data, prior):
     """log Z, E[lambda], Var[lambda] of exp(log_joint) by adaptive quadrature on (0, inf).
 

@@ -31,7 +31,6 @@ def test_bbvi_reaches_theta_star(make_elbo):
     the last 200 iterates is within 5% of theta* (measured: 0.8% for the
     score function, 1.3% for leave-one-out control variates)."""
     theta_star = optimal_theta(DATA)
-    pyro.clear_param_store()
     pyro.set_rng_seed(0)
     svi = SVI(
         model,

@@ -1,7 +1,8 @@
 """RaoBlackwellELBO: the Markov-blanket bookkeeping against brute force, the
-degenerate equality with the score function, unbiasedness against exact
-gradients and the variance reduction on the 1.C.2 model."""
+degenerate equality with the score function and the arguments (the course's
+1.C.2 model: test_rao_blackwell_course_model.py)."""
 
+import functools
 import itertools
 
 import pytest
@@ -10,11 +11,11 @@ import torch
 import pyro
 import pyro.distributions as dist
 from pyro import poutine
-from pyro.distributions import constraints
 from pyro.infer import TraceGraph_ELBO
 
 from pyro_vi import RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
 from pyro_vi.elbo.structure import markov_blankets, program_structure
+from tests.programs import location_guide, location_model
 
 
 def chain_model():
@@ -126,16 +127,8 @@ def test_markov_blanket_of_a_global_includes_all_children():
     }
 
 
-def single_latent_model(data):
-    loc = pyro.sample("loc", dist.Normal(0.0, 2.0))
-    with pyro.plate("data", len(data)):
-        pyro.sample("x", dist.Normal(loc, 1.0), obs=data)
-
-
-def single_latent_guide(data):
-    m = pyro.param("m", torch.tensor(0.3))
-    s = pyro.param("s", torch.tensor(0.7), constraint=constraints.positive)
-    pyro.sample("loc", dist.Normal(m, s))
+single_latent_model = location_model
+single_latent_guide = functools.partial(location_guide, m=0.3, s=0.7)
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
@@ -171,7 +164,6 @@ def test_score_function_guide_sets_the_tracegraph_baseline():
     traced = poutine.trace(
         score_function_guide(single_latent_guide, baseline={"use_decaying_avg_baseline": True})
     )
-    pyro.clear_param_store()
     traced(torch.zeros(2))
     site = traced.trace.nodes["loc"]
     assert site["infer"]["baseline"] == {"use_decaying_avg_baseline": True}
@@ -182,85 +174,3 @@ def test_score_function_guide_sets_the_tracegraph_baseline():
         torch.zeros(2),
     )
     assert torch.isfinite(torch.tensor(loss))
-
-
-# ---- the 1.C.2 model -------------------------------------------------------
-
-import functools  # noqa: E402
-
-from guides.rao_blackwell import RaoBlackwellParams, elbo_gradient  # noqa: E402
-from guides.rao_blackwell import mean_field_guide as rb_guide  # noqa: E402
-from models.rao_blackwell import generate_data as rb_data  # noqa: E402
-from models.rao_blackwell import model as rb_model  # noqa: E402
-from pyro_vi.diagnostics import gradient_statistics  # noqa: E402
-
-RB_DATA = rb_data()
-POOR = RaoBlackwellParams.poor_init(len(RB_DATA))
-KW = dict(vectorize_particles=True, max_plate_nesting=1)
-
-
-def rb_stats(elbo, guide=None, num_draws=300):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = guide or functools.partial(rb_guide, init=POOR)
-    return gradient_statistics(elbo, rb_model, guide, RB_DATA, num_draws=num_draws)
-
-
-@pytest.mark.parametrize(
-    "make_elbo",
-    [
-        lambda: RaoBlackwellELBO(num_particles=100, control_variate=False, **KW),
-        lambda: RaoBlackwellELBO(num_particles=100, coefficient="leave_one_out", **KW),
-    ],
-    ids=["plain", "control_variate_leave_one_out"],
-)
-def test_unbiased_on_the_course_model(make_elbo):
-    """Mean over draws against the exact gradient of the closed-form
-    mean-field ELBO (gradient_statistics reports the loss gradient)."""
-    stats = rb_stats(make_elbo(), num_draws=200)
-    exact = elbo_gradient(RB_DATA, POOR)
-    for name, s in stats.items():
-        diff = (s.mean.double() + exact[name]).abs()
-        assert (diff <= 4 * s.standard_error.double() + 1e-6).all(), (name, s.mean, -exact[name])
-
-
-def test_variance_reduction_on_the_course_model():
-    """Measured at the poor q with 10 particles, 300 draws (summed variance),
-    score function -> ours (leave-one-out default): q_z_loc 3.9e5 -> 2.6e3,
-    q_z_scale 7.2e3 -> 69, q_y_loc 3.0e5 -> 105, q_y_scale 1.5e5 -> 100.
-    TraceGraph_ELBO with its decaying-average baseline: 4.8e3, 84, 78, 85;
-    summed over the z and y parameters 5.1e3 against ours 2.8e3 (per
-    parameter its baseline wins for the y_n, whose leave-one-out coefficient
-    is estimated from 9 particles; the pooled coefficient gives 70 and 30)."""
-    guide = functools.partial(rb_guide, init=POOR)
-    sf = rb_stats(ScoreFunctionELBO(num_particles=10, **KW))
-    rb = rb_stats(RaoBlackwellELBO(num_particles=10, **KW))
-    tg = rb_stats(
-        TraceGraph_ELBO(num_particles=10, **KW),
-        score_function_guide(guide, baseline={"use_decaying_avg_baseline": True}),
-    )
-    z_and_y = ("q_z_loc", "q_z_scale", "q_y_loc", "q_y_scale")
-    for name in z_and_y:
-        ratio = sf[name].total_variance / rb[name].total_variance
-        assert ratio > 10, (name, ratio)
-    ours = sum(rb[n].total_variance for n in z_and_y)
-    pyro_baseline = sum(tg[n].total_variance for n in z_and_y)
-    assert ours < pyro_baseline, (ours, pyro_baseline)
-
-
-def test_plain_rao_blackwell_matches_tracegraph_on_the_same_samples():
-    """Without control variates ours and TraceGraph_ELBO (no baseline)
-    Rao-Blackwellize the same way on a mean-field guide: same gradients."""
-    guide = functools.partial(rb_guide, init=POOR)
-    grads = []
-    for elbo, g in (
-        (RaoBlackwellELBO(num_particles=4, control_variate=False, **KW), guide),
-        (TraceGraph_ELBO(num_particles=4, **KW), score_function_guide(guide)),
-    ):
-        pyro.clear_param_store()
-        elbo.loss(rb_model, g, RB_DATA)
-        pyro.set_rng_seed(5)
-        elbo.loss_and_grads(rb_model, g, RB_DATA)
-        grads.append({n: p.grad.clone() for n, p in pyro.get_param_store().named_parameters()})
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-4), name

@@ -41,13 +41,6 @@ NUM_DATA = 20
 GLOBAL_SITES = ("w1", "w2", "v", "z")
 
 
-@pytest.fixture(autouse=True)
-def clean_param_store():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 @pytest.fixture(scope="module")
 def data():
     return generate_data(num_data=NUM_DATA, seed=0)

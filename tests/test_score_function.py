@@ -82,7 +82,6 @@ def grad_stats(elbo, params, num_draws, seed=0):
 
 
 def test_single_particle_gradient_is_the_hand_formula():
-    pyro.clear_param_store()
     traced = poutine.trace(guide_at(AWAY))
     pyro.set_rng_seed(1)
     loss = ScoreFunctionELBO(num_particles=1).loss_and_grads(model, traced, DATA)
@@ -100,7 +99,6 @@ def test_single_particle_gradient_is_the_hand_formula():
 def test_samples_reach_the_model_detached():
     """Score-function mode: the model sees no pathwise derivative even though
     Normal and Gamma can rsample."""
-    pyro.clear_param_store()
     traced_model = poutine.trace(model)
     ScoreFunctionELBO(num_particles=2, vectorize_particles=True).differentiable_loss(
         traced_model, guide_at(AWAY), DATA
@@ -202,7 +200,6 @@ def test_svi_reaches_the_cavi_optimum(make_elbo, lrd, num_steps, tolerance):
     final q is within ``tolerance`` nats of CAVI's, the maximum over the
     family."""
     optimum = cavi(DATA).elbo
-    pyro.clear_param_store()
     pyro.set_rng_seed(0)
     svi = SVI(model, mean_field_guide, ClippedAdam({"lr": 0.1, "lrd": lrd}), make_elbo())
     for _ in range(num_steps):
@@ -234,14 +231,12 @@ def test_non_finite_log_density_names_the_site():
     def bad_guide():
         pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
 
-    pyro.clear_param_store()
     for elbo in (ScoreFunctionELBO(), ControlVariateELBO(num_particles=3)):
         with pytest.raises(ValueError, match="observed site 'x' is not finite"):
             elbo.loss_and_grads(bad_model, bad_guide)
 
 
 def test_bad_data_is_refused_before_any_gradient():
-    pyro.clear_param_store()
     bad = DATA.clone()
     bad[3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):

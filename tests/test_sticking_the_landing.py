@@ -125,7 +125,6 @@ def test_non_reparameterizable_site_is_refused_by_name():
     def coin_guide():
         pyro.sample("coin", dist.Bernoulli(pyro.param("p", torch.tensor(0.5), constraint=constraints.unit_interval)))
 
-    pyro.clear_param_store()
     with pytest.raises(ValueError, match="site 'coin'"):
         StickingTheLandingELBO().loss_and_grads(coin_model, coin_guide)
 
@@ -181,7 +180,6 @@ def test_stopped_log_q_without_a_rerun_equals_the_rerun(guide, rerun):
     same values and parameter gradients; a structured guide is rerun."""
     from pyro_vi.elbo import particles
 
-    pyro.clear_param_store()
     pyro.set_rng_seed(0)
     terms = StickingTheLandingELBO(num_particles=4, vectorize_particles=True).particle_terms(
         model, guide, DATA

@@ -13,6 +13,7 @@ from pyro.optim import Adam, ClippedAdam
 
 from pyro_vi import ControlVariateELBO
 from pyro_vi.training import FitResult, NonFiniteError, OutOfSupportError, fit
+from tests.programs import normal_guide, normal_model
 
 X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.5, 0.9, 1.1, -0.4, 0.8, 1.9])
 N = len(X)
@@ -23,24 +24,7 @@ POST_SD = 1.0 / math.sqrt(N + 1)
 LOG_EVIDENCE = dist.MultivariateNormal(torch.zeros(N), torch.eye(N) + 1.0).log_prob(X).item()
 
 
-def model(x):
-    z = pyro.sample("z", dist.Normal(0.0, 1.0))
-    with pyro.plate("data", len(x)):
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def guide(x):
-    loc = pyro.param("loc", torch.tensor(-1.0))
-    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
-    pyro.sample("z", dist.Normal(loc, scale))
-
-
-@pytest.fixture(autouse=True)
-def fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+model, guide = normal_model, normal_guide
 
 
 def test_fit_converges_to_exact_posterior():
@@ -394,8 +378,10 @@ def test_each_step_gets_one_batch_and_epochs_are_passes():
 
 def test_num_steps_and_epochs_stop_at_whichever_comes_first():
     batches = [(X[:5],), (X[5:],)]
-    run = lambda **limits: fit(batch_model, guide, Trace_ELBO(), Adam({"lr": 0.1}),  # noqa: E731
-                               data=batches, **limits)
+
+    def run(**limits):
+        return fit(batch_model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=batches, **limits)
+
     assert run(epochs=2, num_steps=3).num_steps == 3
     assert run(epochs=2, num_steps=3).epochs == 1  # stopped mid-epoch
     assert run(epochs=2, num_steps=10).num_steps == 4

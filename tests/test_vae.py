@@ -1,8 +1,8 @@
 """The VAE/IWAE model, guide and MNIST loading (the vae_mnist study itself is
 tested in tests/test_vae_mnist.py).
 
-:func:`write_tiny_mnist` writes a fake MNIST directory (IDX files) that the real
-torchvision loading path reads; the experiment tests use it for ``--data-dir``.
+:func:`tests.helpers.write_tiny_mnist` writes the fake MNIST directory (IDX
+files) that the real torchvision loading path reads.
 """
 
 import functools
@@ -21,35 +21,12 @@ from pyro.infer import Trace_ELBO
 
 from guides.vae import Encoder, guide
 from models.mnist import NO_DOWNLOAD_ENV, MnistNotFoundError, binarize, load_mnist, split_test_only
-from models.mnist import write_idx
 from models.vae import Decoder, VAEConfig, check_binary, check_images, model, output_bias
 from pyro_vi import ImportanceWeightedELBO
+from tests.helpers import write_tiny_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = VAEConfig(hidden_dims=(8,), latent_dim=2)
-
-def write_tiny_mnist(directory, num_images=40, seed=0, gz=True, train=False):
-    """Writes ``num_images`` random 28x28 uint8 images with labels as MNIST IDX
-    files (``t10k-*``, and ``train-*`` with ``train=True``) into ``directory``;
-    returns ``str(directory)``."""
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    suffix = ".gz" if gz else ""
-    for prefix in ("t10k", "train") if train else ("t10k",):
-        images = (rng.random((num_images, 28, 28)) ** 3 * 255).astype(np.uint8)
-        write_idx(os.path.join(directory, prefix + "-images-idx3-ubyte" + suffix), images)
-        write_idx(os.path.join(directory, prefix + "-labels-idx1-ubyte" + suffix),
-                  rng.integers(0, 10, num_images))
-    return str(directory)
-
-
-@pytest.fixture(autouse=True)
-def fresh():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
 
 # ----------------------------------------------------------------------------
 # model and guide

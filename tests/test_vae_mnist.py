@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pyro
 import pytest
 import torch
 
@@ -25,7 +24,7 @@ from guides.vae import Encoder, guide
 from models.mnist import MnistNotFoundError, binarize
 from models.vae import Decoder, VAEConfig, model
 from pyro_vi import training
-from tests.test_vae import write_tiny_mnist
+from tests.helpers import write_tiny_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = VAEConfig(hidden_dims=(8,), latent_dim=2)
@@ -86,7 +85,8 @@ def test_chunked_bounds_and_active_units(monkeypatch):
     guide_fn = functools.partial(guide, encoder=encoder)
     with vm.fixed_rng(0):
         log_w = vm.log_weights(model_fn, guide_fn, x, 12)
-    monkeypatch.setattr(vm, "log_weights", lambda m, g, xb, s, _it=iter(log_w.split(5)): next(_it)[:s])
+    chunks = iter(log_w.split(5))
+    monkeypatch.setattr(vm, "log_weights", lambda m, g, xb, s: next(chunks)[:s])
     monkeypatch.setattr(vm, "EVAL_CHUNK_ELEMENTS", 5 * 784 * 5)  # chunks of 5, 5, 2 samples
     log_px, elbo = vm.bounds(model_fn, guide_fn, x, 12)
     torch.testing.assert_close(log_px, torch.logsumexp(log_w, 0) - math.log(12))
@@ -223,7 +223,9 @@ def test_a_study_killed_mid_epoch_resumes_exactly(tiny_dir, tmp_path, monkeypatc
         pass
 
     def killed_after(step, *args, **kwargs):  # as a SIGKILL after the checkpoint of `step`
-        def callback(s, loss, inner=kwargs.get("callback")):
+        inner = kwargs.get("callback")
+
+        def callback(s, loss):
             if inner is not None:
                 inner(s, loss)
             if s == step:
@@ -392,4 +394,3 @@ def test_missing_data_fails_clearly(tmp_path):
     args = vm.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--no-download"])
     with pytest.raises(MnistNotFoundError, match="pass --data-dir"):
         vm.main(args)
-    pyro.clear_param_store()

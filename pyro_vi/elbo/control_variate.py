@@ -5,6 +5,8 @@ from .particles import ParticleELBO
 from .. import _validation
 from .surrogate import check_coefficient, check_coordinates, check_pool, controlled_surrogate, pathwise_surrogate
 
+__all__ = ["ControlVariateELBO"]
+
 
 class ControlVariateELBO(ParticleELBO):
     """The score-function gradient with a control variate for every scalar

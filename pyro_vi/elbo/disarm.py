@@ -4,6 +4,8 @@ guide sites, the augmentation integrated out."""
 from .particles import ParticleELBO
 from .surrogate import check_antithetic, disarm_term, markov_blanket_signals, pathwise_surrogate
 
+__all__ = ["DisARMELBO"]
+
 
 class DisARMELBO(ParticleELBO):
     """The DisARM gradient [1] of the ELBO for Bernoulli guide sites. For

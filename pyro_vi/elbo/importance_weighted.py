@@ -22,7 +22,13 @@ from .surrogate import (
     vimco_signals,
 )
 
-__all__ = ["ImportanceWeightedELBO", "independent_plates", "log_weights_per_point", "normalized_weights", "per_point"]
+__all__ = [
+    "GRADIENTS",
+    "ImportanceWeightedELBO",
+    "dreg_surrogate_by_hooks",
+    "dreg_surrogate_by_two_gradients",
+    "vimco_score_term",
+]
 
 GRADIENTS = ("reparam", "stl", "dreg", "vimco", "disarm")
 

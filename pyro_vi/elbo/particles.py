@@ -33,8 +33,22 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
 from .. import _validation
-from .scores import CaptureDistributions
+from .scores import CaptureDistributions, graph_reaches
 from .structure import learning_signal_factors, read_structure
+
+__all__ = [
+    "AntitheticMessenger",
+    "AntitheticPairs",
+    "BernoulliTerm",
+    "ParticleELBO",
+    "ParticleTerms",
+    "ScoreFunctionMessenger",
+    "SiteTerm",
+    "bernoulli_of",
+    "is_point_mass",
+    "reaches",
+    "score_function_guide",
+]
 
 _PARTICLE_PLATE = "num_particles_vectorized"
 _STRUCTURE_CACHE_SIZE = 16
@@ -517,16 +531,7 @@ def reaches(output, tensors):
     if output.grad_fn is None or not tensors:
         return False
     targets = {torch.autograd.graph.get_gradient_edge(t).node for t in tensors if t.requires_grad}
-    seen, stack = set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        if node in targets:
-            return True
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return False
+    return graph_reaches([output.grad_fn], targets)
 
 
 class ParticleELBO(ELBO):

@@ -14,6 +14,8 @@ from .surrogate import (
 )
 from .. import _validation
 
+__all__ = ["RaoBlackwellELBO"]
+
 
 class RaoBlackwellELBO(ParticleELBO):
     """The Rao-Blackwellized score-function gradient of BBVI [1]: for the

@@ -5,6 +5,8 @@ from .. import _validation
 from .particles import ParticleELBO
 from .surrogate import leave_one_out_signals, markov_blanket_signals, pathwise_surrogate, rao_blackwell_term
 
+__all__ = ["ReinforceLeaveOneOutELBO"]
+
 
 class ReinforceLeaveOneOutELBO(ParticleELBO):
     """The score-function gradient with the leave-one-out baseline of Kool,

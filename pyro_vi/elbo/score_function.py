@@ -3,6 +3,8 @@
 from .particles import ParticleELBO
 from .surrogate import score_function_surrogate
 
+__all__ = ["ScoreFunctionELBO"]
+
 
 class ScoreFunctionELBO(ParticleELBO):
     """The score-function (REINFORCE) gradient of the ELBO, BBVI Algorithm 1

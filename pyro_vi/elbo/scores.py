@@ -44,6 +44,8 @@ from torch.autograd.graph import GradientEdge
 from torch.distributions import Distribution, Transform, constraints, transform_to
 from torch.func import grad, vmap
 
+__all__ = ["CaptureDistributions", "ParticleGradients", "distribution_gradients", "graph_reaches", "particle_gradients"]
+
 _DISTRIBUTION = "pyro_vi_distribution"  # infer key of the captured distribution
 
 
@@ -483,13 +485,21 @@ def _parents(outputs):
 def _reaches(outputs, target, avoiding):
     """Whether the graph of ``outputs`` reaches the node ``target`` on a path
     that does not pass through the node ``avoiding``."""
-    seen = {avoiding}
-    stack = [t.grad_fn or torch.autograd.graph.get_gradient_edge(t).node for t in outputs if t.requires_grad]
+    starts = [t.grad_fn or torch.autograd.graph.get_gradient_edge(t).node for t in outputs if t.requires_grad]
+    return graph_reaches(starts, {target}, avoiding=(avoiding,))
+
+
+def graph_reaches(starts, targets, avoiding=()):
+    """Whether a walk over the recorded autograd graph from the nodes
+    ``starts`` meets any node in the set ``targets`` without passing through
+    a node in ``avoiding`` (no backward pass)."""
+    seen = set(avoiding)
+    stack = list(starts)
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
-        if node is target:
+        if node in targets:
             return True
         seen.add(node)
         stack.extend(child for child, _ in node.next_functions)

@@ -3,6 +3,8 @@
 from .particles import ParticleELBO
 from .surrogate import check_reparameterized, per_particle
 
+__all__ = ["StickingTheLandingELBO"]
+
 
 class StickingTheLandingELBO(ParticleELBO):
     """The path-derivative ("sticking the landing") gradient of the ELBO,

@@ -23,6 +23,8 @@ from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provena
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+__all__ = ["ProgramStructure", "learning_signal_factors", "markov_blankets", "program_structure", "read_structure"]
+
 
 @dataclass(frozen=True)
 class ProgramStructure:

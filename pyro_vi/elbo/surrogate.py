@@ -13,6 +13,42 @@ import torch
 from .. import _validation
 from .scores import distribution_gradients, particle_gradients
 
+__all__ = [
+    "COEFFICIENTS",
+    "COORDINATES",
+    "check_antithetic",
+    "check_coefficient",
+    "check_coordinates",
+    "check_importance_weighted",
+    "check_pool",
+    "check_reparameterized",
+    "controlled_gradient",
+    "controlled_surrogate",
+    "disarm_term",
+    "disarm_weights",
+    "gradient_from_sums",
+    "independent_plates",
+    "iwelbo",
+    "leave_one_out_signals",
+    "linear_surrogate",
+    "local_disarm_term",
+    "log_mean_exp",
+    "log_mean_exp_replacing",
+    "log_weights_per_point",
+    "markov_blanket_signals",
+    "normalized_weights",
+    "particle_sums",
+    "pathwise_surrogate",
+    "per_particle",
+    "per_point",
+    "point_scale",
+    "random_guide_ancestors",
+    "rao_blackwell_term",
+    "score_function_surrogate",
+    "sum_to_plates",
+    "vimco_signals",
+]
+
 COEFFICIENTS = ("leave_one_out", "pooled")
 COORDINATES = ("parameters", "distributions")
 
