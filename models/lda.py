@@ -53,6 +53,7 @@ References
 import gzip
 import math
 import numbers
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -64,6 +65,7 @@ from scipy.optimize import linear_sum_assignment
 from models._checks import as_counts, as_real
 
 __all__ = [
+    "LDAPrior",
     "check_concentration",
     "check_counts",
     "check_num_topics",
@@ -84,6 +86,19 @@ def check_concentration(name: str, value) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class LDAPrior:
+    r"""The symmetric Dirichlet concentrations: :math:`\alpha` of :math:`\theta_d`,
+    :math:`\eta` of :math:`\beta_k` (each positive and finite, :func:`check_concentration`)."""
+
+    alpha: float
+    eta: float
+
+    def __post_init__(self):
+        for name in ("alpha", "eta"):
+            object.__setattr__(self, name, check_concentration(name, getattr(self, name)))
 
 
 def check_num_topics(num_topics) -> int:
