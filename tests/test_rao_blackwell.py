@@ -188,14 +188,15 @@ def test_score_function_guide_sets_the_tracegraph_baseline():
 
 import functools  # noqa: E402
 
-from guides.rao_blackwell import RaoBlackwellParams, elbo_gradient  # noqa: E402
-from guides.rao_blackwell import mean_field_guide as rb_guide  # noqa: E402
-from models.rao_blackwell import generate_data as rb_data  # noqa: E402
-from models.rao_blackwell import model as rb_model  # noqa: E402
+from guides.normal_chain import NormalChainParams  # noqa: E402
+from tests.helpers import normal_chain_pyro_gradient  # noqa: E402
+from guides.normal_chain import mean_field_guide as rb_guide  # noqa: E402
+from models.normal_chain import generate_data as rb_data  # noqa: E402
+from models.normal_chain import model as rb_model  # noqa: E402
 from pyro_vi.diagnostics import gradient_statistics  # noqa: E402
 
 RB_DATA = rb_data()
-POOR = RaoBlackwellParams.poor_init(len(RB_DATA))
+POOR = NormalChainParams.poor_init(len(RB_DATA))
 KW = dict(vectorize_particles=True, max_plate_nesting=1)
 
 
@@ -218,7 +219,7 @@ def test_unbiased_on_the_course_model(make_elbo):
     """Mean over draws against the exact gradient of the closed-form
     mean-field ELBO (gradient_statistics reports the loss gradient)."""
     stats = rb_stats(make_elbo(), num_draws=200)
-    exact = elbo_gradient(RB_DATA, POOR)
+    exact = normal_chain_pyro_gradient(RB_DATA, POOR)
     for name, s in stats.items():
         diff = (s.mean.double() + exact[name]).abs()
         assert (diff <= 4 * s.standard_error.double() + 1e-6).all(), (name, s.mean, -exact[name])
