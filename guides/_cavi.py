@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List
 
 import torch
 
-from models._checks import as_real
+from models._checks import as_int, as_real
 
 
 @dataclass
@@ -48,8 +48,7 @@ class CaviResult:
 def check_settings(max_iters, tol) -> None:
     """Refuses a ``max_iters`` that is not a positive integer and a ``tol`` that is
     not a finite non-negative number, naming the value."""
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+    as_int("max_iters", max_iters)
     if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
 

@@ -79,6 +79,7 @@ from torch.distributions import constraints
 
 from guides._cavi import CaviResult, autograd_gradient
 from guides._mixtures import shaped_param
+from models._checks import as_int
 from models.lda import LDAPrior, check_concentration, check_counts, check_num_topics
 
 __all__ = [
@@ -116,9 +117,7 @@ def _counts64(counts):
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return as_int(name, value)
 
 
 def _non_negative(name, value):

@@ -44,13 +44,14 @@ References
 """
 
 import math
-import numbers
 from dataclasses import dataclass, fields
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
 import torch
+
+from models._checks import as_int
 from torch.distributions import constraints
 
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent, real_field
@@ -193,8 +194,7 @@ class NormalChainParams:
 
 
 def _check_num_data(num_data) -> int:
-    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    as_int("num_data", num_data)
     return int(num_data)
 
 

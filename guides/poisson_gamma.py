@@ -56,6 +56,8 @@ from typing import Optional, Union
 import pyro
 import pyro.distributions as dist
 import torch
+
+from models._checks import as_int
 from torch.distributions import constraints
 
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
@@ -195,8 +197,7 @@ def optimal_theta(
     :raises RuntimeError: if it did not converge in ``max_iters`` steps.
     """
     sufficient_statistics(data)  # validates the data once, with its own message
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+    as_int("max_iters", max_iters)
     if not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a finite positive number, got {tol!r}")
 

@@ -44,12 +44,13 @@ References
 """
 
 import math
-import numbers
 from typing import Dict, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
 import torch
+
+from models._checks import as_int
 from models.normal_gamma import check_data
 
 __all__ = [
@@ -84,8 +85,7 @@ def generate_data(
     :returns: the 1-D observations ``x`` (default dtype), or ``(x, latents)`` with
         ``latents`` a dict of ``"w1", "w2", "v", "z"`` (0-D) and ``"y"`` (N,).
     """
-    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    as_int("num_data", num_data)
     num_data = int(num_data)
     generator = torch.Generator().manual_seed(int(seed))
     dtype = torch.float64
