@@ -1,4 +1,4 @@
-"""Tests for models/rao_blackwell.py and guides/rao_blackwell.py (question 1.C.2 / 2.1.12).
+"""Tests for models/normal_chain.py and guides/normal_chain.py (question 1.C.2 / 2.1.12).
 
 The closed-form mean-field ELBO is checked against Monte Carlo through Pyro traces,
 its autograd gradient against Pyro's reparameterized Trace_ELBO gradient with many
