@@ -75,7 +75,7 @@ def estimators(num_particles):
 def current_elbo(data):
     """The closed-form ELBO of the guide's current parameters."""
     q = params_from_store()
-    return closed_form_elbo(data, q.m, q.lam, q.a, q.b).item()
+    return closed_form_elbo(data, q).item()
 
 
 def total_gradient_variance(elbo, guide, data, num_draws):

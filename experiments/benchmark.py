@@ -25,9 +25,9 @@ if not __package__:  # run as ``python experiments/benchmark.py``
 
 from experiments import _cli  # noqa: E402
 from experiments._results import finish  # noqa: E402
-from guides import normal_gamma, rao_blackwell  # noqa: E402
+from guides import normal_chain, normal_gamma  # noqa: E402
 from models.normal_gamma import COURSE_PRIOR, generate_data, model  # noqa: E402
-from models import rao_blackwell as rao_blackwell_model  # noqa: E402
+from models import normal_chain as normal_chain_model  # noqa: E402
 from experiments._mixtures import DiscreteSiteBaselines  # noqa: E402
 from guides import bernoulli_vae as bernoulli_vae_guides, gmm as gmm_guides  # noqa: E402
 from models import bernoulli_vae, gmm  # noqa: E402
@@ -60,7 +60,7 @@ def normal_gamma_estimators(num_particles):
 def rao_blackwell_estimators(num_particles):
     """The :data:`~experiments._cli.Registry` of the 1.C.2 benchmark: ours
     against Pyro's TraceGraph_ELBO, both in score-function mode; the guides
-    wrap :func:`guides.rao_blackwell.mean_field_guide`."""
+    wrap :func:`guides.normal_chain.mean_field_guide`."""
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     baseline = {"use_decaying_avg_baseline": True}
     return {
@@ -199,8 +199,8 @@ def main(args):
             normal_gamma_estimators(args.particles), model, normal_gamma.mean_field_guide, (data, COURSE_PRIOR),
             args.steps, args.rounds))
         rb_rounds.append(benchmark(
-            rao_blackwell_estimators(args.particles), rao_blackwell_model.model, rao_blackwell.mean_field_guide,
-            (rao_blackwell_model.generate_data(seed=seed),), args.steps, args.rounds, baseline=rb_baseline))
+            rao_blackwell_estimators(args.particles), normal_chain_model.model, normal_chain.mean_field_guide,
+            (normal_chain_model.generate_data(seed=seed),), args.steps, args.rounds, baseline=rb_baseline))
         decoder, encoder = bernoulli_vae.Decoder(config), bernoulli_vae_guides.Encoder(config)
         images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=torch.Generator().manual_seed(seed))
         discrete_rounds.append(benchmark(

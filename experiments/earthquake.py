@@ -61,12 +61,12 @@ def main(args):
     start = time.perf_counter()
     pi = torch.tensor(args.pi, dtype=torch.float64)
     locations, counts, _ = generate_data(args.num_data, pi, TRUE_CENTRES, TRUE_RATES, seed=args.data_seed)
-    fit_cavi = run_cavi(cavi, locations, counts, pi, DEFAULT_HYPER, max_iters=args.cavi_iters)
+    fit_cavi = run_cavi(cavi, (locations, counts, pi), DEFAULT_HYPER, max_iters=args.cavi_iters)
     histories, rows, summaries = run_svi(
         model,
         {"global": global_guide, "mean_field": mean_field_guide},
         (locations, counts, pi),
-        lambda: elbo(locations, counts, pi, params_from_store(locations, counts, pi)).item(),
+        lambda: elbo((locations, counts, pi), params_from_store((locations, counts, pi))).item(),
         args,
         ["mu", "lambda"],
     )

@@ -60,13 +60,13 @@ def main(args):
     start = time.perf_counter()
     pi = torch.tensor(args.pi, dtype=torch.float64)
     data, _ = generate_data(args.num_data, pi, args.mus, args.taus, seed=args.data_seed)
-    fit_cavi = run_cavi(cavi, data, pi, DEFAULT_PRIOR, max_iters=args.cavi_iters)
+    fit_cavi = run_cavi(cavi, (data, pi), DEFAULT_PRIOR, max_iters=args.cavi_iters)
     guides = {"global": global_guide, "mean_field": mean_field_guide}
     histories, rows, summaries = run_svi(
         model,
         guides,
         (data, pi),
-        lambda: elbo(data, pi, params_from_store(data, pi)).item(),
+        lambda: elbo((data, pi), params_from_store((data, pi))).item(),
         args,
         ["mu", "tau"],
     )

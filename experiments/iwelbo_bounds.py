@@ -27,7 +27,7 @@ if not __package__:  # run as ``python experiments/iwelbo_bounds.py``
 from experiments import _cli  # noqa: E402
 from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
 from experiments._results import finish, fmt, spread  # noqa: E402
-from guides.normal_gamma import MeanFieldParams, elbo as closed_form_elbo, mean_field_guide  # noqa: E402
+from guides.normal_gamma import NormalGammaParams, elbo as closed_form_elbo, mean_field_guide  # noqa: E402
 from models.normal_gamma import generate_data, log_evidence, model  # noqa: E402
 from pyro_vi import ImportanceWeightedELBO  # noqa: E402
 
@@ -82,9 +82,9 @@ def plot_bounds(rows, log_px, exact_elbo, num_draws, num_seeds, path):
 def main(args):
     start = time.perf_counter()
     data = generate_data(seed=args.data_seed)
-    q = MeanFieldParams(m=args.m, lam=args.lam, a=args.a, b=args.b)
+    q = NormalGammaParams(m=args.m, lam=args.lam, a=args.a, b=args.b)
     log_px = log_evidence(data)
-    exact_elbo = closed_form_elbo(data, q.m, q.lam, q.a, q.b).item()
+    exact_elbo = closed_form_elbo(data, q).item()
     per_seed = {k: [] for k in args.ks}
     for seed in args.seeds:
         pyro.set_rng_seed(seed)

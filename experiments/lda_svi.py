@@ -48,7 +48,7 @@ from experiments import _cli  # noqa: E402
 from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
 from experiments._results import finish, fmt, indistinguishable, spread, spreads  # noqa: E402
 from guides.lda import LAMBDA, cavi, check_schedule, corpus_elbo, elbo, guide, initial_lambda  # noqa: E402
-from guides.lda import params_from_store, stochastic_vi  # noqa: E402
+from guides.lda import LDAPrior, params_from_store, stochastic_vi  # noqa: E402
 from models.lda import generate_corpus, load_docword, match_topics, model  # noqa: E402
 from pyro_vi.training import fit  # noqa: E402
 
@@ -89,11 +89,11 @@ def recorder(num_iters, points, docs_per_iter, init):
 
 def run_cavi(counts, init, args):
     snapshots, callback = recorder(args.cavi_iters, args.eval_points, counts.shape[0], init)
-    result = cavi(counts, args.num_topics, args.alpha, args.eta, max_iters=args.cavi_iters, tol=args.cavi_tol,
+    result = cavi(counts, LDAPrior(args.alpha, args.eta), args.num_topics, max_iters=args.cavi_iters, tol=args.cavi_tol,
                   init_lambda=init, warm_start=args.cavi_warm_start, local_tol=args.local_tol,
                   local_max_iters=args.local_max_iters, callback=callback)
     if snapshots[-1][1] != result.num_iters * counts.shape[0]:  # converged before the last checkpoint
-        snapshots.append((result.seconds, result.num_iters * counts.shape[0], result.lam.clone()))
+        snapshots.append((result.seconds, result.num_iters * counts.shape[0], result.params.lam.clone()))
     return dict(snapshots=snapshots, seconds=result.seconds, iterations=result.num_iters,
                 docs=result.num_iters * counts.shape[0], own_elbo_history=result.elbo_history)
 
@@ -125,8 +125,7 @@ def run_pyro(counts, init, args):
         (step * history.seconds_per_step, step * batch, torch.as_tensor(history.tracked["lam"][step - 1]).double())
         for step in keep
     ]
-    lam, gamma = params_from_store()
-    own = float(elbo(counts, lam, gamma, args.alpha, args.eta))
+    own = float(elbo(counts, params_from_store(), LDAPrior(args.alpha, args.eta)))
     return dict(snapshots=snapshots, seconds=history.num_steps * history.seconds_per_step,
                 iterations=history.num_steps, docs=history.num_steps * batch,
                 collapsed_bound_estimate=float(np.mean(history.elbo[-max(1, len(history.elbo) // 20):])),

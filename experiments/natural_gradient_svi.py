@@ -46,7 +46,7 @@ from experiments import _cli  # noqa: E402
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
 from experiments._results import finish, fmt, spreads  # noqa: E402
 from guides.normal_gamma import DEFAULT_INIT, MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE  # noqa: E402
-from guides.normal_gamma import cavi, mean_field_guide, params_from_store  # noqa: E402
+from guides.normal_gamma import NormalGammaParams, cavi, mean_field_guide, params_from_store  # noqa: E402
 from guides.normal_gamma import elbo as closed_form_elbo  # noqa: E402
 from models.normal_gamma import COURSE_PRIOR, generate_data, model  # noqa: E402
 from pyro_vi import NaturalGradient  # noqa: E402
@@ -66,7 +66,7 @@ def closed_form_loss(model, guide, data, prior=COURSE_PRIOR):
     Runs the guide once so that its parameters exist and are recorded as param sites."""
     guide(data, prior)
     values = [pyro.param(name) for name in (MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE)]
-    return -closed_form_elbo(data, *values, prior)
+    return -closed_form_elbo(data, NormalGammaParams(*values), prior)
 
 
 def robbins_monro(rho0, kappa):
@@ -76,7 +76,7 @@ def robbins_monro(rho0, kappa):
 
 def elbo_gap(data, optimum_elbo):
     q = params_from_store()
-    return optimum_elbo - float(closed_form_elbo(data, q.m, q.lam, q.a, q.b))
+    return optimum_elbo - float(closed_form_elbo(data, q))
 
 
 def run_svi(loss, optim, data, optimum_elbo, num_steps, seed):

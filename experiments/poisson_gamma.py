@@ -28,7 +28,7 @@ from experiments import _cli  # noqa: E402
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band, zoom_ylim  # noqa: E402
 from experiments._results import finish, fmt, indistinguishable, spreads  # noqa: E402
 from guides.poisson_gamma import elbo as closed_form_elbo  # noqa: E402
-from guides.poisson_gamma import exponential_guide, optimal_theta, theta_from_store  # noqa: E402
+from guides.poisson_gamma import PoissonGammaParams, exponential_guide, optimal_theta, params_from_store  # noqa: E402
 from models.poisson_gamma import DEFAULT_PRIOR, generate_data, log_evidence, model  # noqa: E402
 from pyro_vi import ControlVariateELBO, ScoreFunctionELBO  # noqa: E402
 from pyro_vi.training import fit  # noqa: E402
@@ -59,8 +59,8 @@ def run(estimator, data, args, seed):
         DEFAULT_PRIOR,
         num_steps=args.steps,
         track={
-            "theta": theta_from_store,
-            "elbo": lambda: closed_form_elbo(data, theta_from_store()).item(),
+            "theta": lambda: params_from_store().theta,
+            "elbo": lambda: closed_form_elbo(data, params_from_store()).item(),
         },
         progress=False,
     )
@@ -129,7 +129,7 @@ def main(args):
     start = time.perf_counter()
     data = generate_data(num_data=args.num_data, rate=args.rate, seed=args.data_seed)
     theta_star = optimal_theta(data)
-    best = closed_form_elbo(data, theta_star).item()
+    best = closed_form_elbo(data, PoissonGammaParams(theta_star)).item()
     log_px = log_evidence(data)
     registry = estimators(args.particles)
     thetas, elbos, per_seed = {}, {}, {}

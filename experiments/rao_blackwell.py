@@ -36,9 +36,9 @@ from experiments import _cli  # noqa: E402
 from experiments._figures import band_note, coinciding, legend_outside, off_scale, plt  # noqa: E402
 from experiments._figures import save_figure, seed_band, zoom_ylim  # noqa: E402
 from experiments._results import finish, fmt, indistinguishable, spread  # noqa: E402
-from guides.rao_blackwell import PARAM_NAMES, RaoBlackwellParams, elbo as closed_form_elbo  # noqa: E402
-from guides.rao_blackwell import mean_field_guide, near_optimal_params, params_from_store  # noqa: E402
-from models.rao_blackwell import generate_data, model  # noqa: E402
+from guides.normal_chain import PARAM_NAMES, NormalChainParams, cavi, elbo as closed_form_elbo  # noqa: E402
+from guides.normal_chain import mean_field_guide, params_from_store  # noqa: E402
+from models.normal_chain import generate_data, model  # noqa: E402
 from pyro_vi import (  # noqa: E402
     ControlVariateELBO,
     RaoBlackwellELBO,
@@ -218,8 +218,8 @@ def print_tables(summary, args, optimum):
 def main(args):
     start = time.perf_counter()
     data = generate_data(num_data=args.num_data, seed=args.data_seed)
-    poor = RaoBlackwellParams.poor_init(len(data))
-    best = near_optimal_params(data)
+    poor = NormalChainParams.poor_init(len(data))
+    best = cavi(data).params
     optimum = closed_form_elbo(data, best).item()
     registry = estimators(args.particles)
     per_seed, histories = [], {name: [] for name in registry}

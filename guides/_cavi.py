@@ -1,12 +1,28 @@
-"""The coordinate-ascent loop shared by the closed-form CAVI of the guides
-(``guides.normal_gamma``, ``guides.gmm``, ``guides.earthquake``)."""
+r"""What the closed-form guides share.
+
+Every closed-form guide module (``guides.normal_gamma``, ``gmm``, ``earthquake``,
+``lda``, ``poisson_gamma``, ``normal_chain``) exposes the same contract:
+
+- a frozen parameter dataclass of the variational parameters;
+- ``elbo(data, params, prior)``: the closed-form ELBO, a float64 scalar;
+- ``elbo_gradient(data, params, prior)``: :math:`\partial\mathcal{L}/\partial` each
+  field, by :func:`autograd_gradient`;
+- ``cavi(data, prior, ...)``: a :class:`CaviResult`;
+- ``params_from_store()``: the fitted Pyro parameters as the dataclass.
+
+``data`` is what the model is conditioned on besides its prior (the Pyro model is
+``model(*data, prior)`` for the tuple-valued data of the mixtures); ``prior`` is the
+model's hyper-parameter dataclass, ``None`` where they are fixed.
+"""
 
 import math
 import numbers
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, List
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Dict, List
 
 import torch
+
+from models._checks import as_int, as_real
 
 
 @dataclass
@@ -17,7 +33,8 @@ class CaviResult:
     :ivar float elbo: the closed-form ELBO at ``params``.
     :ivar list elbo_history: ELBO at the initial point and after each sweep.
     :ivar int num_iters: number of sweeps run.
-    :ivar bool converged: whether the parameters stopped changing within ``tol``.
+    :ivar bool converged: whether the run met its stopping rule (``tol``).
+    :ivar float seconds: wall time of the sweeps, where the loop measures it.
     """
 
     params: Any
@@ -25,13 +42,13 @@ class CaviResult:
     elbo_history: List[float] = field(default_factory=list)
     num_iters: int = 0
     converged: bool = False
+    seconds: float = 0.0
 
 
 def check_settings(max_iters, tol) -> None:
     """Refuses a ``max_iters`` that is not a positive integer and a ``tol`` that is
     not a finite non-negative number, naming the value."""
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+    as_int("max_iters", max_iters)
     if isinstance(tol, bool) or not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite non-negative number, got {tol!r}")
 
@@ -62,3 +79,38 @@ def coordinate_ascent(sweep: Callable, elbo: Callable, params, max_iters: int, t
             result.elbo_history.append(float(elbo(new)))
     result.elbo = result.elbo_history[-1]
     return result
+
+
+def real_field(name, value, positive=False):
+    """A scalar field of a parameter dataclass: a float (:func:`models._checks.as_real`,
+    finite, > 0 when ``positive``), or, for a tensor that requires grad, that tensor
+    as float64 with its graph kept (so :func:`autograd_gradient` can differentiate
+    through the dataclass). ``ValueError`` names the field."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        value = value.to(torch.float64)
+        with torch.no_grad():
+            ok = torch.isfinite(value) & (value > 0) if positive else torch.isfinite(value)
+        if not bool(ok.all()):
+            raise ValueError(f"{name} must be {'finite and positive' if positive else 'finite'}, got {value.detach()}")
+        return value
+    value = as_real(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def autograd_gradient(elbo: Callable, data, params, prior) -> Dict[str, torch.Tensor]:
+    r""":math:`\partial \mathcal{L} / \partial \text{field}` for every (non-``None``) field
+    of the parameter dataclass ``params``, by autograd of ``elbo(data, params, prior)``
+    at float64 leaves; float64 tensors keyed by field name, shaped like the fields."""
+    leaves = {}
+    for f in fields(params):
+        value = getattr(params, f.name)
+        if value is None:
+            continue
+        value = value.detach() if isinstance(value, torch.Tensor) else value
+        leaves[f.name] = torch.as_tensor(value, dtype=torch.float64).clone().requires_grad_()
+    value = elbo(data, replace(params, **leaves), prior)
+    return dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))

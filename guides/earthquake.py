@@ -49,9 +49,8 @@ References
 """
 
 import math
-import numbers
 from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 import pyro
 import pyro.distributions as dist
@@ -59,8 +58,9 @@ import torch
 from torch.distributions import constraints
 
 from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, check_weights
-from guides._cavi import CaviResult, check_settings, coordinate_ascent
-from guides._mixtures import as_float64, check_mixture_params, floored, shaped_param
+from guides import _mixtures
+from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
+from guides._mixtures import as_float64, assignment_term, check_mixture_params, gamma_entropy, gamma_moments
 
 __all__ = [
     "LAMBDA_CONCENTRATION",
@@ -69,10 +69,12 @@ __all__ = [
     "MU_PRECISION",
     "Z_PROBS",
     "CaviResult",
+    "EarthquakeData",
     "EarthquakeParams",
     "cavi",
     "cavi_step",
     "elbo",
+    "elbo_gradient",
     "global_guide",
     "initial_params",
     "mean_field_guide",
@@ -87,6 +89,16 @@ LAMBDA_CONCENTRATION = "q_lambda_concentration"
 LAMBDA_RATE = "q_lambda_rate"
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+class EarthquakeData(NamedTuple):
+    """What the model is conditioned on: ``locations`` (N, 2), ``counts`` (N,) and the
+    known mixing weights ``pi`` (K,); ``model(*data, hyper)`` is
+    :func:`models.earthquake.model`. Any triple is accepted where one is expected."""
+
+    locations: torch.Tensor
+    counts: torch.Tensor
+    pi: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -119,19 +131,17 @@ class EarthquakeParams:
         return self.p.numel()
 
 
-def _prepare(locations, counts, pi):
+def _prepare(data):
+    """``(locations, counts, pi)`` validated once, as float64."""
+    if not (isinstance(data, tuple) and len(data) == 3):
+        raise ValueError(f"data must be a triple (locations, counts, pi), got {type(data).__name__}")
+    locations, counts, pi = data
     x, s = check_data(locations, counts)
     return x.to(torch.float64), s.to(torch.float64), check_weights(pi, dtype=torch.float64)
 
 
 def _check_params(params, s, pi, name="params") -> EarthquakeParams:
-    if not isinstance(params, EarthquakeParams):
-        raise ValueError(f"{name} must be an EarthquakeParams, got {type(params).__name__}")
-    if params.num_components != len(pi):
-        raise ValueError(f"{name} has {params.num_components} components but pi has {len(pi)}")
-    if params.r.shape[0] != len(s):
-        raise ValueError(f"{name}.r has {params.r.shape[0]} rows but data has {len(s)} points")
-    return params
+    return _mixtures.check_params(params, EarthquakeParams, len(s), len(pi), name)
 
 
 def _expected_sq(x, m, p):
@@ -141,8 +151,7 @@ def _expected_sq(x, m, p):
 
 def _expected_log_lik(x, s, log_pi, m, p, a, b, hyper):
     """E_q[log pi_k + log Poisson(S_n | lambda_k) + log N(X_n | mu_k, I / tau)], (N, K)."""
-    e_rate = a / b
-    e_log_rate = torch.digamma(a) - b.log()
+    e_rate, e_log_rate = gamma_moments(a, b)
     log_poisson = s[:, None] * e_log_rate - e_rate - torch.lgamma(s + 1)[:, None]
     log_normal = math.log(hyper.tau) - _LOG_2PI - 0.5 * hyper.tau * _expected_sq(x, m, p)
     return log_pi + log_poisson + log_normal
@@ -152,9 +161,10 @@ def _responsibilities(x, s, log_pi, m, p, a, b, hyper):
     return torch.softmax(_expected_log_lik(x, s, log_pi, m, p, a, b, hyper), dim=-1)
 
 
-def responsibilities(locations, counts, pi, m, p, a, b, hyper: EarthquakeHyper = DEFAULT_HYPER):
-    r"""The CAVI update of :math:`q(Z)` given :math:`q(\mu), q(\lambda)`; float64 (N, K)."""
-    x, s, pi = _prepare(locations, counts, pi)
+def responsibilities(data, m, p, a, b, hyper: EarthquakeHyper = DEFAULT_HYPER):
+    r"""The CAVI update of :math:`q(Z)` given :math:`q(\mu), q(\lambda)`; float64 (N, K);
+    ``data`` is ``(locations, counts, pi)``."""
+    x, s, pi = _prepare(data)
     m, p, a, b = (as_float64(n, v) for n, v in zip("mpab", (m, p, a, b)))
     if m.dim() != 2 or m.shape != (len(pi), 2):
         raise ValueError(f"m must have shape ({len(pi)}, 2) for {len(pi)} components, got {tuple(m.shape)}")
@@ -175,31 +185,34 @@ def _step(x, s, log_pi, params, hyper) -> EarthquakeParams:
     return EarthquakeParams(r=r, m=m, p=p, a=a, b=b)
 
 
-def cavi_step(locations, counts, pi, params: EarthquakeParams, hyper: EarthquakeHyper = DEFAULT_HYPER):
+def cavi_step(data, params: EarthquakeParams, hyper: EarthquakeHyper = DEFAULT_HYPER) -> EarthquakeParams:
     r"""One CAVI sweep: :math:`q(Z)`, then every :math:`q(\mu_k)` and :math:`q(\lambda_k)`
     (formulas in the module docstring). ``params.r`` is not read."""
-    x, s, pi = _prepare(locations, counts, pi)
+    x, s, pi = _prepare(data)
     params = _check_params(params, s, pi)
     with torch.no_grad():
         return _step(x, s, pi.log(), params, hyper)
 
 
 def initial_params(
-    locations, counts, pi, hyper: EarthquakeHyper = DEFAULT_HYPER, init: Union[None, int, EarthquakeParams] = None
+    data, hyper: EarthquakeHyper = DEFAULT_HYPER, init: Union[None, int, EarthquakeParams] = None
 ) -> EarthquakeParams:
     r"""The starting point used by :func:`cavi` and the guides (see the module docstring).
 
+    :param data: ``(locations, counts, pi)``.
     :param init: ``None`` (farthest-first traversal), an ``int`` seed (K distinct
         locations drawn with a local generator), or an :class:`EarthquakeParams`
         (validated and returned).
     :raises ValueError: for a bad ``init`` or fewer data points than components.
     """
-    x, s, pi = _prepare(locations, counts, pi)
+    return _initial_params(*_prepare(data), hyper, init)
+
+
+def _initial_params(x, s, pi, hyper, init):
+    _mixtures.check_init_kind(init, EarthquakeParams)
     if isinstance(init, EarthquakeParams):
         return _check_params(init, s, pi, name="init")
     num_data, num_components = len(s), len(pi)
-    if init is not None and (isinstance(init, bool) or not isinstance(init, numbers.Integral)):
-        raise ValueError(f"init must be None, an int seed or an EarthquakeParams, got {type(init).__name__}")
     if num_data < num_components:
         raise ValueError(f"cannot initialize {num_components} components from {num_data} data points")
     if init is None:
@@ -220,9 +233,10 @@ def initial_params(
     return EarthquakeParams(r=r, m=m, p=p, a=a, b=b)
 
 
-def elbo(locations, counts, pi, params: EarthquakeParams, hyper: EarthquakeHyper = DEFAULT_HYPER) -> torch.Tensor:
+def elbo(data, params: EarthquakeParams, hyper: EarthquakeHyper = DEFAULT_HYPER) -> torch.Tensor:
     r"""Closed-form ELBO :math:`E_q[\log p(X, S, Z, \mu, \lambda)] - E_q[\log q]`, a
-    float64 scalar differentiable in every field of ``params``:
+    float64 scalar differentiable in every field of ``params``; ``data`` is
+    ``(locations, counts, pi)``:
 
     .. math::
 
@@ -238,14 +252,12 @@ def elbo(locations, counts, pi, params: EarthquakeParams, hyper: EarthquakeHyper
     :raises ValueError: for bad data or weights, or ``params`` whose number of
         components differs from ``len(pi)`` or whose ``r`` has the wrong number of rows.
     """
-    x, s, pi = _prepare(locations, counts, pi)
-    q = _check_params(params, s, pi)
-    log_lik = _expected_log_lik(x, s, pi.log(), q.m, q.p, q.a, q.b, hyper)
-    positive = q.r > 0
-    safe_r = torch.where(positive, q.r, torch.ones_like(q.r))  # 0 log 0 = 0 with finite gradients
-    neg_entropy_z = torch.where(positive, safe_r * safe_r.log(), torch.zeros_like(q.r))
-    e_rate = q.a / q.b
-    e_log_rate = torch.digamma(q.a) - q.b.log()
+    x, s, pi = _prepare(data)
+    return _elbo(x, s, pi.log(), _check_params(params, s, pi), hyper)
+
+
+def _elbo(x, s, log_pi, q, hyper):
+    e_rate, e_log_rate = gamma_moments(q.a, q.b)
     nu = torch.tensor(hyper.nu, dtype=torch.float64)
     log_prior_mu = math.log(hyper.rho) - _LOG_2PI - 0.5 * hyper.rho * (((q.m - nu) ** 2).sum(-1) + 2 / q.p)
     log_prior_rate = (
@@ -255,14 +267,18 @@ def elbo(locations, counts, pi, params: EarthquakeParams, hyper: EarthquakeHyper
         - hyper.beta * e_rate
     )
     entropy_mu = 1 + _LOG_2PI - q.p.log()
-    entropy_rate = q.a - q.b.log() + torch.lgamma(q.a) + (1 - q.a) * torch.digamma(q.a)
-    return (q.r * log_lik - neg_entropy_z).sum() + (log_prior_mu + log_prior_rate + entropy_mu + entropy_rate).sum()
+    z_term = assignment_term(q.r, _expected_log_lik(x, s, log_pi, q.m, q.p, q.a, q.b, hyper))
+    return z_term + (log_prior_mu + log_prior_rate + entropy_mu + gamma_entropy(q.a, q.b)).sum()
+
+
+def elbo_gradient(data, params: EarthquakeParams, hyper: EarthquakeHyper = DEFAULT_HYPER):
+    r""":math:`\partial\mathcal{L}/\partial r, m, p, a, b` of :func:`elbo` (autograd; the
+    derivative in :math:`r` is along every entry, not only along the simplex)."""
+    return autograd_gradient(elbo, data, params, hyper)
 
 
 def cavi(
-    locations,
-    counts,
-    pi,
+    data,
     hyper: EarthquakeHyper = DEFAULT_HYPER,
     init: Union[None, int, EarthquakeParams] = None,
     max_iters: int = 2000,
@@ -273,15 +289,16 @@ def cavi(
     :math:`\max(1, |\text{value}|)`) or ``max_iters`` sweeps. The ELBO history is
     non-decreasing; the optimum found is local and depends on ``init``.
 
+    :param data: ``(locations, counts, pi)``.
     :rtype: CaviResult
     """
-    x, s, pi = _prepare(locations, counts, pi)
+    x, s, pi = _prepare(data)
     check_settings(max_iters, tol)
     log_pi = pi.log()
     return coordinate_ascent(
         lambda params: _step(x, s, log_pi, params, hyper),
-        lambda params: elbo(x, s, pi, params, hyper),
-        initial_params(x, s, pi, hyper, init),
+        lambda params: _elbo(x, s, log_pi, params, hyper),
+        _initial_params(x, s, pi, hyper, init),
         max_iters,
         tol,
     )
@@ -289,30 +306,28 @@ def cavi(
 
 # ---------------------------------------------------------------- Pyro guides
 
-
-def _guide_params(x, s, pi, hyper, init, with_r):
-    cache = {}
-    dtype = torch.get_default_dtype()
-
-    def start(name):
-        if "params" not in cache:
-            cache["params"] = initial_params(x, s, pi, hyper, init)
-        return getattr(cache["params"], name).detach().to(dtype)
-
-    k = len(pi)
-    positive = constraints.positive
-    m = shaped_param(MU_LOC, lambda: start("m"), (k, 2))
-    p = shaped_param(MU_PRECISION, lambda: start("p"), (k,), positive)
-    a = shaped_param(LAMBDA_CONCENTRATION, lambda: start("a"), (k,), positive)
-    b = shaped_param(LAMBDA_RATE, lambda: start("b"), (k,), positive)
-    r = shaped_param(Z_PROBS, lambda: floored(start("r")), (len(s), k), constraints.simplex) if with_r else None
-    return r, m, p, a, b
+_FAMILY = _mixtures.MixtureFamily(
+    EarthquakeParams,
+    (
+        ("m", MU_LOC, (2,), constraints.real),
+        ("p", MU_PRECISION, (), constraints.positive),
+        ("a", LAMBDA_CONCENTRATION, (), constraints.positive),
+        ("b", LAMBDA_RATE, (), constraints.positive),
+    ),
+    Z_PROBS,
+)
 
 
-def _sample_globals(m, p, a, b, num_components):
-    with pyro.plate("components", num_components, dim=-1):
-        pyro.sample("lambda", dist.Gamma(a, b))
-        pyro.sample("mu", dist.Normal(m, (p**-0.5).unsqueeze(-1)).to_event(1))
+def _guide(locations, counts, pi, hyper, init, with_r):
+    x, s = check_data(locations, counts)
+    pi = check_weights(pi)
+    q = _mixtures.guide_params(_FAMILY, lambda: initial_params((x, s, pi), hyper, init), len(s), len(pi), with_r)
+    with pyro.plate("components", len(pi), dim=-1):
+        pyro.sample("lambda", dist.Gamma(q["a"], q["b"]))
+        pyro.sample("mu", dist.Normal(q["m"], (q["p"] ** -0.5).unsqueeze(-1)).to_event(1))
+    if with_r:
+        with pyro.plate("data", len(s), dim=-1):
+            pyro.sample("z", dist.Categorical(q["r"]))
 
 
 def global_guide(
@@ -323,10 +338,7 @@ def global_guide(
     ``TraceEnum_ELBO(max_plate_nesting=1)``. Parameters are created from ``init`` (see
     :func:`initial_params`) the first time only; afterwards the param store wins.
     """
-    x, s = check_data(locations, counts)
-    pi = check_weights(pi)
-    _, m, p, a, b = _guide_params(x, s, pi, hyper, init, with_r=False)
-    _sample_globals(m, p, a, b, len(pi))
+    _guide(locations, counts, pi, hyper, init, with_r=False)
 
 
 def mean_field_guide(
@@ -335,25 +347,12 @@ def mean_field_guide(
     r"""The full mean-field guide: :func:`global_guide` and
     :math:`Z_n \sim \mathrm{Categorical}(r_n)` in the ``"data"`` plate (param
     ``"q_z_probs"``, (N, K) simplex), for score-function estimators."""
-    x, s = check_data(locations, counts)
-    pi = check_weights(pi)
-    r, m, p, a, b = _guide_params(x, s, pi, hyper, init, with_r=True)
-    _sample_globals(m, p, a, b, len(pi))
-    with pyro.plate("data", len(s), dim=-1):
-        pyro.sample("z", dist.Categorical(r))
+    _guide(locations, counts, pi, hyper, init, with_r=True)
 
 
-def params_from_store(locations=None, counts=None, pi=None, hyper: EarthquakeHyper = DEFAULT_HYPER):
+def params_from_store(data=None, hyper: EarthquakeHyper = DEFAULT_HYPER) -> EarthquakeParams:
     r"""Read the guide parameters from Pyro's param store as :class:`EarthquakeParams`;
     without ``"q_z_probs"`` (after :func:`global_guide`), ``r`` is the CAVI update given
-    the stored globals, which needs the data and ``pi``."""
-    store = pyro.get_param_store()
-    m, p, a, b = (store[name].detach() for name in (MU_LOC, MU_PRECISION, LAMBDA_CONCENTRATION, LAMBDA_RATE))
-    if Z_PROBS in store:
-        r = store[Z_PROBS].detach().to(torch.float64)
-        r = r / r.sum(-1, keepdim=True)
-    elif locations is None or counts is None or pi is None:
-        raise ValueError(f"no {Z_PROBS!r} in the param store; pass locations, counts and pi to compute r")
-    else:
-        r = responsibilities(locations, counts, pi, m, p, a, b, hyper)
-    return EarthquakeParams(r=r, m=m, p=p, a=a, b=b)
+    the stored globals, which needs ``data`` ``(locations, counts, pi)``."""
+    update = None if data is None else (lambda q: responsibilities(data, q["m"], q["p"], q["a"], q["b"], hyper))
+    return _mixtures.params_from_store(_FAMILY, update)

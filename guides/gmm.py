@@ -67,9 +67,8 @@ References
 """
 
 import math
-import numbers
 from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 import pyro
 import pyro.distributions as dist
@@ -77,8 +76,9 @@ import torch
 from torch.distributions import constraints
 
 from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights
-from guides._cavi import CaviResult, check_settings, coordinate_ascent
-from guides._mixtures import as_float64, check_mixture_params, floored, shaped_param
+from guides import _mixtures
+from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
+from guides._mixtures import as_float64, assignment_term, check_mixture_params, gamma_entropy, gamma_moments
 
 __all__ = [
     "MU_LOC",
@@ -87,10 +87,12 @@ __all__ = [
     "TAU_RATE",
     "Z_PROBS",
     "CaviResult",
-    "MixtureParams",
+    "GMMData",
+    "GMMParams",
     "cavi",
     "cavi_step",
     "elbo",
+    "elbo_gradient",
     "global_guide",
     "initial_params",
     "mean_field_guide",
@@ -107,8 +109,17 @@ TAU_RATE = "q_tau_rate"
 _LOG_2PI = math.log(2 * math.pi)
 
 
+class GMMData(NamedTuple):
+    """What the model is conditioned on: ``x`` (N,) observations and the known mixing
+    weights ``pi`` (K,); ``model(*data, prior)`` is :func:`models.gmm.model`. Any pair
+    ``(x, pi)`` is accepted where a ``GMMData`` is expected."""
+
+    x: torch.Tensor
+    pi: torch.Tensor
+
+
 @dataclass(frozen=True)
-class MixtureParams:
+class GMMParams:
     r"""Variational parameters :math:`(r, m, l, a, b)` of the mean-field family, as
     float64 tensors (tensors passed in keep their autograd graph, so the closed-form
     :func:`elbo` can be differentiated through them).
@@ -139,14 +150,16 @@ class MixtureParams:
         return self.m.numel()
 
 
-def _check_params(params, x, pi, name="params") -> MixtureParams:
-    if not isinstance(params, MixtureParams):
-        raise ValueError(f"{name} must be a MixtureParams, got {type(params).__name__}")
-    if params.num_components != len(pi):
-        raise ValueError(f"{name} has {params.num_components} components but pi has {len(pi)}")
-    if params.r.shape[0] != len(x):
-        raise ValueError(f"{name}.r has {params.r.shape[0]} rows but data has {len(x)} points")
-    return params
+def _prepare(data):
+    """``(x, pi)`` validated once, as float64."""
+    if not (isinstance(data, tuple) and len(data) == 2):
+        raise ValueError(f"data must be a pair (x, pi), got {type(data).__name__}")
+    x, pi = data
+    return check_data(x).to(torch.float64), check_weights(pi, dtype=torch.float64)
+
+
+def _check_params(params, x, pi, name="params") -> GMMParams:
+    return _mixtures.check_params(params, GMMParams, len(x), len(pi), name)
 
 
 def _expected_sq(x, m, l):
@@ -154,18 +167,21 @@ def _expected_sq(x, m, l):
     return (x[:, None] - m) ** 2 + 1 / l
 
 
+def _expected_log_lik(x, log_pi, m, l, a, b):
+    """E_q[log pi_k + log N(x_n | mu_k, 1 / tau_k)], (N, K)."""
+    e_tau, e_log_tau = gamma_moments(a, b)
+    return log_pi + 0.5 * (e_log_tau - _LOG_2PI) - 0.5 * e_tau * _expected_sq(x, m, l)
+
+
 def _responsibilities(x, log_pi, m, l, a, b):
-    e_log_tau = torch.digamma(a) - b.log()
-    log_rho = log_pi + 0.5 * e_log_tau - 0.5 * (a / b) * _expected_sq(x, m, l)
-    return torch.softmax(log_rho, dim=-1)
+    return torch.softmax(_expected_log_lik(x, log_pi, m, l, a, b), dim=-1)
 
 
-def responsibilities(data, pi, m, l, a, b) -> torch.Tensor:  # noqa: E741
+def responsibilities(data, m, l, a, b) -> torch.Tensor:  # noqa: E741
     r"""The CAVI update of :math:`q(z)` given :math:`q(\mu), q(\tau)`:
     :math:`r_{nk} \propto \pi_k \exp(\tfrac12 E[\log\tau_k] - \tfrac12 E[\tau_k]
-    E[(x_n - \mu_k)^2])`, float64 (N, K)."""
-    x = check_data(data).to(torch.float64)
-    pi = check_weights(pi, dtype=torch.float64)
+    E[(x_n - \mu_k)^2])`, float64 (N, K); ``data`` is ``(x, pi)``."""
+    x, pi = _prepare(data)
     m, l, a, b = (as_float64(n, v) for n, v in zip("mlab", (m, l, a, b)))
     for name, value in zip("mlab", (m, l, a, b)):
         if value.shape != pi.shape:
@@ -187,61 +203,62 @@ def _update_tau(x, r, m, l, prior):
     return a, prior.b0 + 0.5 * spread
 
 
-def _step(x, log_pi, p: MixtureParams, prior) -> MixtureParams:
+def _step(x, log_pi, p: GMMParams, prior) -> GMMParams:
     r = _responsibilities(x, log_pi, p.m, p.l, p.a, p.b)
     m, l = _update_mu(x, r, p.a, p.b, prior)
     a, b = _update_tau(x, r, m, l, prior)
-    return MixtureParams(r=r, m=m, l=l, a=a, b=b)
+    return GMMParams(r=r, m=m, l=l, a=a, b=b)
 
 
-def cavi_step(data, pi, params: MixtureParams, prior: GMMPrior = DEFAULT_PRIOR) -> MixtureParams:
+def cavi_step(data, params: GMMParams, prior: GMMPrior = DEFAULT_PRIOR) -> GMMParams:
     r"""One CAVI sweep: :math:`q(z)`, then :math:`q(\mu_k)`, then :math:`q(\tau_k)`
     (formulas in the module docstring). ``params.r`` is not read."""
-    x = check_data(data).to(torch.float64)
-    pi = check_weights(pi, dtype=torch.float64)
+    x, pi = _prepare(data)
     params = _check_params(params, x, pi)
     with torch.no_grad():
         return _step(x, pi.log(), params, prior)
 
 
-def initial_params(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, MixtureParams] = None):
+def initial_params(data, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, GMMParams] = None) -> GMMParams:
     r"""The starting point used by :func:`cavi` and the guides (see the module docstring).
 
+    :param data: ``(x, pi)``.
     :param init: ``None`` (data quantiles), an ``int`` seed (K distinct data points
-        drawn with a local generator as the means), or a :class:`MixtureParams`
-        (validated against ``data`` and ``pi`` and returned).
-    :rtype: MixtureParams
+        drawn with a local generator as the means), or a :class:`GMMParams`
+        (validated against ``data`` and returned).
     :raises ValueError: for a bad ``init``, or fewer distinct data points than
         components when seeding.
     """
-    x = check_data(data).to(torch.float64)
-    pi = check_weights(pi, dtype=torch.float64)
-    if isinstance(init, MixtureParams):
+    return _initial_params(*_prepare(data), prior, init)
+
+
+def _initial_params(x, pi, prior, init):
+    _mixtures.check_init_kind(init, GMMParams)
+    if isinstance(init, GMMParams):
         return _check_params(init, x, pi, name="init")
     num_data, num_components = len(x), len(pi)
     if init is None:
         levels = (torch.arange(num_components, dtype=torch.float64) + 0.5) / num_components
         m = torch.quantile(x, levels)
-    elif isinstance(init, numbers.Integral) and not isinstance(init, bool):
+    else:
         if num_data < num_components:
             raise ValueError(f"cannot seed {num_components} components from {num_data} data points")
         generator = torch.Generator().manual_seed(int(init))
         m = x[torch.randperm(num_data, generator=generator)[:num_components]]
-    else:
-        raise ValueError(f"init must be None, an int seed or a MixtureParams, got {type(init).__name__}")
     variance = float(x.var()) if num_data > 1 else 1.0
     variance = variance if variance > 0 else 1.0
     a = prior.a0 + 0.5 * num_data * pi
     b = a * variance / num_components**2
     l = (prior.lambda0 + num_data * pi) * (a / b)  # noqa: E741
     r = _responsibilities(x, pi.log(), m, l, a, b)
-    return MixtureParams(r=r, m=m, l=l, a=a, b=b)
+    return GMMParams(r=r, m=m, l=l, a=a, b=b)
 
 
-def elbo(data, pi, params: MixtureParams, prior: GMMPrior = DEFAULT_PRIOR) -> torch.Tensor:
+def elbo(data, params: GMMParams, prior: GMMPrior = DEFAULT_PRIOR) -> torch.Tensor:
     r"""Closed-form ELBO :math:`E_q[\log p(x, z, \mu, \tau)] - E_q[\log q(z, \mu, \tau)]`
     of the mean-field family, a float64 scalar differentiable in every field of
-    ``params``. With :math:`E[\tau_k] = a_k/b_k`, :math:`E[\log\tau_k] = \psi(a_k) - \log b_k`:
+    ``params``; ``data`` is ``(x, pi)``. With :math:`E[\tau_k] = a_k/b_k`,
+    :math:`E[\log\tau_k] = \psi(a_k) - \log b_k`:
 
     .. math::
 
@@ -258,16 +275,12 @@ def elbo(data, pi, params: MixtureParams, prior: GMMPrior = DEFAULT_PRIOR) -> to
     :raises ValueError: for bad data or weights, or ``params`` whose number of
         components differs from ``len(pi)`` or whose ``r`` has the wrong number of rows.
     """
-    x = check_data(data).to(torch.float64)
-    pi = check_weights(pi, dtype=torch.float64)
-    p = _check_params(params, x, pi)
-    e_tau = p.a / p.b
-    e_log_tau = torch.digamma(p.a) - p.b.log()
-    log_lik = pi.log() + 0.5 * (e_log_tau - _LOG_2PI) - 0.5 * e_tau * _expected_sq(x, p.m, p.l)
-    positive = p.r > 0
-    safe_r = torch.where(positive, p.r, torch.ones_like(p.r))  # 0 log 0 = 0 with finite gradients
-    neg_entropy_z = torch.where(positive, safe_r * safe_r.log(), torch.zeros_like(p.r))
-    e_log_lik_z = (p.r * log_lik - neg_entropy_z).sum()
+    x, pi = _prepare(data)
+    return _elbo(x, pi.log(), _check_params(params, x, pi), prior)
+
+
+def _elbo(x, log_pi, p, prior):
+    e_tau, e_log_tau = gamma_moments(p.a, p.b)
     log_prior = (
         prior.a0 * math.log(prior.b0)
         - math.lgamma(prior.a0)
@@ -277,15 +290,20 @@ def elbo(data, pi, params: MixtureParams, prior: GMMPrior = DEFAULT_PRIOR) -> to
         - 0.5 * prior.lambda0 * e_tau * ((p.m - prior.m0) ** 2 + 1 / p.l)
     )
     entropy_mu = 0.5 * (_LOG_2PI + 1 - p.l.log())
-    entropy_tau = p.a - p.b.log() + torch.lgamma(p.a) + (1 - p.a) * torch.digamma(p.a)
-    return e_log_lik_z + (log_prior + entropy_mu + entropy_tau).sum()
+    z_term = assignment_term(p.r, _expected_log_lik(x, log_pi, p.m, p.l, p.a, p.b))
+    return z_term + (log_prior + entropy_mu + gamma_entropy(p.a, p.b)).sum()
+
+
+def elbo_gradient(data, params: GMMParams, prior: GMMPrior = DEFAULT_PRIOR):
+    r""":math:`\partial\mathcal{L}/\partial r, m, l, a, b` of :func:`elbo` (autograd; the
+    derivative in :math:`r` is along every entry, not only along the simplex)."""
+    return autograd_gradient(elbo, data, params, prior)
 
 
 def cavi(
     data,
-    pi,
     prior: GMMPrior = DEFAULT_PRIOR,
-    init: Union[None, int, MixtureParams] = None,
+    init: Union[None, int, GMMParams] = None,
     max_iters: int = 2000,
     tol: float = 1e-10,
 ) -> CaviResult:
@@ -296,16 +314,16 @@ def cavi(
     ELBO history is non-decreasing. CAVI finds a local optimum; which one (up to
     relabeling) depends on ``init``.
 
+    :param data: ``(x, pi)``.
     :rtype: CaviResult
     """
-    x = check_data(data).to(torch.float64)
-    pi = check_weights(pi, dtype=torch.float64)
+    x, pi = _prepare(data)
     check_settings(max_iters, tol)
     log_pi = pi.log()
     return coordinate_ascent(
         lambda params: _step(x, log_pi, params, prior),
-        lambda params: elbo(x, pi, params, prior),
-        initial_params(x, pi, prior, init),
+        lambda params: _elbo(x, log_pi, params, prior),
+        _initial_params(x, pi, prior, init),
         max_iters,
         tol,
     )
@@ -313,27 +331,31 @@ def cavi(
 
 # ---------------------------------------------------------------- Pyro guides
 
-
-def _guide_params(data, pi, prior, init, with_r):
-    cache = {}
-    dtype = torch.get_default_dtype()
-
-    def start(name):
-        if "params" not in cache:
-            cache["params"] = initial_params(data, pi, prior, init)
-        return getattr(cache["params"], name).detach().to(dtype)
-
-    num_components = len(pi)
-    positive = constraints.positive
-    m = shaped_param(MU_LOC, lambda: start("m"), (num_components,))
-    l = shaped_param(MU_PRECISION, lambda: start("l"), (num_components,), positive)  # noqa: E741
-    a = shaped_param(TAU_CONCENTRATION, lambda: start("a"), (num_components,), positive)
-    b = shaped_param(TAU_RATE, lambda: start("b"), (num_components,), positive)
-    r = shaped_param(Z_PROBS, lambda: floored(start("r")), (len(data), num_components), constraints.simplex) if with_r else None
-    return r, m, l, a, b
+_FAMILY = _mixtures.MixtureFamily(
+    GMMParams,
+    (
+        ("m", MU_LOC, (), constraints.real),
+        ("l", MU_PRECISION, (), constraints.positive),
+        ("a", TAU_CONCENTRATION, (), constraints.positive),
+        ("b", TAU_RATE, (), constraints.positive),
+    ),
+    Z_PROBS,
+)
 
 
-def global_guide(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, MixtureParams] = None):
+def _guide(data, pi, prior, init, with_r):
+    data = check_data(data)
+    pi = check_weights(pi)
+    q = _mixtures.guide_params(_FAMILY, lambda: initial_params((data, pi), prior, init), len(data), len(pi), with_r)
+    with pyro.plate("components", len(pi), dim=-1):
+        pyro.sample("tau", dist.Gamma(q["a"], q["b"]))
+        pyro.sample("mu", dist.Normal(q["m"], q["l"] ** -0.5))
+    if with_r:
+        with pyro.plate("data", len(data), dim=-1):
+            pyro.sample("z", dist.Categorical(q["r"]))
+
+
+def global_guide(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, GMMParams] = None):
     r"""Guide :math:`\prod_k \mathcal{N}(\mu_k \mid m_k, l_k^{-1})\,
     \mathrm{Gamma}(\tau_k \mid a_k, b_k)` without ``"z"``, for
     ``TraceEnum_ELBO(max_plate_nesting=1)``, which then sums ``"z"`` out of the model.
@@ -343,44 +365,24 @@ def global_guide(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, in
 
     :raises ValueError: for bad data or weights, or store params of another shape.
     """
-    data = check_data(data)
-    pi = check_weights(pi)
-    _, m, l, a, b = _guide_params(data, pi, prior, init, with_r=False)
-    with pyro.plate("components", len(pi), dim=-1):
-        pyro.sample("tau", dist.Gamma(a, b))
-        pyro.sample("mu", dist.Normal(m, l**-0.5))
+    _guide(data, pi, prior, init, with_r=False)
 
 
-def mean_field_guide(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, MixtureParams] = None):
+def mean_field_guide(data, pi, prior: GMMPrior = DEFAULT_PRIOR, init: Union[None, int, GMMParams] = None):
     r"""The full mean-field guide: :func:`global_guide` and
     :math:`z_n \sim \mathrm{Categorical}(r_n)` in the ``"data"`` plate, with the (N, K)
     simplex param ``"q_z_probs"``. ``"z"`` is not reparameterizable, so estimators treat
     it with the score function (``Trace_ELBO`` does so itself).
     """
-    data = check_data(data)
-    pi = check_weights(pi)
-    r, m, l, a, b = _guide_params(data, pi, prior, init, with_r=True)
-    with pyro.plate("components", len(pi), dim=-1):
-        pyro.sample("tau", dist.Gamma(a, b))
-        pyro.sample("mu", dist.Normal(m, l**-0.5))
-    with pyro.plate("data", len(data), dim=-1):
-        pyro.sample("z", dist.Categorical(r))
+    _guide(data, pi, prior, init, with_r=True)
 
 
-def params_from_store(data=None, pi=None) -> MixtureParams:
-    r"""Read the guide parameters from Pyro's param store as a :class:`MixtureParams`.
+def params_from_store(data=None) -> GMMParams:
+    r"""Read the guide parameters from Pyro's param store as a :class:`GMMParams`.
 
     After :func:`global_guide` there is no ``"q_z_probs"``; ``r`` is then the CAVI
-    update given the stored globals (:func:`responsibilities`), for which ``data`` and
-    ``pi`` are needed.
+    update given the stored globals (:func:`responsibilities`), for which ``data``
+    ``(x, pi)`` is needed.
     """
-    store = pyro.get_param_store()
-    m, l, a, b = (store[name].detach() for name in (MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE))
-    if Z_PROBS in store:
-        r = store[Z_PROBS].detach().to(torch.float64)
-        r = r / r.sum(-1, keepdim=True)  # float32 simplex rows, renormalized in float64
-    elif data is None or pi is None:
-        raise ValueError(f"no {Z_PROBS!r} in the param store; pass data and pi to compute r")
-    else:
-        r = responsibilities(data, pi, m, l, a, b)
-    return MixtureParams(r=r, m=m, l=l, a=a, b=b)
+    update = None if data is None else (lambda q: responsibilities(data, q["m"], q["l"], q["a"], q["b"]))
+    return _mixtures.params_from_store(_FAMILY, update)

@@ -68,8 +68,8 @@ References
 import math
 import numbers
 import time
-from dataclasses import dataclass, field
-from typing import Callable, List, NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import pyro
@@ -77,13 +77,17 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
+from guides._cavi import CaviResult, autograd_gradient
 from guides._mixtures import shaped_param
-from models.lda import check_concentration, check_counts, check_num_topics
+from models._checks import as_int
+from models.lda import LDAPrior, check_concentration, check_counts, check_num_topics
 
 __all__ = [
     "GAMMA",
     "LAMBDA",
     "CaviResult",
+    "LDAParams",
+    "LDAPrior",
     "LocalStep",
     "SviResult",
     "cavi",
@@ -92,6 +96,7 @@ __all__ = [
     "corpus_elbo",
     "dirichlet_expected_log",
     "elbo",
+    "elbo_gradient",
     "guide",
     "initial_gamma",
     "initial_lambda",
@@ -112,9 +117,7 @@ def _counts64(counts):
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return as_int(name, value)
 
 
 def _non_negative(name, value):
@@ -170,33 +173,76 @@ def _neg_kl_dirichlet(prior, posterior, e_log):
     return (log_norm_prior + ((prior - posterior) * e_log).sum(-1) + log_norm_posterior).sum()
 
 
-def elbo(counts, lam, gamma, alpha: float, eta: float, phi=None) -> torch.Tensor:
+@dataclass(frozen=True)
+class LDAParams:
+    r"""Variational parameters of the mean-field family, float64 tensors (tensors passed
+    in keep their graph).
+
+    :param lam: (K, V) concentrations of :math:`q(\beta_k)`; finite, > 0.
+    :param gamma: (D, K) concentrations of :math:`q(\theta_d)`; finite, > 0.
+    :param phi: optional (D, V, K) word-topic responsibilities; ``None`` stands for the
+        optimal :math:`\phi` given ``lam`` and ``gamma`` (:func:`optimal_phi`).
+    :raises ValueError: naming the field, for bad values or shapes that disagree.
+    """
+
+    lam: torch.Tensor
+    gamma: torch.Tensor
+    phi: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        lam = _concentrations("lam", self.lam, (None, None))
+        gamma = _concentrations("gamma", self.gamma, (None, lam.shape[0]))
+        phi = self.phi
+        if phi is not None:
+            phi = phi.to(torch.float64) if isinstance(phi, torch.Tensor) else torch.as_tensor(phi, dtype=torch.float64)
+            shape = (gamma.shape[0], lam.shape[1], lam.shape[0])
+            if tuple(phi.shape) != shape:
+                raise ValueError(f"phi must have shape {shape}, got {tuple(phi.shape)}")
+        object.__setattr__(self, "lam", lam)
+        object.__setattr__(self, "gamma", gamma)
+        object.__setattr__(self, "phi", phi)
+
+
+def _check_params(params, counts, name="params") -> LDAParams:
+    if not isinstance(params, LDAParams):
+        raise ValueError(f"{name} must be an LDAParams, got {type(params).__name__}")
+    (num_docs, vocab_size), num_topics = counts.shape, params.lam.shape[0]
+    if params.lam.shape[1] != vocab_size:
+        raise ValueError(f"lam must have shape (K, {vocab_size}), got {tuple(params.lam.shape)}")
+    if params.gamma.shape[0] != num_docs:
+        raise ValueError(f"gamma must have shape ({num_docs}, {num_topics}), got {tuple(params.gamma.shape)}")
+    return params
+
+
+def elbo(counts, params: LDAParams, prior: LDAPrior) -> torch.Tensor:
     r"""The closed-form mean-field ELBO :math:`\mathcal{L}(\lambda, \gamma, \phi)` of the
-    module docstring, a float64 scalar differentiable in ``lam`` and ``gamma``.
+    module docstring, a float64 scalar differentiable in ``params.lam``,
+    ``params.gamma`` (and ``params.phi`` if given; ``None``: the optimal :math:`\phi`).
 
     :param counts: (D, V) counts.
-    :param lam: (K, V) concentrations of :math:`q(\beta_k)`.
-    :param gamma: (D, K) concentrations of :math:`q(\theta_d)`.
-    :param phi: optional (D, V, K) word-topic responsibilities (rows on the simplex);
-        ``None`` uses the optimal :math:`\phi` given ``lam`` and ``gamma``.
-    :raises ValueError: for bad counts, priors or shapes that do not fit the counts.
+    :raises ValueError: for bad counts, or parameters whose shapes do not fit the counts.
     """
     counts = _counts64(counts)
-    alpha, eta = check_concentration("alpha", alpha), check_concentration("eta", eta)
-    lam = _concentrations("lam", lam, (None, counts.shape[1]))
-    gamma = _concentrations("gamma", gamma, (counts.shape[0], lam.shape[0]))
+    p = _check_params(params, counts)
+    return _elbo(counts, p.lam, p.gamma, prior.alpha, prior.eta, p.phi)
+
+
+def _elbo(counts, lam, gamma, alpha, eta, phi=None):
     e_log_theta, e_log_beta = dirichlet_expected_log(gamma), dirichlet_expected_log(lam)
     if phi is None:
         exp_theta, exp_beta, theta_shift, beta_shift = _shifted_exp(e_log_theta, e_log_beta)
         log_norm = _normalizer(exp_theta, exp_beta).log() + theta_shift + beta_shift
         words = (counts * log_norm).sum()
     else:
-        phi = torch.as_tensor(phi, dtype=torch.float64)
-        if tuple(phi.shape) != (*counts.shape, lam.shape[0]):
-            raise ValueError(f"phi must have shape {(*counts.shape, lam.shape[0])}, got {tuple(phi.shape)}")
         expected = e_log_theta[:, None, :] + e_log_beta.T[None, :, :]
         words = (counts[..., None] * (phi * expected - torch.xlogy(phi, phi))).sum()
     return words + _neg_kl_dirichlet(alpha, gamma, e_log_theta) + _neg_kl_dirichlet(eta, lam, e_log_beta)
+
+
+def elbo_gradient(counts, params: LDAParams, prior: LDAPrior):
+    r""":math:`\partial\mathcal{L}/\partial\lambda, \gamma` (and :math:`\phi` if given) of
+    :func:`elbo`, by autograd; float64 tensors keyed by field name."""
+    return autograd_gradient(elbo, counts, params, prior)
 
 
 def initial_lambda(num_topics: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
@@ -302,36 +348,20 @@ def corpus_elbo(counts, lam, alpha: float, eta: float, local_tol: float = 1e-3, 
     r"""The ELBO of a global :math:`\lambda` on ``counts``: :func:`elbo` at
     :math:`\lambda` and the :math:`\gamma` of a :func:`local_step` from
     :func:`initial_gamma`. Returns ``(elbo as float, gamma)``."""
+    counts = _counts64(counts)
     gamma = local_step(counts, lam, alpha, None, local_tol, local_max_iters).gamma
-    return float(elbo(counts, lam, gamma, alpha, eta)), gamma
+    eta = check_concentration("eta", eta)
+    return float(_elbo(counts, torch.as_tensor(lam, dtype=torch.float64), gamma, alpha, eta)), gamma
 
 
-@dataclass
-class CaviResult:
-    r"""Outcome of :func:`cavi`.
-
-    :ivar lam: final (K, V) concentrations of :math:`q(\beta)`.
-    :ivar gamma: final (D, K) concentrations of :math:`q(\theta)`.
-    :ivar list elbo_history: ELBO at the start and after each sweep.
-    :ivar int num_iters: sweeps run.
-    :ivar bool converged: whether the relative ELBO change fell below ``tol``.
-    :ivar float seconds: wall time of the sweeps (callbacks excluded).
-    """
-
-    lam: torch.Tensor
-    gamma: torch.Tensor
-    elbo_history: List[float] = field(default_factory=list)
-    num_iters: int = 0
-    converged: bool = False
-    seconds: float = 0.0
-
-
-def cavi(counts, num_topics: int, alpha: float, eta: float, max_iters: int = 100, tol: float = 1e-6,
+def cavi(counts, prior: LDAPrior, num_topics: int, max_iters: int = 100, tol: float = 1e-6,
          init_lambda=None, warm_start: bool = False, local_tol: float = 1e-3, local_max_iters: int = 100,
          callback: Optional[Callable] = None) -> CaviResult:
     r"""Batch CAVI: sweeps of :func:`cavi_step` from ``init_lambda`` (default
     :func:`initial_lambda` with seed 0) until the relative ELBO change is below ``tol``.
     ``callback(sweep, seconds, lam)`` runs after each sweep, outside the timing.
+    Returns a :class:`CaviResult` whose ``params`` is an :class:`LDAParams` (no ``phi``)
+    and whose ``converged`` means the relative ELBO change fell below ``tol``.
 
     By default every sweep starts the local step afresh from :func:`initial_gamma`, as
     in Hoffman et al.'s batch algorithm. Then each sweep ends at a fixed point of the local
@@ -343,24 +373,30 @@ def cavi(counts, num_topics: int, alpha: float, eta: float, max_iters: int = 100
     fit at a much worse optimum (see ``experiments/lda_svi.py``).
     """
     counts, num_topics = _counts64(counts), check_num_topics(num_topics)
-    alpha, eta = check_concentration("alpha", alpha), check_concentration("eta", eta)
+    if not isinstance(prior, LDAPrior):
+        raise ValueError(f"prior must be an LDAPrior, got {type(prior).__name__}")
+    alpha, eta = prior.alpha, prior.eta
     max_iters, tol = _positive_int("max_iters", max_iters), _non_negative("tol", tol)
+    local_tol, local_max_iters = _check_local_settings(local_tol, local_max_iters)
     lam = initial_lambda(num_topics, counts.shape[1]) if init_lambda is None else init_lambda
     lam = _concentrations("init_lambda", lam, (num_topics, counts.shape[1]))
-    fresh_gamma = initial_gamma(counts, num_topics, alpha)
-    result = CaviResult(lam, fresh_gamma, [float(elbo(counts, lam, fresh_gamma, alpha, eta))])
-    while result.num_iters < max_iters and not result.converged:
+    fresh_gamma = gamma = initial_gamma(counts, num_topics, alpha)
+    value = float(_elbo(counts, lam, gamma, alpha, eta))
+    result = CaviResult(None, value, [value])
+    while result.num_iters < max_iters and not result.converged:  # everything checked once, above
         start = time.perf_counter()
-        gamma = result.gamma if warm_start else fresh_gamma
-        lam, gamma = cavi_step(counts, result.lam, gamma, alpha, eta, local_tol, local_max_iters)
-        value = float(elbo(counts, lam, gamma, alpha, eta))
+        local = _local_step(counts, dirichlet_expected_log(lam), alpha,
+                            gamma if warm_start else fresh_gamma, local_tol, local_max_iters)
+        lam, gamma = eta + local.sufficient_stats, local.gamma
+        value = float(_elbo(counts, lam, gamma, alpha, eta))
         previous = result.elbo_history[-1]
         result.converged = abs(value - previous) <= tol * abs(previous)
         result.seconds += time.perf_counter() - start
-        result.lam, result.gamma, result.num_iters = lam, gamma, result.num_iters + 1
+        result.num_iters += 1
         result.elbo_history.append(value)
         if callback is not None:
             callback(result.num_iters, result.seconds, lam)
+    result.params, result.elbo = LDAParams(lam, gamma), result.elbo_history[-1]
     return result
 
 
@@ -448,7 +484,7 @@ def guide(counts, num_topics: int, alpha: float, eta: float, subsample_size: Opt
         pyro.sample("theta", dist.Dirichlet(gamma[index]))
 
 
-def params_from_store():
-    """``(lam, gamma)`` from Pyro's param store, as float64 tensors."""
+def params_from_store() -> LDAParams:
+    """:math:`\lambda` and :math:`\gamma` from Pyro's param store, as :class:`LDAParams`."""
     store = pyro.get_param_store()
-    return tuple(store[name].detach().to(torch.float64) for name in (LAMBDA, GAMMA))
+    return LDAParams(*(store[name].detach().to(torch.float64) for name in (LAMBDA, GAMMA)))

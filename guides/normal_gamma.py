@@ -31,7 +31,6 @@ References
 """
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -40,8 +39,8 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from guides._cavi import CaviResult, check_settings, coordinate_ascent
-from models.normal_gamma import COURSE_PRIOR, NormalGammaPrior, check_data, posterior, sufficient_statistics
+from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent, real_field
+from models.normal_gamma import COURSE_PRIOR, NormalGammaPrior, posterior, sufficient_statistics
 
 __all__ = [
     "DEFAULT_INIT",
@@ -50,10 +49,11 @@ __all__ = [
     "TAU_CONCENTRATION",
     "TAU_RATE",
     "CaviResult",
-    "MeanFieldParams",
+    "NormalGammaParams",
     "cavi",
     "cavi_step",
     "elbo",
+    "elbo_gradient",
     "exact_structured_params",
     "mean_field_guide",
     "mean_field_score",
@@ -68,8 +68,9 @@ TAU_RATE = "q_tau_rate"
 
 
 @dataclass(frozen=True)
-class MeanFieldParams:
-    r"""Variational parameters :math:`(m, \lambda, a, b)` as floats.
+class NormalGammaParams:
+    r"""Variational parameters :math:`(m, \lambda, a, b)` as floats (a tensor that
+    requires grad is kept, as float64, so that :func:`elbo` is differentiable in it).
 
     :param float m: mean of :math:`q(\mu)`; finite.
     :param float lam: precision :math:`\lambda` of :math:`q(\mu)` (of
@@ -86,17 +87,7 @@ class MeanFieldParams:
 
     def __post_init__(self):
         for name in ("m", "lam", "a", "b"):
-            value = getattr(self, name)
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = value.item()
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(f"{name} must be a real number, got {value!r}")
-            value = float(value)
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
-            if name != "m" and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, real_field(name, getattr(self, name), positive=name != "m"))
 
     @property
     def means(self) -> Dict[str, float]:
@@ -106,18 +97,14 @@ class MeanFieldParams:
 
 #: A deliberately uninformed starting point, m = 0, lambda = 1, a = 1, b = 1
 #: (E_q[tau] = 1): it ignores the data and the prior, so fits have work to do.
-DEFAULT_INIT = MeanFieldParams(m=0.0, lam=1.0, a=1.0, b=1.0)
+DEFAULT_INIT = NormalGammaParams(m=0.0, lam=1.0, a=1.0, b=1.0)
 
 
-def _check_init(init: Optional[MeanFieldParams]) -> MeanFieldParams:
-    if init is None:
-        return DEFAULT_INIT
-    if not isinstance(init, MeanFieldParams):
-        raise ValueError(f"init must be a MeanFieldParams, got {type(init).__name__}")
-    return init
+def _check_init(init: Optional[NormalGammaParams]) -> NormalGammaParams:
+    return DEFAULT_INIT if init is None else _checked(init, "init")
 
 
-def _params(init: MeanFieldParams):
+def _params(init: NormalGammaParams):
     dtype = torch.get_default_dtype()
     m = pyro.param(MU_LOC, lambda: torch.tensor(init.m, dtype=dtype))
     lam = pyro.param(MU_PRECISION, lambda: torch.tensor(init.lam, dtype=dtype), constraint=constraints.positive)
@@ -126,7 +113,7 @@ def _params(init: MeanFieldParams):
     return m, lam, a, b
 
 
-def mean_field_guide(data, prior: NormalGammaPrior = COURSE_PRIOR, init: Optional[MeanFieldParams] = None):
+def mean_field_guide(data, prior: NormalGammaPrior = COURSE_PRIOR, init: Optional[NormalGammaParams] = None):
     r"""Mean-field guide :math:`q(\tau)\, q(\mu) = \mathrm{Gamma}(a, b)\, \mathcal{N}(m, \lambda^{-1})`.
 
     Parameters are created from ``init`` (default :data:`DEFAULT_INIT`) the first time
@@ -138,7 +125,7 @@ def mean_field_guide(data, prior: NormalGammaPrior = COURSE_PRIOR, init: Optiona
     pyro.sample("mu", dist.Normal(m, lam**-0.5))
 
 
-def structured_guide(data, prior: NormalGammaPrior = COURSE_PRIOR, init: Optional[MeanFieldParams] = None):
+def structured_guide(data, prior: NormalGammaPrior = COURSE_PRIOR, init: Optional[NormalGammaParams] = None):
     r"""Structured guide :math:`q(\tau)\, q(\mu \mid \tau) = \mathrm{Gamma}(a, b)\,
     \mathcal{N}(m, (\lambda \tau)^{-1})`, the NormalGamma family of the exact posterior.
 
@@ -150,32 +137,21 @@ def structured_guide(data, prior: NormalGammaPrior = COURSE_PRIOR, init: Optiona
     pyro.sample("mu", dist.Normal(m, (lam * tau) ** -0.5))
 
 
-def params_from_store() -> MeanFieldParams:
+def params_from_store() -> NormalGammaParams:
     """Read the current guide parameters from Pyro's param store."""
     store = pyro.get_param_store()
     values = [store[name].item() for name in (MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE)]
-    return MeanFieldParams(*values)
+    return NormalGammaParams(*values)
 
 
-def exact_structured_params(data, prior: NormalGammaPrior = COURSE_PRIOR) -> MeanFieldParams:
+def exact_structured_params(data, prior: NormalGammaPrior = COURSE_PRIOR) -> NormalGammaParams:
     r"""Parameters :math:`(\mu_N, \lambda_N, a_N, b_N)` at which :func:`structured_guide`
     equals the exact posterior :func:`models.normal_gamma.posterior`."""
     post = posterior(data, prior)
-    return MeanFieldParams(m=post.mu0, lam=post.lambda0, a=post.a0, b=post.b0)
+    return NormalGammaParams(m=post.mu0, lam=post.lambda0, a=post.a0, b=post.b0)
 
 
-def _as_float64(name, value, positive):
-    # python numbers go straight to float64; tensors keep their graph through .to()
-    value = value.to(torch.float64) if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=torch.float64)
-    with torch.no_grad():
-        ok = torch.isfinite(value) & (value > 0) if positive else torch.isfinite(value)
-    if not bool(ok.all()):
-        need = "finite and positive" if positive else "finite"
-        raise ValueError(f"{name} must be {need}, got {value.detach()}")
-    return value
-
-
-def elbo(data, m, lam, a, b, prior: NormalGammaPrior = COURSE_PRIOR) -> torch.Tensor:
+def elbo(data, params: NormalGammaParams, prior: NormalGammaPrior = COURSE_PRIOR) -> torch.Tensor:
     r"""Closed-form mean-field ELBO :math:`E_q[\log p(X, \mu, \tau)] - E_q[\log q(\mu, \tau)]`.
 
     With :math:`E[\tau] = a/b`, :math:`E[\log\tau] = \psi(a) - \log b`,
@@ -191,16 +167,22 @@ def elbo(data, m, lam, a, b, prior: NormalGammaPrior = COURSE_PRIOR) -> torch.Te
         &\quad + \tfrac12 \log\tfrac{2\pi e}{\lambda}
             + a - \log b + \log\Gamma(a) + (1 - a) \psi(a).
 
-    Written with torch ops, so it is differentiable in ``m, lam, a, b`` (tensors of any
-    dtype, broadcast together); the result is float64.
+    A float64 scalar, differentiable in the fields of ``params`` that are tensors.
 
-    :raises ValueError: for bad data or parameters (``lam, a, b`` must be > 0).
+    :raises ValueError: for bad data or a ``params`` that is not a :class:`NormalGammaParams`.
     """
     n, mean, ss = sufficient_statistics(data)
-    m = _as_float64("m", m, positive=False)
-    lam = _as_float64("lam", lam, positive=True)
-    a = _as_float64("a", a, positive=True)
-    b = _as_float64("b", b, positive=True)
+    return _elbo(n, mean, ss, _checked(params, "params"), prior)
+
+
+def _checked(params, name) -> NormalGammaParams:
+    if not isinstance(params, NormalGammaParams):
+        raise ValueError(f"{name} must be a NormalGammaParams, got {type(params).__name__}")
+    return params
+
+
+def _elbo(n, mean, ss, params, prior):
+    m, lam, a, b = (torch.as_tensor(getattr(params, k), dtype=torch.float64) for k in ("m", "lam", "a", "b"))
     log_2pi = math.log(2 * math.pi)
     e_tau = a / b
     e_log_tau = torch.digamma(a) - b.log()
@@ -214,7 +196,13 @@ def elbo(data, m, lam, a, b, prior: NormalGammaPrior = COURSE_PRIOR) -> torch.Te
     return e_log_p_x_mu + e_log_p_tau + entropy_mu + entropy_tau
 
 
-def mean_field_score(params: MeanFieldParams, mu, tau) -> Dict[str, torch.Tensor]:
+def elbo_gradient(data, params: NormalGammaParams, prior: NormalGammaPrior = COURSE_PRIOR):
+    r""":math:`\partial\mathcal{L}/\partial m, \lambda, a, b` of :func:`elbo` (autograd),
+    float64 scalars keyed by field name."""
+    return autograd_gradient(elbo, data, params, prior)
+
+
+def mean_field_score(params: NormalGammaParams, mu, tau) -> Dict[str, torch.Tensor]:
     r"""Score functions :math:`\nabla \log q(\mu, \tau)` of the mean-field guide with
     respect to the constrained parameters (see the module docstring), broadcast over
     draws ``mu``, ``tau``; float64."""
@@ -228,7 +216,7 @@ def mean_field_score(params: MeanFieldParams, mu, tau) -> Dict[str, torch.Tensor
     }
 
 
-def cavi_step(data, params: MeanFieldParams, prior: NormalGammaPrior = COURSE_PRIOR) -> MeanFieldParams:
+def cavi_step(data, params: NormalGammaParams, prior: NormalGammaPrior = COURSE_PRIOR) -> NormalGammaParams:
     r"""One CAVI sweep (Bishop 10.1.3 with the prior :math:`\mu \mid \tau \sim
     \mathcal{N}(\mu_0, (\lambda_0\tau)^{-1})`): first :math:`q(\mu)`, then :math:`q(\tau)`.
 
@@ -244,19 +232,22 @@ def cavi_step(data, params: MeanFieldParams, prior: NormalGammaPrior = COURSE_PR
     with :math:`S = \sum_n (x_n - \bar x)^2`. The update of :math:`m` does not depend on
     :math:`q(\tau)`, so :math:`E_q[\mu]` is exact after one sweep.
     """
-    n, mean, ss = sufficient_statistics(data)
+    return _step(*sufficient_statistics(data), _checked(params, "params"), prior)
+
+
+def _step(n, mean, ss, params, prior):
     lambda_n = prior.lambda0 + n
     m = (prior.lambda0 * prior.mu0 + n * mean) / lambda_n
     lam = lambda_n * params.a / params.b
     a = prior.a0 + 0.5 * (n + 1)
     b = prior.b0 + 0.5 * (ss + n * (mean - m) ** 2 + prior.lambda0 * (m - prior.mu0) ** 2 + lambda_n / lam)
-    return MeanFieldParams(m=m, lam=lam, a=a, b=b)
+    return NormalGammaParams(m=m, lam=lam, a=a, b=b)
 
 
 def cavi(
     data,
     prior: NormalGammaPrior = COURSE_PRIOR,
-    init: Optional[MeanFieldParams] = None,
+    init: Optional[NormalGammaParams] = None,
     max_iters: int = 1000,
     tol: float = 1e-12,
 ) -> CaviResult:
@@ -271,12 +262,12 @@ def cavi(
         matter, since the first update of :math:`q(\mu)` reads :math:`E[\tau]` only.
     :rtype: CaviResult
     """
-    data = check_data(data)
+    stats = sufficient_statistics(data)
     params = _check_init(init)
     check_settings(max_iters, tol)
     return coordinate_ascent(
-        lambda p: cavi_step(data, p, prior),
-        lambda p: elbo(data, p.m, p.lam, p.a, p.b, prior),
+        lambda p: _step(*stats, p, prior),
+        lambda p: _elbo(*stats, p, prior),
         params,
         max_iters,
         tol,

@@ -50,22 +50,31 @@ References
 
 import math
 import numbers
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import pyro
 import pyro.distributions as dist
 import torch
+
+from models._checks import as_int
 from torch.distributions import constraints
 
+from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
 from models.poisson_gamma import DEFAULT_PRIOR, PoissonGammaPrior, sufficient_statistics
 
 __all__ = [
     "DEFAULT_INIT_THETA",
     "EULER_GAMMA",
     "THETA",
+    "CaviResult",
+    "PoissonGammaParams",
+    "cavi",
     "elbo",
+    "elbo_gradient",
     "exponential_guide",
     "optimal_theta",
-    "theta_from_store",
+    "params_from_store",
 ]
 
 THETA = "q_theta"
@@ -88,6 +97,30 @@ def _check_theta_value(name, value) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class PoissonGammaParams:
+    r"""The variational parameter :math:`\theta` of :math:`q(\lambda) = \mathrm{Exponential}(\theta)`.
+
+    :param theta: a finite positive number (stored as a float), or a tensor of them
+        (stored as float64, graph kept, any shape: :func:`elbo` broadcasts over it).
+    :raises ValueError: if ``theta`` is not finite and positive.
+    """
+
+    theta: Union[float, torch.Tensor]
+
+    def __post_init__(self):
+        theta = self.theta
+        if isinstance(theta, torch.Tensor) and (theta.requires_grad or theta.numel() != 1):
+            theta = theta.to(torch.float64)
+            with torch.no_grad():
+                ok = bool((torch.isfinite(theta) & (theta > 0)).all())
+            if not ok:
+                raise ValueError(f"theta must be finite and positive, got {theta.detach()}")
+        else:
+            theta = _check_theta_value("theta", theta)
+        object.__setattr__(self, "theta", theta)
+
+
 def exponential_guide(data, prior: PoissonGammaPrior = DEFAULT_PRIOR, init_theta: float = DEFAULT_INIT_THETA):
     r"""Guide :math:`q(\lambda) = \mathrm{Exponential}(\theta)`, parameter ``"q_theta"`` (positive).
 
@@ -104,12 +137,12 @@ def exponential_guide(data, prior: PoissonGammaPrior = DEFAULT_PRIOR, init_theta
     pyro.sample("lambda", dist.Exponential(theta))
 
 
-def theta_from_store() -> float:
+def params_from_store() -> PoissonGammaParams:
     """Read the current ``"q_theta"`` from Pyro's param store."""
-    return pyro.param(THETA).item()
+    return PoissonGammaParams(pyro.param(THETA).item())
 
 
-def elbo(data, theta, prior: PoissonGammaPrior = DEFAULT_PRIOR) -> torch.Tensor:
+def elbo(data, params: PoissonGammaParams, prior: PoissonGammaPrior = DEFAULT_PRIOR) -> torch.Tensor:
     r"""Closed-form ELBO :math:`E_q[\log p(X, \lambda)] - E_q[\log q(\lambda)]` for
     :math:`q = \mathrm{Exponential}(\theta)` (module docstring):
 
@@ -118,20 +151,23 @@ def elbo(data, theta, prior: PoissonGammaPrior = DEFAULT_PRIOR) -> torch.Tensor:
         \mathcal{L}(\theta) = (\alpha + S - 1)(-\gamma - \log\theta) - \frac{\beta + N}{\theta}
             + \alpha\log\beta - \log\Gamma(\alpha) - \sum_n \log x_n! + 1 - \log\theta.
 
-    Written with torch ops, so it is differentiable in ``theta`` (a tensor of any dtype
-    and shape, or a number); the result is float64 of the shape of ``theta``.
+    Written with torch ops, so it is differentiable in ``params.theta`` when that is a
+    tensor; the result is float64 of the shape of ``params.theta``.
 
-    :raises ValueError: for bad data or a ``theta`` that is not finite and positive.
+    :raises ValueError: for bad data or a ``params`` that is not a :class:`PoissonGammaParams`.
     """
-    n, total, log_factorials = sufficient_statistics(data)
-    if isinstance(theta, torch.Tensor):
-        theta = theta.to(torch.float64)
-    else:
-        theta = torch.as_tensor(_check_theta_value("theta", theta), dtype=torch.float64)
-    with torch.no_grad():
-        ok = bool((torch.isfinite(theta) & (theta > 0)).all())
-    if not ok:
-        raise ValueError(f"theta must be finite and positive, got {theta.detach()}")
+    return _elbo(sufficient_statistics(data), _checked(params, "params"), prior)
+
+
+def _checked(params, name) -> PoissonGammaParams:
+    if not isinstance(params, PoissonGammaParams):
+        raise ValueError(f"{name} must be a PoissonGammaParams, got {type(params).__name__}")
+    return params
+
+
+def _elbo(stats, params, prior):
+    n, total, log_factorials = stats
+    theta = torch.as_tensor(params.theta, dtype=torch.float64)
     log_theta = theta.log()
     e_log_rate = -EULER_GAMMA - log_theta
     e_rate = 1 / theta
@@ -161,14 +197,13 @@ def optimal_theta(
     :raises RuntimeError: if it did not converge in ``max_iters`` steps.
     """
     sufficient_statistics(data)  # validates the data once, with its own message
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
+    as_int("max_iters", max_iters)
     if not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a finite positive number, got {tol!r}")
 
     def derivatives(u: float):
         u = torch.tensor(u, dtype=torch.float64, requires_grad=True)
-        (first,) = torch.autograd.grad(elbo(data, u.exp(), prior), u, create_graph=True)
+        (first,) = torch.autograd.grad(elbo(data, PoissonGammaParams(u.exp()), prior), u, create_graph=True)
         (second,) = torch.autograd.grad(first, u)
         return float(first.detach()), float(second)
 
@@ -202,3 +237,33 @@ def optimal_theta(
             return math.exp(new)
         u = new
     raise RuntimeError(f"optimal_theta did not converge in {max_iters} steps")
+
+
+def elbo_gradient(data, params: PoissonGammaParams, prior: PoissonGammaPrior = DEFAULT_PRIOR):
+    r""":math:`\partial\mathcal{L}/\partial\theta = -(\alpha + S)/\theta + (\beta + N)/\theta^2`
+    of :func:`elbo`, by autograd; ``{"theta": float64 tensor}``."""
+    return autograd_gradient(elbo, data, params, prior)
+
+
+def cavi(
+    data,
+    prior: PoissonGammaPrior = DEFAULT_PRIOR,
+    init: Optional[PoissonGammaParams] = None,
+    max_iters: int = 100,
+    tol: float = 1e-12,
+) -> CaviResult:
+    r"""Coordinate ascent with the single block :math:`\theta`. This is not the
+    conjugate CAVI update (:math:`\exp E[\log p]` is a Gamma, outside the family):
+    each sweep sets :math:`\theta` to the exact maximizer of :math:`\mathcal{L}`
+    within the family, :math:`\theta^* = (\beta + N)/(\alpha + S)` (module
+    docstring), so it converges after one sweep (the second confirms it).
+
+    :param init: start (default ``PoissonGammaParams(DEFAULT_INIT_THETA)``).
+    :rtype: CaviResult
+    """
+    stats = sufficient_statistics(data)
+    init = PoissonGammaParams(DEFAULT_INIT_THETA) if init is None else _checked(init, "init")
+    check_settings(max_iters, tol)
+    n, total, _ = stats
+    best = PoissonGammaParams((prior.beta + n) / (prior.alpha + total))
+    return coordinate_ascent(lambda p: best, lambda p: _elbo(stats, p, prior), init, max_iters, tol)

@@ -49,3 +49,13 @@ def set_real_fields(obj, real=(), positive=()):
         if name in positive and not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
         object.__setattr__(obj, name, value)
+
+
+def as_int(name, value, minimum=1, need=None) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name``: an integer (not a
+    bool) of at least ``minimum``; ``need`` words the requirement (default "a positive
+    integer" for ``minimum`` 1, "an integer >= minimum" otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        need = need or ("a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {need}, got {value!r}")
+    return int(value)

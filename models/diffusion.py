@@ -85,6 +85,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from models._checks import as_int
+
 __all__ = [
     "AffineReverseProcess",
     "DEFAULT_MIXTURE_CENTERS",
@@ -130,9 +132,7 @@ def _as_tensor(name, value) -> torch.Tensor:
 
 
 def _as_count(name, value, minimum) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return as_int(name, value, minimum, need=f"an integer >= {minimum}")
 
 
 def check_betas(betas, num_steps: Optional[int] = None) -> torch.Tensor:
@@ -200,7 +200,11 @@ def linear_schedule(num_steps: int, beta_start: float = 1e-3, beta_end: float = 
 def alpha_bars(betas) -> torch.Tensor:
     r""":math:`(\bar\alpha_0, \bar\alpha_1, \dots, \bar\alpha_T)` with :math:`\bar\alpha_0 = 1`,
     shape (T + 1,), so that ``alpha_bars(betas)[t]`` :math:`= \bar\alpha_t`."""
-    betas = check_betas(betas)
+    return _alpha_bars(check_betas(betas))
+
+
+def _alpha_bars(betas) -> torch.Tensor:
+    """:func:`alpha_bars` of an already checked schedule (no validation)."""
     return torch.cat([torch.ones(1, dtype=DTYPE), torch.cumprod(1 - betas, 0)])
 
 
@@ -223,8 +227,7 @@ def forward_marginal(x0, t: int, betas) -> Tuple[torch.Tensor, float]:
 def _posterior_coefficients(betas) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""For t = 2..T (shape (T - 1,)): the weights of :math:`x_0` and :math:`x_t` in
     :math:`\tilde\mu_t`, and :math:`\tilde\beta_t` (eq. 7)."""
-    betas = check_betas(betas)
-    bars = alpha_bars(betas)
+    bars = _alpha_bars(betas)
     beta, bar_t, bar_prev = betas[1:], bars[2:], bars[1:-1]
     x0_weight = bar_prev.sqrt() * beta / (1 - bar_t)
     xt_weight = (1 - beta).sqrt() * (1 - bar_prev) / (1 - bar_t)
@@ -235,7 +238,7 @@ def forward_posterior(x_t, x0, t: int, betas) -> Tuple[torch.Tensor, float]:
     r"""Mean :math:`\tilde\mu_t(x_t, x_0)` and variance :math:`\tilde\beta_t` of
     :math:`q(x_{t-1} \mid x_t, x_0)` (Ho et al. eqs. 6-7), t in [2, T] (at t = 1 the
     posterior is the point mass at :math:`x_0`)."""
-    x0_weight, xt_weight, variance = _posterior_coefficients(betas)
+    x0_weight, xt_weight, variance = _posterior_coefficients(check_betas(betas))
     k = _check_step(t, len(x0_weight) + 1, first=2) - 2
     x0 = _check_points("x0", x0)
     x_t = _check_points("x_t", x_t, dim=x0.shape[-1])
@@ -314,7 +317,7 @@ def gaussian_data_reverse_process(betas, data_mean, data_variance) -> AffineReve
     variance = _as_tensor("data_variance", data_variance).expand_as(mean)
     if not (variance > 0).all():
         raise ValueError(f"data_variance must be positive, got {variance.tolist()}")
-    bars = alpha_bars(betas)[:, None]
+    bars = _alpha_bars(betas)[:, None]
     marginal_variance = bars * variance + 1 - bars  # v_0 .. v_T, shape (T + 1, D)
     scale = (1 - betas)[:, None].sqrt() * marginal_variance[:-1] / marginal_variance[1:]
     shift = bars[:-1].sqrt() * mean - scale * bars[1:].sqrt() * mean
@@ -435,7 +438,7 @@ def direct_bound_terms(x0, chain, betas, process: AffineReverseProcess) -> torch
     log_q = gaussian_log_prob(previous, posterior_mean, posterior_variance[:, None].expand_as(process.variance[1:]))
     log_p = gaussian_log_prob(previous, process.scale[1:] * current + process.shift[1:], process.variance[1:])
     decoder = -gaussian_log_prob(x0, process.scale[0] * chain[..., 1, :] + process.shift[0], process.variance[0])
-    alpha_bar = alpha_bars(betas)[-1]
+    alpha_bar = _alpha_bars(betas)[-1]
     x_last = chain[..., -1, :]
     prior = gaussian_log_prob(x_last, alpha_bar.sqrt() * x0, (1 - alpha_bar).expand_as(x_last)) - gaussian_log_prob(
         x_last, 0.0, torch.ones_like(x_last)
@@ -445,7 +448,7 @@ def direct_bound_terms(x0, chain, betas, process: AffineReverseProcess) -> torch
 
 def _prior_term(x0, betas) -> torch.Tensor:
     r""":math:`L_T = D_{\mathrm{KL}}(q(x_T \mid x_0) \,\|\, \mathcal{N}(0, I))`, shape (...)."""
-    alpha_bar = alpha_bars(betas)[-1]
+    alpha_bar = _alpha_bars(betas)[-1]
     return gaussian_kl(alpha_bar.sqrt() * x0, (1 - alpha_bar).expand_as(x0), 0.0, torch.ones_like(x0))
 
 
@@ -483,7 +486,7 @@ def exact_bound_terms(x0, betas, process: AffineReverseProcess) -> torch.Tensor:
     """
     betas = _check_model(betas, process)
     x0 = _check_points("x0", x0, dim=process.dim).unsqueeze(-2)
-    bars = alpha_bars(betas)[:, None]
+    bars = _alpha_bars(betas)[:, None]
     _, xt_weight, posterior_variance = _posterior_coefficients(betas)
     xt_weight = torch.cat([torch.zeros(1, dtype=DTYPE), xt_weight])[:, None]
     bias = bars[:-1].sqrt() * x0 - process.scale * bars[1:].sqrt() * x0 - process.shift

@@ -35,7 +35,6 @@ References
 """
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -45,7 +44,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from models.gmm import check_weights
-from models._checks import as_counts, as_real
+from models._checks import as_counts, as_int, as_real
 
 __all__ = [
     "DEFAULT_HYPER",
@@ -173,8 +172,7 @@ def generate_data(num_data: int, pi, mus, rates, tau: float = 1.0, seed: int = 0
     :raises ValueError: for a bad ``num_data`` or ``tau``, bad weights, or ``mus`` /
         ``rates`` whose number of components differs from ``len(pi)``.
     """
-    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    as_int("num_data", num_data)
     tau = as_real("tau", tau)
     if not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be finite and positive, got {tau}")

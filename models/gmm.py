@@ -46,7 +46,6 @@ References
    Statisticians*, JASA 2017, section 3 (CAVI for a Gaussian mixture).
 """
 
-import numbers
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -56,7 +55,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from models.normal_gamma import check_data
-from models._checks import set_real_fields
+from models._checks import as_int, set_real_fields
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -159,8 +158,7 @@ def generate_data(num_data: int, pi, mus, taus, seed: int = 0) -> Tuple[torch.Te
     :raises ValueError: for a bad ``num_data``, bad weights, or ``mus``/``taus`` whose
         number of components differs from ``len(pi)``.
     """
-    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    as_int("num_data", num_data)
     pi = check_weights(pi, dtype=torch.float64)
     mus = _check_component_values("mus", mus, len(pi), positive=False)
     taus = _check_component_values("taus", taus, len(pi), positive=True)

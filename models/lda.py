@@ -52,7 +52,7 @@ References
 
 import gzip
 import math
-import numbers
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -61,9 +61,10 @@ import pyro.distributions as dist
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from models._checks import as_counts, as_real
+from models._checks import as_counts, as_int, as_real
 
 __all__ = [
+    "LDAPrior",
     "check_concentration",
     "check_counts",
     "check_num_topics",
@@ -86,11 +87,22 @@ def check_concentration(name: str, value) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class LDAPrior:
+    r"""The symmetric Dirichlet concentrations: :math:`\alpha` of :math:`\theta_d`,
+    :math:`\eta` of :math:`\beta_k` (each positive and finite, :func:`check_concentration`)."""
+
+    alpha: float
+    eta: float
+
+    def __post_init__(self):
+        for name in ("alpha", "eta"):
+            object.__setattr__(self, name, check_concentration(name, getattr(self, name)))
+
+
 def check_num_topics(num_topics) -> int:
     """:raises ValueError: unless ``num_topics`` is an integer >= 1."""
-    if isinstance(num_topics, bool) or not isinstance(num_topics, numbers.Integral) or num_topics < 1:
-        raise ValueError(f"num_topics must be a positive integer, got {num_topics!r}")
-    return int(num_topics)
+    return as_int("num_topics", num_topics)
 
 
 def check_counts(counts) -> torch.Tensor:
@@ -112,9 +124,7 @@ def check_counts(counts) -> torch.Tensor:
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return as_int(name, value)
 
 
 def generate_corpus(

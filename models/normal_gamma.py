@@ -31,14 +31,13 @@ References
 """
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import pyro
 import pyro.distributions as dist
 import torch
-from models._checks import as_real, set_real_fields
+from models._checks import as_int, as_real, set_real_fields
 
 __all__ = [
     "COURSE_PRIOR",
@@ -119,8 +118,7 @@ def generate_data(num_data: int = 100, mu: float = 1.0, tau: float = 0.5, seed: 
     :param int seed: seed of the local generator.
     :returns: 1-D tensor of length ``num_data`` in the default dtype.
     """
-    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    as_int("num_data", num_data)
     mu, tau = as_real("mu", mu), as_real("tau", tau)
     if not math.isfinite(mu):
         raise ValueError(f"mu must be finite, got {mu}")

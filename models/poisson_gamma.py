@@ -29,14 +29,13 @@ References
 """
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Tuple
 
 import pyro
 import pyro.distributions as dist
 import torch
-from models._checks import as_counts, as_real, set_real_fields
+from models._checks import as_counts, as_int, as_real, set_real_fields
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -112,8 +111,7 @@ def generate_data(num_data: int = 50, rate: float = 3.0, seed: int = 0) -> torch
     :param int seed: seed of the local generator.
     :returns: 1-D tensor of counts (integral values) in the default dtype.
     """
-    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    as_int("num_data", num_data)
     rate = as_real("rate", rate)
     if not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"rate must be a finite positive number, got {rate}")

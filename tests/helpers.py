@@ -31,3 +31,18 @@ def write_tiny_mnist(directory, num_images=40, seed=0, gz=True, train=False):
         write_idx(os.path.join(directory, prefix + "-images-idx3-ubyte" + suffix), images)
         write_idx(os.path.join(directory, prefix + "-labels-idx1-ubyte" + suffix), rng.integers(0, 10, num_images))
     return str(directory)
+
+
+def normal_chain_pyro_gradient(data, params):
+    """``guides.normal_chain.elbo_gradient`` (per field, in the constrained values) in
+    Pyro's unconstrained coordinates and names: ``"q_" + field``, the gradient of a
+    positive field (all but the locs) times its value (chain rule through the log)."""
+    import torch
+
+    from guides.normal_chain import elbo_gradient
+
+    grads = elbo_gradient(data, params)
+    return {
+        "q_" + name: grad if name.endswith("_loc") else grad * torch.as_tensor(getattr(params, name), dtype=torch.float64)
+        for name, grad in grads.items()
+    }

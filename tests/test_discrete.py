@@ -289,7 +289,7 @@ def test_pathwise_beats_tracegraph_with_a_baseline_on_the_gmm():
     from pyro.optim import ClippedAdam
 
     gmm_model, gmm_guide, (data, pi) = gmm_setup(num_data=40)
-    optimum = cavi(data.double(), pi.double(), DEFAULT_PRIOR, max_iters=300).elbo
+    optimum = cavi((data.double(), pi.double()), DEFAULT_PRIOR, max_iters=300).elbo
     kw = dict(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
     runs = {
         "pathwise": (RaoBlackwellELBO(pathwise=True, **kw), gmm_guide),
@@ -302,7 +302,7 @@ def test_pathwise_beats_tracegraph_with_a_baseline_on_the_gmm():
         svi = SVI(gmm_model, run_guide, ClippedAdam({"lr": 0.05, "lrd": 0.999}), elbo)
         for _ in range(1000):
             svi.step(data, pi)
-        gaps[name] = optimum - float(closed_form_elbo(data.double(), pi.double(), params_from_store(data, pi)))
+        gaps[name] = optimum - float(closed_form_elbo((data.double(), pi.double()), params_from_store((data, pi))))
     assert gaps["pathwise"] < gaps["tracegraph"], gaps
 
 
@@ -368,7 +368,7 @@ def test_unbiased_on_the_gmm_against_enumerated_z(make):
     gmm_model, gmm_guide, args = gmm_setup(num_data=12, seed=1)
     # Assignment probabilities away from 0: a class drawn once in 10^6 draws
     # has an exact gradient that no finite sample's standard error sees.
-    start = initial_params(args[0].double(), args[1].double())
+    start = initial_params((args[0].double(), args[1].double()))
     start = dataclasses.replace(start, r=0.5 * start.r + 0.5 / 3)
     gmm_guide = functools.partial(gmm_guide, init=start)
     stats = []

@@ -12,14 +12,14 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import RenyiELBO, Trace_ELBO
 
-from guides.normal_gamma import MeanFieldParams, mean_field_guide
+from guides.normal_gamma import NormalGammaParams, mean_field_guide
 from models.normal_gamma import generate_data, log_evidence, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
 from pyro_vi.diagnostics import gradient_statistics
 from tests.programs import location_guide, location_model
 
 NG_DATA = generate_data()
-IMPERFECT = MeanFieldParams(m=0.8, lam=20.0, a=15.0, b=40.0)
+IMPERFECT = NormalGammaParams(m=0.8, lam=20.0, a=15.0, b=40.0)
 DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4])
 
 global_model, global_guide = location_model, location_guide
@@ -130,7 +130,7 @@ def test_bound_increases_with_k_and_stays_below_log_evidence():
 
 
 def test_stable_for_thousands_of_particles():
-    guide = functools.partial(mean_field_guide, init=MeanFieldParams(m=0.0, lam=1.0, a=1.0, b=1.0))
+    guide = functools.partial(mean_field_guide, init=NormalGammaParams(m=0.0, lam=1.0, a=1.0, b=1.0))
     elbo = ImportanceWeightedELBO(5000, gradient="dreg", vectorize_particles=True, max_plate_nesting=1)
     loss = elbo.loss_and_grads(model, guide, NG_DATA)
     assert math.isfinite(loss)

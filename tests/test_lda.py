@@ -22,6 +22,8 @@ from torch.distributions import Categorical, Dirichlet, kl_divergence
 
 from guides.lda import (
     GAMMA,
+    LDAParams,
+    LDAPrior,
     cavi,
     cavi_step,
     check_schedule,
@@ -40,6 +42,7 @@ from guides.lda import (
 from models.lda import check_counts, generate_corpus, load_docword, match_topics, model, save_docword
 
 ALPHA, ETA, K = 0.3, 0.2, 3
+PRIOR = LDAPrior(ALPHA, ETA)
 
 
 def small_corpus(seed=0):
@@ -112,7 +115,7 @@ def test_elbo_without_words_is_minus_the_dirichlet_kls():
     lam, gamma = random_q(*counts.shape)
     expected = -kl_divergence(Dirichlet(gamma), Dirichlet(torch.full_like(gamma, ALPHA))).sum()
     expected -= kl_divergence(Dirichlet(lam), Dirichlet(torch.full_like(lam, ETA))).sum()
-    got = elbo(torch.zeros_like(counts), lam, gamma, ALPHA, ETA)
+    got = elbo(torch.zeros_like(counts), LDAParams(lam, gamma), PRIOR)
     assert float(got) == pytest.approx(float(expected), rel=1e-12)
 
 
@@ -137,7 +140,7 @@ def test_elbo_with_given_phi_matches_monte_carlo():
     log_q = log_q + (counts * Categorical(phi).log_prob(z)).sum((-1, -2))
     log_w = log_p - log_q
     std_err = float(log_w.std()) / math.sqrt(num_draws)
-    exact = float(elbo(counts, lam, gamma, ALPHA, ETA, phi=phi))
+    exact = float(elbo(counts, LDAParams(lam, gamma, phi), PRIOR))
     # measured: SE 0.13 nats, |mean - exact| = 0.2 SE. Any error above 0.53 nats fails;
     # e.g. a dropped prior normalizer of theta is 12.9 nats, of q(theta) 17.1 nats
     assert 0.03 < std_err < 0.3
@@ -148,10 +151,10 @@ def test_optimal_phi_gives_the_shortcut_and_the_maximum():
     counts = tiny_corpus()
     lam, gamma = random_q(*counts.shape)
     torch.manual_seed(0)
-    best = float(elbo(counts, lam, gamma, ALPHA, ETA))
-    assert float(elbo(counts, lam, gamma, ALPHA, ETA, phi=optimal_phi(lam, gamma))) == pytest.approx(best, rel=1e-12)
+    best = float(elbo(counts, LDAParams(lam, gamma), PRIOR))
+    assert float(elbo(counts, LDAParams(lam, gamma, optimal_phi(lam, gamma)), PRIOR)) == pytest.approx(best, rel=1e-12)
     other = Dirichlet(torch.ones(*counts.shape, K, dtype=torch.float64)).sample()
-    assert float(elbo(counts, lam, gamma, ALPHA, ETA, phi=other)) < best - 1.0
+    assert float(elbo(counts, LDAParams(lam, gamma, other), PRIOR)) < best - 1.0
 
 
 def per_draw(trace, sites, num_draws):
@@ -176,8 +179,8 @@ def test_pyro_collapsed_bound_against_the_closed_form():
     sites = ["theta", "beta"]
     globals_part = (per_draw(model_trace, sites, num_draws) - per_draw(guide_trace, sites, num_draws)).detach()
     words_part = per_draw(model_trace, ["words"], num_draws).detach()
-    closed_globals = float(elbo(torch.zeros_like(counts), lam, gamma, ALPHA, ETA))
-    closed_words = float(elbo(counts, lam, gamma, ALPHA, ETA)) - closed_globals
+    closed_globals = float(elbo(torch.zeros_like(counts), LDAParams(lam, gamma), PRIOR))
+    closed_words = float(elbo(counts, LDAParams(lam, gamma), PRIOR)) - closed_globals
     plug_in = float((counts * ((gamma / gamma.sum(-1, keepdim=True)) @ (lam / lam.sum(-1, keepdim=True))).log()).sum())
     std_err = float(globals_part.std()) / math.sqrt(num_draws)
     assert abs(float(globals_part.mean()) - closed_globals) < 4 * std_err  # measured SE 0.016, off by 0.7 SE
@@ -188,7 +191,7 @@ def test_pyro_collapsed_bound_against_the_closed_form():
     # Trace_ELBO itself (a fresh estimate) is above the mean-field ELBO
     estimate = -Trace_ELBO(num_particles=4000, vectorize_particles=True, max_plate_nesting=1).loss(
         model, bound_guide, counts, K, ALPHA, ETA)
-    assert estimate > float(elbo(counts, lam, gamma, ALPHA, ETA)) + 1.0
+    assert estimate > float(elbo(counts, LDAParams(lam, gamma), PRIOR)) + 1.0
 
 
 # ---------------------------------------------------------------- local step, CAVI, SVI
@@ -216,26 +219,26 @@ def test_svi_update_with_the_whole_corpus_and_rho_one_is_a_cavi_step():
     assert torch.allclose(svi_update(counts, lam, 60, 0.3, ALPHA, ETA), 0.7 * lam + 0.3 * cavi_lam, rtol=1e-12)
     # the loop: tau0 = 0, kappa = 1 gives rho_1 = 1, and a batch of D is the whole corpus
     first = stochastic_vi(counts, K, ALPHA, ETA, batch_size=60, tau0=0.0, kappa=1.0, num_updates=1, init_lambda=lam)
-    assert torch.allclose(first.lam, cavi(counts, K, ALPHA, ETA, max_iters=1, init_lambda=lam).lam, rtol=1e-10)
+    assert torch.allclose(first.lam, cavi(counts, PRIOR, K, max_iters=1, init_lambda=lam).params.lam, rtol=1e-10)
     assert step_size(1, 0.0, 1.0) == 1.0 and step_size(3, 1.0, 0.5 + 1e-12) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("warm_start", [False, True])
 def test_cavi_elbo_never_decreases(warm_start):
     counts, _ = small_corpus(seed=1)
-    result = cavi(counts, K, ALPHA, ETA, max_iters=60, tol=0.0, warm_start=warm_start)
+    result = cavi(counts, PRIOR, K, max_iters=60, tol=0.0, warm_start=warm_start)
     history = torch.tensor(result.elbo_history, dtype=torch.float64)
     # float64 sums of ~1e4 terms of size ~1e4: rounding is far below 1e-9 relative
     assert bool((history.diff() >= -1e-9 * history.abs()[1:]).all())
     assert history[-1] > history[0] + 1000
-    final = float(elbo(counts, result.lam, result.gamma, ALPHA, ETA))
+    final = float(elbo(counts, result.params, PRIOR))
     assert result.elbo_history[-1] == pytest.approx(final, rel=1e-12)
 
 
 def test_cavi_and_svi_recover_the_true_topics():
     counts, topics = small_corpus()
     fitted = {
-        "cavi": cavi(counts, K, ALPHA, ETA, max_iters=100, tol=1e-9).lam,
+        "cavi": cavi(counts, PRIOR, K, max_iters=100, tol=1e-9).params.lam,
         "svi": stochastic_vi(counts, K, ALPHA, ETA, batch_size=30, tau0=1.0, kappa=0.7, num_updates=300).lam,
     }
     # the random start is far from the topics: recovery is the algorithms' doing
@@ -262,7 +265,8 @@ def test_pyro_svi_with_subsampling_improves_the_elbo():
     svi = SVI(model, svi_guide, Adam({"lr": 0.2}), Trace_ELBO())
     for _ in range(150):
         assert math.isfinite(svi.step(counts, K, ALPHA, ETA, 50))
-    lam, gamma = params_from_store()
+    fitted = params_from_store()
+    lam, gamma = fitted.lam, fitted.gamma
     assert lam.shape == (K, 30) and gamma.shape == (300, K)
     before = corpus_elbo(counts, init, ALPHA, ETA)[0]
     assert corpus_elbo(counts, lam, ALPHA, ETA)[0] > before + 1000
@@ -355,6 +359,6 @@ def test_other_bad_settings_are_refused():
     with pytest.raises(ValueError, match="eta must be positive and finite, got -1.0"):
         generate_corpus(5, 5, 2, 5, 0.5, -1.0)
     with pytest.raises(ValueError, match="num_topics must be a positive integer, got 0"):
-        cavi(counts, 0, ALPHA, ETA)
+        cavi(counts, PRIOR, 0)
     with pytest.raises(ValueError, match=r"lam must have shape \(K, 6\), got \(3, 5\)"):
-        elbo(counts, initial_lambda(K, 5), initial_gamma(counts, K, ALPHA), ALPHA, ETA)
+        elbo(counts, LDAParams(initial_lambda(K, 5), initial_gamma(counts, K, ALPHA)), PRIOR)

@@ -18,7 +18,7 @@ from experiments.gamma_natural_gradient import (
 )
 from experiments.natural_gradient_svi import FACTORS, closed_form_loss, robbins_monro
 from guides.normal_gamma import (
-    DEFAULT_INIT, MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE, MeanFieldParams, cavi, cavi_step,
+    DEFAULT_INIT, MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE, NormalGammaParams, cavi, cavi_step,
     mean_field_guide, params_from_store,
 )
 from guides.normal_gamma import elbo as closed_form_elbo
@@ -113,25 +113,25 @@ def _exact_gradients(data):
     loss.backward()
 
 
-def _jacobi_cavi(data, q: MeanFieldParams):
+def _jacobi_cavi(data, q: NormalGammaParams):
     """Each factor's CAVI update computed from the other factor's OLD value."""
     n, mean, ss = sufficient_statistics(data)
     lambda_n = COURSE_PRIOR.lambda0 + n
     m = (COURSE_PRIOR.lambda0 * COURSE_PRIOR.mu0 + n * mean) / lambda_n
     b = COURSE_PRIOR.b0 + 0.5 * (ss + n * (mean - q.m) ** 2 + COURSE_PRIOR.lambda0 * (q.m - COURSE_PRIOR.mu0) ** 2
                                  + lambda_n / q.lam)
-    return MeanFieldParams(m=m, lam=lambda_n * q.a / q.b, a=COURSE_PRIOR.a0 + 0.5 * (n + 1), b=b)
+    return NormalGammaParams(m=m, lam=lambda_n * q.a / q.b, a=COURSE_PRIOR.a0 + 0.5 * (n + 1), b=b)
 
 
-def _assert_params_close(actual: MeanFieldParams, expected: MeanFieldParams, rtol=1e-12):
+def _assert_params_close(actual: NormalGammaParams, expected: NormalGammaParams, rtol=1e-12):
     for field in ("m", "lam", "a", "b"):
         assert getattr(actual, field) == pytest.approx(getattr(expected, field), rel=rtol), field
 
 
 START_POINTS = [
     DEFAULT_INIT,
-    MeanFieldParams(m=-0.5, lam=0.3, a=2.0, b=0.7),
-    MeanFieldParams(m=3.0, lam=50.0, a=80.0, b=20.0),
+    NormalGammaParams(m=-0.5, lam=0.3, a=2.0, b=0.7),
+    NormalGammaParams(m=3.0, lam=50.0, a=80.0, b=20.0),
 ]
 
 
@@ -165,14 +165,14 @@ def test_natural_gradient_svi_reaches_cavi_optimum(float64, data):
     for _ in range(150):
         svi.step(data)
         q = params_from_store()
-        gaps.append(optimum - float(closed_form_elbo(data, q.m, q.lam, q.a, q.b)))
+        gaps.append(optimum - float(closed_form_elbo(data, q)))
     print(f"natural-gradient SVI: gap {gaps[0]:.3g} nats after 1 step, max over steps 100-150 {max(gaps[100:]):.2e}")
     assert gaps[0] > 1.0
     assert max(gaps[100:]) < 0.01
 
 
 def test_domain_error_is_clear_and_changes_nothing(float64, data):
-    start = MeanFieldParams(m=0.0, lam=1.0, a=200.0, b=1.0)  # a far above the CAVI a = 51.5
+    start = NormalGammaParams(m=0.0, lam=1.0, a=200.0, b=1.0)  # a far above the CAVI a = 51.5
     params = _setup_guide(start)
     _exact_gradients(data)
     before = [p.detach().clone() for p in params]

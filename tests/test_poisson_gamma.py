@@ -20,7 +20,8 @@ from guides.poisson_gamma import (
     elbo,
     exponential_guide,
     optimal_theta,
-    theta_from_store,
+    PoissonGammaParams,
+    params_from_store,
 )
 from models.poisson_gamma import (
     DEFAULT_PRIOR,
@@ -88,7 +89,7 @@ def analytic_theta_star(data, prior):
 
 def elbo_derivatives(data, theta, prior):
     theta = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-    (first,) = torch.autograd.grad(elbo(data, theta, prior), theta, create_graph=True)
+    (first,) = torch.autograd.grad(elbo(data, PoissonGammaParams(theta), prior), theta, create_graph=True)
     (second,) = torch.autograd.grad(first, theta)
     return float(first.detach()), float(second)
 
@@ -175,7 +176,7 @@ def test_log_evidence_is_elbo_plus_kl_by_quadrature(theta):
     pieces = ((0, 3.0), (3.0, math.inf))
     kl = sum(scipy_integrate.quad(integrand, a, b, limit=400, epsabs=1e-12)[0] for a, b in pieces)
     assert kl > 1.0
-    assert log_z == pytest.approx(float(elbo(data, theta, prior)) + kl, abs=1e-6)
+    assert log_z == pytest.approx(float(elbo(data, PoissonGammaParams(theta), prior)) + kl, abs=1e-6)
 
 
 def test_elbo_matches_monte_carlo_through_pyro_traces():
@@ -186,7 +187,7 @@ def test_elbo_matches_monte_carlo_through_pyro_traces():
     log_w = vectorized_log_weights(data, prior, theta, num_draws)
     std_err = float(log_w.std()) / math.sqrt(num_draws)
     assert 1e-3 < std_err < 2.0
-    exact = float(elbo(data, theta, prior))
+    exact = float(elbo(data, PoissonGammaParams(theta), prior))
     assert abs(float(log_w.mean()) - exact) < 4 * std_err
 
     # Pyro's own Trace_ELBO with vectorized particles estimates the same number
@@ -211,7 +212,7 @@ def test_elbo_expectations_are_those_of_the_exponential():
 def test_elbo_is_differentiable_and_broadcasts():
     data, prior = CASES["default"][0](), DEFAULT_PRIOR
     log_theta = torch.tensor([-2.0, 0.0, 1.0], requires_grad=True)  # float32 leaf: result is float64
-    values = elbo(data, log_theta.exp(), prior)
+    values = elbo(data, PoissonGammaParams(log_theta.exp()), prior)
     assert values.shape == (3,) and values.dtype == torch.float64
     (grad,) = torch.autograd.grad(values.sum(), log_theta)
     n, total, _ = sufficient_statistics(data)
@@ -239,9 +240,9 @@ def test_optimal_theta_is_the_analytic_stationary_maximum(case):
     assert elbo_derivatives(data, 0.5 * theta_star, prior)[0] > 0.1 * scale
     assert elbo_derivatives(data, 2.0 * theta_star, prior)[0] < -0.1 * scale
     # a maximum, not only a stationary point, and a lower bound that is strict when misspecified
-    best = float(elbo(data, theta_star, prior))
+    best = float(elbo(data, PoissonGammaParams(theta_star), prior))
     for factor in (0.9, 0.99, 1.01, 1.1):
-        assert float(elbo(data, factor * theta_star, prior)) < best
+        assert float(elbo(data, PoissonGammaParams(factor * theta_star), prior)) < best
     assert best <= log_evidence(data, prior)
     # q's mean matches the posterior mean at the optimum
     assert 1 / theta_star == pytest.approx(posterior(data, prior).mean, rel=1e-12)
@@ -249,19 +250,19 @@ def test_optimal_theta_is_the_analytic_stationary_maximum(case):
 
 def test_elbo_at_optimum_is_below_log_evidence_with_equality_only_when_well_specified():
     data, prior = CASES["default"][0](), DEFAULT_PRIOR
-    gap = log_evidence(data, prior) - float(elbo(data, optimal_theta(data, prior), prior))
+    gap = log_evidence(data, prior) - float(elbo(data, PoissonGammaParams(optimal_theta(data, prior)), prior))
     assert gap > 10.0  # alpha + S = 154: the exponential is far from the posterior
     # alpha + S = 1: the posterior Gamma(1, beta + N) IS an exponential, so the gap closes
     data, prior = torch.zeros(3), PoissonGammaPrior(alpha=1.0, beta=0.5)
     theta_star = optimal_theta(data, prior)
     assert theta_star == pytest.approx(3.5, rel=1e-12)
-    assert float(elbo(data, theta_star, prior)) == pytest.approx(log_evidence(data, prior), abs=1e-12)
+    assert float(elbo(data, PoissonGammaParams(theta_star), prior)) == pytest.approx(log_evidence(data, prior), abs=1e-12)
 
 
 def test_guide_uses_documented_param_name_init_and_shapes():
     data = CASES["default"][0]()
     trace = poutine.trace(exponential_guide).get_trace(data)
-    assert theta_from_store() == DEFAULT_INIT_THETA
+    assert params_from_store().theta == DEFAULT_INIT_THETA
     assert trace.nodes["lambda"]["fn"].rate.item() == DEFAULT_INIT_THETA
     assert trace.nodes["lambda"]["fn"].has_rsample
     pyro.clear_param_store()
@@ -273,7 +274,7 @@ def test_guide_uses_documented_param_name_init_and_shapes():
     assert pyro.get_param_store()._params[THETA].item() == pytest.approx(math.log(0.25))
     # afterwards the param store wins over init_theta
     exponential_guide(data, DEFAULT_PRIOR, 9.0)
-    assert theta_from_store() == pytest.approx(0.25)
+    assert params_from_store().theta == pytest.approx(0.25)
 
 
 # ---------------------------------------------------------------- bad input
@@ -318,7 +319,7 @@ def test_bad_data_is_refused_everywhere(data, match):
         log_evidence,
         sufficient_statistics,
         optimal_theta,
-        lambda x: elbo(x, 1.0),
+        lambda x: elbo(x, PoissonGammaParams(1.0)),
         lambda x: log_joint(x, 1.0),
     )
     for entry_point in entry_points:
@@ -330,7 +331,7 @@ def test_bad_data_is_refused_everywhere(data, match):
 def test_bad_theta_is_refused(theta):
     data = CASES["default"][0]()
     with pytest.raises(ValueError, match="theta must be finite and positive"):
-        elbo(data, theta)
+        elbo(data, PoissonGammaParams(theta))
     if not isinstance(theta, torch.Tensor):
         with pytest.raises(ValueError, match="init_theta must be finite and positive"):
             exponential_guide(data, init_theta=theta)

@@ -1,4 +1,4 @@
-"""RaoBlackwellELBO on the course's 1.C.2 model (models/rao_blackwell.py):
+"""RaoBlackwellELBO on the course's 1.C.2 model (models/normal_chain.py):
 unbiased against the exact gradient of the closed-form mean-field ELBO,
 its variance against the score function and TraceGraph_ELBO's baseline,
 and the same gradients as TraceGraph_ELBO without control variates."""
@@ -10,15 +10,16 @@ import pytest
 import torch
 from pyro.infer import TraceGraph_ELBO
 
-from guides.rao_blackwell import RaoBlackwellParams, elbo_gradient
-from guides.rao_blackwell import mean_field_guide as rb_guide
-from models.rao_blackwell import generate_data as rb_data
-from models.rao_blackwell import model as rb_model
+from guides.normal_chain import NormalChainParams
+from guides.normal_chain import mean_field_guide as rb_guide
+from models.normal_chain import generate_data as rb_data
+from models.normal_chain import model as rb_model
 from pyro_vi import RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
 from pyro_vi.diagnostics import gradient_statistics
+from tests.helpers import normal_chain_pyro_gradient
 
 RB_DATA = rb_data()
-POOR = RaoBlackwellParams.poor_init(len(RB_DATA))
+POOR = NormalChainParams.poor_init(len(RB_DATA))
 KW = dict(vectorize_particles=True, max_plate_nesting=1)
 
 
@@ -41,7 +42,7 @@ def test_unbiased_on_the_course_model(make_elbo):
     """Mean over draws against the exact gradient of the closed-form
     mean-field ELBO (gradient_statistics reports the loss gradient)."""
     stats = rb_stats(make_elbo(), num_draws=200)
-    exact = elbo_gradient(RB_DATA, POOR)
+    exact = normal_chain_pyro_gradient(RB_DATA, POOR)
     for name, s in stats.items():
         diff = (s.mean.double() + exact[name]).abs()
         assert (diff <= 4 * s.standard_error.double() + 1e-6).all(), (name, s.mean, -exact[name])

@@ -1,4 +1,5 @@
-r"""The Rao-Blackwellization model of course question 1.C.2.
+r"""The normal chain of course question 1.C.2 (the model the Rao-Blackwellization
+questions 2.1.x study).
 
 The figure of the assignment was lost; this is the structure of ``DESIGN.md``, with
 global latents :math:`w_1, w_2, v, z`, local latents :math:`y_{1:N}` and observations
@@ -34,7 +35,7 @@ so the Markov blankets (the factors that contain each latent) are
 The Rao-Blackwellized score-function gradient of question 2.1.12 keeps, for
 :math:`\lambda_3` (the parameters of :math:`q(z)`), only
 :math:`\log p(z \mid v) + \sum_n \log p(x_n \mid z, y_n) - \log q(z)`.
-The mean-field guide and the closed-form ELBO are in :mod:`guides.rao_blackwell`.
+The mean-field guide and the closed-form ELBO are in :mod:`guides.normal_chain`.
 
 References
 
@@ -43,12 +44,13 @@ References
 """
 
 import math
-import numbers
 from typing import Dict, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
 import torch
+
+from models._checks import as_int
 from models.normal_gamma import check_data
 
 __all__ = [
@@ -83,8 +85,7 @@ def generate_data(
     :returns: the 1-D observations ``x`` (default dtype), or ``(x, latents)`` with
         ``latents`` a dict of ``"w1", "w2", "v", "z"`` (0-D) and ``"y"`` (N,).
     """
-    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    as_int("num_data", num_data)
     num_data = int(num_data)
     generator = torch.Generator().manual_seed(int(seed))
     dtype = torch.float64

@@ -1,4 +1,4 @@
-r"""Mean-field guide and closed-form ELBO for :mod:`models.rao_blackwell` (question 2.1.12).
+r"""Mean-field guide and closed-form ELBO for :mod:`models.normal_chain` (the model of question 1.C.2, studied in question 2.1.12).
 
 The fully factorized family of equation (5) of the assignment,
 
@@ -34,7 +34,8 @@ Every expectation in the ELBO is closed form. With :math:`E[w_2] = c_2 / d_2`,
 and :math:`\mathcal{L}` is the sum of the six expected log-factors (the last two
 summed over :math:`n`) and the entropies of all :math:`N + 4` factors (:func:`elbo`).
 Setting each factor to its coordinate optimum gives the CAVI updates of
-:func:`cavi_step`; :func:`near_optimal_params` maximizes :math:`\mathcal{L}` directly.
+:func:`cavi_step` (every factor is conditionally conjugate, so these are closed-form
+CAVI); :func:`cavi` sweeps them to the optimum.
 
 References
 
@@ -43,31 +44,33 @@ References
 """
 
 import math
-import numbers
 from dataclasses import dataclass, fields
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
 import torch
+
+from models._checks import as_int
 from torch.distributions import constraints
 
-from models.rao_blackwell import W2_CONCENTRATION, W2_RATE, check_data
-from models._checks import as_real
+from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent, real_field
+from models.normal_chain import W2_CONCENTRATION, W2_RATE, check_data
 
 __all__ = [
     "PARAM_NAMES",
     "POSITIVE_PARAM_NAMES",
-    "RaoBlackwellParams",
+    "CaviResult",
+    "NormalChainParams",
+    "cavi",
     "cavi_step",
     "elbo",
     "elbo_gradient",
     "mean_field_guide",
-    "near_optimal_params",
     "params_from_store",
 ]
 
-#: Pyro parameter names, in the order of the fields of :class:`RaoBlackwellParams`.
+#: Pyro parameter names, in the order of the fields of :class:`NormalChainParams`.
 PARAM_NAMES = (
     "q_w1_loc",
     "q_w1_scale",
@@ -84,12 +87,12 @@ PARAM_NAMES = (
 POSITIVE_PARAM_NAMES = frozenset(name for name in PARAM_NAMES if not name.endswith("_loc"))
 _LOCAL = ("q_y_loc", "q_y_scale")
 
-ParamsLike = Union["RaoBlackwellParams", Mapping[str, torch.Tensor]]
+ParamsLike = Union["NormalChainParams", Mapping[str, torch.Tensor]]
 
 
 
 @dataclass(frozen=True)
-class RaoBlackwellParams:
+class NormalChainParams:
     r"""Variational parameters of :func:`mean_field_guide`, as floats.
 
     Field ``f`` is the Pyro parameter ``"q_" + f``. ``y_loc`` and ``y_scale`` are
@@ -115,7 +118,9 @@ class RaoBlackwellParams:
         for f in fields(self):
             name, value = f.name, getattr(self, f.name)
             positive = not name.endswith("_loc")
-            if name in ("y_loc", "y_scale"):
+            if name in ("y_loc", "y_scale") and isinstance(value, torch.Tensor) and value.requires_grad:
+                checked = self._check_vector(name, value, positive)
+            elif name in ("y_loc", "y_scale"):
                 if isinstance(value, torch.Tensor):
                     if value.dim() != 1:
                         raise ValueError(f"{name} must be 1-D, got shape {tuple(value.shape)}")
@@ -135,12 +140,13 @@ class RaoBlackwellParams:
 
     @staticmethod
     def _check(name, value, positive) -> float:
-        value = as_real(name, value)
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
-        if positive and not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-        return value
+        return real_field(name, value, positive)
+
+    @staticmethod
+    def _check_vector(name, value, positive) -> torch.Tensor:
+        if value.dim() != 1 or value.numel() == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D sequence, got shape {tuple(value.shape)}")
+        return real_field(name, value, positive)
 
     @property
     def num_data(self) -> int:
@@ -148,13 +154,13 @@ class RaoBlackwellParams:
         return len(self.y_loc)
 
     @classmethod
-    def default_init(cls, num_data: int) -> "RaoBlackwellParams":
+    def default_init(cls, num_data: int) -> "NormalChainParams":
         r"""The prior's shape: locs 0, scales 1, :math:`q(w_2) = \mathrm{Gamma}(2, 2)`."""
         n = _check_num_data(num_data)
         return cls(0.0, 1.0, W2_CONCENTRATION, W2_RATE, 0.0, 1.0, 0.0, 1.0, (0.0,) * n, (1.0,) * n)
 
     @classmethod
-    def poor_init(cls, num_data: int) -> "RaoBlackwellParams":
+    def poor_init(cls, num_data: int) -> "NormalChainParams":
         r"""A deterministic starting point far from the optimum but sensible.
 
         Every mean is off (:math:`a_1 = 2`, :math:`a_4 = -1.5`, :math:`a_3 = 3`,
@@ -171,10 +177,10 @@ class RaoBlackwellParams:
         """The parameters as tensors keyed by Pyro parameter name (``dtype`` defaults
         to the default dtype)."""
         dtype = torch.get_default_dtype() if dtype is None else dtype
-        return {name: torch.tensor(getattr(self, name[2:]), dtype=dtype) for name in PARAM_NAMES}
+        return {name: torch.as_tensor(getattr(self, name[2:]), dtype=dtype) for name in PARAM_NAMES}
 
     @classmethod
-    def from_tensors(cls, values: Mapping[str, torch.Tensor]) -> "RaoBlackwellParams":
+    def from_tensors(cls, values: Mapping[str, torch.Tensor]) -> "NormalChainParams":
         """Inverse of :meth:`as_tensors`: a mapping of Pyro parameter name to value."""
         missing = [name for name in PARAM_NAMES if name not in values]
         if missing:
@@ -188,35 +194,34 @@ class RaoBlackwellParams:
 
 
 def _check_num_data(num_data) -> int:
-    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
+    as_int("num_data", num_data)
     return int(num_data)
 
 
-def params_from_store() -> RaoBlackwellParams:
+def params_from_store() -> NormalChainParams:
     """Read the current guide parameters (constrained values) from Pyro's param store."""
     store = pyro.get_param_store()
-    return RaoBlackwellParams.from_tensors({name: store[name] for name in PARAM_NAMES if name in store})
+    return NormalChainParams.from_tensors({name: store[name] for name in PARAM_NAMES if name in store})
 
 
-def mean_field_guide(data, init: Optional[RaoBlackwellParams] = None):
+def mean_field_guide(data, init: Optional[NormalChainParams] = None):
     r"""The fully factorized guide of equation (5): sites ``"w1", "w2", "v", "z"`` and
     ``"y"`` (in plate ``"data"`` at ``dim=-1``), all reparameterizable.
 
-    Parameters are created from ``init`` (default :meth:`RaoBlackwellParams.default_init`)
+    Parameters are created from ``init`` (default :meth:`NormalChainParams.default_init`)
     the first time only; afterwards the param store wins. Works inside an outer
     vectorized particle plate.
 
     :raises ValueError: for bad data, an ``init`` that is not a
-        :class:`RaoBlackwellParams` or whose N differs from the data's, or a param store
+        :class:`NormalChainParams` or whose N differs from the data's, or a param store
         holding local parameters of another N.
     """
     data = check_data(data)
     num_data = len(data)
     if init is None:
-        init = RaoBlackwellParams.default_init(num_data)
-    elif not isinstance(init, RaoBlackwellParams):
-        raise ValueError(f"init must be a RaoBlackwellParams, got {type(init).__name__}")
+        init = NormalChainParams.default_init(num_data)
+    elif not isinstance(init, NormalChainParams):
+        raise ValueError(f"init must be a NormalChainParams, got {type(init).__name__}")
     elif init.num_data != num_data:
         raise ValueError(f"init has {init.num_data} local parameters but the data has N = {num_data}")
     values = init.as_tensors(data.dtype)
@@ -240,10 +245,10 @@ def mean_field_guide(data, init: Optional[RaoBlackwellParams] = None):
 
 def _float64_params(params: ParamsLike, num_data: int) -> Dict[str, torch.Tensor]:
     """float64 tensors keyed by Pyro name, graph kept; shapes and domains checked."""
-    if isinstance(params, RaoBlackwellParams):
+    if isinstance(params, NormalChainParams):
         params = params.as_tensors(torch.float64)
     elif not isinstance(params, Mapping):
-        raise ValueError(f"params must be a RaoBlackwellParams or a mapping of Pyro names, got {type(params).__name__}")
+        raise ValueError(f"params must be a NormalChainParams or a mapping of Pyro names, got {type(params).__name__}")
     out = {}
     for name in PARAM_NAMES:
         if name not in params:
@@ -262,21 +267,31 @@ def _float64_params(params: ParamsLike, num_data: int) -> Dict[str, torch.Tensor
     return out
 
 
-def elbo(data, params: ParamsLike) -> torch.Tensor:
+def _check_prior(prior):
+    if prior is not None:
+        raise ValueError(f"the normal chain's hyper-parameters are fixed: prior must be None, got {prior!r}")
+
+
+def elbo(data, params: ParamsLike, prior=None) -> torch.Tensor:
     r"""Closed-form mean-field ELBO :math:`E_q[\log p(X, w_1, w_2, v, z, y) - \log q]`
     (formulas in the module docstring).
 
     :param data: 1-D observations.
-    :param params: a :class:`RaoBlackwellParams`, or a mapping from the Pyro parameter
+    :param params: a :class:`NormalChainParams`, or a mapping from the Pyro parameter
         names to **constrained** values (numbers or tensors, e.g. the param store's
         ``pyro.param(name)``); tensors keep their graph, so the result is differentiable
         in them and in whatever they are computed from.
+    :param prior: ``None`` (the hyper-parameters are fixed, :mod:`models.normal_chain`).
     :returns: a float64 scalar tensor.
     :raises ValueError: for bad data, missing parameters, wrong shapes, or values out of
         their domain.
     """
+    _check_prior(prior)
     x = check_data(data).to(torch.float64)
-    p = _float64_params(params, len(x))
+    return _elbo(x, _float64_params(params, len(x)))
+
+
+def _elbo(x, p):
     a1, s1 = p["q_w1_loc"], p["q_w1_scale"]
     c2, d2 = p["q_w2_concentration"], p["q_w2_rate"]
     a4, s4 = p["q_v_loc"], p["q_v_scale"]
@@ -311,37 +326,17 @@ def elbo(data, params: ParamsLike) -> torch.Tensor:
     return e_log_p_w1 + e_log_p_w2 + e_log_p_v + e_log_p_z + e_log_p_y + e_log_p_x + entropy
 
 
-def _unconstrained_leaves(params: ParamsLike, num_data: int) -> Dict[str, torch.Tensor]:
-    p = _float64_params(params, num_data)
-    return {
-        name: (value.detach().log() if name in POSITIVE_PARAM_NAMES else value.detach()).clone().requires_grad_()
-        for name, value in p.items()
-    }
-
-
-def _constrained(leaves: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {name: (u.exp() if name in POSITIVE_PARAM_NAMES else u) for name, u in leaves.items()}
-
-
-def elbo_gradient(data, params: ParamsLike) -> Dict[str, torch.Tensor]:
-    r"""Exact gradient of :func:`elbo` with respect to Pyro's **unconstrained** parameters
-    (each loc as it is; the logarithm of each scale, concentration and rate), by autograd
-    of the closed form.
-
-    This is the gradient of the ELBO, i.e. an ascent direction; after
-    ``loss_and_grads`` Pyro's ``pyro.param(name).unconstrained().grad`` holds an
-    estimate of its **negative** (the gradient of the loss).
-
-    :returns: float64 tensors keyed by Pyro parameter name, shaped like the parameters.
+def elbo_gradient(data, params: NormalChainParams, prior=None) -> Dict[str, torch.Tensor]:
+    r""":math:`\partial\mathcal{L}/\partial` each field of ``params`` (the constrained
+    values: locs, scales, concentration, rate), by autograd of :func:`elbo`; float64
+    tensors keyed by field name. In Pyro's unconstrained coordinates the gradient of a
+    positive field ``f`` is ``value * gradient``; after ``loss_and_grads`` Pyro's
+    ``.unconstrained().grad`` estimates the **negative** of that (the loss gradient).
     """
-    x = check_data(data)
-    leaves = _unconstrained_leaves(params, len(x))
-    value = elbo(x, _constrained(leaves))
-    grads = torch.autograd.grad(value, list(leaves.values()))
-    return dict(zip(leaves, grads))
+    return autograd_gradient(elbo, data, params, prior)
 
 
-def cavi_step(data, params: RaoBlackwellParams) -> RaoBlackwellParams:
+def cavi_step(data, params: NormalChainParams) -> NormalChainParams:
     r"""One sweep of coordinate-ascent updates, each factor set to its optimum given
     the others (:math:`q^*(\cdot) \propto \exp E_{-\cdot}[\log p]`), in the order
     :math:`w_1, v, z, y_{1:N}, w_2`:
@@ -358,10 +353,18 @@ def cavi_step(data, params: RaoBlackwellParams) -> RaoBlackwellParams:
     increase :func:`elbo`; a fixed point is a stationary point of it.
     """
     x = check_data(data).to(torch.float64)
-    if not isinstance(params, RaoBlackwellParams):
-        raise ValueError(f"params must be a RaoBlackwellParams, got {type(params).__name__}")
-    if params.num_data != len(x):
-        raise ValueError(f"params have {params.num_data} local parameters but the data has N = {len(x)}")
+    return _step(x, _checked(params, len(x)))
+
+
+def _checked(params, num_data, name="params") -> NormalChainParams:
+    if not isinstance(params, NormalChainParams):
+        raise ValueError(f"{name} must be a NormalChainParams, got {type(params).__name__}")
+    if params.num_data != num_data:
+        raise ValueError(f"{name} have {params.num_data} local parameters but the data has N = {num_data}")
+    return params
+
+
+def _step(x, params):
     n = len(x)
     w1_loc, w1_scale = 0.5 * params.v_loc, math.sqrt(0.5)
     v_loc, v_scale = 0.5 * (w1_loc + params.z_loc), math.sqrt(0.5)
@@ -372,88 +375,27 @@ def cavi_step(data, params: RaoBlackwellParams) -> RaoBlackwellParams:
     y_scale = torch.full((n,), 1 / math.sqrt(e_w2 + 1), dtype=torch.float64)
     w2_concentration = W2_CONCENTRATION + 0.5 * n
     w2_rate = W2_RATE + 0.5 * float((y_loc**2 + y_scale**2).sum())
-    return RaoBlackwellParams(
+    return NormalChainParams(
         w1_loc, w1_scale, w2_concentration, w2_rate, v_loc, v_scale, z_loc, z_scale, y_loc, y_scale
     )
 
 
-def near_optimal_params(
-    data, init: Optional[RaoBlackwellParams] = None, max_iters: int = 1000, grad_tol: float = 1e-9
-) -> RaoBlackwellParams:
-    r"""Maximize :func:`elbo` over Pyro's unconstrained parameters with L-BFGS
-    (strong-Wolfe line search) in float64, then polish with Newton steps (Hessian by
-    autograd, a step kept only while it shrinks the gradient); deterministic.
+def cavi(
+    data, prior=None, init: Optional[NormalChainParams] = None, max_iters: int = 10000, tol: float = 1e-12
+) -> CaviResult:
+    r"""Coordinate-ascent VI: sweeps of :func:`cavi_step` from ``init`` (default
+    :meth:`NormalChainParams.default_init`) until no parameter changes by more than
+    ``tol`` (relative to :math:`\max(1, |\text{value}|)`) or ``max_iters`` sweeps. The
+    ELBO is concave in each factor's block, so the history never decreases; the model
+    is a linear-Gaussian chain with one Gamma precision, and CAVI converges linearly.
 
-    :param init: starting point (default :meth:`RaoBlackwellParams.default_init`).
-    :param int max_iters: the most L-BFGS iterations.
-    :param float grad_tol: stop when the largest absolute unconstrained gradient
-        component falls below it.
-    :returns: the optimum as :class:`RaoBlackwellParams`.
-    :raises RuntimeError: if the largest gradient component is still above
-        ``sqrt(grad_tol)`` after ``max_iters`` iterations.
+    :param prior: ``None`` (fixed hyper-parameters).
+    :rtype: CaviResult
     """
-    x = check_data(data)
-    if init is None:
-        init = RaoBlackwellParams.default_init(len(x))
-    elif not isinstance(init, RaoBlackwellParams):
-        raise ValueError(f"init must be a RaoBlackwellParams, got {type(init).__name__}")
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
-    if not (isinstance(grad_tol, numbers.Real) and math.isfinite(grad_tol) and grad_tol > 0):
-        raise ValueError(f"grad_tol must be a finite positive number, got {grad_tol!r}")
-    leaves = _unconstrained_leaves(init, len(x))
-    optimizer = torch.optim.LBFGS(
-        list(leaves.values()),
-        lr=1.0,
-        max_iter=int(max_iters),
-        tolerance_grad=float(grad_tol),
-        tolerance_change=0.0,
-        history_size=50,
-        line_search_fn="strong_wolfe",
+    _check_prior(prior)
+    x = check_data(data).to(torch.float64)
+    init = NormalChainParams.default_init(len(x)) if init is None else _checked(init, len(x), "init")
+    check_settings(max_iters, tol)
+    return coordinate_ascent(
+        lambda p: _step(x, p), lambda p: _elbo(x, p.as_tensors(torch.float64)), init, max_iters, tol
     )
-
-    def closure():
-        optimizer.zero_grad()
-        loss = -elbo(x, _constrained(leaves))
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-
-    # Polish with a few Newton steps on the flat unconstrained vector: L-BFGS stalls
-    # around 1e-8 in float64 on this problem (its line search stops making progress).
-    names = list(leaves)
-    sizes = [leaves[name].numel() for name in names]
-    shapes = [leaves[name].shape for name in names]
-
-    def value_of_flat(flat):
-        pieces = torch.split(flat, sizes)
-        return elbo(x, _constrained({n: t.reshape(s) for n, t, s in zip(names, pieces, shapes)}))
-
-    def gradient_of_flat(flat):
-        flat = flat.detach().requires_grad_()
-        (grad,) = torch.autograd.grad(value_of_flat(flat), flat)
-        return grad
-
-    flat = torch.cat([leaves[name].detach().reshape(-1) for name in names])
-    grad = gradient_of_flat(flat)
-    for _ in range(20):
-        if float(grad.abs().max()) <= grad_tol:
-            break
-        hessian = torch.autograd.functional.hessian(value_of_flat, flat)
-        try:
-            candidate = flat - torch.linalg.solve(hessian, grad)
-        except RuntimeError:  # singular Hessian: keep the L-BFGS point
-            break
-        candidate_grad = gradient_of_flat(candidate)
-        if not float(candidate_grad.abs().max()) < float(grad.abs().max()):
-            break
-        flat, grad = candidate, candidate_grad
-
-    pieces = torch.split(flat.detach(), sizes)
-    optimum = _constrained({n: t.reshape(s) for n, t, s in zip(names, pieces, shapes)})
-    result = RaoBlackwellParams.from_tensors(optimum)
-    largest = max(float(g.abs().max()) for g in elbo_gradient(x, result).values())
-    if not largest <= math.sqrt(grad_tol):
-        raise RuntimeError(f"near_optimal_params did not converge: largest gradient component {largest:.3g}")
-    return result

@@ -1,4 +1,4 @@
-"""Tests for models/rao_blackwell.py and guides/rao_blackwell.py (question 1.C.2 / 2.1.12).
+"""Tests for models/normal_chain.py and guides/normal_chain.py (question 1.C.2 / 2.1.12).
 
 The closed-form mean-field ELBO is checked against Monte Carlo through Pyro traces,
 its autograd gradient against Pyro's reparameterized Trace_ELBO gradient with many
@@ -15,18 +15,18 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.inspect import get_dependencies
 
-from guides.rao_blackwell import (
+from guides.normal_chain import (
     PARAM_NAMES,
     POSITIVE_PARAM_NAMES,
-    RaoBlackwellParams,
+    NormalChainParams,
+    cavi,
     cavi_step,
     elbo,
     elbo_gradient,
     mean_field_guide,
-    near_optimal_params,
     params_from_store,
 )
-from models.rao_blackwell import (
+from models.normal_chain import (
     W2_CONCENTRATION,
     W2_RATE,
     check_data,
@@ -35,7 +35,7 @@ from models.rao_blackwell import (
     markov_blankets,
     model,
 )
-from tests.helpers import per_draw_log_prob
+from tests.helpers import normal_chain_pyro_gradient, per_draw_log_prob
 
 NUM_DATA = 20
 GLOBAL_SITES = ("w1", "w2", "v", "z")
@@ -48,7 +48,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def optimum(data):
-    return near_optimal_params(data)
+    return cavi(data).params
 
 
 def assert_params_close(a, b, rel=1e-6):
@@ -142,7 +142,7 @@ def test_model_trace_log_prob_equals_hand_written_log_joint(data):
 def test_model_and_guide_shapes_inside_a_vectorized_particle_plate(data):
     num_draws = 5
     with pyro.plate("particles", num_draws, dim=-2):
-        guide_trace = poutine.trace(mean_field_guide).get_trace(data, RaoBlackwellParams.poor_init(NUM_DATA))
+        guide_trace = poutine.trace(mean_field_guide).get_trace(data, NormalChainParams.poor_init(NUM_DATA))
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(data)
     for trace in (guide_trace, model_trace):
         for name in GLOBAL_SITES:
@@ -180,7 +180,7 @@ def test_markov_blankets_match_the_program(data):
 
 @pytest.mark.parametrize("where", ["poor_init", "optimum"])
 def test_elbo_matches_monte_carlo_through_pyro_traces(data, optimum, where):
-    params = RaoBlackwellParams.poor_init(NUM_DATA) if where == "poor_init" else optimum
+    params = NormalChainParams.poor_init(NUM_DATA) if where == "poor_init" else optimum
     pyro.set_rng_seed(0)
     num_draws = 10000
     log_w = vectorized_log_weights(data, params, num_draws)
@@ -197,8 +197,8 @@ def test_elbo_matches_monte_carlo_through_pyro_traces(data, optimum, where):
 
 
 def test_elbo_gradient_matches_finite_differences_in_unconstrained_coordinates(data):
-    params = RaoBlackwellParams.poor_init(NUM_DATA)
-    grads = elbo_gradient(data, params)
+    params = NormalChainParams.poor_init(NUM_DATA)
+    grads = normal_chain_pyro_gradient(data, params)
     assert set(grads) == set(PARAM_NAMES)
     base = params.as_tensors(torch.float64)
     eps = 1e-6
@@ -228,8 +228,8 @@ def test_elbo_gradient_matches_finite_differences_in_unconstrained_coordinates(d
 def test_exact_gradient_matches_pyro_reparameterized_gradient_at_poor_init(data):
     """Unbiasedness oracle: mean of R independent Trace_ELBO gradients (M particles each)
     against the autograd gradient of the closed form, tolerance 4 measured SE."""
-    params = RaoBlackwellParams.poor_init(NUM_DATA)
-    exact = elbo_gradient(data, params)
+    params = NormalChainParams.poor_init(NUM_DATA)
+    exact = normal_chain_pyro_gradient(data, params)
     num_particles, num_repeats = 1000, 40
     loss_fn = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     guide = lambda x: mean_field_guide(x, params)  # noqa: E731
@@ -256,11 +256,11 @@ def test_exact_gradient_matches_pyro_reparameterized_gradient_at_poor_init(data)
 # ---------------------------------------------------------------- the optimum
 
 
-def test_near_optimal_params_is_a_stationary_maximum(data, optimum):
+def test_cavi_optimum_is_a_stationary_maximum(data, optimum):
     grads = elbo_gradient(data, optimum)
     assert max(float(g.abs().max()) for g in grads.values()) < 1e-8
     best = float(elbo(data, optimum))
-    assert best > float(elbo(data, RaoBlackwellParams.poor_init(NUM_DATA))) + 50
+    assert best > float(elbo(data, NormalChainParams.poor_init(NUM_DATA))) + 50
     # it is a maximum: random nearby points in unconstrained coordinates are worse
     gen = torch.Generator().manual_seed(0)
     base = optimum.as_tensors(torch.float64)
@@ -271,13 +271,13 @@ def test_near_optimal_params_is_a_stationary_maximum(data, optimum):
             moved[name] = value * step.exp() if name in POSITIVE_PARAM_NAMES else value + step
         assert float(elbo(data, moved)) < best
     # deterministic, and the same optimum from another start
-    assert near_optimal_params(data) == optimum
-    other = near_optimal_params(data, RaoBlackwellParams.poor_init(NUM_DATA))
+    assert cavi(data).params == optimum
+    other = cavi(data, init=NormalChainParams.poor_init(NUM_DATA)).params
     assert float(elbo(data, other)) == pytest.approx(best, abs=1e-9)
     assert other.z_loc == pytest.approx(optimum.z_loc, abs=1e-7)
 
 
-def test_near_optimal_params_is_the_cavi_fixed_point(data, optimum):
+def test_cavi_optimum_is_the_cavi_fixed_point(data, optimum):
     fixed = cavi_step(data, optimum)
     for name in PARAM_NAMES:
         a, b = getattr(fixed, name[2:]), getattr(optimum, name[2:])
@@ -288,7 +288,7 @@ def test_near_optimal_params_is_the_cavi_fixed_point(data, optimum):
     assert optimum.z_scale == pytest.approx(1 / math.sqrt(NUM_DATA + 1), rel=1e-8)
     assert optimum.w2_concentration == pytest.approx(W2_CONCENTRATION + NUM_DATA / 2, rel=1e-8)
     # CAVI from the poor init climbs monotonically to the same optimum
-    params = RaoBlackwellParams.poor_init(NUM_DATA)
+    params = NormalChainParams.poor_init(NUM_DATA)
     history = [float(elbo(data, params))]
     for _ in range(100):
         params = cavi_step(data, params)
@@ -308,7 +308,7 @@ def test_optimal_elbo_is_below_the_log_evidence(data, optimum):
 
 
 def test_guide_uses_documented_param_names_constraints_and_init(data):
-    init = RaoBlackwellParams.poor_init(NUM_DATA)
+    init = NormalChainParams.poor_init(NUM_DATA)
     trace = poutine.trace(mean_field_guide).get_trace(data, init)
     store = pyro.get_param_store()
     assert set(store.keys()) == set(PARAM_NAMES)
@@ -320,11 +320,11 @@ def test_guide_uses_documented_param_names_constraints_and_init(data):
         assert torch.equal(pyro.param(name).unconstrained(), pyro.param(name))
     assert all(trace.nodes[site]["fn"].has_rsample for site in ("w1", "w2", "v", "z", "y"))
     # afterwards the param store wins over init; the default init is the prior's shape
-    mean_field_guide(data, RaoBlackwellParams.default_init(NUM_DATA))
+    mean_field_guide(data, NormalChainParams.default_init(NUM_DATA))
     assert_params_close(params_from_store(), init)
     pyro.clear_param_store()
     mean_field_guide(data)
-    assert_params_close(params_from_store(), RaoBlackwellParams.default_init(NUM_DATA))
+    assert_params_close(params_from_store(), NormalChainParams.default_init(NUM_DATA))
     # elbo accepts the param store's (constrained) tensors and differentiates through them
     value = elbo(data, {name: pyro.param(name) for name in PARAM_NAMES})
     value.backward()
@@ -332,9 +332,9 @@ def test_guide_uses_documented_param_names_constraints_and_init(data):
 
 
 def test_params_round_trip_and_poor_init_is_poor_but_sensible(data):
-    init = RaoBlackwellParams.poor_init(NUM_DATA)
-    assert RaoBlackwellParams.from_tensors(init.as_tensors(torch.float64)) == init
-    assert_params_close(RaoBlackwellParams.from_tensors(init.as_tensors()), init)
+    init = NormalChainParams.poor_init(NUM_DATA)
+    assert NormalChainParams.from_tensors(init.as_tensors(torch.float64)) == init
+    assert_params_close(NormalChainParams.from_tensors(init.as_tensors()), init)
     assert init.num_data == NUM_DATA
     grads = elbo_gradient(data, init)
     assert min(float(g.abs().min()) for g in grads.values()) > 0.05  # every coordinate has work to do
@@ -359,12 +359,11 @@ def test_params_round_trip_and_poor_init_is_poor_but_sensible(data):
 def test_bad_data_is_refused_everywhere(bad, match):
     with pytest.raises(ValueError, match=match):
         check_data(bad)
-    init = RaoBlackwellParams.default_init(3)
+    init = NormalChainParams.default_init(3)
     entry_points = (
         model,
         mean_field_guide,
-        near_optimal_params,
-        lambda x: elbo(x, init),
+            lambda x: elbo(x, init),
         lambda x: elbo_gradient(x, init),
         lambda x: cavi_step(x, init),
         lambda x: log_joint(x, 0.0, 1.0, 0.0, 0.0, torch.zeros(3)),
@@ -390,13 +389,13 @@ def test_bad_data_is_refused_everywhere(bad, match):
     ],
 )
 def test_bad_params_are_refused(change, match):
-    values = {**RaoBlackwellParams.default_init(2).__dict__, **change}
+    values = {**NormalChainParams.default_init(2).__dict__, **change}
     with pytest.raises(ValueError, match=match):
-        RaoBlackwellParams(**values)
+        NormalChainParams(**values)
 
 
 def test_bad_params_to_elbo_and_settings_are_refused(data):
-    good = RaoBlackwellParams.default_init(NUM_DATA).as_tensors(torch.float64)
+    good = NormalChainParams.default_init(NUM_DATA).as_tensors(torch.float64)
     with pytest.raises(ValueError, match="q_z_scale must be finite and positive"):
         elbo(data, {**good, "q_z_scale": torch.tensor(-1.0)})
     with pytest.raises(ValueError, match="q_w1_loc must be finite"):
@@ -405,22 +404,24 @@ def test_bad_params_to_elbo_and_settings_are_refused(data):
         elbo(data, {**good, "q_y_loc": torch.zeros(3)})
     with pytest.raises(ValueError, match="params is missing 'q_v_loc'"):
         elbo(data, {k: v for k, v in good.items() if k != "q_v_loc"})
-    with pytest.raises(ValueError, match="params must be a RaoBlackwellParams or a mapping"):
+    with pytest.raises(ValueError, match="params must be a NormalChainParams or a mapping"):
         elbo(data, [1.0] * 10)
-    with pytest.raises(ValueError, match="init must be a RaoBlackwellParams"):
+    with pytest.raises(ValueError, match="init must be a NormalChainParams"):
         mean_field_guide(data, init=good)
     with pytest.raises(ValueError, match="init has 3 local parameters but the data has N = 20"):
-        mean_field_guide(data, init=RaoBlackwellParams.default_init(3))
+        mean_field_guide(data, init=NormalChainParams.default_init(3))
     with pytest.raises(ValueError, match="params have 3 local parameters but the data has N = 20"):
-        cavi_step(data, RaoBlackwellParams.default_init(3))
+        cavi_step(data, NormalChainParams.default_init(3))
     with pytest.raises(ValueError, match="num_data must be a positive integer"):
-        RaoBlackwellParams.poor_init(0)
+        NormalChainParams.poor_init(0)
     with pytest.raises(ValueError, match="num_data must be a positive integer"):
         generate_data(num_data=True)
     with pytest.raises(ValueError, match="max_iters must be a positive integer"):
-        near_optimal_params(data, max_iters=0)
-    with pytest.raises(ValueError, match="grad_tol must be a finite positive number"):
-        near_optimal_params(data, grad_tol=-1.0)
+        cavi(data, max_iters=0)
+    with pytest.raises(ValueError, match="tol must be a finite non-negative number"):
+        cavi(data, tol=-1.0)
+    with pytest.raises(ValueError, match="prior must be None"):
+        cavi(data, prior=1.0)
     with pytest.raises(ValueError, match="missing parameters: q_w1_loc"):
         params_from_store()
     # a stale param store from another data set is named, not silently broadcast
