@@ -721,11 +721,9 @@ ESTIMATORS = {
     "ScoreFunctionELBO": Estimator(ScoreFunctionELBO),
     "ControlVariateELBO": Estimator(ControlVariateELBO),
     "ControlVariateELBO(pooled)": Estimator(lambda **kw: ControlVariateELBO(coefficient="pooled", **kw)),
-    "ControlVariateELBO(distributions)": Estimator(
-        lambda **kw: ControlVariateELBO(coordinates="distributions", **kw)
-    ),
+    "ControlVariateELBO(parameters)": Estimator(lambda **kw: ControlVariateELBO(coordinates="parameters", **kw)),
     "RaoBlackwellELBO": Estimator(RaoBlackwellELBO),
-    "RaoBlackwellELBO(distributions)": Estimator(lambda **kw: RaoBlackwellELBO(coordinates="distributions", **kw)),
+    "RaoBlackwellELBO(parameters)": Estimator(lambda **kw: RaoBlackwellELBO(coordinates="parameters", **kw)),
     "RaoBlackwellELBO(no CV)": Estimator(lambda **kw: RaoBlackwellELBO(control_variate=False, **kw)),
     "RaoBlackwellELBO(pathwise)": Estimator(lambda **kw: RaoBlackwellELBO(pathwise=True, **kw)),
     "ControlVariateELBO(pathwise)": Estimator(lambda **kw: ControlVariateELBO(pathwise=True, **kw)),

@@ -160,7 +160,7 @@ UNBIASED = {
         "RaoBlackwellELBO", "RaoBlackwellELBO(pathwise)", "ControlVariateELBO(pathwise)",
         "ReinforceLeaveOneOutELBO", "DisARMELBO",
     ],
-    "amortized": ["ControlVariateELBO", "ControlVariateELBO(distributions)", "RaoBlackwellELBO(distributions)",
+    "amortized": ["ControlVariateELBO", "ControlVariateELBO(parameters)", "RaoBlackwellELBO", "RaoBlackwellELBO(parameters)",
                   "ImportanceWeightedELBO(dreg)", "ImportanceWeightedELBO(vimco)"],
 }
 GRADIENT_CASES = [(pair, estimator) for pair, estimators in UNBIASED.items() for estimator in estimators]

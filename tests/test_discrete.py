@@ -352,9 +352,13 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("make", [
     lambda: RaoBlackwellELBO(num_particles=20, pathwise=True, **VEC),
+    lambda: RaoBlackwellELBO(num_particles=20, pathwise=True, coordinates="parameters", **VEC),
+    lambda: RaoBlackwellELBO(num_particles=20, **VEC),
+    lambda: ControlVariateELBO(num_particles=20, **VEC),
     lambda: ReinforceLeaveOneOutELBO(num_particles=20, pathwise=True, **VEC),
     lambda: ReinforceLeaveOneOutELBO(num_particles=20, **VEC),
-], ids=["RaoBlackwellELBO(pathwise)", "ReinforceLeaveOneOutELBO(pathwise)", "ReinforceLeaveOneOutELBO"])
+], ids=["RaoBlackwellELBO(pathwise)", "RaoBlackwellELBO(pathwise, parameters)", "RaoBlackwellELBO",
+        "ControlVariateELBO", "ReinforceLeaveOneOutELBO(pathwise)", "ReinforceLeaveOneOutELBO"])
 def test_unbiased_on_the_gmm_against_enumerated_z(make):
     """The mean gradient of every GMM guide parameter (components and the
     assignment probabilities) equals TraceEnum_ELBO's with z enumerated in

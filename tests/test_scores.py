@@ -122,7 +122,7 @@ def test_distribution_coordinates_equal_parameter_coordinates_on_mean_field_guid
     from tests.catalogue import elbo_for, take_grads
 
     grads = []
-    for config in (estimator, estimator + "(distributions)"):
+    for config in (estimator, estimator + "(parameters)"):
         spec = CATALOGUE[pair]
         pyro.clear_param_store()
         pyro.set_rng_seed(0)

@@ -33,13 +33,19 @@ class ControlVariateELBO(ParticleELBO):
         by :math:`O(1/S)` (it needs ``num_particles >= 2``). A number fixes
         the coefficient of every parameter (``0.0`` gives
         :class:`~pyro_vi.ScoreFunctionELBO`'s estimator).
-    :param str coordinates: ``"parameters"`` (the default, BBVI's): a
-        coefficient per scalar variational parameter. ``"distributions"``: a
-        coefficient per scalar of the guide's distributions; the same for a
+    :param str coordinates: where the coefficients live.
+        ``"distributions"`` (the default): one per scalar of the guide's
+        distributions (their ``loc``, ``logits``, ...), whose controlled
+        gradients reach the parameters in one backward pass. ``"parameters"``
+        (BBVI's): one per scalar variational parameter, from per-particle
+        gradients of every parameter. The two are the same estimator for a
         mean-field guide whose parameters map element by element onto its
-        distributions (every guide of the course), per data point rather
-        than per network weight for an amortized guide, where it costs about
-        one backward pass instead of one per particle (see
+        distributions (every guide of the course). For an amortized guide the
+        default has a coefficient per data point and latent, the other one
+        per network weight: estimated from a few particles, those are noisy
+        enough to multiply the gradient's variance many times over (the
+        README's Bernoulli VAE section measures it), and they cost an extra
+        O(S x B x P) for a batch of B (see
         :func:`~pyro_vi.elbo.surrogate.controlled_surrogate`).
     :param bool pool_processes: under :mod:`torch.distributed`, estimate the
         coefficients from the particles of every process (their sufficient
@@ -76,7 +82,7 @@ class ControlVariateELBO(ParticleELBO):
         num_particles=10,
         coefficient="leave_one_out",
         pathwise=False,
-        coordinates="parameters",
+        coordinates="distributions",
         pool_processes=False,
         **kwargs,
     ):

@@ -101,7 +101,7 @@ class RaoBlackwellELBO(ParticleELBO):
                 )
         self.coefficient = "leave_one_out" if coefficient is None else coefficient
         self.min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
-        self.coordinates = check_coordinates("parameters" if coordinates is None else coordinates, name)
+        self.coordinates = check_coordinates("distributions" if coordinates is None else coordinates, name)
         self.pool = check_pool(bool(pool_processes), self.coefficient, name)
         super().__init__(num_particles=num_particles, **kwargs)
 

@@ -87,14 +87,31 @@ def distribution_gradients(terms, weightings):
     ``loc``, ``scale``, ``probs``, ...: per data point for an amortized
     guide): ``[(tensor, gradients of shape (K, S) + tensor.shape)]``, or
     ``None`` where the particles do not share those tensors (sequential
-    particles, structured guides, flows)."""
+    particles, structured guides, flows) or where a site's tensors are
+    stored normalized (categoricals, see :func:`_normalizes`)."""
     sites = terms.score_sites()
     if not sites:
         return []
     if not terms.vectorized:
         return None
+    (_, guide_trace, _), = terms.runs
+    if any(_normalizes(guide_trace.nodes[site.name]["fn"]) for site in sites):
+        return None
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
     return _distribution_frontier(terms, sites, weights)
+
+
+def _normalizes(fn):
+    """Whether ``fn`` stores its parameters normalized (a categorical's
+    ``probs`` on the simplex, its ``logits`` shifted by their log-sum-exp):
+    the score with respect to those stored tensors then has a nonzero mean
+    (E[d log q / d probs_k] = 1), so a control variate per stored scalar
+    would bias the gradient. The chain rule through them to the parameters
+    stays exact."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, (torch.distributions.Categorical, torch.distributions.OneHotCategorical,
+                           torch.distributions.Multinomial))
 
 
 def particle_gradients(terms, weightings, params):

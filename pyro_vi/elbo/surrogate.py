@@ -299,7 +299,8 @@ def controlled_surrogate(
         second has a coefficient per data point instead of per network
         weight, and costs about one backward pass instead of one per particle.
         Falls back to ``"parameters"`` where the particles do not share the
-        distributions' tensors (see
+        distributions' tensors or where a site stores them normalized, as a
+        categorical does (see
         :func:`~pyro_vi.elbo.scores.distribution_gradients`).
     :param pool: adds up the sufficient statistics of several processes
         (:func:`pyro_vi.distributed.sum_over_processes`), in one all-reduce
