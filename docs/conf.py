@@ -51,7 +51,7 @@ def _resolve_public_name(app, env, node, contnode):
     if not module or module == "pyro_vi":
         return None
     return env.get_domain("py").resolve_xref(
-        env, node["refdoc"], app.builder, node["reftype"], "{}.{}".format(module, name), node, contnode
+        env, node["refdoc"], app.builder, node["reftype"], f"{module}.{name}", node, contnode
     )
 
 

@@ -27,12 +27,11 @@ pyro.clear_param_store()
 x = 3.0 + torch.randn(50)
 elbo = ControlVariateELBO(num_particles=10)  # score function + control variates
 svi = SVI(model, guide, Adam({"lr": 0.1}), elbo)
-for step in range(200):
+for _ in range(200):
     loss = svi.step(x)
 
 # The exact posterior mean is 50 * mean(x) / (50 + 1/100).
-print("posterior mean: {:.3f} (exact {:.3f})".format(
-    pyro.param("loc").item(), (x.sum() / (len(x) + 0.01)).item()))
+print("posterior mean: {:.3f} (exact {:.3f})".format(pyro.param("loc").item(), (x.sum() / (len(x) + 0.01)).item()))
 # The estimator's gradient variance at the fitted guide:
 stats = gradient_statistics(elbo, model, guide, x, num_draws=20)
 print({name: round(s.total_variance, 4) for name, s in stats.items()})

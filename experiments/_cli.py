@@ -72,11 +72,15 @@ def integer(minimum=None, maximum=None):
         try:
             value = int(text, 10)
         except ValueError:
-            bounds = " ".join(filter(None, [
-                ">= {}".format(minimum) if minimum is not None else "",
-                "<= {}".format(maximum) if maximum is not None else ""]))
-            raise ValueError("value must be an integer{}, got {!r}".format(
-                " " + bounds if bounds else "", text)) from None
+            bounds = " ".join(
+                filter(
+                    None,
+                    [f">= {minimum}" if minimum is not None else "", f"<= {maximum}" if maximum is not None else ""],
+                )
+            )
+            raise ValueError(
+                "value must be an integer{}, got {!r}".format(" " + bounds if bounds else "", text)
+            ) from None
         return _validation.integer("value", value, minimum=minimum, maximum=maximum)
 
     return _type("integer", parse)
@@ -90,7 +94,7 @@ def real(minimum=None, maximum=None, strict_minimum=False):
         try:
             value = float(text)
         except ValueError:
-            raise ValueError("value must be a real number, got {!r}".format(text)) from None
+            raise ValueError(f"value must be a real number, got {text!r}") from None
         return _validation.real("value", value, minimum=minimum, maximum=maximum, strict_minimum=strict_minimum)
 
     return _type("real", parse)
@@ -109,7 +113,7 @@ decay = real(minimum=0, maximum=1, strict_minimum=True)
 def existing_file(text):
     """The path of a file that exists."""
     if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError("no file at {!r}; pass the path of an existing file".format(text))
+        raise argparse.ArgumentTypeError(f"no file at {text!r}; pass the path of an existing file")
     return text
 
 
@@ -124,8 +128,11 @@ def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_h
     neither ``--seed`` nor ``--seeds`` is given; ``seeds_help`` says what a
     seed changes in it (and, when the default is one seed, why)."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    p.add_argument("--out", default=out,
-                   help="folder for the outputs, created if missing" + (" (default: none)" if out is None else ""))
+    p.add_argument(
+        "--out",
+        default=out,
+        help="folder for the outputs, created if missing" + (" (default: none)" if out is None else ""),
+    )
     default_seeds = [int(s) for s in default_seeds]
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=seed, default=None, help="one seed; the same as --seeds SEED")
@@ -134,10 +141,9 @@ def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_h
         if seeds_help:
             seeds_text += "; " + seeds_help
     else:
-        seeds_text = "one seed (this study runs one seed per call; default {})".format(default_seeds[0])
+        seeds_text = f"one seed (this study runs one seed per call; default {default_seeds[0]})"
     seeds.add_argument("--seeds", type=seed, nargs="+", default=None, help=seeds_text)
-    p.add_argument("--threads", type=positive_int, default=1,
-                   help="torch threads (default 1: fastest on a shared CPU)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     if device:
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.set_defaults(_multi_seed=multi_seed, _default_seeds=default_seeds if multi_seed else default_seeds[:1])
@@ -148,8 +154,12 @@ def add_svi_arguments(parser, steps, particles, lr, lrd, min_particles=1):
     """``--steps``, ``--particles`` (at least ``min_particles``, which the
     study's estimators need), ``--lr`` and ``--lrd`` (ClippedAdam's)."""
     parser.add_argument("--steps", type=positive_int, default=steps, help="SVI steps")
-    parser.add_argument("--particles", type=integer(minimum=min_particles), default=particles,
-                        help="particles per step (at least {})".format(min_particles))
+    parser.add_argument(
+        "--particles",
+        type=integer(minimum=min_particles),
+        default=particles,
+        help=f"particles per step (at least {min_particles})",
+    )
     parser.add_argument("--lr", type=positive_real, default=lr, help="learning rate")
     parser.add_argument("--lrd", type=decay, default=lrd, help="ClippedAdam's per-step lr decay, in (0, 1]")
 
@@ -164,10 +174,11 @@ def parse(parser, argv=None, check=None):
     if args.seeds is None:
         args.seeds = list(default_seeds) if args.seed is None else [args.seed]
     elif len(set(args.seeds)) != len(args.seeds):
-        parser.error("argument --seeds: repeats a seed, got {}; pass distinct seeds".format(args.seeds))
+        parser.error(f"argument --seeds: repeats a seed, got {args.seeds}; pass distinct seeds")
     elif len(args.seeds) > 1 and not multi_seed:
-        parser.error("argument --seeds: this study runs one seed per call, got {}; "
-                     "run it once per seed with --seed".format(args.seeds))
+        parser.error(
+            f"argument --seeds: this study runs one seed per call, got {args.seeds}; run it once per seed with --seed"
+        )
     args.seed = args.seeds[0]
     if check is not None:
         try:
@@ -179,7 +190,7 @@ def parse(parser, argv=None, check=None):
     if args.out is not None:
         problem = writable_folder(args.out)
         if problem:
-            parser.error("argument --out: {}".format(problem))
+            parser.error(f"argument --out: {problem}")
     set_threads(args.threads)
     return args
 
@@ -192,7 +203,7 @@ def writable_folder(path):
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        return "cannot write to {!r} ({}); pass a writable folder".format(path, e.strerror or e)
+        return f"cannot write to {path!r} ({e.strerror or e}); pass a writable folder"
     return None
 
 

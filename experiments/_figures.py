@@ -16,9 +16,9 @@ few drawing rules every figure follows:
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.transforms as transforms  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.transforms as transforms
+import numpy as np
 
 __all__ = ["plt", "save_figure", "seed_band", "legend_outside", "coinciding", "band_note", "off_scale", "zoom_ylim"]
 
@@ -48,7 +48,7 @@ def band_note(num_seeds):
     """The words that say what a band is, for titles and legends."""
     if num_seeds == 1:
         return "1 seed"
-    return "mean of {} seeds, band: lowest to highest seed".format(num_seeds)
+    return f"mean of {num_seeds} seeds, band: lowest to highest seed"
 
 
 def legend_outside(ax, where="right", fontsize=8, **kwargs):
@@ -59,10 +59,11 @@ def legend_outside(ax, where="right", fontsize=8, **kwargs):
     elif where == "below":
         # under the tick labels and the x label: a fixed offset in points
         below = transforms.offset_copy(ax.transAxes, fig=ax.figure, y=-36, units="points")
-        placement = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below,
-                         ncol=kwargs.pop("ncol", 2))
+        placement = dict(
+            loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below, ncol=kwargs.pop("ncol", 2)
+        )
     else:
-        raise ValueError("where must be 'right' or 'below', got {!r}".format(where))
+        raise ValueError(f"where must be 'right' or 'below', got {where!r}")
     return ax.legend(borderaxespad=0.0, fontsize=fontsize, **placement, **kwargs)
 
 

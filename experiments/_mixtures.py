@@ -6,20 +6,18 @@ import operator
 import arviz as az
 import numpy as np
 import pyro
+from matplotlib.ticker import MaxNLocator
 from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 from pyro.optim import ClippedAdam
 from pyro.poutine.messenger import Messenger
 
 from experiments import _cli
-from matplotlib.ticker import MaxNLocator
-
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
 from experiments._results import finish, fmt, indistinguishable, spreads
 from models.gmm import check_weights
 from pyro_vi import RaoBlackwellELBO, ReinforceLeaveOneOutELBO
 from pyro_vi.inference_data import to_inference_data
 from pyro_vi.training import fit
-
 
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}
 
@@ -83,15 +81,20 @@ def run_svi(model, guides, data_args, closed_form_elbo, args, summary_sites):
             )
             histories.setdefault(name, []).append(result.tracked["elbo"])
             rows.setdefault(name, []).append(
-                {"final_elbo": float(result.tracked["elbo"][-1]), "seconds_per_step": result.seconds_per_step})
+                {"final_elbo": float(result.tracked["elbo"][-1]), "seconds_per_step": result.seconds_per_step}
+            )
             if index == 0:
                 idata = to_inference_data(
-                    model, guides["global"], *data_args, num_samples=args.summary_draws, seed=seed,
-                    posterior_predictive=False, log_likelihood=False,
+                    model,
+                    guides["global"],
+                    *data_args,
+                    num_samples=args.summary_draws,
+                    seed=seed,
+                    posterior_predictive=False,
+                    log_likelihood=False,
                 )
                 summaries[name] = az.summary(idata, var_names=summary_sites, kind="stats")
-                print("\n{}: ArviZ summary of the components (seed {})\n{}".format(
-                    name, seed, summaries[name].to_string()))
+                print(f"\n{name}: ArviZ summary of the components (seed {seed})\n{summaries[name].to_string()}")
     return histories, rows, summaries
 
 
@@ -100,8 +103,10 @@ def run_cavi(cavi, *args, **kwargs):
     fit_cavi = cavi(*args, **kwargs)
     history = fit_cavi.elbo_history
     drops = [b - a for a, b in zip(history, history[1:]) if b < a]
-    print("CAVI: {} sweeps, ELBO {:.4f} -> {:.4f}, largest decrease {:.2e}".format(
-        fit_cavi.num_iters, history[0], history[-1], -min(drops, default=0.0)))
+    print(
+        f"CAVI: {fit_cavi.num_iters} sweeps, ELBO {history[0]:.4f} -> {history[-1]:.4f}, largest decrease "
+        f"{-min(drops, default=0.0):.2e}"
+    )
     return fit_cavi
 
 
@@ -112,8 +117,10 @@ def write_results(study, args, fit_cavi, cavi_means, rows, summaries, start):
     for name, seed_rows in rows.items():
         for row in seed_rows:
             row["gap_to_cavi"] = fit_cavi.elbo - row["final_elbo"]
-        svi[name] = dict(spreads(seed_rows, ["final_elbo", "gap_to_cavi", "seconds_per_step"]),
-                         arviz_summary_first_seed=summaries[name].to_dict(orient="index"))
+        svi[name] = dict(
+            spreads(seed_rows, ["final_elbo", "gap_to_cavi", "seconds_per_step"]),
+            arviz_summary_first_seed=summaries[name].to_dict(orient="index"),
+        )
     close = indistinguishable({name: row["gap_to_cavi"] for name, row in svi.items()})
     results = {
         "args": vars(args),
@@ -129,13 +136,23 @@ def write_results(study, args, fit_cavi, cavi_means, rows, summaries, start):
         "per_seed": rows,
     }
     for name, row in svi.items():
-        print("{:<32} final ELBO {}, gap to CAVI {}, {} ms/step".format(
-            name, fmt(row["final_elbo"]), fmt(row["gap_to_cavi"]),
-            fmt({**row["seconds_per_step"], "mean": 1e3 * row["seconds_per_step"]["mean"],
-                 "std": None if row["seconds_per_step"]["std"] is None else 1e3 * row["seconds_per_step"]["std"]},
-                ".1f")))
+        print(
+            "{:<32} final ELBO {}, gap to CAVI {}, {} ms/step".format(
+                name,
+                fmt(row["final_elbo"]),
+                fmt(row["gap_to_cavi"]),
+                fmt(
+                    {
+                        **row["seconds_per_step"],
+                        "mean": 1e3 * row["seconds_per_step"]["mean"],
+                        "std": None if row["seconds_per_step"]["std"] is None else 1e3 * row["seconds_per_step"]["std"],
+                    },
+                    ".1f",
+                ),
+            )
+        )
     for a, b in close:
-        print("gap to CAVI: {} and {} differ by less than their seed spread".format(a, b))
+        print(f"gap to CAVI: {a} and {b} differ by less than their seed spread")
     return finish(study, args, results, start)
 
 
@@ -148,15 +165,22 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     drops = np.diff(history)
     fig, (cavi_ax, svi_ax) = plt.subplots(1, 2, figsize=(13, 5))
     sweeps = np.arange(len(history))
-    cavi_ax.plot(sweeps, np.maximum(history[-1] - history, 1e-12), marker="o", color="k",
-                 label="CAVI (deterministic start), ELBO {:.1f} -> {:.3f}".format(history[0], history[-1]))
+    cavi_ax.plot(
+        sweeps,
+        np.maximum(history[-1] - history, 1e-12),
+        marker="o",
+        color="k",
+        label=f"CAVI (deterministic start), ELBO {history[0]:.1f} -> {history[-1]:.3f}",
+    )
     cavi_ax.set_yscale("log")
     cavi_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     cavi_ax.set_xlabel("CAVI sweep")
     cavi_ax.set_ylabel("final ELBO - ELBO after the sweep (nats, floored at 1e-12)")
-    cavi_ax.set_title("{}: CAVI, {} sweeps; the ELBO never decreases beyond float\nrounding (largest "
-                      "decrease between sweeps: {:.1e} nats)".format(title, len(history) - 1, max(0.0, -drops.min()) if drops.size else 0.0),
-                      fontsize=10)
+    cavi_ax.set_title(
+        f"{title}: CAVI, {len(history) - 1} sweeps; the ELBO never decreases beyond float\nrounding (largest "
+        f"decrease between sweeps: {max(0.0, -drops.min()) if drops.size else 0.0:.1e} nats)",
+        fontsize=10,
+    )
     legend_outside(cavi_ax, where="below")
     optimum = cavi_history[-1]
     lows = [optimum - 50]
@@ -164,11 +188,11 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
         runs = np.asarray(runs)
         seed_band(svi_ax, np.arange(1, runs.shape[1] + 1), runs, label=name, lw=1.2, color=color)
         lows.append(np.percentile(runs.mean(0), 10))
-    svi_ax.axhline(optimum, color="k", ls="--", lw=1, label="CAVI optimum {:.3f}".format(optimum))
+    svi_ax.axhline(optimum, color="k", ls="--", lw=1, label=f"CAVI optimum {optimum:.3f}")
     svi_ax.set_ylim(max(min(lows), optimum - 400), optimum + 0.05 * (optimum - min(lows)) + 1)
     svi_ax.set_xlabel("SVI step")
     svi_ax.set_ylabel("mean-field ELBO of q_t (closed form, nats)")
-    svi_ax.set_title("SVI against the CAVI optimum ({})".format(band_note(num_seeds)), fontsize=10)
+    svi_ax.set_title(f"SVI against the CAVI optimum ({band_note(num_seeds)})", fontsize=10)
     legend_outside(svi_ax, where="below")
     save_figure(fig, path)
 
@@ -181,12 +205,17 @@ def add_arguments(parser):
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=500, help="CAVI sweeps at most")
-    parser.add_argument("--summary-draws", type=_cli.integer(minimum=4), default=1000,
-                        help="draws of each final q for its ArviZ summary (first seed)")
+    parser.add_argument(
+        "--summary-draws",
+        type=_cli.integer(minimum=4),
+        default=1000,
+        help="draws of each final q for its ArviZ summary (first seed)",
+    )
     parser.add_argument("--num-data", type=_cli.positive_int, default=300)
     parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
-    parser.add_argument("--pi", type=_cli.positive_real, nargs="+", default=[0.3, 0.4, 0.3],
-                        help="mixing weights (summing to one)")
+    parser.add_argument(
+        "--pi", type=_cli.positive_real, nargs="+", default=[0.3, 0.4, 0.3], help="mixing weights (summing to one)"
+    )
 
 
 def check_weights_argument(args):
@@ -194,4 +223,4 @@ def check_weights_argument(args):
     try:
         check_weights(args.pi)
     except ValueError as e:
-        raise ValueError("argument --pi: {}".format(e)) from None
+        raise ValueError(f"argument --pi: {e}") from None

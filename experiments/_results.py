@@ -21,9 +21,12 @@ def spread(values):
     counted in ``"missing"``."""
     values = [None if v is None else float(v) for v in values]
     present = [v for v in values if v is not None]
-    result = {"mean": float(np.mean(present)) if present else None,
-              "std": float(np.std(present, ddof=1)) if len(present) > 1 else None,
-              "n": len(present), "values": values}
+    result = {
+        "mean": float(np.mean(present)) if present else None,
+        "std": float(np.std(present, ddof=1)) if len(present) > 1 else None,
+        "n": len(present),
+        "values": values,
+    }
     if len(present) < len(values):
         result["missing"] = len(values) - len(present)
     return result
@@ -49,8 +52,7 @@ def indistinguishable(stats):
     """The pairs ``[a, b]`` of ``stats`` (name -> :func:`spread`, in order)
     that are :func:`within_spread` of each other."""
     names = list(stats)
-    return [[a, b] for i, a in enumerate(names) for b in names[i + 1:]
-            if within_spread(stats[a], stats[b])]
+    return [[a, b] for i, a in enumerate(names) for b in names[i + 1 :] if within_spread(stats[a], stats[b])]
 
 
 def fmt(stat, spec=".3f"):
@@ -76,9 +78,15 @@ def machine():
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "gpu": torch.cuda.is_available(),
-            "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "gpu": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def _load_average():
@@ -101,19 +109,28 @@ def finish(study, args, results, start):
     ``start``, a ``time.perf_counter()``, the process's CPU time and the load
     average) to ``results``, writes it to ``args.out/results.json`` and
     returns it."""
-    record = {"study": study, "command": command(study), "seeds": list(args.seeds),
-              "wall_seconds": time.perf_counter() - start,
-              # CPU time of the whole process (imports included): on a shared
-              # machine it varies far less between runs than the wall time
-              "cpu_seconds": time.process_time(), "load_average": _load_average(), "machine": machine()}
+    record = {
+        "study": study,
+        "command": command(study),
+        "seeds": list(args.seeds),
+        "wall_seconds": time.perf_counter() - start,
+        # CPU time of the whole process (imports included): on a shared
+        # machine it varies far less between runs than the wall time
+        "cpu_seconds": time.process_time(),
+        "load_average": _load_average(),
+        "machine": machine(),
+    }
     results = dict(run=record, **results)
     results.setdefault("args", {k: v for k, v in vars(args).items()})
     if args.out:
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(_clean(results), f, indent=1, allow_nan=False)
             f.write("\n")
-    print("{}: {} seed(s), {:.0f} s wall, {:.0f} s CPU, {} torch thread(s)".format(
-        study, len(args.seeds), record["wall_seconds"], record["cpu_seconds"], record["machine"]["torch_threads"]))
+    print(
+        "{}: {} seed(s), {:.0f} s wall, {:.0f} s CPU, {} torch thread(s)".format(
+            study, len(args.seeds), record["wall_seconds"], record["cpu_seconds"], record["machine"]["torch_threads"]
+        )
+    )
     return results
 
 

@@ -36,17 +36,22 @@ from pyro.optim import ClippedAdam
 if not __package__:  # run as ``python experiments/bbvi_normal_gamma.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
-from experiments._results import finish, fmt, indistinguishable, spreads  # noqa: E402
-from guides.normal_gamma import DEFAULT_INIT, cavi, elbo as closed_form_elbo  # noqa: E402
-from guides.normal_gamma import mean_field_guide, params_from_store  # noqa: E402
-from models.normal_gamma import COURSE_PRIOR, generate_data, log_evidence, model  # noqa: E402
-from models.normal_gamma import posterior_means  # noqa: E402
-from pyro_vi import ControlVariateELBO, ScoreFunctionELBO, score_function_guide  # noqa: E402
-from pyro_vi.diagnostics import gradient_statistics  # noqa: E402
-from pyro_vi.inference_data import to_inference_data  # noqa: E402
-from pyro_vi.training import fit  # noqa: E402
+from experiments import _cli
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
+from experiments._results import finish, fmt, indistinguishable, spreads
+from guides.normal_gamma import DEFAULT_INIT, cavi, mean_field_guide, params_from_store  # noqa: E402
+from guides.normal_gamma import elbo as closed_form_elbo
+from models.normal_gamma import (
+    COURSE_PRIOR,
+    generate_data,
+    log_evidence,
+    model,
+    posterior_means,
+)
+from pyro_vi import ControlVariateELBO, ScoreFunctionELBO, score_function_guide
+from pyro_vi.diagnostics import gradient_statistics
+from pyro_vi.inference_data import to_inference_data
+from pyro_vi.training import fit
 
 BASELINE = "Trace_ELBO"
 POOLED = "ControlVariateELBO, pooled a* (1.C.3, as published)"
@@ -63,10 +68,12 @@ def estimators(num_particles):
         "ScoreFunctionELBO (1.D.3)": _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
         POOLED: _cli.Estimator(lambda: ControlVariateELBO(coefficient="pooled", **kw), style=dict(color="C1")),
         "ControlVariateELBO, leave-one-out (default)": _cli.Estimator(
-            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw), style=dict(color="C5", ls="--")),
+            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw), style=dict(color="C5", ls="--")
+        ),
         BASELINE: _cli.Estimator(lambda: Trace_ELBO(**kw), style=dict(color="C2")),
         "TraceGraph_ELBO (score function)": _cli.Estimator(
-            lambda: TraceGraph_ELBO(**kw), guide=score_function_guide, style=dict(color="C3", ls="--")),
+            lambda: TraceGraph_ELBO(**kw), guide=score_function_guide, style=dict(color="C3", ls="--")
+        ),
         "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw), style=dict(color="C4")),
         "RenyiELBO(alpha=0.5)": _cli.Estimator(lambda: RenyiELBO(alpha=0.5, **kw), style=dict(color="C9")),
     }
@@ -109,13 +116,15 @@ def run_estimator(name, estimator, data, args, seed, optimum, summarize):
         progress=False,
     )
     final_q = params_from_store()
-    row = {"final_elbo": float(result.tracked["elbo"][-1]),
-           "final_q": {"m": final_q.m, "lam": final_q.lam, "a": final_q.a, "b": final_q.b}}
+    row = {
+        "final_elbo": float(result.tracked["elbo"][-1]),
+        "final_q": {"m": final_q.m, "lam": final_q.lam, "a": final_q.a, "b": final_q.b},
+    }
     if summarize:
         idata = to_inference_data(model, start_guide, data, COURSE_PRIOR, num_samples=args.summary_draws, seed=seed)
         summary = az.summary(idata, var_names=["mu", "tau"], kind="stats")
         row["arviz_summary"] = summary.to_dict(orient="index")
-        print("\n{}: ArviZ summary of the final q (seed {})\n{}".format(name, seed, summary.to_string()))
+        print(f"\n{name}: ArviZ summary of the final q (seed {seed})\n{summary.to_string()}")
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     optimum_guide = wrap(functools.partial(mean_field_guide, init=optimum.params))
@@ -142,19 +151,30 @@ def plot_elbo(histories, styles, optimum, log_px, path):
         steps = np.arange(1, elbo.shape[1] + 1)
         seed_band(ax, steps, elbo, label=name, lw=1.2, **styles[name])
         seed_band(kl_ax, steps, np.maximum(log_px - elbo, 1e-6), label=name, lw=1.2, **styles[name])
-    ax.axhline(optimum.elbo, color="k", ls=":", lw=1.2, zorder=1,
-               label="CAVI optimum {:.4f} and exact log p(X) {:.4f}\n(0.005 nats apart: one line at this "
-                     "scale; see lower panel)".format(optimum.elbo, log_px))
+    ax.axhline(
+        optimum.elbo,
+        color="k",
+        ls=":",
+        lw=1.2,
+        zorder=1,
+        label=f"CAVI optimum {optimum.elbo:.4f} and exact log p(X) {log_px:.4f}\n(0.005 nats apart: one line at this "
+        "scale; see lower panel)",
+    )
     # from the lowest final ELBO (every run's end is in view) to log p(X)
-    lowest = min(np.asarray(tracked["elbo"])[:, -steps.size // 3:].min() for tracked in histories.values())
+    lowest = min(np.asarray(tracked["elbo"])[:, -steps.size // 3 :].min() for tracked in histories.values())
     ax.set_ylim(lowest - 3, log_px + 3)
     ax.set_xlabel("iteration")
     ax.set_ylabel("ELBO of q_t (closed form, nats)")
-    ax.set_title("Normal-NormalGamma: ELBO over iterations ({})".format(band_note(num_seeds)))
+    ax.set_title(f"Normal-NormalGamma: ELBO over iterations ({band_note(num_seeds)})")
     legend_outside(ax)
-    kl_ax.axhline(log_px - optimum.elbo, color="k", ls=":", lw=1.2, zorder=1,
-                  label="CAVI optimum: KL(q* || p) = {:.4f}\n(the best of the mean-field family)".format(
-                      log_px - optimum.elbo))
+    kl_ax.axhline(
+        log_px - optimum.elbo,
+        color="k",
+        ls=":",
+        lw=1.2,
+        zorder=1,
+        label=f"CAVI optimum: KL(q* || p) = {log_px - optimum.elbo:.4f}\n(the best of the mean-field family)",
+    )
     kl_ax.set_yscale("log")
     kl_ax.set_xlabel("iteration")
     kl_ax.set_ylabel("log p(X) - ELBO(q_t) = KL(q_t || p) (nats)")
@@ -170,32 +190,48 @@ def plot_means(histories, styles, optimum, exact, path, zoom=0.04, converged=1.0
     reference lines."""
     num_seeds = len(next(iter(histories.values()))["elbo"])
     steps = len(next(iter(histories.values()))["elbo"][0])
-    close = [name for name, tracked in histories.items()
-             if optimum.elbo - np.mean(np.asarray(tracked["elbo"])[:, -1]) < converged]
+    close = [
+        name
+        for name, tracked in histories.items()
+        if optimum.elbo - np.mean(np.asarray(tracked["elbo"])[:, -1]) < converged
+    ]
     cavi_means = optimum.params.means
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     for column, (key, label) in enumerate((("mu", "E_q[mu]"), ("tau", "E_q[tau]"))):
         equal = abs(cavi_means[key] - exact[key]) < 1e-6 * abs(exact[key])
         for row, ax in enumerate(axes[:, column]):
-            ax.axhline(exact[key], color="0.6", lw=6, alpha=0.5, zorder=1,
-                       label="exact posterior mean {:.4f} (wide grey)".format(exact[key]))
-            ax.axhline(cavi_means[key], color="k", ls="--", lw=1, zorder=4,
-                       label="CAVI {:.4f} (dashed){}".format(
-                           cavi_means[key], ", equal to the exact mean" if equal else ""))
+            ax.axhline(
+                exact[key],
+                color="0.6",
+                lw=6,
+                alpha=0.5,
+                zorder=1,
+                label=f"exact posterior mean {exact[key]:.4f} (wide grey)",
+            )
+            ax.axhline(
+                cavi_means[key],
+                color="k",
+                ls="--",
+                lw=1,
+                zorder=4,
+                label="CAVI {:.4f} (dashed){}".format(cavi_means[key], ", equal to the exact mean" if equal else ""),
+            )
             for name, tracked in histories.items():
                 if row == 1 and name not in close:
                     continue
-                values = np.asarray(tracked["E[{}]".format(key)])
+                values = np.asarray(tracked[f"E[{key}]"])
                 seed_band(ax, np.arange(1, steps + 1), values, label=name, lw=1, zorder=3, **styles[name])
             ax.set_xlabel("iteration")
             ax.set_ylabel(label)
         top, bottom = axes[0, column], axes[1, column]
-        top.set_title("{} over iterations ({})".format(label, band_note(num_seeds)), fontsize=10)
+        top.set_title(f"{label} over iterations ({band_note(num_seeds)})", fontsize=10)
         bottom.set_xlim(2 * steps // 3, steps)
         bottom.set_ylim(exact[key] * (1 - zoom), exact[key] * (1 + zoom))
-        bottom.set_title("zoom: the runs within {:g} nat of the CAVI optimum at the end,\n"
-                         "iterations {}-{}, exact mean +- {:.0%}".format(converged, 2 * steps // 3, steps, zoom),
-                         fontsize=10)
+        bottom.set_title(
+            f"zoom: the runs within {converged:g} nat of the CAVI optimum at the end,\n"
+            f"iterations {2 * steps // 3}-{steps}, exact mean +- {zoom:.0%}",
+            fontsize=10,
+        )
         for ax in (top, bottom):
             legend_outside(ax, where="below")
     save_figure(fig, path)
@@ -206,12 +242,20 @@ SUMMARY_KEYS = ("final_elbo", "gap_to_cavi", "grad_variance_start", "grad_varian
 
 def format_table(summary):
     header = "{:<44} {:>20} {:>18} {:>22} {:>22} {:>12}".format(
-        "estimator", "final ELBO", "gap CAVI", "var(start)", "var(CAVI)", "time/step")
+        "estimator", "final ELBO", "gap CAVI", "var(start)", "var(CAVI)", "time/step"
+    )
     lines = [header, "-" * len(header)]
     for name, s in summary.items():
-        lines.append("{:<44} {:>20} {:>18} {:>22} {:>22} {:>12}".format(
-            name, fmt(s["final_elbo"]), fmt(s["gap_to_cavi"]), fmt(s["grad_variance_start"], ".3g"),
-            fmt(s["grad_variance_cavi"], ".3g"), fmt(s["time_vs_trace_elbo"], ".2f") + "x"))
+        lines.append(
+            "{:<44} {:>20} {:>18} {:>22} {:>22} {:>12}".format(
+                name,
+                fmt(s["final_elbo"]),
+                fmt(s["gap_to_cavi"]),
+                fmt(s["grad_variance_start"], ".3g"),
+                fmt(s["grad_variance_cavi"], ".3g"),
+                fmt(s["time_vs_trace_elbo"], ".2f") + "x",
+            )
+        )
     return "\n".join(lines)
 
 
@@ -233,21 +277,28 @@ def main(args):
             per_seed[name].append(row)
         for name in registry:
             per_seed[name][-1]["time_vs_trace_elbo"] = (
-                per_seed[name][-1]["seconds_per_step"] / per_seed[BASELINE][-1]["seconds_per_step"])
+                per_seed[name][-1]["seconds_per_step"] / per_seed[BASELINE][-1]["seconds_per_step"]
+            )
     summary = {name: spreads(rows, SUMMARY_KEYS) for name, rows in per_seed.items()}
-    close = {key: indistinguishable({name: s[key] for name, s in summary.items()})
-             for key in ("final_elbo", "grad_variance_cavi")}
+    close = {
+        key: indistinguishable({name: s[key] for name, s in summary.items()})
+        for key in ("final_elbo", "grad_variance_cavi")
+    }
     styles = {name: estimator.style for name, estimator in registry.items()}
     plot_elbo(histories, styles, optimum, log_px, os.path.join(args.out, "elbo.png"))
     plot_means(histories, styles, optimum, exact, os.path.join(args.out, "posterior_means.png"))
-    print("\nNormal-NormalGamma, N = {}, {} particles, {} steps of Adam(lr={}, lrd={}), seeds {}".format(
-        args.num_data, args.particles, args.steps, args.lr, args.lrd, args.seeds))
-    print("log p(X) = {:.4f}, CAVI ELBO = {:.4f}; gradient variance summed over the 4 "
-          "parameters, {} draws; mean ± std over seeds".format(log_px, optimum.elbo, args.variance_draws))
+    print(
+        f"\nNormal-NormalGamma, N = {args.num_data}, {args.particles} particles, {args.steps} steps of "
+        f"Adam(lr={args.lr}, lrd={args.lrd}), seeds {args.seeds}"
+    )
+    print(
+        f"log p(X) = {log_px:.4f}, CAVI ELBO = {optimum.elbo:.4f}; gradient variance summed over the 4 "
+        f"parameters, {args.variance_draws} draws; mean ± std over seeds"
+    )
     print(format_table(summary))
     for key, pairs in close.items():
         for a, b in pairs:
-            print("{}: {} and {} differ by less than their seed spread".format(key, a, b))
+            print(f"{key}: {a} and {b} differ by less than their seed spread")
     results = {
         "args": vars(args),
         "references": {
@@ -264,16 +315,25 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/bbvi_normal_gamma", device=True, multi_seed=True,
-                         default_seeds=(0, 1, 2),
-                         seeds_help="a seed sets the particles and the gradient-variance draws; "
-                                    "the data are fixed by --data-seed")
+    parser = _cli.parser(
+        __doc__,
+        out="results/bbvi_normal_gamma",
+        device=True,
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed",
+    )
     # ControlVariateELBO's pooled coefficient needs two particles.
     _cli.add_svi_arguments(parser, steps=3000, particles=10, lr=0.05, lrd=0.9995, min_particles=2)
-    parser.add_argument("--variance-draws", type=_cli.integer(minimum=2), default=200,
-                        help="gradient draws per variance (at least 2)")
-    parser.add_argument("--summary-draws", type=_cli.integer(minimum=4), default=2000,
-                        help="draws of each final q for its ArviZ summary (first seed)")
+    parser.add_argument(
+        "--variance-draws", type=_cli.integer(minimum=2), default=200, help="gradient draws per variance (at least 2)"
+    )
+    parser.add_argument(
+        "--summary-draws",
+        type=_cli.integer(minimum=4),
+        default=2000,
+        help="draws of each final q for its ArviZ summary (first seed)",
+    )
     parser.add_argument("--num-data", type=_cli.positive_int, default=100)
     parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the course data set (default 0)")
     return _cli.parse(parser, argv)

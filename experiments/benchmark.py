@@ -23,15 +23,16 @@ from pyro.optim import Adam
 if not __package__:  # run as ``python experiments/benchmark.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._results import finish  # noqa: E402
-from guides import normal_chain, normal_gamma  # noqa: E402
-from models.normal_gamma import COURSE_PRIOR, generate_data, model  # noqa: E402
-from models import normal_chain as normal_chain_model  # noqa: E402
-from experiments._mixtures import DiscreteSiteBaselines  # noqa: E402
-from guides import bernoulli_vae as bernoulli_vae_guides, gmm as gmm_guides  # noqa: E402
-from models import bernoulli_vae, gmm  # noqa: E402
-from pyro_vi import (  # noqa: E402
+from experiments import _cli
+from experiments._mixtures import DiscreteSiteBaselines
+from experiments._results import finish
+from guides import bernoulli_vae as bernoulli_vae_guides
+from guides import gmm as gmm_guides
+from guides import normal_chain, normal_gamma
+from models import bernoulli_vae, gmm
+from models import normal_chain as normal_chain_model
+from models.normal_gamma import COURSE_PRIOR, generate_data, model
+from pyro_vi import (
     ControlVariateELBO,
     DisARMELBO,
     ImportanceWeightedELBO,
@@ -51,7 +52,8 @@ def normal_gamma_estimators(num_particles):
         "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
         "ControlVariateELBO (pooled)": _cli.Estimator(lambda: ControlVariateELBO(coefficient="pooled", **kw)),
         "ControlVariateELBO (leave-one-out)": _cli.Estimator(
-            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw)),
+            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw)
+        ),
         "TraceGraph_ELBO (score function)": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
         "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
     }
@@ -84,16 +86,18 @@ def discrete_estimators(evaluations):
     return {
         "TraceGraph_ELBO + baseline": _cli.Estimator(
             lambda: TraceGraph_ELBO(num_particles=evaluations, **kw),
-            guide=functools.partial(score_function_guide, baseline=baseline)),
+            guide=functools.partial(score_function_guide, baseline=baseline),
+        ),
         "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, num_particles=evaluations, **kw)),
         "RaoBlackwellELBO": _cli.Estimator(lambda: RaoBlackwellELBO(num_particles=evaluations, **kw)),
-        "ReinforceLeaveOneOutELBO": _cli.Estimator(
-            lambda: ReinforceLeaveOneOutELBO(num_particles=evaluations, **kw)),
-        "DisARMELBO ({} pairs)".format(pairs): _cli.Estimator(lambda: DisARMELBO(num_particles=pairs, **kw)),
+        "ReinforceLeaveOneOutELBO": _cli.Estimator(lambda: ReinforceLeaveOneOutELBO(num_particles=evaluations, **kw)),
+        f"DisARMELBO ({pairs} pairs)": _cli.Estimator(lambda: DisARMELBO(num_particles=pairs, **kw)),
         "ImportanceWeightedELBO vimco": _cli.Estimator(
-            lambda: ImportanceWeightedELBO(evaluations, gradient="vimco", **kw)),
-        "ImportanceWeightedELBO disarm ({} pairs)".format(pairs): _cli.Estimator(
-            lambda: ImportanceWeightedELBO(pairs, gradient="disarm", **kw)),
+            lambda: ImportanceWeightedELBO(evaluations, gradient="vimco", **kw)
+        ),
+        f"ImportanceWeightedELBO disarm ({pairs} pairs)": _cli.Estimator(
+            lambda: ImportanceWeightedELBO(pairs, gradient="disarm", **kw)
+        ),
     }
 
 
@@ -104,13 +108,13 @@ def pathwise_estimators(num_particles):
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return {
         "TraceGraph_ELBO + baseline": _cli.Estimator(
-            lambda: TraceGraph_ELBO(**kw), guide=lambda guide: DiscreteSiteBaselines()(guide)),
+            lambda: TraceGraph_ELBO(**kw), guide=lambda guide: DiscreteSiteBaselines()(guide)
+        ),
         "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
         "RaoBlackwellELBO": _cli.Estimator(lambda: RaoBlackwellELBO(**kw)),
         "RaoBlackwellELBO pathwise": _cli.Estimator(lambda: RaoBlackwellELBO(pathwise=True, **kw)),
         "ControlVariateELBO pathwise": _cli.Estimator(lambda: ControlVariateELBO(pathwise=True, **kw)),
-        "ReinforceLeaveOneOutELBO pathwise": _cli.Estimator(
-            lambda: ReinforceLeaveOneOutELBO(pathwise=True, **kw)),
+        "ReinforceLeaveOneOutELBO pathwise": _cli.Estimator(lambda: ReinforceLeaveOneOutELBO(pathwise=True, **kw)),
     }
 
 
@@ -134,8 +138,13 @@ def benchmark(estimators, model, guide, args, num_steps, rounds, baseline="Trace
     for _ in range(rounds):
         for name, (elbo, wrapped) in runs.items():
             times[name].append(time_steps(model, wrapped, elbo, args, num_steps))
-    return {name: {"ms_per_step_rounds": [1e3 * t for t in times[name]],
-                   "ratio_rounds": [t / b for t, b in zip(times[name], times[baseline])]} for name in runs}
+    return {
+        name: {
+            "ms_per_step_rounds": [1e3 * t for t in times[name]],
+            "ratio_rounds": [t / b for t, b in zip(times[name], times[baseline])],
+        }
+        for name in runs
+    }
 
 
 def summarize(rounds, baseline):
@@ -144,13 +153,20 @@ def summarize(rounds, baseline):
     each other (their ratio ranges overlap)."""
     table = {}
     for name, r in rounds.items():
-        table[name] = {"ms_per_step": float(np.median(r["ms_per_step_rounds"])),
-                       "ratio": float(np.median(r["ratio_rounds"])),
-                       "ratio_low": float(np.min(r["ratio_rounds"])), "ratio_high": float(np.max(r["ratio_rounds"])),
-                       **r}
+        table[name] = {
+            "ms_per_step": float(np.median(r["ms_per_step_rounds"])),
+            "ratio": float(np.median(r["ratio_rounds"])),
+            "ratio_low": float(np.min(r["ratio_rounds"])),
+            "ratio_high": float(np.max(r["ratio_rounds"])),
+            **r,
+        }
     names = [n for n in table if n != baseline]
-    overlapping = [[a, b] for i, a in enumerate(names) for b in names[i + 1:]
-                   if table[a]["ratio_low"] <= table[b]["ratio_high"] and table[b]["ratio_low"] <= table[a]["ratio_high"]]
+    overlapping = [
+        [a, b]
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if table[a]["ratio_low"] <= table[b]["ratio_high"] and table[b]["ratio_low"] <= table[a]["ratio_high"]
+    ]
     like_baseline = [n for n in names if table[n]["ratio_low"] <= 1.0 <= table[n]["ratio_high"]]
     return {"baseline": baseline, "estimators": table, "overlapping": overlapping, "like_baseline": like_baseline}
 
@@ -171,8 +187,11 @@ def format_table(result, title):
     if also:
         lines[1] += " {:>10}".format("x " + also.split("(")[0])
     for name, row in result["estimators"].items():
-        lines.append("{:<36} {:>10.3f} {:>16.2f} {:>18}".format(
-            name, row["ms_per_step"], row["ratio"], "{:.2f}-{:.2f}".format(row["ratio_low"], row["ratio_high"])))
+        lines.append(
+            "{:<36} {:>10.3f} {:>16.2f} {:>18}".format(
+                name, row["ms_per_step"], row["ratio"], "{:.2f}-{:.2f}".format(row["ratio_low"], row["ratio_high"])
+            )
+        )
         if also:
             lines[-1] += " {:>10.2f}".format(row["ratio_" + also])
     if result["like_baseline"]:
@@ -182,8 +201,10 @@ def format_table(result, title):
 
 def pooled(per_seed):
     """Rounds of several seeds, concatenated."""
-    return {name: {key: [v for rounds in per_seed for v in rounds[name][key]] for key in per_seed[0][name]}
-            for name in per_seed[0]}
+    return {
+        name: {key: [v for rounds in per_seed for v in rounds[name][key]] for key in per_seed[0][name]}
+        for name in per_seed[0]
+    }
 
 
 def main(args):
@@ -195,23 +216,53 @@ def main(args):
     for seed in args.seeds:
         pyro.set_rng_seed(seed)
         data = generate_data(seed=seed)
-        normal_gamma_rounds.append(benchmark(
-            normal_gamma_estimators(args.particles), model, normal_gamma.mean_field_guide, (data, COURSE_PRIOR),
-            args.steps, args.rounds))
-        rb_rounds.append(benchmark(
-            rao_blackwell_estimators(args.particles), normal_chain_model.model, normal_chain.mean_field_guide,
-            (normal_chain_model.generate_data(seed=seed),), args.steps, args.rounds, baseline=rb_baseline))
+        normal_gamma_rounds.append(
+            benchmark(
+                normal_gamma_estimators(args.particles),
+                model,
+                normal_gamma.mean_field_guide,
+                (data, COURSE_PRIOR),
+                args.steps,
+                args.rounds,
+            )
+        )
+        rb_rounds.append(
+            benchmark(
+                rao_blackwell_estimators(args.particles),
+                normal_chain_model.model,
+                normal_chain.mean_field_guide,
+                (normal_chain_model.generate_data(seed=seed),),
+                args.steps,
+                args.rounds,
+                baseline=rb_baseline,
+            )
+        )
         decoder, encoder = bernoulli_vae.Decoder(config), bernoulli_vae_guides.Encoder(config)
         images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=torch.Generator().manual_seed(seed))
-        discrete_rounds.append(benchmark(
-            discrete_estimators(args.evaluations), functools.partial(bernoulli_vae.model, decoder=decoder),
-            functools.partial(bernoulli_vae_guides.guide, encoder=encoder), (images,), args.steps, args.rounds,
-            baseline=tg))
+        discrete_rounds.append(
+            benchmark(
+                discrete_estimators(args.evaluations),
+                functools.partial(bernoulli_vae.model, decoder=decoder),
+                functools.partial(bernoulli_vae_guides.guide, encoder=encoder),
+                (images,),
+                args.steps,
+                args.rounds,
+                baseline=tg,
+            )
+        )
         pi = torch.tensor([0.3, 0.4, 0.3])
         gmm_data = gmm.generate_data(300, pi, [-4.0, 0.0, 4.0], [1.0, 4.0, 0.5], seed=seed)[0].float()
-        gmm_rounds.append(benchmark(
-            pathwise_estimators(args.particles), gmm.model, gmm_guides.mean_field_guide, (gmm_data, pi),
-            args.steps, args.rounds, baseline=tg))
+        gmm_rounds.append(
+            benchmark(
+                pathwise_estimators(args.particles),
+                gmm.model,
+                gmm_guides.mean_field_guide,
+                (gmm_data, pi),
+                args.steps,
+                args.rounds,
+                baseline=tg,
+            )
+        )
     results = summarize(pooled(normal_gamma_rounds), "Trace_ELBO")
     rb_results = summarize(pooled(rb_rounds), rb_baseline)
     discrete_results = summarize(pooled(discrete_rounds), tg)
@@ -219,30 +270,62 @@ def main(args):
     for result in (discrete_results, gmm_results):
         add_ratio(result, "RenyiELBO(alpha=0)")
     rounds = args.rounds * len(args.seeds)
-    print(format_table(results, "Normal-NormalGamma, {} vectorized particles, median of {} rounds of {} steps".format(
-        args.particles, rounds, args.steps)))
+    print(
+        format_table(
+            results,
+            f"Normal-NormalGamma, {args.particles} vectorized particles, median of {rounds} rounds of "
+            f"{args.steps} steps",
+        )
+    )
     print()
-    print(format_table(rb_results, "1.C.2 model (N = 20), {} vectorized particles, median of {} rounds".format(
-        args.particles, rounds)))
+    print(
+        format_table(
+            rb_results, f"1.C.2 model (N = 20), {args.particles} vectorized particles, median of {rounds} rounds"
+        )
+    )
     print()
-    print(format_table(discrete_results, "Bernoulli VAE (linear, 200 latents, batch {}), {} model evaluations per "
-                       "image".format(args.batch_size, args.evaluations)))
+    print(
+        format_table(
+            discrete_results,
+            f"Bernoulli VAE (linear, 200 latents, batch {args.batch_size}), {args.evaluations} model evaluations per "
+            "image",
+        )
+    )
     print()
-    print(format_table(gmm_results, "GMM (N = 300, K = 3), {} vectorized particles".format(args.particles)))
-    return finish("benchmark", args, {"args": vars(args), "normal_gamma": results, "rao_blackwell": rb_results,
-                                      "discrete": discrete_results, "gmm_pathwise": gmm_results}, start)
+    print(format_table(gmm_results, f"GMM (N = 300, K = 3), {args.particles} vectorized particles"))
+    return finish(
+        "benchmark",
+        args,
+        {
+            "args": vars(args),
+            "normal_gamma": results,
+            "rao_blackwell": rb_results,
+            "discrete": discrete_results,
+            "gmm_pathwise": gmm_results,
+        },
+        start,
+    )
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out=None, multi_seed=True, default_seeds=(0,),
-                         seeds_help="one by default: a step's cost does not depend on the seed, and the spread "
-                                    "reported is over --rounds; several seeds pool their rounds")
+    parser = _cli.parser(
+        __doc__,
+        out=None,
+        multi_seed=True,
+        default_seeds=(0,),
+        seeds_help="one by default: a step's cost does not depend on the seed, and the spread "
+        "reported is over --rounds; several seeds pool their rounds",
+    )
     # ControlVariateELBO's pooled coefficient needs 2 particles, RaoBlackwellELBO's leave-one-out 3.
     parser.add_argument("--particles", type=_cli.integer(minimum=3), default=10)
     parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per timing")
     parser.add_argument("--rounds", type=_cli.positive_int, default=5)
-    parser.add_argument("--evaluations", type=_cli.integer(minimum=4), default=10,
-                        help="model evaluations per image of the discrete estimators (DisARM: half as many pairs)")
+    parser.add_argument(
+        "--evaluations",
+        type=_cli.integer(minimum=4),
+        default=10,
+        help="model evaluations per image of the discrete estimators (DisARM: half as many pairs)",
+    )
     parser.add_argument("--batch-size", type=_cli.positive_int, default=50, help="Bernoulli VAE batch")
     return _cli.parse(parser, argv)
 

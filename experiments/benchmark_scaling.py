@@ -41,13 +41,15 @@ from pyro.optim import Adam
 if not __package__:  # run as ``python experiments/benchmark_scaling.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli, _results  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
-from guides import normal_gamma  # noqa: E402
-from guides.vae import Encoder, guide as vae_guide  # noqa: E402
-from models import normal_gamma as normal_gamma_model  # noqa: E402
-from models.vae import BURDA_CONFIG, Decoder, VAEConfig, model as vae_model  # noqa: E402
-from pyro_vi import (  # noqa: E402
+from experiments import _cli, _results
+from experiments._figures import plt, save_figure
+from guides import normal_gamma
+from guides.vae import Encoder
+from guides.vae import guide as vae_guide
+from models import normal_gamma as normal_gamma_model
+from models.vae import BURDA_CONFIG, Decoder, VAEConfig
+from models.vae import model as vae_model
+from pyro_vi import (
     ControlVariateELBO,
     ImportanceWeightedELBO,
     RaoBlackwellELBO,
@@ -61,11 +63,9 @@ ESTIMATORS = {
     "RenyiELBO(alpha=0)": (lambda **kw: RenyiELBO(alpha=0.0, **kw), None),
     "ScoreFunctionELBO": (ScoreFunctionELBO, "Trace_ELBO"),
     "ControlVariateELBO": (ControlVariateELBO, "Trace_ELBO"),
-    "ControlVariateELBO(parameters)": (lambda **kw: ControlVariateELBO(coordinates="parameters", **kw),
-                                          "Trace_ELBO"),
+    "ControlVariateELBO(parameters)": (lambda **kw: ControlVariateELBO(coordinates="parameters", **kw), "Trace_ELBO"),
     "RaoBlackwellELBO": (RaoBlackwellELBO, "Trace_ELBO"),
-    "RaoBlackwellELBO(parameters)": (lambda **kw: RaoBlackwellELBO(coordinates="parameters", **kw),
-                                        "Trace_ELBO"),
+    "RaoBlackwellELBO(parameters)": (lambda **kw: RaoBlackwellELBO(coordinates="parameters", **kw), "Trace_ELBO"),
     "StickingTheLandingELBO": (StickingTheLandingELBO, "Trace_ELBO"),
     "ImportanceWeightedELBO": (ImportanceWeightedELBO, "RenyiELBO(alpha=0)"),
     "ImportanceWeightedELBO(stl)": (lambda **kw: ImportanceWeightedELBO(gradient="stl", **kw), "RenyiELBO(alpha=0)"),
@@ -82,12 +82,21 @@ BATCH = 100
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/benchmark_scaling", multi_seed=True, default_seeds=(0,),
-                         seeds_help="one by default: a step's cost does not depend on the seed; several "
-                                    "seeds pool their rounds")
+    parser = _cli.parser(
+        __doc__,
+        out="results/benchmark_scaling",
+        multi_seed=True,
+        default_seeds=(0,),
+        seeds_help="one by default: a step's cost does not depend on the seed; several seeds pool their rounds",
+    )
     parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
-    parser.add_argument("--sizes", type=_cli.positive_int, nargs="+", default=None,
-                        help="sizes of every chosen sweep (default: each sweep's own)")
+    parser.add_argument(
+        "--sizes",
+        type=_cli.positive_int,
+        nargs="+",
+        default=None,
+        help="sizes of every chosen sweep (default: each sweep's own)",
+    )
     parser.add_argument("--estimators", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS))
     parser.add_argument("--steps", type=_cli.positive_int, default=5, help="steps per round")
     parser.add_argument("--rounds", type=_cli.positive_int, default=5)
@@ -208,8 +217,19 @@ def measure_memory(sweep, size, estimator, steps=3):
 def memory_size(sweep, size, estimators, threads):
     result = {}
     for name in estimators:
-        command = [sys.executable, "-m", "experiments.benchmark_scaling", "--out", "/tmp", "--threads", str(threads),
-                   "--measure", sweep, str(size), name]
+        command = [
+            sys.executable,
+            "-m",
+            "experiments.benchmark_scaling",
+            "--out",
+            "/tmp",
+            "--threads",
+            str(threads),
+            "--measure",
+            sweep,
+            str(size),
+            name,
+        ]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         out = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout
         result[name] = float(out.strip().splitlines()[-1])
@@ -230,8 +250,10 @@ def plot(results, path):
     sweeps = [s for s in SWEEPS if s in results["sweeps"]]
     kinds = ["ms_per_step"] + (["peak_mb"] if results["memory"] else [])
     fig, axes = plt.subplots(len(kinds), len(sweeps), figsize=(4.2 * len(sweeps), 3.6 * len(kinds)), squeeze=False)
-    styles = {name: dict(marker="os^vD<>ph*xP"[i], ls="-" if ESTIMATORS[name][1] else "--", color="C{}".format(i))
-              for i, name in enumerate(ESTIMATORS)}
+    styles = {
+        name: dict(marker="os^vD<>ph*xP"[i], ls="-" if ESTIMATORS[name][1] else "--", color=f"C{i}")
+        for i, name in enumerate(ESTIMATORS)
+    }
     for column, sweep in enumerate(sweeps):
         data = results["sweeps"][sweep]
         x = data["x"]
@@ -240,7 +262,7 @@ def plot(results, path):
             for name, values in data[kind].items():
                 if min(values) <= 0:
                     continue
-                ax.loglog(x, values, label="{} ({:.2f})".format(name, slope(x, values)), ms=4, **styles[name])
+                ax.loglog(x, values, label=f"{name} ({slope(x, values):.2f})", ms=4, **styles[name])
             ax.set_xlabel(data["size_name"])
             ax.set_ylabel("ms per step" if kind == "ms_per_step" else "peak extra memory (MB)")
             ax.set_title("{}: {} (fitted slope)".format(sweep, "time" if kind == "ms_per_step" else "memory"))
@@ -254,8 +276,14 @@ def main(args):
         print(measure_memory(sweep, int(size), estimator))
         return
     start = time.perf_counter()
-    results = {"threads": args.threads, "steps": args.steps, "rounds": args.rounds, "memory": not args.no_memory,
-               "machine": "{} CPU cores".format(os.cpu_count()), "sweeps": {}}
+    results = {
+        "threads": args.threads,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "memory": not args.no_memory,
+        "machine": f"{os.cpu_count()} CPU cores",
+        "sweeps": {},
+    }
     for sweep in args.sweeps:
         size_name, sizes = SWEEPS[sweep]
         sizes = args.sizes or sizes
@@ -272,7 +300,8 @@ def main(args):
         data["ratios"] = {
             name: [t / data["ms_per_step"][reference][i] for i, t in enumerate(times)]
             for name, times in data["ms_per_step"].items()
-            for reference in [ESTIMATORS[name][1]] if reference in data["ms_per_step"]
+            for reference in [ESTIMATORS[name][1]]
+            if reference in data["ms_per_step"]
         }
         results["sweeps"][sweep] = data
     results = _results.finish("benchmark_scaling", args, results, start)
@@ -281,9 +310,13 @@ def main(args):
         print("\n{} ({}: {})".format(sweep, data["size_name"], data["x"]))
         for name, times in data["ms_per_step"].items():
             ratio = data["ratios"].get(name)
-            print("{:30s} ms {}  ratio {}".format(
-                name, " ".join("{:9.2f}".format(t) for t in times),
-                "" if ratio is None else " ".join("{:5.2f}".format(r) for r in ratio)))
+            print(
+                "{:30s} ms {}  ratio {}".format(
+                    name,
+                    " ".join(f"{t:9.2f}" for t in times),
+                    "" if ratio is None else " ".join(f"{r:5.2f}" for r in ratio),
+                )
+            )
 
 
 def render(results):
@@ -293,13 +326,19 @@ def render(results):
     for sweep, data in results["sweeps"].items():
         x = data["x"]
         head = ["estimator"] + ["{} = {:,}".format(data["size_name"], v) for v in x]
-        lines += ["", "**{}** (ms per step, x its Pyro counterpart{}; {} torch thread, {})".format(
-            sweep, "; peak extra MB" if data.get("peak_mb") else "", results["threads"], results["machine"]),
-            "", "| " + " | ".join(head) + " |", "|---" + "|---:" * len(x) + "|"]
+        lines += [
+            "",
+            "**{}** (ms per step, x its Pyro counterpart{}; {} torch thread, {})".format(
+                sweep, "; peak extra MB" if data.get("peak_mb") else "", results["threads"], results["machine"]
+            ),
+            "",
+            "| " + " | ".join(head) + " |",
+            "|---" + "|---:" * len(x) + "|",
+        ]
         for name, times in data["ms_per_step"].items():
             cells = []
             for i, t in enumerate(times):
-                cell = "{:.1f}".format(t)
+                cell = f"{t:.1f}"
                 if name in data["ratios"]:
                     cell += " ({:.2f}x)".format(data["ratios"][name][i])
                 if data.get("peak_mb"):

@@ -27,11 +27,11 @@ from pyro.optim import Adam
 if not __package__:  # run as ``python experiments/benchmark_vae.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._results import finish  # noqa: E402
-from guides.vae import Encoder, guide  # noqa: E402
-from models.vae import BURDA_CONFIG, Decoder, model  # noqa: E402
-from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO  # noqa: E402
+from experiments import _cli
+from experiments._results import finish
+from guides.vae import Encoder, guide
+from models.vae import BURDA_CONFIG, Decoder, model
+from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
 
 RENYI = "RenyiELBO(alpha=0)"
 PLAIN = "plain PyTorch IWAE"
@@ -130,21 +130,36 @@ def benchmark(k, state, x, num_steps, rounds):
         ratio_plain = [t / p for t, p in zip(times[name], times[PLAIN])]
         table[name] = {
             "ms_per_step": 1e3 * float(np.median(times[name])),
-            "ratio": float(np.median(ratio)), "ratio_low": min(ratio), "ratio_high": max(ratio),
+            "ratio": float(np.median(ratio)),
+            "ratio_low": min(ratio),
+            "ratio_high": max(ratio),
             "ratio_to_plain": float(np.median(ratio_plain)),
-            "ratio_to_plain_low": min(ratio_plain), "ratio_to_plain_high": max(ratio_plain),
-            "ms_per_step_rounds": [1e3 * t for t in times[name]], "ratio_rounds": ratio,
+            "ratio_to_plain_low": min(ratio_plain),
+            "ratio_to_plain_high": max(ratio_plain),
+            "ms_per_step_rounds": [1e3 * t for t in times[name]],
+            "ratio_rounds": ratio,
         }
     return table
 
 
 def format_table(results, title):
-    lines = [title, "{:<32} {:>10} {:>10} {:>12} {:>10} {:>12}".format(
-        "estimator", "ms/step", "x Renyi", "(rounds)", "x plain", "(rounds)")]
+    lines = [
+        title,
+        "{:<32} {:>10} {:>10} {:>12} {:>10} {:>12}".format(
+            "estimator", "ms/step", "x Renyi", "(rounds)", "x plain", "(rounds)"
+        ),
+    ]
     for name, row in results.items():
-        lines.append("{:<32} {:>10.1f} {:>10.2f} {:>12} {:>10.2f} {:>12}".format(
-            name, row["ms_per_step"], row["ratio"], "{:.2f}-{:.2f}".format(row["ratio_low"], row["ratio_high"]),
-            row["ratio_to_plain"], "{:.2f}-{:.2f}".format(row["ratio_to_plain_low"], row["ratio_to_plain_high"])))
+        lines.append(
+            "{:<32} {:>10.1f} {:>10.2f} {:>12} {:>10.2f} {:>12}".format(
+                name,
+                row["ms_per_step"],
+                row["ratio"],
+                "{:.2f}-{:.2f}".format(row["ratio_low"], row["ratio_high"]),
+                row["ratio_to_plain"],
+                "{:.2f}-{:.2f}".format(row["ratio_to_plain_low"], row["ratio_to_plain_high"]),
+            )
+        )
     like = [name for name, row in results.items() if name != RENYI and row["ratio_low"] <= 1.0 <= row["ratio_high"]]
     if like:
         lines.append("within the rounds' spread of {} (ratio range contains 1): {}".format(RENYI, ", ".join(like)))
@@ -161,20 +176,36 @@ def main(args):
         state = {"encoder": encoder.state_dict(), "decoder": decoder.state_dict()}
         for k in args.ks:
             results.setdefault(k, {})[seed] = benchmark(k, state, x, args.steps, args.rounds)
-            title = "VAE, batch {}, K = {}, seed {}, median of {} rounds of {} steps".format(
-                args.batch_size, k, seed, args.rounds, args.steps)
+            title = (
+                f"VAE, batch {args.batch_size}, K = {k}, seed {seed}, median of {args.rounds} rounds of "
+                f"{args.steps} steps"
+            )
             print(format_table(results[k][seed], title))
     first = {str(k): per_seed[args.seeds[0]] for k, per_seed in results.items()}
-    return finish("benchmark_vae", args, {"args": vars(args), "results": first,
-                                          "other_seeds": {str(k): {str(s): r for s, r in per_seed.items()
-                                                                   if s != args.seeds[0]}
-                                                          for k, per_seed in results.items()}}, start)
+    return finish(
+        "benchmark_vae",
+        args,
+        {
+            "args": vars(args),
+            "results": first,
+            "other_seeds": {
+                str(k): {str(s): r for s, r in per_seed.items() if s != args.seeds[0]}
+                for k, per_seed in results.items()
+            },
+        },
+        start,
+    )
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out=None, multi_seed=True, default_seeds=(0,),
-                         seeds_help="one by default: a step's cost does not depend on the weights or the batch, "
-                                    "and the spread reported is over --rounds")
+    parser = _cli.parser(
+        __doc__,
+        out=None,
+        multi_seed=True,
+        default_seeds=(0,),
+        seeds_help="one by default: a step's cost does not depend on the weights or the batch, "
+        "and the spread reported is over --rounds",
+    )
     parser.add_argument("--ks", type=_cli.positive_int, nargs="+", default=[5, 50], help="particles K")
     parser.add_argument("--batch-size", type=_cli.positive_int, default=100)
     parser.add_argument("--steps", type=_cli.positive_int, default=30, help="steps per timing")

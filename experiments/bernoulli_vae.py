@@ -42,13 +42,13 @@ from pyro.optim import Adam
 if not __package__:  # run as ``python experiments/bernoulli_vae.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._results import finish  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
-from guides.bernoulli_vae import Encoder, guide  # noqa: E402
-from models.bernoulli_vae import KINDS, BernoulliVAEConfig, Decoder, model  # noqa: E402
-from models.mnist import binarize, load_mnist  # noqa: E402
-from pyro_vi import (  # noqa: E402
+from experiments import _cli
+from experiments._figures import plt, save_figure
+from experiments._results import finish
+from guides.bernoulli_vae import Encoder, guide
+from models.bernoulli_vae import KINDS, BernoulliVAEConfig, Decoder, model
+from models.mnist import binarize, load_mnist
+from pyro_vi import (
     ControlVariateELBO,
     DisARMELBO,
     ImportanceWeightedELBO,
@@ -57,8 +57,8 @@ from pyro_vi import (  # noqa: E402
     ScoreFunctionELBO,
     score_function_guide,
 )
-from pyro_vi.diagnostics import gradient_statistics  # noqa: E402
-from pyro_vi.training import NonFiniteError, OutOfSupportError, fit  # noqa: E402
+from pyro_vi.diagnostics import gradient_statistics
+from pyro_vi.training import NonFiniteError, OutOfSupportError, fit
 
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.95}
 EVAL_SEED = 12345  # binarization and choice of the evaluation images, not a run seed
@@ -82,6 +82,7 @@ def single_sample_estimators(particles, temperature):
     """The :data:`~experiments._cli.Registry` of the single-sample runs, each
     with ``particles`` model evaluations per data point; the guide is picked
     from ``{"bernoulli": ..., "relaxed": ...}``."""
+
     def bernoulli(guides):
         return guides["bernoulli"]
 
@@ -90,13 +91,16 @@ def single_sample_estimators(particles, temperature):
         "ControlVariateELBO": _cli.Estimator(lambda: ControlVariateELBO(num_particles=particles, **KW), bernoulli),
         "RaoBlackwellELBO": _cli.Estimator(lambda: RaoBlackwellELBO(num_particles=particles, **KW), bernoulli),
         "ReinforceLeaveOneOutELBO": _cli.Estimator(
-            lambda: ReinforceLeaveOneOutELBO(num_particles=particles, **KW), bernoulli),
+            lambda: ReinforceLeaveOneOutELBO(num_particles=particles, **KW), bernoulli
+        ),
         "DisARMELBO": _cli.Estimator(lambda: DisARMELBO(num_particles=particles // 2, **KW), bernoulli),
         "TraceGraph_ELBO + baseline": _cli.Estimator(
             lambda: TraceGraph_ELBO(num_particles=particles, **KW),
-            lambda guides: score_function_guide(guides["bernoulli"], baseline=BASELINE)),
-        "RelaxedBernoulliStraightThrough (t={:g})".format(temperature): _cli.Estimator(
-            lambda: Trace_ELBO(num_particles=particles, **KW), lambda guides: guides["relaxed"]),
+            lambda guides: score_function_guide(guides["bernoulli"], baseline=BASELINE),
+        ),
+        f"RelaxedBernoulliStraightThrough (t={temperature:g})": _cli.Estimator(
+            lambda: Trace_ELBO(num_particles=particles, **KW), lambda guides: guides["relaxed"]
+        ),
     }
     return {name: _cli.Estimator(e.make, e.guide, STYLES[i]) for i, (name, e) in enumerate(registry.items())}
 
@@ -104,12 +108,14 @@ def single_sample_estimators(particles, temperature):
 def pair_estimators():
     """DisARM with one pair against REINFORCE leave-one-out with two samples:
     two model evaluations per image, the DisARM paper's comparison."""
+
     def bernoulli(guides):
         return guides["bernoulli"]
 
     return {
         "ReinforceLeaveOneOutELBO (2 samples)": _cli.Estimator(
-            lambda: ReinforceLeaveOneOutELBO(num_particles=2, **KW), bernoulli, STYLES[3]),
+            lambda: ReinforceLeaveOneOutELBO(num_particles=2, **KW), bernoulli, STYLES[3]
+        ),
         "DisARMELBO (1 pair)": _cli.Estimator(lambda: DisARMELBO(num_particles=1, **KW), bernoulli, STYLES[4]),
     }
 
@@ -117,17 +123,23 @@ def pair_estimators():
 def multi_sample_estimators(k):
     """The multi-sample runs for the bound L_K: label -> (Estimator, K of the
     bound it optimizes)."""
+
     def bernoulli(guides):
         return guides["bernoulli"]
 
     return {
-        "VIMCO (K={})".format(k): (
-            _cli.Estimator(lambda: ImportanceWeightedELBO(k, gradient="vimco", **KW), bernoulli, STYLES[2]), k),
-        "local DisARM (K={}, {} pairs)".format(k, k): (
-            _cli.Estimator(lambda: ImportanceWeightedELBO(k, gradient="disarm", **KW), bernoulli, STYLES[4]), k),
-        "VIMCO (K={}, same evaluations)".format(2 * k): (
+        f"VIMCO (K={k})": (
+            _cli.Estimator(lambda: ImportanceWeightedELBO(k, gradient="vimco", **KW), bernoulli, STYLES[2]),
+            k,
+        ),
+        f"local DisARM (K={k}, {k} pairs)": (
+            _cli.Estimator(lambda: ImportanceWeightedELBO(k, gradient="disarm", **KW), bernoulli, STYLES[4]),
+            k,
+        ),
+        f"VIMCO (K={2 * k}, same evaluations)": (
             _cli.Estimator(lambda: ImportanceWeightedELBO(2 * k, gradient="vimco", **KW), bernoulli, STYLES[5]),
-            2 * k),
+            2 * k,
+        ),
     }
 
 
@@ -149,21 +161,26 @@ class BinarizedBatches:
     def __iter__(self):
         order = torch.randperm(len(self.images), generator=self.generator)
         for first in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            yield binarize(self.images[order[first:first + self.batch_size]], self.generator)
+            yield binarize(self.images[order[first : first + self.batch_size]], self.generator)
 
 
 def prepare(args):
     data = load_mnist(args.data_dir, download=not args.no_download)
     generator = torch.Generator().manual_seed(EVAL_SEED)
-    train_eval = binarize(data.train[torch.randperm(len(data.train), generator=generator)[:args.eval_size]],
-                          generator)
-    test_eval = binarize(data.test[torch.randperm(len(data.test), generator=generator)[:args.eval_size]],
-                         generator)
-    variance_batch = binarize(data.train[torch.randperm(len(data.train), generator=generator)[:args.batch_size]],
-                              generator)
+    train_eval = binarize(data.train[torch.randperm(len(data.train), generator=generator)[: args.eval_size]], generator)
+    test_eval = binarize(data.test[torch.randperm(len(data.test), generator=generator)[: args.eval_size]], generator)
+    variance_batch = binarize(
+        data.train[torch.randperm(len(data.train), generator=generator)[: args.batch_size]], generator
+    )
     info = dict(data.info, train_eval_images=len(train_eval), test_eval_images=len(test_eval))
-    return dict(train=data.train, mean_pixel=data.train.mean(0), train_eval=train_eval, test_eval=test_eval,
-                variance_batch=variance_batch, info=info)
+    return dict(
+        train=data.train,
+        mean_pixel=data.train.mean(0),
+        train_eval=train_eval,
+        test_eval=test_eval,
+        variance_batch=variance_batch,
+        info=info,
+    )
 
 
 @torch.no_grad()
@@ -184,7 +201,7 @@ def bound(x, encoder, decoder, k, generator, repeats=1, chunk=100):
     total = 0.0
     for first in range(0, len(x), chunk):
         for _ in range(repeats):
-            log_w = log_weights(x[first:first + chunk], encoder, decoder, k, generator)
+            log_w = log_weights(x[first : first + chunk], encoder, decoder, k, generator)
             total += float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
     return total / (len(x) * repeats)
 
@@ -210,8 +227,10 @@ def run_one(kind, label, estimator, bound_k, seed, study, args):
     pyro.set_rng_seed(seed)
     decoder, encoder = Decoder(config, mean_pixel=study["mean_pixel"]), Encoder(config)
     model_fn = functools.partial(model, decoder=decoder)
-    guides = {"bernoulli": functools.partial(guide, encoder=encoder),
-              "relaxed": functools.partial(guide, encoder=encoder, temperature=args.temperature)}
+    guides = {
+        "bernoulli": functools.partial(guide, encoder=encoder),
+        "relaxed": functools.partial(guide, encoder=encoder, temperature=args.temperature),
+    }
     guide_fn = estimator.guide(guides)
     elbo = estimator.make()
     steps = args.steps if bound_k == 1 else args.multi_steps
@@ -220,11 +239,15 @@ def run_one(kind, label, estimator, bound_k, seed, study, args):
 
     def evaluate(step):
         curve["step"].append(step)
-        curve["train_objective"].append(bound(study["train_eval"], encoder, decoder, bound_k, generator,
-                                              repeats=args.train_samples))
+        curve["train_objective"].append(
+            bound(study["train_eval"], encoder, decoder, bound_k, generator, repeats=args.train_samples)
+        )
         curve["test_bound"].append(bound(study["test_eval"], encoder, decoder, args.test_samples, generator))
-        curve["grad_variance"].append(encoder_gradient_variance(
-            elbo, model_fn, guide_fn, study["variance_batch"], args.variance_draws) if args.variance_draws else None)
+        curve["grad_variance"].append(
+            encoder_gradient_variance(elbo, model_fn, guide_fn, study["variance_batch"], args.variance_draws)
+            if args.variance_draws
+            else None
+        )
 
     def callback(step, loss):
         if step % args.eval_every == 0 and step != steps:
@@ -234,18 +257,34 @@ def run_one(kind, label, estimator, bound_k, seed, study, args):
     start = time.perf_counter()
     failure = None
     try:
-        result = fit(model_fn, guide_fn, elbo, Adam({"lr": args.lr}),
-                     data=BinarizedBatches(study["train"], args.batch_size, seed), num_steps=steps,
-                     callback=callback, progress=False)
+        result = fit(
+            model_fn,
+            guide_fn,
+            elbo,
+            Adam({"lr": args.lr}),
+            data=BinarizedBatches(study["train"], args.batch_size, seed),
+            num_steps=steps,
+            callback=callback,
+            progress=False,
+        )
         seconds_per_step = result.seconds_per_step
         evaluate(steps)
     except (NonFiniteError, OutOfSupportError) as error:  # a diverged run is a result too
         failure = str(error).splitlines()[0]
         seconds_per_step = float("nan")
-        print("  {} {} seed {} stopped: {}".format(kind, label, seed, failure), flush=True)
+        print(f"  {kind} {label} seed {seed} stopped: {failure}", flush=True)
     wall = time.perf_counter() - start
-    return dict(model=kind, estimator=label, seed=seed, bound_k=bound_k, steps=steps, failure=failure,
-                seconds_per_step=seconds_per_step, wall_seconds=wall, **curve)
+    return dict(
+        model=kind,
+        estimator=label,
+        seed=seed,
+        bound_k=bound_k,
+        steps=steps,
+        failure=failure,
+        seconds_per_step=seconds_per_step,
+        wall_seconds=wall,
+        **curve,
+    )
 
 
 def plan(args):
@@ -263,14 +302,23 @@ def plan(args):
     for k in args.ks:
         for kind in args.multi_models:
             for label, (estimator, bound_k) in multi_sample_estimators(k).items():
-                runs += [("K={}".format(k), kind, label, estimator, bound_k, seed) for seed in args.seeds]
+                runs += [(f"K={k}", kind, label, estimator, bound_k, seed) for seed in args.seeds]
     return runs
 
 
 def run_settings(args, bound_k):
     """What a saved run must share with this call to be resumed."""
-    keys = ("batch_size", "lr", "particles", "temperature", "eval_every", "eval_size", "test_samples",
-            "train_samples", "variance_draws")
+    keys = (
+        "batch_size",
+        "lr",
+        "particles",
+        "temperature",
+        "eval_every",
+        "eval_size",
+        "test_samples",
+        "train_samples",
+        "variance_draws",
+    )
     return dict({k: getattr(args, k) for k in keys}, steps=args.steps if bound_k == 1 else args.multi_steps)
 
 
@@ -295,26 +343,35 @@ def aggregate(records):
             for label, runs in estimators.items():
                 steps = max((r["step"] for r in runs), key=len)
                 times = [r["seconds_per_step"] for r in runs if not math.isnan(r["seconds_per_step"])]
-                row = {"seeds": [r["seed"] for r in runs], "step": steps, "bound_k": runs[0]["bound_k"],
-                       "ms_per_step": 1e3 * float(np.mean(times)) if times else float("nan"),
-                       "failures": {r["seed"]: r["failure"] for r in runs if r.get("failure")}}
+                row = {
+                    "seeds": [r["seed"] for r in runs],
+                    "step": steps,
+                    "bound_k": runs[0]["bound_k"],
+                    "ms_per_step": 1e3 * float(np.mean(times)) if times else float("nan"),
+                    "failures": {r["seed"]: r["failure"] for r in runs if r.get("failure")},
+                }
                 for key in ("train_objective", "test_bound", "grad_variance"):
                     values = np.full((len(runs), len(steps)), np.nan)
                     for i, r in enumerate(runs):
-                        values[i, :len(r[key])] = [np.nan if v is None else v for v in r[key]]
+                        values[i, : len(r[key])] = [np.nan if v is None else v for v in r[key]]
                     with warnings.catch_warnings():  # all-NaN columns (a run that stopped) stay NaN
                         warnings.simplefilter("ignore", RuntimeWarning)
-                        row[key] = {"mean": np.nanmean(values, 0).tolist(), "min": np.nanmin(values, 0).tolist(),
-                                    "max": np.nanmax(values, 0).tolist()}
+                        row[key] = {
+                            "mean": np.nanmean(values, 0).tolist(),
+                            "min": np.nanmin(values, 0).tolist(),
+                            "max": np.nanmax(values, 0).tolist(),
+                        }
                 summary.setdefault(group, {}).setdefault(kind, {})[label] = row
     return summary
 
 
 def plot_group(summary, styles, path, title, objective_label):
     kinds = list(summary)
-    columns = [("train_objective", objective_label + " (train subset)"),
-               ("test_bound", "test L_100 (test subset)"),
-               ("grad_variance", "encoder gradient variance")]
+    columns = [
+        ("train_objective", objective_label + " (train subset)"),
+        ("test_bound", "test L_100 (test subset)"),
+        ("grad_variance", "encoder gradient variance"),
+    ]
     fig, axes = plt.subplots(len(kinds), 3, figsize=(15, 3.8 * len(kinds)), squeeze=False)
     handles, below = {}, []
     for row, kind in enumerate(kinds):
@@ -328,7 +385,7 @@ def plot_group(summary, styles, path, title, objective_label):
                 every = max(1, len(steps) // 6)
                 kwargs = dict(lw=1.4, markersize=4, markevery=(i % (2 * every), 2 * every))
                 kwargs.update(styles[label])
-                line, = ax.plot(steps, mean, **kwargs)
+                (line,) = ax.plot(steps, mean, **kwargs)
                 ax.fill_between(steps, s[key]["min"], s[key]["max"], color=kwargs["color"], alpha=0.15, lw=0)
                 handles[label] = line
             if key == "grad_variance":
@@ -339,38 +396,58 @@ def plot_group(summary, styles, path, title, objective_label):
                 low, high = min(finals + firsts), max(finals)
                 span = max(high - low, 1.0)
                 ax.set_ylim(low - 0.05 * span, high + 0.1 * span)
-                below = ["{}, down to {:.0f}".format(label, np.nanmin(s[key]["mean"]))
-                         for label, s in summary[kind].items() if np.nanmin(s[key]["mean"]) < low - 0.05 * span]
-            ax.set_xlabel("training step" + ("\n(below the axis: {})".format("; ".join(below))
-                                             if key != "grad_variance" and below else ""))
+                below = [
+                    "{}, down to {:.0f}".format(label, np.nanmin(s[key]["mean"]))
+                    for label, s in summary[kind].items()
+                    if np.nanmin(s[key]["mean"]) < low - 0.05 * span
+                ]
+            ax.set_xlabel(
+                "training step"
+                + ("\n(below the axis: {})".format("; ".join(below)) if key != "grad_variance" and below else "")
+            )
             below = []
             ax.set_ylabel(ylabel)
             ax.set_title("({}) {} model: {}".format("abcdefghijkl"[row * 3 + col], kind, ylabel.split(" (")[0]))
             ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)),
-               bbox_to_anchor=(0.5, 0.0), fontsize=9, frameon=False)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=min(4, len(handles)),
+        bbox_to_anchor=(0.5, 0.0),
+        fontsize=9,
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / 4), 1, 0.97))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_time(summary, path):
-    rows = [(group, kind, label, s["ms_per_step"]) for group, models in summary.items()
-            for kind, estimators in models.items() for label, s in estimators.items()
-            if not math.isnan(s["ms_per_step"])]
+    rows = [
+        (group, kind, label, s["ms_per_step"])
+        for group, models in summary.items()
+        for kind, estimators in models.items()
+        for label, s in estimators.items()
+        if not math.isnan(s["ms_per_step"])
+    ]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.5))
-    names = ["{} | {} | {}".format(g, k, lab) for g, k, lab, _ in rows]
-    ax.barh(np.arange(len(rows)), [r[3] for r in rows], color=["tab:blue" if r[1] == "linear" else "tab:orange"
-                                                                for r in rows])
+    names = [f"{g} | {k} | {lab}" for g, k, lab, _ in rows]
+    ax.barh(
+        np.arange(len(rows)),
+        [r[3] for r in rows],
+        color=["tab:blue" if r[1] == "linear" else "tab:orange" for r in rows],
+    )
     ax.set_yticks(np.arange(len(rows)))
     ax.set_yticklabels(names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("ms per training step (1 CPU thread on a shared machine whose load varied; blue: linear, "
-                  "orange: nonlinear)")
+    ax.set_xlabel(
+        "ms per training step (1 CPU thread on a shared machine whose load varied; blue: linear, orange: nonlinear)"
+    )
     ax.set_title("Wall time per step")
     save_figure(fig, path)
 
@@ -379,12 +456,20 @@ def write_outputs(records, args, study_info, styles, start, verbose=True):
     """Writes results.json (with the run record when ``verbose``) and, with
     ``verbose``, the figures and the table."""
     summary = aggregate(records)
-    budget = ("{} steps per single-sample run and {} per multi-sample run, batch {}, chosen to fit the CPU "
-              "budget (one thread); published runs train for orders of magnitude more steps, so these are "
-              "early-training comparisons".format(args.steps, args.multi_steps, args.batch_size))
-    results = {"args": {k: v for k, v in vars(args).items()}, "data": study_info, "budget": budget,
-               # the runs' own wall time, also of those a --resume call found saved
-               "run_seconds": sum(r["wall_seconds"] for r in records), "summary": summary}
+    budget = (
+        f"{args.steps} steps per single-sample run and {args.multi_steps} per multi-sample run, batch "
+        f"{args.batch_size}, chosen to fit the CPU "
+        "budget (one thread); published runs train for orders of magnitude more steps, so these are "
+        "early-training comparisons"
+    )
+    results = {
+        "args": {k: v for k, v in vars(args).items()},
+        "data": study_info,
+        "budget": budget,
+        # the runs' own wall time, also of those a --resume call found saved
+        "run_seconds": sum(r["wall_seconds"] for r in records),
+        "summary": summary,
+    }
     if not verbose:
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=str)
@@ -392,34 +477,59 @@ def write_outputs(records, args, study_info, styles, start, verbose=True):
     results = finish("bernoulli_vae", args, results, start)
     single = {kind: rows for kind, rows in summary.get("single", {}).items()}
     if single:
-        plot_group(single, styles, os.path.join(args.out, "single_sample.png"),
-                   "Bernoulli VAE, single-sample ELBO, {} evaluations per image ({})".format(
-                       args.particles, "mean and min-max over seeds"), "ELBO")
+        plot_group(
+            single,
+            styles,
+            os.path.join(args.out, "single_sample.png"),
+            "Bernoulli VAE, single-sample ELBO, {} evaluations per image ({})".format(
+                args.particles, "mean and min-max over seeds"
+            ),
+            "ELBO",
+        )
     pairs = {kind: rows for kind, rows in summary.get("2 evaluations", {}).items()}
     if pairs:
-        plot_group(pairs, styles, os.path.join(args.out, "two_evaluations.png"),
-                   "Bernoulli VAE, single-sample ELBO, 2 evaluations per image (mean and min-max over seeds)",
-                   "ELBO")
+        plot_group(
+            pairs,
+            styles,
+            os.path.join(args.out, "two_evaluations.png"),
+            "Bernoulli VAE, single-sample ELBO, 2 evaluations per image (mean and min-max over seeds)",
+            "ELBO",
+        )
     multi = {}
     for group, models in summary.items():
         if group.startswith("K="):
             for kind, rows in models.items():
-                multi.setdefault("{}, {}".format(kind, group), {}).update(rows)
+                multi.setdefault(f"{kind}, {group}", {}).update(rows)
     if multi:
-        plot_group(multi, styles, os.path.join(args.out, "multi_sample.png"),
-                   "Bernoulli VAE, multi-sample bound: VIMCO and local DisARM (mean and min-max over seeds)",
-                   "training bound L_K")
+        plot_group(
+            multi,
+            styles,
+            os.path.join(args.out, "multi_sample.png"),
+            "Bernoulli VAE, multi-sample bound: VIMCO and local DisARM (mean and min-max over seeds)",
+            "training bound L_K",
+        )
     plot_time(summary, os.path.join(args.out, "time_per_step.png"))
     print(budget)
-    print("{:<14} {:<10} {:<44} {:>10} {:>12} {:>12} {:>9}".format(
-        "group", "model", "estimator", "train obj", "test L_100", "grad var", "ms/step"))
+    print(
+        "{:<14} {:<10} {:<44} {:>10} {:>12} {:>12} {:>9}".format(
+            "group", "model", "estimator", "train obj", "test L_100", "grad var", "ms/step"
+        )
+    )
     for group, models in summary.items():
         for kind, rows in models.items():
             for label, s in rows.items():
                 var = s["grad_variance"]["mean"][-1]
-                print("{:<14} {:<10} {:<44} {:>10.2f} {:>12.2f} {:>12.3g} {:>9.1f}".format(
-                    group, kind, label, s["train_objective"]["mean"][-1], s["test_bound"]["mean"][-1],
-                    float("nan") if var is None else var, s["ms_per_step"]))
+                print(
+                    "{:<14} {:<10} {:<44} {:>10.2f} {:>12.2f} {:>12.3g} {:>9.1f}".format(
+                        group,
+                        kind,
+                        label,
+                        s["train_objective"]["mean"][-1],
+                        s["test_bound"]["mean"][-1],
+                        float("nan") if var is None else var,
+                        s["ms_per_step"],
+                    )
+                )
     return results
 
 
@@ -429,7 +539,7 @@ def main(args):
     print("data: {}; {}".format(study["info"]["source"], study["info"]["split"]))
     runs = plan(args)
     styles = {}
-    for group, kind, label, estimator, k, seed in runs:
+    for _group, _kind, label, estimator, _k, _seed in runs:
         styles[label] = estimator.style
     records = []
     for i, (group, kind, label, estimator, k, seed) in enumerate(runs):
@@ -441,7 +551,7 @@ def main(args):
             if saved.get("settings", settings) == settings and saved["steps"] == settings["steps"]:
                 records.append(saved)
                 continue
-            print("  {} was run with other settings: running it again".format(path))
+            print(f"  {path} was run with other settings: running it again")
         if args.plot_only:
             continue
         record = dict(run_one(kind, label, estimator, k, seed, study, args), group=group, settings=settings)
@@ -450,9 +560,20 @@ def main(args):
             json.dump(record, f)
         os.replace(path + ".tmp", path)
         records.append(record)
-        print("[{}/{}] {} {} {} seed {}: train {:.2f}, test L_100 {:.2f}, {:.1f} ms/step".format(
-            i + 1, len(runs), group, kind, label, seed, record["train_objective"][-1], record["test_bound"][-1],
-            1e3 * record["seconds_per_step"]), flush=True)
+        print(
+            "[{}/{}] {} {} {} seed {}: train {:.2f}, test L_100 {:.2f}, {:.1f} ms/step".format(
+                i + 1,
+                len(runs),
+                group,
+                kind,
+                label,
+                seed,
+                record["train_objective"][-1],
+                record["test_bound"][-1],
+                1e3 * record["seconds_per_step"],
+            ),
+            flush=True,
+        )
         write_outputs(records, args, study["info"], styles, start, verbose=False)  # results.json after every run
     return write_outputs(records, args, study["info"], styles, start)
 
@@ -462,42 +583,73 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
     parser.add_argument("--no-download", action="store_true", help="never download MNIST")
     parser.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS))
-    parser.add_argument("--estimators", nargs="+", default=None,
-                        choices=[name.split(" ")[0] for name in single_sample_estimators(4, 1.0)],
-                        help="single-sample estimators to run (default: all)")
+    parser.add_argument(
+        "--estimators",
+        nargs="+",
+        default=None,
+        choices=[name.split(" ")[0] for name in single_sample_estimators(4, 1.0)],
+        help="single-sample estimators to run (default: all)",
+    )
     parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per single-sample run")
     parser.add_argument("--multi-steps", type=_cli.positive_int, default=100, help="steps per multi-sample run")
-    parser.add_argument("--ks", type=_cli.integer(minimum=2), nargs="*", default=[5],
-                        help="K of the multi-sample bounds (none: no multi-sample runs)")
-    parser.add_argument("--multi-models", nargs="+", choices=KINDS, default=["linear"],
-                        help="models of the multi-sample runs")
-    parser.add_argument("--two-evaluations", action="store_true",
-                        help="also DisARM with one pair against leave-one-out with two samples")
-    parser.add_argument("--particles", type=_cli.integer(minimum=4), default=4,
-                        help="model evaluations per image in the single-sample runs (even, >= 4: the "
-                             "leave-one-out control variates need 3)")
+    parser.add_argument(
+        "--ks",
+        type=_cli.integer(minimum=2),
+        nargs="*",
+        default=[5],
+        help="K of the multi-sample bounds (none: no multi-sample runs)",
+    )
+    parser.add_argument(
+        "--multi-models", nargs="+", choices=KINDS, default=["linear"], help="models of the multi-sample runs"
+    )
+    parser.add_argument(
+        "--two-evaluations",
+        action="store_true",
+        help="also DisARM with one pair against leave-one-out with two samples",
+    )
+    parser.add_argument(
+        "--particles",
+        type=_cli.integer(minimum=4),
+        default=4,
+        help="model evaluations per image in the single-sample runs (even, >= 4: the "
+        "leave-one-out control variates need 3)",
+    )
     parser.add_argument("--batch-size", type=_cli.integer(minimum=2), default=50)
     parser.add_argument("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
-    parser.add_argument("--temperature", type=_cli.positive_real, default=2 / 3,
-                        help="temperature of the straight-through relaxation")
+    parser.add_argument(
+        "--temperature", type=_cli.positive_real, default=2 / 3, help="temperature of the straight-through relaxation"
+    )
     parser.add_argument("--eval-every", type=_cli.positive_int, default=100, help="steps between evaluations")
-    parser.add_argument("--eval-size", type=_cli.positive_int, default=500,
-                        help="training and test images of each evaluation")
+    parser.add_argument(
+        "--eval-size", type=_cli.positive_int, default=500, help="training and test images of each evaluation"
+    )
     parser.add_argument("--test-samples", type=_cli.integer(minimum=1), default=100, help="S of the test bound L_S")
-    parser.add_argument("--train-samples", type=_cli.positive_int, default=2,
-                        help="draws of the training objective per image and evaluation")
-    parser.add_argument("--variance-draws", type=_cli.nonnegative_int, default=10,
-                        help="gradient draws per variance (0: none; else >= 2)")
+    parser.add_argument(
+        "--train-samples",
+        type=_cli.positive_int,
+        default=2,
+        help="draws of the training objective per image and evaluation",
+    )
+    parser.add_argument(
+        "--variance-draws",
+        type=_cli.nonnegative_int,
+        default=10,
+        help="gradient draws per variance (0: none; else >= 2)",
+    )
     parser.add_argument("--resume", action="store_true", help="skip the runs already saved under OUT/runs")
-    parser.add_argument("--plot-only", action="store_true",
-                        help="only the figures and results.json of the runs saved under OUT/runs (none is run)")
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="only the figures and results.json of the runs saved under OUT/runs (none is run)",
+    )
     return _cli.parse(parser, argv, check=check_arguments)
 
 
 def check_arguments(args):
     if args.particles % 2:
-        raise ValueError("argument --particles: must be even (DisARM draws --particles / 2 pairs), got {}".format(
-            args.particles))
+        raise ValueError(
+            f"argument --particles: must be even (DisARM draws --particles / 2 pairs), got {args.particles}"
+        )
     if args.variance_draws == 1:
         raise ValueError("argument --variance-draws: a variance needs 2 draws or more (or 0 for none), got 1")
 

@@ -14,8 +14,8 @@ import time
 if not __package__:  # run as ``python experiments/compatibility.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli, _results  # noqa: E402
-from tests.catalogue import CATALOGUE, ESTIMATORS, REFUSALS, outcome, refusal_tag  # noqa: E402
+from experiments import _cli, _results
+from tests.catalogue import CATALOGUE, ESTIMATORS, REFUSALS, outcome, refusal_tag
 
 KINDS = {
     "mean_field": "hand-written mean field",
@@ -30,10 +30,18 @@ KINDS = {
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/compatibility", multi_seed=True, default_seeds=(0,),
-                         seeds_help="not used: every outcome is computed with fixed seeds")
+    parser = _cli.parser(
+        __doc__,
+        out="results/compatibility",
+        multi_seed=True,
+        default_seeds=(0,),
+        seeds_help="not used: every outcome is computed with fixed seeds",
+    )
     parser.add_argument(
-        "--pairs", nargs="+", choices=sorted(CATALOGUE), default=sorted(CATALOGUE),
+        "--pairs",
+        nargs="+",
+        choices=sorted(CATALOGUE),
+        default=sorted(CATALOGUE),
         help="catalogue pairs to run (default: all)",
     )
     return _cli.parse(parser, argv)
@@ -52,10 +60,16 @@ def run(pairs):
             tag = refusal_tag(spec, config)
             expected = "works" if tag is None else "refused"
             if any(r != ("ok" if tag is None else "refused") for r in results):
-                raise RuntimeError("{} on {}: {} (expected {})".format(estimator, pair, results, expected))
+                raise RuntimeError(f"{estimator} on {pair}: {results} (expected {expected})")
             records.append(
-                dict(pair=pair, kind=spec.kind, subsampled=spec.subsample, estimator=estimator,
-                     status=expected, reason=tag)
+                dict(
+                    pair=pair,
+                    kind=spec.kind,
+                    subsampled=spec.subsample,
+                    estimator=estimator,
+                    status=expected,
+                    reason=tag,
+                )
             )
     return records
 
@@ -71,34 +85,38 @@ def render(records):
         for kind in kinds:
             parts = []
             for subsampled in (False, True):
-                group = [r for r in records if r["estimator"] == estimator and r["kind"] == kind
-                         and r["subsampled"] == subsampled]
+                group = [
+                    r
+                    for r in records
+                    if r["estimator"] == estimator and r["kind"] == kind and r["subsampled"] == subsampled
+                ]
                 if group:
                     parts.append(_cell(group, notes) + (" (subsampled)" if subsampled else ""))
             cells.append("; ".join(parts))
         lines.append("| {} | {} |".format(estimator, " | ".join(cells)))
     lines.append("")
     for number, tag in enumerate(notes, 1):
-        lines.append("{}. refused: {}".format(number, REFUSALS[tag][1]))
+        lines.append(f"{number}. refused: {REFUSALS[tag][1]}")
     return "\n".join(lines)
 
 
 def _cell(group, notes):
     works = sum(r["status"] == "works" for r in group)
     marks = sorted({notes.index(r["reason"]) + 1 for r in group if r["reason"]})
-    footnote = "".join("<sup>{}</sup>".format(m) for m in marks)
+    footnote = "".join(f"<sup>{m}</sup>" for m in marks)
     if works == len(group):
         return "yes"
     if works == 0:
         return "no" + footnote
-    return "{} of {}{}".format(works, len(group), footnote)
+    return f"{works} of {len(group)}{footnote}"
 
 
 def main(args):
     start = time.perf_counter()
     records = run(args.pairs)
-    _results.finish("compatibility", args,
-                    {"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records}, start)
+    _results.finish(
+        "compatibility", args, {"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records}, start
+    )
     print(render(records))
 
 

@@ -43,10 +43,10 @@ import torch
 if not __package__:  # run as ``python experiments/diffusion_bound.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
-from experiments._results import finish, fmt, spreads  # noqa: E402
-from models.diffusion import (  # noqa: E402
+from experiments import _cli
+from experiments._figures import legend_outside, plt, save_figure
+from experiments._results import finish, fmt, spreads
+from models.diffusion import (
     decomposed_bound_terms,
     direct_bound_terms,
     exact_bound_terms,
@@ -77,7 +77,7 @@ def reverse_models(betas, data, variance_scales):
         name = "ho-" + choice.replace("_", "-")
         models[name] = dataclasses.replace(fit, variance=ho_reverse_variances(betas, choice, fit.dim))
     for scale in variance_scales:
-        models["gaussian-fit, variance x{:g}".format(scale)] = dataclasses.replace(fit, variance=scale * fit.variance)
+        models[f"gaussian-fit, variance x{scale:g}"] = dataclasses.replace(fit, variance=scale * fit.variance)
     return models
 
 
@@ -136,11 +136,15 @@ def evaluate(data, process, direct_terms, decomposed_terms, exact):
     }
 
 
-SCALARS = {"direct": ("direct", "mean"), "direct_variance": ("direct", "variance"),
-           "decomposed": ("decomposed", "mean"), "decomposed_variance": ("decomposed", "variance"),
-           "paired_difference": ("paired_difference", "mean"),
-           "variance_ratio_direct_over_decomposed": ("variance_ratio_direct_over_decomposed",),
-           "decomposed_independent_terms_variance": ("decomposed_independent_terms_variance",)}
+SCALARS = {
+    "direct": ("direct", "mean"),
+    "direct_variance": ("direct", "variance"),
+    "decomposed": ("decomposed", "mean"),
+    "decomposed_variance": ("decomposed", "variance"),
+    "paired_difference": ("paired_difference", "mean"),
+    "variance_ratio_direct_over_decomposed": ("variance_ratio_direct_over_decomposed",),
+    "decomposed_independent_terms_variance": ("decomposed_independent_terms_variance",),
+}
 
 
 def scalars(result):
@@ -157,12 +161,23 @@ def scalars(result):
 
 
 def print_table(summary, main):
-    print("{:<32} {:>8} {:>8} {:>22} {:>22} {:>20}".format(
-        "reverse model", "exact L", "-log p", "direct (± std)", "decomposed (± std)", "Var dir/dec (± std)"))
+    print(
+        "{:<32} {:>8} {:>8} {:>22} {:>22} {:>20}".format(
+            "reverse model", "exact L", "-log p", "direct (± std)", "decomposed (± std)", "Var dir/dec (± std)"
+        )
+    )
     for name, r in summary.items():
-        print("{:<32} {:>8.4f} {:>8.4f} {:>22} {:>22} {:>20}{}".format(
-            name, r["exact_bound"], r["neg_log_marginal"], fmt(r["direct"], ".4f"), fmt(r["decomposed"], ".4f"),
-            fmt(r["variance_ratio_direct_over_decomposed"], ".3g"), "  <- main" if name == main else ""))
+        print(
+            "{:<32} {:>8.4f} {:>8.4f} {:>22} {:>22} {:>20}{}".format(
+                name,
+                r["exact_bound"],
+                r["neg_log_marginal"],
+                fmt(r["direct"], ".4f"),
+                fmt(r["decomposed"], ".4f"),
+                fmt(r["variance_ratio_direct_over_decomposed"], ".3g"),
+                "  <- main" if name == main else "",
+            )
+        )
 
 
 def print_terms(r, num_terms=6):
@@ -170,9 +185,16 @@ def print_terms(r, num_terms=6):
     print("{:>6} {:>10} {:>20} {:>12} {:>12}".format("term", "exact", "decomposed +- SE", "std (RB)", "std (MC)"))
     shown = list(range(min(num_terms, len(terms["exact"])))) + [len(terms["exact"]) - 1]
     for k in sorted(set(shown)):
-        print("{:>6} {:>10.4f} {:>12.4f} +- {:<6.4f} {:>12.4f} {:>12.4f}".format(
-            "L_{}".format(k), terms["exact"][k], terms["decomposed_mean"][k], terms["decomposed_standard_error"][k],
-            terms["decomposed_std"][k], terms["direct_std"][k]))
+        print(
+            "{:>6} {:>10.4f} {:>12.4f} +- {:<6.4f} {:>12.4f} {:>12.4f}".format(
+                f"L_{k}",
+                terms["exact"][k],
+                terms["decomposed_mean"][k],
+                terms["decomposed_standard_error"][k],
+                terms["decomposed_std"][k],
+                terms["direct_std"][k],
+            )
+        )
 
 
 def plot_terms(r, path, title):
@@ -180,8 +202,15 @@ def plot_terms(r, path, title):
     k = np.arange(len(terms["exact"]))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     left.plot(k[1:], terms["exact"][1:], "k-", lw=1.2, label="closed form")
-    left.errorbar(k[1:], terms["decomposed_mean"][1:], yerr=2 * terms["decomposed_standard_error"][1:], fmt="o",
-                  ms=3, capsize=2, label="Monte Carlo over x_t, closed-form KL (2 SE bars)")
+    left.errorbar(
+        k[1:],
+        terms["decomposed_mean"][1:],
+        yerr=2 * terms["decomposed_standard_error"][1:],
+        fmt="o",
+        ms=3,
+        capsize=2,
+        label="Monte Carlo over x_t, closed-form KL (2 SE bars)",
+    )
     left.set_yscale("log")
     left.set_xlabel("k  (L_k = KL term for x_k; L_T = prior term)")
     left.set_ylabel("L_k (nats per data point)")
@@ -205,32 +234,58 @@ def plot_variance(summary, main, path):
     gaps = np.array([max(summary[n]["gap"], 1e-6) for n in names])
     num_seeds = len(summary[names[0]]["direct_variance"]["values"])
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    series = [("direct_variance", "o", "C0", "(a) direct, eq. 3"),
-              ("decomposed_variance", "s", "C1", "(b) KL-decomposed, eq. 5 (x_t from the same chain)"),
-              ("decomposed_independent_terms_variance", "^", "C2",
-               "(b) with a fresh x_t per term (sum of per-term variances)")]
+    series = [
+        ("direct_variance", "o", "C0", "(a) direct, eq. 3"),
+        ("decomposed_variance", "s", "C1", "(b) KL-decomposed, eq. 5 (x_t from the same chain)"),
+        (
+            "decomposed_independent_terms_variance",
+            "^",
+            "C2",
+            "(b) with a fresh x_t per term (sum of per-term variances)",
+        ),
+    ]
     direct = np.array([summary[n]["direct_variance"]["mean"] for n in names])
     decomposed = np.array([summary[n]["decomposed_variance"]["mean"] for n in names])
     ax.vlines(gaps, np.minimum(direct, decomposed), np.maximum(direct, decomposed), colors="0.8", lw=1)
     for key, marker, color, label in series:
-        ax.plot(gaps, [summary[n][key]["mean"] for n in names], marker, color=color, ls="none",
-                mfc="none" if marker == "^" else color, label=label)
+        ax.plot(
+            gaps,
+            [summary[n][key]["mean"] for n in names],
+            marker,
+            color=color,
+            ls="none",
+            mfc="none" if marker == "^" else color,
+            label=label,
+        )
         if num_seeds > 1:
             for j in range(num_seeds):
-                ax.plot(gaps, [summary[n][key]["values"][j] for n in names], ".", color=color, ms=2,
-                        label="one seed (small dots, inside the markers where the seeds agree)"
-                        if key == "direct_variance" and j == 0 else None)
+                ax.plot(
+                    gaps,
+                    [summary[n][key]["values"][j] for n in names],
+                    ".",
+                    color=color,
+                    ms=2,
+                    label="one seed (small dots, inside the markers where the seeds agree)"
+                    if key == "direct_variance" and j == 0
+                    else None,
+                )
     for index, (gap, name) in enumerate(zip(gaps, names)):
-        ax.annotate(name.replace("gaussian-fit, ", ""), (gap, max(direct[index], decomposed[index])), fontsize=7,
-                    rotation=90, ha="left" if index % 2 else "right", va="bottom",  # neighbours apart
-                    textcoords="offset points", xytext=(0, 8),
-                    color="r" if name == main else "k")
+        ax.annotate(
+            name.replace("gaussian-fit, ", ""),
+            (gap, max(direct[index], decomposed[index])),
+            fontsize=7,
+            rotation=90,
+            ha="left" if index % 2 else "right",
+            va="bottom",  # neighbours apart
+            textcoords="offset points",
+            xytext=(0, 8),
+            color="r" if name == main else "k",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("looseness of the bound: L - (-log p_theta(x_0)) (nats, closed form)")
     ax.set_ylabel("variance of one chain's estimate of L(x_0)")
-    ax.set_title("Which form has the lower variance depends on how good p_theta is ({} seed(s))".format(num_seeds),
-                 fontsize=10)
+    ax.set_title(f"Which form has the lower variance depends on how good p_theta is ({num_seeds} seed(s))", fontsize=10)
     ax.set_ylim(top=ax.get_ylim()[1] * 300)
     legend_outside(ax, where="below", ncol=1)
     save_figure(fig, path)
@@ -243,8 +298,14 @@ def plot_histogram(direct, decomposed, exact, path, title):
     high = max(e.max().item() for e in errors.values())
     bins = np.linspace(low, high, 80)
     for label, error in errors.items():
-        ax.hist(error.flatten().numpy(), bins=bins, density=True, histtype="step", lw=1.5,
-                label="{} (std {:.3g})".format(label, error.std().item()))
+        ax.hist(
+            error.flatten().numpy(),
+            bins=bins,
+            density=True,
+            histtype="step",
+            lw=1.5,
+            label=f"{label} (std {error.std().item():.3g})",
+        )
     ax.axvline(0, color="k", ls=":", label="exact L(x_0)")
     ax.set_yscale("log")
     ax.set_xlabel("one chain's estimate of L(x_0) minus the closed-form L(x_0) (nats)")
@@ -270,20 +331,31 @@ def main(args):
                 first[name] = result
                 if name == args.model:
                     direct_terms, decomposed_terms, exact = terms
-    summary = {name: dict(exact_bound=first[name]["exact_bound"], neg_log_marginal=first[name]["neg_log_marginal"],
-                          gap=first[name]["gap"], **spreads(rows))
-               for name, rows in per_seed.items()}
+    summary = {
+        name: dict(
+            exact_bound=first[name]["exact_bound"],
+            neg_log_marginal=first[name]["neg_log_marginal"],
+            gap=first[name]["gap"],
+            **spreads(rows),
+        )
+        for name, rows in per_seed.items()
+    }
     main_result = first[args.model]
 
-    print("data: {} ({} points, 2-D, data seed {}); T = {}, betas linear {:g}..{:g}; {} chains per point; "
-          "seeds {} (mean ± std over seeds)".format(args.data, args.num_data, args.data_seed, args.timesteps,
-                                                     args.beta_start, args.beta_end, args.samples, args.seeds))
+    print(
+        f"data: {args.data} ({args.num_data} points, 2-D, data seed {args.data_seed}); T = {args.timesteps}, "
+        f"betas linear {args.beta_start:g}..{args.beta_end:g}; {args.samples} chains per point; "
+        f"seeds {args.seeds} (mean ± std over seeds)"
+    )
     print_table(summary, args.model)
-    print("\nmain model {}: per-term L_k (nats per data point), first seed".format(args.model))
+    print(f"\nmain model {args.model}: per-term L_k (nats per data point), first seed")
     print_terms(main_result)
     difference = summary[args.model]["paired_difference"]
-    print("direct - decomposed = {} (over seeds); variance ratio direct/decomposed = {}".format(
-        fmt(difference, ".4f"), fmt(summary[args.model]["variance_ratio_direct_over_decomposed"], ".3g")))
+    print(
+        "direct - decomposed = {} (over seeds); variance ratio direct/decomposed = {}".format(
+            fmt(difference, ".4f"), fmt(summary[args.model]["variance_ratio_direct_over_decomposed"], ".3g")
+        )
+    )
 
     plot_terms(main_result, os.path.join(args.out, "terms.png"), args.model)
     plot_variance(summary, args.model, os.path.join(args.out, "variance.png"))
@@ -292,37 +364,54 @@ def main(args):
         decomposed_terms.sum(-1),
         exact.sum(-1),
         os.path.join(args.out, "histogram.png"),
-        "{}: per-chain estimates of the bound, {} chains x {} points (first seed)".format(
-            args.model, args.samples, args.num_data),
+        f"{args.model}: per-chain estimates of the bound, {args.samples} chains x {args.num_data} points (first seed)",
     )
-    results = {"args": vars(args), "main_model": args.model, "summary": summary,
-               "main_model_terms_first_seed": main_result["terms"], "per_seed": per_seed}
+    results = {
+        "args": vars(args),
+        "main_model": args.model,
+        "summary": summary,
+        "main_model_terms_first_seed": main_result["terms"],
+        "per_seed": per_seed,
+    }
     return finish("diffusion_bound", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/diffusion_bound", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help="a seed draws the forward chains; the data are fixed by --data-seed")
+    parser = _cli.parser(
+        __doc__,
+        out="results/diffusion_bound",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed draws the forward chains; the data are fixed by --data-seed",
+    )
     parser.add_argument("--data", choices=("mixture", "gaussian"), default="mixture")
     parser.add_argument("--num-data", type=_cli.positive_int, default=32)
     parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
-    parser.add_argument("--samples", type=_cli.integer(minimum=2), default=500,
-                        help="forward chains per data point (at least 2: a variance needs two)")
+    parser.add_argument(
+        "--samples",
+        type=_cli.integer(minimum=2),
+        default=500,
+        help="forward chains per data point (at least 2: a variance needs two)",
+    )
     parser.add_argument("--timesteps", type=_cli.positive_int, default=50, help="T")
     parser.add_argument("--beta-start", type=_cli.positive_real, default=1e-3)
     parser.add_argument("--beta-end", type=_cli.positive_real, default=0.2)
-    parser.add_argument("--model", choices=MODELS, default="ho-beta",
-                        help="reverse model of the per-term figure and histogram")
-    parser.add_argument("--variance-scales", type=_cli.positive_real, nargs="*",
-                        default=[0.25, 0.5, 0.8, 1.25, 2.0, 4.0],
-                        help="extra models: the Gaussian-fit reverse variances times each scale")
+    parser.add_argument(
+        "--model", choices=MODELS, default="ho-beta", help="reverse model of the per-term figure and histogram"
+    )
+    parser.add_argument(
+        "--variance-scales",
+        type=_cli.positive_real,
+        nargs="*",
+        default=[0.25, 0.5, 0.8, 1.25, 2.0, 4.0],
+        help="extra models: the Gaussian-fit reverse variances times each scale",
+    )
     return _cli.parse(parser, argv, check=check_arguments)
 
 
 def check_arguments(args):
     if not args.beta_start <= args.beta_end < 1:
-        raise ValueError("need 0 < --beta-start <= --beta-end < 1, got {} and {}".format(
-            args.beta_start, args.beta_end))
+        raise ValueError(f"need 0 < --beta-start <= --beta-end < 1, got {args.beta_start} and {args.beta_end}")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,19 @@ import torch
 if not __package__:  # run as ``python experiments/earthquake.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
-from experiments._mixtures import SEEDS_HELP, add_arguments, check_weights_argument  # noqa: E402
-from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
-from guides.earthquake import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
-from models.earthquake import DEFAULT_HYPER, generate_data, model  # noqa: E402
+from experiments import _cli
+from experiments._figures import legend_outside, plt, save_figure
+from experiments._mixtures import (  # noqa: E402
+    SEEDS_HELP,
+    add_arguments,
+    check_weights_argument,
+    plot_cavi_and_svi,
+    run_cavi,
+    run_svi,
+    write_results,
+)
+from guides.earthquake import cavi, elbo, global_guide, mean_field_guide, params_from_store
+from models.earthquake import DEFAULT_HYPER, generate_data, model
 
 TRUE_CENTRES = [[-6.0, -4.0], [5.0, 5.0], [6.0, -6.0]]
 TRUE_RATES = [2.0, 10.0, 30.0]
@@ -39,17 +46,28 @@ def plot_clusters(locations, counts, params, path):
     rates = (params.a / params.b).numpy()
     for k, (centre, rate) in enumerate(zip(params.m.numpy(), rates)):
         chosen = assignment == k
-        ax.scatter(locations[chosen, 0].numpy(), locations[chosen, 1].numpy(), color="C{}".format(k),
-                   s=8 + 2 * counts[chosen].numpy(), alpha=0.5, edgecolors="none",
-                   label="cluster {}: {} events, E[mu] ({:.2f}, {:.2f}), E[lambda] {:.1f}".format(
-                       k, int(chosen.sum()), centre[0], centre[1], rate))
-        ax.plot(*centre, marker="X", color="C{}".format(k), markersize=13, markeredgecolor="k", ls="none")
-    ax.plot([], [], marker="X", color="w", markeredgecolor="k", markersize=11, ls="none",
-            label="E[mu_k] (CAVI)")
-    for i, (centre, rate) in enumerate(zip(TRUE_CENTRES, TRUE_RATES)):
-        ax.plot(*centre, marker="+", color="k", markersize=16, mew=2, ls="none",
-                label="true centres (rates {})".format(", ".join("{:g}".format(r) for r in TRUE_RATES))
-                if i == 0 else None)
+        ax.scatter(
+            locations[chosen, 0].numpy(),
+            locations[chosen, 1].numpy(),
+            color=f"C{k}",
+            s=8 + 2 * counts[chosen].numpy(),
+            alpha=0.5,
+            edgecolors="none",
+            label=f"cluster {k}: {int(chosen.sum())} events, E[mu] ({centre[0]:.2f}, {centre[1]:.2f}), "
+            f"E[lambda] {rate:.1f}",
+        )
+        ax.plot(*centre, marker="X", color=f"C{k}", markersize=13, markeredgecolor="k", ls="none")
+    ax.plot([], [], marker="X", color="w", markeredgecolor="k", markersize=11, ls="none", label="E[mu_k] (CAVI)")
+    for i, (centre, _rate) in enumerate(zip(TRUE_CENTRES, TRUE_RATES)):
+        ax.plot(
+            *centre,
+            marker="+",
+            color="k",
+            markersize=16,
+            mew=2,
+            ls="none",
+            label="true centres (rates {})".format(", ".join(f"{r:g}" for r in TRUE_RATES)) if i == 0 else None,
+        )
     ax.set_xlabel("location x1")
     ax.set_ylabel("location x2")
     ax.set_title("Earthquakes: events by most likely CAVI cluster (marker area ~ count)", fontsize=10)
@@ -80,16 +98,16 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/earthquake", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help=SEEDS_HELP)
+    parser = _cli.parser(
+        __doc__, out="results/earthquake", multi_seed=True, default_seeds=(0, 1, 2), seeds_help=SEEDS_HELP
+    )
     add_arguments(parser)
     return _cli.parse(parser, argv, check=check_arguments)
 
 
 def check_arguments(args):
     if len(args.pi) != len(TRUE_CENTRES):
-        raise ValueError("argument --pi: needs {} weights, one per true cluster, got {}".format(
-            len(TRUE_CENTRES), len(args.pi)))
+        raise ValueError(f"argument --pi: needs {len(TRUE_CENTRES)} weights, one per true cluster, got {len(args.pi)}")
     check_weights_argument(args)
 
 

@@ -50,11 +50,11 @@ import torch
 if not __package__:  # run as ``python experiments/gamma_natural_gradient.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
-from experiments._results import finish, fmt, spreads  # noqa: E402
-from pyro_vi.exponential_family import FAMILIES  # noqa: E402
-from pyro_vi.optim import descent_step, natural_gradient_step  # noqa: E402
+from experiments import _cli
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
+from experiments._results import finish, fmt, spreads
+from pyro_vi.exponential_family import FAMILIES
+from pyro_vi.optim import descent_step, natural_gradient_step
 
 FAMILY = FAMILIES["gamma_shape_scale"]
 METHODS = ("GD", "NGD")
@@ -155,9 +155,14 @@ def plot_trajectories(runs, mle, truth, seed, path):
     for i, (ax, label) in enumerate(zip(axes, ("shape alpha", "scale beta"))):
         for name, run in runs.items():
             ax.plot(np.arange(1, len(run["path"]) + 1), run["path"][:, i], label=name, lw=1.4)
-        ax.axhline(mle[i], color="k", ls="--", lw=1, label="MLE {:.4f}".format(mle[i]))
-        ax.axhline(truth[i], color="gray", ls=":", lw=1.5,
-                   label="true value {:g} (dotted; MLE - true = {:+.3f})".format(truth[i], mle[i] - truth[i]))
+        ax.axhline(mle[i], color="k", ls="--", lw=1, label=f"MLE {mle[i]:.4f}")
+        ax.axhline(
+            truth[i],
+            color="gray",
+            ls=":",
+            lw=1.5,
+            label=f"true value {truth[i]:g} (dotted; MLE - true = {mle[i] - truth[i]:+.3f})",
+        )
         ax.set_xscale("log")
         ax.set_xlabel("iteration + 1 (log scale)")
         ax.set_ylabel(label)
@@ -173,10 +178,10 @@ def plot_nll(runs_per_seed, bests, tol, path):
     first, best = runs_per_seed[0], bests[0]
     for i, name in enumerate(METHODS):
         steps = np.arange(len(first[name]["nll"]))
-        ax.plot(steps + 1, first[name]["nll"], label=name, lw=1.4, color="C{}".format(i))
+        ax.plot(steps + 1, first[name]["nll"], label=name, lw=1.4, color=f"C{i}")
         gaps = [np.maximum(runs[name]["nll"] - b, GAP_FLOOR) for runs, b in zip(runs_per_seed, bests)]
-        seed_band(gap_ax, steps, np.log10(gaps), label=name, lw=1.4, color="C{}".format(i))
-    ax.axhline(best, color="k", ls="--", lw=1, label="NLL at the MLE {:.5f}".format(best))
+        seed_band(gap_ax, steps, np.log10(gaps), label=name, lw=1.4, color=f"C{i}")
+    ax.axhline(best, color="k", ls="--", lw=1, label=f"NLL at the MLE {best:.5f}")
     ax.set_xscale("log")
     ax.set_xlabel("iteration + 1 (log scale)")
     ax.set_ylabel("average NLL (nats)")
@@ -184,7 +189,7 @@ def plot_nll(runs_per_seed, bests, tol, path):
     gap_ax.axhline(np.log10(tol), color="k", ls=":", lw=1, label=f"tolerance {tol:g} nats")
     gap_ax.set_xlabel("iteration")
     gap_ax.set_ylabel(f"log10(NLL - NLL(MLE)) (nats, floored at {GAP_FLOOR:g})")
-    gap_ax.set_title("gap to the MLE ({})".format(band_note(len(runs_per_seed))), fontsize=10)
+    gap_ax.set_title(f"gap to the MLE ({band_note(len(runs_per_seed))})", fontsize=10)
     for a in (ax, gap_ax):
         legend_outside(a, where="below", ncol=2)
     save_figure(fig, path)
@@ -193,8 +198,14 @@ def plot_nll(runs_per_seed, bests, tol, path):
 def plot_paths(runs, stats, mle, seed, path):
     paths = np.concatenate([run["path"] for run in runs.values()])
     lo, hi = paths.min(0) * 0.9, paths.max(0) * 1.1
-    grid = torch.stack(torch.meshgrid(torch.linspace(lo[0], hi[0], 200, dtype=torch.float64),
-                                      torch.linspace(lo[1], hi[1], 200, dtype=torch.float64), indexing="xy"), -1)
+    grid = torch.stack(
+        torch.meshgrid(
+            torch.linspace(lo[0], hi[0], 200, dtype=torch.float64),
+            torch.linspace(lo[1], hi[1], 200, dtype=torch.float64),
+            indexing="xy",
+        ),
+        -1,
+    )
     gap = (average_nll(grid, stats) - average_nll(torch.as_tensor(mle), stats)).clamp_min(1e-8)
     fig, ax = plt.subplots(figsize=(7, 5.5))
     contours = ax.contour(grid[..., 0], grid[..., 1], gap.log10(), levels=15, cmap="viridis", linewidths=0.7)
@@ -204,7 +215,7 @@ def plot_paths(runs, stats, mle, seed, path):
     ax.plot(*mle, "k*", ms=12, label="MLE")
     ax.set_xlabel("shape alpha")
     ax.set_ylabel("scale beta")
-    ax.set_title("paths in (alpha, beta) over the NLL (data seed {})".format(seed), fontsize=10)
+    ax.set_title(f"paths in (alpha, beta) over the NLL (data seed {seed})", fontsize=10)
     legend_outside(ax, where="below", ncol=3)
     save_figure(fig, path)
 
@@ -239,39 +250,60 @@ def main(args):
     fits = [fit_one(args, seed) for seed in args.seeds]
     stats, mle, best, runs, _ = fits[0]
     mles = [f[1] for f in fits]
-    points = torch.tensor([[0.3, 0.5], [1.0, 10.0], [args.true_shape, args.true_scale], mle.tolist(), [40.0, 0.1]],
-                          dtype=torch.float64)
+    points = torch.tensor(
+        [[0.3, 0.5], [1.0, 10.0], [args.true_shape, args.true_scale], mle.tolist(), [40.0, 0.1]], dtype=torch.float64
+    )
     check = fisher_check(points)
     theta = torch.tensor((args.init_shape, args.init_scale), dtype=torch.float64, requires_grad=True)
     autograd_grad = torch.autograd.grad(average_nll(theta, stats), theta)[0]
     check["gradient_closed_vs_autograd"] = float((autograd_grad - nll_gradient(theta.detach(), stats)).abs().max())
     mle_np = mle.numpy()
-    plot_trajectories(runs, mle_np, (args.true_shape, args.true_scale), args.seeds[0],
-                      os.path.join(args.out, "trajectories.png"))
+    plot_trajectories(
+        runs, mle_np, (args.true_shape, args.true_scale), args.seeds[0], os.path.join(args.out, "trajectories.png")
+    )
     plot_nll([f[3] for f in fits], [f[2] for f in fits], args.tol, os.path.join(args.out, "nll.png"))
     plot_paths(runs, stats, mle_np, args.seeds[0], os.path.join(args.out, "path.png"))
     per_seed = {name: [f[4][name] for f in fits] for name in METHODS}
-    summary = {name: spreads(rows, ["iterations_to_tolerance", "halved_steps", "final_nll_gap"])
-               for name, rows in per_seed.items()}
-    print(f"{len(args.seeds)} data sets (seeds {args.seeds}) of {args.num_data} draws from Gamma(shape "
-          f"{args.true_shape:g}, scale {args.true_scale:g}); start ({args.init_shape:g}, {args.init_scale:g}), "
-          f"lr = {args.lr}, tolerance {args.tol:g} nats")
+    summary = {
+        name: spreads(rows, ["iterations_to_tolerance", "halved_steps", "final_nll_gap"])
+        for name, rows in per_seed.items()
+    }
+    print(
+        f"{len(args.seeds)} data sets (seeds {args.seeds}) of {args.num_data} draws from Gamma(shape "
+        f"{args.true_shape:g}, scale {args.true_scale:g}); start ({args.init_shape:g}, {args.init_scale:g}), "
+        f"lr = {args.lr}, tolerance {args.tol:g} nats"
+    )
     print("MLE per data set: " + "; ".join(f"alpha {m[0]:.5f}, beta {m[1]:.5f}" for m in mles))
     print("{:<6} {:>24} {:>12} {:>24}".format("method", "iterations (mean ± std)", "halved", "final NLL gap"))
     for name, s in summary.items():
-        print("{:<6} {:>24} {:>12} {:>24}".format(name, fmt(s["iterations_to_tolerance"], ".1f"),
-                                                 fmt(s["halved_steps"], ".0f"), fmt(s["final_nll_gap"], ".2e")))
-    print("Fisher checks (max relative error): " + ", ".join(
-        f"{k} {v:.1e}" for k, v in check.items() if k != "points"))
-    results = {"args": vars(args),
-               "mle": [{"alpha": float(m[0]), "beta": float(m[1]), "nll": f[2]} for m, f in zip(mles, fits)],
-               "tolerance_nats": args.tol, "summary": summary, "per_seed": per_seed, "checks": check}
+        print(
+            "{:<6} {:>24} {:>12} {:>24}".format(
+                name,
+                fmt(s["iterations_to_tolerance"], ".1f"),
+                fmt(s["halved_steps"], ".0f"),
+                fmt(s["final_nll_gap"], ".2e"),
+            )
+        )
+    print("Fisher checks (max relative error): " + ", ".join(f"{k} {v:.1e}" for k, v in check.items() if k != "points"))
+    results = {
+        "args": vars(args),
+        "mle": [{"alpha": float(m[0]), "beta": float(m[1]), "nll": f[2]} for m, f in zip(mles, fits)],
+        "tolerance_nats": args.tol,
+        "summary": summary,
+        "per_seed": per_seed,
+        "checks": check,
+    }
     return finish("gamma_natural_gradient", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/gamma_natural_gradient", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help="a seed draws the data set; GD and NGD are deterministic given the data")
+    parser = _cli.parser(
+        __doc__,
+        out="results/gamma_natural_gradient",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed draws the data set; GD and NGD are deterministic given the data",
+    )
     positive = _cli.positive_real
     parser.add_argument("--num-data", type=_cli.integer(minimum=2), default=1000)
     parser.add_argument("--true-shape", type=positive, default=3.0)
@@ -281,8 +313,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=positive, default=0.2, help="step size, the same for GD and NGD")
     parser.add_argument("--steps", type=_cli.positive_int, default=2000)
     parser.add_argument("--tol", type=positive, default=1e-6, help="NLL gap to the MLE counted as reached (nats)")
-    parser.add_argument("--max-halvings", type=_cli.nonnegative_int, default=30,
-                        help="halvings of a step that leaves the domain")
+    parser.add_argument(
+        "--max-halvings", type=_cli.nonnegative_int, default=30, help="halvings of a step that leaves the domain"
+    )
     return _cli.parse(parser, argv)
 
 

@@ -21,12 +21,19 @@ import torch
 if not __package__:  # run as ``python experiments/gmm_cavi.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
-from experiments._mixtures import SEEDS_HELP, add_arguments, check_weights_argument  # noqa: E402
-from experiments._mixtures import plot_cavi_and_svi, run_cavi, run_svi, write_results  # noqa: E402
-from guides.gmm import cavi, elbo, global_guide, mean_field_guide, params_from_store  # noqa: E402
-from models.gmm import DEFAULT_PRIOR, generate_data, model  # noqa: E402
+from experiments import _cli
+from experiments._figures import legend_outside, plt, save_figure
+from experiments._mixtures import (  # noqa: E402
+    SEEDS_HELP,
+    add_arguments,
+    check_weights_argument,
+    plot_cavi_and_svi,
+    run_cavi,
+    run_svi,
+    write_results,
+)
+from guides.gmm import cavi, elbo, global_guide, mean_field_guide, params_from_store
+from models.gmm import DEFAULT_PRIOR, generate_data, model
 
 
 def plot_clusters(data, pi, params, mus, taus, path):
@@ -34,19 +41,28 @@ def plot_clusters(data, pi, params, mus, taus, path):
     components drawn over it, and the true means."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
     x = data.numpy()
-    ax.hist(x, bins=60, density=True, color="0.85", label="data (N = {})".format(len(x)))
+    ax.hist(x, bins=60, density=True, color="0.85", label=f"data (N = {len(x)})")
     grid = np.linspace(x.min() - 1, x.max() + 1, 600)
     tau = (params.a / params.b).numpy()
-    densities = [weight * np.sqrt(prec / (2 * np.pi)) * np.exp(-0.5 * prec * (grid - loc) ** 2)
-                 for weight, loc, prec in zip(pi.numpy(), params.m.numpy(), tau)]
-    ax.plot(grid, np.sum(densities, 0), color="0.35", lw=5, alpha=0.45, zorder=2,
-            label="fitted mixture (CAVI), wide grey")
+    densities = [
+        weight * np.sqrt(prec / (2 * np.pi)) * np.exp(-0.5 * prec * (grid - loc) ** 2)
+        for weight, loc, prec in zip(pi.numpy(), params.m.numpy(), tau)
+    ]
+    ax.plot(
+        grid, np.sum(densities, 0), color="0.35", lw=5, alpha=0.45, zorder=2, label="fitted mixture (CAVI), wide grey"
+    )
     for k in np.argsort(params.m.numpy()):
         nearest = int(np.argmin(np.abs(np.asarray(mus) - float(params.m[k]))))
-        ax.plot(grid, densities[k], lw=1.4, ls="--", zorder=3,
-                label="component {}: pi {:.2f}, E[mu] {:.2f} (nearest true mean {:.2f}), "
-                      "E[tau] {:.2f} (its true tau {:.2f})".format(
-                          k, float(pi[k]), float(params.m[k]), mus[nearest], tau[k], taus[nearest]))
+        ax.plot(
+            grid,
+            densities[k],
+            lw=1.4,
+            ls="--",
+            zorder=3,
+            label=f"component {k}: pi {float(pi[k]):.2f}, E[mu] {float(params.m[k]):.2f} (nearest true mean "
+            f"{mus[nearest]:.2f}), "
+            f"E[tau] {tau[k]:.2f} (its true tau {taus[nearest]:.2f})",
+        )
     for i, mu in enumerate(mus):
         ax.axvline(mu, color="k", ls=":", lw=1, label="true means" if i == 0 else None)
     ax.set_xlabel("x")
@@ -80,13 +96,20 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/gmm_cavi", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help=SEEDS_HELP)
+    parser = _cli.parser(
+        __doc__, out="results/gmm_cavi", multi_seed=True, default_seeds=(0, 1, 2), seeds_help=SEEDS_HELP
+    )
     add_arguments(parser)
-    parser.add_argument("--mus", type=_cli.finite_real, nargs="+", default=[-4.0, 0.0, 4.0],
-                        help="true component means, one per weight")
-    parser.add_argument("--taus", type=_cli.positive_real, nargs="+", default=[1.0, 4.0, 0.5],
-                        help="true component precisions, one per weight")
+    parser.add_argument(
+        "--mus", type=_cli.finite_real, nargs="+", default=[-4.0, 0.0, 4.0], help="true component means, one per weight"
+    )
+    parser.add_argument(
+        "--taus",
+        type=_cli.positive_real,
+        nargs="+",
+        default=[1.0, 4.0, 0.5],
+        help="true component precisions, one per weight",
+    )
     return _cli.parse(parser, argv, check=check_arguments)
 
 
@@ -94,8 +117,7 @@ def check_arguments(args):
     check_weights_argument(args)
     for flag, values in (("--mus", args.mus), ("--taus", args.taus)):
         if len(values) != len(args.pi):
-            raise ValueError("argument {}: needs one value per weight of --pi ({}), got {}".format(
-                flag, len(args.pi), len(values)))
+            raise ValueError(f"argument {flag}: needs one value per weight of --pi ({len(args.pi)}), got {len(values)}")
 
 
 if __name__ == "__main__":

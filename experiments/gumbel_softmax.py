@@ -40,10 +40,10 @@ from scipy import stats
 if not __package__:  # run as ``python experiments/gumbel_softmax.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
-from experiments._results import finish, fmt, spread  # noqa: E402
-from pyro_vi.gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample  # noqa: E402
+from experiments import _cli
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
+from experiments._results import finish, fmt, spread
+from pyro_vi.gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample
 
 OBJECTIVES = {
     "linear": lambda y, c: (y * c).sum(-1),
@@ -100,7 +100,7 @@ def histogram_counts(logits, probs, args, generator):
     counts = {"Categorical (direct)": torch.bincount(direct, minlength=k).cpu().numpy()}
     for tau in args.temperatures:
         y = gumbel_softmax_sample(logits, tau, (n,), generator=generator)
-        counts["Gumbel-softmax argmax, tau={:g}".format(tau)] = (
+        counts[f"Gumbel-softmax argmax, tau={tau:g}"] = (
             torch.bincount(categorical_from_relaxed(y), minlength=k).cpu().numpy()
         )
     return {name: {"counts": c.tolist(), "chisquare_pvalue": chisquare(c, probs)} for name, c in counts.items()}
@@ -117,17 +117,19 @@ def plot_histogram(per_seed, probs, n, path):
     for i, name in enumerate(names, start=1):
         freqs = np.array([seed[name]["counts"] for seed in per_seed]) / n
         pvalues = ", ".join("{:.2f}".format(seed[name]["chisquare_pvalue"]) for seed in per_seed)
-        ax.bar(xs + i * width, freqs.mean(0), width, color="C{}".format(i - 1),
-               label="{} (chi-square p = {})".format(name, pvalues))
+        ax.bar(xs + i * width, freqs.mean(0), width, color=f"C{i - 1}", label=f"{name} (chi-square p = {pvalues})")
         for seed_freqs in freqs:
             ax.plot(xs + i * width, seed_freqs, "k.", ms=3)
     ax.plot([], [], "k.", ms=3, label="one seed")
     ax.set_xticks(xs + 0.4 - width / 2)
-    ax.set_xticklabels(["k = {}".format(j) for j in range(k)])
+    ax.set_xticklabels([f"k = {j}" for j in range(k)])
     ax.set_xlabel("category")
-    ax.set_ylabel("relative frequency (N = {} per seed)".format(n))
-    ax.set_title("argmax of Gumbel-softmax samples vs Categorical draws (bars: mean of {} seeds; "
-                 "p-values per seed)".format(len(per_seed)), fontsize=10)
+    ax.set_ylabel(f"relative frequency (N = {n} per seed)")
+    ax.set_title(
+        f"argmax of Gumbel-softmax samples vs Categorical draws (bars: mean of {len(per_seed)} seeds; "
+        "p-values per seed)",
+        fontsize=10,
+    )
     legend_outside(ax)
     save_figure(fig, path)
 
@@ -151,11 +153,18 @@ def plot_temperature(grid, mean_max, shown, probs, args, path):
     num_seeds = len(mean_max)
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     ax = axes[0]
-    seed_band(ax, grid, mean_max, label="mean max_k y_k (N = {}; {})".format(args.num_samples, band_note(num_seeds)),
-              marker="o", ms=3, color="C0")
+    seed_band(
+        ax,
+        grid,
+        mean_max,
+        label=f"mean max_k y_k (N = {args.num_samples}; {band_note(num_seeds)})",
+        marker="o",
+        ms=3,
+        color="C0",
+    )
     for i, tau in enumerate(args.temperatures):
         values = [float(seed[tau].max(-1).values.mean()) for seed in shown]
-        ax.plot([tau], [np.mean(values)], "s", ms=7, color="C{}".format(i + 1), label="tau = {:g}".format(tau))
+        ax.plot([tau], [np.mean(values)], "s", ms=7, color=f"C{i + 1}", label=f"tau = {tau:g}")
     ax.axhline(1.0, color="k", ls="--", lw=1, label="one-hot (tau -> 0)")
     ax.axhline(1.0 / k, color="k", ls=":", lw=1, label="uniform 1/K (tau -> inf)")
     ax.axhline(float(probs.max()), color="grey", ls="-.", lw=1, label="max_k a_k")
@@ -172,14 +181,19 @@ def plot_temperature(grid, mean_max, shown, probs, args, path):
         y = shown[0][tau][:per].numpy()
         bottom = np.zeros(len(y))
         for j in range(k):
-            ax.bar(left + np.arange(len(y)), y[:, j], bottom=bottom, color="C{}".format(j),
-                   label="y_{}".format(j) if tau == args.temperatures[0] else None)
+            ax.bar(
+                left + np.arange(len(y)),
+                y[:, j],
+                bottom=bottom,
+                color=f"C{j}",
+                label=f"y_{j}" if tau == args.temperatures[0] else None,
+            )
             bottom += y[:, j]
-        ax.text(left + (len(y) - 1) / 2, 1.02, "tau={:g}".format(tau), ha="center", fontsize=8)
+        ax.text(left + (len(y) - 1) / 2, 1.02, f"tau={tau:g}", ha="center", fontsize=8)
         left += len(y) + 1
     ax.set_xticks([])
     ax.set_ylim(0, 1.1)
-    ax.set_xlabel("{} samples per temperature (first seed)".format(per))
+    ax.set_xlabel(f"{per} samples per temperature (first seed)")
     ax.set_ylabel("components of y (stacked)")
     ax.set_title("Gumbel-softmax samples", fontsize=10)
     legend_outside(ax, where="below", ncol=4)
@@ -190,15 +204,15 @@ def plot_temperature(grid, mean_max, shown, probs, args, path):
     ax.bar(xs, probs, width, color="k", label="a (= E[one-hot])")
     for i, tau in enumerate(args.temperatures, start=1):
         means = np.array([seed[tau].mean(0).numpy() for seed in shown])
-        ax.bar(xs + i * width, means.mean(0), width, color="C{}".format(i), label="E[y], tau = {:g}".format(tau))
+        ax.bar(xs + i * width, means.mean(0), width, color=f"C{i}", label=f"E[y], tau = {tau:g}")
         for seed_means in means:
             ax.plot(xs + i * width, seed_means, "k.", ms=3)
     ax.plot([], [], "k.", ms=3, label="one seed")
     ax.set_xticks(xs + 0.4 - width / 2)
-    ax.set_xticklabels(["k = {}".format(j) for j in range(k)])
+    ax.set_xticklabels([f"k = {j}" for j in range(k)])
     ax.set_xlabel("category")
     ax.set_ylabel("mean of y_k")
-    ax.set_title("E[y] tends to a as tau -> 0 (bars: mean of {} seeds)".format(num_seeds), fontsize=10)
+    ax.set_title(f"E[y] tends to a as tau -> 0 (bars: mean of {num_seeds} seeds)", fontsize=10)
     legend_outside(ax, where="below", ncol=2)
     save_figure(fig, path)
 
@@ -216,16 +230,18 @@ def gradient_rows(logits, probs, args, generator):
                 mean, var = grads.mean(0), grads.var(0)
                 se = (var / args.grad_draws).sqrt()
                 bias = mean - exact
-                rows.append({
-                    "objective": fname,
-                    "estimator": name,
-                    "temperature": tau,
-                    "bias_norm": float(bias.norm()),
-                    "bias_norm_se": float(se.norm()),
-                    "max_abs_bias_over_se": float((bias.abs() / se).max()),
-                    "variance_trace": float(var.sum()),
-                    "value_bias": float(values.mean()) - discrete_value,
-                })
+                rows.append(
+                    {
+                        "objective": fname,
+                        "estimator": name,
+                        "temperature": tau,
+                        "bias_norm": float(bias.norm()),
+                        "bias_norm_se": float(se.norm()),
+                        "max_abs_bias_over_se": float((bias.abs() / se).max()),
+                        "variance_trace": float(var.sum()),
+                        "value_bias": float(values.mean()) - discrete_value,
+                    }
+                )
     return exact.tolist(), discrete_value, rows
 
 
@@ -256,7 +272,7 @@ def plot_gradients(summary, names, args, path):
         for i, name in enumerate(names):
             sel = [r for r in summary if r["objective"] == fname and r["estimator"] == name]
             taus = np.array([r["temperature"] for r in sel]) * OFFSETS[i]
-            kw = dict(ls=styles[i], marker=markers[i], color="C{}".format(i), ms=6, capsize=2, label=name)
+            kw = dict(ls=styles[i], marker=markers[i], color=f"C{i}", ms=6, capsize=2, label=name)
             for col, key in enumerate(("bias_norm", "variance_trace")):
                 mean = np.array([r[key]["mean"] for r in sel])
                 low = np.array([min(r[key]["values"]) for r in sel])
@@ -265,17 +281,24 @@ def plot_gradients(summary, names, args, path):
         bias_ax, var_ax = axes[row]
         bias_ax.axhline(0.0, color="k", lw=1, label="0: unbiased for the discrete gradient")
         bias_ax.set_ylabel("|mean estimate - exact gradient|_2")
-        bias_ax.set_title("f {}: bias w.r.t. d/dlogits sum_k c_k a_k".format(fname), fontsize=10)
+        bias_ax.set_title(f"f {fname}: bias w.r.t. d/dlogits sum_k c_k a_k", fontsize=10)
         var_ax.set_yscale("log")
         var_ax.set_ylabel("trace of the covariance of one-sample estimates")
-        var_ax.set_title("f {}: variance ({} draws per point)".format(fname, args.grad_draws), fontsize=10)
+        var_ax.set_title(f"f {fname}: variance ({args.grad_draws} draws per point)", fontsize=10)
         for ax in (bias_ax, var_ax):
             ax.set_xscale("log")
-            ax.set_xticks(args.grad_temperatures, ["{:g}".format(t) for t in args.grad_temperatures])
+            ax.set_xticks(args.grad_temperatures, [f"{t:g}" for t in args.grad_temperatures])
             ax.minorticks_off()
             ax.set_xlabel("temperature tau (log scale, ticks at the temperatures run)")
-            legend_outside(ax, where="below", ncol=2, title="{}; points offset around each tau; bars: lowest to "
-                           "highest seed".format(band_note(num_seeds).split(",")[0]), title_fontsize=8)
+            legend_outside(
+                ax,
+                where="below",
+                ncol=2,
+                title="{}; points offset around each tau; bars: lowest to highest seed".format(
+                    band_note(num_seeds).split(",")[0]
+                ),
+                title_fontsize=8,
+            )
     save_figure(fig, path)
 
 
@@ -305,59 +328,105 @@ def main(args):
 
     pvalues = [seed[name]["chisquare_pvalue"] for seed in hist for name in seed]
     below = sum(p < 0.05 for p in pvalues)
-    print("a = {}, N = {} per seed, seeds {}".format(np.round(probs, 4).tolist(), args.num_samples, args.seeds))
+    print(f"a = {np.round(probs, 4).tolist()}, N = {args.num_samples} per seed, seeds {args.seeds}")
     print("{:<44} {:>30}".format("argmax histogram", "chi-square p per seed"))
     for name in hist[0]:
         print("{:<44} {:>30}".format(name, ", ".join("{:.3f}".format(seed[name]["chisquare_pvalue"]) for seed in hist)))
-    print("{} of {} p-values below 0.05; {:.2f} expected when every sampler is exact (p is uniform)".format(
-        below, len(pvalues), 0.05 * len(pvalues)))
-    temperature = {"{:g}".format(tau): {
-        "mean_max_component": spread([float(seed[tau].max(-1).values.mean()) for seed in shown]),
-        "mean": np.mean([seed[tau].mean(0).numpy() for seed in shown], 0).tolist()} for tau in args.temperatures}
+    print(
+        f"{below} of {len(pvalues)} p-values below 0.05; {0.05 * len(pvalues):.2f} expected when every sampler "
+        "is exact (p is uniform)"
+    )
+    temperature = {
+        f"{tau:g}": {
+            "mean_max_component": spread([float(seed[tau].max(-1).values.mean()) for seed in shown]),
+            "mean": np.mean([seed[tau].mean(0).numpy() for seed in shown], 0).tolist(),
+        }
+        for tau in args.temperatures
+    }
     print("\n{:<8} {:>24} {:>36}".format("tau", "mean max_k y_k", "E[y] (mean over seeds)"))
     for tau, r in temperature.items():
-        print("{:<8} {:>24} {:>36}".format(tau, fmt(r["mean_max_component"], ".4f"), str(np.round(r["mean"], 3).tolist())))
-    print("\nc = {}, exact gradient = {}; mean ± std over seeds".format(args.coefficients, np.round(exact, 4).tolist()))
+        print(
+            "{:<8} {:>24} {:>36}".format(tau, fmt(r["mean_max_component"], ".4f"), str(np.round(r["mean"], 3).tolist()))
+        )
+    print(f"\nc = {args.coefficients}, exact gradient = {np.round(exact, 4).tolist()}; mean ± std over seeds")
     print("{:<7} {:<45} {:>6} {:>20} {:>9} {:>22}".format("f", "estimator", "tau", "|bias|", "SE", "tr Var"))
     for r in summary:
-        print("{:<7} {:<45} {:>6g} {:>20} {:>9.4f} {:>22}".format(
-            r["objective"], r["estimator"], r["temperature"], fmt(r["bias_norm"], ".4f"),
-            r["bias_norm_se"]["mean"], fmt(r["variance_trace"], ".4f")))
-    results = {"args": vars(args), "probs": probs.tolist(),
-               "histogram": {"per_seed": hist, "pvalues_below_0.05": below, "num_pvalues": len(pvalues)},
-               "temperature": {"grid": grid.tolist(), "mean_max_component": [spread(v) for v in zip(*mean_max)],
-                               "shown": temperature},
-               "gradients": {"coefficients": args.coefficients, "exact_gradient": exact,
-                             "discrete_value": discrete_value, "rows": summary}}
+        print(
+            "{:<7} {:<45} {:>6g} {:>20} {:>9.4f} {:>22}".format(
+                r["objective"],
+                r["estimator"],
+                r["temperature"],
+                fmt(r["bias_norm"], ".4f"),
+                r["bias_norm_se"]["mean"],
+                fmt(r["variance_trace"], ".4f"),
+            )
+        )
+    results = {
+        "args": vars(args),
+        "probs": probs.tolist(),
+        "histogram": {"per_seed": hist, "pvalues_below_0.05": below, "num_pvalues": len(pvalues)},
+        "temperature": {
+            "grid": grid.tolist(),
+            "mean_max_component": [spread(v) for v in zip(*mean_max)],
+            "shown": temperature,
+        },
+        "gradients": {
+            "coefficients": args.coefficients,
+            "exact_gradient": exact,
+            "discrete_value": discrete_value,
+            "rows": summary,
+        },
+    }
     return finish("gumbel_softmax", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/gumbel_softmax", device=True, multi_seed=True,
-                         default_seeds=(0, 1, 2), seeds_help="a seed sets every draw of the study")
+    parser = _cli.parser(
+        __doc__,
+        out="results/gumbel_softmax",
+        device=True,
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets every draw of the study",
+    )
     positive = _cli.positive_real
-    parser.add_argument("--probs", type=positive, nargs="+", default=[0.1, 0.2, 0.5, 0.2],
-                        help="category probabilities a (renormalized)")
+    parser.add_argument(
+        "--probs",
+        type=positive,
+        nargs="+",
+        default=[0.1, 0.2, 0.5, 0.2],
+        help="category probabilities a (renormalized)",
+    )
     parser.add_argument("--num-samples", type=_cli.positive_int, default=1000, help="N for the histogram and samples")
     parser.add_argument("--temperatures", type=positive, nargs="+", default=[0.1, 0.5, 1.0, 5.0])
-    parser.add_argument("--grid-points", type=_cli.integer(minimum=2), default=21,
-                        help="temperatures in [0.01, 100] for the curve")
+    parser.add_argument(
+        "--grid-points", type=_cli.integer(minimum=2), default=21, help="temperatures in [0.01, 100] for the curve"
+    )
     parser.add_argument("--shown-samples", type=_cli.positive_int, default=8, help="samples drawn per temperature")
-    parser.add_argument("--coefficients", type=_cli.finite_real, nargs="+", default=[1.0, 2.0, 3.0, 4.0],
-                        help="c in f(y) = sum_k c_k y_k (or c_k y_k^2)")
-    parser.add_argument("--grad-temperatures", type=positive, nargs="+",
-                        default=[0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0])
-    parser.add_argument("--grad-draws", type=_cli.integer(minimum=2), default=100000,
-                        help="one-sample gradient estimates per estimator and temperature")
+    parser.add_argument(
+        "--coefficients",
+        type=_cli.finite_real,
+        nargs="+",
+        default=[1.0, 2.0, 3.0, 4.0],
+        help="c in f(y) = sum_k c_k y_k (or c_k y_k^2)",
+    )
+    parser.add_argument("--grad-temperatures", type=positive, nargs="+", default=[0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0])
+    parser.add_argument(
+        "--grad-draws",
+        type=_cli.integer(minimum=2),
+        default=100000,
+        help="one-sample gradient estimates per estimator and temperature",
+    )
     return _cli.parse(parser, argv, check=check_arguments)
 
 
 def check_arguments(args):
     if len(args.probs) < 2:
-        raise ValueError("argument --probs: needs at least two categories, got {}".format(args.probs))
+        raise ValueError(f"argument --probs: needs at least two categories, got {args.probs}")
     if len(args.coefficients) != len(args.probs):
-        raise ValueError("argument --coefficients: needs one number per category ({}), got {}".format(
-            len(args.probs), len(args.coefficients)))
+        raise ValueError(
+            f"argument --coefficients: needs one number per category ({len(args.probs)}), got {len(args.coefficients)}"
+        )
 
 
 if __name__ == "__main__":

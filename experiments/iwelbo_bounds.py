@@ -24,12 +24,13 @@ import torch
 if not __package__:  # run as ``python experiments/iwelbo_bounds.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
-from experiments._results import finish, fmt, spread  # noqa: E402
-from guides.normal_gamma import NormalGammaParams, elbo as closed_form_elbo, mean_field_guide  # noqa: E402
-from models.normal_gamma import generate_data, log_evidence, model  # noqa: E402
-from pyro_vi import ImportanceWeightedELBO  # noqa: E402
+from experiments import _cli
+from experiments._figures import legend_outside, plt, save_figure
+from experiments._results import finish, fmt, spread
+from guides.normal_gamma import NormalGammaParams, mean_field_guide
+from guides.normal_gamma import elbo as closed_form_elbo
+from models.normal_gamma import generate_data, log_evidence, model
+from pyro_vi import ImportanceWeightedELBO
 
 
 def estimate_bound(data, q, num_particles, num_draws):
@@ -38,9 +39,7 @@ def estimate_bound(data, q, num_particles, num_draws):
     guide = functools.partial(mean_field_guide, init=q)
     pyro.clear_param_store()
     with torch.no_grad():
-        values = torch.tensor(
-            [-elbo.loss(model, guide, data) for _ in range(num_draws)], dtype=torch.float64
-        )
+        values = torch.tensor([-elbo.loss(model, guide, data) for _ in range(num_draws)], dtype=torch.float64)
     return values.mean().item(), values.std().item() / math.sqrt(num_draws)
 
 
@@ -55,19 +54,25 @@ def plot_bounds(rows, log_px, exact_elbo, num_draws, num_seeds, path):
     se2 = 2 * np.array([r["pooled_standard_error"] for r in rows])
     per_seed = np.array([r["bound"]["values"] for r in rows])  # (K, seeds)
     fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(13, 5))
-    label = "L_K: mean of {} seeds x {} draws, 2 SE bars".format(num_seeds, num_draws)
+    label = f"L_K: mean of {num_seeds} seeds x {num_draws} draws, 2 SE bars"
     for axis, values, refs in ((ax, means, True), (gap_ax, log_px - means, False)):
         shown = per_seed if refs else log_px - per_seed
         axis.errorbar(ks, values, yerr=se2, marker="o", capsize=3, color="C0", label=label, zorder=3)
         if num_seeds > 1:
             for j in range(num_seeds):
-                axis.plot(ks * 1.12, shown[:, j], "o", color="C1", ms=3.5, zorder=4,
-                          label="one seed's mean ({} draws), drawn right of its K".format(num_draws)
-                          if j == 0 else None)
+                axis.plot(
+                    ks * 1.12,
+                    shown[:, j],
+                    "o",
+                    color="C1",
+                    ms=3.5,
+                    zorder=4,
+                    label=f"one seed's mean ({num_draws} draws), drawn right of its K" if j == 0 else None,
+                )
         axis.set_xscale("log")
         axis.set_xlabel("K (importance samples, log scale)")
-    ax.axhline(log_px, color="k", ls=":", lw=1.2, label="exact log p(X) = {:.4f}".format(log_px))
-    ax.axhline(exact_elbo, color="k", ls="--", lw=1, label="closed-form ELBO of q = L_1 = {:.3f}".format(exact_elbo))
+    ax.axhline(log_px, color="k", ls=":", lw=1.2, label=f"exact log p(X) = {log_px:.4f}")
+    ax.axhline(exact_elbo, color="k", ls="--", lw=1, label=f"closed-form ELBO of q = L_1 = {exact_elbo:.3f}")
     ax.set_ylabel("bound (nats)")
     ax.set_title("Importance-weighted bound L_K against K", fontsize=10)
     legend_outside(ax, where="below", ncol=1)
@@ -96,41 +101,81 @@ def main(args):
         bound = spread([r["bound"] for r in seed_rows])
         # the mean over every seed's draws and its standard error
         pooled_se = math.sqrt(sum(r["standard_error"] ** 2 for r in seed_rows)) / len(seed_rows)
-        rows.append({"K": k, "bound": bound, "pooled_standard_error": pooled_se,
-                     "standard_error_per_seed": [r["standard_error"] for r in seed_rows],
-                     "gap_to_log_evidence": log_px - bound["mean"],
-                     "seeds_above_log_evidence": sum(r["bound"] > log_px for r in seed_rows)})
-    print("q = {}; log p(X) = {:.4f}, closed-form ELBO of q = {:.4f}; seeds {}, {} draws each".format(
-        q, log_px, exact_elbo, args.seeds, args.draws))
-    print("{:>6} {:>22} {:>12} {:>14} {:>14}".format("K", "L_K (± std, seeds)", "pooled SE", "log p(X) - L_K",
-                                                     "seeds above"))
+        rows.append(
+            {
+                "K": k,
+                "bound": bound,
+                "pooled_standard_error": pooled_se,
+                "standard_error_per_seed": [r["standard_error"] for r in seed_rows],
+                "gap_to_log_evidence": log_px - bound["mean"],
+                "seeds_above_log_evidence": sum(r["bound"] > log_px for r in seed_rows),
+            }
+        )
+    print(
+        f"q = {q}; log p(X) = {log_px:.4f}, closed-form ELBO of q = {exact_elbo:.4f}; seeds {args.seeds}, "
+        f"{args.draws} draws each"
+    )
+    print(
+        "{:>6} {:>22} {:>12} {:>14} {:>14}".format(
+            "K", "L_K (± std, seeds)", "pooled SE", "log p(X) - L_K", "seeds above"
+        )
+    )
     for row in rows:
-        print("{:>6} {:>22} {:>12.4f} {:>14.4f} {:>14}".format(
-            row["K"], fmt(row["bound"], ".4f"), row["pooled_standard_error"], row["gap_to_log_evidence"],
-            "{} of {}".format(row["seeds_above_log_evidence"], len(args.seeds))))
+        print(
+            "{:>6} {:>22} {:>12.4f} {:>14.4f} {:>14}".format(
+                row["K"],
+                fmt(row["bound"], ".4f"),
+                row["pooled_standard_error"],
+                row["gap_to_log_evidence"],
+                "{} of {}".format(row["seeds_above_log_evidence"], len(args.seeds)),
+            )
+        )
     means = [r["bound"]["mean"] for r in rows]
     ses = [r["pooled_standard_error"] for r in rows]
     increasing = all(b >= a - 4 * math.hypot(sa, sb) for a, b, sa, sb in zip(means, means[1:], ses, ses[1:]))
     below = all(m <= log_px + 4 * se for m, se in zip(means, ses))
-    print("non-decreasing in K: {}; below log p(X): {} (within 4 pooled standard errors)".format(increasing, below))
+    print(f"non-decreasing in K: {increasing}; below log p(X): {below} (within 4 pooled standard errors)")
     for row in rows:
         if row["gap_to_log_evidence"] < 0:
-            print("L_{} is {:.4f} above log p(X), {:.1f} pooled standard errors: Monte Carlo error; the true gap "
-                  "shrinks like 1/K and at this K is of the order of the estimate's standard error".format(
-                      row["K"], -row["gap_to_log_evidence"], -row["gap_to_log_evidence"] / row["pooled_standard_error"]))
+            print(
+                "L_{} is {:.4f} above log p(X), {:.1f} pooled standard errors: Monte Carlo error; the true gap "
+                "shrinks like 1/K and at this K is of the order of the estimate's standard error".format(
+                    row["K"], -row["gap_to_log_evidence"], -row["gap_to_log_evidence"] / row["pooled_standard_error"]
+                )
+            )
     plot_bounds(rows, log_px, exact_elbo, args.draws, len(args.seeds), os.path.join(args.out, "bounds.png"))
-    results = {"args": vars(args), "log_evidence": log_px, "closed_form_elbo": exact_elbo, "bounds": rows,
-               "non_decreasing": increasing, "below_log_evidence": below}
+    results = {
+        "args": vars(args),
+        "log_evidence": log_px,
+        "closed_form_elbo": exact_elbo,
+        "bounds": rows,
+        "non_decreasing": increasing,
+        "below_log_evidence": below,
+    }
     return finish("iwelbo_bounds", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/iwelbo_bounds", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help="a seed sets the importance samples; the data are fixed by --data-seed")
-    parser.add_argument("--ks", type=_cli.positive_int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100, 500, 1000],
-                        help="numbers of importance samples K")
-    parser.add_argument("--draws", type=_cli.integer(minimum=2), default=500,
-                        help="draws per K (at least 2: a standard error needs two)")
+    parser = _cli.parser(
+        __doc__,
+        out="results/iwelbo_bounds",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets the importance samples; the data are fixed by --data-seed",
+    )
+    parser.add_argument(
+        "--ks",
+        type=_cli.positive_int,
+        nargs="+",
+        default=[1, 2, 5, 10, 20, 50, 100, 500, 1000],
+        help="numbers of importance samples K",
+    )
+    parser.add_argument(
+        "--draws",
+        type=_cli.integer(minimum=2),
+        default=500,
+        help="draws per K (at least 2: a standard error needs two)",
+    )
     parser.add_argument("--m", type=_cli.finite_real, default=0.8, help="q(mu) mean")
     parser.add_argument("--lam", type=_cli.positive_real, default=20.0, help="q(mu) precision")
     parser.add_argument("--a", type=_cli.positive_real, default=15.0, help="q(tau) shape")

@@ -44,13 +44,23 @@ from pyro.optim import Adam
 if not __package__:  # run as ``python experiments/lda_svi.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import legend_outside, plt, save_figure  # noqa: E402
-from experiments._results import finish, fmt, indistinguishable, spread, spreads  # noqa: E402
-from guides.lda import LAMBDA, cavi, check_schedule, corpus_elbo, elbo, guide, initial_lambda  # noqa: E402
-from guides.lda import LDAPrior, params_from_store, stochastic_vi  # noqa: E402
-from models.lda import generate_corpus, load_docword, match_topics, model  # noqa: E402
-from pyro_vi.training import fit  # noqa: E402
+from experiments import _cli
+from experiments._figures import legend_outside, plt, save_figure
+from experiments._results import finish, fmt, indistinguishable, spread, spreads
+from guides.lda import (  # noqa: E402
+    LAMBDA,
+    LDAPrior,
+    cavi,
+    check_schedule,
+    corpus_elbo,
+    elbo,
+    guide,
+    initial_lambda,
+    params_from_store,
+    stochastic_vi,
+)
+from models.lda import generate_corpus, load_docword, match_topics, model
+from pyro_vi.training import fit
 
 CAVI, SVI, PYRO = "batch CAVI", "SVI (Hoffman et al.)", "Pyro SVI + Adam"
 BUDGET_FRACTIONS = (0.1, 0.2, 0.5, 1.0)
@@ -89,21 +99,46 @@ def recorder(num_iters, points, docs_per_iter, init):
 
 def run_cavi(counts, init, args):
     snapshots, callback = recorder(args.cavi_iters, args.eval_points, counts.shape[0], init)
-    result = cavi(counts, LDAPrior(args.alpha, args.eta), args.num_topics, max_iters=args.cavi_iters, tol=args.cavi_tol,
-                  init_lambda=init, warm_start=args.cavi_warm_start, local_tol=args.local_tol,
-                  local_max_iters=args.local_max_iters, callback=callback)
+    result = cavi(
+        counts,
+        LDAPrior(args.alpha, args.eta),
+        args.num_topics,
+        max_iters=args.cavi_iters,
+        tol=args.cavi_tol,
+        init_lambda=init,
+        warm_start=args.cavi_warm_start,
+        local_tol=args.local_tol,
+        local_max_iters=args.local_max_iters,
+        callback=callback,
+    )
     if snapshots[-1][1] != result.num_iters * counts.shape[0]:  # converged before the last checkpoint
         snapshots.append((result.seconds, result.num_iters * counts.shape[0], result.params.lam.clone()))
-    return dict(snapshots=snapshots, seconds=result.seconds, iterations=result.num_iters,
-                docs=result.num_iters * counts.shape[0], own_elbo_history=result.elbo_history)
+    return dict(
+        snapshots=snapshots,
+        seconds=result.seconds,
+        iterations=result.num_iters,
+        docs=result.num_iters * counts.shape[0],
+        own_elbo_history=result.elbo_history,
+    )
 
 
 def run_hoffman(counts, init, args):
     snapshots, callback = recorder(args.svi_updates, args.eval_points, args.batch_size, init)
-    result = stochastic_vi(counts, args.num_topics, args.alpha, args.eta, batch_size=args.batch_size,
-                           tau0=args.tau0, kappa=args.kappa, num_updates=args.svi_updates, seed=args.seed,
-                           init_lambda=init, local_tol=args.local_tol, local_max_iters=args.local_max_iters,
-                           callback=callback)
+    result = stochastic_vi(
+        counts,
+        args.num_topics,
+        args.alpha,
+        args.eta,
+        batch_size=args.batch_size,
+        tau0=args.tau0,
+        kappa=args.kappa,
+        num_updates=args.svi_updates,
+        seed=args.seed,
+        init_lambda=init,
+        local_tol=args.local_tol,
+        local_max_iters=args.local_max_iters,
+        callback=callback,
+    )
     return dict(snapshots=snapshots, seconds=result.seconds, iterations=result.num_updates, docs=result.docs_seen)
 
 
@@ -117,25 +152,38 @@ def run_pyro(counts, init, args):
     fit(model, pyro_guide, Trace_ELBO(), Adam({"lr": args.pyro_lr}), *pyro_args, num_steps=1, progress=False)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    history = fit(model, pyro_guide, Trace_ELBO(), Adam({"lr": args.pyro_lr}), *pyro_args,
-                  num_steps=args.pyro_steps, track={"lam": lambda: pyro.param(LAMBDA).detach().clone()},
-                  progress=False)
+    history = fit(
+        model,
+        pyro_guide,
+        Trace_ELBO(),
+        Adam({"lr": args.pyro_lr}),
+        *pyro_args,
+        num_steps=args.pyro_steps,
+        track={"lam": lambda: pyro.param(LAMBDA).detach().clone()},
+        progress=False,
+    )
     keep = sorted(checkpoints(args.pyro_steps, args.eval_points))
     snapshots = [(0.0, 0, init.clone())] + [
         (step * history.seconds_per_step, step * batch, torch.as_tensor(history.tracked["lam"][step - 1]).double())
         for step in keep
     ]
     own = float(elbo(counts, params_from_store(), LDAPrior(args.alpha, args.eta)))
-    return dict(snapshots=snapshots, seconds=history.num_steps * history.seconds_per_step,
-                iterations=history.num_steps, docs=history.num_steps * batch,
-                collapsed_bound_estimate=float(np.mean(history.elbo[-max(1, len(history.elbo) // 20):])),
-                mean_field_elbo_own_gamma=own)
+    return dict(
+        snapshots=snapshots,
+        seconds=history.num_steps * history.seconds_per_step,
+        iterations=history.num_steps,
+        docs=history.num_steps * batch,
+        collapsed_bound_estimate=float(np.mean(history.elbo[-max(1, len(history.elbo) // 20) :])),
+        mean_field_elbo_own_gamma=own,
+    )
 
 
 def evaluate(counts, run, args):
     """Closed-form corpus ELBO at every snapshot (untimed)."""
-    run["elbo"] = [corpus_elbo(counts, lam, args.alpha, args.eta, args.local_tol, args.local_max_iters)[0]
-                   for _, _, lam in run["snapshots"]]
+    run["elbo"] = [
+        corpus_elbo(counts, lam, args.alpha, args.eta, args.local_tol, args.local_max_iters)[0]
+        for _, _, lam in run["snapshots"]
+    ]
     run["time"] = [seconds for seconds, _, _ in run["snapshots"]]
     run["docs_seen"] = [docs for _, docs, _ in run["snapshots"]]
 
@@ -149,8 +197,12 @@ def topic_scores(reference, lam):
     order, hellinger = match_topics(reference, lam)
     topics = (lam / lam.sum(-1, keepdim=True)).numpy()[order]
     total_variation = 0.5 * np.abs(topics - reference.numpy()).sum(-1)
-    return order, dict(mean_hellinger=float(hellinger.mean()), max_hellinger=float(hellinger.max()),
-                       mean_total_variation=float(total_variation.mean()), hellinger=hellinger.tolist())
+    return order, dict(
+        mean_hellinger=float(hellinger.mean()),
+        max_hellinger=float(hellinger.max()),
+        mean_total_variation=float(total_variation.mean()),
+        hellinger=hellinger.tolist(),
+    )
 
 
 def plot_elbo(seed_runs, budgets, tokens, reference_elbo, path):
@@ -167,21 +219,29 @@ def plot_elbo(seed_runs, budgets, tokens, reference_elbo, path):
             finals.append(per_word[-1])
             values.append(per_word[1:])
     for index, budget in enumerate(budgets):
-        time_ax.axvline(budget, color="0.5", ls=":", label="same wall time T per seed ({})".format(
-            ", ".join("{:.3g} s".format(b) for b in budgets)) if index == 0 else None)
+        time_ax.axvline(
+            budget,
+            color="0.5",
+            ls=":",
+            label="same wall time T per seed ({})".format(", ".join(f"{b:.3g} s" for b in budgets))
+            if index == 0
+            else None,
+        )
     top = max(finals + ([reference_elbo / tokens] if reference_elbo is not None else []))
     values = np.concatenate(values)
     for ax in (time_ax, docs_ax):
         if reference_elbo is not None:
-            ax.axhline(reference_elbo / tokens, color="k", ls="--", lw=1,
-                       label="true topics, lambda = eta + (N/K) beta")
+            ax.axhline(
+                reference_elbo / tokens, color="k", ls="--", lw=1, label="true topics, lambda = eta + (N/K) beta"
+            )
         ax.set_ylim(max(np.percentile(values, 10), top - 10 * (top - min(finals)) - 0.05), top + 0.02)
         ax.grid(alpha=0.3)
         legend_outside(ax, where="below", ncol=2)
     time_ax.set_xlabel("wall time (s, evaluations excluded)")
     time_ax.set_ylabel("full-corpus ELBO per word (nats)")
-    time_ax.set_title("ELBO of the global lambda (gamma by a local step); one line per seed ({})".format(
-        len(seed_runs)), fontsize=10)
+    time_ax.set_title(
+        f"ELBO of the global lambda (gamma by a local step); one line per seed ({len(seed_runs)})", fontsize=10
+    )
     docs_ax.set_xscale("log")
     docs_ax.set_xlabel("documents processed (local steps or Pyro minibatch rows; log scale)")
     docs_ax.set_ylabel("full-corpus ELBO per word (nats)")
@@ -193,13 +253,19 @@ def plot_elbo(seed_runs, budgets, tokens, reference_elbo, path):
 def plot_topics(reference, label, matched, scores, seed, path):
     word_order = np.lexsort((-reference.max(0).values.numpy(), reference.argmax(0).numpy()))
     rows = {label: reference.numpy()}
-    rows.update({f"{name}: mean Hellinger {scores[name]['mean_hellinger']:.3f} (seed {seed})": topics
-                 for name, topics in matched.items() if name != label})
+    rows.update(
+        {
+            f"{name}: mean Hellinger {scores[name]['mean_hellinger']:.3f} (seed {seed})": topics
+            for name, topics in matched.items()
+            if name != label
+        }
+    )
     fig, axes = plt.subplots(len(rows), 1, figsize=(11, 1.2 + 1.4 * len(rows)), sharex=True, layout="constrained")
     vmax = max(float(topics.max()) for topics in rows.values())
     for ax, (title, topics) in zip(axes, rows.items()):
-        image = ax.imshow(topics[:, word_order], aspect="auto", cmap="viridis", norm=PowerNorm(0.5, 0, vmax),
-                          interpolation="nearest")
+        image = ax.imshow(
+            topics[:, word_order], aspect="auto", cmap="viridis", norm=PowerNorm(0.5, 0, vmax), interpolation="nearest"
+        )
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("topic")
     axes[-1].set_xlabel(f"word (sorted by the topic that favours it most in: {label})")
@@ -211,32 +277,50 @@ def run_seed(counts, true_topics, tokens, reference_elbo, args, seed):
     """Every method from the same random start drawn with ``seed``; their rows."""
     init = initial_lambda(args.num_topics, counts.shape[1], seed=seed)
     seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
-    runs = {name: run(counts, init, seed_args) for name, run in ((CAVI, run_cavi), (SVI, run_hoffman), (PYRO, run_pyro))}
+    runs = {
+        name: run(counts, init, seed_args) for name, run in ((CAVI, run_cavi), (SVI, run_hoffman), (PYRO, run_pyro))
+    }
     for run in runs.values():
         evaluate(counts, run, args)
     budget = args.budget or min(run["seconds"] for run in runs.values())
-    reference, label = (true_topics, "true topics") if true_topics is not None else (
-        runs[CAVI]["snapshots"][-1][2] / runs[CAVI]["snapshots"][-1][2].sum(-1, keepdim=True), CAVI)
+    reference, label = (
+        (true_topics, "true topics")
+        if true_topics is not None
+        else (runs[CAVI]["snapshots"][-1][2] / runs[CAVI]["snapshots"][-1][2].sum(-1, keepdim=True), CAVI)
+    )
     rows, matched, scores = {}, {}, {}
     for name, run in runs.items():
         lam = run["snapshots"][-1][2]
         order, scores[name] = topic_scores(reference, lam)
         matched[name] = (lam / lam.sum(-1, keepdim=True)).numpy()[order]
         rows[name] = dict(
-            docs_per_second=run["docs"] / run["seconds"], wall_seconds=run["seconds"],
-            seconds_per_iteration=run["seconds"] / run["iterations"], iterations=run["iterations"],
-            final_elbo=run["elbo"][-1], final_elbo_per_word=run["elbo"][-1] / tokens,
-            elbo_at_budget=elbo_at(run, budget), elbo_per_word_at_budget=elbo_at(run, budget) / tokens,
+            docs_per_second=run["docs"] / run["seconds"],
+            wall_seconds=run["seconds"],
+            seconds_per_iteration=run["seconds"] / run["iterations"],
+            iterations=run["iterations"],
+            final_elbo=run["elbo"][-1],
+            final_elbo_per_word=run["elbo"][-1] / tokens,
+            elbo_at_budget=elbo_at(run, budget),
+            elbo_per_word_at_budget=elbo_at(run, budget) / tokens,
             elbo_per_word_at_fifth_of_budget=elbo_at(run, 0.2 * budget) / tokens,
             elbo_per_word_at_fraction_of_budget={f: elbo_at(run, f * budget) / tokens for f in BUDGET_FRACTIONS},
-            topic_distance_to=label, **scores[name],
+            topic_distance_to=label,
+            **scores[name],
             **{key: run[key] for key in ("collapsed_bound_estimate", "mean_field_elbo_own_gamma") if key in run},
         )
     return runs, budget, rows, reference, label, matched, scores
 
 
-NUMBERS = ("docs_per_second", "wall_seconds", "seconds_per_iteration", "final_elbo_per_word",
-           "elbo_per_word_at_budget", "elbo_per_word_at_fifth_of_budget", "mean_hellinger", "mean_total_variation")
+NUMBERS = (
+    "docs_per_second",
+    "wall_seconds",
+    "seconds_per_iteration",
+    "final_elbo_per_word",
+    "elbo_per_word_at_budget",
+    "elbo_per_word_at_fifth_of_budget",
+    "mean_hellinger",
+    "mean_total_variation",
+)
 
 
 def main(args):
@@ -246,12 +330,19 @@ def main(args):
     tokens = float(counts.sum())
     reference_elbo = None
     if true_topics is not None:
-        reference_elbo = corpus_elbo(counts, args.eta + tokens / args.num_topics * true_topics, args.alpha, args.eta,
-                                     args.local_tol, args.local_max_iters)[0]
+        reference_elbo = corpus_elbo(
+            counts,
+            args.eta + tokens / args.num_topics * true_topics,
+            args.alpha,
+            args.eta,
+            args.local_tol,
+            args.local_max_iters,
+        )[0]
     seed_runs, budgets, per_seed = [], [], []
     for seed in args.seeds:
         runs, budget, rows, reference, label, matched, scores = run_seed(
-            counts, true_topics, tokens, reference_elbo, args, seed)
+            counts, true_topics, tokens, reference_elbo, args, seed
+        )
         if seed == args.seeds[0]:
             first = (reference, label, matched, scores, runs)
         seed_runs.append(runs)
@@ -262,42 +353,67 @@ def main(args):
     close = indistinguishable({name: s["elbo_per_word_at_budget"] for name, s in summary.items()})
     plot_elbo(seed_runs, budgets, tokens, reference_elbo, os.path.join(args.out, "elbo.png"))
     plot_topics(reference, label, matched, scores, args.seeds[0], os.path.join(args.out, "topics.png"))
-    print(f"corpus: D = {num_docs}, V = {vocab_size}, K = {args.num_topics}, {tokens:.0f} tokens;"
-          f" same wall time T = {', '.join(f'{b:.3g}' for b in budgets)} s (per seed); topic distances to the {label};"
-          f" mean ± std over seeds {args.seeds}")
+    print(
+        f"corpus: D = {num_docs}, V = {vocab_size}, K = {args.num_topics}, {tokens:.0f} tokens;"
+        f" same wall time T = {', '.join(f'{b:.3g}' for b in budgets)} s (per seed); topic distances to the {label};"
+        f" mean ± std over seeds {args.seeds}"
+    )
     print(f"{'method':<22}{'docs/s':>20}{'s/iter':>20}{'ELBO/word':>20}{'@ T/5':>20}{'@ T':>20}{'Hellinger':>18}")
     for name, s in summary.items():
-        print(f"{name:<22}{fmt(s['docs_per_second'], '.0f'):>20}{fmt(s['seconds_per_iteration'], '.4f'):>20}"
-              f"{fmt(s['final_elbo_per_word'], '.4f'):>20}{fmt(s['elbo_per_word_at_fifth_of_budget'], '.4f'):>20}"
-              f"{fmt(s['elbo_per_word_at_budget'], '.4f'):>20}{fmt(s['mean_hellinger'], '.3f'):>18}")
+        print(
+            f"{name:<22}{fmt(s['docs_per_second'], '.0f'):>20}{fmt(s['seconds_per_iteration'], '.4f'):>20}"
+            f"{fmt(s['final_elbo_per_word'], '.4f'):>20}{fmt(s['elbo_per_word_at_fifth_of_budget'], '.4f'):>20}"
+            f"{fmt(s['elbo_per_word_at_budget'], '.4f'):>20}{fmt(s['mean_hellinger'], '.3f'):>18}"
+        )
     for a, b in close:
         print(f"ELBO at the same wall time: {a} and {b} differ by less than their seed spread")
     if reference_elbo is not None:
         print(f"ELBO/word at the true topics: {reference_elbo / tokens:.4f}")
     collapsed = spread([rows[PYRO]["collapsed_bound_estimate"] / tokens for rows in per_seed])
-    print(f"Pyro's collapsed bound (last 5% of steps, per word): {fmt(collapsed, '.4f')}"
-          " (above the mean-field ELBO by Jensen's inequality)")
-    print("docs/s: documents through a local step (CAVI, SVI); for Pyro, minibatch rows per second,"
-          " each getting one Adam step on its gamma_d and no local iterations")
+    print(
+        f"Pyro's collapsed bound (last 5% of steps, per word): {fmt(collapsed, '.4f')}"
+        " (above the mean-field ELBO by Jensen's inequality)"
+    )
+    print(
+        "docs/s: documents through a local step (CAVI, SVI); for Pyro, minibatch rows per second,"
+        " each getting one Adam step on its gamma_d and no local iterations"
+    )
     top_words = None
     if vocabulary is not None:
-        top_words = {name: [[vocabulary[w] for w in np.argsort(-topic)[:args.top_words]] for topic in topics]
-                     for name, topics in matched.items()}
+        top_words = {
+            name: [[vocabulary[w] for w in np.argsort(-topic)[: args.top_words]] for topic in topics]
+            for name, topics in matched.items()
+        }
         for k, words in enumerate(top_words[CAVI]):
             print(f"batch CAVI topic {k}: {' '.join(words)}")
-    results = dict(args=vars(args), num_docs=num_docs, vocab_size=vocab_size, tokens=tokens, same_wall_time=budgets,
-                   true_topics_elbo=reference_elbo, collapsed_bound_per_word=collapsed, top_words=top_words,
-                   summary=summary, within_seed_spread={"elbo_per_word_at_budget": close},
-                   history_first_seed={name: dict(seconds=run["time"], docs=run["docs_seen"], elbo=run["elbo"])
-                                       for name, run in runs.items()},
-                   per_seed=per_seed)
+    results = dict(
+        args=vars(args),
+        num_docs=num_docs,
+        vocab_size=vocab_size,
+        tokens=tokens,
+        same_wall_time=budgets,
+        true_topics_elbo=reference_elbo,
+        collapsed_bound_per_word=collapsed,
+        top_words=top_words,
+        summary=summary,
+        within_seed_spread={"elbo_per_word_at_budget": close},
+        history_first_seed={
+            name: dict(seconds=run["time"], docs=run["docs_seen"], elbo=run["elbo"]) for name, run in runs.items()
+        },
+        per_seed=per_seed,
+    )
     return finish("lda_svi", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/lda_svi", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help="a seed sets the random start lambda and SVI's minibatches; the synthetic "
-                                    "corpus is fixed by --data-seed")
+    parser = _cli.parser(
+        __doc__,
+        out="results/lda_svi",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets the random start lambda and SVI's minibatches; the synthetic "
+        "corpus is fixed by --data-seed",
+    )
     positive, count = _cli.positive_real, _cli.positive_int
     corpus = parser.add_argument_group("corpus (synthetic unless --counts is given)")
     corpus.add_argument("--counts", type=_cli.existing_file, help="UCI bag-of-words docword file (see models.lda)")
@@ -311,8 +427,12 @@ def parse_args(argv=None):
     parser.add_argument("--alpha", type=positive, default=0.2, help="document-topic concentration (data and model)")
     parser.add_argument("--eta", type=positive, default=0.1, help="topic-word concentration (data and model)")
     parser.add_argument("--cavi-iters", type=count, default=40)
-    parser.add_argument("--cavi-tol", type=_cli.nonnegative_real, default=1e-7,
-                        help="relative ELBO change that stops CAVI (0: run every sweep)")
+    parser.add_argument(
+        "--cavi-tol",
+        type=_cli.nonnegative_real,
+        default=1e-7,
+        help="relative ELBO change that stops CAVI (0: run every sweep)",
+    )
     parser.add_argument("--cavi-warm-start", action="store_true", help="start each local step from the last gamma")
     parser.add_argument("--batch-size", type=count, default=100)
     parser.add_argument("--tau0", type=_cli.nonnegative_real, default=1.0, help="delay of rho_t = (tau0 + t)^-kappa")
@@ -333,8 +453,7 @@ def check_arguments(args):
     if args.vocab is not None and args.counts is None:
         raise ValueError("argument --vocab: needs --counts")
     if args.counts is None and args.batch_size > args.num_docs:
-        raise ValueError("argument --batch-size: must be at most --num-docs ({}), got {}".format(
-            args.num_docs, args.batch_size))
+        raise ValueError(f"argument --batch-size: must be at most --num-docs ({args.num_docs}), got {args.batch_size}")
 
 
 if __name__ == "__main__":

@@ -42,15 +42,24 @@ from pyro.optim import ClippedAdam
 if not __package__:  # run as ``python experiments/natural_gradient_svi.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band  # noqa: E402
-from experiments._results import finish, fmt, spreads  # noqa: E402
-from guides.normal_gamma import DEFAULT_INIT, MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE  # noqa: E402
-from guides.normal_gamma import NormalGammaParams, cavi, mean_field_guide, params_from_store  # noqa: E402
-from guides.normal_gamma import elbo as closed_form_elbo  # noqa: E402
-from models.normal_gamma import COURSE_PRIOR, generate_data, model  # noqa: E402
-from pyro_vi import NaturalGradient  # noqa: E402
-from pyro_vi.training import fit  # noqa: E402
+from experiments import _cli
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
+from experiments._results import finish, fmt, spreads
+from guides.normal_gamma import (  # noqa: E402
+    DEFAULT_INIT,
+    MU_LOC,
+    MU_PRECISION,
+    TAU_CONCENTRATION,
+    TAU_RATE,
+    NormalGammaParams,
+    cavi,
+    mean_field_guide,
+    params_from_store,
+)
+from guides.normal_gamma import elbo as closed_form_elbo
+from models.normal_gamma import COURSE_PRIOR, generate_data, model
+from pyro_vi import NaturalGradient
+from pyro_vi.training import fit
 
 #: The mean-field guide's factors for :class:`~pyro_vi.NaturalGradient`.
 FACTORS = {
@@ -112,14 +121,17 @@ def plot_gaps(gaps, tol, path):
     for i, (name, values) in enumerate(gaps.items()):
         values = np.maximum(np.asarray(values), GAP_FLOOR)
         style = dict(marker="o", ms=4) if values.shape[1] < 50 else {}
-        seed_band(ax, np.arange(1, values.shape[1] + 1), values, label=name, lw=1.2, color="C{}".format(i), **style)
+        seed_band(ax, np.arange(1, values.shape[1] + 1), values, label=name, lw=1.2, color=f"C{i}", **style)
     ax.axhline(tol, color="k", ls=":", lw=1, label=f"tolerance {tol:g} nats")
     ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_xlabel("iteration (log scale)")
     ax.set_ylabel(f"ELBO(CAVI optimum) - ELBO(q_t) (nats, floored at {GAP_FLOOR:g})")
-    ax.set_title("Normal-NormalGamma mean field: ELBO gap to the CAVI optimum\n(Monte Carlo runs: {}; "
-                 "exact-expectation runs and CAVI are deterministic)".format(band_note(num_seeds)), fontsize=10)
+    ax.set_title(
+        f"Normal-NormalGamma mean field: ELBO gap to the CAVI optimum\n(Monte Carlo runs: {band_note(num_seeds)}; "
+        "exact-expectation runs and CAVI are deterministic)",
+        fontsize=10,
+    )
     legend_outside(ax, where="below", ncol=1)
     save_figure(fig, path)
 
@@ -131,13 +143,29 @@ def methods(args):
     rm = f"rho_t = {args.ng_lr:g}(t+1)^-{args.ng_decay:g}"
     return {
         "NG, exact expectations, rho = 1": (
-            closed_form_loss, NaturalGradient(FACTORS, lr=1.0), args.exact_steps, False),
+            closed_form_loss,
+            NaturalGradient(FACTORS, lr=1.0),
+            args.exact_steps,
+            False,
+        ),
         f"NG, exact expectations, {rm}": (
-            closed_form_loss, NaturalGradient(FACTORS, lr=schedule), args.exact_steps, False),
+            closed_form_loss,
+            NaturalGradient(FACTORS, lr=schedule),
+            args.exact_steps,
+            False,
+        ),
         f"NG, Trace_ELBO ({args.particles} particles), {rm}": (
-            mc, NaturalGradient(FACTORS, lr=schedule, max_halvings=args.max_halvings), args.steps, True),
+            mc,
+            NaturalGradient(FACTORS, lr=schedule, max_halvings=args.max_halvings),
+            args.steps,
+            True,
+        ),
         f"ClippedAdam (lr {args.adam_lr:g}, lrd {args.adam_lrd:g}), Trace_ELBO ({args.particles} particles)": (
-            mc, ClippedAdam({"lr": args.adam_lr, "lrd": args.adam_lrd}), args.steps, True),
+            mc,
+            ClippedAdam({"lr": args.adam_lr, "lrd": args.adam_lrd}),
+            args.steps,
+            True,
+        ),
     }
 
 
@@ -173,36 +201,63 @@ def compare(data, args):
     for name, runs in gaps.items():
         for values, row in zip(runs, per_seed[name]):
             first, stays = iterations_to_reach(values, args.tol)
-            row.update(first_below_tol=first, iterations_to_tol=stays, final_gap=float(values[-1]),
-                       max_gap_last_10pct=float(values[-max(1, len(values) // 10):].max()))
-    summary = {name: dict(spreads(rows, ["first_below_tol", "iterations_to_tol", "final_gap"]),
-                          deterministic=len(rows) == 1 and len(args.seeds) > 1)
-               for name, rows in per_seed.items()}
+            row.update(
+                first_below_tol=first,
+                iterations_to_tol=stays,
+                final_gap=float(values[-1]),
+                max_gap_last_10pct=float(values[-max(1, len(values) // 10) :].max()),
+            )
+    summary = {
+        name: dict(
+            spreads(rows, ["first_below_tol", "iterations_to_tol", "final_gap"]),
+            deterministic=len(rows) == 1 and len(args.seeds) > 1,
+        )
+        for name, rows in per_seed.items()
+    }
     plot_gaps(gaps, args.tol, os.path.join(args.out, "elbo_gap.png"))
-    print(f"CAVI optimum ELBO = {optimum.elbo:.6f} nats; tolerance {args.tol:g} nats; "
-          f"{args.steps} Monte Carlo / {args.exact_steps} exact SVI steps; seeds {args.seeds} "
-          "(deterministic methods run once)")
+    print(
+        f"CAVI optimum ELBO = {optimum.elbo:.6f} nats; tolerance {args.tol:g} nats; "
+        f"{args.steps} Monte Carlo / {args.exact_steps} exact SVI steps; seeds {args.seeds} "
+        "(deterministic methods run once)"
+    )
     print("{:<72} {:>16} {:>16} {:>22}".format("method", "first<tol", "stays<tol", "final gap"))
     for name, s in summary.items():
-        print("{:<72} {:>16} {:>16} {:>22}".format(
-            name, fmt(s["first_below_tol"], ".1f"), fmt(s["iterations_to_tol"], ".1f"), fmt(s["final_gap"], ".2e")))
-    return {"args": vars(args), "cavi_optimum_elbo": optimum.elbo, "tolerance_nats": args.tol,
-            "summary": summary, "per_seed": per_seed}
+        print(
+            "{:<72} {:>16} {:>16} {:>22}".format(
+                name, fmt(s["first_below_tol"], ".1f"), fmt(s["iterations_to_tol"], ".1f"), fmt(s["final_gap"], ".2e")
+            )
+        )
+    return {
+        "args": vars(args),
+        "cavi_optimum_elbo": optimum.elbo,
+        "tolerance_nats": args.tol,
+        "summary": summary,
+        "per_seed": per_seed,
+    }
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/natural_gradient_svi", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help="a seed sets the Monte Carlo runs' particles (the exact-expectation runs and "
-                                    "CAVI are deterministic and run once); the data are fixed by --data-seed")
+    parser = _cli.parser(
+        __doc__,
+        out="results/natural_gradient_svi",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets the Monte Carlo runs' particles (the exact-expectation runs and "
+        "CAVI are deterministic and run once); the data are fixed by --data-seed",
+    )
     parser.add_argument("--steps", type=_cli.positive_int, default=1000, help="SVI steps with Monte Carlo gradients")
-    parser.add_argument("--exact-steps", type=_cli.positive_int, default=100,
-                        help="SVI steps with exact expectations")
+    parser.add_argument("--exact-steps", type=_cli.positive_int, default=100, help="SVI steps with exact expectations")
     parser.add_argument("--particles", type=_cli.positive_int, default=10)
     parser.add_argument("--ng-lr", type=_cli.positive_real, default=0.5, help="rho_0 of the Robbins-Monro schedule")
-    parser.add_argument("--ng-decay", type=_cli.real(minimum=0.5, maximum=1, strict_minimum=True), default=0.7,
-                        help="kappa of the schedule, in (0.5, 1]")
-    parser.add_argument("--max-halvings", type=_cli.nonnegative_int, default=10,
-                        help="for Monte Carlo natural-gradient steps")
+    parser.add_argument(
+        "--ng-decay",
+        type=_cli.real(minimum=0.5, maximum=1, strict_minimum=True),
+        default=0.7,
+        help="kappa of the schedule, in (0.5, 1]",
+    )
+    parser.add_argument(
+        "--max-halvings", type=_cli.nonnegative_int, default=10, help="for Monte Carlo natural-gradient steps"
+    )
     parser.add_argument("--adam-lr", type=_cli.positive_real, default=0.3)
     parser.add_argument("--adam-lrd", type=_cli.decay, default=0.995, help="ClippedAdam's per-step lr decay, in (0, 1]")
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=10)

@@ -24,14 +24,14 @@ from pyro.optim import ClippedAdam
 if not __package__:  # run as ``python experiments/poisson_gamma.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band, zoom_ylim  # noqa: E402
-from experiments._results import finish, fmt, indistinguishable, spreads  # noqa: E402
-from guides.poisson_gamma import elbo as closed_form_elbo  # noqa: E402
-from guides.poisson_gamma import PoissonGammaParams, exponential_guide, optimal_theta, params_from_store  # noqa: E402
-from models.poisson_gamma import DEFAULT_PRIOR, generate_data, log_evidence, model  # noqa: E402
-from pyro_vi import ControlVariateELBO, ScoreFunctionELBO  # noqa: E402
-from pyro_vi.training import fit  # noqa: E402
+from experiments import _cli
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band, zoom_ylim
+from experiments._results import finish, fmt, indistinguishable, spreads
+from guides.poisson_gamma import PoissonGammaParams, exponential_guide, optimal_theta, params_from_store
+from guides.poisson_gamma import elbo as closed_form_elbo
+from models.poisson_gamma import DEFAULT_PRIOR, generate_data, log_evidence, model
+from pyro_vi import ControlVariateELBO, ScoreFunctionELBO
+from pyro_vi.training import fit
 
 
 def estimators(num_particles):
@@ -40,9 +40,11 @@ def estimators(num_particles):
     return {
         "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
         "ControlVariateELBO (pooled a*, as published)": _cli.Estimator(
-            lambda: ControlVariateELBO(coefficient="pooled", **kw), style=dict(color="C1")),
+            lambda: ControlVariateELBO(coefficient="pooled", **kw), style=dict(color="C1")
+        ),
         "ControlVariateELBO (leave-one-out, default)": _cli.Estimator(
-            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw), style=dict(color="C3", ls="--")),
+            lambda: ControlVariateELBO(coefficient="leave_one_out", **kw), style=dict(color="C3", ls="--")
+        ),
         "Trace_ELBO (reparameterized)": _cli.Estimator(lambda: Trace_ELBO(**kw), style=dict(color="C2")),
     }
 
@@ -80,12 +82,16 @@ def plot_theta(thetas, styles, theta_star, path):
         seed_band(ax, steps[first:], runs[:, first:], label=name, lw=1.2, **styles[name])
         seed_band(err_ax, steps, np.abs(runs - theta_star) / theta_star, label=name, lw=1, **styles[name])
         tails.append(runs[:, first:])
-    ax.axhline(theta_star, color="k", ls=":", lw=1.2, label="theta* = {:.5f} (numerical optimum)".format(theta_star))
+    ax.axhline(theta_star, color="k", ls=":", lw=1.2, label=f"theta* = {theta_star:.5f} (numerical optimum)")
     zoom_ylim(ax, tails, include=[theta_star])
     ax.set_xlabel("iteration")
     ax.set_ylabel("theta (rate of q)")
-    ax.set_title("Exponential(theta) family: theta from iteration {} on ({}; the start is in the lower "
-                 "panel)".format(first + 1, band_note(num_seeds)), fontsize=10)
+    ax.set_title(
+        f"Exponential(theta) family: theta from iteration {first + 1} on ({band_note(num_seeds)}; the start is "
+        "in the lower "
+        "panel)",
+        fontsize=10,
+    )
     legend_outside(ax)
     err_ax.set_yscale("log")
     err_ax.set_xlabel("iteration")
@@ -109,13 +115,16 @@ def plot_elbo(elbos, styles, best, log_px, path):
         seed_band(ax, steps[first:], runs[:, first:], label=name, lw=1.2, **styles[name])
         seed_band(gap_ax, steps, np.maximum(best - runs, 1e-9), label=name, lw=1, **styles[name])
         tails.append(runs[:, first:])
-    ax.axhline(best, color="k", ls=":", lw=1.2, label="ELBO(theta*) = {:.3f}".format(best))
+    ax.axhline(best, color="k", ls=":", lw=1.2, label=f"ELBO(theta*) = {best:.3f}")
     zoom_ylim(ax, tails, include=[best])
     ax.set_xlabel("iteration")
     ax.set_ylabel("ELBO of q_t (closed form, nats)")
-    ax.set_title("ELBO from iteration {} on ({}; the start is in the lower panel)\nexact log p(X) = {:.2f} lies "
-                 "{:.1f} nats above ELBO(theta*): the family is misspecified".format(
-                     first + 1, band_note(num_seeds), log_px, log_px - best), fontsize=10)
+    ax.set_title(
+        f"ELBO from iteration {first + 1} on ({band_note(num_seeds)}; the start is in the lower panel)\nexact "
+        f"log p(X) = {log_px:.2f} lies "
+        f"{log_px - best:.1f} nats above ELBO(theta*): the family is misspecified",
+        fontsize=10,
+    )
     legend_outside(ax)
     gap_ax.set_yscale("log")
     gap_ax.set_xlabel("iteration")
@@ -139,35 +148,54 @@ def main(args):
             thetas.setdefault(name, []).append(result.tracked["theta"])
             elbos.setdefault(name, []).append(result.tracked["elbo"])
             # The last 10% of the steps, averaged: the stationary noise of Adam.
-            theta = float(np.mean(result.tracked["theta"][-max(1, args.steps // 10):]))
-            per_seed.setdefault(name, []).append({
-                "final_theta": float(result.tracked["theta"][-1]),
-                "mean_theta_last_10pct": theta,
-                "relative_error": abs(theta - theta_star) / theta_star,
-                "elbo_gap": best - float(result.tracked["elbo"][-1]),
-                "seconds_per_step": result.seconds_per_step,
-            })
+            theta = float(np.mean(result.tracked["theta"][-max(1, args.steps // 10) :]))
+            per_seed.setdefault(name, []).append(
+                {
+                    "final_theta": float(result.tracked["theta"][-1]),
+                    "mean_theta_last_10pct": theta,
+                    "relative_error": abs(theta - theta_star) / theta_star,
+                    "elbo_gap": best - float(result.tracked["elbo"][-1]),
+                    "seconds_per_step": result.seconds_per_step,
+                }
+            )
     styles = {name: estimator.style for name, estimator in registry.items()}
     plot_theta(thetas, styles, theta_star, os.path.join(args.out, "theta.png"))
     plot_elbo(elbos, styles, best, log_px, os.path.join(args.out, "elbo.png"))
     summary = {name: spreads(rows) for name, rows in per_seed.items()}
     close = indistinguishable({name: s["relative_error"] for name, s in summary.items()})
-    print("theta* = {:.5f}, ELBO(theta*) = {:.4f}, log p(X) = {:.4f}; mean ± std over seeds {}".format(
-        theta_star, best, log_px, args.seeds))
+    print(
+        f"theta* = {theta_star:.5f}, ELBO(theta*) = {best:.4f}, log p(X) = {log_px:.4f}; mean ± std over seeds "
+        f"{args.seeds}"
+    )
     print("{:<46} {:>22} {:>22} {:>22}".format("estimator", "theta (last 10%)", "rel. error", "ELBO gap"))
     for name, s in summary.items():
-        print("{:<46} {:>22} {:>22} {:>22}".format(name, fmt(s["mean_theta_last_10pct"], ".5f"),
-                                                   fmt(s["relative_error"], ".2e"), fmt(s["elbo_gap"], ".2e")))
+        print(
+            "{:<46} {:>22} {:>22} {:>22}".format(
+                name, fmt(s["mean_theta_last_10pct"], ".5f"), fmt(s["relative_error"], ".2e"), fmt(s["elbo_gap"], ".2e")
+            )
+        )
     for a, b in close:
-        print("relative error: {} and {} differ by less than their seed spread".format(a, b))
-    results = {"args": vars(args), "theta_star": theta_star, "elbo_theta_star": best, "log_evidence": log_px,
-               "summary": summary, "within_seed_spread": {"relative_error": close}, "per_seed": per_seed}
+        print(f"relative error: {a} and {b} differ by less than their seed spread")
+    results = {
+        "args": vars(args),
+        "theta_star": theta_star,
+        "elbo_theta_star": best,
+        "log_evidence": log_px,
+        "summary": summary,
+        "within_seed_spread": {"relative_error": close},
+        "per_seed": per_seed,
+    }
     return finish("poisson_gamma", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/poisson_gamma", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help="a seed sets the particles; the data are fixed by --data-seed")
+    parser = _cli.parser(
+        __doc__,
+        out="results/poisson_gamma",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets the particles; the data are fixed by --data-seed",
+    )
     # With 10 particles the score-function runs end 15-25% away from theta*
     # after 2000 steps (the family is misspecified: log q is far from log p and
     # the learning signal varies by tens of nats); 100 particles converge.

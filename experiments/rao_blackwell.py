@@ -32,28 +32,37 @@ from pyro.optim import ClippedAdam
 if not __package__:  # run as ``python experiments/rao_blackwell.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import band_note, coinciding, legend_outside, off_scale, plt  # noqa: E402
-from experiments._figures import save_figure, seed_band, zoom_ylim  # noqa: E402
-from experiments._results import finish, fmt, indistinguishable, spread  # noqa: E402
-from guides.normal_chain import PARAM_NAMES, NormalChainParams, cavi, elbo as closed_form_elbo  # noqa: E402
-from guides.normal_chain import mean_field_guide, params_from_store  # noqa: E402
-from models.normal_chain import generate_data, model  # noqa: E402
-from pyro_vi import (  # noqa: E402
+from experiments import _cli
+from experiments._figures import (  # noqa: E402
+    band_note,
+    coinciding,
+    legend_outside,
+    off_scale,
+    plt,
+    save_figure,
+    seed_band,
+    zoom_ylim,
+)
+from experiments._results import finish, fmt, indistinguishable, spread
+from guides.normal_chain import PARAM_NAMES, NormalChainParams, cavi, mean_field_guide, params_from_store  # noqa: E402
+from guides.normal_chain import elbo as closed_form_elbo
+from models.normal_chain import generate_data, model
+from pyro_vi import (
     ControlVariateELBO,
     RaoBlackwellELBO,
     ReinforceLeaveOneOutELBO,
     ScoreFunctionELBO,
     score_function_guide,
 )
-from pyro_vi.diagnostics import gradient_statistics  # noqa: E402
-from pyro_vi.training import fit  # noqa: E402
+from pyro_vi.diagnostics import gradient_statistics
+from pyro_vi.training import fit
 
 REFERENCE = "ScoreFunctionELBO"
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}
 #: Parameter groups of the table: the variances of a latent's parameters, summed.
-GROUPS = {latent: tuple(n for n in PARAM_NAMES if n.startswith("q_{}_".format(latent)))
-          for latent in ("w1", "w2", "v", "z", "y")}
+GROUPS = {
+    latent: tuple(n for n in PARAM_NAMES if n.startswith(f"q_{latent}_")) for latent in ("w1", "w2", "v", "z", "y")
+}
 WHERE = ("poor", "near-optimal")
 
 
@@ -64,21 +73,23 @@ def estimators(num_particles):
     kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return {
         REFERENCE: _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
-        "ControlVariateELBO (leave-one-out)": _cli.Estimator(
-            lambda: ControlVariateELBO(**kw), style=dict(color="C1")),
+        "ControlVariateELBO (leave-one-out)": _cli.Estimator(lambda: ControlVariateELBO(**kw), style=dict(color="C1")),
         "RaoBlackwellELBO (no CV)": _cli.Estimator(
-            lambda: RaoBlackwellELBO(control_variate=False, **kw), style=dict(color="C2", lw=3, alpha=0.6)),
-        "RaoBlackwellELBO (leave-one-out CV)": _cli.Estimator(
-            lambda: RaoBlackwellELBO(**kw), style=dict(color="C3")),
+            lambda: RaoBlackwellELBO(control_variate=False, **kw), style=dict(color="C2", lw=3, alpha=0.6)
+        ),
+        "RaoBlackwellELBO (leave-one-out CV)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw), style=dict(color="C3")),
         "RaoBlackwellELBO (pathwise)": _cli.Estimator(
-            lambda: RaoBlackwellELBO(pathwise=True, **kw), style=dict(color="C5")),
-        "ReinforceLeaveOneOutELBO": _cli.Estimator(
-            lambda: ReinforceLeaveOneOutELBO(**kw), style=dict(color="C6")),
+            lambda: RaoBlackwellELBO(pathwise=True, **kw), style=dict(color="C5")
+        ),
+        "ReinforceLeaveOneOutELBO": _cli.Estimator(lambda: ReinforceLeaveOneOutELBO(**kw), style=dict(color="C6")),
         "TraceGraph_ELBO": _cli.Estimator(
-            lambda: TraceGraph_ELBO(**kw), guide=score_function_guide, style=dict(color="k", ls=(0, (2, 2)), lw=1)),
+            lambda: TraceGraph_ELBO(**kw), guide=score_function_guide, style=dict(color="k", ls=(0, (2, 2)), lw=1)
+        ),
         "TraceGraph_ELBO + baseline": _cli.Estimator(
-            lambda: TraceGraph_ELBO(**kw), guide=functools.partial(score_function_guide, baseline=BASELINE),
-            style=dict(color="C4")),
+            lambda: TraceGraph_ELBO(**kw),
+            guide=functools.partial(score_function_guide, baseline=BASELINE),
+            style=dict(color="C4"),
+        ),
     }
 
 
@@ -124,8 +135,10 @@ def run_seed(registry, data, poor, best, args, seed):
         for row in rows.values():
             variance = row["variance_" + where]
             # higher is better: how many times lower than the plain score function
-            row["reduction_" + where] = {group: sum(reference[n] for n in names) / sum(variance[n] for n in names)
-                                         for group, names in GROUPS.items()}
+            row["reduction_" + where] = {
+                group: sum(reference[n] for n in names) / sum(variance[n] for n in names)
+                for group, names in GROUPS.items()
+            }
     return rows, histories
 
 
@@ -150,10 +163,17 @@ def plot_variance(summary, per_seed, styles, path):
     for ax, where in zip(axes, WHERE):
         for i, (estimator, entry) in enumerate(summary.items()):
             xs = np.arange(len(names)) + i * width
-            label = estimator + ("  (identical to {})".format(same[estimator]) if estimator in same else "")
-            ax.bar(xs, [entry["variance_" + where][n]["mean"] for n in names], width,
-                   color=styles[estimator].get("color"), alpha=0.75, label=label,
-                   hatch="//" if estimator in same else None, edgecolor="k" if estimator in same else None)
+            label = estimator + (f"  (identical to {same[estimator]})" if estimator in same else "")
+            ax.bar(
+                xs,
+                [entry["variance_" + where][n]["mean"] for n in names],
+                width,
+                color=styles[estimator].get("color"),
+                alpha=0.75,
+                label=label,
+                hatch="//" if estimator in same else None,
+                edgecolor="k" if estimator in same else None,
+            )
             for seed_rows in per_seed:
                 ax.plot(xs, [seed_rows[estimator]["variance_" + where][n] for n in names], "k.", ms=3)
         ax.plot([], [], "k.", ms=3, label="one seed")
@@ -162,8 +182,7 @@ def plot_variance(summary, per_seed, styles, path):
         ax.set_yscale("log")
         ax.set_xlabel("variational parameter")
         ax.set_ylabel("gradient variance (summed over elements)")
-        ax.set_title("1.C.2 model: gradient variance at the {} q (bars: mean of {} seeds)".format(
-            where, len(per_seed)))
+        ax.set_title(f"1.C.2 model: gradient variance at the {where} q (bars: mean of {len(per_seed)} seeds)")
         legend_outside(ax)
     save_figure(fig, path)
 
@@ -180,17 +199,21 @@ def plot_elbo(histories, styles, optimum, path):
     for name, h in histories.items():
         h = np.asarray(h)
         steps = np.arange(1, h.shape[1] + 1)
-        label = name + ("  (identical to {}: dotted over solid)".format(same[name]) if name in same else "")
+        label = name + (f"  (identical to {same[name]}: dotted over solid)" if name in same else "")
         if name not in far:
             seed_band(ax, steps, h, label=label, **styles[name])
-            shown.append(h[:, h.shape[1] // 10:])
+            shown.append(h[:, h.shape[1] // 10 :])
         seed_band(gap_ax, steps, np.maximum(optimum - h, 1e-4), label=label, **styles[name])
     ax.axhline(optimum, color="k", ls="--", lw=1, label="maximum over the mean-field family")
     zoom_ylim(ax, shown, include=[optimum])
     ax.set_xlabel("iteration")
     ax.set_ylabel("ELBO of q_t (closed form, nats)")
-    ax.set_title("1.C.2 model: ELBO over iterations ({}){}".format(
-        band_note(num_seeds), "\noff this scale (lower panel): " + ", ".join(far) if far else ""), fontsize=10)
+    ax.set_title(
+        "1.C.2 model: ELBO over iterations ({}){}".format(
+            band_note(num_seeds), "\noff this scale (lower panel): " + ", ".join(far) if far else ""
+        ),
+        fontsize=10,
+    )
     legend_outside(ax)
     gap_ax.set_yscale("log")
     gap_ax.set_xlabel("iteration")
@@ -202,15 +225,18 @@ def plot_elbo(histories, styles, optimum, path):
 
 def print_tables(summary, args, optimum):
     for where in WHERE:
-        print("\nGradient variance at the {} q ({} particles, {} draws), summed per latent; "
-              "reduction = variance(ScoreFunctionELBO) / variance(estimator), higher is better".format(
-                  where, args.particles, args.variance_draws))
-        print("{:<38}".format("estimator") + "".join("{:>22}".format(g) for g in GROUPS))
+        print(
+            f"\nGradient variance at the {where} q ({args.particles} particles, {args.variance_draws} draws), "
+            "summed per latent; "
+            "reduction = variance(ScoreFunctionELBO) / variance(estimator), higher is better"
+        )
+        print("{:<38}".format("estimator") + "".join(f"{g:>22}" for g in GROUPS))
         for name, entry in summary.items():
-            print("{:<38}".format(name) + "".join(
-                "{:>22}".format(fmt(entry["reduction_" + where][g], ".3g")) for g in GROUPS))
-    print("\nFinal closed-form ELBO after {} steps (maximum {:.3f}), mean ± std over seeds {}:".format(
-        args.steps, optimum, args.seeds))
+            print(f"{name:<38}" + "".join("{:>22}".format(fmt(entry["reduction_" + where][g], ".3g")) for g in GROUPS))
+    print(
+        f"\nFinal closed-form ELBO after {args.steps} steps (maximum {optimum:.3f}), mean ± std over seeds "
+        f"{args.seeds}:"
+    )
     for name, entry in summary.items():
         print("  {:<38} {:>20}".format(name, fmt(entry["final_elbo"])))
 
@@ -233,27 +259,37 @@ def main(args):
     print_tables(summary, args, optimum)
     identical = coinciding({name: np.asarray(h) for name, h in histories.items()})
     for a, b in identical.items():
-        print("{} gives the same ELBO history as {} (to float32 rounding)".format(a, b))
+        print(f"{a} gives the same ELBO history as {b} (to float32 rounding)")
     for a, b in close:
-        print("final ELBO: {} and {} differ by less than their seed spread".format(a, b))
+        print(f"final ELBO: {a} and {b} differ by less than their seed spread")
     styles = {name: estimator.style for name, estimator in registry.items()}
     plot_variance(summary, per_seed, styles, os.path.join(args.out, "variance.png"))
     plot_elbo(histories, styles, optimum, os.path.join(args.out, "elbo.png"))
-    results = {"args": vars(args), "max_elbo": optimum, "groups": GROUPS, "summary": summary,
-               "within_seed_spread": {"final_elbo": close},
-               "identical": identical,
-               "per_seed": per_seed}
+    results = {
+        "args": vars(args),
+        "max_elbo": optimum,
+        "groups": GROUPS,
+        "summary": summary,
+        "within_seed_spread": {"final_elbo": close},
+        "identical": identical,
+        "per_seed": per_seed,
+    }
     return finish("rao_blackwell", args, results, start)
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/rao_blackwell", multi_seed=True, default_seeds=(0, 1, 2),
-                         seeds_help="a seed sets the particles and the gradient-variance draws; "
-                                    "the data are fixed by --data-seed")
+    parser = _cli.parser(
+        __doc__,
+        out="results/rao_blackwell",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed",
+    )
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=2000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
-    parser.add_argument("--variance-draws", type=_cli.integer(minimum=2), default=200,
-                        help="gradient draws per variance (at least 2)")
+    parser.add_argument(
+        "--variance-draws", type=_cli.integer(minimum=2), default=200, help="gradient draws per variance (at least 2)"
+    )
     parser.add_argument("--num-data", type=_cli.positive_int, default=20)
     parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     return _cli.parse(parser, argv)

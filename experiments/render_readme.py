@@ -37,7 +37,7 @@ import sys
 if not __package__:  # run as ``python experiments/render_readme.py``
     import _repo_root  # noqa: F401
 
-from experiments._results import fmt, within_spread  # noqa: E402
+from experiments._results import fmt, within_spread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -54,8 +54,8 @@ def block(name, *paths):
 
     def register(function):
         if name in BLOCKS:
-            raise ValueError("block {!r} is registered twice".format(name))
-        BLOCKS[name] = (function, paths or ("results/{}/results.json".format(name),))
+            raise ValueError(f"block {name!r} is registered twice")
+        BLOCKS[name] = (function, paths or (f"results/{name}/results.json",))
         return function
 
     return register
@@ -66,8 +66,10 @@ def load(path, root=ROOT):
     full = os.path.join(root, path)
     if not os.path.isfile(full):
         study = path.split("/")[1] if path.startswith("results/") else path
-        raise FileNotFoundError("{} is missing: run `python -m experiments.{} --out results/{}` and commit "
-                                "the results.json it writes".format(path, study, study))
+        raise FileNotFoundError(
+            f"{path} is missing: run `python -m experiments.{study} --out results/{study}` and commit "
+            "the results.json it writes"
+        )
     with open(full) as f:
         return json.load(f)
 
@@ -75,8 +77,9 @@ def load(path, root=ROOT):
 def render(name, root=ROOT):
     """The Markdown of block ``name`` (ending in a newline)."""
     if name not in BLOCKS:
-        raise KeyError("README block {!r} has no renderer; register one with @block({!r}) in "
-                       "experiments/render_readme.py".format(name, name))
+        raise KeyError(
+            f"README block {name!r} has no renderer; register one with @block({name!r}) in experiments/render_readme.py"
+        )
     function, paths = BLOCKS[name]
     return function(*(load(path, root) for path in paths)).rstrip("\n") + "\n"
 
@@ -112,21 +115,20 @@ def pm(stat, spec=".3f"):
 def times(value):
     """A factor in words: 37, 1.4 million."""
     if value >= 1e6:
-        return "{:.2g} million".format(value / 1e6)
-    return "{:,.0f}".format(float("{:.2g}".format(value))) if value >= 10 else "{:.2g}".format(value)
+        return f"{value / 1e6:.2g} million"
+    return "{:,.0f}".format(float(f"{value:.2g}")) if value >= 10 else f"{value:.2g}"
 
 
 def seconds(value):
     """A wall time in words: 45 s, 3.5 min."""
-    return "{:.0f} s".format(value) if value < 90 else "{:.1f} min".format(value / 60)
+    return f"{value:.0f} s" if value < 90 else f"{value / 60:.1f} min"
 
 
 def machine_text(run):
     """``2 CPU cores (AMD EPYC), 1 torch thread``."""
     m = run["machine"]
     threads = m["torch_threads"]
-    return "{} CPU cores ({}), {} torch thread{}".format(
-        m["cpu_cores"], m["cpu"], threads, "" if threads == 1 else "s")
+    return "{} CPU cores ({}), {} torch thread{}".format(m["cpu_cores"], m["cpu"], threads, "" if threads == 1 else "s")
 
 
 def run_line(results):
@@ -135,17 +137,25 @@ def run_line(results):
     seeds = run["seeds"]
     load = "" if run.get("load_average") is None else ", load average {:.1f} at the end".format(run["load_average"])
     return "Command: `{}`; seed{} {}; {} wall, {} CPU, on {}{}.\n".format(
-        run["command"], "" if len(seeds) == 1 else "s", ", ".join(map(str, seeds)),
-        seconds(run["wall_seconds"]), seconds(run["cpu_seconds"]), machine_text(run), load)
+        run["command"],
+        "" if len(seeds) == 1 else "s",
+        ", ".join(map(str, seeds)),
+        seconds(run["wall_seconds"]),
+        seconds(run["cpu_seconds"]),
+        machine_text(run),
+        load,
+    )
 
 
 def spread_sentence(pairs, what):
     """A sentence naming the pairs whose difference in ``what`` is within the
     seed spread (|difference of means| <= sum of the standard deviations)."""
     if not pairs:
-        return "Every difference in {} is larger than the seed spread.\n".format(what)
-    return "Within the seed spread of each other in {} (|difference of means| <= sum of the standard " \
-           "deviations): {}.\n".format(what, "; ".join("{} and {}".format(a, b) for a, b in pairs))
+        return f"Every difference in {what} is larger than the seed spread.\n"
+    return (
+        "Within the seed spread of each other in {} (|difference of means| <= sum of the standard "
+        "deviations): {}.\n".format(what, "; ".join(f"{a} and {b}" for a, b in pairs))
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -162,84 +172,111 @@ def compatibility(results):
 @block("bbvi_normal_gamma")
 def bbvi_normal_gamma(results):
     ref, summary = results["references"], results["summary"]
-    rows = [[name, pm(s["final_elbo"]), pm(s["gap_to_cavi"]), pm(s["grad_variance_start"], ".3g"),
-             pm(s["grad_variance_cavi"], ".3g")] for name, s in summary.items()]
+    rows = [
+        [
+            name,
+            pm(s["final_elbo"]),
+            pm(s["gap_to_cavi"]),
+            pm(s["grad_variance_start"], ".3g"),
+            pm(s["grad_variance_cavi"], ".3g"),
+        ]
+        for name, s in summary.items()
+    ]
     names = list(summary)
     score, pooled, loo = names[0], names[1], names[2]
     cut = summary[score]["grad_variance_cavi"]["mean"] / summary[pooled]["grad_variance_cavi"]["mean"]
     cut_loo = summary[score]["grad_variance_cavi"]["mean"] / summary[loo]["grad_variance_cavi"]["mean"]
-    return "\n".join([
-        "Exact references: log p(X) = {:.4f}; CAVI optimum of the mean-field ELBO = {:.4f} (so "
-        "KL(q* || p) = {:.4f} nats).\n".format(ref["log_evidence"], ref["cavi_elbo"],
-                                               ref["log_evidence"] - ref["cavi_elbo"]),
-        table(["estimator", "final ELBO", "gap to CAVI", "grad. variance at start", "at CAVI optimum"], rows),
-        "Mean ± standard deviation over seeds; gradient variance summed over the four unconstrained parameters, "
-        "{} draws. At the CAVI optimum the pooled control variate has {} times and leave-one-out {} times lower "
-        "variance than the plain score function. ".format(results["args"]["variance_draws"], times(cut),
-                                                          times(cut_loo))
-        + spread_sentence(results["within_seed_spread"]["final_elbo"], "final ELBO"),
-        run_line(results),
-    ])
+    return "\n".join(
+        [
+            "Exact references: log p(X) = {:.4f}; CAVI optimum of the mean-field ELBO = {:.4f} (so "
+            "KL(q* || p) = {:.4f} nats).\n".format(
+                ref["log_evidence"], ref["cavi_elbo"], ref["log_evidence"] - ref["cavi_elbo"]
+            ),
+            table(["estimator", "final ELBO", "gap to CAVI", "grad. variance at start", "at CAVI optimum"], rows),
+            "Mean ± standard deviation over seeds; gradient variance summed over the four unconstrained parameters, "
+            "{} draws. At the CAVI optimum the pooled control variate has {} times and leave-one-out {} times lower "
+            "variance than the plain score function. ".format(
+                results["args"]["variance_draws"], times(cut), times(cut_loo)
+            )
+            + spread_sentence(results["within_seed_spread"]["final_elbo"], "final ELBO"),
+            run_line(results),
+        ]
+    )
 
 
 def _ratio_cell(row, low="ratio_low", high="ratio_high", key="ratio"):
-    return "{:.2f} ({:.2f}-{:.2f})".format(row[key], row[low], row[high])
+    return f"{row[key]:.2f} ({row[low]:.2f}-{row[high]:.2f})"
 
 
 def _benchmark_table(part, target):
     baseline = part["baseline"]
-    rows = [[name, "{:.2f}".format(row["ms_per_step"]), _ratio_cell(row), target.get(name, "")]
-            for name, row in part["estimators"].items()]
-    text = table(["estimator", "ms/step", "x {} (rounds' range)".format(baseline), "target"], rows)
+    rows = [
+        [name, "{:.2f}".format(row["ms_per_step"]), _ratio_cell(row), target.get(name, "")]
+        for name, row in part["estimators"].items()
+    ]
+    text = table(["estimator", "ms/step", f"x {baseline} (rounds' range)", "target"], rows)
     like = part["like_baseline"]
     if like:
         text += "\nThe per-round ratio range contains 1 for {}: this run cannot tell {} from {}.\n".format(
-            " and ".join(like), "it" if len(like) == 1 else "them", baseline)
+            " and ".join(like), "it" if len(like) == 1 else "them", baseline
+        )
     return text
 
 
 @block("benchmark", "results/benchmark/results.json")
 def benchmark(results):
     args = results["args"]
-    return "\n".join([
-        "Time per SVI step with {} vectorized particles, all estimators timed round-robin in one run (median of "
-        "{} rounds of {} steps), as a ratio to Trace_ELBO within each round; in brackets the lowest and highest "
-        "round:\n".format(args["particles"], args["rounds"] * len(results["run"]["seeds"]), args["steps"]),
-        _benchmark_table(results["normal_gamma"], {"ScoreFunctionELBO": "<= 1.1",
-                                                   "ControlVariateELBO (pooled)": "<= 2",
-                                                   "ControlVariateELBO (leave-one-out)": "<= 2"}),
-        run_line(results),
-    ])
+    return "\n".join(
+        [
+            "Time per SVI step with {} vectorized particles, all estimators timed round-robin in one run (median of "
+            "{} rounds of {} steps), as a ratio to Trace_ELBO within each round; in brackets the lowest and highest "
+            "round:\n".format(args["particles"], args["rounds"] * len(results["run"]["seeds"]), args["steps"]),
+            _benchmark_table(
+                results["normal_gamma"],
+                {
+                    "ScoreFunctionELBO": "<= 1.1",
+                    "ControlVariateELBO (pooled)": "<= 2",
+                    "ControlVariateELBO (leave-one-out)": "<= 2",
+                },
+            ),
+            run_line(results),
+        ]
+    )
 
 
 @block("benchmark_rao_blackwell", "results/benchmark/results.json")
 def benchmark_rao_blackwell(results):
-    return "\n".join([
-        "On the 1.C.2 model (N = 20, {} vectorized particles), from the same run:\n".format(
-            results["args"]["particles"]),
-        _benchmark_table(results["rao_blackwell"], {"RaoBlackwellELBO (CV)": "<= 1.5"}),
-    ])
+    return "\n".join(
+        [
+            "On the 1.C.2 model (N = 20, {} vectorized particles), from the same run:\n".format(
+                results["args"]["particles"]
+            ),
+            _benchmark_table(results["rao_blackwell"], {"RaoBlackwellELBO (CV)": "<= 1.5"}),
+        ]
+    )
 
 
 @block("rao_blackwell")
 def rao_blackwell(results):
     summary, groups = results["summary"], list(results["groups"])
     reference = next(iter(summary))
-    rows = [[name] + [pm(s["reduction_poor"][g], ".3g") for g in groups] + [pm(s["final_elbo"])]
-            for name, s in summary.items()]
+    rows = [
+        [name] + [pm(s["reduction_poor"][g], ".3g") for g in groups] + [pm(s["final_elbo"])]
+        for name, s in summary.items()
+    ]
     identical = results.get("identical", {})
     lines = [
         "Variance reduction at a poor q, var({}) / var(estimator) summed over each latent's parameters "
         "(higher is better), {} draws, and the closed-form ELBO after {} steps (maximum over the mean-field "
-        "family {:.3f}):\n".format(reference, results["args"]["variance_draws"], results["args"]["steps"],
-                                   results["max_elbo"]),
+        "family {:.3f}):\n".format(
+            reference, results["args"]["variance_draws"], results["args"]["steps"], results["max_elbo"]
+        ),
         table(["estimator"] + groups + ["final ELBO"], rows),
-        "Mean ± standard deviation over seeds. " + spread_sentence(results["within_seed_spread"]["final_elbo"],
-                                                                     "final ELBO"),
+        "Mean ± standard deviation over seeds. "
+        + spread_sentence(results["within_seed_spread"]["final_elbo"], "final ELBO"),
     ]
     for a, b in identical.items():
-        lines.append("{} and {} give the same ELBO history to float32 rounding (and the same variances).\n".format(
-            a, b))
+        lines.append(f"{a} and {b} give the same ELBO history to float32 rounding (and the same variances).\n")
     names = list(summary)
     ours, pyro_baseline = "RaoBlackwellELBO (leave-one-out CV)", "TraceGraph_ELBO + baseline"
     if ours in names and pyro_baseline in names:
@@ -248,10 +285,17 @@ def rao_blackwell(results):
             close = [g for g in groups if within_spread(mine[g], theirs[g])]
             better = [g for g in groups if g not in close and mine[g]["mean"] > theirs[g]["mean"]]
             worse = [g for g in groups if g not in close and g not in better]
-            lines.append("At the {} q, {} reduces the variance more than {} for {}, less for {}, and within the "
-                         "seed spread for {}.\n".format(where, ours, pyro_baseline, ", ".join(better) or "no latent",
-                                                         ", ".join(worse) or "no latent",
-                                                         ", ".join(close) or "no latent"))
+            lines.append(
+                "At the {} q, {} reduces the variance more than {} for {}, less for {}, and within the "
+                "seed spread for {}.\n".format(
+                    where,
+                    ours,
+                    pyro_baseline,
+                    ", ".join(better) or "no latent",
+                    ", ".join(worse) or "no latent",
+                    ", ".join(close) or "no latent",
+                )
+            )
     lines.append(run_line(results))
     return "\n".join(lines)
 
@@ -259,17 +303,29 @@ def rao_blackwell(results):
 @block("mixtures", "results/gmm_cavi/results.json", "results/earthquake/results.json")
 def mixtures(gmm, earthquake):
     rows = []
-    for label, results in (("GMM with unknown precisions (1.D.4)", gmm),
-                           ("Earthquakes (2-D locations, Poisson counts)", earthquake)):
+    for label, results in (
+        ("GMM with unknown precisions (1.D.4)", gmm),
+        ("Earthquakes (2-D locations, Poisson counts)", earthquake),
+    ):
         svi = results["svi"]
-        rows.append([label, "{:.3f}".format(results["cavi"]["elbo"]), str(results["cavi"]["num_iters"])]
-                    + [pm(row["gap_to_cavi"]) for row in svi.values()])
+        rows.append(
+            [label, "{:.3f}".format(results["cavi"]["elbo"]), str(results["cavi"]["num_iters"])]
+            + [pm(row["gap_to_cavi"]) for row in svi.values()]
+        )
     names = list(gmm["svi"])
-    lines = [table(["model (N = {}, K = {})".format(gmm["args"]["num_data"], len(gmm["args"]["pi"])),
-                    "CAVI optimum", "CAVI sweeps"] + ["{} gap".format(n) for n in names], rows)]
+    lines = [
+        table(
+            [
+                "model (N = {}, K = {})".format(gmm["args"]["num_data"], len(gmm["args"]["pi"])),
+                "CAVI optimum",
+                "CAVI sweeps",
+            ]
+            + [f"{n} gap" for n in names],
+            rows,
+        )
+    ]
     for label, results in (("GMM", gmm), ("Earthquakes", earthquake)):
-        lines.append("{}: ".format(label) + spread_sentence(results["within_seed_spread"]["gap_to_cavi"],
-                                                            "the gap to CAVI"))
+        lines.append(f"{label}: " + spread_sentence(results["within_seed_spread"]["gap_to_cavi"], "the gap to CAVI"))
     lines += [run_line(gmm), run_line(earthquake)]
     return "\n".join(lines)
 
@@ -277,21 +333,34 @@ def mixtures(gmm, earthquake):
 @block("poisson_gamma")
 def poisson_gamma(results):
     theta_star = results["theta_star"]
-    rows = [[name, pm(s["mean_theta_last_10pct"], ".4f"), pm({k: None if v is None else 100 * v
-                                                              for k, v in s["relative_error"].items()
-                                                              if k in ("mean", "std")}, ".1f"),
-             pm(s["elbo_gap"], ".3f")]
-            for name, s in results["summary"].items()]
-    return "\n".join([
-        "theta* = {:.5f}; ELBO(theta*) = {:.2f} against log p(X) = {:.2f} (the family is misspecified). Mean "
-        "theta over the last 10% of {} steps with {} particles:\n".format(
-            theta_star, results["elbo_theta_star"], results["log_evidence"], results["args"]["steps"],
-            results["args"]["particles"]),
-        table(["estimator", "theta", "error (%)", "final ELBO gap"], rows),
-        "Mean ± standard deviation over seeds. " + spread_sentence(results["within_seed_spread"]["relative_error"],
-                                                                     "the error in theta"),
-        run_line(results),
-    ])
+    rows = [
+        [
+            name,
+            pm(s["mean_theta_last_10pct"], ".4f"),
+            pm(
+                {k: None if v is None else 100 * v for k, v in s["relative_error"].items() if k in ("mean", "std")},
+                ".1f",
+            ),
+            pm(s["elbo_gap"], ".3f"),
+        ]
+        for name, s in results["summary"].items()
+    ]
+    return "\n".join(
+        [
+            "theta* = {:.5f}; ELBO(theta*) = {:.2f} against log p(X) = {:.2f} (the family is misspecified). Mean "
+            "theta over the last 10% of {} steps with {} particles:\n".format(
+                theta_star,
+                results["elbo_theta_star"],
+                results["log_evidence"],
+                results["args"]["steps"],
+                results["args"]["particles"],
+            ),
+            table(["estimator", "theta", "error (%)", "final ELBO gap"], rows),
+            "Mean ± standard deviation over seeds. "
+            + spread_sentence(results["within_seed_spread"]["relative_error"], "the error in theta"),
+            run_line(results),
+        ]
+    )
 
 
 @block("iwelbo_bounds")
@@ -299,27 +368,44 @@ def iwelbo_bounds(results):
     rows = results["bounds"]
     seeds = results["run"]["seeds"]
     header = ["K"] + [str(r["K"]) for r in rows] + ["exact log p(X)"]
-    body = [["L_K (mean ± std over seeds)"] + [pm(r["bound"], ".3f") for r in rows]
-            + ["{:.3f}".format(results["log_evidence"])],
-            ["log p(X) - L_K"] + ["{:.4f}".format(r["gap_to_log_evidence"]) for r in rows] + [""],
-            ["standard error (all draws)"] + ["{:.4f}".format(r["pooled_standard_error"]) for r in rows] + [""]]
+    body = [
+        ["L_K (mean ± std over seeds)"]
+        + [pm(r["bound"], ".3f") for r in rows]
+        + ["{:.3f}".format(results["log_evidence"])],
+        ["log p(X) - L_K"] + ["{:.4f}".format(r["gap_to_log_evidence"]) for r in rows] + [""],
+        ["standard error (all draws)"] + ["{:.4f}".format(r["pooled_standard_error"]) for r in rows] + [""],
+    ]
     lines = [table(header, body)]
     for previous, r in zip(rows, rows[1:]):
         if not r["seeds_above_log_evidence"]:
             continue
         # log p(X) - L_K shrinks like 1/K: the previous K's gap, scaled
         expected = previous["gap_to_log_evidence"] * previous["K"] / r["K"]
-        lines.append("L_{} lies above log p(X) in {} of {} seeds (per seed {}; standard error of one seed's mean "
-                     "{}). L_K <= log p(X) holds for the expectation, not for an estimate: the gap shrinks like 1/K, "
-                     "so at K = {} it is about {:.4f} nats (L_{}'s gap {:.4f} times {}/{}), of the order of one "
-                     "seed's standard error, and estimates of {} draws fall on either side of log p(X)."
-                     "\n".format(r["K"], r["seeds_above_log_evidence"], len(seeds),
-                                 ", ".join("{:.4f}".format(v) for v in r["bound"]["values"]),
-                                 ", ".join("{:.4f}".format(v) for v in r["standard_error_per_seed"]),
-                                 r["K"], expected, previous["K"], previous["gap_to_log_evidence"], previous["K"],
-                                 r["K"], results["args"]["draws"]))
-    lines.append("Non-decreasing in K and below log p(X), each within 4 standard errors: {} and {}.\n".format(
-        "yes" if results["non_decreasing"] else "no", "yes" if results["below_log_evidence"] else "no"))
+        lines.append(
+            "L_{} lies above log p(X) in {} of {} seeds (per seed {}; standard error of one seed's mean "
+            "{}). L_K <= log p(X) holds for the expectation, not for an estimate: the gap shrinks like 1/K, "
+            "so at K = {} it is about {:.4f} nats (L_{}'s gap {:.4f} times {}/{}), of the order of one "
+            "seed's standard error, and estimates of {} draws fall on either side of log p(X)."
+            "\n".format(
+                r["K"],
+                r["seeds_above_log_evidence"],
+                len(seeds),
+                ", ".join(f"{v:.4f}" for v in r["bound"]["values"]),
+                ", ".join(f"{v:.4f}" for v in r["standard_error_per_seed"]),
+                r["K"],
+                expected,
+                previous["K"],
+                previous["gap_to_log_evidence"],
+                previous["K"],
+                r["K"],
+                results["args"]["draws"],
+            )
+        )
+    lines.append(
+        "Non-decreasing in K and below log p(X), each within 4 standard errors: {} and {}.\n".format(
+            "yes" if results["non_decreasing"] else "no", "yes" if results["below_log_evidence"] else "no"
+        )
+    )
     lines.append(run_line(results))
     return "\n".join(lines)
 
@@ -335,45 +421,71 @@ def gumbel_softmax(results):
     grad_rows = []
     for r in grads:
         if r["temperature"] in shown and r["objective"] == "square":
-            grad_rows.append([r["estimator"], "{:g}".format(r["temperature"]), pm(r["bias_norm"], ".3f"),
-                              pm(r["variance_trace"], ".3g")])
-    return "\n".join([
-        "Chi-square goodness-of-fit p-values of N = {} draws against a, per seed:\n".format(
-            results["args"]["num_samples"]),
-        table(["sampler"] + ["seed {}".format(s) for s in seeds], rows),
-        "{} of {} p-values are below 0.05. Every sampler here is exact (torch's Categorical included), so each "
-        "p-value is uniform on (0, 1): about {:.2f} of {} are expected below 0.05 by chance, and {} or more with "
-        "probability {:.2f}. A small p-value among many tests is not evidence of a wrong sampler.\n".format(
-            hist["pvalues_below_0.05"], hist["num_pvalues"], 0.05 * hist["num_pvalues"], hist["num_pvalues"],
-            hist["pvalues_below_0.05"], _binomial_tail(hist["pvalues_below_0.05"], hist["num_pvalues"], 0.05)),
-        "Gradient of E[f(y)] for f(y) = sum_k c_k y_k^2, against the exact gradient of the discrete objective "
-        "(mean ± std over seeds, {} one-sample estimates each):\n".format(results["args"]["grad_draws"]),
-        table(["estimator", "tau", "bias norm", "trace of covariance"], grad_rows),
-        run_line(results),
-    ])
+            grad_rows.append(
+                [
+                    r["estimator"],
+                    "{:g}".format(r["temperature"]),
+                    pm(r["bias_norm"], ".3f"),
+                    pm(r["variance_trace"], ".3g"),
+                ]
+            )
+    return "\n".join(
+        [
+            "Chi-square goodness-of-fit p-values of N = {} draws against a, per seed:\n".format(
+                results["args"]["num_samples"]
+            ),
+            table(["sampler"] + [f"seed {s}" for s in seeds], rows),
+            "{} of {} p-values are below 0.05. Every sampler here is exact (torch's Categorical included), so each "
+            "p-value is uniform on (0, 1): about {:.2f} of {} are expected below 0.05 by chance, and {} or more with "
+            "probability {:.2f}. A small p-value among many tests is not evidence of a wrong sampler.\n".format(
+                hist["pvalues_below_0.05"],
+                hist["num_pvalues"],
+                0.05 * hist["num_pvalues"],
+                hist["num_pvalues"],
+                hist["pvalues_below_0.05"],
+                _binomial_tail(hist["pvalues_below_0.05"], hist["num_pvalues"], 0.05),
+            ),
+            "Gradient of E[f(y)] for f(y) = sum_k c_k y_k^2, against the exact gradient of the discrete objective "
+            "(mean ± std over seeds, {} one-sample estimates each):\n".format(results["args"]["grad_draws"]),
+            table(["estimator", "tau", "bias norm", "trace of covariance"], grad_rows),
+            run_line(results),
+        ]
+    )
 
 
 def _binomial_tail(k, n, p):
     """P(X >= k) for X ~ Binomial(n, p)."""
-    return sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))
+    return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
 
 
 @block("gamma_natural_gradient")
 def gamma_natural_gradient(results):
     summary, args = results["summary"], results["args"]
     mles = results["mle"]
-    rows = [[name, pm(s["iterations_to_tolerance"], ".1f"), pm(s["halved_steps"], ".0f"),
-             ", ".join("{:.0f}".format(v) for v in s["iterations_to_tolerance"]["values"])]
-            for name, s in summary.items()]
-    return "\n".join([
-        "Iterations until the average NLL is within {:g} nats of the MLE, over {} data sets of {} draws (MLE "
-        "alpha, beta: {}):\n".format(results["tolerance_nats"], len(mles), args["num_data"],
-                                     "; ".join("{:.4f}, {:.4f}".format(m["alpha"], m["beta"]) for m in mles)),
-        table(["method", "iterations (mean ± std)", "halved steps", "per data set"], rows),
-        "The closed-form inverse Fisher matches `torch.linalg.inv` of the autograd J^T F(eta) J to {:.0e} "
-        "(relative).\n".format(results["checks"]["inverse_closed_vs_inv_of_autograd"]),
-        run_line(results),
-    ])
+    rows = [
+        [
+            name,
+            pm(s["iterations_to_tolerance"], ".1f"),
+            pm(s["halved_steps"], ".0f"),
+            ", ".join(f"{v:.0f}" for v in s["iterations_to_tolerance"]["values"]),
+        ]
+        for name, s in summary.items()
+    ]
+    return "\n".join(
+        [
+            "Iterations until the average NLL is within {:g} nats of the MLE, over {} data sets of {} draws (MLE "
+            "alpha, beta: {}):\n".format(
+                results["tolerance_nats"],
+                len(mles),
+                args["num_data"],
+                "; ".join("{:.4f}, {:.4f}".format(m["alpha"], m["beta"]) for m in mles),
+            ),
+            table(["method", "iterations (mean ± std)", "halved steps", "per data set"], rows),
+            "The closed-form inverse Fisher matches `torch.linalg.inv` of the autograd J^T F(eta) J to {:.0e} "
+            "(relative).\n".format(results["checks"]["inverse_closed_vs_inv_of_autograd"]),
+            run_line(results),
+        ]
+    )
 
 
 @block("natural_gradient_svi")
@@ -384,89 +496,149 @@ def natural_gradient_svi(results):
         first = s["first_below_tol"]
         note = " (deterministic: run once)" if s.get("deterministic") else ""
         rows.append([name + note, pm(stays, ".0f"), pm(first, ".0f")])
-    return "\n".join([
-        "Iterations until the ELBO stays within {:g} nats of the CAVI optimum ({:.4f}), and the first iteration "
-        "below:\n".format(results["tolerance_nats"], results["cavi_optimum_elbo"]),
-        table(["method", "iterations to stay within", "first within"], rows),
-        "Mean ± standard deviation over seeds; \"never\": not within {} steps.\n".format(results["args"]["steps"]),
-        run_line(results),
-    ])
+    return "\n".join(
+        [
+            "Iterations until the ELBO stays within {:g} nats of the CAVI optimum ({:.4f}), and the first iteration "
+            "below:\n".format(results["tolerance_nats"], results["cavi_optimum_elbo"]),
+            table(["method", "iterations to stay within", "first within"], rows),
+            'Mean ± standard deviation over seeds; "never": not within {} steps.\n'.format(results["args"]["steps"]),
+            run_line(results),
+        ]
+    )
 
 
 @block("diffusion_bound")
 def diffusion_bound(results):
     summary, main = results["summary"], results["main_model"]
-    rows = [[name + (" (main)" if name == main else ""), "{:.4f}".format(s["exact_bound"]), pm(s["direct"], ".4f"),
-             pm(s["decomposed"], ".4f"), pm(s["direct_variance"], ".3g"), pm(s["decomposed_variance"], ".3g")]
-            for name, s in sorted(summary.items(), key=lambda item: item[1]["gap"])]
+    rows = [
+        [
+            name + (" (main)" if name == main else ""),
+            "{:.4f}".format(s["exact_bound"]),
+            pm(s["direct"], ".4f"),
+            pm(s["decomposed"], ".4f"),
+            pm(s["direct_variance"], ".3g"),
+            pm(s["decomposed_variance"], ".3g"),
+        ]
+        for name, s in sorted(summary.items(), key=lambda item: item[1]["gap"])
+    ]
     m = summary[main]
-    return "\n".join([
-        table(["reverse model", "exact bound", "direct (eq. 3)", "decomposed (eq. 5)", "variance, direct",
-               "variance, decomposed"], rows),
-        "Nats per data point, mean ± standard deviation over seeds of {} chains per point; variance of one "
-        "chain's estimate. For the main model the decomposed estimate lies {:.4f} ± {:.4f} below the direct one "
-        "on the same chains; its per-chain distribution is skewed to the right (variance {:.3g}), so a mean of "
-        "{} chains usually falls short of the exact value and rare chains with large estimates make up the difference.\n".format(
-            results["args"]["samples"], m["paired_difference"]["mean"], m["paired_difference"]["std"] or 0.0,
-            m["decomposed_variance"]["mean"], results["args"]["samples"]),
-        _diffusion_crossover(summary, main),
-        run_line(results),
-    ])
+    return "\n".join(
+        [
+            table(
+                [
+                    "reverse model",
+                    "exact bound",
+                    "direct (eq. 3)",
+                    "decomposed (eq. 5)",
+                    "variance, direct",
+                    "variance, decomposed",
+                ],
+                rows,
+            ),
+            "Nats per data point, mean ± standard deviation over seeds of {} chains per point; variance of one "
+            "chain's estimate. For the main model the decomposed estimate lies {:.4f} ± {:.4f} below the direct one "
+            "on the same chains; its per-chain distribution is skewed to the right (variance {:.3g}), so a mean of "
+            "{} chains usually falls short of the exact value and rare chains with large estimates make up the "
+            "difference.\n".format(
+                results["args"]["samples"],
+                m["paired_difference"]["mean"],
+                m["paired_difference"]["std"] or 0.0,
+                m["decomposed_variance"]["mean"],
+                results["args"]["samples"],
+            ),
+            _diffusion_crossover(summary, main),
+            run_line(results),
+        ]
+    )
 
 
 def _diffusion_crossover(summary, main):
     """Which form has the lower variance, model by model."""
+
     def ratio(name):
         return summary[name]["direct_variance"]["mean"] / summary[name]["decomposed_variance"]["mean"]
 
     ordered = sorted(summary, key=lambda n: summary[n]["gap"])
-    direct_wins = ["{} ({} times, bound loose by {:.2g} nats)".format(n, times(1 / ratio(n)), summary[n]["gap"])
-                   for n in ordered if ratio(n) < 1]
-    decomposed_wins = ["{} ({} times, {:.2g} nats)".format(n, times(ratio(n)), summary[n]["gap"])
-                       for n in ordered if ratio(n) >= 1]
-    return ("Lower variance for the direct form: {}. Lower for the decomposed form: {}.\n".format(
-        "; ".join(direct_wins) or "none", "; ".join(decomposed_wins) or "none"))
+    direct_wins = [
+        "{} ({} times, bound loose by {:.2g} nats)".format(n, times(1 / ratio(n)), summary[n]["gap"])
+        for n in ordered
+        if ratio(n) < 1
+    ]
+    decomposed_wins = [
+        "{} ({} times, {:.2g} nats)".format(n, times(ratio(n)), summary[n]["gap"]) for n in ordered if ratio(n) >= 1
+    ]
+    return "Lower variance for the direct form: {}. Lower for the decomposed form: {}.\n".format(
+        "; ".join(direct_wins) or "none", "; ".join(decomposed_wins) or "none"
+    )
 
 
 @block("lda_svi")
 def lda_svi(results):
     rows = []
     for name, s in results["summary"].items():
-        rows.append([name, pm(s["docs_per_second"], ",.0f"), pm(s["seconds_per_iteration"], ".3f"),
-                     pm(s["elbo_per_word_at_fifth_of_budget"], ".4f"), pm(s["elbo_per_word_at_budget"], ".4f"),
-                     pm(s["final_elbo_per_word"], ".4f"), pm(s["mean_hellinger"], ".3f")])
+        rows.append(
+            [
+                name,
+                pm(s["docs_per_second"], ",.0f"),
+                pm(s["seconds_per_iteration"], ".3f"),
+                pm(s["elbo_per_word_at_fifth_of_budget"], ".4f"),
+                pm(s["elbo_per_word_at_budget"], ".4f"),
+                pm(s["final_elbo_per_word"], ".4f"),
+                pm(s["mean_hellinger"], ".3f"),
+            ]
+        )
     budgets = results["same_wall_time"]
     lines = [
-        table(["method", "docs/s", "s per iteration", "ELBO/word at T/5", "ELBO/word at T", "final ELBO/word",
-               "mean Hellinger to true topics"], rows),
+        table(
+            [
+                "method",
+                "docs/s",
+                "s per iteration",
+                "ELBO/word at T/5",
+                "ELBO/word at T",
+                "final ELBO/word",
+                "mean Hellinger to true topics",
+            ],
+            rows,
+        ),
         "Mean ± standard deviation over seeds; T, the same wall time for all three, is the shortest run of each "
-        "seed ({} s).".format(", ".join("{:.2f}".format(b) for b in budgets)),
+        "seed ({} s).".format(", ".join(f"{b:.2f}" for b in budgets)),
     ]
     if results.get("true_topics_elbo") is not None:
-        lines[-1] += " The true topics score {:.4f} per word; Pyro's own (collapsed) bound ends at {} per " \
-                     "word.".format(results["true_topics_elbo"] / results["tokens"],
-                                    pm(results["collapsed_bound_per_word"], ".4f"))
-    lines[-1] += " " + spread_sentence(results["within_seed_spread"]["elbo_per_word_at_budget"],
-                                       "the ELBO at the same wall time")
+        lines[-1] += " The true topics score {:.4f} per word; Pyro's own (collapsed) bound ends at {} per word.".format(
+            results["true_topics_elbo"] / results["tokens"], pm(results["collapsed_bound_per_word"], ".4f")
+        )
+    lines[-1] += " " + spread_sentence(
+        results["within_seed_spread"]["elbo_per_word_at_budget"], "the ELBO at the same wall time"
+    )
     summary = results["summary"]
     cavi, svi = summary.get("batch CAVI"), summary.get("SVI (Hoffman et al.)")
     if cavi and svi:
+
         def delta(key):
             a, b = svi[key], cavi[key]
-            return "{:+.4f} ({} the seed spread)".format(a["mean"] - b["mean"],
-                                                         "within" if within_spread(a, b) else "beyond")
+            return "{:+.4f} ({} the seed spread)".format(
+                a["mean"] - b["mean"], "within" if within_spread(a, b) else "beyond"
+            )
 
-        lines.append("SVI processes {:.2g} times as many documents per second as a batch CAVI sweep. Its ELBO per "
-                     "word minus CAVI's: at T/5 {}, at T {}, at the end of each run {}.\n".format(
-                         svi["docs_per_second"]["mean"] / cavi["docs_per_second"]["mean"],
-                         delta("elbo_per_word_at_fifth_of_budget"), delta("elbo_per_word_at_budget"),
-                         delta("final_elbo_per_word")))
-        lines.append("Per seed, SVI ends at ELBO/word {} with mean Hellinger distance {} to the true topics (batch "
-                     "CAVI: {}; {}).\n".format(
-                         ", ".join("{:.4f}".format(v) for v in svi["final_elbo_per_word"]["values"]),
-                         ", ".join("{:.3f}".format(v) for v in svi["mean_hellinger"]["values"]),
-                         ", ".join("{:.4f}".format(v) for v in cavi["final_elbo_per_word"]["values"]),
-                         ", ".join("{:.3f}".format(v) for v in cavi["mean_hellinger"]["values"])))
+        lines.append(
+            "SVI processes {:.2g} times as many documents per second as a batch CAVI sweep. Its ELBO per "
+            "word minus CAVI's: at T/5 {}, at T {}, at the end of each run {}.\n".format(
+                svi["docs_per_second"]["mean"] / cavi["docs_per_second"]["mean"],
+                delta("elbo_per_word_at_fifth_of_budget"),
+                delta("elbo_per_word_at_budget"),
+                delta("final_elbo_per_word"),
+            )
+        )
+        lines.append(
+            "Per seed, SVI ends at ELBO/word {} with mean Hellinger distance {} to the true topics (batch "
+            "CAVI: {}; {}).\n".format(
+                ", ".join(f"{v:.4f}" for v in svi["final_elbo_per_word"]["values"]),
+                ", ".join(f"{v:.3f}" for v in svi["mean_hellinger"]["values"]),
+                ", ".join(f"{v:.4f}" for v in cavi["final_elbo_per_word"]["values"]),
+                ", ".join(f"{v:.3f}" for v in cavi["mean_hellinger"]["values"]),
+            )
+        )
     lines.append(run_line(results))
     return "\n".join(lines)
 
@@ -476,7 +648,7 @@ def benchmark_vae(results):
     header = ["estimator"]
     ks = list(results["results"])
     for k in ks:
-        header += ["K = {} ms".format(k), "x Renyi (rounds)", "x plain"]
+        header += [f"K = {k} ms", "x Renyi (rounds)", "x plain"]
     names = list(results["results"][ks[0]])
     rows = []
     for name in names:
@@ -490,12 +662,17 @@ def benchmark_vae(results):
         like = [n for n, r in results["results"][k].items() if n != names[0] and r["ratio_low"] <= 1 <= r["ratio_high"]]
         over = [n for n, r in results["results"][k].items() if r["ratio"] > 1.1]
         over_plain = [n for n, r in results["results"][k].items() if r["ratio_to_plain"] > 1.5]
-        lines.append("K = {}: within the rounds' spread of RenyiELBO (ratio range contains 1): {}. Above the "
-                     "targets (median), 1.1x RenyiELBO: {}; 1.5x the plain loop: {}.\n".format(
-                         k, ", ".join(like) or "none", ", ".join(over) or "none", ", ".join(over_plain) or "none"))
+        lines.append(
+            "K = {}: within the rounds' spread of RenyiELBO (ratio range contains 1): {}. Above the "
+            "targets (median), 1.1x RenyiELBO: {}; 1.5x the plain loop: {}.\n".format(
+                k, ", ".join(like) or "none", ", ".join(over) or "none", ", ".join(over_plain) or "none"
+            )
+        )
     args = results["args"]
-    lines.append("Median of {} rounds of {} steps, batch {}. ".format(args["rounds"], args["steps"], args["batch_size"])
-                 + run_line(results))
+    lines.append(
+        "Median of {} rounds of {} steps, batch {}. ".format(args["rounds"], args["steps"], args["batch_size"])
+        + run_line(results)
+    )
     return "\n".join(lines)
 
 
@@ -503,17 +680,28 @@ def benchmark_vae(results):
 def benchmark_discrete(results):
     args = results["args"]
     lines = []
-    for key, title in [("discrete", "On the Bernoulli VAE (linear, 200 binary latents, batch {}), {} model "
-                                    "evaluations per image".format(args["batch_size"], args["evaluations"])),
-                       ("gmm_pathwise", "On the GMM (N = 300, K = 3) with sampled assignments, {} vectorized "
-                                        "particles".format(args["particles"]))]:
+    for key, title in [
+        (
+            "discrete",
+            "On the Bernoulli VAE (linear, 200 binary latents, batch {}), {} model evaluations per image".format(
+                args["batch_size"], args["evaluations"]
+            ),
+        ),
+        (
+            "gmm_pathwise",
+            "On the GMM (N = 300, K = 3) with sampled assignments, {} vectorized particles".format(args["particles"]),
+        ),
+    ]:
         part = results[key]
         also = part["also"]
-        rows = [[name, "{:.2f}".format(row["ms_per_step"]), _ratio_cell(row),
-                 "{:.2f}".format(row["ratio_" + also])] for name, row in part["estimators"].items()]
-        lines += ["{}, from the same run:\n".format(title),
-                  table(["estimator", "ms/step", "x {} (rounds' range)".format(part["baseline"]),
-                         "x {}".format(also)], rows)]
+        rows = [
+            [name, "{:.2f}".format(row["ms_per_step"]), _ratio_cell(row), "{:.2f}".format(row["ratio_" + also])]
+            for name, row in part["estimators"].items()
+        ]
+        lines += [
+            f"{title}, from the same run:\n",
+            table(["estimator", "ms/step", "x {} (rounds' range)".format(part["baseline"]), f"x {also}"], rows),
+        ]
     return "\n".join(lines)
 
 
@@ -530,49 +718,106 @@ def bernoulli_vae(results):
     for group, models in results["summary"].items():
         for kind, estimators in models.items():
             for label, s in estimators.items():
-                last = {k: {stat: s[k][stat][-1] for stat in ("mean", "min", "max")}
-                        for k in ("train_objective", "test_bound", "grad_variance")}
+                last = {
+                    k: {stat: s[k][stat][-1] for stat in ("mean", "min", "max")}
+                    for k in ("train_objective", "test_bound", "grad_variance")
+                }
                 variance = last["grad_variance"]["mean"]
-                rows.append([group, kind, label, "{:.2f}".format(last["train_objective"]["mean"]),
-                             "{:.2f} ({:.2f} to {:.2f})".format(*(last["test_bound"][k] for k in ("mean", "min", "max"))),
-                             "-" if variance is None else "{:.3g}".format(variance), "{:.1f}".format(s["ms_per_step"])])
+                rows.append(
+                    [
+                        group,
+                        kind,
+                        label,
+                        "{:.2f}".format(last["train_objective"]["mean"]),
+                        "{:.2f} ({:.2f} to {:.2f})".format(*(last["test_bound"][k] for k in ("mean", "min", "max"))),
+                        "-" if variance is None else f"{variance:.3g}",
+                        "{:.1f}".format(s["ms_per_step"]),
+                    ]
+                )
     args = results["args"]
-    return "\n".join([
-        table(["group", "decoder", "estimator", "train objective", "test L_{} (seeds' min to max)".format(
-            args["test_samples"]), "grad. variance", "ms/step"], rows, align="lllrrrr"),
-        "Mean over seeds at the last step. {}. Data: {}. Gradient variance: the mean over the encoder's weights "
-        "of the variance of the per-image gradient, {} draws at the last step. The runs themselves took {} of "
-        "wall time in all.\n".format(results["budget"][0].upper() + results["budget"][1:], results["data"]["split"],
-                                      args["variance_draws"], seconds(results["run_seconds"])),
-        run_line(results),
-    ])
+    return "\n".join(
+        [
+            table(
+                [
+                    "group",
+                    "decoder",
+                    "estimator",
+                    "train objective",
+                    "test L_{} (seeds' min to max)".format(args["test_samples"]),
+                    "grad. variance",
+                    "ms/step",
+                ],
+                rows,
+                align="lllrrrr",
+            ),
+            "Mean over seeds at the last step. {}. Data: {}. Gradient variance: the mean over the encoder's weights "
+            "of the variance of the per-image gradient, {} draws at the last step. The runs themselves took {} of "
+            "wall time in all.\n".format(
+                results["budget"][0].upper() + results["budget"][1:],
+                results["data"]["split"],
+                args["variance_draws"],
+                seconds(results["run_seconds"]),
+            ),
+            run_line(results),
+        ]
+    )
 
 
 @block("vae_mnist")
 def vae_mnist(results):
     ev = results["evaluation"]
     rows = []
-    for key, run in results["runs"].items():
+    for run in results["runs"].values():
         m = run["summary"]
-        rows.append([run["label"], str(len(run["seeds"])), _mean_sd(m["test_log_likelihood"]),
-                     _mean_sd(m["test_elbo"]), _mean_sd(m["active_units"], 1), _mean_sd(m["seconds_per_epoch"], 1)])
-    lines = [table(["run", "seeds", "test L_{}".format(ev["eval_samples"]), "test ELBO", "active units",
-                    "s/epoch"], rows)]
+        rows.append(
+            [
+                run["label"],
+                str(len(run["seeds"])),
+                _mean_sd(m["test_log_likelihood"]),
+                _mean_sd(m["test_elbo"]),
+                _mean_sd(m["active_units"], 1),
+                _mean_sd(m["seconds_per_epoch"], 1),
+            ]
+        )
+    lines = [
+        table(["run", "seeds", "test L_{}".format(ev["eval_samples"]), "test ELBO", "active units", "s/epoch"], rows)
+    ]
     bases = sorted({c["basis"] for c in results["comparisons"]})
-    lines.append("Comparisons in the papers' order, difference ± 95% half-width ({}): {}.\n".format(
-        "; ".join(bases), "; ".join("{} - {} = {:+.2f} ± {:.2f} nats, {}".format(
-            c["better"], c["worse"], c["mean_difference"], c["half_width_95"], c["verdict"])
-            for c in results["comparisons"])))
+    lines.append(
+        "Comparisons in the papers' order, difference ± 95% half-width ({}): {}.\n".format(
+            "; ".join(bases),
+            "; ".join(
+                "{} - {} = {:+.2f} ± {:.2f} nats, {}".format(
+                    c["better"], c["worse"], c["mean_difference"], c["half_width_95"], c["verdict"]
+                )
+                for c in results["comparisons"]
+            ),
+        )
+    )
     burda = results["references"]["burda_test_nll_3280_epochs"]
-    lines.append("For scale, Burda et al. (2016, table 1) report test log-likelihoods of -{} (VAE, k = 1), -{} "
-                 "(IWAE k = 5) and -{} (IWAE k = 50) after 3,280 epochs; {}.\n".format(
-                     burda["VAE"]["k=1"], burda["IWAE"]["k=5"], burda["IWAE"]["k=50"],
-                     results["references"]["note"].split("; ")[-1]))
+    lines.append(
+        "For scale, Burda et al. (2016, table 1) report test log-likelihoods of -{} (VAE, k = 1), -{} "
+        "(IWAE k = 5) and -{} (IWAE k = 50) after 3,280 epochs; {}.\n".format(
+            burda["VAE"]["k=1"],
+            burda["IWAE"]["k=5"],
+            burda["IWAE"]["k=50"],
+            results["references"]["note"].split("; ")[-1],
+        )
+    )
     env = results["environment"]
-    lines.append("Command: `{}`; test images: {}; {:.1f} h of training and evaluation in all, on {}, {} torch thread, device {}; "
-                 "status: {}.\n".format(results["command"], results["data"]["test_subset"]["how"],
-                                        results["compute_seconds"] / 3600, env["machine"], env["threads"],
-                                        env["device"], results["status"]))
+    lines.append(
+        "Command: `{}`; test images: {}; {:.1f} h of training and evaluation in all, on {}, {} torch thread, "
+        "device {}; "
+        "status: {}.\n".format(
+            results["command"],
+            results["data"]["test_subset"]["how"],
+            results["compute_seconds"] / 3600,
+            env["machine"],
+            env["threads"],
+            env["device"],
+            results["status"],
+        )
+    )
     return "\n".join(lines)
 
 
@@ -593,16 +838,17 @@ def main(argv=None):
     new = rewrite(text)
     if args.check:
         if new != text:
-            sys.stdout.writelines(difflib.unified_diff(
-                text.splitlines(True), new.splitlines(True), args.readme, "rendered"))
-            print("\n{} differs from its results; run python -m experiments.render_readme".format(args.readme))
+            sys.stdout.writelines(
+                difflib.unified_diff(text.splitlines(True), new.splitlines(True), args.readme, "rendered")
+            )
+            print(f"\n{args.readme} differs from its results; run python -m experiments.render_readme")
             return 1
-        print("{}: {} blocks up to date".format(args.readme, len(blocks_in(text))))
+        print(f"{args.readme}: {len(blocks_in(text))} blocks up to date")
         return 0
     if new != text:
         with open(args.readme, "w") as f:
             f.write(new)
-    print("{}: rendered {} blocks".format(args.readme, len(blocks_in(text))))
+    print(f"{args.readme}: rendered {len(blocks_in(text))} blocks")
     return 0
 
 

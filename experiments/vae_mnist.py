@@ -112,14 +112,14 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 if not __package__:  # run as ``python experiments/vae_mnist.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli  # noqa: E402
-from experiments._figures import plt, save_figure  # noqa: E402
-from guides.vae import Encoder, guide  # noqa: E402
-from models.mnist import MnistNotFoundError, binarize, default_data_dir, load_mnist  # noqa: E402
-from models.vae import Decoder, VAEConfig, model  # noqa: E402
-from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO  # noqa: E402
-from pyro_vi.distributed import process  # noqa: E402
-from pyro_vi.training import fit, load_checkpoint  # noqa: E402
+from experiments import _cli
+from experiments._figures import plt, save_figure
+from guides.vae import Encoder, guide
+from models.mnist import MnistNotFoundError, binarize, default_data_dir, load_mnist
+from models.vae import Decoder, VAEConfig, model
+from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
+from pyro_vi.distributed import process
+from pyro_vi.training import fit, load_checkpoint
 
 SCHEMA = "pyro_vi vae_mnist results v2"
 # Burda et al. 2015, table 1, one stochastic layer, test NLL (L_5000) after 3,280
@@ -129,11 +129,16 @@ BURDA_TEST_NLL = {
     "IWAE": {"k=1": 86.76, "k=5": 85.54, "k=50": 84.78},
 }
 # Which published number each run is compared with (same objective and K).
-BURDA_REFERENCE = {"vae": ("IWAE", "k=1"), "iwae1": ("IWAE", "k=1"), "iwae5": ("IWAE", "k=5"),
-                   "renyi5": ("IWAE", "k=5"), "iwae50": ("IWAE", "k=50")}
+BURDA_REFERENCE = {
+    "vae": ("IWAE", "k=1"),
+    "iwae1": ("IWAE", "k=1"),
+    "iwae5": ("IWAE", "k=5"),
+    "renyi5": ("IWAE", "k=5"),
+    "iwae50": ("IWAE", "k=50"),
+}
 ACTIVE_UNIT_THRESHOLD = 1e-2
 BURDA_STAGES = 8  # i = 0..7: 3^i epochs at lr * 10^(-i/7)
-BURDA_EPOCHS = sum(3 ** i for i in range(BURDA_STAGES))  # 3280
+BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))  # 3280
 # Seeds of the fixed binarizations, importance samples and test subset used for
 # evaluation: the same for every run and every --seed.
 TEST_BINARIZATION_SEED = 20151
@@ -145,10 +150,16 @@ TEST_SUBSET_SEED = 20155
 EVAL_CHUNK_ELEMENTS = 1 << 23
 DEFAULT_SEEDS = (0, 1, 2)
 # The papers' comparisons: (better, worse) as the papers order them.
-COMPARISONS = (("iwae5", "vae"), ("iwae50", "iwae5"), ("iwae50", "vae"), ("vae_stl", "vae"),
-               ("iwae50_dreg", "iwae50"), ("renyi5", "iwae5"), ("iwae1", "vae"))
-HISTORY_KEYS = ("epoch", "lr", "train_objective", "heldout_elbo", "heldout_iwelbo", "train_elbo",
-                "train_iwelbo")
+COMPARISONS = (
+    ("iwae5", "vae"),
+    ("iwae50", "iwae5"),
+    ("iwae50", "vae"),
+    ("vae_stl", "vae"),
+    ("iwae50_dreg", "iwae50"),
+    ("renyi5", "iwae5"),
+    ("iwae1", "vae"),
+)
+HISTORY_KEYS = ("epoch", "lr", "train_objective", "heldout_elbo", "heldout_iwelbo", "train_elbo", "train_iwelbo")
 
 
 @dataclass(frozen=True)
@@ -158,23 +169,27 @@ class Run:
 
 
 def _iw(k, gradient):
-    return lambda: ImportanceWeightedELBO(num_particles=k, gradient=gradient, vectorize_particles=True,
-                                          max_plate_nesting=1)
+    return lambda: ImportanceWeightedELBO(
+        num_particles=k, gradient=gradient, vectorize_particles=True, max_plate_nesting=1
+    )
 
 
 #: The study's estimators (run key -> Estimator), in the order they are run and drawn.
 REGISTRY: _cli.Registry = {
-    "vae": _cli.Estimator(lambda: Trace_ELBO(num_particles=1, max_plate_nesting=1),
-                          style=dict(color="C0", marker="o", ls="-")),
-    "vae_stl": _cli.Estimator(lambda: StickingTheLandingELBO(num_particles=1, max_plate_nesting=1),
-                              style=dict(color="C1", marker="s", ls="-")),
+    "vae": _cli.Estimator(
+        lambda: Trace_ELBO(num_particles=1, max_plate_nesting=1), style=dict(color="C0", marker="o", ls="-")
+    ),
+    "vae_stl": _cli.Estimator(
+        lambda: StickingTheLandingELBO(num_particles=1, max_plate_nesting=1), style=dict(color="C1", marker="s", ls="-")
+    ),
     "iwae1": _cli.Estimator(_iw(1, "reparam"), style=dict(color="0.35", marker="x", ls=":", mfc="none")),
     "iwae5": _cli.Estimator(_iw(5, "reparam"), style=dict(color="C2", marker="^", ls="-")),
     "iwae50": _cli.Estimator(_iw(50, "reparam"), style=dict(color="C3", marker="D", ls="-")),
     "iwae50_dreg": _cli.Estimator(_iw(50, "dreg"), style=dict(color="C4", marker="v", ls="-")),
-    "renyi5": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, num_particles=5, vectorize_particles=True,
-                                               max_plate_nesting=1),
-                             style=dict(color="C8", marker="+", ls="--", ms=9)),
+    "renyi5": _cli.Estimator(
+        lambda: RenyiELBO(alpha=0.0, num_particles=5, vectorize_particles=True, max_plate_nesting=1),
+        style=dict(color="C8", marker="+", ls="--", ms=9),
+    ),
 }
 RUNS = {
     "vae": Run("VAE (Trace_ELBO)", "L_1, reparameterized"),
@@ -229,7 +244,7 @@ def bounds(model_fn, guide_fn, x, num_samples, batch_size=None):
     chunk = max(1, EVAL_CHUNK_ELEMENTS // (data_dim * batch_size))
     log_px, elbo = [], []
     for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size]
+        xb = x[start : start + batch_size]
         acc = xb.new_full((len(xb),), -math.inf)
         total = xb.new_zeros(len(xb))
         done = 0
@@ -268,7 +283,7 @@ def burda_stage(epoch_index):
     stage, end = 0, 1
     while epoch_index >= end and stage < BURDA_STAGES - 1:
         stage += 1
-        end += 3 ** stage
+        end += 3**stage
     return stage
 
 
@@ -281,13 +296,17 @@ def stage_ends(schedule, epochs):
     """The epochs (from 1) after which the learning rate changes."""
     if schedule != "burda":
         return set()
-    return {sum(3 ** j for j in range(i + 1)) for i in range(BURDA_STAGES)} & set(range(1, epochs + 1))
+    return {sum(3**j for j in range(i + 1)) for i in range(BURDA_STAGES)} & set(range(1, epochs + 1))
 
 
 def monitored(epoch, args):
     """Whether the bounds are recorded after ``epoch`` (0: before training)."""
-    return (epoch == 0 or epoch == args.epochs or epoch % args.monitor_every == 0
-            or epoch in stage_ends(args.schedule, args.epochs))
+    return (
+        epoch == 0
+        or epoch == args.epochs
+        or epoch % args.monitor_every == 0
+        or epoch in stage_ends(args.schedule, args.epochs)
+    )
 
 
 def make_optim(args, steps_per_epoch):
@@ -300,8 +319,7 @@ def make_optim(args, steps_per_epoch):
     def factor(steps_done):
         return lr_factor("burda", steps_done // steps_per_epoch)
 
-    scheduler = pyro.optim.LambdaLR({"optimizer": torch.optim.Adam, "optim_args": optim_args,
-                                     "lr_lambda": factor})
+    scheduler = pyro.optim.LambdaLR({"optimizer": torch.optim.Adam, "optim_args": optim_args, "lr_lambda": factor})
     return scheduler, lambda step, loss: scheduler.step()
 
 
@@ -347,8 +365,8 @@ class BinarizedBatches:
     def __iter__(self):
         order = torch.randperm(len(self.images), generator=self.generator)
         for first in range(0, len(order), self.batch_size):
-            batch = binarize(self.images[order[first:first + self.batch_size]], self.generator)
-            yield batch[self.rank::self.world_size].to(self.device)
+            batch = binarize(self.images[order[first : first + self.batch_size]], self.generator)
+            yield batch[self.rank :: self.world_size].to(self.device)
 
 
 @dataclass
@@ -378,23 +396,36 @@ def test_subset(num_test, size):
 def prepare(args):
     device = torch.device(args.device)
     data = load_mnist(args.data_dir, download=not args.no_download)
-    train = data.train[:args.max_train] if args.max_train else data.train
+    train = data.train[: args.max_train] if args.max_train else data.train
     test = binarize(data.test, torch.Generator().manual_seed(TEST_BINARIZATION_SEED)).to(device)
     indices = test_subset(len(test), args.test_images)
     subset = {
-        "size": len(indices), "of": len(test), "all": len(indices) == len(test),
-        "how": "the whole test set" if len(indices) == len(test) else
-        "a fixed random subset (torch.randperm(num_test, generator seeded {}), first {}, sorted)".format(
-            TEST_SUBSET_SEED, len(indices)),
+        "size": len(indices),
+        "of": len(test),
+        "all": len(indices) == len(test),
+        "how": "the whole test set"
+        if len(indices) == len(test)
+        else f"a fixed random subset (torch.randperm(num_test, generator seeded {TEST_SUBSET_SEED}), first "
+        f"{len(indices)}, sorted)",
     }
-    train_fixed = binarize(train[:args.monitor_size], torch.Generator().manual_seed(TEST_BINARIZATION_SEED + 1))
-    info = dict(data.info, num_train_used=len(train), num_test_used=len(test),
-                standard_split=not data.info.get("only_test_split", False))
-    return Study(train=train, test=test, test_eval=test[indices.to(device)], test_subset=subset,
-                 monitor={"heldout": test[:args.monitor_size], "train": train_fixed.to(device)},
-                 mean_pixel=train.mean(0), config=VAEConfig(hidden_dims=tuple(args.hidden_dims),
-                                                            latent_dim=args.latent_dim),
-                 info=info, device=device)
+    train_fixed = binarize(train[: args.monitor_size], torch.Generator().manual_seed(TEST_BINARIZATION_SEED + 1))
+    info = dict(
+        data.info,
+        num_train_used=len(train),
+        num_test_used=len(test),
+        standard_split=not data.info.get("only_test_split", False),
+    )
+    return Study(
+        train=train,
+        test=test,
+        test_eval=test[indices.to(device)],
+        test_subset=subset,
+        monitor={"heldout": test[: args.monitor_size], "train": train_fixed.to(device)},
+        mean_pixel=train.mean(0),
+        config=VAEConfig(hidden_dims=tuple(args.hidden_dims), latent_dim=args.latent_dim),
+        info=info,
+        device=device,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -404,31 +435,45 @@ def prepare(args):
 def planned(args):
     """``(seed, run)`` pairs in the order they are trained: seed-major, the
     runs of ``--one-seed-runs`` only with the first seed."""
-    return [(seed, key) for seed in args.seeds for key in args.runs
-            if seed == args.seeds[0] or key not in args.one_seed_runs]
+    return [
+        (seed, key)
+        for seed in args.seeds
+        for key in args.runs
+        if seed == args.seeds[0] or key not in args.one_seed_runs
+    ]
 
 
 def checkpoint_path(out, key, seed):
-    return os.path.join(out, "checkpoints", "{}-seed{}.pt".format(key, seed))
+    return os.path.join(out, "checkpoints", f"{key}-seed{seed}.pt")
 
 
 def process_file(path):
     """The checkpoint file :func:`~pyro_vi.training.fit` writes for ``path``
     in this process (``<path>.rank<r>`` under ``torchrun``)."""
     rank, world_size = process()
-    return path if world_size == 1 else "{}.rank{}".format(path, rank)
+    return path if world_size == 1 else f"{path}.rank{rank}"
 
 
 def fingerprint(key, seed, args, study):
     """What must match for a checkpoint to be resumed (not ``--epochs``: a run
     can be extended)."""
     return {
-        "run": key, "seed": seed, "schedule": args.schedule, "lr": args.lr, "adam_eps": args.adam_eps,
-        "batch_size": args.batch_size, "num_train": len(study.train),
-        "train_pixel_sum": round(float(study.train.double().sum()), 3), "split": str(study.info.get("split")),
-        "hidden_dims": list(study.config.hidden_dims), "latent_dim": study.config.latent_dim,
-        "monitor_k": args.monitor_k, "monitor_size": args.monitor_size, "monitor_every": args.monitor_every,
-        "eval_samples": args.eval_samples, "test_images": study.test_subset["size"],
+        "run": key,
+        "seed": seed,
+        "schedule": args.schedule,
+        "lr": args.lr,
+        "adam_eps": args.adam_eps,
+        "batch_size": args.batch_size,
+        "num_train": len(study.train),
+        "train_pixel_sum": round(float(study.train.double().sum()), 3),
+        "split": str(study.info.get("split")),
+        "hidden_dims": list(study.config.hidden_dims),
+        "latent_dim": study.config.latent_dim,
+        "monitor_k": args.monitor_k,
+        "monitor_size": args.monitor_size,
+        "monitor_every": args.monitor_every,
+        "eval_samples": args.eval_samples,
+        "test_images": study.test_subset["size"],
         "device": study.device.type,
     }
 
@@ -445,18 +490,23 @@ def check_checkpoints(args, study):
         saved = load_checkpoint(path)
         theirs = saved["fingerprint"].get("user") or {}
         ours = fingerprint(key, seed, args, study)
-        lines = ["{}: {!r} in the checkpoint, {!r} here".format(name, theirs.get(name, "(absent)"),
-                                                               ours.get(name, "(absent)"))
-                 for name in sorted(set(theirs) | set(ours)) if theirs.get(name) != ours.get(name)]
+        lines = [
+            "{}: {!r} in the checkpoint, {!r} here".format(
+                name, theirs.get(name, "(absent)"), ours.get(name, "(absent)")
+            )
+            for name in sorted(set(theirs) | set(ours))
+            if theirs.get(name) != ours.get(name)
+        ]
         if saved["epoch"] > args.epochs:
-            lines.append("epoch: the checkpoint is at epoch {}, past --epochs {}".format(
-                saved["epoch"], args.epochs))
+            lines.append("epoch: the checkpoint is at epoch {}, past --epochs {}".format(saved["epoch"], args.epochs))
         if lines:
             problems.append("{}:\n    {}".format(path, "\n    ".join(lines)))
     if problems:
-        raise ValueError("--resume: checkpoint(s) of another configuration, nothing was trained:\n  {}\n"
-                         "pass the flags they were written with, another --out, or --overwrite to start "
-                         "over".format("\n  ".join(problems)))
+        raise ValueError(
+            "--resume: checkpoint(s) of another configuration, nothing was trained:\n  {}\n"
+            "pass the flags they were written with, another --out, or --overwrite to start "
+            "over".format("\n  ".join(problems))
+        )
 
 
 def load_networks(path, config, device):
@@ -465,7 +515,7 @@ def load_networks(path, config, device):
     networks = {"encoder": Encoder(config), "decoder": Decoder(config)}
     for name, net in networks.items():
         prefix = name + "$$$"
-        net.load_state_dict({k[len(prefix):]: r["value"] for k, r in params.items() if k.startswith(prefix)})
+        net.load_state_dict({k[len(prefix) :]: r["value"] for k, r in params.items() if k.startswith(prefix)})
         net.to(device).eval()
     return networks["encoder"], networks["decoder"]
 
@@ -511,23 +561,44 @@ def train_run(key, seed, args, study):
             record_bounds()
             state["monitor_seconds"] += time.perf_counter() - start
             if epoch:
-                print("{:<12} seed {} epoch {:>4}: objective {:9.3f}  held-out L_1 {:9.3f}  L_{} {:9.3f}"
-                      .format(key, seed, epoch, state["train_objective"][-1], state["heldout_elbo"][-1],
-                              args.monitor_k, state["heldout_iwelbo"][-1]), flush=True)
+                print(
+                    "{:<12} seed {} epoch {:>4}: objective {:9.3f}  held-out L_1 {:9.3f}  L_{} {:9.3f}".format(
+                        key,
+                        seed,
+                        epoch,
+                        state["train_objective"][-1],
+                        state["heldout_elbo"][-1],
+                        args.monitor_k,
+                        state["heldout_iwelbo"][-1],
+                    ),
+                    flush=True,
+                )
         if epoch == args.epochs and rank == 0:  # one process evaluates
             state["final"] = evaluate(encoder, model_fn, guide_fn, study, args)
 
     path = checkpoint_path(args.out, key, seed)
     resume = "allow_fresh" if args.resume else False
     if args.resume and os.path.exists(path):
-        print("{:<12} seed {}: continuing from {}".format(key, seed, path), flush=True)
-    result = fit(model_fn, guide_fn, REGISTRY[key].make(), optim, data=batches, epochs=args.epochs,
-                 callback=step_callback, epoch_callback=after_epoch, state=state,
-                 fingerprint=fingerprint(key, seed, args, study), checkpoint=path,
-                 checkpoint_every=args.checkpoint_every, resume=resume, overwrite=args.overwrite,
-                 progress=False)
+        print(f"{key:<12} seed {seed}: continuing from {path}", flush=True)
+    result = fit(
+        model_fn,
+        guide_fn,
+        REGISTRY[key].make(),
+        optim,
+        data=batches,
+        epochs=args.epochs,
+        callback=step_callback,
+        epoch_callback=after_epoch,
+        state=state,
+        fingerprint=fingerprint(key, seed, args, study),
+        checkpoint=path,
+        checkpoint_every=args.checkpoint_every,
+        resume=resume,
+        overwrite=args.overwrite,
+        progress=False,
+    )
     if result.resumed_from:
-        print("{:<12} seed {}: resumed from step {} of {}".format(key, seed, result.resumed_from, path), flush=True)
+        print(f"{key:<12} seed {seed}: resumed from step {result.resumed_from} of {path}", flush=True)
     return state, result
 
 
@@ -541,9 +612,13 @@ def evaluate(encoder, model_fn, guide_fn, study, args):
     ll, ll_se = _mean_se(log_px)
     el, el_se = _mean_se(elbo)
     return {
-        "test_log_likelihood": ll, "test_log_likelihood_se": ll_se,
-        "test_elbo": el, "test_elbo_se": el_se, "test_images": len(log_px),
-        "active_units": units, "latent_variances": variance.cpu().tolist(),
+        "test_log_likelihood": ll,
+        "test_log_likelihood_se": ll_se,
+        "test_elbo": el,
+        "test_elbo_se": el_se,
+        "test_images": len(log_px),
+        "active_units": units,
+        "latent_variances": variance.cpu().tolist(),
         "eval_seconds": time.perf_counter() - start,
         "log_px": log_px.cpu(),  # per test image, for paired comparisons (checkpoint only)
     }
@@ -571,13 +646,19 @@ def _spread(values):
     if not values:
         return None
     array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "sd": float(array.std(ddof=1)) if len(array) > 1 else None,
-            "n": len(array), "values": [float(v) for v in array]}
+    return {
+        "mean": float(array.mean()),
+        "sd": float(array.std(ddof=1)) if len(array) > 1 else None,
+        "n": len(array),
+        "values": [float(v) for v in array],
+    }
 
 
 def summarize(seeds):
-    return {name: _spread([r[name] for r in seeds.values()])
-            for name in ("test_log_likelihood", "test_elbo", "active_units", "seconds_per_epoch")}
+    return {
+        name: _spread([r[name] for r in seeds.values()])
+        for name in ("test_log_likelihood", "test_elbo", "active_units", "seconds_per_epoch")
+    }
 
 
 def _t_quantile(df):
@@ -606,7 +687,7 @@ def compare(log_px):
         if len(values) > 1:
             sd = float(values.std(ddof=1))
             half = _t_quantile(len(values) - 1) * sd / math.sqrt(len(values))
-            basis = "95% t-interval over {} seeds (seed spread)".format(len(values))
+            basis = f"95% t-interval over {len(values)} seeds (seed spread)"
         else:
             sd = None
             se = per_seed[str(seeds[0])]["paired_image_se"] or 0.0
@@ -615,18 +696,27 @@ def compare(log_px):
         if all(torch.equal(log_px[a][s], log_px[b][s]) for s in seeds):
             verdict = "identical"
         elif mean - half > 0:
-            verdict = "{} > {}".format(a, b)
+            verdict = f"{a} > {b}"
         elif mean + half < 0:
-            verdict = "{} < {}".format(a, b)
+            verdict = f"{a} < {b}"
         elif len(values) > 1:
             verdict = "within the seed spread"
         else:
             verdict = "not resolved by the test images (one seed)"
-        rows.append({"better": a, "worse": b, "metric": "test_log_likelihood",
-                     "mean_difference": mean, "sd_difference": sd, "half_width_95": half,
-                     "basis": basis, "verdict": verdict,
-                     "papers_order_holds": bool(mean - half > 0) if a != "renyi5" and a != "iwae1" else None,
-                     "per_seed": per_seed})
+        rows.append(
+            {
+                "better": a,
+                "worse": b,
+                "metric": "test_log_likelihood",
+                "mean_difference": mean,
+                "sd_difference": sd,
+                "half_width_95": half,
+                "basis": basis,
+                "verdict": verdict,
+                "papers_order_holds": bool(mean - half > 0) if a != "renyi5" and a != "iwae1" else None,
+                "per_seed": per_seed,
+            }
+        )
     return rows
 
 
@@ -677,10 +767,12 @@ def plot_bounds(results, path):
     """2 x 2 panels: L_1 and L_K per epoch on the held-out and the training
     batch; mean over seeds, min-max band; epoch 0 left out (in the title)."""
     k = results["evaluation"]["monitor_k"]
-    panels = [("heldout_elbo", "(a) held-out batch: ELBO L_1"),
-              ("heldout_iwelbo", "(b) held-out batch: IWELBO L_{}".format(k)),
-              ("train_elbo", "(c) training batch: ELBO L_1"),
-              ("train_iwelbo", "(d) training batch: IWELBO L_{}".format(k))]
+    panels = [
+        ("heldout_elbo", "(a) held-out batch: ELBO L_1"),
+        ("heldout_iwelbo", f"(b) held-out batch: IWELBO L_{k}"),
+        ("train_elbo", "(c) training batch: ELBO L_1"),
+        ("train_iwelbo", f"(d) training batch: IWELBO L_{k}"),
+    ]
     notes = coincidences(results, [name for name, _ in panels])
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     num_seeds = max(len(r["seeds"]) for r in results["runs"].values())
@@ -704,9 +796,8 @@ def plot_bounds(results, path):
             highest.append(np.nanmax(high))
         span = max(max(highest) - min(lowest), 1e-3)
         ax.set_ylim(min(lowest) - 0.03 * span, max(highest) + 0.05 * span)
-        ax.set_title("{}\n(epoch 0, untrained: {:.1f} nats, off the scale)".format(title, np.mean(untrained)),
-                     fontsize=10)
-        ax.set_xlabel("epoch" if first <= 2 or longest <= 2 else "epoch (axis from epoch {}'s values)".format(first))
+        ax.set_title(f"{title}\n(epoch 0, untrained: {np.mean(untrained):.1f} nats, off the scale)", fontsize=10)
+        ax.set_xlabel("epoch" if first <= 2 or longest <= 2 else f"epoch (axis from epoch {first}'s values)")
         ax.set_ylabel("bound per image (nats)")
         if longest > 60:
             ax.set_xscale("log")
@@ -720,11 +811,19 @@ def plot_bounds(results, path):
         text = "{} [{} seed{}]".format(_label(results, key), n, "s" if n > 1 else "")
         if key in notes:
             other, diff = notes[key]
-            text += "\n  (on top of {}: max |diff| {:.2f} nats)".format(_label(results, other), diff)
+            text += f"\n  (on top of {_label(results, other)}: max |diff| {diff:.2f} nats)"
         labels.append(text)
     band = "line: mean over seeds; band: min-max" if num_seeds > 1 else "one seed"
-    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95), title=band,
-               title_fontsize=8, frameon=False)
+    fig.legend(
+        handles,
+        labels,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.95),
+        title=band,
+        title_fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(_figure_title(results), fontsize=10)
     save_figure(fig, path, bbox_inches="tight")
 
@@ -732,9 +831,13 @@ def plot_bounds(results, path):
 def _figure_title(results):
     t, d = results["training"], results["data"]
     return "{} schedule: {} epochs, Adam lr {:g}, batch {}; {} ({:,} training images)".format(
-        t["schedule"], t["epochs"], t["lr"], t["batch_size"],
+        t["schedule"],
+        t["epochs"],
+        t["lr"],
+        t["batch_size"],
         "standard MNIST split" if d["standard_split"] else "FALLBACK split of the test images",
-        d["num_train_used"])
+        d["num_train_used"],
+    )
 
 
 def plot_final(results, path):
@@ -744,10 +847,12 @@ def plot_final(results, path):
     s = results["evaluation"]["eval_samples"]
     subset = results["data"]["test_subset"]
     keys = list(results["runs"])
-    panels = [("test_log_likelihood", "(a) test log p(x) ~ L_{}".format(s)),
-              ("test_elbo", "(b) test ELBO (mean log-weight, same samples)")]
+    panels = [
+        ("test_log_likelihood", f"(a) test log p(x) ~ L_{s}"),
+        ("test_elbo", "(b) test ELBO (mean log-weight, same samples)"),
+    ]
     if "vae" in keys and len(keys) > 1:
-        panels.append(("difference", "(c) test L_{} minus the VAE's, same seed\n(paired: same images)".format(s)))
+        panels.append(("difference", f"(c) test L_{s} minus the VAE's, same seed\n(paired: same images)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.8))
     reference_label = ["Burda et al. (3,280 epochs), same objective"] if results["data"]["standard_split"] else []
     vae = results["runs"].get("vae", {}).get("seeds", {})
@@ -757,8 +862,9 @@ def plot_final(results, path):
             style = REGISTRY[key].style if key in REGISTRY else {}
             if name == "difference":
                 seeds = [seed for seed in run["seeds"] if seed in vae]
-                values = [run["seeds"][seed]["test_log_likelihood"] - vae[seed]["test_log_likelihood"]
-                          for seed in seeds]
+                values = [
+                    run["seeds"][seed]["test_log_likelihood"] - vae[seed]["test_log_likelihood"] for seed in seeds
+                ]
                 errors = [0.0] * len(values)
             else:
                 values = [r[name] for r in run["seeds"].values()]
@@ -766,22 +872,54 @@ def plot_final(results, path):
             if not values:
                 continue
             offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
-            ax.errorbar(i + np.asarray(offsets), values, yerr=errors, fmt=style.get("marker", "o"),
-                        color=style.get("color"), ms=5, alpha=0.6, lw=0.8, capsize=0,
-                        label="one seed (+-1 SE over test images in a, b)" if i == 0 else None)
+            ax.errorbar(
+                i + np.asarray(offsets),
+                values,
+                yerr=errors,
+                fmt=style.get("marker", "o"),
+                color=style.get("color"),
+                ms=5,
+                alpha=0.6,
+                lw=0.8,
+                capsize=0,
+                label="one seed (+-1 SE over test images in a, b)" if i == 0 else None,
+            )
             sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            ax.errorbar([i + 0.3], [float(np.mean(values))], yerr=[sd], fmt="_", color="k", ms=14, capsize=4,
-                        lw=1.5, label="mean +- sd over seeds" if i == 0 else None)
-            if reference_label is not None and name == "test_log_likelihood" and key in BURDA_REFERENCE \
-                    and results["data"]["standard_split"]:
+            ax.errorbar(
+                [i + 0.3],
+                [float(np.mean(values))],
+                yerr=[sd],
+                fmt="_",
+                color="k",
+                ms=14,
+                capsize=4,
+                lw=1.5,
+                label="mean +- sd over seeds" if i == 0 else None,
+            )
+            if (
+                reference_label is not None
+                and name == "test_log_likelihood"
+                and key in BURDA_REFERENCE
+                and results["data"]["standard_split"]
+            ):
                 ref = -BURDA_TEST_NLL[BURDA_REFERENCE[key][0]][BURDA_REFERENCE[key][1]]
-                ax.plot([i - 0.3, i + 0.3], [ref, ref], color="k", ls=":", lw=1.5,
-                        label=reference_label.pop() if reference_label else None)
+                ax.plot(
+                    [i - 0.3, i + 0.3],
+                    [ref, ref],
+                    color="k",
+                    ls=":",
+                    lw=1.5,
+                    label=reference_label.pop() if reference_label else None,
+                )
         if name == "difference":
             ax.axhline(0.0, color="C0", lw=0.8)
         ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels(["{} [{}]".format(_label(results, k), len(results["runs"][k]["seeds"])).replace(
-            " (", "\n(") for k in keys], fontsize=8, rotation=30, ha="right")
+        ax.set_xticklabels(
+            ["{} [{}]".format(_label(results, k), len(results["runs"][k]["seeds"])).replace(" (", "\n(") for k in keys],
+            fontsize=8,
+            rotation=30,
+            ha="right",
+        )
         ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set_ylabel("nats per test image")
         ax.set_title(title, fontsize=10)
@@ -792,11 +930,22 @@ def plot_final(results, path):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    where = "all {:,} test images".format(subset["of"]) if subset["all"] else \
-        "a fixed random {:,} of the {:,} test images".format(subset["size"], subset["of"])
-    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False,
-               title="[n]: seeds of the run", title_fontsize=8)
-    fig.suptitle("{}\ntest numbers on {}".format(_figure_title(results), where), fontsize=10)
+    where = (
+        "all {:,} test images".format(subset["of"])
+        if subset["all"]
+        else "a fixed random {:,} of the {:,} test images".format(subset["size"], subset["of"])
+    )
+    fig.legend(
+        handles,
+        labels,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.9),
+        frameon=False,
+        title="[n]: seeds of the run",
+        title_fontsize=8,
+    )
+    fig.suptitle(f"{_figure_title(results)}\ntest numbers on {where}", fontsize=10)
     save_figure(fig, path, bbox_inches="tight")
 
 
@@ -830,10 +979,18 @@ def plot_images(results, networks, x, out):
             recon_labels.append(_label(results, key))
             sample_labels.append(_label(results, key))
     after = "seed {}, after {} epochs".format(seed, results["training"]["epochs"])
-    _image_rows(recon, recon_labels, "Reconstructions: Bernoulli means of p(x | z = E_q[z | x]) ({})".format(
-        after), os.path.join(out, "reconstructions.png"))
-    _image_rows(samples, sample_labels, "Samples: Bernoulli means of p(x | z), the same z ~ N(0, I) per "
-                "column ({})".format(after), os.path.join(out, "samples.png"))
+    _image_rows(
+        recon,
+        recon_labels,
+        f"Reconstructions: Bernoulli means of p(x | z = E_q[z | x]) ({after})",
+        os.path.join(out, "reconstructions.png"),
+    )
+    _image_rows(
+        samples,
+        sample_labels,
+        f"Samples: Bernoulli means of p(x | z), the same z ~ N(0, I) per column ({after})",
+        os.path.join(out, "samples.png"),
+    )
 
 
 def draw_figures(results, out, images=None, device="cpu"):
@@ -846,8 +1003,7 @@ def draw_figures(results, out, images=None, device="cpu"):
     if images is None:
         return written
     seed = results["figures_seed"]
-    config = VAEConfig(hidden_dims=tuple(results["config"]["hidden_dims"]),
-                       latent_dim=results["config"]["latent_dim"])
+    config = VAEConfig(hidden_dims=tuple(results["config"]["hidden_dims"]), latent_dim=results["config"]["latent_dim"])
     networks, missing = {}, []
     for key in results["runs"]:
         path = process_file(checkpoint_path(out, key, seed))
@@ -874,7 +1030,8 @@ def figure_images(test):
 def format_table(results):
     s = results["evaluation"]["eval_samples"]
     header = "{:<34} {:>5} {:>17} {:>7} {:>17} {:>12} {:>9}".format(
-        "run", "seeds", "test L_{} (sd)".format(s), "SE", "test ELBO (sd)", "active", "s/epoch")
+        "run", "seeds", f"test L_{s} (sd)", "SE", "test ELBO (sd)", "active", "s/epoch"
+    )
     lines = [header, "-" * len(header)]
 
     def pm(summary, digits=2):
@@ -883,16 +1040,26 @@ def format_table(results):
         sd = "" if summary["sd"] is None else " +- {:.{}f}".format(summary["sd"], digits)
         return "{:.{}f}{}".format(summary["mean"], digits, sd)
 
-    for key, run in results["runs"].items():
+    for run in results["runs"].values():
         m = run["summary"]
         se = np.mean([r["test_log_likelihood_se"] or 0.0 for r in run["seeds"].values()])
-        lines.append("{:<34} {:>5} {:>17} {:>7.2f} {:>17} {:>12} {:>9}".format(
-            run["label"], len(run["seeds"]), pm(m["test_log_likelihood"]), se, pm(m["test_elbo"]), pm(m["active_units"], 1),
-            pm(m["seconds_per_epoch"], 1)))
+        lines.append(
+            "{:<34} {:>5} {:>17} {:>7.2f} {:>17} {:>12} {:>9}".format(
+                run["label"],
+                len(run["seeds"]),
+                pm(m["test_log_likelihood"]),
+                se,
+                pm(m["test_elbo"]),
+                pm(m["active_units"], 1),
+                pm(m["seconds_per_epoch"], 1),
+            )
+        )
     for row in results["comparisons"]:
-        lines.append("{:>12} - {:<12} {:+7.2f} nats +- {:.2f} ({}): {}".format(
-            row["better"], row["worse"], row["mean_difference"], row["half_width_95"], row["basis"],
-            row["verdict"]))
+        lines.append(
+            "{:>12} - {:<12} {:+7.2f} nats +- {:.2f} ({}): {}".format(
+                row["better"], row["worse"], row["mean_difference"], row["half_width_95"], row["basis"], row["verdict"]
+            )
+        )
     return "\n".join(lines)
 
 
@@ -906,7 +1073,7 @@ def _machine():
                     break
     except OSError:
         pass
-    return "{}, {} logical CPUs, {}".format(model_name, os.cpu_count(), platform.platform(terse=True))
+    return f"{model_name}, {os.cpu_count()} logical CPUs, {platform.platform(terse=True)}"
 
 
 def _json_safe(value):
@@ -920,7 +1087,7 @@ def _json_safe(value):
 
 
 def write_json(output, path):
-    tmp = path + ".tmp{}".format(os.getpid())
+    tmp = path + f".tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(_json_safe(output), f, indent=1)
     os.replace(tmp, path)
@@ -933,45 +1100,67 @@ def results_document(args, study, records, log_px, started, status):
     for key in args.runs:
         seeds = {str(s): records[key, s] for s in args.seeds if (key, s) in records}
         if seeds:
-            runs[key] = {"label": RUNS[key].label, "objective": RUNS[key].objective,
-                         "seeds": seeds, "summary": summarize(seeds)}
+            runs[key] = {
+                "label": RUNS[key].label,
+                "objective": RUNS[key].objective,
+                "seeds": seeds,
+                "summary": summarize(seeds),
+            }
     subset = dict(study.test_subset)
     return {
         "schema": SCHEMA,
         "status": status,
         "command": args.command,
         "environment": {
-            "threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "device": device.type, "gpu": gpu, "machine": _machine(), "python": platform.python_version(),
-            "torch": torch.__version__, "pyro": pyro.__version__,
+            "threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "device": device.type,
+            "gpu": gpu,
+            "machine": _machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
         },
         "data": dict(study.info, test_subset=subset),
-        "config": {"data_dim": study.config.data_dim, "hidden_dims": list(study.config.hidden_dims),
-                   "latent_dim": study.config.latent_dim},
-        "training": {"schedule": args.schedule, "epochs": args.epochs, "lr": args.lr,
-                     "adam_eps": args.adam_eps, "batch_size": args.batch_size,
-                     "lr_schedule": "constant" if args.schedule == "course" else
-                     "lr * 10^(-i/7) for the 3^i epochs of stage i = 0..7",
-                     "seeds": list(args.seeds), "runs": list(args.runs),
-                     "one_seed_runs": list(args.one_seed_runs)},
-        "evaluation": {"eval_samples": args.eval_samples, "monitor_k": args.monitor_k,
-                       "monitor_size": args.monitor_size, "monitor_every": args.monitor_every,
-                       "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
-                       "test_binarization_seed": TEST_BINARIZATION_SEED,
-                       "eval_samples_seed": EVAL_SAMPLES_SEED, "test_subset_seed": TEST_SUBSET_SEED},
+        "config": {
+            "data_dim": study.config.data_dim,
+            "hidden_dims": list(study.config.hidden_dims),
+            "latent_dim": study.config.latent_dim,
+        },
+        "training": {
+            "schedule": args.schedule,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "adam_eps": args.adam_eps,
+            "batch_size": args.batch_size,
+            "lr_schedule": "constant"
+            if args.schedule == "course"
+            else "lr * 10^(-i/7) for the 3^i epochs of stage i = 0..7",
+            "seeds": list(args.seeds),
+            "runs": list(args.runs),
+            "one_seed_runs": list(args.one_seed_runs),
+        },
+        "evaluation": {
+            "eval_samples": args.eval_samples,
+            "monitor_k": args.monitor_k,
+            "monitor_size": args.monitor_size,
+            "monitor_every": args.monitor_every,
+            "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+            "test_binarization_seed": TEST_BINARIZATION_SEED,
+            "eval_samples_seed": EVAL_SAMPLES_SEED,
+            "test_subset_seed": TEST_SUBSET_SEED,
+        },
         "runs": runs,
         "comparisons": compare({k: {s: v for (kk, s), v in log_px.items() if kk == k} for k in runs}),
         "figures_seed": args.seeds[0],
         "references": {
             "burda_test_nll_3280_epochs": BURDA_TEST_NLL,
             "note": "Burda et al. 2015 table 1: L_5000 on the 10,000 standard test images after 3,280 "
-                    "epochs (batch 20, Adam eps 1e-4); this study: {} schedule, {} epochs".format(
-                        args.schedule, args.epochs),
+            f"epochs (batch 20, Adam eps 1e-4); this study: {args.schedule} schedule, {args.epochs} epochs",
         },
         "started": started,
         "wall_seconds_this_call": time.time() - args.start_time,
-        "compute_seconds": sum(r["train_seconds"] + r["monitor_seconds"] + r["eval_seconds"]
-                               for r in records.values()),
+        "compute_seconds": sum(r["train_seconds"] + r["monitor_seconds"] + r["eval_seconds"] for r in records.values()),
     }
 
 
@@ -985,7 +1174,7 @@ def plot_only(args):
         with open(path) as f:
             results = json.load(f)
     except (OSError, ValueError) as error:
-        raise ValueError("--plot-only needs {} from an earlier run: {}".format(path, error)) from error
+        raise ValueError(f"--plot-only needs {path} from an earlier run: {error}") from error
     if results.get("schema") != SCHEMA:
         raise ValueError("{} is not a {} file (schema {!r})".format(path, SCHEMA, results.get("schema")))
     try:
@@ -993,7 +1182,7 @@ def plot_only(args):
         test = binarize(data.test, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
         images = figure_images(test)
     except MnistNotFoundError as error:
-        print("no reconstructions/samples: {}".format(error))
+        print(f"no reconstructions/samples: {error}")
         images = None
     written = draw_figures(results, args.out, images, args.device)
     print("wrote {} to {}".format(", ".join(written), args.out))
@@ -1007,16 +1196,33 @@ def main(args):
     rank = start_processes(args.device)
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
     study = prepare(args)
-    print("MNIST from {}\n  {}\n  training on {:,} images (dynamic binarization per batch); test L_{} on {}"
-          .format(study.info["source"], study.info["split"], len(study.train), args.eval_samples,
-                  study.test_subset["how"] + " of the {:,} test images".format(study.test_subset["of"])),
-          flush=True)
+    print(
+        "MNIST from {}\n  {}\n  training on {:,} images (dynamic binarization per batch); test L_{} on {}".format(
+            study.info["source"],
+            study.info["split"],
+            len(study.train),
+            args.eval_samples,
+            study.test_subset["how"] + " of the {:,} test images".format(study.test_subset["of"]),
+        ),
+        flush=True,
+    )
     if not study.info["standard_split"]:
         print("NOTE: the FALLBACK split ran, not the standard 60,000/10,000 one", flush=True)
-    print("{} schedule: {} epochs, Adam(lr={:g}, eps={:g}), batch {}; runs {}; seeds {}; {} torch thread(s), "
-          "device {}".format(args.schedule, args.epochs, args.lr, args.adam_eps, args.batch_size,
-                             ", ".join(args.runs), " ".join(map(str, args.seeds)), torch.get_num_threads(),
-                             args.device), flush=True)
+    print(
+        "{} schedule: {} epochs, Adam(lr={:g}, eps={:g}), batch {}; runs {}; seeds {}; {} torch thread(s), "
+        "device {}".format(
+            args.schedule,
+            args.epochs,
+            args.lr,
+            args.adam_eps,
+            args.batch_size,
+            ", ".join(args.runs),
+            " ".join(map(str, args.seeds)),
+            torch.get_num_threads(),
+            args.device,
+        ),
+        flush=True,
+    )
     os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
     if args.resume:
         check_checkpoints(args, study)
@@ -1031,13 +1237,23 @@ def main(args):
         records[key, seed] = seed_record(state, result, steps_per_epoch)
         log_px[key, seed] = state["final"]["log_px"]
         r = records[key, seed]
-        print("{:<12} seed {}: test L_{} = {:.3f} +- {:.3f}, test ELBO = {:.3f}, active units {}/{}, "
-              "{:.1f} s/epoch, eval {:.0f} s".format(
-                  key, seed, args.eval_samples, r["test_log_likelihood"], r["test_log_likelihood_se"] or 0.0,
-                  r["test_elbo"], r["active_units"], study.config.latent_dim, r["seconds_per_epoch"],
-                  r["eval_seconds"]), flush=True)
-        status = "complete" if len(records) == len(plan) else "partial: {} of {} runs x seeds".format(
-            len(records), len(plan))
+        print(
+            "{:<12} seed {}: test L_{} = {:.3f} +- {:.3f}, test ELBO = {:.3f}, active units {}/{}, "
+            "{:.1f} s/epoch, eval {:.0f} s".format(
+                key,
+                seed,
+                args.eval_samples,
+                r["test_log_likelihood"],
+                r["test_log_likelihood_se"] or 0.0,
+                r["test_elbo"],
+                r["active_units"],
+                study.config.latent_dim,
+                r["seconds_per_epoch"],
+                r["eval_seconds"],
+            ),
+            flush=True,
+        )
+        status = "complete" if len(records) == len(plan) else f"partial: {len(records)} of {len(plan)} runs x seeds"
         results = results_document(args, study, records, log_px, started, status)
         write_json(results, json_path)
     if rank > 0:
@@ -1046,8 +1262,7 @@ def main(args):
     print("\n" + format_table(results))
     if not study.info["standard_split"]:
         print("NOTE: " + study.info["split"])
-    print("wrote results.json, {} to {} ({:.0f} s)".format(", ".join(written), args.out,
-                                                           time.time() - args.start_time))
+    print("wrote results.json, {} to {} ({:.0f} s)".format(", ".join(written), args.out, time.time() - args.start_time))
     return results
 
 
@@ -1059,8 +1274,9 @@ def _run_names(text):
     names = [n for n in text.replace(",", " ").split() if n]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown or not names:
-        raise ValueError("unknown run(s) {}; choose from {}".format(", ".join(unknown) or repr(text),
-                                                                     ", ".join(REGISTRY)))
+        raise ValueError(
+            "unknown run(s) {}; choose from {}".format(", ".join(unknown) or repr(text), ", ".join(REGISTRY))
+        )
     return names
 
 
@@ -1070,7 +1286,7 @@ def _widths(text):
     except ValueError:
         values = []
     if not values or min(values) < 1:
-        raise ValueError("value must be positive integers such as 200,200, got {!r}".format(text))
+        raise ValueError(f"value must be positive integers such as 200,200, got {text!r}")
     return values
 
 
@@ -1081,58 +1297,123 @@ def _test_images(text):
 
 
 def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/vae_mnist", device=True, multi_seed=True,
-                         default_seeds=DEFAULT_SEEDS)
-    parser.add_argument("--data-dir", default=None,
-                        help="torchvision MNIST root or folder with the IDX files (default $PYRO_VI_DATA_DIR "
-                             "or ~/.cache/pyro_vi/data: {})".format(default_data_dir()))
-    parser.add_argument("--no-download", action="store_true",
-                        help="never download MNIST (also: PYRO_VI_NO_DOWNLOAD=1)")
-    parser.add_argument("--runs", type=_cli._type("runs", _run_names), nargs="+", default=[list(DEFAULT_RUNS)],
-                        help="runs, comma- or space-separated, from: {} (default: all but iwae1, which "
-                             "repeats vae exactly)".format(", ".join(REGISTRY)))
-    parser.add_argument("--one-seed-runs", type=_cli._type("runs", _run_names), nargs="+", default=[],
-                        help="runs trained with the first seed only, to save time (e.g. iwae50,iwae50_dreg, "
-                             "the most expensive on a CPU)")
-    parser.add_argument("--schedule", choices=("course", "burda"), default="course",
-                        help="course: 20 epochs, lr 1e-3, batch 100; burda: 3^i epochs at lr 1e-3 * 10^(-i/7), "
-                             "i = 0..7 (3,280 epochs), batch 20, Adam eps 1e-4")
-    parser.add_argument("--epochs", type=_cli.positive_int, default=None,
-                        help="epochs (default: 20, or 3,280 with --schedule burda, which runs its first EPOCHS)")
-    parser.add_argument("--lr", type=_cli.positive_real, default=1e-3,
-                        help="Adam learning rate (burda: of its first stage)")
-    parser.add_argument("--adam-eps", type=_cli.positive_real, default=None,
-                        help="Adam's eps (default 1e-8, or 1e-4 with --schedule burda)")
-    parser.add_argument("--batch-size", type=_cli.positive_int, default=None,
-                        help="images per step (default 100, or 20 with --schedule burda)")
-    parser.add_argument("--eval-samples", type=_cli.positive_int, default=5000,
-                        help="importance samples S of the test log-likelihood L_S")
-    parser.add_argument("--test-images", type=_cli._type("test-images", _test_images), default=1000,
-                        help="test images of L_S: N for a fixed random N of the test set (seeded {}), or "
-                             "'all' (default 1000)".format(TEST_SUBSET_SEED))
-    parser.add_argument("--full-test", dest="test_images", action="store_const", const=None,
-                        help="L_S on the whole test set (= --test-images all)")
+    parser = _cli.parser(__doc__, out="results/vae_mnist", device=True, multi_seed=True, default_seeds=DEFAULT_SEEDS)
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="torchvision MNIST root or folder with the IDX files (default $PYRO_VI_DATA_DIR "
+        f"or ~/.cache/pyro_vi/data: {default_data_dir()})",
+    )
+    parser.add_argument("--no-download", action="store_true", help="never download MNIST (also: PYRO_VI_NO_DOWNLOAD=1)")
+    parser.add_argument(
+        "--runs",
+        type=_cli._type("runs", _run_names),
+        nargs="+",
+        default=[list(DEFAULT_RUNS)],
+        help="runs, comma- or space-separated, from: {} (default: all but iwae1, which repeats vae exactly)".format(
+            ", ".join(REGISTRY)
+        ),
+    )
+    parser.add_argument(
+        "--one-seed-runs",
+        type=_cli._type("runs", _run_names),
+        nargs="+",
+        default=[],
+        help="runs trained with the first seed only, to save time (e.g. iwae50,iwae50_dreg, "
+        "the most expensive on a CPU)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("course", "burda"),
+        default="course",
+        help="course: 20 epochs, lr 1e-3, batch 100; burda: 3^i epochs at lr 1e-3 * 10^(-i/7), "
+        "i = 0..7 (3,280 epochs), batch 20, Adam eps 1e-4",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_cli.positive_int,
+        default=None,
+        help="epochs (default: 20, or 3,280 with --schedule burda, which runs its first EPOCHS)",
+    )
+    parser.add_argument(
+        "--lr", type=_cli.positive_real, default=1e-3, help="Adam learning rate (burda: of its first stage)"
+    )
+    parser.add_argument(
+        "--adam-eps",
+        type=_cli.positive_real,
+        default=None,
+        help="Adam's eps (default 1e-8, or 1e-4 with --schedule burda)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_cli.positive_int,
+        default=None,
+        help="images per step (default 100, or 20 with --schedule burda)",
+    )
+    parser.add_argument(
+        "--eval-samples",
+        type=_cli.positive_int,
+        default=5000,
+        help="importance samples S of the test log-likelihood L_S",
+    )
+    parser.add_argument(
+        "--test-images",
+        type=_cli._type("test-images", _test_images),
+        default=1000,
+        help=f"test images of L_S: N for a fixed random N of the test set (seeded {TEST_SUBSET_SEED}), or "
+        "'all' (default 1000)",
+    )
+    parser.add_argument(
+        "--full-test",
+        dest="test_images",
+        action="store_const",
+        const=None,
+        help="L_S on the whole test set (= --test-images all)",
+    )
     parser.add_argument("--monitor-k", type=_cli.positive_int, default=50, help="K of the per-epoch IWELBO L_K")
-    parser.add_argument("--monitor-size", type=_cli.positive_int, default=500,
-                        help="images in the fixed held-out and training batches of the per-epoch curves")
-    parser.add_argument("--monitor-every", type=_cli.positive_int, default=None,
-                        help="record the curves every N epochs, and at the learning-rate changes and the end "
-                             "(default 1, or 40 with --schedule burda)")
-    parser.add_argument("--max-train", type=_cli.positive_int, default=None,
-                        help="use only the first N training images")
-    parser.add_argument("--hidden-dims", type=_cli._type("hidden-dims", _widths), default=[200, 200],
-                        help="encoder hidden widths, e.g. 200,200 (decoder mirrored)")
+    parser.add_argument(
+        "--monitor-size",
+        type=_cli.positive_int,
+        default=500,
+        help="images in the fixed held-out and training batches of the per-epoch curves",
+    )
+    parser.add_argument(
+        "--monitor-every",
+        type=_cli.positive_int,
+        default=None,
+        help="record the curves every N epochs, and at the learning-rate changes and the end "
+        "(default 1, or 40 with --schedule burda)",
+    )
+    parser.add_argument(
+        "--max-train", type=_cli.positive_int, default=None, help="use only the first N training images"
+    )
+    parser.add_argument(
+        "--hidden-dims",
+        type=_cli._type("hidden-dims", _widths),
+        default=[200, 200],
+        help="encoder hidden widths, e.g. 200,200 (decoder mirrored)",
+    )
     parser.add_argument("--latent-dim", type=_cli.positive_int, default=50)
-    parser.add_argument("--checkpoint-every", type=_cli.positive_int, default=200,
-                        help="steps between checkpoints (also at every epoch's end)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=_cli.positive_int,
+        default=200,
+        help="steps between checkpoints (also at every epoch's end)",
+    )
     restart = parser.add_mutually_exclusive_group()
-    restart.add_argument("--resume", action="store_true",
-                         help="continue every run from its checkpoint in OUT/checkpoints (runs without one "
-                              "start fresh)")
-    restart.add_argument("--overwrite", action="store_true",
-                         help="start over, replacing the checkpoints in OUT/checkpoints")
-    parser.add_argument("--plot-only", action="store_true",
-                        help="redraw the figures from OUT/results.json (and the checkpoints), no training")
+    restart.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue every run from its checkpoint in OUT/checkpoints (runs without one start fresh)",
+    )
+    restart.add_argument(
+        "--overwrite", action="store_true", help="start over, replacing the checkpoints in OUT/checkpoints"
+    )
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="redraw the figures from OUT/results.json (and the checkpoints), no training",
+    )
     args = _cli.parse(parser, argv, check=_check)
     args.start_time = time.time()
     prefix = "python experiments/vae_mnist.py" if not __package__ else "python -m experiments.vae_mnist"
@@ -1148,14 +1429,14 @@ def _check(args):
     args.one_seed_runs = [name for names in args.one_seed_runs for name in names]
     stray = [name for name in args.one_seed_runs if name not in args.runs]
     if stray:
-        raise ValueError("argument --one-seed-runs: {} not among --runs {}".format(
-            ", ".join(stray), ", ".join(args.runs)))
+        raise ValueError(
+            "argument --one-seed-runs: {} not among --runs {}".format(", ".join(stray), ", ".join(args.runs))
+        )
     burda = args.schedule == "burda"
     if args.epochs is None:
         args.epochs = BURDA_EPOCHS if burda else 20
     if burda and args.epochs > BURDA_EPOCHS:
-        raise ValueError("argument --epochs: the burda schedule has {} epochs, got {}".format(
-            BURDA_EPOCHS, args.epochs))
+        raise ValueError(f"argument --epochs: the burda schedule has {BURDA_EPOCHS} epochs, got {args.epochs}")
     if args.batch_size is None:
         args.batch_size = 20 if burda else 100
     if args.adam_eps is None:
@@ -1163,26 +1444,36 @@ def _check(args):
     if args.monitor_every is None:
         args.monitor_every = 40 if burda else 1
     if args.data_dir is not None and args.no_download and not os.path.isdir(args.data_dir):
-        raise ValueError("argument --data-dir: no folder {!r} (and --no-download); pass the folder with the "
-                         "MNIST IDX files".format(args.data_dir))
+        raise ValueError(
+            f"argument --data-dir: no folder {args.data_dir!r} (and --no-download); pass the folder with the "
+            "MNIST IDX files"
+        )
     if args.plot_only:
         if args.resume or args.overwrite:
             raise ValueError("argument --plot-only: trains nothing; drop --resume/--overwrite")
         return
-    existing = [process_file(checkpoint_path(args.out, k, s)) for s, k in planned(args)
-                if os.path.exists(process_file(checkpoint_path(args.out, k, s)))]
+    existing = [
+        process_file(checkpoint_path(args.out, k, s))
+        for s, k in planned(args)
+        if os.path.exists(process_file(checkpoint_path(args.out, k, s)))
+    ]
     if existing and not (args.resume or args.overwrite):
-        raise ValueError("{} holds checkpoints of this study ({}); pass --resume to continue them or "
-                         "--overwrite to start over".format(os.path.join(args.out, "checkpoints"),
-                                                           ", ".join(map(os.path.basename, existing))))
+        raise ValueError(
+            "{} holds checkpoints of this study ({}); pass --resume to continue them or "
+            "--overwrite to start over".format(
+                os.path.join(args.out, "checkpoints"), ", ".join(map(os.path.basename, existing))
+            )
+        )
     if args.resume and not existing:
-        raise ValueError("argument --resume: no checkpoint of runs {} and seeds {} in {}; run without "
-                         "--resume to start".format(", ".join(args.runs), " ".join(map(str, args.seeds)),
-                                                    os.path.join(args.out, "checkpoints")))
+        raise ValueError(
+            "argument --resume: no checkpoint of runs {} and seeds {} in {}; run without --resume to start".format(
+                ", ".join(args.runs), " ".join(map(str, args.seeds)), os.path.join(args.out, "checkpoints")
+            )
+        )
 
 
 if __name__ == "__main__":
     try:
         main(parse_args())
     except (MnistNotFoundError, ValueError) as error:
-        sys.exit("vae_mnist: error: {}".format(error))
+        sys.exit(f"vae_mnist: error: {error}")

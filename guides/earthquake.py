@@ -57,10 +57,10 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, check_weights
 from guides import _mixtures
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
 from guides._mixtures import as_float64, assignment_term, check_mixture_params, gamma_entropy, gamma_moments
+from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, check_weights
 
 __all__ = [
     "LAMBDA_CONCENTRATION",

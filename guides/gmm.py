@@ -75,10 +75,10 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights
 from guides import _mixtures
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
 from guides._mixtures import as_float64, assignment_term, check_mixture_params, gamma_entropy, gamma_moments
+from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights
 
 __all__ = [
     "MU_LOC",
@@ -177,7 +177,7 @@ def _responsibilities(x, log_pi, m, l, a, b):
     return torch.softmax(_expected_log_lik(x, log_pi, m, l, a, b), dim=-1)
 
 
-def responsibilities(data, m, l, a, b) -> torch.Tensor:  # noqa: E741
+def responsibilities(data, m, l, a, b) -> torch.Tensor:
     r"""The CAVI update of :math:`q(z)` given :math:`q(\mu), q(\tau)`:
     :math:`r_{nk} \propto \pi_k \exp(\tfrac12 E[\log\tau_k] - \tfrac12 E[\tau_k]
     E[(x_n - \mu_k)^2])`, float64 (N, K); ``data`` is ``(x, pi)``."""

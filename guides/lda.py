@@ -332,8 +332,16 @@ def step_size(t: int, tau0: float, kappa: float) -> float:
     return (tau0 + _positive_int("t", t)) ** -kappa
 
 
-def svi_update(batch_counts, lam, num_docs: int, rho: float, alpha: float, eta: float,
-               local_tol: float = 1e-3, local_max_iters: int = 100) -> torch.Tensor:
+def svi_update(
+    batch_counts,
+    lam,
+    num_docs: int,
+    rho: float,
+    alpha: float,
+    eta: float,
+    local_tol: float = 1e-3,
+    local_max_iters: int = 100,
+) -> torch.Tensor:
     r"""One SVI step on a minibatch: a local step from :func:`initial_gamma`, then
     :math:`\lambda \leftarrow (1-\rho)\lambda + \rho(\eta + \tfrac{D}{|B|} S_B)`."""
     if isinstance(rho, bool) or not (isinstance(rho, numbers.Real) and 0 < rho <= 1):
@@ -354,9 +362,18 @@ def corpus_elbo(counts, lam, alpha: float, eta: float, local_tol: float = 1e-3, 
     return float(_elbo(counts, torch.as_tensor(lam, dtype=torch.float64), gamma, alpha, eta)), gamma
 
 
-def cavi(counts, prior: LDAPrior, num_topics: int, max_iters: int = 100, tol: float = 1e-6,
-         init_lambda=None, warm_start: bool = False, local_tol: float = 1e-3, local_max_iters: int = 100,
-         callback: Optional[Callable] = None) -> CaviResult:
+def cavi(
+    counts,
+    prior: LDAPrior,
+    num_topics: int,
+    max_iters: int = 100,
+    tol: float = 1e-6,
+    init_lambda=None,
+    warm_start: bool = False,
+    local_tol: float = 1e-3,
+    local_max_iters: int = 100,
+    callback: Optional[Callable] = None,
+) -> CaviResult:
     r"""Batch CAVI: sweeps of :func:`cavi_step` from ``init_lambda`` (default
     :func:`initial_lambda` with seed 0) until the relative ELBO change is below ``tol``.
     ``callback(sweep, seconds, lam)`` runs after each sweep, outside the timing.
@@ -385,8 +402,9 @@ def cavi(counts, prior: LDAPrior, num_topics: int, max_iters: int = 100, tol: fl
     result = CaviResult(None, value, [value])
     while result.num_iters < max_iters and not result.converged:  # everything checked once, above
         start = time.perf_counter()
-        local = _local_step(counts, dirichlet_expected_log(lam), alpha,
-                            gamma if warm_start else fresh_gamma, local_tol, local_max_iters)
+        local = _local_step(
+            counts, dirichlet_expected_log(lam), alpha, gamma if warm_start else fresh_gamma, local_tol, local_max_iters
+        )
         lam, gamma = eta + local.sufficient_stats, local.gamma
         value = float(_elbo(counts, lam, gamma, alpha, eta))
         previous = result.elbo_history[-1]
@@ -416,10 +434,21 @@ class SviResult:
     seconds: float = 0.0
 
 
-def stochastic_vi(counts, num_topics: int, alpha: float, eta: float, batch_size: int = 100,
-                  tau0: float = 1.0, kappa: float = 0.7, num_updates: int = 100, seed: int = 0,
-                  init_lambda=None, local_tol: float = 1e-3, local_max_iters: int = 100,
-                  callback: Optional[Callable] = None) -> SviResult:
+def stochastic_vi(
+    counts,
+    num_topics: int,
+    alpha: float,
+    eta: float,
+    batch_size: int = 100,
+    tau0: float = 1.0,
+    kappa: float = 0.7,
+    num_updates: int = 100,
+    seed: int = 0,
+    init_lambda=None,
+    local_tol: float = 1e-3,
+    local_max_iters: int = 100,
+    callback: Optional[Callable] = None,
+) -> SviResult:
     r"""Hoffman et al.'s stochastic variational inference for LDA: ``num_updates`` calls of
     :func:`svi_update` with :math:`\rho_t` from :func:`step_size`, on minibatches from
     seeded random permutations of the corpus (every document once per epoch), from
@@ -444,7 +473,7 @@ def stochastic_vi(counts, num_topics: int, alpha: float, eta: float, batch_size:
         start = time.perf_counter()
         if position + batch_size > num_docs:
             order, position = torch.randperm(num_docs, generator=generator), 0
-        batch = counts[order[position:position + batch_size]]
+        batch = counts[order[position : position + batch_size]]
         position += batch_size
         rho = (tau0 + t) ** -kappa
         result.lam = svi_update(batch, result.lam, num_docs, rho, alpha, eta, local_tol, local_max_iters)
@@ -476,8 +505,9 @@ def guide(counts, num_topics: int, alpha: float, eta: float, subsample_size: Opt
         return _concentrations("init_lambda", lam, (num_topics, vocab_size)).to(dtype)
 
     lam = shaped_param(LAMBDA, start_lambda, (num_topics, vocab_size), constraints.positive)
-    gamma = shaped_param(GAMMA, lambda: initial_gamma(counts, num_topics, alpha).to(dtype),
-                         (num_docs, num_topics), constraints.positive)
+    gamma = shaped_param(
+        GAMMA, lambda: initial_gamma(counts, num_topics, alpha).to(dtype), (num_docs, num_topics), constraints.positive
+    )
     with pyro.plate("topics", num_topics, dim=-1):
         pyro.sample("beta", dist.Dirichlet(lam))
     with pyro.plate("documents", num_docs, subsample_size=subsample_size, dim=-1) as index:
@@ -485,6 +515,6 @@ def guide(counts, num_topics: int, alpha: float, eta: float, subsample_size: Opt
 
 
 def params_from_store() -> LDAParams:
-    """:math:`\lambda` and :math:`\gamma` from Pyro's param store, as :class:`LDAParams`."""
+    r""":math:`\lambda` and :math:`\gamma` from Pyro's param store, as :class:`LDAParams`."""
     store = pyro.get_param_store()
     return LDAParams(*(store[name].detach().to(torch.float64) for name in (LAMBDA, GAMMA)))

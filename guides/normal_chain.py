@@ -1,4 +1,5 @@
-r"""Mean-field guide and closed-form ELBO for :mod:`models.normal_chain` (the model of question 1.C.2, studied in question 2.1.12).
+r"""Mean-field guide and closed-form ELBO for :mod:`models.normal_chain` (the model of
+question 1.C.2, studied in question 2.1.12).
 
 The fully factorized family of equation (5) of the assignment,
 
@@ -50,11 +51,10 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import pyro
 import pyro.distributions as dist
 import torch
-
-from models._checks import as_int
 from torch.distributions import constraints
 
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent, real_field
+from models._checks import as_int
 from models.normal_chain import W2_CONCENTRATION, W2_RATE, check_data
 
 __all__ = [
@@ -88,7 +88,6 @@ POSITIVE_PARAM_NAMES = frozenset(name for name in PARAM_NAMES if not name.endswi
 _LOCAL = ("q_y_loc", "q_y_scale")
 
 ParamsLike = Union["NormalChainParams", Mapping[str, torch.Tensor]]
-
 
 
 @dataclass(frozen=True)

@@ -188,9 +188,7 @@ def _elbo(n, mean, ss, params, prior):
     e_log_tau = torch.digamma(a) - b.log()
     e_sq = ss + n * (mean - m) ** 2 + n / lam + prior.lambda0 * ((m - prior.mu0) ** 2 + 1 / lam)
     e_log_p_x_mu = 0.5 * (n + 1) * (e_log_tau - log_2pi) + 0.5 * math.log(prior.lambda0) - 0.5 * e_tau * e_sq
-    e_log_p_tau = (
-        prior.a0 * math.log(prior.b0) - math.lgamma(prior.a0) + (prior.a0 - 1) * e_log_tau - prior.b0 * e_tau
-    )
+    e_log_p_tau = prior.a0 * math.log(prior.b0) - math.lgamma(prior.a0) + (prior.a0 - 1) * e_log_tau - prior.b0 * e_tau
     entropy_mu = 0.5 * (log_2pi + 1 - lam.log())
     entropy_tau = a - b.log() + torch.lgamma(a) + (1 - a) * torch.digamma(a)
     return e_log_p_x_mu + e_log_p_tau + entropy_mu + entropy_tau

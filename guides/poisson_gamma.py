@@ -56,11 +56,10 @@ from typing import Optional, Union
 import pyro
 import pyro.distributions as dist
 import torch
-
-from models._checks import as_int
 from torch.distributions import constraints
 
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
+from models._checks import as_int
 from models.poisson_gamma import DEFAULT_PRIOR, PoissonGammaPrior, sufficient_statistics
 
 __all__ = [
@@ -176,9 +175,7 @@ def _elbo(stats, params, prior):
     return (prior.alpha + total - 1) * e_log_rate - (prior.beta + n) * e_rate + constant + entropy
 
 
-def optimal_theta(
-    data, prior: PoissonGammaPrior = DEFAULT_PRIOR, tol: float = 1e-14, max_iters: int = 200
-) -> float:
+def optimal_theta(data, prior: PoissonGammaPrior = DEFAULT_PRIOR, tol: float = 1e-14, max_iters: int = 200) -> float:
     r"""The maximizer :math:`\theta^*` of :func:`elbo`, found numerically.
 
     Works in :math:`u = \log\theta`, where the ELBO is strictly concave: first a

@@ -191,9 +191,7 @@ def linear_schedule(num_steps: int, beta_start: float = 1e-3, beta_end: float = 
     """
     num_steps = _as_count("num_steps", num_steps, 1)
     if not 0 < beta_start <= beta_end < 1:
-        raise ValueError(
-            f"need 0 < beta_start <= beta_end < 1, got beta_start = {beta_start}, beta_end = {beta_end}"
-        )
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start = {beta_start}, beta_end = {beta_end}")
     return check_betas(torch.linspace(beta_start, beta_end, num_steps, dtype=DTYPE))
 
 

@@ -43,8 +43,8 @@ import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
 
-from models.gmm import check_weights
 from models._checks import as_counts, as_int, as_real
+from models.gmm import check_weights
 
 __all__ = [
     "DEFAULT_HYPER",
@@ -54,7 +54,6 @@ __all__ = [
     "generate_data",
     "model",
 ]
-
 
 
 @dataclass(frozen=True)

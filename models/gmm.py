@@ -54,8 +54,8 @@ import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
 
-from models.normal_gamma import check_data
 from models._checks import as_int, set_real_fields
+from models.normal_gamma import check_data
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -65,7 +65,6 @@ __all__ = [
     "generate_data",
     "model",
 ]
-
 
 
 @dataclass(frozen=True)

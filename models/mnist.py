@@ -90,9 +90,7 @@ class MnistData:
 
 def default_data_dir() -> str:
     """``$PYRO_VI_DATA_DIR``, else ``~/.cache/pyro_vi/data`` (outside the repository)."""
-    return os.environ.get(
-        "PYRO_VI_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pyro_vi", "data")
-    )
+    return os.environ.get("PYRO_VI_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "pyro_vi", "data"))
 
 
 def _downloads_forbidden() -> bool:
@@ -109,8 +107,14 @@ def _find_idx(data_dir: str, split: str, kind: str) -> Optional[str]:
     return None
 
 
-_IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32",
-              0x0E: "float64"}
+_IDX_TYPES = {
+    0x08: "unsigned byte",
+    0x09: "signed byte",
+    0x0B: "int16",
+    0x0C: "int32",
+    0x0D: "float32",
+    0x0E: "float64",
+}
 _IMAGE_SIZE = (28, 28)
 
 
@@ -123,13 +127,13 @@ def _file_bytes(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except gzip.BadGzipFile as error:
-        raise ValueError("{} is not a gzip file although its name ends in .gz ({})".format(path, error)) from None
+        raise ValueError(f"{path} is not a gzip file although its name ends in .gz ({error})") from None
     except EOFError:
-        raise ValueError("{} is a truncated gzip file: it ends before its compressed data does".format(path)) from None
+        raise ValueError(f"{path} is a truncated gzip file: it ends before its compressed data does") from None
     except zlib.error as error:
-        raise ValueError("{} is a corrupt gzip file ({})".format(path, error)) from None
+        raise ValueError(f"{path} is a corrupt gzip file ({error})") from None
     except OSError as error:
-        raise ValueError("{} cannot be read: {}".format(path, error)) from None
+        raise ValueError(f"{path} cannot be read: {error}") from None
 
 
 def read_idx(path: str, kind: str) -> torch.Tensor:
@@ -145,40 +149,53 @@ def read_idx(path: str, kind: str) -> torch.Tensor:
         over after the data.
     """
     if kind not in ("images", "labels"):
-        raise ValueError("kind must be 'images' or 'labels', got {!r}".format(kind))
+        raise ValueError(f"kind must be 'images' or 'labels', got {kind!r}")
     ndim = 3 if kind == "images" else 1
     data = _file_bytes(path)
     if not data:
-        raise ValueError("{} is empty (0 bytes); expected MNIST {} in the IDX format".format(path, kind))
+        raise ValueError(f"{path} is empty (0 bytes); expected MNIST {kind} in the IDX format")
     if len(data) < 4:
-        raise ValueError("{} is truncated: {} bytes, shorter than the 4-byte IDX magic number".format(path, len(data)))
+        raise ValueError(f"{path} is truncated: {len(data)} bytes, shorter than the 4-byte IDX magic number")
     if data[:2] != b"\0\0" or data[2] not in _IDX_TYPES:
-        raise ValueError("{} is not an IDX file: it starts with 0x{}, the IDX magic number of MNIST {} is "
-                         "0x{:08x}".format(path, data[:4].hex(), kind, 0x0800 + ndim))
+        raise ValueError(
+            f"{path} is not an IDX file: it starts with 0x{data[:4].hex()}, the IDX magic number of MNIST {kind} is "
+            f"0x{0x0800 + ndim:08x}"
+        )
     if data[2] != 0x08:
-        raise ValueError("{} holds IDX data of type {} (0x{:02x}); MNIST {} are unsigned bytes (0x08)".format(
-            path, _IDX_TYPES[data[2]], data[2], kind))
+        raise ValueError(
+            f"{path} holds IDX data of type {_IDX_TYPES[data[2]]} (0x{data[2]:02x}); MNIST {kind} are unsigned "
+            "bytes (0x08)"
+        )
     if data[3] != ndim:
-        raise ValueError("{} holds a {}-dimensional IDX array; MNIST {} have {} ({})".format(
-            path, data[3], kind, ndim, "count, rows, columns" if ndim == 3 else "count"))
+        raise ValueError(
+            "{} holds a {}-dimensional IDX array; MNIST {} have {} ({})".format(
+                path, data[3], kind, ndim, "count, rows, columns" if ndim == 3 else "count"
+            )
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError("{} is truncated: {} bytes, shorter than its {}-byte IDX header".format(
-            path, len(data), header))
+        raise ValueError(f"{path} is truncated: {len(data)} bytes, shorter than its {header}-byte IDX header")
     dims = struct.unpack(">" + "I" * ndim, data[4:header])
     expected, found = math.prod(dims), len(data) - header
     if found < expected:
-        raise ValueError("{} is truncated: its header promises {} {} ({} bytes of data), the file holds {} "
-                         "bytes".format(path, dims[0], kind, expected, found))
+        raise ValueError(
+            f"{path} is truncated: its header promises {dims[0]} {kind} ({expected} bytes of data), the file "
+            f"holds {found} "
+            "bytes"
+        )
     if found > expected:
-        raise ValueError("{} has {} bytes after the {} {} its header promises; the file is not an MNIST IDX "
-                         "file or its header is wrong".format(path, found - expected, dims[0], kind))
+        raise ValueError(
+            f"{path} has {found - expected} bytes after the {dims[0]} {kind} its header promises; the file is "
+            "not an MNIST IDX "
+            "file or its header is wrong"
+        )
     if kind == "images" and tuple(dims[1:]) != _IMAGE_SIZE:
-        raise ValueError("{} holds {}x{} images; MNIST images are 28x28 (load_mnist returns (N, 784))".format(
-            path, dims[1], dims[2]))
+        raise ValueError(
+            f"{path} holds {dims[1]}x{dims[2]} images; MNIST images are 28x28 (load_mnist returns (N, 784))"
+        )
     array = torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=header).copy()).reshape(dims)
     if kind == "labels" and array.numel() and int(array.max()) > 9:
-        raise ValueError("{} holds the label {}; MNIST labels are digits 0-9".format(path, int(array.max())))
+        raise ValueError(f"{path} holds the label {int(array.max())}; MNIST labels are digits 0-9")
     return array
 
 
@@ -196,9 +213,7 @@ def _read_split(data_dir: str, split: str):
         labels = read_idx(labels_path, "labels")
         if labels.shape[0] != images.shape[0]:
             raise ValueError(
-                "{} has {} images but {} has {} labels".format(
-                    images_path, images.shape[0], labels_path, labels.shape[0]
-                )
+                f"{images_path} has {images.shape[0]} images but {labels_path} has {labels.shape[0]} labels"
             )
     return images, images_path
 
@@ -207,7 +222,7 @@ def _from_torchvision(root: str, download: bool):
     train = MNIST(root, train=True, download=download)
     test = MNIST(root, train=False, download=download)
     info = {
-        "source": "torchvision.datasets.MNIST(root={!r})".format(root),
+        "source": f"torchvision.datasets.MNIST(root={root!r})",
         "split": "official: 60,000 training and 10,000 test images",
         "only_test_split": False,
     }
@@ -220,7 +235,7 @@ def split_test_only(num_images: int):
     num_images = integer("num_images", num_images, minimum=2)
     num_train = int(round(TRAIN_FRACTION_OF_TEST_SPLIT * num_images))
     if num_train < 1 or num_train >= num_images:
-        raise ValueError("{} images are too few to split into train and test".format(num_images))
+        raise ValueError(f"{num_images} images are too few to split into train and test")
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return order[:num_train], order[num_train:]
 
@@ -241,13 +256,13 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
         and the problem (see :func:`read_idx`).
     """
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-        raise ValueError("data_dir must be a directory path (str or pathlib.Path) or None, got {!r:.60}".format(
-            data_dir))
+        raise ValueError(f"data_dir must be a directory path (str or pathlib.Path) or None, got {data_dir!r:.60}")
     download = boolean("download", download)
     data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir) if data_dir is not None else default_data_dir()))
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise ValueError("data_dir {} is a file, not a directory; pass the directory that holds the MNIST "
-                         "IDX files".format(data_dir))
+        raise ValueError(
+            f"data_dir {data_dir} is a file, not a directory; pass the directory that holds the MNIST IDX files"
+        )
     train_u8, train_path = _read_split(data_dir, "train")
     test_u8, test_path = _read_split(data_dir, "test")
     if test_u8 is not None:
@@ -255,7 +270,7 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
         if train_u8 is not None:
             train = _as_float(train_u8)
             info = {
-                "source": "IDX files {} and {}".format(train_path, test_path),
+                "source": f"IDX files {train_path} and {test_path}",
                 "split": "official training and test splits",
                 "only_test_split": False,
             }
@@ -263,45 +278,47 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
             train_idx, test_idx = split_test_only(len(test))
             train, test = test[train_idx], test[test_idx]
             info = {
-                "source": "IDX file {}".format(test_path),
+                "source": f"IDX file {test_path}",
                 "split": (
-                    "only the {:,}-image MNIST test split was found: a fixed random {:,} of "
-                    "its images (torch.randperm, seed {}) are used for training and the other "
-                    "{:,} as the held-out test set; test numbers are not comparable with the "
-                    "published 60,000/10,000 ones".format(
-                        len(train) + len(test), len(train), SPLIT_SEED, len(test))
+                    f"only the {len(train) + len(test):,}-image MNIST test split was found: a fixed random "
+                    f"{len(train):,} of "
+                    f"its images (torch.randperm, seed {SPLIT_SEED}) are used for training and the other "
+                    f"{len(test):,} as the held-out test set; test numbers are not comparable with the "
+                    "published 60,000/10,000 ones"
                 ),
                 "only_test_split": True,
             }
-        return MnistData(train, test, dict(info, data_dir=data_dir,
-                                           num_train=len(train), num_test=len(test)))
+        return MnistData(train, test, dict(info, data_dir=data_dir, num_train=len(train), num_test=len(test)))
     if train_u8 is not None:
         raise MnistNotFoundError(
             "{} holds the MNIST training images but no test images ({}[.gz])".format(
-                data_dir, _IDX_NAMES["test", "images"]))
+                data_dir, _IDX_NAMES["test", "images"]
+            )
+        )
     forbidden = _downloads_forbidden()
     if not download or forbidden:
-        why = "${}={}".format(NO_DOWNLOAD_ENV, os.environ.get(NO_DOWNLOAD_ENV)) if forbidden \
-            else "downloads are off"
+        why = f"${NO_DOWNLOAD_ENV}={os.environ.get(NO_DOWNLOAD_ENV)}" if forbidden else "downloads are off"
         raise MnistNotFoundError(
-            "MNIST not found in {} and not downloaded ({}): pass --data-dir with the IDX "
+            f"MNIST not found in {data_dir} and not downloaded ({why}): pass --data-dir with the IDX "
             "files (t10k-images-idx3-ubyte[.gz], optionally the train-* files) or a "
-            "torchvision root, or allow the download".format(data_dir, why))
+            "torchvision root, or allow the download"
+        )
     try:
         train, test, info = _from_torchvision(data_dir, download=True)
     except Exception as error:  # URLError, RuntimeError, OSError (read-only dir), ...
         raise MnistNotFoundError(
-            "MNIST not found in {} and could not be downloaded ({}: {}): pass --data-dir "
+            f"MNIST not found in {data_dir} and could not be downloaded ({type(error).__name__}: "
+            f"{_one_line(error)}): pass --data-dir "
             "with the IDX files (t10k-images-idx3-ubyte[.gz], optionally the train-* "
             "files) or a torchvision root, or download it on a machine with internet "
-            "access".format(data_dir, type(error).__name__, _one_line(error))) from error
-    return MnistData(train, test, dict(info, data_dir=data_dir,
-                                       num_train=len(train), num_test=len(test)))
+            "access"
+        ) from error
+    return MnistData(train, test, dict(info, data_dir=data_dir, num_train=len(train), num_test=len(test)))
 
 
 def _one_line(error, limit=300):
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -311,13 +328,18 @@ def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) 
         (scale 0-255 images by 1/255 first) and ``generator`` a torch.Generator or None.
     """
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise ValueError("images must be a floating-point tensor of intensities in [0, 1], got {}{}; scale "
-                         "0-255 images with images.float() / 255".format(
-                             type(images).__name__, " of dtype {}".format(images.dtype)
-                             if isinstance(images, torch.Tensor) else ""))
+        raise ValueError(
+            "images must be a floating-point tensor of intensities in [0, 1], got {}{}; scale "
+            "0-255 images with images.float() / 255".format(
+                type(images).__name__, f" of dtype {images.dtype}" if isinstance(images, torch.Tensor) else ""
+            )
+        )
     if images.numel() and not bool(((images >= 0) & (images <= 1)).all()):
-        raise ValueError("images must have intensities in [0, 1], got values in [{:.6g}, {:.6g}]; scale 0-255 "
-                         "images by 1/255".format(images.min().item(), images.max().item()))
+        raise ValueError(
+            f"images must have intensities in [0, 1], got values in [{images.min().item():.6g}, "
+            f"{images.max().item():.6g}]; scale 0-255 "
+            "images by 1/255"
+        )
     instance("generator", generator, torch.Generator, "a torch.Generator", optional=True)
     return torch.bernoulli(images, generator=generator)
 

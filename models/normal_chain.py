@@ -69,7 +69,6 @@ W2_CONCENTRATION = 2.0
 W2_RATE = 2.0
 
 
-
 def generate_data(
     num_data: int = 20, seed: int = 0, return_latents: bool = False
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:

@@ -37,6 +37,7 @@ from typing import Dict, Tuple
 import pyro
 import pyro.distributions as dist
 import torch
+
 from models._checks import as_int, as_real, set_real_fields
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "posterior_means",
     "sufficient_statistics",
 ]
-
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Tuple
 import pyro
 import pyro.distributions as dist
 import torch
+
 from models._checks import as_counts, as_int, as_real, set_real_fields
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "posterior",
     "sufficient_statistics",
 ]
-
 
 
 @dataclass(frozen=True)

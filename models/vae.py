@@ -70,12 +70,16 @@ class VAEConfig:
         hidden = self.hidden_dims
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (tuple, list, np.ndarray)):
             raise ValueError(
-                "VAEConfig.hidden_dims must be a tuple of layer widths such as (200, 200), got {!r:.60} "
-                "({})".format(hidden, type(hidden).__name__))
+                f"VAEConfig.hidden_dims must be a tuple of layer widths such as (200, 200), got {hidden!r:.60} "
+                f"({type(hidden).__name__})"
+            )
         object.__setattr__(self, "data_dim", integer("VAEConfig.data_dim", self.data_dim, minimum=1))
         object.__setattr__(self, "latent_dim", integer("VAEConfig.latent_dim", self.latent_dim, minimum=1))
-        object.__setattr__(self, "hidden_dims", tuple(
-            integer("VAEConfig.hidden_dims[{}]".format(i), h, minimum=1) for i, h in enumerate(hidden)))
+        object.__setattr__(
+            self,
+            "hidden_dims",
+            tuple(integer(f"VAEConfig.hidden_dims[{i}]", h, minimum=1) for i, h in enumerate(hidden)),
+        )
 
 
 BURDA_CONFIG = VAEConfig()
@@ -96,9 +100,7 @@ def output_bias(mean_pixel: Union[float, torch.Tensor], data_dim: int) -> torch.
     ``[1e-3, 1 - 1e-3]`` (pixels that are always 0 would give -inf)."""
     mean = torch.as_tensor(mean_pixel, dtype=torch.get_default_dtype())
     if mean.dim() > 1 or (mean.dim() == 1 and mean.shape[0] != data_dim):
-        raise ValueError(
-            "mean_pixel must be a scalar or have shape ({},), got {}".format(data_dim, tuple(mean.shape))
-        )
+        raise ValueError(f"mean_pixel must be a scalar or have shape ({data_dim},), got {tuple(mean.shape)}")
     if not torch.isfinite(mean).all() or (mean < 0).any() or (mean > 1).any():
         raise ValueError("mean_pixel must lie in [0, 1]")
     return torch.logit(mean.clamp(_MEAN_PIXEL_EPS, 1 - _MEAN_PIXEL_EPS)).expand(data_dim).clone()
@@ -130,18 +132,19 @@ def check_binary(x: torch.Tensor) -> None:
     """Raises :class:`ValueError` unless every pixel of ``x`` is 0 or 1 (saying
     what range the pixels have when they leave [0, 1])."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError("x must be a tensor of binary pixels, got {}".format(type(x).__name__))
+        raise ValueError(f"x must be a tensor of binary pixels, got {type(x).__name__}")
     if x.numel() and bool(torch.isnan(x).any()):
         raise ValueError("x contains NaN pixels; the Bernoulli decoder needs binary pixels (0 or 1)")
     if x.numel() and (bool((x < 0).any()) or bool((x > 1).any())):
         raise ValueError(
-            "x has pixel values in [{:.6g}, {:.6g}], outside [0, 1]; the Bernoulli decoder needs binary "
+            f"x has pixel values in [{x.min().item():.6g}, {x.max().item():.6g}], outside [0, 1]; the Bernoulli "
+            "decoder needs binary "
             "pixels: scale 0-255 images by 1/255, then binarize (dynamic binarization: "
-            "torch.bernoulli(x))".format(x.min().item(), x.max().item()))
+            "torch.bernoulli(x))"
+        )
     if not ((x == 0) | (x == 1)).all():
         raise ValueError(
-            "the Bernoulli decoder needs binary pixels; binarize first "
-            "(dynamic binarization: torch.bernoulli(x))"
+            "the Bernoulli decoder needs binary pixels; binarize first (dynamic binarization: torch.bernoulli(x))"
         )
 
 
@@ -154,25 +157,28 @@ def check_images(x, config: VAEConfig, network: nn.Module, name: str = "x") -> N
     ``float32`` weights) and pixels outside {0, 1} are each refused with the fix.
     """
     if not isinstance(x, torch.Tensor):
-        raise ValueError("{} must be a tensor of binary pixels of shape (batch, {}), got {}".format(
-            name, config.data_dim, type(x).__name__))
+        raise ValueError(
+            f"{name} must be a tensor of binary pixels of shape (batch, {config.data_dim}), got {type(x).__name__}"
+        )
     if not x.is_floating_point():
-        hint = (" (raw 0-255 pixel bytes?): pass binarize(x.float() / 255)" if x.dtype == torch.uint8
-                else ": pass x.float()")
-        raise ValueError("{} has dtype {}; the VAE takes floating-point binary pixels{}".format(
-            name, x.dtype, hint))
+        hint = (
+            " (raw 0-255 pixel bytes?): pass binarize(x.float() / 255)"
+            if x.dtype == torch.uint8
+            else ": pass x.float()"
+        )
+        raise ValueError(f"{name} has dtype {x.dtype}; the VAE takes floating-point binary pixels{hint}")
     if x.dim() != 2 or x.shape[-1] != config.data_dim:
         hint = ""
         if x.dim() > 2 and math.prod(x.shape[1:]) == config.data_dim:
-            hint = ": flatten the images with {0}.reshape(len({0}), -1)".format(name)
-        raise ValueError("{} must have shape (batch, {}), got {}{}".format(
-            name, config.data_dim, tuple(x.shape), hint))
+            hint = f": flatten the images with {name}.reshape(len({name}), -1)"
+        raise ValueError(f"{name} must have shape (batch, {config.data_dim}), got {tuple(x.shape)}{hint}")
     weight = next(network.parameters(), None)
     if weight is not None and x.dtype != weight.dtype:
         raise ValueError(
-            "{} has dtype {} but the {}'s weights are {}: pass {}.to({}) (or convert the networks with "
-            ".to({}))".format(name, x.dtype, type(network).__name__.lower(), weight.dtype, name, weight.dtype,
-                              x.dtype))
+            f"{name} has dtype {x.dtype} but the {type(network).__name__.lower()}'s weights are {weight.dtype}: "
+            f"pass {name}.to({weight.dtype}) (or convert the networks with "
+            f".to({x.dtype}))"
+        )
     check_binary(x)
 
 

@@ -11,6 +11,7 @@ from .diagnostics import (
     log_importance_weights,
     psis_khat,
 )
+from .distributed import average_gradients, process, sum_over_processes
 from .elbo import (
     ControlVariateELBO,
     DisARMELBO,
@@ -24,7 +25,6 @@ from .elbo import (
     StickingTheLandingELBO,
     score_function_guide,
 )
-from .distributed import average_gradients, process, sum_over_processes
 from .exponential_family import FAMILIES, ExponentialFamily, NaturalParameterDomainError, get_family
 from .gumbel_softmax import categorical_from_relaxed, gumbel_noise, gumbel_softmax_sample
 from .inference_data import to_inference_data

@@ -40,12 +40,31 @@ FORMAT = "pyro_vi.fit checkpoint v1"
 CONSTRAINTS = {
     name: getattr(constraints, name)
     for name in (
-        "boolean", "corr_cholesky", "corr_matrix", "integer", "lower_cholesky",
-        "lower_triangular", "nonnegative", "nonnegative_integer", "one_hot",
-        "ordered_vector", "positive", "positive_definite", "positive_integer",
-        "positive_ordered_vector", "positive_semidefinite", "real", "real_vector",
-        "simplex", "softplus_lower_cholesky", "softplus_positive", "sphere", "square",
-        "symmetric", "unit_interval", "unit_lower_cholesky",
+        "boolean",
+        "corr_cholesky",
+        "corr_matrix",
+        "integer",
+        "lower_cholesky",
+        "lower_triangular",
+        "nonnegative",
+        "nonnegative_integer",
+        "one_hot",
+        "ordered_vector",
+        "positive",
+        "positive_definite",
+        "positive_integer",
+        "positive_ordered_vector",
+        "positive_semidefinite",
+        "real",
+        "real_vector",
+        "simplex",
+        "softplus_lower_cholesky",
+        "softplus_positive",
+        "sphere",
+        "square",
+        "symmetric",
+        "unit_interval",
+        "unit_lower_cholesky",
     )
 }
 # name -> (exact class, its constructor, the attributes that are its arguments)
@@ -55,13 +74,18 @@ _FAMILIES = {
     "less_than": (torch_constraints._LessThan, constraints.less_than, ("upper_bound",)),
     "interval": (torch_constraints._Interval, constraints.interval, ("lower_bound", "upper_bound")),
     "half_open_interval": (
-        torch_constraints._HalfOpenInterval, constraints.half_open_interval, ("lower_bound", "upper_bound"),
+        torch_constraints._HalfOpenInterval,
+        constraints.half_open_interval,
+        ("lower_bound", "upper_bound"),
     ),
     "integer_interval": (
-        torch_constraints._IntegerInterval, constraints.integer_interval, ("lower_bound", "upper_bound"),
+        torch_constraints._IntegerInterval,
+        constraints.integer_interval,
+        ("lower_bound", "upper_bound"),
     ),
     "independent": (
-        torch_constraints._IndependentConstraint, constraints.independent,
+        torch_constraints._IndependentConstraint,
+        constraints.independent,
         ("base_constraint", "reinterpreted_batch_ndims"),
     ),
 }
@@ -80,19 +104,20 @@ def check_plain(value, where):
         return
     if type(value) in (list, tuple):
         for i, item in enumerate(value):
-            check_plain(item, "{}[{}]".format(where, i))
+            check_plain(item, f"{where}[{i}]")
         return
     if type(value) is dict:
         for key, item in value.items():
             if type(key) not in (str, int):
-                raise ValueError("{} has the key {!r} ({}); checkpoint dicts need str or int keys".format(
-                    where, key, type(key).__name__))
-            check_plain(item, "{}[{!r}]".format(where, key))
+                raise ValueError(
+                    f"{where} has the key {key!r} ({type(key).__name__}); checkpoint dicts need str or int keys"
+                )
+            check_plain(item, f"{where}[{key!r}]")
         return
     raise ValueError(
-        "{} is a {} ({!r:.60}); a checkpoint holds only tensors, Python numbers, strings, None, "
-        "lists and dicts: convert it (e.g. float(x), x.tolist() or torch.as_tensor(x))".format(
-            where, type(value).__name__, value)
+        f"{where} is a {type(value).__name__} ({value!r:.60}); a checkpoint holds only tensors, Python numbers, "
+        "strings, None, "
+        "lists and dicts: convert it (e.g. float(x), x.tolist() or torch.as_tensor(x))"
     )
 
 
@@ -113,8 +138,12 @@ def encode_constraint(constraint, where):
     raise ValueError(
         "{} has the constraint {} ({!r}), which a checkpoint cannot store: it must be one of "
         "torch.distributions.constraints {} or {}".format(
-            where, type(constraint).__name__, constraint, ", ".join(CONSTRAINTS),
-            ", ".join("{}(...)".format(n) for n in _FAMILIES))
+            where,
+            type(constraint).__name__,
+            constraint,
+            ", ".join(CONSTRAINTS),
+            ", ".join(f"{n}(...)" for n in _FAMILIES),
+        )
     )
 
 
@@ -122,22 +151,24 @@ def decode_constraint(encoded, where):
     """The constraint named by :func:`encode_constraint`'s output; unknown
     names are refused."""
     if not isinstance(encoded, dict) or set(encoded) != {"name", "args"} or not isinstance(encoded["args"], list):
-        raise ValueError("{} is not a constraint record ({{'name': ..., 'args': [...]}})".format(where))
+        raise ValueError(f"{where} is not a constraint record ({{'name': ..., 'args': [...]}})")
     name, args = encoded["name"], list(encoded["args"])
     if name in CONSTRAINTS and not args:
         return CONSTRAINTS[name]
     if name not in _FAMILIES:
-        raise ValueError("{} names the unknown constraint {!r}; known: {}".format(
-            where, name, ", ".join(list(CONSTRAINTS) + list(_FAMILIES))))
+        raise ValueError(
+            "{} names the unknown constraint {!r}; known: {}".format(
+                where, name, ", ".join(list(CONSTRAINTS) + list(_FAMILIES))
+            )
+        )
     if len(args) != len(_FAMILIES[name][2]):
-        raise ValueError("{}: constraint {!r} takes {} arguments, got {}".format(
-            where, name, len(_FAMILIES[name][2]), len(args)))
+        raise ValueError(f"{where}: constraint {name!r} takes {len(_FAMILIES[name][2])} arguments, got {len(args)}")
     if name == "independent":
         args[0] = decode_constraint(args[0], where)
         if type(args[1]) is not int:
-            raise ValueError("{}: independent() needs an int reinterpreted_batch_ndims".format(where))
+            raise ValueError(f"{where}: independent() needs an int reinterpreted_batch_ndims")
     elif not all(type(a) in (int, float) or isinstance(a, torch.Tensor) for a in args):
-        raise ValueError("{}: the bounds of {!r} must be numbers or tensors".format(where, name))
+        raise ValueError(f"{where}: the bounds of {name!r} must be numbers or tensors")
     return _FAMILIES[name][1](*args)
 
 
@@ -146,9 +177,11 @@ def constraint_label(encoded):
     if not encoded["args"]:
         return encoded["name"]
     args = [
-        constraint_label(a) if isinstance(a, dict)
-        else (str(a.tolist()) if a.numel() <= 4 else "tensor{}".format(list(a.shape)))
-        if isinstance(a, torch.Tensor) else repr(a)
+        constraint_label(a)
+        if isinstance(a, dict)
+        else (str(a.tolist()) if a.numel() <= 4 else f"tensor{list(a.shape)}")
+        if isinstance(a, torch.Tensor)
+        else repr(a)
         for a in encoded["args"]
     ]
     return "{}({})".format(encoded["name"], ", ".join(args))
@@ -165,10 +198,14 @@ def rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if cuda else None,
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss},
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
     }
 
 
@@ -180,14 +217,22 @@ def set_rng_state(state: dict) -> None:
     python = state["python"]
     random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
     numpy = state["numpy"]
-    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy["name"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
 
 
 def check_rng_state(state, where):
     """Raises ``ValueError`` unless ``state`` has the layout of :func:`rng_state`."""
+
     def bad(what):
-        raise ValueError("{}{}".format(where, what))
+        raise ValueError(f"{where}{what}")
 
     if not isinstance(state, dict) or not {"torch", "cuda", "python", "numpy"} <= set(state):
         bad(" needs the keys torch, cuda, python and numpy")
@@ -198,14 +243,23 @@ def check_rng_state(state, where):
     ):
         bad("['cuda'] must be None or a list of tensors")
     python, numpy = state["python"], state["numpy"]
-    if not (isinstance(python, dict) and type(python.get("version")) is int
-            and isinstance(python.get("internal"), torch.Tensor) and python["internal"].dim() == 1
-            and type(python.get("gauss_next", 0)) in (float, type(None))):
+    if not (
+        isinstance(python, dict)
+        and type(python.get("version")) is int
+        and isinstance(python.get("internal"), torch.Tensor)
+        and python["internal"].dim() == 1
+        and type(python.get("gauss_next", 0)) in (float, type(None))
+    ):
         bad("['python'] must hold version, internal (a 1-D tensor) and gauss_next")
-    if not (isinstance(numpy, dict) and type(numpy.get("name")) is str
-            and isinstance(numpy.get("keys"), torch.Tensor) and numpy["keys"].dim() == 1
-            and type(numpy.get("pos")) is int and type(numpy.get("has_gauss")) is int
-            and type(numpy.get("cached_gaussian")) is float):
+    if not (
+        isinstance(numpy, dict)
+        and type(numpy.get("name")) is str
+        and isinstance(numpy.get("keys"), torch.Tensor)
+        and numpy["keys"].dim() == 1
+        and type(numpy.get("pos")) is int
+        and type(numpy.get("has_gauss")) is int
+        and type(numpy.get("cached_gaussian")) is float
+    ):
         bad("['numpy'] must hold name, keys (a 1-D tensor), pos, has_gauss and cached_gaussian")
 
 
@@ -213,7 +267,7 @@ def check_rng_state(state, where):
 
 
 def _temporary(path, pid=None):
-    return "{}.tmp{}".format(path, os.getpid() if pid is None else pid)
+    return f"{path}.tmp{os.getpid() if pid is None else pid}"
 
 
 def check_writable(path) -> None:
@@ -223,17 +277,18 @@ def check_writable(path) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(
-            "checkpoint {}: the directory {} does not exist; create it first "
-            "(os.makedirs) or pass another path".format(path, directory))
+            f"checkpoint {path}: the directory {directory} does not exist; create it first "
+            "(os.makedirs) or pass another path"
+        )
     if os.path.isdir(path):
-        raise ValueError("checkpoint {} is a directory; pass a file path".format(path))
+        raise ValueError(f"checkpoint {path} is a directory; pass a file path")
     probe = _temporary(path)
     try:
         with open(probe, "wb"):
             pass
         os.remove(probe)
     except OSError as error:
-        raise ValueError("checkpoint {} cannot be written: {}".format(path, error)) from error
+        raise ValueError(f"checkpoint {path} cannot be written: {error}") from error
 
 
 def _alive(pid) -> bool:
@@ -290,10 +345,12 @@ def _read(path):
     try:
         size = os.path.getsize(path)
     except OSError as error:
-        raise ValueError("checkpoint {} cannot be read: {}".format(path, error)) from error
+        raise ValueError(f"checkpoint {path} cannot be read: {error}") from error
     if size == 0:
-        raise ValueError("checkpoint {} is empty (0 bytes): a run was killed before its first "
-                         "write completed, or it is not a checkpoint".format(path))
+        raise ValueError(
+            f"checkpoint {path} is empty (0 bytes): a run was killed before its first "
+            "write completed, or it is not a checkpoint"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types here: name them all the same way
@@ -301,15 +358,19 @@ def _read(path):
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if unsafe:
             raise ValueError(
-                "checkpoint {} holds {}, not plain data; it was refused without running it (a {} file "
-                "holds only tensors, numbers, strings, lists and dicts)".format(
-                    path, unsafe.group(1), FORMAT)) from error
+                f"checkpoint {path} holds {unsafe.group(1)}, not plain data; it was refused without running it "
+                f"(a {FORMAT} file "
+                "holds only tensors, numbers, strings, lists and dicts)"
+            ) from error
         lines = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
-        raise ValueError("checkpoint {} is not a readable torch file (truncated or corrupt?): {}: {}".format(
-            path, type(error).__name__, lines[0] if lines else "")) from error
+        raise ValueError(
+            "checkpoint {} is not a readable torch file (truncated or corrupt?): {}: {}".format(
+                path, type(error).__name__, lines[0] if lines else ""
+            )
+        ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError("checkpoint {} is not a {} file (found {!r:.60})".format(path, FORMAT, found))
+        raise ValueError(f"checkpoint {path} is not a {FORMAT} file (found {found!r:.60})")
     return state
 
 
@@ -323,8 +384,7 @@ def _read(path):
 #   optim, history, rng, state   optimizer state; losses, tracked values, seconds and
 #                           epoch ends; rng_state(); the caller's dict
 
-KEYS = ("format", "step", "epoch", "batch", "epoch_start", "fingerprint", "params", "optim",
-        "history", "rng", "state")
+KEYS = ("format", "step", "epoch", "batch", "epoch_start", "fingerprint", "params", "optim", "history", "rng", "state")
 
 
 def load(path) -> dict:
@@ -346,31 +406,30 @@ def load(path) -> dict:
         raise ValueError("checkpoint {} lacks {}".format(path, ", ".join(missing)))
     for key in ("step", "epoch", "batch"):
         if type(state[key]) is not int or state[key] < 0:
-            raise ValueError("checkpoint {}: {} must be an integer >= 0, got {!r:.40}".format(
-                path, key, state[key]))
+            raise ValueError(f"checkpoint {path}: {key} must be an integer >= 0, got {state[key]!r:.40}")
     for key in ("fingerprint", "params", "optim", "history", "state"):
         if not isinstance(state[key], dict):
-            raise ValueError("checkpoint {}: {} must be a dict, got {}".format(
-                path, key, type(state[key]).__name__))
+            raise ValueError(f"checkpoint {path}: {key} must be a dict, got {type(state[key]).__name__}")
     if not {"losses", "tracked", "seconds", "epoch_steps"} <= set(state["history"]):
-        raise ValueError("checkpoint {}: history lacks losses, tracked, seconds or epoch_steps".format(path))
+        raise ValueError(f"checkpoint {path}: history lacks losses, tracked, seconds or epoch_steps")
     if not isinstance(state["history"]["losses"], torch.Tensor) or len(state["history"]["losses"]) != state["step"]:
         raise ValueError("checkpoint {}: history['losses'] must hold its {} losses".format(path, state["step"]))
-    check_rng_state(state["rng"], "checkpoint {}: rng".format(path))
+    check_rng_state(state["rng"], f"checkpoint {path}: rng")
     start = state["epoch_start"]
     if start is not None:
-        if not (isinstance(start, dict) and isinstance(start.get("generators"), list)
-                and all(isinstance(g, torch.Tensor) for g in start["generators"])):
-            raise ValueError("checkpoint {}: epoch_start must hold rng and a list of generator "
-                             "states".format(path))
-        check_rng_state(start.get("rng"), "checkpoint {}: epoch_start['rng']".format(path))
+        if not (
+            isinstance(start, dict)
+            and isinstance(start.get("generators"), list)
+            and all(isinstance(g, torch.Tensor) for g in start["generators"])
+        ):
+            raise ValueError(f"checkpoint {path}: epoch_start must hold rng and a list of generator states")
+        check_rng_state(start.get("rng"), f"checkpoint {path}: epoch_start['rng']")
     params = {}
     for name, record in state["params"].items():
-        where = "checkpoint {}: param {!r}".format(path, name)
+        where = f"checkpoint {path}: param {name!r}"
         if not (isinstance(record, dict) and isinstance(record.get("value"), torch.Tensor)):
-            raise ValueError("{} must be {{'value': tensor, 'constraint': ...}}".format(where))
-        params[name] = {"value": record["value"],
-                        "constraint": decode_constraint(record.get("constraint"), where)}
+            raise ValueError(f"{where} must be {{'value': tensor, 'constraint': ...}}")
+        params[name] = {"value": record["value"], "constraint": decode_constraint(record.get("constraint"), where)}
     return dict(state, params=params)
 
 
@@ -379,17 +438,20 @@ def differences(saved, current, where=""):
     if isinstance(saved, dict) and isinstance(current, dict):
         lines = []
         for key in sorted(set(saved) | set(current), key=str):
-            at = "{}[{!r}]".format(where, key) if where else str(key)
+            at = f"{where}[{key!r}]" if where else str(key)
             if key not in current:
-                lines.append("{}: {!r} in the checkpoint, absent here".format(at, saved[key]))
+                lines.append(f"{at}: {saved[key]!r} in the checkpoint, absent here")
             elif key not in saved:
-                lines.append("{}: absent from the checkpoint, {!r} here".format(at, current[key]))
+                lines.append(f"{at}: absent from the checkpoint, {current[key]!r} here")
             else:
                 lines.extend(differences(saved[key], current[key], at))
         return lines
     if isinstance(saved, torch.Tensor) or isinstance(current, torch.Tensor):
-        same = isinstance(saved, torch.Tensor) and isinstance(current, torch.Tensor) and (
-            saved.shape == current.shape and torch.equal(saved.cpu(), current.cpu()))
+        same = (
+            isinstance(saved, torch.Tensor)
+            and isinstance(current, torch.Tensor)
+            and (saved.shape == current.shape and torch.equal(saved.cpu(), current.cpu()))
+        )
     else:
         same = type(saved) is type(current) and saved == current
-    return [] if same else ["{}: {!r} in the checkpoint, {!r} here".format(where, saved, current)]
+    return [] if same else [f"{where}: {saved!r} in the checkpoint, {current!r} here"]

@@ -24,7 +24,7 @@ def _bounds(minimum, maximum, strict_minimum):
     if minimum is not None:
         parts.append("{} {}".format(">" if strict_minimum else ">=", minimum))
     if maximum is not None:
-        parts.append("<= {}".format(maximum))
+        parts.append(f"<= {maximum}")
     return " and ".join(parts)
 
 
@@ -45,9 +45,7 @@ def integer(name, value, minimum=None, maximum=None):
         )
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(
-            "{} must be an integer {}, got {}".format(name, _bounds(minimum, maximum, False), value)
-        )
+        raise ValueError(f"{name} must be an integer {_bounds(minimum, maximum, False)}, got {value}")
     return value
 
 
@@ -58,17 +56,13 @@ def real(name, value, minimum=None, maximum=None, strict_minimum=False, finite=T
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
         value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            "{} must be a real number, got {} ({})".format(name, _shown(value), type(value).__name__)
-        )
+        raise ValueError(f"{name} must be a real number, got {_shown(value)} ({type(value).__name__})")
     value = float(value)
     if math.isnan(value) or (finite and math.isinf(value)):
-        raise ValueError("{} must be a finite number, got {}".format(name, value))
+        raise ValueError(f"{name} must be a finite number, got {value}")
     below = minimum is not None and (value <= minimum if strict_minimum else value < minimum)
     if below or (maximum is not None and value > maximum):
-        raise ValueError(
-            "{} must be {}, got {}".format(name, _bounds(minimum, maximum, strict_minimum), value)
-        )
+        raise ValueError(f"{name} must be {_bounds(minimum, maximum, strict_minimum)}, got {value}")
     return value
 
 
@@ -76,9 +70,7 @@ def choice(name, value, choices):
     """``value`` if it is one of ``choices``."""
     if not isinstance(value, (str, numbers.Number, type(None))) or value not in choices:
         raise ValueError(
-            "{} must be one of {}, got {}".format(
-                name, ", ".join(repr(c) for c in choices), _shown(value)
-            )
+            "{} must be one of {}, got {}".format(name, ", ".join(repr(c) for c in choices), _shown(value))
         )
     return value
 
@@ -86,9 +78,7 @@ def choice(name, value, choices):
 def boolean(name, value):
     """``value`` as a ``bool``: only ``True`` or ``False`` (or NumPy's)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(
-            "{} must be True or False, got {} ({})".format(name, _shown(value), type(value).__name__)
-        )
+        raise ValueError(f"{name} must be True or False, got {_shown(value)} ({type(value).__name__})")
     return bool(value)
 
 
@@ -100,8 +90,8 @@ def function(name, value, optional=False):
         return None
     if isinstance(value, type):
         raise ValueError(
-            "{} must be a function or an instance, got the class {}; pass an instance, "
-            "e.g. {}(...)".format(name, value.__name__, value.__name__)
+            f"{name} must be a function or an instance, got the class {value.__name__}; pass an instance, "
+            f"e.g. {value.__name__}(...)"
         )
     if not callable(value):
         raise ValueError(
@@ -125,8 +115,10 @@ def instance(name, value, kind, description, optional=False):
         instantiable = hasattr(value, kind) if isinstance(kind, str) else issubclass(value, kind)
         raise ValueError(
             "{} must be {}, got the class {}{}".format(
-                name, description, value.__name__,
-                "; pass an instance, e.g. {}(...)".format(value.__name__) if instantiable else "",
+                name,
+                description,
+                value.__name__,
+                f"; pass an instance, e.g. {value.__name__}(...)" if instantiable else "",
             )
         )
     if not ok:

@@ -92,9 +92,7 @@ def _one_draw(elbo, model, guide, args, kwargs) -> Dict[str, torch.Tensor]:
     for name, site in tr.trace.nodes.items():
         param = site["value"].unconstrained()
         grad = param.grad
-        grads[name] = (
-            torch.zeros_like(param) if grad is None else grad.detach().clone()
-        )
+        grads[name] = torch.zeros_like(param) if grad is None else grad.detach().clone()
         param.grad = None
     return grads
 
@@ -106,9 +104,7 @@ def _stack_draws(draws: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor
         for name, grad in draw.items():
             templates.setdefault(name, grad)
     return {
-        name: torch.stack(
-            [draw.get(name, torch.zeros_like(template)) for draw in draws]
-        )
+        name: torch.stack([draw.get(name, torch.zeros_like(template)) for draw in draws])
         for name, template in templates.items()
     }
 
@@ -157,7 +153,7 @@ def gradient_statistics(
         if not isinstance(params, str) and isinstance(params, collections.abc.Iterable):
             params = list(params)
         if not isinstance(params, list) or not all(isinstance(name, str) for name in params):
-            raise ValueError("params must be a list of param names, got {!r:.60}".format(params))
+            raise ValueError(f"params must be a list of param names, got {params!r:.60}")
     store = pyro.get_param_store()
     saved = {name: p.grad for name, p in store.named_parameters()}
     try:
@@ -171,11 +167,7 @@ def gradient_statistics(
     if params is not None:
         missing = [name for name in params if name not in stacked]
         if missing:
-            raise ValueError(
-                "params {} were not touched by the ELBO; touched: {}".format(
-                    missing, sorted(stacked)
-                )
-            )
+            raise ValueError(f"params {missing} were not touched by the ELBO; touched: {sorted(stacked)}")
         stacked = {name: stacked[name] for name in params}
     return {name: _summarize(draws) for name, draws in stacked.items()}
 
@@ -183,12 +175,10 @@ def gradient_statistics(
 def _ratio_string(value: float, reference: float) -> str:
     if reference == 0.0:
         return "1" if value == 0.0 else "inf"
-    return "{:.3g}".format(value / reference)
+    return f"{value / reference:.3g}"
 
 
-def gradient_variance_table(
-    stats_by_estimator: Dict[str, Dict[str, GradientStats]], reference: str
-) -> str:
+def gradient_variance_table(stats_by_estimator: Dict[str, Dict[str, GradientStats]], reference: str) -> str:
     """
     Plain-text table of the total gradient variance of every parameter under every
     estimator, and its ratio to the ``reference`` estimator's.
@@ -201,16 +191,15 @@ def gradient_variance_table(
     :raises ValueError: if ``reference`` is not a key of ``stats_by_estimator``.
     """
     if not isinstance(stats_by_estimator, dict) or not all(
-            isinstance(stats, dict) and all(isinstance(v, GradientStats) for v in stats.values())
-            for stats in stats_by_estimator.values()):
-        raise ValueError("stats_by_estimator must be a dict estimator name -> gradient_statistics(...) output, "
-                         "got {!r:.60}".format(stats_by_estimator))
-    if reference not in stats_by_estimator:
+        isinstance(stats, dict) and all(isinstance(v, GradientStats) for v in stats.values())
+        for stats in stats_by_estimator.values()
+    ):
         raise ValueError(
-            "reference={!r} is not one of the estimators {}".format(
-                reference, list(stats_by_estimator)
-            )
+            "stats_by_estimator must be a dict estimator name -> gradient_statistics(...) output, "
+            f"got {stats_by_estimator!r:.60}"
         )
+    if reference not in stats_by_estimator:
+        raise ValueError(f"reference={reference!r} is not one of the estimators {list(stats_by_estimator)}")
     names = list(stats_by_estimator[reference])
     for stats in stats_by_estimator.values():
         names += [name for name in stats if name not in names]
@@ -224,10 +213,9 @@ def gradient_variance_table(
                 continue
             value = stats[name].total_variance
             ratio = "n/a" if ref is None else _ratio_string(value, ref.total_variance)
-            rows.append((name, estimator, "{:.4g}".format(value), ratio))
+            rows.append((name, estimator, f"{value:.4g}", ratio))
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-             for row in [header] + rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -263,20 +251,15 @@ def psis_khat(log_weights) -> float:
     raw = np.asarray(log_weights)
     if raw.dtype.kind not in "iuf":
         raise ValueError(
-            "log_weights must be a 1-D tensor or array of numbers, got {} of dtype {}; compute it "
-            "with log_importance_weights(model, guide, *args)".format(type(log_weights).__name__, raw.dtype)
+            f"log_weights must be a 1-D tensor or array of numbers, got {type(log_weights).__name__} of dtype "
+            f"{raw.dtype}; compute it "
+            "with log_importance_weights(model, guide, *args)"
         )
     log_weights = raw.astype(np.float64)
     if log_weights.ndim != 1:
-        raise ValueError(
-            "log_weights must be 1-D, got shape {}".format(log_weights.shape)
-        )
+        raise ValueError(f"log_weights must be 1-D, got shape {log_weights.shape}")
     if log_weights.size < _MIN_PSIS_DRAWS:
-        raise ValueError(
-            "log_weights has {} values; PSIS needs at least {}".format(
-                log_weights.size, _MIN_PSIS_DRAWS
-            )
-        )
+        raise ValueError(f"log_weights has {log_weights.size} values; PSIS needs at least {_MIN_PSIS_DRAWS}")
     if not np.all(np.isfinite(log_weights)):
         raise ValueError("log_weights must be finite (found nan or inf)")
     if np.all(log_weights == log_weights[0]):
@@ -287,8 +270,9 @@ def psis_khat(log_weights) -> float:
     return float(khat)
 
 
-def log_importance_weights(model, guide, *args, num_samples: int = 1000, seed: Optional[int] = None,
-                           **kwargs) -> torch.Tensor:
+def log_importance_weights(
+    model, guide, *args, num_samples: int = 1000, seed: Optional[int] = None, **kwargs
+) -> torch.Tensor:
     r"""
     The log importance weights :math:`\log p(x, z_s) - \log q(z_s)`,
     :math:`z_s \sim q`, of ``num_samples`` independent guide draws: what
@@ -320,8 +304,13 @@ def log_importance_weights(model, guide, *args, num_samples: int = 1000, seed: O
     with _seeded(seed), torch.no_grad():
         for _ in range(num_samples):
             guide_trace, model_trace, _ = _guide_and_model_traces(
-                model, guide, args, kwargs, "log_importance_weights",
-                enumerated_refused="log importance weights need every latent site in the guide")
+                model,
+                guide,
+                args,
+                kwargs,
+                "log_importance_weights",
+                enumerated_refused="log importance weights need every latent site in the guide",
+            )
             if not weights:
                 for name, site in model_trace.nodes.items():
                     if site["type"] == "sample":

@@ -128,8 +128,9 @@ class ExponentialFamily:
                 dtype = torch.promote_types(dtype, v.dtype)
             theta = torch.stack(torch.broadcast_tensors(*[v.to(dtype) for v in values]), dim=-1)
         if not isinstance(theta, torch.Tensor) or theta.dim() == 0 or theta.shape[-1] != self.dim:
-            raise ValueError(f"{self.name}: theta must have last dimension {self.dim} {self.param_names}, "
-                             f"got {theta!r}")
+            raise ValueError(
+                f"{self.name}: theta must have last dimension {self.dim} {self.param_names}, got {theta!r}"
+            )
         theta = self._param_tensor("theta", theta)
         problem = self.param_problem(theta)
         if problem:
@@ -140,12 +141,16 @@ class ExponentialFamily:
         """``value`` (a number or a tensor) as a floating tensor; booleans and
         non-numbers are refused."""
         if isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
-            raise ValueError(f"{self.name}: parameter {name} must be a number, got the boolean {value!r}; "
-                             f"pass a float, e.g. {name}=1.0")
+            raise ValueError(
+                f"{self.name}: parameter {name} must be a number, got the boolean {value!r}; "
+                f"pass a float, e.g. {name}=1.0"
+            )
         if not isinstance(value, torch.Tensor):
             if not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ValueError(f"{self.name}: parameter {name} must be a number or a tensor, got {value!r:.60} "
-                                 f"({type(value).__name__})")
+                raise ValueError(
+                    f"{self.name}: parameter {name} must be a number or a tensor, got {value!r:.60} "
+                    f"({type(value).__name__})"
+                )
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
         if value.is_complex():
             raise ValueError(f"{self.name}: parameter {name} must be real, got dtype {value.dtype}")
@@ -203,8 +208,9 @@ class ExponentialFamily:
         x = self.check_data(x)
         dtype = torch.promote_types(theta.dtype, x.dtype) if x.is_floating_point() else theta.dtype
         eta, x = self.to_natural(_float64(theta)), _float64(x)
-        return (self.log_base_measure(x) + (eta * self.sufficient_stats(x)).sum(-1)
-                - self.log_normalizer(eta)).to(dtype)
+        return (self.log_base_measure(x) + (eta * self.sufficient_stats(x)).sum(-1) - self.log_normalizer(eta)).to(
+            dtype
+        )
 
     def mean_params(self, eta: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         r"""Mean parameters :math:`\nabla_\eta A(\eta) = E[t(x)]`, shape ``(..., d)``."""
@@ -300,7 +306,7 @@ def _gamma_log_normalizer(eta):
 
 
 def _gaussian_log_normalizer(eta):
-    return -eta[..., 0] ** 2 / (4 * eta[..., 1]) - 0.5 * torch.log(-2 * eta[..., 1])
+    return -(eta[..., 0] ** 2) / (4 * eta[..., 1]) - 0.5 * torch.log(-2 * eta[..., 1])
 
 
 def _normal_from_natural(eta):
@@ -337,35 +343,83 @@ _POS, _REAL = constraints.positive, constraints.real
 FAMILIES: Dict[str, ExponentialFamily] = {
     family.name: family
     for family in (
-        _family("poisson", [("rate", _POS)], constraints.nonnegative_integer, Poisson,
-                lambda th: th.log(), lambda eta: eta.exp(), lambda x: x.unsqueeze(-1),
-                lambda eta: eta[..., 0].exp(), lambda x: -torch.lgamma(x + 1)),
-        _family("exponential", [("rate", _POS)], constraints.nonnegative, Exponential,
-                lambda th: -th, lambda eta: -eta, lambda x: x.unsqueeze(-1),
-                lambda eta: -torch.log(-eta[..., 0]), _zero),
-        _family("gamma", [("concentration", _POS), ("rate", _POS)], _POS, Gamma,
-                lambda th: _stack(th[..., 0] - 1, -th[..., 1]),
-                lambda eta: _stack(eta[..., 0] + 1, -eta[..., 1]),
-                lambda x: _stack(x.log(), x), _gamma_log_normalizer, _zero),
-        _family("gamma_shape_scale", [("shape", _POS), ("scale", _POS)], _POS,
-                lambda shape, scale: Gamma(shape, 1 / scale),
-                lambda th: _stack(th[..., 0] - 1, -1 / th[..., 1]),
-                lambda eta: _stack(eta[..., 0] + 1, -1 / eta[..., 1]),
-                lambda x: _stack(x.log(), x), _gamma_log_normalizer, _zero),
-        _family("normal", [("loc", _REAL), ("scale", _POS)], _REAL, Normal,
-                lambda th: _stack(th[..., 0] / th[..., 1] ** 2, -0.5 / th[..., 1] ** 2),
-                _normal_from_natural, lambda x: _stack(x, x**2), _gaussian_log_normalizer,
-                lambda x: torch.full_like(x, -0.5 * _LOG_2PI)),
-        _family("normal_precision", [("loc", _REAL), ("precision", _POS)], _REAL,
-                lambda loc, precision: Normal(loc, precision.rsqrt()),
-                lambda th: _stack(th[..., 0] * th[..., 1], -0.5 * th[..., 1]),
-                lambda eta: _stack(-0.5 * eta[..., 0] / eta[..., 1], -2 * eta[..., 1]),
-                lambda x: _stack(x, x**2), _gaussian_log_normalizer,
-                lambda x: torch.full_like(x, -0.5 * _LOG_2PI)),
-        _family("lognormal", [("loc", _REAL), ("scale", _POS)], _POS, LogNormal,
-                lambda th: _stack(th[..., 0] / th[..., 1] ** 2, -0.5 / th[..., 1] ** 2),
-                _normal_from_natural, _log_stats, _gaussian_log_normalizer,
-                lambda x: -0.5 * _LOG_2PI - x.log()),
+        _family(
+            "poisson",
+            [("rate", _POS)],
+            constraints.nonnegative_integer,
+            Poisson,
+            lambda th: th.log(),
+            lambda eta: eta.exp(),
+            lambda x: x.unsqueeze(-1),
+            lambda eta: eta[..., 0].exp(),
+            lambda x: -torch.lgamma(x + 1),
+        ),
+        _family(
+            "exponential",
+            [("rate", _POS)],
+            constraints.nonnegative,
+            Exponential,
+            lambda th: -th,
+            lambda eta: -eta,
+            lambda x: x.unsqueeze(-1),
+            lambda eta: -torch.log(-eta[..., 0]),
+            _zero,
+        ),
+        _family(
+            "gamma",
+            [("concentration", _POS), ("rate", _POS)],
+            _POS,
+            Gamma,
+            lambda th: _stack(th[..., 0] - 1, -th[..., 1]),
+            lambda eta: _stack(eta[..., 0] + 1, -eta[..., 1]),
+            lambda x: _stack(x.log(), x),
+            _gamma_log_normalizer,
+            _zero,
+        ),
+        _family(
+            "gamma_shape_scale",
+            [("shape", _POS), ("scale", _POS)],
+            _POS,
+            lambda shape, scale: Gamma(shape, 1 / scale),
+            lambda th: _stack(th[..., 0] - 1, -1 / th[..., 1]),
+            lambda eta: _stack(eta[..., 0] + 1, -1 / eta[..., 1]),
+            lambda x: _stack(x.log(), x),
+            _gamma_log_normalizer,
+            _zero,
+        ),
+        _family(
+            "normal",
+            [("loc", _REAL), ("scale", _POS)],
+            _REAL,
+            Normal,
+            lambda th: _stack(th[..., 0] / th[..., 1] ** 2, -0.5 / th[..., 1] ** 2),
+            _normal_from_natural,
+            lambda x: _stack(x, x**2),
+            _gaussian_log_normalizer,
+            lambda x: torch.full_like(x, -0.5 * _LOG_2PI),
+        ),
+        _family(
+            "normal_precision",
+            [("loc", _REAL), ("precision", _POS)],
+            _REAL,
+            lambda loc, precision: Normal(loc, precision.rsqrt()),
+            lambda th: _stack(th[..., 0] * th[..., 1], -0.5 * th[..., 1]),
+            lambda eta: _stack(-0.5 * eta[..., 0] / eta[..., 1], -2 * eta[..., 1]),
+            lambda x: _stack(x, x**2),
+            _gaussian_log_normalizer,
+            lambda x: torch.full_like(x, -0.5 * _LOG_2PI),
+        ),
+        _family(
+            "lognormal",
+            [("loc", _REAL), ("scale", _POS)],
+            _POS,
+            LogNormal,
+            lambda th: _stack(th[..., 0] / th[..., 1] ** 2, -0.5 / th[..., 1] ** 2),
+            _normal_from_natural,
+            _log_stats,
+            _gaussian_log_normalizer,
+            lambda x: -0.5 * _LOG_2PI - x.log(),
+        ),
     )
 }
 

@@ -67,24 +67,18 @@ def _check_temperature(temperature, like: torch.Tensor) -> torch.Tensor:
         temperature = real("temperature", temperature, minimum=0, strict_minimum=True)
     t = torch.as_tensor(temperature, dtype=like.dtype, device=like.device)
     if t.numel() == 0 or not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
-        raise ValueError(
-            "temperature must be positive and finite, got {}".format(
-                t.item() if t.numel() == 1 else t.tolist()
-            )
-        )
+        raise ValueError(f"temperature must be positive and finite, got {t.item() if t.numel() == 1 else t.tolist()}")
     return t
 
 
 def _check_logits(logits) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
-        raise ValueError("logits must be a torch.Tensor, got {}".format(type(logits).__name__))
+        raise ValueError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
-        raise ValueError("logits must be a floating-point tensor, got dtype {}".format(logits.dtype))
+        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
     if logits.dim() == 0 or logits.shape[-1] == 0:
         raise ValueError(
-            "logits must have a non-empty category dimension (the last one), got shape {}".format(
-                tuple(logits.shape)
-            )
+            f"logits must have a non-empty category dimension (the last one), got shape {tuple(logits.shape)}"
         )
     if not bool(torch.isfinite(logits).all()):
         raise ValueError(
@@ -99,11 +93,9 @@ def _check_sample_shape(sample_shape) -> torch.Size:
     if isinstance(sample_shape, (str, bytes)) or not isinstance(sample_shape, collections.abc.Sequence):
         raise ValueError(
             "sample_shape must be a sequence of non-negative integers such as (10,) or torch.Size([10]), "
-            "got {!r:.60} ({})".format(sample_shape, type(sample_shape).__name__)
+            f"got {sample_shape!r:.60} ({type(sample_shape).__name__})"
         )
-    return torch.Size(
-        [integer("sample_shape[{}]".format(i), n, minimum=0) for i, n in enumerate(sample_shape)]
-    )
+    return torch.Size([integer(f"sample_shape[{i}]", n, minimum=0) for i, n in enumerate(sample_shape)])
 
 
 def gumbel_noise(

@@ -43,11 +43,7 @@ def _check_draws(num_samples, num_chains):
     num_samples = integer("num_samples", num_samples, minimum=1)
     num_chains = integer("num_chains", num_chains, minimum=1)
     if num_samples % num_chains:
-        raise ValueError(
-            "num_samples={} is not divisible by num_chains={}".format(
-                num_samples, num_chains
-            )
-        )
+        raise ValueError(f"num_samples={num_samples} is not divisible by num_chains={num_chains}")
     return num_samples, num_chains
 
 
@@ -71,8 +67,12 @@ def _is_latent(site: dict) -> bool:
 def _is_observed(site: dict) -> bool:
     """An observation: not a ``pyro.deterministic`` and not auxiliary (a
     ``pyro.factor`` is an auxiliary observed site: a term of the density, not data)."""
-    return (site["type"] == "sample" and site["is_observed"] and not _is_deterministic(site)
-            and not site["infer"].get("is_auxiliary", False))
+    return (
+        site["type"] == "sample"
+        and site["is_observed"]
+        and not _is_deterministic(site)
+        and not site["infer"].get("is_auxiliary", False)
+    )
 
 
 def _point_mask(site: dict) -> Optional[torch.Tensor]:
@@ -81,7 +81,7 @@ def _point_mask(site: dict) -> Optional[torch.Tensor]:
     (``.mask()``), as a boolean tensor of the site's batch shape; ``None`` when
     all of them count. A point of an event masked in part counts."""
     value, fn = site["value"], site["fn"]
-    shape = torch.broadcast_shapes(value.shape[:value.dim() - len(fn.event_shape)], fn.batch_shape)
+    shape = torch.broadcast_shapes(value.shape[: value.dim() - len(fn.event_shape)], fn.batch_shape)
     masks, event_dims = [(site["mask"], 0)], 0
     while fn is not None:
         if isinstance(fn, MaskedDistribution):
@@ -106,26 +106,21 @@ def _check_no_subsampling(name: str, site: dict, who: str = "to_inference_data")
     for frame in site["cond_indep_stack"]:
         if frame.full_size is not None and frame.full_size != frame.size:
             raise ValueError(
-                "site {!r} is in the subsampled plate {!r} ({} of {}); "
-                "{} needs every data point".format(
-                    name, frame.name, frame.size, frame.full_size, who
-                )
+                f"site {name!r} is in the subsampled plate {frame.name!r} ({frame.size} of {frame.full_size}); "
+                f"{who} needs every data point"
             )
 
 
 def _batch_dim_names(name: str, site: dict, batch_ndim: int) -> List[str]:
     """Plate names for the batch dims of a site, ``<site>_dim_<i>`` where no plate."""
     plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.dim is not None}
-    return [
-        plates.get(i - batch_ndim, "{}_dim_{}".format(name, i))
-        for i in range(batch_ndim)
-    ]
+    return [plates.get(i - batch_ndim, f"{name}_dim_{i}") for i in range(batch_ndim)]
 
 
 def _value_dim_names(name: str, site: dict) -> List[str]:
     value = site["value"]
     batch_ndim = value.dim() - len(site["fn"].event_shape)
-    events = ["{}_dim_{}".format(name, i) for i in range(batch_ndim, value.dim())]
+    events = [f"{name}_dim_{i}" for i in range(batch_ndim, value.dim())]
     return _batch_dim_names(name, site, batch_ndim) + events
 
 
@@ -145,9 +140,9 @@ def _check_guide_covers(guide_trace, model_trace, who: str, enumerated_refused: 
     and the guide lacks are returned when ``enumerated_refused`` is None, and
     refused with that reason otherwise."""
     missing = [
-        name for name, site in model_trace.nodes.items()
-        if _is_density_latent(site)
-        and (name not in guide_trace.nodes or guide_trace.nodes[name]["type"] != "sample")
+        name
+        for name, site in model_trace.nodes.items()
+        if _is_density_latent(site) and (name not in guide_trace.nodes or guide_trace.nodes[name]["type"] != "sample")
     ]
     enumerated = [n for n in missing if model_trace.nodes[n]["infer"].get("enumerate")]
     if enumerated_refused is None:
@@ -158,9 +153,12 @@ def _check_guide_covers(guide_trace, model_trace, who: str, enumerated_refused: 
             "them from the model's prior, not from the approximate posterior; add them to the "
             "guide (an autoguide such as AutoNormal has every latent site), or condition the "
             "model on their values{}".format(
-                ", ".join(repr(n) for n in missing), who,
-                "" if not enumerated or enumerated_refused is None else "; the model enumerates {}: {}".format(
-                    ", ".join(repr(n) for n in enumerated), enumerated_refused))
+                ", ".join(repr(n) for n in missing),
+                who,
+                ""
+                if not enumerated or enumerated_refused is None
+                else "; the model enumerates {}: {}".format(", ".join(repr(n) for n in enumerated), enumerated_refused),
+            )
         )
     return enumerated
 
@@ -178,7 +176,8 @@ def _joint_traces(model, guide, args, kwargs, predictive: bool, enumerated_refus
     """One guide draw, the model replayed on it, and optionally a posterior
     predictive run; and the enumerated sites the guide leaves out."""
     guide_trace, model_trace, summed_out = _guide_and_model_traces(
-        model, guide, args, kwargs, "to_inference_data", enumerated_refused)
+        model, guide, args, kwargs, "to_inference_data", enumerated_refused
+    )
     predictive_trace = None
     if predictive:
         unconditioned = poutine.uncondition(poutine.replay(model, trace=guide_trace))
@@ -194,9 +193,7 @@ def _stack(name: str, values: List[torch.Tensor], num_chains: int) -> np.ndarray
     """(num_samples, *shape) draws -> (chain, draw, *shape)."""
     shapes = {tuple(v.shape) for v in values}
     if len(shapes) != 1:
-        raise ValueError(
-            "site {!r} changes shape between draws: {}".format(name, sorted(shapes))
-        )
+        raise ValueError(f"site {name!r} changes shape between draws: {sorted(shapes)}")
     stacked = np.stack([_numpy(v) for v in values])
     return stacked.reshape((num_chains, len(values) // num_chains) + stacked.shape[1:])
 
@@ -289,7 +286,7 @@ def to_inference_data(
     function("guide", guide)
     num_samples, num_chains = _check_draws(num_samples, num_chains)
     if observed is not None and (not isinstance(observed, dict) or not all(isinstance(k, str) for k in observed)):
-        raise ValueError("observed must be a dict site name -> value, got {!r:.60}".format(observed))
+        raise ValueError(f"observed must be a dict site name -> value, got {observed!r:.60}")
     posterior_predictive = boolean("posterior_predictive", posterior_predictive)
     log_likelihood = boolean("log_likelihood", log_likelihood)
     seed = _check_seed(seed)
@@ -297,8 +294,11 @@ def to_inference_data(
         model = poutine.condition(model, data=observed)
     with _seeded(seed), torch.no_grad():
         # enumerated sites the guide lacks are left out, unless the observation groups need them
-        enumerated_refused = None if not (log_likelihood or posterior_predictive) else (
-            "to_inference_data leaves them out only with log_likelihood=False and posterior_predictive=False")
+        enumerated_refused = (
+            None
+            if not (log_likelihood or posterior_predictive)
+            else ("to_inference_data leaves them out only with log_likelihood=False and posterior_predictive=False")
+        )
         first, summed_out = _joint_traces(model, guide, args, kwargs, posterior_predictive, enumerated_refused)
         _check_sites(first[0], observed)
         traces = [first] + [
@@ -316,8 +316,8 @@ def _fixed_mask(name: str, traces, which: int) -> Optional[np.ndarray]:
     for mask in masks[1:]:
         if (mask is None) != (first is None) or (mask is not None and not torch.equal(mask, first)):
             raise ValueError(
-                "the mask of site {!r} changes between draws; to_inference_data needs the same "
-                "points observed in every draw".format(name)
+                f"the mask of site {name!r} changes between draws; to_inference_data needs the same "
+                "points observed in every draw"
             )
     return None if first is None else _numpy(first)
 
@@ -349,17 +349,15 @@ def _groups(traces, num_chains: int, posterior_predictive: bool, log_likelihood:
 
     posterior = {n: stack(n, 0) for n in latent}
     posterior = {n: v if masks[n] is None else _nan_where(v, masks[n]) for n, v in posterior.items()}
-    groups = {
-        "posterior": _dataset(
-            posterior, {n: _value_dim_names(n, first.nodes[n]) for n in latent}
-        )
-    }
+    groups = {"posterior": _dataset(posterior, {n: _value_dim_names(n, first.nodes[n]) for n in latent})}
     if not obs:
         return groups
     points = _ObservedPoints(first, obs, masks)
     groups["observed_data"] = _dataset(
         {n: points.select(n, _numpy(first.nodes[n]["value"]), 0) for n in obs},
-        points.value_dims, sample_dims=[], coords=points.coords,
+        points.value_dims,
+        sample_dims=[],
+        coords=points.coords,
     )
     if posterior_predictive:
         groups["posterior_predictive"] = _dataset(
@@ -384,7 +382,7 @@ class _ObservedPoints:
             batch_ndim = len(dims) - len(site["fn"].event_shape)
             mask = self.masks[name]
             if mask is not None:
-                point = "{}_point".format(name)
+                point = f"{name}_point"
                 self.coords[point] = np.flatnonzero(mask)
                 dims = [point] + dims[batch_ndim:]
                 batch_ndim = 1
@@ -398,12 +396,9 @@ class _ObservedPoints:
 
 def _check_sites(trace, observed) -> None:
     if observed is not None:
-        unknown = [n for n in observed if n not in trace.nodes
-                   or trace.nodes[n]["type"] != "sample"]
+        unknown = [n for n in observed if n not in trace.nodes or trace.nodes[n]["type"] != "sample"]
         if unknown:
-            raise ValueError(
-                "observed names {} are not sample sites of the model".format(unknown)
-            )
+            raise ValueError(f"observed names {unknown} are not sample sites of the model")
     if not any(_is_latent(site) for site in trace.nodes.values()):
         raise ValueError("model has no latent sample sites: nothing to put in the posterior")
     for name, site in trace.nodes.items():

@@ -55,8 +55,14 @@ from torch.distributions import transform_to
 from ._validation import instance, integer, real
 from .exponential_family import ExponentialFamily, NaturalParameterDomainError, get_family
 
-__all__ = ["DescentStep", "NaturalGradient", "descent_step", "natural_gradient", "natural_gradient_step",
-           "natural_parameter_step"]
+__all__ = [
+    "DescentStep",
+    "NaturalGradient",
+    "descent_step",
+    "natural_gradient",
+    "natural_gradient_step",
+    "natural_parameter_step",
+]
 
 FamilyLike = Union[str, ExponentialFamily]
 
@@ -94,8 +100,11 @@ def _halve_until_inside(family, propose: Callable[[float], torch.Tensor], lr, ma
 def _as_grad(family, theta, grad, name) -> torch.Tensor:
     """``grad`` as a tensor of ``theta``'s dtype with last dimension ``family.dim``,
     finite (a NaN or infinite component is refused, naming the parameter)."""
-    if isinstance(grad, (list, tuple)) and any(isinstance(g, (bool, np.bool_)) for g in grad) or (
-            isinstance(grad, torch.Tensor) and grad.dtype == torch.bool):
+    if (
+        isinstance(grad, (list, tuple))
+        and any(isinstance(g, (bool, np.bool_)) for g in grad)
+        or (isinstance(grad, torch.Tensor) and grad.dtype == torch.bool)
+    ):
         raise ValueError(f"{name} must hold numbers, got booleans {grad!r:.60}")
     try:
         grad = torch.as_tensor(grad, dtype=theta.dtype)
@@ -106,10 +115,12 @@ def _as_grad(family, theta, grad, name) -> torch.Tensor:
     for i, param in enumerate(family.param_names):
         bad = ~torch.isfinite(grad[..., i])
         if bool(bad.any()):
-            raise ValueError(f"{name} for {family.name} parameter {param} is not finite "
-                             f"({grad[..., i][bad].flatten()[0].item()}); the natural gradient of a "
-                             f"non-finite gradient is meaningless: find where the loss or its gradient "
-                             f"became NaN/inf")
+            raise ValueError(
+                f"{name} for {family.name} parameter {param} is not finite "
+                f"({grad[..., i][bad].flatten()[0].item()}); the natural gradient of a "
+                f"non-finite gradient is meaningless: find where the loss or its gradient "
+                f"became NaN/inf"
+            )
     return grad
 
 
@@ -165,8 +176,9 @@ def natural_parameter_step(family: FamilyLike, theta, grad_theta, lr: float, max
     jac = family._natural_jacobian64(theta64)
     grad_eta = family.solve(jac.transpose(-1, -2), grad_theta, theta64, "Jacobian d eta / d theta")
     direction = family.solve(family._fisher_natural64(eta), grad_eta, theta64, "Fisher information")
-    return _halve_until_inside(family, lambda rho: family.from_natural(eta - rho * direction).to(theta.dtype),
-                               lr, max_halvings)
+    return _halve_until_inside(
+        family, lambda rho: family.from_natural(eta - rho * direction).to(theta.dtype), lr, max_halvings
+    )
 
 
 def _check_factors(factors) -> Dict[str, Tuple[ExponentialFamily, Tuple[str, ...]]]:
@@ -178,8 +190,9 @@ def _check_factors(factors) -> Dict[str, Tuple[ExponentialFamily, Tuple[str, ...
             raise ValueError(f"factors[{factor!r}] must be a pair (family, [param names]), got {spec!r}")
         family, names = get_family(spec[0]), spec[1]
         if isinstance(names, str) or not all(isinstance(n, str) for n in names) or len(names) != family.dim:
-            raise ValueError(f"factors[{factor!r}]: {family.name} needs {family.dim} param names "
-                             f"{family.param_names}, got {names!r}")
+            raise ValueError(
+                f"factors[{factor!r}]: {family.name} needs {family.dim} param names {family.param_names}, got {names!r}"
+            )
         for name in names:
             if name in seen:
                 raise ValueError(f"param {name!r} appears in more than one factor")
@@ -212,15 +225,21 @@ class NaturalGradient(PyroOptim):
         (e.g. model parameters); without it such parameters raise ``ValueError``.
     """
 
-    def __init__(self, factors, lr: Union[float, Callable[[int], float]] = 1.0, max_halvings: int = 0,
-                 fallback: PyroOptim = None):
+    def __init__(
+        self, factors, lr: Union[float, Callable[[int], float]] = 1.0, max_halvings: int = 0, fallback: PyroOptim = None
+    ):
         # PyroOptim.__init__ builds torch optimizers per parameter; none are needed here.
         self.factors = _check_factors(factors)
         if isinstance(lr, type) or not callable(lr):
             lr = _check_step_size(lr)
         max_halvings = _check_max_halvings(max_halvings)
-        instance("fallback", fallback, PyroOptim,
-                 "a pyro.optim optimizer instance such as pyro.optim.Adam({'lr': 0.01})", optional=True)
+        instance(
+            "fallback",
+            fallback,
+            PyroOptim,
+            "a pyro.optim optimizer instance such as pyro.optim.Adam({'lr': 0.01})",
+            optional=True,
+        )
         self.lr, self.max_halvings, self.fallback = lr, max_halvings, fallback
         self.num_steps = 0
         self.last_step_sizes: Dict[str, float] = {}
@@ -228,7 +247,7 @@ class NaturalGradient(PyroOptim):
     def _step_size(self) -> float:
         if not callable(self.lr):
             return self.lr
-        return _check_step_size(self.lr(self.num_steps), "lr({}) (the schedule at this step)".format(self.num_steps))
+        return _check_step_size(self.lr(self.num_steps), f"lr({self.num_steps}) (the schedule at this step)")
 
     def __call__(self, params: Sequence[torch.Tensor], *args, **kwargs) -> None:
         store = pyro.get_param_store()
@@ -241,14 +260,18 @@ class NaturalGradient(PyroOptim):
         owned = {name for _, names in self.factors.values() for name in names}
         unknown = sorted(owned - set(store.keys()))
         if unknown:
-            raise ValueError(f"NaturalGradient factors name param(s) {unknown} that are not in the Pyro param "
-                             f"store, whose params are {sorted(store.keys())}; fix the names in factors (their "
-                             f"params would otherwise go to the fallback optimizer or nowhere)")
+            raise ValueError(
+                f"NaturalGradient factors name param(s) {unknown} that are not in the Pyro param "
+                f"store, whose params are {sorted(store.keys())}; fix the names in factors (their "
+                f"params would otherwise go to the fallback optimizer or nowhere)"
+            )
         others = [p for name, p in named.items() if name not in owned]
         if others and self.fallback is None:
             unknown = sorted(name for name in named if name not in owned)
-            raise ValueError(f"NaturalGradient has no factor for param(s) {unknown}; add them to factors "
-                             "or pass fallback=pyro.optim.Adam(...)")
+            raise ValueError(
+                f"NaturalGradient has no factor for param(s) {unknown}; add them to factors "
+                "or pass fallback=pyro.optim.Adam(...)"
+            )
         rho, updates, sizes = self._step_size(), {}, {}
         param_constraints = store.get_state()["constraints"]
         for factor, (family, names) in self.factors.items():
@@ -303,9 +326,11 @@ def _usual_params_and_grads(names, unconstrained, transforms, factor):
     for name, u in zip(names, unconstrained):
         if u.grad is not None and not bool(torch.isfinite(u.grad).all()):
             bad = u.grad[~torch.isfinite(u.grad)].flatten()[0].item()
-            raise ValueError(f"factor {factor!r}: the gradient of param {name!r} is not finite ({bad}); "
-                             f"no param was changed: find where the loss or its gradient became NaN/inf "
-                             f"(pyro_vi.fit stops there with NonFiniteError)")
+            raise ValueError(
+                f"factor {factor!r}: the gradient of param {name!r} is not finite ({bad}); "
+                f"no param was changed: find where the loss or its gradient became NaN/inf "
+                f"(pyro_vi.fit stops there with NonFiniteError)"
+            )
     values, grads = [], []
     with torch.enable_grad():
         for u, transform in zip(unconstrained, transforms):

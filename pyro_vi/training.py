@@ -26,9 +26,9 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from . import _checkpoint
-from .distributed import average_gradients, process
 from ._checkpoint import atomic_save, rng_state, set_rng_state  # noqa: F401 (experiments use them)
 from ._validation import boolean, function, integer
+from .distributed import average_gradients, process
 
 __all__ = ["FitResult", "NonFiniteError", "OutOfSupportError", "fit", "load_checkpoint"]
 
@@ -144,7 +144,7 @@ class _History:
     def epoch_losses(self) -> np.ndarray:
         """The losses of the epoch that ended last."""
         first = self.epoch_steps[-2] if len(self.epoch_steps) > 1 else 0
-        return np.asarray(self.losses[first:self.epoch_steps[-1]], dtype=np.float64)
+        return np.asarray(self.losses[first : self.epoch_steps[-1]], dtype=np.float64)
 
     def state(self) -> dict:
         tracked = {}
@@ -152,24 +152,29 @@ class _History:
             array = np.asarray(values)
             if array.dtype.kind not in "biuf":
                 raise ValueError(
-                    "track[{!r}] returned {} values; a checkpoint holds tracked numbers or "
-                    "tensors of one shape".format(name, type(values[-1]).__name__))
+                    f"track[{name!r}] returned {type(values[-1]).__name__} values; a checkpoint holds tracked "
+                    "numbers or "
+                    "tensors of one shape"
+                )
             tracked[name] = torch.tensor(array)
-        return {"losses": torch.tensor(self.losses, dtype=torch.float64), "tracked": tracked,
-                "seconds": float(self.seconds), "epoch_steps": list(self.epoch_steps)}
+        return {
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "tracked": tracked,
+            "seconds": float(self.seconds),
+            "epoch_steps": list(self.epoch_steps),
+        }
 
     def load(self, state: dict, path) -> None:
         losses = state["losses"]
         if not (isinstance(losses, torch.Tensor) and losses.dim() == 1 and losses.dtype == torch.float64):
-            raise ValueError("checkpoint {}: history['losses'] must be a 1-D float64 tensor".format(path))
+            raise ValueError(f"checkpoint {path}: history['losses'] must be a 1-D float64 tensor")
         steps = len(losses)
         for name, values in state["tracked"].items():
             if not isinstance(values, torch.Tensor) or len(values) != steps:
-                raise ValueError("checkpoint {}: history['tracked'][{!r}] must be a tensor of {} "
-                                 "values".format(path, name, steps))
+                raise ValueError(f"checkpoint {path}: history['tracked'][{name!r}] must be a tensor of {steps} values")
         ends = state["epoch_steps"]
         if not (isinstance(ends, list) and all(type(e) is int and 0 < e <= steps for e in ends)):
-            raise ValueError("checkpoint {}: history['epoch_steps'] must be a list of step counts".format(path))
+            raise ValueError(f"checkpoint {path}: history['epoch_steps'] must be a list of step counts")
         self.losses = losses.tolist()
         self.tracked = {k: list(v.numpy()) for k, v in state["tracked"].items()}
         self.seconds = float(state["seconds"])
@@ -193,8 +198,10 @@ def _param_records(names) -> dict:
     store = dict(pyro.get_param_store().get_state()["constraints"])
     values = dict(pyro.get_param_store().named_parameters())
     return {
-        name: {"value": values[name].detach(),
-               "constraint": _checkpoint.encode_constraint(store[name], "param {!r}".format(name))}
+        name: {
+            "value": values[name].detach(),
+            "constraint": _checkpoint.encode_constraint(store[name], f"param {name!r}"),
+        }
         for name in sorted(names)
     }
 
@@ -202,17 +209,21 @@ def _param_records(names) -> dict:
 def _param_fingerprint(records) -> dict:
     """Shape, dtype and constraint of each param, as compared on resume."""
     return {
-        name: {"shape": list(r["value"].shape), "dtype": str(r["value"].dtype).replace("torch.", ""),
-               "constraint": _checkpoint.constraint_label(r["constraint"])}
+        name: {
+            "shape": list(r["value"].shape),
+            "dtype": str(r["value"].dtype).replace("torch.", ""),
+            "constraint": _checkpoint.constraint_label(r["constraint"]),
+        }
         for name, r in records.items()
     }
 
 
 def _describe_elbo(elbo) -> str:
-    name = type(elbo).__name__ if hasattr(elbo, "loss_and_grads") else getattr(
-        elbo, "__qualname__", type(elbo).__name__)
+    name = (
+        type(elbo).__name__ if hasattr(elbo, "loss_and_grads") else getattr(elbo, "__qualname__", type(elbo).__name__)
+    )
     particles = getattr(elbo, "num_particles", None)
-    return name if particles is None else "{}(num_particles={})".format(name, particles)
+    return name if particles is None else f"{name}(num_particles={particles})"
 
 
 def _describe_optim(optim) -> str:
@@ -239,11 +250,11 @@ def _check_optim_state(optim, state, params, path):
     keys = {"scheduler", "optimizer"} if isinstance(optim, PyroLRScheduler) else {"state", "param_groups"}
     for name, value in state.items():
         if name not in params:
-            raise ValueError("checkpoint {}: optim holds a state for {!r}, which is not a param of this "
-                             "run".format(path, name))
+            raise ValueError(f"checkpoint {path}: optim holds a state for {name!r}, which is not a param of this run")
         if not isinstance(value, dict) or not keys <= set(value):
-            raise ValueError("checkpoint {}: optim[{!r}] must be a dict with {}".format(
-                path, name, " and ".join(sorted(keys))))
+            raise ValueError(
+                "checkpoint {}: optim[{!r}] must be a dict with {}".format(path, name, " and ".join(sorted(keys)))
+            )
 
 
 # ---- passes over data -------------------------------------------------------------
@@ -312,7 +323,7 @@ class _Epochs:
             batch = next(self.iterator)
         except StopIteration:
             if self.batch == 0:
-                raise ValueError("data yielded no batch in epoch {}".format(self.epoch + 1)) from None
+                raise ValueError(f"data yielded no batch in epoch {self.epoch + 1}") from None
             self.iterator = None
             self.epoch += 1
             return None
@@ -343,8 +354,10 @@ class _Epochs:
                     next(self.iterator)
                 except StopIteration:
                     raise ValueError(
-                        "checkpoint {} is at batch {} of epoch {}, but data now yields only {} batches "
-                        "in that epoch".format(path, batch, epoch + 1, done)) from None
+                        f"checkpoint {path} is at batch {batch} of epoch {epoch + 1}, but data now yields only "
+                        f"{done} batches "
+                        "in that epoch"
+                    ) from None
             self.batch = batch
 
 
@@ -374,17 +387,24 @@ class _CheckArguments(Messenger):
                     raise _Invalid(self.role, msg["name"], type(fn).__name__, name, value, constraint, False)
             fn = getattr(fn, "base_dist", None)
         if msg["is_observed"] and not _satisfies(msg["fn"].support, msg["value"]):
-            raise _Invalid(self.role, msg["name"], type(msg["fn"]).__name__, "value", msg["value"],
-                           msg["fn"].support, False)
+            raise _Invalid(
+                self.role, msg["name"], type(msg["fn"]).__name__, "value", msg["value"], msg["fn"].support, False
+            )
 
     def _postprocess_message(self, msg):
         # a latent site of the model gets its value from the guide (replay): it
         # must lie in the model distribution's support too
-        if (self.role == "model" and msg["type"] == "sample" and not msg["is_observed"]
-                and not site_is_subsample(msg)
-                and isinstance(msg["value"], torch.Tensor) and not _satisfies(msg["fn"].support, msg["value"])):
-            raise _Invalid(self.role, msg["name"], type(msg["fn"]).__name__, "value", msg["value"],
-                           msg["fn"].support, True)
+        if (
+            self.role == "model"
+            and msg["type"] == "sample"
+            and not msg["is_observed"]
+            and not site_is_subsample(msg)
+            and isinstance(msg["value"], torch.Tensor)
+            and not _satisfies(msg["fn"].support, msg["value"])
+        ):
+            raise _Invalid(
+                self.role, msg["name"], type(msg["fn"]).__name__, "value", msg["value"], msg["fn"].support, True
+            )
 
 
 def _satisfies(constraint, value) -> bool:
@@ -422,48 +442,54 @@ def _show_values(name, value, constraint) -> str:
     """``"scale = -0.1"`` or ``"2 of 3 values of scale (e.g. -0.1, nan)"``."""
     value = value.detach()
     if value.numel() == 1:
-        return "{} = {:.6g}".format(name, value.item())
+        return f"{name} = {value.item():.6g}"
     ok = torch.as_tensor(constraint.check(value))
     bad = value[~ok] if ok.shape == value.shape else value.flatten()
     return "{} of {} values of {} (e.g. {})".format(
-        bad.numel(), value.numel(), name, ", ".join("{:.6g}".format(v) for v in bad[:3].tolist()))
+        bad.numel(), value.numel(), name, ", ".join(f"{v:.6g}" for v in bad[:3].tolist())
+    )
 
 
 def _raise_out_of_support(found, where, step, losses, error):
     role, site, dist_name, argument, value, constraint, names, latent = found
     if latent:
-        text = ("{}: the model's latent site {!r} got {} from the guide, outside the support {} of its {}; "
-                "the guide must draw {!r} from a distribution with that support (e.g. a LogNormal or Gamma "
-                "for a positive latent, or an autoguide)").format(
-            where, site, _show_values("the value", value, constraint), constraint, dist_name, site)
+        text = (
+            "{}: the model's latent site {!r} got {} from the guide, outside the support {} of its {}; "
+            "the guide must draw {!r} from a distribution with that support (e.g. a LogNormal or Gamma "
+            "for a positive latent, or an autoguide)"
+        ).format(where, site, _show_values("the value", value, constraint), constraint, dist_name, site)
     elif argument == "value":
         text = "{}: the {}'s observed site {!r} has {} outside the support {} of its {}".format(
-            where, role, site, _show_values("the observation", value, constraint), constraint, dist_name)
+            where, role, site, _show_values("the observation", value, constraint), constraint, dist_name
+        )
     else:
-        text = "{}: the {}'s site {!r} got {}({}=...) with {} outside its support {}".format(
-            where, role, site, dist_name, argument, _show_values(argument, value, constraint), constraint)
+        text = (
+            f"{where}: the {role}'s site {site!r} got {dist_name}({argument}=...) with "
+            f"{_show_values(argument, value, constraint)} outside its support {constraint}"
+        )
     if names:
-        text += "; it is computed from param{} {}: give {} a constraint (pyro.param(..., constraint=...)) " \
-                "or lower the learning rate".format("s" if len(names) > 1 else "",
-                                                    ", ".join(repr(n) for n in names),
-                                                    "it" if len(names) == 1 else "them")
+        text += (
+            "; it is computed from param{} {}: give {} a constraint (pyro.param(..., constraint=...)) "
+            "or lower the learning rate".format(
+                "s" if len(names) > 1 else "", ", ".join(repr(n) for n in names), "it" if len(names) == 1 else "them"
+            )
+        )
     raise OutOfSupportError(text, step, role, site, argument, names, losses) from error
 
 
 def _check_finite(where, step, loss, params, history):
-    bad = [
-        name for name, p in params.items()
-        if p.grad is not None and not torch.isfinite(p.grad).all()
-    ]
+    bad = [name for name, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
     if math.isfinite(loss) and not bad:
         return
     zero_grads(params.values())
-    problems = [] if math.isfinite(loss) else ["loss is {}".format(loss)]
+    problems = [] if math.isfinite(loss) else [f"loss is {loss}"]
     if bad:
         problems.append("non-finite gradient of {}".format(", ".join(bad)))
     raise NonFiniteError(
         "{}: {}".format(where, "; ".join(problems)),
-        step=step, names=bad, loss=loss,
+        step=step,
+        names=bad,
+        loss=loss,
         losses=np.asarray(history.losses, dtype=np.float64),
     )
 
@@ -488,7 +514,7 @@ def _checked_dict(name, value, keys_only=False):
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ValueError("{} must be a dict with str keys, got {!r:.60}".format(name, value))
+        raise ValueError(f"{name} must be a dict with str keys, got {value!r:.60}")
     if not keys_only:
         _checkpoint.check_plain(value, name)
     return value
@@ -497,26 +523,47 @@ def _checked_dict(name, value, keys_only=False):
 def _checked_data(data, args):
     if data is None:
         return None
-    if isinstance(data, (torch.Tensor, np.ndarray, str, bytes, dict)) or not isinstance(
-            data, collections.abc.Iterable):
+    if isinstance(data, (torch.Tensor, np.ndarray, str, bytes, dict)) or not isinstance(data, collections.abc.Iterable):
         raise ValueError(
-            "data must be an iterable of batches (a DataLoader, a list of tuples...), got {}; "
-            "pass a single full batch as positional arguments instead".format(type(data).__name__))
+            f"data must be an iterable of batches (a DataLoader, a list of tuples...), got {type(data).__name__}; "
+            "pass a single full batch as positional arguments instead"
+        )
     if isinstance(data, collections.abc.Iterator):
         raise ValueError(
             "data must be re-iterable, one pass per epoch (a DataLoader, a list), got the one-shot "
-            "iterator {}; pass the iterable it came from".format(type(data).__name__))
+            f"iterator {type(data).__name__}; pass the iterable it came from"
+        )
     if args:
-        raise ValueError("with data=, each batch is the model's positional arguments: pass the other "
-                         "{} positional argument(s) as keywords".format(len(args)))
+        raise ValueError(
+            "with data=, each batch is the model's positional arguments: pass the other "
+            f"{len(args)} positional argument(s) as keywords"
+        )
     return data
 
 
 class _Fit:
     """The state of one :func:`fit` call."""
 
-    def __init__(self, model, guide, elbo, optim, args, kwargs, num_steps, epochs, data, callback,
-                 epoch_callback, track, progress, checkpoint, every, fingerprint, state):
+    def __init__(
+        self,
+        model,
+        guide,
+        elbo,
+        optim,
+        args,
+        kwargs,
+        num_steps,
+        epochs,
+        data,
+        callback,
+        epoch_callback,
+        track,
+        progress,
+        checkpoint,
+        every,
+        fingerprint,
+        state,
+    ):
         self.model, self.guide, self.optim = model, guide, optim
         self.loss_and_grads = _loss_and_grads_of(elbo)
         self.args, self.kwargs = args, kwargs
@@ -530,9 +577,12 @@ class _Fit:
         self.unsaved = False
         per_epoch = _sized(data) if data is not None else None
         self.fingerprint = {
-            "elbo": _describe_elbo(elbo), "optim": _describe_optim(optim), "track": sorted(track),
-            "data": None if data is None else {"batches_per_epoch": per_epoch,
-                                               "generators": len(self.epochs.generators)},
+            "elbo": _describe_elbo(elbo),
+            "optim": _describe_optim(optim),
+            "track": sorted(track),
+            "data": None
+            if data is None
+            else {"batches_per_epoch": per_epoch, "generators": len(self.epochs.generators)},
             "user": fingerprint,
         }
         total = num_steps
@@ -544,17 +594,22 @@ class _Fit:
 
     def _where(self, step):
         if self.epochs is None:
-            return "step {}".format(step)
-        return "step {} (epoch {}, batch {})".format(step, self.epochs.epoch + 1, self.epochs.batch)
+            return f"step {step}"
+        return f"step {step} (epoch {self.epochs.epoch + 1}, batch {self.epochs.batch})"
 
     def checkpoint_state(self) -> dict:
         params = _param_records(self.run_params)
         position = self.epochs.position() if self.epochs else {"epoch": 0, "batch": 0, "epoch_start": None}
         state = dict(
-            format=_checkpoint.FORMAT, step=self.history.step, **position,
+            format=_checkpoint.FORMAT,
+            step=self.history.step,
+            **position,
             fingerprint=dict(self.fingerprint, params=_param_fingerprint(params)),
-            params=params, optim=_optim_state(self.optim), history=self.history.state(),
-            rng=rng_state(), state=self.state,
+            params=params,
+            optim=_optim_state(self.optim),
+            history=self.history.state(),
+            rng=rng_state(),
+            state=self.state,
         )
         _checkpoint.check_plain(state["optim"], "the optimizer's state")
         _checkpoint.check_plain(state["state"], "state")
@@ -567,26 +622,29 @@ class _Fit:
     def _refuse(self, lines):
         raise ValueError(
             "checkpoint {} belongs to another run:\n  {}\npass another checkpoint path, or "
-            "resume=False with overwrite=True to start this run over there".format(
-                self.path, "\n  ".join(lines)))
+            "resume=False with overwrite=True to start this run over there".format(self.path, "\n  ".join(lines))
+        )
 
     def resume(self, saved):
         """Puts back the state of ``saved`` (from :func:`load_checkpoint`)."""
         path, history = self.path, self.history
         if self.num_steps is not None and saved["step"] > self.num_steps:
-            raise ValueError("checkpoint {} is at step {}, past num_steps={}".format(
-                path, saved["step"], self.num_steps))
+            raise ValueError(
+                "checkpoint {} is at step {}, past num_steps={}".format(path, saved["step"], self.num_steps)
+            )
         if self.max_epochs is not None and saved["epoch"] + (saved["batch"] > 0) > self.max_epochs:
-            raise ValueError("checkpoint {} is in epoch {}, past epochs={}".format(
-                path, saved["epoch"] + (saved["batch"] > 0), self.max_epochs))
+            raise ValueError(
+                "checkpoint {} is in epoch {}, past epochs={}".format(
+                    path, saved["epoch"] + (saved["batch"] > 0), self.max_epochs
+                )
+            )
         ours = dict(saved["fingerprint"])
         ours.pop("params", None)
         lines = _checkpoint.differences(ours, self.fingerprint)
         if lines:
             self._refuse(lines)
         if getattr(self.optim, "optim_objs", None):
-            raise ValueError("optim has already taken steps; pass a new optimizer to resume from "
-                             "checkpoint {}".format(path))
+            raise ValueError(f"optim has already taken steps; pass a new optimizer to resume from checkpoint {path}")
         # One throw-away step sets up what a first step sets up (lazily built
         # autoguides, pyro.module params, an ELBO's guessed max_plate_nesting),
         # drawing random numbers as it likes: every state is put back below.
@@ -595,8 +653,9 @@ class _Fit:
             self.loss_and_grads(self.model, self.guide, *args, **self.kwargs)
         params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
         zero_grads(params.values())
-        lines = _checkpoint.differences({"params": saved["fingerprint"].get("params")},
-                                        {"params": _param_fingerprint(_param_records(params))})
+        lines = _checkpoint.differences(
+            {"params": saved["fingerprint"].get("params")}, {"params": _param_fingerprint(_param_records(params))}
+        )
         if lines:
             self._refuse(lines)
         _check_optim_state(self.optim, saved["optim"], params, path)
@@ -613,8 +672,7 @@ class _Fit:
                 self.epochs.restore(saved["epoch"], saved["batch"], saved["epoch_start"], path)
             set_rng_state(saved["rng"])
         except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as error:
-            raise ValueError("checkpoint {} cannot be restored: {}: {}".format(
-                path, type(error).__name__, error)) from error
+            raise ValueError(f"checkpoint {path} cannot be restored: {type(error).__name__}: {error}") from error
 
     # -- the loop
 
@@ -653,8 +711,13 @@ class _Fit:
         return loss
 
     def run(self, first_step_check):
-        bar = tqdm(total=self.total, initial=self.history.step, file=sys.stderr,
-                   disable=not _show_progress(self.progress, self.total), dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total,
+            initial=self.history.step,
+            file=sys.stderr,
+            disable=not _show_progress(self.progress, self.total),
+            dynamic_ncols=True,
+        )
         running = None
         with bar:
             while not self._done():
@@ -671,7 +734,7 @@ class _Fit:
                     args = _batch_args(batch)
                 loss = self._step(args)
                 running = loss if running is None else 0.95 * running + 0.05 * loss
-                bar.set_postfix(loss="{:.4g}".format(running), refresh=False)
+                bar.set_postfix(loss=f"{running:.4g}", refresh=False)
                 bar.update(1)
                 if self.path is not None:
                     if self.history.step % self.every == 0:
@@ -812,13 +875,16 @@ def fit(
     function("model", model)
     function("guide", guide)
     if isinstance(elbo, type):
-        raise ValueError("elbo must be an ELBO instance, got the class {0}; pass {0}(...) instead".format(
-            elbo.__name__))
+        raise ValueError(
+            f"elbo must be an ELBO instance, got the class {elbo.__name__}; pass {elbo.__name__}(...) instead"
+        )
     if not hasattr(elbo, "loss_and_grads") and not callable(elbo):
-        raise ValueError("elbo must be an ELBO instance such as pyro.infer.Trace_ELBO(), got {!r:.60}".format(elbo))
+        raise ValueError(f"elbo must be an ELBO instance such as pyro.infer.Trace_ELBO(), got {elbo!r:.60}")
     if isinstance(optim, type) or not isinstance(optim, PyroOptim):
-        raise ValueError("optim must be a pyro.optim optimizer instance such as pyro.optim.Adam({{'lr': 0.01}}), "
-                         "got {}".format(optim.__name__ if isinstance(optim, type) else repr(optim)[:60]))
+        raise ValueError(
+            "optim must be a pyro.optim optimizer instance such as pyro.optim.Adam({'lr': 0.01}), "
+            f"got {optim.__name__ if isinstance(optim, type) else repr(optim)[:60]}"
+        )
     data = _checked_data(data, args)
     if num_steps is not None:
         num_steps = integer("num_steps", num_steps, minimum=1)
@@ -837,29 +903,28 @@ def fit(
         raise ValueError("epoch_callback needs data=: without it there are no epochs")
     track = _checked_dict("track", track, keys_only=True)
     for name, fn in track.items():
-        function("track[{!r}]".format(name), fn)
+        function(f"track[{name!r}]", fn)
     if progress is not None:
         progress = boolean("progress", progress)
     checkpoint_every = integer("checkpoint_every", checkpoint_every, minimum=1)
     if isinstance(resume, (bool, np.bool_)):
         resume = bool(resume)
     elif resume != "allow_fresh" or not isinstance(resume, str):
-        raise ValueError("resume must be one of {}, got {!r:.60}".format(
-            ", ".join(map(repr, _RESUME_CHOICES)), resume))
+        raise ValueError("resume must be one of {}, got {!r:.60}".format(", ".join(map(repr, _RESUME_CHOICES)), resume))
     overwrite = boolean("overwrite", overwrite)
     fingerprint = _checked_dict("fingerprint", fingerprint)
     state = _checked_dict("state", {} if state is None else state)
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)) or not isinstance(os.fspath(checkpoint), str):
-            raise ValueError("checkpoint must be a file path (str or pathlib.Path), got {!r:.60}".format(checkpoint))
+            raise ValueError(f"checkpoint must be a file path (str or pathlib.Path), got {checkpoint!r:.60}")
         checkpoint = os.fspath(checkpoint)
         rank, size = process()
         if size > 1:  # under torch.distributed, one checkpoint per process
-            checkpoint = "{}.rank{}".format(checkpoint, rank)
+            checkpoint = f"{checkpoint}.rank{rank}"
     elif resume or overwrite:
         raise ValueError("resume and overwrite need checkpoint=<path>")
     if overwrite and resume:
-        raise ValueError("overwrite=True starts the run over; it cannot be combined with resume={!r}".format(resume))
+        raise ValueError(f"overwrite=True starts the run over; it cannot be combined with resume={resume!r}")
 
     saved = None
     if checkpoint is not None:
@@ -867,16 +932,36 @@ def fit(
         _checkpoint.remove_stale_temporaries(checkpoint)
         exists = os.path.exists(checkpoint)
         if resume is True and not exists:
-            raise ValueError("resume=True, but there is no checkpoint {}; pass resume='allow_fresh' to start "
-                             "fresh when it is missing".format(checkpoint))
+            raise ValueError(
+                f"resume=True, but there is no checkpoint {checkpoint}; pass resume='allow_fresh' to start "
+                "fresh when it is missing"
+            )
         if not resume and exists and not overwrite:
-            raise ValueError("checkpoint {} exists: pass resume=True to continue it, or overwrite=True to "
-                             "replace it".format(checkpoint))
+            raise ValueError(
+                f"checkpoint {checkpoint} exists: pass resume=True to continue it, or overwrite=True to replace it"
+            )
         if resume and exists:
             saved = _checkpoint.load(checkpoint)
 
-    run = _Fit(model, guide, elbo, optim, args, kwargs, num_steps, epochs, data, callback,
-               epoch_callback, track, progress, checkpoint, checkpoint_every, fingerprint, state)
+    run = _Fit(
+        model,
+        guide,
+        elbo,
+        optim,
+        args,
+        kwargs,
+        num_steps,
+        epochs,
+        data,
+        callback,
+        epoch_callback,
+        track,
+        progress,
+        checkpoint,
+        checkpoint_every,
+        fingerprint,
+        state,
+    )
     if saved is not None:
         run.resume(saved)
     elif epoch_callback is not None:

@@ -31,8 +31,17 @@ model, guide = normal_model, normal_guide
 
 def train(path, num_steps, out):
     pyro.set_rng_seed(0)
-    result = fit(model, guide, ControlVariateELBO(), pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.99}), X,
-                 num_steps=num_steps, checkpoint=path, checkpoint_every=1, resume="allow_fresh")
+    result = fit(
+        model,
+        guide,
+        ControlVariateELBO(),
+        pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.99}),
+        X,
+        num_steps=num_steps,
+        checkpoint=path,
+        checkpoint_every=1,
+        resume="allow_fresh",
+    )
     params = {name: p.detach() for name, p in pyro.get_param_store().named_parameters()}
     torch.save({"losses": torch.tensor(result.losses), "params": params}, out)
 
@@ -51,7 +60,7 @@ def main():
             try:
                 train(path, int(num_steps), out)
             except BaseException as error:  # report, never return into the server's loop
-                print("child: {}: {}".format(type(error).__name__, error), file=sys.stderr, flush=True)
+                print(f"child: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
                 code = 1
             os._exit(code)
         if kill_after != "none":

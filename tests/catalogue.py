@@ -161,19 +161,19 @@ def plate_reuse_guide():
 def sequential_model(subsample_size=None):
     loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
     for i in pyro.plate("seq", 4, subsample_size):
-        pyro.sample("x_{}".format(i), dist.Normal(loc, 1.0), obs=DATA[i])
+        pyro.sample(f"x_{i}", dist.Normal(loc, 1.0), obs=DATA[i])
 
 
 def sequential_latent_model(subsample_size=None):
     for i in pyro.plate("seq", 4, subsample_size):
-        z = pyro.sample("z_{}".format(i), dist.Normal(0.0, 1.0))
-        pyro.sample("x_{}".format(i), dist.Normal(z, 1.0), obs=DATA[i])
+        z = pyro.sample(f"z_{i}", dist.Normal(0.0, 1.0))
+        pyro.sample(f"x_{i}", dist.Normal(z, 1.0), obs=DATA[i])
 
 
 def sequential_latent_guide(subsample_size=None):
     loc = pyro.param("zm", torch.zeros(4))
     for i in pyro.plate("seq", 4, subsample_size):
-        pyro.sample("z_{}".format(i), dist.Normal(loc[i], 1.0))
+        pyro.sample(f"z_{i}", dist.Normal(loc[i], 1.0))
 
 
 def sequential_subsample_model():
@@ -186,16 +186,16 @@ def sequential_subsample_guide():
 
 def plate_in_sequential_model():
     for i in pyro.plate("seq", 2):
-        with pyro.plate("data_{}".format(i), 3):
-            z = pyro.sample("z_{}".format(i), dist.Normal(0.0, 1.0))
-            pyro.sample("x_{}".format(i), dist.Normal(z, 1.0), obs=DATA[:3])
+        with pyro.plate(f"data_{i}", 3):
+            z = pyro.sample(f"z_{i}", dist.Normal(0.0, 1.0))
+            pyro.sample(f"x_{i}", dist.Normal(z, 1.0), obs=DATA[:3])
 
 
 def plate_in_sequential_guide():
     zm = pyro.param("zm", torch.zeros(2, 3))
     for i in pyro.plate("seq", 2):
-        with pyro.plate("data_{}".format(i), 3):
-            pyro.sample("z_{}".format(i), dist.Normal(zm[i], 1.0))
+        with pyro.plate(f"data_{i}", 3):
+            pyro.sample(f"z_{i}", dist.Normal(zm[i], 1.0))
 
 
 def nonnested_model():
@@ -469,7 +469,9 @@ def mvn_model():
     x = pyro.sample("x", dist.MultivariateNormal(torch.zeros(3), torch.eye(3)))
     with pyro.plate("plate", 4):
         pyro.sample(
-            "y", dist.MultivariateNormal(x, torch.eye(3)), obs=torch.full((4, 3), 0.7),
+            "y",
+            dist.MultivariateNormal(x, torch.eye(3)),
+            obs=torch.full((4, 3), 0.7),
             obs_mask=torch.tensor([False, True, True, False]),
         )
 
@@ -632,24 +634,33 @@ CATALOGUE = {
     "nonnested_plates": Pair(nonnested_model, _same(nonnested_guide), "mean_field"),
     "sequential_plate": Pair(sequential_latent_model, _same(sequential_latent_guide), "mean_field"),
     "sequential_plate_subsample": Pair(
-        sequential_subsample_model, _same(sequential_subsample_guide), "mean_field",
-        frozenset({"sequential_subsample"}), subsample=True,
+        sequential_subsample_model,
+        _same(sequential_subsample_guide),
+        "mean_field",
+        frozenset({"sequential_subsample"}),
+        subsample=True,
     ),
     "plate_in_sequential": Pair(plate_in_sequential_model, _same(plate_in_sequential_guide), "mean_field"),
     "sequential_observed": Pair(sequential_model, _same(global_guide), "mean_field"),
     "block_plate": Pair(block_plate_model, _same(block_plate_guide), "mean_field"),
     "user_particle_plate": Pair(user_particle_plate_model, _same(user_particle_plate_guide), "mean_field"),
     "subsample_global": Pair(
-        subsample_global_model, _same(subsample_global_guide), "mean_field",
-        frozenset({"global_subsample"}), subsample=True,
+        subsample_global_model,
+        _same(subsample_global_guide),
+        "mean_field",
+        frozenset({"global_subsample"}),
+        subsample=True,
     ),
     "subsample_local_param_event_dim": Pair(
         subsample_local_model, _same(subsample_local_guide), "mean_field", subsample=True
     ),
     "subsample_primitive": Pair(subsample_local_model, _same(subsample_primitive_guide), "mean_field", subsample=True),
     "nested_subsample": Pair(
-        nested_subsample_model, _same(nested_subsample_guide), "structured",
-        frozenset({"global_subsample"}), subsample=True,
+        nested_subsample_model,
+        _same(nested_subsample_guide),
+        "structured",
+        frozenset({"global_subsample"}),
+        subsample=True,
     ),
     "scale_likelihood": Pair(scale_likelihood_model, _same(scale_guide), "mean_field"),
     "scale_both": Pair(
@@ -682,12 +693,8 @@ CATALOGUE = {
     "auto_diagonal_normal": Pair(local_model, AutoDiagonalNormal, "autoguide"),
     "auto_multivariate_normal": Pair(nested_model, AutoMultivariateNormal, "autoguide"),
     "auto_delta": Pair(delta_model, AutoDelta, "delta"),
-    "auto_iaf_normal": Pair(
-        local_model, lambda m: AutoIAFNormal(m, hidden_dim=[8], num_transforms=1), "flow"
-    ),
-    "auto_normal_messenger": Pair(
-        global_model, AutoNormalMessenger, "messenger", frozenset({"guide_messenger"})
-    ),
+    "auto_iaf_normal": Pair(local_model, lambda m: AutoIAFNormal(m, hidden_dim=[8], num_transforms=1), "flow"),
+    "auto_normal_messenger": Pair(global_model, AutoNormalMessenger, "messenger", frozenset({"guide_messenger"})),
     "amortized": Pair(amortized_model, amortized_guide(), "amortized", args=(DATA,)),
     "amortized_subsample": Pair(
         amortized_subsample_model, amortized_guide(subsample=True), "amortized", args=(DATA,), subsample=True
@@ -736,7 +743,9 @@ ESTIMATORS = {
     ),
     "ImportanceWeightedELBO(dreg)": Estimator(
         lambda **kw: ImportanceWeightedELBO(gradient="dreg", **kw),
-        pathwise=True, importance_weighted=True, dreg=True,
+        pathwise=True,
+        importance_weighted=True,
+        dreg=True,
     ),
     "ImportanceWeightedELBO(vimco)": Estimator(
         lambda **kw: ImportanceWeightedELBO(gradient="vimco", **kw), importance_weighted=True
@@ -751,7 +760,8 @@ REFUSALS = {
     # tag -> (the refusal's message pattern, a short reason for the table)
     "guide_messenger": ("GuideMessenger", "GuideMessenger guides run the model themselves"),
     "not_reparameterizable": (
-        "site '.*' has no pathwise derivative", "needs a pathwise derivative at every guide site"
+        "site '.*' has no pathwise derivative",
+        "needs a pathwise derivative at every guide site",
     ),
     "sequential_subsample": ("subsampled sequential plates: site '.*'", "subsampled sequential plates"),
     "global_subsample": (
@@ -760,7 +770,8 @@ REFUSALS = {
     ),
     "structured_point_mass": ("point-mass site '.*'", "DReG: a point mass in a structured guide"),
     "not_bernoulli": (
-        "site '.*' is not Bernoulli", "DisARM: a guide site that is neither Bernoulli nor reparameterizable"
+        "site '.*' is not Bernoulli",
+        "DisARM: a guide site that is neither Bernoulli nor reparameterizable",
     ),
 }
 
@@ -814,7 +825,7 @@ def take_grads():
     return grads
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def outcome(pair_name, estimator, vectorize):
     """Runs one pair with one estimator: an SVI step, then ``loss``,
     ``loss_and_grads`` and ``differentiable_loss`` on the same seed. Returns

@@ -43,6 +43,8 @@ def normal_chain_pyro_gradient(data, params):
 
     grads = elbo_gradient(data, params)
     return {
-        "q_" + name: grad if name.endswith("_loc") else grad * torch.as_tensor(getattr(params, name), dtype=torch.float64)
+        "q_" + name: grad
+        if name.endswith("_loc")
+        else grad * torch.as_tensor(getattr(params, name), dtype=torch.float64)
         for name, grad in grads.items()
     }

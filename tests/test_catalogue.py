@@ -37,7 +37,7 @@ def test_works_or_refuses_by_name(pair, estimator, vectorize):
     result = outcome(pair, estimator, vectorize)
     refusal = expected_refusal(CATALOGUE[pair], ESTIMATORS[estimator])
     if refusal is not None:
-        assert result[0] == "refused", "expected a refusal matching {!r}".format(refusal)
+        assert result[0] == "refused", f"expected a refusal matching {refusal!r}"
         assert re.search(refusal, result[1]), result[1]
         return
     assert result[0] == "ok", result[1]
@@ -58,7 +58,8 @@ def test_works_or_refuses_by_name(pair, estimator, vectorize):
 @pytest.mark.parametrize(
     "estimator",
     [
-        e for e in ESTIMATORS
+        e
+        for e in ESTIMATORS
         if e != "Trace_ELBO" and not ESTIMATORS[e].importance_weighted and not ESTIMATORS[e].bernoulli_only
     ],
 )
@@ -147,8 +148,13 @@ def compare(actual, reference):
 
 UNBIASED = {
     # pair -> estimators whose mean gradient must equal the reference's
-    "local": ["ScoreFunctionELBO", "ControlVariateELBO", "RaoBlackwellELBO", "RaoBlackwellELBO(no CV)",
-              "StickingTheLandingELBO"],
+    "local": [
+        "ScoreFunctionELBO",
+        "ControlVariateELBO",
+        "RaoBlackwellELBO",
+        "RaoBlackwellELBO(no CV)",
+        "StickingTheLandingELBO",
+    ],
     "subsample_global": ["ControlVariateELBO", "RaoBlackwellELBO", "StickingTheLandingELBO"],
     "auto_iaf_normal": ["ScoreFunctionELBO", "ControlVariateELBO", "StickingTheLandingELBO"],
     "auto_diagonal_normal": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "ImportanceWeightedELBO(disarm)"],
@@ -157,11 +163,20 @@ UNBIASED = {
     "factor_in_guide_score": ["ScoreFunctionELBO", "RaoBlackwellELBO"],
     "categorical_local": ["ControlVariateELBO", "RaoBlackwellELBO", "ReinforceLeaveOneOutELBO"],
     "discrete_and_continuous": [
-        "RaoBlackwellELBO", "RaoBlackwellELBO(pathwise)", "ControlVariateELBO(pathwise)",
-        "ReinforceLeaveOneOutELBO", "DisARMELBO",
+        "RaoBlackwellELBO",
+        "RaoBlackwellELBO(pathwise)",
+        "ControlVariateELBO(pathwise)",
+        "ReinforceLeaveOneOutELBO",
+        "DisARMELBO",
     ],
-    "amortized": ["ControlVariateELBO", "ControlVariateELBO(parameters)", "RaoBlackwellELBO", "RaoBlackwellELBO(parameters)",
-                  "ImportanceWeightedELBO(dreg)", "ImportanceWeightedELBO(vimco)"],
+    "amortized": [
+        "ControlVariateELBO",
+        "ControlVariateELBO(parameters)",
+        "RaoBlackwellELBO",
+        "RaoBlackwellELBO(parameters)",
+        "ImportanceWeightedELBO(dreg)",
+        "ImportanceWeightedELBO(vimco)",
+    ],
 }
 GRADIENT_CASES = [(pair, estimator) for pair, estimators in UNBIASED.items() for estimator in estimators]
 # Draws where 60 leave too little power: the plain score function, and the
@@ -177,7 +192,10 @@ def _compare_with_reference(pair, estimator, draws):
     )
     enumerate_guide = "not_reparameterizable" in spec.tags and not config.importance_weighted
     reference = _statistics(
-        _reference(spec, config.importance_weighted, particles), spec, num_draws=draws, seed=2,
+        _reference(spec, config.importance_weighted, particles),
+        spec,
+        num_draws=draws,
+        seed=2,
         enumerate_guide=enumerate_guide,
     )
     return compare(actual, reference)

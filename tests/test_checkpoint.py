@@ -21,8 +21,8 @@ from pyro_vi import (
     RaoBlackwellELBO,
     ScoreFunctionELBO,
     StickingTheLandingELBO,
+    _checkpoint,
 )
-from pyro_vi import _checkpoint
 from pyro_vi.training import fit, load_checkpoint
 from tests.programs import normal_guide, normal_model
 
@@ -47,8 +47,18 @@ def _fit(path, num_steps, resume=False, make_elbo=Trace_ELBO, guide=guide, seed=
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     options.setdefault("overwrite", not resume and path is not None)
-    return fit(model, guide, make_elbo(), ClippedAdam({"lr": 0.05, "lrd": 0.99}), X,
-               num_steps=num_steps, checkpoint=path, checkpoint_every=3, resume=resume, **options)
+    return fit(
+        model,
+        guide,
+        make_elbo(),
+        ClippedAdam({"lr": 0.05, "lrd": 0.99}),
+        X,
+        num_steps=num_steps,
+        checkpoint=path,
+        checkpoint_every=3,
+        resume=resume,
+        **options,
+    )
 
 
 ESTIMATORS = {
@@ -84,8 +94,13 @@ def test_resume_equals_uninterrupted_run_for_every_estimator(tmp_path, make_elbo
 
 def test_checkpoint_is_plain_data_read_with_weights_only(tmp_path):
     path = tmp_path / "ckpt.pt"
-    _fit(path, 4, track={"loc": lambda: pyro.param("loc")}, fingerprint={"seed": 0},
-         state={"note": "kept", "evals": [1.5]})
+    _fit(
+        path,
+        4,
+        track={"loc": lambda: pyro.param("loc")},
+        fingerprint={"seed": 0},
+        state={"note": "kept", "evals": [1.5]},
+    )
     saved = torch.load(path, weights_only=True)
     assert saved["format"] == _checkpoint.FORMAT and saved["step"] == 4
     assert saved["params"]["scale"]["constraint"] == {"name": "positive", "args": []}
@@ -99,18 +114,27 @@ def test_checkpoint_is_plain_data_read_with_weights_only(tmp_path):
     assert loaded["params"]["scale"]["constraint"] is constraints.positive
 
 
-@pytest.mark.parametrize("constraint", [
-    constraints.positive, constraints.simplex, constraints.unit_interval, constraints.greater_than(-2.0),
-    constraints.interval(torch.tensor(-1.0), torch.tensor(3.0)), constraints.independent(constraints.positive, 1),
-    constraints.softplus_positive, constraints.lower_cholesky,
-])
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        constraints.positive,
+        constraints.simplex,
+        constraints.unit_interval,
+        constraints.greater_than(-2.0),
+        constraints.interval(torch.tensor(-1.0), torch.tensor(3.0)),
+        constraints.independent(constraints.positive, 1),
+        constraints.softplus_positive,
+        constraints.lower_cholesky,
+    ],
+)
 def test_constraints_round_trip_by_name(constraint):
     encoded = _checkpoint.encode_constraint(constraint, "param 'p'")
     _checkpoint.check_plain(encoded, "encoded")
     decoded = _checkpoint.decode_constraint(encoded, "param 'p'")
     assert type(decoded) is type(constraint)
-    assert _checkpoint.constraint_label(_checkpoint.encode_constraint(decoded, "x")) == \
-        _checkpoint.constraint_label(encoded)
+    assert _checkpoint.constraint_label(_checkpoint.encode_constraint(decoded, "x")) == _checkpoint.constraint_label(
+        encoded
+    )
 
 
 def test_unknown_constraints_are_refused_by_name(tmp_path):
@@ -141,8 +165,9 @@ def test_rng_states_round_trip():
     expected = torch.rand(3), random.random(), np.random.rand()
     random.gauss(0, 1)  # leaves a cached gaussian in Python's state
     _checkpoint.set_rng_state(state)
-    assert (torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
-            and np.random.rand() == expected[2])
+    assert (
+        torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
+    )
 
 
 class Payload:
@@ -152,7 +177,7 @@ class Payload:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (exec, ("open({!r}, 'w').write('ran')".format(self.marker),))
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
 
 
 @pytest.mark.parametrize("how", ["torch.save", "pickle.dump", "inside a real checkpoint"])
@@ -168,7 +193,9 @@ def test_pickle_payload_is_refused_without_running_it(tmp_path, how):
         saved = torch.load(path, weights_only=True)
         saved["state"] = {"evil": Payload(marker)}
         torch.save(saved, path)
-    with pytest.raises(ValueError, match=r"ckpt\.pt holds (builtins\.)?exec, not plain data; it was refused without running it"):
+    with pytest.raises(
+        ValueError, match=r"ckpt\.pt holds (builtins\.)?exec, not plain data; it was refused without running it"
+    ):
         _fit(path, 6, resume=True)
     assert not marker.exists()
     # the payload is real: an unsafe load runs it (a bare pickle, before failing)
@@ -210,20 +237,23 @@ def _corrupt(kind, path, good):
         torch.save(saved, path)
 
 
-@pytest.mark.parametrize("kind, problem", [
-    ("empty", "is empty"),
-    ("truncated", "not a readable torch file"),
-    ("random bytes", "not a readable torch file"),
-    ("text", "not a readable torch file"),
-    ("a tensor", "not a pyro_vi.fit checkpoint"),
-    ("missing keys", "lacks optim, rng"),
-    ("wrong step type", "step must be an integer"),
-    ("wrong rng", r"rng\['python'\]"),
-    ("unknown constraint", "unknown constraint 'os.system'"),
-    ("losses do not match step", r"history\['losses'\]"),
-    ("optim layout", r"optim\['loc'\] must be a dict with param_groups and state"),
-    ("torch rng size", "cannot be restored: RuntimeError"),
-])
+@pytest.mark.parametrize(
+    "kind, problem",
+    [
+        ("empty", "is empty"),
+        ("truncated", "not a readable torch file"),
+        ("random bytes", "not a readable torch file"),
+        ("text", "not a readable torch file"),
+        ("a tensor", "not a pyro_vi.fit checkpoint"),
+        ("missing keys", "lacks optim, rng"),
+        ("wrong step type", "step must be an integer"),
+        ("wrong rng", r"rng\['python'\]"),
+        ("unknown constraint", "unknown constraint 'os.system'"),
+        ("losses do not match step", r"history\['losses'\]"),
+        ("optim layout", r"optim\['loc'\] must be a dict with param_groups and state"),
+        ("torch rng size", "cannot be restored: RuntimeError"),
+    ],
+)
 def test_unreadable_checkpoint_is_a_value_error_naming_path_and_problem(tmp_path, kind, problem):
     good, path = tmp_path / "good.pt", tmp_path / "bad.pt"
     _fit(good, 3)
@@ -244,12 +274,18 @@ def test_checkpoint_of_another_model_is_refused_naming_differences(tmp_path):
     assert torch.load(path, weights_only=True)["step"] == 3  # and left the file alone
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"make_elbo": ControlVariateELBO}, r"elbo: 'Trace_ELBO\(num_particles=1\)' in the checkpoint, "
-                                        r"'ControlVariateELBO\(num_particles=10\)' here"),
-    ({"fingerprint": {"seed": 1}}, r"user\['seed'\]: 0 in the checkpoint, 1 here"),
-    ({"track": {"loc": lambda: 0.0}}, r"track: \[\] in the checkpoint, \['loc'\] here"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (
+            {"make_elbo": ControlVariateELBO},
+            r"elbo: 'Trace_ELBO\(num_particles=1\)' in the checkpoint, "
+            r"'ControlVariateELBO\(num_particles=10\)' here",
+        ),
+        ({"fingerprint": {"seed": 1}}, r"user\['seed'\]: 0 in the checkpoint, 1 here"),
+        ({"track": {"loc": lambda: 0.0}}, r"track: \[\] in the checkpoint, \['loc'\] here"),
+    ],
+)
 def test_fingerprint_mismatch_is_refused_naming_it(tmp_path, change, named):
     path = tmp_path / "ckpt.pt"
     _fit(path, 3, fingerprint={"seed": 0})
@@ -301,9 +337,9 @@ def test_stale_temporary_files_of_dead_runs_are_removed(tmp_path):
     path = tmp_path / "ckpt.pt"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = [tmp_path / "ckpt.pt.tmp{}".format(dead.pid), tmp_path / "ckpt.pt.tmp{}".format(os.getpid())]
-    live = tmp_path / "ckpt.pt.tmp{}".format(os.getppid())  # a running process may still write it
-    other = tmp_path / "other.pt.tmp{}".format(dead.pid)
+    stale = [tmp_path / f"ckpt.pt.tmp{dead.pid}", tmp_path / f"ckpt.pt.tmp{os.getpid()}"]
+    live = tmp_path / f"ckpt.pt.tmp{os.getppid()}"  # a running process may still write it
+    other = tmp_path / f"other.pt.tmp{dead.pid}"
     for f in stale + [live, other]:
         f.write_bytes(b"half a checkpoint")
     _fit(path, 3)
@@ -315,7 +351,7 @@ def test_save_is_atomic_with_fsync_of_file_and_directory(tmp_path, monkeypatch):
     real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd):
-        synced.append(os.path.realpath("/proc/self/fd/{}".format(fd)))
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
     def replace(src, dst):
@@ -325,7 +361,7 @@ def test_save_is_atomic_with_fsync_of_file_and_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     _fit(tmp_path / "ckpt.pt", 3)  # one checkpoint, at step 3
-    tmp_name = "ckpt.pt.tmp{}".format(os.getpid())
+    tmp_name = f"ckpt.pt.tmp{os.getpid()}"
     assert renamed == [([str(tmp_path / tmp_name)], tmp_name, "ckpt.pt")]  # file synced before the rename
     assert synced == [str(tmp_path / tmp_name), str(tmp_path)]  # then the directory
     assert os.listdir(tmp_path) == ["ckpt.pt"]
@@ -369,5 +405,13 @@ def test_a_checkpoint_of_full_batch_steps_is_not_resumed_with_data(tmp_path):
     _fit(path, 3)
     pyro.clear_param_store()
     with pytest.raises(ValueError, match=r"data: None in the checkpoint, \{'batches_per_epoch': 1"):
-        fit(model, guide, Trace_ELBO(), ClippedAdam({"lr": 0.05, "lrd": 0.99}), data=[(X,)], epochs=5,
-            checkpoint=path, resume=True)
+        fit(
+            model,
+            guide,
+            Trace_ELBO(),
+            ClippedAdam({"lr": 0.05, "lrd": 0.99}),
+            data=[(X,)],
+            epochs=5,
+            checkpoint=path,
+            resume=True,
+        )

@@ -20,8 +20,14 @@ class ForkServer:
     def __init__(self, log):
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "tests", "_sigkill_worker.py")], cwd=ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+            [sys.executable, os.path.join(ROOT, "tests", "_sigkill_worker.py")],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
 
     def run(self, path, out, kill_after=None):
         """``(exit status, seconds)`` of one child run."""
@@ -47,7 +53,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         kill_times = np.random.RandomState(2024).uniform(0.0, duration, size=TRIALS)
         killed_mid_run = killed_mid_write = 0
         for trial, kill_after in enumerate(kill_times):
-            path, out = tmp_path / "trial{}.pt".format(trial), tmp_path / "trial{}.out".format(trial)
+            path, out = tmp_path / f"trial{trial}.pt", tmp_path / f"trial{trial}.out"
             status, _ = server.run(path, out, kill_after=kill_after)
             if os.WIFSIGNALED(status):
                 assert os.WTERMSIG(status) == signal.SIGKILL
@@ -58,16 +64,19 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
                 assert status == 0, (tmp_path / "server.log").read_text()
             status, _ = server.run(path, out)  # resume="allow_fresh": a fresh process resumes
             assert status == 0, "trial {} (killed after {:.3f} s): resume failed\n{}".format(
-                trial, kill_after, (tmp_path / "server.log").read_text())
+                trial, kill_after, (tmp_path / "server.log").read_text()
+            )
             resumed = torch.load(out, weights_only=True)
-            assert torch.equal(resumed["losses"], reference["losses"]), "trial {}".format(trial)
+            assert torch.equal(resumed["losses"], reference["losses"]), f"trial {trial}"
             assert resumed["params"].keys() == reference["params"].keys()
             for name, value in reference["params"].items():
-                assert torch.equal(resumed["params"][name], value), "trial {}: {}".format(trial, name)
+                assert torch.equal(resumed["params"][name], value), f"trial {trial}: {name}"
             assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]  # killed writes cleaned up
         # most kills landed in a run in progress, some while it wrote
-        print("{} trials: {} killed mid-run, {} of them mid-write; reference run {:.3f} s".format(
-            TRIALS, killed_mid_run, killed_mid_write, duration))
+        print(
+            f"{TRIALS} trials: {killed_mid_run} killed mid-run, {killed_mid_write} of them mid-write; reference "
+            f"run {duration:.3f} s"
+        )
         assert killed_mid_run >= TRIALS // 2, killed_mid_run
     finally:
         server.close()

@@ -109,9 +109,7 @@ def test_gradient_statistics_snr_edge_cases():
         pyro.param("unused", torch.zeros(2))
         guide(x)
 
-    result = gradient_statistics(
-        Trace_ELBO(), model_with_factor, guide_with_unused, X, num_draws=3
-    )
+    result = gradient_statistics(Trace_ELBO(), model_with_factor, guide_with_unused, X, num_draws=3)
     theta, unused = result["theta"], result["unused"]
     assert theta.mean.item() == -3.0 and theta.variance.item() == 0.0
     assert math.isinf(theta.snr.item())
@@ -122,7 +120,7 @@ def test_gradient_statistics_snr_edge_cases():
 
 @pytest.mark.parametrize("num_draws", [0, 1])
 def test_gradient_statistics_needs_two_draws(num_draws):
-    with pytest.raises(ValueError, match="num_draws must be an integer >= 2, got {}".format(num_draws)):
+    with pytest.raises(ValueError, match=f"num_draws must be an integer >= 2, got {num_draws}"):
         gradient_statistics(Trace_ELBO(), model, guide, X, num_draws=num_draws)
 
 
@@ -254,6 +252,7 @@ def test_log_importance_weights_refuse_a_guide_without_a_model_latent():
 
 
 def test_psis_khat_refuses_non_numbers():
-    with pytest.raises(ValueError, match="log_weights must be a 1-D tensor or array of numbers.*"
-                                         "log_importance_weights"):
+    with pytest.raises(
+        ValueError, match="log_weights must be a 1-D tensor or array of numbers.*log_importance_weights"
+    ):
         psis_khat(["a"] * 30)

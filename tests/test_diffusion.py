@@ -103,7 +103,9 @@ def test_posterior_is_ho_et_al_equation_7(t):
     bar_t, bar_prev = math.prod(1 - b for b in BETAS[:t].tolist()), math.prod(1 - b for b in BETAS[: t - 1].tolist())
     x0, x_t = torch.tensor([0.4, -1.0], dtype=F64), torch.tensor([1.2, 0.3], dtype=F64)
     mean, variance = forward_posterior(x_t, x0, t, BETAS)
-    expected_mean = math.sqrt(bar_prev) * beta / (1 - bar_t) * x0 + math.sqrt(alpha) * (1 - bar_prev) / (1 - bar_t) * x_t
+    expected_mean = (
+        math.sqrt(bar_prev) * beta / (1 - bar_t) * x0 + math.sqrt(alpha) * (1 - bar_prev) / (1 - bar_t) * x_t
+    )
     assert torch.allclose(mean, expected_mean, rtol=1e-12)
     assert variance == pytest.approx((1 - bar_prev) / (1 - bar_t) * beta, rel=1e-12)
 
@@ -241,9 +243,7 @@ def test_bound_is_above_the_negative_log_marginal(name):
 
 def test_model_log_marginal_for_one_step():
     """T = 1: p(x_0) = N(c_1, a_1^2 + sigma_1^2)."""
-    process = AffineReverseProcess(
-        torch.tensor([[0.5, 2.0]]), torch.tensor([[1.0, -1.0]]), torch.tensor([[0.2, 0.1]])
-    )
+    process = AffineReverseProcess(torch.tensor([[0.5, 2.0]]), torch.tensor([[1.0, -1.0]]), torch.tensor([[0.2, 0.1]]))
     x0 = torch.tensor([[0.3, 0.4]], dtype=F64)
     expected = gaussian_log_prob(x0, torch.tensor([1.0, -1.0], dtype=F64), torch.tensor([0.45, 4.1], dtype=F64))
     assert torch.allclose(model_log_marginal(x0, process), expected, rtol=1e-12)

@@ -108,8 +108,9 @@ def test_mean_gradient_is_the_exact_gradient(name):
 def test_the_exact_comparison_detects_a_biased_estimator():
     """Power check: the same comparison rejects VIMCO's gradient taken
     against the ELBO, and an estimator of the wrong bound (L_1 instead of L_3)."""
-    agrees, powerful = agrees_with(statistics(ImportanceWeightedELBO(3, gradient="vimco", **VEC), 400),
-                                   exact_gradient(1))
+    agrees, powerful = agrees_with(
+        statistics(ImportanceWeightedELBO(3, gradient="vimco", **VEC), 400), exact_gradient(1)
+    )
     assert powerful and not agrees
 
 
@@ -189,8 +190,9 @@ def test_leave_one_out_is_the_hand_formula_on_one_draw():
     actual = pyro.param("theta").unconstrained().grad
     theta = THETA.clone().requires_grad_()
     log_q = dist.Bernoulli(logits=theta).to_event(1).log_prob(z)  # (S, N)
-    log_w = (dist.Bernoulli(PRIOR).to_event(1).log_prob(z) + dist.Normal((W * z).sum(-1), 0.8).log_prob(X)
-             - log_q.detach())
+    log_w = (
+        dist.Bernoulli(PRIOR).to_event(1).log_prob(z) + dist.Normal((W * z).sum(-1), 0.8).log_prob(X) - log_q.detach()
+    )
     signal = log_w - log_w.mean(0)
     expected = -torch.autograd.grad((log_q * signal).sum() / 4, theta)[0]
     assert torch.allclose(actual, expected, atol=1e-5)
@@ -207,20 +209,33 @@ def continuous_model(data):
 
 
 def continuous_guide(data):
-    pyro.sample("loc", dist.Normal(pyro.param("m", torch.tensor(0.3)),
-                                   pyro.param("s", torch.tensor(0.5), constraint=constraints.positive)))
-    pyro.sample("scale", dist.Gamma(pyro.param("a", torch.tensor(3.0), constraint=constraints.positive),
-                                    pyro.param("b", torch.tensor(2.0), constraint=constraints.positive)))
+    pyro.sample(
+        "loc",
+        dist.Normal(
+            pyro.param("m", torch.tensor(0.3)), pyro.param("s", torch.tensor(0.5), constraint=constraints.positive)
+        ),
+    )
+    pyro.sample(
+        "scale",
+        dist.Gamma(
+            pyro.param("a", torch.tensor(3.0), constraint=constraints.positive),
+            pyro.param("b", torch.tensor(2.0), constraint=constraints.positive),
+        ),
+    )
 
 
 DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4])
 
 
-@pytest.mark.parametrize("make", [
-    lambda: RaoBlackwellELBO(num_particles=4, pathwise=True, **VEC),
-    lambda: ControlVariateELBO(num_particles=4, pathwise=True, **VEC),
-    lambda: ReinforceLeaveOneOutELBO(num_particles=4, pathwise=True, **VEC),
-], ids=["RaoBlackwellELBO", "ControlVariateELBO", "ReinforceLeaveOneOutELBO"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RaoBlackwellELBO(num_particles=4, pathwise=True, **VEC),
+        lambda: ControlVariateELBO(num_particles=4, pathwise=True, **VEC),
+        lambda: ReinforceLeaveOneOutELBO(num_particles=4, pathwise=True, **VEC),
+    ],
+    ids=["RaoBlackwellELBO", "ControlVariateELBO", "ReinforceLeaveOneOutELBO"],
+)
 def test_pathwise_on_a_continuous_guide_is_sticking_the_landing(make):
     """No site without a pathwise derivative: the pathwise option gives
     exactly StickingTheLandingELBO's gradient on the same samples."""
@@ -282,11 +297,13 @@ def test_pathwise_beats_tracegraph_with_a_baseline_on_the_gmm():
     0.26 and 0.20 against 0.22). The study's setting (experiments/gmm_cavi.py,
     N = 300, 10 particles) gives 0.50, 0.34, 0.39 against 0.78, 0.70, 0.63
     over three seeds."""
-    from experiments._mixtures import DiscreteSiteBaselines
-    from guides.gmm import cavi, elbo as closed_form_elbo, params_from_store
-    from models.gmm import DEFAULT_PRIOR
     from pyro.infer import SVI
     from pyro.optim import ClippedAdam
+
+    from experiments._mixtures import DiscreteSiteBaselines
+    from guides.gmm import cavi, params_from_store
+    from guides.gmm import elbo as closed_form_elbo
+    from models.gmm import DEFAULT_PRIOR
 
     gmm_model, gmm_guide, (data, pi) = gmm_setup(num_data=40)
     optimum = cavi((data.double(), pi.double()), DEFAULT_PRIOR, max_iters=300).elbo
@@ -350,15 +367,25 @@ def test_bad_arguments():
         DisARMELBO(num_particles=0)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: RaoBlackwellELBO(num_particles=20, pathwise=True, **VEC),
-    lambda: RaoBlackwellELBO(num_particles=20, pathwise=True, coordinates="parameters", **VEC),
-    lambda: RaoBlackwellELBO(num_particles=20, **VEC),
-    lambda: ControlVariateELBO(num_particles=20, **VEC),
-    lambda: ReinforceLeaveOneOutELBO(num_particles=20, pathwise=True, **VEC),
-    lambda: ReinforceLeaveOneOutELBO(num_particles=20, **VEC),
-], ids=["RaoBlackwellELBO(pathwise)", "RaoBlackwellELBO(pathwise, parameters)", "RaoBlackwellELBO",
-        "ControlVariateELBO", "ReinforceLeaveOneOutELBO(pathwise)", "ReinforceLeaveOneOutELBO"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RaoBlackwellELBO(num_particles=20, pathwise=True, **VEC),
+        lambda: RaoBlackwellELBO(num_particles=20, pathwise=True, coordinates="parameters", **VEC),
+        lambda: RaoBlackwellELBO(num_particles=20, **VEC),
+        lambda: ControlVariateELBO(num_particles=20, **VEC),
+        lambda: ReinforceLeaveOneOutELBO(num_particles=20, pathwise=True, **VEC),
+        lambda: ReinforceLeaveOneOutELBO(num_particles=20, **VEC),
+    ],
+    ids=[
+        "RaoBlackwellELBO(pathwise)",
+        "RaoBlackwellELBO(pathwise, parameters)",
+        "RaoBlackwellELBO",
+        "ControlVariateELBO",
+        "ReinforceLeaveOneOutELBO(pathwise)",
+        "ReinforceLeaveOneOutELBO",
+    ],
+)
 def test_unbiased_on_the_gmm_against_enumerated_z(make):
     """The mean gradient of every GMM guide parameter (components and the
     assignment probabilities) equals TraceEnum_ELBO's with z enumerated in
@@ -366,8 +393,9 @@ def test_unbiased_on_the_gmm_against_enumerated_z(make):
     standard errors, with a comparison that would see a gradient off by half."""
     import dataclasses
 
-    from guides.gmm import initial_params
     from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    from guides.gmm import initial_params
 
     gmm_model, gmm_guide, args = gmm_setup(num_data=12, seed=1)
     # Assignment probabilities away from 0: a class drawn once in 10^6 draws

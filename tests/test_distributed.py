@@ -74,18 +74,15 @@ def _worker(rank, init, out):
     result["grads"] = {n: p.grad.clone() for n, p in zip(names, params)}
     h, signal = particles(rank)
     for coefficient in ("pooled", "leave_one_out"):
-        result[coefficient] = controlled_gradient(
-            h, coefficient, signal=signal, pool=_sum
-        )
+        result[coefficient] = controlled_gradient(h, coefficient, signal=signal, pool=_sum)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide(shard(rank))
     pyro.set_rng_seed(20 + rank)
     elbo = RaoBlackwellELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1, pool_processes=True)
-    fit(model, guide, elbo, Adam({"lr": 0.05}), shard(rank), num_steps=3,
-        checkpoint=os.path.join(out, "run.pt"))
+    fit(model, guide, elbo, Adam({"lr": 0.05}), shard(rank), num_steps=3, checkpoint=os.path.join(out, "run.pt"))
     result["fitted"] = {n: pyro.param(n).detach().clone() for n in sorted(pyro.get_param_store().keys())}
-    torch.save(result, os.path.join(out, "rank{}.pt".format(rank)))
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -97,16 +94,17 @@ def _sum(tensor):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("distributed"))
-    context = mp.start_processes(_worker, args=(os.path.join(out, "init"), out), nprocs=WORLD,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(
+        _worker, args=(os.path.join(out, "init"), out), nprocs=WORLD, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + TIMEOUT
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail("the two processes did not finish in {} s".format(TIMEOUT))
-    assert all(os.path.exists(os.path.join(out, "run.pt.rank{}".format(r))) for r in range(WORLD))
-    return [torch.load(os.path.join(out, "rank{}.pt".format(r))) for r in range(WORLD)]
+            pytest.fail(f"the two processes did not finish in {TIMEOUT} s")
+    assert all(os.path.exists(os.path.join(out, f"run.pt.rank{r}")) for r in range(WORLD))
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
 
 
 def test_the_gradient_is_the_mean_of_the_shards_gradients(ranks):

@@ -40,7 +40,7 @@ def _check_outputs(out, labels):
     with open(os.path.join(out, "table.rst")) as f:
         table = f.read()
     for label, row in results["estimators"].items():
-        assert "   * - {}\n".format(label) in table, label
+        assert f"   * - {label}\n" in table, label
         if row["refused"]:
             # a refusal names the site and the reason, and the table shows the message
             assert "site 'z'" in row["refused"] and row["refused"] in table, (label, row["refused"])
@@ -58,7 +58,10 @@ def test_tutorial_runs_with_small_settings(tutorial, tmp_path):
     out = str(tmp_path / "tutorial")
     proc = subprocess.run(
         [sys.executable, TUTORIAL, "--out", out, "--steps", "10", "--draws", "3", "--particles", "4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = _check_outputs(out, list(tutorial.ESTIMATORS))
@@ -91,20 +94,46 @@ def test_tutorial_exact_elbo_matches_monte_carlo(tutorial):
 def test_docs_build_without_warnings(tmp_path):
     out = tmp_path / "html"
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d",
-         str(tmp_path / "doctrees"), DOCS, str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(tmp_path / "doctrees"),
+            DOCS,
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, "sphinx build failed:\n" + proc.stdout + proc.stderr
     with open(os.path.join(ROOT, "results", "compatibility", "results.json")) as f:
         compatibility = json.load(f)
     page = (out / "compatibility.html").read_text()
     for estimator in compatibility["estimators"]:
-        assert ">{}<".format(estimator) in page, estimator
-    for page in ("estimators/score_function", "estimators/rao_blackwell", "estimators/sticking_the_landing",
-                 "estimators/importance_weighted", "estimators/discrete", "contract", "training",
-                 "diagnostics", "distributed", "natural_gradients", "gumbel_softmax",
-                 "tutorial/choosing_an_estimator", "which_estimator"):
+        assert f">{estimator}<" in page, estimator
+    for page in (
+        "estimators/score_function",
+        "estimators/rao_blackwell",
+        "estimators/sticking_the_landing",
+        "estimators/importance_weighted",
+        "estimators/discrete",
+        "contract",
+        "training",
+        "diagnostics",
+        "distributed",
+        "natural_gradients",
+        "gumbel_softmax",
+        "tutorial/choosing_an_estimator",
+        "which_estimator",
+    ):
         assert (out / (page + ".html")).is_file(), page
     assert "Algorithm" in (out / "estimators" / "discrete.html").read_text()
 
@@ -115,8 +144,10 @@ def test_compatibility_markdown_to_rst():
         from compatibility_table import markdown_to_rst
     finally:
         sys.path.remove(os.path.join(DOCS, "_ext"))
-    lines = markdown_to_rst("| estimator | a | b |\n|---|---|---|\n| E | yes | 2 of 4<sup>3</sup><sup>4</sup> "
-                            "(subsampled) |\n\n1. refused: why")
+    lines = markdown_to_rst(
+        "| estimator | a | b |\n|---|---|---|\n| E | yes | 2 of 4<sup>3</sup><sup>4</sup> "
+        "(subsampled) |\n\n1. refused: why"
+    )
     assert "     - 2 of 4\\ :sup:`3,4` (subsampled)" in lines
     assert lines[-1] == "1. refused: why"
     with pytest.raises(ValueError, match="unexpected line"):

@@ -20,8 +20,21 @@ TINY_MNIST = "<tiny MNIST folder>"
 # script -> (tiny flags, files it must write to --out)
 SMOKE = {
     "benchmark_scaling": (
-        ["--sweeps", "particles", "subsample", "--sizes", "3", "--estimators", "Trace_ELBO",
-         "ControlVariateELBO", "--steps", "1", "--rounds", "1", "--no-memory"],
+        [
+            "--sweeps",
+            "particles",
+            "subsample",
+            "--sizes",
+            "3",
+            "--estimators",
+            "Trace_ELBO",
+            "ControlVariateELBO",
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--no-memory",
+        ],
         ["results.json", "scaling.png"],
     ),
     "bbvi_normal_gamma": (
@@ -30,9 +43,34 @@ SMOKE = {
     ),
     "benchmark": (["--steps", "3", "--rounds", "2", "--batch-size", "4"], ["results.json"]),
     "bernoulli_vae": (
-        ["--data-dir", TINY_MNIST, "--no-download", "--models", "linear", "--estimators", "DisARMELBO",
-         "--ks", "2", "--seeds", "0", "1", "--steps", "4", "--multi-steps", "2", "--eval-every", "2",
-         "--eval-size", "8", "--test-samples", "3", "--batch-size", "8", "--variance-draws", "2"],
+        [
+            "--data-dir",
+            TINY_MNIST,
+            "--no-download",
+            "--models",
+            "linear",
+            "--estimators",
+            "DisARMELBO",
+            "--ks",
+            "2",
+            "--seeds",
+            "0",
+            "1",
+            "--steps",
+            "4",
+            "--multi-steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--eval-size",
+            "8",
+            "--test-samples",
+            "3",
+            "--batch-size",
+            "8",
+            "--variance-draws",
+            "2",
+        ],
         ["single_sample.png", "multi_sample.png", "time_per_step.png", "results.json"],
     ),
     "benchmark_vae": (
@@ -62,9 +100,26 @@ SMOKE = {
     ),
     "iwelbo_bounds": (["--ks", "1", "5", "--draws", "3"], ["bounds.png", "results.json"]),
     "lda_svi": (
-        ["--num-docs", "40", "--vocab-size", "20", "--num-topics", "3", "--doc-length", "20",
-         "--cavi-iters", "3", "--svi-updates", "5", "--batch-size", "10", "--pyro-steps", "5",
-         "--eval-points", "3"],
+        [
+            "--num-docs",
+            "40",
+            "--vocab-size",
+            "20",
+            "--num-topics",
+            "3",
+            "--doc-length",
+            "20",
+            "--cavi-iters",
+            "3",
+            "--svi-updates",
+            "5",
+            "--batch-size",
+            "10",
+            "--pyro-steps",
+            "5",
+            "--eval-points",
+            "3",
+        ],
         ["elbo.png", "topics.png", "results.json"],
     ),
     "natural_gradient_svi": (
@@ -73,9 +128,30 @@ SMOKE = {
     ),
     "poisson_gamma": (["--steps", "20"], ["theta.png", "elbo.png", "results.json"]),
     "vae_mnist": (
-        ["--data-dir", TINY_MNIST, "--epochs", "1", "--eval-samples", "5", "--runs", "vae,iwae5",
-         "--seeds", "0", "1", "--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "8",
-         "--monitor-k", "3", "--monitor-size", "8", "--no-download"],
+        [
+            "--data-dir",
+            TINY_MNIST,
+            "--epochs",
+            "1",
+            "--eval-samples",
+            "5",
+            "--runs",
+            "vae,iwae5",
+            "--seeds",
+            "0",
+            "1",
+            "--hidden-dims",
+            "8",
+            "--latent-dim",
+            "2",
+            "--batch-size",
+            "8",
+            "--monitor-k",
+            "3",
+            "--monitor-size",
+            "8",
+            "--no-download",
+        ],
         ["elbo_iwelbo.png", "test_loglik.png", "reconstructions.png", "samples.png", "results.json"],
     ),
     "rao_blackwell": (
@@ -226,12 +302,15 @@ def test_bad_flags_are_refused_while_parsing(script, flags, message, tmp_path, c
     assert not out.exists()  # refused before --out is created, let alone written
 
 
-@pytest.mark.parametrize("command, flags", [
-    (["-m", "experiments.bbvi_normal_gamma"], ["--lr", "-0.05"]),
-    (["-m", "experiments.poisson_gamma"], ["--lr", "inf"]),
-    ([os.path.join("experiments", "rao_blackwell.py")], ["--steps", "0"]),
-    ([os.path.join("experiments", "gmm_cavi.py")], ["--steps", "2.5"]),
-])
+@pytest.mark.parametrize(
+    "command, flags",
+    [
+        (["-m", "experiments.bbvi_normal_gamma"], ["--lr", "-0.05"]),
+        (["-m", "experiments.poisson_gamma"], ["--lr", "inf"]),
+        ([os.path.join("experiments", "rao_blackwell.py")], ["--steps", "0"]),
+        ([os.path.join("experiments", "gmm_cavi.py")], ["--steps", "2.5"]),
+    ],
+)
 def test_bad_flags_exit_with_status_2_before_any_work(command, flags, tmp_path):
     out = tmp_path / "out"
     proc = run(command, out, flags)

@@ -174,8 +174,10 @@ def test_boolean_parameters_are_refused(theta):
 def test_integer_parameters_become_floats():
     theta = FAMILIES["gamma"].check_params(torch.tensor([2, 3]))
     assert theta.dtype == torch.get_default_dtype()
-    torch.testing.assert_close(FAMILIES["gamma"].log_prob(torch.tensor([2, 3]), torch.tensor(0.5)),
-                               torch.distributions.Gamma(2.0, 3.0).log_prob(torch.tensor(0.5)))
+    torch.testing.assert_close(
+        FAMILIES["gamma"].log_prob(torch.tensor([2, 3]), torch.tensor(0.5)),
+        torch.distributions.Gamma(2.0, 3.0).log_prob(torch.tensor(0.5)),
+    )
 
 
 @pytest.mark.parametrize("scale", [1e-20, 1e-10, 1e10, 1e20])
@@ -187,10 +189,12 @@ def test_float32_normals_with_extreme_scales_are_valid(scale):
     torch.testing.assert_close(normal.log_prob(theta, x), reference.float())  # torch's float32 one is NaN at 1e20
     if 1e-15 < scale < 1e15:  # F(theta) = diag(1/s^2, 2/s^2) is representable in float32 (1/s^4 inside is not)
         expected = torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64) / scale**2)
-        torch.testing.assert_close(normal.fisher(theta), expected.float(), rtol=1e-5,
-                                   atol=1e-6 * expected.abs().max().item())  # the off-diagonal cancels
+        torch.testing.assert_close(
+            normal.fisher(theta), expected.float(), rtol=1e-5, atol=1e-6 * expected.abs().max().item()
+        )  # the off-diagonal cancels
     grad = torch.tensor([1.0, 1.0])
     torch.testing.assert_close(normal.natural_gradient(theta, grad), torch.tensor([scale**2, scale**2 / 2]))
     eta64 = normal.natural_params(theta.double())
-    torch.testing.assert_close(normal.mean_params(eta64), torch.tensor([0.5 * scale, 1.25 * scale**2],
-                                                                      dtype=torch.float64))
+    torch.testing.assert_close(
+        normal.mean_params(eta64), torch.tensor([0.5 * scale, 1.25 * scale**2], dtype=torch.float64)
+    )

@@ -181,8 +181,10 @@ def test_mu_update_weights_each_point_once():
     e_tau = p.a / p.b
     for k in range(3):
         grid = torch.linspace(-3, 3, 7, dtype=torch.float64)
-        values = -0.5 * e_tau[k] * (
-            PRIOR.lambda0 * (grid - PRIOR.m0) ** 2 + (new.r[:, k, None] * (x64[:, None] - grid) ** 2).sum(0)
+        values = (
+            -0.5
+            * e_tau[k]
+            * (PRIOR.lambda0 * (grid - PRIOR.m0) ** 2 + (new.r[:, k, None] * (x64[:, None] - grid) ** 2).sum(0))
         )
         # exact quadratic: fit c2 mu^2 + c1 mu + c0
         design = torch.stack([grid**2, grid, torch.ones_like(grid)], -1)

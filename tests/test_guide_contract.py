@@ -137,7 +137,13 @@ def test_elbo_gradient_matches_central_differences(case):
         if name in ("r", "phi"):
             h = 1e-5 * float(point.min())
         moved = [
-            float(module.elbo(data, dataclasses.replace(params, **{name: _shape_like(params, name, point + s * h * direction)}), prior))
+            float(
+                module.elbo(
+                    data,
+                    dataclasses.replace(params, **{name: _shape_like(params, name, point + s * h * direction)}),
+                    prior,
+                )
+            )
             for s in (1, -1)
         ]
         fd = (moved[0] - moved[1]) / (2 * h)

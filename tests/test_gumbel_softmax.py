@@ -63,7 +63,7 @@ def test_gumbel_noise_is_finite_and_standard_gumbel():
     g = gumbel_noise((200000,), generator=gen(3))
     assert torch.isfinite(g).all()
     # Gumbel(0, 1): mean = Euler-Mascheroni, variance = pi^2 / 6
-    assert abs(g.mean().item() - 0.5772157) < 4 * math.sqrt(math.pi ** 2 / 6 / 200000)
+    assert abs(g.mean().item() - 0.5772157) < 4 * math.sqrt(math.pi**2 / 6 / 200000)
     assert stats.kstest(g.numpy(), stats.gumbel_r.cdf).pvalue > 0.001
     # the clamp keeps -log(-log u) finite at u = 0
     finfo = torch.finfo(torch.float32)
@@ -126,8 +126,10 @@ def test_low_temperature_is_one_hot_high_is_uniform():
     assert (low.max(-1).values > 0.99).float().mean() > 0.95
     high = gumbel_softmax_sample(LOGITS, 1000.0, (n,), generator=gen(8))
     assert (high - 0.25).abs().max() < 0.01
-    means = [gumbel_softmax_sample(LOGITS, t, (n,), generator=gen(8)).max(-1).values.mean().item()
-             for t in (0.01, 0.1, 0.5, 1.0, 5.0, 100.0)]
+    means = [
+        gumbel_softmax_sample(LOGITS, t, (n,), generator=gen(8)).max(-1).values.mean().item()
+        for t in (0.01, 0.1, 0.5, 1.0, 5.0, 100.0)
+    ]
     assert all(a > b for a, b in zip(means, means[1:]))
     assert means[0] > 0.99 and means[-1] < 0.26
     # E[y] -> a as T -> 0
@@ -192,16 +194,26 @@ def test_variance_grows_as_temperature_falls():
     assert variances[0] > variances[1] > variances[2]
 
 
-@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan"), torch.tensor([0.5, -0.1]),
-                                         "1.0", None, True])
+@pytest.mark.parametrize(
+    "temperature", [0.0, -1.0, float("inf"), float("nan"), torch.tensor([0.5, -0.1]), "1.0", None, True]
+)
 def test_bad_temperature(temperature):
     with pytest.raises(ValueError, match="temperature"):
         gumbel_softmax_sample(LOGITS, temperature)
 
 
-@pytest.mark.parametrize("logits", [torch.tensor([0.0, float("nan")]), torch.tensor([0.0, float("-inf")]),
-                                    torch.tensor([float("inf"), 1.0]), torch.tensor(1.0), torch.zeros(3, 0),
-                                    torch.tensor([1, 2]), [0.0, 1.0]])
+@pytest.mark.parametrize(
+    "logits",
+    [
+        torch.tensor([0.0, float("nan")]),
+        torch.tensor([0.0, float("-inf")]),
+        torch.tensor([float("inf"), 1.0]),
+        torch.tensor(1.0),
+        torch.zeros(3, 0),
+        torch.tensor([1, 2]),
+        [0.0, 1.0],
+    ],
+)
 def test_bad_logits(logits):
     with pytest.raises(ValueError, match="logits"):
         gumbel_softmax_sample(logits, 1.0)
@@ -213,13 +225,16 @@ def test_bad_relaxed_sample(y):
         categorical_from_relaxed(y)
 
 
-@pytest.mark.parametrize("sample_shape, match", [
-    ((-1,), r"sample_shape\[0\] must be an integer >= 0, got -1"),
-    ((2, -3), r"sample_shape\[1\] must be an integer >= 0, got -3"),
-    ((2.5,), r"sample_shape\[0\] must be an integer >= 0, got 2\.5 \(float\)"),
-    (5, r"sample_shape must be a sequence of non-negative integers .* got 5 \(int\)"),
-    ("5", r"sample_shape must be a sequence .* got '5' \(str\)"),
-])
+@pytest.mark.parametrize(
+    "sample_shape, match",
+    [
+        ((-1,), r"sample_shape\[0\] must be an integer >= 0, got -1"),
+        ((2, -3), r"sample_shape\[1\] must be an integer >= 0, got -3"),
+        ((2.5,), r"sample_shape\[0\] must be an integer >= 0, got 2\.5 \(float\)"),
+        (5, r"sample_shape must be a sequence of non-negative integers .* got 5 \(int\)"),
+        ("5", r"sample_shape must be a sequence .* got '5' \(str\)"),
+    ],
+)
 def test_bad_sample_shape_is_refused_by_name(sample_shape, match):
     with pytest.raises(ValueError, match=match):
         gumbel_softmax_sample(LOGITS, 1.0, sample_shape=sample_shape)
@@ -230,10 +245,13 @@ def test_sample_shape_accepts_numpy_integers_and_zero():
     assert gumbel_softmax_sample(LOGITS, 1.0, sample_shape=torch.Size([3])).shape == (3,) + LOGITS.shape
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"hard": "yes"}, r"hard must be True or False, got 'yes'"),
-    ({"generator": 0}, r"generator must be a torch\.Generator or None, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"hard": "yes"}, r"hard must be True or False, got 'yes'"),
+        ({"generator": 0}, r"generator must be a torch\.Generator or None, got 0"),
+    ],
+)
 def test_bad_hard_and_generator(kwargs, match):
     with pytest.raises(ValueError, match=match):
         gumbel_softmax_sample(LOGITS, 1.0, **kwargs)

@@ -4,13 +4,12 @@ against the exact log evidence, DReG's unbiasedness and signal-to-noise."""
 import functools
 import math
 
-import pytest
-import torch
-from torch import nn
-
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro.infer import RenyiELBO, Trace_ELBO
+from torch import nn
 
 from guides.normal_gamma import NormalGammaParams, mean_field_guide
 from models.normal_gamma import generate_data, log_evidence, model

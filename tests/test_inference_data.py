@@ -43,9 +43,7 @@ def idata():
 
 
 def test_groups_and_shapes(idata):
-    assert set(idata.groups()) == {
-        "posterior", "posterior_predictive", "observed_data", "log_likelihood"
-    }
+    assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data", "log_likelihood"}
     post = idata.posterior
     assert set(post.data_vars) == {"z", "z_squared", "y"}
     assert post["z"].dims == ("chain", "draw")
@@ -64,7 +62,7 @@ def test_summary_matches_guide(idata):
     assert abs(summary.loc["z", "mean"] - LOC) < 4 * SCALE / math.sqrt(num_draws)
     assert summary.loc["z", "sd"] == pytest.approx(SCALE, rel=0.1)
     for n in range(N):
-        mean = summary.loc["y[{}]".format(n), "mean"]
+        mean = summary.loc[f"y[{n}]", "mean"]
         assert abs(mean - Y_LOC[n].item()) < 4 * 0.5 / math.sqrt(num_draws)
     # independent draws split into chains: no between-chain difference
     assert (summary["r_hat"] < 1.02).all()
@@ -125,9 +123,7 @@ def test_autoguide_and_observed_argument():
     pyro.set_rng_seed(0)
     conditioned = pyro.poutine.condition(unconditioned, data={"x": X})
     auto = AutoNormal(conditioned)
-    idata = to_inference_data(
-        unconditioned, auto, X, num_samples=40, num_chains=2, observed={"x": X}, seed=0
-    )
+    idata = to_inference_data(unconditioned, auto, X, num_samples=40, num_chains=2, observed={"x": X}, seed=0)
     assert list(idata.posterior.data_vars) == ["s"]  # no "s_unconstrained"
     assert (idata.posterior["s"].values > 0).all()
     np.testing.assert_array_equal(idata.observed_data["x"].values, X.numpy())
@@ -136,8 +132,14 @@ def test_autoguide_and_observed_argument():
 
 def test_group_flags():
     idata = to_inference_data(
-        model, guide, X, num_samples=4, num_chains=1,
-        posterior_predictive=False, log_likelihood=False, seed=0,
+        model,
+        guide,
+        X,
+        num_samples=4,
+        num_chains=1,
+        posterior_predictive=False,
+        log_likelihood=False,
+        seed=0,
     )
     assert set(idata.groups()) == {"posterior", "observed_data"}
 
@@ -274,8 +276,7 @@ def test_masked_observations_are_left_out_of_the_likelihood(how):
 
 
 def test_obs_mask_posterior_holds_only_the_imputed_points():
-    idata = to_inference_data(_masked_model("obs_mask"), _imputing_guide, X, num_samples=8, num_chains=2,
-                              seed=0)
+    idata = to_inference_data(_masked_model("obs_mask"), _imputing_guide, X, num_samples=8, num_chains=2, seed=0)
     imputed = idata.posterior["x_unobserved"].values
     assert np.isnan(imputed[:, :, MASK.numpy()]).all()
     assert np.isfinite(imputed[:, :, ~MASK.numpy()]).all()
@@ -315,9 +316,20 @@ def _global_guide(x):
 
 def test_enumerated_sites_the_guide_lacks_are_left_out_of_the_posterior_only():
     # summed out by TraceEnum_ELBO: not in the posterior, and no group may rest on prior draws of them
-    idata = to_inference_data(_enumerated_mixture, _global_guide, X, num_samples=8, num_chains=2, seed=0,
-                              log_likelihood=False, posterior_predictive=False)
+    idata = to_inference_data(
+        _enumerated_mixture,
+        _global_guide,
+        X,
+        num_samples=8,
+        num_chains=2,
+        seed=0,
+        log_likelihood=False,
+        posterior_predictive=False,
+    )
     assert list(idata.posterior.data_vars) == ["loc"]
-    with pytest.raises(ValueError, match=r"latent site\(s\) 'c'.*the model enumerates 'c': to_inference_data leaves "
-                                         r"them out only with log_likelihood=False and posterior_predictive=False"):
+    with pytest.raises(
+        ValueError,
+        match=r"latent site\(s\) 'c'.*the model enumerates 'c': to_inference_data leaves "
+        r"them out only with log_likelihood=False and posterior_predictive=False",
+    ):
         to_inference_data(_enumerated_mixture, _global_guide, X, num_samples=8, num_chains=2)

@@ -190,7 +190,8 @@ def test_pyro_collapsed_bound_against_the_closed_form():
     assert std_err < 0.2
     # Trace_ELBO itself (a fresh estimate) is above the mean-field ELBO
     estimate = -Trace_ELBO(num_particles=4000, vectorize_particles=True, max_plate_nesting=1).loss(
-        model, bound_guide, counts, K, ALPHA, ETA)
+        model, bound_guide, counts, K, ALPHA, ETA
+    )
     assert estimate > float(elbo(counts, LDAParams(lam, gamma), PRIOR)) + 1.0
 
 

@@ -13,18 +13,36 @@ from pyro.optim import Adam
 from torch.distributions import constraints
 
 from experiments.gamma_natural_gradient import (
-    average_nll, data_statistics, descend, gamma_mle, inverse_fisher_closed_form, iterations_to_reach,
-    nll_gradient, sample_data,
+    average_nll,
+    data_statistics,
+    descend,
+    gamma_mle,
+    inverse_fisher_closed_form,
+    iterations_to_reach,
+    nll_gradient,
+    sample_data,
 )
 from experiments.natural_gradient_svi import FACTORS, closed_form_loss, robbins_monro
 from guides.normal_gamma import (
-    DEFAULT_INIT, MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE, NormalGammaParams, cavi, cavi_step,
-    mean_field_guide, params_from_store,
+    DEFAULT_INIT,
+    MU_LOC,
+    MU_PRECISION,
+    TAU_CONCENTRATION,
+    TAU_RATE,
+    NormalGammaParams,
+    cavi,
+    cavi_step,
+    mean_field_guide,
+    params_from_store,
 )
 from guides.normal_gamma import elbo as closed_form_elbo
 from models.normal_gamma import COURSE_PRIOR, generate_data, model, sufficient_statistics
 from pyro_vi import (
-    NaturalGradient, NaturalParameterDomainError, descent_step, natural_gradient, natural_gradient_step,
+    NaturalGradient,
+    NaturalParameterDomainError,
+    descent_step,
+    natural_gradient,
+    natural_gradient_step,
     natural_parameter_step,
 )
 from pyro_vi.training import fit
@@ -55,8 +73,10 @@ def test_ngd_reaches_gamma_mle_in_fewer_iterations_than_gd(init):
         run = descend(method, init, stats, lr, steps=800, max_halvings=30)
         assert (run["path"] > 0).all(), f"{method} left alpha, beta > 0"
         counts[method] = iterations_to_reach(run["nll"], best, tol)
-        print(f"start {init}, lr {lr}: {method} reaches the MLE NLL within {tol:g} nats in "
-              f"{counts[method]} iterations ({run['halved_steps']} halved steps)")
+        print(
+            f"start {init}, lr {lr}: {method} reaches the MLE NLL within {tol:g} nats in "
+            f"{counts[method]} iterations ({run['halved_steps']} halved steps)"
+        )
     assert counts["NGD"] is not None and counts["GD"] is not None
     assert counts["NGD"] < counts["GD"] / 10
 
@@ -118,8 +138,9 @@ def _jacobi_cavi(data, q: NormalGammaParams):
     n, mean, ss = sufficient_statistics(data)
     lambda_n = COURSE_PRIOR.lambda0 + n
     m = (COURSE_PRIOR.lambda0 * COURSE_PRIOR.mu0 + n * mean) / lambda_n
-    b = COURSE_PRIOR.b0 + 0.5 * (ss + n * (mean - q.m) ** 2 + COURSE_PRIOR.lambda0 * (q.m - COURSE_PRIOR.mu0) ** 2
-                                 + lambda_n / q.lam)
+    b = COURSE_PRIOR.b0 + 0.5 * (
+        ss + n * (mean - q.m) ** 2 + COURSE_PRIOR.lambda0 * (q.m - COURSE_PRIOR.mu0) ** 2 + lambda_n / q.lam
+    )
     return NormalGammaParams(m=m, lam=lambda_n * q.a / q.b, a=COURSE_PRIOR.a0 + 0.5 * (n + 1), b=b)
 
 
@@ -159,8 +180,12 @@ def test_natural_gradient_svi_reaches_cavi_optimum(float64, data):
     optimum = cavi(data).elbo
     pyro.set_rng_seed(0)
     elbo = Trace_ELBO(num_particles=10, vectorize_particles=True, max_plate_nesting=1)
-    svi = SVI(model, functools.partial(mean_field_guide, init=DEFAULT_INIT),
-              NaturalGradient(FACTORS, lr=robbins_monro(0.5, 0.7), max_halvings=10), elbo)
+    svi = SVI(
+        model,
+        functools.partial(mean_field_guide, init=DEFAULT_INIT),
+        NaturalGradient(FACTORS, lr=robbins_monro(0.5, 0.7), max_halvings=10),
+        elbo,
+    )
     gaps = []
     for _ in range(150):
         svi.step(data)
@@ -221,8 +246,17 @@ def test_fit_checkpoint_resume_matches_uninterrupted_run(float64, data, tmp_path
         pyro.set_rng_seed(1)
         optim = NaturalGradient(FACTORS, lr=robbins_monro(0.5, 0.7), max_halvings=10)
         elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
-        fit(model, functools.partial(mean_field_guide, init=DEFAULT_INIT), elbo, optim, data,
-            num_steps=num_steps, checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=5, resume=resume)
+        fit(
+            model,
+            functools.partial(mean_field_guide, init=DEFAULT_INIT),
+            elbo,
+            optim,
+            data,
+            num_steps=num_steps,
+            checkpoint=str(tmp_path / "ckpt.pt"),
+            checkpoint_every=5,
+            resume=resume,
+        )
         return params_from_store(), optim.num_steps
 
     reference, _ = run(20, resume=False)
@@ -266,8 +300,11 @@ def test_factor_names_that_match_no_param_are_refused(float64, data):
     _exact_gradients(data)
     before = [p.detach().clone() for p in params]
     optim = NaturalGradient(typo, lr=1.0, fallback=Adam({"lr": 0.1}))
-    with pytest.raises(ValueError, match=r"factors name param\(s\) \['q_mu_locc'\] that are not in the Pyro param "
-                                         r"store.*'q_mu_loc'"):
+    with pytest.raises(
+        ValueError,
+        match=r"factors name param\(s\) \['q_mu_locc'\] that are not in the Pyro param "
+        r"store.*'q_mu_loc'",
+    ):
         optim(params)
     assert all(torch.equal(p, old) for p, old in zip(params, before))
 
@@ -277,8 +314,11 @@ def test_nan_gradient_is_refused_naming_the_param(float64, data):
     _exact_gradients(data)
     params[2].grad[...] = float("nan")  # q_tau_concentration
     before = [p.detach().clone() for p in params]
-    with pytest.raises(ValueError, match=r"factor 'tau': the gradient of param 'q_tau_concentration' is not finite "
-                                         r"\(nan\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"factor 'tau': the gradient of param 'q_tau_concentration' is not finite "
+        r"\(nan\)",
+    ):
         NaturalGradient(FACTORS, lr=1.0)(params)
     assert all(torch.equal(p, old) for p, old in zip(params, before))
     with pytest.raises(ValueError, match="grad_theta for gamma parameter rate is not finite"):
@@ -289,10 +329,15 @@ def test_nan_gradient_is_refused_naming_the_param(float64, data):
 
 def test_singular_fisher_is_a_clear_error_not_a_linalg_error():
     # Gamma(1e30, 1): trigamma(a) a = 1 in float64, the determinant is 0
-    for call in (lambda: natural_gradient("gamma", [1e30, 1.0], torch.tensor([1.0, 0.0])),
-                 lambda: natural_parameter_step("gamma", [1e30, 1.0], torch.tensor([1.0, 0.0]), lr=0.1)):
-        with pytest.raises(ValueError, match=r"gamma: the Fisher information at concentration=1e\+30, rate=1 is "
-                                             r"singular to working precision") as raised:
+    for call in (
+        lambda: natural_gradient("gamma", [1e30, 1.0], torch.tensor([1.0, 0.0])),
+        lambda: natural_parameter_step("gamma", [1e30, 1.0], torch.tensor([1.0, 0.0]), lr=0.1),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=r"gamma: the Fisher information at concentration=1e\+30, rate=1 is "
+            r"singular to working precision",
+        ) as raised:
             call()
         assert not isinstance(raised.value, torch.linalg.LinAlgError)
 

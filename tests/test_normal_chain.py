@@ -203,7 +203,7 @@ def test_elbo_gradient_matches_finite_differences_in_unconstrained_coordinates(d
     base = params.as_tensors(torch.float64)
     eps = 1e-6
     for name in PARAM_NAMES:
-        for index in ([None] if name not in ("q_y_loc", "q_y_scale") else [0, 7]):
+        for index in [None] if name not in ("q_y_loc", "q_y_scale") else [0, 7]:
             values = []
             for sign in (1, -1):
                 moved = dict(base)
@@ -363,7 +363,7 @@ def test_bad_data_is_refused_everywhere(bad, match):
     entry_points = (
         model,
         mean_field_guide,
-            lambda x: elbo(x, init),
+        lambda x: elbo(x, init),
         lambda x: elbo_gradient(x, init),
         lambda x: cavi_step(x, init),
         lambda x: log_joint(x, 0.0, 1.0, 0.0, 0.0, torch.zeros(3)),

@@ -187,7 +187,10 @@ def test_log_evidence_is_elbo_plus_kl_for_random_q(course_grid, seed):
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(4, generator=gen, dtype=torch.float64).tolist()
     q = NormalGammaParams(
-        m=1.05 + 0.15 * z[0], lam=45.0 * math.exp(0.3 * z[1]), a=40.0 * math.exp(0.3 * z[2]), b=80.0 * math.exp(0.3 * z[3])
+        m=1.05 + 0.15 * z[0],
+        lam=45.0 * math.exp(0.3 * z[1]),
+        a=40.0 * math.exp(0.3 * z[2]),
+        b=80.0 * math.exp(0.3 * z[3]),
     )
     m, lam, a, b = (torch.tensor(v, dtype=torch.float64) for v in (q.m, q.lam, q.a, q.b))
     log_q = dist.Normal(m, lam**-0.5).log_prob(grid.mu) + dist.Gamma(a, b).log_prob(grid.tau)

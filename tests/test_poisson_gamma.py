@@ -17,10 +17,10 @@ from guides.poisson_gamma import (
     DEFAULT_INIT_THETA,
     EULER_GAMMA,
     THETA,
+    PoissonGammaParams,
     elbo,
     exponential_guide,
     optimal_theta,
-    PoissonGammaParams,
     params_from_store,
 )
 from models.poisson_gamma import (
@@ -256,7 +256,9 @@ def test_elbo_at_optimum_is_below_log_evidence_with_equality_only_when_well_spec
     data, prior = torch.zeros(3), PoissonGammaPrior(alpha=1.0, beta=0.5)
     theta_star = optimal_theta(data, prior)
     assert theta_star == pytest.approx(3.5, rel=1e-12)
-    assert float(elbo(data, PoissonGammaParams(theta_star), prior)) == pytest.approx(log_evidence(data, prior), abs=1e-12)
+    assert float(elbo(data, PoissonGammaParams(theta_star), prior)) == pytest.approx(
+        log_evidence(data, prior), abs=1e-12
+    )
 
 
 def test_guide_uses_documented_param_name_init_and_shapes():

@@ -3,9 +3,8 @@
 import functools
 
 import numpy as np
-import pytest
-
 import pyro
+import pytest
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 

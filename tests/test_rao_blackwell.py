@@ -5,11 +5,10 @@ degenerate equality with the score function and the arguments (the course's
 import functools
 import itertools
 
-import pytest
-import torch
-
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 
@@ -63,11 +62,7 @@ def brute_force_blankets(model, *args):
     pyro.set_rng_seed(0)
     trace = poutine.trace(model).get_trace(*args)
     trace.compute_log_prob()
-    sites = {
-        n: s
-        for n, s in trace.nodes.items()
-        if s["type"] == "sample" and not poutine.util.site_is_subsample(s)
-    }
+    sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not poutine.util.site_is_subsample(s)}
     latents = {n: s["value"] for n, s in sites.items() if not s["is_observed"]}
     result = {}
     for name, value in latents.items():
@@ -161,9 +156,7 @@ def test_bad_arguments():
 
 
 def test_score_function_guide_sets_the_tracegraph_baseline():
-    traced = poutine.trace(
-        score_function_guide(single_latent_guide, baseline={"use_decaying_avg_baseline": True})
-    )
+    traced = poutine.trace(score_function_guide(single_latent_guide, baseline={"use_decaying_avg_baseline": True}))
     traced(torch.zeros(2))
     site = traced.trace.nodes["loc"]
     assert site["infer"]["baseline"] == {"use_decaying_avg_baseline": True}

@@ -21,8 +21,14 @@ def test_first_example_prints_what_the_readme_says(tmp_path):
     code, claimed = first_example()
     script = tmp_path / "example.py"
     script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [float(x) for x in re.findall(r"-?\d+\.\d+", proc.stdout)]
     mean, scale, exact_mean, exact_scale = map(float, re.findall(r"-?\d+\.\d+", claimed))

@@ -5,17 +5,23 @@ of the closed-form mean-field ELBO."""
 import functools
 import math
 
-import pytest
-import torch
-
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro import poutine
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
-from guides.normal_gamma import DEFAULT_INIT, NormalGammaParams, cavi, elbo as closed_form_elbo, elbo_gradient
-from guides.normal_gamma import mean_field_guide, params_from_store
+from guides.normal_gamma import (
+    DEFAULT_INIT,
+    NormalGammaParams,
+    cavi,
+    elbo_gradient,
+    mean_field_guide,
+    params_from_store,
+)
+from guides.normal_gamma import elbo as closed_form_elbo
 from models.normal_gamma import COURSE_PRIOR, generate_data, model
 from pyro_vi import ControlVariateELBO, ScoreFunctionELBO
 from pyro_vi.diagnostics import gradient_statistics
@@ -63,7 +69,8 @@ def hand_score_gradient(q, mu, tau):
     score = {
         "q_mu_loc": q.lam * (mu - q.m),
         "q_mu_precision": q.lam * (0.5 / q.lam - 0.5 * (mu - q.m) ** 2),
-        "q_tau_concentration": q.a * (math.log(q.b) - torch.digamma(torch.tensor(q.a, dtype=torch.float64)).item() + math.log(tau)),
+        "q_tau_concentration": q.a
+        * (math.log(q.b) - torch.digamma(torch.tensor(q.a, dtype=torch.float64)).item() + math.log(tau)),
         "q_tau_rate": q.b * (q.a / q.b - tau),
     }
     return {name: h * signal for name, h in score.items()}, signal
@@ -94,9 +101,7 @@ def test_samples_reach_the_model_detached():
     """Score-function mode: the model sees no pathwise derivative even though
     Normal and Gamma can rsample."""
     traced_model = poutine.trace(model)
-    ScoreFunctionELBO(num_particles=2, vectorize_particles=True).differentiable_loss(
-        traced_model, guide_at(AWAY), DATA
-    )
+    ScoreFunctionELBO(num_particles=2, vectorize_particles=True).differentiable_loss(traced_model, guide_at(AWAY), DATA)
     for name in ("mu", "tau"):
         assert not traced_model.trace.nodes[name]["value"].requires_grad
 
@@ -105,9 +110,7 @@ def test_samples_reach_the_model_detached():
     "make_elbo",
     [
         lambda: ScoreFunctionELBO(num_particles=500, vectorize_particles=True),
-        lambda: ControlVariateELBO(
-            num_particles=500, coefficient="leave_one_out", vectorize_particles=True
-        ),
+        lambda: ControlVariateELBO(num_particles=500, coefficient="leave_one_out", vectorize_particles=True),
     ],
     ids=["score_function", "control_variate_leave_one_out"],
 )
@@ -130,9 +133,7 @@ def test_pooled_coefficient_is_biased_at_few_particles():
     """BBVI's pooled a* shrinks the gradient at S = 10 (documented bias);
     leave-one-out does not."""
     exact = exact_gradient(DEFAULT_INIT)
-    pooled = grad_stats(
-        ControlVariateELBO(10, coefficient="pooled", vectorize_particles=True), DEFAULT_INIT, 400
-    )
+    pooled = grad_stats(ControlVariateELBO(10, coefficient="pooled", vectorize_particles=True), DEFAULT_INIT, 400)
     name = "q_tau_rate"
     s = pooled[name]
     assert abs(s.mean.item() - exact[name]) > 4 * s.standard_error.item()
@@ -169,9 +170,7 @@ def test_zero_coefficient_is_the_score_function():
 def test_control_variates_reduce_variance(where, coefficient, factor):
     params = DEFAULT_INIT if where == "poor initial q" else cavi(DATA).params
     sf = grad_stats(ScoreFunctionELBO(10, vectorize_particles=True), params, 300)
-    cv = grad_stats(
-        ControlVariateELBO(10, coefficient=coefficient, vectorize_particles=True), params, 300, seed=1
-    )
+    cv = grad_stats(ControlVariateELBO(10, coefficient=coefficient, vectorize_particles=True), params, 300, seed=1)
     for name in NAMES:
         ratio = sf[name].variance.item() / cv[name].variance.item()
         assert ratio > factor, (name, ratio)

@@ -60,9 +60,15 @@ def test_per_particle_scores_equal_the_batched_jacobian(pair, vectorize):
 
 @pytest.mark.parametrize(
     "pair,sparse",
-    [("local", set()), ("amortized", set()), ("auto_normal", set()), ("auto_multivariate_normal", set()),
-     ("subsample_local_param_event_dim", {"loc"}), ("subsample_global", {"ym"}),
-     ("amortized_subsample", set())],
+    [
+        ("local", set()),
+        ("amortized", set()),
+        ("auto_normal", set()),
+        ("auto_multivariate_normal", set()),
+        ("subsample_local_param_event_dim", {"loc"}),
+        ("subsample_global", {"ym"}),
+        ("amortized_subsample", set()),
+    ],
 )
 def test_shared_distributions_take_the_fast_path(pair, sparse, monkeypatch):
     """Mean-field, amortized and autoguides never take one backward pass
@@ -101,8 +107,8 @@ def test_controlled_gradient_from_sums_equals_the_direct_formula(coefficient, wi
     h = torch.randn(7, 3, generator=generator)
     signal = 50.0 + torch.randn(7, generator=generator)  # a large mean, as log-weights have
     f = h * signal[:, None] if with_signal else torch.randn(7, 3, generator=generator) + h
-    got = controlled_gradient(h, coefficient, signal=signal) if with_signal else controlled_gradient(
-        h, coefficient, f=f
+    got = (
+        controlled_gradient(h, coefficient, signal=signal) if with_signal else controlled_gradient(h, coefficient, f=f)
     )
     assert torch.allclose(got.double(), direct_controlled_gradient(f, h, coefficient), rtol=1e-4, atol=1e-4)
 
@@ -148,8 +154,11 @@ def test_leave_one_out_coefficient_when_the_other_scores_are_equal(with_signal):
     h[0, 1] = -1.1  # particle 0 differs in the second entry only
     signal = 40.0 + torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4])
     f = h * signal[:, None]
-    got = controlled_gradient(h, "leave_one_out", signal=signal) if with_signal else controlled_gradient(
-        h, "leave_one_out", f=f)
+    got = (
+        controlled_gradient(h, "leave_one_out", signal=signal)
+        if with_signal
+        else controlled_gradient(h, "leave_one_out", f=f)
+    )
     s = len(signal)
     baseline = (signal.sum() - signal) / (s - 1)
     # Entry 0: every particle's others are equal -> the leave-one-out baseline.

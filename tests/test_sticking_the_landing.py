@@ -3,17 +3,21 @@ model parameters untouched, non-reparameterizable sites refused."""
 
 import functools
 
-import pytest
-import torch
-
 import pyro
 import pyro.distributions as dist
+import pytest
+import torch
 from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
-from guides.normal_gamma import NormalGammaParams, elbo_gradient
-from guides.normal_gamma import exact_structured_params, mean_field_guide, structured_guide
+from guides.normal_gamma import (
+    NormalGammaParams,
+    elbo_gradient,
+    exact_structured_params,
+    mean_field_guide,
+    structured_guide,
+)
 from models.normal_gamma import generate_data, model
 from pyro_vi import StickingTheLandingELBO
 from pyro_vi.diagnostics import gradient_statistics
@@ -127,8 +131,10 @@ def test_unbiased_on_a_tiny_vae_and_decoder_gradient_unchanged():
     """The VAE with a tiny network: STL's mean gradient equals Trace_ELBO's
     for every encoder and decoder parameter, and on the same samples the
     decoder gets exactly Trace_ELBO's gradient."""
-    from guides.vae import Encoder, guide as vae_guide
-    from models.vae import Decoder, VAEConfig, model as vae_model
+    from guides.vae import Encoder
+    from guides.vae import guide as vae_guide
+    from models.vae import Decoder, VAEConfig
+    from models.vae import model as vae_model
 
     config = VAEConfig(data_dim=6, hidden_dims=(4,), latent_dim=2)
     torch.manual_seed(0)
@@ -175,9 +181,7 @@ def test_stopped_log_q_without_a_rerun_equals_the_rerun(guide, rerun):
     from pyro_vi.elbo import particles
 
     pyro.set_rng_seed(0)
-    terms = StickingTheLandingELBO(num_particles=4, vectorize_particles=True).particle_terms(
-        model, guide, DATA
-    )
+    terms = StickingTheLandingELBO(num_particles=4, vectorize_particles=True).particle_terms(model, guide, DATA)
     ((_, guide_trace, replay_trace),) = terms.runs
     direct = particles._log_prob_at_detached(guide_trace)
     assert (direct is None) == rerun

@@ -30,8 +30,13 @@ model, guide = normal_model, normal_guide
 def test_fit_converges_to_exact_posterior():
     track = {"loc": lambda: pyro.param("loc").item(), "scale": lambda: pyro.param("scale")}
     result = fit(
-        model, guide, Trace_ELBO(), ClippedAdam({"lr": 0.05, "lrd": 0.995}), X,
-        num_steps=600, track=track,
+        model,
+        guide,
+        Trace_ELBO(),
+        ClippedAdam({"lr": 0.05, "lrd": 0.995}),
+        X,
+        num_steps=600,
+        track=track,
     )
     assert isinstance(result, FitResult)
     assert result.num_steps == 600
@@ -53,7 +58,12 @@ def test_fit_converges_to_exact_posterior():
 def test_fit_tracks_each_step():
     values = []
     result = fit(
-        model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=5,
+        model,
+        guide,
+        Trace_ELBO(),
+        Adam({"lr": 0.1}),
+        X,
+        num_steps=5,
         track={"loc": lambda: values.append(1) or pyro.param("loc").detach().clone()},
     )
     assert len(values) == 5
@@ -81,8 +91,7 @@ def _nan_gradient_guide(bad_step):
 def test_non_finite_gradient_names_step_and_param():
     track = {"offset": lambda: pyro.param("offset").item(), "loc": lambda: pyro.param("loc").item()}
     with pytest.raises(NonFiniteError, match=r"step 4\b.*offset") as info:
-        fit(model, _nan_gradient_guide(4), Trace_ELBO(), Adam({"lr": 0.1}), X,
-            num_steps=10, track=track)
+        fit(model, _nan_gradient_guide(4), Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=10, track=track)
     err = info.value
     assert isinstance(err, FloatingPointError)
     assert err.step == 4 and "offset" in err.names and math.isfinite(err.loss)
@@ -106,7 +115,7 @@ def test_non_finite_loss_names_step_and_value(log_factor, shown):
             pyro.factor("bad", torch.tensor(log_factor))
 
     with pyro.validation_enabled(False):  # validation would refuse a NaN factor itself
-        with pytest.raises(NonFiniteError, match=r"step 3: loss is {}".format(shown)):
+        with pytest.raises(NonFiniteError, match=rf"step 3: loss is {shown}"):
             fit(bad_model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=10)
 
 
@@ -114,8 +123,15 @@ def test_non_finite_leaves_params_at_previous_step():
     loc_after = []
 
     with pytest.raises(NonFiniteError):
-        fit(model, _nan_gradient_guide(3), Trace_ELBO(), Adam({"lr": 0.1}), X,
-            num_steps=10, track={"loc": lambda: loc_after.append(pyro.param("loc").item())})
+        fit(
+            model,
+            _nan_gradient_guide(3),
+            Trace_ELBO(),
+            Adam({"lr": 0.1}),
+            X,
+            num_steps=10,
+            track={"loc": lambda: loc_after.append(pyro.param("loc").item())},
+        )
     assert len(loc_after) == 2
     assert pyro.param("loc").item() == loc_after[-1]
 
@@ -137,9 +153,17 @@ def test_progress_bar(capsys):
 def _run(num_steps, path=None, resume=False, seed=0, make_guide=lambda: guide):
     pyro.set_rng_seed(seed)
     return fit(
-        model, make_guide(), Trace_ELBO(), ClippedAdam({"lr": 0.1, "lrd": 0.99}), X,
-        num_steps=num_steps, track={"total": _param_sum},
-        checkpoint=path, checkpoint_every=10, resume=resume, overwrite=not resume and path is not None,
+        model,
+        make_guide(),
+        Trace_ELBO(),
+        ClippedAdam({"lr": 0.1, "lrd": 0.99}),
+        X,
+        num_steps=num_steps,
+        track={"total": _param_sum},
+        checkpoint=path,
+        checkpoint_every=10,
+        resume=resume,
+        overwrite=not resume and path is not None,
     )
 
 
@@ -152,8 +176,7 @@ def _params():
 
 
 # a fresh AutoNormal, as in a new process: it draws random numbers when set up lazily
-@pytest.mark.parametrize("make_guide", [lambda: guide, lambda: AutoNormal(model)],
-                         ids=["hand-written", "AutoNormal"])
+@pytest.mark.parametrize("make_guide", [lambda: guide, lambda: AutoNormal(model)], ids=["hand-written", "AutoNormal"])
 def test_checkpoint_resume_is_identical(tmp_path, make_guide):
     full = _run(20, tmp_path / "full.pt", make_guide=make_guide)
     full_params = _params()
@@ -195,8 +218,16 @@ def test_resume_errors(tmp_path):
     with pytest.raises(ValueError, match="past num_steps"):
         _run(5, path, resume=True)
     with pytest.raises(ValueError, match="track"):
-        fit(model, guide, Trace_ELBO(), ClippedAdam({"lr": 0.1, "lrd": 0.99}), X, num_steps=20,
-            checkpoint=path, resume=True)
+        fit(
+            model,
+            guide,
+            Trace_ELBO(),
+            ClippedAdam({"lr": 0.1, "lrd": 0.99}),
+            X,
+            num_steps=20,
+            checkpoint=path,
+            resume=True,
+        )
 
 
 def test_resume_with_pyro_module_is_identical(tmp_path):
@@ -223,9 +254,18 @@ def test_resume_with_pyro_module_is_identical(tmp_path):
                 y = pyro.sample("y", pyro.distributions.Normal(0.0, 1.0))
                 pyro.sample("x", pyro.distributions.Normal(y, 0.5), obs=x)
 
-        result = fit(model, guide, pyro.infer.Trace_ELBO(), pyro.optim.Adam({"lr": 0.05}), data,
-                     num_steps=num_steps, checkpoint=tmp_path / "ck.pt", checkpoint_every=5,
-                     resume=resume, progress=False)
+        result = fit(
+            model,
+            guide,
+            pyro.infer.Trace_ELBO(),
+            pyro.optim.Adam({"lr": 0.05}),
+            data,
+            num_steps=num_steps,
+            checkpoint=tmp_path / "ck.pt",
+            checkpoint_every=5,
+            resume=resume,
+            progress=False,
+        )
         return result, net.bias.detach().clone()
 
     full, bias_full = run(20, False)
@@ -250,8 +290,9 @@ def _spy_model():
 
 
 def _bad_arguments():
-    ok = dict(model=model, guide=guide, elbo=Trace_ELBO(), optim=Adam({"lr": 0.1}), args=(X,),
-              options=dict(num_steps=3))
+    ok = dict(
+        model=model, guide=guide, elbo=Trace_ELBO(), optim=Adam({"lr": 0.1}), args=(X,), options=dict(num_steps=3)
+    )
     cases = {
         "num_steps float": ({"num_steps": 2.5}, r"num_steps must be an integer >= 1, got 2\.5 \(float\)"),
         "num_steps str": ({"num_steps": "3"}, r"num_steps must be an integer >= 1, got '3' \(str\)"),
@@ -262,14 +303,19 @@ def _bad_arguments():
         "epochs float": ({"epochs": 1.5, "data": [(X,)], "num_steps": None, "args": ()}, r"epochs must be an integer"),
         "data without limit": ({"data": [(X,)], "num_steps": None, "args": ()}, r"with data=, pass epochs="),
         "data tensor": ({"data": X, "epochs": 1, "args": ()}, r"data must be an iterable of batches .* got Tensor"),
-        "data iterator": ({"data": iter([(X,)]), "epochs": 1, "args": ()},
-                          r"data must be re-iterable, .*one-shot iterator list_iterator"),
+        "data iterator": (
+            {"data": iter([(X,)]), "epochs": 1, "args": ()},
+            r"data must be re-iterable, .*one-shot iterator list_iterator",
+        ),
         "data with args": ({"data": [(X,)], "epochs": 1, "args": (X,)}, r"pass the other 1 positional"),
         "epoch_callback without data": ({"epoch_callback": print}, r"epoch_callback needs data="),
         "callback not callable": ({"callback": 3}, r"callback must be callable or None, got 3"),
         "callback class": ({"callback": dict}, r"callback must be a function or an instance, got the class dict"),
-        "elbo class": ({"elbo": Trace_ELBO}, r"elbo must be an ELBO instance, got the class Trace_ELBO; "
-                                             r"pass Trace_ELBO\(\.\.\.\)"),
+        "elbo class": (
+            {"elbo": Trace_ELBO},
+            r"elbo must be an ELBO instance, got the class Trace_ELBO; "
+            r"pass Trace_ELBO\(\.\.\.\)",
+        ),
         "elbo other": ({"elbo": "Trace_ELBO"}, r"elbo must be an ELBO instance"),
         "optim class": ({"optim": Adam}, r"optim must be a pyro\.optim optimizer instance"),
         "optim torch": ({"optim": torch.optim.Adam}, r"optim must be a pyro\.optim optimizer instance .* got Adam"),
@@ -300,14 +346,19 @@ def test_every_argument_is_checked_before_any_work(case, tmp_path):
     options.update({k: v for k, v in change.items() if k not in ("model", "guide", "elbo", "optim", "args")})
     options = {k: v for k, v in options.items() if v is not None}
     with pytest.raises(ValueError, match=message):
-        fit(change.get("model", spied), change.get("guide", guide), change.get("elbo", ok["elbo"]),
-            change.get("optim", ok["optim"]), *change.get("args", ok["args"]), **options)
+        fit(
+            change.get("model", spied),
+            change.get("guide", guide),
+            change.get("elbo", ok["elbo"]),
+            change.get("optim", ok["optim"]),
+            *change.get("args", ok["args"]),
+            **options,
+        )
     assert calls == [] and len(pyro.get_param_store()) == 0
 
 
 def test_numpy_integers_are_accepted():
-    result = fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=np.int64(3),
-                 checkpoint_every=np.int32(2))
+    result = fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=np.int64(3), checkpoint_every=np.int32(2))
     assert result.num_steps == 3
     result = fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=[(X,)], epochs=np.int64(2))
     assert result.num_steps == 2 and result.epochs == 2
@@ -319,23 +370,33 @@ def test_numpy_integers_are_accepted():
 def _scheduled_run(num_steps, path, resume, seed=0):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    scheduler = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.1},
-                                          "gamma": 0.8})
+    scheduler = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.1}, "gamma": 0.8})
     lrs = []
 
     def callback(step, loss):
         scheduler.step()
         lrs.append(next(iter(scheduler.optim_objs.values())).get_last_lr()[0])
 
-    result = fit(model, guide, Trace_ELBO(), scheduler, X, num_steps=num_steps, callback=callback,
-                 checkpoint=path, checkpoint_every=2, resume=resume, overwrite=not resume)
+    result = fit(
+        model,
+        guide,
+        Trace_ELBO(),
+        scheduler,
+        X,
+        num_steps=num_steps,
+        callback=callback,
+        checkpoint=path,
+        checkpoint_every=2,
+        resume=resume,
+        overwrite=not resume,
+    )
     return result, lrs
 
 
 def test_callback_steps_an_lr_scheduler_whose_state_resumes(tmp_path):
     path = tmp_path / "ckpt.pt"
     full, lrs = _scheduled_run(8, path, False)
-    assert lrs == pytest.approx([0.1 * 0.8 ** k for k in range(1, 9)])
+    assert lrs == pytest.approx([0.1 * 0.8**k for k in range(1, 9)])
     full_params = _params()
     _scheduled_run(5, path, False)
     resumed, resumed_lrs = _scheduled_run(8, path, True, seed=7)
@@ -346,8 +407,15 @@ def test_callback_steps_an_lr_scheduler_whose_state_resumes(tmp_path):
 
 def test_callback_sees_every_step_and_loss():
     seen = []
-    result = fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=4,
-                 callback=lambda step, loss: seen.append((step, loss)))
+    result = fit(
+        model,
+        guide,
+        Trace_ELBO(),
+        Adam({"lr": 0.1}),
+        X,
+        num_steps=4,
+        callback=lambda step, loss: seen.append((step, loss)),
+    )
     assert seen == list(zip(range(1, 5), result.losses.tolist()))
 
 
@@ -358,22 +426,33 @@ def batch_model(x, ids=None):
 
 
 def test_each_step_gets_one_batch_and_epochs_are_passes():
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, torch.arange(N)), batch_size=4,
-                                         shuffle=True, generator=torch.Generator().manual_seed(3))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, torch.arange(N)),
+        batch_size=4,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(3),
+    )
     seen, epochs = [], []
 
     def recording_guide(x, ids):
         seen.append(ids.tolist())
         guide(x)
 
-    result = fit(batch_model, recording_guide, Trace_ELBO(), Adam({"lr": 0.1}), data=loader, epochs=3,
-                 epoch_callback=lambda epoch, losses: epochs.append((epoch, losses.tolist())))
+    result = fit(
+        batch_model,
+        recording_guide,
+        Trace_ELBO(),
+        Adam({"lr": 0.1}),
+        data=loader,
+        epochs=3,
+        epoch_callback=lambda epoch, losses: epochs.append((epoch, losses.tolist())),
+    )
     assert result.num_steps == 9 and result.epochs == 3  # 3 batches (4, 4, 2) per epoch
     np.testing.assert_array_equal(result.epoch_steps, [3, 6, 9])
     for epoch in range(3):  # every data point once per epoch, in a shuffled order
-        assert sorted(sum(seen[3 * epoch:3 * epoch + 3], [])) == list(range(N))
+        assert sorted(sum(seen[3 * epoch : 3 * epoch + 3], [])) == list(range(N))
     assert seen[0:3] != seen[3:6]
-    assert epochs == [(0, [])] + [(e + 1, result.losses[3 * e:3 * e + 3].tolist()) for e in range(3)]
+    assert epochs == [(0, [])] + [(e + 1, result.losses[3 * e : 3 * e + 3].tolist()) for e in range(3)]
 
 
 def test_num_steps_and_epochs_stop_at_whichever_comes_first():
@@ -404,7 +483,7 @@ class RandomlyFlipped:
     def __iter__(self):
         order = torch.randperm(len(self.x), generator=self.generator)
         for first in range(0, len(self.x), self.batch_size):
-            x = self.x[order[first:first + self.batch_size]]
+            x = self.x[order[first : first + self.batch_size]]
             signs = torch.randint(0, 2, x.shape, generator=self.generator) * 2 - 1
             yield x * signs
 
@@ -413,7 +492,8 @@ def _data_makers():
     dataset = torch.utils.data.TensorDataset(X)
     return {
         "DataLoader with generator": lambda: torch.utils.data.DataLoader(
-            dataset, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(5)),
+            dataset, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(5)
+        ),
         "DataLoader on the global RNG": lambda: torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=True),
         "iterable with its own generator": lambda: RandomlyFlipped(X, 3, seed=5),
         "list": lambda: [(X[:4],), (X[4:],)],
@@ -435,9 +515,21 @@ def test_resume_mid_epoch_is_exact(tmp_path, make_data, stop):
                 torch.manual_seed(epoch)
                 state["evaluations"].append([epoch, float(losses.sum()), torch.rand(()).item()])
 
-        result = fit(batch_model, guide, ControlVariateELBO(), ClippedAdam({"lr": 0.05, "lrd": 0.99}),
-                     data=make_data(), epochs=4, epoch_callback=evaluate, state=state,
-                     checkpoint=path, checkpoint_every=1, resume=resume, overwrite=not resume, **limits)
+        result = fit(
+            batch_model,
+            guide,
+            ControlVariateELBO(),
+            ClippedAdam({"lr": 0.05, "lrd": 0.99}),
+            data=make_data(),
+            epochs=4,
+            epoch_callback=evaluate,
+            state=state,
+            checkpoint=path,
+            checkpoint_every=1,
+            resume=resume,
+            overwrite=not resume,
+            **limits,
+        )
         return result, state
 
     full, full_state = run(False)
@@ -452,14 +544,29 @@ def test_resume_mid_epoch_is_exact(tmp_path, make_data, stop):
 
 def test_resume_refuses_a_checkpoint_past_the_limits(tmp_path):
     path = tmp_path / "ckpt.pt"
-    fit(batch_model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=[(X[:5],), (X[5:],)], epochs=2,
-        checkpoint=path)
+    fit(batch_model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=[(X[:5],), (X[5:],)], epochs=2, checkpoint=path)
     with pytest.raises(ValueError, match=r"is in epoch 2, past epochs=1"):
-        fit(batch_model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=[(X[:5],), (X[5:],)], epochs=1,
-            checkpoint=path, resume=True)
+        fit(
+            batch_model,
+            guide,
+            Trace_ELBO(),
+            Adam({"lr": 0.1}),
+            data=[(X[:5],), (X[5:],)],
+            epochs=1,
+            checkpoint=path,
+            resume=True,
+        )
     with pytest.raises(ValueError, match=r"data\['batches_per_epoch'\]: 2 in the checkpoint, 3 here"):
-        fit(batch_model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=[(X[:3],), (X[3:6],), (X[6:],)],
-            epochs=3, checkpoint=path, resume=True)
+        fit(
+            batch_model,
+            guide,
+            Trace_ELBO(),
+            Adam({"lr": 0.1}),
+            data=[(X[:3],), (X[3:6],), (X[6:],)],
+            epochs=3,
+            checkpoint=path,
+            resume=True,
+        )
 
 
 # ---- a parameter that leaves its support (issue 10) ------------------------------------
@@ -474,13 +581,20 @@ def unconstrained_scale_guide(x):
 def test_scale_driven_negative_names_step_site_and_param():
     scales = []
     with pytest.raises(OutOfSupportError) as info:
-        fit(model, unconstrained_scale_guide, Trace_ELBO(), pyro.optim.SGD({"lr": 0.02}), X,
-            num_steps=50, track={"scale": lambda: scales.append(pyro.param("scale").item()) or 0.0})
+        fit(
+            model,
+            unconstrained_scale_guide,
+            Trace_ELBO(),
+            pyro.optim.SGD({"lr": 0.02}),
+            X,
+            num_steps=50,
+            track={"scale": lambda: scales.append(pyro.param("scale").item()) or 0.0},
+        )
     err = info.value
     assert isinstance(err, ValueError)
     assert err.step == len(scales) + 1 and err.site == "z" and err.role == "guide"
     assert err.argument == "scale" and err.names == ["scale"] and err.losses.shape == (len(scales),)
-    assert str(err).startswith("step {}: the guide's site 'z' got Normal(scale=...) with scale = -".format(err.step))
+    assert str(err).startswith(f"step {err.step}: the guide's site 'z' got Normal(scale=...) with scale = -")
     assert "computed from param 'scale': give it a constraint" in str(err)
     assert pyro.param("scale").item() == scales[-1] < 0  # no step was taken after the bad one
 
@@ -493,8 +607,11 @@ def test_nan_scale_from_an_encoder_names_its_params():
         scale = net(x.mean().reshape(1, 1)).squeeze() * float("nan")
         pyro.sample("z", dist.Normal(0.0, scale))
 
-    with pytest.raises(OutOfSupportError, match=r"step 1: the guide's site 'z' got Normal\(scale=\.\.\.\) "
-                                                r"with scale = nan") as info:
+    with pytest.raises(
+        OutOfSupportError,
+        match=r"step 1: the guide's site 'z' got Normal\(scale=\.\.\.\) "
+        r"with scale = nan",
+    ) as info:
         fit(model, amortized_guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=3)
     assert sorted(info.value.names) == ["net$$$bias", "net$$$weight"]
 
@@ -516,10 +633,12 @@ def test_observation_outside_the_support_names_step_and_site():
     def count_guide(x):
         pyro.sample("rate", dist.Gamma(pyro.param("a", torch.tensor(2.0), constraint=constraints.positive), 1.0))
 
-    with pytest.raises(OutOfSupportError, match=r"step 1: the model's observed site 'x' has 1 of 3 values of "
-                                                r"the observation \(e\.g\. -1\) outside the support") as info:
-        fit(count_model, count_guide, Trace_ELBO(), Adam({"lr": 0.1}), torch.tensor([1.0, -1.0, 2.0]),
-            num_steps=2)
+    with pytest.raises(
+        OutOfSupportError,
+        match=r"step 1: the model's observed site 'x' has 1 of 3 values of "
+        r"the observation \(e\.g\. -1\) outside the support",
+    ) as info:
+        fit(count_model, count_guide, Trace_ELBO(), Adam({"lr": 0.1}), torch.tensor([1.0, -1.0, 2.0]), num_steps=2)
     assert info.value.names == [] and info.value.argument == "value"
 
 
@@ -530,10 +649,13 @@ def test_guide_draw_outside_the_models_support_names_step_and_site():
     def normal_guide(x):  # a Normal guide for a positive latent draws negative values
         pyro.sample("rate", dist.Normal(pyro.param("loc", torch.tensor(-3.0)), 0.1))
 
-    with pytest.raises(OutOfSupportError, match=r"step 1: the model's latent site 'rate' got the value = -[0-9.]+ "
-                                                r"from the guide, outside the support "
-                                                r"GreaterThanEq\(lower_bound=0\.0\) of its Gamma; the guide must "
-                                                r"draw 'rate' from a distribution with that support") as info:
+    with pytest.raises(
+        OutOfSupportError,
+        match=r"step 1: the model's latent site 'rate' got the value = -[0-9.]+ "
+        r"from the guide, outside the support "
+        r"GreaterThanEq\(lower_bound=0\.0\) of its Gamma; the guide must "
+        r"draw 'rate' from a distribution with that support",
+    ) as info:
         fit(gamma_model, normal_guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=2)
     err = info.value
     assert (err.step, err.role, err.site, err.argument) == (1, "model", "rate", "value")
@@ -557,7 +679,7 @@ def test_vae_style_study_resumes_exactly(tmp_path):
         def __iter__(self):
             order = torch.randperm(len(images), generator=self.generator)
             for first in range(0, len(images), 4):
-                yield torch.bernoulli(images[order[first:first + 4]], generator=self.generator)
+                yield torch.bernoulli(images[order[first : first + 4]], generator=self.generator)
 
     def study(resume, **limits):
         pyro.clear_param_store()
@@ -586,11 +708,21 @@ def test_vae_style_study_resumes_exactly(tmp_path):
             if epoch:
                 history["objective"].append(-float(losses.sum()) / len(images))
 
-        result = fit(vae_model, vae_guide, ControlVariateELBO(num_particles=4), Adam({"lr": 0.01}),
-                     data=Binarized(), epochs=3, epoch_callback=evaluate, state=history,
-                     fingerprint={"seed": 0, "lr": 0.01, "num_train": 12},
-                     checkpoint=tmp_path / "vae.pt", resume="allow_fresh" if resume else False,
-                     overwrite=not resume, **limits)
+        result = fit(
+            vae_model,
+            vae_guide,
+            ControlVariateELBO(num_particles=4),
+            Adam({"lr": 0.01}),
+            data=Binarized(),
+            epochs=3,
+            epoch_callback=evaluate,
+            state=history,
+            fingerprint={"seed": 0, "lr": 0.01, "num_train": 12},
+            checkpoint=tmp_path / "vae.pt",
+            resume="allow_fresh" if resume else False,
+            overwrite=not resume,
+            **limits,
+        )
         return result, history, decoder.weight.detach().clone()
 
     full, full_history, full_weight = study(False)

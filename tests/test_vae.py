@@ -63,24 +63,32 @@ def test_non_binary_pixels_are_refused():
     with pytest.raises(ValueError, match="binary pixels"):
         model(x, decoder)
     with pytest.raises(ValueError, match="binary pixels"):
-        Trace_ELBO().loss(functools.partial(model, decoder=decoder),
-                          functools.partial(guide, encoder=encoder), x)
+        Trace_ELBO().loss(functools.partial(model, decoder=decoder), functools.partial(guide, encoder=encoder), x)
     check_binary(binarize(x))
 
 
-@pytest.mark.parametrize("images, match", [
-    (lambda x: (x * 255).to(torch.uint8), r"x has dtype torch\.uint8; .*raw 0-255 pixel bytes\?\): pass "
-                                          r"binarize\(x\.float\(\) / 255\)"),
-    (lambda x: x.double(), r"x has dtype torch\.float64 but the (encoder|decoder)'s weights are torch\.float32: "
-                           r"pass x\.to\(torch\.float32\)"),
-    (lambda x: x.reshape(len(x), 28, 28), r"x must have shape \(batch, 784\), got \(4, 28, 28\): flatten"),
-    (lambda x: x[:, :100], r"x must have shape \(batch, 784\), got \(4, 100\)"),
-    (lambda x: x * 255, r"pixel values in \[0, 255\], outside \[0, 1\].*scale 0-255 images by 1/255"),
-    (lambda x: x - 1, r"pixel values in \[-1, 0\], outside \[0, 1\]"),
-    (lambda x: torch.where(x > 0, torch.nan, x), r"x contains NaN pixels"),
-    (lambda x: x.bool(), r"x has dtype torch\.bool; .*pass x\.float\(\)"),
-    (lambda x: x.numpy(), r"x must be a tensor of binary pixels of shape \(batch, 784\), got ndarray"),
-])
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (
+            lambda x: (x * 255).to(torch.uint8),
+            r"x has dtype torch\.uint8; .*raw 0-255 pixel bytes\?\): pass "
+            r"binarize\(x\.float\(\) / 255\)",
+        ),
+        (
+            lambda x: x.double(),
+            r"x has dtype torch\.float64 but the (encoder|decoder)'s weights are torch\.float32: "
+            r"pass x\.to\(torch\.float32\)",
+        ),
+        (lambda x: x.reshape(len(x), 28, 28), r"x must have shape \(batch, 784\), got \(4, 28, 28\): flatten"),
+        (lambda x: x[:, :100], r"x must have shape \(batch, 784\), got \(4, 100\)"),
+        (lambda x: x * 255, r"pixel values in \[0, 255\], outside \[0, 1\].*scale 0-255 images by 1/255"),
+        (lambda x: x - 1, r"pixel values in \[-1, 0\], outside \[0, 1\]"),
+        (lambda x: torch.where(x > 0, torch.nan, x), r"x contains NaN pixels"),
+        (lambda x: x.bool(), r"x has dtype torch\.bool; .*pass x\.float\(\)"),
+        (lambda x: x.numpy(), r"x must be a tensor of binary pixels of shape \(batch, 784\), got ndarray"),
+    ],
+)
 def test_bad_images_are_refused_before_the_networks_run(images, match, monkeypatch):
     config = VAEConfig(hidden_dims=(8,), latent_dim=2)
     decoder, encoder = Decoder(config, 0.3), Encoder(config)
@@ -106,16 +114,19 @@ def test_float64_networks_take_float64_images():
     assert math.isfinite(loss)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"latent_dim": 2.5}, r"VAEConfig\.latent_dim must be an integer >= 1, got 2\.5 \(float\)"),
-    ({"latent_dim": 0}, r"VAEConfig\.latent_dim must be an integer >= 1, got 0"),
-    ({"data_dim": "784"}, r"VAEConfig\.data_dim must be an integer >= 1, got '784' \(str\)"),
-    ({"hidden_dims": "200"}, r"VAEConfig\.hidden_dims must be a tuple of layer widths .* got '200' \(str\)"),
-    ({"hidden_dims": 200}, r"VAEConfig\.hidden_dims must be a tuple of layer widths .* got 200 \(int\)"),
-    ({"hidden_dims": (200, 0)}, r"VAEConfig\.hidden_dims\[1\] must be an integer >= 1, got 0"),
-    ({"hidden_dims": (200.5,)}, r"VAEConfig\.hidden_dims\[0\] must be an integer >= 1, got 200\.5"),
-    ({"hidden_dims": (True,)}, r"VAEConfig\.hidden_dims\[0\] must be an integer >= 1, got True \(bool\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"latent_dim": 2.5}, r"VAEConfig\.latent_dim must be an integer >= 1, got 2\.5 \(float\)"),
+        ({"latent_dim": 0}, r"VAEConfig\.latent_dim must be an integer >= 1, got 0"),
+        ({"data_dim": "784"}, r"VAEConfig\.data_dim must be an integer >= 1, got '784' \(str\)"),
+        ({"hidden_dims": "200"}, r"VAEConfig\.hidden_dims must be a tuple of layer widths .* got '200' \(str\)"),
+        ({"hidden_dims": 200}, r"VAEConfig\.hidden_dims must be a tuple of layer widths .* got 200 \(int\)"),
+        ({"hidden_dims": (200, 0)}, r"VAEConfig\.hidden_dims\[1\] must be an integer >= 1, got 0"),
+        ({"hidden_dims": (200.5,)}, r"VAEConfig\.hidden_dims\[0\] must be an integer >= 1, got 200\.5"),
+        ({"hidden_dims": (True,)}, r"VAEConfig\.hidden_dims\[0\] must be an integer >= 1, got True \(bool\)"),
+    ],
+)
 def test_bad_vae_config_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VAEConfig(**kwargs)
@@ -156,6 +167,7 @@ def test_load_test_split_only_is_split_and_said(tmp_path):
     assert data.train.dtype == torch.float32 and 0 <= data.train.min() and data.train.max() <= 1
     # same pixels as the IDX bytes / 255
     from torchvision.datasets.mnist import read_image_file
+
     write_tiny_mnist(tmp_path / "plain", num_images=40, gz=False)
     raw = read_image_file(str(tmp_path / "plain" / "t10k-images-idx3-ubyte"))
     train_idx, test_idx = split_test_only(40)
@@ -170,8 +182,9 @@ def test_load_torchvision_root(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     write_tiny_mnist(raw, num_images=12, gz=False, train=True)
     data = load_mnist(str(tmp_path), download=False)
-    assert data.info["source"] == "IDX files {} and {}".format(raw / "train-images-idx3-ubyte",
-                                                               raw / "t10k-images-idx3-ubyte")
+    assert data.info["source"] == "IDX files {} and {}".format(
+        raw / "train-images-idx3-ubyte", raw / "t10k-images-idx3-ubyte"
+    )
     assert not data.info["only_test_split"]
     assert data.train.shape == (12, 784) and data.test.shape == (12, 784)
 
@@ -202,34 +215,74 @@ def _malformed(kind):
     return {
         "empty": ("t10k-images-idx3-ubyte", b"", r"is empty \(0 bytes\)"),
         "shorter than magic": ("t10k-images-idx3-ubyte", b"\0\0", r"is truncated: 2 bytes, shorter than the 4-byte"),
-        "truncated header": ("t10k-images-idx3-ubyte", images[:10],
-                             r"is truncated: 10 bytes, shorter than its 16-byte"),
-        "truncated images": ("t10k-images-idx3-ubyte", images[:-100],
-                             r"is truncated: its header promises 3 images \(2352 bytes of data\), the file holds 2252"),
+        "truncated header": (
+            "t10k-images-idx3-ubyte",
+            images[:10],
+            r"is truncated: 10 bytes, shorter than its 16-byte",
+        ),
+        "truncated images": (
+            "t10k-images-idx3-ubyte",
+            images[:-100],
+            r"is truncated: its header promises 3 images \(2352 bytes of data\), the file holds 2252",
+        ),
         "trailing bytes": ("t10k-images-idx3-ubyte", images + b"\0" * 7, r"has 7 bytes after the 3 images"),
         "not gzip": ("t10k-images-idx3-ubyte.gz", images, r"is not a gzip file although its name ends in \.gz"),
         "truncated gzip": ("t10k-images-idx3-ubyte.gz", gzip.compress(images)[:-30], r"is a truncated gzip file"),
-        "wrong magic": ("t10k-images-idx3-ubyte", b"\x1f\x8b" + images[2:], r"is not an IDX file: it starts with "
-                                                                          r"0x1f8b0803, the IDX magic number of MNIST "
-                                                                          r"images is 0x00000803"),
-        "float32 images": ("t10k-images-idx3-ubyte", _idx_bytes(_IMAGES.astype(np.float32), 0x0D),
-                           r"holds IDX data of type float32 \(0x0d\); MNIST images are unsigned bytes"),
-        "labels as images": ("t10k-images-idx3-ubyte", labels, r"holds a 1-dimensional IDX array; MNIST images "
-                                                               r"have 3"),
-        "10x10 images": ("t10k-images-idx3-ubyte", _idx_bytes(np.zeros((3, 10, 10), np.uint8)),
-                         r"holds 10x10 images; MNIST images are 28x28"),
+        "wrong magic": (
+            "t10k-images-idx3-ubyte",
+            b"\x1f\x8b" + images[2:],
+            r"is not an IDX file: it starts with "
+            r"0x1f8b0803, the IDX magic number of MNIST "
+            r"images is 0x00000803",
+        ),
+        "float32 images": (
+            "t10k-images-idx3-ubyte",
+            _idx_bytes(_IMAGES.astype(np.float32), 0x0D),
+            r"holds IDX data of type float32 \(0x0d\); MNIST images are unsigned bytes",
+        ),
+        "labels as images": (
+            "t10k-images-idx3-ubyte",
+            labels,
+            r"holds a 1-dimensional IDX array; MNIST images "
+            r"have 3",
+        ),
+        "10x10 images": (
+            "t10k-images-idx3-ubyte",
+            _idx_bytes(np.zeros((3, 10, 10), np.uint8)),
+            r"holds 10x10 images; MNIST images are 28x28",
+        ),
         "truncated labels": ("t10k-labels-idx1-ubyte", labels[:-1], r"is truncated: its header promises 3 labels"),
         "empty labels": ("t10k-labels-idx1-ubyte", b"", r"is empty \(0 bytes\); expected MNIST labels"),
-        "label 12": ("t10k-labels-idx1-ubyte", _idx_bytes(np.array([1, 12, 3], np.uint8)),
-                     r"holds the label 12; MNIST labels are digits 0-9"),
-        "count mismatch": ("t10k-labels-idx1-ubyte", _idx_bytes(np.array([1, 2], np.uint8)),
-                           r"t10k-images-idx3-ubyte has 3 images but .*t10k-labels-idx1-ubyte has 2 labels"),
+        "label 12": (
+            "t10k-labels-idx1-ubyte",
+            _idx_bytes(np.array([1, 12, 3], np.uint8)),
+            r"holds the label 12; MNIST labels are digits 0-9",
+        ),
+        "count mismatch": (
+            "t10k-labels-idx1-ubyte",
+            _idx_bytes(np.array([1, 2], np.uint8)),
+            r"t10k-images-idx3-ubyte has 3 images but .*t10k-labels-idx1-ubyte has 2 labels",
+        ),
     }[kind]
 
 
-MALFORMED = ["empty", "shorter than magic", "truncated header", "truncated images", "trailing bytes", "not gzip",
-             "truncated gzip", "wrong magic", "float32 images", "labels as images", "10x10 images",
-             "truncated labels", "empty labels", "label 12", "count mismatch"]
+MALFORMED = [
+    "empty",
+    "shorter than magic",
+    "truncated header",
+    "truncated images",
+    "trailing bytes",
+    "not gzip",
+    "truncated gzip",
+    "wrong magic",
+    "float32 images",
+    "labels as images",
+    "10x10 images",
+    "truncated labels",
+    "empty labels",
+    "label 12",
+    "count mismatch",
+]
 
 
 @pytest.mark.parametrize("kind", MALFORMED)
@@ -240,8 +293,9 @@ def test_malformed_mnist_files_are_named_with_the_problem(kind, tmp_path):
     files[name] = content
     for file_name, data in files.items():
         (tmp_path / file_name).write_bytes(data)
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / name)) + " " + problem
-                       if kind != "count mismatch" else problem):
+    with pytest.raises(
+        ValueError, match=re.escape(str(tmp_path / name)) + " " + problem if kind != "count mismatch" else problem
+    ):
         load_mnist(str(tmp_path), download=False)
 
 
@@ -253,10 +307,13 @@ def test_malformed_files_in_a_torchvision_root_are_named(tmp_path):
         load_mnist(str(tmp_path), download=False)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"data_dir": 3}, r"data_dir must be a directory path \(str or pathlib\.Path\) or None, got 3"),
-    ({"download": "no"}, r"download must be True or False, got 'no'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"data_dir": 3}, r"data_dir must be a directory path \(str or pathlib\.Path\) or None, got 3"),
+        ({"download": "no"}, r"download must be True or False, got 'no'"),
+    ],
+)
 def test_bad_load_mnist_arguments(kwargs, match, tmp_path):
     kwargs.setdefault("data_dir", str(tmp_path))
     with pytest.raises(ValueError, match=match):

@@ -29,9 +29,26 @@ from tests.helpers import write_tiny_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = VAEConfig(hidden_dims=(8,), latent_dim=2)
 TINY_FLAGS = [
-    "--epochs", "2", "--eval-samples", "20", "--runs", "vae_stl,iwae5", "--seeds", "0", "1",
-    "--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "8", "--monitor-k", "3",
-    "--monitor-size", "8", "--no-download",
+    "--epochs",
+    "2",
+    "--eval-samples",
+    "20",
+    "--runs",
+    "vae_stl,iwae5",
+    "--seeds",
+    "0",
+    "1",
+    "--hidden-dims",
+    "8",
+    "--latent-dim",
+    "2",
+    "--batch-size",
+    "8",
+    "--monitor-k",
+    "3",
+    "--monitor-size",
+    "8",
+    "--no-download",
 ]
 FIGURES = ["elbo_iwelbo.png", "test_loglik.png", "reconstructions.png", "samples.png"]
 # wall times: everything else must be equal between a resumed and an uninterrupted study
@@ -53,14 +70,20 @@ def study(data_dir, out, *extra, epochs=None):
 def script(command, data_dir, out, *extra, epochs=None):
     return subprocess.run(
         [sys.executable] + command + flags(data_dir, out, *extra, epochs=epochs) + ["--threads", "1"],
-        cwd=ROOT, env=dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1"),
-        capture_output=True, text=True, timeout=300)
+        cwd=ROOT,
+        env=dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def numbers(results):
     """Per run and seed everything but wall times."""
-    return {key: {seed: {k: v for k, v in r.items() if k not in TIMES} for seed, r in run["seeds"].items()}
-            for key, run in results["runs"].items()}
+    return {
+        key: {seed: {k: v for k, v in r.items() if k not in TIMES} for seed, r in run["seeds"].items()}
+        for key, run in results["runs"].items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +139,7 @@ def test_fixed_rng_leaves_the_training_stream_alone():
 def test_burda_schedule():
     stages = [vm.burda_stage(e) for e in range(vm.BURDA_EPOCHS)]
     assert vm.BURDA_EPOCHS == 3280
-    assert [stages.count(i) for i in range(8)] == [3 ** i for i in range(8)]
+    assert [stages.count(i) for i in range(8)] == [3**i for i in range(8)]
     assert stages == sorted(stages) and stages[:5] == [0, 1, 1, 1, 2]
     assert vm.lr_factor("burda", 0) == 1.0 and vm.lr_factor("burda", 3279) == pytest.approx(0.1)
     assert vm.lr_factor("course", 3000) == 1.0
@@ -133,9 +156,11 @@ def test_test_subset_is_fixed_and_documented():
 
 def test_comparisons_say_when_a_difference_is_within_the_seed_spread():
     base = torch.linspace(-100, -90, 50)
-    log_px = {"vae": {s: base for s in (0, 1, 2)},
-              "iwae5": {0: base + 1.0, 1: base + 1.1, 2: base + 0.9},
-              "iwae50": {0: base + 1.5, 1: base + 0.3, 2: base + 2.5}}
+    log_px = {
+        "vae": {s: base for s in (0, 1, 2)},
+        "iwae5": {0: base + 1.0, 1: base + 1.1, 2: base + 0.9},
+        "iwae50": {0: base + 1.5, 1: base + 0.3, 2: base + 2.5},
+    }
     rows = {(r["better"], r["worse"]): r for r in vm.compare(log_px)}
     assert rows["iwae5", "vae"]["verdict"] == "iwae5 > vae" and rows["iwae5", "vae"]["papers_order_holds"]
     assert rows["iwae5", "vae"]["mean_difference"] == pytest.approx(1.0)
@@ -155,7 +180,8 @@ def test_iwae1_is_the_vae_on_the_same_samples(tiny_dir, tmp_path):
         assert vae[name] == iwae1[name]
     objective = "train_objective"  # the loss values differ in float32 rounding (log-mean-exp of one weight)
     assert {k: v for k, v in vae["history"].items() if k != objective} == {
-        k: v for k, v in iwae1["history"].items() if k != objective}
+        k: v for k, v in iwae1["history"].items() if k != objective
+    }
     assert vae["history"][objective][1:] == pytest.approx(iwae1["history"][objective][1:], rel=1e-6)
     assert results["comparisons"][0]["verdict"] == "identical"
 
@@ -176,9 +202,17 @@ def test_study_writes_results_and_figures(uninterrupted):
     data = on_disk["data"]
     assert data["only_test_split"] and not data["standard_split"] and data["num_test_used"] == 8
     assert data["test_subset"]["all"] and data["test_subset"]["size"] == 8
-    assert on_disk["training"] == {"schedule": "course", "epochs": 2, "lr": 1e-3, "adam_eps": 1e-8,
-                                   "batch_size": 8, "lr_schedule": "constant", "seeds": [0, 1],
-                                   "runs": ["vae_stl", "iwae5"], "one_seed_runs": []}
+    assert on_disk["training"] == {
+        "schedule": "course",
+        "epochs": 2,
+        "lr": 1e-3,
+        "adam_eps": 1e-8,
+        "batch_size": 8,
+        "lr_schedule": "constant",
+        "seeds": [0, 1],
+        "runs": ["vae_stl", "iwae5"],
+        "one_seed_runs": [],
+    }
     assert list(on_disk["runs"]) == ["vae_stl", "iwae5"]
     for run in on_disk["runs"].values():
         assert list(run["seeds"]) == ["0", "1"]
@@ -195,10 +229,13 @@ def test_study_writes_results_and_figures(uninterrupted):
     # seeds differ; runs of one seed start from the same weights and batches
     a = on_disk["runs"]["iwae5"]["seeds"]
     assert a["0"]["test_log_likelihood"] != a["1"]["test_log_likelihood"]
-    assert (on_disk["runs"]["iwae5"]["seeds"]["0"]["history"]["heldout_elbo"][0]
-            == on_disk["runs"]["vae_stl"]["seeds"]["0"]["history"]["heldout_elbo"][0])
+    assert (
+        on_disk["runs"]["iwae5"]["seeds"]["0"]["history"]["heldout_elbo"][0]
+        == on_disk["runs"]["vae_stl"]["seeds"]["0"]["history"]["heldout_elbo"][0]
+    )
     assert sorted(os.listdir(out / "checkpoints")) == sorted(
-        "{}-seed{}.pt".format(k, s) for k in ("vae_stl", "iwae5") for s in (0, 1))
+        f"{k}-seed{s}.pt" for k in ("vae_stl", "iwae5") for s in (0, 1)
+    )
 
 
 def test_resume_gives_the_uninterrupted_numbers(uninterrupted, tiny_dir, tmp_path):
@@ -213,7 +250,18 @@ def test_resume_gives_the_uninterrupted_numbers(uninterrupted, tiny_dir, tmp_pat
 def test_a_study_killed_mid_epoch_resumes_exactly(tiny_dir, tmp_path, monkeypatch):
     """Burda's schedule (a LambdaLR stepped by fit's callback) over 5 epochs,
     stopped in epoch 3 and resumed, against the uninterrupted study."""
-    extra = ("--schedule", "burda", "--runs", "iwae5", "--seeds", "3", "--checkpoint-every", "1", "--monitor-every", "1")
+    extra = (
+        "--schedule",
+        "burda",
+        "--runs",
+        "iwae5",
+        "--seeds",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--monitor-every",
+        "1",
+    )
     reference = study(tiny_dir, tmp_path / "full", *extra, epochs=5)
     lrs = reference["runs"]["iwae5"]["seeds"]["3"]["history"]["lr"]
     assert lrs == pytest.approx([None, 1e-3] + [1e-3 * 10 ** (-1 / 7)] * 3 + [1e-3 * 10 ** (-2 / 7)])
@@ -230,6 +278,7 @@ def test_a_study_killed_mid_epoch_resumes_exactly(tiny_dir, tmp_path, monkeypatc
                 inner(s, loss)
             if s == step:
                 raise Killed
+
         return training.fit(*args, **dict(kwargs, callback=callback))
 
     monkeypatch.setattr(vm, "fit", functools.partial(killed_after, 11))  # 4 steps per epoch: epoch 3
@@ -296,18 +345,18 @@ def test_plot_only_without_checkpoints_draws_the_curves(uninterrupted, tmp_path,
 
 def test_standard_split_and_test_subset(tmp_path):
     data_dir = write_tiny_mnist(tmp_path / "mnist", num_images=24, train=True)
-    results = study(data_dir, tmp_path / "out", "--runs", "vae", "--seeds", "0", "--test-images", "5",
-                    epochs=1)
+    results = study(data_dir, tmp_path / "out", "--runs", "vae", "--seeds", "0", "--test-images", "5", epochs=1)
     data = results["data"]
     assert data["standard_split"] and data["num_train_used"] == 24 and data["num_test_used"] == 24
     assert data["test_subset"]["size"] == 5 and not data["test_subset"]["all"]
-    assert "seeded {}".format(vm.TEST_SUBSET_SEED) in data["test_subset"]["how"]
+    assert f"seeded {vm.TEST_SUBSET_SEED}" in data["test_subset"]["how"]
     assert results["runs"]["vae"]["seeds"]["0"]["test_images"] == 5
 
 
 def test_one_seed_runs(tiny_dir, tmp_path):
-    results = study(tiny_dir, tmp_path, "--runs", "vae", "iwae5", "--seeds", "4", "5", "--one-seed-runs", "iwae5",
-                    epochs=1)
+    results = study(
+        tiny_dir, tmp_path, "--runs", "vae", "iwae5", "--seeds", "4", "5", "--one-seed-runs", "iwae5", epochs=1
+    )
     assert list(results["runs"]["vae"]["seeds"]) == ["4", "5"] and list(results["runs"]["iwae5"]["seeds"]) == ["4"]
     assert results["training"]["one_seed_runs"] == ["iwae5"] and results["status"] == "complete"
     (row,) = results["comparisons"]
@@ -329,22 +378,25 @@ def test_coinciding_curves_are_named_in_the_legend(uninterrupted):
 # the command line
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--lr", "-0.05"], "argument --lr: value must be > 0, got -0.05"),
-    (["--lr", "inf"], "argument --lr: value must be a finite number, got inf"),
-    (["--epochs", "0"], "argument --epochs: value must be an integer >= 1, got 0"),
-    (["--runs", "vae,nope"], "argument --runs: unknown run(s) nope; choose from vae, vae_stl"),
-    (["--runs", "vae", "vae"], "argument --runs: repeats a run"),
-    (["--runs", "vae", "--one-seed-runs", "iwae50"], "argument --one-seed-runs: iwae50 not among --runs vae"),
-    (["--test-images", "0"], "argument --test-images: value must be an integer >= 1, got 0"),
-    (["--hidden-dims", "200,x"], "argument --hidden-dims: value must be positive integers"),
-    (["--schedule", "burda", "--epochs", "4000"], "argument --epochs: the burda schedule has 3280 epochs"),
-    (["--schedule", "fast"], "argument --schedule: invalid choice: 'fast'"),
-    (["--seeds", "1", "1"], "argument --seeds: repeats a seed"),
-    (["--threads", "0"], "argument --threads: value must be an integer >= 1, got 0"),
-    (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
-    (["--data-dir", "/no/such/folder"], "argument --data-dir: no folder '/no/such/folder'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--lr", "-0.05"], "argument --lr: value must be > 0, got -0.05"),
+        (["--lr", "inf"], "argument --lr: value must be a finite number, got inf"),
+        (["--epochs", "0"], "argument --epochs: value must be an integer >= 1, got 0"),
+        (["--runs", "vae,nope"], "argument --runs: unknown run(s) nope; choose from vae, vae_stl"),
+        (["--runs", "vae", "vae"], "argument --runs: repeats a run"),
+        (["--runs", "vae", "--one-seed-runs", "iwae50"], "argument --one-seed-runs: iwae50 not among --runs vae"),
+        (["--test-images", "0"], "argument --test-images: value must be an integer >= 1, got 0"),
+        (["--hidden-dims", "200,x"], "argument --hidden-dims: value must be positive integers"),
+        (["--schedule", "burda", "--epochs", "4000"], "argument --epochs: the burda schedule has 3280 epochs"),
+        (["--schedule", "fast"], "argument --schedule: invalid choice: 'fast'"),
+        (["--seeds", "1", "1"], "argument --seeds: repeats a seed"),
+        (["--threads", "0"], "argument --threads: value must be an integer >= 1, got 0"),
+        (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
+        (["--data-dir", "/no/such/folder"], "argument --data-dir: no folder '/no/such/folder'"),
+    ],
+)
 def test_bad_flags_are_refused_while_parsing(bad, message, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as refused:
@@ -360,10 +412,14 @@ def test_defaults(tmp_path):
     assert args.one_seed_runs == []
     assert (args.schedule, args.epochs, args.lr, args.batch_size, args.adam_eps) == ("course", 20, 1e-3, 100, 1e-8)
     assert (args.eval_samples, args.monitor_k, args.test_images, args.threads) == (5000, 50, 1000, 1)
-    burda = vm.parse_args(["--out", str(tmp_path), "--schedule", "burda",
-                           "--seed", "4", "--full-test"])
+    burda = vm.parse_args(["--out", str(tmp_path), "--schedule", "burda", "--seed", "4", "--full-test"])
     assert (burda.epochs, burda.batch_size, burda.adam_eps, burda.seeds, burda.test_images) == (
-        3280, 20, 1e-4, [4], None)
+        3280,
+        20,
+        1e-4,
+        [4],
+        None,
+    )
 
 
 def test_bad_flag_exits_with_status_2_before_any_work(tmp_path):
@@ -382,8 +438,9 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_runs_as_a_file(tiny_dir, tmp_path):
-    proc = script([os.path.join("experiments", "vae_mnist.py")], tiny_dir, tmp_path, "--seeds", "0",
-                  "--runs", "vae", epochs=1)
+    proc = script(
+        [os.path.join("experiments", "vae_mnist.py")], tiny_dir, tmp_path, "--seeds", "0", "--runs", "vae", epochs=1
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FALLBACK split" in proc.stdout
     results = json.loads((tmp_path / "results.json").read_text())

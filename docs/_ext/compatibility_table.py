@@ -48,7 +48,7 @@ def markdown_to_rst(markdown):
         elif re.match(r"\d+\. ", line):
             notes.append(line)
         elif line:
-            raise ValueError("compatibility table: unexpected line {!r}".format(line))
+            raise ValueError(f"compatibility table: unexpected line {line!r}")
     if len(rows) < 2 or len({len(row) for row in rows}) != 1:
         raise ValueError("compatibility table: no rectangular table in the rendering")
     lines = [".. list-table::", "   :header-rows: 1", "   :stub-columns: 1", "   :class: compatibility", ""]
@@ -69,16 +69,21 @@ class CompatibilityTable(SphinxDirective):
         root = os.path.dirname(self.env.srcdir)
         path = os.path.join(root, RESULTS)
         if not os.path.isfile(path):
-            raise self.error("{} is missing: run `python -m experiments.compatibility --out "
-                             "results/compatibility`".format(RESULTS))
+            raise self.error(
+                f"{RESULTS} is missing: run `python -m experiments.compatibility --out results/compatibility`"
+            )
         self.env.note_dependency(path)
         with open(path) as f:
             results = json.load(f)
         lines = markdown_to_rst(render(results["records"]))
         run = results.get("run", {})
         if run.get("command"):
-            lines += ["", "Rendered from ``{}`` (written by ``{}``; {} model/guide pairs).".format(
-                RESULTS, run["command"], results.get("pairs", "?"))]
+            lines += [
+                "",
+                "Rendered from ``{}`` (written by ``{}``; {} model/guide pairs).".format(
+                    RESULTS, run["command"], results.get("pairs", "?")
+                ),
+            ]
         container = nodes.container()
         self.state.nested_parse(StringList(lines, source=path), self.content_offset, container)
         return container.children

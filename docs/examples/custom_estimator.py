@@ -41,8 +41,7 @@ def guide():
 
 pyro.clear_param_store()
 pyro.set_rng_seed(0)
-elbo = FixedBaselineELBO(baseline=-0.5, num_particles=2000, vectorize_particles=True,
-                         max_plate_nesting=0)
+elbo = FixedBaselineELBO(baseline=-0.5, num_particles=2000, vectorize_particles=True, max_plate_nesting=0)
 loss = elbo.loss_and_grads(model, guide)
 # The ELBO is -KL(N(loc, scale) || N(0, 1)) = -loc^2 / 2 here: d loss / d loc = loc = 0.5.
 print("loss {:.3f}, d loss / d loc {:.3f}".format(loss, pyro.param("loc").grad.item()))

@@ -85,10 +85,10 @@ def make_data(num_data, seed):
 def exact_elbo(x, loc, scale, logits):
     """E_q[log p(x, mu, z) - log q(mu, z)] in closed form (z_n^2 = z_n)."""
     p = torch.sigmoid(logits)
-    second_moment = loc ** 2 + scale ** 2
-    log_prior_mu = -0.5 * math.log(2 * math.pi * PRIOR_SCALE ** 2) - second_moment / (2 * PRIOR_SCALE ** 2)
+    second_moment = loc**2 + scale**2
+    log_prior_mu = -0.5 * math.log(2 * math.pi * PRIOR_SCALE**2) - second_moment / (2 * PRIOR_SCALE**2)
     log_prior_z = (p * math.log(MIXING) + (1 - p) * math.log(1 - MIXING)).sum()
-    log_lik = (-0.5 * math.log(2 * math.pi) - 0.5 * (x ** 2 - 2 * x * p * loc + p * second_moment)).sum()
+    log_lik = (-0.5 * math.log(2 * math.pi) - 0.5 * (x**2 - 2 * x * p * loc + p * second_moment)).sum()
     entropy = dist.Normal(loc, scale).entropy() + dist.Bernoulli(logits=logits).entropy().sum()
     return log_prior_mu + log_prior_z + log_lik + entropy
 
@@ -133,20 +133,30 @@ ESTIMATORS = {
     "ScoreFunctionELBO": (lambda s, **kw: ScoreFunctionELBO(num_particles=s, **kw), "ELBO"),
     "ControlVariateELBO": (lambda s, **kw: ControlVariateELBO(num_particles=s, **kw), "ELBO"),
     "ControlVariateELBO(pathwise=True)": (
-        lambda s, **kw: ControlVariateELBO(num_particles=s, **kw, pathwise=True), "ELBO"),
+        lambda s, **kw: ControlVariateELBO(num_particles=s, **kw, pathwise=True),
+        "ELBO",
+    ),
     "RaoBlackwellELBO": (lambda s, **kw: RaoBlackwellELBO(num_particles=s, **kw), "ELBO"),
     "RaoBlackwellELBO(pathwise=True)": (lambda s, **kw: RaoBlackwellELBO(num_particles=s, **kw, pathwise=True), "ELBO"),
     "ReinforceLeaveOneOutELBO(pathwise=True)": (
-        lambda s, **kw: ReinforceLeaveOneOutELBO(num_particles=s, **kw, pathwise=True), "ELBO"),
+        lambda s, **kw: ReinforceLeaveOneOutELBO(num_particles=s, **kw, pathwise=True),
+        "ELBO",
+    ),
     "DisARMELBO": (lambda s, **kw: DisARMELBO(num_particles=s // 2, **kw), "ELBO"),
     "StickingTheLandingELBO": (lambda s, **kw: StickingTheLandingELBO(num_particles=s, **kw), "ELBO"),
     "ImportanceWeightedELBO": (lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw), "IW bound"),
     "ImportanceWeightedELBO(dreg)": (
-        lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw, gradient="dreg"), "IW bound"),
+        lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw, gradient="dreg"),
+        "IW bound",
+    ),
     "ImportanceWeightedELBO(vimco)": (
-        lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw, gradient="vimco"), "IW bound"),
+        lambda s, **kw: ImportanceWeightedELBO(num_particles=s, **kw, gradient="vimco"),
+        "IW bound",
+    ),
     "ImportanceWeightedELBO(disarm)": (
-        lambda s, **kw: ImportanceWeightedELBO(num_particles=s // 2, **kw, gradient="disarm"), "IW bound"),
+        lambda s, **kw: ImportanceWeightedELBO(num_particles=s // 2, **kw, gradient="disarm"),
+        "IW bound",
+    ),
 }
 
 
@@ -174,8 +184,7 @@ def gradient_summary(elbo, x, draws, at):
         pyro.get_param_store()[name] = value  # sets the constrained value
     stats = gradient_statistics(elbo, model, guide, x, num_draws=draws)
     exact = exact_loss_gradient(x)
-    z_scores = torch.cat([((stats[n].mean - exact[n]) / stats[n].standard_error).abs().reshape(-1)
-                          for n in PARAMS])
+    z_scores = torch.cat([((stats[n].mean - exact[n]) / stats[n].standard_error).abs().reshape(-1) for n in PARAMS])
     return {
         "variance_global": sum(stats[n].total_variance for n in GLOBAL),
         "variance_local": sum(stats[n].total_variance for n in LOCAL),
@@ -210,11 +219,18 @@ def run(args):
             row["optimum"] = gradient_summary(elbo, x, args.draws, at=best_params)
             pyro.set_rng_seed(args.seed)
             history, ms = fit(elbo, x, args.steps, args.lr)
-            tail = history[-max(1, len(history) // 10):]
+            tail = history[-max(1, len(history) // 10) :]
             row.update(elbo_history=history, final_gap=best_elbo - sum(tail) / len(tail), ms_per_step=ms)
         results["estimators"][label] = row
-        print("{:42s} {}".format(label, "refused" if row["refused"] else "final ELBO gap {:.3g}, {:.1f} ms/step".format(
-            row["final_gap"], row["ms_per_step"])), flush=True)
+        print(
+            "{:42s} {}".format(
+                label,
+                "refused"
+                if row["refused"]
+                else "final ELBO gap {:.3g}, {:.1f} ms/step".format(row["final_gap"], row["ms_per_step"]),
+            ),
+            flush=True,
+        )
     return results
 
 
@@ -223,21 +239,35 @@ def run(args):
 
 def table_rst(results):
     """The results as an rST list-table, then the refusals' messages."""
-    header = ["estimator", "objective", "variance q(mu), start", "q(z), start", "q(mu), optimum", "q(z), optimum",
-              "max abs(z), start", "ELBO gap, last 10%", "ms/step"]
+    header = [
+        "estimator",
+        "objective",
+        "variance q(mu), start",
+        "q(z), start",
+        "q(mu), optimum",
+        "q(z), optimum",
+        "max abs(z), start",
+        "ELBO gap, last 10%",
+        "ms/step",
+    ]
     lines = [".. list-table::", "   :header-rows: 1", "   :stub-columns: 1", ""]
     rows = [header]
     refused = []
     for label, row in results["estimators"].items():
         if row["refused"]:
             refused.append((label, row["refused"]))
-            rows.append([label, row["objective"], "refused [{}]".format(len(refused))] + ["\\"] * 6)
+            rows.append([label, row["objective"], f"refused [{len(refused)}]"] + ["\\"] * 6)
             continue
         bias = "{:.1f}".format(row["start"]["max_abs_z"]) if row["objective"] == "ELBO" else "(other objective)"
-        rows.append([label, row["objective"]]
-                    + ["{:.3g}".format(row[where][group]) for where in ("start", "optimum")
-                       for group in ("variance_global", "variance_local")]
-                    + [bias, "{:.3g}".format(row["final_gap"]), "{:.1f}".format(row["ms_per_step"])])
+        rows.append(
+            [label, row["objective"]]
+            + [
+                f"{row[where][group]:.3g}"
+                for where in ("start", "optimum")
+                for group in ("variance_global", "variance_local")
+            ]
+            + [bias, "{:.3g}".format(row["final_gap"]), "{:.1f}".format(row["ms_per_step"])]
+        )
     for row in rows:
         lines.extend(("   * - " if i == 0 else "     - ") + cell for i, cell in enumerate(row))
     lines.append("")
@@ -260,26 +290,41 @@ def figure(results, path):
     columns = 3
     rows = -(-(len(labels) + 1) // columns)  # one more panel: the legend
     fig = plt.figure(figsize=(15, 2.2 * rows + 1.0))
-    outer = fig.add_gridspec(1, 2, width_ratios=[1.25, 3], wspace=0.3, left=0.19, right=0.99, top=0.9,
-                             bottom=0.08)
+    outer = fig.add_gridspec(1, 2, width_ratios=[1.25, 3], wspace=0.3, left=0.19, right=0.99, top=0.9, bottom=0.08)
     grid = outer[1].subgridspec(rows, columns, wspace=0.08, hspace=0.42)
 
     left = fig.add_subplot(outer[0])
-    series = [("start", "variance_global", "o", "tab:blue"), ("start", "variance_local", "o", "tab:orange"),
-              ("optimum", "variance_global", "s", "tab:blue"), ("optimum", "variance_local", "s", "tab:orange")]
+    series = [
+        ("start", "variance_global", "o", "tab:blue"),
+        ("start", "variance_local", "o", "tab:orange"),
+        ("optimum", "variance_global", "s", "tab:blue"),
+        ("optimum", "variance_local", "s", "tab:orange"),
+    ]
     handles = []
     for j, (where, group, marker, color) in enumerate(series):
-        handles.append(left.scatter(
-            [fitted[k][where][group] for k in labels], [i + (j - 1.5) * 0.18 for i in range(len(labels))],
-            marker=marker, s=28, color=color, facecolors=color if where == "start" else "none",
-            label="{} params, {}".format("q(mu)" if group == "variance_global" else "q(z)",
-                                         "start" if where == "start" else "ELBO optimum")))
+        handles.append(
+            left.scatter(
+                [fitted[k][where][group] for k in labels],
+                [i + (j - 1.5) * 0.18 for i in range(len(labels))],
+                marker=marker,
+                s=28,
+                color=color,
+                facecolors=color if where == "start" else "none",
+                label="{} params, {}".format(
+                    "q(mu)" if group == "variance_global" else "q(z)", "start" if where == "start" else "ELBO optimum"
+                ),
+            )
+        )
     left.set_yticks(range(len(labels)))
     left.set_yticklabels(labels, fontsize=8.5)
     left.set_ylim(len(labels) - 0.5, -0.5)
     left.set_xscale("log")
-    left.set_xlabel("total gradient variance\n({} draws of {} particles each)".format(
-        results["args"]["draws"], results["args"]["particles"]), fontsize=9)
+    left.set_xlabel(
+        "total gradient variance\n({} draws of {} particles each)".format(
+            results["args"]["draws"], results["args"]["particles"]
+        ),
+        fontsize=9,
+    )
     left.grid(axis="x", alpha=0.3)
     left.set_title("gradient variance (lower is better)", fontsize=10)
 
@@ -310,11 +355,17 @@ def figure(results, path):
             ax.set_xlabel("SVI step", fontsize=8)
     slot = fig.add_subplot(grid[len(labels) // columns, len(labels) % columns])
     slot.axis("off")
-    slot.legend(handles=handles, loc="center", fontsize=8, frameon=False,
-                title="gradient variance markers", title_fontsize=8)
-    fig.text(0.6, 0.955, "convergence: exact ELBO gap to the optimum of the family after each SVI step "
-             "(Adam, lr {}); red: the estimator, grey: the others".format(results["args"]["lr"]),
-             ha="center", fontsize=9.5)
+    slot.legend(
+        handles=handles, loc="center", fontsize=8, frameon=False, title="gradient variance markers", title_fontsize=8
+    )
+    fig.text(
+        0.6,
+        0.955,
+        "convergence: exact ELBO gap to the optimum of the family after each SVI step "
+        "(Adam, lr {}); red: the estimator, grey: the others".format(results["args"]["lr"]),
+        ha="center",
+        fontsize=9.5,
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=80)
     plt.close(fig)

@@ -1,8 +1,8 @@
 """Black-box variational inference, Algorithm 2 without Rao-Blackwellization:
 the score-function gradient with a control variate per scalar parameter."""
 
-from .particles import ParticleELBO
 from .. import _validation
+from .particles import ParticleELBO
 from .surrogate import check_coefficient, check_coordinates, check_pool, controlled_surrogate, pathwise_surrogate
 
 __all__ = ["ControlVariateELBO"]
@@ -89,7 +89,7 @@ class ControlVariateELBO(ParticleELBO):
         name = type(self).__name__
         self.min_particles = check_coefficient(coefficient, name)
         self.coefficient = coefficient
-        self.reparameterize = self.pathwise = _validation.boolean("{}: pathwise".format(name), pathwise)
+        self.reparameterize = self.pathwise = _validation.boolean(f"{name}: pathwise", pathwise)
         self.coordinates = check_coordinates(coordinates, name)
         self.pool = check_pool(pool_processes, coefficient, name)
         super().__init__(num_particles=num_particles, **kwargs)

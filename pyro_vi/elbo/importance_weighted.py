@@ -126,7 +126,7 @@ class ImportanceWeightedELBO(ParticleELBO):
     """
 
     def __init__(self, num_particles=5, gradient="reparam", **kwargs):
-        self.gradient = _validation.choice("{}: gradient".format(type(self).__name__), gradient, GRADIENTS)
+        self.gradient = _validation.choice(f"{type(self).__name__}: gradient", gradient, GRADIENTS)
         self.guide_density = "path" if gradient in ("stl", "dreg") else "full"
         self.min_particles = 2 if gradient == "vimco" else 1
         self.antithetic = gradient == "disarm"
@@ -135,7 +135,7 @@ class ImportanceWeightedELBO(ParticleELBO):
     def check(self, terms):
         name = type(self).__name__
         if self.gradient == "disarm":
-            check_antithetic(terms, "{}(gradient='disarm')".format(name))
+            check_antithetic(terms, f"{name}(gradient='disarm')")
         elif self.gradient != "vimco":
             check_reparameterized(terms, name)
         check_importance_weighted(terms, name)
@@ -143,11 +143,9 @@ class ImportanceWeightedELBO(ParticleELBO):
             for site in terms.guide.values():
                 if site.is_point_mass:
                     raise ValueError(
-                        "{}(gradient='dreg'): point-mass site '{}' (Delta) in a guide whose "
+                        f"{name}(gradient='dreg'): point-mass site '{site.name}' (Delta) in a guide whose "
                         "random samples depend on one another; DReG's weights apply to "
-                        "random samples only: use gradient='stl' or 'reparam'".format(
-                            name, site.name
-                        )
+                        "random samples only: use gradient='stl' or 'reparam'"
                     )
 
     def elbo_value(self, terms):

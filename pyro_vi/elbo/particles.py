@@ -467,9 +467,7 @@ class ParticleTerms:
         with poutine.block():
             rerun = prune_subsample_sites(self.replay_guide(detached))
         rerun.compute_log_prob()
-        return {
-            name: site["log_prob"] for name, site in rerun.nodes.items() if site["type"] == "sample"
-        }
+        return {name: site["log_prob"] for name, site in rerun.nodes.items() if site["type"] == "sample"}
 
     @cached_property
     def signal_factors(self):
@@ -589,16 +587,10 @@ class ParticleELBO(ELBO):
         tail_adaptive_beta=-1.0,
     ):
         name = type(self).__name__
-        num_particles = _validation.integer(
-            "{}: num_particles".format(name), num_particles, minimum=self.min_particles
-        )
+        num_particles = _validation.integer(f"{name}: num_particles", num_particles, minimum=self.min_particles)
         if max_plate_nesting != float("inf"):
-            max_plate_nesting = _validation.integer(
-                "{}: max_plate_nesting".format(name), max_plate_nesting, minimum=0
-            )
-        vectorize_particles = _validation.boolean(
-            "{}: vectorize_particles".format(name), vectorize_particles
-        )
+            max_plate_nesting = _validation.integer(f"{name}: max_plate_nesting", max_plate_nesting, minimum=0)
+        vectorize_particles = _validation.boolean(f"{name}: vectorize_particles", vectorize_particles)
         if self.antithetic:  # num_particles counts antithetic pairs
             self.num_pairs = num_particles
             num_particles = 2 * num_particles
@@ -655,19 +647,16 @@ class ParticleELBO(ELBO):
         subsample indices let the programs be replayed exactly)."""
         if isinstance(poutine.unwrap(guide), Messenger):
             raise ValueError(
-                "{} needs a guide that is a Pyro program; {} is a GuideMessenger "
+                f"{type(self).__name__} needs a guide that is a Pyro program; "
+                f"{type(poutine.unwrap(guide)).__name__} is a GuideMessenger "
                 "(e.g. AutoNormalMessenger), which runs the model itself: use the "
-                "matching autoguide (e.g. AutoNormal) instead".format(
-                    type(self).__name__, type(poutine.unwrap(guide)).__name__
-                )
+                "matching autoguide (e.g. AutoNormal) instead"
             )
         if self._antithetic_pairs is not None:
             # Outside the particle plate: it sees the broadcast distributions.
             guide = self._antithetic_pairs.messenger()(guide)
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
             check_if_enumerated(guide_trace)
@@ -716,9 +705,7 @@ class ParticleELBO(ELBO):
                         )
 
         def replay_guide(trace):
-            return poutine.trace(poutine.replay(wrap(run_guide), trace=trace)).get_trace(
-                *args, **kwargs
-            )
+            return poutine.trace(poutine.replay(wrap(run_guide), trace=trace)).get_trace(*args, **kwargs)
 
         def read():
             return self._read_structure(wrap(model), wrap(run_guide), (model, guide), runs, args, kwargs)
@@ -750,9 +737,7 @@ class ParticleELBO(ELBO):
                 if len(self._structures) > _STRUCTURE_CACHE_SIZE:
                     self._structures.popitem(last=False)
             structure = self._structures[signature]
-            result = structure if result is None else tuple(
-                old.union(new) for old, new in zip(result, structure)
-            )
+            result = structure if result is None else tuple(old.union(new) for old, new in zip(result, structure))
         return result
 
     def _terms(self, model, guide, args, kwargs):
@@ -810,14 +795,15 @@ def _site_term(sites, plate_dims, vectorized, num_particles, is_guide):
     name, fn = site["name"], site["fn"]
     point_mass = is_point_mass(fn)
     has_score = is_guide and not point_mass and not fn.has_rsample
-    stacked = _stack(
-        [None if s is None else s["log_prob"] for s in sites], name, plate_dims, vectorized, num_particles
-    )
+    stacked = _stack([None if s is None else s["log_prob"] for s in sites], name, plate_dims, vectorized, num_particles)
     score = None
     if has_score:
         score = _stack(
             [None if s is None else _sampling_log_prob(s) for s in sites],
-            name, plate_dims, vectorized, num_particles,
+            name,
+            plate_dims,
+            vectorized,
+            num_particles,
         )
     frames = site["cond_indep_stack"]
     subsampled = [f for f in frames if f.full_size is not None and f.full_size != f.size]
@@ -876,9 +862,9 @@ def _stack(values, name, plate_dims, vectorized, num_particles):
     shapes = {t.shape for t in terms if t is not None}
     if len(shapes) > 1:
         raise ValueError(
-            "site '{}' has different batch shapes in different particles: {}; "
+            f"site '{name}' has different batch shapes in different particles: {sorted(tuple(s) for s in shapes)}; "
             "use vectorize_particles=True or give the site the same shape in "
-            "every run".format(name, sorted(tuple(s) for s in shapes))
+            "every run"
         )
     (shape,) = shapes
     zero = next(t for t in terms if t is not None).new_zeros(shape)

@@ -2,6 +2,7 @@
 each latent's score is weighted by the log-density of its Markov blanket
 only, with control variates on top."""
 
+from .. import _validation
 from .particles import ParticleELBO
 from .surrogate import (
     check_coefficient,
@@ -12,7 +13,6 @@ from .surrogate import (
     pathwise_surrogate,
     rao_blackwell_term,
 )
-from .. import _validation
 
 __all__ = ["RaoBlackwellELBO"]
 
@@ -90,14 +90,14 @@ class RaoBlackwellELBO(ParticleELBO):
         **kwargs,
     ):
         name = type(self).__name__
-        self.control_variate = _validation.boolean("{}: control_variate".format(name), control_variate)
-        self.reparameterize = self.pathwise = _validation.boolean("{}: pathwise".format(name), pathwise)
+        self.control_variate = _validation.boolean(f"{name}: control_variate", control_variate)
+        self.reparameterize = self.pathwise = _validation.boolean(f"{name}: pathwise", pathwise)
         options = (("coefficient", coefficient), ("coordinates", coordinates), ("pool_processes", pool_processes))
         for option, value in options:
             if not control_variate and value is not None:
                 raise ValueError(
-                    "{}: {}={!r} has no effect with control_variate=False; "
-                    "drop it or set control_variate=True".format(name, option, value)
+                    f"{name}: {option}={value!r} has no effect with control_variate=False; "
+                    "drop it or set control_variate=True"
                 )
         self.coefficient = "leave_one_out" if coefficient is None else coefficient
         self.min_particles = check_coefficient(self.coefficient, name) if control_variate else 1

@@ -59,7 +59,7 @@ class ReinforceLeaveOneOutELBO(ParticleELBO):
 
     def __init__(self, num_particles=10, pathwise=False, **kwargs):
         name = type(self).__name__
-        self.reparameterize = self.pathwise = _validation.boolean("{}: pathwise".format(name), pathwise)
+        self.reparameterize = self.pathwise = _validation.boolean(f"{name}: pathwise", pathwise)
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):

@@ -94,7 +94,7 @@ def distribution_gradients(terms, weightings):
         return []
     if not terms.vectorized:
         return None
-    (_, guide_trace, _), = terms.runs
+    ((_, guide_trace, _),) = terms.runs
     if any(_normalizes(guide_trace.nodes[site.name]["fn"]) for site in sites):
         return None
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
@@ -110,8 +110,9 @@ def _normalizes(fn):
     stays exact."""
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
-    return isinstance(fn, (torch.distributions.Categorical, torch.distributions.OneHotCategorical,
-                           torch.distributions.Multinomial))
+    return isinstance(
+        fn, (torch.distributions.Categorical, torch.distributions.OneHotCategorical, torch.distributions.Multinomial)
+    )
 
 
 def particle_gradients(terms, weightings, params):
@@ -183,15 +184,13 @@ def _distribution_frontier(terms, sites, weights):
     per-particle gradients of every row with respect to it, shape
     ``(K, S) + tensor.shape``; ``None`` when a site's distribution depends
     on the particle or cannot be handled."""
-    (_, guide_trace, _), = terms.runs
+    ((_, guide_trace, _),) = terms.runs
     particle_dim = terms.plate_dims + 1  # counted from the right of the batch shape
     broadcast, functional = [], []
     for j, site in enumerate(sites):
         node = guide_trace.nodes[site.name]
         captured = node["infer"].get(_DISTRIBUTION)
-        if captured is None or len(captured.batch_shape) >= particle_dim and (
-            captured.batch_shape[-particle_dim] != 1
-        ):
+        if captured is None or len(captured.batch_shape) >= particle_dim and (captured.batch_shape[-particle_dim] != 1):
             return None
         pairs = _expanded_pairs(captured, node["fn"], terms.num_particles)
         if pairs is not None:
@@ -285,9 +284,7 @@ def _through_the_broadcast(broadcast, weights):
     frontier, i = [], 0
     for _, _, pairs in broadcast:
         for tensor, copy_ in pairs:
-            grads = [
-                torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row
-            ]
+            grads = [torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row]
             target = (copy_.shape[0],) + (1,) * (copy_.dim() - 1 - tensor.dim()) + tensor.shape
             grads = [g.sum_to_size(target).reshape((copy_.shape[0],) + tensor.shape) for g in grads]
             frontier.append((tensor, torch.stack(grads)))
@@ -316,9 +313,7 @@ def _by_functorch(functional, weights):
     per_particle = vmap(grad(weighted_log_prob), in_dims=(None, 0, 0))  # over the particles
     per_row = vmap(per_particle, in_dims=(None, None, 0))(tensors, values, site_weights)  # and the rows
     return [
-        (tensor, grads[name])
-        for site_tensors, grads in zip(tensors, per_row)
-        for name, tensor in site_tensors.items()
+        (tensor, grads[name]) for site_tensors, grads in zip(tensors, per_row) for name, tensor in site_tensors.items()
     ]
 
 
@@ -466,7 +461,7 @@ def _constrained_values(terms):
 
     store = get_param_store()
     found = {}
-    (_, guide_trace, _), = terms.runs
+    ((_, guide_trace, _),) = terms.runs
     for name, site in guide_trace.nodes.items():
         if site["type"] != "param" or name not in store:
             continue

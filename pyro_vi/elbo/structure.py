@@ -46,9 +46,7 @@ class ProgramStructure:
         names = set(self.dependencies) | set(other.dependencies)
         empty = frozenset()
         return ProgramStructure(
-            dependencies={
-                n: self.dependencies.get(n, empty) | other.dependencies.get(n, empty) for n in names
-            },
+            dependencies={n: self.dependencies.get(n, empty) | other.dependencies.get(n, empty) for n in names},
             observed=self.observed | other.observed,
             plates={n: self.plates.get(n, empty) | other.plates.get(n, empty) for n in names},
         )
@@ -67,24 +65,18 @@ class _TagLatents(Messenger):
 
 
 def _structure(trace) -> ProgramStructure:
-    sites = [
-        site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)
-    ]
+    sites = [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)]
     latents = frozenset(site["name"] for site in sites if not site["is_observed"])
     dependencies = {}
     for site in sites:
         log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-        dependencies[site["name"]] = (get_provenance(log_prob) & latents) | (
-            latents & {site["name"]}
-        )
+        dependencies[site["name"]] = (get_provenance(log_prob) & latents) | (latents & {site["name"]})
     return ProgramStructure(
         dependencies=dependencies,
         observed=frozenset(site["name"] for site in sites if site["is_observed"]),
         plates={
             site["name"]: frozenset(
-                f.name
-                for f in site["cond_indep_stack"]
-                if f.vectorized and f.name != "num_particles_vectorized"
+                f.name for f in site["cond_indep_stack"] if f.vectorized and f.name != "num_particles_vectorized"
             )
             for site in sites
         },
@@ -125,9 +117,7 @@ def markov_blankets(model: ProgramStructure):
     plates = model.plates
     return {
         latent: {
-            factor: plates[factor] & plates[latent]
-            for factor, deps in model.dependencies.items()
-            if latent in deps
+            factor: plates[factor] & plates[latent] for factor, deps in model.dependencies.items() if latent in deps
         }
         for latent in model.dependencies
         if latent not in model.observed

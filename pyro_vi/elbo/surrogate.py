@@ -148,19 +148,18 @@ def rao_blackwell_term(terms, signals):
 
 def check_coordinates(coordinates, estimator):
     """Validates the control variates' ``coordinates``."""
-    return _validation.choice("{}: coordinates".format(estimator), coordinates, COORDINATES)
+    return _validation.choice(f"{estimator}: coordinates", coordinates, COORDINATES)
 
 
 def check_pool(pool_processes, coefficient, estimator):
     """The ``pool`` of :func:`controlled_surrogate` for ``pool_processes``."""
     from ..distributed import sum_over_processes
 
-    if not _validation.boolean("{}: pool_processes".format(estimator), pool_processes):
+    if not _validation.boolean(f"{estimator}: pool_processes", pool_processes):
         return None
     if not isinstance(coefficient, str):
         raise ValueError(
-            "{}: pool_processes=True has no effect with a fixed coefficient={!r}; drop one of "
-            "them".format(estimator, coefficient)
+            f"{estimator}: pool_processes=True has no effect with a fixed coefficient={coefficient!r}; drop one of them"
         )
     return sum_over_processes
 
@@ -170,9 +169,9 @@ def check_coefficient(coefficient, estimator):
     ``"pooled"`` or a finite number); returns the number of particles it
     needs."""
     if isinstance(coefficient, str):
-        _validation.choice("{}: coefficient".format(estimator), coefficient, COEFFICIENTS)
+        _validation.choice(f"{estimator}: coefficient", coefficient, COEFFICIENTS)
         return 3 if coefficient == "leave_one_out" else 2
-    _validation.real("{}: coefficient".format(estimator), coefficient)
+    _validation.real(f"{estimator}: coefficient", coefficient)
     return 1
 
 
@@ -278,9 +277,7 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None):
     return ((f_sum - a_h_sum) / num_particles).to(h.dtype).reshape(shape)
 
 
-def controlled_surrogate(
-    terms, params, coefficient, signal=None, signals=None, coordinates="parameters", pool=None
-):
+def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, coordinates="parameters", pool=None):
     """The linear surrogate :math:`\\sum_d \\mathrm{stop}(\\hat g_d) \\lambda_d`
     of the controlled gradients of the score sites.
 
@@ -347,9 +344,9 @@ def check_reparameterized(terms, estimator):
         if not site.reparameterized:
             kind = "pyro.factor site" if site.is_observed else "site"
             raise ValueError(
-                "{} needs reparameterized guide sites, but {} '{}' has no pathwise "
+                f"{estimator} needs reparameterized guide sites, but {kind} '{site.name}' has no pathwise "
                 "derivative (it cannot rsample, or has_rsample=False); use "
-                "RaoBlackwellELBO or ScoreFunctionELBO for it".format(estimator, kind, site.name)
+                "RaoBlackwellELBO or ScoreFunctionELBO for it"
             )
 
 
@@ -449,10 +446,8 @@ def check_importance_weighted(terms, estimator):
         sequential = site.subsampled_plates - set(site.plates)
         if sequential:
             raise ValueError(
-                "{} does not support subsampled sequential plates: site '{}' is in "
-                "the subsampled plate '{}'; vectorize the plate".format(
-                    estimator, site.name, sorted(sequential)[0]
-                )
+                f"{estimator} does not support subsampled sequential plates: site '{site.name}' is in "
+                f"the subsampled plate '{sorted(sequential)[0]}'; vectorize the plate"
             )
     subsampled = set()
     for site in sites:
@@ -461,10 +456,10 @@ def check_importance_weighted(terms, estimator):
         if plate not in common:
             outside = next(site for site in sites if plate not in site.plates)
             raise ValueError(
-                "{}: site '{}' lies outside the subsampled plate '{}'; the "
+                f"{estimator}: site '{outside.name}' lies outside the subsampled plate '{plate}'; the "
                 "importance-weighted bound of latents shared across data points has "
                 "no unbiased minibatch estimate: do not subsample, or use an ELBO "
-                "estimator".format(estimator, outside.name, plate)
+                "estimator"
             )
 
 
@@ -498,24 +493,22 @@ def check_antithetic(terms, estimator):
         if bernoulli is None:
             kind = "pyro.factor site" if site.is_observed else "site"
             raise ValueError(
-                "{}: {} '{}' is not Bernoulli and has no pathwise derivative; DisARM's "
+                f"{estimator}: {kind} '{site.name}' is not Bernoulli and has no pathwise derivative; DisARM's "
                 "antithetic pairs are defined for binary sites only: use "
-                "ReinforceLeaveOneOutELBO or RaoBlackwellELBO for this guide".format(estimator, kind, site.name)
+                "ReinforceLeaveOneOutELBO or RaoBlackwellELBO for this guide"
             )
         ancestors = random_guide_ancestors(terms, site.name)
         if ancestors:
             raise ValueError(
-                "{}: the distribution of Bernoulli site '{}' depends on the random guide "
-                "site '{}'; the two particles of an antithetic pair must share it: use "
-                "ReinforceLeaveOneOutELBO or RaoBlackwellELBO for this guide".format(
-                    estimator, site.name, sorted(ancestors)[0]
-                )
+                f"{estimator}: the distribution of Bernoulli site '{site.name}' depends on the random guide "
+                f"site '{sorted(ancestors)[0]}'; the two particles of an antithetic pair must share it: use "
+                "ReinforceLeaveOneOutELBO or RaoBlackwellELBO for this guide"
             )
         if not bernoulli.paired:
             raise ValueError(
-                "{}: Bernoulli site '{}' could not be drawn in antithetic pairs (it is met in "
+                f"{estimator}: Bernoulli site '{site.name}' could not be drawn in antithetic pairs (it is met in "
                 "only one particle of a pair, or the particle plate does not broadcast it); "
-                "give both particles of a pair the same sites".format(estimator, site.name)
+                "give both particles of a pair the same sites"
             )
 
 
