@@ -184,9 +184,12 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     legend_outside(cavi_ax, where="below")
     optimum = cavi_history[-1]
     lows = [optimum - 50]
-    for (name, runs), color in zip(histories.items(), ("C0", "C3")):
+    styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]
+    for i, (name, runs) in enumerate(histories.items()):
         runs = np.asarray(runs)
-        seed_band(svi_ax, np.arange(1, runs.shape[1] + 1), runs, label=name, lw=1.2, color=color)
+        seed_band(
+            svi_ax, np.arange(1, runs.shape[1] + 1), runs, label=name, lw=1.4, color=f"C{i}", ls=styles[i % len(styles)]
+        )
         lows.append(np.percentile(runs.mean(0), 10))
     svi_ax.axhline(optimum, color="k", ls="--", lw=1, label=f"CAVI optimum {optimum:.3f}")
     svi_ax.set_ylim(max(min(lows), optimum - 400), optimum + 0.05 * (optimum - min(lows)) + 1)

@@ -255,6 +255,7 @@ def plot_variance(summary, main, path):
             color=color,
             ls="none",
             mfc="none" if marker == "^" else color,
+            ms=9 if marker == "^" else 6,  # the hollow triangle around the others where they coincide
             label=label,
         )
         if num_seeds > 1:

@@ -78,6 +78,8 @@ def plot_bounds(rows, log_px, exact_elbo, num_draws, num_seeds, path):
     legend_outside(ax, where="below", ncol=1)
     gap_ax.axhline(0.0, color="k", ls=":", lw=1.2, label="0: the bound equals log p(X)")
     gap_ax.set_yscale("symlog", linthresh=1e-3)
+    top = float(np.max(log_px - means + se2))
+    gap_ax.set_ylim(top=top * 1.6)  # room above the K = 1 point's error bar on the log part of the axis
     gap_ax.set_ylabel("log p(X) - L_K (nats; symmetric log, linear within 1e-3)")
     gap_ax.set_title("gap to log p(X): below 0 only by Monte Carlo error", fontsize=10)
     legend_outside(gap_ax, where="below", ncol=1)

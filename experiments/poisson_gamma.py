@@ -88,15 +88,18 @@ def plot_theta(thetas, styles, theta_star, path):
     ax.set_ylabel("theta (rate of q)")
     ax.set_title(
         f"Exponential(theta) family: theta from iteration {first + 1} on ({band_note(num_seeds)}; the start is "
-        "in the lower "
-        "panel)",
+        "in the lower panel)",
         fontsize=10,
     )
     legend_outside(ax)
     err_ax.set_yscale("log")
     err_ax.set_xlabel("iteration")
     err_ax.set_ylabel("|theta_t - theta*| / theta*")
-    err_ax.set_title("relative error of theta_t (log scale)", fontsize=10)
+    err_ax.set_title(
+        "relative error of theta_t (log scale; over the first steps, where the start dominates, the curves "
+        "coincide and the last drawn covers the others)",
+        fontsize=10,
+    )
     legend_outside(err_ax)
     save_figure(fig, path)
 
@@ -129,7 +132,11 @@ def plot_elbo(elbos, styles, best, log_px, path):
     gap_ax.set_yscale("log")
     gap_ax.set_xlabel("iteration")
     gap_ax.set_ylabel("ELBO(theta*) - ELBO of q_t (nats)")
-    gap_ax.set_title("gap to the best ELBO of the family (log scale)", fontsize=10)
+    gap_ax.set_title(
+        "gap to the best ELBO of the family (log scale; over the first steps the curves coincide and the last "
+        "drawn covers the others)",
+        fontsize=10,
+    )
     legend_outside(gap_ax)
     save_figure(fig, path)
 
