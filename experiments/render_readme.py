@@ -751,14 +751,18 @@ def bernoulli_vae(results):
                 align="lllrrrr",
             ),
             "Mean over seeds at the last step. {}. Data: {}. Gradient variance: the mean over the encoder's weights "
-            "of the variance of the per-image gradient, {} draws at the last step. The runs themselves took {} of "
-            "wall time in all.\n".format(
+            "of the variance of the per-image gradient, {} draws at the last step.\n".format(
                 results["budget"][0].upper() + results["budget"][1:],
                 results["data"]["split"],
                 args["variance_draws"],
-                seconds(results["run_seconds"]),
             ),
-            run_line(results),
+            "Command: `{}`; seeds {}; the runs took {} of wall time in all (`--resume` runs only those not yet "
+            "saved), on {}.\n".format(
+                results["run"]["command"],
+                ", ".join(map(str, results["run"]["seeds"])),
+                seconds(results["run_seconds"]),
+                machine_text(results["run"]),
+            ),
         ]
     )
 
