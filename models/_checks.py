@@ -59,3 +59,25 @@ def as_int(name, value, minimum=1, need=None) -> int:
         need = need or ("a positive integer" if minimum == 1 else f"an integer >= {minimum}")
         raise ValueError(f"{name} must be {need}, got {value!r}")
     return int(value)
+
+
+def as_float64(name, values, what="an array of real numbers"):
+    """``values`` as a float64 tensor, or a ``ValueError``: ``{name} must be
+    {what}`` with torch's reason."""
+    try:
+        return torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} must be {what}: {e}") from e
+
+
+def check_components(name, values, num_components, positive):
+    """``values`` (a float64 tensor, one entry or row per mixture component),
+    or a ``ValueError`` naming ``name``: ``num_components`` of them, finite,
+    and with ``positive`` greater than 0."""
+    if values.shape[0] != num_components:
+        raise ValueError(f"{name} has {values.shape[0]} components but pi has {num_components}")
+    ok = torch.isfinite(values) & (values > 0) if positive else torch.isfinite(values)
+    if not bool(ok.all()):
+        need = "finite and positive" if positive else "finite"
+        raise ValueError(f"{name} must be {need}, got {values.tolist()}")
+    return values

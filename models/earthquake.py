@@ -43,7 +43,7 @@ import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
 
-from models._checks import as_counts, as_int, as_real
+from models._checks import as_counts, as_float64, as_int, as_real, check_components
 from models.gmm import check_weights
 
 __all__ = [
@@ -137,20 +137,11 @@ def check_data(locations, counts) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_component_values(name, values, shape, positive):
-    try:
-        values = torch.as_tensor(values, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{name} must be an array of real numbers: {e}") from e
+    values = as_float64(name, values)
     if values.dim() != len(shape) or tuple(values.shape[1:]) != tuple(shape[1:]):
         want = "(K, 2)" if len(shape) == 2 else "(K,)"
         raise ValueError(f"{name} must have shape {want}, got {tuple(values.shape)}")
-    if values.shape[0] != shape[0]:
-        raise ValueError(f"{name} has {values.shape[0]} components but pi has {shape[0]}")
-    ok = torch.isfinite(values) & (values > 0) if positive else torch.isfinite(values)
-    if not bool(ok.all()):
-        need = "finite and positive" if positive else "finite"
-        raise ValueError(f"{name} must be {need}, got {values.tolist()}")
-    return values
+    return check_components(name, values, shape[0], positive)
 
 
 def generate_data(num_data: int, pi, mus, rates, tau: float = 1.0, seed: int = 0):

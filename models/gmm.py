@@ -54,7 +54,7 @@ import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
 
-from models._checks import as_int, set_real_fields
+from models._checks import as_float64, as_int, check_components, set_real_fields
 from models.normal_gamma import check_data
 
 __all__ = [
@@ -107,10 +107,7 @@ def check_weights(pi, dtype=None) -> torch.Tensor:
         non-positive entry (named by index) or does not sum to one.
     """
     dtype = torch.get_default_dtype() if dtype is None else dtype
-    try:
-        pi = torch.as_tensor(pi, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"pi must be a 1-D array of mixing weights: {e}") from e
+    pi = as_float64("pi", pi, "a 1-D array of mixing weights")
     if pi.dim() != 1:
         raise ValueError(f"pi must be 1-D, got shape {tuple(pi.shape)}")
     if pi.numel() == 0:
@@ -127,19 +124,10 @@ def check_weights(pi, dtype=None) -> torch.Tensor:
 
 
 def _check_component_values(name, values, num_components, positive):
-    try:
-        values = torch.as_tensor(values, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{name} must be a 1-D array of real numbers: {e}") from e
+    values = as_float64(name, values, "a 1-D array of real numbers")
     if values.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(values.shape)}")
-    if values.numel() != num_components:
-        raise ValueError(f"{name} has {values.numel()} components but pi has {num_components}")
-    ok = torch.isfinite(values) & (values > 0) if positive else torch.isfinite(values)
-    if not bool(ok.all()):
-        need = "finite and positive" if positive else "finite"
-        raise ValueError(f"{name} must be {need}, got {values.tolist()}")
-    return values
+    return check_components(name, values, num_components, positive)
 
 
 def generate_data(num_data: int, pi, mus, taus, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
