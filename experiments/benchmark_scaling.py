@@ -17,8 +17,8 @@ Sweeps:
 Every configuration of a size is timed round-robin in one process (the
 median of ``--rounds`` rounds of ``--steps`` steps), so the ratios share the
 machine's noise; peak memory is measured in a subprocess per configuration
-(peak resident memory during three steps minus that before them, the
-problem's data and networks built).
+(the peak resident memory of three steps above the memory held between
+steps, after a first step that creates the parameters).
 
     python -m experiments.benchmark_scaling --out results/benchmark_scaling
 """
@@ -216,10 +216,11 @@ def _reset_peak():
 
 
 def measure_memory(sweep, size, estimator, steps=3):
-    """Peak resident memory during ``steps`` steps (the first creates the
-    parameters) minus that before them, MB: the peak is reset after the
-    problem is built, so imports and setup do not count."""
+    """Peak resident memory of an SVI step above the memory held between
+    steps, MB: one step first (it creates the parameters and loads what
+    the first call loads), then the peak is reset and ``steps`` steps run."""
     inference, args = svi(sweep, size, estimator)
+    inference.step(*args)
     before = _resident_mb()
     _reset_peak()
     for _ in range(steps):
