@@ -261,13 +261,18 @@ def slope(sizes, values):
 
 
 def plot(results, path):
+    """Top row: each estimator's time per step over its Pyro counterpart's
+    (Trace_ELBO, or RenyiELBO(alpha=0) for the importance-weighted ones), at
+    each size of each sweep; bottom row: the peak memory of a step. One
+    legend for all panels."""
     sweeps = [s for s in SWEEPS if s in results["sweeps"]]
-    kinds = ["ms_per_step"] + (["peak_mb"] if results["memory"] else [])
-    fig, axes = plt.subplots(len(kinds), len(sweeps), figsize=(4.2 * len(sweeps), 3.6 * len(kinds)), squeeze=False)
+    kinds = ["ratios"] + (["peak_mb"] if results["memory"] else [])
+    fig, axes = plt.subplots(len(kinds), len(sweeps), figsize=(4.6 * len(sweeps), 4.0 * len(kinds)), squeeze=False)
     styles = {
         name: dict(marker="os^vD<>ph*xP"[i], ls="-" if ESTIMATORS[name][1] else "--", color=f"C{i}")
         for i, name in enumerate(ESTIMATORS)
     }
+    handles = {}
     for column, sweep in enumerate(sweeps):
         data = results["sweeps"][sweep]
         x = data["x"]
@@ -276,11 +281,29 @@ def plot(results, path):
             for name, values in data[kind].items():
                 if min(values) <= 0:
                     continue
-                ax.loglog(x, values, label=f"{name} ({slope(x, values):.2f})", ms=4, **styles[name])
+                (handles[name],) = ax.loglog(x, values, ms=5, lw=1.2, alpha=0.85, **styles[name])
+            if kind == "ratios":
+                ax.axhline(1.0, color="k", lw=0.8, ls=":")
+                ax.set_ylabel("time per step / the Pyro counterpart's")
+                ax.set_title(f"{sweep}: time, x Pyro (1 = as fast)", fontsize=10)
+            else:
+                ax.set_ylabel("peak memory of a step (MB)")
+                ax.set_title(f"{sweep}: memory", fontsize=10)
             ax.set_xlabel(data["size_name"])
-            ax.set_ylabel("ms per step" if kind == "ms_per_step" else "peak extra memory (MB)")
-            ax.set_title("{}: {} (fitted slope)".format(sweep, "time" if kind == "ms_per_step" else "memory"))
-            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.legend(
+        [handles[n] for n in ESTIMATORS if n in handles],
+        [n for n in ESTIMATORS if n in handles],
+        loc="lower center",
+        ncol=4,
+        fontsize=9,
+        bbox_to_anchor=(0.5, -0.02),
+    )
+    fig.suptitle(
+        "How the cost of a step grows (1 torch thread; curves that overlap cost the same; the README's table has the "
+        "numbers)",
+        fontsize=11,
+    )
+    fig.set_layout_engine("tight", rect=(0, 0.1, 1, 0.96))
     save_figure(fig, path)
 
 
