@@ -112,7 +112,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 if not __package__:  # run as ``python experiments/vae_mnist.py``
     import _repo_root  # noqa: F401
 
-from experiments import _cli
+from experiments import _cli, _results
 from experiments._figures import plt, save_figure
 from guides.vae import Encoder, guide
 from models.mnist import MnistNotFoundError, binarize, default_data_dir, load_mnist
@@ -1064,16 +1064,10 @@ def format_table(results):
 
 
 def _machine():
-    model_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model_name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model_name}, {os.cpu_count()} logical CPUs, {platform.platform(terse=True)}"
+    """``"<cpu>, <n> logical CPUs, <platform>"``: the shared run record's
+    machine (:func:`experiments._results.machine`) as one line."""
+    machine = _results.machine()
+    return f"{machine['cpu']}, {machine['cpu_cores']} logical CPUs, {platform.platform(terse=True)}"
 
 
 def _json_safe(value):
