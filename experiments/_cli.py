@@ -121,12 +121,13 @@ def existing_file(text):
 # the parser
 
 
-def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_help=None):
+def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_help=None, plot_only=False):
     """An ``ArgumentParser`` described by the first line of ``doc``, with the
     common flags. ``out=None`` makes ``--out`` optional (no files written
     unless it is given). A ``multi_seed`` study runs ``default_seeds`` when
     neither ``--seed`` nor ``--seeds`` is given; ``seeds_help`` says what a
-    seed changes in it (and, when the default is one seed, why)."""
+    seed changes in it (and, when the default is one seed, why).
+    ``plot_only`` adds ``--plot-only`` (see :class:`experiments._study.Study`)."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument(
         "--out",
@@ -146,6 +147,10 @@ def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_h
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     if device:
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    if plot_only:
+        p.add_argument(
+            "--plot-only", action="store_true", help="redraw the figures from OUT/results.json; run nothing"
+        )
     p.set_defaults(_multi_seed=multi_seed, _default_seeds=default_seeds if multi_seed else default_seeds[:1])
     return p
 

@@ -28,6 +28,7 @@ checks that README.md equals what this script renders from the committed JSON.
 
 import argparse
 import difflib
+import importlib
 import json
 import math
 import os
@@ -75,13 +76,44 @@ def load(path, root=ROOT):
 
 
 def render(name, root=ROOT):
-    """The Markdown of block ``name`` (ending in a newline)."""
+    """The Markdown of block ``name`` (ending in a newline): the
+    ``readme_block`` of study ``name`` (:class:`experiments._study.Study`)
+    applied to its ``results/NAME/results.json``, or a renderer registered
+    here with :func:`block`."""
     if name not in BLOCKS:
-        raise KeyError(
-            f"README block {name!r} has no renderer; register one with @block({name!r}) in experiments/render_readme.py"
-        )
+        study = _study(name)
+        if study is None or study.readme_block is None:
+            raise KeyError(
+                f"README block {name!r} has no renderer: give experiments/{name}.py a STUDY with a readme_block"
+            )
+        return study.readme_block(load(f"results/{name}/results.json", root)).rstrip("\n") + "\n"
     function, paths = BLOCKS[name]
     return function(*(load(path, root) for path in paths)).rstrip("\n") + "\n"
+
+
+def renderers():
+    """The names of every block that can be rendered: the studies with a
+    ``readme_block`` and the renderers registered here."""
+    names = set(BLOCKS)
+    for entry in os.listdir(os.path.dirname(os.path.abspath(__file__))):
+        name = entry[:-3] if entry.endswith(".py") else entry
+        if name.startswith("_") or name == "render_readme" or not name.isidentifier():
+            continue
+        study = _study(name)
+        if study is not None and study.readme_block is not None:
+            names.add(name)
+    return names
+
+
+def _study(name):
+    """The ``STUDY`` of module ``experiments.NAME``, or ``None``."""
+    try:
+        module = importlib.import_module("experiments." + name)
+    except ModuleNotFoundError as error:
+        if error.name != "experiments." + name:
+            raise
+        return None
+    return getattr(module, "STUDY", None)
 
 
 def rewrite(text, root=ROOT):
@@ -361,53 +393,6 @@ def poisson_gamma(results):
             run_line(results),
         ]
     )
-
-
-@block("iwelbo_bounds")
-def iwelbo_bounds(results):
-    rows = results["bounds"]
-    seeds = results["run"]["seeds"]
-    header = ["K"] + [str(r["K"]) for r in rows] + ["exact log p(X)"]
-    body = [
-        ["L_K (mean ± std over seeds)"]
-        + [pm(r["bound"], ".3f") for r in rows]
-        + ["{:.3f}".format(results["log_evidence"])],
-        ["log p(X) - L_K"] + ["{:.4f}".format(r["gap_to_log_evidence"]) for r in rows] + [""],
-        ["standard error (all draws)"] + ["{:.4f}".format(r["pooled_standard_error"]) for r in rows] + [""],
-    ]
-    lines = [table(header, body)]
-    for previous, r in zip(rows, rows[1:]):
-        if not r["seeds_above_log_evidence"]:
-            continue
-        # log p(X) - L_K shrinks like 1/K: the previous K's gap, scaled
-        expected = previous["gap_to_log_evidence"] * previous["K"] / r["K"]
-        lines.append(
-            "L_{} lies above log p(X) in {} of {} seeds (per seed {}; standard error of one seed's mean "
-            "{}). L_K <= log p(X) holds for the expectation, not for an estimate: the gap shrinks like 1/K, "
-            "so at K = {} it is about {:.4f} nats (L_{}'s gap {:.4f} times {}/{}), of the order of one "
-            "seed's standard error, and estimates of {} draws fall on either side of log p(X)."
-            "\n".format(
-                r["K"],
-                r["seeds_above_log_evidence"],
-                len(seeds),
-                ", ".join(f"{v:.4f}" for v in r["bound"]["values"]),
-                ", ".join(f"{v:.4f}" for v in r["standard_error_per_seed"]),
-                r["K"],
-                expected,
-                previous["K"],
-                previous["gap_to_log_evidence"],
-                previous["K"],
-                r["K"],
-                results["args"]["draws"],
-            )
-        )
-    lines.append(
-        "Non-decreasing in K and below log p(X), each within 4 standard errors: {} and {}.\n".format(
-            "yes" if results["non_decreasing"] else "no", "yes" if results["below_log_evidence"] else "no"
-        )
-    )
-    lines.append(run_line(results))
-    return "\n".join(lines)
 
 
 @block("gumbel_softmax")
