@@ -148,9 +148,7 @@ def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_h
     if device:
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     if plot_only:
-        p.add_argument(
-            "--plot-only", action="store_true", help="redraw the figures from OUT/results.json; run nothing"
-        )
+        p.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/results.json; run nothing")
     p.set_defaults(_multi_seed=multi_seed, _default_seeds=default_seeds if multi_seed else default_seeds[:1])
     return p
 
