@@ -35,8 +35,11 @@ class ControlVariateELBO(ParticleELBO):
         :class:`~pyro_vi.ScoreFunctionELBO`'s estimator).
     :param str coordinates: where the coefficients live.
         ``"distributions"`` (the default): one per scalar of the guide's
-        distributions (their ``loc``, ``logits``, ...), whose controlled
-        gradients reach the parameters in one backward pass. ``"parameters"``
+        distributions (their ``loc``, ``logits``, ...) as each site builds
+        them inside its plates (a Normal's ``loc`` and ``scale`` have its
+        batch shape, whatever shapes the parameters have, and whatever
+        ``vectorize_particles`` is), whose controlled gradients reach the
+        parameters in one backward pass. ``"parameters"``
         (BBVI's): one per scalar variational parameter, from per-particle
         gradients of every parameter. The two are the same estimator for a
         mean-field guide whose parameters map element by element onto its

@@ -83,22 +83,66 @@ class ParticleGradients:
 
 def distribution_gradients(terms, weightings):
     """Per-particle gradients of the same rows as :func:`particle_gradients`
-    with respect to the tensors of the score sites' distributions (their
-    ``loc``, ``scale``, ``probs``, ...: per data point for an amortized
-    guide): ``[(tensor, gradients of shape (K, S) + tensor.shape)]``, or
-    ``None`` where the particles do not share those tensors (sequential
-    particles, structured guides, flows) or where a site's tensors are
-    stored normalized (categoricals, see :func:`_normalizes`)."""
+    with respect to the tensors of the score sites' distributions, as each
+    site builds them inside its plates (their ``loc``, ``scale``, ``probs``,
+    ...: per data point for an amortized guide): the coordinates of
+    ``coordinates="distributions"``, the same in both particle layouts.
+
+    :returns: ``[(targets, gradients of shape (K, S) + tensor.shape)]``,
+        where ``targets`` is the tensor the particles share (vectorized) or
+        the list of each particle's own tensor (one trace per particle;
+        ``None`` where a particle did not meet the site); or ``None`` where
+        a site's distribution depends on another guide sample (structured
+        guides), cannot be taken apart (flows with networks), or stores its
+        tensors normalized (categoricals, see :func:`_normalizes`)."""
     sites = terms.score_sites()
     if not sites:
         return []
-    if not terms.vectorized:
-        return None
-    ((_, guide_trace, _),) = terms.runs
-    if any(_normalizes(guide_trace.nodes[site.name]["fn"]) for site in sites):
+    if any(_normalizes(fn) for site in sites for fn in _site_distributions(terms, site.name) if fn is not None):
         return None
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
-    return _distribution_frontier(terms, sites, weights)
+    if terms.vectorized:
+        return _distribution_frontier(terms, sites, weights)
+    return _per_run_frontier(terms, sites, weights)
+
+
+def _site_distributions(terms, name):
+    """The distribution of guide site ``name`` in each run (``None`` where a
+    run did not meet it)."""
+    return [None if name not in guide.nodes else guide.nodes[name]["fn"] for _, guide, _ in terms.runs]
+
+
+def _per_run_frontier(terms, sites, weights):
+    """:func:`distribution_gradients` for one trace per particle: particle
+    :math:`s`'s gradients with respect to its own run's distribution
+    tensors, by a backward pass per particle and row through its
+    log-densities only."""
+    dependencies = terms.read_structure()[1].dependencies
+    if any(dependencies.get(site.name, frozenset()) - {site.name} for site in sites):
+        return None  # a structured guide: the distributions differ by particle
+    frontier = []
+    for j, site in enumerate(sites):
+        per_run = [None if fn is None else _tensors(_sampling(fn)) for fn in _site_distributions(terms, site.name)]
+        if any(t is None for t, fn in zip(per_run, _site_distributions(terms, site.name)) if fn is not None):
+            return None
+        present = [t for t in per_run if t is not None]
+        paths = list(present[0])
+        if any(list(t) != paths or any(t[p].shape != present[0][p].shape for p in paths) for t in present):
+            return None
+        grads = {p: [] for p in paths}
+        for s, tensors in enumerate(per_run):
+            for site_weights in weights:
+                weight = site_weights[j]
+                row = site.score_log_prob[s] if weight is None else site.score_log_prob[s] * weight[s]
+                inputs = [tensors[p] for p in paths] if tensors is not None else []
+                found = torch.autograd.grad(row.sum(), inputs, retain_graph=True, allow_unused=True) if inputs else ()
+                for p, g in zip(paths, found or [None] * len(paths)):
+                    grads[p].append(torch.zeros_like(present[0][p]) if g is None else g)
+        for p in paths:
+            targets = [None if t is None else t[p] for t in per_run]
+            stacked = torch.stack(grads[p]).reshape((len(per_run), len(weights)) + present[0][p].shape)
+            frontier.append((targets, stacked.transpose(0, 1)))
+    return frontier
 
 
 def _normalizes(fn):

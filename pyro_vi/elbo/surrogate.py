@@ -238,27 +238,32 @@ def particle_sums(h, signal=None, f=None):
     return sums
 
 
-def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None):
+def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None, per_particle=False):
     """:math:`\\hat g` of this process's particles (``h``, ``signal`` or ``f``,
     whose :func:`particle_sums` are ``sums``), with the coefficients of the
-    ``pooled`` sums (these, or those of several processes added up)."""
+    ``pooled`` sums (these, or those of several processes added up). With
+    ``per_particle``, the particles' terms
+    :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``, whose
+    sum over the particles is :math:`\\hat g`."""
     num_particles, shape = h.shape[0], h.shape[1:]
-    h_sum, f_sum = sums[1], sums[2]
-    if not isinstance(coefficient, str):
-        return ((f_sum - float(coefficient) * h_sum) / num_particles).to(h.dtype).reshape(shape)
+    if not isinstance(coefficient, str) or coefficient == "pooled":
+        a = _fixed_or_pooled_coefficient(h, pooled, coefficient)
+        if per_particle:
+            return (
+                torch.cat([(fb - a[columns] * hb) / num_particles for columns, hb, fb in _blocks(h, signal, f)], 1)
+                .to(h.dtype)
+                .reshape(h.shape)
+            )
+        return ((sums[2] - a * sums[1]) / num_particles).to(h.dtype).reshape(shape)
     count, pooled_h, pooled_f, pooled_hh = pooled[0], pooled[1], pooled[2], pooled[3]
     h_mean, f_mean = pooled_h / count, pooled_f / count
     cov = pooled[4] - count * f_mean * h_mean
     var = pooled_hh - count * h_mean.square()
-    # Below tolerance * (sum of squares), a variance is rounding error: 0.
     tolerance = 64 * torch.finfo(h.dtype).eps
-    if coefficient == "pooled":
-        a = torch.where(var > tolerance * pooled_hh, cov / var, 0.0)
-        return ((f_sum - a * h_sum) / num_particles).to(h.dtype).reshape(shape)
     # Without particle s the other centred values sum to -hc[s] and -fc[s]:
     # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = N / (N - 1).
     k, others = count / (count - 1), count - 1
-    a_h_sum = torch.empty_like(h_sum)
+    terms = []
     for columns, hb, fb in _blocks(h, signal, f):
         hc, fc = hb - h_mean[columns], fb - f_mean[columns]
         numerator = cov[columns] - k[columns] * fc * hc
@@ -273,8 +278,22 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None):
         origin = others_h.abs() > (threshold / others[columns]).sqrt()
         through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
         a = torch.where(denominator > threshold, regression, through_origin)
-        a_h_sum[columns] = (a * hb).sum(0)
-    return ((f_sum - a_h_sum) / num_particles).to(h.dtype).reshape(shape)
+        terms.append((fb - a * hb) / num_particles)
+    terms = torch.cat(terms, 1)
+    return (terms if per_particle else terms.sum(0)).to(h.dtype).reshape(h.shape if per_particle else shape)
+
+
+def _fixed_or_pooled_coefficient(h, pooled, coefficient):
+    """A fixed coefficient, or :math:`a^*` of all the ``pooled`` particles (0
+    where their variance is rounding error)."""
+    if coefficient != "pooled":
+        return torch.full_like(pooled[1], float(coefficient))
+    count, pooled_h, pooled_hh = pooled[0], pooled[1], pooled[3]
+    h_mean, f_mean = pooled_h / count, pooled[2] / count
+    cov = pooled[4] - count * f_mean * h_mean
+    var = pooled_hh - count * h_mean.square()
+    # Below tolerance * (sum of squares), a variance is rounding error: 0.
+    return torch.where(var > 64 * torch.finfo(h.dtype).eps * pooled_hh, cov / var, 0.0)
 
 
 def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, coordinates="parameters", pool=None):
@@ -295,8 +314,12 @@ def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, 
         element by element onto its distributions; for an amortized guide the
         second has a coefficient per data point instead of per network
         weight, and costs about one backward pass instead of one per particle.
-        Falls back to ``"parameters"`` where the particles do not share the
-        distributions' tensors or where a site stores them normalized, as a
+        The coordinates are the tensors of each site's distribution as the
+        site builds them inside its plates, before any particle dimension:
+        the same whether the particles share one vectorized trace or have
+        one trace each. Falls back to ``"parameters"`` where a site's
+        distribution depends on another guide sample (a structured guide:
+        each particle has its own) or stores its tensors normalized, as a
         categorical does (see
         :func:`~pyro_vi.elbo.scores.distribution_gradients`).
     :param pool: adds up the sufficient statistics of several processes
@@ -323,8 +346,14 @@ def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, 
     surrogate = 0.0
     for (target, rows), own, pooled_sums in zip(frontier, sums, pooled):
         f = None if signals is None else rows[1]
-        g = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f)
-        surrogate = surrogate + (g.detach() * target).sum()
+        if isinstance(target, list):  # each particle's own tensor
+            terms = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f, per_particle=True)
+            for term, own_target in zip(terms.detach(), target):
+                if own_target is not None:
+                    surrogate = surrogate + (term * own_target).sum()
+        else:
+            g = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f)
+            surrogate = surrogate + (g.detach() * target).sum()
     return surrogate
 
 
