@@ -67,6 +67,32 @@ def _float64(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float64)
 
 
+def _in_dtype(value64, dtype, family, what, at, fisher=False) -> torch.Tensor:
+    """``value64`` (computed in float64) in ``dtype``, refused with a
+    ``ValueError`` where an entry would underflow below ``dtype``'s smallest
+    normal number or overflow: in float32 a Normal's Fisher information
+    :math:`1/\\sigma^2` at :math:`\\sigma = 10^{20}` is not representable. In a
+    Fisher matrix (positive semi-definite, :math:`|F_{ij}| \\le \\sqrt{F_{ii}
+    F_{jj}}`) an off-diagonal entry below :math:`10^{-12}` of that bound is the
+    float64 computation's rounding error of an exact zero, and not refused."""
+    if dtype == torch.float64:
+        return value64
+    finfo = torch.finfo(dtype)
+    magnitude = value64.detach().abs()
+    significant = magnitude > 0
+    if fisher:
+        diagonal = magnitude.diagonal(dim1=-2, dim2=-1)
+        significant = magnitude > 1e-12 * (diagonal.unsqueeze(-1) * diagonal.unsqueeze(-2)).sqrt()
+    bad = (significant & (magnitude < finfo.tiny)) | (magnitude > finfo.max)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{family}: the {what} at {at} has an entry of magnitude {magnitude[bad][0].item():.3g}, outside the "
+            f"range of {dtype} (normal numbers from {finfo.tiny:.3g} to {finfo.max:.3g}); pass the parameters "
+            "in torch.float64"
+        )
+    return value64.to(dtype)
+
+
 def _batched_jacobian(outputs: torch.Tensor, inputs: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """``(..., d, d)`` Jacobians of ``outputs[..., i]`` w.r.t. ``inputs[..., j]`` when
     every batch element of ``outputs`` depends on its own batch element only."""
@@ -178,14 +204,14 @@ class ExponentialFamily:
     def natural_params(self, theta) -> torch.Tensor:
         r""":math:`\eta(\theta)` of checked usual parameters (computed in float64)."""
         theta = self.check_params(theta)
-        return self.to_natural(_float64(theta)).to(theta.dtype)
+        return self._in_dtype(self.to_natural(_float64(theta)), theta, "natural parameters")
 
     def usual_params(self, eta: torch.Tensor) -> torch.Tensor:
         r""":math:`\theta(\eta)` (computed in float64).
 
         :raises NaturalParameterDomainError: if :math:`\eta` lies outside the natural domain.
         """
-        return self._usual_params64(eta).to(eta.dtype)
+        return self._in_dtype(self._usual_params64(eta), eta, "usual parameters", natural=True)
 
     def _usual_params64(self, eta) -> torch.Tensor:
         if not isinstance(eta, torch.Tensor) or eta.dim() == 0 or eta.shape[-1] != self.dim:
@@ -214,7 +240,7 @@ class ExponentialFamily:
 
     def mean_params(self, eta: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         r"""Mean parameters :math:`\nabla_\eta A(\eta) = E[t(x)]`, shape ``(..., d)``."""
-        return self._mean_params64(eta, create_graph).to(eta.dtype)
+        return self._in_dtype(self._mean_params64(eta, create_graph), eta, "mean parameters", natural=True)
 
     def _mean_params64(self, eta, create_graph=False):
         self._usual_params64(eta)
@@ -225,7 +251,7 @@ class ExponentialFamily:
     def fisher_natural(self, eta: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         r"""Fisher information in natural parameters, :math:`F(\eta) = \nabla^2_\eta A(\eta)
         = \mathrm{Cov}[t(x)]`, shape ``(..., d, d)``."""
-        return self._fisher_natural64(eta, create_graph).to(eta.dtype)
+        return self._in_dtype(self._fisher_natural64(eta, create_graph), eta, "Fisher information", natural=True)
 
     def _fisher_natural64(self, eta, create_graph=False):
         self._usual_params64(eta)
@@ -237,7 +263,7 @@ class ExponentialFamily:
     def natural_jacobian(self, theta) -> torch.Tensor:
         r""":math:`J = \partial\eta / \partial\theta`, ``J[..., i, j] = d eta_i / d theta_j``."""
         theta = self.check_params(theta)
-        return self._natural_jacobian64(_float64(theta)).to(theta.dtype)
+        return self._in_dtype(self._natural_jacobian64(_float64(theta)), theta, "Jacobian of eta")
 
     def _natural_jacobian64(self, theta64):
         with torch.enable_grad():
@@ -248,7 +274,7 @@ class ExponentialFamily:
         r"""Fisher information in usual parameters, :math:`F(\theta) = J^\top F(\eta) J`,
         shape ``(..., d, d)``."""
         theta = self.check_params(theta)
-        return self._fisher64(_float64(theta)).to(theta.dtype)
+        return self._in_dtype(self._fisher64(_float64(theta)), theta, "Fisher information")
 
     def _fisher64(self, theta64):
         jac = self._natural_jacobian64(theta64)
@@ -262,7 +288,20 @@ class ExponentialFamily:
         """
         theta = self.check_params(theta)
         theta64 = _float64(theta)
-        return self.solve(self._fisher64(theta64), grad_theta, theta64, "Fisher information").to(theta.dtype)
+        solution = self.solve(self._fisher64(theta64), grad_theta, theta64, "Fisher information")
+        return self._in_dtype(solution, theta, "natural gradient")
+
+    def _in_dtype(self, value64, params, what, natural=False):
+        """``value64`` in the dtype of ``params`` (usual, or ``natural``
+        parameters), refused where it does not fit (see :func:`_in_dtype`)."""
+        at = ", ".join(
+            f"{n}={v:.6g}"
+            for n, v in zip(
+                [f"eta_{i + 1}" for i in range(self.dim)] if natural else self.param_names,
+                params.detach().reshape(-1, self.dim)[0].tolist(),
+            )
+        )
+        return _in_dtype(value64, params.dtype, self.name, what, at, fisher=what == "Fisher information")
 
     def solve(self, matrix, rhs, theta, what) -> torch.Tensor:
         r""":math:`M^{-1} r` in float64 for ``(..., d, d)`` matrices :math:`M` and ``(..., d)``

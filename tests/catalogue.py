@@ -68,6 +68,8 @@ class Pair:
     args: tuple = ()
     max_plate_nesting: Optional[int] = None
     subsample: bool = False
+    #: the warning Pyro's own ELBOs give for the pair (every estimator gives it too)
+    warning: Optional[str] = None
 
     def guide(self):
         return self.make_guide(self.model)
@@ -620,6 +622,39 @@ def clamp_guide():
     pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
 
 
+# ---------------------------------------------------------------- fixed parameters, unmatched sites
+
+
+def gamma_poisson_model():
+    # Pyro's TestFixedModelGuide: a (1,)-shaped latent outside any plate, model params
+    a, b = pyro.param("alpha_p_log", torch.tensor([0.11])).exp(), pyro.param("beta_p_log", torch.tensor([0.13])).exp()
+    rate = pyro.sample("lambda_latent", dist.Gamma(a, b))
+    pyro.sample("obs", dist.Poisson(rate), obs=torch.tensor([2.0]))
+
+
+def gamma_poisson_guide():
+    a, b = pyro.param("alpha_q_log", torch.tensor([0.17])).exp(), pyro.param("beta_q_log", torch.tensor([0.19])).exp()
+    pyro.sample("lambda_latent", dist.Gamma(a, b))
+
+
+def _hiding(program, *names):
+    return poutine.block(program, hide=list(names))
+
+
+def extra_guide_sample_guide():
+    # Pyro's test_extra_samples: a guide site the model does not have (a warning)
+    global_guide()
+    pyro.sample("extra", dist.Normal(pyro.param("e", torch.tensor(0.1)), 1.0))
+
+
+def unmatched_model_latent_model():
+    # a model latent the guide does not sample: drawn from the prior (a warning)
+    loc = pyro.sample("loc", dist.Normal(0.0, 2.0))
+    shift = pyro.sample("shift", dist.Normal(0.0, 0.1))
+    with pyro.plate("data", len(DATA)):
+        pyro.sample("x", dist.Normal(loc + shift, 1.0), obs=DATA)
+
+
 # ---------------------------------------------------------------- the catalogue
 
 NOT_REPARAM = frozenset({"not_reparameterizable"})
@@ -704,6 +739,24 @@ CATALOGUE = {
     "discrete_and_continuous": Pair(mixed_model, _same(mixed_guide), "discrete", NOT_REPARAM),
     "has_rsample_false": Pair(clamp_model, _same(not_rsample_guide), "mean_field", NOT_BERNOULLI),
     "sparse_path_gradient": Pair(clamp_model, _same(clamp_guide), "mean_field"),
+    "gamma_poisson_free": Pair(gamma_poisson_model, _same(gamma_poisson_guide), "mean_field"),
+    "gamma_poisson_fixed_model": Pair(
+        _hiding(gamma_poisson_model, "alpha_p_log", "beta_p_log"), _same(gamma_poisson_guide), "mean_field"
+    ),
+    "gamma_poisson_fixed_guide": Pair(
+        gamma_poisson_model, _same(_hiding(gamma_poisson_guide, "alpha_q_log", "beta_q_log")), "mean_field"
+    ),
+    "gamma_poisson_fixed_both": Pair(
+        _hiding(gamma_poisson_model, "alpha_p_log", "beta_p_log"),
+        _same(_hiding(gamma_poisson_guide, "alpha_q_log", "beta_q_log")),
+        "mean_field",
+    ),
+    "extra_guide_sample": Pair(
+        global_model, _same(extra_guide_sample_guide), "mean_field", warning="vars in guide but not model"
+    ),
+    "unmatched_model_latent": Pair(
+        unmatched_model_latent_model, _same(global_guide), "mean_field", warning="vars in model but not guide"
+    ),
 }
 
 
@@ -815,13 +868,16 @@ def elbo_for(estimator, vectorize, pair, **kwargs):
     return ESTIMATORS[estimator].make(**options)
 
 
-def take_grads():
-    """The parameters' ``.grad`` by name (those with one), cleared."""
+def take_grads(names=None):
+    """The parameters' ``.grad`` by name (those with one, among ``names`` if
+    given), all cleared. Pyro's ELBOs also fill the ``.grad`` of params that
+    ``poutine.block`` hides from SVI, which never steps them: ``names`` leaves
+    those out."""
     grads = {}
     for name, param in pyro.get_param_store().named_parameters():
-        if param.grad is not None:
+        if param.grad is not None and (names is None or name in names):
             grads[name] = param.grad.clone()
-            param.grad = None
+        param.grad = None
     return grads
 
 
@@ -843,10 +899,11 @@ def outcome(pair_name, estimator, vectorize):
     pyro.set_rng_seed(3)
     loss = elbo.loss(model, guide, *pair.args)
     pyro.set_rng_seed(3)
-    loss_and_grads = elbo.loss_and_grads(model, guide, *pair.args)
-    grads = take_grads()
+    with poutine.trace(param_only=True) as visible:  # what SVI steps: not the params poutine.block hides
+        loss_and_grads = elbo.loss_and_grads(model, guide, *pair.args)
+    grads = take_grads(visible.trace.nodes)
     pyro.set_rng_seed(3)
     differentiable = torch.as_tensor(elbo.differentiable_loss(model, guide, *pair.args))
     if differentiable.requires_grad:
         differentiable.backward()
-    return ("ok", (loss, loss_and_grads, differentiable.item()), grads, take_grads())
+    return ("ok", (loss, loss_and_grads, differentiable.item()), grads, take_grads(visible.trace.nodes))

@@ -96,6 +96,37 @@ def negative_guide(x):  # a Normal guide for a Gamma latent: negative draws
     pyro.sample("rate", dist.Normal(pyro.param("loc", torch.tensor(-3.0)), 0.1))
 
 
+def gamma_exponential_model(x):  # the child's argument is the latent: a negative draw must be named first
+    rate = pyro.sample("rate", dist.Gamma(2.0, 2.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Exponential(rate), obs=x.abs())
+
+
+def nested_plates_model(x):
+    with pyro.plate("rows", 2, dim=-2), pyro.plate("data", len(x), dim=-1):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x.expand(2, len(x)))
+
+
+def nested_plates_guide(x):
+    with pyro.plate("rows", 2, dim=-2), pyro.plate("data", len(x), dim=-1):
+        pyro.sample("z", dist.Normal(pyro.param("loc", torch.zeros(2, len(x))), 1.0))
+
+
+def _out_of_support_loss(elbo, validation):
+    def call(tmp):
+        with pyro.validation_enabled(validation):
+            return elbo.loss_and_grads(gamma_exponential_model, negative_guide, X)
+
+    return call
+
+
+OUT_OF_SUPPORT = (
+    r"site 'rate': the guide drew (a value|[0-9]+ of [0-9]+ values) outside the support "
+    r"GreaterThanEq\(lower_bound=0\.0\) of the model's Gamma \(-[0-9.]+\), from the guide's Normal\(loc="
+)
+
+
 def narrow_model(x):
     pyro.sample("z", dist.Normal(0.0, 0.001))
 
@@ -393,6 +424,36 @@ CASES = [
         r"site 'rate'",
         RUNS,
     ),
+    *[
+        (
+            f"{cls.__name__}.loss_and_grads",
+            f"guide draws outside the model's support ({'vectorized' if vectorize else 'sequential'}, "
+            f"validation {'on' if validation else 'off'})",
+            _out_of_support_loss(cls(num_particles=4, vectorize_particles=vectorize), validation),
+            ValueError,
+            OUT_OF_SUPPORT,
+            RUNS,
+        )
+        for cls in (SF, CV, RB, ReinforceLeaveOneOutELBO, DisARMELBO, STL, IW)
+        for vectorize in (True, False)
+        for validation in (True, False)
+    ],
+    *[
+        (
+            f"{cls.__name__}.loss",
+            f"max_plate_nesting below the programs' plates ({'vectorized' if vectorize else 'sequential'})",
+            _loss(
+                cls(num_particles=4, max_plate_nesting=1, vectorize_particles=vectorize),
+                nested_plates_model,
+                nested_plates_guide,
+            ),
+            ValueError,
+            r"max_plate_nesting=1 is less than the 2 plate dims the programs use.*pass max_plate_nesting=2",
+            RUNS,
+        )
+        for cls in (CV, STL, IW)
+        for vectorize in (True, False)
+    ],
     # --- fit (pyro_vi/training.py)
     ("fit", "float num_steps", _fit(num_steps=2.5), ValueError, r"num_steps must be an integer >= 1, got 2\.5"),
     ("fit", "string num_steps", _fit(num_steps="3"), ValueError, r"num_steps must be an integer >= 1, got '3'"),

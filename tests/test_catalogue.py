@@ -12,11 +12,22 @@ import re
 import pyro
 import pytest
 import torch
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
+from pyro import poutine
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
+from pyro.optim import Adam
 
 from pyro_vi import ImportanceWeightedELBO
 from pyro_vi.diagnostics import gradient_statistics
-from tests.catalogue import CATALOGUE, ESTIMATORS, elbo_for, expected_refusal, outcome, take_grads
+from tests.catalogue import (
+    CATALOGUE,
+    ESTIMATORS,
+    elbo_for,
+    expected_refusal,
+    gamma_poisson_guide,
+    gamma_poisson_model,
+    outcome,
+    take_grads,
+)
 
 CASES = [
     (pair, estimator, vectorize)
@@ -52,6 +63,64 @@ def test_works_or_refuses_by_name(pair, estimator, vectorize):
     # No silent zero: the parameters that Trace_ELBO moves, and only those.
     control = outcome(pair, "Trace_ELBO", vectorize)
     assert set(grads) == set(control[2])
+
+
+WARNING_CASES = [
+    (pair, estimator, vectorize)
+    for pair in sorted(p for p in CATALOGUE if CATALOGUE[p].warning)
+    for estimator in ESTIMATORS
+    for vectorize in (True, False)
+]
+
+
+@pytest.mark.parametrize(
+    "pair,estimator,vectorize",
+    WARNING_CASES,
+    ids=["{}-{}-{}".format(p, e, "vec" if v else "seq") for p, e, v in WARNING_CASES],
+)
+def test_warns_where_pyro_warns(pair, estimator, vectorize):
+    """Sites that the model and guide do not share: every estimator warns as
+    Pyro's ELBOs do (and still works)."""
+    spec = CATALOGUE[pair]
+    pyro.clear_param_store()
+    elbo = elbo_for(estimator, vectorize, spec)
+    with pytest.warns(UserWarning, match=spec.warning):
+        elbo.loss_and_grads(spec.model, spec.guide(), *spec.args)
+
+
+FIXED = {
+    # pair -> the params poutine.block hides (Pyro's TestFixedModelGuide)
+    "gamma_poisson_free": set(),
+    "gamma_poisson_fixed_model": {"alpha_p_log", "beta_p_log"},
+    "gamma_poisson_fixed_guide": {"alpha_q_log", "beta_q_log"},
+    "gamma_poisson_fixed_both": {"alpha_p_log", "beta_p_log", "alpha_q_log", "beta_q_log"},
+}
+FIXED_CASES = [
+    (pair, estimator, vectorize) for pair in FIXED for estimator in ESTIMATORS for vectorize in (True, False)
+]
+
+
+@pytest.mark.parametrize(
+    "pair,estimator,vectorize",
+    FIXED_CASES,
+    ids=["{}-{}-{}".format(p, e, "vec" if v else "seq") for p, e, v in FIXED_CASES],
+)
+def test_hidden_params_stay_fixed(pair, estimator, vectorize):
+    """Three SVI steps leave the params that ``poutine.block`` hides exactly
+    as they were and move every other one."""
+    spec = CATALOGUE[pair]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = spec.guide()
+    with poutine.block():  # create every param
+        poutine.trace(gamma_poisson_guide).get_trace()
+        poutine.trace(gamma_poisson_model).get_trace()
+    before = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+    svi = SVI(spec.model, guide, Adam({"lr": 0.01}), elbo_for(estimator, vectorize, spec))
+    for _ in range(3):
+        svi.step(*spec.args)
+    for name, value in pyro.get_param_store().items():
+        assert torch.equal(value.detach(), before[name]) == (name in FIXED[pair]), name
 
 
 @pytest.mark.parametrize("pair", sorted(CATALOGUE))

@@ -192,8 +192,21 @@ def test_float32_normals_with_extreme_scales_are_valid(scale):
         torch.testing.assert_close(
             normal.fisher(theta), expected.float(), rtol=1e-5, atol=1e-6 * expected.abs().max().item()
         )  # the off-diagonal cancels
+    else:  # refused, not silently flushed to zero or subnormal (issue 17)
+        with pytest.raises(
+            ValueError, match=r"Fisher information at loc=.*outside the range of torch.float32.*float64"
+        ):
+            normal.fisher(theta)
     grad = torch.tensor([1.0, 1.0])
-    torch.testing.assert_close(normal.natural_gradient(theta, grad), torch.tensor([scale**2, scale**2 / 2]))
+    if scale**2 < torch.finfo(torch.float32).max and scale**2 / 2 > torch.finfo(torch.float32).tiny:
+        torch.testing.assert_close(normal.natural_gradient(theta, grad), torch.tensor([scale**2, scale**2 / 2]))
+    else:  # s^2 overflows (or underflows) float32: refused, not inf (or 0)
+        with pytest.raises(ValueError, match="natural gradient at .* outside the range of torch.float32"):
+            normal.natural_gradient(theta, grad)
+    torch.testing.assert_close(
+        normal.natural_gradient(theta.double(), grad.double()),
+        torch.tensor([scale**2, scale**2 / 2], dtype=torch.float64),
+    )
     eta64 = normal.natural_params(theta.double())
     torch.testing.assert_close(
         normal.mean_params(eta64), torch.tensor([0.5 * scale, 1.25 * scale**2], dtype=torch.float64)

@@ -115,7 +115,20 @@ def amortized_guide():
         pyro.sample("z", dist.Normal(out[..., 0], torch.nn.functional.softplus(out[..., 1])))
 
 
+def unplated_model():
+    # a (1,)-shaped latent outside every plate (Pyro sums such dims): max_plate_nesting=0
+    z = pyro.sample("z", dist.Normal(torch.zeros(1, dtype=torch.float64), 1.0))
+    pyro.sample("x", dist.Normal(z, 1.0), obs=DATA[:1])
+
+
+def unplated_guide():
+    loc = pyro.param("loc", torch.tensor([0.1], dtype=torch.float64))
+    scale = pyro.param("scale", torch.tensor([0.9], dtype=torch.float64), constraint=dist.constraints.positive)
+    pyro.sample("z", dist.Normal(loc, scale))
+
+
 CHAIN = (chain_model, chain_guide, {})
+UNPLATED = (unplated_model, unplated_guide, {})
 NOT_RSAMPLE = (chain_model, chain_guide, {"has_rsample": False})
 AMORTIZED = (chain_model, amortized_guide, {})
 STRUCTURED = (structured_model, structured_guide, {})
@@ -140,6 +153,10 @@ CASES = {
     "RLOO(pathwise)": (partial(ReinforceLeaveOneOutELBO, pathwise=True), BERNOULLI, False),
     "STL": (StickingTheLandingELBO, CHAIN, False),
     "DisARM": (DisARMELBO, BERNOULLI, False),
+    "CV(unplated)": (ControlVariateELBO, UNPLATED, True),
+    "RB(unplated)": (RaoBlackwellELBO, UNPLATED, True),
+    "IW(unplated)": (ImportanceWeightedELBO, UNPLATED, False),
+    "IW(dreg, unplated)": (partial(ImportanceWeightedELBO, gradient="dreg"), UNPLATED, False),
     "IW(reparam)": (partial(ImportanceWeightedELBO, gradient="reparam"), CHAIN, False),
     "IW(stl)": (partial(ImportanceWeightedELBO, gradient="stl"), CHAIN, False),
     "IW(dreg)": (partial(ImportanceWeightedELBO, gradient="dreg"), CHAIN, False),
@@ -152,15 +169,18 @@ def gradients(make, program, detach, vectorized):
     model, guide, guide_kwargs = program
     pyro.clear_param_store()
     ENCODER.zero_grad(set_to_none=True)  # the store holds the module's own tensors
-    elbo = make(num_particles=NUM_PARTICLES, vectorize_particles=vectorized, max_plate_nesting=1)
+    nesting = 0 if program is UNPLATED else 1
+    elbo = make(num_particles=NUM_PARTICLES, vectorize_particles=vectorized, max_plate_nesting=nesting)
     if elbo.num_particles != NUM_PARTICLES:  # num_particles counts antithetic pairs
-        elbo = make(num_particles=NUM_PARTICLES // 2, vectorize_particles=vectorized, max_plate_nesting=1)
+        elbo = make(num_particles=NUM_PARTICLES // 2, vectorize_particles=vectorized, max_plate_nesting=nesting)
     generator = torch.Generator().manual_seed(1)
     eps = {
         "z": torch.randn(NUM_PARTICLES, 2, generator=generator, dtype=torch.float64),
         "loc": torch.randn(NUM_PARTICLES, generator=generator, dtype=torch.float64),
     }
-    if vectorized:  # the particle plate's dim: (S,) + plate dims
+    if program is UNPLATED:  # the site's (1,) dim is the particle dim when vectorized
+        eps["z"] = eps["z"][:, 0] if vectorized else eps["z"][:, :1]
+    elif vectorized:  # the particle plate's dim: (S,) + plate dims
         eps["loc"] = eps["loc"].reshape(NUM_PARTICLES, 1)
     pinned = PinnedNormals(eps, vectorized, detach)(lambda: guide(**guide_kwargs))
     pyro.set_rng_seed(3)  # DisARM's uniforms

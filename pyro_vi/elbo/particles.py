@@ -38,6 +38,7 @@ from .structure import learning_signal_factors, read_structure
 
 __all__ = [
     "AntitheticMessenger",
+    "GuideValuesInSupport",
     "AntitheticPairs",
     "BernoulliTerm",
     "ParticleELBO",
@@ -77,6 +78,63 @@ def _has_mask(fn):
     while not isinstance(fn, dist.MaskedDistribution) and isinstance(fn, dist.Independent):
         fn = fn.base_dist
     return isinstance(fn, dist.MaskedDistribution)
+
+
+class GuideValuesInSupport(Messenger):
+    """Refuses, at the model's sample site, a latent value that the guide
+    drew outside the support of the model's distribution there (a Normal
+    guide for a Gamma latent), before the model uses it: a ``ValueError``
+    naming the site, the support, the value and the guide's distribution,
+    in place of a NaN density or an error from a child site's arguments.
+    Masked-out elements are not checked."""
+
+    def __init__(self, guide_trace):
+        super().__init__()
+        self.guide_trace = guide_trace
+
+    def _pyro_post_sample(self, msg):
+        name = msg["name"]
+        guide_site = self.guide_trace.nodes.get(name)
+        if msg["is_observed"] or site_is_subsample(msg) or guide_site is None or guide_site["type"] != "sample":
+            return
+        if msg["mask"] is False:
+            return
+        support, value = msg["fn"].support, msg["value"]
+        try:
+            inside = torch.as_tensor(support.check(value)).detach()
+        except (NotImplementedError, RuntimeError, TypeError):  # a dependent or unusual support
+            return
+        if isinstance(msg["mask"], torch.Tensor):
+            inside = inside | ~msg["mask"].expand(inside.shape)
+        if bool(inside.all()):
+            return
+        bad = value.detach().reshape(-1)[~inside.reshape(-1)] if inside.shape == value.shape else value.reshape(-1)
+        raise ValueError(
+            "site '{}': the guide drew {} outside the support {} of the model's {} ({:.6g}), from the guide's "
+            "{}; give the guide site '{}' a distribution with that support (e.g. a LogNormal or Gamma for a "
+            "positive latent, or an autoguide, which maps to the support)".format(
+                name,
+                "a value" if inside.numel() == 1 else f"{int((~inside).sum())} of {inside.numel()} values",
+                support,
+                type(msg["fn"]).__name__,
+                float(bad[0]),
+                _describe(guide_site["fn"]),
+                name,
+            )
+        )
+
+
+def _describe(fn):
+    """``Normal(loc=0.3, scale=0.5)``: the distribution's class and its
+    arguments (shapes for tensors of more than one element)."""
+    arguments = []
+    for key in getattr(fn, "arg_constraints", {}):
+        value = fn.__dict__.get(key)
+        if isinstance(value, torch.Tensor):
+            shown = f"{value.item():.4g}" if value.numel() == 1 else f"tensor of shape {tuple(value.shape)}"
+            arguments.append(f"{key}={shown}")
+    name = type(fn).__name__
+    return "{}({})".format(name, ", ".join(arguments)) if arguments else name
 
 
 class ScoreFunctionMessenger(Messenger):
@@ -625,11 +683,18 @@ class ParticleELBO(ELBO):
     # ---- Pyro's interface ---------------------------------------------------
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
-        # The guess runs both programs. Under a forked RNG it draws nothing
-        # from the global stream, so a run resumed from a checkpoint (which
-        # restores that stream) makes the same draws as an uninterrupted one.
-        with torch.random.fork_rng():
-            super()._guess_max_plate_nesting(model, guide, args, kwargs)
+        # As Pyro guesses it, from one run of both programs; under a forked
+        # RNG, so that a run resumed from a checkpoint (which restores the
+        # global stream) makes the same draws as an uninterrupted one; and
+        # with the guide's values checked against the model's supports.
+        traces = _one_run(model, guide, args, kwargs)
+        if is_validation_enabled():
+            for trace in traces:
+                trace.compute_log_prob()
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        check_site_shape(site, max_plate_nesting=float("inf"))
+        self.max_plate_nesting = _plate_nesting(traces) + (self.vectorize_particles and self.num_particles > 1)
 
     def _get_vectorized_trace(self, model, guide, args, kwargs):
         # Each latent site's distribution is recorded before the particle
@@ -656,7 +721,8 @@ class ParticleELBO(ELBO):
             # Outside the particle plate: it sees the broadcast distributions.
             guide = self._antithetic_pairs.messenger()(guide)
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        checked_model = GuideValuesInSupport(guide_trace)(model)
+        model_trace = poutine.trace(poutine.replay(checked_model, trace=guide_trace)).get_trace(*args, **kwargs)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
             check_if_enumerated(guide_trace)
@@ -685,6 +751,16 @@ class ParticleELBO(ELBO):
             self._antithetic_pairs = AntitheticPairs(self.num_particles, vectorized)
         try:
             runs = list(self._get_traces(model, run_guide, args, kwargs))
+        except ValueError as error:
+            if "plate stack overflow" not in str(error) and f'"{_PARTICLE_PLATE}", collide' not in str(error):
+                raise
+            needed = _plate_nesting(_one_run(model, run_guide, args, kwargs))
+            raise ValueError(
+                f"{type(self).__name__}: max_plate_nesting={self.max_plate_nesting - vectorized} is less than the "
+                f"{needed} plate "
+                f"dims the programs use{' (the particle plate goes left of them)' if vectorized else ''}; pass "
+                f"max_plate_nesting={needed}, or leave it out to have it guessed"
+            ) from error
         finally:
             self._antithetic_pairs = None
         plate_dims = self.max_plate_nesting - (1 if vectorized else 0)
@@ -774,6 +850,30 @@ class ParticleELBO(ELBO):
         return loss.item()
 
 
+def _one_run(model, guide, args, kwargs):
+    """One run of the guide and of the model against it, hidden from outer
+    handlers, under a forked random state: the pruned ``(model, guide)``
+    traces."""
+    with torch.random.fork_rng(), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        checked_model = GuideValuesInSupport(guide_trace)(model)
+        model_trace = poutine.trace(poutine.replay(checked_model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def _plate_nesting(traces):
+    """The number of plate dims the programs use."""
+    dims = [
+        -frame.dim
+        for trace in traces
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return max(dims, default=0)
+
+
 def _signature(trace):
     return tuple(
         (
@@ -848,13 +948,17 @@ def _stack_full(tensors, width, vectorized, num_particles):
 
 def _stack(values, name, plate_dims, vectorized, num_particles):
     """The particles' values of one site term as one tensor of shape
-    ``(S,) + plate_shape`` (zeros for particles that did not meet the site)."""
+    ``(S,) + plate_shape`` (zeros for particles that did not meet the site).
+    Batch dims left of the plate dims (and of the particle plate), which no
+    plate declares, are summed, as ``Trace_ELBO`` sums them."""
     width = plate_dims + (1 if vectorized else 0)
     terms = []
     for log_prob in values:
         if log_prob is None:
             terms.append(None)
             continue
+        if log_prob.dim() > width:
+            log_prob = log_prob.reshape((-1,) + log_prob.shape[log_prob.dim() - width :]).sum(0)
         terms.append(log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape))
     if vectorized:
         (log_prob,) = terms

@@ -329,7 +329,12 @@ def _through_the_broadcast(broadcast, weights):
     for _, _, pairs in broadcast:
         for tensor, copy_ in pairs:
             grads = [torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row]
-            target = (copy_.shape[0],) + (1,) * (copy_.dim() - 1 - tensor.dim()) + tensor.shape
+            # The captured tensor, right-aligned, either lies right of the
+            # particle dim or has a size-1 dim there (a batch dim outside every
+            # plate, which the particle plate took over).
+            new_dims = copy_.dim() - tensor.dim()
+            kept = tensor.shape if new_dims >= 1 else tensor.shape[1:]
+            target = (copy_.shape[0],) + (1,) * max(new_dims - 1, 0) + kept
             grads = [g.sum_to_size(target).reshape((copy_.shape[0],) + tensor.shape) for g in grads]
             frontier.append((tensor, torch.stack(grads)))
             i += 1
