@@ -126,12 +126,17 @@ def markov_blankets(model: ProgramStructure):
 
 def learning_signal_factors(model: ProgramStructure, guide: ProgramStructure):
     """For each guide site :math:`j` (latent sites and ``pyro.factor``
-    sites, whose terms get the whole signal): the model factors and guide factors its learning signal
-    :math:`L^{(j)}` sums, ``{j: (model_factors, guide_factors)}``, each
-    ``{factor: plates}`` with the plates in which the factor stays
-    element-wise. A guide site reaches the model through the guide sites
-    that depend on it (itself, or e.g. an autoguide's ``Delta`` site that
-    transforms it)."""
+    sites, whose terms get the whole signal): the model factors and guide
+    factors its learning signal :math:`L^{(j)}` sums, ``{j: (model_factors,
+    guide_factors)}``, each ``{factor: plates}`` with the plates in which the
+    factor stays element-wise.
+
+    The signal holds every factor whose value changes when :math:`z_j` is
+    drawn again: those of :math:`z_j` and of every guide site drawn from it,
+    directly or through other guide sites (its descendants: a site drawn
+    from a site drawn from :math:`z_j` changes with it too), and the model
+    factors of their Markov blankets. A descendant stays element-wise in the
+    plates shared along every path from :math:`z_j`."""
     blankets = markov_blankets(model)
     signals = {}
     for j, j_plates in guide.plates.items():
@@ -144,15 +149,27 @@ def learning_signal_factors(model: ProgramStructure, guide: ProgramStructure):
             )
             continue
         model_factors, guide_factors = {}, {}
-        for k, deps in guide.dependencies.items():
-            if j != k and j not in deps:
-                continue
-            path = j_plates & guide.plates[k]
+        for k, path in _descendants(guide, j, j_plates).items():
             _meet(guide_factors, k, path)
             for factor, plates in blankets.get(k, {}).items():
                 _meet(model_factors, factor, path & plates)
         signals[j] = (model_factors, guide_factors)
     return signals
+
+
+def _descendants(guide: ProgramStructure, j, j_plates):
+    """``{k: plates}`` for guide site ``j`` itself and every guide site whose
+    density depends on it through a chain of guide sites (in program order,
+    so that a site's parents come first), each with the plates shared along
+    every path from ``j``."""
+    reached = {j: j_plates}
+    for k, deps in guide.dependencies.items():
+        if k in reached:
+            continue
+        paths = [reached[m] & guide.plates[k] for m in deps if m in reached]
+        if paths:
+            reached[k] = frozenset.intersection(*paths)
+    return reached
 
 
 def _meet(factors, name, plates):
