@@ -144,7 +144,8 @@ def gradient_statistics(
 
     Calls ``elbo.loss_and_grads(model, guide, *args, **kwargs)`` ``num_draws``
     times without any optimizer step and collects the gradient of every parameter
-    the call touches (found as :class:`~pyro.infer.svi.SVI` finds them). Gradients
+    the call touches (at its param sites, as :class:`~pyro.infer.svi.SVI` finds
+    them; module-local :class:`~pyro.nn.PyroModule` parameters too). Gradients
     are of the *loss* (the negative ELBO) with respect to the *unconstrained*
     parameter, i.e. what the optimizer sees. Gradients are cleared between draws
     and any ``.grad`` present before the call is restored afterwards; parameter

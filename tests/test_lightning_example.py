@@ -10,6 +10,7 @@ import csv
 import importlib.util
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -111,3 +112,14 @@ def test_lightning_example_refuses_bad_flags(example, tmp_path, capsys, flags, m
     with pytest.raises(SystemExit):
         example.main(["--out", str(tmp_path)] + flags)
     assert message in capsys.readouterr().err
+
+
+def test_pyro_vi_never_imports_lightning():
+    """Lightning is an extra for the example, not a dependency of the library."""
+    library = os.path.join(ROOT, "pyro_vi")
+    for folder, _, files in os.walk(library):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as f:
+                    text = f.read()
+                assert not re.search(r"^\s*(import|from)\s+(lightning|pytorch_lightning)\b", text, re.M), name
