@@ -20,7 +20,11 @@ release = "0.1.0"
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # MathJax (3.2) copied into the build (_static/mathjax/) and loaded from there,
+    # not from a CDN: the math renders offline
+    "sphinx-mathjax-offline",
     "compatibility_table",
 ]
 
@@ -39,21 +43,52 @@ nitpicky = False
 
 
 def _resolve_public_name(app, env, node, contnode):
-    """Docstrings refer to the public names (``:class:`~pyro_vi.ScoreFunctionELBO```);
-    the pages document each object in its module. Resolve the first to the second."""
+    """Docstrings and the API page refer to the public names
+    (``:class:`~pyro_vi.ScoreFunctionELBO```); the pages document each object
+    in a module. Resolve the first to the second: the object's own module,
+    else a module that exports it (``load_checkpoint`` is defined in a private
+    module and documented in ``pyro_vi.training``)."""
     target = node.get("reftarget", "")
     if node.get("refdomain") != "py" or not target.startswith("pyro_vi.") or target.count(".") != 1:
         return None
     import pyro_vi
 
     name = target.split(".", 1)[1]
-    module = getattr(getattr(pyro_vi, name, None), "__module__", None)
-    if not module or module == "pyro_vi":
+    if name not in pyro_vi.__all__:
         return None
-    return env.get_domain("py").resolve_xref(
-        env, node["refdoc"], app.builder, node["reftype"], f"{module}.{name}", node, contnode
-    )
+    obj = getattr(pyro_vi, name)
+    exporters = [
+        module.__name__
+        for module in list(sys.modules.values())
+        if getattr(module, "__name__", "").startswith("pyro_vi.")
+        and getattr(module, "__dict__", {}).get(name) is obj
+        and name in getattr(module, "__all__", ())
+    ]
+    for module in [getattr(obj, "__module__", None)] + sorted(exporters):
+        if module and module != "pyro_vi":
+            found = env.get_domain("py").resolve_xref(
+                env, node["refdoc"], app.builder, node["reftype"], f"{module}.{name}", node, contnode
+            )
+            if found is not None:
+                return found
+    return None
+
+
+def _end_summaries_with_a_period(app, doctree):
+    """The API page's summaries are the first sentences of the docstrings,
+    some of which lead into a formula with a colon or a comma; end them with
+    a period."""
+    from docutils import nodes
+    from sphinx.ext.autosummary import autosummary_table
+
+    for table in doctree.findall(autosummary_table):
+        for entry in table.findall(nodes.entry):
+            texts = list(entry.findall(nodes.Text))
+            end = texts[-1] if texts else None
+            if end is not None and end.rstrip().rstrip(".").endswith((":", ",")):
+                end.parent.replace(end, nodes.Text(end.rstrip().rstrip(".").rstrip(":,") + "."))
 
 
 def setup(app):
     app.connect("missing-reference", _resolve_public_name)
+    app.connect("doctree-read", _end_summaries_with_a_period)

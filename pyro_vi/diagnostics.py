@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
-import pyro
 import torch
-from pyro import poutine
+from pyro.poutine.messenger import Messenger
 
 from ._optional import import_arviz
+from ._params import unconstrained
 from ._validation import function, instance, integer
 from .inference_data import _check_no_subsampling, _check_seed, _guide_and_model_traces, _seeded
 
@@ -84,13 +84,33 @@ def _summarize(draws: torch.Tensor) -> GradientStats:
     )
 
 
-def _one_draw(elbo, model, guide, args, kwargs) -> Dict[str, torch.Tensor]:
+class _SetAsideGradients(Messenger):
+    """At the first param site of each parameter in a call, before any
+    backward pass of that call: keeps the parameter's ``.grad`` in ``saved``
+    (the first time in the whole run only) and clears it. Works for Pyro's
+    param store and for module-local :class:`~pyro.nn.PyroModule` parameters
+    alike, which the param store does not list."""
+
+    def __init__(self, saved):
+        super().__init__()
+        self.saved = saved  # id(leaf) -> (leaf, its .grad before the first draw)
+        self.params = {}  # name -> unconstrained leaf, met in this call
+
+    def _pyro_post_param(self, msg):
+        if msg["name"] in self.params:
+            return  # met before in this call: a backward pass may have run since
+        leaf = unconstrained(msg["value"])
+        self.params[msg["name"]] = leaf
+        self.saved.setdefault(id(leaf), (leaf, leaf.grad))
+        leaf.grad = None
+
+
+def _one_draw(elbo, model, guide, args, kwargs, saved) -> Dict[str, torch.Tensor]:
     """One call of ``elbo.loss_and_grads``; returns name -> gradient, clearing ``.grad``."""
-    with poutine.trace(param_only=True) as tr:
+    with _SetAsideGradients(saved) as capture:
         elbo.loss_and_grads(model, guide, *args, **kwargs)
     grads = {}
-    for name, site in tr.trace.nodes.items():
-        param = site["value"].unconstrained()
+    for name, param in capture.params.items():
         grad = param.grad
         grads[name] = torch.zeros_like(param) if grad is None else grad.detach().clone()
         param.grad = None
@@ -124,7 +144,8 @@ def gradient_statistics(
 
     Calls ``elbo.loss_and_grads(model, guide, *args, **kwargs)`` ``num_draws``
     times without any optimizer step and collects the gradient of every parameter
-    the call touches (found as :class:`~pyro.infer.svi.SVI` finds them). Gradients
+    the call touches (at its param sites, as :class:`~pyro.infer.svi.SVI` finds
+    them; module-local :class:`~pyro.nn.PyroModule` parameters too). Gradients
     are of the *loss* (the negative ELBO) with respect to the *unconstrained*
     parameter, i.e. what the optimizer sees. Gradients are cleared between draws
     and any ``.grad`` present before the call is restored afterwards; parameter
@@ -154,15 +175,12 @@ def gradient_statistics(
             params = list(params)
         if not isinstance(params, list) or not all(isinstance(name, str) for name in params):
             raise ValueError(f"params must be a list of param names, got {params!r:.60}")
-    store = pyro.get_param_store()
-    saved = {name: p.grad for name, p in store.named_parameters()}
+    saved = {}
     try:
-        for _, p in store.named_parameters():
-            p.grad = None
-        draws = [_one_draw(elbo, model, guide, args, kwargs) for _ in range(num_draws)]
+        draws = [_one_draw(elbo, model, guide, args, kwargs, saved) for _ in range(num_draws)]
     finally:
-        for name, p in store.named_parameters():
-            p.grad = saved.get(name)
+        for leaf, grad in saved.values():
+            leaf.grad = grad
     stacked = _stack_draws(draws)
     if params is not None:
         missing = [name for name in params if name not in stacked]

@@ -1,4 +1,6 @@
-"""The documentation: the Sphinx build with warnings as errors, the tutorial
+"""The documentation: the Sphinx build with warnings as errors, its math
+rendered by a bundled MathJax (no CDN), the API page listing every public
+name, the tutorial
 "Choosing a gradient estimator" run with small settings, the committed
 tutorial outputs made by the current script, and the code shown on the pages
 (docs/quickstart.py, docs/examples/custom_estimator.py) run."""
@@ -7,6 +9,8 @@ import importlib.util
 import json
 import math
 import os
+import pkgutil
+import re
 import runpy
 import subprocess
 import sys
@@ -91,29 +95,30 @@ def test_tutorial_exact_elbo_matches_monte_carlo(tutorial):
     assert error < 5 * estimates.std().item() / math.sqrt(5) + 1e-3
 
 
-def test_docs_build_without_warnings(tmp_path):
-    out = tmp_path / "html"
+@pytest.fixture(scope="module")
+def built_docs(tmp_path_factory):
+    """The HTML folder of one Sphinx build with warnings as errors."""
+    tmp = tmp_path_factory.mktemp("docs")
+    out = tmp / "html"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sphinx",
-            "-W",
-            "--keep-going",
-            "-q",
-            "-b",
-            "html",
-            "-d",
-            str(tmp_path / "doctrees"),
-            DOCS,
-            str(out),
-        ],
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d", str(tmp / "doctrees"), DOCS]
+        + [str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, "sphinx build failed:\n" + proc.stdout + proc.stderr
+    return out
+
+
+# the tests of the build share one worker, so that it is built once
+docs_build = pytest.mark.xdist_group("docs_build")
+
+
+@docs_build
+def test_docs_build_without_warnings(built_docs):
+    out = built_docs
     with open(os.path.join(ROOT, "results", "compatibility", "results.json")) as f:
         compatibility = json.load(f)
     page = (out / "compatibility.html").read_text()
@@ -133,9 +138,65 @@ def test_docs_build_without_warnings(tmp_path):
         "gumbel_softmax",
         "tutorial/choosing_an_estimator",
         "which_estimator",
+        "api",
     ):
         assert (out / (page + ".html")).is_file(), page
     assert "Algorithm" in (out / "estimators" / "discrete.html").read_text()
+    assert '<span class="nc">VariationalInference</span>' in (out / "training.html").read_text()
+
+
+SCRIPT_SOURCE = re.compile(r"<script\b[^>]*\bsrc=\"([^\"]+)\"")
+
+
+@docs_build
+def test_math_is_rendered_by_a_bundled_mathjax(built_docs):
+    """No page loads a script from the network, and the pages with math load
+    MathJax from a file of the build, next to the fonts it loads."""
+    out = built_docs
+    loaded = {}
+    for page in sorted(out.rglob("*.html")):
+        for source in SCRIPT_SOURCE.findall(page.read_text()):
+            assert "://" not in source and not source.startswith("//"), (page, source)
+            if "mathjax" in source.lower():
+                loaded[page.relative_to(out).as_posix()] = (page.parent / source.split("?")[0]).resolve()
+    for page in ("index.html", "estimators/score_function.html", "estimators/importance_weighted.html"):
+        assert page in loaded, page
+    for mathjax in set(loaded.values()):
+        assert mathjax.is_file() and mathjax.is_relative_to(out.resolve()), mathjax
+        assert "MathJax" in mathjax.read_text(errors="replace")
+        assert any((mathjax.parent / "output" / "chtml" / "fonts").rglob("*.woff")), mathjax
+
+
+API_LINK = re.compile(
+    r'<a class="reference internal" href="([^"#]*)#([^"]+)"[^>]*><code class="xref py py-obj[^"]*">'
+    r'<span class="pre">(\w+)</span></code></a>'
+)
+
+
+@docs_build
+def test_api_page_links_every_public_name(built_docs):
+    """Every name of ``pyro_vi.__all__`` is on the API reference page, linked
+    to its documentation on a topic page: an export added without a line on
+    the page, or without documentation, fails here."""
+    import pyro_vi
+
+    out = built_docs
+    links = {name: (page, anchor) for page, anchor, name in API_LINK.findall((out / "api.html").read_text())}
+    assert set(pyro_vi.__all__) <= set(links), sorted(set(pyro_vi.__all__) - set(links))
+    for name in pyro_vi.__all__:
+        page, anchor = links[name]
+        assert page and f'id="{anchor}"' in (out / page).read_text(), (name, page, anchor)
+
+
+def test_public_submodules_export_only_package_names():
+    """What the API page says: the public submodules of ``pyro_vi`` export
+    nothing that ``pyro_vi`` does not (so the page lists their names too)."""
+    import pyro_vi
+
+    for info in pkgutil.iter_modules(pyro_vi.__path__, "pyro_vi."):
+        if not info.name.rsplit(".", 1)[1].startswith("_"):
+            module = importlib.import_module(info.name)
+            assert set(module.__all__) <= set(pyro_vi.__all__), info.name
 
 
 def test_compatibility_markdown_to_rst():

@@ -33,6 +33,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
 from .. import _validation
+from .._params import unconstrained
 from .scores import CaptureDistributions, graph_reaches
 from .structure import learning_signal_factors, read_structure
 
@@ -770,7 +771,7 @@ class ParticleELBO(ELBO):
             for run in runs:
                 for name, site in run[role].nodes.items():
                     if site["type"] == "param":
-                        params[role].setdefault(name, site["value"].unconstrained())
+                        params[role].setdefault(name, unconstrained(site["value"]))
                     elif site["type"] == "sample" and name not in sites[role]:
                         sites[role][name] = _site_term(
                             [r[role].nodes.get(name) for r in runs],
