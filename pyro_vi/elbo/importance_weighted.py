@@ -56,14 +56,14 @@ class ImportanceWeightedELBO(ParticleELBO):
     the bound of the whole joint has no unbiased minibatch estimate.
 
     ``poutine.scale`` acts inside the weights, as in Pyro's ``RenyiELBO``:
-    with site scales :math:`c_i`, :math:`\log w_k = \sum_i c_i \log p_i -
-    \sum_j c_j \log q_j`. With one scale :math:`c` on model and guide the
-    objective is :math:`\sum_n E \log \frac{1}{K}\sum_k w_{k,n}^c`, the bound
+    with site scales :math:`c_i`, :math:`\\log w_k = \\sum_i c_i \\log p_i -
+    \\sum_j c_j \\log q_j`. With one scale :math:`c` on model and guide the
+    objective is :math:`\\sum_n E \\log \\frac{1}{K}\\sum_k w_{k,n}^c`, the bound
     of the tempered weights (not :math:`c` times the bound): :math:`c` times
-    the ELBO at :math:`K = 1`; as :math:`K \to \infty` it tends to
-    :math:`\sum_n \log E_q[w_n^c]`, which for :math:`c < 1` is :math:`c`
-    times Rényi's bound of order :math:`1 - c` (below :math:`c \log p(x)`),
-    and for :math:`c > 1` lies above :math:`c \log p(x)`: no longer a lower
+    the ELBO at :math:`K = 1`; as :math:`K \\to \\infty` it tends to
+    :math:`\\sum_n \\log E_q[w_n^c]`, which for :math:`c < 1` is :math:`c`
+    times Rényi's bound of order :math:`1 - c` (below :math:`c \\log p(x)`),
+    and for :math:`c > 1` lies above :math:`c \\log p(x)`: no longer a lower
     bound. The scale :math:`N/B` of subsampling is not a ``poutine.scale``: it
     multiplies each point's bound.
 
