@@ -26,7 +26,7 @@ Common flags (added by :func:`parser`):
 
 Every bad value exits through ``parser.error`` (status 2) with a message that
 names the flag, the value and what to pass: the ``type=`` functions wrap
-:mod:`pyro_vi._validation`, and a study's cross-flag ``check`` may raise
+:mod:`pyro_vi.validation`, and a study's cross-flag ``check`` may raise
 ``ValueError``. The matplotlib backend is set in :mod:`experiments._figures`.
 
 A study declares the estimators it compares as a :data:`Registry`: label ->
@@ -41,7 +41,7 @@ from typing import Callable, Dict
 
 import torch
 
-from pyro_vi import _validation
+from pyro_vi import validation
 
 SEED_MAX = 2**32 - 1  # numpy's seeds (pyro.set_rng_seed seeds numpy too)
 
@@ -81,7 +81,7 @@ def integer(minimum=None, maximum=None):
             raise ValueError(
                 "value must be an integer{}, got {!r}".format(" " + bounds if bounds else "", text)
             ) from None
-        return _validation.integer("value", value, minimum=minimum, maximum=maximum)
+        return validation.integer("value", value, minimum=minimum, maximum=maximum)
 
     return _type("integer", parse)
 
@@ -95,7 +95,7 @@ def real(minimum=None, maximum=None, strict_minimum=False):
             value = float(text)
         except ValueError:
             raise ValueError(f"value must be a real number, got {text!r}") from None
-        return _validation.real("value", value, minimum=minimum, maximum=maximum, strict_minimum=strict_minimum)
+        return validation.real("value", value, minimum=minimum, maximum=maximum, strict_minimum=strict_minimum)
 
     return _type("real", parse)
 

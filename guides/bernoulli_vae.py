@@ -15,7 +15,7 @@ from torch import nn
 
 from models.bernoulli_vae import BernoulliVAEConfig
 from models.vae import check_images, mlp
-from pyro_vi._validation import instance, real
+from pyro_vi.validation import instance, real
 
 __all__ = ["Encoder", "guide"]
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from models.vae import BURDA_CONFIG, VAEConfig, check_images, mlp
-from pyro_vi._validation import instance
+from pyro_vi.validation import instance
 
 __all__ = ["Encoder", "guide"]
 

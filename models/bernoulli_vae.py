@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from models.vae import check_images, mlp, output_bias
-from pyro_vi._validation import choice, instance, integer
+from pyro_vi.validation import choice, instance, integer
 
 __all__ = ["KINDS", "BernoulliVAEConfig", "Decoder", "model"]
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torchvision.datasets import MNIST
 
-from pyro_vi._validation import boolean, instance, integer
+from pyro_vi.validation import boolean, instance, integer
 
 __all__ = [
     "NO_DOWNLOAD_ENV",

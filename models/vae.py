@@ -34,7 +34,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vi._validation import instance, integer
+from pyro_vi.validation import instance, integer
 
 __all__ = [
     "BURDA_CONFIG",

@@ -12,18 +12,16 @@ from .diagnostics import (
     psis_khat,
 )
 from .distributed import average_gradients, process, sum_over_processes
-from .elbo import (
+from .estimators import (
     ControlVariateELBO,
     DisARMELBO,
     ImportanceWeightedELBO,
+    ImportanceWeightedGradient,
     ParticleELBO,
-    ParticleTerms,
     RaoBlackwellELBO,
     ReinforceLeaveOneOutELBO,
     ScoreFunctionELBO,
-    SiteTerm,
     StickingTheLandingELBO,
-    score_function_guide,
 )
 from .exponential_family import FAMILIES, ExponentialFamily, NaturalParameterDomainError, get_family
 from .gumbel_softmax import categorical_from_relaxed, gumbel_noise, gumbel_softmax_sample
@@ -36,6 +34,7 @@ from .optim import (
     natural_gradient_step,
     natural_parameter_step,
 )
+from .particles import Needs, Particles, SiteTerm, score_function_guide
 from .training import FitResult, NonFiniteError, OutOfSupportError, fit, load_checkpoint
 
 __version__ = "0.1.0"
@@ -49,12 +48,14 @@ __all__ = [
     "FitResult",
     "GradientStats",
     "ImportanceWeightedELBO",
+    "ImportanceWeightedGradient",
     "NaturalGradient",
     "NaturalParameterDomainError",
     "NonFiniteError",
     "OutOfSupportError",
     "ParticleELBO",
-    "ParticleTerms",
+    "Needs",
+    "Particles",
     "RaoBlackwellELBO",
     "ReinforceLeaveOneOutELBO",
     "ScoreFunctionELBO",

@@ -23,9 +23,9 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from ._optional import import_arviz
-from ._params import unconstrained
-from ._validation import function, instance, integer
 from .inference_data import _check_no_subsampling, _check_seed, _guide_and_model_traces, _seeded
+from .particles.pyro_compat import param_leaf
+from .validation import function, instance, integer
 
 __all__ = [
     "GradientStats",
@@ -99,7 +99,7 @@ class _SetAsideGradients(Messenger):
     def _pyro_post_param(self, msg):
         if msg["name"] in self.params:
             return  # met before in this call: a backward pass may have run since
-        leaf = unconstrained(msg["value"])
+        leaf = param_leaf(msg["value"])
         self.params[msg["name"]] = leaf
         self.saved.setdefault(id(leaf), (leaf, leaf.grad))
         leaf.grad = None

@@ -348,6 +348,22 @@ def _gaussian_log_normalizer(eta):
     return -(eta[..., 0] ** 2) / (4 * eta[..., 1]) - 0.5 * torch.log(-2 * eta[..., 1])
 
 
+def _normal_to_natural(theta):
+    return _stack(theta[..., 0] / theta[..., 1] ** 2, -0.5 / theta[..., 1] ** 2)
+
+
+def _gamma_stats(x):
+    return _stack(x.log(), x)
+
+
+def _gaussian_stats(x):
+    return _stack(x, x**2)
+
+
+def _gaussian_base_measure(x):
+    return torch.full_like(x, -0.5 * _LOG_2PI)
+
+
 def _normal_from_natural(eta):
     variance = -0.5 / eta[..., 1]
     return _stack(eta[..., 0] * variance, variance.sqrt())
@@ -411,7 +427,7 @@ FAMILIES: Dict[str, ExponentialFamily] = {
             Gamma,
             lambda th: _stack(th[..., 0] - 1, -th[..., 1]),
             lambda eta: _stack(eta[..., 0] + 1, -eta[..., 1]),
-            lambda x: _stack(x.log(), x),
+            _gamma_stats,
             _gamma_log_normalizer,
             _zero,
         ),
@@ -422,7 +438,7 @@ FAMILIES: Dict[str, ExponentialFamily] = {
             lambda shape, scale: Gamma(shape, 1 / scale),
             lambda th: _stack(th[..., 0] - 1, -1 / th[..., 1]),
             lambda eta: _stack(eta[..., 0] + 1, -1 / eta[..., 1]),
-            lambda x: _stack(x.log(), x),
+            _gamma_stats,
             _gamma_log_normalizer,
             _zero,
         ),
@@ -431,11 +447,11 @@ FAMILIES: Dict[str, ExponentialFamily] = {
             [("loc", _REAL), ("scale", _POS)],
             _REAL,
             Normal,
-            lambda th: _stack(th[..., 0] / th[..., 1] ** 2, -0.5 / th[..., 1] ** 2),
+            _normal_to_natural,
             _normal_from_natural,
-            lambda x: _stack(x, x**2),
+            _gaussian_stats,
             _gaussian_log_normalizer,
-            lambda x: torch.full_like(x, -0.5 * _LOG_2PI),
+            _gaussian_base_measure,
         ),
         _family(
             "normal_precision",
@@ -444,16 +460,16 @@ FAMILIES: Dict[str, ExponentialFamily] = {
             lambda loc, precision: Normal(loc, precision.rsqrt()),
             lambda th: _stack(th[..., 0] * th[..., 1], -0.5 * th[..., 1]),
             lambda eta: _stack(-0.5 * eta[..., 0] / eta[..., 1], -2 * eta[..., 1]),
-            lambda x: _stack(x, x**2),
+            _gaussian_stats,
             _gaussian_log_normalizer,
-            lambda x: torch.full_like(x, -0.5 * _LOG_2PI),
+            _gaussian_base_measure,
         ),
         _family(
             "lognormal",
             [("loc", _REAL), ("scale", _POS)],
             _POS,
             LogNormal,
-            lambda th: _stack(th[..., 0] / th[..., 1] ** 2, -0.5 / th[..., 1] ** 2),
+            _normal_to_natural,
             _normal_from_natural,
             _log_stats,
             _gaussian_log_normalizer,

@@ -57,7 +57,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._validation import boolean, instance, integer, real
+from .validation import boolean, instance, integer, real
 
 __all__ = ["categorical_from_relaxed", "gumbel_noise", "gumbel_softmax_sample"]
 

@@ -15,7 +15,7 @@ from pyro.distributions import Independent, MaskedDistribution
 from pyro.poutine.util import site_is_subsample
 
 from ._optional import import_arviz
-from ._validation import boolean, function, integer
+from .validation import boolean, function, integer
 
 if TYPE_CHECKING:
     import arviz

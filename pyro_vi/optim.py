@@ -52,8 +52,8 @@ import torch
 from pyro.optim import PyroOptim
 from torch.distributions import transform_to
 
-from ._validation import instance, integer, real
 from .exponential_family import ExponentialFamily, NaturalParameterDomainError, get_family
+from .validation import instance, integer, real
 
 __all__ = [
     "DescentStep",

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from . import _checkpoint
 from ._checkpoint import atomic_save, rng_state, set_rng_state  # noqa: F401 (experiments use them)
-from ._validation import boolean, function, integer
 from .distributed import average_gradients, process
+from .validation import boolean, function, integer
 
 __all__ = ["FitResult", "NonFiniteError", "OutOfSupportError", "fit", "load_checkpoint"]
 

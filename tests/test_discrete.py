@@ -3,6 +3,7 @@ local DisARM and the pathwise option, against exact gradients on a Bernoulli
 model small enough to enumerate; DisARM's antithetic pairs; the variance
 orderings the issue asks for; refusals by name."""
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -23,6 +24,7 @@ from pyro_vi import (
     StickingTheLandingELBO,
 )
 from pyro_vi.diagnostics import gradient_statistics
+from pyro_vi.particles import Sampler
 
 # Two data points, each with two binary latents: 4 configurations per point.
 W = torch.tensor([1.5, -2.0])
@@ -146,8 +148,8 @@ def test_antithetic_pairs(vectorize):
 
     pyro.set_rng_seed(0)
     elbo = DisARMELBO(num_particles=200 if vectorize else 20, vectorize_particles=vectorize, max_plate_nesting=0)
-    terms = elbo.particle_terms(coin_model, coin_guide)
-    bernoulli = terms.bernoulli("c")
+    terms = elbo.particles(coin_model, coin_guide)
+    bernoulli = terms.bernoulli["c"]
     assert bernoulli.paired and terms.num_particles == (400 if vectorize else 40)
     first, second = bernoulli.value[0::2], bernoulli.value[1::2]
     assert not ((first == 0) & (second == 0))[:, 0].any()  # sigma(2) > 1/2
@@ -160,7 +162,7 @@ def test_antithetic_pairs(vectorize):
 def test_disarm_value_is_the_mean_log_weight_of_its_particles():
     pyro.set_rng_seed(0)
     elbo = DisARMELBO(num_particles=3, **VEC)
-    terms = elbo.particle_terms(model, guide)
+    terms = elbo.particles(model, guide)
     pyro.set_rng_seed(0)
     assert elbo.loss(model, guide) == pytest.approx(-float(terms.log_weights().detach().mean()), rel=1e-6)
     assert terms.num_particles == 6 and elbo.num_pairs == 3
@@ -182,9 +184,9 @@ def test_leave_one_out_is_the_hand_formula_on_one_draw():
     """(1/(S-1)) sum_s h_s (L_s - mean L), with L_s the per-point Markov
     blanket signal (here the per-point log-weight), replayed by hand."""
     elbo = ReinforceLeaveOneOutELBO(num_particles=5, **VEC)
-    pyro.set_rng_seed(4)
-    terms = elbo.particle_terms(model, guide)
-    z = terms.bernoulli("z").value.detach()
+    pyro.set_rng_seed(4)  # the estimator's draw, with the Bernoulli values recorded too
+    sampler = Sampler(5, True, dataclasses.replace(elbo.needs, bernoulli=True), "test")
+    z = sampler.draw(model, guide, (), {}, plate_dims=1).bernoulli["z"].value.detach()
     pyro.set_rng_seed(4)
     elbo.loss_and_grads(model, guide)
     actual = pyro.param("theta").unconstrained().grad

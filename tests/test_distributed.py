@@ -18,7 +18,7 @@ from pyro.optim import Adam
 
 from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, fit
 from pyro_vi.distributed import average_gradients
-from pyro_vi.elbo.surrogate import controlled_gradient, gradient_from_sums, particle_sums
+from pyro_vi.math.control_variates import controlled_gradient, gradient_from_sums, particle_sums
 
 DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4, 0.9, -0.1])
 WORLD = 2

@@ -97,7 +97,7 @@ def test_local_latents_take_the_bound_per_data_point():
     (computed here from the site terms), not the joint log mean_k prod_n w_kn."""
     elbo = ImportanceWeightedELBO(num_particles=7, vectorize_particles=True, max_plate_nesting=1)
     pyro.set_rng_seed(2)
-    terms = elbo.particle_terms(local_model, local_guide, DATA)
+    terms = elbo.particles(local_model, local_guide, DATA)
     log_w = terms.model["x"].log_prob + terms.model["y"].log_prob - terms.guide["y"].log_prob
     per_point = (torch.logsumexp(log_w, 0) - math.log(7)).sum()
     joint = torch.logsumexp(log_w.sum(-1), 0) - math.log(7)
@@ -198,13 +198,13 @@ def model_with_param(data):
     ids=["amortized with a model param", "mean-field, global"],
 )
 def test_dreg_in_one_backward_pass_equals_dreg_by_two_gradients(mdl, guide, data):
-    from pyro_vi.elbo.importance_weighted import dreg_surrogate_by_hooks, dreg_surrogate_by_two_gradients
-    from pyro_vi.elbo.surrogate import log_weights_per_point, normalized_weights, per_point
+    from pyro_vi.estimators.dreg import surrogate_by_hooks, surrogate_by_two_gradients
+    from pyro_vi.math.bounds import log_weights_per_point, normalized_weights, per_point
 
     pyro.set_rng_seed(0)
     elbo = ImportanceWeightedELBO(num_particles=7, gradient="dreg", vectorize_particles=True, max_plate_nesting=1)
-    terms = elbo.particle_terms(mdl, guide, data)
-    assert terms.guide_samples_independent
+    terms = elbo.particles(mdl, guide, data)
+    assert terms.random_samples_independent()
     log_p, log_w = log_weights_per_point(terms)
     weights = normalized_weights(log_w)
     path_log_w = log_p - per_point(terms, terms.log_q_at_stopped_parameters(), terms.guide)
@@ -212,9 +212,9 @@ def test_dreg_in_one_backward_pass_equals_dreg_by_two_gradients(mdl, guide, data
     kw = dict(allow_unused=True, materialize_grads=True)
     # Two gradients first: the hooks, once registered, act on every later backward pass.
     expected = torch.autograd.grad(
-        dreg_surrogate_by_two_gradients(terms, weights, weights, path_log_w, log_p), params, retain_graph=True, **kw
+        surrogate_by_two_gradients(terms, weights, weights, path_log_w, log_p), params, retain_graph=True, **kw
     )
-    actual = torch.autograd.grad(dreg_surrogate_by_hooks(terms, weights, weights * path_log_w), params, **kw)
+    actual = torch.autograd.grad(surrogate_by_hooks(terms, weights, weights * path_log_w), params, **kw)
     assert all(e.abs().sum() > 0 for e in expected)
     for e, a in zip(expected, actual):
         assert torch.allclose(e, a, rtol=1e-5, atol=1e-6)
@@ -224,8 +224,8 @@ def test_dreg_on_a_structured_guide_takes_two_gradients():
     from guides.normal_gamma import structured_guide
 
     elbo = ImportanceWeightedELBO(num_particles=3, gradient="dreg", vectorize_particles=True, max_plate_nesting=1)
-    terms = elbo.particle_terms(model, functools.partial(structured_guide, init=IMPERFECT), NG_DATA)
-    assert not terms.guide_samples_independent
+    terms = elbo.particles(model, functools.partial(structured_guide, init=IMPERFECT), NG_DATA)
+    assert not terms.random_samples_independent()
 
 
 # ---------------------------------------------------------------- poutine.scale

@@ -1,6 +1,6 @@
 """The public API: what ``pyro_vi`` exports exists, every module states its
 ``__all__`` and each entry is importable from it, and no attribute of a
-package hides one of its submodules (``from pyro_vi.elbo import particles``
+package hides one of its submodules (``from pyro_vi.particles import run``
 must give the module, whatever the package imports)."""
 
 import importlib
@@ -11,7 +11,7 @@ import pytest
 
 import pyro_vi
 
-PACKAGES = ("pyro_vi", "pyro_vi.elbo")
+PACKAGES = ("pyro_vi", "pyro_vi.estimators", "pyro_vi.math", "pyro_vi.particles")
 
 
 def _modules():
@@ -25,7 +25,7 @@ MODULES = _modules()
 
 
 def test_the_walk_finds_the_modules():
-    assert {"pyro_vi.elbo", "pyro_vi.elbo.particles", "pyro_vi.optim", "pyro_vi._checkpoint"} <= set(MODULES)
+    assert {"pyro_vi.estimators.iwae", "pyro_vi.particles.run", "pyro_vi.math.bounds", "pyro_vi.optim"} <= set(MODULES)
 
 
 def test_package_all_names_exist_once():
@@ -41,7 +41,9 @@ def test_package_exports_what_users_need():
         "DisARMELBO",
         "ImportanceWeightedELBO",
         "ParticleELBO",
-        "ParticleTerms",
+        "ImportanceWeightedGradient",
+        "Needs",
+        "Particles",
         "RaoBlackwellELBO",
         "ReinforceLeaveOneOutELBO",
         "ScoreFunctionELBO",
@@ -72,10 +74,12 @@ def test_package_exports_what_users_need():
     assert needed <= set(pyro_vi.__all__)
 
 
-def test_every_elbo_export_is_a_package_export():
-    import pyro_vi.elbo
+def test_every_estimators_and_particles_export_is_a_package_export():
+    import pyro_vi.estimators
+    import pyro_vi.particles
 
-    assert set(pyro_vi.elbo.__all__) <= set(pyro_vi.__all__)
+    assert set(pyro_vi.estimators.__all__) <= set(pyro_vi.__all__)
+    assert {"Needs", "Particles", "SiteTerm", "score_function_guide"} <= set(pyro_vi.particles.__all__)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 
 from pyro_vi import RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
-from pyro_vi.elbo.structure import markov_blankets, program_structure
+from pyro_vi.particles.structure import markov_blankets, program_structure
 from tests.programs import location_guide, location_model
 
 

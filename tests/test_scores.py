@@ -9,9 +9,10 @@ import pyro
 import pytest
 import torch
 
-from pyro_vi import ScoreFunctionELBO
-from pyro_vi.elbo import scores
-from pyro_vi.elbo.surrogate import controlled_gradient, markov_blanket_signals, per_particle
+from pyro_vi import RaoBlackwellELBO
+from pyro_vi.math import jacobians as scores
+from pyro_vi.math.control_variates import controlled_gradient
+from pyro_vi.math.signals import markov_blanket_signals, per_particle
 from tests.catalogue import CATALOGUE
 
 SCORE_PAIRS = sorted(name for name, pair in CATALOGUE.items() if "guide_messenger" not in pair.tags)
@@ -30,10 +31,11 @@ def _terms(pair, vectorize, num_particles=4):
     spec = CATALOGUE[pair]
     pyro.set_rng_seed(0)
     guide = spec.guide()
-    elbo = ScoreFunctionELBO(num_particles=num_particles, vectorize_particles=vectorize)
+    # every random guide site with a score; the record with the signals' factors and the score distributions
+    elbo = RaoBlackwellELBO(num_particles=num_particles, vectorize_particles=vectorize)
     elbo.loss(spec.model, guide, *spec.args)  # creates the params
     pyro.set_rng_seed(1)
-    return elbo.particle_terms(spec.model, guide, *spec.args)
+    return elbo.particles(spec.model, guide, *spec.args)
 
 
 @pytest.mark.parametrize("vectorize", [True, False], ids=["vectorized", "sequential"])

@@ -178,17 +178,22 @@ def test_unbiased_on_a_tiny_vae_and_decoder_gradient_unchanged():
 def test_stopped_log_q_without_a_rerun_equals_the_rerun(guide, rerun):
     """A guide whose sites depend on no other sample skips the rerun, with the
     same values and parameter gradients; a structured guide is rerun."""
-    from pyro_vi.elbo import particles
+    from pyro import poutine
+    from pyro.poutine.util import prune_subsample_sites
+
+    from pyro_vi.particles import run
+    from pyro_vi.particles.pyro_compat import particle_plate
 
     pyro.set_rng_seed(0)
-    terms = StickingTheLandingELBO(num_particles=4, vectorize_particles=True).particle_terms(model, guide, DATA)
-    ((_, guide_trace, replay_trace),) = terms.runs
-    direct = particles._log_prob_at_detached(guide_trace)
+    StickingTheLandingELBO(num_particles=4, vectorize_particles=True).loss(model, guide, DATA)  # creates the params
+    vectorized_guide = particle_plate(4, plate_dims=1)(guide)
+    replay_trace = poutine.trace(vectorized_guide).get_trace(DATA)
+    direct = run._log_prob_at_detached(prune_subsample_sites(replay_trace))
     assert (direct is None) == rerun
     if direct is None:
         return
-    again = terms._rerun_on_detached(replay_trace)
-    params = [p for p in terms.guide_params.values() if p.requires_grad]
+    again = run._rerun_on_detached(vectorized_guide, replay_trace, (DATA,), {})
+    params = [p.unconstrained() for p in pyro.get_param_store().values()]
     for name in direct:
         assert torch.allclose(direct[name], again[name])
         grads = [

@@ -6,26 +6,25 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from pyro_vi.elbo import ParticleELBO
+from pyro_vi import Needs, ParticleELBO
 
 
 class FixedBaselineELBO(ParticleELBO):
-    reparameterize = False  # every random guide site gets a score
-
     def __init__(self, baseline=0.0, **kwargs):
         self.baseline = float(baseline)
-        super().__init__(**kwargs)
+        # what the run phase must provide: every random guide site with a score
+        super().__init__(needs=Needs(reparameterize=False), **kwargs)
 
-    def check(self, terms):
-        if not terms.score_sites():
+    def check(self, particles):
+        if not particles.score_sites():
             raise ValueError("FixedBaselineELBO: the guide has no random site")
 
-    def elbo_and_surrogate(self, terms):
-        log_weights = terms.log_weights()  # L_s, shape (S,)
+    def elbo_and_surrogate(self, particles):
+        log_weights = particles.log_weights()  # L_s, shape (S,)
         signal = (log_weights - self.baseline).detach()
         # log p - log q(point masses): exact gradient for model params and point masses;
         # log q(score sites) * stop(L_s - b): the score-function term.
-        surrogate = terms.log_p() - terms.path_log_q() + terms.score_log_q() * signal
+        surrogate = particles.log_p() - particles.path_log_q() + particles.score_log_q() * signal
         return log_weights.mean(), surrogate.mean()
 
 

@@ -1,7 +1,8 @@
 """Black-box variational inference, Algorithm 1 (score function, REINFORCE)."""
 
-from .particles import ParticleELBO
-from .surrogate import score_function_surrogate
+from ..math.surrogates import score_function_surrogate
+from ..particles import Needs
+from .base import ParticleELBO
 
 __all__ = ["ScoreFunctionELBO"]
 
@@ -33,8 +34,9 @@ class ScoreFunctionELBO(ParticleELBO):
         Rajesh Ranganath, Sean Gerrish, David M. Blei (AISTATS 2014)
     """
 
-    reparameterize = False
+    def __init__(self, num_particles=1, **kwargs):
+        super().__init__(num_particles, needs=Needs(reparameterize=False), **kwargs)
 
-    def elbo_and_surrogate(self, terms):
-        log_weights = terms.log_weights()
-        return log_weights.mean(), score_function_surrogate(terms, log_weights).mean()
+    def elbo_and_surrogate(self, particles):
+        log_weights = particles.log_weights()
+        return log_weights.mean(), score_function_surrogate(particles, log_weights).mean()

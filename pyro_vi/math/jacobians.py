@@ -12,8 +12,9 @@ the learning signals). A batched backward pass over the rows of an
 ``S``-particle-wide graph costs :math:`O(S^2 P)`; here the particles are
 separated where they actually differ:
 
-1. Each score site's distribution is captured before the particle plate
-   broadcasts it (:class:`CaptureDistributions`). When it does not depend on
+1. Each score site's distribution is recorded as the site built it, before
+   the particle plate broadcasts it
+   (:class:`~pyro_vi.particles.record.ScoreDistribution`). When it does not depend on
    the particle (mean-field guides, amortized encoders, autoguides), the
    per-particle gradients of its log-density with respect to its own tensors
    (``loc``, ``scale``, ``scale_tril``, ...) come from ``torch.func``:
@@ -32,30 +33,26 @@ sequential particles take one backward pass per particle, again
 :math:`O(S P)` for sequential particles.
 """
 
-import copy
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from pyro.distributions import Delta
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from torch.autograd.graph import GradientEdge
-from torch.distributions import Distribution, Transform, constraints, transform_to
+from torch.distributions import transform_to
 from torch.func import grad, vmap
 
-__all__ = ["CaptureDistributions", "ParticleGradients", "distribution_gradients", "graph_reaches", "particle_gradients"]
+from ..particles.distributions import attribute, functional, tensors_of
+from ..particles.handlers import without_mask
+from ..particles.pyro_compat import (
+    expanded_from,
+    gradient_node,
+    graph_reaches,
+    param_constraint,
+    parents_of,
+    row_selection,
+)
 
-_DISTRIBUTION = "pyro_vi_distribution"  # infer key of the captured distribution
-
-
-class CaptureDistributions(Messenger):
-    """Records, at each latent sample site, the distribution as it is before
-    the outer particle plate broadcasts it (put it just inside that plate)."""
-
-    def _pyro_sample(self, msg):
-        if not msg["is_observed"] and not site_is_subsample(msg):
-            msg["infer"] = dict(msg["infer"], **{_DISTRIBUTION: msg["fn"]})
+__all__ = ["ParticleGradients", "distribution_gradients", "particle_gradients"]
 
 
 @dataclass
@@ -81,7 +78,7 @@ class ParticleGradients:
         return out.index_copy(dim, self.index, self.rows)
 
 
-def distribution_gradients(terms, weightings):
+def distribution_gradients(particles, weightings):
     """Per-particle gradients of the same rows as :func:`particle_gradients`
     with respect to the tensors of the score sites' distributions, as each
     site builds them inside its plates (their ``loc``, ``scale``, ``probs``,
@@ -95,35 +92,35 @@ def distribution_gradients(terms, weightings):
         a site's distribution depends on another guide sample (structured
         guides), cannot be taken apart (flows with networks), or stores its
         tensors normalized (categoricals, see :func:`_normalizes`)."""
-    sites = terms.score_sites()
+    sites = particles.score_sites()
     if not sites:
         return []
-    if any(_normalizes(fn) for site in sites for fn in _site_distributions(terms, site.name) if fn is not None):
+    if any(_normalizes(fn) for site in sites for fn in _site_distributions(particles, site.name) if fn is not None):
         return None
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
-    if terms.vectorized:
-        return _distribution_frontier(terms, sites, weights)
-    return _per_run_frontier(terms, sites, weights)
+    if particles.vectorized:
+        return _distribution_frontier(particles, sites, weights)
+    return _per_run_frontier(particles, sites, weights)
 
 
-def _site_distributions(terms, name):
-    """The distribution of guide site ``name`` in each run (``None`` where a
-    run did not meet it)."""
-    return [None if name not in guide.nodes else guide.nodes[name]["fn"] for _, guide, _ in terms.runs]
+def _site_distributions(particles, name):
+    """The distribution of score site ``name`` in each run, as the site built
+    it (``None`` where a run did not meet it)."""
+    return [None if d is None else d.fn for d in particles.score_distributions[name]]
 
 
-def _per_run_frontier(terms, sites, weights):
+def _per_run_frontier(particles, sites, weights):
     """:func:`distribution_gradients` for one trace per particle: particle
     :math:`s`'s gradients with respect to its own run's distribution
     tensors, by a backward pass per particle and row through its
     log-densities only."""
-    dependencies = terms.read_structure()[1].dependencies
-    if any(dependencies.get(site.name, frozenset()) - {site.name} for site in sites):
+    if any(_depends_on_another_sample(particles, site.name) for site in sites):
         return None  # a structured guide: the distributions differ by particle
     frontier = []
     for j, site in enumerate(sites):
-        per_run = [None if fn is None else _tensors(_sampling(fn)) for fn in _site_distributions(terms, site.name)]
-        if any(t is None for t, fn in zip(per_run, _site_distributions(terms, site.name)) if fn is not None):
+        distributions = _site_distributions(particles, site.name)
+        per_run = [None if fn is None else tensors_of(without_mask(fn)) for fn in distributions]
+        if any(t is None for t, fn in zip(per_run, distributions) if fn is not None):
             return None
         present = [t for t in per_run if t is not None]
         paths = list(present[0])
@@ -145,6 +142,13 @@ def _per_run_frontier(terms, sites, weights):
     return frontier
 
 
+def _depends_on_another_sample(particles, name):
+    """Whether the distribution of guide site ``name`` depends on another
+    guide sample (read from the programs' structure, which the run phase
+    records for per-particle scores of sequential particles)."""
+    return bool(particles.guide_dependencies.get(name, frozenset()) - {name})
+
+
 def _normalizes(fn):
     """Whether ``fn`` stores its parameters normalized (a categorical's
     ``probs`` on the simplex, its ``logits`` shifted by their log-sum-exp):
@@ -159,27 +163,27 @@ def _normalizes(fn):
     )
 
 
-def particle_gradients(terms, weightings, params):
+def particle_gradients(particles, weightings, params):
     """Per-particle gradients of the rows
     :math:`r^{(k)}_s = \\sum_j \\sum_n W^{(k)}_j[s, n] \\log q_j(z_{j,s,n})`
     over the score sites :math:`j`.
 
-    :param terms: :class:`~pyro_vi.elbo.particles.ParticleTerms`.
+    :param particles: :class:`~pyro_vi.particles.record.Particles`.
     :param list weightings: ``K`` dicts site name -> weight, a tensor
         broadcastable to the site's ``score_log_prob`` (sites absent: 1).
     :param list params: the parameters (unconstrained leaves).
     :returns: one :class:`ParticleGradients` per parameter, or ``None`` for a
         parameter the rows do not depend on.
     """
-    sites = terms.score_sites()
+    sites = particles.score_sites()
     if not sites or not params:
         return [None] * len(params)
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
-    if terms.vectorized:
-        frontier = _distribution_frontier(terms, sites, weights)
+    if particles.vectorized:
+        frontier = _distribution_frontier(particles, sites, weights)
         if frontier is not None:
-            return _through_shared_graph(terms, frontier, params, len(weightings))
-    return _one_particle_at_a_time(terms, sites, weights, params)
+            return _through_shared_graph(particles, frontier, params, len(weightings))
+    return _one_particle_at_a_time(particles, sites, weights, params)
 
 
 def _weight(weight, site):
@@ -192,7 +196,7 @@ def _weight(weight, site):
 # ---------------------------------------------------------------- the general path
 
 
-def _one_particle_at_a_time(terms, sites, weights, params):
+def _one_particle_at_a_time(particles, sites, weights, params):
     """One backward pass per particle and row: exact for any guide; O(S P)
     for sequential particles, whose graphs are separate."""
     rows = []
@@ -202,7 +206,7 @@ def _one_particle_at_a_time(terms, sites, weights, params):
             term = site.score_log_prob if weight is None else site.score_log_prob * weight
             row = row + term.reshape(term.shape[0], -1).sum(-1)
         rows.append(row)
-    num_particles = terms.num_particles
+    num_particles = particles.num_particles
     grads = [[None] * (len(rows) * num_particles) for _ in params]
     for k, row in enumerate(rows):
         if not row.requires_grad:
@@ -223,69 +227,30 @@ def _one_particle_at_a_time(terms, sites, weights, params):
 # ---------------------------------------------------------------- the fast path
 
 
-def _distribution_frontier(terms, sites, weights):
+def _distribution_frontier(particles, sites, weights):
     """For each tensor of the score sites' captured distributions, the
     per-particle gradients of every row with respect to it, shape
     ``(K, S) + tensor.shape``; ``None`` when a site's distribution depends
     on the particle or cannot be handled."""
-    ((_, guide_trace, _),) = terms.runs
-    particle_dim = terms.plate_dims + 1  # counted from the right of the batch shape
-    broadcast, functional = [], []
+    particle_dim = particles.plate_dims + 1  # counted from the right of the batch shape
+    broadcast, rebuilt = [], []
     for j, site in enumerate(sites):
-        node = guide_trace.nodes[site.name]
-        captured = node["infer"].get(_DISTRIBUTION)
+        (recorded,) = particles.score_distributions[site.name]
+        captured = recorded.fn
         if captured is None or len(captured.batch_shape) >= particle_dim and (captured.batch_shape[-particle_dim] != 1):
             return None
-        pairs = _expanded_pairs(captured, node["fn"], terms.num_particles)
+        pairs = _expanded_pairs(captured, recorded.broadcast, particles.num_particles)
         if pairs is not None:
             broadcast.append((j, site, pairs))
             continue
-        fn = _functional(_sampling(captured))
-        if fn is None or node["value"].dim() - len(captured.event_shape) != particle_dim:
+        parts = functional(without_mask(captured))
+        if parts is None or recorded.value.dim() - len(captured.event_shape) != particle_dim:
             return None
-        functional.append((j, site, fn, node["value"].detach()))
+        rebuilt.append((j, site, parts, recorded.value))
     frontier = _through_the_broadcast(broadcast, weights)
-    if functional:
-        frontier += _by_functorch(functional, weights)
+    if rebuilt:
+        frontier += _by_functorch(rebuilt, weights)
     return frontier
-
-
-def _tensors(fn):
-    """``{path: tensor}`` of the tensors of a distribution (nested ones
-    included) that carry gradient, each once; ``None`` when its state holds
-    anything but tensors, plain values, nested distributions and
-    parameter-free transforms (e.g. a flow's neural network)."""
-    found, seen = {}, set()
-
-    def collect(obj, path):
-        for key, value in vars(obj).items():
-            if isinstance(value, torch.Tensor):
-                if value.requires_grad and id(value) not in seen:
-                    seen.add(id(value))
-                    found[path + key] = value
-            elif isinstance(value, Distribution):
-                if not collect(value, path + key + "."):
-                    return False
-            elif key == "transforms" and isinstance(value, (list, tuple)):
-                if not all(_plain_transform(t) for t in value):
-                    return False
-            elif not _plain(value):
-                return False
-        return True
-
-    return found if collect(fn, "") else None
-
-
-def _plain(value):
-    if isinstance(value, (tuple, list)):
-        return all(_plain(v) for v in value)
-    return isinstance(value, _PLAIN)
-
-
-def _attribute(fn, path):
-    for key in path.split("."):
-        fn = vars(fn).get(key)
-    return fn
 
 
 def _expanded_pairs(captured, broadcast_fn, num_particles):
@@ -294,17 +259,15 @@ def _expanded_pairs(captured, broadcast_fn, num_particles):
     Beta, Dirichlet, Categorical, Bernoulli, Independent, LogNormal, ...):
     then the gradients at the broadcast copies are per particle. ``None``
     otherwise (e.g. ``MultivariateNormal`` keeps its scale unbroadcast)."""
-    tensors = _tensors(captured)
+    tensors = tensors_of(captured)
     if tensors is None:
         return None
     pairs = []
     for path, tensor in tensors.items():
-        copy_ = _attribute(broadcast_fn, path)
+        copy_ = attribute(broadcast_fn, path)
         if not isinstance(copy_, torch.Tensor) or copy_.dim() == 0 or copy_.shape[0] != num_particles:
             return None
-        node = copy_.grad_fn
-        source = tensor.grad_fn or torch.autograd.graph.get_gradient_edge(tensor).node
-        if type(node).__name__ != "ExpandBackward0" or node.next_functions[0][0] is not source:
+        if not expanded_from(copy_, tensor):
             return None
         pairs.append((tensor, copy_))
     return pairs
@@ -341,12 +304,12 @@ def _through_the_broadcast(broadcast, weights):
     return frontier
 
 
-def _by_functorch(functional, weights):
+def _by_functorch(rebuilt, weights):
     """Per-particle gradients with respect to the captured distributions'
     tensors by ``vmap(grad(log_prob))`` over the particles and rows, for
     distributions that the particle plate does not broadcast by ``expand``."""
     rebuilds, tensors, values, site_weights = [], [], [], []
-    for j, site, (site_tensors, rebuild), value in functional:
+    for j, site, (site_tensors, rebuild), value in rebuilt:
         rebuilds.append(rebuild)
         tensors.append(site_tensors)
         values.append(value)
@@ -366,63 +329,13 @@ def _by_functorch(functional, weights):
     ]
 
 
-def _sampling(fn):
-    """The distribution the value was drawn from: masks removed."""
-    from .particles import _without_mask
-
-    return _without_mask(fn)
-
-
-def _functional(fn):
-    """``(tensors, rebuild)``: the tensors of ``fn`` that carry gradient, and
-    a function that rebuilds ``fn`` with other tensors in their place; or
-    ``None`` for a distribution whose state is not only tensors, plain
-    values, nested distributions and parameter-free transforms."""
-    tensors = _tensors(fn)
-    if isinstance(fn, Delta) or not tensors:
-        return None
-
-    paths = {id(tensor): path for path, tensor in tensors.items()}  # a tensor may sit in several attributes
-
-    def rebuild(new_tensors, obj=fn):
-        copied = copy.copy(obj)
-        copied.__dict__ = dict(vars(obj))
-        copied._validate_args = False
-        for key, value in vars(obj).items():
-            if isinstance(value, torch.Tensor) and id(value) in paths:
-                copied.__dict__[key] = new_tensors[paths[id(value)]]
-            elif isinstance(value, Distribution):
-                copied.__dict__[key] = rebuild(new_tensors, value)
-            elif key == "transforms":
-                copied.__dict__[key] = [t.with_cache(0) for t in value]
-        return copied
-
-    return tensors, rebuild
-
-
-_PLAIN = (bool, int, float, str, type(None), torch.Size, torch.dtype, torch.device, constraints.Constraint)
-
-
-def _plain_transform(transform):
-    """A transform without parameters of its own that can drop its cache."""
-    if not isinstance(transform, Transform) or isinstance(transform, torch.nn.Module):
-        return False
-    if any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(transform).values()):
-        return False
-    try:
-        transform.with_cache(0)
-    except NotImplementedError:
-        return False
-    return True
-
-
-def _through_shared_graph(terms, frontier, params, num_rows):
+def _through_shared_graph(particles, frontier, params, num_rows):
     """Pushes the per-particle gradients at the distributions' tensors back
     through the shared graph to the parameters, in one batched pass."""
     outputs = [tensor for tensor, _ in frontier]
     grad_outputs = [grads.flatten(0, 1) for _, grads in frontier]  # (K * S,) + shape
     inputs, sparse = [], {}
-    selections = _row_selections(outputs, params, terms)
+    selections = _row_selections(outputs, params, particles)
     for p, param in enumerate(params):
         selection = selections.get(p)
         if selection is None:
@@ -434,7 +347,7 @@ def _through_shared_graph(terms, frontier, params, num_rows):
     grads = torch.autograd.grad(
         outputs, inputs, grad_outputs=grad_outputs, is_grads_batched=True, retain_graph=True, allow_unused=True
     )
-    num_particles = terms.num_particles
+    num_particles = particles.num_particles
     result = []
     for p, g in enumerate(grads):
         if g is None:
@@ -452,33 +365,30 @@ def _through_shared_graph(terms, frontier, params, num_rows):
 # ---------------------------------------------------------------- subsampled rows
 
 
-_SELECTIONS = ("IndexBackward0", "IndexSelectBackward0")
-
-
-def _row_selections(outputs, params, terms):
+def _row_selections(outputs, params, particles):
     """Parameters read only through one selection of distinct rows
     (``index_select`` or ``param[idx]``) of their constrained value, with an
     elementwise constraint: ``{position: (selection node, dim, index,
     derivative)}``, the derivative of the constrained rows with respect to
     the unconstrained ones, shaped to multiply the rows' gradients."""
-    constrained = _constrained_values(terms)
-    parents = _parents(outputs)
+    constrained = {id(param): found for param, found in _constrained_values(particles).items()}
+    parents = parents_of(outputs)
     result = {}
     for p, param in enumerate(params):
         found = constrained.get(id(param))
         if found is None:
             continue
         value, constraint = found
-        leaf = torch.autograd.graph.get_gradient_edge(param).node
+        leaf = gradient_node(param)
         node = leaf if value is param else value.grad_fn
         users = parents.get(node, [])
-        if len(users) != 1 or type(users[0]).__name__ not in _SELECTIONS:
+        if len(users) != 1 or users[0] is None:
+            continue
+        selection = row_selection(users[0])
+        if selection is None:
             continue
         if node is not leaf and _reaches(outputs, leaf, avoiding=node):
             continue  # the parameter is also read other than through its constrained value
-        selection = _selection(users[0])
-        if selection is None:
-            continue
         dim, index = selection
         rows = param.detach().index_select(dim, index).requires_grad_()
         with torch.enable_grad():
@@ -487,81 +397,20 @@ def _row_selections(outputs, params, terms):
     return result
 
 
-def _selection(node):
-    """``(dim, index)`` of a selection node with distinct 1-D indices."""
-    if type(node).__name__ == "IndexSelectBackward0":
-        dim, index = node._saved_dim, node._saved_index
-        if dim >= 1 << 63:  # a negative dim, saved unsigned
-            dim -= 1 << 64
-    else:
-        indices = [(d, i) for d, i in enumerate(node._saved_indices) if i is not None]
-        if len(indices) != 1:
-            return None
-        dim, index = indices[0]
-    if index.dim() != 1 or index.dtype == torch.bool or index.unique().numel() != index.numel():
-        return None
-    return dim, index
-
-
-def _constrained_values(terms):
-    """id(unconstrained leaf) -> (its constrained value in the guide trace,
-    its constraint), for parameters with an elementwise constraint."""
-    from pyro import get_param_store
-
-    store = get_param_store()
+def _constrained_values(particles):
+    """unconstrained leaf -> (its constrained value in the guide, its
+    constraint), for the guide's params with an elementwise constraint."""
     found = {}
-    ((_, guide_trace, _),) = terms.runs
-    for name, site in guide_trace.nodes.items():
-        if site["type"] != "param" or name not in store:
+    for name, value in particles.guide_param_values.items():
+        constraint = param_constraint(name)
+        if constraint is None or transform_to(constraint).codomain.event_dim != 0:
             continue
-        constraint = store._constraints[name]
-        if transform_to(constraint).codomain.event_dim != 0:
-            continue
-        found[id(site["value"].unconstrained())] = (site["value"], constraint)
+        found[particles.guide_params[name]] = (value, constraint)
     return found
-
-
-def _parents(outputs):
-    """For each autograd node reachable from ``outputs``, the nodes that use
-    it (each listed once)."""
-    parents, seen = {}, set()
-    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
-    for t in outputs:
-        if t.grad_fn is None and t.requires_grad:
-            parents.setdefault(torch.autograd.graph.get_gradient_edge(t).node, []).append(None)
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for child, _ in node.next_functions:
-            if child is not None:
-                users = parents.setdefault(child, [])
-                if node not in users:
-                    users.append(node)
-                stack.append(child)
-    return parents
 
 
 def _reaches(outputs, target, avoiding):
     """Whether the graph of ``outputs`` reaches the node ``target`` on a path
     that does not pass through the node ``avoiding``."""
-    starts = [t.grad_fn or torch.autograd.graph.get_gradient_edge(t).node for t in outputs if t.requires_grad]
+    starts = [gradient_node(t) for t in outputs if t.requires_grad]
     return graph_reaches(starts, {target}, avoiding=(avoiding,))
-
-
-def graph_reaches(starts, targets, avoiding=()):
-    """Whether a walk over the recorded autograd graph from the nodes
-    ``starts`` meets any node in the set ``targets`` without passing through
-    a node in ``avoiding`` (no backward pass)."""
-    seen = set(avoiding)
-    stack = list(starts)
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        if node in targets:
-            return True
-        seen.add(node)
-        stack.extend(child for child, _ in node.next_functions)
-    return False

@@ -1,10 +1,15 @@
 """DisARM (Dong, Mnih and Tucker 2020): antithetic pairs for Bernoulli
 guide sites, the augmentation integrated out."""
 
-from .particles import ParticleELBO
-from .surrogate import check_antithetic, disarm_term, markov_blanket_signals, pathwise_surrogate
+from ..math.antithetic import disarm_term, local_disarm_term
+from ..math.bounds import iwelbo, log_weights_per_point, point_scale
+from ..math.signals import markov_blanket_signals
+from ..math.surrogates import pathwise_surrogate
+from ..particles import Needs
+from .base import ImportanceWeightedGradient, ParticleELBO
+from .refusals import check_antithetic
 
-__all__ = ["DisARMELBO"]
+__all__ = ["DisARMELBO", "LocalDisARM"]
 
 
 class DisARMELBO(ParticleELBO):
@@ -47,7 +52,7 @@ class DisARMELBO(ParticleELBO):
     distribution depends on another random guide sample, since the two
     particles of a pair must share it. For the importance-weighted bound,
     ``ImportanceWeightedELBO(gradient="disarm")`` is the local DisARM
-    variant.
+    variant (:class:`LocalDisARM`).
 
     **References**
 
@@ -58,17 +63,53 @@ class DisARMELBO(ParticleELBO):
         Mingzhang Yin, Mingyuan Zhou (ICLR 2019)
     """
 
-    antithetic = True
-
     def __init__(self, num_particles=1, **kwargs):
-        super().__init__(num_particles=num_particles, **kwargs)
+        needs = Needs(antithetic=True, bernoulli=True, structure=True, stopped_guide=True)
+        super().__init__(num_particles, needs=needs, **kwargs)
 
-    def check(self, terms):
-        check_antithetic(terms, type(self).__name__)
+    def check(self, particles):
+        check_antithetic(particles, type(self).__name__)
 
-    def elbo_and_surrogate(self, terms):
-        log_weights = terms.log_weights().detach()
-        surrogate = pathwise_surrogate(terms).mean()
-        if terms.score_sites():
-            surrogate = surrogate + disarm_term(terms, markov_blanket_signals(terms))
+    def elbo_and_surrogate(self, particles):
+        log_weights = particles.log_weights().detach()
+        surrogate = pathwise_surrogate(particles).mean()
+        if particles.score_sites():
+            surrogate = surrogate + disarm_term(particles, markov_blanket_signals(particles))
         return log_weights.mean(), surrogate
+
+
+class LocalDisARM(ImportanceWeightedGradient):
+    """``gradient="disarm"`` of :class:`~pyro_vi.ImportanceWeightedELBO`,
+    local DisARM [1], **unbiased**: for guides whose sites without a pathwise
+    derivative are all Bernoulli, ``num_particles = K`` antithetic **pairs**
+    are drawn (:math:`2K` model evaluations: the ``num_particles`` attribute
+    becomes :math:`2K`). The bound :math:`\\mathcal{L}_K` is estimated on the
+    pairs' first particles :math:`b_{1:K}` and on their second particles
+    :math:`b'_{1:K}`, and the two estimates averaged; sample :math:`k`'s
+    DisARM estimate swaps :math:`b_k` for its partner with the others fixed,
+    :math:`\\frac{1}{2}(\\hat L(b_{1:K}) - \\hat L(b'_k, b_{-k}))
+    (-1)^{b'_k} 1[b_k \\ne b'_k] \\sigma(|\\theta_k|)` (and symmetrically,
+    :func:`~pyro_vi.math.antithetic.local_disarm_term`), plus the pathwise
+    gradient at fixed Bernoulli samples. A site that is neither Bernoulli nor
+    reparameterizable is refused by name, as is a Bernoulli whose
+    distribution depends on another random guide sample.
+
+    **References**
+
+    [1] DisARM: An Antithetic Gradient Estimator for Binary Latent Variables,
+        Zhe Dong, Andriy Mnih, George Tucker (NeurIPS 2020)
+    """
+
+    needs = Needs(antithetic=True, bernoulli=True, structure=True)
+
+    def check(self, particles, estimator):
+        check_antithetic(particles, f"{estimator}(gradient='disarm')")
+
+    def value(self, particles):
+        log_w, scale = log_weights_per_point(particles)[1], point_scale(particles)
+        return 0.5 * (iwelbo(log_w[0::2], scale) + iwelbo(log_w[1::2], scale))
+
+    def estimate(self, particles):
+        value = self.value(particles)
+        log_w = log_weights_per_point(particles)[1]
+        return value, value + local_disarm_term(particles, log_w, point_scale(particles))

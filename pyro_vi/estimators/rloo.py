@@ -1,9 +1,11 @@
 """REINFORCE with a leave-one-out baseline (Kool et al. 2019), per site
 with Markov-blanket signals."""
 
-from .. import _validation
-from .particles import ParticleELBO
-from .surrogate import leave_one_out_signals, markov_blanket_signals, pathwise_surrogate, rao_blackwell_term
+from .. import validation
+from ..math.signals import leave_one_out_signals, markov_blanket_signals
+from ..math.surrogates import pathwise_surrogate, rao_blackwell_term
+from ..particles import Needs
+from .base import ParticleELBO
 
 __all__ = ["ReinforceLeaveOneOutELBO"]
 
@@ -54,18 +56,15 @@ class ReinforceLeaveOneOutELBO(ParticleELBO):
         Herke van Hoof, Max Welling (ICLR 2019 workshop DeepRLStructPred)
     """
 
-    reparameterize = False
-    min_particles = 2
-
     def __init__(self, num_particles=10, pathwise=False, **kwargs):
-        name = type(self).__name__
-        self.reparameterize = self.pathwise = _validation.boolean(f"{name}: pathwise", pathwise)
-        super().__init__(num_particles=num_particles, **kwargs)
+        self.pathwise = validation.boolean(f"{type(self).__name__}: pathwise", pathwise)
+        needs = Needs(reparameterize=self.pathwise, stopped_guide=self.pathwise, structure=True)
+        super().__init__(num_particles, needs=needs, min_particles=2, **kwargs)
 
-    def elbo_and_surrogate(self, terms):
-        log_weights = terms.log_weights().detach()
-        surrogate = pathwise_surrogate(terms).mean()
-        if terms.score_sites():
-            signals = leave_one_out_signals(markov_blanket_signals(terms))
-            surrogate = surrogate + rao_blackwell_term(terms, signals).mean()
+    def elbo_and_surrogate(self, particles):
+        log_weights = particles.log_weights().detach()
+        surrogate = pathwise_surrogate(particles).mean()
+        if particles.score_sites():
+            signals = leave_one_out_signals(markov_blanket_signals(particles))
+            surrogate = surrogate + rao_blackwell_term(particles, signals).mean()
         return log_weights.mean(), surrogate

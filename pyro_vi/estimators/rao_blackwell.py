@@ -2,17 +2,12 @@
 each latent's score is weighted by the log-density of its Markov blanket
 only, with control variates on top."""
 
-from .. import _validation
-from .particles import ParticleELBO
-from .surrogate import (
-    check_coefficient,
-    check_coordinates,
-    check_pool,
-    controlled_surrogate,
-    markov_blanket_signals,
-    pathwise_surrogate,
-    rao_blackwell_term,
-)
+from .. import validation
+from ..math.control_variates import check_coefficient, check_coordinates, check_pool, controlled_surrogate
+from ..math.signals import markov_blanket_signals
+from ..math.surrogates import pathwise_surrogate, rao_blackwell_term
+from ..particles import Needs
+from .base import ParticleELBO
 
 __all__ = ["RaoBlackwellELBO"]
 
@@ -32,7 +27,7 @@ class RaoBlackwellELBO(ParticleELBO):
     unbiased and removes their noise. Inside plates the signal is
     element-wise: a local latent :math:`y_n` sees only its own factors. The
     structure is read from the real traces by provenance tracking
-    (:mod:`pyro_vi.elbo.structure`), again whenever a program's sites, their
+    (:mod:`pyro_vi.particles.structure`), again whenever a program's sites, their
     distributions, shapes or plates change.
 
     With control variates (the default), every scalar parameter :math:`d`
@@ -68,16 +63,10 @@ class RaoBlackwellELBO(ParticleELBO):
     :param str coordinates: as in :class:`~pyro_vi.ControlVariateELBO`.
     :param bool pool_processes: as in :class:`~pyro_vi.ControlVariateELBO`.
 
-    **References**
-
-    [1] Black Box Variational Inference,
-        Rajesh Ranganath, Sean Gerrish, David M. Blei (AISTATS 2014)
-
-    [2] Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
-        Variational Inference, Geoffrey Roeder, Yuhuai Wu, David Duvenaud (NIPS 2017)
+    **References**: those of :class:`~pyro_vi.ControlVariateELBO`, [1] black-box
+    variational inference (Ranganath, Gerrish and Blei, AISTATS 2014) and [2]
+    sticking the landing (Roeder, Wu and Duvenaud, NIPS 2017).
     """
-
-    reparameterize = False
 
     def __init__(
         self,
@@ -90,8 +79,8 @@ class RaoBlackwellELBO(ParticleELBO):
         **kwargs,
     ):
         name = type(self).__name__
-        self.control_variate = _validation.boolean(f"{name}: control_variate", control_variate)
-        self.reparameterize = self.pathwise = _validation.boolean(f"{name}: pathwise", pathwise)
+        self.control_variate = validation.boolean(f"{name}: control_variate", control_variate)
+        self.pathwise = validation.boolean(f"{name}: pathwise", pathwise)
         options = (("coefficient", coefficient), ("coordinates", coordinates), ("pool_processes", pool_processes))
         for option, value in options:
             if not control_variate and value is not None:
@@ -100,20 +89,22 @@ class RaoBlackwellELBO(ParticleELBO):
                     "drop it or set control_variate=True"
                 )
         self.coefficient = "leave_one_out" if coefficient is None else coefficient
-        self.min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
+        min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
         self.coordinates = check_coordinates("distributions" if coordinates is None else coordinates, name)
         self.pool = check_pool(bool(pool_processes), self.coefficient, name)
-        super().__init__(num_particles=num_particles, **kwargs)
+        needs = Needs(
+            reparameterize=self.pathwise, stopped_guide=self.pathwise, structure=True, scores=self.control_variate
+        )
+        super().__init__(num_particles, needs=needs, min_particles=min_particles, **kwargs)
 
-    def elbo_and_surrogate(self, terms):
-        log_weights = terms.log_weights().detach()
-        surrogate = pathwise_surrogate(terms).mean()
-        if not terms.score_sites():
+    def elbo_and_surrogate(self, particles):
+        log_weights = particles.log_weights().detach()
+        surrogate = pathwise_surrogate(particles).mean()
+        if not particles.score_sites():
             return log_weights.mean(), surrogate
-        signals = markov_blanket_signals(terms)
+        signals = markov_blanket_signals(particles)
         if not self.control_variate:
-            return log_weights.mean(), surrogate + rao_blackwell_term(terms, signals).mean()
-        params = [p for p in terms.guide_params.values() if p.requires_grad]
+            return log_weights.mean(), surrogate + rao_blackwell_term(particles, signals).mean()
         return log_weights.mean(), surrogate + controlled_surrogate(
-            terms, params, self.coefficient, signals=signals, coordinates=self.coordinates, pool=self.pool
+            particles, self.coefficient, signals=signals, coordinates=self.coordinates, pool=self.pool
         )

@@ -23,6 +23,8 @@ from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provena
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from .pyro_compat import PARTICLE_PLATE
+
 __all__ = ["ProgramStructure", "learning_signal_factors", "markov_blankets", "program_structure", "read_structure"]
 
 
@@ -76,7 +78,7 @@ def _structure(trace) -> ProgramStructure:
         observed=frozenset(site["name"] for site in sites if site["is_observed"]),
         plates={
             site["name"]: frozenset(
-                f.name for f in site["cond_indep_stack"] if f.vectorized and f.name != "num_particles_vectorized"
+                f.name for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE
             )
             for site in sites
         },

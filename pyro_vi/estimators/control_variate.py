@@ -1,9 +1,11 @@
 """Black-box variational inference, Algorithm 2 without Rao-Blackwellization:
 the score-function gradient with a control variate per scalar parameter."""
 
-from .. import _validation
-from .particles import ParticleELBO
-from .surrogate import check_coefficient, check_coordinates, check_pool, controlled_surrogate, pathwise_surrogate
+from .. import validation
+from ..math.control_variates import check_coefficient, check_coordinates, check_pool, controlled_surrogate
+from ..math.surrogates import pathwise_surrogate
+from ..particles import Needs
+from .base import ParticleELBO
 
 __all__ = ["ControlVariateELBO"]
 
@@ -49,7 +51,7 @@ class ControlVariateELBO(ParticleELBO):
         enough to multiply the gradient's variance many times over (the
         README's Bernoulli VAE section measures it), and they cost an extra
         O(S x B x P) for a batch of B (see
-        :func:`~pyro_vi.elbo.surrogate.controlled_surrogate`).
+        :func:`~pyro_vi.math.control_variates.controlled_surrogate`).
     :param bool pool_processes: under :mod:`torch.distributed`, estimate the
         coefficients from the particles of every process (their sufficient
         statistics added up with one all-reduce) rather than from this
@@ -78,8 +80,6 @@ class ControlVariateELBO(ParticleELBO):
         Variational Inference, Geoffrey Roeder, Yuhuai Wu, David Duvenaud (NIPS 2017)
     """
 
-    reparameterize = False
-
     def __init__(
         self,
         num_particles=10,
@@ -90,18 +90,17 @@ class ControlVariateELBO(ParticleELBO):
         **kwargs,
     ):
         name = type(self).__name__
-        self.min_particles = check_coefficient(coefficient, name)
+        min_particles = check_coefficient(coefficient, name)
         self.coefficient = coefficient
-        self.reparameterize = self.pathwise = _validation.boolean(f"{name}: pathwise", pathwise)
+        self.pathwise = validation.boolean(f"{name}: pathwise", pathwise)
         self.coordinates = check_coordinates(coordinates, name)
         self.pool = check_pool(pool_processes, coefficient, name)
-        super().__init__(num_particles=num_particles, **kwargs)
+        needs = Needs(reparameterize=self.pathwise, stopped_guide=self.pathwise, scores=True)
+        super().__init__(num_particles, needs=needs, min_particles=min_particles, **kwargs)
 
-    def elbo_and_surrogate(self, terms):
-        log_weights = terms.log_weights().detach()
-        surrogate = pathwise_surrogate(terms).mean()
-        params = [p for p in terms.guide_params.values() if p.requires_grad]
-        surrogate = surrogate + controlled_surrogate(
-            terms, params, self.coefficient, signal=log_weights, coordinates=self.coordinates, pool=self.pool
+    def elbo_and_surrogate(self, particles):
+        log_weights = particles.log_weights().detach()
+        surrogate = pathwise_surrogate(particles).mean() + controlled_surrogate(
+            particles, self.coefficient, signal=log_weights, coordinates=self.coordinates, pool=self.pool
         )
         return log_weights.mean(), surrogate

@@ -1,7 +1,9 @@
 """Sticking the landing: the path-derivative gradient of the ELBO."""
 
-from .particles import ParticleELBO
-from .surrogate import check_reparameterized, per_particle
+from ..math.signals import per_particle
+from ..particles import Needs
+from .base import ParticleELBO
+from .refusals import check_reparameterized
 
 __all__ = ["StickingTheLandingELBO"]
 
@@ -34,15 +36,16 @@ class StickingTheLandingELBO(ParticleELBO):
         Variational Inference, Geoffrey Roeder, Yuhuai Wu, David Duvenaud (NIPS 2017)
     """
 
-    guide_density = "path"
+    def __init__(self, num_particles=1, **kwargs):
+        super().__init__(num_particles, needs=Needs(path_density=True, stopped_guide=True), **kwargs)
 
-    def check(self, terms):
-        check_reparameterized(terms, type(self).__name__)
+    def check(self, particles):
+        check_reparameterized(particles, type(self).__name__)
 
-    def elbo_and_surrogate(self, terms):
+    def elbo_and_surrogate(self, particles):
         # log p - log q_stop(lambda)(z(eps, lambda)): the value of log p - log q,
         # the path derivative only.
-        surrogate = terms.log_p()
-        for term in terms.log_q_at_stopped_parameters().values():
+        surrogate = particles.log_p()
+        for term in particles.log_q_at_stopped_parameters().values():
             surrogate = surrogate - per_particle(term)
-        return terms.log_weights().mean(), surrogate.mean()
+        return particles.log_weights().mean(), surrogate.mean()

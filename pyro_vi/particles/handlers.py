@@ -1,0 +1,268 @@
+"""The handlers the run phase puts around the programs: how guide sites
+are drawn (score function, antithetic pairs), what is recorded of them
+(their distribution before the particle plate broadcasts it), and the check
+that every guide value lies in the model's support."""
+
+import copy
+
+import pyro.distributions as dist
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+__all__ = [
+    "AntitheticMessenger",
+    "AntitheticPairs",
+    "CaptureDistributions",
+    "GuideValuesInSupport",
+    "ScoreFunctionMessenger",
+    "bernoulli_of",
+    "captured_distribution",
+    "has_mask",
+    "is_point_mass",
+    "score_function_guide",
+    "without_mask",
+]
+
+_DISTRIBUTION = "pyro_vi_distribution"  # infer key of the captured distribution
+
+
+def is_point_mass(fn):
+    """Whether the distribution ``fn`` is a point mass (``Delta``, possibly
+    masked, expanded or reinterpreted): its sample has no randomness, so it
+    has no score and its gradient is exact through its path."""
+    while not isinstance(fn, dist.Delta) and hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Delta)
+
+
+def without_mask(fn):
+    """``fn`` without its :meth:`~pyro.distributions.TorchDistributionMixin.mask`
+    wrappers: the density the sample was drawn from."""
+    if isinstance(fn, dist.MaskedDistribution):
+        return without_mask(fn.base_dist)
+    if isinstance(fn, dist.Independent) and has_mask(fn.base_dist):
+        return dist.Independent(without_mask(fn.base_dist), fn.reinterpreted_batch_ndims)
+    return fn
+
+
+def has_mask(fn):
+    while not isinstance(fn, dist.MaskedDistribution) and isinstance(fn, dist.Independent):
+        fn = fn.base_dist
+    return isinstance(fn, dist.MaskedDistribution)
+
+
+class GuideValuesInSupport(Messenger):
+    """Refuses, at the model's sample site, a latent value that the guide
+    drew outside the support of the model's distribution there (a Normal
+    guide for a Gamma latent), before the model uses it: a ``ValueError``
+    naming the site, the support, the value and the guide's distribution,
+    in place of a NaN density or an error from a child site's arguments.
+    Masked-out elements are not checked."""
+
+    def __init__(self, guide_trace):
+        super().__init__()
+        self.guide_trace = guide_trace
+
+    def _pyro_post_sample(self, msg):
+        name = msg["name"]
+        guide_site = self.guide_trace.nodes.get(name)
+        if msg["is_observed"] or site_is_subsample(msg) or guide_site is None or guide_site["type"] != "sample":
+            return
+        if msg["mask"] is False:
+            return
+        support, value = msg["fn"].support, msg["value"]
+        try:
+            inside = torch.as_tensor(support.check(value)).detach()
+        except (NotImplementedError, RuntimeError, TypeError):  # a dependent or unusual support
+            return
+        if isinstance(msg["mask"], torch.Tensor):
+            inside = inside | ~msg["mask"].expand(inside.shape)
+        if bool(inside.all()):
+            return
+        bad = value.detach().reshape(-1)[~inside.reshape(-1)] if inside.shape == value.shape else value.reshape(-1)
+        raise ValueError(
+            "site '{}': the guide drew {} outside the support {} of the model's {} ({:.6g}), from the guide's "
+            "{}; give the guide site '{}' a distribution with that support (e.g. a LogNormal or Gamma for a "
+            "positive latent, or an autoguide, which maps to the support)".format(
+                name,
+                "a value" if inside.numel() == 1 else f"{int((~inside).sum())} of {inside.numel()} values",
+                support,
+                type(msg["fn"]).__name__,
+                float(bad[0]),
+                _describe(guide_site["fn"]),
+                name,
+            )
+        )
+
+
+def _describe(fn):
+    """``Normal(loc=0.3, scale=0.5)``: the distribution's class and its
+    arguments (shapes for tensors of more than one element)."""
+    arguments = []
+    for key in getattr(fn, "arg_constraints", {}):
+        value = fn.__dict__.get(key)
+        if isinstance(value, torch.Tensor):
+            shown = f"{value.item():.4g}" if value.numel() == 1 else f"tensor of shape {tuple(value.shape)}"
+            arguments.append(f"{key}={shown}")
+    name = type(fn).__name__
+    return "{}({})".format(name, ", ".join(arguments)) if arguments else name
+
+
+class ScoreFunctionMessenger(Messenger):
+    """Gives every random guide site a score-function (REINFORCE) gradient:
+    sites that could ``rsample`` are sampled without a pathwise derivative,
+    each value a fresh tensor, so that no transform reuses an inverse it
+    cached without a graph (``TransformedDistribution`` flows).
+    Point masses (``Delta``, ``AutoDelta``) have no randomness and no score:
+    they keep their path, as in ``Trace_ELBO``. ``pyro.factor`` sites of the
+    guide become score terms too: at fixed samples, they are part of the
+    sampling density's gradient.
+
+    :param dict baseline: optional ``infer["baseline"]`` options given to every
+        latent site, e.g. ``{"use_decaying_avg_baseline": True}`` for the
+        decaying-average baseline of Pyro's ``TraceGraph_ELBO``.
+    """
+
+    def __init__(self, baseline=None):
+        super().__init__()
+        self.baseline = baseline
+
+    def _pyro_sample(self, msg):
+        fn = msg["fn"]
+        if site_is_subsample(msg) or is_point_mass(fn):
+            return
+        msg["infer"] = dict(msg["infer"], has_rsample=bool(fn.has_rsample))
+        if fn.has_rsample:
+            msg["fn"] = _without_rsample(fn)
+        if self.baseline is not None and not msg["is_observed"]:
+            msg["infer"]["baseline"] = dict(self.baseline)
+
+
+_SCORE_FUNCTION_CLASSES = {}
+
+
+def _without_rsample(fn):
+    """A copy of ``fn`` that samples without a pathwise derivative, never
+    mutating a distribution the program may reuse. The copy's class is a
+    subclass with ``has_rsample = False``, which survives ``expand`` (plates
+    broadcast distributions after this handler has seen them) and overrides
+    the property of wrappers such as ``Independent``."""
+    cls = type(fn)
+    if cls not in _SCORE_FUNCTION_CLASSES:
+
+        def sample(self, sample_shape=torch.Size()):
+            # A fresh tensor: a transform's cached inverse of the sample (made
+            # without a graph) must not be reused by log_prob.
+            return cls.sample(self, sample_shape).clone()
+
+        _SCORE_FUNCTION_CLASSES[cls] = type(cls.__name__, (cls,), {"has_rsample": False, "sample": sample})
+    fn = copy.copy(fn)
+    if "has_rsample" in fn.__dict__:  # set per instance (has_rsample_(), pyro.factor)
+        fn.__dict__["has_rsample"] = False
+    fn.__class__ = _SCORE_FUNCTION_CLASSES[cls]
+    return fn
+
+
+def score_function_guide(guide, baseline=None):
+    """Wraps ``guide`` so that all its random sites use score-function
+    (REINFORCE) gradients, whatever their distribution could do; see
+    :class:`ScoreFunctionMessenger` for ``baseline``."""
+    return ScoreFunctionMessenger(baseline)(guide)
+
+
+def bernoulli_of(fn):
+    """The ``Bernoulli`` that ``fn`` samples (through ``Independent``, masks
+    and expansions), or ``None`` when ``fn`` is not a Bernoulli."""
+    while not isinstance(fn, torch.distributions.Bernoulli):
+        if not isinstance(fn, (torch.distributions.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)):
+            return None
+        fn = fn.base_dist
+    return fn
+
+
+class AntitheticPairs:
+    """The antithetic pairs of one ELBO evaluation: particles :math:`2i` and
+    :math:`2i + 1` share one uniform draw :math:`u` at every random Bernoulli
+    guide site, :math:`b = 1[u < \\sigma(\\theta)]` and
+    :math:`b' = 1[1 - u < \\sigma(\\theta)]` (Yin and Zhou 2019; Dong et al.
+    2020). Each particle is still an exact draw from the guide. Vectorized,
+    the pairs are interleaved along the particle dim; sequential, they are
+    consecutive runs, and the second run of a pair replays the first run's
+    subsample indices, so that both draw the same data points."""
+
+    def __init__(self, num_particles, vectorized):
+        self.num_particles = num_particles
+        self.vectorized = vectorized
+        self.run = -1
+        self.stored = {}
+
+    def messenger(self):
+        """The handler for the next run (put it outside the particle plate)."""
+        self.run += 1
+        if self.run % 2 == 0:
+            self.stored = {}
+        return AntitheticMessenger(self, first=self.run % 2 == 0)
+
+
+class AntitheticMessenger(Messenger):
+    """Draws the random Bernoulli guide sites of one run in antithetic pairs
+    (see :class:`AntitheticPairs`); marks each with ``infer["antithetic"]``,
+    whether its pair is complete."""
+
+    def __init__(self, pairs, first):
+        super().__init__()
+        self.pairs = pairs
+        self.first = first
+
+    def _pyro_sample(self, msg):
+        if msg["value"] is not None or msg["done"]:
+            return
+        pairs = self.pairs
+        if site_is_subsample(msg):
+            if not pairs.vectorized and not self.first and msg["name"] in pairs.stored:
+                msg["value"] = pairs.stored.pop(msg["name"])
+            return
+        bernoulli = None if msg["is_observed"] else bernoulli_of(msg["fn"])
+        if bernoulli is None:
+            return
+        shape = msg["fn"].batch_shape + msg["fn"].event_shape
+        probs = bernoulli.probs.detach().expand(shape)
+        paired = True
+        if pairs.vectorized:
+            if len(shape) == 0 or shape[0] != pairs.num_particles:
+                return  # not broadcast by the particle plate: drawn as usual, unpaired
+            u = torch.rand((shape[0] // 2,) + shape[1:], dtype=probs.dtype, device=probs.device)
+            first, second = u < probs[0::2], (1 - u) < probs[1::2]
+            value = torch.stack([first, second], 1).reshape(shape)
+        else:
+            stored = None if self.first else pairs.stored.pop(msg["name"], None)
+            if stored is not None and stored.shape == shape:
+                u = 1 - stored
+            else:
+                u = torch.rand(shape, dtype=probs.dtype, device=probs.device)
+                paired = self.first
+                if self.first:
+                    pairs.stored[msg["name"]] = u
+            value = u < probs
+        msg["value"] = value.to(probs.dtype)
+        msg["infer"] = dict(msg["infer"], antithetic=paired)
+
+    def _pyro_post_sample(self, msg):
+        if site_is_subsample(msg) and self.first and not self.pairs.vectorized:
+            self.pairs.stored[msg["name"]] = msg["value"]
+
+
+class CaptureDistributions(Messenger):
+    """Records, at each latent sample site, the distribution as it is before
+    the outer particle plate broadcasts it (put it just inside that plate)."""
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and not site_is_subsample(msg):
+            msg["infer"] = dict(msg["infer"], **{_DISTRIBUTION: msg["fn"]})
+
+
+def captured_distribution(site):
+    """The distribution :class:`CaptureDistributions` recorded at ``site``,
+    or ``None``."""
+    return site["infer"].get(_DISTRIBUTION)
