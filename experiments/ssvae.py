@@ -57,6 +57,7 @@ from pyro.optim import Adam
 if not __package__:  # run as ``python experiments/ssvae.py``
     import _repo_root  # noqa: F401
 
+import pyro_vi
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
 from experiments._results import spread
@@ -65,12 +66,12 @@ from experiments.render_readme import pm, run_line, table
 from guides.ssvae import Classifier, Encoder, SemiSupervisedLoss, classify, guide, unlabelled_elbo
 from models.mnist import binarize, load_mnist
 from models.ssvae import Decoder, SSVAEConfig, labelled_split, model
-from pyro_vi import RaoBlackwellELBO, ReinforceLeaveOneOutELBO
 from pyro_vi.training import NonFiniteError, OutOfSupportError, fit, load_checkpoint
 
 KW = dict(vectorize_particles=True, max_plate_nesting=1)
 EVAL_SEED = 12345  # the test binarization, the held-out subset and its z noise: not a run seed
 REFERENCE = "TraceEnum_ELBO"
+AUTO_STYLE = dict(color="tab:green", ls=":", marker="D")
 
 
 def estimators(particles) -> _cli.Registry:
@@ -82,15 +83,15 @@ def estimators(particles) -> _cli.Registry:
             dict(color="black", ls="-", marker="o"),
         ),
         "RaoBlackwellELBO": _cli.Estimator(
-            lambda: RaoBlackwellELBO(num_particles=particles, pathwise=True, **KW),
+            lambda: pyro_vi.RaoBlackwellELBO(num_particles=particles, pathwise=True, **KW),
             style=dict(color="tab:purple", ls="--", marker="^"),
         ),
         "ReinforceLeaveOneOutELBO": _cli.Estimator(
-            lambda: ReinforceLeaveOneOutELBO(num_particles=particles, pathwise=True, **KW),
+            lambda: pyro_vi.ReinforceLeaveOneOutELBO(num_particles=particles, pathwise=True, **KW),
             style=dict(color="tab:orange", ls="-.", marker="s"),
         ),
-        # when pyro_vi.AutoELBO lands:
-        # "AutoELBO": _cli.Estimator(lambda: AutoELBO(num_particles=particles, **KW), style=dict(color="tab:green", ls=":", marker="D")),  # noqa: E501
+        # pyro_vi.AutoELBO, once it exists, is this one line:
+        # "AutoELBO": _cli.Estimator(lambda: pyro_vi.AutoELBO(num_particles=particles, **KW), style=AUTO_STYLE),
     }
 
 
@@ -484,8 +485,12 @@ def plot_curves(results, x_key, path):
                     label="equal time: the fastest estimator's whole run",
                 )
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"test accuracy ({band_note(num_seeds)})", fontsize=10)
-    axes[1].set_title(f"held-out ELBO ({band_note(num_seeds)})", fontsize=10)
+    axes[0].set_title("(a) test accuracy of argmax q(y|x)", fontsize=10)
+    axes[1].set_title("(b) held-out ELBO, exact in y", fontsize=10)
+    fig.suptitle(
+        "Semi-supervised VAE (M2), {:,} labelled images: {}".format(results["data"]["labelled"], band_note(num_seeds)),
+        fontsize=11,
+    )
     legend_outside(axes[1], where="right")
     save_figure(fig, path)
 
