@@ -39,6 +39,11 @@ and against training time) and ``results.json``; each run has a checkpoint in
 ``checkpoints/`` (``--resume`` continues it) and, once finished, its record in
 ``runs/`` (``--resume`` skips it).
 
+The defaults, 3 seeds x 3 estimators x 9,000 steps, take about 1.4 CPU hours
+of one torch thread (a pilot's CPU time per unlabelled step: 41 ms for
+TraceEnum_ELBO, 104 ms for RaoBlackwellELBO and 40 ms for
+ReinforceLeaveOneOutELBO with 10 particles; 14 ms per labelled step):
+
     python -m experiments.ssvae --data-dir ../shared/data/mnist --out results/ssvae
 """
 
@@ -584,28 +589,30 @@ def parser():
         default=None,
         help="a subset of the estimators (default: all)",
     )
-    parser.add_argument("--steps", type=_cli.positive_int, default=10000, help="training steps of every run")
+    parser.add_argument(
+        "--steps", type=_cli.positive_int, default=9000, help="training steps of every run (9000: 15 epochs)"
+    )
     parser.add_argument("--batch-size", type=_cli.positive_int, default=100, help="images per step")
     parser.add_argument(
         "--particles",
         type=_cli.integer(minimum=3),
-        default=4,
-        help="samples per image of the sampled estimators (>= 3: RaoBlackwellELBO's leave-one-out control "
-        "variate needs it)",
+        default=10,
+        help="samples per unlabelled image of the sampled estimators (default 10: the decoder evaluations of "
+        "the exact sum over 10 classes; >= 3: RaoBlackwellELBO's leave-one-out control variate needs it)",
     )
     parser.add_argument("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
     parser.add_argument(
         "--alpha",
         type=_cli.nonnegative_real,
-        default=2.0,
-        help="weight of log q(y|x) per labelled image (Kingma et al.'s 0.1 N spread over the N_l labelled images: "
-        "0.1 * 60000 / 3000 = 2)",
+        default=46.0,
+        help="weight of log q(y|x) per labelled image (default 46, Pyro's example's aux_loss_multiplier; "
+        "Kingma et al.'s alpha = 0.1 N spread over the labelled images is 0.1 * 60000 / 3000 = 2)",
     )
     parser.add_argument("--labelled", type=_cli.positive_int, default=3000, help="labelled training images")
     parser.add_argument("--split-seed", type=_cli.seed, default=0, help="seed of the choice of the labelled images")
     parser.add_argument("--hidden-dim", type=_cli.positive_int, default=256, help="hidden units of every network")
     parser.add_argument("--latent-dim", type=_cli.positive_int, default=32, help="dimension of z")
-    parser.add_argument("--eval-every", type=_cli.positive_int, default=500, help="steps between evaluations")
+    parser.add_argument("--eval-every", type=_cli.positive_int, default=300, help="steps between evaluations")
     parser.add_argument(
         "--elbo-size", type=_cli.positive_int, default=2000, help="test images of the held-out ELBO curves"
     )

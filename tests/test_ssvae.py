@@ -350,7 +350,7 @@ def test_a_resumed_study_ends_as_an_uninterrupted_one(tmp_path):
     assert record["steps"] == 10 and np.isfinite(record["ms_per_step"]["unlabelled"]["cpu"])
     block = readme_block(json.loads((tmp_path / "parts" / "results.json").read_text()))
     assert "| TraceEnum_ELBO (exact sum over the 10 classes) |" in block
-    assert "ReinforceLeaveOneOutELBO(pathwise=True, num_particles=4)" in block
+    assert "ReinforceLeaveOneOutELBO(pathwise=True, num_particles=10)" in block
     assert "Test accuracy against TraceEnum_ELBO" in block and "Command: `python -m experiments.ssvae" in block
 
 
