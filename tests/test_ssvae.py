@@ -268,17 +268,24 @@ def test_labelled_split_is_balanced_disjoint_and_deterministic():
 
 @pytest.mark.parametrize("train", [True, False], ids=["both splits", "test split only"])
 def test_mnist_labels_follow_their_images(tmp_path, train):
+    """Each image keeps its own label, also through the 80/20 split of a
+    test-only folder."""
     folder = write_tiny_mnist(tmp_path, num_images=30, train=train)
     data = load_mnist(folder, download=False)
-    raw_images = read_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"), "images").reshape(30, -1).float() / 255
-    raw_labels = read_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), "labels").long()
-    assert data.test_labels.dtype == torch.int64 and data.train_labels.shape == (len(data.train),)
-    for split_images, split_labels in ((data.test, data.test_labels), (data.train, data.train_labels)):
-        if train and split_images is data.train:
-            continue  # the training files hold other random images
+
+    def raw(prefix):
+        images_ = read_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte.gz"), "images").reshape(30, -1).float() / 255
+        return images_, read_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte.gz"), "labels").long()
+
+    splits = [
+        (data.test, data.test_labels, raw("t10k")),
+        (data.train, data.train_labels, raw("train" if train else "t10k")),
+    ]
+    for split_images, split_labels, (raw_images, raw_labels) in splits:
+        assert split_labels.dtype == torch.int64 and split_labels.shape == (len(split_images),)
         for image, label in zip(split_images, split_labels):
-            row = (raw_images == image).all(-1).nonzero().squeeze(-1)
-            assert raw_labels[row].eq(label).all()
+            rows = (raw_images == image).all(-1).nonzero().squeeze(-1)
+            assert len(rows) and raw_labels[rows].eq(label).all()
 
 
 def test_study_batches_visit_every_image_once_per_epoch():
