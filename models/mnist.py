@@ -1,7 +1,8 @@
 r"""MNIST for the VAE/IWAE experiments (course 1.B.2, 1.A.2), through torchvision.
 
 :func:`load_mnist` returns the images as float tensors of shape ``(N, 784)`` with
-pixel intensities scaled to :math:`[0, 1]`; :func:`binarize` draws a dynamic
+pixel intensities scaled to :math:`[0, 1]`, and their digits when the label files are
+there; :func:`binarize` draws a dynamic
 binarization (each pixel ~ Bernoulli(intensity)), as Burda et al. do for every
 training batch. Where the data come from, in this order:
 
@@ -81,11 +82,16 @@ class MnistData:
     :ivar torch.Tensor train: training images, float32 ``(N_train, 784)`` in [0, 1].
     :ivar torch.Tensor test: held-out test images, float32 ``(N_test, 784)`` in [0, 1].
     :ivar dict info: where the images came from and how they were split.
+    :ivar torch.Tensor train_labels: the digits of ``train``, int64 ``(N_train,)``;
+        ``None`` when the label files are missing.
+    :ivar torch.Tensor test_labels: the digits of ``test``, as ``train_labels``.
     """
 
     train: torch.Tensor
     test: torch.Tensor
     info: Dict[str, object] = field(default_factory=dict)
+    train_labels: Optional[torch.Tensor] = None
+    test_labels: Optional[torch.Tensor] = None
 
 
 def default_data_dir() -> str:
@@ -204,18 +210,20 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def _read_split(data_dir: str, split: str):
+    """``(images, labels, images_path)``; ``labels`` (int64) is ``None`` without a label file."""
     images_path = _find_idx(data_dir, split, "images")
     if images_path is None:
-        return None, None
+        return None, None, None
     images = read_idx(images_path, "images")
     labels_path = _find_idx(data_dir, split, "labels")
+    labels = None
     if labels_path is not None:
-        labels = read_idx(labels_path, "labels")
+        labels = read_idx(labels_path, "labels").long()
         if labels.shape[0] != images.shape[0]:
             raise ValueError(
                 f"{images_path} has {images.shape[0]} images but {labels_path} has {labels.shape[0]} labels"
             )
-    return images, images_path
+    return images, labels, images_path
 
 
 def _from_torchvision(root: str, download: bool):
@@ -226,7 +234,7 @@ def _from_torchvision(root: str, download: bool):
         "split": "official: 60,000 training and 10,000 test images",
         "only_test_split": False,
     }
-    return _as_float(train.data), _as_float(test.data), info
+    return _as_float(train.data), _as_float(test.data), info, train.targets.long(), test.targets.long()
 
 
 def split_test_only(num_images: int):
@@ -263,8 +271,8 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
         raise ValueError(
             f"data_dir {data_dir} is a file, not a directory; pass the directory that holds the MNIST IDX files"
         )
-    train_u8, train_path = _read_split(data_dir, "train")
-    test_u8, test_path = _read_split(data_dir, "test")
+    train_u8, train_labels, train_path = _read_split(data_dir, "train")
+    test_u8, test_labels, test_path = _read_split(data_dir, "test")
     if test_u8 is not None:
         test = _as_float(test_u8)
         if train_u8 is not None:
@@ -277,6 +285,8 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
         else:
             train_idx, test_idx = split_test_only(len(test))
             train, test = test[train_idx], test[test_idx]
+            if test_labels is not None:
+                train_labels, test_labels = test_labels[train_idx], test_labels[test_idx]
             info = {
                 "source": f"IDX file {test_path}",
                 "split": (
@@ -288,7 +298,8 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
                 ),
                 "only_test_split": True,
             }
-        return MnistData(train, test, dict(info, data_dir=data_dir, num_train=len(train), num_test=len(test)))
+        info = dict(info, data_dir=data_dir, num_train=len(train), num_test=len(test))
+        return MnistData(train, test, info, train_labels, test_labels)
     if train_u8 is not None:
         raise MnistNotFoundError(
             "{} holds the MNIST training images but no test images ({}[.gz])".format(
@@ -304,7 +315,7 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
             "torchvision root, or allow the download"
         )
     try:
-        train, test, info = _from_torchvision(data_dir, download=True)
+        train, test, info, train_labels, test_labels = _from_torchvision(data_dir, download=True)
     except Exception as error:  # URLError, RuntimeError, OSError (read-only dir), ...
         raise MnistNotFoundError(
             f"MNIST not found in {data_dir} and could not be downloaded ({type(error).__name__}: "
@@ -313,7 +324,8 @@ def load_mnist(data_dir: Optional[str] = None, download: bool = True) -> MnistDa
             "files) or a torchvision root, or download it on a machine with internet "
             "access"
         ) from error
-    return MnistData(train, test, dict(info, data_dir=data_dir, num_train=len(train), num_test=len(test)))
+    info = dict(info, data_dir=data_dir, num_train=len(train), num_test=len(test))
+    return MnistData(train, test, info, train_labels, test_labels)
 
 
 def _one_line(error, limit=300):

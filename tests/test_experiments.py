@@ -158,6 +158,28 @@ SMOKE = {
         ["--steps", "20", "--variance-draws", "3", "--num-data", "4"],
         ["variance.png", "elbo.png", "results.json"],
     ),
+    "ssvae": (
+        [
+            "--data-dir",
+            TINY_MNIST,
+            "--no-download",
+            "--labelled",
+            "20",
+            "--batch-size",
+            "10",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--elbo-size",
+            "8",
+            "--hidden-dim",
+            "8",
+            "--latent-dim",
+            "2",
+        ],
+        ["steps.png", "time.png", "results.json"],
+    ),
 }
 
 
@@ -278,6 +300,10 @@ BAD_FLAGS = [
     ("bernoulli_vae", ["--particles", "5"], "argument --particles: must be even"),
     ("bernoulli_vae", ["--variance-draws", "1"], "argument --variance-draws: a variance needs 2 draws or more"),
     ("bernoulli_vae", ["--ks", "1"], "argument --ks: value must be an integer >= 2, got 1"),
+    ("ssvae", ["--labelled", "35"], "argument --labelled: must be a multiple of 10"),
+    ("ssvae", ["--particles", "2"], "argument --particles: value must be an integer >= 3, got 2"),
+    ("ssvae", ["--batch-size", "200", "--labelled", "100"], "argument --batch-size: must be at most --labelled"),
+    ("ssvae", ["--alpha", "-1"], "argument --alpha: value must be >= 0"),
 ] + [
     (script, flags, message)
     for script in CLI_SCRIPTS

@@ -1,0 +1,675 @@
+"""The semi-supervised VAE (Kingma et al. 2014, M2) on MNIST with 3,000
+labelled images: the gradient of the unlabelled ELBO by exact enumeration of
+the label against sampled estimators.
+
+Model and guide: :mod:`models.ssvae`, :mod:`guides.ssvae`. The labelled
+images are ``--labelled`` training images, the same number of each digit,
+chosen by ``--split-seed``; the other training images are unlabelled, and the
+label of an unlabelled image is a latent Categorical. Each step takes one batch
+of ``--batch-size`` dynamically binarized images, labelled or unlabelled: an
+epoch visits every image once, with the labelled batches spread evenly among
+the unlabelled ones (Pyro's example does the same). The loss is Kingma's
+:math:`-J^\\alpha` (:class:`guides.ssvae.SemiSupervisedLoss`): a labelled
+batch gets ``Trace_ELBO`` plus :math:`-\\alpha \\sum \\log q(y|x)` in every
+run, an unlabelled batch the estimator under study, so runs differ only in the
+gradient of the unlabelled ELBO:
+
+- ``TraceEnum_ELBO``: Pyro's exact sum over the K = 10 classes
+  (``config_enumerate`` on the guide's y), z reparameterized (one sample per
+  class);
+- ``RaoBlackwellELBO(pathwise=True)``: z pathwise (sticking the landing), y by
+  the Rao-Blackwellized score function with leave-one-out control variates,
+  ``--particles`` samples;
+- ``ReinforceLeaveOneOutELBO(pathwise=True)``: z pathwise, y by REINFORCE with
+  the leave-one-out baseline, ``--particles`` samples.
+
+Every estimator starts from the same weights and sees the same batches for a
+seed, for ``--steps`` steps. Every ``--eval-every`` steps: the test accuracy of
+``argmax q(y|x)`` on the 10,000 test images (binarized once) and the held-out
+ELBO (exact in y, one z per class, the same noise for every run and
+evaluation) on ``--elbo-size`` of them; at the end the held-out ELBO of all test
+images. Time per step: from the start of the step's ``loss_and_grads`` to the
+end of its optimizer step, wall and CPU time of the one torch thread (the CPU
+time is what the time axes show: the machine is shared). The accuracy at equal
+time is read from each run's curve (linear interpolation between evaluations)
+at the training time of the fastest estimator's whole run.
+
+Writes ``steps.png`` and ``time.png`` (accuracy and held-out ELBO against steps
+and against training time) and ``results.json``; each run has a checkpoint in
+``checkpoints/`` (``--resume`` continues it) and, once finished, its record in
+``runs/`` (``--resume`` skips it).
+
+The defaults, 3 seeds x 3 estimators x 9,000 steps, take about 1.4 CPU hours
+of one torch thread (a pilot's CPU time per unlabelled step: 41 ms for
+TraceEnum_ELBO, 104 ms for RaoBlackwellELBO and 40 ms for
+ReinforceLeaveOneOutELBO with 10 particles; 14 ms per labelled step):
+
+    python -m experiments.ssvae --data-dir ../shared/data/mnist --out results/ssvae
+"""
+
+import functools
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO, config_enumerate
+from pyro.optim import Adam
+
+if not __package__:  # run as ``python experiments/ssvae.py``
+    import _repo_root  # noqa: F401
+
+import pyro_vi
+from experiments import _cli
+from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
+from experiments._results import spread
+from experiments._study import Study
+from experiments.render_readme import pm, run_line, table
+from guides.ssvae import Classifier, Encoder, SemiSupervisedLoss, classify, guide, unlabelled_elbo
+from models.mnist import binarize, load_mnist
+from models.ssvae import Decoder, SSVAEConfig, labelled_split, model
+from pyro_vi.training import NonFiniteError, OutOfSupportError, fit, load_checkpoint
+
+KW = dict(vectorize_particles=True, max_plate_nesting=1)
+EVAL_SEED = 12345  # the test binarization, the held-out subset and its z noise: not a run seed
+REFERENCE = "TraceEnum_ELBO"
+AUTO_STYLE = dict(color="tab:green", ls=":", marker="D")
+
+
+def estimators(particles) -> _cli.Registry:
+    """The estimators of the unlabelled ELBO, label -> :class:`~experiments._cli.Estimator`."""
+    return {
+        REFERENCE: _cli.Estimator(
+            lambda: TraceEnum_ELBO(max_plate_nesting=1),
+            lambda g: config_enumerate(g, "parallel"),
+            dict(color="black", ls="-", marker="o"),
+        ),
+        "RaoBlackwellELBO": _cli.Estimator(
+            lambda: pyro_vi.RaoBlackwellELBO(num_particles=particles, pathwise=True, **KW),
+            style=dict(color="tab:purple", ls="--", marker="^"),
+        ),
+        "ReinforceLeaveOneOutELBO": _cli.Estimator(
+            lambda: pyro_vi.ReinforceLeaveOneOutELBO(num_particles=particles, pathwise=True, **KW),
+            style=dict(color="tab:orange", ls="-.", marker="s"),
+        ),
+        # pyro_vi.AutoELBO, once it exists, is this one line:
+        # "AutoELBO": _cli.Estimator(lambda: pyro_vi.AutoELBO(num_particles=particles, **KW), style=AUTO_STYLE),
+    }
+
+
+def describe(label, particles):
+    """The estimator as the table names it."""
+    if label == REFERENCE:
+        return "TraceEnum_ELBO (exact sum over the 10 classes)"
+    options = "pathwise=True, " if label != "AutoELBO" else ""
+    return f"{label}({options}num_particles={particles})"
+
+
+# ----------------------------------------------------------------------------
+# data
+
+
+class SemiSupervisedBatches:
+    """One epoch: the unlabelled images in random batches of ``batch_size``,
+    as ``(x,)``, with the labelled ones, as ``(x, y)``, spread evenly among
+    them; every batch dynamically binarized with :attr:`generator`. The last
+    incomplete batch of each kind is dropped."""
+
+    def __init__(self, images, labels, labelled, unlabelled, batch_size, seed):
+        self.images, self.labels = images, labels
+        self.labelled, self.unlabelled = labelled, unlabelled
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return (len(self.labelled) + len(self.unlabelled)) // self.batch_size
+
+    def _batches(self, indices):
+        order = indices[torch.randperm(len(indices), generator=self.generator)]
+        return [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+
+    def __iter__(self):
+        labelled, unlabelled = self._batches(self.labelled), self._batches(self.unlabelled)
+        total = len(labelled) + len(unlabelled)
+        at = {int((i + 0.5) * total / len(labelled)) for i in range(len(labelled))}
+        labelled, unlabelled = iter(labelled), iter(unlabelled)
+        for position in range(total):
+            if position in at:
+                batch = next(labelled)
+                yield binarize(self.images[batch], self.generator), self.labels[batch]
+            else:
+                yield (binarize(self.images[next(unlabelled)], self.generator),)
+
+
+def prepare(args):
+    """The data of the study: the training images and labels, the split, the
+    binarized test set and its held-out-ELBO subset."""
+    data = load_mnist(args.data_dir, download=not args.no_download)
+    if data.train_labels is None or data.test_labels is None:
+        raise SystemExit(f"ssvae: {data.info['source']} has no label files (train-labels-idx1-ubyte, t10k-...)")
+    if args.elbo_size > len(data.test):
+        raise SystemExit(f"ssvae: --elbo-size {args.elbo_size} is larger than the {len(data.test)} test images")
+    labelled, unlabelled = labelled_split(data.train_labels, args.labelled, seed=args.split_seed)
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    test = binarize(data.test, generator)
+    subset = torch.randperm(len(test), generator=generator)[: args.elbo_size]
+    info = dict(
+        data.info,
+        labelled=len(labelled),
+        unlabelled=len(unlabelled),
+        labelled_per_class=torch.bincount(data.train_labels[labelled], minlength=10).tolist(),
+        test_images=len(test),
+        elbo_images=len(subset),
+    )
+    return dict(
+        train=data.train,
+        train_labels=data.train_labels,
+        labelled=labelled,
+        unlabelled=unlabelled,
+        mean_pixel=data.train.mean(0),
+        test=test,
+        test_labels=data.test_labels,
+        elbo_test=test[subset],
+        info=info,
+    )
+
+
+# ----------------------------------------------------------------------------
+# one run
+
+
+class TimedLoss:
+    """``loss`` whose :meth:`elapsed` is the time since the start of the last
+    ``loss_and_grads`` (wall and CPU time of this thread): called from
+    :func:`~pyro_vi.training.fit`'s step callback, the whole step."""
+
+    def __init__(self, loss):
+        self.inner = loss
+        self.num_particles = loss.num_particles
+        self.labelled = False
+        self._wall = self._cpu = None
+
+    def loss(self, model, guide, *args):
+        return self.inner.loss(model, guide, *args)
+
+    def loss_and_grads(self, model, guide, *args):
+        self.labelled = len(args) > 1
+        self._wall, self._cpu = time.perf_counter(), time.thread_time()
+        return self.inner.loss_and_grads(model, guide, *args)
+
+    def elapsed(self):
+        return time.perf_counter() - self._wall, time.thread_time() - self._cpu
+
+
+def settings(args):
+    """What a checkpoint or a finished run must share with this call to be
+    reused (not ``--steps``: a run can be extended)."""
+    keys = (
+        "labelled",
+        "split_seed",
+        "batch_size",
+        "particles",
+        "lr",
+        "alpha",
+        "hidden_dim",
+        "latent_dim",
+        "eval_every",
+        "elbo_size",
+    )
+    return {k: getattr(args, k) for k in keys}
+
+
+def data_fingerprint(study):
+    """The data a run was trained on, as a checkpoint compares them."""
+    return {
+        "num_labelled": len(study["labelled"]),
+        "num_unlabelled": len(study["unlabelled"]),
+        "labelled_sum": int(study["labelled"].sum()),
+        "train_pixel_sum": round(float(study["train"].double().sum()), 3),
+        "num_test": len(study["test"]),
+    }
+
+
+def run_path(out, folder, label, seed, suffix):
+    return os.path.join(out, folder, f"{label}-seed{seed}{suffix}")
+
+
+def evaluate(decoder, encoder, classifier, study, args):
+    """Test accuracy and mean held-out ELBO per image (the same noise every time)."""
+    accuracy = (classify(study["test"], classifier) == study["test_labels"]).double().mean().item()
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    elbo = unlabelled_elbo(study["elbo_test"], decoder, encoder, classifier, generator=generator).mean().item()
+    return accuracy, elbo
+
+
+def train(label, estimator, seed, study, args):
+    """Trains one run through :func:`~pyro_vi.training.fit` (from its
+    checkpoint with ``--resume``); returns its record."""
+    config = SSVAEConfig(hidden_dim=args.hidden_dim, latent_dim=args.latent_dim)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)  # the same initial weights for every estimator
+    decoder, encoder, classifier = Decoder(config, study["mean_pixel"]), Encoder(config), Classifier(config)
+    model_fn = functools.partial(model, decoder=decoder)
+    guide_fn = estimator.guide(functools.partial(guide, encoder=encoder, classifier=classifier))
+    loss = TimedLoss(SemiSupervisedLoss(estimator.make(), classifier, args.alpha))
+    batches = SemiSupervisedBatches(
+        study["train"], study["train_labels"], study["labelled"], study["unlabelled"], args.batch_size, seed
+    )
+    state = {}
+
+    def record_evaluation(step):
+        accuracy, elbo = evaluate(decoder, encoder, classifier, study, args)
+        state["step"].append(step)
+        state["cpu_seconds"].append(math.fsum(state["step_cpu"]))
+        state["wall_seconds"].append(math.fsum(state["step_wall"]))
+        state["accuracy"].append(accuracy)
+        state["heldout_elbo"].append(elbo)
+        print(f"  {label} seed {seed} step {step}: accuracy {accuracy:.4f}, held-out ELBO {elbo:.2f}", flush=True)
+
+    def before_training(epoch, losses):
+        if epoch == 0:  # a fresh run: evaluate the initial weights
+            keys = ("step", "cpu_seconds", "wall_seconds", "accuracy", "heldout_elbo")
+            state.update({k: [] for k in keys + ("step_wall", "step_cpu", "step_labelled")})
+            record_evaluation(0)
+
+    def after_step(step, _):
+        wall, cpu = loss.elapsed()
+        state["step_wall"].append(wall)
+        state["step_cpu"].append(cpu)
+        state["step_labelled"].append(int(loss.labelled))
+        if step % args.eval_every == 0 or step == args.steps:
+            record_evaluation(step)
+
+    path = run_path(args.out, "checkpoints", label, seed, ".pt")
+    failure = None
+    try:
+        result = fit(
+            model_fn,
+            guide_fn,
+            loss,
+            Adam({"lr": args.lr}),
+            data=batches,
+            num_steps=args.steps,
+            callback=after_step,
+            epoch_callback=before_training,
+            state=state,
+            fingerprint=dict(settings(args), estimator=label, seed=seed, data=data_fingerprint(study)),
+            checkpoint=path,
+            checkpoint_every=args.checkpoint_every,
+            resume="allow_fresh" if args.resume else False,
+            overwrite=args.overwrite,
+            progress=False,
+        )
+        if result.resumed_from:
+            print(f"  {label} seed {seed}: resumed from step {result.resumed_from} of {path}", flush=True)
+    except (NonFiniteError, OutOfSupportError) as error:  # a failed run is a result too
+        failure = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        print(f"  {label} seed {seed} stopped: {failure}", flush=True)
+    labelled = np.array(state["step_labelled"], dtype=bool)
+    wall, cpu = np.array(state["step_wall"]), np.array(state["step_cpu"])
+    final_elbo = None
+    if failure is None:
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        final_elbo = unlabelled_elbo(study["test"], decoder, encoder, classifier, generator=generator).mean().item()
+    return dict(
+        estimator=label,
+        seed=seed,
+        steps=len(labelled),
+        failure=failure,
+        settings=dict(settings(args), data=data_fingerprint(study)),
+        ms_per_step={
+            kind: {
+                "wall": 1e3 * float(np.median(wall[mask])) if mask.any() else None,
+                "cpu": 1e3 * float(np.median(cpu[mask])) if mask.any() else None,
+            }
+            for kind, mask in (("unlabelled", ~labelled), ("labelled", labelled))
+        },
+        train_cpu_seconds=float(cpu.sum()),
+        train_wall_seconds=float(wall.sum()),
+        final_accuracy=state["accuracy"][-1],
+        final_heldout_elbo_all_test=final_elbo,
+        curve={k: state[k] for k in ("step", "cpu_seconds", "wall_seconds", "accuracy", "heldout_elbo")},
+    )
+
+
+# ----------------------------------------------------------------------------
+# the study
+
+
+def planned(args):
+    """``(label, estimator, seed)`` of every run, seed by seed."""
+    registry = estimators(args.particles)
+    chosen = args.estimators or list(registry)
+    return [(label, registry[label], seed) for seed in args.seeds for label in chosen]
+
+
+def interpolate(run, key, at_seconds):
+    """``run``'s curve ``key`` at ``at_seconds`` of training CPU time (linear
+    between evaluations)."""
+    curve = run["curve"]
+    return float(np.interp(at_seconds, curve["cpu_seconds"], curve[key]))
+
+
+def aggregate(records, args):
+    """Per estimator: the spreads over seeds and the mean curves."""
+    by_label = {}
+    for r in records:
+        by_label.setdefault(r["estimator"], []).append(r)
+    finished = {label: [r for r in runs if r["failure"] is None] for label, runs in by_label.items()}
+    # the time of the fastest estimator's whole run (mean over its seeds)
+    equal_time = min(
+        (float(np.mean([r["train_cpu_seconds"] for r in runs])) for runs in finished.values() if runs), default=None
+    )
+    summary = {}
+    for label, runs in by_label.items():
+        done = finished[label]
+        row = {
+            "description": describe(label, args.particles),
+            "seeds": [r["seed"] for r in runs],
+            "failures": {str(r["seed"]): r["failure"] for r in runs if r["failure"]},
+            "final_accuracy": spread([r["final_accuracy"] for r in done]),
+            "final_heldout_elbo": spread([r["final_heldout_elbo_all_test"] for r in done]),
+            "ms_per_step_wall": spread([r["ms_per_step"]["unlabelled"]["wall"] for r in done]),
+            "ms_per_step_cpu": spread([r["ms_per_step"]["unlabelled"]["cpu"] for r in done]),
+            "labelled_ms_per_step_cpu": spread([r["ms_per_step"]["labelled"]["cpu"] for r in done]),
+            "train_cpu_seconds": spread([r["train_cpu_seconds"] for r in done]),
+            "train_wall_seconds": spread([r["train_wall_seconds"] for r in done]),
+        }
+        if equal_time is not None and done:
+            row["accuracy_at_equal_time"] = spread([interpolate(r, "accuracy", equal_time) for r in done])
+            row["heldout_elbo_at_equal_time"] = spread([interpolate(r, "heldout_elbo", equal_time) for r in done])
+            row["step_at_equal_time"] = spread(
+                [float(np.interp(equal_time, r["curve"]["cpu_seconds"], r["curve"]["step"])) for r in done]
+            )
+        if done:
+            length = min(len(r["curve"]["step"]) for r in done)
+            row["curve"] = {
+                key: np.array([r["curve"][key][:length] for r in done]).tolist()
+                for key in ("step", "cpu_seconds", "accuracy", "heldout_elbo")
+            }
+        summary[label] = row
+    return summary, equal_time
+
+
+def run(args):
+    study = prepare(args)
+    info = study["info"]
+    print(
+        "data: {}; {}; {} labelled ({} per class), {} unlabelled".format(
+            info["source"], info["split"], info["labelled"], info["labelled_per_class"][0], info["unlabelled"]
+        ),
+        flush=True,
+    )
+    for folder in ("checkpoints", "runs"):
+        os.makedirs(os.path.join(args.out, folder), exist_ok=True)
+    records = []
+    for label, estimator, seed in planned(args):
+        path = run_path(args.out, "runs", label, seed, ".json")
+        if args.resume and os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved["settings"] == dict(settings(args), data=data_fingerprint(study)) and saved["steps"] == args.steps:
+                print(f"  {label} seed {seed}: finished earlier ({path})", flush=True)
+                records.append(saved)
+                continue
+        start = time.perf_counter()
+        record = train(label, estimator, seed, study, args)
+        record["run_wall_seconds"] = time.perf_counter() - start
+        with open(path, "w") as f:
+            json.dump(record, f)
+        records.append(record)
+    summary, equal_time = aggregate(records, args)
+    print(
+        "{:<26} {:>18} {:>18} {:>16} {:>16}".format(
+            "estimator", "test accuracy", "held-out ELBO", "ms/step (CPU)", "acc. equal time"
+        )
+    )
+    for label, row in summary.items():
+        print(
+            "{:<26} {:>18} {:>18} {:>16} {:>16}".format(
+                label,
+                pm(row["final_accuracy"], ".4f"),
+                pm(row["final_heldout_elbo"], ".2f"),
+                pm(row["ms_per_step_cpu"], ".1f"),
+                pm(row["accuracy_at_equal_time"], ".4f") if "accuracy_at_equal_time" in row else "-",
+            )
+        )
+    return {
+        "args": {k: v for k, v in vars(args).items()},
+        "data": info,
+        "equal_time_cpu_seconds": equal_time,
+        "runs_seconds": sum(r.get("run_wall_seconds", 0.0) for r in records),
+        "summary": summary,
+    }
+
+
+# ----------------------------------------------------------------------------
+# figures and the README block
+
+
+def _styles(summary):
+    registry = estimators(1)
+    return {label: registry[label].style if label in registry else {} for label in summary}
+
+
+def plot_curves(results, x_key, path):
+    """Test accuracy and held-out ELBO against ``x_key`` (``"step"`` or
+    ``"cpu_seconds"``), each estimator's mean over seeds with its band."""
+    summary = {label: row for label, row in results["summary"].items() if "curve" in row}
+    styles = _styles(summary)
+    num_seeds = len(results["run"]["seeds"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    for ax, key, ylabel in (
+        (axes[0], "accuracy", "test accuracy ({:,} images)".format(results["data"]["test_images"])),
+        (axes[1], "heldout_elbo", "held-out ELBO (nats per image)"),
+    ):
+        for label, row in summary.items():
+            curve = row["curve"]
+            x = np.mean(curve[x_key], 0)
+            every = max(1, len(x) // 8)
+            seed_band(ax, x, curve[key], label=row["description"], lw=1.5, markevery=every, ms=4, **styles[label])
+        late = [np.array(row["curve"][key])[:, len(row["curve"][key][0]) // 5 :] for row in summary.values()]
+        low = min(float(v.min()) for v in late)
+        high = max(float(v.max()) for v in late)
+        margin = 0.08 * (high - low) if high > low else 1.0
+        ax.set_ylim(low - margin, high + margin)
+        ax.set_ylabel(ylabel + ("\n(axis from the values after the first fifth of the run)"))
+        if x_key == "step":
+            ax.set_xlabel("training step (batches of {} images)".format(results["args"]["batch_size"]))
+        else:
+            ax.set_xlabel("training time (CPU seconds of the one torch thread)")
+            if results["equal_time_cpu_seconds"] is not None:
+                ax.axvline(
+                    results["equal_time_cpu_seconds"],
+                    color="gray",
+                    ls=":",
+                    lw=1.2,
+                    label="equal time: the fastest estimator's whole run",
+                )
+        ax.grid(alpha=0.3)
+    axes[0].set_title("(a) test accuracy of argmax q(y|x)", fontsize=10)
+    axes[1].set_title("(b) held-out ELBO, exact in y", fontsize=10)
+    fig.suptitle(
+        "Semi-supervised VAE (M2), {:,} labelled images: {}".format(results["data"]["labelled"], band_note(num_seeds)),
+        fontsize=11,
+    )
+    legend_outside(axes[1], where="right")
+    save_figure(fig, path)
+
+
+def figures(results, out):
+    plot_curves(results, "step", os.path.join(out, "steps.png"))
+    plot_curves(results, "cpu_seconds", os.path.join(out, "time.png"))
+
+
+def readme_block(results):
+    args = results["args"]
+    summary = results["summary"]
+    header = [
+        "estimator of the unlabelled ELBO",
+        "ms per step, CPU (wall)",
+        f"test accuracy after {args['steps']} steps",
+        "held-out ELBO",
+        "test accuracy at equal time",
+        "held-out ELBO at equal time",
+        "step reached at equal time",
+    ]
+    rows = []
+    for row in summary.values():
+        rows.append(
+            [
+                row["description"],
+                "{} ({})".format(pm(row["ms_per_step_cpu"], ".1f"), pm(row["ms_per_step_wall"], ".1f")),
+                pm(row["final_accuracy"], ".4f"),
+                pm(row["final_heldout_elbo"], ".2f"),
+                pm(row["accuracy_at_equal_time"], ".4f") if "accuracy_at_equal_time" in row else "failed",
+                pm(row["heldout_elbo_at_equal_time"], ".2f") if "heldout_elbo_at_equal_time" in row else "",
+                pm(row["step_at_equal_time"], ".0f") if "step_at_equal_time" in row else "",
+            ]
+        )
+    lines = [table(header, rows)]
+    reference = summary.get(REFERENCE)
+    if reference is not None and "accuracy_at_equal_time" in reference:
+        gaps = []
+        for label, row in summary.items():
+            if label == REFERENCE or "accuracy_at_equal_time" not in row:
+                continue
+            gaps.append(
+                "{}: {:+.2f} points after equal steps, {:+.2f} at equal time".format(
+                    label,
+                    100 * (row["final_accuracy"]["mean"] - reference["final_accuracy"]["mean"]),
+                    100 * (row["accuracy_at_equal_time"]["mean"] - reference["accuracy_at_equal_time"]["mean"]),
+                )
+            )
+        lines.append(
+            "Test accuracy against TraceEnum_ELBO (mean over seeds, in percentage points): {}. Equal time is "
+            "{:.0f} CPU seconds of training, the mean time of the fastest estimator's whole run; the others' "
+            "accuracy there is interpolated between their evaluations.\n".format(
+                "; ".join(gaps), results["equal_time_cpu_seconds"]
+            )
+        )
+    failures = {label: row["failures"] for label, row in summary.items() if row["failures"]}
+    for label, seeds in failures.items():
+        lines.append("{} stopped: {}.\n".format(label, "; ".join(f"seed {s}: {text}" for s, text in seeds.items())))
+    lines.append(
+        "{} labelled images ({} of each digit), {} unlabelled; batches of {}, Adam lr {}, alpha = {} per "
+        "labelled image; networks 784-{}-{} (tanh).\n".format(
+            results["data"]["labelled"],
+            results["data"]["labelled_per_class"][0],
+            results["data"]["unlabelled"],
+            args["batch_size"],
+            args["lr"],
+            args["alpha"],
+            args["hidden_dim"],
+            args["latent_dim"],
+        )
+    )
+    lines.append(run_line(results))
+    return "\n".join(lines)
+
+
+def parser():
+    parser = _cli.parser(
+        __doc__,
+        out="results/ssvae",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets the initial weights, the batches, their binarization and the samples",
+        plot_only=True,
+    )
+    parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
+    parser.add_argument("--no-download", action="store_true", help="never download MNIST")
+    parser.add_argument(
+        "--estimators",
+        nargs="+",
+        choices=list(estimators(3)),
+        default=None,
+        help="a subset of the estimators (default: all)",
+    )
+    parser.add_argument(
+        "--steps", type=_cli.positive_int, default=9000, help="training steps of every run (9000: 15 epochs)"
+    )
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=100, help="images per step")
+    parser.add_argument(
+        "--particles",
+        type=_cli.integer(minimum=3),
+        default=10,
+        help="samples per unlabelled image of the sampled estimators (default 10: the decoder evaluations of "
+        "the exact sum over 10 classes; >= 3: RaoBlackwellELBO's leave-one-out control variate needs it)",
+    )
+    parser.add_argument("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
+    parser.add_argument(
+        "--alpha",
+        type=_cli.nonnegative_real,
+        default=46.0,
+        help="weight of log q(y|x) per labelled image (default 46, Pyro's example's aux_loss_multiplier; "
+        "Kingma et al.'s alpha = 0.1 N spread over the labelled images is 0.1 * 60000 / 3000 = 2)",
+    )
+    parser.add_argument("--labelled", type=_cli.positive_int, default=3000, help="labelled training images")
+    parser.add_argument("--split-seed", type=_cli.seed, default=0, help="seed of the choice of the labelled images")
+    parser.add_argument("--hidden-dim", type=_cli.positive_int, default=256, help="hidden units of every network")
+    parser.add_argument("--latent-dim", type=_cli.positive_int, default=32, help="dimension of z")
+    parser.add_argument("--eval-every", type=_cli.positive_int, default=300, help="steps between evaluations")
+    parser.add_argument(
+        "--elbo-size", type=_cli.positive_int, default=2000, help="test images of the held-out ELBO curves"
+    )
+    parser.add_argument("--checkpoint-every", type=_cli.positive_int, default=500, help="steps between checkpoints")
+    restart = parser.add_mutually_exclusive_group()
+    restart.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the finished runs in OUT/runs and continue the others from OUT/checkpoints",
+    )
+    restart.add_argument("--overwrite", action="store_true", help="start every run over, replacing its checkpoint")
+    return parser
+
+
+def check(args):
+    if args.labelled % 10:
+        raise ValueError(
+            f"argument --labelled: must be a multiple of 10 (the same number of each digit), got {args.labelled}"
+        )
+    if args.batch_size > args.labelled:
+        raise ValueError(f"argument --batch-size: must be at most --labelled ({args.labelled}), got {args.batch_size}")
+    if args.plot_only:
+        if args.resume or args.overwrite:
+            raise ValueError("argument --plot-only: trains nothing; drop --resume/--overwrite")
+        return
+    if args.out is None:
+        raise ValueError("argument --out: the study keeps its checkpoints there; pass a folder")
+    paths = [run_path(args.out, "checkpoints", label, seed, ".pt") for label, _, seed in planned(args)]
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not (args.resume or args.overwrite):
+        raise ValueError(
+            "{} holds checkpoints of this study ({}); pass --resume to continue them or --overwrite to start "
+            "over".format(os.path.join(args.out, "checkpoints"), ", ".join(map(os.path.basename, existing)))
+        )
+    problems = []
+    for path in existing if args.resume else []:
+        saved = load_checkpoint(path)
+        theirs, ours = saved["fingerprint"].get("user") or {}, settings(args)
+        lines = [
+            f"--{key.replace('_', '-')}: {theirs.get(key)!r} in the checkpoint, {ours[key]!r} here"
+            for key in ours
+            if theirs.get(key) != ours[key]
+        ]
+        if saved["step"] > args.steps:
+            lines.append(f"--steps: the checkpoint is at step {saved['step']}, past {args.steps}")
+        if lines:
+            problems.append("{}:\n    {}".format(path, "\n    ".join(lines)))
+    if problems:
+        raise ValueError(
+            "--resume: checkpoint(s) of another configuration, nothing was trained:\n  {}\npass the flags they "
+            "were written with, another --out, or --overwrite".format("\n  ".join(problems))
+        )
+
+
+STUDY = Study("ssvae", parser, run, figures, readme_block=None, check=check)
+# readme_block=readme_block once results/ssvae/results.json of the final run is committed (a README block
+# needs its results.json: tests/test_render_readme.py)
+
+if __name__ == "__main__":
+    STUDY.main()
