@@ -46,7 +46,7 @@ from torch import nn
 
 from models.ssvae import DEFAULT_CONFIG, Decoder, LabelledLinear, SSVAEConfig, check_labels
 from models.vae import check_images, mlp
-from pyro_vi._validation import instance, integer, real
+from pyro_vi.validation import instance, integer, real
 
 __all__ = ["Classifier", "Encoder", "SemiSupervisedLoss", "classify", "guide", "unlabelled_elbo"]
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from models.vae import check_images, output_bias
-from pyro_vi._validation import instance, integer
+from pyro_vi.validation import instance, integer
 
 __all__ = ["DEFAULT_CONFIG", "LabelledLinear", "SSVAEConfig", "Decoder", "check_labels", "labelled_split", "model"]
 
