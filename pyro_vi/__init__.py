@@ -13,6 +13,7 @@ from .diagnostics import (
 )
 from .distributed import average_gradients, process, sum_over_processes
 from .estimators import (
+    AutoELBO,
     ControlVariateELBO,
     DisARMELBO,
     ImportanceWeightedELBO,
@@ -40,6 +41,7 @@ from .training import FitResult, NonFiniteError, OutOfSupportError, fit, load_ch
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoELBO",
     "ControlVariateELBO",
     "DescentStep",
     "DisARMELBO",

@@ -182,9 +182,12 @@ def gradients(make, program, detach, vectorized):
         eps["z"] = eps["z"][:, 0] if vectorized else eps["z"][:, :1]
     elif vectorized:  # the particle plate's dim: (S,) + plate dims
         eps["loc"] = eps["loc"].reshape(NUM_PARTICLES, 1)
-    pinned = PinnedNormals(eps, vectorized, detach)(lambda: guide(**guide_kwargs))
+    pinned = PinnedNormals(eps, vectorized, detach)
+    pinned_guide = pinned(lambda: guide(**guide_kwargs))
+    elbo.loss(model, pinned_guide)  # the programs' structure, read once per guide, runs the guide too
+    pinned.runs = {}
     pyro.set_rng_seed(3)  # DisARM's uniforms
-    loss = elbo.loss_and_grads(model, pinned)
+    loss = elbo.loss_and_grads(model, pinned_guide)
     store = pyro.get_param_store()
     return loss, {name: store[name].unconstrained().grad.clone() for name in store.keys()}
 

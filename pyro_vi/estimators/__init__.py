@@ -1,5 +1,6 @@
 """Gradient estimators of variational objectives, one paper per module."""
 
+from .auto import AutoELBO
 from .base import ImportanceWeightedGradient, ParticleELBO
 from .control_variate import ControlVariateELBO
 from .disarm import DisARMELBO
@@ -10,6 +11,7 @@ from .score_function import ScoreFunctionELBO
 from .stl import StickingTheLandingELBO
 
 __all__ = [
+    "AutoELBO",
     "ControlVariateELBO",
     "DisARMELBO",
     "ImportanceWeightedELBO",

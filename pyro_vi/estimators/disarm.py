@@ -39,20 +39,30 @@ class DisARMELBO(ParticleELBO):
     :math:`2M` particles. With one pair it costs what
     :class:`~pyro_vi.ReinforceLeaveOneOutELBO` costs with two particles.
 
-    Guide sites that can ``rsample`` keep their pathwise derivative, in the
-    sticking-the-landing form (unbiased), drawn independently in every
-    particle; point masses keep their exact gradient. A guide site that is
-    neither Bernoulli nor reparameterizable (a Categorical, a
-    ``has_rsample=False`` site, a guide ``pyro.factor`` without a pathwise
-    derivative) is refused by name: we chose not to extend the pair to
-    Categorical sites (ARSM-style antithetic sets cost more than two
-    evaluations per step, and a binary encoding of categories changes the
-    guide); use :class:`~pyro_vi.ReinforceLeaveOneOutELBO` or
-    :class:`~pyro_vi.RaoBlackwellELBO` for them. So is a Bernoulli whose
-    distribution depends on another random guide sample, since the two
-    particles of a pair must share it. For the importance-weighted bound,
-    ``ImportanceWeightedELBO(gradient="disarm")`` is the local DisARM
-    variant (:class:`LocalDisARM`).
+    **Sequential Bernoulli sites.** A Bernoulli site may depend on earlier
+    guide sites (attend-infer-repeat's "is there another object?"). The pair
+    then shares every upstream sample: at a guide site that some Bernoulli
+    site depends on, the two particles draw one sample where their
+    distributions agree, and each Bernoulli element whose :math:`\\theta`
+    agrees in the pair is drawn antithetically, given the shared history
+    (:class:`~pyro_vi.particles.handlers.AntitheticPairs`). The estimate above
+    needs only the same :math:`\\theta` in both particles and each particle's
+    signal unbiased given its own draw, so it stays **unbiased**. Where the
+    pair's :math:`\\theta` differ (their histories diverged at an earlier
+    element where :math:`b \\ne b'`), each particle's element is drawn on its
+    own and gets the score function with the other particles' mean signal as
+    baseline, also unbiased: the coupling never changes the law of a
+    particle given its own history.
+
+    Other guide sites that can ``rsample`` keep their pathwise derivative, in
+    the sticking-the-landing form (unbiased); point masses keep their exact
+    gradient. A guide site that is neither Bernoulli nor reparameterizable (a
+    Categorical, a ``has_rsample=False`` site, a guide ``pyro.factor``
+    without a pathwise derivative) is refused by name: use
+    :class:`~pyro_vi.AutoELBO`, which gives such sites REINFORCE
+    leave-one-out, or :class:`~pyro_vi.ReinforceLeaveOneOutELBO`. For the
+    importance-weighted bound, ``ImportanceWeightedELBO(gradient="disarm")``
+    is the local DisARM variant (:class:`LocalDisARM`).
 
     **References**
 
@@ -103,7 +113,7 @@ class LocalDisARM(ImportanceWeightedGradient):
     needs = Needs(antithetic=True, bernoulli=True, structure=True)
 
     def check(self, particles, estimator):
-        check_antithetic(particles, f"{estimator}(gradient='disarm')")
+        check_antithetic(particles, f"{estimator}(gradient='disarm')", pairs_follow_history=False)
 
     def value(self, particles):
         log_w, scale = log_weights_per_point(particles)[1], point_scale(particles)

@@ -46,11 +46,12 @@ def check_importance_weighted(particles, estimator):
             )
 
 
-def check_antithetic(particles, estimator):
+def check_antithetic(particles, estimator, pairs_follow_history=True):
     """Refuses, by name, a guide site that DisARM cannot take: a site with a
-    score that is not a Bernoulli, a Bernoulli whose distribution depends on
-    another random guide sample (the two particles of a pair would not share
-    it), and a Bernoulli that could not be drawn in complete pairs."""
+    score that is not a Bernoulli. Without ``pairs_follow_history`` (the
+    local DisARM of the importance-weighted bound, whose swaps need every
+    element paired), also a Bernoulli whose distribution depends on another
+    random guide sample, and one that could not be drawn in complete pairs."""
     for site in particles.score_sites():
         bernoulli = particles.bernoulli.get(site.name) if not site.is_observed else None
         if bernoulli is None:
@@ -60,14 +61,16 @@ def check_antithetic(particles, estimator):
                 "antithetic pairs are defined for binary sites only: use "
                 "ReinforceLeaveOneOutELBO or RaoBlackwellELBO for this guide"
             )
+        if pairs_follow_history:
+            continue
         ancestors = particles.random_ancestors(site.name)
         if ancestors:
             raise ValueError(
                 f"{estimator}: the distribution of Bernoulli site '{site.name}' depends on the random guide "
                 f"site '{sorted(ancestors)[0]}'; the two particles of an antithetic pair must share it: use "
-                "ReinforceLeaveOneOutELBO or RaoBlackwellELBO for this guide"
+                "DisARMELBO, ReinforceLeaveOneOutELBO or gradient='vimco' for this guide"
             )
-        if not bernoulli.paired:
+        if not bool(bernoulli.paired.all()):
             raise ValueError(
                 f"{estimator}: Bernoulli site '{site.name}' could not be drawn in antithetic pairs (it is met in "
                 "only one particle of a pair, or the particle plate does not broadcast it); "

@@ -3,8 +3,10 @@ Tucker 2020): from one uniform :math:`u`, the pair
 :math:`b = 1[u < \\sigma(\\theta)]`, :math:`b' = 1[1 - u < \\sigma(\\theta)]`."""
 
 import torch
+import torch.nn.functional as F
 
 from .bounds import log_mean_exp, log_mean_exp_replacing
+from .signals import leave_one_out_signals
 
 __all__ = ["disarm_term", "disarm_weights", "local_disarm_term"]
 
@@ -27,24 +29,37 @@ def disarm_weights(bernoulli):
 def disarm_term(particles, signals):
     """:math:`\\frac{2}{S}\\sum_i \\sum_n \\mathrm{stop}(g_{i,n}) \\theta_{i,n}` over the
     Bernoulli score sites, whose gradient is DisARM's estimate (Dong, Mnih and
-    Tucker 2020, eq. 6) for each of the :math:`S/2` pairs,
+    Tucker 2020, eq. 6) for each of the :math:`S/2` pairs, element by element
+    where the pair was drawn antithetically,
 
     .. math::
 
         g = \\tfrac{1}{2}\\bigl(L(b) - L(b')\\bigr)\\, (-1)^{b'}\\, 1[b \\ne b']\\,
             \\sigma(|\\theta|),
 
-    with each site's learning ``signals`` (``{site: (S,) + plate_shape}``,
-    e.g. Markov-blanket signals), averaged over the pairs."""
+    for the Bernoulli sites of ``signals`` (``{site: (S,) + plate_shape}``,
+    e.g. Markov-blanket signals), averaged over the pairs. The estimate needs
+    only that both particles have the same :math:`\\theta` and that each
+    particle's signal is an unbiased estimate given its own draw. Where the
+    pair's :math:`\\theta` differ (their histories differ), each particle's
+    element, drawn on its own, gets the score function with the other
+    particles' mean signal as baseline
+    (:func:`~pyro_vi.math.signals.leave_one_out_signals`) instead."""
     total = 0.0
-    num_pairs = particles.num_particles // 2
-    for site in particles.score_sites():
-        bernoulli = particles.bernoulli[site.name]
-        signal = signals[site.name]
+    num_particles = particles.num_particles
+    for name, signal in signals.items():
+        bernoulli = particles.bernoulli[name]
         difference = _with_event_dims(0.5 * (signal[0::2] - signal[1::2]), bernoulli.event_dim)
         theta, weight = disarm_weights(bernoulli)
-        total = total + ((difference * weight).detach() * theta).sum()
-    return torch.as_tensor(total) / num_pairs
+        total = total + ((difference * weight * bernoulli.paired).detach() * theta).sum() * (2 / num_particles)
+        if not bool(bernoulli.paired.all()):
+            unpaired = (~bernoulli.paired).repeat_interleave(2, 0)
+            centred = _with_event_dims(leave_one_out_signals({name: signal})[name], bernoulli.event_dim)
+            log_q = bernoulli.value * F.logsigmoid(bernoulli.logits) + (1 - bernoulli.value) * F.logsigmoid(
+                -bernoulli.logits
+            )
+            total = total + (log_q * (centred * unpaired).detach()).sum() / num_particles
+    return torch.as_tensor(total)
 
 
 def local_disarm_term(particles, log_w, scale=1.0):

@@ -6,7 +6,12 @@ Notation: particles :math:`z_s \\sim q_\\lambda`, :math:`s = 1..S`;
 
 import torch
 
-__all__ = ["leave_one_out_signals", "markov_blanket_signals", "per_particle", "sum_to_plates"]
+__all__ = [
+    "leave_one_out_signals",
+    "markov_blanket_signals",
+    "per_particle",
+    "sum_to_plates",
+]
 
 
 def per_particle(term):

@@ -47,11 +47,12 @@ def pathwise_surrogate(particles):
 
 def rao_blackwell_term(particles, signals):
     """Per particle, :math:`\\sum_j \\langle \\log q_j(z_{j,s}),
-    \\mathrm{stop}(L^{(j)}_s)\\rangle` over the score sites: its gradient is
-    the Rao-Blackwellized score-function estimator. Shape ``(S,)``."""
+    \\mathrm{stop}(L^{(j)}_s)\\rangle` over the score sites :math:`j` of
+    ``signals`` (``{site: (S,) + plate_shape}``): its gradient is the
+    Rao-Blackwellized score-function estimator. Shape ``(S,)``."""
     total = 0.0
-    for site in particles.score_sites():
-        total = total + per_particle(site.score_log_prob * signals[site.name])
+    for name, signal in signals.items():
+        total = total + per_particle(particles.guide[name].score_log_prob * signal)
     return torch.as_tensor(total)
 
 

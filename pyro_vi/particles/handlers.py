@@ -182,18 +182,27 @@ def bernoulli_of(fn):
 
 
 class AntitheticPairs:
-    """The antithetic pairs of one ELBO evaluation: particles :math:`2i` and
-    :math:`2i + 1` share one uniform draw :math:`u` at every random Bernoulli
-    guide site, :math:`b = 1[u < \\sigma(\\theta)]` and
-    :math:`b' = 1[1 - u < \\sigma(\\theta)]` (Yin and Zhou 2019; Dong et al.
-    2020). Each particle is still an exact draw from the guide. Vectorized,
+    """The antithetic pairs of one ELBO evaluation, particles :math:`2i` and
+    :math:`2i + 1`.
+
+    At a random Bernoulli guide site, where the pair's distributions agree
+    (element by element), the two particles share one uniform draw :math:`u`:
+    :math:`b = 1[u < \\sigma(\\theta)]` and :math:`b' = 1[1 - u <
+    \\sigma(\\theta)]` (Yin and Zhou 2019; Dong et al. 2020); where they
+    differ (the pair's histories differ), each particle draws its own. At
+    the random guide sites in ``shared`` (those a Bernoulli site depends
+    on), the pair draws one sample for both where their distributions
+    agree, so that a Bernoulli site drawn given a shared history is paired
+    too. Each particle is still an exact draw from the guide. Vectorized,
     the pairs are interleaved along the particle dim; sequential, they are
     consecutive runs, and the second run of a pair replays the first run's
-    subsample indices, so that both draw the same data points."""
+    subsample indices, so that both draw the same data points. A Bernoulli
+    site records in ``infer["antithetic"]`` where it is paired."""
 
-    def __init__(self, num_particles, vectorized):
+    def __init__(self, num_particles, vectorized, shared=frozenset()):
         self.num_particles = num_particles
         self.vectorized = vectorized
+        self.shared = shared
         self.run = -1
         self.stored = {}
 
@@ -206,9 +215,8 @@ class AntitheticPairs:
 
 
 class AntitheticMessenger(Messenger):
-    """Draws the random Bernoulli guide sites of one run in antithetic pairs
-    (see :class:`AntitheticPairs`); marks each with ``infer["antithetic"]``,
-    whether its pair is complete."""
+    """Draws the sites of one run in antithetic pairs (see
+    :class:`AntitheticPairs`)."""
 
     def __init__(self, pairs, first):
         super().__init__()
@@ -216,41 +224,117 @@ class AntitheticMessenger(Messenger):
         self.first = first
 
     def _pyro_sample(self, msg):
-        if msg["value"] is not None or msg["done"]:
+        if msg["value"] is not None or msg["done"] or msg["is_observed"]:
             return
-        pairs = self.pairs
+        pairs, fn, name = self.pairs, msg["fn"], msg["name"]
         if site_is_subsample(msg):
-            if not pairs.vectorized and not self.first and msg["name"] in pairs.stored:
-                msg["value"] = pairs.stored.pop(msg["name"])
+            if not pairs.vectorized and not self.first and name in pairs.stored:
+                msg["value"] = pairs.stored.pop(name)
             return
-        bernoulli = None if msg["is_observed"] else bernoulli_of(msg["fn"])
-        if bernoulli is None:
+        bernoulli = bernoulli_of(fn)
+        if bernoulli is None and (name not in pairs.shared or is_point_mass(fn)):
             return
-        shape = msg["fn"].batch_shape + msg["fn"].event_shape
-        probs = bernoulli.probs.detach().expand(shape)
-        paired = True
+        shape = fn.batch_shape + fn.event_shape
         if pairs.vectorized:
             if len(shape) == 0 or shape[0] != pairs.num_particles:
                 return  # not broadcast by the particle plate: drawn as usual, unpaired
-            u = torch.rand((shape[0] // 2,) + shape[1:], dtype=probs.dtype, device=probs.device)
-            first, second = u < probs[0::2], (1 - u) < probs[1::2]
-            value = torch.stack([first, second], 1).reshape(shape)
+            value, agree = _vectorized_pair(fn, bernoulli, shape)
         else:
-            stored = None if self.first else pairs.stored.pop(msg["name"], None)
-            if stored is not None and stored.shape == shape:
-                u = 1 - stored
-            else:
-                u = torch.rand(shape, dtype=probs.dtype, device=probs.device)
-                paired = self.first
-                if self.first:
-                    pairs.stored[msg["name"]] = u
-            value = u < probs
-        msg["value"] = value.to(probs.dtype)
-        msg["infer"] = dict(msg["infer"], antithetic=paired)
+            value, agree = self._sequential_pair(name, fn, bernoulli, shape)
+        msg["value"] = value
+        if bernoulli is not None:
+            msg["infer"] = dict(msg["infer"], antithetic=agree)
+
+    def _sequential_pair(self, name, fn, bernoulli, shape):
+        """This run's value, and for a Bernoulli site where it is paired
+        (``None`` in a pair's first run), given what the first run stored."""
+        parameters = _parameters(fn, bernoulli, shape)
+        stored = self.pairs.stored
+        if bernoulli is None:
+            value = _draw(fn)
+            if self.first:
+                stored[name] = (parameters, value)
+                return value, None
+            first, first_value = stored.pop(name, (None, None))
+            if first_value is None or first_value.shape != value.shape:
+                return value, None
+            agree = _agreement(first, parameters, fn.batch_shape)
+            return torch.where(_to_value_shape(agree, value), first_value, value), None
+        probs = parameters[0]
+        if self.first:
+            u = torch.rand(shape, dtype=probs.dtype, device=probs.device)
+            stored[name] = (parameters, u)
+            return (u < probs).to(probs.dtype), None
+        first, u = stored.pop(name, (None, None))
+        if u is None or u.shape != shape:
+            fresh = torch.rand(shape, dtype=probs.dtype, device=probs.device)
+            return (fresh < probs).to(probs.dtype), torch.zeros(shape, dtype=torch.bool)
+        agree = _agreement(first, parameters, shape)
+        second = 1 - u if bool(agree.all()) else torch.where(agree, 1 - u, torch.rand_like(u))
+        return (second < probs).to(probs.dtype), agree
 
     def _pyro_post_sample(self, msg):
         if site_is_subsample(msg) and self.first and not self.pairs.vectorized:
             self.pairs.stored[msg["name"]] = msg["value"]
+
+
+def _draw(fn):
+    return fn.rsample() if fn.has_rsample else fn.sample()
+
+
+def _vectorized_pair(fn, bernoulli, shape):
+    """The values of a site broadcast over the particles (dim 0), drawn in
+    pairs, and for a Bernoulli site where each is paired (shape ``shape``)."""
+    size = shape[0]
+    parameters = [t for t in _parameters(fn, bernoulli, shape) if t.dim() and t.shape[0] == size]
+    pair_shape = (size // 2,) + (shape if bernoulli is not None else fn.batch_shape)[1:]
+    agree = _agreement([t[0::2] for t in parameters], [t[1::2] for t in parameters], pair_shape)
+    if bernoulli is None:
+        value = _draw(fn)
+        second = torch.where(_to_value_shape(agree, value[0::2]), value[0::2], value[1::2])
+        return torch.stack([value[0::2], second], 1).reshape(value.shape), None
+    probs = parameters[0]
+    u = torch.rand(pair_shape, dtype=probs.dtype, device=probs.device)
+    # fresh uniforms only where some pair disagrees: a mean-field guide draws what it always drew
+    second = 1 - u if bool(agree.all()) else torch.where(agree, 1 - u, torch.rand_like(u))
+    value = torch.stack([u < probs[0::2], second < probs[1::2]], 1).reshape(shape)
+    return value.to(probs.dtype), torch.stack([agree, agree], 1).reshape(shape)
+
+
+def _parameters(fn, bernoulli, shape):
+    """What decides the distribution of a site: a Bernoulli's probabilities
+    (shape ``shape``), or the tensors of ``fn`` and of the distributions it
+    wraps, detached."""
+    if bernoulli is not None:
+        return [bernoulli.probs.detach().expand(shape)]
+    found, owner = [], fn
+    while owner is not None:
+        found += [value.detach() for value in vars(owner).values() if isinstance(value, torch.Tensor)]
+        owner = getattr(owner, "base_dist", None)
+    return found
+
+
+def _agreement(first, second, shape):
+    """Where two lists of tensors agree, over ``shape``: a tensor whose
+    leading dims are ``shape`` element by element (its further dims must all
+    agree), any other as a whole."""
+    agree = torch.ones(shape, dtype=torch.bool)
+    if first is None or len(first) != len(second):
+        return ~agree
+    for a, b in zip(first, second):
+        if a.shape != b.shape:
+            return ~agree
+        equal = a == b
+        if tuple(equal.shape[: len(shape)]) == tuple(shape):
+            agree = agree & equal.reshape(tuple(shape) + (-1,)).all(-1)
+        else:
+            agree = agree & equal.all()
+    return agree
+
+
+def _to_value_shape(agree, value):
+    """``agree`` broadcast against ``value`` (event dims appended)."""
+    return agree.reshape(agree.shape + (1,) * (value.dim() - agree.dim()))
 
 
 class CaptureDistributions(Messenger):

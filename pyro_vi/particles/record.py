@@ -73,13 +73,14 @@ class SiteTerm:
 @dataclass(frozen=True)
 class BernoulliTerm:
     """A Bernoulli guide site's logits :math:`\\theta` and values :math:`b`,
-    shape ``(S,) + plate_shape + event_shape``, and whether every particle
-    was drawn in a complete antithetic pair."""
+    shape ``(S,) + plate_shape + event_shape``, and where each pair of
+    particles (:math:`2i, 2i + 1`) was drawn antithetically, shape
+    ``(S/2,) + plate_shape + event_shape``."""
 
     logits: torch.Tensor
     value: torch.Tensor
     event_dim: int
-    paired: bool
+    paired: torch.Tensor
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from .handlers import (
 )
 from .pyro_compat import PARTICLE_PLATE, gradient_node, graph_reaches, param_leaf, particle_plate, set_log_prob
 from .record import BernoulliTerm, Particles, ScoreDistribution, SiteTerm
-from .structure import learning_signal_factors, read_structure
+from .structure import bernoulli_ancestors, learning_signal_factors, read_structure
 
 __all__ = ["Needs", "Sampler"]
 
@@ -85,6 +85,7 @@ class Sampler:
     def __init__(self, num_particles, vectorized, needs, estimator):
         self.num_particles, self.vectorized, self.needs, self.estimator = num_particles, vectorized, needs, estimator
         self._structures = OrderedDict()  # signature -> ProgramStructure pair, most recent last
+        self._ancestors = OrderedDict()  # guide -> the sites its antithetic pairs share
 
     def plate_nesting(self, model, guide, args, kwargs):
         """The programs' plate dims, guessed as Pyro guesses them, from one
@@ -170,7 +171,10 @@ class Sampler:
 
     def _runs(self, model, guide, args, kwargs, plate_dims):
         """One ``(model trace, guide trace, unpruned guide trace)`` per run."""
-        pairs = AntitheticPairs(self.num_particles, self.vectorized) if self.needs.antithetic else None
+        pairs = None
+        if self.needs.antithetic:
+            shared = self._bernoulli_ancestors(guide, args, kwargs)
+            pairs = AntitheticPairs(self.num_particles, self.vectorized, shared)
         nesting = plate_dims + self.vectorized  # as check_site_shape counts, the particle plate included
         if not self.vectorized:
             return [self._run(model, guide, pairs, nesting, args, kwargs) for _ in range(self.num_particles)]
@@ -207,6 +211,15 @@ class Sampler:
 
     def _particle_plate(self, fn, plate_dims):
         return particle_plate(self.num_particles, plate_dims)(fn) if self.vectorized else fn
+
+    def _bernoulli_ancestors(self, guide, args, kwargs):
+        """The guide sites a pair shares (see :class:`AntitheticPairs`), read
+        once per guide."""
+        if guide not in self._ancestors:
+            self._ancestors[guide] = bernoulli_ancestors(guide, args, kwargs)
+            if len(self._ancestors) > _STRUCTURE_CACHE_SIZE:
+                self._ancestors.popitem(last=False)
+        return self._ancestors[guide]
 
     # ---- what the estimator declared it needs
 
@@ -432,7 +445,8 @@ def _rerun_on_detached(guide, replay_trace, args, kwargs):
 
 def _bernoulli_terms(runs, guide_sites, plate_dims, vectorized, num_particles):
     """The :class:`BernoulliTerm` of each random Bernoulli guide site with a
-    score. Particles that did not meet a site have logits and values 0."""
+    score. Particles that did not meet a site have logits and values 0 and
+    are not paired there."""
     terms = {}
     for name, site_term in guide_sites.items():
         if site_term.score_log_prob is None or site_term.is_observed:
@@ -444,21 +458,24 @@ def _bernoulli_terms(runs, guide_sites, plate_dims, vectorized, num_particles):
         event_dim = len(node["fn"].event_shape)
         width = plate_dims + event_dim + (1 if vectorized else 0)
         logits = [None if n is None else bernoulli_of(n["fn"]).logits.broadcast_to(n["value"].shape) for n in nodes]
-        values = [None if n is None else n["value"] for n in nodes]
-        if vectorized:
-            paired = bool(node["infer"].get("antithetic"))
-        else:
-            pairs = list(zip(nodes[0::2], nodes[1::2]))
-            paired = len(nodes) % 2 == 0 and all(
-                (a is None) == (b is None) and (b is None or bool(b["infer"].get("antithetic"))) for a, b in pairs
-            )
-        terms[name] = BernoulliTerm(
-            logits=_stack_full(logits, width, vectorized, num_particles),
-            value=_stack_full(values, width, vectorized, num_particles),
-            event_dim=event_dim,
-            paired=paired,
-        )
+        logits = _stack_full(logits, width, vectorized, num_particles)
+        values = _stack_full([None if n is None else n["value"] for n in nodes], width, vectorized, num_particles)
+        terms[name] = BernoulliTerm(logits, values, event_dim, _paired(nodes, values, width, vectorized))
     return terms
+
+
+def _paired(nodes, values, width, vectorized):
+    """Where each pair was drawn antithetically (``infer["antithetic"]``, in
+    the one vectorized run or in each pair's second run), shape
+    ``(S/2,) + values.shape[1:]``."""
+    unpaired = torch.zeros(values[0::2].shape, dtype=torch.bool, device=values.device)
+    if vectorized:
+        mask = nodes[0]["infer"].get("antithetic")
+        return unpaired if mask is None else _stack_full([mask], width, True, values.shape[0])[0::2]
+    masks = [None if n is None else n["infer"].get("antithetic") for n in nodes[1::2]] if len(nodes) % 2 == 0 else []
+    if all(m is None for m in masks):
+        return unpaired
+    return _stack_full(masks, width, False, len(masks)).expand(unpaired.shape)
 
 
 def _sample(site):

@@ -25,7 +25,14 @@ from pyro.poutine.util import site_is_subsample
 
 from .pyro_compat import PARTICLE_PLATE
 
-__all__ = ["ProgramStructure", "learning_signal_factors", "markov_blankets", "program_structure", "read_structure"]
+__all__ = [
+    "ProgramStructure",
+    "bernoulli_ancestors",
+    "learning_signal_factors",
+    "markov_blankets",
+    "program_structure",
+    "read_structure",
+]
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,28 @@ def read_structure(model, guide, guide_trace, args, kwargs):
         guide_tagged = _tagged_trace(guide, guide_trace, args, kwargs)
         model_tagged = _tagged_trace(model, guide_tagged, args, kwargs)
         return _structure(model_tagged), _structure(guide_tagged)
+
+
+def bernoulli_ancestors(guide, args, kwargs):
+    """The random guide sites that a Bernoulli site of ``guide`` depends on,
+    directly or through other guide sites, read from one run of the guide
+    alone under provenance tracking (forked random state, no gradient,
+    hidden from outer handlers): the sites an antithetic pair must share
+    for those Bernoulli sites to be drawn in pairs."""
+    from .handlers import bernoulli_of
+
+    with torch.random.fork_rng(), torch.no_grad(), poutine.block():
+        trace = poutine.trace(_TagLatents()(guide)).get_trace(*args, **kwargs)
+    structure = _structure(trace)
+    sites = {name: site for name, site in trace.nodes.items() if name in structure.dependencies}
+    random = {name for name, site in sites.items() if not site["is_observed"]}
+    ancestors, frontier = set(), {name for name in random if bernoulli_of(sites[name]["fn"]) is not None}
+    while frontier:
+        name = frontier.pop()
+        for parent in structure.dependencies[name] - {name} - ancestors:
+            ancestors.add(parent)
+            frontier.add(parent)
+    return frozenset(ancestors & random)
 
 
 def markov_blankets(model: ProgramStructure):
