@@ -2,13 +2,14 @@
 the score-function gradient with a control variate per scalar parameter."""
 
 from .. import _validation
+from ..distributed import SharedParticles
 from .particles import ParticleELBO
-from .surrogate import check_coefficient, check_coordinates, check_pool, controlled_surrogate, pathwise_surrogate
+from .surrogate import check_coefficient, check_coordinates, controlled_surrogate, pathwise_surrogate
 
 __all__ = ["ControlVariateELBO"]
 
 
-class ControlVariateELBO(ParticleELBO):
+class ControlVariateELBO(SharedParticles, ParticleELBO):
     """The score-function gradient with a control variate for every scalar
     variational parameter, BBVI Algorithm 2 without Rao-Blackwellization [1]:
 
@@ -91,7 +92,7 @@ class ControlVariateELBO(ParticleELBO):
         self.coefficient = coefficient
         self.reparameterize = self.pathwise = _validation.boolean(f"{name}: pathwise", pathwise)
         self.coordinates = check_coordinates(coordinates, name)
-        self.pool = check_pool(pool_processes, coefficient, name)
+        self.pool_processes = _validation.boolean(f"{name}: pool_processes", pool_processes)
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):
@@ -99,6 +100,6 @@ class ControlVariateELBO(ParticleELBO):
         surrogate = pathwise_surrogate(terms).mean()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         surrogate = surrogate + controlled_surrogate(
-            terms, params, self.coefficient, signal=log_weights, coordinates=self.coordinates, pool=self.pool
+            terms, params, self.coefficient, signal=log_weights, coordinates=self.coordinates
         )
         return log_weights.mean(), surrogate

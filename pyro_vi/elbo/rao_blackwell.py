@@ -3,11 +3,11 @@ each latent's score is weighted by the log-density of its Markov blanket
 only, with control variates on top."""
 
 from .. import _validation
+from ..distributed import SharedParticles
 from .particles import ParticleELBO
 from .surrogate import (
     check_coefficient,
     check_coordinates,
-    check_pool,
     controlled_surrogate,
     markov_blanket_signals,
     pathwise_surrogate,
@@ -17,7 +17,7 @@ from .surrogate import (
 __all__ = ["RaoBlackwellELBO"]
 
 
-class RaoBlackwellELBO(ParticleELBO):
+class RaoBlackwellELBO(SharedParticles, ParticleELBO):
     """The Rao-Blackwellized score-function gradient of BBVI [1]: for the
     parameters :math:`\\lambda_j` of guide site :math:`j`,
 
@@ -86,13 +86,13 @@ class RaoBlackwellELBO(ParticleELBO):
         coefficient=None,
         pathwise=False,
         coordinates=None,
-        pool_processes=None,
+        pool_processes=False,
         **kwargs,
     ):
         name = type(self).__name__
         self.control_variate = _validation.boolean(f"{name}: control_variate", control_variate)
         self.reparameterize = self.pathwise = _validation.boolean(f"{name}: pathwise", pathwise)
-        options = (("coefficient", coefficient), ("coordinates", coordinates), ("pool_processes", pool_processes))
+        options = (("coefficient", coefficient), ("coordinates", coordinates))
         for option, value in options:
             if not control_variate and value is not None:
                 raise ValueError(
@@ -102,7 +102,7 @@ class RaoBlackwellELBO(ParticleELBO):
         self.coefficient = "leave_one_out" if coefficient is None else coefficient
         self.min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
         self.coordinates = check_coordinates("distributions" if coordinates is None else coordinates, name)
-        self.pool = check_pool(bool(pool_processes), self.coefficient, name)
+        self.pool_processes = _validation.boolean(f"{name}: pool_processes", pool_processes)
         super().__init__(num_particles=num_particles, **kwargs)
 
     def elbo_and_surrogate(self, terms):
@@ -115,5 +115,5 @@ class RaoBlackwellELBO(ParticleELBO):
             return log_weights.mean(), surrogate + rao_blackwell_term(terms, signals).mean()
         params = [p for p in terms.guide_params.values() if p.requires_grad]
         return log_weights.mean(), surrogate + controlled_surrogate(
-            terms, params, self.coefficient, signals=signals, coordinates=self.coordinates, pool=self.pool
+            terms, params, self.coefficient, signals=signals, coordinates=self.coordinates
         )

@@ -20,7 +20,6 @@ __all__ = [
     "check_coefficient",
     "check_coordinates",
     "check_importance_weighted",
-    "check_pool",
     "check_reparameterized",
     "controlled_gradient",
     "controlled_surrogate",
@@ -151,19 +150,6 @@ def check_coordinates(coordinates, estimator):
     return _validation.choice(f"{estimator}: coordinates", coordinates, COORDINATES)
 
 
-def check_pool(pool_processes, coefficient, estimator):
-    """The ``pool`` of :func:`controlled_surrogate` for ``pool_processes``."""
-    from ..distributed import sum_over_processes
-
-    if not _validation.boolean(f"{estimator}: pool_processes", pool_processes):
-        return None
-    if not isinstance(coefficient, str):
-        raise ValueError(
-            f"{estimator}: pool_processes=True has no effect with a fixed coefficient={coefficient!r}; drop one of them"
-        )
-    return sum_over_processes
-
-
 def check_coefficient(coefficient, estimator):
     """Validates a control-variate ``coefficient`` (``"leave_one_out"``,
     ``"pooled"`` or a finite number); returns the number of particles it
@@ -175,7 +161,7 @@ def check_coefficient(coefficient, estimator):
     return 1
 
 
-def controlled_gradient(h, coefficient, signal=None, f=None, pool=None):
+def controlled_gradient(h, coefficient, signal=None, f=None):
     """The controlled gradient of one parameter from its per-particle
     scores ``h`` (shape ``(S,) + shape``),
 
@@ -200,15 +186,12 @@ def controlled_gradient(h, coefficient, signal=None, f=None, pool=None):
     is 0.
 
     The coefficients need only the per-parameter sums of :math:`h, f, h^2,
-    fh` over the particles (:func:`particle_sums`); ``pool`` may add up
-    those of other processes first (one all-reduce), so that the
-    coefficients come from every process's particles. Leave-one-out then
+    fh` over the particles (:func:`particle_sums`); leave-one-out then
     takes one more pass over the particles. Both go a block of parameters at
     a time, in float64, so that no temporary is larger than a block.
+    The estimate is linear in the signal (in ``f``) at fixed particles.
     """
-    sums = particle_sums(h, signal, f)
-    pooled = pool(sums.clone()) if pool is not None and isinstance(coefficient, str) else sums
-    return gradient_from_sums(h, sums, pooled, coefficient, signal, f)
+    return gradient_from_sums(h, particle_sums(h, signal, f), coefficient, signal, f)
 
 
 _BLOCK_ELEMENTS = 1 << 18
@@ -238,22 +221,21 @@ def particle_sums(h, signal=None, f=None):
     return sums
 
 
-def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None):
-    """:math:`\\hat g` of this process's particles (``h``, ``signal`` or ``f``,
-    whose :func:`particle_sums` are ``sums``), with the coefficients of the
-    ``pooled`` sums (these, or those of several processes added up)."""
+def gradient_from_sums(h, sums, coefficient, signal=None, f=None):
+    """:math:`\\hat g` of the particles ``h``, ``signal`` or ``f``, whose
+    :func:`particle_sums` are ``sums``."""
     num_particles, shape = h.shape[0], h.shape[1:]
     h_sum, f_sum = sums[1], sums[2]
     if not isinstance(coefficient, str):
         return ((f_sum - float(coefficient) * h_sum) / num_particles).to(h.dtype).reshape(shape)
-    count, pooled_h, pooled_f, pooled_hh = pooled[0], pooled[1], pooled[2], pooled[3]
-    h_mean, f_mean = pooled_h / count, pooled_f / count
-    cov = pooled[4] - count * f_mean * h_mean
-    var = pooled_hh - count * h_mean.square()
+    count, sum_hh = sums[0], sums[3]
+    h_mean, f_mean = h_sum / count, f_sum / count
+    cov = sums[4] - count * f_mean * h_mean
+    var = sum_hh - count * h_mean.square()
     # Below tolerance * (sum of squares), a variance is rounding error: 0.
     tolerance = 64 * torch.finfo(h.dtype).eps
     if coefficient == "pooled":
-        a = torch.where(var > tolerance * pooled_hh, cov / var, 0.0)
+        a = torch.where(var > tolerance * sum_hh, cov / var, 0.0)
         return ((f_sum - a * h_sum) / num_particles).to(h.dtype).reshape(shape)
     # Without particle s the other centred values sum to -hc[s] and -fc[s]:
     # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = N / (N - 1).
@@ -263,13 +245,13 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None):
         hc, fc = hb - h_mean[columns], fb - f_mean[columns]
         numerator = cov[columns] - k[columns] * fc * hc
         denominator = var[columns] - k[columns] * hc.square()
-        threshold = tolerance * (pooled_hh[columns] - hb.square()).clamp(min=0)
+        threshold = tolerance * (sum_hh[columns] - hb.square()).clamp(min=0)
         regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
         # The others' scores all equal: the slope is undefined; the
         # coefficient is then their regression through the origin, f / h
         # (their mean signal for f = h L), 0 where their h is 0.
-        others_h = (pooled_h[columns] - hb) / others[columns]
-        others_f = (pooled_f[columns] - fb) / others[columns]
+        others_h = (h_sum[columns] - hb) / others[columns]
+        others_f = (f_sum[columns] - fb) / others[columns]
         origin = others_h.abs() > (threshold / others[columns]).sqrt()
         through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
         a = torch.where(denominator > threshold, regression, through_origin)
@@ -277,7 +259,7 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None):
     return ((f_sum - a_h_sum) / num_particles).to(h.dtype).reshape(shape)
 
 
-def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, coordinates="parameters", pool=None):
+def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, coordinates="parameters"):
     """The linear surrogate :math:`\\sum_d \\mathrm{stop}(\\hat g_d) \\lambda_d`
     of the controlled gradients of the score sites.
 
@@ -299,10 +281,6 @@ def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, 
         distributions' tensors or where a site stores them normalized, as a
         categorical does (see
         :func:`~pyro_vi.elbo.scores.distribution_gradients`).
-    :param pool: adds up the sufficient statistics of several processes
-        (:func:`pyro_vi.distributed.sum_over_processes`), in one all-reduce
-        for all parameters, so that the coefficients come from every
-        process's particles.
     """
     weightings = [{}] if signals is None else [{}, signals]
     frontier = distribution_gradients(terms, weightings) if coordinates == "distributions" else None
@@ -314,16 +292,10 @@ def controlled_surrogate(terms, params, coefficient, signal=None, signals=None, 
         ]
     if not frontier:
         return terms.zeros()
-    sums = [particle_sums(rows[0], signal, None if signals is None else rows[1]) for _, rows in frontier]
-    pooled = sums
-    if pool is not None and isinstance(coefficient, str):
-        # One all-reduce for the statistics of every parameter.
-        sizes = [s.shape[1] for s in sums]
-        pooled = list(pool(torch.cat(sums, dim=1)).split(sizes, dim=1))
     surrogate = 0.0
-    for (target, rows), own, pooled_sums in zip(frontier, sums, pooled):
+    for target, rows in frontier:
         f = None if signals is None else rows[1]
-        g = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f)
+        g = controlled_gradient(rows[0], coefficient, signal, f)
         surrogate = surrogate + (g.detach() * target).sum()
     return surrogate
 
