@@ -58,8 +58,10 @@ whose settings, batches per epoch or checkpoints differ between them.
 
 import contextlib
 import hashlib
+import random
 import zlib
 
+import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
@@ -74,7 +76,6 @@ __all__ = [
     "check_params_agree",
     "check_same",
     "check_sharding",
-    "check_signals_differ",
     "check_same_params",
     "SharedParticles",
     "process",
@@ -272,44 +273,34 @@ def shared_random_stream():
         return
     seed = torch.tensor([draw_seed() if rank == 0 else 0], dtype=torch.int64, device=_device())
     dist.broadcast(seed, 0)
-    saved = rng_state()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    saved = (
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if cuda else None,
+        random.getstate(),
+        np.random.get_state(),
+    )
     pyro.set_rng_seed(int(seed.item()))
     try:
         yield
     finally:
-        set_rng_state(saved)
-
-
-def check_signals_differ(log_weights, estimator):
-    """Refuses identical data on every process for an estimator whose
-    processes share their particles: then every process computes the same
-    gradient. ``log_weights``: this process's per-particle
-    :math:`\\log p(x_r, z_s) - \\log q(z_s)`, shape ``(S,)``; one all-reduce."""
-    rank, size = process()
-    if size == 1:
-        return
-    if _equal_everywhere(log_weights.detach().reshape(-1).to(torch.float64)):
-        raise ValueError(
-            f"{estimator}: pool_processes=True, but the {size} processes hold the same data (their particles' "
-            "log-weights are equal): they share their particles and compute the same gradient. "
-            "Give each process its shard of the data (see pyro_vi.distributed), or drop pool_processes to let "
-            "each process draw its own particles"
-        )
+        torch.set_rng_state(saved[0])
+        if cuda:
+            torch.cuda.set_rng_state_all(saved[1])
+        random.setstate(saved[2])
+        np.random.set_state(saved[3])
 
 
 class SharedParticles:
     """Mixin for a :class:`~pyro_vi.ParticleELBO` with a boolean
     ``pool_processes`` attribute: when it is true, the processes draw the
-    same particles (:func:`shared_random_stream`), and identical data on
-    every process is refused (:func:`check_signals_differ`)."""
+    same particles (:func:`shared_random_stream`)."""
 
     def particle_terms(self, model, guide, *args, **kwargs):
         if not self.pool_processes:
             return super().particle_terms(model, guide, *args, **kwargs)
         with shared_random_stream():
-            terms = super().particle_terms(model, guide, *args, **kwargs)
-        check_signals_differ(terms.log_weights(), type(self).__name__)
-        return terms
+            return super().particle_terms(model, guide, *args, **kwargs)
 
 
 # ---- the plates' scales -------------------------------------------------------

@@ -757,14 +757,20 @@ class _Fit:
             broadcast_params(params)
             self.shared = set(params)
         sharded = check_sharding(self.model, self.guide, *self.first_args(), **self.kwargs)
-        if sharded and getattr(elbo, "pool_processes", None) is False and process()[0] == 0:
+        pool = getattr(elbo, "pool_processes", None)
+        if pool and not sharded:
+            raise ValueError(
+                f"{type(elbo).__name__}: pool_processes=True, but the processes hold the same data: sharing their "
+                "particles, every process would compute the same gradient. Give each process its shard of the data "
+                "(see pyro_vi.distributed), or drop pool_processes to let each process draw its own particles"
+            )
+        if sharded and pool is False and process()[0] == 0:
             warnings.warn(
-                "the processes hold different values of {} and {} draws its own particles on each: each "
-                "process's score-function signal then estimates its own shard's objective, and the averaged "
-                "gradient is far noisier than one process's (see the README's distributed_svi section); pass "
-                "pool_processes=True to have the processes share their particles".format(
-                    ", ".join(map(repr, sharded)), type(elbo).__name__
-                ),
+                "the processes hold different values of {} and {} draws independent particles on each: each "
+                "process's score-function signal estimates its own shard's objective, whose gradient does not "
+                "vanish at the optimum, and near it the averaged gradient is far noisier than one process's on all "
+                "the data (the README's distributed SVI section measures it). Pass pool_processes=True to share "
+                "the particles".format(", ".join(map(repr, sharded)), type(elbo).__name__),
                 stacklevel=3,
             )
 
@@ -900,10 +906,37 @@ def fit(
     resume (to record the untrained model).
 
     **Processes.** Under :mod:`torch.distributed` (a process group initialized,
-    e.g. by ``torchrun``), the gradients and the loss are averaged over the
-    processes after each ``loss_and_grads``, as ``DistributedDataParallel``
-    does, so every process takes the same step; each process writes its own
-    checkpoint, ``<checkpoint>.rank<r>`` (see :mod:`pyro_vi.distributed`).
+    e.g. by ``torchrun``), every process calls ``fit`` with the same settings
+    on its own shard of the data, and ``fit`` estimates the gradient of the
+    objective on all of it (see :mod:`pyro_vi.distributed`):
+
+    - before the first step it sets up the params with a throw-away step
+      (every random state is put back) and copies rank 0's values to every
+      process (on resume, rank 0's params and optimizer state); a param that
+      first appears in a later step gets rank 0's value too;
+    - after each ``loss_and_grads`` the gradients and the loss are averaged
+      over the processes, as ``DistributedDataParallel`` does, so every
+      process takes the same step; at every checkpoint and at the end a
+      ``ValueError`` names any param whose values differ between the
+      processes, with the largest difference;
+    - **each shard's likelihood must be scaled to the full data**:
+      ``pyro.plate("data", N, subsample=my_indices)`` with ``N`` the number
+      of points in all the shards, in shards of equal size. Before the first
+      step ``fit`` refuses an observed site whose values differ between the
+      processes but whose scale counts fewer values than they hold together
+      (the obvious ``pyro.plate("data", len(my_shard))``, which makes the
+      posterior :math:`\sqrt{R}` times too wide for :math:`R` processes);
+      the same data on every process may have any scale. A
+      :class:`~torch.utils.data.DataLoader` as ``data`` needs a
+      :class:`~torch.utils.data.distributed.DistributedSampler`, whose
+      ``set_epoch`` ``fit`` calls at each epoch;
+    - settings, batches per epoch or checkpoints that differ between the
+      processes, or steps that touch different params, are refused on every
+      process rather than left to hang;
+    - with a score-function estimator on sharded data, pass
+      ``pool_processes=True`` (shared particles; a warning says so).
+
+    Each process writes its own checkpoint, ``<checkpoint>.rank<r>``.
 
     **Checkpoints.** With ``checkpoint`` (a file path; its directory must exist
     and be writable, checked first), the run saves its state every

@@ -66,7 +66,8 @@ class RaoBlackwellELBO(SharedParticles, ParticleELBO):
     :param bool pathwise: keep the pathwise derivative of the sites that can
         ``rsample`` (default ``False``: every random site gets a score).
     :param str coordinates: as in :class:`~pyro_vi.ControlVariateELBO`.
-    :param bool pool_processes: as in :class:`~pyro_vi.ControlVariateELBO`.
+    :param bool pool_processes: as in :class:`~pyro_vi.ControlVariateELBO`
+        (shared particles across processes), with or without control variates.
 
     **References**
 
