@@ -48,10 +48,10 @@ from pyro.infer.autoguide import AutoDiagonalNormal
 from pyro.optim import ClippedAdam
 
 from experiments import _cli
-from experiments._figures import legend_outside, plt, save_figure
+from experiments._figures import plt, save_figure
 from experiments._results import fmt, spread
 from experiments._study import Study
-from experiments.render_readme import run_line, table, times
+from experiments.render_readme import run_line, seconds, table, times
 from pyro_vi import ControlVariateELBO, fit
 from pyro_vi.distributed import average_gradients, process, shared_random_stream
 from pyro_vi.elbo.surrogate import controlled_gradient
@@ -476,34 +476,58 @@ def variance_rows(results):
 
 
 def _variance_cell(value):
-    return f"< {ROUNDING:g} (rounding)" if value < ROUNDING else f"{value:,.4g}"
+    return f"< {ROUNDING:g} (rounding)" if value < ROUNDING else _variance_label(value)
+
+
+def _signed(stat, digits=3):
+    """``+mean ± std`` of a spread."""
+    text = f"{stat['mean']:+.{digits}f}"
+    return text if stat["std"] is None else text + f" ± {stat['std']:.{digits}f}"
+
+
+def _variance_label(value):
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def figures(results, out):
+    from matplotlib.patches import Patch
+
     rows = variance_rows(results)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(17, 6), sharey=True)
     positions = np.arange(len(rows))[::-1]
     for ax, point, title in zip(axes, ("optimum", "off"), ("at the exact posterior (the optimum)", "off it")):
         values = np.array([r[2][point] for r in rows])
-        shown = np.maximum(values, ROUNDING)
-        colors = ["C0" if r[1] == "measured" else "C1" for r in rows]
-        bars = ax.barh(positions, shown, color=colors)
-        for bar, value in zip(bars, values):
-            if value < ROUNDING:
+        rounding = values < ROUNDING
+        bars = ax.barh(
+            positions, np.maximum(values, ROUNDING), color=["C0" if r[1] == "measured" else "C1" for r in rows]
+        )
+        for bar, value, below in zip(bars, values, rounding):
+            if below:
                 bar.set_hatch("//")
                 bar.set_facecolor("white")
                 bar.set_edgecolor("C1")
-        reference = rows[1][2][point]
-        ax.axvline(max(reference, ROUNDING), color="k", ls=":", lw=1.2, label="1 process, ControlVariateELBO")
+            ax.annotate(
+                "~0" if below else _variance_label(value),
+                (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
+        ax.axvline(max(rows[1][2][point], ROUNDING), color="k", ls=":", lw=1.2)
         ax.set_xscale("log")
-        ax.set_xlabel("total gradient variance, one draw (log scale)")
+        ax.set_xlim(ROUNDING / 3 if rounding.any() else values.min() / 10, values.max() * 1e3)
+        ax.set_xlabel("total variance of one draw (log scale)")
         ax.set_title(title, fontsize=10)
     axes[0].set_yticks(positions)
     axes[0].set_yticklabels([r[0].strip() for r in rows], fontsize=8)
-    axes[1].bar([0], [0], color="C0", label="measured with pyro_vi (float32)")
-    axes[1].bar([0], [0], color="C1", label="decomposition of the same estimator (float64)")
-    axes[1].bar([0], [0], color="white", edgecolor="C1", hatch="//", label=f"below {ROUNDING:g}: rounding error")
-    legend_outside(axes[1], where="below", ncol=2)
+    handles = [
+        Patch(color="C0", label="measured with pyro_vi (float32)"),
+        Patch(color="C1", label="decomposition of the same estimator (float64)"),
+        Patch(facecolor="white", edgecolor="C1", hatch="//", label=f"below {ROUNDING:g}: rounding error"),
+        plt.Line2D([], [], color="k", ls=":", label="1 process, ControlVariateELBO"),
+    ]
+    axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     save_figure(fig, os.path.join(out, "variance.png"))
 
 
@@ -515,61 +539,55 @@ def readme_block(results):
         [label, _variance_cell(values["optimum"]), _variance_cell(values["off"])]
         for label, _, values in variance_rows(results)
     ]
-    shard_gradients = many["optimum"]["shard_gradients"]
+    decomposition = many["optimum"]["decomposition"]
     shared = many["off"]["estimators"]["ControlVariateELBO, shared particles"]
     exact = many["off"]["exact_gradient"]
     z = [(m - e) / se for m, e, se in zip(shared["mean"], exact, shared["standard_error"])]
-    pooled = many["optimum"]["decomposition"]["pooled"]["total_variance"]
     text = (
         "**Where the variance comes from** (N = {:,}, S = {} particles per process, {:,} draws per row; the "
-        "gradient in (loc, log scale) of a Normal guide; total = sum of the two variances of one draw)\n\n".format(
-            args["num_data"], S, args["draws"]
-        )
+        "gradient in (loc, log scale) of a Normal guide; the sum of the variances of its two entries, one "
+        "draw)\n\n".format(args["num_data"], S, args["draws"])
     )
-    text += table(["estimator", "at the optimum", "off it (+3 sds, sd x2)"], rows)
+    text += table(["estimator", "at the optimum", "off it (mean +3 sds, sd x2)"], rows)
     text += (
-        "\nAt the optimum each shard's objective has the gradient {} in loc (the global one: 0). With independent "
-        "particles, the shards' deviations carry {:.4g} of the {:.4g}, and pooling the coefficient statistics "
-        "over the processes multiplies it by {}. Shared particles (`pool_processes=True`) give the one-process "
-        "estimator on all the data: off the optimum their mean gradient is {} (exact {}; z = {}).\n\n".format(
-            " and ".join(f"{g[0]:+.1f}" for g in shard_gradients),
-            many["optimum"]["decomposition"]["shard"]["total_variance"],
-            many["optimum"]["decomposition"]["independent"]["total_variance"],
-            times(pooled / max(many["optimum"]["decomposition"]["independent"]["total_variance"], ROUNDING)),
-            ", ".join(f"{m:.3f} ± {se:.3f}" for m, se in zip(shared["mean"], shared["standard_error"])),
-            ", ".join(f"{e:.3f}" for e in exact),
+        "\nAt the optimum the shards' objectives have the gradients {} in loc (all the data's: 0). With "
+        "independent particles, {} of the {} of the decomposition at the optimum comes from the shards' "
+        "deviations; pooling the coefficient statistics multiplies it by {}. Off the optimum, shared particles' "
+        "mean gradient is {} against the exact {} (z = {}).\n\n".format(
+            " and ".join(f"{g[0]:+.1f}" for g in many["optimum"]["shard_gradients"]),
+            _variance_label(decomposition["shard"]["total_variance"]),
+            _variance_label(decomposition["independent"]["total_variance"]),
+            times(decomposition["pooled"]["total_variance"] / decomposition["independent"]["total_variance"]),
+            ", ".join(f"{m:.2f} ± {se:.2f}" for m, se in zip(shared["mean"], shared["standard_error"])),
+            ", ".join(f"{e:.2f}" for e in exact),
             ", ".join(f"{v:+.2f}" for v in z),
         )
     )
     fit_rows = [
         [
-            row["config"].replace(", ", " | ", 1),
+            *row["config"].split(", ", 1),
             row["processes"],
-            fmt(row["ms_per_step"], ".2f"),
-            fmt(row["loc_error_sds"], "+.3f"),
-            fmt(row["sd_error_sds"], "+.3f"),
+            fmt(row["ms_per_step"], ".1f"),
+            _signed(row["loc_error_sds"]),
+            _signed(row["sd_error_sds"]),
             f"{row['largest_process_gap']:.3g}",
         ]
         for row in results["fit_summary"]
     ]
     text += (
-        "**Fits** ({} steps, ClippedAdam from lr {} to {}, S = {} particles per process, seeds {}; errors of the "
-        "final posterior mean and sd in posterior sds, mean ± std over the seeds)\n\n".format(
+        "**Fits** ({:,} steps, ClippedAdam with lr from {} to {}, S = {} particles per process, seeds {}; the "
+        "final posterior mean's and sd's errors in posterior sds, mean ± std over the seeds; the largest "
+        "difference between the processes' final values)\n\n".format(
             args["steps"], args["lr"], args["final_lr"], S, ", ".join(map(str, results["run"]["seeds"]))
         )
     )
     text += table(
-        [
-            "guide | estimator",
-            "processes",
-            "ms per step",
-            "mean error (sds)",
-            "sd error (sds)",
-            "largest gap between processes",
-        ],
+        ["guide", "estimator", "processes", "ms per step", "mean error (sds)", "sd error (sds)", "gap"],
         fit_rows,
+        align="llrrrrr",
     )
     text += "\n" + run_line(results)
+    text += "The spawned processes took {} of CPU besides.\n".format(seconds(results["worker_cpu_seconds"]))
     return text
 
 

@@ -71,13 +71,14 @@ from pyro.poutine.util import site_is_subsample
 from ._checkpoint import rng_state, set_rng_state
 
 __all__ = [
+    "SharedParticles",
     "average_gradients",
     "broadcast_params",
     "check_params_agree",
     "check_same",
-    "check_sharding",
     "check_same_params",
-    "SharedParticles",
+    "check_sharding",
+    "draw_seed",
     "process",
     "shared_random_stream",
     "sum_over_processes",
@@ -176,7 +177,7 @@ def check_params_agree(params, where):
     difference :math:`\\max |\\lambda^{(r)} - \\lambda^{(0)}|` over the
     processes. ``where`` says when (e.g. ``"at the checkpoint of step
     100"``). One broadcast per dtype and one all-reduce."""
-    rank, size = process()
+    _, size = process()
     if size == 1 or not params:
         return
     names = sorted(params)
@@ -209,7 +210,7 @@ def check_same(what, value):
     """Raises :class:`ValueError`, on every process, unless every process
     passes an equal ``value`` (any picklable object; one all-gather): the
     message lists each process's value of ``what``."""
-    rank, size = process()
+    _, size = process()
     if size == 1:
         return
     values = [None] * size
@@ -231,7 +232,7 @@ def check_same_params(params, where):
     step touched the same params (names, shapes and dtypes), which the
     all-reduce of their gradients needs; one all-reduce of a checksum, and
     more only to write the message."""
-    rank, size = process()
+    _, size = process()
     if size == 1:
         return
     layout = sorted((name, tuple(p.shape), str(p.dtype)) for name, p in params.items())
@@ -365,7 +366,7 @@ def check_sharding(model, guide, *args, **kwargs):
         the processes (empty outside a process group).
     :raises ValueError: naming the site, its plates, the counts and the fix.
     """
-    rank, size = process()
+    _, size = process()
     if size == 1:
         return []
     own = _observations(model, guide, args, kwargs)
