@@ -1047,11 +1047,11 @@ def fit(
     overwrite = boolean("overwrite", overwrite)
     fingerprint = _checked_dict("fingerprint", fingerprint)
     state = _checked_dict("state", {} if state is None else state)
+    rank, size = process()
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)) or not isinstance(os.fspath(checkpoint), str):
             raise ValueError(f"checkpoint must be a file path (str or pathlib.Path), got {checkpoint!r:.60}")
         checkpoint = os.fspath(checkpoint)
-        rank, size = process()
         if size > 1:  # under torch.distributed, one checkpoint per process
             checkpoint = f"{checkpoint}.rank{rank}"
     elif resume or overwrite:
@@ -1075,7 +1075,6 @@ def fit(
             )
         if resume and exists:
             saved = _checkpoint.load(checkpoint)
-    rank, size = process()
     if size > 1:
         if data is not None:
             _check_data_sharded(data, rank, size)
