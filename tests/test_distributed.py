@@ -32,6 +32,9 @@ DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4, 0.9, -0.1])
 WORLD = 2
 TIMEOUT = 120  # seconds, for the whole two-process run
 
+# one worker runs the module, so that its fixture starts the processes once
+pytestmark = pytest.mark.xdist_group("distributed")
+
 
 def model(data):
     loc = pyro.sample("loc", dist.Normal(0.0, 2.0))

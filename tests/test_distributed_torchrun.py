@@ -17,6 +17,9 @@ SCRIPT = os.path.join(ROOT, "tests", "_distributed_user_script.py")
 SEED, NUM_DATA, SIGMA, PRIOR = 0, 1000, 1.0, 3.0  # as in the script
 TIMEOUT = 120  # seconds
 
+# one worker runs the module, so that its fixture starts the processes once
+pytestmark = pytest.mark.xdist_group("distributed_torchrun")
+
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
