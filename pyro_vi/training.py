@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -27,7 +28,15 @@ from tqdm.auto import tqdm
 
 from . import _checkpoint
 from ._checkpoint import atomic_save, rng_state, set_rng_state  # noqa: F401 (experiments use them)
-from .distributed import average_gradients, process
+from .distributed import (
+    average_gradients,
+    broadcast_params,
+    check_params_agree,
+    check_same,
+    check_same_params,
+    check_sharding,
+    process,
+)
 from .validation import boolean, function, integer
 
 __all__ = ["FitResult", "NonFiniteError", "OutOfSupportError", "fit", "load_checkpoint"]
@@ -295,6 +304,37 @@ def _sized(data) -> Optional[int]:
         return None
 
 
+def _epoch_sampler(data):
+    """The :class:`~torch.utils.data.distributed.DistributedSampler` that
+    orders ``data`` (a DataLoader's sampler or its batch sampler's), or
+    ``None``."""
+    batch_sampler = getattr(data, "batch_sampler", None)
+    for sampler in (getattr(data, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+            return sampler
+    return None
+
+
+def _check_data_sharded(data, rank, size):
+    """Under a process group, a map-style DataLoader must give each process
+    its own shard: refuse one without a DistributedSampler for this process."""
+    if not isinstance(data, torch.utils.data.DataLoader) or isinstance(data.dataset, torch.utils.data.IterableDataset):
+        return
+    sampler = _epoch_sampler(data)
+    if sampler is None:
+        raise ValueError(
+            f"data is a DataLoader with a {type(data.sampler).__name__}: under torch.distributed, each of the "
+            f"{size} processes would pass over all of the data in every epoch. Give it "
+            "sampler=torch.utils.data.distributed.DistributedSampler(dataset) (shuffle=True there, not in the "
+            "DataLoader): each process then gets its shard, and fit calls the sampler's set_epoch at every epoch"
+        )
+    if (sampler.num_replicas, sampler.rank) != (size, rank):
+        raise ValueError(
+            f"data's DistributedSampler has num_replicas={sampler.num_replicas}, rank={sampler.rank}, but this "
+            f"process is rank {rank} of {size}: build it after init_process_group, without num_replicas and rank"
+        )
+
+
 class _Epochs:
     """Passes over ``data``, each from a fresh ``iter(data)``. The random states
     at the start of the current epoch are kept: a resumed run puts them back
@@ -305,6 +345,7 @@ class _Epochs:
     def __init__(self, data):
         self.data = data
         self.generators = _generators(data)
+        self.sampler = _epoch_sampler(data)
         self.epoch = 0  # completed
         self.batch = 0  # done in the current epoch
         self.iterator = None
@@ -317,6 +358,7 @@ class _Epochs:
         """The next batch, or ``None`` when the epoch has just ended."""
         if self.iterator is None:
             self.start = self._states()
+            self._set_epoch()
             self.iterator = iter(self.data)
             self.batch = 0
         try:
@@ -335,6 +377,10 @@ class _Epochs:
             return {"epoch": self.epoch, "batch": 0, "epoch_start": self._states()}
         return {"epoch": self.epoch, "batch": self.batch, "epoch_start": self.start}
 
+    def _set_epoch(self):
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+
     def any_batch(self):
         """A batch for a throw-away step, leaving every random state as it was."""
         with _random_states_kept(self.generators):
@@ -348,6 +394,7 @@ class _Epochs:
             generator.set_state(state)
         self.epoch, self.batch, self.start = epoch, 0, start
         if batch:
+            self._set_epoch()
             self.iterator = iter(self.data)
             for done in range(batch):
                 try:
@@ -575,6 +622,8 @@ class _Fit:
         self.history = _History(list(track))
         self.run_params = set()
         self.unsaved = False
+        self.distributed = process()[1] > 1
+        self.shared = set()  # params whose values rank 0 has sent to every process
         per_epoch = _sized(data) if data is not None else None
         self.fingerprint = {
             "elbo": _describe_elbo(elbo),
@@ -616,8 +665,14 @@ class _Fit:
         return state
 
     def save(self):
+        self.check_processes_agree(f"at the checkpoint of step {self.history.step}")
         atomic_save(self.checkpoint_state(), self.path)
         self.unsaved = False
+
+    def check_processes_agree(self, where):
+        if self.distributed:
+            values = dict(pyro.get_param_store().named_parameters())
+            check_params_agree({name: values[name] for name in self.run_params}, where)
 
     def _refuse(self, lines):
         raise ValueError(
@@ -645,14 +700,13 @@ class _Fit:
             self._refuse(lines)
         if getattr(self.optim, "optim_objs", None):
             raise ValueError(f"optim has already taken steps; pass a new optimizer to resume from checkpoint {path}")
-        # One throw-away step sets up what a first step sets up (lazily built
-        # autoguides, pyro.module params, an ELBO's guessed max_plate_nesting),
-        # drawing random numbers as it likes: every state is put back below.
-        args = _batch_args(self.epochs.any_batch()) if self.epochs else self.args
-        with poutine.trace(param_only=True) as capture:
-            self.loss_and_grads(self.model, self.guide, *args, **self.kwargs)
-        params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
-        zero_grads(params.values())
+        params = self.set_up()  # every random state is put back below
+        if self.distributed:  # rank 0's params and optimizer state, on every process
+            check_same_params(params, "at the set-up of the resume")
+            shared = [saved["params"], saved["optim"]]
+            torch.distributed.broadcast_object_list(shared, 0)
+            saved = dict(saved, params=shared[0], optim=shared[1])
+            self.shared = set(params)
         lines = _checkpoint.differences(
             {"params": saved["fingerprint"].get("params")}, {"params": _param_fingerprint(_param_records(params))}
         )
@@ -673,6 +727,52 @@ class _Fit:
             set_rng_state(saved["rng"])
         except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as error:
             raise ValueError(f"checkpoint {path} cannot be restored: {type(error).__name__}: {error}") from error
+
+    def first_args(self):
+        """The model's arguments at a first step (a batch of ``data``, drawn
+        leaving every random state as it was)."""
+        return _batch_args(self.epochs.any_batch()) if self.epochs else self.args
+
+    def set_up(self):
+        """One throw-away step sets up what a first step sets up (lazily built
+        autoguides, pyro.module params, an ELBO's guessed max_plate_nesting),
+        drawing random numbers as it likes: every global random state is put
+        back. :returns: ``{name: unconstrained param}`` of the step."""
+        args = self.first_args()
+        with _random_states_kept(), poutine.trace(param_only=True) as capture:
+            self.loss_and_grads(self.model, self.guide, *args, **self.kwargs)
+        params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+        zero_grads(params.values())
+        return params
+
+    def start_processes(self, elbo):
+        """Under a process group, before the first step of a fresh run: rank
+        0's params on every process. Then, fresh or resumed: the check of the
+        plates' scales (see :func:`pyro_vi.distributed.check_sharding`)."""
+        if not self.distributed:
+            return
+        if not self.shared:
+            params = self.set_up()
+            check_same_params(params, "at the set-up before the first step")
+            broadcast_params(params)
+            self.shared = set(params)
+        sharded = check_sharding(self.model, self.guide, *self.first_args(), **self.kwargs)
+        pool = getattr(elbo, "pool_processes", None)
+        if pool and not sharded:
+            raise ValueError(
+                f"{type(elbo).__name__}: pool_processes=True, but the processes hold the same data: sharing their "
+                "particles, every process would compute the same gradient. Give each process its shard of the data "
+                "(see pyro_vi.distributed), or drop pool_processes to let each process draw its own particles"
+            )
+        if sharded and pool is False and process()[0] == 0:
+            warnings.warn(
+                "the processes hold different values of {} and {} draws independent particles on each: each "
+                "process's score-function signal estimates its own shard's objective, whose gradient does not "
+                "vanish at the optimum, and near it the averaged gradient is far noisier than one process's on all "
+                "the data (the README's distributed SVI section measures it). Pass pool_processes=True to share "
+                "the particles".format(", ".join(map(repr, sharded)), type(elbo).__name__),
+                stacklevel=3,
+            )
 
     # -- the loop
 
@@ -696,6 +796,11 @@ class _Fit:
                 raise
             _raise_out_of_support(found, where, step, np.asarray(history.losses, dtype=np.float64), error)
         params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+        if self.distributed:
+            check_same_params(params, where)
+            new = {name: param for name, param in params.items() if name not in self.shared}
+            broadcast_params(new)  # a param first met now starts from rank 0's value
+            self.shared.update(new)
         loss = average_gradients([params[name] for name in sorted(params)], loss)  # over processes, if any
         _check_finite(where, step, loss, params, history)
         self.optim(params.values())
@@ -744,6 +849,7 @@ class _Fit:
                     first_step_check = False
             if self.path is not None and self.unsaved:
                 self.save()
+            self.check_processes_agree(f"at the end, step {self.history.step}")
 
 
 def _show_progress(progress: Optional[bool], total: Optional[int]) -> bool:
@@ -800,10 +906,37 @@ def fit(
     resume (to record the untrained model).
 
     **Processes.** Under :mod:`torch.distributed` (a process group initialized,
-    e.g. by ``torchrun``), the gradients and the loss are averaged over the
-    processes after each ``loss_and_grads``, as ``DistributedDataParallel``
-    does, so every process takes the same step; each process writes its own
-    checkpoint, ``<checkpoint>.rank<r>`` (see :mod:`pyro_vi.distributed`).
+    e.g. by ``torchrun``), every process calls ``fit`` with the same settings
+    on its own shard of the data, and ``fit`` estimates the gradient of the
+    objective on all of it (see :mod:`pyro_vi.distributed`):
+
+    - before the first step it sets up the params with a throw-away step
+      (every random state is put back) and copies rank 0's values to every
+      process (on resume, rank 0's params and optimizer state); a param that
+      first appears in a later step gets rank 0's value too;
+    - after each ``loss_and_grads`` the gradients and the loss are averaged
+      over the processes, as ``DistributedDataParallel`` does, so every
+      process takes the same step; at every checkpoint and at the end a
+      ``ValueError`` names any param whose values differ between the
+      processes, with the largest difference;
+    - **each shard's likelihood must be scaled to the full data**:
+      ``pyro.plate("data", N, subsample=my_indices)`` with ``N`` the number
+      of points in all the shards, in shards of equal size. Before the first
+      step ``fit`` refuses an observed site whose values differ between the
+      processes but whose scale counts fewer values than they hold together
+      (the obvious ``pyro.plate("data", len(my_shard))``, which makes the
+      posterior :math:`\sqrt{R}` times too wide for :math:`R` processes);
+      the same data on every process may have any scale. A
+      :class:`~torch.utils.data.DataLoader` as ``data`` needs a
+      :class:`~torch.utils.data.distributed.DistributedSampler`, whose
+      ``set_epoch`` ``fit`` calls at each epoch;
+    - settings, batches per epoch or checkpoints that differ between the
+      processes, or steps that touch different params, are refused on every
+      process rather than left to hang;
+    - with a score-function estimator on sharded data, pass
+      ``pool_processes=True`` (shared particles; a warning says so).
+
+    Each process writes its own checkpoint, ``<checkpoint>.rank<r>``.
 
     **Checkpoints.** With ``checkpoint`` (a file path; its directory must exist
     and be writable, checked first), the run saves its state every
@@ -914,11 +1047,11 @@ def fit(
     overwrite = boolean("overwrite", overwrite)
     fingerprint = _checked_dict("fingerprint", fingerprint)
     state = _checked_dict("state", {} if state is None else state)
+    rank, size = process()
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)) or not isinstance(os.fspath(checkpoint), str):
             raise ValueError(f"checkpoint must be a file path (str or pathlib.Path), got {checkpoint!r:.60}")
         checkpoint = os.fspath(checkpoint)
-        rank, size = process()
         if size > 1:  # under torch.distributed, one checkpoint per process
             checkpoint = f"{checkpoint}.rank{rank}"
     elif resume or overwrite:
@@ -942,6 +1075,21 @@ def fit(
             )
         if resume and exists:
             saved = _checkpoint.load(checkpoint)
+    if size > 1:
+        if data is not None:
+            _check_data_sharded(data, rank, size)
+        check_same(
+            "fit's settings",
+            {
+                "elbo": _describe_elbo(elbo),
+                "optim": _describe_optim(optim),
+                "num_steps": num_steps,
+                "epochs": epochs,
+                "batches per epoch": None if data is None else _sized(data),
+                "checkpoint_every": checkpoint_every if checkpoint is not None else None,
+                "resumes from step": None if saved is None else saved["step"],
+            },
+        )
 
     run = _Fit(
         model,
@@ -964,7 +1112,8 @@ def fit(
     )
     if saved is not None:
         run.resume(saved)
-    elif epoch_callback is not None:
+    run.start_processes(elbo)
+    if saved is None and epoch_callback is not None:
         epoch_callback(0, np.zeros(0))
     run.run(first_step_check=saved is None)
     result = run.history.result()

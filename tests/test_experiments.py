@@ -82,6 +82,10 @@ SMOKE = {
         ["--num-data", "4", "--samples", "20", "--timesteps", "5", "--variance-scales", "2"],
         ["terms.png", "variance.png", "histogram.png", "results.json"],
     ),
+    "distributed_svi": (
+        ["--num-data", "40", "--draws", "4", "--steps", "3", "--particles", "3"],
+        ["variance.png", "results.json"],
+    ),
     "earthquake": (
         ["--steps", "5", "--num-data", "30", "--cavi-iters", "5", "--summary-draws", "20"],
         ["elbo.png", "clusters.png", "results.json"],
@@ -304,6 +308,10 @@ BAD_FLAGS = [
     ("ssvae", ["--particles", "2"], "argument --particles: value must be an integer >= 3, got 2"),
     ("ssvae", ["--batch-size", "200", "--labelled", "100"], "argument --batch-size: must be at most --labelled"),
     ("ssvae", ["--alpha", "-1"], "argument --alpha: value must be >= 0"),
+    ("distributed_svi", ["--processes", "1"], "argument --processes: value must be an integer >= 2, got 1"),
+    ("distributed_svi", ["--particles", "2"], "argument --particles: value must be an integer >= 3, got 2"),
+    ("distributed_svi", ["--final-lr", "0.1"], "argument --final-lr: must be at most --lr (0.05), got 0.1"),
+    ("distributed_svi", ["--num-data", "5", "--processes", "3"], "argument --num-data: needs at least 2 points"),
 ] + [
     (script, flags, message)
     for script in CLI_SCRIPTS

@@ -2,7 +2,7 @@
 the score-function gradient with a control variate per scalar parameter."""
 
 from .. import validation
-from ..math.control_variates import check_coefficient, check_coordinates, check_pool, controlled_surrogate
+from ..math.control_variates import check_coefficient, check_coordinates, controlled_surrogate
 from ..math.surrogates import pathwise_surrogate
 from ..particles import Needs
 from .base import ParticleELBO
@@ -52,10 +52,23 @@ class ControlVariateELBO(ParticleELBO):
         README's Bernoulli VAE section measures it), and they cost an extra
         O(S x B x P) for a batch of B (see
         :func:`~pyro_vi.math.control_variates.controlled_surrogate`).
-    :param bool pool_processes: under :mod:`torch.distributed`, estimate the
-        coefficients from the particles of every process (their sufficient
-        statistics added up with one all-reduce) rather than from this
-        process's alone; see :mod:`pyro_vi.distributed`.
+    :param bool pool_processes: under :mod:`torch.distributed`, with each
+        process on its shard of the data: the processes draw the same
+        particles (a seed from rank 0 at each call,
+        :func:`~pyro_vi.distributed.shared_random_stream`). The estimator is
+        linear in its learning signal at fixed particles, so the average of
+        the processes' gradients is then this estimator with the signal of
+        all the data: the one-process estimator, **unbiased**, with one
+        process's variance. With independent particles (the default) each
+        process's signal targets its own shard's objective, whose gradient
+        does not vanish at the optimum, and no coefficient, per process or
+        pooled, cancels it: the gradient is far noisier than one process's,
+        and pooling the coefficients' statistics over the processes (what
+        this option did before) made it noisier still (the README's
+        distributed SVI section measures both). With the same data on every
+        process, every process would compute the same gradient: ``fit``
+        refuses it. Costs one broadcast per call; every process must call the
+        estimator the same number of times.
 
     Point masses keep their exact pathwise gradient, as in
     :class:`~pyro_vi.ScoreFunctionELBO`; model parameters get
@@ -94,13 +107,18 @@ class ControlVariateELBO(ParticleELBO):
         self.coefficient = coefficient
         self.pathwise = validation.boolean(f"{name}: pathwise", pathwise)
         self.coordinates = check_coordinates(coordinates, name)
-        self.pool = check_pool(pool_processes, coefficient, name)
-        needs = Needs(reparameterize=self.pathwise, stopped_guide=self.pathwise, scores=True)
+        self.pool_processes = validation.boolean(f"{name}: pool_processes", pool_processes)
+        needs = Needs(
+            reparameterize=self.pathwise,
+            stopped_guide=self.pathwise,
+            scores=True,
+            same_in_every_process=self.pool_processes,
+        )
         super().__init__(num_particles, needs=needs, min_particles=min_particles, **kwargs)
 
     def elbo_and_surrogate(self, particles):
         log_weights = particles.log_weights().detach()
         surrogate = pathwise_surrogate(particles).mean() + controlled_surrogate(
-            particles, self.coefficient, signal=log_weights, coordinates=self.coordinates, pool=self.pool
+            particles, self.coefficient, signal=log_weights, coordinates=self.coordinates
         )
         return log_weights.mean(), surrogate

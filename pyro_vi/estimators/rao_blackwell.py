@@ -3,7 +3,7 @@ each latent's score is weighted by the log-density of its Markov blanket
 only, with control variates on top."""
 
 from .. import validation
-from ..math.control_variates import check_coefficient, check_coordinates, check_pool, controlled_surrogate
+from ..math.control_variates import check_coefficient, check_coordinates, controlled_surrogate
 from ..math.signals import markov_blanket_signals
 from ..math.surrogates import pathwise_surrogate, rao_blackwell_term
 from ..particles import Needs
@@ -61,7 +61,8 @@ class RaoBlackwellELBO(ParticleELBO):
     :param bool pathwise: keep the pathwise derivative of the sites that can
         ``rsample`` (default ``False``: every random site gets a score).
     :param str coordinates: as in :class:`~pyro_vi.ControlVariateELBO`.
-    :param bool pool_processes: as in :class:`~pyro_vi.ControlVariateELBO`.
+    :param bool pool_processes: as in :class:`~pyro_vi.ControlVariateELBO`
+        (shared particles across processes), with or without control variates.
 
     **References**: those of :class:`~pyro_vi.ControlVariateELBO`, [1] black-box
     variational inference (Ranganath, Gerrish and Blei, AISTATS 2014) and [2]
@@ -75,13 +76,13 @@ class RaoBlackwellELBO(ParticleELBO):
         coefficient=None,
         pathwise=False,
         coordinates=None,
-        pool_processes=None,
+        pool_processes=False,
         **kwargs,
     ):
         name = type(self).__name__
         self.control_variate = validation.boolean(f"{name}: control_variate", control_variate)
         self.pathwise = validation.boolean(f"{name}: pathwise", pathwise)
-        options = (("coefficient", coefficient), ("coordinates", coordinates), ("pool_processes", pool_processes))
+        options = (("coefficient", coefficient), ("coordinates", coordinates))
         for option, value in options:
             if not control_variate and value is not None:
                 raise ValueError(
@@ -91,9 +92,13 @@ class RaoBlackwellELBO(ParticleELBO):
         self.coefficient = "leave_one_out" if coefficient is None else coefficient
         min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
         self.coordinates = check_coordinates("distributions" if coordinates is None else coordinates, name)
-        self.pool = check_pool(bool(pool_processes), self.coefficient, name)
+        self.pool_processes = validation.boolean(f"{name}: pool_processes", pool_processes)
         needs = Needs(
-            reparameterize=self.pathwise, stopped_guide=self.pathwise, structure=True, scores=self.control_variate
+            reparameterize=self.pathwise,
+            stopped_guide=self.pathwise,
+            structure=True,
+            scores=self.control_variate,
+            same_in_every_process=self.pool_processes,
         )
         super().__init__(num_particles, needs=needs, min_particles=min_particles, **kwargs)
 
@@ -106,5 +111,5 @@ class RaoBlackwellELBO(ParticleELBO):
         if not self.control_variate:
             return log_weights.mean(), surrogate + rao_blackwell_term(particles, signals).mean()
         return log_weights.mean(), surrogate + controlled_surrogate(
-            particles, self.coefficient, signals=signals, coordinates=self.coordinates, pool=self.pool
+            particles, self.coefficient, signals=signals, coordinates=self.coordinates
         )

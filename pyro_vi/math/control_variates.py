@@ -15,7 +15,6 @@ __all__ = [
     "COORDINATES",
     "check_coefficient",
     "check_coordinates",
-    "check_pool",
     "controlled_gradient",
     "controlled_surrogate",
     "gradient_from_sums",
@@ -31,19 +30,6 @@ def check_coordinates(coordinates, estimator):
     return validation.choice(f"{estimator}: coordinates", coordinates, COORDINATES)
 
 
-def check_pool(pool_processes, coefficient, estimator):
-    """The ``pool`` of :func:`controlled_surrogate` for ``pool_processes``."""
-    from ..distributed import sum_over_processes
-
-    if not validation.boolean(f"{estimator}: pool_processes", pool_processes):
-        return None
-    if not isinstance(coefficient, str):
-        raise ValueError(
-            f"{estimator}: pool_processes=True has no effect with a fixed coefficient={coefficient!r}; drop one of them"
-        )
-    return sum_over_processes
-
-
 def check_coefficient(coefficient, estimator):
     """Validates a control-variate ``coefficient`` (``"leave_one_out"``,
     ``"pooled"`` or a finite number); returns the number of particles it
@@ -55,7 +41,7 @@ def check_coefficient(coefficient, estimator):
     return 1
 
 
-def controlled_gradient(h, coefficient, signal=None, f=None, pool=None):
+def controlled_gradient(h, coefficient, signal=None, f=None):
     """The controlled gradient of one parameter from its per-particle
     scores ``h`` (shape ``(S,) + shape``),
 
@@ -80,15 +66,12 @@ def controlled_gradient(h, coefficient, signal=None, f=None, pool=None):
     is 0.
 
     The coefficients need only the per-parameter sums of :math:`h, f, h^2,
-    fh` over the particles (:func:`particle_sums`); ``pool`` may add up
-    those of other processes first (one all-reduce), so that the
-    coefficients come from every process's particles. Leave-one-out then
+    fh` over the particles (:func:`particle_sums`); leave-one-out then
     takes one more pass over the particles. Both go a block of parameters at
-    a time, in float64, so that no temporary is larger than a block.
+    a time, in float64, so that no temporary is larger than a block. The
+    estimate is linear in the signal (in ``f``) at fixed particles.
     """
-    sums = particle_sums(h, signal, f)
-    pooled = pool(sums.clone()) if pool is not None and isinstance(coefficient, str) else sums
-    return gradient_from_sums(h, sums, pooled, coefficient, signal, f)
+    return gradient_from_sums(h, particle_sums(h, signal, f), coefficient, signal, f)
 
 
 _BLOCK_ELEMENTS = 1 << 18
@@ -118,27 +101,22 @@ def particle_sums(h, signal=None, f=None):
     return sums
 
 
-def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None, per_particle=False):
-    """:math:`\\hat g` of this process's particles (``h``, ``signal`` or ``f``,
-    whose :func:`particle_sums` are ``sums``), with the coefficients of the
-    ``pooled`` sums (these, or those of several processes added up). With
-    ``per_particle``, the particles' terms
-    :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``, whose
-    sum over the particles is :math:`\\hat g`."""
+def gradient_from_sums(h, sums, coefficient, signal=None, f=None, per_particle=False):
+    """:math:`\\hat g` of the particles ``h``, ``signal`` or ``f``, whose
+    :func:`particle_sums` are ``sums``. With ``per_particle``, the
+    particles' terms :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape
+    ``(S,) + shape``, whose sum over the particles is :math:`\\hat g`."""
     num_particles, shape = h.shape[0], h.shape[1:]
     if not isinstance(coefficient, str) or coefficient == "pooled":
-        a = _fixed_or_pooled_coefficient(h, pooled, coefficient)
+        a = _fixed_or_pooled_coefficient(h, sums, coefficient)
         if per_particle:
-            return (
-                torch.cat([(fb - a[columns] * hb) / num_particles for columns, hb, fb in _blocks(h, signal, f)], 1)
-                .to(h.dtype)
-                .reshape(h.shape)
-            )
+            blocks = [(fb - a[columns] * hb) / num_particles for columns, hb, fb in _blocks(h, signal, f)]
+            return torch.cat(blocks, 1).to(h.dtype).reshape(h.shape)
         return ((sums[2] - a * sums[1]) / num_particles).to(h.dtype).reshape(shape)
-    count, pooled_h, pooled_f, pooled_hh = pooled[0], pooled[1], pooled[2], pooled[3]
-    h_mean, f_mean = pooled_h / count, pooled_f / count
-    cov = pooled[4] - count * f_mean * h_mean
-    var = pooled_hh - count * h_mean.square()
+    count, h_sum, f_sum, sum_hh = sums[0], sums[1], sums[2], sums[3]
+    h_mean, f_mean = h_sum / count, f_sum / count
+    cov = sums[4] - count * f_mean * h_mean
+    var = sum_hh - count * h_mean.square()
     tolerance = 64 * torch.finfo(h.dtype).eps
     # Without particle s the other centred values sum to -hc[s] and -fc[s]:
     # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = N / (N - 1).
@@ -148,13 +126,13 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None, per_pa
         hc, fc = hb - h_mean[columns], fb - f_mean[columns]
         numerator = cov[columns] - k[columns] * fc * hc
         denominator = var[columns] - k[columns] * hc.square()
-        threshold = tolerance * (pooled_hh[columns] - hb.square()).clamp(min=0)
+        threshold = tolerance * (sum_hh[columns] - hb.square()).clamp(min=0)
         regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
         # The others' scores all equal: the slope is undefined; the
         # coefficient is then their regression through the origin, f / h
         # (their mean signal for f = h L), 0 where their h is 0.
-        others_h = (pooled_h[columns] - hb) / others[columns]
-        others_f = (pooled_f[columns] - fb) / others[columns]
+        others_h = (h_sum[columns] - hb) / others[columns]
+        others_f = (f_sum[columns] - fb) / others[columns]
         origin = others_h.abs() > (threshold / others[columns]).sqrt()
         through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
         a = torch.where(denominator > threshold, regression, through_origin)
@@ -163,20 +141,20 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None, per_pa
     return (controlled if per_particle else controlled.sum(0)).to(h.dtype).reshape(h.shape if per_particle else shape)
 
 
-def _fixed_or_pooled_coefficient(h, pooled, coefficient):
-    """A fixed coefficient, or :math:`a^*` of all the ``pooled`` particles (0
-    where their variance is rounding error)."""
+def _fixed_or_pooled_coefficient(h, sums, coefficient):
+    """A fixed coefficient, or :math:`a^*` of all the particles (0 where
+    their variance is rounding error)."""
     if coefficient != "pooled":
-        return torch.full_like(pooled[1], float(coefficient))
-    count, pooled_h, pooled_hh = pooled[0], pooled[1], pooled[3]
-    h_mean, f_mean = pooled_h / count, pooled[2] / count
-    cov = pooled[4] - count * f_mean * h_mean
-    var = pooled_hh - count * h_mean.square()
+        return torch.full_like(sums[1], float(coefficient))
+    count, h_sum, sum_hh = sums[0], sums[1], sums[3]
+    h_mean, f_mean = h_sum / count, sums[2] / count
+    cov = sums[4] - count * f_mean * h_mean
+    var = sum_hh - count * h_mean.square()
     # Below tolerance * (sum of squares), a variance is rounding error: 0.
-    return torch.where(var > 64 * torch.finfo(h.dtype).eps * pooled_hh, cov / var, 0.0)
+    return torch.where(var > 64 * torch.finfo(h.dtype).eps * sum_hh, cov / var, 0.0)
 
 
-def controlled_surrogate(particles, coefficient, signal=None, signals=None, coordinates="parameters", pool=None):
+def controlled_surrogate(particles, coefficient, signal=None, signals=None, coordinates="parameters"):
     """The linear surrogate :math:`\\sum_d \\mathrm{stop}(\\hat g_d) \\lambda_d`
     of the controlled gradients of the score sites.
 
@@ -202,10 +180,6 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         each particle has its own) or stores its tensors normalized, as a
         categorical does (see
         :func:`~pyro_vi.math.jacobians.distribution_gradients`).
-    :param pool: adds up the sufficient statistics of several processes
-        (:func:`pyro_vi.distributed.sum_over_processes`), in one all-reduce
-        for all parameters, so that the coefficients come from every
-        process's particles.
     """
     params = [p for p in particles.guide_params.values() if p.requires_grad]
     weightings = [{}] if signals is None else [{}, signals]
@@ -218,21 +192,16 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         ]
     if not frontier:
         return particles.zeros()
-    sums = [particle_sums(rows[0], signal, None if signals is None else rows[1]) for _, rows in frontier]
-    pooled = sums
-    if pool is not None and isinstance(coefficient, str):
-        # One all-reduce for the statistics of every parameter.
-        sizes = [s.shape[1] for s in sums]
-        pooled = list(pool(torch.cat(sums, dim=1)).split(sizes, dim=1))
     surrogate = 0.0
-    for (target, rows), own, pooled_sums in zip(frontier, sums, pooled):
+    for target, rows in frontier:
         f = None if signals is None else rows[1]
+        sums = particle_sums(rows[0], signal, f)
         if isinstance(target, list):  # each particle's own tensor
-            controlled = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f, per_particle=True)
+            controlled = gradient_from_sums(rows[0], sums, coefficient, signal, f, per_particle=True)
             for term, own_target in zip(controlled.detach(), target):
                 if own_target is not None:
                     surrogate = surrogate + (term * own_target).sum()
         else:
-            g = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f)
+            g = gradient_from_sums(rows[0], sums, coefficient, signal, f)
             surrogate = surrogate + (g.detach() * target).sum()
     return surrogate

@@ -7,6 +7,7 @@ in its :class:`Needs`, into a frozen :class:`~pyro_vi.particles.record.Particles
 After it returns, nothing runs a program again.
 """
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
+from ..distributed import shared_random_stream
 from .distributions import functional
 from .handlers import (
     AntitheticPairs,
@@ -61,6 +63,9 @@ class Needs:
         one trace per particle, the structure too, to tell which
         distributions depend on other samples).
     :ivar bool samples: the guide's sample tensors (for gradient hooks).
+    :ivar bool same_in_every_process: under :mod:`torch.distributed`, every
+        process draws the same particles (a seed from rank 0 for each draw,
+        :func:`~pyro_vi.distributed.shared_random_stream`).
     """
 
     reparameterize: bool = True
@@ -71,6 +76,7 @@ class Needs:
     bernoulli: bool = False
     scores: bool = False
     samples: bool = False
+    same_in_every_process: bool = False
 
 
 class Sampler:
@@ -113,7 +119,8 @@ class Sampler:
             )
         run_guide = self._guide(guide)
         try:
-            runs = self._runs(model, run_guide, args, kwargs, plate_dims)
+            with shared_random_stream() if self.needs.same_in_every_process else contextlib.nullcontext():
+                runs = self._runs(model, run_guide, args, kwargs, plate_dims)
         except ValueError as error:
             if "plate stack overflow" not in str(error) and f'"{PARTICLE_PLATE}", collide' not in str(error):
                 raise
