@@ -1,8 +1,6 @@
 """VIMCO: leave-one-out signals for the importance-weighted bound (Mnih and
 Rezende 2016)."""
 
-import torch
-
 from ..math.bounds import (
     independent_plates,
     iwelbo,
@@ -63,7 +61,7 @@ def vimco_score_term(particles, signals):
     per-point signals ``signals`` (``(K,) + plate_shape``): each score site's
     density summed to the points of the independent plates."""
     dims = set(independent_plates(particles).values())
-    total = 0.0
+    total = particles.zeros()
     for site in particles.score_sites():
         total = total + (sum_to_plates(site.score_log_prob, dims) * signals.detach()).sum()
-    return torch.as_tensor(total)
+    return total

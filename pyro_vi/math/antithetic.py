@@ -45,7 +45,7 @@ def disarm_term(particles, signals):
     element, drawn on its own, gets the score function with the other
     particles' mean signal as baseline
     (:func:`~pyro_vi.math.signals.leave_one_out_signals`) instead."""
-    total = 0.0
+    total = particles.zeros()
     num_particles = particles.num_particles
     for name, signal in signals.items():
         bernoulli = particles.bernoulli[name]
@@ -59,7 +59,7 @@ def disarm_term(particles, signals):
                 -bernoulli.logits
             )
             total = total + (log_q * (centred * unpaired).detach()).sum() / num_particles
-    return torch.as_tensor(total)
+    return total
 
 
 def local_disarm_term(particles, log_w, scale=1.0):
@@ -80,7 +80,7 @@ def local_disarm_term(particles, log_w, scale=1.0):
     first, second = log_w[0::2].detach(), log_w[1::2].detach()
     first_signal = 0.5 * (log_mean_exp(first).unsqueeze(0) - log_mean_exp_replacing(first, second))
     second_signal = 0.5 * (log_mean_exp(second).unsqueeze(0) - log_mean_exp_replacing(second, first))
-    total = 0.0
+    total = particles.zeros()
     for site in particles.score_sites():
         bernoulli = particles.bernoulli[site.name]
         theta = bernoulli.logits[0::2]
@@ -91,4 +91,4 @@ def local_disarm_term(particles, log_w, scale=1.0):
             + _with_event_dims(second_signal, bernoulli.event_dim) * (1 - 2 * b)
         ) * common
         total = total + ((0.5 * scale * g).detach() * theta).sum()
-    return torch.as_tensor(total)
+    return total

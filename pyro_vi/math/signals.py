@@ -4,8 +4,6 @@ Notation: particles :math:`z_s \\sim q_\\lambda`, :math:`s = 1..S`;
 :math:`L_s = \\log p(x, z_s) - \\log q(z_s)`.
 """
 
-import torch
-
 __all__ = [
     "leave_one_out_signals",
     "markov_blanket_signals",
@@ -41,13 +39,13 @@ def markov_blanket_signals(particles):
     factors = particles.signal_factors
     for site in particles.score_sites():
         model_factors, guide_factors = factors[site.name]
-        signal = 0.0
+        signal = particles.zeros(particles.num_particles, *(1,) * particles.plate_dims)
         for table, chosen, sign in ((particles.model, model_factors, 1.0), (particles.guide, guide_factors, -1.0)):
             for name, plates in chosen.items():
                 if name in table:
                     dims = {site.plates[p] for p in plates}
                     signal = signal + sign * sum_to_plates(table[name].log_prob, dims)
-        signals[site.name] = torch.as_tensor(signal).detach()
+        signals[site.name] = signal.detach()
     return signals
 
 

@@ -50,10 +50,10 @@ def rao_blackwell_term(particles, signals):
     \\mathrm{stop}(L^{(j)}_s)\\rangle` over the score sites :math:`j` of
     ``signals`` (``{site: (S,) + plate_shape}``): its gradient is the
     Rao-Blackwellized score-function estimator. Shape ``(S,)``."""
-    total = 0.0
+    total = particles.zeros(particles.num_particles)
     for name, signal in signals.items():
         total = total + per_particle(particles.guide[name].score_log_prob * signal)
-    return torch.as_tensor(total)
+    return total
 
 
 def linear_surrogate(params, grads):

@@ -268,7 +268,7 @@ class AntitheticMessenger(Messenger):
         first, u = stored.pop(name, (None, None))
         if u is None or u.shape != shape:
             fresh = torch.rand(shape, dtype=probs.dtype, device=probs.device)
-            return (fresh < probs).to(probs.dtype), torch.zeros(shape, dtype=torch.bool)
+            return (fresh < probs).to(probs.dtype), torch.zeros(shape, dtype=torch.bool, device=probs.device)
         agree = _agreement(first, parameters, shape)
         second = 1 - u if bool(agree.all()) else torch.where(agree, 1 - u, torch.rand_like(u))
         return (second < probs).to(probs.dtype), agree
@@ -318,7 +318,8 @@ def _agreement(first, second, shape):
     """Where two lists of tensors agree, over ``shape``: a tensor whose
     leading dims are ``shape`` element by element (its further dims must all
     agree), any other as a whole."""
-    agree = torch.ones(shape, dtype=torch.bool)
+    device = second[0].device if second else None
+    agree = torch.ones(shape, dtype=torch.bool, device=device)
     if first is None or len(first) != len(second):
         return ~agree
     for a, b in zip(first, second):
