@@ -95,8 +95,7 @@ def estimators(particles) -> _cli.Registry:
             lambda: pyro_vi.ReinforceLeaveOneOutELBO(num_particles=particles, pathwise=True, **KW),
             style=dict(color="tab:orange", ls="-.", marker="s"),
         ),
-        # pyro_vi.AutoELBO, once it exists, is this one line:
-        # "AutoELBO": _cli.Estimator(lambda: pyro_vi.AutoELBO(num_particles=particles, **KW), style=AUTO_STYLE),
+        "AutoELBO": _cli.Estimator(lambda: pyro_vi.AutoELBO(num_particles=particles, **KW), style=AUTO_STYLE),
     }
 
 
