@@ -633,6 +633,8 @@ def check(args):
         )
     if args.batch_size > args.labelled:
         raise ValueError(f"argument --batch-size: must be at most --labelled ({args.labelled}), got {args.batch_size}")
+    if args.particles % 2:
+        raise ValueError(f"argument --particles: must be even (AutoELBO draws them in pairs), got {args.particles}")
     if args.plot_only:
         if args.resume or args.overwrite:
             raise ValueError("argument --plot-only: trains nothing; drop --resume/--overwrite")

@@ -306,6 +306,7 @@ BAD_FLAGS = [
     ("bernoulli_vae", ["--ks", "1"], "argument --ks: value must be an integer >= 2, got 1"),
     ("ssvae", ["--labelled", "35"], "argument --labelled: must be a multiple of 10"),
     ("ssvae", ["--particles", "2"], "argument --particles: value must be an integer >= 3, got 2"),
+    ("ssvae", ["--particles", "5"], "argument --particles: must be even (AutoELBO draws them in pairs), got 5"),
     ("ssvae", ["--batch-size", "200", "--labelled", "100"], "argument --batch-size: must be at most --labelled"),
     ("ssvae", ["--alpha", "-1"], "argument --alpha: value must be >= 0"),
     ("distributed_svi", ["--processes", "1"], "argument --processes: value must be an integer >= 2, got 1"),
