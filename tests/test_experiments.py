@@ -19,6 +19,39 @@ TINY_MNIST = "<tiny MNIST folder>"
 
 # script -> (tiny flags, files it must write to --out)
 SMOKE = {
+    "air": (
+        [
+            "--data-dir",
+            TINY_MNIST,
+            "--canvas-size",
+            "12",
+            "--digit-size",
+            "6",
+            "--z-what-dim",
+            "3",
+            "--num-train",
+            "16",
+            "--num-test",
+            "6",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-size",
+            "4",
+            "--eval-particles",
+            "2",
+            "--variance-draws",
+            "2",
+            "--estimators",
+            "TraceGraph_ELBO",
+            "ReinforceLeaveOneOutELBO",
+            "DisARMELBO",
+        ],
+        ["curves.png", "reconstructions.png", "results.json"],
+    ),
     "benchmark_scaling": (
         [
             "--sweeps",
@@ -276,6 +309,11 @@ BAD_FLAGS = [
     ("benchmark", ["--rounds", "0"], "argument --rounds: value must be an integer >= 1, got 0"),
     ("benchmark_vae", ["--batch-size", "x"], "argument --batch-size: value must be an integer >= 1, got 'x'"),
     ("bernoulli_vae", ["--particles", "5"], "argument --particles: must be even"),
+    ("air", ["--particles", "6", "--particles", "7"], "argument --particles: must be even"),
+    ("air", ["--digit-size", "60"], "argument --digit-size: 60 is larger than --canvas-size 50"),
+    ("air", ["--eval-size", "2000"], "argument --eval-size: must be at most --num-test (1000)"),
+    ("air", ["--resume", "--overwrite"], "argument --overwrite: not allowed with --resume"),
+    ("air", ["--estimators", "Trace_ELBO"], "argument --estimators: invalid choice: 'Trace_ELBO'"),
     ("bernoulli_vae", ["--variance-draws", "1"], "argument --variance-draws: a variance needs 2 draws or more"),
     ("bernoulli_vae", ["--ks", "1"], "argument --ks: value must be an integer >= 2, got 1"),
 ] + [
