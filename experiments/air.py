@@ -14,6 +14,13 @@ step (DisARM: ``--particles / 2`` antithetic pairs). Pyro's
 on each ``z_pres_t`` site (:class:`guides.air.Baseline`, learning rate
 ``--baseline-lr``), as Pyro's AIR example; the others get the guide without
 it. An estimator that refuses the guide is recorded with its message.
+With ``--z-pres-prior-start``, the prior probability of each further object
+is annealed during training, as in Pyro's AIR example: held at that value for
+``--anneal-hold`` steps, then decayed geometrically to ``--z-pres-prior`` over
+``--anneal-steps`` steps (a high value first keeps every step's object on, so
+that the guide learns where objects are; the low final value then turns off
+the objects that explain nothing). The held-out ELBO is always that of the
+final model (``--z-pres-prior``).
 
 Every ``--eval-every`` steps, on the first ``--eval-size`` held-out
 canvases: the count accuracy (how often one draw of the guide has as many
@@ -151,27 +158,52 @@ def configs(args):
         window_size=args.digit_size,
         max_steps=args.max_steps,
         z_what_dim=args.z_what_dim,
-        z_pres_prior=args.z_pres_prior,
+        z_pres_prior=args.z_pres_prior,  # the model evaluated; training may anneal it (PriorSchedule)
         likelihood_sd=args.likelihood_sd,
     )
     return data, air
 
 
+def schedule(args):
+    return PriorSchedule(args.z_pres_prior, args.z_pres_prior_start, args.anneal_hold, args.anneal_steps)
+
+
+class PriorSchedule:
+    """The prior probability :math:`\\rho` of each further object at a
+    training step, annealed as in Pyro's AIR example: ``start`` for the first
+    ``hold`` steps, then geometrically to ``final`` over ``decay`` steps.
+    Without annealing (``start`` is ``None``) it is ``final`` throughout."""
+
+    def __init__(self, final, start=None, hold=0, decay=0):
+        self.final, self.start, self.hold, self.decay = final, start, hold, decay
+
+    def __call__(self, step):
+        if self.start is None or step >= self.hold + self.decay:
+            return self.final
+        done = max(step - self.hold, 0) / self.decay
+        return math.exp((1 - done) * math.log(self.start) + done * math.log(self.final))
+
+
 class Networks:
     """The decoder, the guide's networks and the baselines of one run, built
-    from the seed (the same initial weights for every estimator), and the
-    model and the two guides (``"plain"``, ``"baseline"``) as functions of
-    the canvases."""
+    from the seed (the same initial weights for every estimator); the model
+    trained at :attr:`step` (its prior of ``schedule(step)``), the model
+    evaluated (the final prior) and the two guides (``"plain"``,
+    ``"baseline"``), as functions of the canvases."""
 
-    def __init__(self, config, seed):
+    def __init__(self, config, seed, schedule):
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         self.decoder, self.guide, self.baseline = Decoder(config), GuideNet(config), Baseline(config)
+        self.schedule, self.step = schedule, 0
         self.model_fn = functools.partial(model, decoder=self.decoder)
         self.guides = {
             "plain": functools.partial(guide, net=self.guide),
             "baseline": functools.partial(guide, net=self.guide, baseline=self.baseline),
         }
+
+    def training_model(self, images):
+        return model(images, self.decoder, z_pres_prior=self.schedule(self.step))
 
     def load(self, params):
         """Loads a checkpoint's params into the networks, and any other saved
@@ -275,6 +307,7 @@ def fingerprint(label, seed, args):
     ``--steps``: a run can be extended)."""
     keys = (
         "canvas_size digit_size max_digits num_train num_test data_seed max_steps z_what_dim z_pres_prior "
+        "z_pres_prior_start anneal_hold anneal_steps "
         "likelihood_sd batch_size particles lr baseline_lr eval_every eval_size eval_particles"
     ).split()
     return dict({k: getattr(args, k) for k in keys}, estimator=label, seed=seed)
@@ -285,7 +318,7 @@ def refusal(elbo, nets, guide_fn, batch):
     or ``None`` when it takes them; draws nothing from the global RNG."""
     with fixed_rng(0):
         try:
-            elbo.loss(nets.model_fn, guide_fn, batch)
+            elbo.loss(nets.training_model, guide_fn, batch)
         except ValueError as error:
             return str(error)
     return None
@@ -294,7 +327,7 @@ def refusal(elbo, nets, guide_fn, batch):
 def train(label, estimator, seed, study, args):
     """Trains one estimator from the seed's initial weights; returns the
     run's record."""
-    nets = Networks(study["config"], seed)
+    nets = Networks(study["config"], seed, schedule(args))
     guide_fn = estimator.guide(nets.guides)
     elbo = estimator.make()
     refused = refusal(elbo, nets, guide_fn, study["train"].images[: args.batch_size])
@@ -325,6 +358,7 @@ def train(label, estimator, seed, study, args):
             record(0)
 
     def callback(step, loss):
+        nets.step = step  # the prior of the next step
         now = time.perf_counter()
         if clock["last"] is not None:
             state["step_seconds"].append(now - clock["last"])
@@ -334,12 +368,14 @@ def train(label, estimator, seed, study, args):
 
     optim = Adam(lambda module, name: {"lr": args.baseline_lr if module == "baseline" else args.lr})
     path = os.path.join(args.out, "checkpoints", run_key(label, seed) + ".pt")
+    if args.resume and os.path.exists(path):
+        nets.step = load_checkpoint(path)["step"]
     failure = None
     start = time.perf_counter()
     clock["last"] = time.perf_counter()
     try:
         fit(
-            nets.model_fn,
+            nets.training_model,
             guide_fn,
             elbo,
             optim,
@@ -383,7 +419,7 @@ def presence_gradients(estimator, nets, batch, draws):
     elbo = estimator.make()
     try:
         stats = gradient_statistics(
-            elbo, nets.model_fn, estimator.guide(nets.guides), batch, num_draws=draws, params=list(PRESENCE)
+            elbo, nets.training_model, estimator.guide(nets.guides), batch, num_draws=draws, params=list(PRESENCE)
         )
     except ValueError:
         return None
@@ -431,11 +467,13 @@ def variances(registry, seed, study, args, reference_checkpoint):
     """:func:`variance_point` at the seed's initial weights and at the
     reference run's final weights (when its checkpoint is there)."""
     batch = study["train"].images[: args.batch_size]
-    nets = Networks(study["config"], seed)
+    nets = Networks(study["config"], seed, schedule(args))
     result = {"start": variance_point(registry, nets, batch, args.variance_draws, seed)}
     if reference_checkpoint and os.path.exists(reference_checkpoint):
-        nets = Networks(study["config"], seed)
-        nets.load(load_checkpoint(reference_checkpoint)["params"])
+        nets = Networks(study["config"], seed, schedule(args))
+        saved = load_checkpoint(reference_checkpoint)
+        nets.load(saved["params"])
+        nets.step = saved["step"]
         result["trained"] = variance_point(registry, nets, batch, args.variance_draws, seed)
     return result
 
@@ -678,7 +716,8 @@ def readme_block(results):
     lines = [table(header, body)]
     lines.append(
         "Mean ± std over seeds. {canvas}x{canvas} canvases with 0 to {digits} digits of {digit}x{digit} pixels, "
-        "{train} training and {test} held-out canvases; at most {steps} objects; {n} steps of Adam (lr {lr}), "
+        "{train} training and {test} held-out canvases; at most {steps} objects, prior probability {rho:g} of each "
+        "further one{anneal}; {n} steps of Adam (lr {lr}), "
         "batch {batch}, {particles} model evaluations per canvas and step. Count accuracy: one guide draw per "
         "held-out canvas (chance {chance:.2f}). ELBO: {k} draws per held-out canvas. Gradient variance: the "
         "presence head's gradient per canvas, summed over its elements, {draws} draws on one training batch, "
@@ -689,6 +728,12 @@ def readme_block(results):
             train=args["num_train"],
             test=args["num_test"],
             steps=args["max_steps"],
+            rho=args["z_pres_prior"],
+            anneal=""
+            if args.get("z_pres_prior_start") is None
+            else " (annealed from {:g}: held {} steps, then decayed over {})".format(
+                args["z_pres_prior_start"], args["anneal_hold"], args["anneal_steps"]
+            ),
             n=args["steps"],
             lr=args["lr"],
             batch=args["batch_size"],
@@ -728,7 +773,25 @@ def parser():
     p.add_argument("--max-steps", type=_cli.positive_int, default=3, help="T, the most objects the model has")
     p.add_argument("--z-what-dim", type=_cli.positive_int, default=20, help="dimension of z_what")
     p.add_argument(
-        "--z-pres-prior", type=_cli.real(minimum=0, maximum=1), default=0.5, help="prior probability of each object"
+        "--z-pres-prior",
+        type=_cli.real(minimum=0, maximum=1, strict_minimum=True),
+        default=0.01,
+        help="the model's prior probability of each further object (after annealing)",
+    )
+    p.add_argument(
+        "--z-pres-prior-start",
+        type=_cli.real(minimum=0, maximum=1, strict_minimum=True),
+        default=None,
+        help="anneal the prior from this value (default: no annealing)",
+    )
+    p.add_argument(
+        "--anneal-hold", type=_cli.nonnegative_int, default=0, help="steps at --z-pres-prior-start before it decays"
+    )
+    p.add_argument(
+        "--anneal-steps",
+        type=_cli.positive_int,
+        default=1,
+        help="steps over which the prior decays geometrically to --z-pres-prior",
     )
     p.add_argument("--likelihood-sd", type=_cli.positive_real, default=0.3, help="pixel noise of the model")
     p.add_argument("--steps", type=_cli.positive_int, default=200, help="training steps per run")

@@ -244,12 +244,15 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.net(z_what)).reshape(z_what.shape[:-1] + (w, w))
 
 
-def model(images, decoder: Decoder):
+def model(images, decoder: Decoder, z_pres_prior=None):
     """The scene model for ``images`` ``(B, C, C)``, in the plate ``"data"``;
-    pass the decoder with :func:`functools.partial`. Returns the mean canvas."""
+    pass the decoder with :func:`functools.partial`. ``z_pres_prior``
+    replaces the config's :math:`\rho` (to anneal it during training).
+    Returns the mean canvas."""
     instance("decoder", decoder, Decoder, "a models.air.Decoder")
     config = decoder.config
     check_canvases(images, config, decoder)
+    rho = config.z_pres_prior if z_pres_prior is None else real("z_pres_prior", z_pres_prior, minimum=0, maximum=1)
     pyro.module("decoder", decoder)
     where_loc, where_scale = config.where_prior(images)
     with pyro.plate("data", len(images), dim=-1):
@@ -257,7 +260,7 @@ def model(images, decoder: Decoder):
         canvas = images.new_zeros(shape + images.shape[-2:])
         present = images.new_ones(shape)
         for t in range(config.max_steps):
-            present = pyro.sample(f"z_pres_{t}", dist.Bernoulli(probs=config.z_pres_prior * present))
+            present = pyro.sample(f"z_pres_{t}", dist.Bernoulli(probs=rho * present))
             shape = present.shape
             mask = present > 0
             z_where = pyro.sample(

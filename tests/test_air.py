@@ -134,6 +134,14 @@ def test_model_log_joint_on_a_hand_made_canvas():
             expected += normal_log_density(whats[t], 0.0, 1.0)
         expected += normal_log_density(images[0], canvas, 0.3)
         torch.testing.assert_close(trace.log_prob_sum().detach(), torch.as_tensor(expected), rtol=1e-5, atol=1e-4)
+        # another prior probability of objects: only the three z_pres factors change
+        other = poutine.trace(poutine.condition(model, values)).get_trace(images, decoder, z_pres_prior=0.2)
+        torch.testing.assert_close(
+            other.log_prob_sum() - trace.log_prob_sum(),
+            torch.tensor(2 * math.log(0.2 / rho) + math.log(0.8 / (1 - rho))),
+            rtol=1e-5,
+            atol=1e-4,
+        )
         # the absent object's position and appearance change nothing
         values["z_where_2"], values["z_what_2"] = torch.randn(1, 3), torch.randn(1, 3)
         again = poutine.trace(poutine.condition(model, values)).get_trace(images, decoder)
@@ -286,3 +294,13 @@ def test_study_resumes_bit_for_bit_and_renders_its_readme_block(tmp_path):
     assert finals(again) == finals(parts)
     block = readme_block(parts)
     assert "| TraceGraph_ELBO + baseline |" in block and "Command: `python -m experiments.air" in block
+
+
+def test_prior_schedule_holds_then_decays_geometrically():
+    from experiments.air import PriorSchedule
+
+    schedule = PriorSchedule(final=1e-4, start=0.5, hold=10, decay=20)
+    assert schedule(0) == schedule(10) == 0.5
+    assert schedule(20) == pytest.approx(math.sqrt(0.5 * 1e-4))
+    assert schedule(30) == schedule(1000) == 1e-4
+    assert PriorSchedule(final=0.3)(0) == 0.3
