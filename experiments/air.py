@@ -764,8 +764,13 @@ def parser():
         plot_only=True,
     )
     p.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
-    p.add_argument("--canvas-size", type=_cli.positive_int, default=50, help="canvas side in pixels")
-    p.add_argument("--digit-size", type=_cli.positive_int, default=28, help="digit (and window) side in pixels")
+    p.add_argument("--canvas-size", type=_cli.positive_int, default=32, help="canvas side in pixels")
+    p.add_argument(
+        "--digit-size",
+        type=_cli.positive_int,
+        default=16,
+        help="digit (and window) side in pixels (MNIST's are resized)",
+    )
     p.add_argument("--max-digits", type=_cli.nonnegative_int, default=2, help="the most digits on a canvas")
     p.add_argument("--num-train", type=_cli.positive_int, default=3000, help="training canvases")
     p.add_argument("--num-test", type=_cli.positive_int, default=1000, help="held-out canvases")
@@ -781,20 +786,20 @@ def parser():
     p.add_argument(
         "--z-pres-prior-start",
         type=_cli.real(minimum=0, maximum=1, strict_minimum=True),
-        default=None,
-        help="anneal the prior from this value (default: no annealing)",
+        default=0.5,
+        help="anneal the prior from this value (the same as --z-pres-prior: no annealing)",
     )
     p.add_argument(
-        "--anneal-hold", type=_cli.nonnegative_int, default=0, help="steps at --z-pres-prior-start before it decays"
+        "--anneal-hold", type=_cli.nonnegative_int, default=500, help="steps at --z-pres-prior-start before it decays"
     )
     p.add_argument(
         "--anneal-steps",
         type=_cli.positive_int,
-        default=1,
+        default=1000,
         help="steps over which the prior decays geometrically to --z-pres-prior",
     )
     p.add_argument("--likelihood-sd", type=_cli.positive_real, default=0.3, help="pixel noise of the model")
-    p.add_argument("--steps", type=_cli.positive_int, default=200, help="training steps per run")
+    p.add_argument("--steps", type=_cli.positive_int, default=2500, help="training steps per run")
     p.add_argument("--batch-size", type=_cli.integer(minimum=2), default=32, help="canvases per step")
     p.add_argument(
         "--particles",
@@ -805,13 +810,13 @@ def parser():
     )
     p.add_argument("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
     p.add_argument("--baseline-lr", type=_cli.positive_real, default=1e-2, help="the baseline networks' learning rate")
-    p.add_argument("--eval-every", type=_cli.positive_int, default=100, help="steps between evaluations")
+    p.add_argument("--eval-every", type=_cli.positive_int, default=250, help="steps between evaluations")
     p.add_argument("--eval-size", type=_cli.positive_int, default=500, help="held-out canvases of each evaluation")
     p.add_argument("--eval-particles", type=_cli.positive_int, default=10, help="guide draws per held-out canvas")
     p.add_argument(
         "--variance-draws", type=_cli.integer(minimum=2), default=20, help="gradient draws per variance (>= 2)"
     )
-    p.add_argument("--checkpoint-every", type=_cli.positive_int, default=100, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=_cli.positive_int, default=250, help="steps between checkpoints")
     p.add_argument(
         "--estimators",
         nargs="+",

@@ -310,7 +310,7 @@ BAD_FLAGS = [
     ("benchmark_vae", ["--batch-size", "x"], "argument --batch-size: value must be an integer >= 1, got 'x'"),
     ("bernoulli_vae", ["--particles", "5"], "argument --particles: must be even"),
     ("air", ["--particles", "6", "--particles", "7"], "argument --particles: must be even"),
-    ("air", ["--digit-size", "60"], "argument --digit-size: 60 is larger than --canvas-size 50"),
+    ("air", ["--digit-size", "60"], "argument --digit-size: 60 is larger than --canvas-size 32"),
     ("air", ["--eval-size", "2000"], "argument --eval-size: must be at most --num-test (1000)"),
     ("air", ["--resume", "--overwrite"], "argument --overwrite: not allowed with --resume"),
     ("air", ["--estimators", "Trace_ELBO"], "argument --estimators: invalid choice: 'Trace_ELBO'"),
