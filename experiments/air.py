@@ -66,7 +66,7 @@ if not __package__:  # run as ``python experiments/air.py``
     import _repo_root  # noqa: F401
 
 from experiments import _cli
-from experiments._figures import band_note, plt, save_figure, seed_band
+from experiments._figures import band_note, coinciding, plt, save_figure, seed_band
 from experiments._results import spread
 from experiments._study import Study
 from experiments.render_readme import pm, run_line, table
@@ -87,7 +87,8 @@ KW = dict(vectorize_particles=True, max_plate_nesting=1)
 PRESENCE = ("guide$$$presence.weight", "guide$$$presence.bias")
 EVAL_SEED = 12345  # the evaluation draws, not a run seed
 VARIANCE_SEED = 54321
-SHOWN = 6  # held-out canvases in reconstructions.png
+SHOWN = 2  # held-out canvases of each count in reconstructions.png
+CURVES = ("step", "train_seconds", "train_cpu_seconds", "count_accuracy", "elbo")
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
@@ -280,6 +281,11 @@ def decode_image(text, size):
     return np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(size, size) / 255.0
 
 
+def shown_indices(counts):
+    """The first :data:`SHOWN` held-out canvases of each count."""
+    return torch.cat([torch.nonzero(counts == k).flatten()[:SHOWN] for k in range(int(counts.max()) + 1)])
+
+
 def reconstructions(nets, images):
     """The first draw of the guide for ``images``: each canvas's windows
     (``z_where`` of the present objects) and the model's mean canvas."""
@@ -337,11 +343,12 @@ def train(label, estimator, seed, study, args):
     test = study["test"]
     watch = (test.images[: args.eval_size], test.counts[: args.eval_size])
     state = {}
-    clock = {"last": None}
+    clock = {}
 
     def record(step):
         state["step"].append(step)
         state["train_seconds"].append(float(sum(state["step_seconds"])))
+        state["train_cpu_seconds"].append(float(sum(state["step_cpu_seconds"])))
         result = evaluate(nets, *watch, args.eval_particles, args.max_steps)
         state["count_accuracy"].append(result["count_accuracy"])
         state["elbo"].append(result["elbo"])
@@ -354,17 +361,16 @@ def train(label, estimator, seed, study, args):
 
     def before_training(epoch, losses):
         if epoch == 0:
-            state.update(step=[], train_seconds=[], count_accuracy=[], elbo=[], step_seconds=[])
+            state.update({key: [] for key in CURVES + ("step_seconds", "step_cpu_seconds")})
             record(0)
 
     def callback(step, loss):
         nets.step = step  # the prior of the next step
-        now = time.perf_counter()
-        if clock["last"] is not None:
-            state["step_seconds"].append(now - clock["last"])
+        state["step_seconds"].append(time.perf_counter() - clock["wall"])
+        state["step_cpu_seconds"].append(time.process_time() - clock["cpu"])
         if step % args.eval_every == 0 or step == args.steps:
             record(step)
-        clock["last"] = time.perf_counter()
+        clock.update(wall=time.perf_counter(), cpu=time.process_time())
 
     optim = Adam(lambda module, name: {"lr": args.baseline_lr if module == "baseline" else args.lr})
     path = os.path.join(args.out, "checkpoints", run_key(label, seed) + ".pt")
@@ -372,7 +378,7 @@ def train(label, estimator, seed, study, args):
         nets.step = load_checkpoint(path)["step"]
     failure = None
     start = time.perf_counter()
-    clock["last"] = time.perf_counter()
+    clock.update(wall=time.perf_counter(), cpu=time.process_time())
     try:
         fit(
             nets.training_model,
@@ -395,14 +401,15 @@ def train(label, estimator, seed, study, args):
         failure = str(error).splitlines()[0]
         print(f"{label} seed {seed} stopped: {failure}", flush=True)
     final = evaluate(nets, test.images, test.counts, args.eval_particles, args.max_steps)
-    shown = reconstructions(nets, test.images[:SHOWN])
+    shown = reconstructions(nets, test.images[shown_indices(test.counts)])
     return dict(
         estimator=label,
         seed=seed,
         failure=failure,
-        curves={k: state[k] for k in ("step", "train_seconds", "count_accuracy", "elbo")},
+        curves={k: state[k] for k in CURVES},
         final=final,
         ms_per_step=1e3 * float(np.median(state["step_seconds"])) if state["step_seconds"] else None,
+        cpu_ms_per_step=1e3 * float(np.median(state["step_cpu_seconds"])) if state["step_cpu_seconds"] else None,
         wall_seconds=time.perf_counter() - start,
         shown=shown,
     )
@@ -561,6 +568,7 @@ def summarize(records, variance, registry, args, study):
                 elbo=spread([r["final"]["elbo"] for r in trained]),
                 bound=spread([r["final"]["bound"] for r in trained]),
                 ms_per_step=spread([r["ms_per_step"] for r in trained]),
+                cpu_ms_per_step=spread([r["cpu_ms_per_step"] for r in trained]),
                 confusion=np.mean([r["final"]["confusion"] for r in trained], 0).tolist(),
                 failures={str(r["seed"]): r["failure"] for r in trained if r["failure"]},
                 curves={str(r["seed"]): r["curves"] for r in trained},
@@ -580,8 +588,8 @@ def summarize(records, variance, registry, args, study):
         "args": {k: v for k, v in vars(args).items()},
         "data": dict(test.info, train_info=study["train"].info, num_train=len(study["train"]), num_test=len(test)),
         "shown": {
-            "images": [encode_image(img.numpy()) for img in test.images[:SHOWN]],
-            "counts": test.counts[:SHOWN].tolist(),
+            "images": [encode_image(img.numpy()) for img in test.images[shown_indices(test.counts)]],
+            "counts": test.counts[shown_indices(test.counts)].tolist(),
         },
         "estimators": rows,
         "run_seconds": sum(r.get("wall_seconds", 0.0) for r in records),
@@ -620,7 +628,7 @@ def plot_curves(results, path):
         seeds = list(row["curves"].values())
         length = min(len(c["step"]) for c in seeds)
         steps = np.array(seeds[0]["step"][:length])
-        seconds = np.mean([c["train_seconds"][:length] for c in seeds], 0)
+        seconds = np.mean([c["train_cpu_seconds"][:length] for c in seeds], 0)
         every = max(1, length // 8)
         kwargs = dict(style[label], markevery=(list(rows).index(label) % every, every), markersize=5, lw=1.4)
         for col, key in enumerate(("count_accuracy", "elbo")):
@@ -634,10 +642,21 @@ def plot_curves(results, path):
         axes[row, 0].set_ylabel("count accuracy (held-out, one guide draw)")
         axes[row, 1].set_ylabel("held-out ELBO per canvas (nats, {} draws)".format(args["eval_particles"]))
         for col in range(2):
-            axes[row, col].set_xlabel("training step" if row == 0 else "training time (s, evaluations excluded)")
+            axes[row, col].set_xlabel(
+                "training step" if row == 0 else "training CPU time (s, 1 thread, evaluations excluded)"
+            )
             axes[row, col].grid(alpha=0.3)
     axes[0, 0].set_ylim(0, 1)
     axes[1, 0].set_ylim(0, 1)
+    accuracy = {label: np.mean([c["count_accuracy"] for c in row["curves"].values()], 0) for label, row in rows.items()}
+    same = coinciding(accuracy)
+    if same:
+        axes[0, 0].set_title(
+            "hidden under an earlier curve (equal): "
+            + "; ".join(f"{later} = {earlier}" for later, earlier in same.items()),
+            fontsize=7,
+            wrap=True,
+        )
     fig.suptitle(
         "AIR on {0}x{0} multi-MNIST, evaluated on {1} held-out canvases ({2})".format(
             args["canvas_size"], args["eval_size"], band_note(num_seeds)
@@ -695,13 +714,14 @@ def readme_block(results):
         "held-out ELBO",
         "grad. variance at start",
         "at trained weights",
-        "ms/step",
+        "ms/step: CPU",
+        "wall",
     ]
     body, refusals = [], []
     for label, row in results["estimators"].items():
         if "count_accuracy" not in row:
-            body.append([label, "refused", "", "", "", ""])
-            refusals.append(f"{label}: {row['refused']}")
+            body.append([label, "refused"] + [""] * 5)
+            refusals.append(row["refused"])
             continue
         body.append(
             [
@@ -710,6 +730,7 @@ def readme_block(results):
                 pm(row["elbo"], ".1f"),
                 pm(row["variance_start"], ".3g") if "variance_start" in row else "",
                 pm(row["variance_trained"], ".3g") if "variance_trained" in row else "",
+                pm(row["cpu_ms_per_step"], ".0f"),
                 pm(row["ms_per_step"], ".0f"),
             ]
         )
@@ -721,7 +742,9 @@ def readme_block(results):
         "batch {batch}, {particles} model evaluations per canvas and step. Count accuracy: one guide draw per "
         "held-out canvas (chance {chance:.2f}). ELBO: {k} draws per held-out canvas. Gradient variance: the "
         "presence head's gradient per canvas, summed over its elements, {draws} draws on one training batch, "
-        "at the seed's initial weights and at the weights the first row ends with.\n".format(
+        "at the seed's initial weights and at the weights the first row ends with. ms/step: medians over the training "
+        "steps, of the process's CPU time and of the wall time (one torch thread, on a machine shared with other "
+        "jobs: the wall time varies with their load).\n".format(
             canvas=args["canvas_size"],
             digits=args["max_digits"],
             digit=args["digit_size"],
@@ -743,6 +766,23 @@ def readme_block(results):
             draws=args["variance_draws"],
         )
     )
+    bounds = [label for label, row in results["estimators"].items() if row.get("objective") == "L_K"]
+    if bounds:
+        lines.append(
+            "{} train the bound L_K with K = {}: their gradient variance is that of L_K's gradient, not the "
+            "ELBO's.\n".format(" and ".join(bounds), args["particles"])
+        )
+    agreement = {
+        label: max(z for z in (row.get("max_z_start"), row.get("max_z_trained")) if z is not None)
+        for label, row in results["estimators"].items()
+        if row.get("max_z_start") is not None or row.get("max_z_trained") is not None
+    }
+    if agreement:
+        lines.append(
+            "Mean presence-head gradient against the first row's, at both points, largest |z| over the head's "
+            "elements: {} (about 3 to 4 is expected of unbiased estimators of the same gradient with this "
+            "number of draws).\n".format(", ".join(f"{label} {z:.1f}" for label, z in agreement.items()))
+        )
     for text in refusals:
         lines.append(f"Refused: {text}\n")
     lines.append(run_line(results))
@@ -758,7 +798,7 @@ def parser():
         __doc__,
         out="results/air",
         multi_seed=True,
-        default_seeds=(0, 1),
+        default_seeds=(0, 1, 2),
         seeds_help="a seed sets the initial weights, the batches and the particles; the canvases are fixed by "
         "--data-seed",
         plot_only=True,
@@ -799,7 +839,7 @@ def parser():
         help="steps over which the prior decays geometrically to --z-pres-prior",
     )
     p.add_argument("--likelihood-sd", type=_cli.positive_real, default=0.3, help="pixel noise of the model")
-    p.add_argument("--steps", type=_cli.positive_int, default=2500, help="training steps per run")
+    p.add_argument("--steps", type=_cli.positive_int, default=3000, help="training steps per run")
     p.add_argument("--batch-size", type=_cli.integer(minimum=2), default=32, help="canvases per step")
     p.add_argument(
         "--particles",
