@@ -35,11 +35,12 @@ presence head (the weights and bias of the linear layer that gives every
 batch of ``--batch-size`` training canvases
 (:func:`pyro_vi.diagnostics.gradient_statistics`), taken for every
 estimator at two fixed points of each seed: the shared initial weights and
-the weights that the first estimator (the reference) ends with. ms/step is the
-median over the training steps (evaluations excluded).
+the weights that the first estimator (the reference) ends with. ms/step: the
+medians over the training steps (evaluations excluded) of the process's CPU
+time and of the wall time.
 
 Writes ``curves.png`` (count accuracy and held-out ELBO against steps and
-training time), ``reconstructions.png`` (held-out canvases with the inferred
+training CPU time), ``reconstructions.png`` (held-out canvases with the inferred
 windows, and the model's reconstructions), ``results.json``; each run's
 checkpoints go to ``OUT/checkpoints`` and finished runs to ``OUT/runs``, so
 that ``--resume`` continues a killed study where it stopped.
