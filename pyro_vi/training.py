@@ -713,10 +713,13 @@ class _Fit:
         if lines:
             self._refuse(lines)
         _check_optim_state(self.optim, saved["optim"], params, path)
+        # The tensors the store holds now: an ELBO may have put new ones there
+        # during the step (TraceGraph_ELBO's decaying-average baselines).
+        current = dict(pyro.get_param_store().named_parameters())
         try:
             with torch.no_grad():
                 for name, record in saved["params"].items():
-                    params[name].copy_(record["value"])
+                    current.get(name, params[name]).copy_(record["value"])
             self.run_params = set(params)
             self.optim.set_state(saved["optim"])
             history.load(saved["history"], path)

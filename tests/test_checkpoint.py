@@ -12,7 +12,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.distributions import constraints
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam, ClippedAdam
 
 from pyro_vi import (
@@ -22,6 +22,7 @@ from pyro_vi import (
     ScoreFunctionELBO,
     StickingTheLandingELBO,
     _checkpoint,
+    score_function_guide,
 )
 from pyro_vi.training import fit, load_checkpoint
 from tests.programs import normal_guide, normal_model
@@ -85,6 +86,24 @@ def test_resume_equals_uninterrupted_run_for_every_estimator(tmp_path, make_elbo
     full_params = _params()
     _fit(path, 7, make_elbo=make_elbo)  # interrupted after step 7 (checkpoints at 3, 6, 7)
     resumed = _fit(path, 12, resume=True, make_elbo=make_elbo, seed=123)  # the checkpoint's RNG wins
+    np.testing.assert_array_equal(resumed.losses, full.losses)
+    params = _params()
+    assert set(params) == set(full_params)
+    for name in params:
+        assert torch.equal(params[name], full_params[name]), name
+
+
+def test_resume_restores_pyro_decaying_average_baselines(tmp_path):
+    """TraceGraph_ELBO puts a new tensor for its decaying-average baseline into
+    the param store at every step (the throw-away step of a resume too): the
+    resumed run continues from the saved average."""
+    baseline_guide = score_function_guide(guide, baseline={"use_decaying_avg_baseline": True, "baseline_beta": 0.9})
+    path = tmp_path / "ckpt.pt"
+    full = _fit(path, 12, make_elbo=TraceGraph_ELBO, guide=baseline_guide)
+    full_params = _params()
+    assert any(name.startswith("__baseline_avg") for name in full_params)
+    _fit(path, 7, make_elbo=TraceGraph_ELBO, guide=baseline_guide)
+    resumed = _fit(path, 12, resume=True, make_elbo=TraceGraph_ELBO, guide=baseline_guide, seed=123)
     np.testing.assert_array_equal(resumed.losses, full.losses)
     params = _params()
     assert set(params) == set(full_params)

@@ -1,0 +1,897 @@
+"""Attend, infer, repeat on multi-object MNIST: which gradient estimator
+learns to count the objects in a scene.
+
+The scene model and its sequential guide (:mod:`models.air`,
+:mod:`guides.air`; at most ``--max-steps`` objects) are trained on canvases
+with 0 to ``--max-digits`` MNIST digits at random positions
+(:mod:`models.multi_mnist`: ``--num-train`` canvases from MNIST's training
+digits, ``--num-test`` held-out canvases from its test digits). Every
+estimator of :func:`estimators` starts from the same weights for a seed and
+gets the same budget: ``--steps`` steps of Adam on batches of
+``--batch-size`` canvases, ``--particles`` model evaluations per canvas and
+step (DisARM: ``--particles / 2`` antithetic pairs). Pyro's
+``TraceGraph_ELBO`` gets the guide with a data-dependent baseline network
+on each ``z_pres_t`` site (:class:`guides.air.Baseline`, learning rate
+``--baseline-lr``), as Pyro's AIR example; the others get the guide without
+it. An estimator that refuses the guide is recorded with its message.
+With ``--z-pres-prior-start``, the prior probability of each further object
+is annealed during training, as in Pyro's AIR example: held at that value for
+``--anneal-hold`` steps, then decayed geometrically to ``--z-pres-prior`` over
+``--anneal-steps`` steps (a high value first keeps every step's object on, so
+that the guide learns where objects are; the low final value then turns off
+the objects that explain nothing). The held-out ELBO is always that of the
+final model (``--z-pres-prior``).
+
+Every ``--eval-every`` steps, on the first ``--eval-size`` held-out
+canvases: the count accuracy (how often one draw of the guide has as many
+objects, :math:`\\sum_t z^{pres}_t`, as the canvas has digits; averaged over
+``--eval-particles`` draws) and the held-out ELBO (the mean log-weight of
+``--eval-particles`` draws per canvas, the same for every estimator); at
+the end the same on all held-out canvases, with the confusion matrix and
+the bound :math:`L_K` of the same draws. The gradient variance of the
+presence head (the weights and bias of the linear layer that gives every
+``z_pres_t`` logit) is the sum over its elements of the variance, over
+``--variance-draws`` draws, of the gradient of the loss per canvas on a fixed
+batch of ``--batch-size`` training canvases
+(:func:`pyro_vi.diagnostics.gradient_statistics`), taken for every
+estimator at two fixed points of each seed: the shared initial weights and
+the weights that the first estimator (the reference) ends with. ms/step: the
+medians over the training steps (evaluations excluded) of the process's CPU
+time and of the wall time.
+
+Writes ``curves.png`` (count accuracy and held-out ELBO against steps and
+training CPU time), ``reconstructions.png`` (held-out canvases with the inferred
+windows, and the model's reconstructions), ``results.json``; each run's
+checkpoints go to ``OUT/checkpoints`` and finished runs to ``OUT/runs``, so
+that ``--resume`` continues a killed study where it stopped.
+
+    python -m experiments.air --data-dir ../shared/data/mnist --out results/air
+"""
+
+import base64
+import contextlib
+import functools
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import TraceGraph_ELBO
+from pyro.optim import Adam
+
+if not __package__:  # run as ``python experiments/air.py``
+    import _repo_root  # noqa: F401
+
+from experiments import _cli
+from experiments._figures import band_note, coinciding, plt, save_figure, seed_band
+from experiments._results import spread
+from experiments._study import Study
+from experiments.render_readme import pm, run_line, table
+from guides.air import Baseline, GuideNet, guide
+from models.air import AIRConfig, Decoder, model
+from models.multi_mnist import MultiMnistConfig, load_multi_mnist
+from pyro_vi import (
+    AutoELBO,
+    DisARMELBO,
+    ImportanceWeightedELBO,
+    RaoBlackwellELBO,
+    ReinforceLeaveOneOutELBO,
+    gradient_statistics,
+    load_checkpoint,
+)
+from pyro_vi.training import NonFiniteError, OutOfSupportError, fit
+
+KW = dict(vectorize_particles=True, max_plate_nesting=1)
+PRESENCE = ("guide$$$presence.weight", "guide$$$presence.bias")
+EVAL_SEED = 12345  # the evaluation draws, not a run seed
+VARIANCE_SEED = 54321
+SHOWN = 2  # held-out canvases of each count in reconstructions.png
+CURVES = ("step", "train_seconds", "train_cpu_seconds", "count_accuracy", "elbo")
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def plain(make):
+    """An estimator run on the guide without baselines."""
+    return _cli.Estimator(make, lambda guides: guides["plain"])
+
+
+def with_baseline(make):
+    """An estimator run on the guide whose ``z_pres`` sites carry the baseline network."""
+    return _cli.Estimator(make, lambda guides: guides["baseline"])
+
+
+def estimators(particles):
+    """The :data:`~experiments._cli.Registry` of the study, the reference
+    first: label -> Estimator, each with ``particles`` model evaluations per
+    canvas and step. One line per estimator."""
+    return {
+        "TraceGraph_ELBO + baseline": with_baseline(lambda: TraceGraph_ELBO(particles, **KW)),
+        "RaoBlackwellELBO(pathwise)": plain(lambda: RaoBlackwellELBO(particles, pathwise=True, **KW)),
+        "ReinforceLeaveOneOutELBO(pathwise)": plain(lambda: ReinforceLeaveOneOutELBO(particles, pathwise=True, **KW)),
+        "ImportanceWeightedELBO(vimco)": plain(lambda: ImportanceWeightedELBO(particles, "vimco", **KW)),
+        "DisARMELBO": plain(lambda: DisARMELBO(particles // 2, **KW)),
+        "AutoELBO": plain(lambda: AutoELBO(particles, **KW)),
+    }
+
+
+def styles(labels):
+    """A colour and marker per estimator, in registry order."""
+    return {
+        label: dict(color=COLORS[i % len(COLORS)], marker=MARKERS[i % len(MARKERS)]) for i, label in enumerate(labels)
+    }
+
+
+# ----------------------------------------------------------------------------
+# data, networks, evaluation
+
+
+class Batches:
+    """The training canvases in a fresh random order each epoch, in batches
+    (the last incomplete batch dropped); :attr:`generator` is saved in the
+    checkpoints."""
+
+    def __init__(self, images, batch_size, seed):
+        self.images, self.batch_size = images, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return len(self.images) // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.images), generator=self.generator)
+        for first in range(0, len(self) * self.batch_size, self.batch_size):
+            yield self.images[order[first : first + self.batch_size]]
+
+
+def configs(args):
+    data = MultiMnistConfig(
+        canvas_size=args.canvas_size,
+        digit_size=args.digit_size,
+        max_digits=args.max_digits,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        seed=args.data_seed,
+    )
+    air = AIRConfig(
+        canvas_size=args.canvas_size,
+        window_size=args.digit_size,
+        max_steps=args.max_steps,
+        z_what_dim=args.z_what_dim,
+        z_pres_prior=args.z_pres_prior,  # the model evaluated; training may anneal it (PriorSchedule)
+        likelihood_sd=args.likelihood_sd,
+    )
+    return data, air
+
+
+def schedule(args):
+    return PriorSchedule(args.z_pres_prior, args.z_pres_prior_start, args.anneal_hold, args.anneal_steps)
+
+
+class PriorSchedule:
+    """The prior probability :math:`\\rho` of each further object at a
+    training step, annealed as in Pyro's AIR example: ``start`` for the first
+    ``hold`` steps, then geometrically to ``final`` over ``decay`` steps.
+    Without annealing (``start`` is ``None``) it is ``final`` throughout."""
+
+    def __init__(self, final, start=None, hold=0, decay=0):
+        self.final, self.start, self.hold, self.decay = final, start, hold, decay
+
+    def __call__(self, step):
+        if self.start is None or step >= self.hold + self.decay:
+            return self.final
+        done = max(step - self.hold, 0) / self.decay
+        return math.exp((1 - done) * math.log(self.start) + done * math.log(self.final))
+
+
+class Networks:
+    """The decoder, the guide's networks and the baselines of one run, built
+    from the seed (the same initial weights for every estimator); the model
+    trained at :attr:`step` (its prior of ``schedule(step)``), the model
+    evaluated (the final prior) and the two guides (``"plain"``,
+    ``"baseline"``), as functions of the canvases."""
+
+    def __init__(self, config, seed, schedule):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        self.decoder, self.guide, self.baseline = Decoder(config), GuideNet(config), Baseline(config)
+        self.schedule, self.step = schedule, 0
+        self.model_fn = functools.partial(model, decoder=self.decoder)
+        self.guides = {
+            "plain": functools.partial(guide, net=self.guide),
+            "baseline": functools.partial(guide, net=self.guide, baseline=self.baseline),
+        }
+
+    def training_model(self, images):
+        return model(images, self.decoder, z_pres_prior=self.schedule(self.step))
+
+    def load(self, params):
+        """Loads a checkpoint's params into the networks, and any other saved
+        param (Pyro's decaying-average baselines) into the param store."""
+        modules = {"decoder": self.decoder, "guide": self.guide, "baseline": self.baseline}
+        for prefix, module in modules.items():
+            head = prefix + "$$$"
+            state = {k[len(head) :]: r["value"] for k, r in params.items() if k.startswith(head)}
+            if state:  # a run without baselines has none of theirs
+                module.load_state_dict(state)
+        for name, record in params.items():
+            if "$$$" not in name:
+                pyro.get_param_store()[name] = record["value"].clone()
+
+
+@contextlib.contextmanager
+def fixed_rng(seed):
+    """Draws from ``seed`` inside, and leaves torch's global RNG as it was
+    (nothing here draws from Python's or NumPy's)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def log_weights(nets, images, num_particles):
+    """One vectorized pass of ``num_particles`` guide draws per canvas:
+    ``(log_w, counts, canvas, z_pres, z_where)`` with ``log_w`` and ``counts``
+    of shape ``(K, B)``."""
+    plate = pyro.plate("eval_particles", num_particles, dim=-2)
+    guide_trace = poutine.trace(plate(nets.guides["plain"])).get_trace(images)
+    model_trace = poutine.trace(poutine.replay(plate(nets.model_fn), trace=guide_trace)).get_trace(images)
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    log_w = sum(s["log_prob"] for s in model_trace.nodes.values() if s["type"] == "sample") - sum(
+        s["log_prob"] for s in guide_trace.nodes.values() if s["type"] == "sample"
+    )
+    z_pres, z_where = guide_trace.nodes["_RETURN"]["value"]
+    counts = torch.stack(z_pres).sum(0).long()
+    return log_w, counts, model_trace.nodes["_RETURN"]["value"], z_pres, z_where
+
+
+def evaluate(nets, images, true_counts, num_particles, max_steps, chunk=200):
+    """Count accuracy (one guide draw, averaged over the draws), the mean
+    ELBO and bound L_K per canvas, and the confusion matrix (rows: true
+    count, columns: inferred count, fractions of the draws)."""
+    elbos, bounds, hits = [], [], 0.0
+    confusion = torch.zeros(int(true_counts.max()) + 1, max_steps + 1, dtype=torch.float64)
+    with fixed_rng(EVAL_SEED):
+        for first in range(0, len(images), chunk):
+            x, truth = images[first : first + chunk], true_counts[first : first + chunk]
+            log_w, counts, *_ = log_weights(nets, x, num_particles)
+            elbos.append(log_w.mean(0))
+            bounds.append(torch.logsumexp(log_w, 0) - math.log(num_particles))
+            hits += float((counts == truth).double().mean(0).sum())
+            confusion.index_put_(
+                (truth.expand_as(counts).reshape(-1), counts.reshape(-1)), confusion.new_ones(()), True
+            )
+    confusion /= confusion.sum(1, keepdim=True).clamp(min=1)
+    return {
+        "count_accuracy": hits / len(images),
+        "elbo": float(torch.cat(elbos).mean()),
+        "bound": float(torch.cat(bounds).mean()),
+        "confusion": confusion.tolist(),
+    }
+
+
+def encode_image(array):
+    """A ``[0, 1]`` image as base64 of its bytes at 8 bits (results.json stays small)."""
+    return base64.b64encode((np.clip(array, 0, 1) * 255).round().astype(np.uint8).tobytes()).decode("ascii")
+
+
+def decode_image(text, size):
+    return np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(size, size) / 255.0
+
+
+def shown_indices(counts):
+    """The first :data:`SHOWN` held-out canvases of each count."""
+    return torch.cat([torch.nonzero(counts == k).flatten()[:SHOWN] for k in range(int(counts.max()) + 1)])
+
+
+def reconstructions(nets, images):
+    """The first draw of the guide for ``images``: each canvas's windows
+    (``z_where`` of the present objects) and the model's mean canvas."""
+    with fixed_rng(EVAL_SEED):
+        _, counts, canvas, z_pres, z_where = log_weights(nets, images, 1)
+    return [
+        {
+            "reconstruction": encode_image(canvas[0, n].numpy()),
+            "windows": [z_where[t][0, n].tolist() for t in range(len(z_pres)) if z_pres[t][0, n] > 0],
+        }
+        for n in range(len(images))
+    ]
+
+
+# ----------------------------------------------------------------------------
+# one run
+
+
+def run_key(label, seed):
+    return "{}-seed{}".format("".join(c if c.isalnum() else "_" for c in label).strip("_"), seed)
+
+
+def fingerprint(label, seed, args):
+    """What a checkpoint must share with this call to be resumed (not
+    ``--steps``: a run can be extended)."""
+    keys = (
+        "canvas_size digit_size max_digits num_train num_test data_seed max_steps z_what_dim z_pres_prior "
+        "z_pres_prior_start anneal_hold anneal_steps "
+        "likelihood_sd batch_size particles lr baseline_lr eval_every eval_size eval_particles"
+    ).split()
+    return dict({k: getattr(args, k) for k in keys}, estimator=label, seed=seed)
+
+
+def refusal(elbo, nets, guide_fn, batch):
+    """The estimator's ``ValueError`` for this model and guide (its message),
+    or ``None`` when it takes them; draws nothing from the global RNG."""
+    with fixed_rng(0):
+        try:
+            elbo.loss(nets.training_model, guide_fn, batch)
+        except ValueError as error:
+            return str(error)
+    return None
+
+
+def train(label, estimator, seed, study, args):
+    """Trains one estimator from the seed's initial weights; returns the
+    run's record."""
+    nets = Networks(study["config"], seed, schedule(args))
+    guide_fn = estimator.guide(nets.guides)
+    elbo = estimator.make()
+    refused = refusal(elbo, nets, guide_fn, study["train"].images[: args.batch_size])
+    if refused:
+        print(f"{label} seed {seed}: refused: {refused}", flush=True)
+        return dict(estimator=label, seed=seed, refused=refused)
+    test = study["test"]
+    watch = (test.images[: args.eval_size], test.counts[: args.eval_size])
+    state = {}
+    clock = {}
+
+    def record(step):
+        state["step"].append(step)
+        state["train_seconds"].append(float(sum(state["step_seconds"])))
+        state["train_cpu_seconds"].append(float(sum(state["step_cpu_seconds"])))
+        result = evaluate(nets, *watch, args.eval_particles, args.max_steps)
+        state["count_accuracy"].append(result["count_accuracy"])
+        state["elbo"].append(result["elbo"])
+        print(
+            "{} seed {} step {:>5}: count accuracy {:.3f}, held-out ELBO {:.1f}".format(
+                label, seed, step, result["count_accuracy"], result["elbo"]
+            ),
+            flush=True,
+        )
+
+    def before_training(epoch, losses):
+        if epoch == 0:
+            state.update({key: [] for key in CURVES + ("step_seconds", "step_cpu_seconds")})
+            record(0)
+
+    def callback(step, loss):
+        nets.step = step  # the prior of the next step
+        state["step_seconds"].append(time.perf_counter() - clock["wall"])
+        state["step_cpu_seconds"].append(time.process_time() - clock["cpu"])
+        if step % args.eval_every == 0 or step == args.steps:
+            record(step)
+        clock.update(wall=time.perf_counter(), cpu=time.process_time())
+
+    optim = Adam(lambda module, name: {"lr": args.baseline_lr if module == "baseline" else args.lr})
+    path = os.path.join(args.out, "checkpoints", run_key(label, seed) + ".pt")
+    if args.resume and os.path.exists(path):
+        nets.step = load_checkpoint(path)["step"]
+    failure = None
+    start = time.perf_counter()
+    clock.update(wall=time.perf_counter(), cpu=time.process_time())
+    try:
+        fit(
+            nets.training_model,
+            guide_fn,
+            elbo,
+            optim,
+            data=Batches(study["train"].images, args.batch_size, seed + 1),
+            num_steps=args.steps,
+            callback=callback,
+            epoch_callback=before_training,
+            state=state,
+            fingerprint=fingerprint(label, seed, args),
+            checkpoint=path,
+            checkpoint_every=args.checkpoint_every,
+            resume="allow_fresh" if args.resume else False,
+            overwrite=not args.resume,
+            progress=False,
+        )
+    except (NonFiniteError, OutOfSupportError) as error:  # a diverged run is a result too
+        failure = str(error).splitlines()[0]
+        print(f"{label} seed {seed} stopped: {failure}", flush=True)
+    final = evaluate(nets, test.images, test.counts, args.eval_particles, args.max_steps)
+    shown = reconstructions(nets, test.images[shown_indices(test.counts)])
+    return dict(
+        estimator=label,
+        seed=seed,
+        failure=failure,
+        curves={k: state[k] for k in CURVES},
+        final=final,
+        ms_per_step=1e3 * float(np.median(state["step_seconds"])) if state["step_seconds"] else None,
+        cpu_ms_per_step=1e3 * float(np.median(state["step_cpu_seconds"])) if state["step_cpu_seconds"] else None,
+        wall_seconds=time.perf_counter() - start,
+        shown=shown,
+    )
+
+
+# ----------------------------------------------------------------------------
+# gradient variance at fixed points
+
+
+def presence_gradients(estimator, nets, batch, draws):
+    """Mean and variance over ``draws`` of the gradient of the loss per
+    canvas with respect to the presence head's elements, at the current
+    weights; ``None`` for an estimator that refuses the guide."""
+    elbo = estimator.make()
+    try:
+        stats = gradient_statistics(
+            elbo, nets.training_model, estimator.guide(nets.guides), batch, num_draws=draws, params=list(PRESENCE)
+        )
+    except ValueError:
+        return None
+    scale = len(batch)
+    mean = torch.cat([stats[n].mean.reshape(-1) for n in PRESENCE]) / scale
+    variance = torch.cat([stats[n].variance.reshape(-1) for n in PRESENCE]) / scale**2
+    return {"mean": mean, "variance": variance, "draws": draws}
+
+
+def agreement(a, b):
+    """The largest |z| over the elements of two gradient estimates' means
+    (the difference over its standard error): about 3 for unbiased
+    estimators of the same gradient."""
+    se = (a["variance"] / a["draws"] + b["variance"] / b["draws"]).sqrt()
+    z = (a["mean"] - b["mean"]).abs() / se.clamp(min=1e-30)
+    return float(z.max())
+
+
+def variance_point(registry, nets, batch, draws, seed):
+    """Total variance of every estimator's presence-head gradient at the
+    networks' current weights, and the agreement of each one's mean with the
+    reference's (the first estimator; for estimators of the ELBO)."""
+    grads = {}
+    for i, (label, estimator) in enumerate(registry.items()):
+        with fixed_rng(VARIANCE_SEED + 1000 * seed + i):
+            grads[label] = presence_gradients(estimator, nets, batch, draws)
+    reference = next(iter(registry))
+    out = {}
+    for label, g in grads.items():
+        if g is None:
+            out[label] = None
+            continue
+        bound = isinstance(registry[label].make(), ImportanceWeightedELBO)
+        out[label] = {
+            "total_variance": float(g["variance"].sum()),
+            "objective": "L_K" if bound else "ELBO",
+            "max_z_vs_reference": None
+            if bound or label == reference or grads[reference] is None
+            else agreement(g, grads[reference]),
+        }
+    return out
+
+
+def variances(registry, seed, study, args, reference_checkpoint):
+    """:func:`variance_point` at the seed's initial weights and at the
+    reference run's final weights (when its checkpoint is there)."""
+    batch = study["train"].images[: args.batch_size]
+    nets = Networks(study["config"], seed, schedule(args))
+    result = {"start": variance_point(registry, nets, batch, args.variance_draws, seed)}
+    if reference_checkpoint and os.path.exists(reference_checkpoint):
+        nets = Networks(study["config"], seed, schedule(args))
+        saved = load_checkpoint(reference_checkpoint)
+        nets.load(saved["params"])
+        nets.step = saved["step"]
+        result["trained"] = variance_point(registry, nets, batch, args.variance_draws, seed)
+    return result
+
+
+# ----------------------------------------------------------------------------
+# the study
+
+
+def saved(path, settings):
+    """A finished run's record saved with the same settings, else ``None``."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    return record if record.get("settings") == settings else None
+
+
+def save(path, record):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
+
+
+def check_fresh(args, registry):
+    """Without ``--resume``, refuses to overwrite another run's checkpoints
+    unless ``--overwrite``: before any work."""
+    if args.resume or args.overwrite:
+        return
+    existing = [
+        run_key(label, seed)
+        for seed in args.seeds
+        for label in registry
+        if os.path.exists(os.path.join(args.out, "checkpoints", run_key(label, seed) + ".pt"))
+    ]
+    if existing:
+        raise SystemExit(
+            "air: {} holds checkpoints of earlier runs ({}); pass --resume to continue them or --overwrite to "
+            "start over".format(os.path.join(args.out, "checkpoints"), ", ".join(existing))
+        )
+
+
+def run(args):
+    registry = selected(args)
+    check_fresh(args, registry)
+    os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
+    data_config, config = configs(args)
+    train_set, test_set = load_multi_mnist(args.data_dir, data_config)
+    study = {"train": train_set, "test": test_set, "config": config}
+    print("data: {}; {}".format(train_set.info["mnist_source"], train_set.info["mnist_split"]), flush=True)
+    settings = fingerprint("", 0, args) | {"steps": args.steps, "variance_draws": args.variance_draws}
+    records, variance = [], {}
+    for seed in args.seeds:
+        for label, estimator in registry.items():
+            path = os.path.join(args.out, "runs", run_key(label, seed) + ".json")
+            record = saved(path, settings) if args.resume else None
+            if record is None:
+                record = dict(train(label, estimator, seed, study, args), settings=settings)
+                save(path, record)
+            records.append(record)
+        path = os.path.join(args.out, "runs", f"variance-seed{seed}.json")
+        record = saved(path, settings) if args.resume else None
+        if record is None:
+            reference = os.path.join(args.out, "checkpoints", run_key(next(iter(registry)), seed) + ".pt")
+            record = dict(variances(registry, seed, study, args, reference), settings=settings)
+            save(path, record)
+        variance[seed] = record
+    return summarize(records, variance, registry, args, study)
+
+
+def summarize(records, variance, registry, args, study):
+    """The results: per estimator the final numbers over seeds, the curves
+    of every seed, the refusals and failures, and what the figures need."""
+    rows = {}
+    for label in registry:
+        runs = [r for r in records if r["estimator"] == label]
+        refused = [r["refused"] for r in runs if r.get("refused")]
+        row = {"seeds": [r["seed"] for r in runs]}
+        if refused:
+            row["refused"] = refused[0]
+        trained = [r for r in runs if not r.get("refused")]
+        if trained:
+            row.update(
+                count_accuracy=spread([r["final"]["count_accuracy"] for r in trained]),
+                elbo=spread([r["final"]["elbo"] for r in trained]),
+                bound=spread([r["final"]["bound"] for r in trained]),
+                ms_per_step=spread([r["ms_per_step"] for r in trained]),
+                cpu_ms_per_step=spread([r["cpu_ms_per_step"] for r in trained]),
+                confusion=np.mean([r["final"]["confusion"] for r in trained], 0).tolist(),
+                failures={str(r["seed"]): r["failure"] for r in trained if r["failure"]},
+                curves={str(r["seed"]): r["curves"] for r in trained},
+                shown=trained[0]["shown"],
+            )
+        for point in ("start", "trained"):
+            values = [variance[s].get(point, {}).get(label) for s in args.seeds]
+            values = [v for v in values if v]
+            if values:
+                row["variance_" + point] = spread([v["total_variance"] for v in values])
+                zs = [v["max_z_vs_reference"] for v in values if v["max_z_vs_reference"] is not None]
+                row["max_z_" + point] = max(zs) if zs else None
+                row["objective"] = values[0]["objective"]
+        rows[label] = row
+    test = study["test"]
+    return {
+        "args": {k: v for k, v in vars(args).items()},
+        "data": dict(test.info, train_info=study["train"].info, num_train=len(study["train"]), num_test=len(test)),
+        "shown": {
+            "images": [encode_image(img.numpy()) for img in test.images[shown_indices(test.counts)]],
+            "counts": test.counts[shown_indices(test.counts)].tolist(),
+        },
+        "estimators": rows,
+        "run_seconds": sum(r.get("wall_seconds", 0.0) for r in records),
+    }
+
+
+def selected(args):
+    registry = estimators(args.particles)
+    if args.estimators:
+        registry = {label: e for label, e in registry.items() if short(label) in args.estimators}
+    return registry
+
+
+def short(label):
+    """An estimator's name on the command line: its label's first word, without parentheses."""
+    return label.split(" ")[0].split("(")[0]
+
+
+# ----------------------------------------------------------------------------
+# figures and README
+
+
+def figures(results, out):
+    plot_curves(results, os.path.join(out, "curves.png"))
+    plot_reconstructions(results, os.path.join(out, "reconstructions.png"))
+
+
+def plot_curves(results, path):
+    rows = {label: row for label, row in results["estimators"].items() if "curves" in row}
+    args = results["args"]
+    style = styles(results["estimators"])
+    num_seeds = len(results["run"]["seeds"]) if "run" in results else 1
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    chance = 1 / (args["max_digits"] + 1)
+    for label, row in rows.items():
+        seeds = list(row["curves"].values())
+        length = min(len(c["step"]) for c in seeds)
+        steps = np.array(seeds[0]["step"][:length])
+        seconds = np.mean([c["train_cpu_seconds"][:length] for c in seeds], 0)
+        every = max(1, length // 8)
+        kwargs = dict(style[label], markevery=(list(rows).index(label) % every, every), markersize=5, lw=1.4)
+        for col, key in enumerate(("count_accuracy", "elbo")):
+            curves = [c[key][:length] for c in seeds]
+            seed_band(axes[0, col], steps, curves, label=label, **kwargs)
+            seed_band(axes[1, col], seconds, curves, label=label, **kwargs)
+    for row in range(2):
+        axes[row, 0].axhline(
+            chance, color="k", ls=":", lw=1, label=f"chance: one count for every canvas ({chance:.2f})"
+        )
+        axes[row, 0].set_ylabel("count accuracy (held-out, one guide draw)")
+        axes[row, 1].set_ylabel("held-out ELBO per canvas (nats, {} draws)".format(args["eval_particles"]))
+        for col in range(2):
+            axes[row, col].set_xlabel(
+                "training step" if row == 0 else "training CPU time (s, 1 thread, evaluations excluded)"
+            )
+            axes[row, col].grid(alpha=0.3)
+    axes[0, 0].set_ylim(0, 1)
+    axes[1, 0].set_ylim(0, 1)
+    accuracy = {label: np.mean([c["count_accuracy"] for c in row["curves"].values()], 0) for label, row in rows.items()}
+    same = coinciding(accuracy)
+    if same:
+        axes[0, 0].set_title(
+            "hidden under an earlier curve (equal): "
+            + "; ".join(f"{later} = {earlier}" for later, earlier in same.items()),
+            fontsize=7,
+            wrap=True,
+        )
+    fig.suptitle(
+        "AIR on {0}x{0} multi-MNIST, evaluated on {1} held-out canvases ({2})".format(
+            args["canvas_size"], args["eval_size"], band_note(num_seeds)
+        )
+    )
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.025 * (1 + len(labels) // 3), 1, 1))
+    save_figure(fig, path)
+
+
+def plot_reconstructions(results, path):
+    rows = {label: row for label, row in results["estimators"].items() if "shown" in row}
+    args = results["args"]
+    size = args["canvas_size"]
+    images = [decode_image(text, size) for text in results["shown"]["images"]]
+    fig, axes = plt.subplots(
+        len(rows) + 1, len(images), figsize=(1.7 * len(images), 1.8 * (len(rows) + 1)), squeeze=False
+    )
+    for col, image in enumerate(images):
+        axes[0, col].imshow(image, cmap="gray", vmin=0, vmax=1)
+        count = results["shown"]["counts"][col]
+        axes[0, col].set_title("{} digit{}".format(count, "s"[: count != 1]), fontsize=8)
+    axes[0, 0].set_ylabel("held-out\ncanvas", fontsize=8)
+    for r, (label, row) in enumerate(rows.items(), start=1):
+        for col, shown in enumerate(row["shown"]):
+            ax = axes[r, col]
+            ax.imshow(decode_image(shown["reconstruction"], size), cmap="gray", vmin=0, vmax=1)
+            for t, (s, a, b) in enumerate(shown["windows"]):
+                # the window spans 2 / s of the canvas in [-1, 1] coordinates, centred at (-a/s, -b/s)
+                half, cx, cy = size / s / 2, (1 - a / s) * size / 2, (1 - b / s) * size / 2
+                ax.add_patch(
+                    plt.Rectangle(
+                        (cx - half - 0.5, cy - half - 0.5), 2 * half, 2 * half, fill=False, color=COLORS[t], lw=1.2
+                    )
+                )
+            ax.set_title("inferred {}".format(len(shown["windows"])), fontsize=8)
+        axes[r, 0].set_ylabel(label.replace(" + ", "\n+ ").replace("(", "\n("), fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        "Held-out canvases (top) and each estimator's reconstruction with its inferred windows\n"
+        "(one guide draw, first seed; box colour = step: blue 1st, orange 2nd, green 3rd)",
+        fontsize=9,
+    )
+    save_figure(fig, path)
+
+
+def readme_block(results):
+    args = results["args"]
+    header = [
+        "estimator",
+        "count accuracy",
+        "held-out ELBO",
+        "grad. variance at start",
+        "at trained weights",
+        "ms/step: CPU",
+        "wall",
+    ]
+    body, refusals = [], []
+    for label, row in results["estimators"].items():
+        if "count_accuracy" not in row:
+            body.append([label, "refused"] + [""] * 5)
+            refusals.append(row["refused"])
+            continue
+        body.append(
+            [
+                label,
+                pm(row["count_accuracy"], ".3f"),
+                pm(row["elbo"], ".1f"),
+                pm(row["variance_start"], ".3g") if "variance_start" in row else "",
+                pm(row["variance_trained"], ".3g") if "variance_trained" in row else "",
+                pm(row["cpu_ms_per_step"], ".0f"),
+                pm(row["ms_per_step"], ".0f"),
+            ]
+        )
+    lines = [table(header, body)]
+    lines.append(
+        "Mean ± std over seeds. {canvas}x{canvas} canvases with 0 to {digits} digits of {digit}x{digit} pixels, "
+        "{train} training and {test} held-out canvases; at most {steps} objects, prior probability {rho:g} of each "
+        "further one{anneal}; {n} steps of Adam (lr {lr}), "
+        "batch {batch}, {particles} model evaluations per canvas and step. Count accuracy: one guide draw per "
+        "held-out canvas (chance {chance:.2f}). ELBO: {k} draws per held-out canvas. Gradient variance: the "
+        "presence head's gradient per canvas, summed over its elements, {draws} draws on one training batch, "
+        "at the seed's initial weights and at the weights the first row ends with. ms/step: medians over the training "
+        "steps, of the process's CPU time and of the wall time (one torch thread, on a machine shared with other "
+        "jobs: the wall time varies with their load).\n".format(
+            canvas=args["canvas_size"],
+            digits=args["max_digits"],
+            digit=args["digit_size"],
+            train=args["num_train"],
+            test=args["num_test"],
+            steps=args["max_steps"],
+            rho=args["z_pres_prior"],
+            anneal=""
+            if args.get("z_pres_prior_start") is None
+            else " (annealed from {:g}: held {} steps, then decayed over {})".format(
+                args["z_pres_prior_start"], args["anneal_hold"], args["anneal_steps"]
+            ),
+            n=args["steps"],
+            lr=args["lr"],
+            batch=args["batch_size"],
+            particles=args["particles"],
+            chance=1 / (args["max_digits"] + 1),
+            k=args["eval_particles"],
+            draws=args["variance_draws"],
+        )
+    )
+    bounds = [label for label, row in results["estimators"].items() if row.get("objective") == "L_K"]
+    if bounds:
+        lines.append(
+            "{} train the bound L_K with K = {}: their gradient variance is that of L_K's gradient, not the "
+            "ELBO's.\n".format(" and ".join(bounds), args["particles"])
+        )
+    agreement = {
+        label: max(z for z in (row.get("max_z_start"), row.get("max_z_trained")) if z is not None)
+        for label, row in results["estimators"].items()
+        if row.get("max_z_start") is not None or row.get("max_z_trained") is not None
+    }
+    if agreement:
+        lines.append(
+            "Mean presence-head gradient against the first row's, at both points, largest |z| over the head's "
+            "elements: {} (about 3 to 4 is expected of unbiased estimators of the same gradient with this "
+            "number of draws).\n".format(", ".join(f"{label} {z:.1f}" for label, z in agreement.items()))
+        )
+    for text in refusals:
+        lines.append(f"Refused: {text}\n")
+    lines.append(run_line(results))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# command line
+
+
+def parser():
+    p = _cli.parser(
+        __doc__,
+        out="results/air",
+        multi_seed=True,
+        default_seeds=(0, 1, 2),
+        seeds_help="a seed sets the initial weights, the batches and the particles; the canvases are fixed by "
+        "--data-seed",
+        plot_only=True,
+    )
+    p.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
+    p.add_argument("--canvas-size", type=_cli.positive_int, default=32, help="canvas side in pixels")
+    p.add_argument(
+        "--digit-size",
+        type=_cli.positive_int,
+        default=16,
+        help="digit (and window) side in pixels (MNIST's are resized)",
+    )
+    p.add_argument("--max-digits", type=_cli.nonnegative_int, default=2, help="the most digits on a canvas")
+    p.add_argument("--num-train", type=_cli.positive_int, default=3000, help="training canvases")
+    p.add_argument("--num-test", type=_cli.positive_int, default=1000, help="held-out canvases")
+    p.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the canvases")
+    p.add_argument("--max-steps", type=_cli.positive_int, default=3, help="T, the most objects the model has")
+    p.add_argument("--z-what-dim", type=_cli.positive_int, default=20, help="dimension of z_what")
+    p.add_argument(
+        "--z-pres-prior",
+        type=_cli.real(minimum=0, maximum=1, strict_minimum=True),
+        default=0.01,
+        help="the model's prior probability of each further object (after annealing)",
+    )
+    p.add_argument(
+        "--z-pres-prior-start",
+        type=_cli.real(minimum=0, maximum=1, strict_minimum=True),
+        default=0.5,
+        help="anneal the prior from this value (the same as --z-pres-prior: no annealing)",
+    )
+    p.add_argument(
+        "--anneal-hold", type=_cli.nonnegative_int, default=500, help="steps at --z-pres-prior-start before it decays"
+    )
+    p.add_argument(
+        "--anneal-steps",
+        type=_cli.positive_int,
+        default=1000,
+        help="steps over which the prior decays geometrically to --z-pres-prior",
+    )
+    p.add_argument("--likelihood-sd", type=_cli.positive_real, default=0.3, help="pixel noise of the model")
+    p.add_argument("--steps", type=_cli.positive_int, default=3000, help="training steps per run")
+    p.add_argument("--batch-size", type=_cli.integer(minimum=2), default=32, help="canvases per step")
+    p.add_argument(
+        "--particles",
+        type=_cli.integer(minimum=4),
+        default=4,
+        help="model evaluations per canvas and step (even, >= 4: DisARM draws half as many pairs, the "
+        "leave-one-out control variates need 3)",
+    )
+    p.add_argument("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--baseline-lr", type=_cli.positive_real, default=1e-2, help="the baseline networks' learning rate")
+    p.add_argument("--eval-every", type=_cli.positive_int, default=250, help="steps between evaluations")
+    p.add_argument("--eval-size", type=_cli.positive_int, default=500, help="held-out canvases of each evaluation")
+    p.add_argument("--eval-particles", type=_cli.positive_int, default=10, help="guide draws per held-out canvas")
+    p.add_argument(
+        "--variance-draws", type=_cli.integer(minimum=2), default=20, help="gradient draws per variance (>= 2)"
+    )
+    p.add_argument("--checkpoint-every", type=_cli.positive_int, default=250, help="steps between checkpoints")
+    p.add_argument(
+        "--estimators",
+        nargs="+",
+        default=None,
+        choices=[short(label) for label in estimators(4)],
+        help="estimators to run (default: all); the first one run is the reference of the gradient variance",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the runs saved under OUT")
+    p.add_argument("--overwrite", action="store_true", help="start over, replacing the runs saved under OUT")
+    return p
+
+
+def check(args):
+    if args.particles % 2:
+        raise ValueError(
+            f"argument --particles: must be even (DisARM draws --particles / 2 pairs), got {args.particles}"
+        )
+    if args.digit_size > args.canvas_size:
+        raise ValueError(f"argument --digit-size: {args.digit_size} is larger than --canvas-size {args.canvas_size}")
+    if args.eval_size > args.num_test:
+        raise ValueError(f"argument --eval-size: must be at most --num-test ({args.num_test}), got {args.eval_size}")
+    if args.batch_size > args.num_train:
+        raise ValueError(
+            f"argument --batch-size: must be at most --num-train ({args.num_train}), got {args.batch_size}"
+        )
+    if args.resume and args.overwrite:
+        raise ValueError("argument --overwrite: not allowed with --resume (one continues the runs, one replaces them)")
+
+
+# The README block (readme_block) is attached with the final run: README.md
+# gets its markers when results/air/results.json is committed.
+STUDY = Study("air", parser, run, figures, check=check)
+
+if __name__ == "__main__":
+    STUDY.main()
