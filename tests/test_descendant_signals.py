@@ -46,8 +46,7 @@ def exact_loss_gradient():
     theta = torch.tensor(THETA, dtype=torch.float64, requires_grad=True)
     q1 = torch.sigmoid(theta)
     elbo = sum(
-        q * (math.log(0.5) - torch.log(q) - 0.5 * z1**2 - 1.125 * (z1**2 + 1))
-        for z1, q in ((1.0, q1), (0.0, 1 - q1))
+        q * (math.log(0.5) - torch.log(q) - 0.5 * z1**2 - 1.125 * (z1**2 + 1)) for z1, q in ((1.0, q1), (0.0, 1 - q1))
     )
     (grad,) = torch.autograd.grad(-elbo, theta)
     return grad.item()
