@@ -55,7 +55,7 @@ class ControlVariateELBO(ParticleELBO):
     :param bool pool_processes: under :mod:`torch.distributed`, with each
         process on its shard of the data: the processes draw the same
         particles (a seed from rank 0 at each call,
-        :func:`~pyro_vi.distributed.shared_random_stream`). The estimator is
+        :func:`~pyro_vi.training.distributed.shared_random_stream`). The estimator is
         linear in its learning signal at fixed particles, so the average of
         the processes' gradients is then this estimator with the signal of
         all the data: the one-process estimator, **unbiased**, with one

@@ -19,7 +19,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
-from ..distributed import shared_random_stream
+from ..training.distributed import shared_random_stream
 from .distributions import functional
 from .handlers import (
     AntitheticPairs,

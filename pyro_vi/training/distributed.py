@@ -58,17 +58,15 @@ whose settings, batches per epoch or checkpoints differ between them.
 
 import contextlib
 import hashlib
-import random
 import zlib
 
-import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ._checkpoint import rng_state, set_rng_state
+from .random_states import random_states_kept
 
 __all__ = [
     "average_gradients",
@@ -273,22 +271,9 @@ def shared_random_stream():
         return
     seed = torch.tensor([draw_seed() if rank == 0 else 0], dtype=torch.int64, device=_device())
     dist.broadcast(seed, 0)
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    saved = (
-        torch.get_rng_state(),
-        torch.cuda.get_rng_state_all() if cuda else None,
-        random.getstate(),
-        np.random.get_state(),
-    )
-    pyro.set_rng_seed(int(seed.item()))
-    try:
+    with random_states_kept():
+        pyro.set_rng_seed(int(seed.item()))
         yield
-    finally:
-        torch.set_rng_state(saved[0])
-        if cuda:
-            torch.cuda.set_rng_state_all(saved[1])
-        random.setstate(saved[2])
-        np.random.set_state(saved[3])
 
 
 # ---- the plates' scales -------------------------------------------------------
@@ -298,13 +283,9 @@ def _observations(model, guide, args, kwargs):
     """Per observed site of one run of the guide and the model against it:
     its plates, the number of observed values, their total scale and a
     checksum of the values. Leaves every random state as it was."""
-    saved = rng_state()
-    try:
-        with torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    finally:
-        set_rng_state(saved)
+    with random_states_kept(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     found = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
