@@ -45,16 +45,13 @@ __all__ = [
     "check_params",
     "check_plain",
     "check_resumable",
-    "check_writable",
     "constraint_label",
     "contents",
     "decode_constraint",
     "describe_elbo",
     "describe_optim",
-    "differences",
     "encode_constraint",
     "load",
-    "remove_stale_temporaries",
     "to_resume",
 ]
 
@@ -220,7 +217,7 @@ def _temporary(path, pid=None):
     return f"{path}.tmp{os.getpid() if pid is None else pid}"
 
 
-def check_writable(path) -> None:
+def _check_writable(path) -> None:
     """Raises ``ValueError`` unless a checkpoint can be written at ``path``:
     its directory exists, ``path`` is not a directory, and a file can be
     created next to it (tried, then removed)."""
@@ -251,7 +248,7 @@ def _alive(pid) -> bool:
     return True
 
 
-def remove_stale_temporaries(path) -> list:
+def _remove_stale_temporaries(path) -> list:
     """Removes the ``<path>.tmp<pid>`` files of processes that no longer run
     (killed while writing); returns their names."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -387,7 +384,7 @@ def _check_history(history, steps, path):
         raise ValueError(f"checkpoint {path}: history['epoch_steps'] must be a list of step counts")
 
 
-def differences(saved, current, where=""):
+def _differences(saved, current, where=""):
     """Where two fingerprints differ, as lines of text."""
     if isinstance(saved, dict) and isinstance(current, dict):
         lines = []
@@ -398,7 +395,7 @@ def differences(saved, current, where=""):
             elif key not in saved:
                 lines.append(f"{at}: absent from the checkpoint, {current[key]!r} here")
             else:
-                lines.extend(differences(saved[key], current[key], at))
+                lines.extend(_differences(saved[key], current[key], at))
         return lines
     if isinstance(saved, torch.Tensor) or isinstance(current, torch.Tensor):
         same = (
@@ -496,8 +493,8 @@ def to_resume(path, resume, overwrite):
     or ``None`` when it starts fresh; refuses a missing file to resume, an
     existing one to replace unasked, and a path that cannot be written. Removes
     the temporary files of killed runs."""
-    check_writable(path)
-    remove_stale_temporaries(path)
+    _check_writable(path)
+    _remove_stale_temporaries(path)
     exists = os.path.exists(path)
     if resume is True and not exists:
         raise ValueError(
@@ -509,14 +506,18 @@ def to_resume(path, resume, overwrite):
     return load(path) if resume and exists else None
 
 
-def _refuse(path, lines):
-    raise ValueError(
-        "checkpoint {} belongs to another run:\n  {}\npass another checkpoint path, or "
-        "resume=False with overwrite=True to start this run over there".format(path, "\n  ".join(lines))
-    )
+def _refuse_differences(path, saved, current):
+    """Refuses the checkpoint at ``path`` if the fingerprints ``saved`` (its
+    own) and ``current`` (the run's) differ, listing where."""
+    lines = _differences(saved, current)
+    if lines:
+        raise ValueError(
+            "checkpoint {} belongs to another run:\n  {}\npass another checkpoint path, or "
+            "resume=False with overwrite=True to start this run over there".format(path, "\n  ".join(lines))
+        )
 
 
-def check_resumable(saved, path, fingerprint, num_steps, epochs):
+def check_resumable(saved, path, fingerprint, *, num_steps, epochs):
     """Refuses a checkpoint past the run's ``num_steps`` or ``epochs``, or
     whose fingerprint (but for the params) differs from the run's, listing
     the differences."""
@@ -527,9 +528,7 @@ def check_resumable(saved, path, fingerprint, num_steps, epochs):
         raise ValueError(f"checkpoint {path} is in epoch {in_epoch}, past epochs={epochs}")
     ours = dict(saved["fingerprint"])
     ours.pop("params", None)
-    lines = differences(ours, fingerprint)
-    if lines:
-        _refuse(path, lines)
+    _refuse_differences(path, ours, fingerprint)
 
 
 def check_params(saved, params, optim, path):
@@ -538,11 +537,9 @@ def check_params(saved, params, optim, path):
     set up), or whose optimizer state does not have the layout of ``optim``'s:
     for a :class:`~pyro.optim.PyroOptim`, one torch state dict per param
     (torch checks their contents when each param's optimizer is built)."""
-    lines = differences(
-        {"params": saved["fingerprint"].get("params")}, {"params": _param_fingerprint(_param_records(params))}
+    _refuse_differences(
+        path, {"params": saved["fingerprint"].get("params")}, {"params": _param_fingerprint(_param_records(params))}
     )
-    if lines:
-        _refuse(path, lines)
     if type(optim).get_state is not PyroOptim.get_state:
         return
     keys = {"scheduler", "optimizer"} if isinstance(optim, PyroLRScheduler) else {"state", "param_groups"}

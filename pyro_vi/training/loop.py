@@ -410,7 +410,7 @@ class _Run:
     def resume(self, saved):
         """Puts back the state of ``saved`` (from :func:`load_checkpoint`)."""
         s, path = self.settings, self.path
-        checkpoint.check_resumable(saved, path, self.fingerprint, s.num_steps, s.epochs)
+        checkpoint.check_resumable(saved, path, self.fingerprint, num_steps=s.num_steps, epochs=s.epochs)
         if getattr(s.optim, "optim_objs", None):
             raise ValueError(f"optim has already taken steps; pass a new optimizer to resume from checkpoint {path}")
         params = self.set_up()  # every random state is put back below
