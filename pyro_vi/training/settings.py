@@ -32,8 +32,8 @@ def _checked_dict(name, value, keys_only=False) -> dict:
 @dataclass(frozen=True)
 class Settings:
     """
-    The arguments of :func:`~pyro_vi.training.fit` (see there), checked in
-    the order of its signature when the settings are made, each refused with a
+    The arguments of :func:`~pyro_vi.training.fit` (see there), checked when
+    the settings are made, before any work, each refused with a
     ``ValueError`` naming it. They are normalized on the way: ``track``,
     ``fingerprint`` and ``state`` are dicts (``state`` the caller's own, which a
     resume fills), ``checkpoint`` is a ``str`` or ``None`` and ``resume`` one of
