@@ -4,8 +4,7 @@ the score-function gradient with a control variate per scalar parameter."""
 from .. import validation
 from ..math.control_variates import check_coefficient, check_coordinates, controlled_surrogate
 from ..math.surrogates import pathwise_surrogate
-from ..particles import Needs
-from .base import ParticleELBO
+from .base import ParticleELBO, pathwise_needs
 
 __all__ = ["ControlVariateELBO"]
 
@@ -108,12 +107,7 @@ class ControlVariateELBO(ParticleELBO):
         self.pathwise = validation.boolean(f"{name}: pathwise", pathwise)
         self.coordinates = check_coordinates(coordinates, name)
         self.pool_processes = validation.boolean(f"{name}: pool_processes", pool_processes)
-        needs = Needs(
-            reparameterize=self.pathwise,
-            stopped_guide=self.pathwise,
-            scores=True,
-            same_in_every_process=self.pool_processes,
-        )
+        needs = pathwise_needs(self.pathwise, scores=True, same_in_every_process=self.pool_processes)
         super().__init__(num_particles, needs=needs, min_particles=min_particles, **kwargs)
 
     def elbo_and_surrogate(self, particles):
