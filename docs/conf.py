@@ -46,8 +46,8 @@ def _resolve_public_name(app, env, node, contnode):
     """Docstrings and the API page refer to the public names
     (``:class:`~pyro_vi.ScoreFunctionELBO```); the pages document each object
     in a module. Resolve the first to the second: the object's own module,
-    else a module that exports it (``load_checkpoint`` is defined in a private
-    module and documented in ``pyro_vi.training``)."""
+    else a module that exports it (``load_checkpoint`` is defined as ``load``
+    in ``pyro_vi.training.checkpoint`` and documented in ``pyro_vi.training``)."""
     target = node.get("reftarget", "")
     if node.get("refdomain") != "py" or not target.startswith("pyro_vi.") or target.count(".") != 1:
         return None

@@ -53,8 +53,8 @@ from experiments._results import fmt, spread
 from experiments._study import Study
 from experiments.render_readme import run_line, seconds, table, times
 from pyro_vi import ControlVariateELBO, fit
-from pyro_vi.distributed import average_gradients, process, shared_random_stream
 from pyro_vi.math.control_variates import controlled_gradient
+from pyro_vi.training.distributed import average_gradients, process, shared_random_stream
 
 SIGMA, PRIOR, TRUE_LOC = 2.0, 10.0, 1.0
 LAUNCH_TIMEOUT = 4 * 3600  # seconds, for one launch of the processes

@@ -118,8 +118,8 @@ from guides.vae import Encoder, guide
 from models.mnist import MnistNotFoundError, binarize, default_data_dir, load_mnist
 from models.vae import Decoder, VAEConfig, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
-from pyro_vi.distributed import process
 from pyro_vi.training import fit, load_checkpoint
+from pyro_vi.training.distributed import process
 
 SCHEMA = "pyro_vi vae_mnist results v2"
 # Burda et al. 2015, table 1, one stochastic layer, test NLL (L_5000) after 3,280
@@ -334,7 +334,7 @@ def start_processes(device):
     """Joins the ``torchrun`` job this process belongs to, if any (gloo on the
     CPU, nccl on CUDA), and silences all but the first process; returns the
     rank. Training then averages gradients over the processes
-    (:mod:`pyro_vi.distributed`)."""
+    (:mod:`pyro_vi.training.distributed`)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
     rank = process()[0]

@@ -11,7 +11,6 @@ from .diagnostics import (
     log_importance_weights,
     psis_khat,
 )
-from .distributed import average_gradients, process, sum_over_processes
 from .estimators import (
     AutoELBO,
     ControlVariateELBO,
@@ -37,6 +36,7 @@ from .optim import (
 )
 from .particles import Needs, Particles, SiteTerm, score_function_guide
 from .training import FitResult, NonFiniteError, OutOfSupportError, fit, load_checkpoint
+from .training.distributed import average_gradients, process, sum_over_processes
 
 __version__ = "0.1.0"
 

@@ -454,7 +454,7 @@ CASES = [
         for cls in (CV, STL, IW)
         for vectorize in (True, False)
     ],
-    # --- fit (pyro_vi/training.py)
+    # --- fit (pyro_vi/training/)
     ("fit", "float num_steps", _fit(num_steps=2.5), ValueError, r"num_steps must be an integer >= 1, got 2\.5"),
     ("fit", "string num_steps", _fit(num_steps="3"), ValueError, r"num_steps must be an integer >= 1, got '3'"),
     (

@@ -21,10 +21,10 @@ from pyro_vi import (
     RaoBlackwellELBO,
     ScoreFunctionELBO,
     StickingTheLandingELBO,
-    _checkpoint,
     score_function_guide,
 )
-from pyro_vi.training import fit, load_checkpoint
+from pyro_vi.training import checkpoint, fit, load_checkpoint
+from pyro_vi.training.random_states import rng_state, set_rng_state
 from tests.programs import normal_guide, normal_model
 
 X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.5, 0.9, 1.1, -0.4, 0.8, 1.9])
@@ -121,7 +121,7 @@ def test_checkpoint_is_plain_data_read_with_weights_only(tmp_path):
         state={"note": "kept", "evals": [1.5]},
     )
     saved = torch.load(path, weights_only=True)
-    assert saved["format"] == _checkpoint.FORMAT and saved["step"] == 4
+    assert saved["format"] == checkpoint.FORMAT and saved["step"] == 4
     assert saved["params"]["scale"]["constraint"] == {"name": "positive", "args": []}
     assert saved["params"]["loc"]["constraint"] == {"name": "real", "args": []}
     assert isinstance(saved["rng"]["python"]["internal"], torch.Tensor)
@@ -147,11 +147,11 @@ def test_checkpoint_is_plain_data_read_with_weights_only(tmp_path):
     ],
 )
 def test_constraints_round_trip_by_name(constraint):
-    encoded = _checkpoint.encode_constraint(constraint, "param 'p'")
-    _checkpoint.check_plain(encoded, "encoded")
-    decoded = _checkpoint.decode_constraint(encoded, "param 'p'")
+    encoded = checkpoint.encode_constraint(constraint, "param 'p'")
+    checkpoint.check_plain(encoded, "encoded")
+    decoded = checkpoint.decode_constraint(encoded, "param 'p'")
     assert type(decoded) is type(constraint)
-    assert _checkpoint.constraint_label(_checkpoint.encode_constraint(decoded, "x")) == _checkpoint.constraint_label(
+    assert checkpoint.constraint_label(checkpoint.encode_constraint(decoded, "x")) == checkpoint.constraint_label(
         encoded
     )
 
@@ -162,9 +162,9 @@ def test_unknown_constraints_are_refused_by_name(tmp_path):
             return value > 0
 
     with pytest.raises(ValueError, match=r"param 'p' has the constraint Odd .*cannot store"):
-        _checkpoint.encode_constraint(Odd(), "param 'p'")
+        checkpoint.encode_constraint(Odd(), "param 'p'")
     with pytest.raises(ValueError, match=r"unknown constraint 'odd'"):
-        _checkpoint.decode_constraint({"name": "odd", "args": []}, "param 'p'")
+        checkpoint.decode_constraint({"name": "odd", "args": []}, "param 'p'")
 
     def odd_guide(x):  # a constraint with a transform, outside the table
         odd = constraints.cat([constraints.positive, constraints.real], dim=0, lengths=[1, 1])
@@ -179,11 +179,11 @@ def test_unknown_constraints_are_refused_by_name(tmp_path):
 def test_rng_states_round_trip():
     import random
 
-    state = _checkpoint.rng_state()
-    _checkpoint.check_plain(state, "rng")
+    state = rng_state()
+    checkpoint.check_plain(state, "rng")
     expected = torch.rand(3), random.random(), np.random.rand()
     random.gauss(0, 1)  # leaves a cached gaussian in Python's state
-    _checkpoint.set_rng_state(state)
+    set_rng_state(state)
     assert (
         torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
     )
@@ -203,7 +203,7 @@ class Payload:
 def test_pickle_payload_is_refused_without_running_it(tmp_path, how):
     path, marker = tmp_path / "ckpt.pt", tmp_path / "marker"
     if how == "torch.save":
-        torch.save({"format": _checkpoint.FORMAT, "step": Payload(marker)}, path)
+        torch.save({"format": checkpoint.FORMAT, "step": Payload(marker)}, path)
     elif how == "pickle.dump":
         with open(path, "wb") as f:
             pickle.dump(Payload(marker), f, protocol=2)

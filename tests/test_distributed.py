@@ -26,7 +26,7 @@ from pyro.optim import Adam
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, fit
-from pyro_vi.distributed import average_gradients, draw_seed
+from pyro_vi.training.distributed import average_gradients, draw_seed
 
 DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4, 0.9, -0.1])
 WORLD = 2

@@ -11,7 +11,7 @@ import pytest
 
 import pyro_vi
 
-PACKAGES = ("pyro_vi", "pyro_vi.estimators", "pyro_vi.math", "pyro_vi.particles")
+PACKAGES = ("pyro_vi", "pyro_vi.estimators", "pyro_vi.math", "pyro_vi.particles", "pyro_vi.training")
 
 
 def _modules():

@@ -9,9 +9,17 @@ from ..particles import Needs, Particles, Sampler
 from ..particles.pyro_compat import PyroELBO
 from .refusals import check_reparameterized
 
-__all__ = ["ImportanceWeightedGradient", "ParticleELBO"]
+__all__ = ["ImportanceWeightedGradient", "ParticleELBO", "pathwise_needs"]
 
 _PLAIN = Needs()  # reparameterized particles and their terms, nothing more
+
+
+def pathwise_needs(pathwise, **needs) -> Needs:
+    """What a score-function estimator with the option ``pathwise`` needs:
+    with ``pathwise=True``, the guide sites that can ``rsample`` keep their
+    pathwise derivative in the sticking-the-landing form (their density at
+    stopped parameters) and only the others get scores; ``needs``, the rest."""
+    return Needs(reparameterize=pathwise, stopped_guide=pathwise, **needs)
 
 
 class ParticleELBO(PyroELBO):

@@ -4,8 +4,7 @@ the score-function gradient with a control variate per scalar parameter."""
 from .. import validation
 from ..math.control_variates import check_coefficient, check_coordinates, controlled_surrogate
 from ..math.surrogates import pathwise_surrogate
-from ..particles import Needs
-from .base import ParticleELBO
+from .base import ParticleELBO, pathwise_needs
 
 __all__ = ["ControlVariateELBO"]
 
@@ -55,7 +54,7 @@ class ControlVariateELBO(ParticleELBO):
     :param bool pool_processes: under :mod:`torch.distributed`, with each
         process on its shard of the data: the processes draw the same
         particles (a seed from rank 0 at each call,
-        :func:`~pyro_vi.distributed.shared_random_stream`). The estimator is
+        :func:`~pyro_vi.training.distributed.shared_random_stream`). The estimator is
         linear in its learning signal at fixed particles, so the average of
         the processes' gradients is then this estimator with the signal of
         all the data: the one-process estimator, **unbiased**, with one
@@ -108,12 +107,7 @@ class ControlVariateELBO(ParticleELBO):
         self.pathwise = validation.boolean(f"{name}: pathwise", pathwise)
         self.coordinates = check_coordinates(coordinates, name)
         self.pool_processes = validation.boolean(f"{name}: pool_processes", pool_processes)
-        needs = Needs(
-            reparameterize=self.pathwise,
-            stopped_guide=self.pathwise,
-            scores=True,
-            same_in_every_process=self.pool_processes,
-        )
+        needs = pathwise_needs(self.pathwise, scores=True, same_in_every_process=self.pool_processes)
         super().__init__(num_particles, needs=needs, min_particles=min_particles, **kwargs)
 
     def elbo_and_surrogate(self, particles):

@@ -6,8 +6,7 @@ from .. import validation
 from ..math.control_variates import check_coefficient, check_coordinates, controlled_surrogate
 from ..math.signals import markov_blanket_signals
 from ..math.surrogates import pathwise_surrogate, rao_blackwell_term
-from ..particles import Needs
-from .base import ParticleELBO
+from .base import ParticleELBO, pathwise_needs
 
 __all__ = ["RaoBlackwellELBO"]
 
@@ -93,12 +92,8 @@ class RaoBlackwellELBO(ParticleELBO):
         min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
         self.coordinates = check_coordinates("distributions" if coordinates is None else coordinates, name)
         self.pool_processes = validation.boolean(f"{name}: pool_processes", pool_processes)
-        needs = Needs(
-            reparameterize=self.pathwise,
-            stopped_guide=self.pathwise,
-            structure=True,
-            scores=self.control_variate,
-            same_in_every_process=self.pool_processes,
+        needs = pathwise_needs(
+            self.pathwise, structure=True, scores=self.control_variate, same_in_every_process=self.pool_processes
         )
         super().__init__(num_particles, needs=needs, min_particles=min_particles, **kwargs)
 

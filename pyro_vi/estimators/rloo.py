@@ -4,8 +4,7 @@ with Markov-blanket signals."""
 from .. import validation
 from ..math.signals import leave_one_out_signals, markov_blanket_signals
 from ..math.surrogates import pathwise_surrogate, rao_blackwell_term
-from ..particles import Needs
-from .base import ParticleELBO
+from .base import ParticleELBO, pathwise_needs
 
 __all__ = ["ReinforceLeaveOneOutELBO"]
 
@@ -58,7 +57,7 @@ class ReinforceLeaveOneOutELBO(ParticleELBO):
 
     def __init__(self, num_particles=10, pathwise=False, **kwargs):
         self.pathwise = validation.boolean(f"{type(self).__name__}: pathwise", pathwise)
-        needs = Needs(reparameterize=self.pathwise, stopped_guide=self.pathwise, structure=True)
+        needs = pathwise_needs(self.pathwise, structure=True)
         super().__init__(num_particles, needs=needs, min_particles=2, **kwargs)
 
     def elbo_and_surrogate(self, particles):

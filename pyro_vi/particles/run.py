@@ -19,7 +19,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
-from ..distributed import shared_random_stream
+from ..training.distributed import shared_random_stream
 from .distributions import functional
 from .handlers import (
     AntitheticPairs,
@@ -65,7 +65,7 @@ class Needs:
     :ivar bool samples: the guide's sample tensors (for gradient hooks).
     :ivar bool same_in_every_process: under :mod:`torch.distributed`, every
         process draws the same particles (a seed from rank 0 for each draw,
-        :func:`~pyro_vi.distributed.shared_random_stream`).
+        :func:`~pyro_vi.training.distributed.shared_random_stream`).
     """
 
     reparameterize: bool = True

@@ -1,39 +1,62 @@
 """
-The checkpoint file of :func:`pyro_vi.training.fit`: plain data only, so that
-``torch.load(path, weights_only=True)`` reads it and loading can run no code.
+The checkpoint of :func:`~pyro_vi.training.fit`: what it holds, and how it is
+written, read, checked and resumed.
 
-A checkpoint holds tensors, ``int``/``float``/``bool``/``str``/``None``, and
-lists, tuples and dicts of them. Constraints are stored by name (rebuilt from
-the fixed table :data:`CONSTRAINTS`) and random states as tensors and numbers.
+It holds plain data only, so that ``torch.load(path, weights_only=True)``
+reads it and loading can run no code: tensors, ``int``/``float``/``bool``/
+``str``/``None``, and lists, tuples and dicts of them. Constraints are stored
+by name (rebuilt from the fixed table :data:`CONSTRAINTS`) and random states
+as tensors and numbers. The keys (:data:`KEYS`, format :data:`FORMAT`):
+
+- ``step``, ``epoch``, ``batch``: the steps done, the completed epochs, the
+  batches done in the current one;
+- ``epoch_start``: ``None``, or ``{"rng", "generators"}``, the random states
+  when the current epoch began (a resume replays its first ``batch``
+  batches);
+- ``fingerprint``: ``{"elbo", "optim", "track", "data", "user", "params"}``,
+  which a resume must match;
+- ``params``: name -> ``{"value": unconstrained tensor, "constraint": by
+  name}``;
+- ``optim``, ``history``, ``rng``, ``state``: the optimizer's state; the
+  losses, tracked values, seconds and epoch ends; the global random states;
+  the caller's dict.
+
 Files are written atomically: a temporary ``<path>.tmp<pid>``, flushed and
 fsynced, renamed over ``path``, then the directory is fsynced.
 """
 
 import os
-import random
 import re
 
-import numpy as np
+import pyro
 import torch
 from pyro.distributions import constraints
+from pyro.optim import PyroOptim
+from pyro.optim.lr_scheduler import PyroLRScheduler
 from torch.distributions import constraints as torch_constraints
+
+from .random_states import check_rng_state, rng_state
 
 __all__ = [
     "CONSTRAINTS",
     "FORMAT",
+    "KEYS",
     "atomic_save",
-    "differences",
+    "check_params",
     "check_plain",
-    "check_writable",
+    "check_resumable",
+    "constraint_label",
+    "contents",
     "decode_constraint",
+    "describe_elbo",
+    "describe_optim",
     "encode_constraint",
     "load",
-    "remove_stale_temporaries",
-    "rng_state",
-    "set_rng_state",
+    "to_resume",
 ]
 
 FORMAT = "pyro_vi.fit checkpoint v1"
+KEYS = ("format", "step", "epoch", "batch", "epoch_start", "fingerprint", "params", "optim", "history", "rng", "state")
 
 # The constraints a checkpoint can name: these singletons, plus the
 # parameterized families in _FAMILIES.
@@ -187,82 +210,6 @@ def constraint_label(encoded):
     return "{}({})".format(encoded["name"], ", ".join(args))
 
 
-# ---- random states ------------------------------------------------------------
-
-
-def rng_state() -> dict:
-    """The torch (and CUDA), Python and NumPy random states, as plain data."""
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if cuda else None,
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss},
-        "numpy": {
-            "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restores random states saved by :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
-    numpy = state["numpy"]
-    np.random.set_state(
-        (
-            numpy["name"],
-            numpy["keys"].numpy().astype(np.uint32),
-            numpy["pos"],
-            numpy["has_gauss"],
-            numpy["cached_gaussian"],
-        )
-    )
-
-
-def check_rng_state(state, where):
-    """Raises ``ValueError`` unless ``state`` has the layout of :func:`rng_state`."""
-
-    def bad(what):
-        raise ValueError(f"{where}{what}")
-
-    if not isinstance(state, dict) or not {"torch", "cuda", "python", "numpy"} <= set(state):
-        bad(" needs the keys torch, cuda, python and numpy")
-    if not isinstance(state["torch"], torch.Tensor) or state["torch"].dtype != torch.uint8:
-        bad("['torch'] must be a uint8 tensor")
-    if state["cuda"] is not None and not (
-        isinstance(state["cuda"], list) and all(isinstance(t, torch.Tensor) for t in state["cuda"])
-    ):
-        bad("['cuda'] must be None or a list of tensors")
-    python, numpy = state["python"], state["numpy"]
-    if not (
-        isinstance(python, dict)
-        and type(python.get("version")) is int
-        and isinstance(python.get("internal"), torch.Tensor)
-        and python["internal"].dim() == 1
-        and type(python.get("gauss_next", 0)) in (float, type(None))
-    ):
-        bad("['python'] must hold version, internal (a 1-D tensor) and gauss_next")
-    if not (
-        isinstance(numpy, dict)
-        and type(numpy.get("name")) is str
-        and isinstance(numpy.get("keys"), torch.Tensor)
-        and numpy["keys"].dim() == 1
-        and type(numpy.get("pos")) is int
-        and type(numpy.get("has_gauss")) is int
-        and type(numpy.get("cached_gaussian")) is float
-    ):
-        bad("['numpy'] must hold name, keys (a 1-D tensor), pos, has_gauss and cached_gaussian")
-
-
 # ---- files --------------------------------------------------------------------
 
 
@@ -270,7 +217,7 @@ def _temporary(path, pid=None):
     return f"{path}.tmp{os.getpid() if pid is None else pid}"
 
 
-def check_writable(path) -> None:
+def _check_writable(path) -> None:
     """Raises ``ValueError`` unless a checkpoint can be written at ``path``:
     its directory exists, ``path`` is not a directory, and a file can be
     created next to it (tried, then removed)."""
@@ -301,7 +248,7 @@ def _alive(pid) -> bool:
     return True
 
 
-def remove_stale_temporaries(path) -> list:
+def _remove_stale_temporaries(path) -> list:
     """Removes the ``<path>.tmp<pid>`` files of processes that no longer run
     (killed while writing); returns their names."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -374,19 +321,6 @@ def _read(path):
     return state
 
 
-# ---- the layout --------------------------------------------------------------
-# What a checkpoint holds (FORMAT "pyro_vi.fit checkpoint v1"), all plain data:
-#   step, epoch, batch      steps done; completed epochs; batches done in the current one
-#   epoch_start             None, or {"rng", "generators"}: the random states when the
-#                           current epoch began (a resume replays its first `batch` batches)
-#   fingerprint             {"elbo", "optim", "track", "data", "user", "params"}: must match
-#   params                  name -> {"value": unconstrained tensor, "constraint": by name}
-#   optim, history, rng, state   optimizer state; losses, tracked values, seconds and
-#                           epoch ends; rng_state(); the caller's dict
-
-KEYS = ("format", "step", "epoch", "batch", "epoch_start", "fingerprint", "params", "optim", "history", "rng", "state")
-
-
 def load(path) -> dict:
     """
     Reads a checkpoint written by :func:`pyro_vi.training.fit` with
@@ -395,8 +329,10 @@ def load(path) -> dict:
     constraints of its params by name.
 
     :param path: the checkpoint file.
-    :returns: the checkpoint's dict (the keys above), each param's
-        ``"constraint"`` a :class:`~torch.distributions.constraints.Constraint`.
+    :returns: the checkpoint's dict (keys ``format``, ``step``, ``epoch``,
+        ``batch``, ``epoch_start``, ``fingerprint``, ``params``, ``optim``,
+        ``history``, ``rng`` and ``state``), each param's ``"constraint"`` a
+        :class:`~torch.distributions.constraints.Constraint`.
     :raises ValueError: naming ``path`` and the problem, for any file that is
         missing, empty, truncated, not a checkpoint, or holds a wrong layout.
     """
@@ -410,10 +346,7 @@ def load(path) -> dict:
     for key in ("fingerprint", "params", "optim", "history", "state"):
         if not isinstance(state[key], dict):
             raise ValueError(f"checkpoint {path}: {key} must be a dict, got {type(state[key]).__name__}")
-    if not {"losses", "tracked", "seconds", "epoch_steps"} <= set(state["history"]):
-        raise ValueError(f"checkpoint {path}: history lacks losses, tracked, seconds or epoch_steps")
-    if not isinstance(state["history"]["losses"], torch.Tensor) or len(state["history"]["losses"]) != state["step"]:
-        raise ValueError("checkpoint {}: history['losses'] must hold its {} losses".format(path, state["step"]))
+    _check_history(state["history"], state["step"], path)
     check_rng_state(state["rng"], f"checkpoint {path}: rng")
     start = state["epoch_start"]
     if start is not None:
@@ -433,7 +366,25 @@ def load(path) -> dict:
     return dict(state, params=params)
 
 
-def differences(saved, current, where=""):
+def _check_history(history, steps, path):
+    if not {"losses", "tracked", "seconds", "epoch_steps"} <= set(history):
+        raise ValueError(f"checkpoint {path}: history lacks losses, tracked, seconds or epoch_steps")
+    losses = history["losses"]
+    if not isinstance(losses, torch.Tensor) or len(losses) != steps:
+        raise ValueError(f"checkpoint {path}: history['losses'] must hold its {steps} losses")
+    if not (losses.dim() == 1 and losses.dtype == torch.float64):
+        raise ValueError(f"checkpoint {path}: history['losses'] must be a 1-D float64 tensor")
+    if not isinstance(history["tracked"], dict):
+        raise ValueError(f"checkpoint {path}: history['tracked'] must be a dict")
+    for name, values in history["tracked"].items():
+        if not isinstance(values, torch.Tensor) or len(values) != steps:
+            raise ValueError(f"checkpoint {path}: history['tracked'][{name!r}] must be a tensor of {steps} values")
+    ends = history["epoch_steps"]
+    if not (isinstance(ends, list) and all(type(e) is int and 0 < e <= steps for e in ends)):
+        raise ValueError(f"checkpoint {path}: history['epoch_steps'] must be a list of step counts")
+
+
+def _differences(saved, current, where=""):
     """Where two fingerprints differ, as lines of text."""
     if isinstance(saved, dict) and isinstance(current, dict):
         lines = []
@@ -444,7 +395,7 @@ def differences(saved, current, where=""):
             elif key not in saved:
                 lines.append(f"{at}: absent from the checkpoint, {current[key]!r} here")
             else:
-                lines.extend(differences(saved[key], current[key], at))
+                lines.extend(_differences(saved[key], current[key], at))
         return lines
     if isinstance(saved, torch.Tensor) or isinstance(current, torch.Tensor):
         same = (
@@ -455,3 +406,147 @@ def differences(saved, current, where=""):
     else:
         same = type(saved) is type(current) and saved == current
     return [] if same else [f"{where}: {saved!r} in the checkpoint, {current!r} here"]
+
+
+# ---- what a run saves, and what a resume must match ---------------------------
+
+
+def describe_elbo(elbo) -> str:
+    """The ELBO's class (a loss callable's name) and its ``num_particles``."""
+    name = (
+        type(elbo).__name__ if hasattr(elbo, "loss_and_grads") else getattr(elbo, "__qualname__", type(elbo).__name__)
+    )
+    particles = getattr(elbo, "num_particles", None)
+    return name if particles is None else f"{name}(num_particles={particles})"
+
+
+def describe_optim(optim) -> str:
+    """The optimizer's torch class, and its LR scheduler's."""
+    if type(optim) not in (PyroOptim, PyroLRScheduler):
+        return type(optim).__name__
+    name = getattr(optim.pt_optim_constructor, "__name__", "PyroOptim")
+    if isinstance(optim, PyroLRScheduler):
+        name = "{}({})".format(getattr(optim.pt_scheduler_constructor, "__name__", "scheduler"), name)
+    return name
+
+
+def _param_records(names) -> dict:
+    store = dict(pyro.get_param_store().get_state()["constraints"])
+    values = dict(pyro.get_param_store().named_parameters())
+    return {
+        name: {"value": values[name].detach(), "constraint": encode_constraint(store[name], f"param {name!r}")}
+        for name in sorted(names)
+    }
+
+
+def _param_fingerprint(records) -> dict:
+    """Shape, dtype and constraint of each param, as compared on resume."""
+    return {
+        name: {
+            "shape": list(r["value"].shape),
+            "dtype": str(r["value"].dtype).replace("torch.", ""),
+            "constraint": constraint_label(r["constraint"]),
+        }
+        for name, r in records.items()
+    }
+
+
+def _optim_state(optim) -> dict:
+    state = optim.get_state()
+    if type(optim).get_state is PyroOptim.get_state:  # states loaded but not yet used
+        state = dict(getattr(optim, "_state_waiting_to_be_consumed", {}), **state)
+    return state
+
+
+def contents(*, step, position, fingerprint, params, optim, history, state) -> dict:
+    """
+    The checkpoint of a run now, checked to be plain data.
+
+    :param int step: the steps done.
+    :param dict position: ``epoch``, ``batch`` and ``epoch_start``.
+    :param dict fingerprint: the run's, without ``params`` (added here).
+    :param params: the names of the run's params, read from the param store.
+    :param optim: the :class:`~pyro.optim.PyroOptim`.
+    :param dict history: the losses, tracked values, seconds and epoch ends.
+    :param dict state: the caller's dict.
+    """
+    records = _param_records(params)
+    saved = dict(
+        format=FORMAT,
+        step=step,
+        **position,
+        fingerprint=dict(fingerprint, params=_param_fingerprint(records)),
+        params=records,
+        optim=_optim_state(optim),
+        history=history,
+        rng=rng_state(),
+        state=state,
+    )
+    check_plain(saved["optim"], "the optimizer's state")
+    check_plain(saved["state"], "state")
+    return saved
+
+
+def to_resume(path, resume, overwrite):
+    """The checkpoint at ``path`` that a run with ``resume`` and
+    ``overwrite`` (as :func:`~pyro_vi.training.fit` takes them) continues,
+    or ``None`` when it starts fresh; refuses a missing file to resume, an
+    existing one to replace unasked, and a path that cannot be written. Removes
+    the temporary files of killed runs."""
+    _check_writable(path)
+    _remove_stale_temporaries(path)
+    exists = os.path.exists(path)
+    if resume is True and not exists:
+        raise ValueError(
+            f"resume=True, but there is no checkpoint {path}; pass resume='allow_fresh' to start "
+            "fresh when it is missing"
+        )
+    if not resume and exists and not overwrite:
+        raise ValueError(f"checkpoint {path} exists: pass resume=True to continue it, or overwrite=True to replace it")
+    return load(path) if resume and exists else None
+
+
+def _refuse_differences(path, saved, current):
+    """Refuses the checkpoint at ``path`` if the fingerprints ``saved`` (its
+    own) and ``current`` (the run's) differ, listing where."""
+    lines = _differences(saved, current)
+    if lines:
+        raise ValueError(
+            "checkpoint {} belongs to another run:\n  {}\npass another checkpoint path, or "
+            "resume=False with overwrite=True to start this run over there".format(path, "\n  ".join(lines))
+        )
+
+
+def check_resumable(saved, path, fingerprint, *, num_steps, epochs):
+    """Refuses a checkpoint past the run's ``num_steps`` or ``epochs``, or
+    whose fingerprint (but for the params) differs from the run's, listing
+    the differences."""
+    if num_steps is not None and saved["step"] > num_steps:
+        raise ValueError("checkpoint {} is at step {}, past num_steps={}".format(path, saved["step"], num_steps))
+    in_epoch = saved["epoch"] + (saved["batch"] > 0)
+    if epochs is not None and in_epoch > epochs:
+        raise ValueError(f"checkpoint {path} is in epoch {in_epoch}, past epochs={epochs}")
+    ours = dict(saved["fingerprint"])
+    ours.pop("params", None)
+    _refuse_differences(path, ours, fingerprint)
+
+
+def check_params(saved, params, optim, path):
+    """Refuses a checkpoint whose params (names, shapes, dtypes,
+    constraints) differ from ``params`` (``{name: unconstrained param}``, as
+    set up), or whose optimizer state does not have the layout of ``optim``'s:
+    for a :class:`~pyro.optim.PyroOptim`, one torch state dict per param
+    (torch checks their contents when each param's optimizer is built)."""
+    _refuse_differences(
+        path, {"params": saved["fingerprint"].get("params")}, {"params": _param_fingerprint(_param_records(params))}
+    )
+    if type(optim).get_state is not PyroOptim.get_state:
+        return
+    keys = {"scheduler", "optimizer"} if isinstance(optim, PyroLRScheduler) else {"state", "param_groups"}
+    for name, value in saved["optim"].items():
+        if name not in params:
+            raise ValueError(f"checkpoint {path}: optim holds a state for {name!r}, which is not a param of this run")
+        if not isinstance(value, dict) or not keys <= set(value):
+            raise ValueError(
+                "checkpoint {}: optim[{!r}] must be a dict with {}".format(path, name, " and ".join(sorted(keys)))
+            )

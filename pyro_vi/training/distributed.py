@@ -58,17 +58,15 @@ whose settings, batches per epoch or checkpoints differ between them.
 
 import contextlib
 import hashlib
-import random
 import zlib
 
-import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from ._checkpoint import rng_state, set_rng_state
+from .random_states import random_states_kept
 
 __all__ = [
     "average_gradients",
@@ -104,6 +102,13 @@ def _by_dtype(tensors):
     return groups
 
 
+def _pieces(flat, tensors):
+    """The first elements of the 1-D ``flat``, cut into views shaped as
+    ``tensors``."""
+    sizes = [tensor.numel() for tensor in tensors]
+    return [piece.view_as(tensor) for piece, tensor in zip(flat[: sum(sizes)].split(sizes), tensors)]
+
+
 def average_gradients(params, loss=None):
     """Averages the ``.grad`` of ``params`` (the same list, in the same
     order, on every process; a missing gradient counts as zero) and ``loss``
@@ -117,22 +122,19 @@ def average_gradients(params, loss=None):
     params = list(params)
     if not params:
         return loss if loss is None else float(sum_over_processes(torch.tensor([float(loss)]))) / size
-    first = True
-    for (dtype, device), indices in _by_dtype(params).items():
+    for k, ((dtype, device), indices) in enumerate(_by_dtype(params).items()):
         group = [params[i] for i in indices]
         parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group]
-        if loss is not None and first:
+        with_loss = loss is not None and k == 0  # the loss travels at the end of the first group
+        if with_loss:
             parts.append(torch.tensor([float(loss)], dtype=dtype, device=device))
         flat = torch.cat(parts)
         dist.all_reduce(flat)
         flat /= size
-        offset = 0
-        for param in group:
-            param.grad = flat[offset : offset + param.numel()].view_as(param).clone()
-            offset += param.numel()
-        if loss is not None and first:
+        for param, grad in zip(group, _pieces(flat, group)):
+            param.grad = grad.clone()
+        if with_loss:
             loss = float(flat[-1])
-        first = False
     return loss
 
 
@@ -161,12 +163,11 @@ def broadcast_params(params):
     tensors = [params[name] for name in sorted(params)]
     with torch.no_grad():
         for indices in _by_dtype(tensors).values():
-            flat = torch.cat([tensors[i].detach().reshape(-1) for i in indices])
+            group = [tensors[i] for i in indices]
+            flat = torch.cat([tensor.detach().reshape(-1) for tensor in group])
             dist.broadcast(flat, 0)
-            offset = 0
-            for i in indices:
-                tensors[i].copy_(flat[offset : offset + tensors[i].numel()].view_as(tensors[i]))
-                offset += tensors[i].numel()
+            for tensor, value in zip(group, _pieces(flat, group)):
+                tensor.copy_(value)
 
 
 def check_params_agree(params, where):
@@ -187,12 +188,9 @@ def check_params_agree(params, where):
         reference = own.clone()
         dist.broadcast(reference, 0)
         gaps = (own.double() - reference.double()).abs()
-        offset = 0
-        for i in indices:
-            count = tensors[i].numel()
-            if count:
-                largest[i] = gaps[offset : offset + count].nan_to_num(nan=float("inf")).max()
-            offset += count
+        for i, gap in zip(indices, _pieces(gaps, [tensors[i] for i in indices])):
+            if gap.numel():
+                largest[i] = gap.nan_to_num(nan=float("inf")).max()
     dist.all_reduce(largest, op=dist.ReduceOp.MAX)
     apart = [(name, gap) for name, gap in zip(names, largest.tolist()) if gap > 0]
     if apart:
@@ -273,22 +271,9 @@ def shared_random_stream():
         return
     seed = torch.tensor([draw_seed() if rank == 0 else 0], dtype=torch.int64, device=_device())
     dist.broadcast(seed, 0)
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    saved = (
-        torch.get_rng_state(),
-        torch.cuda.get_rng_state_all() if cuda else None,
-        random.getstate(),
-        np.random.get_state(),
-    )
-    pyro.set_rng_seed(int(seed.item()))
-    try:
+    with random_states_kept():
+        pyro.set_rng_seed(int(seed.item()))
         yield
-    finally:
-        torch.set_rng_state(saved[0])
-        if cuda:
-            torch.cuda.set_rng_state_all(saved[1])
-        random.setstate(saved[2])
-        np.random.set_state(saved[3])
 
 
 # ---- the plates' scales -------------------------------------------------------
@@ -298,13 +283,9 @@ def _observations(model, guide, args, kwargs):
     """Per observed site of one run of the guide and the model against it:
     its plates, the number of observed values, their total scale and a
     checksum of the values. Leaves every random state as it was."""
-    saved = rng_state()
-    try:
-        with torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    finally:
-        set_rng_state(saved)
+    with random_states_kept(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     found = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
