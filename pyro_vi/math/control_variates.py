@@ -55,7 +55,7 @@ def check_coefficient(coefficient, estimator):
     return 1
 
 
-def controlled_gradient(h, coefficient, signal=None, f=None, pool=None):
+def controlled_gradient(h, coefficient, signal=None, f=None, pool=None, per_particle=False):
     """The controlled gradient of one parameter from its per-particle
     scores ``h`` (shape ``(S,) + shape``),
 
@@ -77,34 +77,52 @@ def controlled_gradient(h, coefficient, signal=None, f=None, pool=None):
     the regression through the origin, :math:`\\bar f_d / \\bar h_d` of the
     other particles (their mean signal, for :math:`f = hL`; 0 where
     :math:`\\bar h_d` is 0), still independent of :math:`z_s`; the pooled one
-    is 0.
+    is 0. (A variance below :math:`64` float64 epsilons times the sum of
+    squares of all the particles is the rounding error of this arithmetic,
+    and counts as 0 too.)
 
     The coefficients need only the per-parameter sums of :math:`h, f, h^2,
     fh` over the particles (:func:`particle_sums`); ``pool`` may add up
     those of other processes first (one all-reduce), so that the
     coefficients come from every process's particles. Leave-one-out then
     takes one more pass over the particles. Both go a block of parameters at
-    a time, in float64, so that no temporary is larger than a block.
+    a time, in float64, so that no temporary is larger than a block; without
+    ``pool``, each block's sums and gradient in one go, while the block is
+    at hand. With ``per_particle``, the particles' terms, as in
+    :func:`gradient_from_sums`.
     """
+    if pool is None or not isinstance(coefficient, str):
+        return _from_own_sums(h, coefficient, signal, f, per_particle)
     sums = particle_sums(h, signal, f)
-    pooled = pool(sums.clone()) if pool is not None and isinstance(coefficient, str) else sums
-    return gradient_from_sums(h, sums, pooled, coefficient, signal, f)
+    return gradient_from_sums(h, sums, pool(sums.clone()), coefficient, signal, f, per_particle)
 
 
-_BLOCK_ELEMENTS = 1 << 18
+# Columns per block: each block's float64 temporaries (a few of S x block)
+# stay small enough to be cached and reused by the allocator.
+_BLOCK_ELEMENTS = 1 << 16
 
 
 def _blocks(h, signal, f):
-    """``(columns, h, f)`` for blocks of parameters, in float64."""
+    """``(columns, h, f)`` for blocks of parameters: float64 copies, which
+    the caller may overwrite."""
     num_particles = h.shape[0]
-    h = h.reshape(num_particles, -1)
-    f = None if f is None else f.reshape(num_particles, -1)
+    h = h.detach().reshape(num_particles, -1)
+    f = None if f is None else f.detach().reshape(num_particles, -1)
     signal = None if signal is None else signal.detach().to(torch.float64)[:, None]
     block = max(1, _BLOCK_ELEMENTS // num_particles)
     for start in range(0, h.shape[1], block):
         columns = slice(start, start + block)
-        hb = h[:, columns].to(torch.float64)
-        yield columns, hb, hb * signal if f is None else f[:, columns].to(torch.float64)
+        hb = h[:, columns].to(torch.float64, copy=True)
+        yield columns, hb, hb * signal if f is None else f[:, columns].to(torch.float64, copy=True)
+
+
+def _block_sums(hb, fb, out):
+    """Writes the sums over the particles of :math:`h, f, h^2, fh` of one
+    block into ``out`` (shape ``(4, block)``)."""
+    torch.sum(hb, 0, out=out[0])
+    torch.sum(fb, 0, out=out[1])
+    torch.sum(hb * hb, 0, out=out[2])
+    torch.sum(fb * hb, 0, out=out[3])
 
 
 def particle_sums(h, signal=None, f=None):
@@ -114,8 +132,21 @@ def particle_sums(h, signal=None, f=None):
     sums = torch.empty(5, h[0].numel(), dtype=torch.float64, device=h.device)
     sums[0] = h.shape[0]
     for columns, hb, fb in _blocks(h, signal, f):
-        sums[1:, columns] = torch.stack([hb.sum(0), fb.sum(0), hb.square().sum(0), (fb * hb).sum(0)])
+        _block_sums(hb, fb, sums[1:, columns])
     return sums
+
+
+def _from_own_sums(h, coefficient, signal, f, per_particle):
+    """:func:`controlled_gradient` with the coefficients of these particles'
+    own sums, a block of parameters at a time."""
+    num_particles, shape = h.shape[0], h.shape[1:]
+    out = torch.empty((num_particles if per_particle else 1, h[0].numel()), dtype=torch.float64, device=h.device)
+    for columns, hb, fb in _blocks(h, signal, f):
+        sums = hb.new_empty(5, hb.shape[1])
+        sums[0] = num_particles
+        _block_sums(hb, fb, sums[1:])
+        out[:, columns] = _controlled_block(hb, fb, sums, sums, coefficient, per_particle, h.dtype)
+    return out.to(h.dtype).reshape(h.shape if per_particle else shape)
 
 
 def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None, per_particle=False):
@@ -126,44 +157,69 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None, per_pa
     :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``, whose
     sum over the particles is :math:`\\hat g`."""
     num_particles, shape = h.shape[0], h.shape[1:]
-    if not isinstance(coefficient, str) or coefficient == "pooled":
-        a = _fixed_or_pooled_coefficient(h, pooled, coefficient)
-        if per_particle:
-            return (
-                torch.cat([(fb - a[columns] * hb) / num_particles for columns, hb, fb in _blocks(h, signal, f)], 1)
-                .to(h.dtype)
-                .reshape(h.shape)
-            )
+    if not per_particle and (not isinstance(coefficient, str) or coefficient == "pooled"):
+        a = _fixed_or_pooled_coefficient(pooled, coefficient, h.dtype)
         return ((sums[2] - a * sums[1]) / num_particles).to(h.dtype).reshape(shape)
-    count, pooled_h, pooled_f, pooled_hh = pooled[0], pooled[1], pooled[2], pooled[3]
-    h_mean, f_mean = pooled_h / count, pooled_f / count
-    cov = pooled[4] - count * f_mean * h_mean
-    var = pooled_hh - count * h_mean.square()
-    tolerance = 64 * torch.finfo(h.dtype).eps
-    # Without particle s the other centred values sum to -hc[s] and -fc[s]:
-    # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = N / (N - 1).
-    k, others = count / (count - 1), count - 1
-    controlled = []
+    out = torch.empty((num_particles if per_particle else 1, h[0].numel()), dtype=torch.float64, device=h.device)
     for columns, hb, fb in _blocks(h, signal, f):
-        hc, fc = hb - h_mean[columns], fb - f_mean[columns]
-        numerator = cov[columns] - k[columns] * fc * hc
-        denominator = var[columns] - k[columns] * hc.square()
-        threshold = tolerance * (pooled_hh[columns] - hb.square()).clamp(min=0)
-        regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
-        # The others' scores all equal: the slope is undefined; the
-        # coefficient is then their regression through the origin, f / h
-        # (their mean signal for f = h L), 0 where their h is 0.
-        others_h = (pooled_h[columns] - hb) / others[columns]
-        others_f = (pooled_f[columns] - fb) / others[columns]
-        origin = others_h.abs() > (threshold / others[columns]).sqrt()
-        through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
-        a = torch.where(denominator > threshold, regression, through_origin)
-        controlled.append((fb - a * hb) / num_particles)
-    controlled = torch.cat(controlled, 1)
-    return (controlled if per_particle else controlled.sum(0)).to(h.dtype).reshape(h.shape if per_particle else shape)
+        block = _controlled_block(hb, fb, sums[:, columns], pooled[:, columns], coefficient, per_particle, h.dtype)
+        out[:, columns] = block
+    return out.to(h.dtype).reshape(h.shape if per_particle else shape)
 
 
-def _fixed_or_pooled_coefficient(h, pooled, coefficient):
+def _controlled_block(hb, fb, own, pooled, coefficient, per_particle, dtype):
+    """:math:`(f_d[s] - a_d h_d[s]) / S` of one block of columns (float64
+    ``hb``, ``fb`` of shape ``(S, block)``, overwritten), summed over the
+    particles (shape ``(1, block)``) or per particle; ``own`` and ``pooled``
+    are the block's :func:`particle_sums` and the coefficients' ones."""
+    num_particles = hb.shape[0]
+    if not isinstance(coefficient, str) or coefficient == "pooled":
+        a = _fixed_or_pooled_coefficient(pooled, coefficient, dtype)
+        if per_particle:
+            return fb.sub_(a * hb).div_(num_particles)
+        return ((own[2] - a * own[1]) / num_particles)[None]
+    a = _leave_one_out_coefficients(hb, fb, pooled, dtype)
+    if per_particle:
+        return fb.sub_(a.mul_(hb)).div_(num_particles)
+    return ((own[2] - a.mul_(hb).sum(0)) / num_particles)[None]
+
+
+def _leave_one_out_coefficients(hb, fb, pooled, dtype):
+    """Each particle's :math:`a^{(-s)}_d` for one block of columns (``hb``,
+    ``fb`` float64, shape ``(S, block)``, left unchanged), from the
+    ``pooled`` sums of all the particles: without particle :math:`s` the
+    other centred values sum to :math:`-h^c_s` and :math:`-f^c_s`, so
+    :math:`\\mathrm{cov}^{(-s)} = \\mathrm{cov} - k f^c_s h^c_s` and
+    :math:`\\mathrm{var}^{(-s)} = \\mathrm{var} - k (h^c_s)^2`, with
+    :math:`k = N / (N - 1)`."""
+    count, pooled_h, pooled_f, pooled_hh, pooled_fh = pooled
+    h_mean, f_mean = pooled_h / count, pooled_f / count
+    cov = pooled_fh - count * f_mean * h_mean
+    var = pooled_hh - count * h_mean.square()
+    k = count / (count - 1)
+    hc, numerator = hb - h_mean, fb - f_mean
+    numerator = torch.sub(cov, numerator.mul_(hc).mul_(k), out=numerator)
+    denominator = torch.sub(var, hc.square_().mul_(k), out=hc)
+    # A variance below tolerance * (the others' sum of squares) is rounding
+    # error of the scores; one below 64 float64 epsilons times the sum of
+    # squares of all the particles is rounding error of this arithmetic.
+    tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(torch.float64).eps * pooled_hh
+    if bool((denominator > tolerance * pooled_hh + rounding).all()):  # above every particle's threshold
+        return numerator.div_(denominator)
+    threshold = tolerance * (pooled_hh - hb.square()).clamp(min=0) + rounding
+    regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
+    # The others' scores all equal: the slope is undefined; the coefficient
+    # is then their regression through the origin, f / h (their mean signal
+    # for f = h L), 0 where their h is 0.
+    others = count - 1
+    others_h = (pooled_h - hb) / others
+    others_f = (pooled_f - fb) / others
+    origin = others_h.abs() > (threshold / others).sqrt()
+    through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
+    return torch.where(denominator > threshold, regression, through_origin)
+
+
+def _fixed_or_pooled_coefficient(pooled, coefficient, dtype):
     """A fixed coefficient, or :math:`a^*` of all the ``pooled`` particles (0
     where their variance is rounding error)."""
     if coefficient != "pooled":
@@ -173,7 +229,7 @@ def _fixed_or_pooled_coefficient(h, pooled, coefficient):
     cov = pooled[4] - count * f_mean * h_mean
     var = pooled_hh - count * h_mean.square()
     # Below tolerance * (sum of squares), a variance is rounding error: 0.
-    return torch.where(var > 64 * torch.finfo(h.dtype).eps * pooled_hh, cov / var, 0.0)
+    return torch.where(var > 64 * torch.finfo(dtype).eps * pooled_hh, cov / var, 0.0)
 
 
 def controlled_surrogate(particles, coefficient, signal=None, signals=None, coordinates="parameters", pool=None):
@@ -218,21 +274,23 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         ]
     if not frontier:
         return particles.zeros()
-    sums = [particle_sums(rows[0], signal, None if signals is None else rows[1]) for _, rows in frontier]
-    pooled = sums
+    pooled = None
     if pool is not None and isinstance(coefficient, str):
         # One all-reduce for the statistics of every parameter.
-        sizes = [s.shape[1] for s in sums]
-        pooled = list(pool(torch.cat(sums, dim=1)).split(sizes, dim=1))
+        sums = [particle_sums(rows[0], signal, None if signals is None else rows[1]) for _, rows in frontier]
+        pooled = pool(torch.cat(sums, dim=1)).split([s.shape[1] for s in sums], dim=1)
     surrogate = 0.0
-    for (target, rows), own, pooled_sums in zip(frontier, sums, pooled):
+    for i, (target, rows) in enumerate(frontier):
         f = None if signals is None else rows[1]
-        if isinstance(target, list):  # each particle's own tensor
-            controlled = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f, per_particle=True)
+        per_particle = isinstance(target, list)  # each particle's own tensor
+        if pooled is None:
+            controlled = controlled_gradient(rows[0], coefficient, signal, f, per_particle=per_particle)
+        else:
+            controlled = gradient_from_sums(rows[0], sums[i], pooled[i], coefficient, signal, f, per_particle)
+        if per_particle:
             for term, own_target in zip(controlled.detach(), target):
                 if own_target is not None:
                     surrogate = surrogate + (term * own_target).sum()
         else:
-            g = gradient_from_sums(rows[0], own, pooled_sums, coefficient, signal, f)
-            surrogate = surrogate + (g.detach() * target).sum()
+            surrogate = surrogate + (controlled.detach() * target).sum()
     return surrogate

@@ -241,7 +241,7 @@ def _distribution_frontier(particles, sites, weights):
             return None
         pairs = _expanded_pairs(captured, recorded.broadcast, particles.num_particles)
         if pairs is not None:
-            broadcast.append((j, site, pairs))
+            broadcast.append((j, site, pairs, recorded.broadcast.batch_shape))
             continue
         parts = functional(without_mask(captured))
         if parts is None or recorded.value.dim() - len(captured.event_shape) != particle_dim:
@@ -275,21 +275,42 @@ def _expanded_pairs(captured, broadcast_fn, num_particles):
 
 def _through_the_broadcast(broadcast, weights):
     """Per-particle gradients at the broadcast copies of the distributions'
-    tensors, from one backward pass per row through the real graph of the
-    score sites' log-densities, summed back to the captured tensors' shapes."""
-    copies = [copy_ for _, _, pairs in broadcast for _, copy_ in pairs]
+    tensors, summed back to the captured tensors' shapes. Where each entry
+    of every score site's log-density depends only on its own entries of the
+    copies (a distribution's batch entries are independent, and the copies
+    have its whole batch shape), the gradient of a weighted row is the
+    weight times that of the unweighted one: one backward pass through the
+    real graph of the score sites' log-densities for all rows; else one per
+    row."""
+    copies = [copy_ for _, _, pairs, _ in broadcast for _, copy_ in pairs]
     if not copies:
         return []
-    per_row = []
-    for site_weights in weights:
-        row = 0.0
-        for j, site, _ in broadcast:
-            weight = site_weights[j]
-            term = site.score_log_prob if weight is None else site.score_log_prob * weight
-            row = row + term.sum()
-        per_row.append(torch.autograd.grad(row, copies, retain_graph=True, allow_unused=True))
+    if all(_entrywise(site, pairs, batch_shape) for _, site, pairs, batch_shape in broadcast):
+        unweighted = sum(site.score_log_prob.sum() for _, site, _, _ in broadcast)
+        grads = torch.autograd.grad(unweighted, copies, retain_graph=True, allow_unused=True)
+        per_row, i = [[] for _ in weights], 0
+        for j, _, pairs, batch_shape in broadcast:
+            for _, copy_ in pairs:
+                for row, site_weights in zip(per_row, weights):
+                    g, weight = grads[i], site_weights[j]
+                    on_copy = (
+                        None
+                        if weight is None
+                        else weight.reshape(batch_shape + (1,) * (copy_.dim() - len(batch_shape)))
+                    )
+                    row.append(g if g is None or weight is None else g * on_copy)
+                i += 1
+    else:
+        per_row = []
+        for site_weights in weights:
+            row = 0.0
+            for j, site, _, _ in broadcast:
+                weight = site_weights[j]
+                term = site.score_log_prob if weight is None else site.score_log_prob * weight
+                row = row + term.sum()
+            per_row.append(torch.autograd.grad(row, copies, retain_graph=True, allow_unused=True))
     frontier, i = [], 0
-    for _, _, pairs in broadcast:
+    for _, _, pairs, _ in broadcast:
         for tensor, copy_ in pairs:
             grads = [torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row]
             # The captured tensor, right-aligned, either lies right of the
@@ -299,9 +320,19 @@ def _through_the_broadcast(broadcast, weights):
             kept = tensor.shape if new_dims >= 1 else tensor.shape[1:]
             target = (copy_.shape[0],) + (1,) * max(new_dims - 1, 0) + kept
             grads = [g.sum_to_size(target).reshape((copy_.shape[0],) + tensor.shape) for g in grads]
-            frontier.append((tensor, torch.stack(grads)))
+            frontier.append((tensor, grads[0].unsqueeze(0) if len(grads) == 1 else torch.stack(grads)))
             i += 1
     return frontier
+
+
+def _entrywise(site, pairs, batch_shape):
+    """Whether entry ``[s, i]`` of the site's score log-density (a reshape of
+    its broadcast distribution's, of shape ``batch_shape``, with no dims
+    summed) is a function of the entries ``[s, i, ...]`` of the copies
+    alone."""
+    return site.score_log_prob.numel() == batch_shape.numel() and all(
+        copy_.shape[: len(batch_shape)] == batch_shape for _, copy_ in pairs
+    )
 
 
 def _by_functorch(rebuilt, weights):
