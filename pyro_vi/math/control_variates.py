@@ -116,13 +116,9 @@ def _blocks(h, signal, f):
         yield columns, hb, hb * signal if f is None else f[:, columns].to(torch.float64, copy=True)
 
 
-def _block_sums(hb, fb, out):
-    """Writes the sums over the particles of :math:`h, f, h^2, fh` of one
-    block into ``out`` (shape ``(4, block)``)."""
-    torch.sum(hb, 0, out=out[0])
-    torch.sum(fb, 0, out=out[1])
-    torch.sum(hb * hb, 0, out=out[2])
-    torch.sum(fb * hb, 0, out=out[3])
+def _block_sums(hb, fb):
+    """The sums over the particles of :math:`h, f, h^2, fh` of one block."""
+    return hb.sum(0), fb.sum(0), (hb * hb).sum(0), (fb * hb).sum(0)
 
 
 def particle_sums(h, signal=None, f=None):
@@ -132,21 +128,19 @@ def particle_sums(h, signal=None, f=None):
     sums = torch.empty(5, h[0].numel(), dtype=torch.float64, device=h.device)
     sums[0] = h.shape[0]
     for columns, hb, fb in _blocks(h, signal, f):
-        _block_sums(hb, fb, sums[1:, columns])
+        sums[1:, columns] = torch.stack(_block_sums(hb, fb))
     return sums
 
 
 def _from_own_sums(h, coefficient, signal, f, per_particle):
     """:func:`controlled_gradient` with the coefficients of these particles'
     own sums, a block of parameters at a time."""
-    num_particles, shape = h.shape[0], h.shape[1:]
-    out = torch.empty((num_particles if per_particle else 1, h[0].numel()), dtype=torch.float64, device=h.device)
-    for columns, hb, fb in _blocks(h, signal, f):
-        sums = hb.new_empty(5, hb.shape[1])
-        sums[0] = num_particles
-        _block_sums(hb, fb, sums[1:])
-        out[:, columns] = _controlled_block(hb, fb, sums, sums, coefficient, per_particle, h.dtype)
-    return out.to(h.dtype).reshape(h.shape if per_particle else shape)
+    num_particles = h.shape[0]
+    parts = []
+    for _, hb, fb in _blocks(h, signal, f):
+        sums = (num_particles,) + _block_sums(hb, fb)
+        parts.append(_controlled_block(hb, fb, sums, sums, coefficient, per_particle, h.dtype))
+    return _joined(parts, h, per_particle)
 
 
 def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None, per_particle=False):
@@ -156,32 +150,39 @@ def gradient_from_sums(h, sums, pooled, coefficient, signal=None, f=None, per_pa
     ``per_particle``, the particles' terms
     :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``, whose
     sum over the particles is :math:`\\hat g`."""
-    num_particles, shape = h.shape[0], h.shape[1:]
     if not per_particle and (not isinstance(coefficient, str) or coefficient == "pooled"):
         a = _fixed_or_pooled_coefficient(pooled, coefficient, h.dtype)
-        return ((sums[2] - a * sums[1]) / num_particles).to(h.dtype).reshape(shape)
-    out = torch.empty((num_particles if per_particle else 1, h[0].numel()), dtype=torch.float64, device=h.device)
-    for columns, hb, fb in _blocks(h, signal, f):
-        block = _controlled_block(hb, fb, sums[:, columns], pooled[:, columns], coefficient, per_particle, h.dtype)
-        out[:, columns] = block
-    return out.to(h.dtype).reshape(h.shape if per_particle else shape)
+        return _joined([(sums[2] - a * sums[1]) / h.shape[0]], h, per_particle)
+    parts = [
+        _controlled_block(hb, fb, sums[:, columns], pooled[:, columns], coefficient, per_particle, h.dtype)
+        for columns, hb, fb in _blocks(h, signal, f)
+    ]
+    return _joined(parts, h, per_particle)
+
+
+def _joined(parts, h, per_particle):
+    """The blocks' results side by side, in ``h``'s dtype and shape (without
+    its particle dim unless ``per_particle``)."""
+    joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return joined.to(h.dtype).reshape(h.shape if per_particle else h.shape[1:])
 
 
 def _controlled_block(hb, fb, own, pooled, coefficient, per_particle, dtype):
     """:math:`(f_d[s] - a_d h_d[s]) / S` of one block of columns (float64
     ``hb``, ``fb`` of shape ``(S, block)``, overwritten), summed over the
-    particles (shape ``(1, block)``) or per particle; ``own`` and ``pooled``
-    are the block's :func:`particle_sums` and the coefficients' ones."""
+    particles (shape ``(block,)``) or per particle; ``own`` and ``pooled``
+    are the block's sums (the particles' number, then those of :math:`h, f,
+    h^2, fh`) and the coefficients' ones."""
     num_particles = hb.shape[0]
     if not isinstance(coefficient, str) or coefficient == "pooled":
         a = _fixed_or_pooled_coefficient(pooled, coefficient, dtype)
         if per_particle:
             return fb.sub_(a * hb).div_(num_particles)
-        return ((own[2] - a * own[1]) / num_particles)[None]
+        return (own[2] - a * own[1]) / num_particles
     a = _leave_one_out_coefficients(hb, fb, pooled, dtype)
     if per_particle:
         return fb.sub_(a.mul_(hb)).div_(num_particles)
-    return ((own[2] - a.mul_(hb).sum(0)) / num_particles)[None]
+    return (own[2] - a.mul_(hb).sum(0)) / num_particles
 
 
 def _leave_one_out_coefficients(hb, fb, pooled, dtype):
@@ -194,8 +195,7 @@ def _leave_one_out_coefficients(hb, fb, pooled, dtype):
     :math:`k = N / (N - 1)`."""
     count, pooled_h, pooled_f, pooled_hh, pooled_fh = pooled
     h_mean, f_mean = pooled_h / count, pooled_f / count
-    cov = pooled_fh - count * f_mean * h_mean
-    var = pooled_hh - count * h_mean.square()
+    cov, var = pooled_fh - f_mean * pooled_h, pooled_hh - h_mean * pooled_h
     k = count / (count - 1)
     hc, numerator = hb - h_mean, fb - f_mean
     numerator = torch.sub(cov, numerator.mul_(hc).mul_(k), out=numerator)
@@ -203,10 +203,10 @@ def _leave_one_out_coefficients(hb, fb, pooled, dtype):
     # A variance below tolerance * (the others' sum of squares) is rounding
     # error of the scores; one below 64 float64 epsilons times the sum of
     # squares of all the particles is rounding error of this arithmetic.
-    tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(torch.float64).eps * pooled_hh
-    if bool((denominator > tolerance * pooled_hh + rounding).all()):  # above every particle's threshold
+    tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(torch.float64).eps
+    if bool((denominator > (tolerance + rounding) * pooled_hh).all()):  # above every particle's threshold
         return numerator.div_(denominator)
-    threshold = tolerance * (pooled_hh - hb.square()).clamp(min=0) + rounding
+    threshold = tolerance * (pooled_hh - hb.square()).clamp(min=0) + rounding * pooled_hh
     regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
     # The others' scores all equal: the slope is undefined; the coefficient
     # is then their regression through the origin, f / h (their mean signal
@@ -223,11 +223,9 @@ def _fixed_or_pooled_coefficient(pooled, coefficient, dtype):
     """A fixed coefficient, or :math:`a^*` of all the ``pooled`` particles (0
     where their variance is rounding error)."""
     if coefficient != "pooled":
-        return torch.full_like(pooled[1], float(coefficient))
-    count, pooled_h, pooled_hh = pooled[0], pooled[1], pooled[3]
-    h_mean, f_mean = pooled_h / count, pooled[2] / count
-    cov = pooled[4] - count * f_mean * h_mean
-    var = pooled_hh - count * h_mean.square()
+        return float(coefficient)
+    count, pooled_h, pooled_f, pooled_hh, pooled_fh = pooled
+    cov, var = pooled_fh - pooled_f * pooled_h / count, pooled_hh - pooled_h * pooled_h / count
     # Below tolerance * (sum of squares), a variance is rounding error: 0.
     return torch.where(var > 64 * torch.finfo(dtype).eps * pooled_hh, cov / var, 0.0)
 
@@ -274,23 +272,51 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         ]
     if not frontier:
         return particles.zeros()
+    num_particles = particles.num_particles
+    per_particle = [isinstance(target, list) for target, _ in frontier]  # each particle's own tensor
+    sizes = [rows[0][0].numel() for _, rows in frontier]
     pooled = None
     if pool is not None and isinstance(coefficient, str):
         # One all-reduce for the statistics of every parameter.
         sums = [particle_sums(rows[0], signal, None if signals is None else rows[1]) for _, rows in frontier]
-        pooled = pool(torch.cat(sums, dim=1)).split([s.shape[1] for s in sums], dim=1)
+        pooled = pool(torch.cat(sums, dim=1)).split(sizes, dim=1)
     surrogate = 0.0
-    for i, (target, rows) in enumerate(frontier):
-        f = None if signals is None else rows[1]
-        per_particle = isinstance(target, list)  # each particle's own tensor
+    for group in _groups(sizes, per_particle, max(1, _BLOCK_ELEMENTS // num_particles)):
+        h = _columns([frontier[i][1][0] for i in group], num_particles)
+        f = None if signals is None else _columns([frontier[i][1][1] for i in group], num_particles)
         if pooled is None:
-            controlled = controlled_gradient(rows[0], coefficient, signal, f, per_particle=per_particle)
+            controlled = controlled_gradient(h, coefficient, signal, f, per_particle=per_particle[group[0]])
         else:
-            controlled = gradient_from_sums(rows[0], sums[i], pooled[i], coefficient, signal, f, per_particle)
-        if per_particle:
-            for term, own_target in zip(controlled.detach(), target):
-                if own_target is not None:
-                    surrogate = surrogate + (term * own_target).sum()
-        else:
-            surrogate = surrogate + (controlled.detach() * target).sum()
+            own, coefficients = (torch.cat([stats[i] for i in group], dim=1) for stats in (sums, pooled))
+            controlled = gradient_from_sums(h, own, coefficients, coefficient, signal, f, per_particle[group[0]])
+        for i, part in zip(group, controlled.detach().split([sizes[i] for i in group], dim=-1)):
+            target = frontier[i][0]
+            if per_particle[i]:
+                for term, own_target in zip(part, target):
+                    if own_target is not None:
+                        surrogate = surrogate + (term.reshape(own_target.shape) * own_target).sum()
+            else:
+                surrogate = surrogate + (part.reshape(target.shape) * target).sum()
     return surrogate
+
+
+def _groups(sizes, per_particle, columns):
+    """The frontier's entries (their numbers of columns ``sizes``) in groups
+    of consecutive entries of the same kind and at most ``columns`` columns
+    in all (an entry larger than that alone): small tensors go through the
+    arithmetic together."""
+    groups = []
+    for i, size in enumerate(sizes):
+        group = groups[-1] if groups else None
+        if group and per_particle[group[0]] == per_particle[i] and sum(sizes[j] for j in group) + size <= columns:
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _columns(rows, num_particles):
+    """Per-particle rows side by side, shape ``(S, columns)``."""
+    if len(rows) == 1:
+        return rows[0].reshape(num_particles, -1)
+    return torch.cat([row.reshape(num_particles, -1) for row in rows], dim=1)
