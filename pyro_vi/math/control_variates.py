@@ -195,18 +195,19 @@ def _leave_one_out_coefficients(hb, fb, pooled, dtype):
     :math:`k = N / (N - 1)`."""
     count, pooled_h, pooled_f, pooled_hh, pooled_fh = pooled
     h_mean, f_mean = pooled_h / count, pooled_f / count
-    cov, var = pooled_fh - f_mean * pooled_h, pooled_hh - h_mean * pooled_h
+    # cov^(-s) / k and var^(-s) / k, whose ratio is the coefficient
     k = count / (count - 1)
+    cov, var = (pooled_fh - f_mean * pooled_h) / k, (pooled_hh - h_mean * pooled_h) / k
     hc, numerator = hb - h_mean, fb - f_mean
-    numerator = torch.sub(cov, numerator.mul_(hc).mul_(k), out=numerator)
-    denominator = torch.sub(var, hc.square_().mul_(k), out=hc)
+    numerator = torch.sub(cov, numerator.mul_(hc), out=numerator)
+    denominator = torch.sub(var, hc.square_(), out=hc)
     # A variance below tolerance * (the others' sum of squares) is rounding
     # error of the scores; one below 64 float64 epsilons times the sum of
     # squares of all the particles is rounding error of this arithmetic.
     tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(torch.float64).eps
-    if bool((denominator > (tolerance + rounding) * pooled_hh).all()):  # above every particle's threshold
+    if bool((denominator > (tolerance + rounding) / k * pooled_hh).all()):  # above every particle's threshold
         return numerator.div_(denominator)
-    threshold = tolerance * (pooled_hh - hb.square()).clamp(min=0) + rounding * pooled_hh
+    threshold = (tolerance * (pooled_hh - hb.square()).clamp(min=0) + rounding * pooled_hh) / k
     regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
     # The others' scores all equal: the slope is undefined; the coefficient
     # is then their regression through the origin, f / h (their mean signal
@@ -214,7 +215,7 @@ def _leave_one_out_coefficients(hb, fb, pooled, dtype):
     others = count - 1
     others_h = (pooled_h - hb) / others
     others_f = (pooled_f - fb) / others
-    origin = others_h.abs() > (threshold / others).sqrt()
+    origin = others_h.abs() > (k * threshold / others).sqrt()
     through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
     return torch.where(denominator > threshold, regression, through_origin)
 
@@ -274,7 +275,7 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         return particles.zeros()
     num_particles = particles.num_particles
     per_particle = [isinstance(target, list) for target, _ in frontier]  # each particle's own tensor
-    sizes = [rows[0][0].numel() for _, rows in frontier]
+    sizes = [rows.shape[2:].numel() for _, rows in frontier]
     pooled = None
     if pool is not None and isinstance(coefficient, str):
         # One all-reduce for the statistics of every parameter.
@@ -289,14 +290,14 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         else:
             own, coefficients = (torch.cat([stats[i] for i in group], dim=1) for stats in (sums, pooled))
             controlled = gradient_from_sums(h, own, coefficients, coefficient, signal, f, per_particle[group[0]])
-        for i, part in zip(group, controlled.detach().split([sizes[i] for i in group], dim=-1)):
-            target = frontier[i][0]
-            if per_particle[i]:
-                for term, own_target in zip(part, target):
+        controlled = controlled.detach()
+        if per_particle[group[0]]:
+            for i, part in zip(group, controlled.split([sizes[i] for i in group], dim=-1)):
+                for term, own_target in zip(part, frontier[i][0]):
                     if own_target is not None:
                         surrogate = surrogate + (term.reshape(own_target.shape) * own_target).sum()
-            else:
-                surrogate = surrogate + (part.reshape(target.shape) * target).sum()
+        else:
+            surrogate = surrogate + torch.dot(controlled, _columns([frontier[i][0] for i in group], 1)[0])
     return surrogate
 
 

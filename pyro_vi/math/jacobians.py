@@ -285,21 +285,23 @@ def _through_the_broadcast(broadcast, weights):
     copies = [copy_ for _, _, pairs, _ in broadcast for _, copy_ in pairs]
     if not copies:
         return []
+    per_copy = []  # the rows' gradients at each copy, shape (K,) + copy.shape
     if all(_entrywise(site, pairs, batch_shape) for _, site, pairs, batch_shape in broadcast):
         unweighted = sum(site.score_log_prob.sum() for _, site, _, _ in broadcast)
-        grads = torch.autograd.grad(unweighted, copies, retain_graph=True, allow_unused=True)
-        per_row, i = [[] for _ in weights], 0
+        grads = iter(torch.autograd.grad(unweighted, copies, retain_graph=True, allow_unused=True))
         for j, _, pairs, batch_shape in broadcast:
+            site_weights = [w[j] for w in weights]
             for _, copy_ in pairs:
-                for row, site_weights in zip(per_row, weights):
-                    g, weight = grads[i], site_weights[j]
-                    on_copy = (
-                        None
-                        if weight is None
-                        else weight.reshape(batch_shape + (1,) * (copy_.dim() - len(batch_shape)))
+                g = next(grads)
+                if g is None:
+                    per_copy.append(copy_.new_zeros((len(weights),) + copy_.shape))
+                elif all(w is None for w in site_weights):
+                    per_copy.append(g.expand((len(weights),) + g.shape))
+                else:
+                    trailing = (1,) * (copy_.dim() - len(batch_shape))
+                    per_copy.append(
+                        torch.stack([g if w is None else g * w.reshape(batch_shape + trailing) for w in site_weights])
                     )
-                    row.append(g if g is None or weight is None else g * on_copy)
-                i += 1
     else:
         per_row = []
         for site_weights in weights:
@@ -309,19 +311,18 @@ def _through_the_broadcast(broadcast, weights):
                 term = site.score_log_prob if weight is None else site.score_log_prob * weight
                 row = row + term.sum()
             per_row.append(torch.autograd.grad(row, copies, retain_graph=True, allow_unused=True))
-    frontier, i = [], 0
+        for i, copy_ in enumerate(copies):
+            per_copy.append(torch.stack([torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row]))
+    frontier, rows = [], iter(per_copy)
     for _, _, pairs, _ in broadcast:
         for tensor, copy_ in pairs:
-            grads = [torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row]
             # The captured tensor, right-aligned, either lies right of the
             # particle dim or has a size-1 dim there (a batch dim outside every
             # plate, which the particle plate took over).
             new_dims = copy_.dim() - tensor.dim()
             kept = tensor.shape if new_dims >= 1 else tensor.shape[1:]
-            target = (copy_.shape[0],) + (1,) * max(new_dims - 1, 0) + kept
-            grads = [g.sum_to_size(target).reshape((copy_.shape[0],) + tensor.shape) for g in grads]
-            frontier.append((tensor, grads[0].unsqueeze(0) if len(grads) == 1 else torch.stack(grads)))
-            i += 1
+            target = (len(weights), copy_.shape[0]) + (1,) * max(new_dims - 1, 0) + kept
+            frontier.append((tensor, next(rows).sum_to_size(target).reshape(target[:2] + tensor.shape)))
     return frontier
 
 

@@ -35,14 +35,17 @@ def markov_blanket_signals(particles):
     signals = {}
     factors = particles.signal_factors
     for site in particles.score_sites():
-        model_factors, guide_factors = factors[site.name]
-        signal = 0.0
-        for table, chosen, sign in ((particles.model, model_factors, 1.0), (particles.guide, guide_factors, -1.0)):
-            for name, plates in chosen.items():
-                if name in table:
-                    dims = {site.plates[p] for p in plates}
-                    signal = signal + sign * sum_to_plates(table[name].log_prob, dims)
-        signals[site.name] = torch.as_tensor(signal).detach()
+        terms = []
+        for table, chosen in zip((particles.model, particles.guide), factors[site.name]):
+            terms.append(
+                [
+                    sum_to_plates(table[n].log_prob, {site.plates[p] for p in plates})
+                    for n, plates in chosen.items()
+                    if n in table
+                ]
+            )
+        model_terms, guide_terms = (torch.stack(torch.broadcast_tensors(*t)).sum(0) if t else 0.0 for t in terms)
+        signals[site.name] = torch.as_tensor(model_terms - guide_terms).detach()
     return signals
 
 

@@ -340,10 +340,14 @@ def _stack(values, name, plate_dims, vectorized, num_particles):
             continue
         if log_prob.dim() > width:
             log_prob = log_prob.reshape((-1,) + log_prob.shape[log_prob.dim() - width :]).sum(0)
-        terms.append(log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape))
+        if log_prob.dim() < width:
+            log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
+        terms.append(log_prob)
     if vectorized:
         (log_prob,) = terms
-        return log_prob.expand((num_particles,) + log_prob.shape[1:])
+        return (
+            log_prob if log_prob.shape[0] == num_particles else log_prob.expand((num_particles,) + log_prob.shape[1:])
+        )
     shapes = {t.shape for t in terms if t is not None}
     if len(shapes) > 1:
         raise ValueError(
