@@ -187,10 +187,10 @@ def particle_gradients(particles, weightings, params):
 
 
 def _weight(weight, site):
-    shape = site.score_log_prob.shape
     if weight is None:
         return None
-    return torch.as_tensor(weight, dtype=site.score_log_prob.dtype).detach().expand(shape)
+    weight = torch.as_tensor(weight, dtype=site.score_log_prob.dtype).detach()
+    return weight if weight.shape == site.score_log_prob.shape else weight.expand(site.score_log_prob.shape)
 
 
 # ---------------------------------------------------------------- the general path
@@ -298,10 +298,9 @@ def _through_the_broadcast(broadcast, weights):
                 elif all(w is None for w in site_weights):
                     per_copy.append(g.expand((len(weights),) + g.shape))
                 else:
-                    trailing = (1,) * (copy_.dim() - len(batch_shape))
-                    per_copy.append(
-                        torch.stack([g if w is None else g * w.reshape(batch_shape + trailing) for w in site_weights])
-                    )
+                    on_copy = batch_shape + (1,) * (copy_.dim() - len(batch_shape))
+                    shaped = [w if w is None or w.shape == on_copy else w.reshape(on_copy) for w in site_weights]
+                    per_copy.append(torch.stack([g if w is None else g * w for w in shaped]))
     else:
         per_row = []
         for site_weights in weights:

@@ -44,9 +44,16 @@ def markov_blanket_signals(particles):
                     if n in table
                 ]
             )
-        model_terms, guide_terms = (torch.stack(torch.broadcast_tensors(*t)).sum(0) if t else 0.0 for t in terms)
+        model_terms, guide_terms = (_sum(t) for t in terms)
         signals[site.name] = torch.as_tensor(model_terms - guide_terms).detach()
     return signals
+
+
+def _sum(terms):
+    """The sum of broadcastable tensors (0 for none)."""
+    if len(terms) <= 1:
+        return terms[0] if terms else 0.0
+    return torch.stack(torch.broadcast_tensors(*terms)).sum(0)
 
 
 def leave_one_out_signals(signals):
