@@ -104,6 +104,25 @@ def structured_model():
         pyro.sample("x", dist.Normal(z, 1.0), obs=DATA)
 
 
+def deep_guide():
+    # a chain loc -> z -> y: y's factors reach loc's signal only through z
+    m = pyro.param("m", torch.tensor(0.2, dtype=torch.float64))
+    w = pyro.param("w", torch.tensor([0.5, -0.3], dtype=torch.float64))
+    v = pyro.param("v", torch.tensor(0.7, dtype=torch.float64))
+    a = pyro.sample("loc", dist.Normal(m, 0.8))
+    with pyro.plate("data", 2):
+        z = pyro.sample("z", dist.Normal(w * a, 0.6))
+        pyro.sample("y", dist.Normal(v * z, 0.5))
+
+
+def deep_model():
+    loc = pyro.sample("loc", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+    with pyro.plate("data", 2):
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        y = pyro.sample("y", dist.Normal(z, 1.0))
+        pyro.sample("x", dist.Normal(y, 1.0), obs=DATA)
+
+
 ENCODER = torch.nn.Linear(1, 2).double()
 
 
@@ -132,6 +151,7 @@ UNPLATED = (unplated_model, unplated_guide, {})
 NOT_RSAMPLE = (chain_model, chain_guide, {"has_rsample": False})
 AMORTIZED = (chain_model, amortized_guide, {})
 STRUCTURED = (structured_model, structured_guide, {})
+DEEP = (deep_model, deep_guide, {})
 BERNOULLI = (bernoulli_model, bernoulli_guide, {})
 
 # label -> (ELBO factory, (model, guide, guide kwargs), whether the samples are detached: score function)
@@ -148,6 +168,7 @@ CASES = {
     "RB(pathwise)": (partial(RaoBlackwellELBO, pathwise=True), NOT_RSAMPLE, True),
     "RB(amortized)": (RaoBlackwellELBO, AMORTIZED, True),
     "RB(structured)": (RaoBlackwellELBO, STRUCTURED, True),
+    "RB(structured chain)": (partial(RaoBlackwellELBO, control_variate=False), DEEP, True),
     "SF": (ScoreFunctionELBO, CHAIN, True),
     "RLOO": (ReinforceLeaveOneOutELBO, CHAIN, True),
     "RLOO(pathwise)": (partial(ReinforceLeaveOneOutELBO, pathwise=True), BERNOULLI, False),
@@ -177,6 +198,7 @@ def gradients(make, program, detach, vectorized):
     eps = {
         "z": torch.randn(NUM_PARTICLES, 2, generator=generator, dtype=torch.float64),
         "loc": torch.randn(NUM_PARTICLES, generator=generator, dtype=torch.float64),
+        "y": torch.randn(NUM_PARTICLES, 2, generator=generator, dtype=torch.float64),
     }
     if program is UNPLATED:  # the site's (1,) dim is the particle dim when vectorized
         eps["z"] = eps["z"][:, 0] if vectorized else eps["z"][:, :1]

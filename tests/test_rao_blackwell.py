@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 
 from pyro_vi import RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
-from pyro_vi.particles.structure import markov_blankets, program_structure
+from pyro_vi.particles.structure import ProgramStructure, learning_signal_factors, markov_blankets, program_structure
 from tests.programs import location_guide, location_model
 
 
@@ -167,3 +167,37 @@ def test_score_function_guide_sets_the_tracegraph_baseline():
         torch.zeros(2),
     )
     assert torch.isfinite(torch.tensor(loss))
+
+
+def _chain_structures(order):
+    """A guide chain a -> b -> c (each drawn given the previous one) and the
+    model's factors of each, with the guide's sites listed in ``order``."""
+    guide_deps = {"a": {"a"}, "b": {"a", "b"}, "c": {"b", "c"}}
+    guide = ProgramStructure(
+        dependencies={n: frozenset(guide_deps[n]) for n in order},
+        observed=frozenset(),
+        plates={n: frozenset() for n in order},
+    )
+    model_deps = {"a": {"a"}, "b": {"a", "b"}, "c": {"b", "c"}, "x": {"c"}}
+    model = ProgramStructure(
+        dependencies={n: frozenset(d) for n, d in model_deps.items()},
+        observed=frozenset({"x"}),
+        plates={n: frozenset() for n in model_deps},
+    )
+    return model, guide
+
+
+@pytest.mark.parametrize("order", ["abc", "cba", "bca"])
+def test_the_signal_reaches_every_descendant_in_any_site_order(order):
+    """Every factor downstream of a reaches a's signal, through b and then c,
+    whatever order the guide's sites are listed in (the union of two runs'
+    structures may list them out of program order)."""
+    model, guide = _chain_structures(order)
+    model_factors, guide_factors = learning_signal_factors(model, guide)["a"]
+    assert set(model_factors) == {"a", "b", "c", "x"} and set(guide_factors) == {"a", "b", "c"}
+
+
+def test_the_union_of_two_runs_keeps_program_order():
+    model, guide = _chain_structures("abc")
+    assert list(guide.union(guide).dependencies) == ["a", "b", "c"]
+    assert list(model.union(model).plates) == ["a", "b", "c", "x"]

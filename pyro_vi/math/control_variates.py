@@ -17,8 +17,6 @@ __all__ = [
     "check_coordinates",
     "controlled_gradient",
     "controlled_surrogate",
-    "gradient_from_sums",
-    "particle_sums",
 ]
 
 COEFFICIENTS = ("leave_one_out", "pooled")
@@ -41,7 +39,7 @@ def check_coefficient(coefficient, estimator):
     return 1
 
 
-def controlled_gradient(h, coefficient, signal=None, f=None):
+def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False):
     """The controlled gradient of one parameter from its per-particle
     scores ``h`` (shape ``(S,) + shape``),
 
@@ -63,95 +61,111 @@ def controlled_gradient(h, coefficient, signal=None, f=None):
     the regression through the origin, :math:`\\bar f_d / \\bar h_d` of the
     other particles (their mean signal, for :math:`f = hL`; 0 where
     :math:`\\bar h_d` is 0), still independent of :math:`z_s`; the pooled one
-    is 0.
+    is 0. (A variance below :math:`64` float64 epsilons times the sum of
+    squares of all the particles is the rounding error of this arithmetic,
+    and counts as 0 too.)
 
     The coefficients need only the per-parameter sums of :math:`h, f, h^2,
-    fh` over the particles (:func:`particle_sums`); leave-one-out then
-    takes one more pass over the particles. Both go a block of parameters at
-    a time, in float64, so that no temporary is larger than a block. The
-    estimate is linear in the signal (in ``f``) at fixed particles.
+    fh` over the particles. The arithmetic goes a block of parameters at a
+    time, in float64, each block's sums and gradient in one go, so that no
+    temporary is larger than a block. With ``per_particle``, the particles'
+    terms :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``,
+    whose sum over the particles is :math:`\\hat g`.
     """
-    return gradient_from_sums(h, particle_sums(h, signal, f), coefficient, signal, f)
+    num_particles = h.shape[0]
+    parts = []
+    for hb, fb in _blocks(h, signal, f):
+        sums = (num_particles,) + _block_sums(hb, fb)
+        parts.append(_controlled_block(hb, fb, sums, coefficient, per_particle, h.dtype))
+    joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return joined.to(h.dtype).reshape(h.shape if per_particle else h.shape[1:])
 
 
-_BLOCK_ELEMENTS = 1 << 18
+# Columns per block: each block's float64 temporaries (a few of S x block)
+# stay small enough to be cached and reused by the allocator.
+_BLOCK_ELEMENTS = 1 << 16
 
 
 def _blocks(h, signal, f):
-    """``(columns, h, f)`` for blocks of parameters, in float64."""
+    """``(h, f)`` for blocks of parameters: float64 copies, which the caller
+    may overwrite."""
     num_particles = h.shape[0]
-    h = h.reshape(num_particles, -1)
-    f = None if f is None else f.reshape(num_particles, -1)
+    h = h.detach().reshape(num_particles, -1)
+    f = None if f is None else f.detach().reshape(num_particles, -1)
     signal = None if signal is None else signal.detach().to(torch.float64)[:, None]
     block = max(1, _BLOCK_ELEMENTS // num_particles)
     for start in range(0, h.shape[1], block):
         columns = slice(start, start + block)
-        hb = h[:, columns].to(torch.float64)
-        yield columns, hb, hb * signal if f is None else f[:, columns].to(torch.float64)
+        hb = h[:, columns].to(torch.float64, copy=True)
+        yield hb, hb * signal if f is None else f[:, columns].to(torch.float64, copy=True)
 
 
-def particle_sums(h, signal=None, f=None):
-    """The sufficient statistics of :func:`controlled_gradient`, a float64
-    tensor of shape ``(5, P)``: the number of particles and the sums over
-    them of :math:`h, f, h^2, fh`, per scalar parameter."""
-    sums = torch.empty(5, h[0].numel(), dtype=torch.float64, device=h.device)
-    sums[0] = h.shape[0]
-    for columns, hb, fb in _blocks(h, signal, f):
-        sums[1:, columns] = torch.stack([hb.sum(0), fb.sum(0), hb.square().sum(0), (fb * hb).sum(0)])
-    return sums
+def _block_sums(hb, fb):
+    """The sums over the particles of :math:`h, f, h^2, fh` of one block."""
+    return hb.sum(0), fb.sum(0), (hb * hb).sum(0), (fb * hb).sum(0)
 
 
-def gradient_from_sums(h, sums, coefficient, signal=None, f=None, per_particle=False):
-    """:math:`\\hat g` of the particles ``h``, ``signal`` or ``f``, whose
-    :func:`particle_sums` are ``sums``. With ``per_particle``, the
-    particles' terms :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape
-    ``(S,) + shape``, whose sum over the particles is :math:`\\hat g`."""
-    num_particles, shape = h.shape[0], h.shape[1:]
+def _controlled_block(hb, fb, sums, coefficient, per_particle, dtype):
+    """:math:`(f_d[s] - a_d h_d[s]) / S` of one block of columns (float64
+    ``hb``, ``fb`` of shape ``(S, block)``, overwritten), summed over the
+    particles (shape ``(block,)``) or per particle; ``sums`` are the
+    particles' number, then the block's sums of :math:`h, f, h^2, fh`."""
+    num_particles = hb.shape[0]
     if not isinstance(coefficient, str) or coefficient == "pooled":
-        a = _fixed_or_pooled_coefficient(h, sums, coefficient)
+        a = _fixed_or_pooled_coefficient(sums, coefficient, dtype)
         if per_particle:
-            blocks = [(fb - a[columns] * hb) / num_particles for columns, hb, fb in _blocks(h, signal, f)]
-            return torch.cat(blocks, 1).to(h.dtype).reshape(h.shape)
-        return ((sums[2] - a * sums[1]) / num_particles).to(h.dtype).reshape(shape)
-    count, h_sum, f_sum, sum_hh = sums[0], sums[1], sums[2], sums[3]
-    h_mean, f_mean = h_sum / count, f_sum / count
-    cov = sums[4] - count * f_mean * h_mean
-    var = sum_hh - count * h_mean.square()
-    tolerance = 64 * torch.finfo(h.dtype).eps
-    # Without particle s the other centred values sum to -hc[s] and -fc[s]:
-    # cov(-s) = cov - k fc hc and var(-s) = var - k hc^2, with k = N / (N - 1).
-    k, others = count / (count - 1), count - 1
-    controlled = []
-    for columns, hb, fb in _blocks(h, signal, f):
-        hc, fc = hb - h_mean[columns], fb - f_mean[columns]
-        numerator = cov[columns] - k[columns] * fc * hc
-        denominator = var[columns] - k[columns] * hc.square()
-        threshold = tolerance * (sum_hh[columns] - hb.square()).clamp(min=0)
-        regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
-        # The others' scores all equal: the slope is undefined; the
-        # coefficient is then their regression through the origin, f / h
-        # (their mean signal for f = h L), 0 where their h is 0.
-        others_h = (h_sum[columns] - hb) / others[columns]
-        others_f = (f_sum[columns] - fb) / others[columns]
-        origin = others_h.abs() > (threshold / others[columns]).sqrt()
-        through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
-        a = torch.where(denominator > threshold, regression, through_origin)
-        controlled.append((fb - a * hb) / num_particles)
-    controlled = torch.cat(controlled, 1)
-    return (controlled if per_particle else controlled.sum(0)).to(h.dtype).reshape(h.shape if per_particle else shape)
+            return fb.sub_(a * hb).div_(num_particles)
+        return (sums[2] - a * sums[1]) / num_particles
+    a = _leave_one_out_coefficients(hb, fb, sums, dtype)
+    if per_particle:
+        return fb.sub_(a.mul_(hb)).div_(num_particles)
+    return (sums[2] - a.mul_(hb).sum(0)) / num_particles
 
 
-def _fixed_or_pooled_coefficient(h, sums, coefficient):
+def _leave_one_out_coefficients(hb, fb, sums, dtype):
+    """Each particle's :math:`a^{(-s)}_d` for one block of columns (``hb``,
+    ``fb`` float64, shape ``(S, block)``, left unchanged), from the
+    ``sums`` of all the particles: without particle :math:`s` the
+    other centred values sum to :math:`-h^c_s` and :math:`-f^c_s`, so
+    :math:`\\mathrm{cov}^{(-s)} = \\mathrm{cov} - k f^c_s h^c_s` and
+    :math:`\\mathrm{var}^{(-s)} = \\mathrm{var} - k (h^c_s)^2`, with
+    :math:`k = N / (N - 1)`."""
+    count, sum_h, sum_f, sum_hh, sum_fh = sums
+    h_mean, f_mean = sum_h / count, sum_f / count
+    # cov^(-s) / k and var^(-s) / k, whose ratio is the coefficient
+    k = count / (count - 1)
+    cov, var = (sum_fh - f_mean * sum_h) / k, (sum_hh - h_mean * sum_h) / k
+    hc, numerator = hb - h_mean, fb - f_mean
+    numerator = torch.sub(cov, numerator.mul_(hc), out=numerator)
+    denominator = torch.sub(var, hc.square_(), out=hc)
+    # A variance below tolerance * (the others' sum of squares) is rounding
+    # error of the scores; one below 64 float64 epsilons times the sum of
+    # squares of all the particles is rounding error of this arithmetic.
+    tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(torch.float64).eps
+    if bool((denominator > (tolerance + rounding) / k * sum_hh).all()):  # above every particle's threshold
+        return numerator.div_(denominator)
+    threshold = (tolerance * (sum_hh - hb.square()).clamp(min=0) + rounding * sum_hh) / k
+    regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
+    # The others' scores all equal: the slope is undefined; the coefficient
+    # is then their regression through the origin, f / h (their mean signal
+    # for f = h L), 0 where their h is 0.
+    others = count - 1
+    others_h = (sum_h - hb) / others
+    others_f = (sum_f - fb) / others
+    origin = others_h.abs() > (k * threshold / others).sqrt()
+    through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
+    return torch.where(denominator > threshold, regression, through_origin)
+
+
+def _fixed_or_pooled_coefficient(sums, coefficient, dtype):
     """A fixed coefficient, or :math:`a^*` of all the particles (0 where
     their variance is rounding error)."""
     if coefficient != "pooled":
-        return torch.full_like(sums[1], float(coefficient))
-    count, h_sum, sum_hh = sums[0], sums[1], sums[3]
-    h_mean, f_mean = h_sum / count, sums[2] / count
-    cov = sums[4] - count * f_mean * h_mean
-    var = sum_hh - count * h_mean.square()
+        return float(coefficient)
+    count, sum_h, sum_f, sum_hh, sum_fh = sums
+    cov, var = sum_fh - sum_f * sum_h / count, sum_hh - sum_h * sum_h / count
     # Below tolerance * (sum of squares), a variance is rounding error: 0.
-    return torch.where(var > 64 * torch.finfo(h.dtype).eps * sum_hh, cov / var, 0.0)
+    return torch.where(var > 64 * torch.finfo(dtype).eps * sum_hh, cov / var, 0.0)
 
 
 def controlled_surrogate(particles, coefficient, signal=None, signals=None, coordinates="parameters"):
@@ -192,16 +206,41 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         ]
     if not frontier:
         return particles.zeros()
+    num_particles = particles.num_particles
+    per_particle = [isinstance(target, list) for target, _ in frontier]  # each particle's own tensor
+    sizes = [rows.shape[2:].numel() for _, rows in frontier]
     surrogate = 0.0
-    for target, rows in frontier:
-        f = None if signals is None else rows[1]
-        sums = particle_sums(rows[0], signal, f)
-        if isinstance(target, list):  # each particle's own tensor
-            controlled = gradient_from_sums(rows[0], sums, coefficient, signal, f, per_particle=True)
-            for term, own_target in zip(controlled.detach(), target):
-                if own_target is not None:
-                    surrogate = surrogate + (term * own_target).sum()
+    for group in _groups(sizes, per_particle, max(1, _BLOCK_ELEMENTS // num_particles)):
+        h = _columns([frontier[i][1][0] for i in group], num_particles)
+        f = None if signals is None else _columns([frontier[i][1][1] for i in group], num_particles)
+        controlled = controlled_gradient(h, coefficient, signal, f, per_particle=per_particle[group[0]]).detach()
+        if per_particle[group[0]]:
+            for i, part in zip(group, controlled.split([sizes[i] for i in group], dim=-1)):
+                for term, own_target in zip(part, frontier[i][0]):
+                    if own_target is not None:
+                        surrogate = surrogate + (term.reshape(own_target.shape) * own_target).sum()
         else:
-            g = gradient_from_sums(rows[0], sums, coefficient, signal, f)
-            surrogate = surrogate + (g.detach() * target).sum()
+            surrogate = surrogate + torch.dot(controlled, _columns([frontier[i][0] for i in group], 1)[0])
     return surrogate
+
+
+def _groups(sizes, per_particle, columns):
+    """The frontier's entries (their numbers of columns ``sizes``) in groups
+    of consecutive entries of the same kind and at most ``columns`` columns
+    in all (an entry larger than that alone): small tensors go through the
+    arithmetic together."""
+    groups = []
+    for i, size in enumerate(sizes):
+        group = groups[-1] if groups else None
+        if group and per_particle[group[0]] == per_particle[i] and sum(sizes[j] for j in group) + size <= columns:
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _columns(rows, num_particles):
+    """Per-particle rows side by side, shape ``(S, columns)``."""
+    if len(rows) == 1:
+        return rows[0].reshape(num_particles, -1)
+    return torch.cat([row.reshape(num_particles, -1) for row in rows], dim=1)

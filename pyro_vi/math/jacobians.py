@@ -187,10 +187,10 @@ def particle_gradients(particles, weightings, params):
 
 
 def _weight(weight, site):
-    shape = site.score_log_prob.shape
     if weight is None:
         return None
-    return torch.as_tensor(weight, dtype=site.score_log_prob.dtype).detach().expand(shape)
+    weight = torch.as_tensor(weight, dtype=site.score_log_prob.dtype).detach()
+    return weight if weight.shape == site.score_log_prob.shape else weight.expand(site.score_log_prob.shape)
 
 
 # ---------------------------------------------------------------- the general path
@@ -241,7 +241,7 @@ def _distribution_frontier(particles, sites, weights):
             return None
         pairs = _expanded_pairs(captured, recorded.broadcast, particles.num_particles)
         if pairs is not None:
-            broadcast.append((j, site, pairs))
+            broadcast.append((j, site, pairs, recorded.broadcast.batch_shape))
             continue
         parts = functional(without_mask(captured))
         if parts is None or recorded.value.dim() - len(captured.event_shape) != particle_dim:
@@ -275,33 +275,64 @@ def _expanded_pairs(captured, broadcast_fn, num_particles):
 
 def _through_the_broadcast(broadcast, weights):
     """Per-particle gradients at the broadcast copies of the distributions'
-    tensors, from one backward pass per row through the real graph of the
-    score sites' log-densities, summed back to the captured tensors' shapes."""
-    copies = [copy_ for _, _, pairs in broadcast for _, copy_ in pairs]
+    tensors, summed back to the captured tensors' shapes. Where each entry
+    of every score site's log-density depends only on its own entries of the
+    copies (a distribution's batch entries are independent, and the copies
+    have its whole batch shape), the gradient of a weighted row is the
+    weight times that of the unweighted one: one backward pass through the
+    real graph of the score sites' log-densities for all rows; else one per
+    row."""
+    copies = [copy_ for _, _, pairs, _ in broadcast for _, copy_ in pairs]
     if not copies:
         return []
-    per_row = []
-    for site_weights in weights:
-        row = 0.0
-        for j, site, _ in broadcast:
-            weight = site_weights[j]
-            term = site.score_log_prob if weight is None else site.score_log_prob * weight
-            row = row + term.sum()
-        per_row.append(torch.autograd.grad(row, copies, retain_graph=True, allow_unused=True))
-    frontier, i = [], 0
-    for _, _, pairs in broadcast:
+    per_copy = []  # the rows' gradients at each copy, shape (K,) + copy.shape
+    if all(_entrywise(site, pairs, batch_shape) for _, site, pairs, batch_shape in broadcast):
+        unweighted = sum(site.score_log_prob.sum() for _, site, _, _ in broadcast)
+        grads = iter(torch.autograd.grad(unweighted, copies, retain_graph=True, allow_unused=True))
+        for j, _, pairs, batch_shape in broadcast:
+            site_weights = [w[j] for w in weights]
+            for _, copy_ in pairs:
+                g = next(grads)
+                if g is None:
+                    per_copy.append(copy_.new_zeros((len(weights),) + copy_.shape))
+                elif all(w is None for w in site_weights):
+                    per_copy.append(g.expand((len(weights),) + g.shape))
+                else:
+                    on_copy = batch_shape + (1,) * (copy_.dim() - len(batch_shape))
+                    shaped = [w if w is None or w.shape == on_copy else w.reshape(on_copy) for w in site_weights]
+                    per_copy.append(torch.stack([g if w is None else g * w for w in shaped]))
+    else:
+        per_row = []
+        for site_weights in weights:
+            row = 0.0
+            for j, site, _, _ in broadcast:
+                weight = site_weights[j]
+                term = site.score_log_prob if weight is None else site.score_log_prob * weight
+                row = row + term.sum()
+            per_row.append(torch.autograd.grad(row, copies, retain_graph=True, allow_unused=True))
+        for i, copy_ in enumerate(copies):
+            per_copy.append(torch.stack([torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row]))
+    frontier, rows = [], iter(per_copy)
+    for _, _, pairs, _ in broadcast:
         for tensor, copy_ in pairs:
-            grads = [torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row]
             # The captured tensor, right-aligned, either lies right of the
             # particle dim or has a size-1 dim there (a batch dim outside every
             # plate, which the particle plate took over).
             new_dims = copy_.dim() - tensor.dim()
             kept = tensor.shape if new_dims >= 1 else tensor.shape[1:]
-            target = (copy_.shape[0],) + (1,) * max(new_dims - 1, 0) + kept
-            grads = [g.sum_to_size(target).reshape((copy_.shape[0],) + tensor.shape) for g in grads]
-            frontier.append((tensor, torch.stack(grads)))
-            i += 1
+            target = (len(weights), copy_.shape[0]) + (1,) * max(new_dims - 1, 0) + kept
+            frontier.append((tensor, next(rows).sum_to_size(target).reshape(target[:2] + tensor.shape)))
     return frontier
+
+
+def _entrywise(site, pairs, batch_shape):
+    """Whether entry ``[s, i]`` of the site's score log-density (a reshape of
+    its broadcast distribution's, of shape ``batch_shape``, with no dims
+    summed) is a function of the entries ``[s, i, ...]`` of the copies
+    alone."""
+    return site.score_log_prob.numel() == batch_shape.numel() and all(
+        copy_.shape[: len(batch_shape)] == batch_shape for _, copy_ in pairs
+    )
 
 
 def _by_functorch(rebuilt, weights):

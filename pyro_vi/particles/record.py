@@ -213,10 +213,11 @@ class Particles:
 
     def check_finite(self):
         """Refuses a NaN or infinite log-density, naming the site. Checks the
-        per-particle totals (a sum is finite only if every entry is), and
-        looks for the site only when one is not."""
-        totals = list(self._totals) + [self.score_log_q()]
-        if all(bool(torch.isfinite(total).all()) for total in totals):
+        sum of the per-particle totals (not finite when an entry is not: an
+        infinity, or NaN from two of opposite signs), and looks for the site
+        only when it is not."""
+        log_p, log_q = self._totals
+        if bool(torch.isfinite(log_p + log_q + self.score_log_q()).all()):
             return
         for site in list(self.model.values()) + list(self.guide.values()):
             for term in (site.log_prob, site.score_log_prob):
@@ -233,12 +234,19 @@ class Particles:
 
     def zeros(self, *shape):
         """Zeros with the terms' dtype and device."""
-        for term in list(self.model.values()) + list(self.guide.values()):
-            return term.log_prob.new_zeros(shape)
-        return torch.zeros(shape)
+        first = self._first_term
+        return torch.zeros(shape) if first is None else first.new_zeros(shape)
+
+    @cached_property
+    def _first_term(self):
+        return next((term.log_prob for term in (*self.model.values(), *self.guide.values())), None)
 
     def _total(self, terms):
-        total = self.zeros(self.num_particles)
+        """The sum of ``terms`` per particle, in (at least) the terms' dtype."""
+        total = None
         for value in terms:
-            total = total + value.reshape(value.shape[0], -1).sum(-1)
+            value = value.reshape(value.shape[0], -1).sum(-1)
+            total = value if total is None else total + value
+        if total is None or total.dtype != self._first_term.dtype:
+            return self.zeros(self.num_particles) if total is None else self.zeros(self.num_particles) + total
         return total

@@ -90,7 +90,8 @@ class Sampler:
 
     def __init__(self, num_particles, vectorized, needs, estimator):
         self.num_particles, self.vectorized, self.needs, self.estimator = num_particles, vectorized, needs, estimator
-        self._structures = OrderedDict()  # signature -> ProgramStructure pair, most recent last
+        # signature -> (guide structure, signal factors, both structures), most recent last
+        self._structures = OrderedDict()
         self._ancestors = OrderedDict()  # guide -> the sites its antithetic pairs share
 
     def plate_nesting(self, model, guide, args, kwargs):
@@ -142,8 +143,9 @@ class Sampler:
         guide_sites = sites[1]
         needs, extras = self.needs, {}
         if needs.structure or needs.scores and not self.vectorized:
-            model_structure, guide_structure = self._structure(model, run_guide, guide, runs, plate_dims, args, kwargs)
-            extras["signal_factors"] = learning_signal_factors(model_structure, guide_structure)
+            guide_structure, extras["signal_factors"] = self._structure(
+                model, run_guide, guide, runs, plate_dims, args, kwargs
+            )
             extras["guide_dependencies"] = guide_structure.dependencies
         if needs.stopped_guide and any(not t.path_only and t.score_log_prob is None for t in guide_sites.values()):
             extras["stopped_log_q"] = self._stopped_log_q(run_guide, runs, guide_sites, args, kwargs, plate_dims)
@@ -231,22 +233,28 @@ class Sampler:
     # ---- what the estimator declared it needs
 
     def _structure(self, model, run_guide, guide, runs, plate_dims, args, kwargs):
-        """The programs' structure, read by replaying the real traces; reused
-        only for runs with the same site names, distribution types, value
-        shapes and plates (and the same model and guide)."""
-        result = None
+        """The guide's structure and the learning signals' factors, read by
+        replaying the real traces; reused only for runs with the same site
+        names, distribution types, value shapes and plates (and the same
+        model and guide)."""
+        found = []
         for model_trace, _, replay_trace in runs:
             signature = (model, guide, _signature(model_trace), _signature(replay_trace))
             if signature in self._structures:
                 self._structures.move_to_end(signature)
             else:
                 replayed = (self._particle_plate(fn, plate_dims) for fn in (model, run_guide))
-                self._structures[signature] = read_structure(*replayed, replay_trace, args, kwargs)
+                structure = read_structure(*replayed, replay_trace, args, kwargs)
+                self._structures[signature] = structure[1], learning_signal_factors(*structure), structure
                 if len(self._structures) > _STRUCTURE_CACHE_SIZE:
                     self._structures.popitem(last=False)
-            structure = self._structures[signature]
-            result = structure if result is None else tuple(old.union(new) for old, new in zip(result, structure))
-        return result
+            found.append(self._structures[signature])
+        if len({id(entry) for entry in found}) == 1:
+            return found[0][:2]
+        model_structure, guide_structure = found[0][2]
+        for _, _, (model_more, guide_more) in found[1:]:
+            model_structure, guide_structure = model_structure.union(model_more), guide_structure.union(guide_more)
+        return guide_structure, learning_signal_factors(model_structure, guide_structure)
 
     def _stopped_log_q(self, guide, runs, guide_sites, args, kwargs, plate_dims):
         """:math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide site: each
@@ -360,10 +368,14 @@ def _stack(values, name, plate_dims, vectorized, num_particles):
             continue
         if log_prob.dim() > width:
             log_prob = log_prob.reshape((-1,) + log_prob.shape[log_prob.dim() - width :]).sum(0)
-        terms.append(log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape))
+        if log_prob.dim() < width:
+            log_prob = log_prob.reshape((1,) * (width - log_prob.dim()) + log_prob.shape)
+        terms.append(log_prob)
     if vectorized:
         (log_prob,) = terms
-        return log_prob.expand((num_particles,) + log_prob.shape[1:])
+        return (
+            log_prob if log_prob.shape[0] == num_particles else log_prob.expand((num_particles,) + log_prob.shape[1:])
+        )
     shapes = {t.shape for t in terms if t is not None}
     if len(shapes) > 1:
         raise ValueError(

@@ -51,8 +51,9 @@ class ProgramStructure:
 
     def union(self, other: "ProgramStructure") -> "ProgramStructure":
         """The structure of either program run (e.g. two particles whose
-        sequential plates met different sites)."""
-        names = set(self.dependencies) | set(other.dependencies)
+        sequential plates met different sites), in program order: this
+        run's sites, then the other's new ones."""
+        names = list(self.dependencies) + [n for n in other.dependencies if n not in self.dependencies]
         empty = frozenset()
         return ProgramStructure(
             dependencies={n: self.dependencies.get(n, empty) | other.dependencies.get(n, empty) for n in names},
@@ -190,16 +191,18 @@ def learning_signal_factors(model: ProgramStructure, guide: ProgramStructure):
 
 def _descendants(guide: ProgramStructure, j, j_plates):
     """``{k: plates}`` for guide site ``j`` itself and every guide site whose
-    density depends on it through a chain of guide sites (in program order,
-    so that a site's parents come first), each with the plates shared along
-    every path from ``j``."""
-    reached = {j: j_plates}
-    for k, deps in guide.dependencies.items():
-        if k in reached:
-            continue
-        paths = [reached[m] & guide.plates[k] for m in deps if m in reached]
-        if paths:
-            reached[k] = frozenset.intersection(*paths)
+    density depends on it through a chain of guide sites, each with the
+    plates shared along every path from ``j``. One pass in program order
+    (a site's parents first) finds them all; the passes go on until nothing
+    changes, so that any order (two runs that met different sites) is
+    right too."""
+    reached, changed = {j: j_plates}, True
+    while changed:
+        changed = False
+        for k, deps in guide.dependencies.items():
+            paths = [reached[m] & guide.plates[k] for m in deps if m in reached and m != k]
+            if k != j and paths and reached.get(k) != frozenset.intersection(*paths):
+                reached[k], changed = frozenset.intersection(*paths), True
     return reached
 
 
