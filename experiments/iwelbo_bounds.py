@@ -22,9 +22,9 @@ import torch
 
 from experiments import _cli
 from experiments._figures import legend_outside, plt, save_figure
+from experiments._markdown import pm, run_line, table
 from experiments._results import fmt, spread
 from experiments._study import Study
-from experiments.render_readme import pm, run_line, table
 from guides.normal_gamma import NormalGammaParams, mean_field_guide
 from guides.normal_gamma import elbo as closed_form_elbo
 from models.normal_gamma import generate_data, log_evidence, model

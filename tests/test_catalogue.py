@@ -1,4 +1,4 @@
-"""The drop-in contract on the catalogue (tests/catalogue.py): every
+"""The drop-in contract on the catalogue (models/catalogue.py): every
 estimator either works on every pair or refuses it with a ``ValueError``
 naming the site, ``Trace_ELBO`` passes the same tests, and the gradients are
 unbiased where they can be checked against an exact or Pyro reference."""
@@ -16,7 +16,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
 from pyro_vi import ImportanceWeightedELBO
 from pyro_vi.diagnostics import gradient_statistics
-from tests.catalogue import CATALOGUE, ESTIMATORS, elbo_for, expected_refusal, outcome, take_grads
+from models.catalogue import CATALOGUE, ESTIMATORS, elbo_for, expected_refusal, outcome, take_grads
 
 CASES = [
     (pair, estimator, vectorize)
@@ -26,7 +26,7 @@ CASES = [
 ]
 
 # One worker runs the whole file, so that the outcomes cached by
-# tests.catalogue.outcome serve every test here.
+# models.catalogue.outcome serve every test here.
 pytestmark = pytest.mark.xdist_group("catalogue")
 
 

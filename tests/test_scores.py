@@ -12,7 +12,7 @@ import torch
 from pyro_vi import ScoreFunctionELBO
 from pyro_vi.elbo import scores
 from pyro_vi.elbo.surrogate import controlled_gradient, markov_blanket_signals, per_particle
-from tests.catalogue import CATALOGUE
+from models.catalogue import CATALOGUE
 
 SCORE_PAIRS = sorted(name for name, pair in CATALOGUE.items() if "guide_messenger" not in pair.tags)
 
@@ -125,7 +125,7 @@ def test_distribution_coordinates_equal_parameter_coordinates_on_mean_field_guid
     """Where the parameters map element by element onto the distributions'
     tensors, a coefficient per distribution scalar is a coefficient per
     parameter: the same gradient on the same particles."""
-    from tests.catalogue import elbo_for, take_grads
+    from models.catalogue import elbo_for, take_grads
 
     grads = []
     for config in (estimator, estimator + "(parameters)"):
