@@ -70,6 +70,7 @@ def fmt(stat, spec=".3f"):
 
 def machine():
     """Where the study ran: CPU model, cores, torch threads, versions."""
+    import pyro
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -87,6 +88,7 @@ def machine():
         "gpu": torch.cuda.is_available(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "pyro": pyro.__version__,
         "platform": platform.platform(terse=True),
     }
 

@@ -20,7 +20,7 @@ of test images, and the gradient variance of the encoder (mean over its
 weights of the per-weight variance of the gradient of the per-image objective,
 on one fixed batch). Writes ``single_sample.png``, ``two_evaluations.png``,
 ``multi_sample.png``, ``time_per_step.png``, ``results.json``; each finished run is saved under
-``runs/`` so that ``--resume`` skips it.
+``runs/`` so that ``--resume`` skips it (``--plot-only`` redraws the figures from ``results.json``).
 
     python -m experiments.bernoulli_vae --data-dir ../shared/data/mnist --out results/bernoulli_vae
 """
@@ -39,12 +39,12 @@ import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
 
-if not __package__:  # run as ``python experiments/bernoulli_vae.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import plt, save_figure
+from experiments._markdown import machine_text, seconds, table
 from experiments._results import finish
+from experiments._runs import BinarizedBatches
+from experiments._study import Study
 from guides.bernoulli_vae import Encoder, guide
 from models.bernoulli_vae import KINDS, BernoulliVAEConfig, Decoder, model
 from models.mnist import binarize, load_mnist
@@ -150,23 +150,6 @@ def multi_sample_estimators(k):
 # data and evaluation
 
 
-class BinarizedBatches:
-    """The training images in a random order, in batches, each dynamically
-    binarized with :attr:`generator`."""
-
-    def __init__(self, images, batch_size, seed):
-        self.images, self.batch_size = images, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return len(self.images) // self.batch_size
-
-    def __iter__(self):
-        order = torch.randperm(len(self.images), generator=self.generator)
-        for first in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            yield binarize(self.images[order[first : first + self.batch_size]], self.generator)
-
-
 def prepare(args):
     data = load_mnist(args.data_dir, download=not args.no_download)
     generator = torch.Generator().manual_seed(EVAL_SEED)
@@ -265,7 +248,7 @@ def run_one(kind, label, estimator, bound_k, seed, study, args):
             guide_fn,
             elbo,
             Adam({"lr": args.lr}),
-            data=BinarizedBatches(study["train"], args.batch_size, seed),
+            data=BinarizedBatches(study["train"], args.batch_size, seed, drop_last=True),
             num_steps=steps,
             callback=callback,
             progress=False,
@@ -455,109 +438,69 @@ def plot_time(summary, path):
     save_figure(fig, path)
 
 
-def write_outputs(records, args, study_info, styles, start, verbose=True):
-    """Writes results.json (with the run record when ``verbose``) and, with
-    ``verbose``, the figures and the table."""
-    summary = aggregate(records)
-    budget = (
-        f"{args.steps} steps per single-sample run and {args.multi_steps} per multi-sample run, batch "
-        f"{args.batch_size}, chosen to fit the CPU "
-        "budget (one thread); published runs train for orders of magnitude more steps, so these are "
-        "early-training comparisons"
-    )
-    results = {
-        "args": {k: v for k, v in vars(args).items()},
-        "data": study_info,
-        "budget": budget,
-        # the runs' own wall time, also of those a --resume call found saved
-        "run_seconds": sum(r["wall_seconds"] for r in records),
-        "summary": summary,
-    }
-    if not verbose:
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(results, f, indent=1, default=str)
-        return results
-    if not args.plot_only:  # a redraw keeps the record of the run that made the numbers
-        results = finish("bernoulli_vae", args, results, start)
-    single = {kind: rows for kind, rows in summary.get("single", {}).items()}
-    if single:
-        plot_group(
-            single,
-            styles,
-            os.path.join(args.out, "single_sample.png"),
-            "Bernoulli VAE, single-sample ELBO, {} evaluations per image ({})".format(
-                args.particles, "mean and min-max over seeds"
-            ),
-            "ELBO",
-        )
-    pairs = {kind: rows for kind, rows in summary.get("2 evaluations", {}).items()}
-    if pairs:
-        plot_group(
-            pairs,
-            styles,
-            os.path.join(args.out, "two_evaluations.png"),
-            "Bernoulli VAE, single-sample ELBO, 2 evaluations per image (mean and min-max over seeds)",
-            "ELBO",
-        )
+def styles_of(args):
+    """Every run's plotting style, by its label."""
+    styles = {label: e.style for label, e in single_sample_estimators(args["particles"], args["temperature"]).items()}
+    styles.update({label: e.style for label, e in pair_estimators().items()})
+    for k in args["ks"]:
+        styles.update({label: e.style for label, (e, _) in multi_sample_estimators(k).items()})
+    return styles
+
+
+def figures(results, out):
+    summary, args = results["summary"], results["args"]
     multi = {}
     for group, models in summary.items():
         if group.startswith("K="):
             for kind, rows in models.items():
                 multi.setdefault(f"{kind}, {group}", {}).update(rows)
-    if multi:
-        plot_group(
-            multi,
-            styles,
-            os.path.join(args.out, "multi_sample.png"),
-            "Bernoulli VAE, multi-sample bound: VIMCO and local DisARM (mean and min-max over seeds)",
-            "training bound L_K",
-        )
-    plot_time(summary, os.path.join(args.out, "time_per_step.png"))
-    print(budget)
-    print(
-        "{:<14} {:<10} {:<44} {:>10} {:>12} {:>12} {:>9}".format(
-            "group", "model", "estimator", "train obj", "test L_100", "grad var", "ms/step"
-        )
-    )
-    for group, models in summary.items():
-        for kind, rows in models.items():
-            for label, s in rows.items():
-                var = s["grad_variance"]["mean"][-1]
-                print(
-                    "{:<14} {:<10} {:<44} {:>10.2f} {:>12.2f} {:>12.3g} {:>9.1f}".format(
-                        group,
-                        kind,
-                        label,
-                        s["train_objective"]["mean"][-1],
-                        s["test_bound"]["mean"][-1],
-                        float("nan") if var is None else var,
-                        s["ms_per_step"],
-                    )
-                )
-    return results
+    for panels, name, what, objective in (
+        (
+            summary.get("single"),
+            "single_sample",
+            f"single-sample ELBO, {args['particles']} evaluations per image",
+            "ELBO",
+        ),
+        (summary.get("2 evaluations"), "two_evaluations", "single-sample ELBO, 2 evaluations per image", "ELBO"),
+        (multi, "multi_sample", "multi-sample bound: VIMCO and local DisARM", "training bound L_K"),
+    ):
+        if panels:
+            title = f"Bernoulli VAE, {what} (mean and min-max over seeds)"
+            plot_group(panels, styles_of(args), os.path.join(out, name + ".png"), title, objective)
+    plot_time(summary, os.path.join(out, "time_per_step.png"))
 
 
-def main(args):
+def results_of(records, args, info):
+    """The results of the runs done so far."""
+    return {
+        "data": info,
+        "budget": (
+            f"{args.steps} steps per single-sample run and {args.multi_steps} per multi-sample run, batch "
+            f"{args.batch_size}, chosen to fit the CPU budget (one thread); published runs train for orders of "
+            "magnitude more steps, so these are early-training comparisons"
+        ),
+        # the runs' own wall time, also of those a --resume call found saved
+        "run_seconds": sum(r["wall_seconds"] for r in records),
+        "summary": aggregate(records),
+    }
+
+
+def run(args):
     start = time.perf_counter()
     study = prepare(args)
     print("data: {}; {}".format(study["info"]["source"], study["info"]["split"]))
     runs = plan(args)
-    styles = {}
-    for _group, _kind, label, estimator, _k, _seed in runs:
-        styles[label] = estimator.style
     records = []
     for i, (group, kind, label, estimator, k, seed) in enumerate(runs):
         path = run_path(args.out, group, kind, label, seed)
         settings = run_settings(args, k)
-        if (args.resume or args.plot_only) and os.path.exists(path):
+        if args.resume and os.path.exists(path):
             with open(path) as f:
                 saved = json.load(f)
             if saved.get("settings", settings) == settings and saved["steps"] == settings["steps"]:
                 records.append(saved)
                 continue
             print(f"  {path} was run with other settings: running it again")
-        if args.plot_only:
-            continue
         record = dict(run_one(kind, label, estimator, k, seed, study, args), group=group, settings=settings)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -578,12 +521,55 @@ def main(args):
             ),
             flush=True,
         )
-        write_outputs(records, args, study["info"], styles, start, verbose=False)  # results.json after every run
-    return write_outputs(records, args, study["info"], styles, start)
+        finish("bernoulli_vae", args, results_of(records, args, study["info"]), start, report=False)  # after every run
+    return results_of(records, args, study["info"])
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/bernoulli_vae", multi_seed=True, default_seeds=(0, 1, 2))
+def readme_block(results):
+    rows = []
+    for group, models in results["summary"].items():
+        for kind, estimators in models.items():
+            for label, s in estimators.items():
+                last = {
+                    k: {stat: s[k][stat][-1] for stat in ("mean", "min", "max")}
+                    for k in ("train_objective", "test_bound", "grad_variance")
+                }
+                variance = last["grad_variance"]["mean"]
+                rows.append(
+                    [
+                        group,
+                        kind,
+                        label,
+                        "{:.2f}".format(last["train_objective"]["mean"]),
+                        "{:.2f} ({:.2f} to {:.2f})".format(*(last["test_bound"][k] for k in ("mean", "min", "max"))),
+                        "-" if variance is None else f"{variance:.3g}",
+                        "{:.1f}".format(s["ms_per_step"]),
+                    ]
+                )
+    args = results["args"]
+    header = ["group", "decoder", "estimator", "train objective", f"test L_{args['test_samples']} (seeds' min to max)"]
+    return "\n".join(
+        [
+            table(header + ["grad. variance", "ms/step"], rows, align="lllrrrr"),
+            "Mean over seeds at the last step. {}. Data: {}. Gradient variance: the mean over the encoder's weights "
+            "of the variance of the per-image gradient, {} draws at the last step.\n".format(
+                results["budget"][0].upper() + results["budget"][1:],
+                results["data"]["split"],
+                args["variance_draws"],
+            ),
+            "Command: `{}`; seeds {}; the runs took {} of wall time in all (`--resume` runs only those not yet "
+            "saved), on {}.\n".format(
+                results["run"]["command"],
+                ", ".join(map(str, results["run"]["seeds"])),
+                seconds(results["run_seconds"]),
+                machine_text(results["run"]),
+            ),
+        ]
+    )
+
+
+def parser():
+    parser = _cli.parser(__doc__, out="results/bernoulli_vae", multi_seed=True, default_seeds=(0, 1, 2), plot_only=True)
     parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
     parser.add_argument("--no-download", action="store_true", help="never download MNIST")
     parser.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS))
@@ -641,12 +627,7 @@ def parse_args(argv=None):
         help="gradient draws per variance (0: none; else >= 2)",
     )
     parser.add_argument("--resume", action="store_true", help="skip the runs already saved under OUT/runs")
-    parser.add_argument(
-        "--plot-only",
-        action="store_true",
-        help="only the figures and results.json of the runs saved under OUT/runs (none is run)",
-    )
-    return _cli.parse(parser, argv, check=check_arguments)
+    return parser
 
 
 def check_arguments(args):
@@ -658,5 +639,7 @@ def check_arguments(args):
         raise ValueError("argument --variance-draws: a variance needs 2 draws or more (or 0 for none), got 1")
 
 
+STUDY = Study("bernoulli_vae", parser, run, figures, readme_block, check=check_arguments)
+
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

@@ -1,0 +1,320 @@
+"""VAE, sticking-the-landing VAE and IWAE on dynamically binarized MNIST
+(assignment 1.B.2, question 3.1.25, and 1.A.2, questions 4.2.27-28).
+
+Burda et al.'s one-stochastic-layer model (784-200-200-50, tanh, Gaussian q,
+Bernoulli p; :mod:`models.vae`, :mod:`guides.vae`) trained with Adam by each of
+these runs; for a given seed every run starts from the same weights and sees the
+same batches and binarizations:
+
+=================  ==========================================================
+``vae``            Trace_ELBO (the standard VAE, K = 1)
+``vae_stl``        StickingTheLandingELBO (Roeder et al. Algorithm 2, K = 1)
+``iwae1``          ImportanceWeightedELBO(K=1) -- the VAE on the same samples
+                   (identical numbers; not run by default)
+``iwae5``          ImportanceWeightedELBO(K=5, gradient="reparam")
+``iwae50``         ImportanceWeightedELBO(K=50, gradient="reparam")
+``iwae50_dreg``    ImportanceWeightedELBO(K=50, gradient="dreg")
+``renyi5``         Pyro's RenyiELBO(alpha=0, K=5, vectorized): every site of the
+                   VAE is in the data plate, so it is the IWAE k=5 estimator
+                   (a cross-check of ``iwae5``)
+=================  ==========================================================
+
+**Data.** The standard split (train on the 60,000 training images, test on the
+10,000 test images) when ``--data-dir`` holds both; when only the test split is
+there, :func:`models.mnist.load_mnist` trains on a fixed random 8,000 of it and
+tests on the other 2,000, and the output and ``results.json`` say so. Training
+batches are binarized dynamically; the test images once, with a fixed seed.
+
+**Schedules.** ``--schedule course`` (default): 20 epochs of Adam at lr 1e-3,
+batches of 100. ``--schedule burda``: Burda et al.'s 3^i passes at lr
+1e-3 * 10^(-i/7), i = 0..7 (3,280 epochs), batches of 20, Adam eps 1e-4 (a GPU
+job: ``--device cuda``); ``--epochs N`` runs its first N epochs. Training goes
+through :func:`pyro_vi.training.fit` (batches from an iterable, per-step
+callback for the learning-rate schedule, per-epoch callback for the
+evaluations, checkpoints).
+
+**Evaluation.** At epoch 0 (untrained) and after every ``--monitor-every``-th
+epoch, the ELBO L_1 and the IWELBO L_K (K = ``--monitor-k``, 50) on a fixed
+held-out batch (the first ``--monitor-size`` test images) and a fixed training
+batch, with the same importance samples for every run, seed and epoch. After
+the last epoch, on the test set: log p(x) ~ L_S with S = ``--eval-samples``
+(5000) importance samples (log-sum-exp over chunks, bounded memory), the test
+ELBO (the mean log-weight over the same samples), each with its standard error
+over the test images, and the active units (Burda et al.: Cov_x(E_q[z_u | x]) >
+1e-2, over the whole test set). L_S is computed on ``--test-images`` images
+(default 1000, for the CPU budget): a fixed random subset of the test set
+(``torch.randperm`` seeded with :data:`TEST_SUBSET_SEED`, the same for every run
+and seed; random rather than the first N, whose digits are easier), or ``all``
+(``--full-test``); its standard error over the images is reported beside it.
+
+**Seeds.** ``--seeds`` (default 0 1 2): every run for every seed, seed-major,
+except the runs of ``--one-seed-runs``, trained with the first seed only (on a
+CPU the k=50 runs cost ten times the others). The table gives mean +- sd over
+seeds, and ``results.json`` says for the papers' comparisons (IWAE k=50 > k=5 >
+VAE, STL >= VAE, DReG >= IWAE k=50), paired by seed and test image, whether the
+difference is resolved or within the seed spread.
+
+Writes to ``--out`` (created, and checked writable, before any work):
+
+- ``results.json``: per run and seed the final numbers and the per-epoch
+  history, summaries over seeds, comparisons, the command, threads, machine
+  and data split (rewritten after every run and seed, so a killed study keeps
+  what it finished);
+- ``elbo_iwelbo.png``: L_1 and L_K per epoch, held-out and training batch,
+  mean over seeds with a min-max band;
+- ``test_loglik.png``: test L_S and test ELBO per run, every seed and the mean
+  +- sd, with Burda et al.'s numbers where comparable;
+- ``reconstructions.png``, ``samples.png``: from the final weights of the first
+  seed, read from the checkpoints;
+- ``checkpoints/<run>-seed<seed>.pt``: :func:`~pyro_vi.training.fit`'s
+  checkpoints (plain data, read with ``weights_only=True``). A killed study
+  continues with ``--resume`` and ends with the numbers of an uninterrupted
+  one; ``--resume`` refuses a checkpoint of another configuration, naming the
+  differences, before any training. Without ``--resume`` existing checkpoints
+  are refused unless ``--overwrite``.
+
+``--plot-only`` redraws the figures from ``results.json`` (and the
+checkpoints, for the images) without training. Seconds per epoch are fit's
+step times (loss, gradients, optimizer), without the batches' binarization,
+the monitoring and the checkpoint writes, with ``--threads`` torch threads.
+
+**Processes.** Under ``torchrun --nproc_per_node=N -m experiments.vae_mnist
+...`` the N processes (gloo on the CPU, nccl with ``--device cuda``) start
+from the same weights, each takes its share of every batch and draws its own
+particles, and :func:`pyro_vi.fit` averages their gradients; the training
+objective is that of the whole batch, the evaluations share out the test
+images (with the importance samples one process would draw), and the run
+record holds the torchrun command and the process count.
+
+The package: :mod:`~experiments.vae_mnist.train` (runs, schedules, data,
+checkpoints, the loop), :mod:`~experiments.vae_mnist.evaluate` (bounds,
+active units), :mod:`~experiments.vae_mnist.compare` (summaries, the papers'
+comparisons, the README block) and :mod:`~experiments.vae_mnist.figures`.
+
+The CPU study of the README (about 3.5 hours on one busy core; the k=50 runs
+with one seed)::
+
+    python -m experiments.vae_mnist --data-dir ../shared/data/mnist --no-download \
+        --out results/vae_mnist --threads 1 --one-seed-runs iwae50,iwae50_dreg
+
+and, on a GPU, Burda et al.'s schedule (hours per run)::
+
+    python -m experiments.vae_mnist --data-dir ../shared/data/mnist --no-download \
+        --out results/vae_mnist_burda --schedule burda --device cuda --test-images all
+"""
+
+import os
+
+from experiments import _cli
+from experiments._study import Study
+from experiments.vae_mnist.compare import readme_block
+from experiments.vae_mnist.evaluate import TEST_SUBSET_SEED
+from experiments.vae_mnist.figures import figures
+from experiments.vae_mnist.train import (
+    BURDA_EPOCHS,
+    DEFAULT_RUNS,
+    REGISTRY,
+    checkpoint_path,
+    planned,
+    process_file,
+    run,
+)
+from models.mnist import default_data_dir
+
+
+def _run_names(text):
+    names = [n for n in text.replace(",", " ").split() if n]
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown or not names:
+        raise ValueError(
+            "unknown run(s) {}; choose from {}".format(", ".join(unknown) or repr(text), ", ".join(REGISTRY))
+        )
+    return names
+
+
+def _widths(text):
+    try:
+        values = [int(v, 10) for v in text.replace(",", " ").split()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"value must be positive integers such as 200,200, got {text!r}")
+    return values
+
+
+def _test_images(text):
+    if text.strip().lower() == "all":
+        return None
+    return _cli.positive_int(text)
+
+
+def parser():
+    parser = _cli.parser(
+        __doc__, out="results/vae_mnist", device=True, multi_seed=True, default_seeds=(0, 1, 2), plot_only=True
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="torchvision MNIST root or folder with the IDX files (default $PYRO_VI_DATA_DIR "
+        f"or ~/.cache/pyro_vi/data: {default_data_dir()})",
+    )
+    parser.add_argument("--no-download", action="store_true", help="never download MNIST (also: PYRO_VI_NO_DOWNLOAD=1)")
+    parser.add_argument(
+        "--runs",
+        type=_cli._type("runs", _run_names),
+        nargs="+",
+        default=[list(DEFAULT_RUNS)],
+        help="runs, comma- or space-separated, from: {} (default: all but iwae1, which repeats vae exactly)".format(
+            ", ".join(REGISTRY)
+        ),
+    )
+    parser.add_argument(
+        "--one-seed-runs",
+        type=_cli._type("runs", _run_names),
+        nargs="+",
+        default=[],
+        help="runs trained with the first seed only, to save time (e.g. iwae50,iwae50_dreg, "
+        "the most expensive on a CPU)",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("course", "burda"),
+        default="course",
+        help="course: 20 epochs, lr 1e-3, batch 100; burda: 3^i epochs at lr 1e-3 * 10^(-i/7), "
+        "i = 0..7 (3,280 epochs), batch 20, Adam eps 1e-4",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_cli.positive_int,
+        default=None,
+        help="epochs (default: 20, or 3,280 with --schedule burda, which runs its first EPOCHS)",
+    )
+    parser.add_argument(
+        "--lr", type=_cli.positive_real, default=1e-3, help="Adam learning rate (burda: of its first stage)"
+    )
+    parser.add_argument(
+        "--adam-eps",
+        type=_cli.positive_real,
+        default=None,
+        help="Adam's eps (default 1e-8, or 1e-4 with --schedule burda)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_cli.positive_int,
+        default=None,
+        help="images per step (default 100, or 20 with --schedule burda)",
+    )
+    parser.add_argument(
+        "--eval-samples",
+        type=_cli.positive_int,
+        default=5000,
+        help="importance samples S of the test log-likelihood L_S",
+    )
+    parser.add_argument(
+        "--test-images",
+        type=_cli._type("test-images", _test_images),
+        default=1000,
+        help=f"test images of L_S: N for a fixed random N of the test set (seeded {TEST_SUBSET_SEED}), or "
+        "'all' (default 1000)",
+    )
+    parser.add_argument(
+        "--full-test",
+        dest="test_images",
+        action="store_const",
+        const=None,
+        help="L_S on the whole test set (= --test-images all)",
+    )
+    parser.add_argument("--monitor-k", type=_cli.positive_int, default=50, help="K of the per-epoch IWELBO L_K")
+    parser.add_argument(
+        "--monitor-size",
+        type=_cli.positive_int,
+        default=500,
+        help="images in the fixed held-out and training batches of the per-epoch curves",
+    )
+    parser.add_argument(
+        "--monitor-every",
+        type=_cli.positive_int,
+        default=None,
+        help="record the curves every N epochs, and at the learning-rate changes and the end "
+        "(default 1, or 40 with --schedule burda)",
+    )
+    parser.add_argument(
+        "--max-train", type=_cli.positive_int, default=None, help="use only the first N training images"
+    )
+    parser.add_argument(
+        "--hidden-dims",
+        type=_cli._type("hidden-dims", _widths),
+        default=[200, 200],
+        help="encoder hidden widths, e.g. 200,200 (decoder mirrored)",
+    )
+    parser.add_argument("--latent-dim", type=_cli.positive_int, default=50)
+    parser.add_argument(
+        "--checkpoint-every",
+        type=_cli.positive_int,
+        default=200,
+        help="steps between checkpoints (also at every epoch's end)",
+    )
+    restart = parser.add_mutually_exclusive_group()
+    restart.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue every run from its checkpoint in OUT/checkpoints (runs without one start fresh)",
+    )
+    restart.add_argument(
+        "--overwrite", action="store_true", help="start over, replacing the checkpoints in OUT/checkpoints"
+    )
+    return parser
+
+
+def _check(args):
+    """Cross-flag checks and the study's defaults, before any work."""
+    args.runs = [name for names in args.runs for name in names]
+    if len(set(args.runs)) != len(args.runs):
+        raise ValueError("argument --runs: repeats a run, got {}; pass each once".format(", ".join(args.runs)))
+    args.one_seed_runs = [name for names in args.one_seed_runs for name in names]
+    stray = [name for name in args.one_seed_runs if name not in args.runs]
+    if stray:
+        raise ValueError(
+            "argument --one-seed-runs: {} not among --runs {}".format(", ".join(stray), ", ".join(args.runs))
+        )
+    burda = args.schedule == "burda"
+    if args.epochs is None:
+        args.epochs = BURDA_EPOCHS if burda else 20
+    if burda and args.epochs > BURDA_EPOCHS:
+        raise ValueError(f"argument --epochs: the burda schedule has {BURDA_EPOCHS} epochs, got {args.epochs}")
+    if args.batch_size is None:
+        args.batch_size = 20 if burda else 100
+    if args.adam_eps is None:
+        args.adam_eps = 1e-4 if burda else 1e-8
+    if args.monitor_every is None:
+        args.monitor_every = 40 if burda else 1
+    if args.data_dir is not None and args.no_download and not os.path.isdir(args.data_dir):
+        raise ValueError(
+            f"argument --data-dir: no folder {args.data_dir!r} (and --no-download); pass the folder with the "
+            "MNIST IDX files"
+        )
+    if args.plot_only:
+        if args.resume or args.overwrite:
+            raise ValueError("argument --plot-only: trains nothing; drop --resume/--overwrite")
+        return
+    existing = [
+        process_file(checkpoint_path(args.out, k, s))
+        for s, k in planned(args)
+        if os.path.exists(process_file(checkpoint_path(args.out, k, s)))
+    ]
+    if existing and not (args.resume or args.overwrite):
+        raise ValueError(
+            "{} holds checkpoints of this study ({}); pass --resume to continue them or "
+            "--overwrite to start over".format(
+                os.path.join(args.out, "checkpoints"), ", ".join(map(os.path.basename, existing))
+            )
+        )
+    if args.resume and not existing:
+        raise ValueError(
+            "argument --resume: no checkpoint of runs {} and seeds {} in {}; run without --resume to start".format(
+                ", ".join(args.runs), " ".join(map(str, args.seeds)), os.path.join(args.out, "checkpoints")
+            )
+        )
+
+
+STUDY = Study("vae_mnist", parser, run, figures, readme_block, check=_check)
