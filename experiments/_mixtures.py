@@ -220,12 +220,12 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     save_figure(fig, path)
 
 
-SEEDS_HELP = "a seed sets the SVI runs' particles; the data (--data-seed) and CAVI's start are fixed"
+SEEDS = "a seed sets the SVI runs' particles; the data (--data-seed) and CAVI's start are fixed"
 
 
 def parser(doc, out):
     """The parser with the flags both mixture studies share."""
-    parser = _cli.parser(doc, out=out, multi_seed=True, default_seeds=(0, 1, 2), seeds_help=SEEDS_HELP, plot_only=True)
+    parser = _cli.parser(doc, out, seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True)
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=500, help="CAVI sweeps at most")
@@ -236,7 +236,6 @@ def parser(doc, out):
         help="draws of each final q for its ArviZ summary (first seed)",
     )
     parser.add_argument("--num-data", type=_cli.positive_int, default=300)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     parser.add_argument(
         "--pi", type=_cli.positive_real, nargs="+", default=[0.3, 0.4, 0.3], help="mixing weights (summing to one)"
     )

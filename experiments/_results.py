@@ -102,27 +102,28 @@ def _load_average():
         return None
 
 
-def command(study):
+def command(study, argv=None):
     """The command line that ran ``study``: ``python -m experiments.STUDY``
-    and its flags, or under ``torchrun`` the launch with its process count
-    (from torchrun's environment variables)."""
+    and its flags (``argv``, default ``sys.argv[1:]``), or under ``torchrun``
+    the launch with its process count (from torchrun's environment)."""
     launch = ["python", "-m", "experiments." + study]
     local, world = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         nodes = [] if world == local else [f"--nnodes={world // local}"]
         launch = ["torchrun", f"--nproc_per_node={local}"] + nodes + ["-m", "experiments." + study]
-    return " ".join(launch + [shlex.quote(a) for a in sys.argv[1:]])
+    return " ".join(launch + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
 
 
 def record(study, args, start):
-    """The run record: command, seeds, processes, machine, wall time since
-    ``start`` (a ``time.perf_counter()``), the process's CPU time and the
-    load average."""
+    """The run record: command (its flags ``args._argv`` where
+    :meth:`experiments._study.Study.main` was given them), seeds, processes,
+    machine, wall time since ``start`` (a ``time.perf_counter()``), the
+    process's CPU time and the load average."""
     from pyro_vi.distributed import process
 
     return {
         "study": study,
-        "command": command(study),
+        "command": command(study, getattr(args, "_argv", None)),
         "seeds": list(args.seeds),
         "processes": process()[1],
         "wall_seconds": time.perf_counter() - start,
@@ -141,7 +142,7 @@ def finish(study, args, results, start, report=True):
     from pyro_vi.distributed import process
 
     results = dict(run=record(study, args, start), **results)
-    results.setdefault("args", dict(vars(args)))
+    results.setdefault("args", {k: v for k, v in vars(args).items() if not k.startswith("_")})
     if args.out and process()[0] == 0:
         path = os.path.join(args.out, "results.json")
         with open(path + ".tmp", "w") as f:

@@ -9,11 +9,19 @@ import time
 import numpy as np
 import torch
 
-from models.mnist import binarize
+from experiments import _cli
+from models.mnist import binarize, default_data_dir
 from pyro_vi.distributed import process
 
 # ----------------------------------------------------------------------------
-# training batches
+# MNIST
+
+
+def mnist_arguments(parser):
+    """``--data-dir`` and ``--no-download``."""
+    where = f"default $PYRO_VI_DATA_DIR or ~/.cache/pyro_vi/data: {default_data_dir()}"
+    parser.add_argument("--data-dir", help=f"torchvision MNIST root or folder of the IDX files ({where})")
+    parser.add_argument("--no-download", action="store_true", help="never download MNIST (or PYRO_VI_NO_DOWNLOAD=1)")
 
 
 class BinarizedBatches:
@@ -42,6 +50,12 @@ class BinarizedBatches:
 
 # ----------------------------------------------------------------------------
 # timings
+
+
+def timing_arguments(parser, steps, rounds):
+    """``--steps`` (timed per round) and ``--rounds``."""
+    parser.add_argument("--steps", type=_cli.positive_int, default=steps, help="steps per timing")
+    parser.add_argument("--rounds", type=_cli.positive_int, default=rounds, help="rounds of timings")
 
 
 def seconds_per_step(step, num_steps):

@@ -83,6 +83,7 @@ class Study:
         and prints the blocks; returns the results with their run record.
         Under ``torchrun`` every process runs, the first writes and draws."""
         args = self.parse(argv)
+        args._argv = None if argv is None else list(argv)  # for the run record's command
         if getattr(args, "plot_only", False):
             if args.out is None:
                 raise SystemExit(f"{self.name}: --plot-only needs --out, the folder of an earlier run")

@@ -315,15 +315,12 @@ def readme_block(results):
     )
 
 
+SEEDS = "a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed"
+
+
 def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/bbvi_normal_gamma",
-        device=True,
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed",
-        plot_only=True,
+        __doc__, "results/bbvi_normal_gamma", device=True, seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True
     )
     # ControlVariateELBO's pooled coefficient needs two particles.
     _cli.add_svi_arguments(parser, steps=3000, particles=10, lr=0.05, lrd=0.9995, min_particles=2)
@@ -337,7 +334,6 @@ def parser():
         help="draws of each final q for its ArviZ summary (first seed)",
     )
     parser.add_argument("--num-data", type=_cli.positive_int, default=100)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the course data set (default 0)")
     return parser
 
 

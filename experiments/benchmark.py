@@ -22,7 +22,7 @@ from pyro.optim import Adam
 from experiments import _cli
 from experiments._markdown import ratio_cell, run_line, table
 from experiments._mixtures import DiscreteSiteBaselines
-from experiments._runs import ratios, round_robin
+from experiments._runs import ratios, round_robin, timing_arguments
 from experiments._study import Study
 from guides import bernoulli_vae as bernoulli_vae_guides
 from guides import gmm as gmm_guides
@@ -154,62 +154,48 @@ def summarize(per_seed, baseline, also=None):
 
 
 def run(args):
-    normal_gamma_rounds, rb_rounds, discrete_rounds, gmm_rounds = [], [], [], []
-    rb_baseline = "TraceGraph_ELBO (score function)"
-    tg = "TraceGraph_ELBO + baseline"
+    rounds = {"normal_gamma": [], "rao_blackwell": [], "discrete": [], "gmm_pathwise": []}
     config = bernoulli_vae.BernoulliVAEConfig(kind="linear")
     for seed in args.seeds:
         pyro.set_rng_seed(seed)
-        data = generate_data(seed=seed)
-        normal_gamma_rounds.append(
-            benchmark(
+        decoder, encoder = bernoulli_vae.Decoder(config), bernoulli_vae_guides.Encoder(config)
+        images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=torch.Generator().manual_seed(seed))
+        pi = torch.tensor([0.3, 0.4, 0.3])
+        gmm_data = gmm.generate_data(300, pi, [-4.0, 0.0, 4.0], [1.0, 4.0, 0.5], seed=seed)[0].float()
+        problems = {  # estimators, model, guide, the model's arguments
+            "normal_gamma": (
                 normal_gamma_estimators(args.particles),
                 model,
                 normal_gamma.mean_field_guide,
-                (data, COURSE_PRIOR),
-                args.steps,
-                args.rounds,
-            )
-        )
-        rb_rounds.append(
-            benchmark(
+                (generate_data(seed=seed), COURSE_PRIOR),
+            ),
+            "rao_blackwell": (
                 rao_blackwell_estimators(args.particles),
                 normal_chain_model.model,
                 normal_chain.mean_field_guide,
                 (normal_chain_model.generate_data(seed=seed),),
-                args.steps,
-                args.rounds,
-            )
-        )
-        decoder, encoder = bernoulli_vae.Decoder(config), bernoulli_vae_guides.Encoder(config)
-        images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=torch.Generator().manual_seed(seed))
-        discrete_rounds.append(
-            benchmark(
+            ),
+            "discrete": (
                 discrete_estimators(args.evaluations),
                 functools.partial(bernoulli_vae.model, decoder=decoder),
                 functools.partial(bernoulli_vae_guides.guide, encoder=encoder),
                 (images,),
-                args.steps,
-                args.rounds,
-            )
-        )
-        pi = torch.tensor([0.3, 0.4, 0.3])
-        gmm_data = gmm.generate_data(300, pi, [-4.0, 0.0, 4.0], [1.0, 4.0, 0.5], seed=seed)[0].float()
-        gmm_rounds.append(
-            benchmark(
+            ),
+            "gmm_pathwise": (
                 pathwise_estimators(args.particles),
                 gmm.model,
                 gmm_guides.mean_field_guide,
                 (gmm_data, pi),
-                args.steps,
-                args.rounds,
-            )
-        )
+            ),
+        }
+        for part, problem in problems.items():
+            rounds[part].append(benchmark(*problem, args.steps, args.rounds))
+    tg, renyi = "TraceGraph_ELBO + baseline", "RenyiELBO(alpha=0)"
     return {
-        "normal_gamma": summarize(normal_gamma_rounds, "Trace_ELBO"),
-        "rao_blackwell": summarize(rb_rounds, rb_baseline),
-        "discrete": summarize(discrete_rounds, tg, also="RenyiELBO(alpha=0)"),
-        "gmm_pathwise": summarize(gmm_rounds, tg, also="RenyiELBO(alpha=0)"),
+        "normal_gamma": summarize(rounds["normal_gamma"], "Trace_ELBO"),
+        "rao_blackwell": summarize(rounds["rao_blackwell"], "TraceGraph_ELBO (score function)"),
+        "discrete": summarize(rounds["discrete"], tg, also=renyi),
+        "gmm_pathwise": summarize(rounds["gmm_pathwise"], tg, also=renyi),
     }
 
 
@@ -284,20 +270,17 @@ def discrete_block(results):
     return "\n".join(lines)
 
 
+SEEDS = (
+    "one by default: a step's cost does not depend on the seed, and the spread reported is over --rounds; "
+    "several seeds pool their rounds"
+)
+
+
 def parser():
-    parser = _cli.parser(
-        __doc__,
-        out=None,
-        multi_seed=True,
-        default_seeds=(0,),
-        seeds_help="one by default: a step's cost does not depend on the seed, and the spread "
-        "reported is over --rounds; several seeds pool their rounds",
-        plot_only=True,
-    )
+    parser = _cli.parser(__doc__, None, seeds=(0,), seeds_help=SEEDS, plot_only=True)
     # ControlVariateELBO's pooled coefficient needs 2 particles, RaoBlackwellELBO's leave-one-out 3.
     parser.add_argument("--particles", type=_cli.integer(minimum=3), default=10)
-    parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per timing")
-    parser.add_argument("--rounds", type=_cli.positive_int, default=5)
+    timing_arguments(parser, steps=200, rounds=5)
     parser.add_argument(
         "--evaluations",
         type=_cli.integer(minimum=4),

@@ -40,7 +40,7 @@ from pyro.optim import Adam
 from experiments import _cli
 from experiments._figures import plt, save_figure
 from experiments._markdown import run_line
-from experiments._runs import round_robin
+from experiments._runs import round_robin, timing_arguments
 from experiments._study import Study
 from guides import normal_gamma
 from guides.vae import Encoder
@@ -80,15 +80,11 @@ SWEEPS = {
 BATCH = 100
 
 
+SEEDS = "one by default: a step's cost does not depend on the seed; several seeds pool their rounds"
+
+
 def parser():
-    parser = _cli.parser(
-        __doc__,
-        out="results/benchmark_scaling",
-        multi_seed=True,
-        default_seeds=(0,),
-        seeds_help="one by default: a step's cost does not depend on the seed; several seeds pool their rounds",
-        plot_only=True,
-    )
+    parser = _cli.parser(__doc__, "results/benchmark_scaling", seeds=(0,), seeds_help=SEEDS, plot_only=True)
     parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
     parser.add_argument(
         "--sizes",
@@ -98,8 +94,7 @@ def parser():
         help="sizes of every chosen sweep (default: each sweep's own)",
     )
     parser.add_argument("--estimators", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS))
-    parser.add_argument("--steps", type=_cli.positive_int, default=5, help="steps per round")
-    parser.add_argument("--rounds", type=_cli.positive_int, default=5)
+    timing_arguments(parser, steps=5, rounds=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     return parser
 

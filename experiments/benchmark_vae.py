@@ -25,7 +25,7 @@ from pyro.optim import Adam
 
 from experiments import _cli
 from experiments._markdown import ratio_cell, run_line, table
-from experiments._runs import ratios, round_robin
+from experiments._runs import ratios, round_robin, timing_arguments
 from experiments._study import Study
 from guides.vae import Encoder, guide
 from models.vae import BURDA_CONFIG, Decoder, model
@@ -168,20 +168,17 @@ def readme_block(results):
     return "\n".join(lines)
 
 
+SEEDS = (
+    "one by default: a step's cost does not depend on the weights or the batch, and the spread reported is "
+    "over --rounds"
+)
+
+
 def parser():
-    parser = _cli.parser(
-        __doc__,
-        out=None,
-        multi_seed=True,
-        default_seeds=(0,),
-        seeds_help="one by default: a step's cost does not depend on the weights or the batch, "
-        "and the spread reported is over --rounds",
-        plot_only=True,
-    )
+    parser = _cli.parser(__doc__, None, seeds=(0,), seeds_help=SEEDS, plot_only=True)
     parser.add_argument("--ks", type=_cli.positive_int, nargs="+", default=[5, 50], help="particles K")
     parser.add_argument("--batch-size", type=_cli.positive_int, default=100)
-    parser.add_argument("--steps", type=_cli.positive_int, default=30, help="steps per timing")
-    parser.add_argument("--rounds", type=_cli.positive_int, default=7)
+    timing_arguments(parser, steps=30, rounds=7)
     return parser
 
 

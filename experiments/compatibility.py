@@ -25,15 +25,11 @@ KINDS = {
 }
 
 
+SEEDS = "not used: every outcome is computed with fixed seeds"
+
+
 def parser():
-    parser = _cli.parser(
-        __doc__,
-        out="results/compatibility",
-        multi_seed=True,
-        default_seeds=(0,),
-        seeds_help="not used: every outcome is computed with fixed seeds",
-        plot_only=True,
-    )
+    parser = _cli.parser(__doc__, "results/compatibility", seeds=(0,), seeds_help=SEEDS, plot_only=True)
     parser.add_argument(
         "--pairs",
         nargs="+",
@@ -44,13 +40,13 @@ def parser():
     return parser
 
 
-def run(args):
+def records(pairs):
     """One record per (pair, estimator): ``status`` is ``works`` when both
     particle modes work, else ``refused`` with the reason's tag. A refusal
     that the catalogue does not expect, or an unexpected success, is an
     error."""
-    records = []
-    for pair in args.pairs:
+    found = []
+    for pair in pairs:
         spec = CATALOGUE[pair]
         for estimator, config in ESTIMATORS.items():
             results = [outcome(pair, estimator, vectorize)[0] for vectorize in (True, False)]
@@ -58,7 +54,7 @@ def run(args):
             expected = "works" if tag is None else "refused"
             if any(r != ("ok" if tag is None else "refused") for r in results):
                 raise RuntimeError(f"{estimator} on {pair}: {results} (expected {expected})")
-            records.append(
+            found.append(
                 dict(
                     pair=pair,
                     kind=spec.kind,
@@ -68,7 +64,11 @@ def run(args):
                     reason=tag,
                 )
             )
-    return {"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records}
+    return found
+
+
+def run(args):
+    return {"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records(args.pairs)}
 
 
 def readme_block(results):

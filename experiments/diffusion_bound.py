@@ -381,18 +381,15 @@ def crossover(summary):
     )
 
 
+SEEDS = "a seed draws the forward chains; the data are fixed by --data-seed"
+
+
 def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/diffusion_bound",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed draws the forward chains; the data are fixed by --data-seed",
-        plot_only=True,
+        __doc__, "results/diffusion_bound", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
     )
     parser.add_argument("--data", choices=("mixture", "gaussian"), default="mixture")
     parser.add_argument("--num-data", type=_cli.positive_int, default=32)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     parser.add_argument(
         "--samples",
         type=_cli.integer(minimum=2),

@@ -105,24 +105,31 @@ def histogram_counts(logits, probs, args, generator):
     return {name: {"counts": c.tolist(), "chisquare_pvalue": chisquare(c, probs)} for name, c in counts.items()}
 
 
+def category_bars(ax, bars, colors):
+    """Bars per category, side by side: for each label of ``bars`` the mean
+    of its rows (one per seed), with each seed's value as a dot when there
+    are several."""
+    width = 0.8 / len(bars)
+    xs = np.arange(len(next(iter(bars.values()))[0]))
+    for i, ((label, rows), color) in enumerate(zip(bars.items(), colors)):
+        rows = np.atleast_2d(np.asarray(rows, float))
+        ax.bar(xs + i * width, rows.mean(0), width, color=color, label=label)
+        if i > 0:  # the first: the reference, no seeds
+            ax.plot(np.repeat([xs + i * width], len(rows), 0).T, rows.T, "k.", ms=3)
+    ax.plot([], [], "k.", ms=3, label="one seed")
+    ax.set_xticks(xs + 0.4 - width / 2, [f"k = {j}" for j in range(len(xs))])
+    ax.set_xlabel("category")
+
+
 def plot_histogram(per_seed, probs, n, path):
     """Bars: relative frequencies, mean over seeds; dots: each seed."""
     names = list(per_seed[0])
-    k = len(probs)
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / (len(names) + 1)
-    xs = np.arange(k)
-    ax.bar(xs, probs, width, color="k", label="true probabilities a")
-    for i, name in enumerate(names, start=1):
-        freqs = np.array([seed[name]["counts"] for seed in per_seed]) / n
+    bars = {"true probabilities a": [probs]}
+    for name in names:
         pvalues = ", ".join("{:.2f}".format(seed[name]["chisquare_pvalue"]) for seed in per_seed)
-        ax.bar(xs + i * width, freqs.mean(0), width, color=f"C{i - 1}", label=f"{name} (chi-square p = {pvalues})")
-        for seed_freqs in freqs:
-            ax.plot(xs + i * width, seed_freqs, "k.", ms=3)
-    ax.plot([], [], "k.", ms=3, label="one seed")
-    ax.set_xticks(xs + 0.4 - width / 2)
-    ax.set_xticklabels([f"k = {j}" for j in range(k)])
-    ax.set_xlabel("category")
+        bars[f"{name} (chi-square p = {pvalues})"] = np.array([seed[name]["counts"] for seed in per_seed]) / n
+    category_bars(ax, bars, ["k"] + [f"C{i}" for i in range(len(names))])
     ax.set_ylabel(f"relative frequency (N = {n} per seed)")
     ax.set_title(
         f"argmax of Gumbel-softmax samples vs Categorical draws (bars: mean of {len(per_seed)} seeds; "
@@ -201,18 +208,9 @@ def plot_temperature(temperature, probs, args, path):
     legend_outside(ax, where="below", ncol=4)
 
     ax = axes[2]
-    width = 0.8 / (len(shown) + 1)
-    xs = np.arange(k)
-    ax.bar(xs, probs, width, color="k", label="a (= E[one-hot])")
-    for i, (tau, values) in enumerate(shown.items(), start=1):
-        means = np.array(values["mean_per_seed"])
-        ax.bar(xs + i * width, means.mean(0), width, color=f"C{i}", label=f"E[y], tau = {tau:g}")
-        for seed_means in means:
-            ax.plot(xs + i * width, seed_means, "k.", ms=3)
-    ax.plot([], [], "k.", ms=3, label="one seed")
-    ax.set_xticks(xs + 0.4 - width / 2)
-    ax.set_xticklabels([f"k = {j}" for j in range(k)])
-    ax.set_xlabel("category")
+    bars = {"a (= E[one-hot])": [probs]}
+    bars.update({f"E[y], tau = {tau:g}": values["mean_per_seed"] for tau, values in shown.items()})
+    category_bars(ax, bars, ["k"] + [f"C{i}" for i in range(1, len(shown) + 1)])
     ax.set_ylabel("mean of y_k")
     ax.set_title(f"E[y] tends to a as tau -> 0 (bars: mean of {num_seeds} seeds)", fontsize=10)
     legend_outside(ax, where="below", ncol=2)
@@ -392,15 +390,12 @@ def readme_block(results):
     )
 
 
+SEEDS = "a seed sets every draw of the study"
+
+
 def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/gumbel_softmax",
-        device=True,
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets every draw of the study",
-        plot_only=True,
+        __doc__, "results/gumbel_softmax", device=True, seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True
     )
     positive = _cli.positive_real
     parser.add_argument(

@@ -454,16 +454,11 @@ def readme_block(results):
     return "\n".join(lines)
 
 
+SEEDS = "a seed sets the random start lambda and SVI's minibatches; the corpus is fixed by --data-seed"
+
+
 def parser():
-    parser = _cli.parser(
-        __doc__,
-        out="results/lda_svi",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the random start lambda and SVI's minibatches; the synthetic "
-        "corpus is fixed by --data-seed",
-        plot_only=True,
-    )
+    parser = _cli.parser(__doc__, "results/lda_svi", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True)
     positive, count = _cli.positive_real, _cli.positive_int
     corpus = parser.add_argument_group("corpus (synthetic unless --counts is given)")
     corpus.add_argument("--counts", type=_cli.existing_file, help="UCI bag-of-words docword file (see models.lda)")
@@ -472,7 +467,6 @@ def parser():
     corpus.add_argument("--num-docs", type=count, default=2000)
     corpus.add_argument("--vocab-size", type=count, default=150)
     corpus.add_argument("--doc-length", type=count, default=80)
-    corpus.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the synthetic corpus (default 0)")
     parser.add_argument("--num-topics", type=count, default=8)
     parser.add_argument("--alpha", type=positive, default=0.2, help="document-topic concentration (data and model)")
     parser.add_argument("--eta", type=positive, default=0.1, help="topic-word concentration (data and model)")

@@ -240,15 +240,15 @@ def readme_block(results):
     )
 
 
+SEEDS = (
+    "a seed sets the Monte Carlo runs' particles (the exact-expectation runs and CAVI are deterministic and "
+    "run once); the data are fixed by --data-seed"
+)
+
+
 def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/natural_gradient_svi",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the Monte Carlo runs' particles (the exact-expectation runs and "
-        "CAVI are deterministic and run once); the data are fixed by --data-seed",
-        plot_only=True,
+        __doc__, "results/natural_gradient_svi", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
     )
     parser.add_argument("--steps", type=_cli.positive_int, default=1000, help="SVI steps with Monte Carlo gradients")
     parser.add_argument("--exact-steps", type=_cli.positive_int, default=100, help="SVI steps with exact expectations")
@@ -268,7 +268,6 @@ def parser():
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=10)
     parser.add_argument("--tol", type=_cli.positive_real, default=0.01, help="ELBO gap counted as reached (nats)")
     parser.add_argument("--num-data", type=_cli.positive_int, default=100)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the course data set (default 0)")
     return parser
 
 

@@ -190,14 +190,12 @@ def readme_block(results):
     )
 
 
+SEEDS = "a seed sets the particles; the data are fixed by --data-seed"
+
+
 def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/poisson_gamma",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the particles; the data are fixed by --data-seed",
-        plot_only=True,
+        __doc__, "results/poisson_gamma", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
     )
     # With 10 particles the score-function runs end 15-25% away from theta*
     # after 2000 steps (the family is misspecified: log q is far from log p and
@@ -207,7 +205,6 @@ def parser():
     parser.add_argument("--init-theta", type=_cli.positive_real, default=5.0, help="start of q's rate theta")
     parser.add_argument("--num-data", type=_cli.positive_int, default=50)
     parser.add_argument("--rate", type=_cli.positive_real, default=3.0, help="true Poisson rate of the data")
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     return parser
 
 

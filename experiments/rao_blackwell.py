@@ -293,14 +293,12 @@ def readme_block(results):
     return "\n".join(lines)
 
 
+SEEDS = "a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed"
+
+
 def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/rao_blackwell",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed",
-        plot_only=True,
+        __doc__, "results/rao_blackwell", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
     )
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=2000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
@@ -308,7 +306,6 @@ def parser():
         "--variance-draws", type=_cli.integer(minimum=2), default=200, help="gradient draws per variance (at least 2)"
     )
     parser.add_argument("--num-data", type=_cli.positive_int, default=20)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     return parser
 
 

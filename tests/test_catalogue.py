@@ -14,9 +14,9 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
+from models.catalogue import CATALOGUE, ESTIMATORS, elbo_for, expected_refusal, outcome, take_grads
 from pyro_vi import ImportanceWeightedELBO
 from pyro_vi.diagnostics import gradient_statistics
-from models.catalogue import CATALOGUE, ESTIMATORS, elbo_for, expected_refusal, outcome, take_grads
 
 CASES = [
     (pair, estimator, vectorize)
@@ -259,4 +259,4 @@ def test_the_compatibility_results_are_current():
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "compatibility", "results.json")
     with open(path) as f:
         committed = json.load(f)["records"]
-    assert committed == compatibility.run(sorted(CATALOGUE))
+    assert committed == compatibility.records(sorted(CATALOGUE))

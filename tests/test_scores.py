@@ -9,10 +9,10 @@ import pyro
 import pytest
 import torch
 
+from models.catalogue import CATALOGUE
 from pyro_vi import ScoreFunctionELBO
 from pyro_vi.elbo import scores
 from pyro_vi.elbo.surrogate import controlled_gradient, markov_blanket_signals, per_particle
-from models.catalogue import CATALOGUE
 
 SCORE_PAIRS = sorted(name for name, pair in CATALOGUE.items() if "guide_messenger" not in pair.tags)
 

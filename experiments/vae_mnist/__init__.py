@@ -106,163 +106,66 @@ and, on a GPU, Burda et al.'s schedule (hours per run)::
 import os
 
 from experiments import _cli
+from experiments._runs import mnist_arguments
 from experiments._study import Study
 from experiments.vae_mnist.compare import readme_block
-from experiments.vae_mnist.evaluate import TEST_SUBSET_SEED
-from experiments.vae_mnist.figures import figures
+from experiments.vae_mnist.figures import draw
 from experiments.vae_mnist.train import (
     BURDA_EPOCHS,
     DEFAULT_RUNS,
-    REGISTRY,
+    RUNS,
     checkpoint_path,
     planned,
     process_file,
     run,
 )
-from models.mnist import default_data_dir
 
 
 def _run_names(text):
     names = [n for n in text.replace(",", " ").split() if n]
-    unknown = [n for n in names if n not in REGISTRY]
+    unknown = [n for n in names if n not in RUNS]
     if unknown or not names:
-        raise ValueError(
-            "unknown run(s) {}; choose from {}".format(", ".join(unknown) or repr(text), ", ".join(REGISTRY))
-        )
+        raise ValueError(f"unknown run(s) {', '.join(unknown) or repr(text)}; choose from {', '.join(RUNS)}")
     return names
 
 
 def _widths(text):
-    try:
-        values = [int(v, 10) for v in text.replace(",", " ").split()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
+    values = [int(v) for v in text.replace(",", " ").split() if v.isdigit()]
+    if not values or min(values) < 1 or len(values) != len(text.replace(",", " ").split()):
         raise ValueError(f"value must be positive integers such as 200,200, got {text!r}")
     return values
 
 
 def _test_images(text):
-    if text.strip().lower() == "all":
-        return None
-    return _cli.positive_int(text)
+    return None if text.strip().lower() == "all" else _cli.positive_int(text)
 
 
 def parser():
-    parser = _cli.parser(
-        __doc__, out="results/vae_mnist", device=True, multi_seed=True, default_seeds=(0, 1, 2), plot_only=True
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="torchvision MNIST root or folder with the IDX files (default $PYRO_VI_DATA_DIR "
-        f"or ~/.cache/pyro_vi/data: {default_data_dir()})",
-    )
-    parser.add_argument("--no-download", action="store_true", help="never download MNIST (also: PYRO_VI_NO_DOWNLOAD=1)")
-    parser.add_argument(
-        "--runs",
-        type=_cli._type("runs", _run_names),
-        nargs="+",
-        default=[list(DEFAULT_RUNS)],
-        help="runs, comma- or space-separated, from: {} (default: all but iwae1, which repeats vae exactly)".format(
-            ", ".join(REGISTRY)
-        ),
-    )
-    parser.add_argument(
-        "--one-seed-runs",
-        type=_cli._type("runs", _run_names),
-        nargs="+",
-        default=[],
-        help="runs trained with the first seed only, to save time (e.g. iwae50,iwae50_dreg, "
-        "the most expensive on a CPU)",
-    )
-    parser.add_argument(
-        "--schedule",
-        choices=("course", "burda"),
-        default="course",
-        help="course: 20 epochs, lr 1e-3, batch 100; burda: 3^i epochs at lr 1e-3 * 10^(-i/7), "
-        "i = 0..7 (3,280 epochs), batch 20, Adam eps 1e-4",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_cli.positive_int,
-        default=None,
-        help="epochs (default: 20, or 3,280 with --schedule burda, which runs its first EPOCHS)",
-    )
-    parser.add_argument(
-        "--lr", type=_cli.positive_real, default=1e-3, help="Adam learning rate (burda: of its first stage)"
-    )
-    parser.add_argument(
-        "--adam-eps",
-        type=_cli.positive_real,
-        default=None,
-        help="Adam's eps (default 1e-8, or 1e-4 with --schedule burda)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_cli.positive_int,
-        default=None,
-        help="images per step (default 100, or 20 with --schedule burda)",
-    )
-    parser.add_argument(
-        "--eval-samples",
-        type=_cli.positive_int,
-        default=5000,
-        help="importance samples S of the test log-likelihood L_S",
-    )
-    parser.add_argument(
-        "--test-images",
-        type=_cli._type("test-images", _test_images),
-        default=1000,
-        help=f"test images of L_S: N for a fixed random N of the test set (seeded {TEST_SUBSET_SEED}), or "
-        "'all' (default 1000)",
-    )
-    parser.add_argument(
-        "--full-test",
-        dest="test_images",
-        action="store_const",
-        const=None,
-        help="L_S on the whole test set (= --test-images all)",
-    )
-    parser.add_argument("--monitor-k", type=_cli.positive_int, default=50, help="K of the per-epoch IWELBO L_K")
-    parser.add_argument(
-        "--monitor-size",
-        type=_cli.positive_int,
-        default=500,
-        help="images in the fixed held-out and training batches of the per-epoch curves",
-    )
-    parser.add_argument(
-        "--monitor-every",
-        type=_cli.positive_int,
-        default=None,
-        help="record the curves every N epochs, and at the learning-rate changes and the end "
-        "(default 1, or 40 with --schedule burda)",
-    )
-    parser.add_argument(
-        "--max-train", type=_cli.positive_int, default=None, help="use only the first N training images"
-    )
-    parser.add_argument(
-        "--hidden-dims",
-        type=_cli._type("hidden-dims", _widths),
-        default=[200, 200],
-        help="encoder hidden widths, e.g. 200,200 (decoder mirrored)",
-    )
-    parser.add_argument("--latent-dim", type=_cli.positive_int, default=50)
-    parser.add_argument(
-        "--checkpoint-every",
-        type=_cli.positive_int,
-        default=200,
-        help="steps between checkpoints (also at every epoch's end)",
-    )
+    parser = _cli.parser(__doc__, out="results/vae_mnist", device=True, seeds=(0, 1, 2), plot_only=True)
+    flag = parser.add_argument
+    mnist_arguments(parser)
+    runs = _cli._type("runs", _run_names)
+    flag("--runs", type=runs, nargs="+", default=[list(DEFAULT_RUNS)], help=f"of {', '.join(RUNS)}; not iwae1")
+    flag("--one-seed-runs", type=runs, nargs="+", default=[], help="runs trained with the first seed only")
+    flag("--schedule", choices=("course", "burda"), default="course", help="course: 20 epochs; burda: 3,280")
+    flag("--epochs", type=_cli.positive_int, help="default 20, or 3,280 with burda (which runs its first EPOCHS)")
+    flag("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate (burda: of its first stage)")
+    flag("--adam-eps", type=_cli.positive_real, help="Adam's eps (default 1e-8, or 1e-4 with burda)")
+    flag("--batch-size", type=_cli.positive_int, help="images per step (default 100, or 20 with burda)")
+    flag("--eval-samples", type=_cli.positive_int, default=5000, help="importance samples S of the test L_S")
+    test_images = _cli._type("test-images", _test_images)
+    flag("--test-images", type=test_images, default=1000, help="a fixed random N test images for L_S, or 'all'")
+    flag("--full-test", dest="test_images", action="store_const", const=None, help="= --test-images all")
+    flag("--monitor-k", type=_cli.positive_int, default=50, help="K of the per-epoch IWELBO L_K")
+    flag("--monitor-size", type=_cli.positive_int, default=500, help="images of the per-epoch curves' batches")
+    flag("--monitor-every", type=_cli.positive_int, help="epochs between the curves' points (1, burda: 40)")
+    flag("--max-train", type=_cli.positive_int, help="train on the first N training images only")
+    flag("--hidden-dims", type=_cli._type("hidden-dims", _widths), default=[200, 200], help="e.g. 200,200")
+    flag("--latent-dim", type=_cli.positive_int, default=50)
+    flag("--checkpoint-every", type=_cli.positive_int, default=200, help="steps between checkpoints")
     restart = parser.add_mutually_exclusive_group()
-    restart.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue every run from its checkpoint in OUT/checkpoints (runs without one start fresh)",
-    )
-    restart.add_argument(
-        "--overwrite", action="store_true", help="start over, replacing the checkpoints in OUT/checkpoints"
-    )
+    restart.add_argument("--resume", action="store_true", help="continue every run from OUT/checkpoints")
+    restart.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/checkpoints")
     return parser
 
 
@@ -317,4 +220,4 @@ def _check(args):
         )
 
 
-STUDY = Study("vae_mnist", parser, run, figures, readme_block, check=_check)
+STUDY = Study("vae_mnist", parser, run, draw, readme_block, check=_check)

@@ -10,7 +10,7 @@ from matplotlib.ticker import MaxNLocator
 from experiments._figures import plt, save_figure
 from experiments.vae_mnist.compare import BURDA_REFERENCE, BURDA_TEST_NLL
 from experiments.vae_mnist.evaluate import FIGURE_SEED, TEST_BINARIZATION_SEED, fixed_rng
-from experiments.vae_mnist.train import REGISTRY, checkpoint_path, load_networks
+from experiments.vae_mnist.train import RUNS, checkpoint_path, load_networks
 from models.mnist import MnistNotFoundError, binarize, load_mnist
 from models.vae import VAEConfig
 
@@ -75,7 +75,7 @@ def plot_bounds(results, path):
         untrained, lowest, highest = [], [], []
         for i, (key, run) in enumerate(results["runs"].items()):
             epochs, mean, low, high = _curves(run, name)
-            style = dict(REGISTRY[key].style) if key in REGISTRY else {}
+            style = dict(RUNS[key].style) if key in RUNS else {}
             every = 1 if len(epochs) < 8 else max(2, len(epochs) // 8)
             # markers of different runs on different epochs: curves on top of each other stay visible
             ax.plot(epochs, mean, lw=1.4, markevery=(i % every, every), label=key, **style)
@@ -135,26 +135,24 @@ def plot_final(results, path):
     """Test L_S, test ELBO, and L_S minus the VAE's of the same seed, per run:
     every seed (small markers) and the mean +- sd over seeds; Burda et al.'s
     test log-likelihoods where comparable."""
-    s = results["args"]["eval_samples"]
-    subset = results["data"]["test_subset"]
-    keys = list(results["runs"])
+    s, subset, runs = results["args"]["eval_samples"], results["data"]["test_subset"], results["runs"]
     panels = [
         ("test_log_likelihood", f"(a) test log p(x) ~ L_{s}"),
         ("test_elbo", "(b) test ELBO (mean log-weight, same samples)"),
     ]
-    if "vae" in keys and len(keys) > 1:
+    if "vae" in runs and len(runs) > 1:
         panels.append(("difference", f"(c) test L_{s} minus the VAE's, same seed\n(paired: same images)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.8))
-    reference_label = ["Burda et al. (3,280 epochs), same objective"] if results["data"]["standard_split"] else []
-    vae = results["runs"].get("vae", {}).get("seeds", {})
-    for ax, (name, title) in zip(np.atleast_1d(axes), panels):
-        for i, key in enumerate(keys):
-            run = results["runs"][key]
-            style = REGISTRY[key].style if key in REGISTRY else {}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.8), squeeze=False)
+    reference_label = ["Burda et al. (3,280 epochs), same objective"]
+    vae = runs.get("vae", {}).get("seeds", {})
+    for ax, (name, title) in zip(axes[0], panels):
+        for i, (key, run) in enumerate(runs.items()):
+            style = RUNS[key].style if key in RUNS else {}
             if name == "difference":
-                seeds = [seed for seed in run["seeds"] if seed in vae]
                 values = [
-                    run["seeds"][seed]["test_log_likelihood"] - vae[seed]["test_log_likelihood"] for seed in seeds
+                    r["test_log_likelihood"] - vae[seed]["test_log_likelihood"]
+                    for seed, r in run["seeds"].items()
+                    if seed in vae
                 ]
                 errors = [0.0] * len(values)
             else:
@@ -163,6 +161,7 @@ def plot_final(results, path):
             if not values:
                 continue
             offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+            first = i == 0
             ax.errorbar(
                 i + np.asarray(offsets),
                 values,
@@ -173,68 +172,48 @@ def plot_final(results, path):
                 alpha=0.6,
                 lw=0.8,
                 capsize=0,
-                label="one seed (+-1 SE over test images in a, b)" if i == 0 else None,
+                label="one seed (+-1 SE over test images in a, b)" if first else None,
             )
             sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             ax.errorbar(
                 [i + 0.3],
-                [float(np.mean(values))],
+                [np.mean(values)],
                 yerr=[sd],
                 fmt="_",
                 color="k",
                 ms=14,
                 capsize=4,
                 lw=1.5,
-                label="mean +- sd over seeds" if i == 0 else None,
+                label="mean +- sd over seeds" if first else None,
             )
-            if (
-                reference_label is not None
-                and name == "test_log_likelihood"
-                and key in BURDA_REFERENCE
-                and results["data"]["standard_split"]
-            ):
+            if name == "test_log_likelihood" and key in BURDA_REFERENCE and results["data"]["standard_split"]:
                 ref = -BURDA_TEST_NLL[BURDA_REFERENCE[key][0]][BURDA_REFERENCE[key][1]]
-                ax.plot(
-                    [i - 0.3, i + 0.3],
-                    [ref, ref],
-                    color="k",
-                    ls=":",
-                    lw=1.5,
-                    label=reference_label.pop() if reference_label else None,
-                )
+                label = reference_label.pop() if reference_label else None
+                ax.plot([i - 0.3, i + 0.3], [ref, ref], color="k", ls=":", lw=1.5, label=label)
         if name == "difference":
             ax.axhline(0.0, color="C0", lw=0.8)
-        ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels(
-            ["{} [{}]".format(_label(results, k), len(results["runs"][k]["seeds"])).replace(" (", "\n(") for k in keys],
-            fontsize=8,
-            rotation=30,
-            ha="right",
-        )
-        ax.set_xlim(-0.6, len(keys) - 0.4)
+        labels = [f"{_label(results, k)} [{len(runs[k]['seeds'])}]".replace(" (", "\n(") for k in runs]
+        ax.set_xticks(range(len(runs)))
+        ax.set_xticklabels(labels, fontsize=8, rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(runs) - 0.4)
         ax.set_ylabel("nats per test image")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    handles, labels = [], []
-    for ax in np.atleast_1d(axes):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    where = (
-        "all {:,} test images".format(subset["of"])
-        if subset["all"]
-        else "a fixed random {:,} of the {:,} test images".format(subset["size"], subset["of"])
-    )
+    legend = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(
-        handles,
-        labels,
+        legend.values(),
+        legend.keys(),
         fontsize=8,
         loc="upper left",
         bbox_to_anchor=(1.0, 0.9),
         frameon=False,
         title="[n]: seeds of the run",
         title_fontsize=8,
+    )
+    where = (
+        f"all {subset['of']:,} test images"
+        if subset["all"]
+        else f"a fixed random {subset['size']:,} of the {subset['of']:,} test images"
     )
     fig.suptitle(f"{_figure_title(results)}\ntest numbers on {where}", fontsize=10)
     save_figure(fig, path, bbox_inches="tight")
@@ -284,7 +263,7 @@ def plot_images(results, networks, x, out):
     )
 
 
-def figures(results, out):
+def draw(results, out):
     """Every figure from ``results``; the reconstructions and samples from
     the final weights of the first seed, read from its checkpoints (written
     by one process or by the first of a ``torchrun`` job) when they are

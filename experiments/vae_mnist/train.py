@@ -1,6 +1,6 @@
 """Training the VAE study's runs: the estimators, the schedules, the data,
-the checkpoints (``--resume``), one run per seed through
-:func:`pyro_vi.fit`, and the study's loop over runs and seeds."""
+the checkpoints (``--resume``), one run and seed through :func:`pyro_vi.fit`,
+and the study's loop over runs and seeds."""
 
 import functools
 import math
@@ -8,13 +8,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import pyro
 import torch
 import torch.distributed
 from pyro.infer import RenyiELBO, Trace_ELBO
 
-from experiments import _cli
 from experiments._results import finish
 from experiments._runs import BinarizedBatches
 from experiments.vae_mnist.compare import BURDA_TEST_NLL, compare, summarize
@@ -44,44 +44,51 @@ PROCESS_SEED_STRIDE = 1_000_003
 
 @dataclass(frozen=True)
 class Run:
+    """One run of the study: its label, the objective it trains, a factory
+    of its estimator and its plotting style."""
+
     label: str
     objective: str
+    make: Callable
+    style: dict
 
 
-def _iw(k, gradient):
-    return lambda: ImportanceWeightedELBO(
-        num_particles=k, gradient=gradient, vectorize_particles=True, max_plate_nesting=1
-    )
+def _iw(k, gradient="reparam"):
+    return lambda: ImportanceWeightedELBO(k, gradient=gradient, vectorize_particles=True, max_plate_nesting=1)
 
 
-#: The study's estimators (run key -> Estimator), in the order they are run and drawn.
-REGISTRY: _cli.Registry = {
-    "vae": _cli.Estimator(
-        lambda: Trace_ELBO(num_particles=1, max_plate_nesting=1), style=dict(color="C0", marker="o", ls="-")
-    ),
-    "vae_stl": _cli.Estimator(
-        lambda: StickingTheLandingELBO(num_particles=1, max_plate_nesting=1), style=dict(color="C1", marker="s", ls="-")
-    ),
-    "iwae1": _cli.Estimator(_iw(1, "reparam"), style=dict(color="0.35", marker="x", ls=":", mfc="none")),
-    "iwae5": _cli.Estimator(_iw(5, "reparam"), style=dict(color="C2", marker="^", ls="-")),
-    "iwae50": _cli.Estimator(_iw(50, "reparam"), style=dict(color="C3", marker="D", ls="-")),
-    "iwae50_dreg": _cli.Estimator(_iw(50, "dreg"), style=dict(color="C4", marker="v", ls="-")),
-    "renyi5": _cli.Estimator(
-        lambda: RenyiELBO(alpha=0.0, num_particles=5, vectorize_particles=True, max_plate_nesting=1),
-        style=dict(color="C8", marker="+", ls="--", ms=9),
-    ),
-}
+#: The study's runs, in the order they are run and drawn.
 RUNS = {
-    "vae": Run("VAE (Trace_ELBO)", "L_1, reparameterized"),
-    "vae_stl": Run("VAE-STL (StickingTheLandingELBO)", "L_1, path derivative"),
-    "iwae1": Run("IWAE k=1", "L_1 (IWELBO, K=1)"),
-    "iwae5": Run("IWAE k=5", "L_5 per data point"),
-    "iwae50": Run("IWAE k=50", "L_50 per data point"),
-    "iwae50_dreg": Run("IWAE-DReG k=50", "L_50 per data point, DReG gradient"),
-    "renyi5": Run("RenyiELBO(alpha=0) k=5", "L_5 per data point (Pyro)"),
+    "vae": Run(
+        "VAE (Trace_ELBO)",
+        "L_1, reparameterized",
+        lambda: Trace_ELBO(num_particles=1, max_plate_nesting=1),
+        dict(color="C0", marker="o", ls="-"),
+    ),
+    "vae_stl": Run(
+        "VAE-STL (StickingTheLandingELBO)",
+        "L_1, path derivative",
+        lambda: StickingTheLandingELBO(num_particles=1, max_plate_nesting=1),
+        dict(color="C1", marker="s", ls="-"),
+    ),
+    "iwae1": Run("IWAE k=1", "L_1 (IWELBO, K=1)", _iw(1), dict(color="0.35", marker="x", ls=":", mfc="none")),
+    "iwae5": Run("IWAE k=5", "L_5 per data point", _iw(5), dict(color="C2", marker="^", ls="-")),
+    "iwae50": Run("IWAE k=50", "L_50 per data point", _iw(50), dict(color="C3", marker="D", ls="-")),
+    "iwae50_dreg": Run(
+        "IWAE-DReG k=50", "L_50 per data point, DReG gradient", _iw(50, "dreg"), dict(color="C4", marker="v", ls="-")
+    ),
+    "renyi5": Run(
+        "RenyiELBO(alpha=0) k=5",
+        "L_5 per data point (Pyro)",
+        lambda: RenyiELBO(alpha=0.0, num_particles=5, vectorize_particles=True, max_plate_nesting=1),
+        dict(color="C8", marker="+", ls="--", ms=9),
+    ),
 }
 #: Run by default: every run but ``iwae1``, which repeats ``vae`` exactly (tested).
 DEFAULT_RUNS = ("vae", "vae_stl", "iwae5", "iwae50", "iwae50_dreg", "renyi5")
+
+# ----------------------------------------------------------------------------
+# schedules
 
 
 def burda_stage(epoch_index):
@@ -108,12 +115,8 @@ def stage_ends(schedule, epochs):
 
 def monitored(epoch, args):
     """Whether the bounds are recorded after ``epoch`` (0: before training)."""
-    return (
-        epoch == 0
-        or epoch == args.epochs
-        or epoch % args.monitor_every == 0
-        or epoch in stage_ends(args.schedule, args.epochs)
-    )
+    ends = stage_ends(args.schedule, args.epochs)
+    return epoch in (0, args.epochs) or epoch % args.monitor_every == 0 or epoch in ends
 
 
 def make_optim(args, steps_per_epoch):
@@ -130,16 +133,21 @@ def make_optim(args, steps_per_epoch):
     return scheduler, lambda step, loss: scheduler.step()
 
 
+# ----------------------------------------------------------------------------
+# data
+
+
 @dataclass
 class Data:
-    """What every run of the study shares: the images, the model's size, the device."""
+    """What every run of the study shares: the training images (floats in
+    [0, 1], on the CPU), the test set binarized once and the images of its
+    L_S, the fixed batches of the per-epoch curves, the network sizes."""
 
-    train: torch.Tensor  # float images in [0, 1], CPU
-    test: torch.Tensor  # the whole test set, binarized once, on the device
-    test_eval: torch.Tensor  # the images of the test L_S (a subset or all)
+    train: torch.Tensor
+    test: torch.Tensor
+    test_eval: torch.Tensor
     test_subset: dict
     monitor: dict
-    mean_pixel: torch.Tensor
     config: VAEConfig
     info: dict
     device: torch.device
@@ -156,48 +164,42 @@ def test_subset(num_test, size):
 
 def prepare(args):
     device = torch.device(args.device)
-    data = load_mnist(args.data_dir, download=not args.no_download)
-    train = data.train[: args.max_train] if args.max_train else data.train
-    test = binarize(data.test, torch.Generator().manual_seed(TEST_BINARIZATION_SEED)).to(device)
+    mnist = load_mnist(args.data_dir, download=not args.no_download)
+    train = mnist.train[: args.max_train] if args.max_train else mnist.train
+    test = binarize(mnist.test, torch.Generator().manual_seed(TEST_BINARIZATION_SEED)).to(device)
     indices = test_subset(len(test), args.test_images)
-    subset = {
-        "size": len(indices),
-        "of": len(test),
-        "all": len(indices) == len(test),
-        "how": "the whole test set"
-        if len(indices) == len(test)
-        else f"a fixed random subset (torch.randperm(num_test, generator seeded {TEST_SUBSET_SEED}), first "
-        f"{len(indices)}, sorted)",
-    }
-    train_fixed = binarize(train[: args.monitor_size], torch.Generator().manual_seed(TEST_BINARIZATION_SEED + 1))
-    info = dict(
-        data.info,
-        num_train_used=len(train),
-        num_test_used=len(test),
-        standard_split=not data.info.get("only_test_split", False),
+    everything = len(indices) == len(test)
+    how = (
+        "the whole test set"
+        if everything
+        else (
+            f"a fixed random subset (torch.randperm(num_test, generator seeded {TEST_SUBSET_SEED}), first "
+            f"{len(indices)}, sorted)"
+        )
     )
+    train_fixed = binarize(train[: args.monitor_size], torch.Generator().manual_seed(TEST_BINARIZATION_SEED + 1))
+    standard = not mnist.info.get("only_test_split", False)
     return Data(
         train=train,
         test=test,
         test_eval=test[indices.to(device)],
-        test_subset=subset,
+        test_subset={"size": len(indices), "of": len(test), "all": everything, "how": how},
         monitor={"heldout": test[: args.monitor_size], "train": train_fixed.to(device)},
-        mean_pixel=train.mean(0),
         config=VAEConfig(hidden_dims=tuple(args.hidden_dims), latent_dim=args.latent_dim),
-        info=info,
+        info=dict(mnist.info, num_train_used=len(train), num_test_used=len(test), standard_split=standard),
         device=device,
     )
+
+
+# ----------------------------------------------------------------------------
+# checkpoints
 
 
 def planned(args):
     """``(seed, run)`` pairs in the order they are trained: seed-major, the
     runs of ``--one-seed-runs`` only with the first seed."""
-    return [
-        (seed, key)
-        for seed in args.seeds
-        for key in args.runs
-        if seed == args.seeds[0] or key not in args.one_seed_runs
-    ]
+    seeds = args.seeds
+    return [(s, key) for s in seeds for key in args.runs if s == seeds[0] or key not in args.one_seed_runs]
 
 
 def checkpoint_path(out, key, seed):
@@ -215,25 +217,19 @@ def process_file(path):
 def fingerprint(key, seed, args, data):
     """What must match for a checkpoint to be resumed (not ``--epochs``: a run
     can be extended)."""
-    return {
-        "run": key,
-        "seed": seed,
-        "schedule": args.schedule,
-        "lr": args.lr,
-        "adam_eps": args.adam_eps,
-        "batch_size": args.batch_size,
-        "num_train": len(data.train),
-        "train_pixel_sum": round(float(data.train.double().sum()), 3),
-        "split": str(data.info.get("split")),
-        "hidden_dims": list(data.config.hidden_dims),
-        "latent_dim": data.config.latent_dim,
-        "monitor_k": args.monitor_k,
-        "monitor_size": args.monitor_size,
-        "monitor_every": args.monitor_every,
-        "eval_samples": args.eval_samples,
-        "test_images": data.test_subset["size"],
-        "device": data.device.type,
-    }
+    flags = ("schedule", "lr", "adam_eps", "batch_size", "monitor_k", "monitor_size", "monitor_every", "eval_samples")
+    return dict(
+        {name: getattr(args, name) for name in flags},
+        run=key,
+        seed=seed,
+        num_train=len(data.train),
+        train_pixel_sum=round(float(data.train.double().sum()), 3),
+        split=str(data.info.get("split")),
+        hidden_dims=list(data.config.hidden_dims),
+        latent_dim=data.config.latent_dim,
+        test_images=data.test_subset["size"],
+        device=data.device.type,
+    )
 
 
 def check_checkpoints(args, data):
@@ -246,17 +242,14 @@ def check_checkpoints(args, data):
         if not os.path.exists(path):
             continue
         saved = load_checkpoint(path)
-        theirs = saved["fingerprint"].get("user") or {}
-        ours = fingerprint(key, seed, args, data)
+        theirs, ours = saved["fingerprint"].get("user") or {}, fingerprint(key, seed, args, data)
         lines = [
-            "{}: {!r} in the checkpoint, {!r} here".format(
-                name, theirs.get(name, "(absent)"), ours.get(name, "(absent)")
-            )
+            f"{name}: {theirs.get(name, '(absent)')!r} in the checkpoint, {ours.get(name, '(absent)')!r} here"
             for name in sorted(set(theirs) | set(ours))
             if theirs.get(name) != ours.get(name)
         ]
         if saved["epoch"] > args.epochs:
-            lines.append("epoch: the checkpoint is at epoch {}, past --epochs {}".format(saved["epoch"], args.epochs))
+            lines.append(f"epoch: the checkpoint is at epoch {saved['epoch']}, past --epochs {args.epochs}")
         if lines:
             problems.append("{}:\n    {}".format(path, "\n    ".join(lines)))
     if problems:
@@ -278,6 +271,10 @@ def load_networks(path, config):
     return networks["encoder"], networks["decoder"]
 
 
+# ----------------------------------------------------------------------------
+# one run and seed
+
+
 def train_run(key, seed, args, data):
     """Trains run ``key`` with ``seed`` through :func:`~pyro_vi.training.fit`
     (resuming from its checkpoint with ``--resume``), evaluating after the
@@ -285,26 +282,16 @@ def train_run(key, seed, args, data):
     and ``state["final"]``."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)  # the same initial weights in every process
-    decoder = Decoder(data.config, data.mean_pixel).to(data.device)
+    decoder = Decoder(data.config, data.train.mean(0)).to(data.device)
     encoder = Encoder(data.config).to(data.device)
     model_fn = functools.partial(model, decoder=decoder)
     guide_fn = functools.partial(guide, encoder=encoder)
     batches = BinarizedBatches(data.train, args.batch_size, seed + 1, device=data.device)
     optim, step_callback = make_optim(args, len(batches))
-    num_train = len(data.train)
-    state = {}
     rank, world_size = process()
     if world_size > 1:
         pyro.set_rng_seed(seed + PROCESS_SEED_STRIDE * rank)  # each process its own particles
-    # fit averages the processes' losses, each of its share of the batch: times
-    # the number of processes, the loss of the whole batch
-
-    def record_bounds():
-        for split in ("heldout", "train"):
-            with fixed_rng(MONITOR_SAMPLES_SEED):
-                iw, l1 = bounds(model_fn, guide_fn, data.monitor[split], args.monitor_k)
-            state[split + "_elbo"].append(l1.mean().item())
-            state[split + "_iwelbo"].append(iw.mean().item())
+    state = {}
 
     def after_epoch(epoch, losses):
         if epoch == 0:
@@ -313,33 +300,31 @@ def train_run(key, seed, args, data):
             start = time.perf_counter()
             state["epoch"].append(epoch)
             state["lr"].append(args.lr * lr_factor(args.schedule, epoch - 1) if epoch else None)
-            state["train_objective"].append(-world_size * float(losses.sum()) / num_train if epoch else None)
-            record_bounds()
+            # fit averages the processes' losses, each of its share of the batches:
+            # times their number, the loss of the whole batches
+            state["train_objective"].append(-world_size * float(losses.sum()) / len(data.train) if epoch else None)
+            for split in ("heldout", "train"):
+                with fixed_rng(MONITOR_SAMPLES_SEED):
+                    iw, l1 = bounds(model_fn, guide_fn, data.monitor[split], args.monitor_k)
+                state[split + "_elbo"].append(l1.mean().item())
+                state[split + "_iwelbo"].append(iw.mean().item())
             state["monitor_seconds"] += time.perf_counter() - start
             if epoch:
                 print(
-                    "{:<12} seed {} epoch {:>4}: objective {:9.3f}  held-out L_1 {:9.3f}  L_{} {:9.3f}".format(
-                        key,
-                        seed,
-                        epoch,
-                        state["train_objective"][-1],
-                        state["heldout_elbo"][-1],
-                        args.monitor_k,
-                        state["heldout_iwelbo"][-1],
-                    ),
+                    f"{key:<12} seed {seed} epoch {epoch:>4}: objective {state['train_objective'][-1]:9.3f}  held-out "
+                    f"L_1 {state['heldout_elbo'][-1]:9.3f}  L_{args.monitor_k} {state['heldout_iwelbo'][-1]:9.3f}",
                     flush=True,
                 )
         if epoch == args.epochs:  # every process, each its share of the images
             state["final"] = evaluate(encoder, model_fn, guide_fn, data.test_eval, data.test, args.eval_samples)
 
     path = checkpoint_path(args.out, key, seed)
-    resume = "allow_fresh" if args.resume else False
     if args.resume and os.path.exists(path):
         print(f"{key:<12} seed {seed}: continuing from {path}", flush=True)
     result = fit(
         model_fn,
         guide_fn,
-        REGISTRY[key].make(),
+        RUNS[key].make(),
         optim,
         data=batches,
         epochs=args.epochs,
@@ -349,7 +334,7 @@ def train_run(key, seed, args, data):
         fingerprint=fingerprint(key, seed, args, data),
         checkpoint=path,
         checkpoint_every=args.checkpoint_every,
-        resume=resume,
+        resume="allow_fresh" if args.resume else False,
         overwrite=args.overwrite,
         progress=False,
     )
@@ -360,9 +345,8 @@ def train_run(key, seed, args, data):
 
 def seed_record(state, result, steps_per_epoch):
     """One run and seed as it goes into results.json."""
-    final = {k: v for k, v in state["final"].items() if k != "log_px"}
     return dict(
-        final,
+        {k: v for k, v in state["final"].items() if k != "log_px"},
         epochs=int(result.epochs),
         seconds_per_epoch=result.seconds_per_step * steps_per_epoch,
         train_seconds=result.seconds_per_step * result.num_steps,
@@ -371,10 +355,14 @@ def seed_record(state, result, steps_per_epoch):
     )
 
 
+# ----------------------------------------------------------------------------
+# the study
+
+
 def start_processes(device):
     """Joins the ``torchrun`` job this process belongs to, if any (gloo on the
     CPU, nccl on CUDA), and silences all but the first process. Training then
-    averages gradients over the processes (:mod:`pyro_vi.distributed`), and
+    averages gradients over the processes (:mod:`pyro_vi.distributed`) and
     the evaluations share out the images (:func:`~experiments.vae_mnist.evaluate.bounds`)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
@@ -388,20 +376,22 @@ def results_of(args, data, records, log_px, status):
     for key in args.runs:
         seeds = {str(s): records[key, s] for s in args.seeds if (key, s) in records}
         if seeds:
-            runs[key] = {
-                "label": RUNS[key].label,
-                "objective": RUNS[key].objective,
-                "seeds": seeds,
-                "summary": summarize(seeds),
-            }
+            runs[key] = dict(
+                label=RUNS[key].label, objective=RUNS[key].objective, seeds=seeds, summary=summarize(seeds)
+            )
+    config = data.config
+    note = (
+        "Burda et al. 2015 table 1: L_5000 on the 10,000 standard test images after 3,280 epochs (batch 20, Adam "
+        f"eps 1e-4); this study: {args.schedule} schedule, {args.epochs} epochs"
+    )
     return {
         "status": status,
         "gpu": torch.cuda.get_device_name(data.device) if data.device.type == "cuda" else None,
         "data": dict(data.info, test_subset=data.test_subset),
         "config": {
-            "data_dim": data.config.data_dim,
-            "hidden_dims": list(data.config.hidden_dims),
-            "latent_dim": data.config.latent_dim,
+            "data_dim": config.data_dim,
+            "hidden_dims": list(config.hidden_dims),
+            "latent_dim": config.latent_dim,
         },
         "evaluation": {
             "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
@@ -412,11 +402,7 @@ def results_of(args, data, records, log_px, status):
         "runs": runs,
         "comparisons": compare({k: {s: v for (kk, s), v in log_px.items() if kk == k} for k in runs}),
         "figures_seed": args.seeds[0],
-        "references": {
-            "burda_test_nll_3280_epochs": BURDA_TEST_NLL,
-            "note": "Burda et al. 2015 table 1: L_5000 on the 10,000 standard test images after 3,280 "
-            f"epochs (batch 20, Adam eps 1e-4); this study: {args.schedule} schedule, {args.epochs} epochs",
-        },
+        "references": {"burda_test_nll_3280_epochs": BURDA_TEST_NLL, "note": note},
         "compute_seconds": sum(r["train_seconds"] + r["monitor_seconds"] + r["eval_seconds"] for r in records.values()),
     }
 
@@ -427,64 +413,33 @@ def run(args):
     start = time.perf_counter()
     start_processes(args.device)
     data = prepare(args)
+    subset = data.test_subset
     print(
-        "MNIST from {}\n  {}\n  training on {:,} images (dynamic binarization per batch); test L_{} on {}".format(
-            data.info["source"],
-            data.info["split"],
-            len(data.train),
-            args.eval_samples,
-            data.test_subset["how"] + " of the {:,} test images".format(data.test_subset["of"]),
-        ),
+        f"MNIST from {data.info['source']}\n  {data.info['split']}\n  training on {len(data.train):,} images "
+        f"(dynamic binarization per batch); test L_{args.eval_samples} on {subset['how']} of the {subset['of']:,} "
+        f"test images\n{args.schedule} schedule: {args.epochs} epochs, Adam(lr={args.lr:g}, eps={args.adam_eps:g}), "
+        f"batch {args.batch_size}; runs {', '.join(args.runs)}; seeds {' '.join(map(str, args.seeds))}; "
+        f"{torch.get_num_threads()} torch thread(s), device {args.device}, {process()[1]} process(es)",
         flush=True,
     )
     if not data.info["standard_split"]:
         print("NOTE: the FALLBACK split ran, not the standard 60,000/10,000 one", flush=True)
-    print(
-        "{} schedule: {} epochs, Adam(lr={:g}, eps={:g}), batch {}; runs {}; seeds {}; {} torch thread(s), "
-        "device {}, {} process(es)".format(
-            args.schedule,
-            args.epochs,
-            args.lr,
-            args.adam_eps,
-            args.batch_size,
-            ", ".join(args.runs),
-            " ".join(map(str, args.seeds)),
-            torch.get_num_threads(),
-            args.device,
-            process()[1],
-        ),
-        flush=True,
-    )
     os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
     if args.resume:
         check_checkpoints(args, data)
-    steps_per_epoch = math.ceil(len(data.train) / args.batch_size)
-    records, log_px = {}, {}
-    plan = planned(args)
+    records, log_px, plan = {}, {}, planned(args)
     for seed, key in plan:
         state, result = train_run(key, seed, args, data)
-        records[key, seed] = seed_record(state, result, steps_per_epoch)
+        r = records[key, seed] = seed_record(state, result, math.ceil(len(data.train) / args.batch_size))
         log_px[key, seed] = state["final"]["log_px"]
-        r = records[key, seed]
         print(
-            "{:<12} seed {}: test L_{} = {:.3f} +- {:.3f}, test ELBO = {:.3f}, active units {}/{}, "
-            "{:.1f} s/epoch, eval {:.0f} s".format(
-                key,
-                seed,
-                args.eval_samples,
-                r["test_log_likelihood"],
-                r["test_log_likelihood_se"] or 0.0,
-                r["test_elbo"],
-                r["active_units"],
-                data.config.latent_dim,
-                r["seconds_per_epoch"],
-                r["eval_seconds"],
-            ),
+            f"{key:<12} seed {seed}: test L_{args.eval_samples} = {r['test_log_likelihood']:.3f} +- "
+            f"{r['test_log_likelihood_se'] or 0.0:.3f}, test ELBO = {r['test_elbo']:.3f}, active units "
+            f"{r['active_units']}/{data.config.latent_dim}, {r['seconds_per_epoch']:.1f} s/epoch, eval "
+            f"{r['eval_seconds']:.0f} s",
             flush=True,
         )
         status = "complete" if len(records) == len(plan) else f"partial: {len(records)} of {len(plan)} runs x seeds"
         results = results_of(args, data, records, log_px, status)
         finish("vae_mnist", args, results, start, report=False)
-    if not data.info["standard_split"]:
-        print("NOTE: " + data.info["split"])
     return results
