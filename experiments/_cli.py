@@ -1,13 +1,14 @@
-"""The command line every experiment shares.
+"""The command line every study shares.
 
-A script builds its parser with :func:`parser`, adds its own flags with the
-validated ``type=`` functions below, and finishes with :func:`parse`::
+A study builds its parser with :func:`parser` and adds its own flags with the
+validated ``type=`` functions below; :meth:`experiments._study.Study.parse`
+finishes with :func:`parse`::
 
-    def parse_args(argv=None):
-        parser = _cli.parser(__doc__, "results/study")
+    def parser():
+        parser = _cli.parser(__doc__, "results/study", seeds=(0, 1, 2), plot_only=True, data_seed=True)
         _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999)
         parser.add_argument("--num-data", type=_cli.positive_int, default=100)
-        return _cli.parse(parser, argv)
+        return parser
 
 Common flags (added by :func:`parser`):
 

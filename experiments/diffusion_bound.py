@@ -91,15 +91,6 @@ def summarize(per_chain):
     }
 
 
-def estimates(data, chain, betas, process):
-    """Per-chain terms of both forms, (chains, points, T + 1), and the exact terms (points, T + 1)."""
-    return (
-        direct_bound_terms(data, chain, betas, process),
-        decomposed_bound_terms(data, chain, betas, process),
-        exact_bound_terms(data, betas, process),
-    )
-
-
 def summarize_terms(terms):
     """Per-term mean and standard error of a (chains, points, T + 1) tensor."""
     num_chains, num_points = terms.shape[:2]
@@ -134,28 +125,17 @@ def evaluate(data, process, direct_terms, decomposed_terms, exact):
     }
 
 
-SCALARS = {
-    "direct": ("direct", "mean"),
-    "direct_variance": ("direct", "variance"),
-    "decomposed": ("decomposed", "mean"),
-    "decomposed_variance": ("decomposed", "variance"),
-    "paired_difference": ("paired_difference", "mean"),
-    "variance_ratio_direct_over_decomposed": ("variance_ratio_direct_over_decomposed",),
-    "decomposed_independent_terms_variance": ("decomposed_independent_terms_variance",),
-}
-
-
 def scalars(result):
     """The per-seed numbers of one model's :func:`evaluate` result."""
-    out = {}
-    for key, path in SCALARS.items():
-        value = result
-        for part in path:
-            value = value[part]
-        out[key] = value
-    out["direct_standard_error"] = result["direct"]["standard_error"]
-    out["decomposed_standard_error"] = result["decomposed"]["standard_error"]
-    return out
+    forms = ("direct", "decomposed")
+    ratio, fresh = "variance_ratio_direct_over_decomposed", "decomposed_independent_terms_variance"
+    return dict(
+        {form: result[form]["mean"] for form in forms},
+        **{f"{form}_variance": result[form]["variance"] for form in forms},
+        paired_difference=result["paired_difference"]["mean"],
+        **{ratio: result[ratio], fresh: result[fresh]},
+        **{f"{form}_standard_error": result[form]["standard_error"] for form in forms},
+    )
 
 
 def plot_terms(r, path, title):
@@ -290,7 +270,11 @@ def run(args):
     for seed in args.seeds:
         chain = sample_forward_chain(data, betas, args.samples, torch.Generator().manual_seed(seed + 1))
         for name, process in models.items():
-            terms = estimates(data, chain, betas, process)
+            terms = (
+                direct_bound_terms(data, chain, betas, process),
+                decomposed_bound_terms(data, chain, betas, process),
+                exact_bound_terms(data, betas, process),
+            )
             result = evaluate(data, process, *terms)
             per_seed[name].append(scalars(result))
             if seed == args.seeds[0]:
