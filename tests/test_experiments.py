@@ -352,3 +352,13 @@ def test_seed_aggregation():
     assert spread([4.0])["std"] is None and fmt(spread([4.0]), ".1f") == "4.0"
     never = spread([3.0, None, 5.0])
     assert (never["mean"], never["missing"]) == (4.0, 1) and "(1 of 3 never)" in fmt(never)
+
+
+def test_curves_are_thinned_for_the_figures():
+    from experiments._results import thin
+
+    curves = thin({"a": [list(range(1, 1001)), list(range(2, 1002))], "b": [[5.0, 6.0]]}, points=40)
+    steps = curves["a"]["step"]
+    assert steps[0] == 1 and steps[-1] == 1000 and len(steps) <= 40 and steps == sorted(set(steps))
+    assert curves["a"]["values"] == [[float(s) for s in steps], [float(s + 1) for s in steps]]
+    assert curves["b"] == {"step": [1, 2], "values": [[5.0, 6.0]]}
