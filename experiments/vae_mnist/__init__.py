@@ -33,50 +33,36 @@ through :func:`pyro_vi.training.fit` (batches from an iterable, per-step
 callback for the learning-rate schedule, per-epoch callback for the
 evaluations, checkpoints).
 
-**Evaluation.** At epoch 0 (untrained) and after every ``--monitor-every``-th
-epoch, the ELBO L_1 and the IWELBO L_K (K = ``--monitor-k``, 50) on a fixed
-held-out batch (the first ``--monitor-size`` test images) and a fixed training
-batch, with the same importance samples for every run, seed and epoch. After
-the last epoch, on the test set: log p(x) ~ L_S with S = ``--eval-samples``
-(5000) importance samples (log-sum-exp over chunks, bounded memory), the test
-ELBO (the mean log-weight over the same samples), each with its standard error
-over the test images, and the active units (Burda et al.: Cov_x(E_q[z_u | x]) >
-1e-2, over the whole test set). L_S is computed on ``--test-images`` images
-(default 1000, for the CPU budget): a fixed random subset of the test set
-(``torch.randperm`` seeded with :data:`TEST_SUBSET_SEED`, the same for every run
-and seed; random rather than the first N, whose digits are easier), or ``all``
-(``--full-test``); its standard error over the images is reported beside it.
+**Evaluation.** At epoch 0 (untrained) and every ``--monitor-every``-th
+epoch, the ELBO L_1 and the IWELBO L_K (K = ``--monitor-k``) on fixed held-out
+and training batches, with the same importance samples for every run, seed
+and epoch. After the last epoch: log p(x) ~ L_S (S = ``--eval-samples``,
+log-sum-exp over chunks, bounded memory) and the test ELBO (the mean
+log-weight of the same samples), each with its standard error over the
+images, on ``--test-images`` images (default 1000, for the CPU budget; a fixed
+random subset, ``torch.randperm`` seeded with ``TEST_SUBSET_SEED``, or
+``all``), and Burda et al.'s active units (Cov_x(E_q[z_u | x]) > 1e-2, over the
+whole test set).
 
 **Seeds.** ``--seeds`` (default 0 1 2): every run for every seed, seed-major,
-except the runs of ``--one-seed-runs``, trained with the first seed only (on a
-CPU the k=50 runs cost ten times the others). The table gives mean +- sd over
-seeds, and ``results.json`` says for the papers' comparisons (IWAE k=50 > k=5 >
-VAE, STL >= VAE, DReG >= IWAE k=50), paired by seed and test image, whether the
-difference is resolved or within the seed spread.
+except the runs of ``--one-seed-runs`` (first seed only: on a CPU the k=50 runs
+cost ten times the others). ``results.json`` says for the papers' comparisons
+(IWAE k=50 > k=5 > VAE, STL >= VAE, DReG >= IWAE k=50), paired by seed and test
+image, whether the difference is resolved or within the seed spread.
 
-Writes to ``--out`` (created, and checked writable, before any work):
-
-- ``results.json``: per run and seed the final numbers and the per-epoch
-  history, summaries over seeds, comparisons, the command, threads, machine
-  and data split (rewritten after every run and seed, so a killed study keeps
-  what it finished);
-- ``elbo_iwelbo.png``: L_1 and L_K per epoch, held-out and training batch,
-  mean over seeds with a min-max band;
-- ``test_loglik.png``: test L_S and test ELBO per run, every seed and the mean
-  +- sd, with Burda et al.'s numbers where comparable;
-- ``reconstructions.png``, ``samples.png``: from the final weights of the first
-  seed, read from the checkpoints;
-- ``checkpoints/<run>-seed<seed>.pt``: :func:`~pyro_vi.training.fit`'s
-  checkpoints (plain data, read with ``weights_only=True``). A killed study
-  continues with ``--resume`` and ends with the numbers of an uninterrupted
-  one; ``--resume`` refuses a checkpoint of another configuration, naming the
-  differences, before any training. Without ``--resume`` existing checkpoints
-  are refused unless ``--overwrite``.
-
-``--plot-only`` redraws the figures from ``results.json`` (and the
-checkpoints, for the images) without training. Seconds per epoch are fit's
-step times (loss, gradients, optimizer), without the batches' binarization,
-the monitoring and the checkpoint writes, with ``--threads`` torch threads.
+Writes to ``--out``: ``results.json`` (per run and seed the final numbers and
+the per-epoch history, summaries over seeds, comparisons, the run record;
+rewritten after every run and seed, so a killed study keeps what it
+finished), ``elbo_iwelbo.png`` (L_1 and L_K per epoch), ``test_loglik.png``
+(test L_S and ELBO per run, with Burda et al.'s numbers where comparable),
+``reconstructions.png`` and ``samples.png`` (first seed), and
+``checkpoints/<run>-seed<seed>.pt`` (:func:`~pyro_vi.training.fit`'s, plain
+data). ``--resume`` continues a killed study to the numbers of an
+uninterrupted one and refuses, before any training, a checkpoint of another
+configuration, naming the differences; without it existing checkpoints are
+refused unless ``--overwrite``. ``--plot-only`` redraws the figures from
+``results.json`` (and the checkpoints). Seconds per epoch are fit's step
+times (loss, gradients, optimizer step), with ``--threads`` torch threads.
 
 **Processes.** Under ``torchrun --nproc_per_node=N -m experiments.vae_mnist
 ...`` the N processes (gloo on the CPU, nccl with ``--device cuda``) start
