@@ -10,7 +10,7 @@ import sys
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
-sys.path.insert(0, ROOT)  # pyro_vi, and experiments/ + tests/ for the compatibility table
+sys.path.insert(0, ROOT)  # this checkout's pyro_vi
 sys.path.insert(0, os.path.join(DOCS, "_ext"))
 
 project = "pyro_vi"

@@ -1,13 +1,14 @@
-"""The command line every experiment shares.
+"""The command line every study shares.
 
-A script builds its parser with :func:`parser`, adds its own flags with the
-validated ``type=`` functions below, and finishes with :func:`parse`::
+A study builds its parser with :func:`parser` and adds its own flags with the
+validated ``type=`` functions below; :meth:`experiments._study.Study.parse`
+finishes with :func:`parse`::
 
-    def parse_args(argv=None):
-        parser = _cli.parser(__doc__, out="results/study")
+    def parser():
+        parser = _cli.parser(__doc__, "results/study", seeds=(0, 1, 2), plot_only=True, data_seed=True)
         _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999)
         parser.add_argument("--num-data", type=_cli.positive_int, default=100)
-        return _cli.parse(parser, argv)
+        return parser
 
 Common flags (added by :func:`parser`):
 
@@ -121,13 +122,28 @@ def existing_file(text):
 # the parser
 
 
-def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_help=None, plot_only=False):
+def parser(
+    doc,
+    out,
+    device=False,
+    multi_seed=False,
+    default_seeds=(0,),
+    seeds_help=None,
+    plot_only=False,
+    *,
+    seeds=None,
+    data_seed=False,
+):
     """An ``ArgumentParser`` described by the first line of ``doc``, with the
     common flags. ``out=None`` makes ``--out`` optional (no files written
     unless it is given). A ``multi_seed`` study runs ``default_seeds`` when
-    neither ``--seed`` nor ``--seeds`` is given; ``seeds_help`` says what a
-    seed changes in it (and, when the default is one seed, why).
-    ``plot_only`` adds ``--plot-only`` (see :class:`experiments._study.Study`)."""
+    neither ``--seed`` nor ``--seeds`` is given (``seeds=S`` is short for
+    both); ``seeds_help`` says what a seed changes in it (and, when the
+    default is one seed, why). ``plot_only`` adds ``--plot-only`` (see
+    :class:`experiments._study.Study`), ``data_seed`` the seed of the
+    study's data set, ``--data-seed``."""
+    if seeds is not None:
+        multi_seed, default_seeds = True, seeds
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument(
         "--out",
@@ -149,6 +165,8 @@ def parser(doc, out, device=False, multi_seed=False, default_seeds=(0,), seeds_h
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     if plot_only:
         p.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/results.json; run nothing")
+    if data_seed:
+        p.add_argument("--data-seed", type=seed, default=0, help="seed of the data set (default 0)")
     p.set_defaults(_multi_seed=multi_seed, _default_seeds=default_seeds if multi_seed else default_seeds[:1])
     return p
 

@@ -1,5 +1,7 @@
 """What the mixture studies (``gmm_cavi``, ``earthquake``) share: SVI runs
-tracked by the closed-form mean-field ELBO, and the CAVI-against-SVI figure."""
+tracked by the closed-form mean-field ELBO, the CAVI-against-SVI figure, and
+the README block of both (rendered by ``gmm_cavi``, which reads
+``earthquake``'s results)."""
 
 import operator
 
@@ -13,7 +15,8 @@ from pyro.poutine.messenger import Messenger
 
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._results import finish, fmt, indistinguishable, spreads
+from experiments._markdown import pm, run_line, spread_sentence, table
+from experiments._results import fmt, indistinguishable, spreads, thin
 from models.gmm import check_weights
 from pyro_vi import RaoBlackwellELBO, ReinforceLeaveOneOutELBO
 from pyro_vi.inference_data import to_inference_data
@@ -110,8 +113,9 @@ def run_cavi(cavi, *args, **kwargs):
     return fit_cavi
 
 
-def write_results(study, args, fit_cavi, cavi_means, rows, summaries, start):
-    """Prints the SVI gaps (mean ± std over seeds) and writes ``results.json``."""
+def svi_results(fit_cavi, cavi_means, histories, rows, summaries):
+    """The results both studies share: CAVI's optimum and history, the SVI
+    gaps (mean ± std over seeds) and curves; prints the gaps."""
     history = fit_cavi.elbo_history
     svi = {}
     for name, seed_rows in rows.items():
@@ -121,9 +125,8 @@ def write_results(study, args, fit_cavi, cavi_means, rows, summaries, start):
             spreads(seed_rows, ["final_elbo", "gap_to_cavi", "seconds_per_step"]),
             arviz_summary_first_seed=summaries[name].to_dict(orient="index"),
         )
-    close = indistinguishable({name: row["gap_to_cavi"] for name, row in svi.items()})
-    results = {
-        "args": vars(args),
+        print("{:<48} gap to CAVI {}".format(name, fmt(svi[name]["gap_to_cavi"])))
+    return {
         "cavi": dict(
             elbo=fit_cavi.elbo,
             elbo_history=history,
@@ -132,35 +135,38 @@ def write_results(study, args, fit_cavi, cavi_means, rows, summaries, start):
             **cavi_means,
         ),
         "svi": svi,
-        "within_seed_spread": {"gap_to_cavi": close},
+        "within_seed_spread": {
+            "gap_to_cavi": indistinguishable({name: row["gap_to_cavi"] for name, row in svi.items()})
+        },
         "per_seed": rows,
+        "histories": thin(histories),
     }
-    for name, row in svi.items():
-        print(
-            "{:<32} final ELBO {}, gap to CAVI {}, {} ms/step".format(
-                name,
-                fmt(row["final_elbo"]),
-                fmt(row["gap_to_cavi"]),
-                fmt(
-                    {
-                        **row["seconds_per_step"],
-                        "mean": 1e3 * row["seconds_per_step"]["mean"],
-                        "std": None if row["seconds_per_step"]["std"] is None else 1e3 * row["seconds_per_step"]["std"],
-                    },
-                    ".1f",
-                ),
-            )
+
+
+def readme_block(gmm, earthquake):
+    """The block ``mixtures``: both studies' gaps to CAVI, one row each."""
+    rows = []
+    for label, results in (
+        ("GMM with unknown precisions (1.D.4)", gmm),
+        ("Earthquakes (2-D locations, Poisson counts)", earthquake),
+    ):
+        rows.append(
+            [label, "{:.3f}".format(results["cavi"]["elbo"]), str(results["cavi"]["num_iters"])]
+            + [pm(row["gap_to_cavi"]) for row in results["svi"].values()]
         )
-    for a, b in close:
-        print(f"gap to CAVI: {a} and {b} differ by less than their seed spread")
-    return finish(study, args, results, start)
+    header = ["model (N = {}, K = {})".format(gmm["args"]["num_data"], len(gmm["args"]["pi"])), "CAVI optimum"]
+    lines = [table(header + ["CAVI sweeps"] + [f"{n} gap" for n in gmm["svi"]], rows)]
+    for label, results in (("GMM", gmm), ("Earthquakes", earthquake)):
+        lines.append(f"{label}: " + spread_sentence(results["within_seed_spread"]["gap_to_cavi"], "the gap to CAVI"))
+    return "\n".join(lines + [run_line(gmm), run_line(earthquake)])
 
 
 def plot_cavi_and_svi(cavi_history, histories, path, title):
     """Left: CAVI's distance to its final ELBO per sweep (log scale: each
     sweep's gain stays visible when the first is thousands of nats); right:
-    the SVI runs (mean and band over seeds) against the CAVI optimum."""
-    num_seeds = len(next(iter(histories.values())))
+    the SVI runs (thinned curves: mean and band over seeds) against the CAVI
+    optimum."""
+    num_seeds = len(next(iter(histories.values()))["values"])
     history = np.asarray(cavi_history, float)
     drops = np.diff(history)
     fig, (cavi_ax, svi_ax) = plt.subplots(1, 2, figsize=(13, 5))
@@ -185,14 +191,14 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     optimum = cavi_history[-1]
     lows = [optimum - 50]
     styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]
-    for i, (name, runs) in enumerate(histories.items()):
-        runs = np.asarray(runs)
+    for i, (name, curve) in enumerate(histories.items()):
+        runs = np.asarray(curve["values"])
         # each run narrower than the one before: where two nearly coincide,
         # the later is drawn inside the earlier and both show
         width = max(3.2 - 0.5 * i, 1.0)
         seed_band(
             svi_ax,
-            np.arange(1, runs.shape[1] + 1),
+            curve["step"],
             runs,
             label=name,
             lw=width,
@@ -214,11 +220,12 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     save_figure(fig, path)
 
 
-SEEDS_HELP = "a seed sets the SVI runs' particles; the data (--data-seed) and CAVI's start are fixed"
+SEEDS = "a seed sets the SVI runs' particles; the data (--data-seed) and CAVI's start are fixed"
 
 
-def add_arguments(parser):
-    """The flags both mixture studies share."""
+def parser(doc, out):
+    """The parser with the flags both mixture studies share."""
+    parser = _cli.parser(doc, out, seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True)
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=500, help="CAVI sweeps at most")
@@ -229,10 +236,10 @@ def add_arguments(parser):
         help="draws of each final q for its ArviZ summary (first seed)",
     )
     parser.add_argument("--num-data", type=_cli.positive_int, default=300)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     parser.add_argument(
         "--pi", type=_cli.positive_real, nargs="+", default=[0.3, 0.4, 0.3], help="mixing weights (summing to one)"
     )
+    return parser
 
 
 def check_weights_argument(args):

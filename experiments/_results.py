@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -69,6 +70,7 @@ def fmt(stat, spec=".3f"):
 
 def machine():
     """Where the study ran: CPU model, cores, torch threads, versions."""
+    import pyro
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -86,6 +88,8 @@ def machine():
         "gpu": torch.cuda.is_available(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "platform": platform.platform(terse=True),
     }
 
 
@@ -98,21 +102,30 @@ def _load_average():
         return None
 
 
-def command(study):
-    """The command line that ran ``study`` (``python -m experiments.STUDY`` and
-    its flags)."""
-    return " ".join(["python -m experiments." + study] + sys.argv[1:])
+def command(study, argv=None):
+    """The command line that ran ``study``: ``python -m experiments.STUDY``
+    and its flags (``argv``, default ``sys.argv[1:]``), or under ``torchrun``
+    the launch with its process count (from torchrun's environment)."""
+    launch = ["python", "-m", "experiments." + study]
+    local, world = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        nodes = [] if world == local else [f"--nnodes={world // local}"]
+        launch = ["torchrun", f"--nproc_per_node={local}"] + nodes + ["-m", "experiments." + study]
+    return " ".join(launch + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
 
 
-def finish(study, args, results, start):
-    """Adds the run record (command, seeds, machine, wall time since
-    ``start``, a ``time.perf_counter()``, the process's CPU time and the load
-    average) to ``results``, writes it to ``args.out/results.json`` and
-    returns it."""
-    record = {
+def record(study, args, start):
+    """The run record: command (its flags ``args._argv`` where
+    :meth:`experiments._study.Study.main` was given them), seeds, processes,
+    machine, wall time since ``start`` (a ``time.perf_counter()``), the
+    process's CPU time and the load average."""
+    from pyro_vi.training.distributed import process
+
+    return {
         "study": study,
-        "command": command(study),
+        "command": command(study, getattr(args, "_argv", None)),
         "seeds": list(args.seeds),
+        "processes": process()[1],
         "wall_seconds": time.perf_counter() - start,
         # CPU time of the whole process (imports included): on a shared
         # machine it varies far less between runs than the wall time
@@ -120,18 +133,50 @@ def finish(study, args, results, start):
         "load_average": _load_average(),
         "machine": machine(),
     }
-    results = dict(run=record, **results)
-    results.setdefault("args", {k: v for k, v in vars(args).items()})
-    if args.out:
-        with open(os.path.join(args.out, "results.json"), "w") as f:
+
+
+def finish(study, args, results, start, report=True):
+    """Adds the run record (:func:`record`) and ``args`` to ``results``,
+    writes it to ``args.out/results.json`` (the first process of a
+    ``torchrun`` job) and returns it; ``report`` prints a line."""
+    from pyro_vi.training.distributed import process
+
+    results = dict(run=record(study, args, start), **results)
+    results.setdefault("args", {k: v for k, v in vars(args).items() if not k.startswith("_")})
+    if args.out and process()[0] == 0:
+        path = os.path.join(args.out, "results.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(_clean(results), f, indent=1, allow_nan=False)
             f.write("\n")
-    print(
-        "{}: {} seed(s), {:.0f} s wall, {:.0f} s CPU, {} torch thread(s)".format(
-            study, len(args.seeds), record["wall_seconds"], record["cpu_seconds"], record["machine"]["torch_threads"]
+        os.replace(path + ".tmp", path)
+    if report:
+        run = results["run"]
+        print(
+            "{}: {} seed(s), {} process(es), {:.0f} s wall, {:.0f} s CPU, {} torch thread(s)".format(
+                study,
+                len(args.seeds),
+                run["processes"],
+                run["wall_seconds"],
+                run["cpu_seconds"],
+                run["machine"]["torch_threads"],
+            )
         )
-    )
     return results
+
+
+def thin(curves, points=400):
+    """Curves over steps, thinned for the figures: ``curves`` is ``name ->
+    [one curve per seed]`` over steps 1, 2, ...; returns ``name -> {"step":
+    [...], "values": [per seed, at those steps]}`` at about ``points``
+    steps, evenly spaced on a linear and on a log axis (the first and last
+    step kept)."""
+    thinned = {}
+    for name, runs in curves.items():
+        length, half = len(runs[0]), max(2, points // 2)
+        steps = np.unique(np.r_[np.linspace(1, length, half), np.geomspace(1, length, half)].round().astype(int))
+        values = [np.asarray(c, float)[steps - 1].tolist() for c in runs]
+        thinned[name] = {"step": steps.tolist(), "values": values}
+    return thinned
 
 
 def _clean(value):
@@ -150,4 +195,6 @@ def _clean(value):
         return float(format(value, ".10g")) if math.isfinite(value) else None
     if isinstance(value, np.integer):
         return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
     return value

@@ -24,7 +24,6 @@ variance at the start and at the CAVI optimum; and writes
 
 import functools
 import os
-import time
 
 import arviz as az
 import numpy as np
@@ -33,13 +32,12 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import ClippedAdam
 
-if not __package__:  # run as ``python experiments/bbvi_normal_gamma.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._results import finish, fmt, indistinguishable, spreads
-from guides.normal_gamma import DEFAULT_INIT, cavi, mean_field_guide, params_from_store  # noqa: E402
+from experiments._markdown import pm, run_line, spread_sentence, table, times
+from experiments._results import indistinguishable, spreads, thin
+from experiments._study import Study
+from guides.normal_gamma import DEFAULT_INIT, cavi, mean_field_guide, params_from_store
 from guides.normal_gamma import elbo as closed_form_elbo
 from models.normal_gamma import (
     COURSE_PRIOR,
@@ -143,37 +141,38 @@ def run_estimator(name, estimator, data, args, seed, optimum, summarize):
 def plot_elbo(histories, styles, optimum, log_px, path):
     """Top: the ELBO of q_t; bottom: KL(q_t || posterior) = log p(X) - ELBO
     on a log scale, where the CAVI optimum (0.005 nats below log p(X)) is a
-    line of its own."""
-    num_seeds = len(next(iter(histories.values()))["elbo"])
+    line of its own. ``histories``: key -> name -> thinned curves."""
+    histories = histories["elbo"]
+    num_seeds = len(next(iter(histories.values()))["values"])
     fig, (ax, kl_ax) = plt.subplots(2, 1, figsize=(11, 8.5))
-    for name, tracked in histories.items():
-        elbo = np.asarray(tracked["elbo"])
-        steps = np.arange(1, elbo.shape[1] + 1)
+    for name, curve in histories.items():
+        elbo, steps = np.asarray(curve["values"]), np.asarray(curve["step"])
         seed_band(ax, steps, elbo, label=name, lw=1.2, **styles[name])
         seed_band(kl_ax, steps, np.maximum(log_px - elbo, 1e-6), label=name, lw=1.2, **styles[name])
     ax.axhline(
-        optimum.elbo,
+        optimum,
         color="k",
         ls=":",
         lw=1.2,
         zorder=1,
-        label=f"CAVI optimum {optimum.elbo:.4f} and exact log p(X) {log_px:.4f}\n(0.005 nats apart: one line at this "
+        label=f"CAVI optimum {optimum:.4f} and exact log p(X) {log_px:.4f}\n(0.005 nats apart: one line at this "
         "scale; see lower panel)",
     )
     # from the lowest final ELBO (every run's end is in view) to log p(X)
-    lowest = min(np.asarray(tracked["elbo"])[:, -steps.size // 3 :].min() for tracked in histories.values())
+    last = steps > 2 * steps[-1] // 3
+    lowest = min(np.asarray(curve["values"])[:, last].min() for curve in histories.values())
     ax.set_ylim(lowest - 3, log_px + 3)
     ax.set_xlabel("iteration")
     ax.set_ylabel("ELBO of q_t (closed form, nats)")
     ax.set_title(f"Normal-NormalGamma: ELBO over iterations ({band_note(num_seeds)})")
     legend_outside(ax)
     kl_ax.axhline(
-        log_px - optimum.elbo,
+        log_px - optimum,
         color="k",
         ls=":",
         lw=1.2,
         zorder=1,
-        label=f"CAVI optimum: KL(q* || p) = {log_px - optimum.elbo:.4f}\n(the best of the mean-field family)",
+        label=f"CAVI optimum: KL(q* || p) = {log_px - optimum:.4f}\n(the best of the mean-field family)",
     )
     kl_ax.set_yscale("log")
     kl_ax.set_xlabel("iteration")
@@ -183,19 +182,18 @@ def plot_elbo(histories, styles, optimum, log_px, path):
     save_figure(fig, path)
 
 
-def plot_means(histories, styles, optimum, exact, path, zoom=0.04, converged=1.0):
+def plot_means(histories, styles, optimum, cavi_means, exact, path, zoom=0.04, converged=1.0):
     """Top: E_q[mu], E_q[tau] over iterations; bottom: the runs that end
     within ``converged`` nats of the CAVI optimum, over the last third,
     zoomed to the exact posterior mean +- ``zoom`` (relative), drawn over the
     reference lines."""
-    num_seeds = len(next(iter(histories.values()))["elbo"])
-    steps = len(next(iter(histories.values()))["elbo"][0])
+    num_seeds = len(next(iter(histories["elbo"].values()))["values"])
+    steps = next(iter(histories["elbo"].values()))["step"][-1]
     close = [
         name
-        for name, tracked in histories.items()
-        if optimum.elbo - np.mean(np.asarray(tracked["elbo"])[:, -1]) < converged
+        for name, curve in histories["elbo"].items()
+        if optimum - np.mean(np.asarray(curve["values"])[:, -1]) < converged
     ]
-    cavi_means = optimum.params.means
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     for column, (key, label) in enumerate((("mu", "E_q[mu]"), ("tau", "E_q[tau]"))):
         equal = abs(cavi_means[key] - exact[key]) < 1e-6 * abs(exact[key])
@@ -216,11 +214,10 @@ def plot_means(histories, styles, optimum, exact, path, zoom=0.04, converged=1.0
                 zorder=4,
                 label="CAVI {:.4f} (dashed){}".format(cavi_means[key], ", equal to the exact mean" if equal else ""),
             )
-            for name, tracked in histories.items():
+            for name, curve in histories[f"E[{key}]"].items():
                 if row == 1 and name not in close:
                     continue
-                values = np.asarray(tracked[f"E[{key}]"])
-                seed_band(ax, np.arange(1, steps + 1), values, label=name, lw=1, zorder=3, **styles[name])
+                seed_band(ax, curve["step"], curve["values"], label=name, lw=1, zorder=3, **styles[name])
             ax.set_xlabel("iteration")
             ax.set_ylabel(label)
         top, bottom = axes[0, column], axes[1, column]
@@ -240,88 +237,96 @@ def plot_means(histories, styles, optimum, exact, path, zoom=0.04, converged=1.0
 SUMMARY_KEYS = ("final_elbo", "gap_to_cavi", "grad_variance_start", "grad_variance_cavi", "time_vs_trace_elbo")
 
 
-def format_table(summary):
-    header = "{:<44} {:>20} {:>18} {:>22} {:>22} {:>12}".format(
-        "estimator", "final ELBO", "gap CAVI", "var(start)", "var(CAVI)", "time/step"
-    )
-    lines = [header, "-" * len(header)]
-    for name, s in summary.items():
-        lines.append(
-            "{:<44} {:>20} {:>18} {:>22} {:>22} {:>12}".format(
-                name,
-                fmt(s["final_elbo"]),
-                fmt(s["gap_to_cavi"]),
-                fmt(s["grad_variance_start"], ".3g"),
-                fmt(s["grad_variance_cavi"], ".3g"),
-                fmt(s["time_vs_trace_elbo"], ".2f") + "x",
-            )
-        )
-    return "\n".join(lines)
-
-
-def main(args):
-    start = time.perf_counter()
+def run(args):
     torch.set_default_device(args.device)
     data = generate_data(num_data=args.num_data, seed=args.data_seed)
     optimum = cavi(data)
-    log_px = log_evidence(data)
-    exact = posterior_means(data)
     registry = estimators(args.particles)
-    histories = {name: {"elbo": [], "E[mu]": [], "E[tau]": []} for name in registry}
+    histories = {key: {name: [] for name in registry} for key in ("elbo", "E[mu]", "E[tau]")}
     per_seed = {name: [] for name in registry}
     for index, seed in enumerate(args.seeds):
         for name, estimator in registry.items():
             tracked, row = run_estimator(name, estimator, data, args, seed, optimum, summarize=index == 0)
-            for key in histories[name]:
-                histories[name][key].append(tracked[key])
+            for key in histories:
+                histories[key][name].append(tracked[key])
             per_seed[name].append(row)
         for name in registry:
             per_seed[name][-1]["time_vs_trace_elbo"] = (
                 per_seed[name][-1]["seconds_per_step"] / per_seed[BASELINE][-1]["seconds_per_step"]
             )
     summary = {name: spreads(rows, SUMMARY_KEYS) for name, rows in per_seed.items()}
-    close = {
-        key: indistinguishable({name: s[key] for name, s in summary.items()})
-        for key in ("final_elbo", "grad_variance_cavi")
-    }
-    styles = {name: estimator.style for name, estimator in registry.items()}
-    plot_elbo(histories, styles, optimum, log_px, os.path.join(args.out, "elbo.png"))
-    plot_means(histories, styles, optimum, exact, os.path.join(args.out, "posterior_means.png"))
-    print(
-        f"\nNormal-NormalGamma, N = {args.num_data}, {args.particles} particles, {args.steps} steps of "
-        f"Adam(lr={args.lr}, lrd={args.lrd}), seeds {args.seeds}"
-    )
-    print(
-        f"log p(X) = {log_px:.4f}, CAVI ELBO = {optimum.elbo:.4f}; gradient variance summed over the 4 "
-        f"parameters, {args.variance_draws} draws; mean ± std over seeds"
-    )
-    print(format_table(summary))
-    for key, pairs in close.items():
-        for a, b in pairs:
-            print(f"{key}: {a} and {b} differ by less than their seed spread")
-    results = {
-        "args": vars(args),
+    return {
         "references": {
-            "log_evidence": log_px,
+            "log_evidence": log_evidence(data),
             "cavi_elbo": optimum.elbo,
             "cavi_params": optimum.params.__dict__,
-            "exact_posterior_means": exact,
+            "exact_posterior_means": posterior_means(data),
         },
         "summary": summary,
-        "within_seed_spread": close,
+        "within_seed_spread": {
+            key: indistinguishable({name: s[key] for name, s in summary.items()})
+            for key in ("final_elbo", "grad_variance_cavi")
+        },
         "per_seed": per_seed,
+        "histories": {key: thin(curves) for key, curves in histories.items()},
     }
-    return finish("bbvi_normal_gamma", args, results, start)
 
 
-def parse_args(argv=None):
+def figures(results, out):
+    ref, histories = results["references"], results["histories"]
+    styles = {name: estimator.style for name, estimator in estimators(2).items()}
+    plot_elbo(histories, styles, ref["cavi_elbo"], ref["log_evidence"], os.path.join(out, "elbo.png"))
+    q = ref["cavi_params"]
+    cavi_means = {"mu": q["m"], "tau": q["a"] / q["b"]}
+    exact = ref["exact_posterior_means"]
+    plot_means(histories, styles, ref["cavi_elbo"], cavi_means, exact, os.path.join(out, "posterior_means.png"))
+
+
+def readme_block(results):
+    ref, summary = results["references"], results["summary"]
+    rows = [
+        [
+            name,
+            pm(s["final_elbo"]),
+            pm(s["gap_to_cavi"]),
+            pm(s["grad_variance_start"], ".3g"),
+            pm(s["grad_variance_cavi"], ".3g"),
+        ]
+        for name, s in summary.items()
+    ]
+    score, pooled, loo = list(summary)[:3]
+    cut = summary[score]["grad_variance_cavi"]["mean"] / summary[pooled]["grad_variance_cavi"]["mean"]
+    cut_loo = summary[score]["grad_variance_cavi"]["mean"] / summary[loo]["grad_variance_cavi"]["mean"]
+    return "\n".join(
+        [
+            "Exact references: log p(X) = {:.4f}; CAVI optimum of the mean-field ELBO = {:.4f} (so "
+            "KL(q* || p) = {:.4f} nats).\n".format(
+                ref["log_evidence"], ref["cavi_elbo"], ref["log_evidence"] - ref["cavi_elbo"]
+            ),
+            table(["estimator", "final ELBO", "gap to CAVI", "grad. variance at start", "at CAVI optimum"], rows),
+            "Mean ± standard deviation over seeds; gradient variance summed over the four unconstrained parameters, "
+            "{} draws. At the CAVI optimum the pooled control variate has {} times and leave-one-out {} times lower "
+            "variance than the plain score function. ".format(
+                results["args"]["variance_draws"], times(cut), times(cut_loo)
+            )
+            + spread_sentence(results["within_seed_spread"]["final_elbo"], "final ELBO"),
+            run_line(results),
+        ]
+    )
+
+
+SEEDS = "a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed"
+
+
+def parser():
     parser = _cli.parser(
         __doc__,
-        out="results/bbvi_normal_gamma",
+        "results/bbvi_normal_gamma",
         device=True,
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed",
+        seeds=(0, 1, 2),
+        seeds_help=SEEDS,
+        plot_only=True,
+        data_seed=True,
     )
     # ControlVariateELBO's pooled coefficient needs two particles.
     _cli.add_svi_arguments(parser, steps=3000, particles=10, lr=0.05, lrd=0.9995, min_particles=2)
@@ -335,9 +340,10 @@ def parse_args(argv=None):
         help="draws of each final q for its ArviZ summary (first seed)",
     )
     parser.add_argument("--num-data", type=_cli.positive_int, default=100)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the course data set (default 0)")
-    return _cli.parse(parser, argv)
+    return parser
 
+
+STUDY = Study("bbvi_normal_gamma", parser, run, figures, readme_block)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

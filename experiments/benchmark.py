@@ -6,26 +6,24 @@ of model evaluations, on the Bernoulli VAE and on the GMM).
 All estimators are timed side by side in one run, round-robin, so that the
 ratios share the machine's noise; the median over rounds is reported, with the
 lowest and highest per-round ratio (two estimators whose ranges overlap cannot
-be told apart by this run). Writes ``results.json`` to ``--out`` if given.
+be told apart by this run). Writes ``results.json`` to ``--out`` if given and
+prints the README's tables.
 
     python -m experiments.benchmark --out results/benchmark
 """
 
 import functools
-import time
 
-import numpy as np
 import pyro
 import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
 
-if not __package__:  # run as ``python experiments/benchmark.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
+from experiments._markdown import ratio_cell, run_line, table
 from experiments._mixtures import DiscreteSiteBaselines
-from experiments._results import finish
+from experiments._runs import ratios, round_robin, timing_arguments
+from experiments._study import Study
 from guides import bernoulli_vae as bernoulli_vae_guides
 from guides import gmm as gmm_guides
 from guides import normal_chain, normal_gamma
@@ -118,48 +116,27 @@ def pathwise_estimators(num_particles):
     }
 
 
-def time_steps(model, guide, elbo, args, num_steps):
-    """Seconds per ``SVI.step``, after one warm-up step."""
-    pyro.clear_param_store()
-    svi = SVI(model, guide, Adam({"lr": 1e-3}), elbo)
-    svi.step(*args)
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        svi.step(*args)
-    return (time.perf_counter() - start) / num_steps
+def benchmark(estimators, model, guide, args, num_steps, rounds):
+    """``name -> [seconds per step in each round]`` of every estimator (running
+    its wrap of ``guide``), timed round-robin, each in a fresh ``SVI``."""
 
+    def step(elbo, wrapped):
+        pyro.clear_param_store()
+        svi = SVI(model, wrapped, Adam({"lr": 1e-3}), elbo)
+        return lambda: svi.step(*args)
 
-def benchmark(estimators, model, guide, args, num_steps, rounds, baseline="Trace_ELBO"):
-    """Every estimator (running its wrap of ``guide``) timed ``rounds`` times,
-    round-robin; per round its seconds per step and its ratio to
-    ``baseline`` in that round (which shares the round's machine noise)."""
     runs = {name: (estimator.make(), estimator.guide(guide)) for name, estimator in estimators.items()}
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, (elbo, wrapped) in runs.items():
-            times[name].append(time_steps(model, wrapped, elbo, args, num_steps))
-    return {
-        name: {
-            "ms_per_step_rounds": [1e3 * t for t in times[name]],
-            "ratio_rounds": [t / b for t, b in zip(times[name], times[baseline])],
-        }
-        for name in runs
-    }
+    return round_robin({name: functools.partial(step, *run) for name, run in runs.items()}, rounds, num_steps)
 
 
-def summarize(rounds, baseline):
-    """Median ms/step and median per-round ratio, with the per-round ratios'
-    lowest and highest; which estimators are within the rounds' spread of
-    each other (their ratio ranges overlap)."""
-    table = {}
-    for name, r in rounds.items():
-        table[name] = {
-            "ms_per_step": float(np.median(r["ms_per_step_rounds"])),
-            "ratio": float(np.median(r["ratio_rounds"])),
-            "ratio_low": float(np.min(r["ratio_rounds"])),
-            "ratio_high": float(np.max(r["ratio_rounds"])),
-            **r,
-        }
+def summarize(per_seed, baseline, also=None):
+    """The seeds' rounds pooled: median ms/step and per-round ratio to
+    ``baseline`` with its lowest and highest (:func:`experiments._runs.ratios`),
+    which estimators are within the rounds' spread of each other (their
+    ratio ranges overlap) and of the baseline, and with ``also`` the median
+    ratio to that estimator too (``ratio_<also>``)."""
+    times = {name: [t for seed in per_seed for t in seed[name]] for name in per_seed[0]}
+    table = ratios(times, baseline)
     names = [n for n in table if n != baseline]
     overlapping = [
         [a, b]
@@ -168,158 +145,142 @@ def summarize(rounds, baseline):
         if table[a]["ratio_low"] <= table[b]["ratio_high"] and table[b]["ratio_low"] <= table[a]["ratio_high"]
     ]
     like_baseline = [n for n in names if table[n]["ratio_low"] <= 1.0 <= table[n]["ratio_high"]]
-    return {"baseline": baseline, "estimators": table, "overlapping": overlapping, "like_baseline": like_baseline}
+    result = {"baseline": baseline, "estimators": table, "overlapping": overlapping, "like_baseline": like_baseline}
+    if also is not None:
+        for name, row in ratios(times, also, "ratio_" + also).items():
+            table[name]["ratio_" + also] = row["ratio_" + also]
+        result["also"] = also
+    return result
 
 
-def add_ratio(result, reference):
-    """Adds each estimator's median per-round ratio to ``reference`` too
-    (``ratio_<reference>``)."""
-    rounds = result["estimators"][reference]["ms_per_step_rounds"]
-    for row in result["estimators"].values():
-        row["ratio_" + reference] = float(np.median([t / r for t, r in zip(row["ms_per_step_rounds"], rounds)]))
-    result["also"] = reference
-
-
-def format_table(result, title):
-    baseline = result["baseline"]
-    lines = [title, "{:<36} {:>10} {:>16} {:>18}".format("estimator", "ms/step", "x " + baseline, "rounds' range")]
-    also = result.get("also")
-    if also:
-        lines[1] += " {:>10}".format("x " + also.split("(")[0])
-    for name, row in result["estimators"].items():
-        lines.append(
-            "{:<36} {:>10.3f} {:>16.2f} {:>18}".format(
-                name, row["ms_per_step"], row["ratio"], "{:.2f}-{:.2f}".format(row["ratio_low"], row["ratio_high"])
-            )
-        )
-        if also:
-            lines[-1] += " {:>10.2f}".format(row["ratio_" + also])
-    if result["like_baseline"]:
-        lines.append("within the rounds' spread of {}: {}".format(baseline, ", ".join(result["like_baseline"])))
-    return "\n".join(lines)
-
-
-def pooled(per_seed):
-    """Rounds of several seeds, concatenated."""
-    return {
-        name: {key: [v for rounds in per_seed for v in rounds[name][key]] for key in per_seed[0][name]}
-        for name in per_seed[0]
-    }
-
-
-def main(args):
-    start = time.perf_counter()
-    normal_gamma_rounds, rb_rounds, discrete_rounds, gmm_rounds = [], [], [], []
-    rb_baseline = "TraceGraph_ELBO (score function)"
-    tg = "TraceGraph_ELBO + baseline"
+def run(args):
+    rounds = {"normal_gamma": [], "rao_blackwell": [], "discrete": [], "gmm_pathwise": []}
     config = bernoulli_vae.BernoulliVAEConfig(kind="linear")
     for seed in args.seeds:
         pyro.set_rng_seed(seed)
-        data = generate_data(seed=seed)
-        normal_gamma_rounds.append(
-            benchmark(
+        decoder, encoder = bernoulli_vae.Decoder(config), bernoulli_vae_guides.Encoder(config)
+        images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=torch.Generator().manual_seed(seed))
+        pi = torch.tensor([0.3, 0.4, 0.3])
+        gmm_data = gmm.generate_data(300, pi, [-4.0, 0.0, 4.0], [1.0, 4.0, 0.5], seed=seed)[0].float()
+        problems = {  # estimators, model, guide, the model's arguments
+            "normal_gamma": (
                 normal_gamma_estimators(args.particles),
                 model,
                 normal_gamma.mean_field_guide,
-                (data, COURSE_PRIOR),
-                args.steps,
-                args.rounds,
-            )
-        )
-        rb_rounds.append(
-            benchmark(
+                (generate_data(seed=seed), COURSE_PRIOR),
+            ),
+            "rao_blackwell": (
                 rao_blackwell_estimators(args.particles),
                 normal_chain_model.model,
                 normal_chain.mean_field_guide,
                 (normal_chain_model.generate_data(seed=seed),),
-                args.steps,
-                args.rounds,
-                baseline=rb_baseline,
-            )
-        )
-        decoder, encoder = bernoulli_vae.Decoder(config), bernoulli_vae_guides.Encoder(config)
-        images = torch.bernoulli(torch.full((args.batch_size, 784), 0.2), generator=torch.Generator().manual_seed(seed))
-        discrete_rounds.append(
-            benchmark(
+            ),
+            "discrete": (
                 discrete_estimators(args.evaluations),
                 functools.partial(bernoulli_vae.model, decoder=decoder),
                 functools.partial(bernoulli_vae_guides.guide, encoder=encoder),
                 (images,),
-                args.steps,
-                args.rounds,
-                baseline=tg,
-            )
-        )
-        pi = torch.tensor([0.3, 0.4, 0.3])
-        gmm_data = gmm.generate_data(300, pi, [-4.0, 0.0, 4.0], [1.0, 4.0, 0.5], seed=seed)[0].float()
-        gmm_rounds.append(
-            benchmark(
+            ),
+            "gmm_pathwise": (
                 pathwise_estimators(args.particles),
                 gmm.model,
                 gmm_guides.mean_field_guide,
                 (gmm_data, pi),
-                args.steps,
-                args.rounds,
-                baseline=tg,
-            )
+            ),
+        }
+        for part, problem in problems.items():
+            rounds[part].append(benchmark(*problem, args.steps, args.rounds))
+    tg, renyi = "TraceGraph_ELBO + baseline", "RenyiELBO(alpha=0)"
+    return {
+        "normal_gamma": summarize(rounds["normal_gamma"], "Trace_ELBO"),
+        "rao_blackwell": summarize(rounds["rao_blackwell"], "TraceGraph_ELBO (score function)"),
+        "discrete": summarize(rounds["discrete"], tg, also=renyi),
+        "gmm_pathwise": summarize(rounds["gmm_pathwise"], tg, also=renyi),
+    }
+
+
+def ratio_table(part, target):
+    """An estimator's ms/step and ratio to the part's baseline, with a target."""
+    baseline = part["baseline"]
+    rows = [
+        [name, "{:.2f}".format(row["ms_per_step"]), ratio_cell(row), target.get(name, "")]
+        for name, row in part["estimators"].items()
+    ]
+    text = table(["estimator", "ms/step", f"x {baseline} (rounds' range)", "target"], rows)
+    like = part["like_baseline"]
+    if like:
+        text += "\nThe per-round ratio range contains 1 for {}: this run cannot tell {} from {}.\n".format(
+            " and ".join(like), "it" if len(like) == 1 else "them", baseline
         )
-    results = summarize(pooled(normal_gamma_rounds), "Trace_ELBO")
-    rb_results = summarize(pooled(rb_rounds), rb_baseline)
-    discrete_results = summarize(pooled(discrete_rounds), tg)
-    gmm_results = summarize(pooled(gmm_rounds), tg)
-    for result in (discrete_results, gmm_results):
-        add_ratio(result, "RenyiELBO(alpha=0)")
-    rounds = args.rounds * len(args.seeds)
-    print(
-        format_table(
-            results,
-            f"Normal-NormalGamma, {args.particles} vectorized particles, median of {rounds} rounds of "
-            f"{args.steps} steps",
-        )
-    )
-    print()
-    print(
-        format_table(
-            rb_results, f"1.C.2 model (N = 20), {args.particles} vectorized particles, median of {rounds} rounds"
-        )
-    )
-    print()
-    print(
-        format_table(
-            discrete_results,
-            f"Bernoulli VAE (linear, 200 latents, batch {args.batch_size}), {args.evaluations} model evaluations per "
-            "image",
-        )
-    )
-    print()
-    print(format_table(gmm_results, f"GMM (N = 300, K = 3), {args.particles} vectorized particles"))
-    return finish(
-        "benchmark",
-        args,
-        {
-            "args": vars(args),
-            "normal_gamma": results,
-            "rao_blackwell": rb_results,
-            "discrete": discrete_results,
-            "gmm_pathwise": gmm_results,
-        },
-        start,
+    return text
+
+
+def readme_block(results):
+    args = results["args"]
+    targets = {
+        "ScoreFunctionELBO": "<= 1.1",
+        "ControlVariateELBO (pooled)": "<= 2",
+        "ControlVariateELBO (leave-one-out)": "<= 2",
+    }
+    return "\n".join(
+        [
+            "Time per SVI step with {} vectorized particles, all estimators timed round-robin in one run (median of "
+            "{} rounds of {} steps), as a ratio to Trace_ELBO within each round; in brackets the lowest and highest "
+            "round:\n".format(args["particles"], args["rounds"] * len(results["run"]["seeds"]), args["steps"]),
+            ratio_table(results["normal_gamma"], targets),
+            run_line(results),
+        ]
     )
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(
-        __doc__,
-        out=None,
-        multi_seed=True,
-        default_seeds=(0,),
-        seeds_help="one by default: a step's cost does not depend on the seed, and the spread "
-        "reported is over --rounds; several seeds pool their rounds",
+def rao_blackwell_block(results):
+    return "\n".join(
+        [
+            "On the 1.C.2 model (N = 20, {} vectorized particles), from the same run:\n".format(
+                results["args"]["particles"]
+            ),
+            ratio_table(results["rao_blackwell"], {"RaoBlackwellELBO (CV)": "<= 1.5"}),
+        ]
     )
+
+
+def discrete_block(results):
+    args = results["args"]
+    lines = []
+    for key, title in [
+        (
+            "discrete",
+            "On the Bernoulli VAE (linear, 200 binary latents, batch {}), {} model evaluations per image".format(
+                args["batch_size"], args["evaluations"]
+            ),
+        ),
+        (
+            "gmm_pathwise",
+            "On the GMM (N = 300, K = 3) with sampled assignments, {} vectorized particles".format(args["particles"]),
+        ),
+    ]:
+        part = results[key]
+        also = part["also"]
+        rows = [
+            [name, "{:.2f}".format(row["ms_per_step"]), ratio_cell(row), "{:.2f}".format(row["ratio_" + also])]
+            for name, row in part["estimators"].items()
+        ]
+        header = ["estimator", "ms/step", "x {} (rounds' range)".format(part["baseline"]), f"x {also}"]
+        lines += [f"{title}, from the same run:\n", table(header, rows)]
+    return "\n".join(lines)
+
+
+SEEDS = (
+    "one by default: a step's cost does not depend on the seed, and the spread reported is over --rounds; "
+    "several seeds pool their rounds"
+)
+
+
+def parser():
+    parser = _cli.parser(__doc__, None, seeds=(0,), seeds_help=SEEDS, plot_only=True)
     # ControlVariateELBO's pooled coefficient needs 2 particles, RaoBlackwellELBO's leave-one-out 3.
     parser.add_argument("--particles", type=_cli.integer(minimum=3), default=10)
-    parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per timing")
-    parser.add_argument("--rounds", type=_cli.positive_int, default=5)
+    timing_arguments(parser, steps=200, rounds=5)
     parser.add_argument(
         "--evaluations",
         type=_cli.integer(minimum=4),
@@ -327,8 +288,16 @@ def parse_args(argv=None):
         help="model evaluations per image of the discrete estimators (DisARM: half as many pairs)",
     )
     parser.add_argument("--batch-size", type=_cli.positive_int, default=50, help="Bernoulli VAE batch")
-    return _cli.parse(parser, argv)
+    return parser
 
+
+STUDY = Study(
+    "benchmark",
+    parser,
+    run,
+    readme_block=readme_block,
+    blocks={"benchmark_rao_blackwell": rao_blackwell_block, "benchmark_discrete": discrete_block},
+)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

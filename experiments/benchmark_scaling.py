@@ -23,11 +23,11 @@ steps, after a first step that creates the parameters).
     python -m experiments.benchmark_scaling --out results/benchmark_scaling
 """
 
+import functools
 import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyro
@@ -37,11 +37,11 @@ from pyro.distributions import constraints
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam
 
-if not __package__:  # run as ``python experiments/benchmark_scaling.py``
-    import _repo_root  # noqa: F401
-
-from experiments import _cli, _results
+from experiments import _cli
 from experiments._figures import plt, save_figure
+from experiments._markdown import run_line
+from experiments._runs import round_robin, timing_arguments
+from experiments._study import Study
 from guides import normal_gamma
 from guides.vae import Encoder
 from guides.vae import guide as vae_guide
@@ -80,14 +80,11 @@ SWEEPS = {
 BATCH = 100
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(
-        __doc__,
-        out="results/benchmark_scaling",
-        multi_seed=True,
-        default_seeds=(0,),
-        seeds_help="one by default: a step's cost does not depend on the seed; several seeds pool their rounds",
-    )
+SEEDS = "one by default: a step's cost does not depend on the seed; several seeds pool their rounds"
+
+
+def parser():
+    parser = _cli.parser(__doc__, "results/benchmark_scaling", seeds=(0,), seeds_help=SEEDS, plot_only=True)
     parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
     parser.add_argument(
         "--sizes",
@@ -97,17 +94,9 @@ def parse_args(argv=None):
         help="sizes of every chosen sweep (default: each sweep's own)",
     )
     parser.add_argument("--estimators", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS))
-    parser.add_argument("--steps", type=_cli.positive_int, default=5, help="steps per round")
-    parser.add_argument("--rounds", type=_cli.positive_int, default=5)
+    timing_arguments(parser, steps=5, rounds=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    parser.add_argument("--measure", nargs=3, metavar=("SWEEP", "SIZE", "ESTIMATOR"), help=argparse_hidden())
-    return _cli.parse(parser, argv)
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
+    return parser
 
 
 # ---------------------------------------------------------------- the problems
@@ -180,21 +169,18 @@ def svi(sweep, size, estimator, seed=0):
 
 def time_size(sweep, size, estimators, rounds, steps, seeds=(0,)):
     """Median milliseconds per step of each estimator, round-robin."""
+
+    def step(name, seed):
+        inference, args = svi(sweep, size, name, seed)  # built right before it is timed
+        inference.step(*args)  # creates the parameters
+        return lambda: inference.step(*args)
+
     times = {name: [] for name in estimators}
     for seed in seeds:
-        for _ in range(rounds):
-            for name in estimators:
-                _time_one(times, sweep, size, name, steps, seed)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _time_one(times, sweep, size, name, steps, seed):
-    inference, args = svi(sweep, size, name, seed)  # built right before it is timed
-    inference.step(*args)  # creates the parameters
-    start = time.perf_counter()
-    for _ in range(steps):
-        inference.step(*args)
-    times[name].append(1000 * (time.perf_counter() - start) / steps)
+        makers = {name: functools.partial(step, name, seed) for name in estimators}
+        for name, seconds in round_robin(makers, rounds, steps).items():
+            times[name] += seconds
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def _resident_mb():
@@ -229,23 +215,16 @@ def measure_memory(sweep, size, estimator, steps=3):
 
 
 def memory_size(sweep, size, estimators, threads):
+    """:func:`measure_memory` of each estimator, each in a fresh process."""
     result = {}
     for name in estimators:
-        command = [
-            sys.executable,
-            "-m",
-            "experiments.benchmark_scaling",
-            "--out",
-            "/tmp",
-            "--threads",
-            str(threads),
-            "--measure",
-            sweep,
-            str(size),
-            name,
-        ]
+        code = (
+            f"from experiments._cli import set_threads; set_threads({threads}); "
+            "from experiments.benchmark_scaling import measure_memory; "
+            f"print(measure_memory({sweep!r}, {size}, {name!r}))"
+        )
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
         result[name] = float(out.strip().splitlines()[-1])
     return result
 
@@ -307,12 +286,7 @@ def plot(results, path):
     save_figure(fig, path)
 
 
-def main(args):
-    if args.measure:
-        sweep, size, estimator = args.measure
-        print(measure_memory(sweep, int(size), estimator))
-        return
-    start = time.perf_counter()
+def run(args):
     results = {
         "threads": args.threads,
         "steps": args.steps,
@@ -341,22 +315,14 @@ def main(args):
             if reference in data["ms_per_step"]
         }
         results["sweeps"][sweep] = data
-    results = _results.finish("benchmark_scaling", args, results, start)
-    plot(results, os.path.join(args.out, "scaling.png"))
-    for sweep, data in results["sweeps"].items():
-        print("\n{} ({}: {})".format(sweep, data["size_name"], data["x"]))
-        for name, times in data["ms_per_step"].items():
-            ratio = data["ratios"].get(name)
-            print(
-                "{:30s} ms {}  ratio {}".format(
-                    name,
-                    " ".join(f"{t:9.2f}" for t in times),
-                    "" if ratio is None else " ".join(f"{r:5.2f}" for r in ratio),
-                )
-            )
+    return results
 
 
-def render(results):
+def figures(results, out):
+    plot(results, os.path.join(out, "scaling.png"))
+
+
+def readme_block(results):
     """The README's tables: time (ms per step, and the ratio to the Pyro
     counterpart) and peak extra memory at each sweep's sizes."""
     lines = []
@@ -382,8 +348,10 @@ def render(results):
                     cell += "; {:.0f} MB".format(data["peak_mb"][name][i])
                 cells.append(cell)
             lines.append("| {} | {} |".format(name, " | ".join(cells)))
-    return "\n".join(lines[1:])
+    return "\n".join(lines[1:]) + "\n\n" + run_line(results)
 
+
+STUDY = Study("benchmark_scaling", parser, run, figures, readme_block)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

@@ -8,27 +8,25 @@ and is timed round-robin in one run, so that the ratios share the machine's
 noise; the median over rounds is reported with the lowest and highest per-round
 ratio (a ratio range that contains 1 cannot be told apart from RenyiELBO by this
 run). The batch is random binary pixels (mean 0.13, MNIST's): the cost of a step
-does not depend on the pixel values. Writes ``results.json`` to ``--out`` if given.
+does not depend on the pixel values. Writes ``results.json`` to ``--out`` if
+given and prints the README's table.
 
     python -m experiments.benchmark_vae --out results/benchmark_vae
 """
 
 import functools
 import math
-import time
 
-import numpy as np
 import pyro
 import torch
 import torch.distributions as td
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam
 
-if not __package__:  # run as ``python experiments/benchmark_vae.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
-from experiments._results import finish
+from experiments._markdown import ratio_cell, run_line, table
+from experiments._runs import ratios, round_robin, timing_arguments
+from experiments._study import Study
 from guides.vae import Encoder, guide
 from models.vae import BURDA_CONFIG, Decoder, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
@@ -101,73 +99,27 @@ def plain_step(state, x, k):
     return step
 
 
-def seconds_per_step(step, num_steps):
-    """Seconds per call of ``step``, after one warm-up call."""
-    step()
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        step()
-    return (time.perf_counter() - start) / num_steps
-
-
 def benchmark(k, state, x, num_steps, rounds):
     """Every configuration at ``k`` particles timed ``rounds`` times,
-    round-robin: per round its ms per step and its ratios to
-    RenyiELBO(alpha=0) and to the plain-PyTorch loop in that round."""
+    round-robin: its ms per step and its per-round ratios to
+    RenyiELBO(alpha=0) and to the plain-PyTorch loop."""
     estimators = pyro_estimators(k)
-    names = list(estimators) + [PLAIN]
-    times = {name: [] for name in names}
-    for _ in range(rounds):
-        for name in names:
-            # Fresh networks, estimator and param store right before each timing:
-            # pyro.module reuses whatever tensors the store already holds by that name.
-            step = plain_step(state, x, k) if name == PLAIN else pyro_step(estimators[name].make(), state, x)
-            torch.manual_seed(0)
-            times[name].append(seconds_per_step(step, num_steps))
-    table = {}
-    for name in names:
-        ratio = [t / r for t, r in zip(times[name], times[RENYI])]
-        ratio_plain = [t / p for t, p in zip(times[name], times[PLAIN])]
-        table[name] = {
-            "ms_per_step": 1e3 * float(np.median(times[name])),
-            "ratio": float(np.median(ratio)),
-            "ratio_low": min(ratio),
-            "ratio_high": max(ratio),
-            "ratio_to_plain": float(np.median(ratio_plain)),
-            "ratio_to_plain_low": min(ratio_plain),
-            "ratio_to_plain_high": max(ratio_plain),
-            "ms_per_step_rounds": [1e3 * t for t in times[name]],
-            "ratio_rounds": ratio,
-        }
+
+    def step(name):
+        # Fresh networks, estimator and param store right before each timing:
+        # pyro.module reuses whatever tensors the store already holds by that name.
+        step = plain_step(state, x, k) if name == PLAIN else pyro_step(estimators[name].make(), state, x)
+        torch.manual_seed(0)
+        return step
+
+    times = round_robin({name: functools.partial(step, name) for name in list(estimators) + [PLAIN]}, rounds, num_steps)
+    table = ratios(times, RENYI)
+    for name, row in ratios(times, PLAIN, "ratio_to_plain").items():
+        table[name].update({key: value for key, value in row.items() if key.startswith("ratio_to_plain")})
     return table
 
 
-def format_table(results, title):
-    lines = [
-        title,
-        "{:<32} {:>10} {:>10} {:>12} {:>10} {:>12}".format(
-            "estimator", "ms/step", "x Renyi", "(rounds)", "x plain", "(rounds)"
-        ),
-    ]
-    for name, row in results.items():
-        lines.append(
-            "{:<32} {:>10.1f} {:>10.2f} {:>12} {:>10.2f} {:>12}".format(
-                name,
-                row["ms_per_step"],
-                row["ratio"],
-                "{:.2f}-{:.2f}".format(row["ratio_low"], row["ratio_high"]),
-                row["ratio_to_plain"],
-                "{:.2f}-{:.2f}".format(row["ratio_to_plain_low"], row["ratio_to_plain_high"]),
-            )
-        )
-    like = [name for name, row in results.items() if name != RENYI and row["ratio_low"] <= 1.0 <= row["ratio_high"]]
-    if like:
-        lines.append("within the rounds' spread of {} (ratio range contains 1): {}".format(RENYI, ", ".join(like)))
-    return "\n".join(lines) + "\n"
-
-
-def main(args):
-    start = time.perf_counter()
+def run(args):
     results = {}
     for seed in args.seeds:
         torch.manual_seed(seed)
@@ -176,42 +128,61 @@ def main(args):
         state = {"encoder": encoder.state_dict(), "decoder": decoder.state_dict()}
         for k in args.ks:
             results.setdefault(k, {})[seed] = benchmark(k, state, x, args.steps, args.rounds)
-            title = (
-                f"VAE, batch {args.batch_size}, K = {k}, seed {seed}, median of {args.rounds} rounds of "
-                f"{args.steps} steps"
-            )
-            print(format_table(results[k][seed], title))
-    first = {str(k): per_seed[args.seeds[0]] for k, per_seed in results.items()}
-    return finish(
-        "benchmark_vae",
-        args,
-        {
-            "args": vars(args),
-            "results": first,
-            "other_seeds": {
-                str(k): {str(s): r for s, r in per_seed.items() if s != args.seeds[0]}
-                for k, per_seed in results.items()
-            },
+    return {
+        "results": {str(k): per_seed[args.seeds[0]] for k, per_seed in results.items()},
+        "other_seeds": {
+            str(k): {str(s): r for s, r in per_seed.items() if s != args.seeds[0]} for k, per_seed in results.items()
         },
-        start,
-    )
+    }
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(
-        __doc__,
-        out=None,
-        multi_seed=True,
-        default_seeds=(0,),
-        seeds_help="one by default: a step's cost does not depend on the weights or the batch, "
-        "and the spread reported is over --rounds",
+def readme_block(results):
+    header = ["estimator"]
+    ks = list(results["results"])
+    for k in ks:
+        header += [f"K = {k} ms", "x Renyi (rounds)", "x plain"]
+    names = list(results["results"][ks[0]])
+    rows = []
+    for name in names:
+        row = [name]
+        for k in ks:
+            r = results["results"][k][name]
+            row += ["{:.1f}".format(r["ms_per_step"]), ratio_cell(r), "{:.2f}".format(r["ratio_to_plain"])]
+        rows.append(row)
+    lines = [table(header, rows)]
+    for k in ks:
+        like = [n for n, r in results["results"][k].items() if n != names[0] and r["ratio_low"] <= 1 <= r["ratio_high"]]
+        over = [n for n, r in results["results"][k].items() if r["ratio"] > 1.1]
+        over_plain = [n for n, r in results["results"][k].items() if r["ratio_to_plain"] > 1.5]
+        lines.append(
+            "K = {}: within the rounds' spread of RenyiELBO (ratio range contains 1): {}. Above the "
+            "targets (median), 1.1x RenyiELBO: {}; 1.5x the plain loop: {}.\n".format(
+                k, ", ".join(like) or "none", ", ".join(over) or "none", ", ".join(over_plain) or "none"
+            )
+        )
+    args = results["args"]
+    lines.append(
+        "Median of {} rounds of {} steps, batch {}. ".format(args["rounds"], args["steps"], args["batch_size"])
+        + run_line(results)
     )
+    return "\n".join(lines)
+
+
+SEEDS = (
+    "one by default: a step's cost does not depend on the weights or the batch, and the spread reported is "
+    "over --rounds"
+)
+
+
+def parser():
+    parser = _cli.parser(__doc__, None, seeds=(0,), seeds_help=SEEDS, plot_only=True)
     parser.add_argument("--ks", type=_cli.positive_int, nargs="+", default=[5, 50], help="particles K")
     parser.add_argument("--batch-size", type=_cli.positive_int, default=100)
-    parser.add_argument("--steps", type=_cli.positive_int, default=30, help="steps per timing")
-    parser.add_argument("--rounds", type=_cli.positive_int, default=7)
-    return _cli.parse(parser, argv)
+    timing_arguments(parser, steps=30, rounds=7)
+    return parser
 
+
+STUDY = Study("benchmark_vae", parser, run, readme_block=readme_block)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

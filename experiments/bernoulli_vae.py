@@ -3,14 +3,15 @@ gradient estimators for 200 binary latents, linear and nonlinear models.
 
 Single-sample ELBO, the same number of model evaluations per data point for
 every estimator (``--particles``, at least 4 for the leave-one-out control
-variates; DisARM draws ``--particles / 2`` antithetic pairs): ScoreFunctionELBO, ControlVariateELBO, RaoBlackwellELBO,
-ReinforceLeaveOneOutELBO, DisARMELBO, Pyro's TraceGraph_ELBO with its
-decaying-average baseline and Pyro's RelaxedBernoulliStraightThrough under
-Trace_ELBO (biased). With ``--two-evaluations``, also the DisARM paper's budget: DisARM with
-one pair against REINFORCE leave-one-out with two samples. Multi-sample bound
-L_K for each ``--ks``: VIMCO with K
-samples, local DisARM with K antithetic pairs (2K evaluations) and VIMCO with
-2K samples (the same evaluations as local DisARM, on the tighter L_2K).
+variates; DisARM draws ``--particles / 2`` antithetic pairs): ScoreFunctionELBO,
+ControlVariateELBO, RaoBlackwellELBO, ReinforceLeaveOneOutELBO, DisARMELBO,
+Pyro's TraceGraph_ELBO with its decaying-average baseline and Pyro's
+RelaxedBernoulliStraightThrough under Trace_ELBO (biased). With
+``--two-evaluations``, also the DisARM paper's budget: DisARM with one pair
+against REINFORCE leave-one-out with two samples. Multi-sample bound L_K for
+each ``--ks``: VIMCO with K samples, local DisARM with K antithetic pairs (2K
+evaluations) and VIMCO with 2K samples (the same evaluations as local DisARM,
+on the tighter L_2K).
 
 Every run starts from the same weights for its seed; training batches are
 binarized afresh (dynamic binarization), evaluation images once. At each
@@ -19,8 +20,8 @@ fixed subset of training images, the 100-sample bound L_100 on a fixed subset
 of test images, and the gradient variance of the encoder (mean over its
 weights of the per-weight variance of the gradient of the per-image objective,
 on one fixed batch). Writes ``single_sample.png``, ``two_evaluations.png``,
-``multi_sample.png``, ``time_per_step.png``, ``results.json``; each finished run is saved under
-``runs/`` so that ``--resume`` skips it.
+``multi_sample.png``, ``time_per_step.png`` and ``results.json``; each finished
+run is saved under ``runs/`` so that ``--resume`` skips it.
 
     python -m experiments.bernoulli_vae --data-dir ../shared/data/mnist --out results/bernoulli_vae
 """
@@ -28,6 +29,7 @@ on one fixed batch). Writes ``single_sample.png``, ``two_evaluations.png``,
 import functools
 import json
 import math
+import operator
 import os
 import time
 import warnings
@@ -39,30 +41,24 @@ import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
 
-if not __package__:  # run as ``python experiments/bernoulli_vae.py``
-    import _repo_root  # noqa: F401
-
+import pyro_vi
 from experiments import _cli
 from experiments._figures import plt, save_figure
+from experiments._markdown import machine_text, seconds, table
 from experiments._results import finish
+from experiments._runs import BinarizedBatches, mnist_arguments
+from experiments._study import Study
 from guides.bernoulli_vae import Encoder, guide
 from models.bernoulli_vae import KINDS, BernoulliVAEConfig, Decoder, model
 from models.mnist import binarize, load_mnist
-from pyro_vi import (
-    ControlVariateELBO,
-    DisARMELBO,
-    ImportanceWeightedELBO,
-    RaoBlackwellELBO,
-    ReinforceLeaveOneOutELBO,
-    ScoreFunctionELBO,
-    score_function_guide,
-)
+from pyro_vi import DisARMELBO, ImportanceWeightedELBO, ReinforceLeaveOneOutELBO, score_function_guide
 from pyro_vi.diagnostics import gradient_statistics
 from pyro_vi.training import NonFiniteError, OutOfSupportError, fit
 
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.95}
 EVAL_SEED = 12345  # binarization and choice of the evaluation images, not a run seed
 KW = dict(vectorize_particles=True, max_plate_nesting=1)
+BERNOULLI = operator.itemgetter("bernoulli")  # the guides are {"bernoulli": ..., "relaxed": ...}
 
 # Colours, line styles and marker positions that keep every curve visible
 # where they overlap: RaoBlackwellELBO is the widest translucent band,
@@ -82,44 +78,31 @@ RAO_BLACKWELL_STYLE = dict(color="tab:purple", ls="-", lw=10, alpha=0.3)
 
 def single_sample_estimators(particles, temperature):
     """The :data:`~experiments._cli.Registry` of the single-sample runs, each
-    with ``particles`` model evaluations per data point; the guide is picked
-    from ``{"bernoulli": ..., "relaxed": ...}``."""
-
-    def bernoulli(guides):
-        return guides["bernoulli"]
-
-    registry = {
-        "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(num_particles=particles, **KW), bernoulli),
-        "ControlVariateELBO": _cli.Estimator(lambda: ControlVariateELBO(num_particles=particles, **KW), bernoulli),
-        "RaoBlackwellELBO": _cli.Estimator(lambda: RaoBlackwellELBO(num_particles=particles, **KW), bernoulli),
-        "ReinforceLeaveOneOutELBO": _cli.Estimator(
-            lambda: ReinforceLeaveOneOutELBO(num_particles=particles, **KW), bernoulli
-        ),
-        "DisARMELBO": _cli.Estimator(lambda: DisARMELBO(num_particles=particles // 2, **KW), bernoulli),
-        "TraceGraph_ELBO + baseline": _cli.Estimator(
-            lambda: TraceGraph_ELBO(num_particles=particles, **KW),
-            lambda guides: score_function_guide(guides["bernoulli"], baseline=BASELINE),
-        ),
-        f"RelaxedBernoulliStraightThrough (t={temperature:g})": _cli.Estimator(
-            lambda: Trace_ELBO(num_particles=particles, **KW), lambda guides: guides["relaxed"]
-        ),
-    }
-    styles = dict(zip(registry, STYLES), RaoBlackwellELBO=RAO_BLACKWELL_STYLE)
-    return {name: _cli.Estimator(e.make, e.guide, styles[name]) for name, e in registry.items()}
+    with ``particles`` model evaluations per data point."""
+    same = ("ScoreFunctionELBO", "ControlVariateELBO", "RaoBlackwellELBO", "ReinforceLeaveOneOutELBO")
+    makers = {name: functools.partial(getattr(pyro_vi, name), num_particles=particles, **KW) for name in same}
+    makers.update(
+        {
+            "DisARMELBO": lambda: DisARMELBO(num_particles=particles // 2, **KW),
+            "TraceGraph_ELBO + baseline": lambda: TraceGraph_ELBO(num_particles=particles, **KW),
+            f"RelaxedBernoulliStraightThrough (t={temperature:g})": lambda: Trace_ELBO(num_particles=particles, **KW),
+        }
+    )
+    guides = dict.fromkeys(makers, BERNOULLI)
+    guides["TraceGraph_ELBO + baseline"] = lambda guides: score_function_guide(guides["bernoulli"], baseline=BASELINE)
+    guides[list(makers)[-1]] = operator.itemgetter("relaxed")
+    styles = dict(zip(makers, STYLES), RaoBlackwellELBO=RAO_BLACKWELL_STYLE)
+    return {name: _cli.Estimator(make, guides[name], styles[name]) for name, make in makers.items()}
 
 
 def pair_estimators():
     """DisARM with one pair against REINFORCE leave-one-out with two samples:
     two model evaluations per image, the DisARM paper's comparison."""
-
-    def bernoulli(guides):
-        return guides["bernoulli"]
-
     return {
         "ReinforceLeaveOneOutELBO (2 samples)": _cli.Estimator(
-            lambda: ReinforceLeaveOneOutELBO(num_particles=2, **KW), bernoulli, STYLES[3]
+            lambda: ReinforceLeaveOneOutELBO(num_particles=2, **KW), BERNOULLI, STYLES[3]
         ),
-        "DisARMELBO (1 pair)": _cli.Estimator(lambda: DisARMELBO(num_particles=1, **KW), bernoulli, STYLES[4]),
+        "DisARMELBO (1 pair)": _cli.Estimator(lambda: DisARMELBO(num_particles=1, **KW), BERNOULLI, STYLES[4]),
     }
 
 
@@ -127,22 +110,13 @@ def multi_sample_estimators(k):
     """The multi-sample runs for the bound L_K: label -> (Estimator, K of the
     bound it optimizes)."""
 
-    def bernoulli(guides):
-        return guides["bernoulli"]
+    def estimator(gradient, samples, style):
+        return _cli.Estimator(lambda: ImportanceWeightedELBO(samples, gradient=gradient, **KW), BERNOULLI, style)
 
     return {
-        f"VIMCO (K={k})": (
-            _cli.Estimator(lambda: ImportanceWeightedELBO(k, gradient="vimco", **KW), bernoulli, STYLES[2]),
-            k,
-        ),
-        f"local DisARM (K={k}, {k} pairs)": (
-            _cli.Estimator(lambda: ImportanceWeightedELBO(k, gradient="disarm", **KW), bernoulli, STYLES[4]),
-            k,
-        ),
-        f"VIMCO (K={2 * k}, same evaluations)": (
-            _cli.Estimator(lambda: ImportanceWeightedELBO(2 * k, gradient="vimco", **KW), bernoulli, STYLES[5]),
-            2 * k,
-        ),
+        f"VIMCO (K={k})": (estimator("vimco", k, STYLES[2]), k),
+        f"local DisARM (K={k}, {k} pairs)": (estimator("disarm", k, STYLES[4]), k),
+        f"VIMCO (K={2 * k}, same evaluations)": (estimator("vimco", 2 * k, STYLES[5]), 2 * k),
     }
 
 
@@ -150,40 +124,17 @@ def multi_sample_estimators(k):
 # data and evaluation
 
 
-class BinarizedBatches:
-    """The training images in a random order, in batches, each dynamically
-    binarized with :attr:`generator`."""
-
-    def __init__(self, images, batch_size, seed):
-        self.images, self.batch_size = images, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return len(self.images) // self.batch_size
-
-    def __iter__(self):
-        order = torch.randperm(len(self.images), generator=self.generator)
-        for first in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            yield binarize(self.images[order[first : first + self.batch_size]], self.generator)
-
-
 def prepare(args):
     data = load_mnist(args.data_dir, download=not args.no_download)
     generator = torch.Generator().manual_seed(EVAL_SEED)
-    train_eval = binarize(data.train[torch.randperm(len(data.train), generator=generator)[: args.eval_size]], generator)
-    test_eval = binarize(data.test[torch.randperm(len(data.test), generator=generator)[: args.eval_size]], generator)
-    variance_batch = binarize(
-        data.train[torch.randperm(len(data.train), generator=generator)[: args.batch_size]], generator
-    )
+
+    def fixed(images, size):
+        return binarize(images[torch.randperm(len(images), generator=generator)[:size]], generator)
+
+    train_eval, test_eval = fixed(data.train, args.eval_size), fixed(data.test, args.eval_size)
+    variance_batch = fixed(data.train, args.batch_size)
     info = dict(data.info, train_eval_images=len(train_eval), test_eval_images=len(test_eval))
-    return dict(
-        train=data.train,
-        mean_pixel=data.train.mean(0),
-        train_eval=train_eval,
-        test_eval=test_eval,
-        variance_batch=variance_batch,
-        info=info,
-    )
+    return dict(train=data.train, train_eval=train_eval, test_eval=test_eval, variance_batch=variance_batch, info=info)
 
 
 @torch.no_grad()
@@ -228,7 +179,7 @@ def run_one(kind, label, estimator, bound_k, seed, study, args):
     config = BernoulliVAEConfig(kind=kind)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    decoder, encoder = Decoder(config, mean_pixel=study["mean_pixel"]), Encoder(config)
+    decoder, encoder = Decoder(config, mean_pixel=study["train"].mean(0)), Encoder(config)
     model_fn = functools.partial(model, decoder=decoder)
     guides = {
         "bernoulli": functools.partial(guide, encoder=encoder),
@@ -265,7 +216,7 @@ def run_one(kind, label, estimator, bound_k, seed, study, args):
             guide_fn,
             elbo,
             Adam({"lr": args.lr}),
-            data=BinarizedBatches(study["train"], args.batch_size, seed),
+            data=BinarizedBatches(study["train"], args.batch_size, seed, drop_last=True),
             num_steps=steps,
             callback=callback,
             progress=False,
@@ -292,42 +243,81 @@ def run_one(kind, label, estimator, bound_k, seed, study, args):
 
 def plan(args):
     """Every run of the study: ``(group, kind, label, estimator, K, seed)``."""
-    runs = []
+    groups = []
     single = single_sample_estimators(args.particles, args.temperature)
-    for kind in args.models:
-        for label, estimator in single.items():
-            if args.estimators is None or label.split(" ")[0] in args.estimators:
-                runs += [("single", kind, label, estimator, 1, seed) for seed in args.seeds]
+    chosen = {
+        label: (e, 1)
+        for label, e in single.items()
+        if args.estimators is None or label.split(" ")[0] in args.estimators
+    }
+    groups += [("single", kind, chosen) for kind in args.models]
     if args.two_evaluations:
-        for kind in args.models:
-            for label, estimator in pair_estimators().items():
-                runs += [("2 evaluations", kind, label, estimator, 1, seed) for seed in args.seeds]
-    for k in args.ks:
-        for kind in args.multi_models:
-            for label, (estimator, bound_k) in multi_sample_estimators(k).items():
-                runs += [(f"K={k}", kind, label, estimator, bound_k, seed) for seed in args.seeds]
-    return runs
+        groups += [
+            ("2 evaluations", kind, {label: (e, 1) for label, e in pair_estimators().items()}) for kind in args.models
+        ]
+    groups += [(f"K={k}", kind, multi_sample_estimators(k)) for k in args.ks for kind in args.multi_models]
+    return [
+        (group, kind, label, estimator, bound_k, seed)
+        for group, kind, estimators in groups
+        for label, (estimator, bound_k) in estimators.items()
+        for seed in args.seeds
+    ]
 
 
 def run_settings(args, bound_k):
     """What a saved run must share with this call to be resumed."""
-    keys = (
-        "batch_size",
-        "lr",
-        "particles",
-        "temperature",
-        "eval_every",
-        "eval_size",
-        "test_samples",
-        "train_samples",
-        "variance_draws",
-    )
+    keys = ("batch_size", "lr", "particles", "temperature", "eval_every", "eval_size", "test_samples", "train_samples")
+    keys += ("variance_draws",)
     return dict({k: getattr(args, k) for k in keys}, steps=args.steps if bound_k == 1 else args.multi_steps)
 
 
 def run_path(out, group, kind, label, seed):
     safe = "".join(c if c.isalnum() else "_" for c in label)
     return os.path.join(out, "runs", "{}__{}__{}__seed{}.json".format(group.replace("=", ""), kind, safe, seed))
+
+
+def run(args):
+    start = time.perf_counter()
+    study = prepare(args)
+    print("data: {}; {}".format(study["info"]["source"], study["info"]["split"]))
+    runs, records = plan(args), []
+    for i, (group, kind, label, estimator, k, seed) in enumerate(runs):
+        path, settings = run_path(args.out, group, kind, label, seed), run_settings(args, k)
+        if args.resume and os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved.get("settings", settings) == settings and saved["steps"] == settings["steps"]:
+                records.append(saved)
+                continue
+            print(f"  {path} was run with other settings: running it again")
+        record = dict(run_one(kind, label, estimator, k, seed, study, args), group=group, settings=settings)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+        records.append(record)
+        print(
+            f"[{i + 1}/{len(runs)}] {group} {kind} {label} seed {seed}: train {record['train_objective'][-1]:.2f}, "
+            f"test L_100 {record['test_bound'][-1]:.2f}, {1e3 * record['seconds_per_step']:.1f} ms/step",
+            flush=True,
+        )
+        finish("bernoulli_vae", args, results_of(records, args, study["info"]), start, report=False)  # after every run
+    return results_of(records, args, study["info"])
+
+
+def results_of(records, args, info):
+    """The results of the runs done so far."""
+    return {
+        "data": info,
+        "budget": (
+            f"{args.steps} steps per single-sample run and {args.multi_steps} per multi-sample run, batch "
+            f"{args.batch_size}, chosen to fit the CPU budget (one thread); published runs train for orders of "
+            "magnitude more steps, so these are early-training comparisons"
+        ),
+        # the runs' own wall time, also of those a --resume call found saved
+        "run_seconds": sum(r["wall_seconds"] for r in records),
+        "summary": aggregate(records),
+    }
 
 
 # ----------------------------------------------------------------------------
@@ -382,7 +372,7 @@ def plot_group(summary, styles, path, title, objective_label):
             ax = axes[row, col]
             for i, (label, s) in enumerate(summary[kind].items()):
                 steps = np.array(s["step"])
-                mean = np.array(s[key]["mean"])
+                mean = np.array(s[key]["mean"], float)  # None (NaN in results.json): a run that stopped
                 if np.all(np.isnan(mean)):
                     continue
                 every = max(1, len(steps) // 6)
@@ -429,23 +419,18 @@ def plot_group(summary, styles, path, title, objective_label):
 
 def plot_time(summary, path):
     rows = [
-        (group, kind, label, s["ms_per_step"])
+        (f"{group} | {kind} | {label}", kind, s["ms_per_step"])
         for group, models in summary.items()
         for kind, estimators in models.items()
         for label, s in estimators.items()
-        if not math.isnan(s["ms_per_step"])
+        if s["ms_per_step"] is not None and not math.isnan(s["ms_per_step"])
     ]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.5))
-    names = [f"{g} | {k} | {lab}" for g, k, lab, _ in rows]
-    ax.barh(
-        np.arange(len(rows)),
-        [r[3] for r in rows],
-        color=["tab:blue" if r[1] == "linear" else "tab:orange" for r in rows],
-    )
-    ax.set_yticks(np.arange(len(rows)))
-    ax.set_yticklabels(names, fontsize=8)
+    colors = ["tab:blue" if kind == "linear" else "tab:orange" for _, kind, _ in rows]
+    ax.barh(np.arange(len(rows)), [ms for _, _, ms in rows], color=colors)
+    ax.set_yticks(np.arange(len(rows)), [name for name, _, _ in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel(
@@ -455,198 +440,99 @@ def plot_time(summary, path):
     save_figure(fig, path)
 
 
-def write_outputs(records, args, study_info, styles, start, verbose=True):
-    """Writes results.json (with the run record when ``verbose``) and, with
-    ``verbose``, the figures and the table."""
-    summary = aggregate(records)
-    budget = (
-        f"{args.steps} steps per single-sample run and {args.multi_steps} per multi-sample run, batch "
-        f"{args.batch_size}, chosen to fit the CPU "
-        "budget (one thread); published runs train for orders of magnitude more steps, so these are "
-        "early-training comparisons"
-    )
-    results = {
-        "args": {k: v for k, v in vars(args).items()},
-        "data": study_info,
-        "budget": budget,
-        # the runs' own wall time, also of those a --resume call found saved
-        "run_seconds": sum(r["wall_seconds"] for r in records),
-        "summary": summary,
-    }
-    if not verbose:
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(results, f, indent=1, default=str)
-        return results
-    if not args.plot_only:  # a redraw keeps the record of the run that made the numbers
-        results = finish("bernoulli_vae", args, results, start)
-    single = {kind: rows for kind, rows in summary.get("single", {}).items()}
-    if single:
-        plot_group(
-            single,
-            styles,
-            os.path.join(args.out, "single_sample.png"),
-            "Bernoulli VAE, single-sample ELBO, {} evaluations per image ({})".format(
-                args.particles, "mean and min-max over seeds"
-            ),
-            "ELBO",
-        )
-    pairs = {kind: rows for kind, rows in summary.get("2 evaluations", {}).items()}
-    if pairs:
-        plot_group(
-            pairs,
-            styles,
-            os.path.join(args.out, "two_evaluations.png"),
-            "Bernoulli VAE, single-sample ELBO, 2 evaluations per image (mean and min-max over seeds)",
-            "ELBO",
-        )
+def figures(results, out):
+    summary, args = results["summary"], results["args"]
+    styles = {label: e.style for label, e in single_sample_estimators(args["particles"], args["temperature"]).items()}
+    styles.update({label: e.style for label, e in pair_estimators().items()})
+    for k in args["ks"]:
+        styles.update({label: e.style for label, (e, _) in multi_sample_estimators(k).items()})
     multi = {}
     for group, models in summary.items():
         if group.startswith("K="):
             for kind, rows in models.items():
                 multi.setdefault(f"{kind}, {group}", {}).update(rows)
-    if multi:
-        plot_group(
-            multi,
-            styles,
-            os.path.join(args.out, "multi_sample.png"),
-            "Bernoulli VAE, multi-sample bound: VIMCO and local DisARM (mean and min-max over seeds)",
-            "training bound L_K",
-        )
-    plot_time(summary, os.path.join(args.out, "time_per_step.png"))
-    print(budget)
-    print(
-        "{:<14} {:<10} {:<44} {:>10} {:>12} {:>12} {:>9}".format(
-            "group", "model", "estimator", "train obj", "test L_100", "grad var", "ms/step"
-        )
-    )
-    for group, models in summary.items():
-        for kind, rows in models.items():
-            for label, s in rows.items():
-                var = s["grad_variance"]["mean"][-1]
-                print(
-                    "{:<14} {:<10} {:<44} {:>10.2f} {:>12.2f} {:>12.3g} {:>9.1f}".format(
+    for panels, name, what, objective in (
+        (
+            summary.get("single"),
+            "single_sample",
+            f"single-sample ELBO, {args['particles']} evaluations per image",
+            "ELBO",
+        ),
+        (summary.get("2 evaluations"), "two_evaluations", "single-sample ELBO, 2 evaluations per image", "ELBO"),
+        (multi, "multi_sample", "multi-sample bound: VIMCO and local DisARM", "training bound L_K"),
+    ):
+        if panels:
+            title = f"Bernoulli VAE, {what} (mean and min-max over seeds)"
+            plot_group(panels, styles, os.path.join(out, name + ".png"), title, objective)
+    plot_time(summary, os.path.join(out, "time_per_step.png"))
+
+
+def readme_block(results):
+    rows = []
+    for group, models in results["summary"].items():
+        for kind, estimators in models.items():
+            for label, s in estimators.items():
+                last = {
+                    k: {stat: s[k][stat][-1] for stat in ("mean", "min", "max")}
+                    for k in ("train_objective", "test_bound", "grad_variance")
+                }
+                variance = last["grad_variance"]["mean"]
+                rows.append(
+                    [
                         group,
                         kind,
                         label,
-                        s["train_objective"]["mean"][-1],
-                        s["test_bound"]["mean"][-1],
-                        float("nan") if var is None else var,
-                        s["ms_per_step"],
-                    )
+                        "{:.2f}".format(last["train_objective"]["mean"]),
+                        "{:.2f} ({:.2f} to {:.2f})".format(*(last["test_bound"][k] for k in ("mean", "min", "max"))),
+                        "-" if variance is None else f"{variance:.3g}",
+                        "{:.1f}".format(s["ms_per_step"]),
+                    ]
                 )
-    return results
-
-
-def main(args):
-    start = time.perf_counter()
-    study = prepare(args)
-    print("data: {}; {}".format(study["info"]["source"], study["info"]["split"]))
-    runs = plan(args)
-    styles = {}
-    for _group, _kind, label, estimator, _k, _seed in runs:
-        styles[label] = estimator.style
-    records = []
-    for i, (group, kind, label, estimator, k, seed) in enumerate(runs):
-        path = run_path(args.out, group, kind, label, seed)
-        settings = run_settings(args, k)
-        if (args.resume or args.plot_only) and os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            if saved.get("settings", settings) == settings and saved["steps"] == settings["steps"]:
-                records.append(saved)
-                continue
-            print(f"  {path} was run with other settings: running it again")
-        if args.plot_only:
-            continue
-        record = dict(run_one(kind, label, estimator, k, seed, study, args), group=group, settings=settings)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(path + ".tmp", path)
-        records.append(record)
-        print(
-            "[{}/{}] {} {} {} seed {}: train {:.2f}, test L_100 {:.2f}, {:.1f} ms/step".format(
-                i + 1,
-                len(runs),
-                group,
-                kind,
-                label,
-                seed,
-                record["train_objective"][-1],
-                record["test_bound"][-1],
-                1e3 * record["seconds_per_step"],
+    args = results["args"]
+    header = ["group", "decoder", "estimator", "train objective", f"test L_{args['test_samples']} (seeds' min to max)"]
+    return "\n".join(
+        [
+            table(header + ["grad. variance", "ms/step"], rows, align="lllrrrr"),
+            "Mean over seeds at the last step. {}. Data: {}. Gradient variance: the mean over the encoder's weights "
+            "of the variance of the per-image gradient, {} draws at the last step.\n".format(
+                results["budget"][0].upper() + results["budget"][1:],
+                results["data"]["split"],
+                args["variance_draws"],
             ),
-            flush=True,
-        )
-        write_outputs(records, args, study["info"], styles, start, verbose=False)  # results.json after every run
-    return write_outputs(records, args, study["info"], styles, start)
+            "Command: `{}`; seeds {}; the runs took {} of wall time in all (`--resume` runs only those not yet "
+            "saved), on {}.\n".format(
+                results["run"]["command"],
+                ", ".join(map(str, results["run"]["seeds"])),
+                seconds(results["run_seconds"]),
+                machine_text(results["run"]),
+            ),
+        ]
+    )
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(__doc__, out="results/bernoulli_vae", multi_seed=True, default_seeds=(0, 1, 2))
-    parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
-    parser.add_argument("--no-download", action="store_true", help="never download MNIST")
-    parser.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS))
-    parser.add_argument(
-        "--estimators",
-        nargs="+",
-        default=None,
-        choices=[name.split(" ")[0] for name in single_sample_estimators(4, 1.0)],
-        help="single-sample estimators to run (default: all)",
-    )
-    parser.add_argument("--steps", type=_cli.positive_int, default=200, help="steps per single-sample run")
-    parser.add_argument("--multi-steps", type=_cli.positive_int, default=100, help="steps per multi-sample run")
-    parser.add_argument(
-        "--ks",
-        type=_cli.integer(minimum=2),
-        nargs="*",
-        default=[5],
-        help="K of the multi-sample bounds (none: no multi-sample runs)",
-    )
-    parser.add_argument(
-        "--multi-models", nargs="+", choices=KINDS, default=["linear"], help="models of the multi-sample runs"
-    )
-    parser.add_argument(
-        "--two-evaluations",
-        action="store_true",
-        help="also DisARM with one pair against leave-one-out with two samples",
-    )
-    parser.add_argument(
-        "--particles",
-        type=_cli.integer(minimum=4),
-        default=4,
-        help="model evaluations per image in the single-sample runs (even, >= 4: the "
-        "leave-one-out control variates need 3)",
-    )
-    parser.add_argument("--batch-size", type=_cli.integer(minimum=2), default=50)
-    parser.add_argument("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
-    parser.add_argument(
-        "--temperature", type=_cli.positive_real, default=2 / 3, help="temperature of the straight-through relaxation"
-    )
-    parser.add_argument("--eval-every", type=_cli.positive_int, default=100, help="steps between evaluations")
-    parser.add_argument(
-        "--eval-size", type=_cli.positive_int, default=500, help="training and test images of each evaluation"
-    )
-    parser.add_argument("--test-samples", type=_cli.integer(minimum=1), default=100, help="S of the test bound L_S")
-    parser.add_argument(
-        "--train-samples",
-        type=_cli.positive_int,
-        default=2,
-        help="draws of the training objective per image and evaluation",
-    )
-    parser.add_argument(
-        "--variance-draws",
-        type=_cli.nonnegative_int,
-        default=10,
-        help="gradient draws per variance (0: none; else >= 2)",
-    )
-    parser.add_argument("--resume", action="store_true", help="skip the runs already saved under OUT/runs")
-    parser.add_argument(
-        "--plot-only",
-        action="store_true",
-        help="only the figures and results.json of the runs saved under OUT/runs (none is run)",
-    )
-    return _cli.parse(parser, argv, check=check_arguments)
+def parser():
+    parser = _cli.parser(__doc__, "results/bernoulli_vae", seeds=(0, 1, 2), plot_only=True)
+    mnist_arguments(parser)
+    flag, count = parser.add_argument, _cli.positive_int
+    single = [name.split(" ")[0] for name in single_sample_estimators(4, 1.0)]
+    flag("--models", nargs="+", choices=KINDS, default=list(KINDS))
+    flag("--estimators", nargs="+", choices=single, help="single-sample estimators to run (default: all)")
+    flag("--steps", type=count, default=200, help="steps per single-sample run")
+    flag("--multi-steps", type=count, default=100, help="steps per multi-sample run")
+    flag("--ks", type=_cli.integer(minimum=2), nargs="*", default=[5], help="K of the multi-sample bounds (none: none)")
+    flag("--multi-models", nargs="+", choices=KINDS, default=["linear"], help="models of the multi-sample runs")
+    flag("--two-evaluations", action="store_true", help="also DisARM (1 pair) against leave-one-out (2 samples)")
+    flag("--particles", type=_cli.integer(minimum=4), default=4, help="evaluations per image (even, >= 4)")
+    flag("--batch-size", type=_cli.integer(minimum=2), default=50)
+    flag("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
+    flag("--temperature", type=_cli.positive_real, default=2 / 3, help="of the straight-through relaxation")
+    flag("--eval-every", type=count, default=100, help="steps between evaluations")
+    flag("--eval-size", type=count, default=500, help="training and test images of each evaluation")
+    flag("--test-samples", type=count, default=100, help="S of the test bound L_S")
+    flag("--train-samples", type=count, default=2, help="draws of the training objective per image")
+    flag("--variance-draws", type=_cli.nonnegative_int, default=10, help="gradient draws per variance (0: none)")
+    flag("--resume", action="store_true", help="skip the runs already saved under OUT/runs")
+    return parser
 
 
 def check_arguments(args):
@@ -658,5 +544,7 @@ def check_arguments(args):
         raise ValueError("argument --variance-draws: a variance needs 2 draws or more (or 0 for none), got 1")
 
 
+STUDY = Study("bernoulli_vae", parser, run, figures, readme_block, check=check_arguments)
+
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

@@ -1,5 +1,5 @@
 """Which estimator works with which kind of guide: every pair of the
-drop-in catalogue (tests/catalogue.py) run through every estimator, with
+drop-in catalogue (models/catalogue.py) run through every estimator, with
 vectorized and with sequential particles, and the outcomes tabulated by
 guide kind and subsampling.
 
@@ -9,13 +9,9 @@ A cell reads "yes" when every pair of that kind works, "no" when every one
 is refused (the footnote says why), and "k of n" otherwise.
 """
 
-import time
-
-if not __package__:  # run as ``python experiments/compatibility.py``
-    import _repo_root  # noqa: F401
-
-from experiments import _cli, _results
-from tests.catalogue import CATALOGUE, ESTIMATORS, REFUSALS, outcome, refusal_tag
+from experiments import _cli
+from experiments._study import Study
+from models.catalogue import CATALOGUE, ESTIMATORS, REFUSALS, outcome, refusal_tag
 
 KINDS = {
     "mean_field": "hand-written mean field",
@@ -29,14 +25,11 @@ KINDS = {
 }
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(
-        __doc__,
-        out="results/compatibility",
-        multi_seed=True,
-        default_seeds=(0,),
-        seeds_help="not used: every outcome is computed with fixed seeds",
-    )
+SEEDS = "not used: every outcome is computed with fixed seeds"
+
+
+def parser():
+    parser = _cli.parser(__doc__, "results/compatibility", seeds=(0,), seeds_help=SEEDS, plot_only=True)
     parser.add_argument(
         "--pairs",
         nargs="+",
@@ -44,15 +37,15 @@ def parse_args(argv=None):
         default=sorted(CATALOGUE),
         help="catalogue pairs to run (default: all)",
     )
-    return _cli.parse(parser, argv)
+    return parser
 
 
-def run(pairs):
+def records(pairs):
     """One record per (pair, estimator): ``status`` is ``works`` when both
     particle modes work, else ``refused`` with the reason's tag. A refusal
     that the catalogue does not expect, or an unexpected success, is an
     error."""
-    records = []
+    found = []
     for pair in pairs:
         spec = CATALOGUE[pair]
         for estimator, config in ESTIMATORS.items():
@@ -61,7 +54,7 @@ def run(pairs):
             expected = "works" if tag is None else "refused"
             if any(r != ("ok" if tag is None else "refused") for r in results):
                 raise RuntimeError(f"{estimator} on {pair}: {results} (expected {expected})")
-            records.append(
+            found.append(
                 dict(
                     pair=pair,
                     kind=spec.kind,
@@ -71,11 +64,16 @@ def run(pairs):
                     reason=tag,
                 )
             )
-    return records
+    return found
 
 
-def render(records):
+def run(args):
+    return {"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records(args.pairs)}
+
+
+def readme_block(results):
     """The compatibility table in Markdown, with footnotes for the refusals."""
+    records = results["records"]
     kinds = [k for k in KINDS if any(r["kind"] == k for r in records)]
     notes = [tag for tag in REFUSALS if any(r["reason"] == tag for r in records)]
     header = "| estimator | " + " | ".join(KINDS[k] for k in kinds) + " |"
@@ -111,14 +109,7 @@ def _cell(group, notes):
     return f"{works} of {len(group)}{footnote}"
 
 
-def main(args):
-    start = time.perf_counter()
-    records = run(args.pairs)
-    _results.finish(
-        "compatibility", args, {"pairs": len(args.pairs), "estimators": list(ESTIMATORS), "records": records}, start
-    )
-    print(render(records))
-
+STUDY = Study("compatibility", parser, run, readme_block=readme_block)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

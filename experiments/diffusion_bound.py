@@ -35,17 +35,15 @@ References
 import dataclasses
 import math
 import os
-import time
 
 import numpy as np
 import torch
 
-if not __package__:  # run as ``python experiments/diffusion_bound.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import legend_outside, plt, save_figure
-from experiments._results import finish, fmt, spreads
+from experiments._markdown import pm, run_line, table, times
+from experiments._results import spreads
+from experiments._study import Study
 from models.diffusion import (
     decomposed_bound_terms,
     direct_bound_terms,
@@ -93,15 +91,6 @@ def summarize(per_chain):
     }
 
 
-def estimates(data, chain, betas, process):
-    """Per-chain terms of both forms, (chains, points, T + 1), and the exact terms (points, T + 1)."""
-    return (
-        direct_bound_terms(data, chain, betas, process),
-        decomposed_bound_terms(data, chain, betas, process),
-        exact_bound_terms(data, betas, process),
-    )
-
-
 def summarize_terms(terms):
     """Per-term mean and standard error of a (chains, points, T + 1) tensor."""
     num_chains, num_points = terms.shape[:2]
@@ -136,65 +125,17 @@ def evaluate(data, process, direct_terms, decomposed_terms, exact):
     }
 
 
-SCALARS = {
-    "direct": ("direct", "mean"),
-    "direct_variance": ("direct", "variance"),
-    "decomposed": ("decomposed", "mean"),
-    "decomposed_variance": ("decomposed", "variance"),
-    "paired_difference": ("paired_difference", "mean"),
-    "variance_ratio_direct_over_decomposed": ("variance_ratio_direct_over_decomposed",),
-    "decomposed_independent_terms_variance": ("decomposed_independent_terms_variance",),
-}
-
-
 def scalars(result):
     """The per-seed numbers of one model's :func:`evaluate` result."""
-    out = {}
-    for key, path in SCALARS.items():
-        value = result
-        for part in path:
-            value = value[part]
-        out[key] = value
-    out["direct_standard_error"] = result["direct"]["standard_error"]
-    out["decomposed_standard_error"] = result["decomposed"]["standard_error"]
-    return out
-
-
-def print_table(summary, main):
-    print(
-        "{:<32} {:>8} {:>8} {:>22} {:>22} {:>20}".format(
-            "reverse model", "exact L", "-log p", "direct (± std)", "decomposed (± std)", "Var dir/dec (± std)"
-        )
+    forms = ("direct", "decomposed")
+    ratio, fresh = "variance_ratio_direct_over_decomposed", "decomposed_independent_terms_variance"
+    return dict(
+        {form: result[form]["mean"] for form in forms},
+        **{f"{form}_variance": result[form]["variance"] for form in forms},
+        paired_difference=result["paired_difference"]["mean"],
+        **{ratio: result[ratio], fresh: result[fresh]},
+        **{f"{form}_standard_error": result[form]["standard_error"] for form in forms},
     )
-    for name, r in summary.items():
-        print(
-            "{:<32} {:>8.4f} {:>8.4f} {:>22} {:>22} {:>20}{}".format(
-                name,
-                r["exact_bound"],
-                r["neg_log_marginal"],
-                fmt(r["direct"], ".4f"),
-                fmt(r["decomposed"], ".4f"),
-                fmt(r["variance_ratio_direct_over_decomposed"], ".3g"),
-                "  <- main" if name == main else "",
-            )
-        )
-
-
-def print_terms(r, num_terms=6):
-    terms = r["terms"]
-    print("{:>6} {:>10} {:>20} {:>12} {:>12}".format("term", "exact", "decomposed +- SE", "std (RB)", "std (MC)"))
-    shown = list(range(min(num_terms, len(terms["exact"])))) + [len(terms["exact"]) - 1]
-    for k in sorted(set(shown)):
-        print(
-            "{:>6} {:>10.4f} {:>12.4f} +- {:<6.4f} {:>12.4f} {:>12.4f}".format(
-                f"L_{k}",
-                terms["exact"][k],
-                terms["decomposed_mean"][k],
-                terms["decomposed_standard_error"][k],
-                terms["decomposed_std"][k],
-                terms["direct_std"][k],
-            )
-        )
 
 
 def plot_terms(r, path, title):
@@ -292,21 +233,26 @@ def plot_variance(summary, main, path):
     save_figure(fig, path)
 
 
-def plot_histogram(direct, decomposed, exact, path, title):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    errors = {"(a) direct": direct - exact, "(b) KL-decomposed": decomposed - exact}
+def histogram(direct, decomposed, exact, bins=80):
+    """The per-chain estimates of both forms minus the exact bound, as
+    densities over shared bins, with their standard deviations."""
+    errors = {"(a) direct": (direct - exact).flatten(), "(b) KL-decomposed": (decomposed - exact).flatten()}
     low = min(e.min().item() for e in errors.values())
     high = max(e.max().item() for e in errors.values())
-    bins = np.linspace(low, high, 80)
-    for label, error in errors.items():
-        ax.hist(
-            error.flatten().numpy(),
-            bins=bins,
-            density=True,
-            histtype="step",
-            lw=1.5,
-            label=f"{label} (std {error.std().item():.3g})",
-        )
+    edges = np.linspace(low, high, bins)
+    return {
+        "edges": edges.tolist(),
+        "density": {
+            label: np.histogram(e.numpy(), bins=edges, density=True)[0].tolist() for label, e in errors.items()
+        },
+        "std": {label: e.std().item() for label, e in errors.items()},
+    }
+
+
+def plot_histogram(hist, path, title):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, density in hist["density"].items():
+        ax.stairs(density, hist["edges"], lw=1.5, label=f"{label} (std {hist['std'][label]:.3g})")
     ax.axvline(0, color="k", ls=":", label="exact L(x_0)")
     ax.set_yscale("log")
     ax.set_xlabel("one chain's estimate of L(x_0) minus the closed-form L(x_0) (nats)")
@@ -316,8 +262,7 @@ def plot_histogram(direct, decomposed, exact, path, title):
     save_figure(fig, path)
 
 
-def main(args):
-    start = time.perf_counter()
+def run(args):
     betas = linear_schedule(args.timesteps, args.beta_start, args.beta_end)
     data = make_data(args.data, args.num_data, args.data_seed)
     models = reverse_models(betas, data, args.variance_scales)
@@ -325,7 +270,11 @@ def main(args):
     for seed in args.seeds:
         chain = sample_forward_chain(data, betas, args.samples, torch.Generator().manual_seed(seed + 1))
         for name, process in models.items():
-            terms = estimates(data, chain, betas, process)
+            terms = (
+                direct_bound_terms(data, chain, betas, process),
+                decomposed_bound_terms(data, chain, betas, process),
+                exact_bound_terms(data, betas, process),
+            )
             result = evaluate(data, process, *terms)
             per_seed[name].append(scalars(result))
             if seed == args.seeds[0]:
@@ -341,53 +290,90 @@ def main(args):
         )
         for name, rows in per_seed.items()
     }
-    main_result = first[args.model]
-
-    print(
-        f"data: {args.data} ({args.num_data} points, 2-D, data seed {args.data_seed}); T = {args.timesteps}, "
-        f"betas linear {args.beta_start:g}..{args.beta_end:g}; {args.samples} chains per point; "
-        f"seeds {args.seeds} (mean ± std over seeds)"
-    )
-    print_table(summary, args.model)
-    print(f"\nmain model {args.model}: per-term L_k (nats per data point), first seed")
-    print_terms(main_result)
-    difference = summary[args.model]["paired_difference"]
-    print(
-        "direct - decomposed = {} (over seeds); variance ratio direct/decomposed = {}".format(
-            fmt(difference, ".4f"), fmt(summary[args.model]["variance_ratio_direct_over_decomposed"], ".3g")
-        )
-    )
-
-    plot_terms(main_result, os.path.join(args.out, "terms.png"), args.model)
-    plot_variance(summary, args.model, os.path.join(args.out, "variance.png"))
-    plot_histogram(
-        direct_terms.sum(-1),
-        decomposed_terms.sum(-1),
-        exact.sum(-1),
-        os.path.join(args.out, "histogram.png"),
-        f"{args.model}: per-chain estimates of the bound, {args.samples} chains x {args.num_data} points (first seed)",
-    )
-    results = {
-        "args": vars(args),
+    return {
         "main_model": args.model,
         "summary": summary,
-        "main_model_terms_first_seed": main_result["terms"],
+        "main_model_terms_first_seed": first[args.model]["terms"],
+        "histogram_first_seed": histogram(direct_terms.sum(-1), decomposed_terms.sum(-1), exact.sum(-1)),
         "per_seed": per_seed,
     }
-    return finish("diffusion_bound", args, results, start)
 
 
-def parse_args(argv=None):
+def figures(results, out):
+    args, main = results["args"], results["main_model"]
+    plot_terms({"terms": results["main_model_terms_first_seed"]}, os.path.join(out, "terms.png"), main)
+    plot_variance(results["summary"], main, os.path.join(out, "variance.png"))
+    plot_histogram(
+        results["histogram_first_seed"],
+        os.path.join(out, "histogram.png"),
+        f"{main}: per-chain estimates of the bound, {args['samples']} chains x {args['num_data']} points (first seed)",
+    )
+
+
+def readme_block(results):
+    summary, main = results["summary"], results["main_model"]
+    rows = [
+        [
+            name + (" (main)" if name == main else ""),
+            "{:.4f}".format(s["exact_bound"]),
+            pm(s["direct"], ".4f"),
+            pm(s["decomposed"], ".4f"),
+            pm(s["direct_variance"], ".3g"),
+            pm(s["decomposed_variance"], ".3g"),
+        ]
+        for name, s in sorted(summary.items(), key=lambda item: item[1]["gap"])
+    ]
+    m = summary[main]
+    header = ["reverse model", "exact bound", "direct (eq. 3)", "decomposed (eq. 5)"]
+    return "\n".join(
+        [
+            table(header + ["variance, direct", "variance, decomposed"], rows),
+            "Nats per data point, mean ± standard deviation over seeds of {} chains per point; variance of one "
+            "chain's estimate. For the main model the decomposed estimate lies {:.4f} ± {:.4f} below the direct one "
+            "on the same chains; its per-chain distribution is skewed to the right (variance {:.3g}), so a mean of "
+            "{} chains usually falls short of the exact value and rare chains with large estimates make up the "
+            "difference.\n".format(
+                results["args"]["samples"],
+                m["paired_difference"]["mean"],
+                m["paired_difference"]["std"] or 0.0,
+                m["decomposed_variance"]["mean"],
+                results["args"]["samples"],
+            ),
+            crossover(summary),
+            run_line(results),
+        ]
+    )
+
+
+def crossover(summary):
+    """Which form has the lower variance, model by model."""
+
+    def ratio(name):
+        return summary[name]["direct_variance"]["mean"] / summary[name]["decomposed_variance"]["mean"]
+
+    ordered = sorted(summary, key=lambda n: summary[n]["gap"])
+    direct_wins = [
+        "{} ({} times, bound loose by {:.2g} nats)".format(n, times(1 / ratio(n)), summary[n]["gap"])
+        for n in ordered
+        if ratio(n) < 1
+    ]
+    decomposed_wins = [
+        "{} ({} times, {:.2g} nats)".format(n, times(ratio(n)), summary[n]["gap"]) for n in ordered if ratio(n) >= 1
+    ]
+    return "Lower variance for the direct form: {}. Lower for the decomposed form: {}.\n".format(
+        "; ".join(direct_wins) or "none", "; ".join(decomposed_wins) or "none"
+    )
+
+
+SEEDS = "a seed draws the forward chains; the data are fixed by --data-seed"
+
+
+def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/diffusion_bound",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed draws the forward chains; the data are fixed by --data-seed",
+        __doc__, "results/diffusion_bound", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
     )
     parser.add_argument("--data", choices=("mixture", "gaussian"), default="mixture")
     parser.add_argument("--num-data", type=_cli.positive_int, default=32)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
     parser.add_argument(
         "--samples",
         type=_cli.integer(minimum=2),
@@ -407,7 +393,7 @@ def parse_args(argv=None):
         default=[0.25, 0.5, 0.8, 1.25, 2.0, 4.0],
         help="extra models: the Gaussian-fit reverse variances times each scale",
     )
-    return _cli.parse(parser, argv, check=check_arguments)
+    return parser
 
 
 def check_arguments(args):
@@ -415,5 +401,7 @@ def check_arguments(args):
         raise ValueError(f"need 0 < --beta-start <= --beta-end < 1, got {args.beta_start} and {args.beta_end}")
 
 
+STUDY = Study("diffusion_bound", parser, run, figures, readme_block, check=check_arguments)
+
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

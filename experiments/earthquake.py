@@ -12,25 +12,12 @@ summaries of the cluster centres and rates for the first seed.
     python -m experiments.earthquake --out results/earthquake
 """
 
-import os
-import time
-
+import numpy as np
 import torch
 
-if not __package__:  # run as ``python experiments/earthquake.py``
-    import _repo_root  # noqa: F401
-
-from experiments import _cli
+from experiments import _mixtures
 from experiments._figures import legend_outside, plt, save_figure
-from experiments._mixtures import (  # noqa: E402
-    SEEDS_HELP,
-    add_arguments,
-    check_weights_argument,
-    plot_cavi_and_svi,
-    run_cavi,
-    run_svi,
-    write_results,
-)
+from experiments._study import Study
 from guides.earthquake import cavi, elbo, global_guide, mean_field_guide, params_from_store
 from models.earthquake import DEFAULT_HYPER, generate_data, model
 
@@ -38,19 +25,18 @@ TRUE_CENTRES = [[-6.0, -4.0], [5.0, 5.0], [6.0, -6.0]]
 TRUE_RATES = [2.0, 10.0, 30.0]
 
 
-def plot_clusters(locations, counts, params, path):
+def plot_clusters(data, means, path):
     """Each event coloured by its most likely cluster (a categorical legend,
     no colour scale), sized by its count; fitted and true centres marked."""
     fig, ax = plt.subplots(figsize=(8, 6))
-    assignment = params.r.argmax(-1).numpy()
-    rates = (params.a / params.b).numpy()
-    for k, (centre, rate) in enumerate(zip(params.m.numpy(), rates)):
+    locations, counts, assignment = (np.asarray(data[k]) for k in ("locations", "counts", "assignment"))
+    for k, (centre, rate) in enumerate(zip(means["E_mu"], means["E_lambda"])):
         chosen = assignment == k
         ax.scatter(
-            locations[chosen, 0].numpy(),
-            locations[chosen, 1].numpy(),
+            locations[chosen, 0],
+            locations[chosen, 1],
             color=f"C{k}",
-            s=8 + 2 * counts[chosen].numpy(),
+            s=8 + 2 * counts[chosen],
             alpha=0.5,
             edgecolors="none",
             label=f"cluster {k}: {int(chosen.sum())} events, E[mu] ({centre[0]:.2f}, {centre[1]:.2f}), "
@@ -75,12 +61,11 @@ def plot_clusters(locations, counts, params, path):
     save_figure(fig, path)
 
 
-def main(args):
-    start = time.perf_counter()
+def run(args):
     pi = torch.tensor(args.pi, dtype=torch.float64)
     locations, counts, _ = generate_data(args.num_data, pi, TRUE_CENTRES, TRUE_RATES, seed=args.data_seed)
-    fit_cavi = run_cavi(cavi, (locations, counts, pi), DEFAULT_HYPER, max_iters=args.cavi_iters)
-    histories, rows, summaries = run_svi(
+    fit_cavi = _mixtures.run_cavi(cavi, (locations, counts, pi), DEFAULT_HYPER, max_iters=args.cavi_iters)
+    histories, rows, summaries = _mixtures.run_svi(
         model,
         {"global": global_guide, "mean_field": mean_field_guide},
         (locations, counts, pi),
@@ -88,28 +73,30 @@ def main(args):
         args,
         ["mu", "lambda"],
     )
-    plot_cavi_and_svi(fit_cavi.elbo_history, histories, os.path.join(args.out, "elbo.png"), "Earthquakes")
-    plot_clusters(locations, counts, fit_cavi.params, os.path.join(args.out, "clusters.png"))
-    means = {
-        "E_mu": fit_cavi.params.m.tolist(),
-        "E_lambda": (fit_cavi.params.a / fit_cavi.params.b).tolist(),
-    }
-    return write_results("earthquake", args, fit_cavi, means, rows, summaries, start)
+    params = fit_cavi.params
+    means = {"E_mu": params.m.tolist(), "E_lambda": (params.a / params.b).tolist()}
+    data = {"locations": locations.tolist(), "counts": counts.tolist(), "assignment": params.r.argmax(-1).tolist()}
+    return dict(_mixtures.svi_results(fit_cavi, means, histories, rows, summaries), data=data)
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(
-        __doc__, out="results/earthquake", multi_seed=True, default_seeds=(0, 1, 2), seeds_help=SEEDS_HELP
-    )
-    add_arguments(parser)
-    return _cli.parse(parser, argv, check=check_arguments)
+def figures(results, out):
+    history = results["cavi"]["elbo_history"]
+    _mixtures.plot_cavi_and_svi(history, results["histories"], f"{out}/elbo.png", "Earthquakes")
+    plot_clusters(results["data"], results["cavi"], f"{out}/clusters.png")
+
+
+def parser():
+    return _mixtures.parser(__doc__, out="results/earthquake")
 
 
 def check_arguments(args):
     if len(args.pi) != len(TRUE_CENTRES):
         raise ValueError(f"argument --pi: needs {len(TRUE_CENTRES)} weights, one per true cluster, got {len(args.pi)}")
-    check_weights_argument(args)
+    _mixtures.check_weights_argument(args)
 
+
+# Its README block is "mixtures", rendered by gmm_cavi.
+STUDY = Study("earthquake", parser, run, figures, check=check_arguments)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

@@ -47,12 +47,11 @@ import time
 import numpy as np
 import torch
 
-if not __package__:  # run as ``python experiments/gamma_natural_gradient.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._results import finish, fmt, spreads
+from experiments._markdown import pm, run_line, table
+from experiments._results import spreads, thin
+from experiments._study import Study
 from pyro_vi.exponential_family import FAMILIES
 from pyro_vi.optim import descent_step, natural_gradient_step
 
@@ -150,11 +149,12 @@ def iterations_to_reach(nll, best, tol):
     return int(hits[0]) if hits.size else None
 
 
-def plot_trajectories(runs, mle, truth, seed, path):
+def plot_trajectories(steps, paths, mle, truth, seed, path):
+    """``paths``: method -> ``(alpha_t, beta_t)`` at ``steps`` (from 1)."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for i, (ax, label) in enumerate(zip(axes, ("shape alpha", "scale beta"))):
-        for name, run in runs.items():
-            ax.plot(np.arange(1, len(run["path"]) + 1), run["path"][:, i], label=name, lw=1.4)
+        for name, values in paths.items():
+            ax.plot(steps, values[i], label=name, lw=1.4)
         ax.axhline(mle[i], color="k", ls="--", lw=1, label=f"MLE {mle[i]:.4f}")
         ax.axhline(
             truth[i],
@@ -171,17 +171,16 @@ def plot_trajectories(runs, mle, truth, seed, path):
     save_figure(fig, path)
 
 
-def plot_nll(runs_per_seed, bests, tol, path):
+def plot_nll(steps, nll, bests, tol, path):
     """Left: the NLL of the first data set; right: the gap to the MLE of
-    every data set (mean and band over seeds, log scale)."""
+    every data set (mean and band over seeds, log scale). ``nll``: method ->
+    per seed, at ``steps`` (iteration + 1)."""
     fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
-    first, best = runs_per_seed[0], bests[0]
     for i, name in enumerate(METHODS):
-        steps = np.arange(len(first[name]["nll"]))
-        ax.plot(steps + 1, first[name]["nll"], label=name, lw=1.4, color=f"C{i}")
-        gaps = [np.maximum(runs[name]["nll"] - b, GAP_FLOOR) for runs, b in zip(runs_per_seed, bests)]
-        seed_band(gap_ax, steps, np.log10(gaps), label=name, lw=1.4, color=f"C{i}")
-    ax.axhline(best, color="k", ls="--", lw=1, label=f"NLL at the MLE {best:.5f}")
+        ax.plot(steps, nll[name][0], label=name, lw=1.4, color=f"C{i}")
+        gaps = [np.maximum(np.asarray(runs) - b, GAP_FLOOR) for runs, b in zip(nll[name], bests)]
+        seed_band(gap_ax, steps - 1, np.log10(gaps), label=name, lw=1.4, color=f"C{i}")
+    ax.axhline(bests[0], color="k", ls="--", lw=1, label=f"NLL at the MLE {bests[0]:.5f}")
     ax.set_xscale("log")
     ax.set_xlabel("iteration + 1 (log scale)")
     ax.set_ylabel("average NLL (nats)")
@@ -189,15 +188,17 @@ def plot_nll(runs_per_seed, bests, tol, path):
     gap_ax.axhline(np.log10(tol), color="k", ls=":", lw=1, label=f"tolerance {tol:g} nats")
     gap_ax.set_xlabel("iteration")
     gap_ax.set_ylabel(f"log10(NLL - NLL(MLE)) (nats, floored at {GAP_FLOOR:g})")
-    gap_ax.set_title(f"gap to the MLE ({band_note(len(runs_per_seed))})", fontsize=10)
+    gap_ax.set_title(f"gap to the MLE ({band_note(len(bests))})", fontsize=10)
     for a in (ax, gap_ax):
         legend_outside(a, where="below", ncol=2)
     save_figure(fig, path)
 
 
-def plot_paths(runs, stats, mle, seed, path):
-    paths = np.concatenate([run["path"] for run in runs.values()])
-    lo, hi = paths.min(0) * 0.9, paths.max(0) * 1.1
+def plot_paths(paths, stats, mle, seed, path):
+    """Both paths in (alpha, beta) over the NLL's contours."""
+    stats = torch.as_tensor(stats, dtype=torch.float64)
+    points = np.concatenate([np.asarray(values).T for values in paths.values()])
+    lo, hi = points.min(0) * 0.9, points.max(0) * 1.1
     grid = torch.stack(
         torch.meshgrid(
             torch.linspace(lo[0], hi[0], 200, dtype=torch.float64),
@@ -210,8 +211,8 @@ def plot_paths(runs, stats, mle, seed, path):
     fig, ax = plt.subplots(figsize=(7, 5.5))
     contours = ax.contour(grid[..., 0], grid[..., 1], gap.log10(), levels=15, cmap="viridis", linewidths=0.7)
     fig.colorbar(contours, ax=ax, label="log10(NLL - NLL(MLE))")
-    for name, run in runs.items():
-        ax.plot(run["path"][:, 0], run["path"][:, 1], ".-", ms=2.5, lw=1, label=name)
+    for name, (alpha, beta) in paths.items():
+        ax.plot(alpha, beta, ".-", ms=2.5, lw=1, label=name)
     ax.plot(*mle, "k*", ms=12, label="MLE")
     ax.set_xlabel("shape alpha")
     ax.set_ylabel("scale beta")
@@ -245,8 +246,7 @@ def fit_one(args, seed):
     return stats, mle, best, runs, rows
 
 
-def main(args):
-    start = time.perf_counter()
+def run(args):
     fits = [fit_one(args, seed) for seed in args.seeds]
     stats, mle, best, runs, _ = fits[0]
     mles = [f[1] for f in fits]
@@ -257,53 +257,72 @@ def main(args):
     theta = torch.tensor((args.init_shape, args.init_scale), dtype=torch.float64, requires_grad=True)
     autograd_grad = torch.autograd.grad(average_nll(theta, stats), theta)[0]
     check["gradient_closed_vs_autograd"] = float((autograd_grad - nll_gradient(theta.detach(), stats)).abs().max())
-    mle_np = mle.numpy()
-    plot_trajectories(
-        runs, mle_np, (args.true_shape, args.true_scale), args.seeds[0], os.path.join(args.out, "trajectories.png")
-    )
-    plot_nll([f[3] for f in fits], [f[2] for f in fits], args.tol, os.path.join(args.out, "nll.png"))
-    plot_paths(runs, stats, mle_np, args.seeds[0], os.path.join(args.out, "path.png"))
     per_seed = {name: [f[4][name] for f in fits] for name in METHODS}
     summary = {
         name: spreads(rows, ["iterations_to_tolerance", "halved_steps", "final_nll_gap"])
         for name, rows in per_seed.items()
     }
-    print(
-        f"{len(args.seeds)} data sets (seeds {args.seeds}) of {args.num_data} draws from Gamma(shape "
-        f"{args.true_shape:g}, scale {args.true_scale:g}); start ({args.init_shape:g}, {args.init_scale:g}), "
-        f"lr = {args.lr}, tolerance {args.tol:g} nats"
-    )
-    print("MLE per data set: " + "; ".join(f"alpha {m[0]:.5f}, beta {m[1]:.5f}" for m in mles))
-    print("{:<6} {:>24} {:>12} {:>24}".format("method", "iterations (mean ± std)", "halved", "final NLL gap"))
-    for name, s in summary.items():
-        print(
-            "{:<6} {:>24} {:>12} {:>24}".format(
-                name,
-                fmt(s["iterations_to_tolerance"], ".1f"),
-                fmt(s["halved_steps"], ".0f"),
-                fmt(s["final_nll_gap"], ".2e"),
-            )
-        )
-    print("Fisher checks (max relative error): " + ", ".join(f"{k} {v:.1e}" for k, v in check.items() if k != "points"))
-    results = {
-        "args": vars(args),
+    curves = {f"{name} nll": [f[3][name]["nll"] for f in fits] for name in METHODS}
+    for name in METHODS:
+        curves[f"{name} path"] = list(runs[name]["path"].T)  # alpha, beta of the first data set
+    return {
         "mle": [{"alpha": float(m[0]), "beta": float(m[1]), "nll": f[2]} for m, f in zip(mles, fits)],
         "tolerance_nats": args.tol,
         "summary": summary,
         "per_seed": per_seed,
         "checks": check,
+        "statistics_first_seed": [float(v) for v in stats],
+        "curves": thin(curves),
     }
-    return finish("gamma_natural_gradient", args, results, start)
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(
-        __doc__,
-        out="results/gamma_natural_gradient",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed draws the data set; GD and NGD are deterministic given the data",
+def figures(results, out):
+    args, curves = results["args"], results["curves"]
+    steps = np.asarray(curves["GD nll"]["step"])
+    paths = {name: curves[f"{name} path"]["values"] for name in METHODS}
+    mle = [results["mle"][0]["alpha"], results["mle"][0]["beta"]]
+    seed = results["run"]["seeds"][0]
+    truth = (args["true_shape"], args["true_scale"])
+    plot_trajectories(steps, paths, mle, truth, seed, os.path.join(out, "trajectories.png"))
+    nll = {name: curves[f"{name} nll"]["values"] for name in METHODS}
+    plot_nll(steps, nll, [m["nll"] for m in results["mle"]], args["tol"], os.path.join(out, "nll.png"))
+    plot_paths(paths, results["statistics_first_seed"], mle, seed, os.path.join(out, "path.png"))
+
+
+def readme_block(results):
+    summary, args = results["summary"], results["args"]
+    mles = results["mle"]
+    rows = [
+        [
+            name,
+            pm(s["iterations_to_tolerance"], ".1f"),
+            pm(s["halved_steps"], ".0f"),
+            ", ".join("never" if v is None else f"{v:.0f}" for v in s["iterations_to_tolerance"]["values"]),
+        ]
+        for name, s in summary.items()
+    ]
+    return "\n".join(
+        [
+            "Iterations until the average NLL is within {:g} nats of the MLE, over {} data sets of {} draws (MLE "
+            "alpha, beta: {}):\n".format(
+                results["tolerance_nats"],
+                len(mles),
+                args["num_data"],
+                "; ".join("{:.4f}, {:.4f}".format(m["alpha"], m["beta"]) for m in mles),
+            ),
+            table(["method", "iterations (mean ± std)", "halved steps", "per data set"], rows),
+            "The closed-form inverse Fisher matches `torch.linalg.inv` of the autograd J^T F(eta) J to {:.0e} "
+            "(relative).\n".format(results["checks"]["inverse_closed_vs_inv_of_autograd"]),
+            run_line(results),
+        ]
     )
+
+
+SEEDS = "a seed draws the data set; GD and NGD are deterministic given the data"
+
+
+def parser():
+    parser = _cli.parser(__doc__, "results/gamma_natural_gradient", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True)
     positive = _cli.positive_real
     parser.add_argument("--num-data", type=_cli.integer(minimum=2), default=1000)
     parser.add_argument("--true-shape", type=positive, default=3.0)
@@ -316,8 +335,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--max-halvings", type=_cli.nonnegative_int, default=30, help="halvings of a step that leaves the domain"
     )
-    return _cli.parse(parser, argv)
+    return parser
 
+
+STUDY = Study("gamma_natural_gradient", parser, run, figures, readme_block)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

@@ -12,55 +12,39 @@ the component parameters for the first seed.
     python -m experiments.gmm_cavi --out results/gmm_cavi
 """
 
-import os
-import time
-
 import numpy as np
 import torch
 
-if not __package__:  # run as ``python experiments/gmm_cavi.py``
-    import _repo_root  # noqa: F401
-
-from experiments import _cli
+from experiments import _cli, _mixtures
 from experiments._figures import legend_outside, plt, save_figure
-from experiments._mixtures import (  # noqa: E402
-    SEEDS_HELP,
-    add_arguments,
-    check_weights_argument,
-    plot_cavi_and_svi,
-    run_cavi,
-    run_svi,
-    write_results,
-)
+from experiments._study import Study
 from guides.gmm import cavi, elbo, global_guide, mean_field_guide, params_from_store
 from models.gmm import DEFAULT_PRIOR, generate_data, model
 
 
-def plot_clusters(data, pi, params, mus, taus, path):
+def plot_clusters(x, pi, means, mus, taus, path):
     """The data with CAVI's fitted mixture (thick grey) and its weighted
     components drawn over it, and the true means."""
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    x = data.numpy()
+    x, pi, m, tau = (np.asarray(v) for v in (x, pi, means["E_mu"], means["E_tau"]))
     ax.hist(x, bins=60, density=True, color="0.85", label=f"data (N = {len(x)})")
     grid = np.linspace(x.min() - 1, x.max() + 1, 600)
-    tau = (params.a / params.b).numpy()
     densities = [
         weight * np.sqrt(prec / (2 * np.pi)) * np.exp(-0.5 * prec * (grid - loc) ** 2)
-        for weight, loc, prec in zip(pi.numpy(), params.m.numpy(), tau)
+        for weight, loc, prec in zip(pi, m, tau)
     ]
     ax.plot(
         grid, np.sum(densities, 0), color="0.35", lw=5, alpha=0.45, zorder=2, label="fitted mixture (CAVI), wide grey"
     )
-    for k in np.argsort(params.m.numpy()):
-        nearest = int(np.argmin(np.abs(np.asarray(mus) - float(params.m[k]))))
+    for k in np.argsort(m):
+        nearest = int(np.argmin(np.abs(np.asarray(mus) - m[k])))
         ax.plot(
             grid,
             densities[k],
             lw=1.4,
             ls="--",
             zorder=3,
-            label=f"component {k}: pi {float(pi[k]):.2f}, E[mu] {float(params.m[k]):.2f} (nearest true mean "
-            f"{mus[nearest]:.2f}), "
+            label=f"component {k}: pi {pi[k]:.2f}, E[mu] {m[k]:.2f} (nearest true mean {mus[nearest]:.2f}), "
             f"E[tau] {tau[k]:.2f} (its true tau {taus[nearest]:.2f})",
         )
     for i, mu in enumerate(mus):
@@ -72,34 +56,30 @@ def plot_clusters(data, pi, params, mus, taus, path):
     save_figure(fig, path)
 
 
-def main(args):
-    start = time.perf_counter()
+def run(args):
     pi = torch.tensor(args.pi, dtype=torch.float64)
     data, _ = generate_data(args.num_data, pi, args.mus, args.taus, seed=args.data_seed)
-    fit_cavi = run_cavi(cavi, (data, pi), DEFAULT_PRIOR, max_iters=args.cavi_iters)
-    guides = {"global": global_guide, "mean_field": mean_field_guide}
-    histories, rows, summaries = run_svi(
+    fit_cavi = _mixtures.run_cavi(cavi, (data, pi), DEFAULT_PRIOR, max_iters=args.cavi_iters)
+    histories, rows, summaries = _mixtures.run_svi(
         model,
-        guides,
+        {"global": global_guide, "mean_field": mean_field_guide},
         (data, pi),
         lambda: elbo((data, pi), params_from_store((data, pi))).item(),
         args,
         ["mu", "tau"],
     )
-    plot_cavi_and_svi(fit_cavi.elbo_history, histories, os.path.join(args.out, "elbo.png"), "GMM")
-    plot_clusters(data, pi, fit_cavi.params, args.mus, args.taus, os.path.join(args.out, "clusters.png"))
-    means = {
-        "E_mu": fit_cavi.params.m.tolist(),
-        "E_tau": (fit_cavi.params.a / fit_cavi.params.b).tolist(),
-    }
-    return write_results("gmm_cavi", args, fit_cavi, means, rows, summaries, start)
+    means = {"E_mu": fit_cavi.params.m.tolist(), "E_tau": (fit_cavi.params.a / fit_cavi.params.b).tolist()}
+    return dict(_mixtures.svi_results(fit_cavi, means, histories, rows, summaries), data=data.tolist())
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(
-        __doc__, out="results/gmm_cavi", multi_seed=True, default_seeds=(0, 1, 2), seeds_help=SEEDS_HELP
-    )
-    add_arguments(parser)
+def figures(results, out):
+    args = results["args"]
+    _mixtures.plot_cavi_and_svi(results["cavi"]["elbo_history"], results["histories"], f"{out}/elbo.png", "GMM")
+    plot_clusters(results["data"], args["pi"], results["cavi"], args["mus"], args["taus"], f"{out}/clusters.png")
+
+
+def parser():
+    parser = _mixtures.parser(__doc__, out="results/gmm_cavi")
     parser.add_argument(
         "--mus", type=_cli.finite_real, nargs="+", default=[-4.0, 0.0, 4.0], help="true component means, one per weight"
     )
@@ -110,15 +90,26 @@ def parse_args(argv=None):
         default=[1.0, 4.0, 0.5],
         help="true component precisions, one per weight",
     )
-    return _cli.parse(parser, argv, check=check_arguments)
+    return parser
 
 
 def check_arguments(args):
-    check_weights_argument(args)
+    _mixtures.check_weights_argument(args)
     for flag, values in (("--mus", args.mus), ("--taus", args.taus)):
         if len(values) != len(args.pi):
             raise ValueError(f"argument {flag}: needs one value per weight of --pi ({len(args.pi)}), got {len(values)}")
 
 
+# The README block "mixtures" shows this study and the earthquakes side by side.
+STUDY = Study(
+    "gmm_cavi",
+    parser,
+    run,
+    figures,
+    check=check_arguments,
+    blocks={"mixtures": _mixtures.readme_block},
+    reads=("earthquake",),
+)
+
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

@@ -28,8 +28,8 @@ Writes ``histogram.png``, ``temperature.png``, ``gradients.png`` and ``results.j
     python -m experiments.gumbel_softmax --out results/gumbel_softmax
 """
 
+import math
 import os
-import time
 
 import numpy as np
 import pyro
@@ -37,12 +37,11 @@ import pyro.distributions as dist
 import torch
 from scipy import stats
 
-if not __package__:  # run as ``python experiments/gumbel_softmax.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._results import finish, fmt, spread
+from experiments._markdown import pm, run_line, table
+from experiments._results import spread
+from experiments._study import Study
 from pyro_vi.gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample
 
 OBJECTIVES = {
@@ -106,24 +105,31 @@ def histogram_counts(logits, probs, args, generator):
     return {name: {"counts": c.tolist(), "chisquare_pvalue": chisquare(c, probs)} for name, c in counts.items()}
 
 
+def category_bars(ax, bars, colors):
+    """Bars per category, side by side: for each label of ``bars`` the mean
+    of its rows (one per seed), with each seed's value as a dot when there
+    are several."""
+    width = 0.8 / len(bars)
+    xs = np.arange(len(next(iter(bars.values()))[0]))
+    for i, ((label, rows), color) in enumerate(zip(bars.items(), colors)):
+        rows = np.atleast_2d(np.asarray(rows, float))
+        ax.bar(xs + i * width, rows.mean(0), width, color=color, label=label)
+        if i > 0:  # the first: the reference, no seeds
+            ax.plot(np.repeat([xs + i * width], len(rows), 0).T, rows.T, "k.", ms=3)
+    ax.plot([], [], "k.", ms=3, label="one seed")
+    ax.set_xticks(xs + 0.4 - width / 2, [f"k = {j}" for j in range(len(xs))])
+    ax.set_xlabel("category")
+
+
 def plot_histogram(per_seed, probs, n, path):
     """Bars: relative frequencies, mean over seeds; dots: each seed."""
     names = list(per_seed[0])
-    k = len(probs)
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / (len(names) + 1)
-    xs = np.arange(k)
-    ax.bar(xs, probs, width, color="k", label="true probabilities a")
-    for i, name in enumerate(names, start=1):
-        freqs = np.array([seed[name]["counts"] for seed in per_seed]) / n
+    bars = {"true probabilities a": [probs]}
+    for name in names:
         pvalues = ", ".join("{:.2f}".format(seed[name]["chisquare_pvalue"]) for seed in per_seed)
-        ax.bar(xs + i * width, freqs.mean(0), width, color=f"C{i - 1}", label=f"{name} (chi-square p = {pvalues})")
-        for seed_freqs in freqs:
-            ax.plot(xs + i * width, seed_freqs, "k.", ms=3)
-    ax.plot([], [], "k.", ms=3, label="one seed")
-    ax.set_xticks(xs + 0.4 - width / 2)
-    ax.set_xticklabels([f"k = {j}" for j in range(k)])
-    ax.set_xlabel("category")
+        bars[f"{name} (chi-square p = {pvalues})"] = np.array([seed[name]["counts"] for seed in per_seed]) / n
+    category_bars(ax, bars, ["k"] + [f"C{i}" for i in range(len(names))])
     ax.set_ylabel(f"relative frequency (N = {n} per seed)")
     ax.set_title(
         f"argmax of Gumbel-softmax samples vs Categorical draws (bars: mean of {len(per_seed)} seeds; "
@@ -147,9 +153,13 @@ def temperature_values(logits, probs, args, generator):
     return grid, mean_max, shown
 
 
-def plot_temperature(grid, mean_max, shown, probs, args, path):
-    """``mean_max``: per seed; ``shown``: per seed, tau -> samples."""
+def plot_temperature(temperature, probs, args, path):
+    """The mean largest component over the grid (every seed), samples of
+    the first seed and E[y] (every seed) at ``--temperatures``."""
     k = len(probs)
+    grid = temperature["grid"]
+    mean_max = np.array([s["values"] for s in temperature["mean_max_component"]]).T  # (seeds, grid)
+    shown = {tau: temperature["shown"][f"{tau:g}"] for tau in args["temperatures"]}
     num_seeds = len(mean_max)
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     ax = axes[0]
@@ -157,14 +167,13 @@ def plot_temperature(grid, mean_max, shown, probs, args, path):
         ax,
         grid,
         mean_max,
-        label=f"mean max_k y_k (N = {args.num_samples}; {band_note(num_seeds)})",
+        label=f"mean max_k y_k (N = {args['num_samples']}; {band_note(num_seeds)})",
         marker="o",
         ms=3,
         color="C0",
     )
-    for i, tau in enumerate(args.temperatures):
-        values = [float(seed[tau].max(-1).values.mean()) for seed in shown]
-        ax.plot([tau], [np.mean(values)], "s", ms=7, color=f"C{i + 1}", label=f"tau = {tau:g}")
+    for i, (tau, values) in enumerate(shown.items()):
+        ax.plot([tau], [values["mean_max_component"]["mean"]], "s", ms=7, color=f"C{i + 1}", label=f"tau = {tau:g}")
     ax.axhline(1.0, color="k", ls="--", lw=1, label="one-hot (tau -> 0)")
     ax.axhline(1.0 / k, color="k", ls=":", lw=1, label="uniform 1/K (tau -> inf)")
     ax.axhline(float(probs.max()), color="grey", ls="-.", lw=1, label="max_k a_k")
@@ -175,10 +184,10 @@ def plot_temperature(grid, mean_max, shown, probs, args, path):
     legend_outside(ax, where="below", ncol=2)
 
     ax = axes[1]
-    per = args.shown_samples
+    per = args["shown_samples"]
     left = 0
-    for tau in args.temperatures:
-        y = shown[0][tau][:per].numpy()
+    for tau, values in shown.items():
+        y = np.asarray(values["samples_first_seed"])
         bottom = np.zeros(len(y))
         for j in range(k):
             ax.bar(
@@ -186,7 +195,7 @@ def plot_temperature(grid, mean_max, shown, probs, args, path):
                 y[:, j],
                 bottom=bottom,
                 color=f"C{j}",
-                label=f"y_{j}" if tau == args.temperatures[0] else None,
+                label=f"y_{j}" if tau == args["temperatures"][0] else None,
             )
             bottom += y[:, j]
         ax.text(left + (len(y) - 1) / 2, 1.02, f"tau={tau:g}", ha="center", fontsize=8)
@@ -199,18 +208,9 @@ def plot_temperature(grid, mean_max, shown, probs, args, path):
     legend_outside(ax, where="below", ncol=4)
 
     ax = axes[2]
-    width = 0.8 / (len(args.temperatures) + 1)
-    xs = np.arange(k)
-    ax.bar(xs, probs, width, color="k", label="a (= E[one-hot])")
-    for i, tau in enumerate(args.temperatures, start=1):
-        means = np.array([seed[tau].mean(0).numpy() for seed in shown])
-        ax.bar(xs + i * width, means.mean(0), width, color=f"C{i}", label=f"E[y], tau = {tau:g}")
-        for seed_means in means:
-            ax.plot(xs + i * width, seed_means, "k.", ms=3)
-    ax.plot([], [], "k.", ms=3, label="one seed")
-    ax.set_xticks(xs + 0.4 - width / 2)
-    ax.set_xticklabels([f"k = {j}" for j in range(k)])
-    ax.set_xlabel("category")
+    bars = {"a (= E[one-hot])": [probs]}
+    bars.update({f"E[y], tau = {tau:g}": values["mean_per_seed"] for tau, values in shown.items()})
+    category_bars(ax, bars, ["k"] + [f"C{i}" for i in range(1, len(shown) + 1)])
     ax.set_ylabel("mean of y_k")
     ax.set_title(f"E[y] tends to a as tau -> 0 (bars: mean of {num_seeds} seeds)", fontsize=10)
     legend_outside(ax, where="below", ncol=2)
@@ -284,10 +284,10 @@ def plot_gradients(summary, names, args, path):
         bias_ax.set_title(f"f {fname}: bias w.r.t. d/dlogits sum_k c_k a_k", fontsize=10)
         var_ax.set_yscale("log")
         var_ax.set_ylabel("trace of the covariance of one-sample estimates")
-        var_ax.set_title(f"f {fname}: variance ({args.grad_draws} draws per point)", fontsize=10)
+        var_ax.set_title(f"f {fname}: variance ({args['grad_draws']} draws per point)", fontsize=10)
         for ax in (bias_ax, var_ax):
             ax.set_xscale("log")
-            ax.set_xticks(args.grad_temperatures, [f"{t:g}" for t in args.grad_temperatures])
+            ax.set_xticks(args["grad_temperatures"], [f"{t:g}" for t in args["grad_temperatures"]])
             ax.minorticks_off()
             ax.set_xlabel("temperature tau (log scale, ticks at the temperatures run)")
             legend_outside(
@@ -306,8 +306,7 @@ def probs_tensor(probs, like):
     return torch.as_tensor(probs, dtype=like.dtype, device=like.device)
 
 
-def main(args):
-    start = time.perf_counter()
+def run(args):
     probs = np.asarray(args.probs, dtype=np.float64)
     probs = probs / probs.sum()
     logits = torch.tensor(np.log(probs), dtype=torch.get_default_dtype(), device=args.device)
@@ -321,50 +320,23 @@ def main(args):
         shown.append(seed_shown)
         exact, discrete_value, rows = gradient_rows(logits, probs, args, generator)
         grads.append(rows)
-    plot_histogram(hist, probs, args.num_samples, os.path.join(args.out, "histogram.png"))
-    plot_temperature(grid, mean_max, shown, probs, args, os.path.join(args.out, "temperature.png"))
-    summary = summarize_gradients(grads)
-    plot_gradients(summary, list(samplers(None)), args, os.path.join(args.out, "gradients.png"))
-
     pvalues = [seed[name]["chisquare_pvalue"] for seed in hist for name in seed]
-    below = sum(p < 0.05 for p in pvalues)
-    print(f"a = {np.round(probs, 4).tolist()}, N = {args.num_samples} per seed, seeds {args.seeds}")
-    print("{:<44} {:>30}".format("argmax histogram", "chi-square p per seed"))
-    for name in hist[0]:
-        print("{:<44} {:>30}".format(name, ", ".join("{:.3f}".format(seed[name]["chisquare_pvalue"]) for seed in hist)))
-    print(
-        f"{below} of {len(pvalues)} p-values below 0.05; {0.05 * len(pvalues):.2f} expected when every sampler "
-        "is exact (p is uniform)"
-    )
     temperature = {
         f"{tau:g}": {
             "mean_max_component": spread([float(seed[tau].max(-1).values.mean()) for seed in shown]),
             "mean": np.mean([seed[tau].mean(0).numpy() for seed in shown], 0).tolist(),
+            "mean_per_seed": [seed[tau].mean(0).tolist() for seed in shown],
+            "samples_first_seed": shown[0][tau][: args.shown_samples].tolist(),
         }
         for tau in args.temperatures
     }
-    print("\n{:<8} {:>24} {:>36}".format("tau", "mean max_k y_k", "E[y] (mean over seeds)"))
-    for tau, r in temperature.items():
-        print(
-            "{:<8} {:>24} {:>36}".format(tau, fmt(r["mean_max_component"], ".4f"), str(np.round(r["mean"], 3).tolist()))
-        )
-    print(f"\nc = {args.coefficients}, exact gradient = {np.round(exact, 4).tolist()}; mean ± std over seeds")
-    print("{:<7} {:<45} {:>6} {:>20} {:>9} {:>22}".format("f", "estimator", "tau", "|bias|", "SE", "tr Var"))
-    for r in summary:
-        print(
-            "{:<7} {:<45} {:>6g} {:>20} {:>9.4f} {:>22}".format(
-                r["objective"],
-                r["estimator"],
-                r["temperature"],
-                fmt(r["bias_norm"], ".4f"),
-                r["bias_norm_se"]["mean"],
-                fmt(r["variance_trace"], ".4f"),
-            )
-        )
-    results = {
-        "args": vars(args),
+    return {
         "probs": probs.tolist(),
-        "histogram": {"per_seed": hist, "pvalues_below_0.05": below, "num_pvalues": len(pvalues)},
+        "histogram": {
+            "per_seed": hist,
+            "pvalues_below_0.05": sum(p < 0.05 for p in pvalues),
+            "num_pvalues": len(pvalues),
+        },
         "temperature": {
             "grid": grid.tolist(),
             "mean_max_component": [spread(v) for v in zip(*mean_max)],
@@ -374,20 +346,56 @@ def main(args):
             "coefficients": args.coefficients,
             "exact_gradient": exact,
             "discrete_value": discrete_value,
-            "rows": summary,
+            "rows": summarize_gradients(grads),
         },
     }
-    return finish("gumbel_softmax", args, results, start)
 
 
-def parse_args(argv=None):
+def figures(results, out):
+    args, probs = results["args"], np.asarray(results["probs"])
+    plot_histogram(results["histogram"]["per_seed"], probs, args["num_samples"], os.path.join(out, "histogram.png"))
+    plot_temperature(results["temperature"], probs, args, os.path.join(out, "temperature.png"))
+    plot_gradients(results["gradients"]["rows"], list(samplers(None)), args, os.path.join(out, "gradients.png"))
+
+
+def readme_block(results):
+    hist = results["histogram"]
+    per_seed = hist["per_seed"]
+    rows = [[name] + ["{:.3f}".format(seed[name]["chisquare_pvalue"]) for seed in per_seed] for name in per_seed[0]]
+    seeds = results["run"]["seeds"]
+    grads = results["gradients"]["rows"]
+    shown = sorted({r["temperature"] for r in grads} & {0.1, 1.0})
+    grad_rows = [
+        [r["estimator"], "{:g}".format(r["temperature"]), pm(r["bias_norm"], ".3f"), pm(r["variance_trace"], ".3g")]
+        for r in grads
+        if r["temperature"] in shown and r["objective"] == "square"
+    ]
+    below, count = hist["pvalues_below_0.05"], hist["num_pvalues"]
+    tail = sum(math.comb(count, j) * 0.05**j * 0.95 ** (count - j) for j in range(below, count + 1))
+    return "\n".join(
+        [
+            "Chi-square goodness-of-fit p-values of N = {} draws against a, per seed:\n".format(
+                results["args"]["num_samples"]
+            ),
+            table(["sampler"] + [f"seed {s}" for s in seeds], rows),
+            f"{below} of {count} p-values are below 0.05. Every sampler here is exact (torch's Categorical "
+            f"included), so each p-value is uniform on (0, 1): about {0.05 * count:.2f} of {count} are expected "
+            f"below 0.05 by chance, and {below} or more with probability {tail:.2f}. A small p-value among many "
+            "tests is not evidence of a wrong sampler.\n",
+            "Gradient of E[f(y)] for f(y) = sum_k c_k y_k^2, against the exact gradient of the discrete objective "
+            "(mean ± std over seeds, {} one-sample estimates each):\n".format(results["args"]["grad_draws"]),
+            table(["estimator", "tau", "bias norm", "trace of covariance"], grad_rows),
+            run_line(results),
+        ]
+    )
+
+
+SEEDS = "a seed sets every draw of the study"
+
+
+def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/gumbel_softmax",
-        device=True,
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets every draw of the study",
+        __doc__, "results/gumbel_softmax", device=True, seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True
     )
     positive = _cli.positive_real
     parser.add_argument(
@@ -417,7 +425,7 @@ def parse_args(argv=None):
         default=100000,
         help="one-sample gradient estimates per estimator and temperature",
     )
-    return _cli.parse(parser, argv, check=check_arguments)
+    return parser
 
 
 def check_arguments(args):
@@ -429,5 +437,7 @@ def check_arguments(args):
         )
 
 
+STUDY = Study("gumbel_softmax", parser, run, figures, readme_block, check=check_arguments)
+
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

@@ -16,7 +16,7 @@ Every method repeats for each seed of ``--seeds`` (a seed sets the random start 
 SVI's minibatches; the corpus is fixed by ``--data-seed``); the table is mean ± std over
 seeds. Writes ``elbo.png`` (ELBO per word against wall time and against documents
 processed, one line per seed), ``topics.png`` (topic-word matrices, matched, first seed)
-and ``results.json``; prints a table.
+and ``results.json``; prints the table.
 
     python -m experiments.lda_svi --out results/lda_svi
     python -m experiments.lda_svi --counts docword.kos.txt --vocab vocab.kos.txt --num-topics 20 \\
@@ -32,7 +32,6 @@ References
 import argparse
 import functools
 import os
-import time
 
 import numpy as np
 import pyro
@@ -41,13 +40,12 @@ from matplotlib.colors import PowerNorm
 from pyro.infer import Trace_ELBO
 from pyro.optim import Adam
 
-if not __package__:  # run as ``python experiments/lda_svi.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import legend_outside, plt, save_figure
-from experiments._results import finish, fmt, indistinguishable, spread, spreads
-from guides.lda import (  # noqa: E402
+from experiments._markdown import pm, run_line, spread_sentence, table
+from experiments._results import indistinguishable, spread, spreads, within_spread
+from experiments._study import Study
+from guides.lda import (
     LAMBDA,
     LDAPrior,
     cavi,
@@ -206,16 +204,17 @@ def topic_scores(reference, lam):
 
 
 def plot_elbo(seed_runs, budgets, tokens, reference_elbo, path):
-    """``seed_runs``: one ``{method: run}`` per seed, drawn as one thin line
-    per seed in the method's colour (their wall-time axes differ)."""
+    """``seed_runs``: one ``{method: {"seconds", "docs", "elbo"}}`` per seed,
+    drawn as one thin line per seed in the method's colour (their wall-time
+    axes differ)."""
     fig, (time_ax, docs_ax) = plt.subplots(1, 2, figsize=(14, 5.2), sharey=True)
     finals, values = [], []
     for index, runs in enumerate(seed_runs):
         for color, (name, run) in zip(("C0", "C1", "C2"), runs.items()):
             per_word = np.asarray(run["elbo"]) / tokens
             label = name if index == 0 else None
-            time_ax.plot(run["time"], per_word, marker=".", ms=3, lw=1, color=color, label=label)
-            docs_ax.plot(run["docs_seen"][1:], per_word[1:], marker=".", ms=3, lw=1, color=color, label=label)
+            time_ax.plot(run["seconds"], per_word, marker=".", ms=3, lw=1, color=color, label=label)
+            docs_ax.plot(run["docs"][1:], per_word[1:], marker=".", ms=3, lw=1, color=color, label=label)
             finals.append(per_word[-1])
             values.append(per_word[1:])
     for index, budget in enumerate(budgets):
@@ -250,12 +249,15 @@ def plot_elbo(seed_runs, budgets, tokens, reference_elbo, path):
     save_figure(fig, path)
 
 
-def plot_topics(reference, label, matched, scores, seed, path):
-    word_order = np.lexsort((-reference.max(0).values.numpy(), reference.argmax(0).numpy()))
-    rows = {label: reference.numpy()}
+def plot_topics(reference, label, matched, hellinger, seed, path):
+    """The reference topics (true, or batch CAVI's) and every method's,
+    matched to them, words sorted by the reference topic that favours them."""
+    reference = np.asarray(reference)
+    word_order = np.lexsort((-reference.max(0), reference.argmax(0)))
+    rows = {label: reference}
     rows.update(
         {
-            f"{name}: mean Hellinger {scores[name]['mean_hellinger']:.3f} (seed {seed})": topics
+            f"{name}: mean Hellinger {hellinger[name]:.3f} (seed {seed})": np.asarray(topics)
             for name, topics in matched.items()
             if name != label
         }
@@ -323,8 +325,7 @@ NUMBERS = (
 )
 
 
-def main(args):
-    start = time.perf_counter()
+def run(args):
     counts, true_topics, vocabulary = load_corpus(args)
     num_docs, vocab_size = counts.shape
     tokens = float(counts.sum())
@@ -338,82 +339,126 @@ def main(args):
             args.local_tol,
             args.local_max_iters,
         )[0]
-    seed_runs, budgets, per_seed = [], [], []
+    history, budgets, per_seed = [], [], []
     for seed in args.seeds:
-        runs, budget, rows, reference, label, matched, scores = run_seed(
+        runs, budget, rows, reference, label, matched, _ = run_seed(
             counts, true_topics, tokens, reference_elbo, args, seed
         )
         if seed == args.seeds[0]:
-            first = (reference, label, matched, scores, runs)
-        seed_runs.append(runs)
+            topics = {
+                "reference": reference.tolist(),
+                "label": label,
+                "matched": {n: t.tolist() for n, t in matched.items()},
+            }
+        history.append({name: dict(seconds=r["time"], docs=r["docs_seen"], elbo=r["elbo"]) for name, r in runs.items()})
         budgets.append(budget)
         per_seed.append(rows)
-    reference, label, matched, scores, runs = first
     summary = {name: spreads([rows[name] for rows in per_seed], NUMBERS) for name in per_seed[0]}
-    close = indistinguishable({name: s["elbo_per_word_at_budget"] for name, s in summary.items()})
-    plot_elbo(seed_runs, budgets, tokens, reference_elbo, os.path.join(args.out, "elbo.png"))
-    plot_topics(reference, label, matched, scores, args.seeds[0], os.path.join(args.out, "topics.png"))
-    print(
-        f"corpus: D = {num_docs}, V = {vocab_size}, K = {args.num_topics}, {tokens:.0f} tokens;"
-        f" same wall time T = {', '.join(f'{b:.3g}' for b in budgets)} s (per seed); topic distances to the {label};"
-        f" mean ± std over seeds {args.seeds}"
-    )
-    print(f"{'method':<22}{'docs/s':>20}{'s/iter':>20}{'ELBO/word':>20}{'@ T/5':>20}{'@ T':>20}{'Hellinger':>18}")
-    for name, s in summary.items():
-        print(
-            f"{name:<22}{fmt(s['docs_per_second'], '.0f'):>20}{fmt(s['seconds_per_iteration'], '.4f'):>20}"
-            f"{fmt(s['final_elbo_per_word'], '.4f'):>20}{fmt(s['elbo_per_word_at_fifth_of_budget'], '.4f'):>20}"
-            f"{fmt(s['elbo_per_word_at_budget'], '.4f'):>20}{fmt(s['mean_hellinger'], '.3f'):>18}"
-        )
-    for a, b in close:
-        print(f"ELBO at the same wall time: {a} and {b} differ by less than their seed spread")
-    if reference_elbo is not None:
-        print(f"ELBO/word at the true topics: {reference_elbo / tokens:.4f}")
-    collapsed = spread([rows[PYRO]["collapsed_bound_estimate"] / tokens for rows in per_seed])
-    print(
-        f"Pyro's collapsed bound (last 5% of steps, per word): {fmt(collapsed, '.4f')}"
-        " (above the mean-field ELBO by Jensen's inequality)"
-    )
-    print(
-        "docs/s: documents through a local step (CAVI, SVI); for Pyro, minibatch rows per second,"
-        " each getting one Adam step on its gamma_d and no local iterations"
-    )
     top_words = None
     if vocabulary is not None:
         top_words = {
-            name: [[vocabulary[w] for w in np.argsort(-topic)[: args.top_words]] for topic in topics]
-            for name, topics in matched.items()
+            name: [
+                [vocabulary[w] for w in np.argsort(-np.asarray(topic))[: args.top_words]] for topic in matched_topics
+            ]
+            for name, matched_topics in topics["matched"].items()
         }
         for k, words in enumerate(top_words[CAVI]):
             print(f"batch CAVI topic {k}: {' '.join(words)}")
-    results = dict(
-        args=vars(args),
+    return dict(
         num_docs=num_docs,
         vocab_size=vocab_size,
         tokens=tokens,
         same_wall_time=budgets,
         true_topics_elbo=reference_elbo,
-        collapsed_bound_per_word=collapsed,
+        collapsed_bound_per_word=spread([rows[PYRO]["collapsed_bound_estimate"] / tokens for rows in per_seed]),
         top_words=top_words,
         summary=summary,
-        within_seed_spread={"elbo_per_word_at_budget": close},
-        history_first_seed={
-            name: dict(seconds=run["time"], docs=run["docs_seen"], elbo=run["elbo"]) for name, run in runs.items()
+        within_seed_spread={
+            "elbo_per_word_at_budget": indistinguishable(
+                {name: s["elbo_per_word_at_budget"] for name, s in summary.items()}
+            )
         },
+        history_per_seed=history,
+        topics_first_seed=topics,
         per_seed=per_seed,
     )
-    return finish("lda_svi", args, results, start)
 
 
-def parse_args(argv=None):
-    parser = _cli.parser(
-        __doc__,
-        out="results/lda_svi",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the random start lambda and SVI's minibatches; the synthetic "
-        "corpus is fixed by --data-seed",
+def figures(results, out):
+    plot_elbo(
+        results["history_per_seed"],
+        results["same_wall_time"],
+        results["tokens"],
+        results["true_topics_elbo"],
+        os.path.join(out, "elbo.png"),
     )
+    topics = results["topics_first_seed"]
+    hellinger = {name: row["mean_hellinger"] for name, row in results["per_seed"][0].items()}
+    seed = results["run"]["seeds"][0]
+    plot_topics(
+        topics["reference"], topics["label"], topics["matched"], hellinger, seed, os.path.join(out, "topics.png")
+    )
+
+
+def readme_block(results):
+    summary = results["summary"]
+    keys = ("elbo_per_word_at_fifth_of_budget", "elbo_per_word_at_budget", "final_elbo_per_word")
+    rows = [
+        [name, pm(s["docs_per_second"], ",.0f"), pm(s["seconds_per_iteration"], ".3f")]
+        + [pm(s[key], ".4f") for key in keys]
+        + [pm(s["mean_hellinger"], ".3f")]
+        for name, s in summary.items()
+    ]
+    header = ["method", "docs/s", "s per iteration", "ELBO/word at T/5", "ELBO/word at T", "final ELBO/word"]
+    lines = [
+        table(header + ["mean Hellinger to true topics"], rows),
+        "Mean ± standard deviation over seeds; T, the same wall time for all three, is the shortest run of each "
+        "seed ({} s).".format(", ".join(f"{b:.2f}" for b in results["same_wall_time"])),
+    ]
+    if results.get("true_topics_elbo") is not None:
+        lines[-1] += " The true topics score {:.4f} per word; Pyro's own (collapsed) bound ends at {} per word.".format(
+            results["true_topics_elbo"] / results["tokens"], pm(results["collapsed_bound_per_word"], ".4f")
+        )
+    lines[-1] += " " + spread_sentence(
+        results["within_seed_spread"]["elbo_per_word_at_budget"], "the ELBO at the same wall time"
+    )
+    cavi, svi = summary.get(CAVI), summary.get(SVI)
+    if cavi and svi:
+
+        def delta(key):
+            a, b = svi[key], cavi[key]
+            return "{:+.4f} ({} the seed spread)".format(
+                a["mean"] - b["mean"], "within" if within_spread(a, b) else "beyond"
+            )
+
+        lines.append(
+            "SVI processes {:.2g} times as many documents per second as a batch CAVI sweep. Its ELBO per "
+            "word minus CAVI's: at T/5 {}, at T {}, at the end of each run {}.\n".format(
+                svi["docs_per_second"]["mean"] / cavi["docs_per_second"]["mean"], *(delta(key) for key in keys)
+            )
+        )
+
+        def per_seed(s, key, spec):
+            return ", ".join(format(v, spec) for v in s[key]["values"])
+
+        lines.append(
+            "Per seed, SVI ends at ELBO/word {} with mean Hellinger distance {} to the true topics (batch "
+            "CAVI: {}; {}).\n".format(
+                per_seed(svi, "final_elbo_per_word", ".4f"),
+                per_seed(svi, "mean_hellinger", ".3f"),
+                per_seed(cavi, "final_elbo_per_word", ".4f"),
+                per_seed(cavi, "mean_hellinger", ".3f"),
+            )
+        )
+    lines.append(run_line(results))
+    return "\n".join(lines)
+
+
+SEEDS = "a seed sets the random start lambda and SVI's minibatches; the corpus is fixed by --data-seed"
+
+
+def parser():
+    parser = _cli.parser(__doc__, "results/lda_svi", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True)
     positive, count = _cli.positive_real, _cli.positive_int
     corpus = parser.add_argument_group("corpus (synthetic unless --counts is given)")
     corpus.add_argument("--counts", type=_cli.existing_file, help="UCI bag-of-words docword file (see models.lda)")
@@ -422,7 +467,6 @@ def parse_args(argv=None):
     corpus.add_argument("--num-docs", type=count, default=2000)
     corpus.add_argument("--vocab-size", type=count, default=150)
     corpus.add_argument("--doc-length", type=count, default=80)
-    corpus.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the synthetic corpus (default 0)")
     parser.add_argument("--num-topics", type=count, default=8)
     parser.add_argument("--alpha", type=positive, default=0.2, help="document-topic concentration (data and model)")
     parser.add_argument("--eta", type=positive, default=0.1, help="topic-word concentration (data and model)")
@@ -445,7 +489,7 @@ def parse_args(argv=None):
     parser.add_argument("--local-max-iters", type=count, default=100)
     parser.add_argument("--eval-points", type=count, default=20, help="ELBO evaluations per method, twice over")
     parser.add_argument("--budget", type=positive, default=None, help="seconds for the same-wall-time ELBO")
-    return _cli.parse(parser, argv, check=check_arguments)
+    return parser
 
 
 def check_arguments(args):
@@ -456,5 +500,7 @@ def check_arguments(args):
         raise ValueError(f"argument --batch-size: must be at most --num-docs ({args.num_docs}), got {args.batch_size}")
 
 
+STUDY = Study("lda_svi", parser, run, figures, readme_block, check=check_arguments)
+
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

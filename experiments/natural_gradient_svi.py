@@ -31,7 +31,6 @@ References
 
 import functools
 import os
-import time
 
 import numpy as np
 import pyro
@@ -39,13 +38,12 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.optim import ClippedAdam
 
-if not __package__:  # run as ``python experiments/natural_gradient_svi.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._results import finish, fmt, spreads
-from guides.normal_gamma import (  # noqa: E402
+from experiments._markdown import pm, run_line, table
+from experiments._results import spreads, thin
+from experiments._study import Study
+from guides.normal_gamma import (
     DEFAULT_INIT,
     MU_LOC,
     MU_PRECISION,
@@ -115,13 +113,14 @@ def iterations_to_reach(gaps, tol):
 
 
 def plot_gaps(gaps, tol, path):
-    """``gaps``: method -> (seeds, iterations); mean and band over seeds."""
-    num_seeds = max(len(values) for values in gaps.values())
+    """``gaps``: method -> thinned curves (:func:`experiments._results.thin`)
+    of every seed; mean and band over seeds."""
+    num_seeds = max(len(curve["values"]) for curve in gaps.values())
     fig, ax = plt.subplots(figsize=(10, 5.5))
-    for i, (name, values) in enumerate(gaps.items()):
-        values = np.maximum(np.asarray(values), GAP_FLOOR)
-        style = dict(marker="o", ms=4) if values.shape[1] < 50 else {}
-        seed_band(ax, np.arange(1, values.shape[1] + 1), values, label=name, lw=1.2, color=f"C{i}", **style)
+    for i, (name, curve) in enumerate(gaps.items()):
+        values = np.maximum(np.asarray(curve["values"]), GAP_FLOOR)
+        style = dict(marker="o", ms=4) if curve["step"][-1] < 50 else {}
+        seed_band(ax, curve["step"], values, label=name, lw=1.2, color=f"C{i}", **style)
     ax.axhline(tol, color="k", ls=":", lw=1, label=f"tolerance {tol:g} nats")
     ax.set_yscale("log")
     ax.set_xscale("log")
@@ -169,19 +168,17 @@ def methods(args):
     }
 
 
-def main(args):
+def run(args):
     # The course data are drawn in the default dtype (float32); the fits run in float64:
     # in float32 the slowly decaying exact Robbins-Monro run stalls near 1e-7 nats once
     # its steps fall below float32 resolution.
-    start = time.perf_counter()
     data = generate_data(num_data=args.num_data, seed=args.data_seed).to(torch.float64)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        results = compare(data, args)
+        return compare(data, args)
     finally:
         torch.set_default_dtype(previous)
-    return finish("natural_gradient_svi", args, results, start)
 
 
 def compare(data, args):
@@ -214,36 +211,44 @@ def compare(data, args):
         )
         for name, rows in per_seed.items()
     }
-    plot_gaps(gaps, args.tol, os.path.join(args.out, "elbo_gap.png"))
-    print(
-        f"CAVI optimum ELBO = {optimum.elbo:.6f} nats; tolerance {args.tol:g} nats; "
-        f"{args.steps} Monte Carlo / {args.exact_steps} exact SVI steps; seeds {args.seeds} "
-        "(deterministic methods run once)"
-    )
-    print("{:<72} {:>16} {:>16} {:>22}".format("method", "first<tol", "stays<tol", "final gap"))
-    for name, s in summary.items():
-        print(
-            "{:<72} {:>16} {:>16} {:>22}".format(
-                name, fmt(s["first_below_tol"], ".1f"), fmt(s["iterations_to_tol"], ".1f"), fmt(s["final_gap"], ".2e")
-            )
-        )
     return {
-        "args": vars(args),
         "cavi_optimum_elbo": optimum.elbo,
         "tolerance_nats": args.tol,
         "summary": summary,
         "per_seed": per_seed,
+        "gaps": thin(gaps),
     }
 
 
-def parse_args(argv=None):
+def figures(results, out):
+    plot_gaps(results["gaps"], results["tolerance_nats"], os.path.join(out, "elbo_gap.png"))
+
+
+def readme_block(results):
+    rows = []
+    for name, s in results["summary"].items():
+        note = " (deterministic: run once)" if s.get("deterministic") else ""
+        rows.append([name + note, pm(s["iterations_to_tol"], ".0f"), pm(s["first_below_tol"], ".0f")])
+    return "\n".join(
+        [
+            "Iterations until the ELBO stays within {:g} nats of the CAVI optimum ({:.4f}), and the first iteration "
+            "below:\n".format(results["tolerance_nats"], results["cavi_optimum_elbo"]),
+            table(["method", "iterations to stay within", "first within"], rows),
+            'Mean ± standard deviation over seeds; "never": not within {} steps.\n'.format(results["args"]["steps"]),
+            run_line(results),
+        ]
+    )
+
+
+SEEDS = (
+    "a seed sets the Monte Carlo runs' particles (the exact-expectation runs and CAVI are deterministic and "
+    "run once); the data are fixed by --data-seed"
+)
+
+
+def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/natural_gradient_svi",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the Monte Carlo runs' particles (the exact-expectation runs and "
-        "CAVI are deterministic and run once); the data are fixed by --data-seed",
+        __doc__, "results/natural_gradient_svi", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
     )
     parser.add_argument("--steps", type=_cli.positive_int, default=1000, help="SVI steps with Monte Carlo gradients")
     parser.add_argument("--exact-steps", type=_cli.positive_int, default=100, help="SVI steps with exact expectations")
@@ -263,9 +268,10 @@ def parse_args(argv=None):
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=10)
     parser.add_argument("--tol", type=_cli.positive_real, default=0.01, help="ELBO gap counted as reached (nats)")
     parser.add_argument("--num-data", type=_cli.positive_int, default=100)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the course data set (default 0)")
-    return _cli.parse(parser, argv)
+    return parser
 
+
+STUDY = Study("natural_gradient_svi", parser, run, figures, readme_block)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

@@ -14,19 +14,17 @@ std over seeds and per seed).
 
 import functools
 import os
-import time
 
 import numpy as np
 import pyro
 from pyro.infer import Trace_ELBO
 from pyro.optim import ClippedAdam
 
-if not __package__:  # run as ``python experiments/poisson_gamma.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band, zoom_ylim
-from experiments._results import finish, fmt, indistinguishable, spreads
+from experiments._markdown import pm, run_line, spread_sentence, table
+from experiments._results import indistinguishable, spreads, thin
+from experiments._study import Study
 from guides.poisson_gamma import PoissonGammaParams, exponential_guide, optimal_theta, params_from_store
 from guides.poisson_gamma import elbo as closed_form_elbo
 from models.poisson_gamma import DEFAULT_PRIOR, generate_data, log_evidence, model
@@ -49,7 +47,7 @@ def estimators(num_particles):
     }
 
 
-def run(estimator, data, args, seed):
+def fit_one(estimator, data, args, seed):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     return fit(
@@ -68,92 +66,74 @@ def run(estimator, data, args, seed):
     )
 
 
-def plot_theta(thetas, styles, theta_star, path):
-    """Top: theta_t after the first 10% of steps (linear; the start at
-    ``--init-theta`` would flatten the rest); bottom: its relative error over
-    every step (log scale)."""
-    num_seeds = len(next(iter(thetas.values())))
+def plot_against_reference(curves, styles, reference, error, path, top, bottom):
+    """Top: every run after the first 10% of steps (linear; the start would
+    flatten the rest) against ``reference``; bottom: ``error(values)`` over
+    every step on a log scale. ``top`` and ``bottom``: (y label, title);
+    ``top``'s title may use ``{first}`` and ``{band}``."""
     fig, (ax, err_ax) = plt.subplots(2, 1, figsize=(10, 8))
     tails = []
-    for name, runs in thetas.items():
-        runs = np.asarray(runs)
-        steps = np.arange(1, runs.shape[1] + 1)
-        first = runs.shape[1] // 10
-        seed_band(ax, steps[first:], runs[:, first:], label=name, lw=1.2, **styles[name])
-        seed_band(err_ax, steps, np.abs(runs - theta_star) / theta_star, label=name, lw=1, **styles[name])
-        tails.append(runs[:, first:])
-    ax.axhline(theta_star, color="k", ls=":", lw=1.2, label=f"theta* = {theta_star:.5f} (numerical optimum)")
-    zoom_ylim(ax, tails, include=[theta_star])
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("theta (rate of q)")
-    ax.set_title(
-        f"Exponential(theta) family: theta from iteration {first + 1} on ({band_note(num_seeds)}; the start is "
-        "in the lower panel)",
-        fontsize=10,
-    )
-    legend_outside(ax)
+    for name, curve in curves.items():
+        steps, runs = np.asarray(curve["step"]), np.asarray(curve["values"])
+        late = steps > steps[-1] // 10
+        seed_band(ax, steps[late], runs[:, late], label=name, lw=1.2, **styles[name])
+        seed_band(err_ax, steps, error(runs), label=name, lw=1, **styles[name])
+        tails.append(runs[:, late])
+    ax.axhline(reference[0], color="k", ls=":", lw=1.2, label=reference[1])
+    zoom_ylim(ax, tails, include=[reference[0]])
+    for axis, (ylabel, title) in ((ax, top), (err_ax, bottom)):
+        axis.set_xlabel("iteration")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title.format(first=steps[-1] // 10 + 1, band=band_note(len(runs))), fontsize=10)
+        legend_outside(axis)
     err_ax.set_yscale("log")
-    err_ax.set_xlabel("iteration")
-    err_ax.set_ylabel("|theta_t - theta*| / theta*")
-    err_ax.set_title(
-        "relative error of theta_t (log scale; over the first steps, where the start dominates, the curves "
-        "coincide and the last drawn covers the others)",
-        fontsize=10,
-    )
-    legend_outside(err_ax)
     save_figure(fig, path)
 
 
-def plot_elbo(elbos, styles, best, log_px, path):
-    """Top: the ELBO of q_t after the first 10% of steps, near ELBO(theta*)
-    (log p(X) is 86 nats above and not drawn); bottom: the gap
-    ELBO(theta*) - ELBO(q_t) over every step on a log scale."""
-    num_seeds = len(next(iter(elbos.values())))
-    fig, (ax, gap_ax) = plt.subplots(2, 1, figsize=(10, 8))
-    tails = []
-    for name, runs in elbos.items():
-        runs = np.asarray(runs)
-        steps = np.arange(1, runs.shape[1] + 1)
-        first = runs.shape[1] // 10
-        seed_band(ax, steps[first:], runs[:, first:], label=name, lw=1.2, **styles[name])
-        seed_band(gap_ax, steps, np.maximum(best - runs, 1e-9), label=name, lw=1, **styles[name])
-        tails.append(runs[:, first:])
-    ax.axhline(best, color="k", ls=":", lw=1.2, label=f"ELBO(theta*) = {best:.3f}")
-    zoom_ylim(ax, tails, include=[best])
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("ELBO of q_t (closed form, nats)")
-    ax.set_title(
-        f"ELBO from iteration {first + 1} on ({band_note(num_seeds)}; the start is in the lower panel)\nexact "
-        f"log p(X) = {log_px:.2f} lies "
-        f"{log_px - best:.1f} nats above ELBO(theta*): the family is misspecified",
-        fontsize=10,
+def figures(results, out):
+    styles = {name: estimator.style for name, estimator in estimators(1).items()}
+    theta_star, best, log_px = results["theta_star"], results["elbo_theta_star"], results["log_evidence"]
+    coincide = (
+        "over the first steps, where the start dominates, the curves coincide and the last drawn covers the others"
     )
-    legend_outside(ax)
-    gap_ax.set_yscale("log")
-    gap_ax.set_xlabel("iteration")
-    gap_ax.set_ylabel("ELBO(theta*) - ELBO of q_t (nats)")
-    gap_ax.set_title(
-        "gap to the best ELBO of the family (log scale; over the first steps the curves coincide and the last "
-        "drawn covers the others)",
-        fontsize=10,
+    plot_against_reference(
+        results["curves"]["theta"],
+        styles,
+        (theta_star, f"theta* = {theta_star:.5f} (numerical optimum)"),
+        lambda runs: np.abs(runs - theta_star) / theta_star,
+        os.path.join(out, "theta.png"),
+        (
+            "theta (rate of q)",
+            "Exponential(theta) family: theta from iteration {first} on ({band}; the start is in the lower panel)",
+        ),
+        ("|theta_t - theta*| / theta*", f"relative error of theta_t (log scale; {coincide})"),
     )
-    legend_outside(gap_ax)
-    save_figure(fig, path)
+    plot_against_reference(
+        results["curves"]["elbo"],
+        styles,
+        (best, f"ELBO(theta*) = {best:.3f}"),
+        lambda runs: np.maximum(best - runs, 1e-9),
+        os.path.join(out, "elbo.png"),
+        (
+            "ELBO of q_t (closed form, nats)",
+            "ELBO from iteration {first} on ({band}; the start is in the lower panel)\nexact "
+            f"log p(X) = {log_px:.2f} lies {log_px - best:.1f} nats above ELBO(theta*): the family is misspecified",
+        ),
+        ("ELBO(theta*) - ELBO of q_t (nats)", f"gap to the best ELBO of the family (log scale; {coincide})"),
+    )
 
 
-def main(args):
-    start = time.perf_counter()
+def run(args):
     data = generate_data(num_data=args.num_data, rate=args.rate, seed=args.data_seed)
     theta_star = optimal_theta(data)
     best = closed_form_elbo(data, PoissonGammaParams(theta_star)).item()
-    log_px = log_evidence(data)
     registry = estimators(args.particles)
-    thetas, elbos, per_seed = {}, {}, {}
+    curves, per_seed = {"theta": {}, "elbo": {}}, {}
     for seed in args.seeds:
         for name, estimator in registry.items():
-            result = run(estimator, data, args, seed)
-            thetas.setdefault(name, []).append(result.tracked["theta"])
-            elbos.setdefault(name, []).append(result.tracked["elbo"])
+            result = fit_one(estimator, data, args, seed)
+            for key in curves:
+                curves[key].setdefault(name, []).append(result.tracked[key])
             # The last 10% of the steps, averaged: the stationary noise of Adam.
             theta = float(np.mean(result.tracked["theta"][-max(1, args.steps // 10) :]))
             per_seed.setdefault(name, []).append(
@@ -165,43 +145,57 @@ def main(args):
                     "seconds_per_step": result.seconds_per_step,
                 }
             )
-    styles = {name: estimator.style for name, estimator in registry.items()}
-    plot_theta(thetas, styles, theta_star, os.path.join(args.out, "theta.png"))
-    plot_elbo(elbos, styles, best, log_px, os.path.join(args.out, "elbo.png"))
     summary = {name: spreads(rows) for name, rows in per_seed.items()}
-    close = indistinguishable({name: s["relative_error"] for name, s in summary.items()})
-    print(
-        f"theta* = {theta_star:.5f}, ELBO(theta*) = {best:.4f}, log p(X) = {log_px:.4f}; mean ± std over seeds "
-        f"{args.seeds}"
-    )
-    print("{:<46} {:>22} {:>22} {:>22}".format("estimator", "theta (last 10%)", "rel. error", "ELBO gap"))
-    for name, s in summary.items():
-        print(
-            "{:<46} {:>22} {:>22} {:>22}".format(
-                name, fmt(s["mean_theta_last_10pct"], ".5f"), fmt(s["relative_error"], ".2e"), fmt(s["elbo_gap"], ".2e")
-            )
-        )
-    for a, b in close:
-        print(f"relative error: {a} and {b} differ by less than their seed spread")
-    results = {
-        "args": vars(args),
+    return {
         "theta_star": theta_star,
         "elbo_theta_star": best,
-        "log_evidence": log_px,
+        "log_evidence": log_evidence(data),
         "summary": summary,
-        "within_seed_spread": {"relative_error": close},
+        "within_seed_spread": {
+            "relative_error": indistinguishable({name: s["relative_error"] for name, s in summary.items()})
+        },
         "per_seed": per_seed,
+        "curves": {key: thin(values) for key, values in curves.items()},
     }
-    return finish("poisson_gamma", args, results, start)
 
 
-def parse_args(argv=None):
+def readme_block(results):
+    rows = [
+        [
+            name,
+            pm(s["mean_theta_last_10pct"], ".4f"),
+            pm(
+                {k: None if v is None else 100 * v for k, v in s["relative_error"].items() if k in ("mean", "std")},
+                ".1f",
+            ),
+            pm(s["elbo_gap"], ".3f"),
+        ]
+        for name, s in results["summary"].items()
+    ]
+    return "\n".join(
+        [
+            "theta* = {:.5f}; ELBO(theta*) = {:.2f} against log p(X) = {:.2f} (the family is misspecified). Mean "
+            "theta over the last 10% of {} steps with {} particles:\n".format(
+                results["theta_star"],
+                results["elbo_theta_star"],
+                results["log_evidence"],
+                results["args"]["steps"],
+                results["args"]["particles"],
+            ),
+            table(["estimator", "theta", "error (%)", "final ELBO gap"], rows),
+            "Mean ± standard deviation over seeds. "
+            + spread_sentence(results["within_seed_spread"]["relative_error"], "the error in theta"),
+            run_line(results),
+        ]
+    )
+
+
+SEEDS = "a seed sets the particles; the data are fixed by --data-seed"
+
+
+def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/poisson_gamma",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the particles; the data are fixed by --data-seed",
+        __doc__, "results/poisson_gamma", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
     )
     # With 10 particles the score-function runs end 15-25% away from theta*
     # after 2000 steps (the family is misspecified: log q is far from log p and
@@ -211,9 +205,10 @@ def parse_args(argv=None):
     parser.add_argument("--init-theta", type=_cli.positive_real, default=5.0, help="start of q's rate theta")
     parser.add_argument("--num-data", type=_cli.positive_int, default=50)
     parser.add_argument("--rate", type=_cli.positive_real, default=3.0, help="true Poisson rate of the data")
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
-    return _cli.parse(parser, argv)
+    return parser
 
+
+STUDY = Study("poisson_gamma", parser, run, figures, readme_block)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

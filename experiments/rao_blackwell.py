@@ -22,18 +22,14 @@ better), per parameter and summed per latent. Writes to ``--out``:
 
 import functools
 import os
-import time
 
 import numpy as np
 import pyro
 from pyro.infer import TraceGraph_ELBO
 from pyro.optim import ClippedAdam
 
-if not __package__:  # run as ``python experiments/rao_blackwell.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
-from experiments._figures import (  # noqa: E402
+from experiments._figures import (
     band_note,
     coinciding,
     legend_outside,
@@ -43,8 +39,10 @@ from experiments._figures import (  # noqa: E402
     seed_band,
     zoom_ylim,
 )
-from experiments._results import finish, fmt, indistinguishable, spread
-from guides.normal_chain import PARAM_NAMES, NormalChainParams, cavi, mean_field_guide, params_from_store  # noqa: E402
+from experiments._markdown import pm, run_line, spread_sentence, table
+from experiments._results import indistinguishable, spread, thin, within_spread
+from experiments._study import Study
+from guides.normal_chain import PARAM_NAMES, NormalChainParams, cavi, mean_field_guide, params_from_store
 from guides.normal_chain import elbo as closed_form_elbo
 from models.normal_chain import generate_data, model
 from pyro_vi import (
@@ -187,22 +185,21 @@ def plot_variance(summary, per_seed, styles, path):
     save_figure(fig, path)
 
 
-def plot_elbo(histories, styles, optimum, path):
+def plot_elbo(histories, styles, optimum, same, path):
     """Top: the ELBO of the runs that converge, at a scale where they differ;
-    bottom: every run's gap to the maximum on a log scale (diverging runs too)."""
-    num_seeds = len(next(iter(histories.values())))
-    gaps = {name: optimum - np.mean(h, axis=0) for name, h in histories.items()}
+    bottom: every run's gap to the maximum on a log scale (diverging runs too).
+    ``histories``: thinned curves; ``same``: the runs identical to an earlier one."""
+    num_seeds = len(next(iter(histories.values()))["values"])
+    gaps = {name: optimum - np.mean(h["values"], axis=0) for name, h in histories.items()}
     far = off_scale({name: g[-1] for name, g in gaps.items()})
-    same = coinciding({name: np.asarray(h) for name, h in histories.items()})
     fig, (ax, gap_ax) = plt.subplots(2, 1, figsize=(11, 8.5))
     shown = []
-    for name, h in histories.items():
-        h = np.asarray(h)
-        steps = np.arange(1, h.shape[1] + 1)
+    for name, curve in histories.items():
+        h, steps = np.asarray(curve["values"]), np.asarray(curve["step"])
         label = name + (f"  (identical to {same[name]}: dotted over solid)" if name in same else "")
         if name not in far:
             seed_band(ax, steps, h, label=label, **styles[name])
-            shown.append(h[:, h.shape[1] // 10 :])
+            shown.append(h[:, steps > steps[-1] // 10])
         seed_band(gap_ax, steps, np.maximum(optimum - h, 1e-4), label=label, **styles[name])
     ax.axhline(optimum, color="k", ls="--", lw=1, label="maximum over the mean-field family")
     zoom_ylim(ax, shown, include=[optimum])
@@ -223,26 +220,7 @@ def plot_elbo(histories, styles, optimum, path):
     save_figure(fig, path)
 
 
-def print_tables(summary, args, optimum):
-    for where in WHERE:
-        print(
-            f"\nGradient variance at the {where} q ({args.particles} particles, {args.variance_draws} draws), "
-            "summed per latent; "
-            "reduction = variance(ScoreFunctionELBO) / variance(estimator), higher is better"
-        )
-        print("{:<38}".format("estimator") + "".join(f"{g:>22}" for g in GROUPS))
-        for name, entry in summary.items():
-            print(f"{name:<38}" + "".join("{:>22}".format(fmt(entry["reduction_" + where][g], ".3g")) for g in GROUPS))
-    print(
-        f"\nFinal closed-form ELBO after {args.steps} steps (maximum {optimum:.3f}), mean ± std over seeds "
-        f"{args.seeds}:"
-    )
-    for name, entry in summary.items():
-        print("  {:<38} {:>20}".format(name, fmt(entry["final_elbo"])))
-
-
-def main(args):
-    start = time.perf_counter()
+def run(args):
     data = generate_data(num_data=args.num_data, seed=args.data_seed)
     poor = NormalChainParams.poor_init(len(data))
     best = cavi(data).params
@@ -255,35 +233,72 @@ def main(args):
         for name, h in seed_histories.items():
             histories[name].append(h)
     summary = summarize(per_seed)
-    close = indistinguishable({name: entry["final_elbo"] for name, entry in summary.items()})
-    print_tables(summary, args, optimum)
-    identical = coinciding({name: np.asarray(h) for name, h in histories.items()})
-    for a, b in identical.items():
-        print(f"{a} gives the same ELBO history as {b} (to float32 rounding)")
-    for a, b in close:
-        print(f"final ELBO: {a} and {b} differ by less than their seed spread")
-    styles = {name: estimator.style for name, estimator in registry.items()}
-    plot_variance(summary, per_seed, styles, os.path.join(args.out, "variance.png"))
-    plot_elbo(histories, styles, optimum, os.path.join(args.out, "elbo.png"))
-    results = {
-        "args": vars(args),
+    return {
         "max_elbo": optimum,
         "groups": GROUPS,
         "summary": summary,
-        "within_seed_spread": {"final_elbo": close},
-        "identical": identical,
+        "within_seed_spread": {
+            "final_elbo": indistinguishable({name: entry["final_elbo"] for name, entry in summary.items()})
+        },
+        "identical": coinciding({name: np.asarray(h) for name, h in histories.items()}),
         "per_seed": per_seed,
+        "histories": thin(histories),
     }
-    return finish("rao_blackwell", args, results, start)
 
 
-def parse_args(argv=None):
+def figures(results, out):
+    styles = {name: estimator.style for name, estimator in estimators(3).items()}
+    plot_variance(results["summary"], results["per_seed"], styles, os.path.join(out, "variance.png"))
+    plot_elbo(results["histories"], styles, results["max_elbo"], results["identical"], os.path.join(out, "elbo.png"))
+
+
+def readme_block(results):
+    summary, groups = results["summary"], list(results["groups"])
+    reference = next(iter(summary))
+    rows = [
+        [name] + [pm(s["reduction_poor"][g], ".3g") for g in groups] + [pm(s["final_elbo"])]
+        for name, s in summary.items()
+    ]
+    lines = [
+        "Variance reduction at a poor q, var({}) / var(estimator) summed over each latent's parameters "
+        "(higher is better), {} draws, and the closed-form ELBO after {} steps (maximum over the mean-field "
+        "family {:.3f}):\n".format(
+            reference, results["args"]["variance_draws"], results["args"]["steps"], results["max_elbo"]
+        ),
+        table(["estimator"] + groups + ["final ELBO"], rows),
+        "Mean ± standard deviation over seeds. "
+        + spread_sentence(results["within_seed_spread"]["final_elbo"], "final ELBO"),
+    ]
+    for a, b in results.get("identical", {}).items():
+        lines.append(f"{a} and {b} give the same ELBO history to float32 rounding (and the same variances).\n")
+    ours, pyro_baseline = "RaoBlackwellELBO (leave-one-out CV)", "TraceGraph_ELBO + baseline"
+    if ours in summary and pyro_baseline in summary:
+        for where in WHERE:
+            mine, theirs = summary[ours]["reduction_" + where], summary[pyro_baseline]["reduction_" + where]
+            close = [g for g in groups if within_spread(mine[g], theirs[g])]
+            better = [g for g in groups if g not in close and mine[g]["mean"] > theirs[g]["mean"]]
+            worse = [g for g in groups if g not in close and g not in better]
+            lines.append(
+                "At the {} q, {} reduces the variance more than {} for {}, less for {}, and within the "
+                "seed spread for {}.\n".format(
+                    where,
+                    ours,
+                    pyro_baseline,
+                    ", ".join(better) or "no latent",
+                    ", ".join(worse) or "no latent",
+                    ", ".join(close) or "no latent",
+                )
+            )
+    lines.append(run_line(results))
+    return "\n".join(lines)
+
+
+SEEDS = "a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed"
+
+
+def parser():
     parser = _cli.parser(
-        __doc__,
-        out="results/rao_blackwell",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="a seed sets the particles and the gradient-variance draws; the data are fixed by --data-seed",
+        __doc__, "results/rao_blackwell", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
     )
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=2000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
@@ -291,9 +306,10 @@ def parse_args(argv=None):
         "--variance-draws", type=_cli.integer(minimum=2), default=200, help="gradient draws per variance (at least 2)"
     )
     parser.add_argument("--num-data", type=_cli.positive_int, default=20)
-    parser.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the data set (default 0)")
-    return _cli.parse(parser, argv)
+    return parser
 
+
+STUDY = Study("rao_blackwell", parser, run, figures, readme_block)
 
 if __name__ == "__main__":
-    main(parse_args())
+    STUDY.main()

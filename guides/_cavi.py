@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List
 
 import torch
 
-from models._checks import as_int, as_real
+from models.checks import as_int, as_real
 
 
 @dataclass
@@ -82,7 +82,7 @@ def coordinate_ascent(sweep: Callable, elbo: Callable, params, max_iters: int, t
 
 
 def real_field(name, value, positive=False):
-    """A scalar field of a parameter dataclass: a float (:func:`models._checks.as_real`,
+    """A scalar field of a parameter dataclass: a float (:func:`models.checks.as_real`,
     finite, > 0 when ``positive``), or, for a tensor that requires grad, that tensor
     as float64 with its graph kept (so :func:`autograd_gradient` can differentiate
     through the dataclass). ``ValueError`` names the field."""

@@ -9,16 +9,6 @@ import torch
 from torch.distributions import constraints
 
 
-def as_float64(name, value):
-    """``value`` as a float64 tensor; tensors keep their autograd graph."""
-    if isinstance(value, torch.Tensor):
-        return value.to(torch.float64)
-    try:
-        return torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{name} must be an array of real numbers: {e}") from e
-
-
 def check_mixture_params(values, event_shapes, real=("m",)):
     """Validates the float64 fields of a mixture's mean-field parameters in place
     of a dataclass ``__post_init__``: ``values["r"]`` (N, K) responsibilities with

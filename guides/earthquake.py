@@ -59,7 +59,8 @@ from torch.distributions import constraints
 
 from guides import _mixtures
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
-from guides._mixtures import as_float64, assignment_term, check_mixture_params, gamma_entropy, gamma_moments
+from guides._mixtures import assignment_term, check_mixture_params, gamma_entropy, gamma_moments
+from models.checks import as_float64
 from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, check_weights
 
 __all__ = [

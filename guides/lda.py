@@ -79,7 +79,7 @@ from torch.distributions import constraints
 
 from guides._cavi import CaviResult, autograd_gradient
 from guides._mixtures import shaped_param
-from models._checks import as_int
+from models.checks import as_int
 from models.lda import LDAPrior, check_concentration, check_counts, check_num_topics
 
 __all__ = [

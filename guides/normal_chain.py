@@ -54,7 +54,7 @@ import torch
 from torch.distributions import constraints
 
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent, real_field
-from models._checks import as_int
+from models.checks import as_int
 from models.normal_chain import W2_CONCENTRATION, W2_RATE, check_data
 
 __all__ = [

@@ -59,7 +59,7 @@ import torch
 from torch.distributions import constraints
 
 from guides._cavi import CaviResult, autograd_gradient, check_settings, coordinate_ascent
-from models._checks import as_int
+from models.checks import as_int
 from models.poisson_gamma import DEFAULT_PRIOR, PoissonGammaPrior, sufficient_statistics
 
 __all__ = [

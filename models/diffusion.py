@@ -85,7 +85,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from models._checks import as_int
+from models.checks import as_int
 
 __all__ = [
     "AffineReverseProcess",

@@ -43,7 +43,7 @@ import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
 
-from models._checks import as_counts, as_float64, as_int, as_real, check_components
+from models.checks import as_counts, as_float64, as_int, as_real, check_components
 from models.gmm import check_weights
 
 __all__ = [

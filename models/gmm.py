@@ -54,7 +54,7 @@ import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
 
-from models._checks import as_float64, as_int, check_components, set_real_fields
+from models.checks import as_float64, as_int, check_components, set_real_fields
 from models.normal_gamma import check_data
 
 __all__ = [

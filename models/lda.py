@@ -61,7 +61,7 @@ import pyro.distributions as dist
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from models._checks import as_counts, as_int, as_real
+from models.checks import as_counts, as_int, as_real
 
 __all__ = [
     "LDAPrior",

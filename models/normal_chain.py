@@ -50,7 +50,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from models._checks import as_int
+from models.checks import as_int
 from models.normal_gamma import check_data
 
 __all__ = [

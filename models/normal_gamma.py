@@ -38,7 +38,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from models._checks import as_int, as_real, set_real_fields
+from models.checks import as_int, as_real, set_real_fields
 
 __all__ = [
     "COURSE_PRIOR",

@@ -36,7 +36,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from models._checks import as_counts, as_int, as_real, set_real_fields
+from models.checks import as_counts, as_int, as_real, set_real_fields
 
 __all__ = [
     "DEFAULT_PRIOR",

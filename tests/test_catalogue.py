@@ -1,4 +1,4 @@
-"""The drop-in contract on the catalogue (tests/catalogue.py): every
+"""The drop-in contract on the catalogue (models/catalogue.py): every
 estimator either works on every pair or refuses it with a ``ValueError``
 naming the site, ``Trace_ELBO`` passes the same tests, and the gradients are
 unbiased where they can be checked against an exact or Pyro reference."""
@@ -16,9 +16,7 @@ from pyro import poutine
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
-from pyro_vi import ImportanceWeightedELBO
-from pyro_vi.diagnostics import gradient_statistics
-from tests.catalogue import (
+from models.catalogue import (
     CATALOGUE,
     ESTIMATORS,
     elbo_for,
@@ -28,6 +26,8 @@ from tests.catalogue import (
     outcome,
     take_grads,
 )
+from pyro_vi import ImportanceWeightedELBO
+from pyro_vi.diagnostics import gradient_statistics
 
 CASES = [
     (pair, estimator, vectorize)
@@ -37,7 +37,7 @@ CASES = [
 ]
 
 # One worker runs the whole file, so that the outcomes cached by
-# tests.catalogue.outcome serve every test here.
+# models.catalogue.outcome serve every test here.
 pytestmark = pytest.mark.xdist_group("catalogue")
 
 
@@ -328,4 +328,4 @@ def test_the_compatibility_results_are_current():
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "compatibility", "results.json")
     with open(path) as f:
         committed = json.load(f)["records"]
-    assert committed == compatibility.run(sorted(CATALOGUE))
+    assert committed == compatibility.records(sorted(CATALOGUE))

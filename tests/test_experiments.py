@@ -1,10 +1,11 @@
-"""Every experiment script runs as a subprocess with tiny flags and writes its
-outputs (as Pyro's tests/test_examples.py does), refuses bad flags before any
-work, and runs as ``python experiments/NAME.py`` too."""
+"""Every study runs as a subprocess (``python -m experiments.NAME``) with tiny
+flags and writes its outputs (as Pyro's tests/test_examples.py does), redraws
+them with ``--plot-only``, and refuses bad flags before any work."""
 
 import importlib
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 
@@ -220,17 +221,13 @@ SMOKE = {
 }
 
 
-# scripts in experiments/ that are not studies (tested in their own files)
+# modules of experiments/ that are not studies (tested in their own files)
 TOOLS = {"render_readme"}
 
 
 def test_every_experiment_is_in_the_smoke_list():
-    scripts = {
-        name[:-3]
-        for name in os.listdir(os.path.join(ROOT, "experiments"))
-        if name.endswith(".py") and not name.startswith("_")
-    }
-    assert scripts - TOOLS == set(SMOKE), "add new experiments to SMOKE"
+    studies = {module.name for module in pkgutil.iter_modules([os.path.join(ROOT, "experiments")])}
+    assert {name for name in studies if not name.startswith("_")} - TOOLS == set(SMOKE), "add new experiments to SMOKE"
 
 
 def run(command, out, flags):
@@ -281,27 +278,25 @@ def test_experiment_runs(script, tmp_path, request):
     proc = run(["-m", "experiments." + script], tmp_path, flags + seeds)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_outputs(tmp_path, outputs)
-    if script in MULTI_SEED:
-        results = json.loads((tmp_path / "results.json").read_text())
-        run_record = results["run"]
-        assert run_record["seeds"] == [0, 1]
-        assert run_record["machine"]["torch_threads"] == 1 and run_record["wall_seconds"] > 0
-        assert run_record["command"].startswith("python -m experiments." + script)
-
-
-@pytest.mark.parametrize("script", ["gamma_natural_gradient"])
-def test_experiment_runs_as_a_file(script, tmp_path, request):
-    flags, outputs = smoke(script, request)
-    proc = run([os.path.join("experiments", script + ".py")], tmp_path, flags)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    check_outputs(tmp_path, outputs)
+    results = json.loads((tmp_path / "results.json").read_text())
+    run_record = results["run"]
+    assert run_record["seeds"] == [0, 1]
+    assert run_record["machine"]["torch_threads"] == 1 and run_record["wall_seconds"] > 0
+    assert run_record["command"].startswith("python -m experiments." + script)
+    # --plot-only redraws every figure from results.json alone and runs nothing (in this process: faster)
+    figures = [name for name in outputs if name.endswith(".png")]
+    for name in figures:
+        (tmp_path / name).unlink()
+    importlib.import_module("experiments." + script).STUDY.main(["--out", str(tmp_path), "--plot-only"])
+    check_outputs(tmp_path, figures)
+    assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
 # ----------------------------------------------------------------------------
 # bad flags: refused while parsing, before any work
 
-# The scripts on the shared command line (experiments/_cli.py).
-CLI_SCRIPTS = sorted(set(SMOKE) - {"vae_mnist"})
+# Every study is on the shared command line (experiments/_cli.py).
+CLI_SCRIPTS = sorted(SMOKE)
 
 # script -> (bad flags, what the message must say)
 BAD_FLAGS = [
@@ -365,8 +360,7 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("script, flags, message", BAD_FLAGS, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
 def test_bad_flags_are_refused_while_parsing(script, flags, message, tmp_path, capsys):
-    module = importlib.import_module("experiments." + script)
-    parse_args = module.STUDY.parse if hasattr(module, "STUDY") else module.parse_args
+    parse_args = importlib.import_module("experiments." + script).STUDY.parse
     out = tmp_path / "out"
     argv = flags if "--out" in flags else ["--out", str(out)] + flags
     with pytest.raises(SystemExit) as raised:
@@ -381,8 +375,8 @@ def test_bad_flags_are_refused_while_parsing(script, flags, message, tmp_path, c
     [
         (["-m", "experiments.bbvi_normal_gamma"], ["--lr", "-0.05"]),
         (["-m", "experiments.poisson_gamma"], ["--lr", "inf"]),
-        ([os.path.join("experiments", "rao_blackwell.py")], ["--steps", "0"]),
-        ([os.path.join("experiments", "gmm_cavi.py")], ["--steps", "2.5"]),
+        (["-m", "experiments.rao_blackwell"], ["--steps", "0"]),
+        (["-m", "experiments.gmm_cavi"], ["--steps", "2.5"]),
     ],
 )
 def test_bad_flags_exit_with_status_2_before_any_work(command, flags, tmp_path):
@@ -405,15 +399,20 @@ def test_common_flags(tmp_path):
     from experiments import benchmark, poisson_gamma
 
     out = tmp_path / "new" / "folder"
-    args = poisson_gamma.parse_args(["--out", str(out), "--seeds", "7", "--lr", "1e-3", "--steps", "10"])
+    args = poisson_gamma.STUDY.parse(["--out", str(out), "--seeds", "7", "--lr", "1e-3", "--steps", "10"])
     assert out.is_dir()  # created by the parser
     assert (args.seed, args.seeds, args.threads) == (7, [7], 1)
     assert (args.lr, args.steps) == (1e-3, 10) and isinstance(args.steps, int)
-    args = poisson_gamma.parse_args(["--out", str(out), "--seed", "3"])
+    args = poisson_gamma.STUDY.parse(["--out", str(out), "--seed", "3"])
     assert (args.seed, args.seeds) == (3, [3])
-    args = poisson_gamma.parse_args(["--out", str(out)])
+    args = poisson_gamma.STUDY.parse(["--out", str(out)])
     assert (args.seed, args.seeds) == (0, [0, 1, 2])  # three seeds by default
-    assert benchmark.parse_args([]).seeds == [0]  # timings: one seed, the spread is over rounds
+    assert benchmark.STUDY.parse([]).seeds == [0]  # timings: one seed, the spread is over rounds
+
+
+def test_plot_only_needs_an_earlier_run(tmp_path):
+    proc = run(["-m", "experiments.poisson_gamma"], tmp_path, ["--plot-only"])
+    assert proc.returncode == 1 and "--plot-only needs" in proc.stderr and "results.json" in proc.stderr
 
 
 def test_seed_aggregation():
@@ -426,3 +425,13 @@ def test_seed_aggregation():
     assert spread([4.0])["std"] is None and fmt(spread([4.0]), ".1f") == "4.0"
     never = spread([3.0, None, 5.0])
     assert (never["mean"], never["missing"]) == (4.0, 1) and "(1 of 3 never)" in fmt(never)
+
+
+def test_curves_are_thinned_for_the_figures():
+    from experiments._results import thin
+
+    curves = thin({"a": [list(range(1, 1001)), list(range(2, 1002))], "b": [[5.0, 6.0]]}, points=40)
+    steps = curves["a"]["step"]
+    assert steps[0] == 1 and steps[-1] == 1000 and len(steps) <= 40 and steps == sorted(set(steps))
+    assert curves["a"]["values"] == [[float(s) for s in steps], [float(s + 1) for s in steps]]
+    assert curves["b"] == {"step": [1, 2], "values": [[5.0, 6.0]]}

@@ -334,7 +334,7 @@ def test_bad_counts_are_refused_everywhere(counts, match):
     ],
 )
 def test_bad_step_size_schedules_are_refused(tau0, kappa, match, capsys):
-    from experiments.lda_svi import parse_args
+    from experiments.lda_svi import STUDY
 
     with pytest.raises(ValueError, match=match):
         check_schedule(tau0, kappa)
@@ -345,7 +345,7 @@ def test_bad_step_size_schedules_are_refused(tau0, kappa, match, capsys):
         stochastic_vi(counts, K, ALPHA, ETA, batch_size=2, tau0=tau0, kappa=kappa)
     if not isinstance(kappa, bool):
         with pytest.raises(SystemExit):
-            parse_args(["--tau0", str(tau0), "--kappa", str(kappa)])
+            STUDY.parse(["--tau0", str(tau0), "--kappa", str(kappa)])
         assert "must be" in capsys.readouterr().err
 
 

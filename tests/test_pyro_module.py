@@ -17,7 +17,7 @@ from pyro.nn import PyroModule, PyroParam, PyroSample
 from torch import nn
 
 from pyro_vi import RaoBlackwellELBO, gradient_statistics
-from tests.catalogue import ESTIMATORS
+from models.catalogue import ESTIMATORS
 
 X = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5])
 Y = torch.tensor([0.5, -2.0, 4.5, 1.0, -3.0])

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from experiments import render_readme
-from experiments.render_readme import BLOCKS, README, blocks_in, main, render, renderers, rewrite
+from experiments._study import Study
+from experiments.render_readme import README, blocks_in, main, render, renderers, rewrite
 
 
 def readme():
@@ -33,7 +34,8 @@ def demo_block(monkeypatch, tmp_path):
     """A block ``demo`` reading ``tmp_path/results/demo/results.json``."""
     (tmp_path / "results" / "demo").mkdir(parents=True)
     (tmp_path / "results" / "demo" / "results.json").write_text(json.dumps({"value": 1.5}))
-    monkeypatch.setitem(BLOCKS, "demo", (lambda r: "value {}".format(r["value"]), ("results/demo/results.json",)))
+    demo = Study("demo", parser=None, run=None, readme_block=lambda r: "value {}".format(r["value"]))
+    monkeypatch.setattr(render_readme, "studies", lambda: {"demo": demo})
     return tmp_path
 
 
@@ -60,3 +62,18 @@ def test_check_only_compares(demo_block, monkeypatch):
     assert main(["--readme", str(path)]) == 0
     assert main(["--check", "--readme", str(path)]) == 0
     assert "value 1.5" in path.read_text()
+
+
+def test_a_block_gets_the_results_of_the_studies_it_reads(demo_block, monkeypatch):
+    (demo_block / "results" / "other").mkdir()
+    (demo_block / "results" / "other" / "results.json").write_text(json.dumps({"value": 2.5}))
+    both = Study(
+        "demo",
+        parser=None,
+        run=None,
+        blocks={"pair": lambda mine, theirs: "{} and {}".format(mine["value"], theirs["value"])},
+        reads=("other",),
+    )
+    monkeypatch.setattr(render_readme, "studies", lambda: {"demo": both})
+    assert renderers() == {"pair"}
+    assert render("pair", root=demo_block) == "1.5 and 2.5\n"

@@ -13,7 +13,7 @@ from pyro_vi import RaoBlackwellELBO
 from pyro_vi.math import jacobians as scores
 from pyro_vi.math.control_variates import controlled_gradient
 from pyro_vi.math.signals import markov_blanket_signals, per_particle
-from tests.catalogue import CATALOGUE
+from models.catalogue import CATALOGUE
 
 SCORE_PAIRS = sorted(name for name, pair in CATALOGUE.items() if "guide_messenger" not in pair.tags)
 
@@ -127,7 +127,7 @@ def test_distribution_coordinates_equal_parameter_coordinates_on_mean_field_guid
     """Where the parameters map element by element onto the distributions'
     tensors, a coefficient per distribution scalar is a coefficient per
     parameter: the same gradient on the same particles."""
-    from tests.catalogue import elbo_for, take_grads
+    from models.catalogue import elbo_for, take_grads
 
     grads = []
     for config in (estimator, estimator + "(parameters)"):

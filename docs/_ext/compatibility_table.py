@@ -1,8 +1,9 @@
-"""The ``compatibility-table`` directive: the estimator x guide-kind table of
-``results/compatibility/results.json`` (written by
-``python -m experiments.compatibility``), rendered at build time by the same
-function that renders it into README.md (:func:`experiments.compatibility.render`),
-so that the documentation holds no copy of it.
+"""The ``compatibility-table`` directive: the estimator x guide-kind table
+that ``python -m experiments.render_readme`` renders into README.md (between
+``<!-- results:compatibility -->`` and ``<!-- /results:compatibility -->``)
+from ``results/compatibility/results.json``, taken from README.md at build
+time, so that the documentation holds no copy of it and the build imports
+nothing from ``experiments``.
 
 ::
 
@@ -21,6 +22,7 @@ from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
 RESULTS = os.path.join("results", "compatibility", "results.json")
+BLOCK = re.compile(r"<!-- results:compatibility -->\n(.*?)<!-- /results:compatibility -->", re.S)
 SUPERSCRIPTS = re.compile(r"((?:<sup>\d+</sup>)+)")
 
 
@@ -35,8 +37,8 @@ def _superscripts(cell):
 
 
 def markdown_to_rst(markdown):
-    """The rST of the Markdown that :func:`experiments.compatibility.render`
-    returns: one pipe table, then footnote lines ``n. text``."""
+    """The rST of the README's compatibility block: one pipe table, then
+    footnote lines ``n. text``."""
     rows, notes = [], []
     for line in markdown.splitlines():
         line = line.strip()
@@ -64,28 +66,21 @@ class CompatibilityTable(SphinxDirective):
     has_content = False
 
     def run(self):
-        from experiments.compatibility import render
-
         root = os.path.dirname(self.env.srcdir)
-        path = os.path.join(root, RESULTS)
-        if not os.path.isfile(path):
-            raise self.error(
-                f"{RESULTS} is missing: run `python -m experiments.compatibility --out results/compatibility`"
-            )
-        self.env.note_dependency(path)
-        with open(path) as f:
-            results = json.load(f)
-        lines = markdown_to_rst(render(results["records"]))
-        run = results.get("run", {})
-        if run.get("command"):
-            lines += [
-                "",
-                "Rendered from ``{}`` (written by ``{}``; {} model/guide pairs).".format(
-                    RESULTS, run["command"], results.get("pairs", "?")
-                ),
-            ]
+        readme, results = os.path.join(root, "README.md"), os.path.join(root, RESULTS)
+        with open(readme) as f:
+            block = BLOCK.search(f.read())
+        if block is None:
+            raise self.error("README.md has no compatibility block: run `python -m experiments.render_readme`")
+        self.env.note_dependency(readme)
+        lines = markdown_to_rst(block.group(1))
+        if os.path.isfile(results):
+            with open(results) as f:
+                written = json.load(f)
+            command, pairs = written.get("run", {}).get("command"), written.get("pairs", "?")
+            lines += ["", f"Rendered from ``{RESULTS}`` (written by ``{command}``; {pairs} model/guide pairs)."]
         container = nodes.container()
-        self.state.nested_parse(StringList(lines, source=path), self.content_offset, container)
+        self.state.nested_parse(StringList(lines, source=readme), self.content_offset, container)
         return container.children
 
 

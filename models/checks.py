@@ -1,4 +1,4 @@
-"""Argument checks shared by the models (and their guides)."""
+"""Argument checks shared by the models and their guides (public: the guides import them)."""
 
 import math
 import numbers
