@@ -68,9 +68,9 @@ if not __package__:  # run as ``python experiments/air.py``
 
 from experiments import _cli
 from experiments._figures import band_note, coinciding, plt, save_figure, seed_band
+from experiments._markdown import pm, run_line, table
 from experiments._results import spread
 from experiments._study import Study
-from experiments._markdown import pm, run_line, table
 from guides.air import Baseline, GuideNet, guide
 from models.air import AIRConfig, Decoder, model
 from models.multi_mnist import MultiMnistConfig, load_multi_mnist

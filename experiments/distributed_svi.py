@@ -49,9 +49,9 @@ from pyro.optim import ClippedAdam
 
 from experiments import _cli
 from experiments._figures import plt, save_figure
+from experiments._markdown import run_line, seconds, table, times
 from experiments._results import fmt, spread
 from experiments._study import Study
-from experiments._markdown import run_line, seconds, table, times
 from pyro_vi import ControlVariateELBO, fit
 from pyro_vi.math.control_variates import controlled_gradient
 from pyro_vi.training.distributed import average_gradients, process, shared_random_stream

@@ -65,9 +65,9 @@ if not __package__:  # run as ``python experiments/ssvae.py``
 import pyro_vi
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
+from experiments._markdown import pm, run_line, table
 from experiments._results import spread
 from experiments._study import Study
-from experiments._markdown import pm, run_line, table
 from guides.ssvae import Classifier, Encoder, SemiSupervisedLoss, classify, guide, unlabelled_elbo
 from models.mnist import binarize, load_mnist
 from models.ssvae import Decoder, SSVAEConfig, labelled_split, model

@@ -16,8 +16,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam, PyroSample
 from torch import nn
 
-from pyro_vi import RaoBlackwellELBO, gradient_statistics
 from models.catalogue import ESTIMATORS
+from pyro_vi import RaoBlackwellELBO, gradient_statistics
 
 X = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5])
 Y = torch.tensor([0.5, -2.0, 4.5, 1.0, -3.0])

@@ -9,11 +9,11 @@ import pyro
 import pytest
 import torch
 
+from models.catalogue import CATALOGUE
 from pyro_vi import RaoBlackwellELBO
 from pyro_vi.math import jacobians as scores
 from pyro_vi.math.control_variates import controlled_gradient
 from pyro_vi.math.signals import markov_blanket_signals, per_particle
-from models.catalogue import CATALOGUE
 
 SCORE_PAIRS = sorted(name for name, pair in CATALOGUE.items() if "guide_messenger" not in pair.tags)
 

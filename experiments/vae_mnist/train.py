@@ -32,8 +32,8 @@ from guides.vae import Encoder, guide
 from models.mnist import binarize, load_mnist
 from models.vae import Decoder, VAEConfig, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
-from pyro_vi.training.distributed import process
 from pyro_vi.training import fit, load_checkpoint
+from pyro_vi.training.distributed import process
 
 BURDA_STAGES = 8  # i = 0..7: 3^i epochs at lr * 10^(-i/7)
 BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))  # 3280
