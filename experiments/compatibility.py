@@ -25,6 +25,11 @@ KINDS = {
 }
 
 
+TEMPERED = (
+    "works, where sites are under `poutine.scale` (scale c), on the bound of the tempered weights, "
+    "E log (1/K) sum_k w_k^c, as Pyro's RenyiELBO does: c times the ELBO at K = 1, not c times the "
+    "importance-weighted bound (`ImportanceWeightedELBO`'s docstring)"
+)
 SEEDS = "not used: every outcome is computed with fixed seeds"
 
 
@@ -62,6 +67,7 @@ def records(pairs):
                     estimator=estimator,
                     status=expected,
                     reason=tag,
+                    tempered=config.importance_weighted and tag is None and "poutine_scale" in spec.tags,
                 )
             )
     return found
@@ -76,6 +82,7 @@ def readme_block(results):
     records = results["records"]
     kinds = [k for k in KINDS if any(r["kind"] == k for r in records)]
     notes = [tag for tag in REFUSALS if any(r["reason"] == tag for r in records)]
+    notes += ["tempered"] * any(r["tempered"] for r in records)
     header = "| estimator | " + " | ".join(KINDS[k] for k in kinds) + " |"
     lines = [header, "|---" * (len(kinds) + 1) + "|"]
     for estimator in dict.fromkeys(r["estimator"] for r in records):
@@ -94,16 +101,16 @@ def readme_block(results):
         lines.append("| {} | {} |".format(estimator, " | ".join(cells)))
     lines.append("")
     for number, tag in enumerate(notes, 1):
-        lines.append(f"{number}. refused: {REFUSALS[tag][1]}")
+        lines.append(f"{number}. " + (TEMPERED if tag == "tempered" else f"refused: {REFUSALS[tag][1]}"))
     return "\n".join(lines)
 
 
 def _cell(group, notes):
     works = sum(r["status"] == "works" for r in group)
-    marks = sorted({notes.index(r["reason"]) + 1 for r in group if r["reason"]})
+    marks = sorted({notes.index(r["reason"] or "tempered") + 1 for r in group if r["reason"] or r["tempered"]})
     footnote = "".join(f"<sup>{m}</sup>" for m in marks)
     if works == len(group):
-        return "yes"
+        return "yes" + footnote
     if works == 0:
         return "no" + footnote
     return f"{works} of {len(group)}{footnote}"

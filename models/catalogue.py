@@ -33,6 +33,7 @@ from pyro.poutine.plate_messenger import block_plate
 from torch import nn
 
 from pyro_vi import (
+    AutoELBO,
     ControlVariateELBO,
     DisARMELBO,
     ImportanceWeightedELBO,
@@ -58,7 +59,9 @@ class Pair:
         plate), ``sequential_subsample``, ``structured_point_mass`` (a point
         mass in a guide whose random samples depend on one another),
         ``guide_messenger``, ``not_bernoulli`` (a guide site without a
-        pathwise derivative that is not a Bernoulli).
+        pathwise derivative that is not a Bernoulli); and ``poutine_scale``
+        (sites under ``poutine.scale``: the importance-weighted estimators
+        work, on the bound of the tempered weights).
     """
 
     model: Callable
@@ -659,6 +662,7 @@ def unmatched_model_latent_model():
 
 NOT_REPARAM = frozenset({"not_reparameterizable"})
 NOT_BERNOULLI = frozenset({"not_reparameterizable", "not_bernoulli"})
+SCALED = frozenset({"poutine_scale"})
 
 CATALOGUE = {
     "global": Pair(global_model, _same(global_guide), "mean_field"),
@@ -697,9 +701,12 @@ CATALOGUE = {
         frozenset({"global_subsample"}),
         subsample=True,
     ),
-    "scale_likelihood": Pair(scale_likelihood_model, _same(scale_guide), "mean_field"),
+    "scale_likelihood": Pair(scale_likelihood_model, _same(scale_guide), "mean_field", SCALED),
     "scale_both": Pair(
-        poutine.scale(global_model, scale=0.3), lambda m: poutine.scale(global_guide, scale=0.3), "mean_field"
+        poutine.scale(global_model, scale=0.3),
+        lambda m: poutine.scale(global_guide, scale=0.3),
+        "mean_field",
+        SCALED,
     ),
     "mask_observed": Pair(mask_obs_model, _same(scale_guide), "mean_field"),
     "masked_latent": Pair(masked_latent_model, _same(masked_latent_guide), "structured"),
@@ -772,6 +779,7 @@ class Estimator:
     importance_weighted: bool = False
     dreg: bool = False
     bernoulli_only: bool = False  # every guide site without a pathwise derivative must be Bernoulli
+    antithetic: bool = False  # draws antithetic pairs: not the particles Trace_ELBO draws on the same seed
     ours: bool = True
     options: dict = field(default_factory=dict)
 
@@ -788,7 +796,12 @@ ESTIMATORS = {
     "RaoBlackwellELBO(pathwise)": Estimator(lambda **kw: RaoBlackwellELBO(pathwise=True, **kw)),
     "ControlVariateELBO(pathwise)": Estimator(lambda **kw: ControlVariateELBO(pathwise=True, **kw)),
     "ReinforceLeaveOneOutELBO": Estimator(ReinforceLeaveOneOutELBO),
-    "DisARMELBO": Estimator(DisARMELBO, bernoulli_only=True),
+    "ReinforceLeaveOneOutELBO(pathwise)": Estimator(lambda **kw: ReinforceLeaveOneOutELBO(pathwise=True, **kw)),
+    "DisARMELBO": Estimator(DisARMELBO, bernoulli_only=True, antithetic=True),
+    # its particles are pairs: the smallest even number at least the others'
+    "AutoELBO": Estimator(
+        lambda num_particles, **kw: AutoELBO(num_particles=num_particles + num_particles % 2, **kw), antithetic=True
+    ),
     "StickingTheLandingELBO": Estimator(StickingTheLandingELBO, pathwise=True),
     "ImportanceWeightedELBO": Estimator(ImportanceWeightedELBO, pathwise=True, importance_weighted=True),
     "ImportanceWeightedELBO(stl)": Estimator(

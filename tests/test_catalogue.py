@@ -129,13 +129,13 @@ def test_hidden_params_stay_fixed(pair, estimator, vectorize):
     [
         e
         for e in ESTIMATORS
-        if e != "Trace_ELBO" and not ESTIMATORS[e].importance_weighted and not ESTIMATORS[e].bernoulli_only
+        if e != "Trace_ELBO" and not ESTIMATORS[e].importance_weighted and not ESTIMATORS[e].antithetic
     ],
 )
 def test_value_equals_trace_elbo_on_the_same_seed(pair, estimator):
     """Every ELBO-valued estimator reports the mean log-weight of the same
-    particles as Trace_ELBO (DisARM draws twice as many particles, in
-    antithetic pairs: tests/test_discrete.py checks its value)."""
+    particles as Trace_ELBO (DisARM and AutoELBO draw antithetic pairs:
+    tests/test_discrete.py and tests/test_auto.py check their values)."""
     spec = CATALOGUE[pair]
     if expected_refusal(spec, ESTIMATORS[estimator]) is not None:
         return
@@ -230,13 +230,15 @@ UNBIASED = {
     "delta_after_random": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
     "structured": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "RaoBlackwellELBO(pathwise)"],
     "factor_in_guide_score": ["ScoreFunctionELBO", "RaoBlackwellELBO"],
-    "categorical_local": ["ControlVariateELBO", "RaoBlackwellELBO", "ReinforceLeaveOneOutELBO"],
+    "categorical_local": ["ControlVariateELBO", "RaoBlackwellELBO", "ReinforceLeaveOneOutELBO", "AutoELBO"],
     "discrete_and_continuous": [
         "RaoBlackwellELBO",
         "RaoBlackwellELBO(pathwise)",
         "ControlVariateELBO(pathwise)",
         "ReinforceLeaveOneOutELBO",
+        "ReinforceLeaveOneOutELBO(pathwise)",
         "DisARMELBO",
+        "AutoELBO",
     ],
     "amortized": [
         "ControlVariateELBO",
