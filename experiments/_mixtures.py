@@ -18,7 +18,7 @@ from experiments._figures import band_note, legend_outside, plt, save_figure, se
 from experiments._markdown import pm, run_line, spread_sentence, table
 from experiments._results import fmt, indistinguishable, spreads, thin
 from models.gmm import check_weights
-from pyro_vi import RaoBlackwellELBO, ReinforceLeaveOneOutELBO
+from pyro_vi import AutoELBO, RaoBlackwellELBO, ReinforceLeaveOneOutELBO
 from pyro_vi.inference_data import to_inference_data
 from pyro_vi.training import fit
 
@@ -39,8 +39,10 @@ def svi_estimators(particles):
     """The :data:`~experiments._cli.Registry` of the SVI runs: Pyro's exact
     enumeration of the assignments against the assignments sampled, by our
     Rao-Blackwellized score function (everywhere, or only for z with the
-    pathwise option), REINFORCE leave-one-out with the pathwise option, and
-    Pyro's TraceGraph_ELBO (pathwise for the components, decaying-average
+    pathwise option), REINFORCE leave-one-out with the pathwise option,
+    AutoELBO (on these guides, without a Bernoulli site, the same estimator
+    as REINFORCE leave-one-out with the pathwise option: the curves
+    coincide), and Pyro's TraceGraph_ELBO (pathwise for the components, decaying-average
     baseline for z). Each picks its guide from the study's
     ``{"global": ..., "mean_field": ...}``."""
     kw = dict(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
@@ -56,6 +58,7 @@ def svi_estimators(particles):
         "ReinforceLeaveOneOutELBO, pathwise (z sampled)": _cli.Estimator(
             lambda: ReinforceLeaveOneOutELBO(pathwise=True, **kw), guide=mean_field
         ),
+        "AutoELBO (z sampled)": _cli.Estimator(lambda: AutoELBO(**kw), guide=mean_field),
         "TraceGraph_ELBO + baseline (z sampled)": _cli.Estimator(
             lambda: TraceGraph_ELBO(**kw), guide=lambda guides: DiscreteSiteBaselines()(guides["mean_field"])
         ),
@@ -130,6 +133,8 @@ def svi_results(fit_cavi, cavi_means, histories, rows, summaries):
         "cavi": dict(
             elbo=fit_cavi.elbo,
             elbo_history=history,
+            # at full precision (the history itself is stored to 10 digits)
+            below_final=[history[-1] - value for value in history],
             num_iters=fit_cavi.num_iters,
             largest_decrease=max([a - b for a, b in zip(history, history[1:])] + [0.0]),
             **cavi_means,
@@ -161,19 +166,18 @@ def readme_block(gmm, earthquake):
     return "\n".join(lines + [run_line(gmm), run_line(earthquake)])
 
 
-def plot_cavi_and_svi(cavi_history, histories, path, title):
+def plot_cavi_and_svi(cavi, histories, path, title):
     """Left: CAVI's distance to its final ELBO per sweep (log scale: each
     sweep's gain stays visible when the first is thousands of nats); right:
     the SVI runs (thinned curves: mean and band over seeds) against the CAVI
-    optimum."""
+    optimum; ``cavi`` is the results' ``"cavi"`` entry."""
     num_seeds = len(next(iter(histories.values()))["values"])
-    history = np.asarray(cavi_history, float)
-    drops = np.diff(history)
+    history = np.asarray(cavi["elbo_history"], float)
     fig, (cavi_ax, svi_ax) = plt.subplots(1, 2, figsize=(13, 5))
     sweeps = np.arange(len(history))
     cavi_ax.plot(
         sweeps,
-        np.maximum(history[-1] - history, 1e-12),
+        np.maximum(cavi["below_final"], 1e-12),
         marker="o",
         color="k",
         label=f"CAVI (deterministic start), ELBO {history[0]:.1f} -> {history[-1]:.3f}",
@@ -184,13 +188,13 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     cavi_ax.set_ylabel("final ELBO - ELBO after the sweep (nats, floored at 1e-12)")
     cavi_ax.set_title(
         f"{title}: CAVI, {len(history) - 1} sweeps; the ELBO never decreases beyond float\nrounding (largest "
-        f"decrease between sweeps: {max(0.0, -drops.min()) if drops.size else 0.0:.1e} nats)",
+        f"decrease between sweeps: {cavi['largest_decrease']:.1e} nats)",
         fontsize=10,
     )
     legend_outside(cavi_ax, where="below")
-    optimum = cavi_history[-1]
+    optimum = history[-1]
     lows = [optimum - 50]
-    styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1))]
+    styles = ["-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1))]
     for i, (name, curve) in enumerate(histories.items()):
         runs = np.asarray(curve["values"])
         # each run narrower than the one before: where two nearly coincide,
@@ -211,9 +215,16 @@ def plot_cavi_and_svi(cavi_history, histories, path, title):
     svi_ax.set_ylim(max(min(lows), optimum - 400), optimum + 0.05 * (optimum - min(lows)) + 1)
     svi_ax.set_xlabel("SVI step")
     svi_ax.set_ylabel("mean-field ELBO of q_t (closed form, nats)")
+    names = list(histories)
+    same = [
+        f"{later} = {earlier}"
+        for i, earlier in enumerate(names)
+        for later in names[i + 1 :]
+        if np.array_equal(histories[earlier]["values"], histories[later]["values"])
+    ]
     svi_ax.set_title(
         f"SVI against the CAVI optimum ({band_note(num_seeds)});\nwhere runs overlap, the earlier in the legend is "
-        "drawn wider",
+        "drawn wider" + "".join(f"\nidentical runs: {pair}" for pair in same),
         fontsize=10,
     )
     legend_outside(svi_ax, where="below")
@@ -226,8 +237,9 @@ SEEDS = "a seed sets the SVI runs' particles; the data (--data-seed) and CAVI's 
 def parser(doc, out):
     """The parser with the flags both mixture studies share."""
     parser = _cli.parser(doc, out, seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True)
-    # RaoBlackwellELBO's leave-one-out control variates need three particles.
-    _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
+    # RaoBlackwellELBO's leave-one-out control variates need three particles,
+    # AutoELBO an even number.
+    _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=4)
     parser.add_argument("--cavi-iters", type=_cli.positive_int, default=500, help="CAVI sweeps at most")
     parser.add_argument(
         "--summary-draws",
@@ -243,7 +255,10 @@ def parser(doc, out):
 
 
 def check_weights_argument(args):
-    """``--pi`` must sum to one (:func:`models.gmm.check_weights`)."""
+    """``--pi`` must sum to one (:func:`models.gmm.check_weights`); AutoELBO
+    draws ``--particles`` in pairs."""
+    if args.particles % 2:
+        raise ValueError(f"argument --particles: must be even (AutoELBO draws pairs), got {args.particles}")
     try:
         check_weights(args.pi)
     except ValueError as e:

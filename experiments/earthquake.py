@@ -80,8 +80,7 @@ def run(args):
 
 
 def figures(results, out):
-    history = results["cavi"]["elbo_history"]
-    _mixtures.plot_cavi_and_svi(history, results["histories"], f"{out}/elbo.png", "Earthquakes")
+    _mixtures.plot_cavi_and_svi(results["cavi"], results["histories"], f"{out}/elbo.png", "Earthquakes")
     plot_clusters(results["data"], results["cavi"], f"{out}/clusters.png")
 
 

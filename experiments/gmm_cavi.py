@@ -74,7 +74,7 @@ def run(args):
 
 def figures(results, out):
     args = results["args"]
-    _mixtures.plot_cavi_and_svi(results["cavi"]["elbo_history"], results["histories"], f"{out}/elbo.png", "GMM")
+    _mixtures.plot_cavi_and_svi(results["cavi"], results["histories"], f"{out}/elbo.png", "GMM")
     plot_clusters(results["data"], args["pi"], results["cavi"], args["mus"], args["taus"], f"{out}/clusters.png")
 
 
