@@ -6,6 +6,9 @@ import os
 import numpy as np
 from pyro.poutine.util import site_is_subsample
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The repository's root folder."""
+
 
 def per_draw_log_prob(trace, num_draws):
     """Sum of every sample site's log_prob, one value per draw of the particle plate."""

@@ -24,9 +24,8 @@ from guides.vae import Encoder, guide
 from models.mnist import MnistNotFoundError, binarize, load_mnist
 from models.vae import Decoder, VAEConfig, model
 from pyro_vi import training
-from tests.helpers import write_tiny_mnist
+from tests.helpers import ROOT, write_tiny_mnist
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = VAEConfig(hidden_dims=(8,), latent_dim=2)
 TINY_FLAGS = [
     "--epochs",

@@ -25,7 +25,6 @@ from models.vae import Decoder, VAEConfig, check_binary, check_images, model, ou
 from pyro_vi import ImportanceWeightedELBO
 from tests.helpers import write_tiny_mnist
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = VAEConfig(hidden_dims=(8,), latent_dim=2)
 
 # ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from models.catalogue import (
 )
 from pyro_vi import ImportanceWeightedELBO
 from pyro_vi.diagnostics import gradient_statistics
+from tests.helpers import ROOT
 
 CASES = [
     (pair, estimator, vectorize)
@@ -325,7 +326,7 @@ def test_the_compatibility_results_are_current():
     catalogue's outcomes as they are now."""
     from experiments import compatibility
 
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "compatibility", "results.json")
+    path = os.path.join(ROOT, "results", "compatibility", "results.json")
     with open(path) as f:
         committed = json.load(f)["records"]
     assert committed == compatibility.records(sorted(CATALOGUE))
