@@ -37,12 +37,6 @@ def guide(x):
     pyro.sample("z", dist.Normal(loc, scale))
 
 
-def subsampled(x):
-    z = pyro.sample("z", dist.Normal(0.0, 1.0))
-    with pyro.plate("data", len(x), subsample_size=2) as idx:
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
-
-
 def gamma_model(x):
     pyro.sample("rate", dist.Gamma(2.0, 2.0))
 

@@ -28,7 +28,8 @@ from pyro_vi import (
 )
 from tests.estimators.test_bad_inputs import CASES as ESTIMATOR_CASES
 from tests.models.test_bad_inputs import CASES as MODEL_CASES
-from tests.refusals import RUNS, X, assert_refused, case_ids, guide, model, subsampled
+from tests.programs import subsampled_model
+from tests.refusals import RUNS, X, assert_refused, case_ids, guide, model
 from tests.training.test_bad_inputs import CASES as TRAINING_CASES
 
 
@@ -113,7 +114,7 @@ CASES = [
     (
         "to_inference_data",
         "subsampled plate",
-        _to_idata(m=subsampled),
+        _to_idata(m=subsampled_model),
         ValueError,
         r"site 'x' is in the subsampled plate 'data' \(2 of 5\)",
         RUNS,

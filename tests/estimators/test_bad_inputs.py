@@ -10,16 +10,14 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vi import (
-    ControlVariateELBO,
-    DisARMELBO,
-    ImportanceWeightedELBO,
-    RaoBlackwellELBO,
-    ReinforceLeaveOneOutELBO,
-    ScoreFunctionELBO,
-    StickingTheLandingELBO,
-)
-from tests.refusals import RUNS, X, assert_refused, case_ids, gamma_model, guide, model, negative_guide, subsampled
+from pyro_vi import ControlVariateELBO as CV
+from pyro_vi import DisARMELBO, ReinforceLeaveOneOutELBO
+from pyro_vi import ImportanceWeightedELBO as IW
+from pyro_vi import RaoBlackwellELBO as RB
+from pyro_vi import ScoreFunctionELBO as SF
+from pyro_vi import StickingTheLandingELBO as STL
+from tests.programs import subsampled_model
+from tests.refusals import RUNS, X, assert_refused, case_ids, gamma_model, guide, model, negative_guide
 
 
 def guide_batched_z(x):  # z in a plate the model does not have
@@ -60,15 +58,6 @@ OUT_OF_SUPPORT = (
 
 def _loss(elbo, m, g):
     return lambda tmp: elbo.loss(m, g, X)
-
-
-SF, CV, RB, STL, IW = (
-    ScoreFunctionELBO,
-    ControlVariateELBO,
-    RaoBlackwellELBO,
-    StickingTheLandingELBO,
-    ImportanceWeightedELBO,
-)
 
 
 CASES = [
@@ -195,7 +184,7 @@ CASES = [
     (
         "ImportanceWeightedELBO.loss",
         "latent outside a subsampled plate",
-        _loss(IW(num_particles=2), subsampled, guide),
+        _loss(IW(num_particles=2), subsampled_model, guide),
         ValueError,
         r"site 'z' lies outside the subsampled plate 'data'",
         RUNS,
