@@ -6,8 +6,15 @@ import os
 import numpy as np
 from pyro.poutine.util import site_is_subsample
 
+from guides.normal_gamma import NormalGammaParams
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The repository's root folder."""
+
+NORMAL_GAMMA_NAMES = ("q_mu_loc", "q_mu_precision", "q_tau_concentration", "q_tau_rate")
+"""The params of ``guides.normal_gamma.mean_field_guide``, in the order of its fields (m, lam, a, b)."""
+NORMAL_GAMMA_AWAY = NormalGammaParams(m=0.5, lam=2.0, a=20.0, b=30.0)
+"""Mean-field Normal-Gamma params away from the optimum, where every param's gradient is far from zero."""
 
 
 def per_draw_log_prob(trace, num_draws):
