@@ -136,7 +136,7 @@ def test_hidden_params_stay_fixed(pair, estimator, vectorize):
 def test_value_equals_trace_elbo_on_the_same_seed(pair, estimator):
     """Every ELBO-valued estimator reports the mean log-weight of the same
     particles as Trace_ELBO (DisARM draws twice as many particles, in
-    antithetic pairs: tests/test_discrete.py checks its value)."""
+    antithetic pairs: tests/estimators/test_discrete.py checks its value)."""
     spec = CATALOGUE[pair]
     if expected_refusal(spec, ESTIMATORS[estimator]) is not None:
         return

@@ -1,5 +1,5 @@
 """The VAE/IWAE model, guide and MNIST loading (the vae_mnist study itself is
-tested in tests/test_vae_mnist.py).
+tested in tests/experiments/test_vae_mnist.py).
 
 :func:`tests.helpers.write_tiny_mnist` writes the fake MNIST directory (IDX
 files) that the real torchvision loading path reads.
