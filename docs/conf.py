@@ -1,6 +1,6 @@
 """Sphinx configuration of the pyro_vi documentation.
 
-Build (warnings are errors, as in ``tests/test_docs.py``)::
+Build (warnings are errors, as in ``tests/docs/test_docs.py``)::
 
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 """

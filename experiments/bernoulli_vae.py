@@ -501,7 +501,7 @@ def readme_block(results):
             ),
             "AutoELBO is not run apart: it chooses DisARM pairs at every latent of this model, and on the same "
             "seed its loss and gradients are DisARMELBO's bit for bit "
-            "(`tests/test_auto.py::test_is_disarm_on_the_bernoulli_vae`), so its rows are DisARMELBO's.\n",
+            "(`tests/estimators/test_auto.py::test_is_disarm_on_the_bernoulli_vae`), so its rows are DisARMELBO's.\n",
             "Command: `{}`; seeds {}; the runs took {} of wall time in all (`--resume` runs only those not yet "
             "saved), on {}.\n".format(
                 results["run"]["command"],

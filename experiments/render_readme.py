@@ -15,7 +15,7 @@ its ``results/STUDY/results.json`` (:class:`experiments._study.Study`: its
 and ``reads`` names the other studies' results they read). To add a block,
 give a study a renderer and put the two markers where it goes. The Markdown
 helpers are in :mod:`experiments._markdown` (``table``, ``pm`` and
-``run_line`` can be imported from here too). ``tests/test_render_readme.py``
+``run_line`` can be imported from here too). ``tests/experiments/test_render_readme.py``
 checks that README.md equals what this script renders from the committed
 JSON.
 """

@@ -670,7 +670,7 @@ def check(args):
 
 STUDY = Study("ssvae", parser, run, figures, readme_block=None, check=check)
 # readme_block=readme_block once results/ssvae/results.json of the final run is committed (a README block
-# needs its results.json: tests/test_render_readme.py)
+# needs its results.json: tests/experiments/test_render_readme.py)
 
 if __name__ == "__main__":
     STUDY.main()

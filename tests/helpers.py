@@ -6,6 +6,16 @@ import os
 import numpy as np
 from pyro.poutine.util import site_is_subsample
 
+from guides.normal_gamma import NormalGammaParams
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The repository's root folder."""
+
+NORMAL_GAMMA_NAMES = ("q_mu_loc", "q_mu_precision", "q_tau_concentration", "q_tau_rate")
+"""The params of ``guides.normal_gamma.mean_field_guide``, in the order of its fields (m, lam, a, b)."""
+NORMAL_GAMMA_AWAY = NormalGammaParams(m=0.5, lam=2.0, a=20.0, b=30.0)
+"""Mean-field Normal-Gamma params away from the optimum, where every param's gradient is far from zero."""
+
 
 def per_draw_log_prob(trace, num_draws):
     """Sum of every sample site's log_prob, one value per draw of the particle plate."""
@@ -31,6 +41,26 @@ def write_tiny_mnist(directory, num_images=40, seed=0, gz=True, train=False):
         write_idx(os.path.join(directory, prefix + "-images-idx3-ubyte" + suffix), images)
         write_idx(os.path.join(directory, prefix + "-labels-idx1-ubyte" + suffix), rng.integers(0, 10, num_images))
     return str(directory)
+
+
+def assert_cavi_optimum_is_stationary(elbo_gradient, optimum, moved, positive):
+    """The closed-form ELBO's gradient vanishes at CAVI's optimum (below 1e-6 in
+    every block) and is clearly non-zero (above 1e-2 in every block) at
+    ``moved``, near it. Taken in the directions that keep the params valid:
+    ``r`` along the simplex (minus its row mean), the ``positive`` fields per
+    unit of their logarithm. ``elbo_gradient(q)`` is the gradient by field."""
+
+    def gradients(q):
+        grads = elbo_gradient(q)
+        grads["r"] = grads["r"] - grads["r"].mean(-1, keepdim=True)
+        for name in positive:
+            grads[name] = grads[name] * getattr(q, name)
+        return grads
+
+    for name, grad in gradients(optimum).items():
+        assert float(grad.abs().max()) < 1e-6, name
+    for name, grad in gradients(moved).items():
+        assert float(grad.abs().max()) > 1e-2, name
 
 
 def normal_chain_pyro_gradient(data, params):

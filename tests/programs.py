@@ -4,6 +4,8 @@
   ``x_n ~ N(z, 1)``, guide ``N(loc, scale)`` (params ``loc``, ``scale``;
   started at ``N(-1, 1)``). The posterior is
   ``N(sum(x) / (N + 1), 1 / (N + 1))``.
+- :func:`subsampled_model`: :func:`normal_model` with the data plate
+  subsampled to 2 points.
 - :func:`location_model` / :func:`location_guide`: one global location
   ``loc ~ N(0, 2)``, ``x_n ~ N(loc, 1)``, guide ``N(m, s)`` (params ``m``,
   ``s``); ``functools.partial(location_guide, m=..., s=...)`` starts it
@@ -15,7 +17,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-__all__ = ["location_guide", "location_model", "normal_guide", "normal_model"]
+__all__ = ["location_guide", "location_model", "normal_guide", "normal_model", "subsampled_model"]
 
 
 def normal_model(x):
@@ -28,6 +30,12 @@ def normal_guide(x):
     loc = pyro.param("loc", torch.tensor(-1.0))
     scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
     pyro.sample("z", dist.Normal(loc, scale))
+
+
+def subsampled_model(x):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x), subsample_size=2) as idx:
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
 
 
 def location_model(data):

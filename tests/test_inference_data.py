@@ -12,6 +12,7 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_vi.inference_data import to_inference_data
+from tests.programs import subsampled_model
 
 matplotlib.use("Agg")
 
@@ -174,16 +175,11 @@ def test_model_without_latents():
 
 
 def test_subsampled_plate_rejected():
-    def subsampled(x):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", len(x), subsample_size=2) as idx:
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
-
     def q(x):
         pyro.sample("z", dist.Normal(0.0, 1.0))
 
     with pytest.raises(ValueError, match="subsampled"):
-        to_inference_data(subsampled, q, X, num_samples=4)
+        to_inference_data(subsampled_model, q, X, num_samples=4)
 
 
 def test_positive_constraint_param_guide():

@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 FOLDERS = [
     name
     for name in ("pyro_vi", "models", "guides", "experiments", "tests", "docs")

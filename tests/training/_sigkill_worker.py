@@ -1,4 +1,4 @@
-"""Fork server for tests/test_checkpoint_sigkill.py.
+"""Fork server for tests/training/test_checkpoint_sigkill.py.
 
 Imports torch, pyro and pyro_vi once, then reads commands from stdin, one per
 line: ``<checkpoint> <num_steps> <out> <kill_after>``. For each it forks a

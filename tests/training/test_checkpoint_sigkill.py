@@ -9,18 +9,19 @@ import sys
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 NUM_STEPS = 20
 TRIALS = 24
 
 
 class ForkServer:
-    """tests/_sigkill_worker.py: imports once, forks one child per run."""
+    """tests/training/_sigkill_worker.py: imports once, forks one child per run."""
 
     def __init__(self, log):
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "tests", "_sigkill_worker.py")],
+            [sys.executable, os.path.join(ROOT, "tests", "training", "_sigkill_worker.py")],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,

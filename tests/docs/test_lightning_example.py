@@ -15,7 +15,8 @@ import re
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 EXAMPLE = os.path.join(ROOT, "docs", "examples", "lightning_example.py")
 TINY = dict(num_data=64, batch_size=16, num_particles=4, lr=0.05, snr_draws=3)
 STEPS_PER_EPOCH = 4

@@ -1,4 +1,4 @@
-"""A user's data-parallel fit, launched by tests/test_distributed_torchrun.py
+"""A user's data-parallel fit, launched by tests/training/test_distributed_torchrun.py
 as ``python -m torch.distributed.run --nproc_per_node=2 <this file> SEED OUT``:
 a Normal mean with 1,000 points in shards, an AutoDiagonalNormal guide
 (whose initial values are drawn), each process seeded by its rank. Fits it with

@@ -62,6 +62,22 @@ def _fit(path, num_steps, resume=False, make_elbo=Trace_ELBO, guide=guide, seed=
     )
 
 
+def _assert_resume_equals_uninterrupted_run(path, **options):
+    """Runs 12 steps, then 7 (checkpoints at 3, 6, 7: an interrupted run), then
+    resumes to 12 with another seed (the checkpoint's RNG wins): the same
+    losses and params, to the bit. Returns the uninterrupted run's params."""
+    full = _fit(path, 12, **options)
+    full_params = _params()
+    _fit(path, 7, **options)
+    resumed = _fit(path, 12, resume=True, seed=123, **options)
+    np.testing.assert_array_equal(resumed.losses, full.losses)
+    params = _params()
+    assert set(params) == set(full_params)
+    for name in params:
+        assert torch.equal(params[name], full_params[name]), name
+    return full_params
+
+
 ESTIMATORS = {
     "ScoreFunctionELBO": ScoreFunctionELBO,
     "ControlVariateELBO": ControlVariateELBO,
@@ -81,16 +97,7 @@ ESTIMATORS = {
 
 @pytest.mark.parametrize("make_elbo", list(ESTIMATORS.values()), ids=list(ESTIMATORS))
 def test_resume_equals_uninterrupted_run_for_every_estimator(tmp_path, make_elbo):
-    path = tmp_path / "ckpt.pt"
-    full = _fit(path, 12, make_elbo=make_elbo)
-    full_params = _params()
-    _fit(path, 7, make_elbo=make_elbo)  # interrupted after step 7 (checkpoints at 3, 6, 7)
-    resumed = _fit(path, 12, resume=True, make_elbo=make_elbo, seed=123)  # the checkpoint's RNG wins
-    np.testing.assert_array_equal(resumed.losses, full.losses)
-    params = _params()
-    assert set(params) == set(full_params)
-    for name in params:
-        assert torch.equal(params[name], full_params[name]), name
+    _assert_resume_equals_uninterrupted_run(tmp_path / "ckpt.pt", make_elbo=make_elbo)
 
 
 def test_resume_restores_pyro_decaying_average_baselines(tmp_path):
@@ -98,17 +105,10 @@ def test_resume_restores_pyro_decaying_average_baselines(tmp_path):
     the param store at every step (the throw-away step of a resume too): the
     resumed run continues from the saved average."""
     baseline_guide = score_function_guide(guide, baseline={"use_decaying_avg_baseline": True, "baseline_beta": 0.9})
-    path = tmp_path / "ckpt.pt"
-    full = _fit(path, 12, make_elbo=TraceGraph_ELBO, guide=baseline_guide)
-    full_params = _params()
+    full_params = _assert_resume_equals_uninterrupted_run(
+        tmp_path / "ckpt.pt", make_elbo=TraceGraph_ELBO, guide=baseline_guide
+    )
     assert any(name.startswith("__baseline_avg") for name in full_params)
-    _fit(path, 7, make_elbo=TraceGraph_ELBO, guide=baseline_guide)
-    resumed = _fit(path, 12, resume=True, make_elbo=TraceGraph_ELBO, guide=baseline_guide, seed=123)
-    np.testing.assert_array_equal(resumed.losses, full.losses)
-    params = _params()
-    assert set(params) == set(full_params)
-    for name in params:
-        assert torch.equal(params[name], full_params[name]), name
 
 
 def test_checkpoint_is_plain_data_read_with_weights_only(tmp_path):

@@ -12,8 +12,9 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "tests", "_distributed_user_script.py")
+from tests.helpers import ROOT
+
+SCRIPT = os.path.join(ROOT, "tests", "training", "_distributed_user_script.py")
 SEED, NUM_DATA, SIGMA, PRIOR = 0, 1000, 1.0, 3.0  # as in the script
 TIMEOUT = 120  # seconds
 

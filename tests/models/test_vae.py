@@ -1,5 +1,5 @@
 """The VAE/IWAE model, guide and MNIST loading (the vae_mnist study itself is
-tested in tests/test_vae_mnist.py).
+tested in tests/experiments/test_vae_mnist.py).
 
 :func:`tests.helpers.write_tiny_mnist` writes the fake MNIST directory (IDX
 files) that the real torchvision loading path reads.
@@ -25,7 +25,6 @@ from models.vae import Decoder, VAEConfig, check_binary, check_images, model, ou
 from pyro_vi import ImportanceWeightedELBO
 from tests.helpers import write_tiny_mnist
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = VAEConfig(hidden_dims=(8,), latent_dim=2)
 
 # ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@ guide's sites for labelled and unlabelled batches, every estimator of the
 study on it (one step without NaN, and the sampled ones' mean gradient
 against enumeration's), Kingma's objective, the balanced labelled split, the
 MNIST labels and the study's batches, resume and README block (the smoke run
-is in tests/test_experiments.py)."""
+is in tests/experiments/test_experiments.py)."""
 
 import functools
 import json

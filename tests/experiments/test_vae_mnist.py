@@ -2,7 +2,7 @@
 (the real torchvision loading path), its flags, checkpoints, exact resume,
 results.json and figures, and under ``torchrun`` with two gloo processes.
 
-The smoke run of the study is in tests/test_experiments.py; here the study is
+The smoke run of the study is in tests/experiments/test_experiments.py; here the study is
 run in-process where that is enough (faster) and as a subprocess where the
 exit status or the launch matters.
 """
@@ -24,32 +24,13 @@ from guides.vae import Encoder, guide
 from models.mnist import MnistNotFoundError, binarize, load_mnist
 from models.vae import Decoder, VAEConfig, model
 from pyro_vi import training
-from tests.helpers import write_tiny_mnist
+from tests.helpers import ROOT, write_tiny_mnist
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = VAEConfig(hidden_dims=(8,), latent_dim=2)
-TINY_FLAGS = [
-    "--epochs",
-    "2",
-    "--eval-samples",
-    "20",
-    "--runs",
-    "vae_stl,iwae5",
-    "--seeds",
-    "0",
-    "1",
-    "--hidden-dims",
-    "8",
-    "--latent-dim",
-    "2",
-    "--batch-size",
-    "8",
-    "--monitor-k",
-    "3",
-    "--monitor-size",
-    "8",
-    "--no-download",
-]
+TINY_FLAGS = (
+    "--epochs 2 --eval-samples 20 --runs vae_stl,iwae5 --seeds 0 1 --hidden-dims 8 --latent-dim 2 --batch-size 8 "
+    "--monitor-k 3 --monitor-size 8 --no-download"
+).split()
 FIGURES = ["elbo_iwelbo.png", "test_loglik.png", "reconstructions.png", "samples.png"]
 # wall times: everything else must be equal between a resumed and an uninterrupted study
 TIMES = {"seconds_per_epoch", "train_seconds", "monitor_seconds", "eval_seconds"}

@@ -11,20 +11,14 @@ from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 
-from guides.normal_gamma import (
-    NormalGammaParams,
-    elbo_gradient,
-    exact_structured_params,
-    mean_field_guide,
-    structured_guide,
-)
+from guides.normal_gamma import elbo_gradient, exact_structured_params, mean_field_guide, structured_guide
 from models.normal_gamma import generate_data, model
 from pyro_vi import StickingTheLandingELBO
 from pyro_vi.diagnostics import gradient_statistics
+from tests.helpers import NORMAL_GAMMA_AWAY as AWAY
+from tests.helpers import NORMAL_GAMMA_NAMES as NAMES
 
 DATA = generate_data()
-NAMES = ("q_mu_loc", "q_mu_precision", "q_tau_concentration", "q_tau_rate")
-AWAY = NormalGammaParams(m=0.5, lam=2.0, a=20.0, b=30.0)
 
 
 def stats(elbo, guide, num_draws=200, seed=0, mdl=model, data=DATA):

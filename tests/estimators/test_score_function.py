@@ -13,23 +13,15 @@ from pyro import poutine
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
-from guides.normal_gamma import (
-    DEFAULT_INIT,
-    NormalGammaParams,
-    cavi,
-    elbo_gradient,
-    mean_field_guide,
-    params_from_store,
-)
+from guides.normal_gamma import DEFAULT_INIT, cavi, elbo_gradient, mean_field_guide, params_from_store
 from guides.normal_gamma import elbo as closed_form_elbo
 from models.normal_gamma import COURSE_PRIOR, generate_data, model
 from pyro_vi import ControlVariateELBO, ScoreFunctionELBO
 from pyro_vi.diagnostics import gradient_statistics
+from tests.helpers import NORMAL_GAMMA_AWAY as AWAY
+from tests.helpers import NORMAL_GAMMA_NAMES as NAMES
 
 DATA = generate_data()
-NAMES = ("q_mu_loc", "q_mu_precision", "q_tau_concentration", "q_tau_rate")
-# Away from the optimum, where every parameter's gradient is far from zero.
-AWAY = NormalGammaParams(m=0.5, lam=2.0, a=20.0, b=30.0)
 
 
 def guide_at(params):

@@ -18,7 +18,8 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 DOCS = os.path.join(ROOT, "docs")
 TUTORIAL = os.path.join(DOCS, "tutorial", "choosing_an_estimator.py")
 COMMITTED = os.path.join(DOCS, "tutorial", "output")

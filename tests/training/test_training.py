@@ -57,12 +57,7 @@ def test_fit_converges_to_exact_posterior():
 
 def test_fit_tracks_each_step():
     values = []
-    result = fit(
-        model,
-        guide,
-        Trace_ELBO(),
-        Adam({"lr": 0.1}),
-        X,
+    result = _fit_normal(
         num_steps=5,
         track={"loc": lambda: values.append(1) or pyro.param("loc").detach().clone()},
     )
@@ -71,6 +66,11 @@ def test_fit_tracks_each_step():
     assert loc.shape == (5,)
     # Adam's first step moves each parameter by lr (times the sign of the gradient)
     assert abs(loc[0] - (-1.0)) == pytest.approx(0.1, rel=1e-4)
+
+
+def _fit_normal(**options):
+    """fit of the normal model and guide to X with Trace_ELBO and Adam(lr=0.1)."""
+    return fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, **options)
 
 
 def _nan_gradient_guide(bad_step):
@@ -139,14 +139,14 @@ def test_non_finite_leaves_params_at_previous_step():
 @pytest.mark.parametrize("num_steps", [0, -1])
 def test_bad_num_steps(num_steps):
     with pytest.raises(ValueError, match="num_steps"):
-        fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=num_steps)
+        _fit_normal(num_steps=num_steps)
 
 
 def test_progress_bar(capsys):
-    fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=3, progress=True)
+    _fit_normal(num_steps=3, progress=True)
     err = capsys.readouterr().err
     assert "3/3" in err and "loss=" in err
-    fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=3)  # None: short run
+    _fit_normal(num_steps=3)  # None: short run
     assert capsys.readouterr().err == ""
 
 
@@ -358,7 +358,7 @@ def test_every_argument_is_checked_before_any_work(case, tmp_path):
 
 
 def test_numpy_integers_are_accepted():
-    result = fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), X, num_steps=np.int64(3), checkpoint_every=np.int32(2))
+    result = _fit_normal(num_steps=np.int64(3), checkpoint_every=np.int32(2))
     assert result.num_steps == 3
     result = fit(model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=[(X,)], epochs=np.int64(2))
     assert result.num_steps == 2 and result.epochs == 2
@@ -407,12 +407,7 @@ def test_callback_steps_an_lr_scheduler_whose_state_resumes(tmp_path):
 
 def test_callback_sees_every_step_and_loss():
     seen = []
-    result = fit(
-        model,
-        guide,
-        Trace_ELBO(),
-        Adam({"lr": 0.1}),
-        X,
+    result = _fit_normal(
         num_steps=4,
         callback=lambda step, loss: seen.append((step, loss)),
     )

@@ -133,6 +133,14 @@ def _exact_gradients(data):
     loss.backward()
 
 
+def _assert_refused_changing_nothing(step, params, error, match):
+    """``step(params)`` raises ``error`` matching ``match`` and leaves every param as it was."""
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(error, match=match):
+        step(params)
+    assert all(torch.equal(p, old) for p, old in zip(params, before))
+
+
 def _jacobi_cavi(data, q: NormalGammaParams):
     """Each factor's CAVI update computed from the other factor's OLD value."""
     n, mean, ss = sufficient_statistics(data)
@@ -200,10 +208,9 @@ def test_domain_error_is_clear_and_changes_nothing(float64, data):
     start = NormalGammaParams(m=0.0, lam=1.0, a=200.0, b=1.0)  # a far above the CAVI a = 51.5
     params = _setup_guide(start)
     _exact_gradients(data)
-    before = [p.detach().clone() for p in params]
-    with pytest.raises(NaturalParameterDomainError, match="factor 'tau'.*concentration"):
-        NaturalGradient(FACTORS, lr=2.0)(params)
-    assert all(torch.equal(p, old) for p, old in zip(params, before))
+    _assert_refused_changing_nothing(
+        NaturalGradient(FACTORS, lr=2.0), params, NaturalParameterDomainError, "factor 'tau'.*concentration"
+    )
     optim = NaturalGradient(FACTORS, lr=2.0, max_halvings=5)
     optim(params)
     assert optim.last_step_sizes == {"mu": 2.0, "tau": 1.0}
@@ -214,10 +221,9 @@ def test_params_without_factor_are_refused_or_go_to_fallback(float64, data):
     mu_only = {"mu": FACTORS["mu"]}
     params = _setup_guide(DEFAULT_INIT)
     _exact_gradients(data)
-    before = [p.detach().clone() for p in params]
-    with pytest.raises(ValueError, match="no factor for param.*q_tau_concentration"):
-        NaturalGradient(mu_only, lr=1.0)(params)
-    assert all(torch.equal(p, old) for p, old in zip(params, before))
+    _assert_refused_changing_nothing(
+        NaturalGradient(mu_only, lr=1.0), params, ValueError, "no factor for param.*q_tau_concentration"
+    )
     NaturalGradient(mu_only, lr=1.0, fallback=Adam({"lr": 0.1}))(params)
     q = params_from_store()
     assert q.lam == pytest.approx(_jacobi_cavi(data, DEFAULT_INIT).lam, rel=1e-12)
@@ -298,29 +304,24 @@ def test_factor_names_that_match_no_param_are_refused(float64, data):
     typo = {"mu": ("normal_precision", ["q_mu_locc", MU_PRECISION]), "tau": FACTORS["tau"]}
     params = _setup_guide(DEFAULT_INIT)
     _exact_gradients(data)
-    before = [p.detach().clone() for p in params]
-    optim = NaturalGradient(typo, lr=1.0, fallback=Adam({"lr": 0.1}))
-    with pytest.raises(
+    _assert_refused_changing_nothing(
+        NaturalGradient(typo, lr=1.0, fallback=Adam({"lr": 0.1})),
+        params,
         ValueError,
-        match=r"factors name param\(s\) \['q_mu_locc'\] that are not in the Pyro param "
-        r"store.*'q_mu_loc'",
-    ):
-        optim(params)
-    assert all(torch.equal(p, old) for p, old in zip(params, before))
+        r"factors name param\(s\) \['q_mu_locc'\] that are not in the Pyro param store.*'q_mu_loc'",
+    )
 
 
 def test_nan_gradient_is_refused_naming_the_param(float64, data):
     params = _setup_guide(DEFAULT_INIT)
     _exact_gradients(data)
     params[2].grad[...] = float("nan")  # q_tau_concentration
-    before = [p.detach().clone() for p in params]
-    with pytest.raises(
+    _assert_refused_changing_nothing(
+        NaturalGradient(FACTORS, lr=1.0),
+        params,
         ValueError,
-        match=r"factor 'tau': the gradient of param 'q_tau_concentration' is not finite "
-        r"\(nan\)",
-    ):
-        NaturalGradient(FACTORS, lr=1.0)(params)
-    assert all(torch.equal(p, old) for p, old in zip(params, before))
+        r"factor 'tau': the gradient of param 'q_tau_concentration' is not finite \(nan\)",
+    )
     with pytest.raises(ValueError, match="grad_theta for gamma parameter rate is not finite"):
         natural_gradient("gamma", [2.0, 1.0], torch.tensor([0.5, float("nan")]))
     with pytest.raises(ValueError, match="grad_theta for normal parameter loc is not finite"):

@@ -11,9 +11,7 @@ import sys
 
 import pytest
 
-from tests.helpers import write_tiny_mnist
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, write_tiny_mnist
 
 #: stands in SMOKE's flags for the folder of the ``tiny_mnist`` fixture
 TINY_MNIST = "<tiny MNIST folder>"

@@ -7,7 +7,7 @@ is refused, as is a DataLoader without a DistributedSampler; with
 averaged control-variate gradient is the one-process estimator on all the
 data: unbiased, and far less noisy than independent particles. A user's
 script launched with ``torch.distributed.run`` is in
-``tests/test_distributed_torchrun.py``."""
+``tests/training/test_distributed_torchrun.py``."""
 
 import math
 import os

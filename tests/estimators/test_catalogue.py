@@ -28,6 +28,7 @@ from models.catalogue import (
 )
 from pyro_vi import ImportanceWeightedELBO
 from pyro_vi.diagnostics import gradient_statistics
+from tests.helpers import ROOT
 
 CASES = [
     (pair, estimator, vectorize)
@@ -135,7 +136,8 @@ def test_hidden_params_stay_fixed(pair, estimator, vectorize):
 def test_value_equals_trace_elbo_on_the_same_seed(pair, estimator):
     """Every ELBO-valued estimator reports the mean log-weight of the same
     particles as Trace_ELBO (DisARM and AutoELBO draw antithetic pairs:
-    tests/test_discrete.py and tests/test_auto.py check their values)."""
+    tests/estimators/test_discrete.py and tests/estimators/test_auto.py check
+    their values)."""
     spec = CATALOGUE[pair]
     if expected_refusal(spec, ESTIMATORS[estimator]) is not None:
         return
@@ -327,7 +329,7 @@ def test_the_compatibility_results_are_current():
     catalogue's outcomes as they are now."""
     from experiments import compatibility
 
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "compatibility", "results.json")
+    path = os.path.join(ROOT, "results", "compatibility", "results.json")
     with open(path) as f:
         committed = json.load(f)["records"]
     assert committed == compatibility.records(sorted(CATALOGUE))

@@ -1,0 +1,1 @@
+"""docs/: the Sphinx build, the tutorial and the examples."""

@@ -1,0 +1,1 @@
+"""pyro_vi/estimators/: one module per estimator, and the contracts every estimator keeps."""

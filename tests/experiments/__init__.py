@@ -1,0 +1,1 @@
+"""experiments/: the studies, their README blocks and the README itself."""

@@ -1,0 +1,1 @@
+"""pyro_vi/math/: the arithmetic on the particle record."""

@@ -1,0 +1,1 @@
+"""models/ and guides/: each model with its guide and closed forms."""
