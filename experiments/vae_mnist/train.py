@@ -13,6 +13,7 @@ from typing import Callable
 import pyro
 import torch
 import torch.distributed
+from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from experiments._results import finish
@@ -289,6 +290,10 @@ def train_run(key, seed, args, data):
     batches = BinarizedBatches(data.train, args.batch_size, seed + 1, device=data.device)
     optim, step_callback = make_optim(args, len(batches))
     rank, world_size = process()
+    # Each process holds 1/world_size of every batch: scaled by world_size,
+    # its objective estimates the whole batch's, and so does the average of
+    # the processes' gradients (fit refuses shards that count for less).
+    train_model, train_guide = (poutine.scale(fn, scale=float(world_size)) for fn in (model_fn, guide_fn))
     if world_size > 1:
         pyro.set_rng_seed(seed + PROCESS_SEED_STRIDE * rank)  # each process its own particles
     state = {}
@@ -300,9 +305,9 @@ def train_run(key, seed, args, data):
             start = time.perf_counter()
             state["epoch"].append(epoch)
             state["lr"].append(args.lr * lr_factor(args.schedule, epoch - 1) if epoch else None)
-            # fit averages the processes' losses, each of its share of the batches:
-            # times their number, the loss of the whole batches
-            state["train_objective"].append(-world_size * float(losses.sum()) / len(data.train) if epoch else None)
+            # fit averages the processes' losses, each its share of the batches
+            # scaled to the whole batches: the loss of the whole batches
+            state["train_objective"].append(-float(losses.sum()) / len(data.train) if epoch else None)
             for split in ("heldout", "train"):
                 with fixed_rng(MONITOR_SAMPLES_SEED):
                     iw, l1 = bounds(model_fn, guide_fn, data.monitor[split], args.monitor_k)
@@ -322,8 +327,8 @@ def train_run(key, seed, args, data):
     if args.resume and os.path.exists(path):
         print(f"{key:<12} seed {seed}: continuing from {path}", flush=True)
     result = fit(
-        model_fn,
-        guide_fn,
+        train_model,
+        train_guide,
         RUNS[key].make(),
         optim,
         data=batches,
