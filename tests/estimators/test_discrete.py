@@ -291,39 +291,31 @@ def test_pathwise_variance_on_the_gmm_continuous_sites_is_below_the_score_functi
     assert totals[1] < totals[0] / 30, totals
 
 
-def test_pathwise_beats_tracegraph_with_a_baseline_on_the_gmm():
-    """After 1000 steps of the same optimizer from the same start, the
-    closed-form mean-field ELBO of RaoBlackwellELBO(pathwise=True) is closer to
-    the CAVI optimum than TraceGraph_ELBO's, pathwise for the components with
-    its decaying-average baseline for z. N = 40 and 4 particles keep the test
-    short (gaps 0.09 against 0.24 nats; data seeds 1 and 2 give 0.08 against
-    0.26 and 0.20 against 0.22). The study's setting (experiments/gmm_cavi.py,
-    N = 300, 10 particles) gives 0.50, 0.34, 0.39 against 0.78, 0.70, 0.63
-    over three seeds."""
-    from pyro.infer import SVI
-    from pyro.optim import ClippedAdam
-
+def test_pathwise_variance_on_the_gmm_is_below_tracegraph_with_a_baseline():
+    """RaoBlackwellELBO(pathwise=True) against Pyro's TraceGraph_ELBO,
+    pathwise for the components with a decaying-average baseline for z
+    (warmed up over 40 calls): the total gradient variance of the
+    components' parameters is lower (measured at the initial q, N = 40, 4
+    particles: 16.2 against 42.1, from the sticking-the-landing form), and
+    that of z's probabilities comparable (0.57 against 0.50). The study
+    (experiments/gmm_cavi.py) shows what this does to the ELBO reached."""
     from experiments._mixtures import DiscreteSiteBaselines
-    from guides.gmm import cavi, params_from_store
-    from guides.gmm import elbo as closed_form_elbo
-    from models.gmm import DEFAULT_PRIOR
 
-    gmm_model, gmm_guide, (data, pi) = gmm_setup(num_data=40)
-    optimum = cavi((data.double(), pi.double()), DEFAULT_PRIOR, max_iters=300).elbo
+    gmm_model, gmm_guide, args = gmm_setup(num_data=40)
     kw = dict(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
-    runs = {
-        "pathwise": (RaoBlackwellELBO(pathwise=True, **kw), gmm_guide),
-        "tracegraph": (TraceGraph_ELBO(**kw), DiscreteSiteBaselines()(gmm_guide)),
-    }
-    gaps = {}
-    for name, (elbo, run_guide) in runs.items():
+    names = ["q_mu_loc", "q_mu_precision", "q_tau_concentration", "q_tau_rate"]
+    totals = []
+    for elbo, run_guide in (
+        (RaoBlackwellELBO(pathwise=True, **kw), gmm_guide),
+        (TraceGraph_ELBO(**kw), DiscreteSiteBaselines()(gmm_guide)),
+    ):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        svi = SVI(gmm_model, run_guide, ClippedAdam({"lr": 0.05, "lrd": 0.999}), elbo)
-        for _ in range(1000):
-            svi.step(data, pi)
-        gaps[name] = optimum - float(closed_form_elbo((data.double(), pi.double()), params_from_store((data, pi))))
-    assert gaps["pathwise"] < gaps["tracegraph"], gaps
+        for _ in range(40):  # TraceGraph_ELBO's baseline averages
+            elbo.loss_and_grads(gmm_model, run_guide, *args)
+        stats = gradient_statistics(elbo, gmm_model, run_guide, *args, num_draws=30, params=names)
+        totals.append(sum(float(s.variance.sum()) for s in stats.values()))
+    assert totals[0] < totals[1] / 1.5, totals
 
 
 # ---------------------------------------------------------------- refusals and arguments
