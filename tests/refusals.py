@@ -46,6 +46,14 @@ def negative_guide(x):  # a Normal guide for a Gamma latent: negative draws
     pyro.sample("rate", dist.Normal(pyro.param("loc", torch.tensor(-3.0)), 0.1))
 
 
+def assert_each_refused(*checks):
+    """Each ``(call, pattern)``: ``call()`` raises a ``ValueError`` whose message
+    matches ``pattern``."""
+    for call, pattern in checks:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
 def in_tmp(tmp_name):
     """The pattern of a path under the test's tmp_path (filled in by :func:`assert_refused`)."""
     return "{tmp}" + os.sep + re.escape(tmp_name)

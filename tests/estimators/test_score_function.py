@@ -20,6 +20,7 @@ from pyro_vi import ControlVariateELBO, ScoreFunctionELBO
 from pyro_vi.diagnostics import gradient_statistics
 from tests.helpers import NORMAL_GAMMA_AWAY as AWAY
 from tests.helpers import NORMAL_GAMMA_NAMES as NAMES
+from tests.refusals import assert_each_refused
 
 DATA = generate_data()
 
@@ -196,16 +197,13 @@ def test_svi_reaches_the_cavi_optimum(make_elbo, lrd, num_steps, tolerance):
 
 
 def test_num_particles_below_what_the_estimator_needs():
-    with pytest.raises(ValueError, match="num_particles must be an integer >= 1"):
-        ScoreFunctionELBO(num_particles=0)
-    with pytest.raises(ValueError, match="num_particles must be an integer >= 2"):
-        ControlVariateELBO(num_particles=1, coefficient="pooled")
-    with pytest.raises(ValueError, match="num_particles must be an integer >= 3"):
-        ControlVariateELBO(num_particles=2)
-    with pytest.raises(ValueError, match="coefficient"):
-        ControlVariateELBO(num_particles=10, coefficient="median")
-    with pytest.raises(ValueError, match="num_particles"):
-        ScoreFunctionELBO(num_particles=2.5)
+    assert_each_refused(
+        (lambda: ScoreFunctionELBO(num_particles=0), "num_particles must be an integer >= 1"),
+        (lambda: ControlVariateELBO(num_particles=1, coefficient="pooled"), "num_particles must be an integer >= 2"),
+        (lambda: ControlVariateELBO(num_particles=2), "num_particles must be an integer >= 3"),
+        (lambda: ControlVariateELBO(num_particles=10, coefficient="median"), "coefficient"),
+        (lambda: ScoreFunctionELBO(num_particles=2.5), "num_particles"),
+    )
 
 
 def test_non_finite_log_density_names_the_site():
