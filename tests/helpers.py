@@ -12,7 +12,18 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.optim import Adam
 from pyro.poutine.util import site_is_subsample
 
+import pyro_vi
 from guides.normal_gamma import NormalGammaParams
+
+# The estimators by the short names of the tests' tables and ids.
+SF = pyro_vi.ScoreFunctionELBO
+CV = pyro_vi.ControlVariateELBO
+RB = pyro_vi.RaoBlackwellELBO
+RLOO = pyro_vi.ReinforceLeaveOneOutELBO
+DisARM = pyro_vi.DisARMELBO
+Auto = pyro_vi.AutoELBO
+STL = pyro_vi.StickingTheLandingELBO
+IW = pyro_vi.ImportanceWeightedELBO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The repository's root folder."""

@@ -10,12 +10,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vi import ControlVariateELBO as CV
-from pyro_vi import DisARMELBO, ReinforceLeaveOneOutELBO
-from pyro_vi import ImportanceWeightedELBO as IW
-from pyro_vi import RaoBlackwellELBO as RB
-from pyro_vi import ScoreFunctionELBO as SF
-from pyro_vi import StickingTheLandingELBO as STL
+from tests.helpers import CV, IW, RB, RLOO, SF, STL, DisARM
 from tests.programs import subsampled_model
 from tests.refusals import RUNS, X, assert_refused, case_ids, gamma_model, guide, model, negative_guide, refusals
 
@@ -129,7 +124,7 @@ CASES = [
         "ReinforceLeaveOneOutELBO",
         (
             "one particle",
-            lambda tmp: ReinforceLeaveOneOutELBO(num_particles=1),
+            lambda tmp: RLOO(num_particles=1),
             r"num_particles must be an integer >= 2, got 1",
         ),
     ),
@@ -137,7 +132,7 @@ CASES = [
         "DisARMELBO",
         (
             "float number of pairs",
-            lambda tmp: DisARMELBO(num_particles=1.5),
+            lambda tmp: DisARM(num_particles=1.5),
             r"num_particles must be an integer >= 1, got 1\.5",
         ),
     ),
@@ -174,7 +169,7 @@ CASES = [
             OUT_OF_SUPPORT,
             RUNS,
         )
-        for cls in (SF, CV, RB, ReinforceLeaveOneOutELBO, DisARMELBO, STL, IW)
+        for cls in (SF, CV, RB, RLOO, DisARM, STL, IW)
         for vectorize in (True, False)
         for validation in (True, False)
     ],
