@@ -80,6 +80,21 @@ def assert_cavi_optimum_is_stationary(elbo_gradient, optimum, moved, positive):
         assert float(grad.abs().max()) > 1e-2, name
 
 
+def losses_and_grads_on_the_same_draws(elbos, model, guide, *args, seed):
+    """Each ELBO's ``(loss, grads)`` from the same random stream: in a fresh param
+    store, a first ``loss`` call (structure, plate nesting), then
+    ``loss_and_grads`` at ``pyro.set_rng_seed(seed)``; ``grads`` maps each param's
+    name to the gradient of its unconstrained value."""
+    results = []
+    for elbo in elbos:
+        pyro.clear_param_store()
+        elbo.loss(model, guide, *args)
+        pyro.set_rng_seed(seed)
+        loss = elbo.loss_and_grads(model, guide, *args)
+        results.append((loss, {name: p.grad.clone() for name, p in pyro.get_param_store().named_parameters()}))
+    return results
+
+
 def assert_enumerated_svi_improves(model, global_guide, data, prior, init, elbo, fitted_params):
     """100 SVI steps of ``TraceEnum_ELBO`` (z summed out) with a mixture's
     ``global_guide(*data, prior, init)`` raise the enumerated ELBO (1000 particles)

@@ -20,6 +20,7 @@ from pyro_vi import ControlVariateELBO, ScoreFunctionELBO
 from pyro_vi.diagnostics import gradient_statistics
 from tests.helpers import NORMAL_GAMMA_AWAY as AWAY
 from tests.helpers import NORMAL_GAMMA_NAMES as NAMES
+from tests.helpers import losses_and_grads_on_the_same_draws
 from tests.refusals import assert_each_refused
 
 DATA = generate_data()
@@ -134,19 +135,16 @@ def test_pooled_coefficient_is_biased_at_few_particles():
 
 
 def test_zero_coefficient_is_the_score_function():
-    grads = []
-    for elbo in (
+    elbos = (
         ScoreFunctionELBO(num_particles=10, vectorize_particles=True),
         ControlVariateELBO(num_particles=10, coefficient=0.0, vectorize_particles=True),
-    ):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(7)
-        loss = elbo.loss_and_grads(model, guide_at(AWAY), DATA)
-        store = pyro.get_param_store()
-        grads.append((loss, [store[n].unconstrained().grad.clone() for n in NAMES]))
-    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
-    for a, b in zip(grads[0][1], grads[1][1]):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    )
+    (sf_loss, sf_grads), (cv_loss, cv_grads) = losses_and_grads_on_the_same_draws(
+        elbos, model, guide_at(AWAY), DATA, seed=7
+    )
+    assert sf_loss == pytest.approx(cv_loss, rel=1e-6)
+    for name in NAMES:
+        assert torch.allclose(sf_grads[name], cv_grads[name], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(
