@@ -2,7 +2,8 @@
 in its folders): the check every case goes through, and the small programs
 that the bad calls run.
 
-Each case is ``(entry point, what is wrong, call, expected error, pattern)``;
+Each case is ``(entry point, what is wrong, call, expected error, pattern)``
+(:func:`refusals` builds those of one entry point from shorter rows);
 ``call(tmp_path)`` makes the bad call, and ``pattern`` (a regex) must be found
 in the message. Argument refusals come before any work: :func:`assert_refused`
 checks that the Pyro param store is still empty afterwards (no program ran),
@@ -45,9 +46,23 @@ def negative_guide(x):  # a Normal guide for a Gamma latent: negative draws
     pyro.sample("rate", dist.Normal(pyro.param("loc", torch.tensor(-3.0)), 0.1))
 
 
+def assert_each_refused(*checks):
+    """Each ``(call, pattern)``: ``call()`` raises a ``ValueError`` whose message
+    matches ``pattern``."""
+    for call, pattern in checks:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
 def in_tmp(tmp_name):
     """The pattern of a path under the test's tmp_path (filled in by :func:`assert_refused`)."""
     return "{tmp}" + os.sep + re.escape(tmp_name)
+
+
+def refusals(entry, *rows, error=ValueError):
+    """The cases of one entry point that raise ``error``, from compact rows
+    ``(what is wrong, call, pattern[, RUNS])``."""
+    return [(entry, what, call, error, pattern, *marks) for what, call, pattern, *marks in rows]
 
 
 def case_ids(cases):

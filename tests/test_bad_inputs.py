@@ -29,7 +29,7 @@ from pyro_vi import (
 from tests.estimators.test_bad_inputs import CASES as ESTIMATOR_CASES
 from tests.models.test_bad_inputs import CASES as MODEL_CASES
 from tests.programs import subsampled_model
-from tests.refusals import RUNS, X, assert_refused, case_ids, guide, model
+from tests.refusals import RUNS, X, assert_refused, case_ids, guide, model, refusals
 from tests.training.test_bad_inputs import CASES as TRAINING_CASES
 
 
@@ -52,247 +52,160 @@ def _stats(**kwargs):
 
 CASES = [
     # --- to_inference_data
-    (
+    *refusals(
         "to_inference_data",
-        "float num_samples",
-        _to_idata(num_samples=8.0),
-        ValueError,
-        r"num_samples must be an integer >= 1, got 8\.0 \(float\)",
-    ),
-    (
-        "to_inference_data",
-        "zero num_chains",
-        _to_idata(num_chains=0),
-        ValueError,
-        r"num_chains must be an integer >= 1, got 0",
-    ),
-    (
-        "to_inference_data",
-        "num_samples not divisible",
-        _to_idata(num_samples=5, num_chains=2),
-        ValueError,
-        r"num_samples=5 is not divisible by num_chains=2",
-    ),
-    ("to_inference_data", "string seed", _to_idata(seed="1"), ValueError, r"seed must be an integer .*got '1'"),
-    (
-        "to_inference_data",
-        "string log_likelihood",
-        _to_idata(log_likelihood="yes"),
-        ValueError,
-        r"log_likelihood must be True or False, got 'yes'",
-    ),
-    (
-        "to_inference_data",
-        "observed is a list",
-        _to_idata(observed=[X]),
-        ValueError,
-        r"observed must be a dict site name -> value",
-    ),
-    (
-        "to_inference_data",
-        "guide class",
-        _to_idata(g=dict),
-        ValueError,
-        r"guide must be a function or an instance, got the class dict",
-    ),
-    (
-        "to_inference_data",
-        "guide lacks a model latent",
-        _to_idata(m=two_latents),
-        ValueError,
-        r"the guide has no sample site for the model's latent site\(s\) 'w'",
-        RUNS,
-    ),
-    (
-        "to_inference_data",
-        "observed name not in the model",
-        _to_idata(observed={"nope": X}),
-        ValueError,
-        r"observed names \['nope'\] are not sample sites",
-        RUNS,
-    ),
-    (
-        "to_inference_data",
-        "subsampled plate",
-        _to_idata(m=subsampled_model),
-        ValueError,
-        r"site 'x' is in the subsampled plate 'data' \(2 of 5\)",
-        RUNS,
+        ("float num_samples", _to_idata(num_samples=8.0), r"num_samples must be an integer >= 1, got 8\.0 \(float\)"),
+        ("zero num_chains", _to_idata(num_chains=0), r"num_chains must be an integer >= 1, got 0"),
+        (
+            "num_samples not divisible",
+            _to_idata(num_samples=5, num_chains=2),
+            r"num_samples=5 is not divisible by num_chains=2",
+        ),
+        ("string seed", _to_idata(seed="1"), r"seed must be an integer .*got '1'"),
+        ("string log_likelihood", _to_idata(log_likelihood="yes"), r"log_likelihood must be True or False, got 'yes'"),
+        ("observed is a list", _to_idata(observed=[X]), r"observed must be a dict site name -> value"),
+        ("guide class", _to_idata(g=dict), r"guide must be a function or an instance, got the class dict"),
+        (
+            "guide lacks a model latent",
+            _to_idata(m=two_latents),
+            r"the guide has no sample site for the model's latent site\(s\) 'w'",
+            RUNS,
+        ),
+        (
+            "observed name not in the model",
+            _to_idata(observed={"nope": X}),
+            r"observed names \['nope'\] are not sample sites",
+            RUNS,
+        ),
+        (
+            "subsampled plate",
+            _to_idata(m=subsampled_model),
+            r"site 'x' is in the subsampled plate 'data' \(2 of 5\)",
+            RUNS,
+        ),
     ),
     # --- diagnostics
-    (
+    *refusals(
         "gradient_statistics",
-        "float num_draws",
-        _stats(num_draws=3.0),
-        ValueError,
-        r"num_draws must be an integer >= 2, got 3\.0 \(float\)",
+        ("float num_draws", _stats(num_draws=3.0), r"num_draws must be an integer >= 2, got 3\.0 \(float\)"),
+        ("one draw", _stats(num_draws=1), r"num_draws must be an integer >= 2, got 1"),
+        ("ELBO class", _stats(elbo=Trace_ELBO), r"elbo must be an ELBO instance .*got the class Trace_ELBO"),
+        ("params as one string", _stats(params="loc"), r"params must be a list of param names, got 'loc'"),
+        ("param never touched", _stats(params=["nope"]), r"params \['nope'\] were not touched", RUNS),
     ),
-    ("gradient_statistics", "one draw", _stats(num_draws=1), ValueError, r"num_draws must be an integer >= 2, got 1"),
-    (
-        "gradient_statistics",
-        "ELBO class",
-        _stats(elbo=Trace_ELBO),
-        ValueError,
-        r"elbo must be an ELBO instance .*got the class Trace_ELBO",
-    ),
-    (
-        "gradient_statistics",
-        "params as one string",
-        _stats(params="loc"),
-        ValueError,
-        r"params must be a list of param names, got 'loc'",
-    ),
-    (
-        "gradient_statistics",
-        "param never touched",
-        _stats(params=["nope"]),
-        ValueError,
-        r"params \['nope'\] were not touched",
-        RUNS,
-    ),
-    (
+    *refusals(
         "gradient_variance_table",
-        "unknown reference",
-        lambda tmp: gradient_variance_table({"a": {}}, "b"),
-        ValueError,
-        r"reference='b' is not one of the estimators \['a'\]",
+        (
+            "unknown reference",
+            lambda tmp: gradient_variance_table({"a": {}}, "b"),
+            r"reference='b' is not one of the estimators \['a'\]",
+        ),
+        (
+            "not gradient statistics",
+            lambda tmp: gradient_variance_table({"a": {"p": 1.0}}, "a"),
+            r"stats_by_estimator must be a dict estimator name -> gradient_statistics",
+        ),
     ),
-    (
-        "gradient_variance_table",
-        "not gradient statistics",
-        lambda tmp: gradient_variance_table({"a": {"p": 1.0}}, "a"),
-        ValueError,
-        r"stats_by_estimator must be a dict estimator name -> gradient_statistics",
-    ),
-    (
+    *refusals(
         "psis_khat",
-        "2-D weights",
-        lambda tmp: psis_khat(np.zeros((5, 10))),
-        ValueError,
-        r"log_weights must be 1-D, got shape \(5, 10\)",
+        ("2-D weights", lambda tmp: psis_khat(np.zeros((5, 10))), r"log_weights must be 1-D, got shape \(5, 10\)"),
+        (
+            "too few weights",
+            lambda tmp: psis_khat(np.zeros(10) + np.arange(10)),
+            r"log_weights has 10 values; PSIS needs at least 21",
+        ),
+        ("NaN weight", lambda tmp: psis_khat(np.r_[np.zeros(29), np.nan]), r"log_weights must be finite"),
+        (
+            "strings",
+            lambda tmp: psis_khat(["a"] * 30),
+            r"log_weights must be a 1-D tensor or array of numbers, got list",
+        ),
     ),
-    (
-        "psis_khat",
-        "too few weights",
-        lambda tmp: psis_khat(np.zeros(10) + np.arange(10)),
-        ValueError,
-        r"log_weights has 10 values; PSIS needs at least 21",
-    ),
-    (
-        "psis_khat",
-        "NaN weight",
-        lambda tmp: psis_khat(np.r_[np.zeros(29), np.nan]),
-        ValueError,
-        r"log_weights must be finite",
-    ),
-    (
-        "psis_khat",
-        "strings",
-        lambda tmp: psis_khat(["a"] * 30),
-        ValueError,
-        r"log_weights must be a 1-D tensor or array of numbers, got list",
-    ),
-    (
+    *refusals(
         "log_importance_weights",
-        "float num_samples",
-        lambda tmp: log_importance_weights(model, guide, X, num_samples=2.5),
-        ValueError,
-        r"num_samples must be an integer >= 1, got 2\.5",
-    ),
-    (
-        "log_importance_weights",
-        "guide lacks a model latent",
-        lambda tmp: log_importance_weights(two_latents, guide, X, num_samples=3),
-        ValueError,
-        r"latent site\(s\) 'w'",
-        RUNS,
+        (
+            "float num_samples",
+            lambda tmp: log_importance_weights(model, guide, X, num_samples=2.5),
+            r"num_samples must be an integer >= 1, got 2\.5",
+        ),
+        (
+            "guide lacks a model latent",
+            lambda tmp: log_importance_weights(two_latents, guide, X, num_samples=3),
+            r"latent site\(s\) 'w'",
+            RUNS,
+        ),
     ),
     # --- exponential families
-    (
+    *refusals(
         "ExponentialFamily",
-        "boolean parameter",
-        lambda tmp: FAMILIES["normal"].log_prob([True, 1.0], 0.5),
-        ValueError,
-        r"normal: parameter loc must be a number, got the boolean True",
+        (
+            "boolean parameter",
+            lambda tmp: FAMILIES["normal"].log_prob([True, 1.0], 0.5),
+            r"normal: parameter loc must be a number, got the boolean True",
+        ),
+        (
+            "boolean tensor",
+            lambda tmp: FAMILIES["gamma"].check_params(torch.tensor([True, True])),
+            r"gamma: parameter theta must be a number, got the boolean",
+        ),
+        (
+            "string parameter",
+            lambda tmp: FAMILIES["poisson"].fisher(["2.0"]),
+            r"poisson: parameter rate must be a number or a tensor, got '2\.0' \(str\)",
+        ),
+        (
+            "negative scale",
+            lambda tmp: FAMILIES["normal"].fisher([0.0, -1.0]),
+            r"normal: parameter scale must be finite and positive, got -1\.0",
+        ),
+        (
+            "data outside the support",
+            lambda tmp: FAMILIES["poisson"].log_prob([2.0], torch.tensor([1.5])),
+            r"poisson: data must be a non-negative integer, got 1\.5",
+        ),
     ),
-    (
+    *refusals(
         "ExponentialFamily",
-        "boolean tensor",
-        lambda tmp: FAMILIES["gamma"].check_params(torch.tensor([True, True])),
-        ValueError,
-        r"gamma: parameter theta must be a number, got the boolean",
+        (
+            "natural parameters outside the domain",
+            lambda tmp: FAMILIES["gamma"].mean_params(torch.tensor([-1.5, -1.0])),
+            r"eta = \[-1\.5, -1\.0\] lie outside the domain of gamma: they map to a parameter concentration",
+        ),
+        error=NaturalParameterDomainError,
     ),
-    (
-        "ExponentialFamily",
-        "string parameter",
-        lambda tmp: FAMILIES["poisson"].fisher(["2.0"]),
-        ValueError,
-        r"poisson: parameter rate must be a number or a tensor, got '2\.0' \(str\)",
-    ),
-    (
-        "ExponentialFamily",
-        "negative scale",
-        lambda tmp: FAMILIES["normal"].fisher([0.0, -1.0]),
-        ValueError,
-        r"normal: parameter scale must be finite and positive, got -1\.0",
-    ),
-    (
-        "ExponentialFamily",
-        "data outside the support",
-        lambda tmp: FAMILIES["poisson"].log_prob([2.0], torch.tensor([1.5])),
-        ValueError,
-        r"poisson: data must be a non-negative integer, got 1\.5",
-    ),
-    (
-        "ExponentialFamily",
-        "natural parameters outside the domain",
-        lambda tmp: FAMILIES["gamma"].mean_params(torch.tensor([-1.5, -1.0])),
-        NaturalParameterDomainError,
-        r"eta = \[-1\.5, -1\.0\] lie outside the domain of gamma: they map to a parameter concentration",
-    ),
-    ("get_family", "unknown name", lambda tmp: get_family("weibull"), ValueError, r"got 'weibull'"),
+    *refusals("get_family", ("unknown name", lambda tmp: get_family("weibull"), r"got 'weibull'")),
     # --- Gumbel-softmax
-    (
+    *refusals(
         "gumbel_softmax_sample",
-        "negative sample_shape",
-        lambda tmp: gumbel_softmax_sample(torch.zeros(3), 1.0, sample_shape=(-1,)),
-        ValueError,
-        r"sample_shape\[0\] must be an integer >= 0, got -1",
+        (
+            "negative sample_shape",
+            lambda tmp: gumbel_softmax_sample(torch.zeros(3), 1.0, sample_shape=(-1,)),
+            r"sample_shape\[0\] must be an integer >= 0, got -1",
+        ),
+        (
+            "sample_shape an int",
+            lambda tmp: gumbel_softmax_sample(torch.zeros(3), 1.0, sample_shape=5),
+            r"sample_shape must be a sequence of non-negative integers .*got 5 \(int\)",
+        ),
+        (
+            "zero temperature",
+            lambda tmp: gumbel_softmax_sample(torch.zeros(3), 0.0),
+            r"temperature must be > 0, got 0\.0",
+        ),
+        (
+            "-inf logit",
+            lambda tmp: gumbel_softmax_sample(torch.tensor([0.0, -math.inf]), 1.0),
+            r"logits must be finite \(NaN or inf found\)",
+        ),
+        (
+            "string hard",
+            lambda tmp: gumbel_softmax_sample(torch.zeros(3), 1.0, hard="yes"),
+            r"hard must be True or False, got 'yes'",
+        ),
     ),
-    (
-        "gumbel_softmax_sample",
-        "sample_shape an int",
-        lambda tmp: gumbel_softmax_sample(torch.zeros(3), 1.0, sample_shape=5),
-        ValueError,
-        r"sample_shape must be a sequence of non-negative integers .*got 5 \(int\)",
-    ),
-    (
-        "gumbel_softmax_sample",
-        "zero temperature",
-        lambda tmp: gumbel_softmax_sample(torch.zeros(3), 0.0),
-        ValueError,
-        r"temperature must be > 0, got 0\.0",
-    ),
-    (
-        "gumbel_softmax_sample",
-        "-inf logit",
-        lambda tmp: gumbel_softmax_sample(torch.tensor([0.0, -math.inf]), 1.0),
-        ValueError,
-        r"logits must be finite \(NaN or inf found\)",
-    ),
-    (
-        "gumbel_softmax_sample",
-        "string hard",
-        lambda tmp: gumbel_softmax_sample(torch.zeros(3), 1.0, hard="yes"),
-        ValueError,
-        r"hard must be True or False, got 'yes'",
-    ),
-    (
+    *refusals(
         "categorical_from_relaxed",
-        "NaN sample",
-        lambda tmp: categorical_from_relaxed(torch.tensor([0.2, math.nan])),
-        ValueError,
-        r"y contains NaN",
+        ("NaN sample", lambda tmp: categorical_from_relaxed(torch.tensor([0.2, math.nan])), r"y contains NaN"),
     ),
 ]
 

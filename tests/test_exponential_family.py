@@ -59,8 +59,7 @@ def assert_within_standard_errors(samples, expected):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_log_prob_matches_torch(name):
-    family = FAMILIES[name]
-    theta = theta_of(name)
+    family, theta = FAMILIES[name], theta_of(name)
     x = draws(family, theta, seed=0)[:7]
     expected = family.distribution(*theta.unbind(-1)).log_prob(x)
     assert torch.allclose(family.log_prob(theta, x), expected, rtol=1e-12, atol=1e-12)
@@ -68,15 +67,13 @@ def test_log_prob_matches_torch(name):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_parameter_round_trip(name):
-    family = FAMILIES[name]
-    theta = theta_of(name)
+    family, theta = FAMILIES[name], theta_of(name)
     assert torch.allclose(family.usual_params(family.natural_params(theta)), theta, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_mean_params(name):
-    family = FAMILIES[name]
-    theta = theta_of(name)
+    family, theta = FAMILIES[name], theta_of(name)
     eta = family.natural_params(theta)
     mean = family.mean_params(eta)
     assert mean.shape == theta.shape
@@ -89,8 +86,7 @@ def test_mean_params(name):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_fisher_natural(name):
-    family = FAMILIES[name]
-    theta = theta_of(name)
+    family, theta = FAMILIES[name], theta_of(name)
     eta = family.natural_params(theta)
     fisher = family.fisher_natural(eta)
     assert fisher.shape == theta.shape + (family.dim,)
@@ -104,8 +100,7 @@ def test_fisher_natural(name):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_fisher_usual_is_covariance_of_torch_score(name):
-    family = FAMILIES[name]
-    theta = theta_of(name)
+    family, theta = FAMILIES[name], theta_of(name)
     x = draws(family, theta, seed=3)
     theta_ = theta.expand(NUM_DRAWS, *theta.shape).clone().requires_grad_(True)
     log_prob = family.distribution(*theta_.unbind(-1)).log_prob(x).sum()

@@ -9,16 +9,7 @@ import pytest
 import torch
 from pyro.distributions import constraints
 
-from pyro_vi import (
-    AutoELBO,
-    ControlVariateELBO,
-    DisARMELBO,
-    ImportanceWeightedELBO,
-    RaoBlackwellELBO,
-    ReinforceLeaveOneOutELBO,
-    ScoreFunctionELBO,
-    StickingTheLandingELBO,
-)
+from tests.helpers import CV, IW, RB, RLOO, SF, STL, Auto, DisARM
 
 DTYPES = {"float32": (torch.float32, torch.float64), "float64": (torch.float64, torch.float32)}
 
@@ -68,19 +59,19 @@ def bernoulli(dtype, with_categorical):
 
 # label -> (factory, programs it takes)
 ESTIMATORS = {
-    "SF": (ScoreFunctionELBO, "mixed"),
-    "CV": (ControlVariateELBO, "mixed"),
-    "CV(parameters)": (lambda **kw: ControlVariateELBO(coordinates="parameters", **kw), "mixed"),
-    "RB": (RaoBlackwellELBO, "mixed"),
-    "RB(pathwise)": (lambda **kw: RaoBlackwellELBO(pathwise=True, **kw), "mixed"),
-    "RLOO": (ReinforceLeaveOneOutELBO, "mixed"),
-    "DisARM": (DisARMELBO, "bernoulli"),
-    "Auto": (AutoELBO, "mixed"),
-    "STL": (StickingTheLandingELBO, "continuous"),
-    "IW": (ImportanceWeightedELBO, "continuous"),
-    "IW(dreg)": (lambda **kw: ImportanceWeightedELBO(gradient="dreg", **kw), "continuous"),
-    "IW(vimco)": (lambda **kw: ImportanceWeightedELBO(gradient="vimco", **kw), "mixed"),
-    "IW(disarm)": (lambda **kw: ImportanceWeightedELBO(gradient="disarm", **kw), "bernoulli"),
+    "SF": (SF, "mixed"),
+    "CV": (CV, "mixed"),
+    "CV(parameters)": (lambda **kw: CV(coordinates="parameters", **kw), "mixed"),
+    "RB": (RB, "mixed"),
+    "RB(pathwise)": (lambda **kw: RB(pathwise=True, **kw), "mixed"),
+    "RLOO": (RLOO, "mixed"),
+    "DisARM": (DisARM, "bernoulli"),
+    "Auto": (Auto, "mixed"),
+    "STL": (STL, "continuous"),
+    "IW": (IW, "continuous"),
+    "IW(dreg)": (lambda **kw: IW(gradient="dreg", **kw), "continuous"),
+    "IW(vimco)": (lambda **kw: IW(gradient="vimco", **kw), "mixed"),
+    "IW(disarm)": (lambda **kw: IW(gradient="disarm", **kw), "bernoulli"),
 }
 
 

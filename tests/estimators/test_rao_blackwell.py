@@ -14,6 +14,7 @@ from pyro.infer import TraceGraph_ELBO
 
 from pyro_vi import RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
 from pyro_vi.particles.structure import ProgramStructure, learning_signal_factors, markov_blankets, program_structure
+from tests.helpers import losses_and_grads_on_the_same_draws
 from tests.programs import location_guide, location_model
 
 
@@ -128,21 +129,17 @@ single_latent_guide = functools.partial(location_guide, m=0.3, s=0.7)
 
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_single_latent_equals_score_function(vectorize):
-    data = torch.tensor([0.5, 1.5, -0.2])
-    grads = []
-    for elbo in (
+    elbos = (
         ScoreFunctionELBO(num_particles=5, vectorize_particles=vectorize),
         RaoBlackwellELBO(num_particles=5, control_variate=False, vectorize_particles=vectorize),
-    ):
-        pyro.clear_param_store()
-        elbo.loss(single_latent_model, single_latent_guide, data)  # structure, plate nesting
-        pyro.set_rng_seed(11)
-        loss = elbo.loss_and_grads(single_latent_model, single_latent_guide, data)
-        store = pyro.get_param_store()
-        grads.append((loss, [store[n].unconstrained().grad.clone() for n in ("m", "s")]))
-    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
-    for a, b in zip(grads[0][1], grads[1][1]):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    )
+    data = torch.tensor([0.5, 1.5, -0.2])
+    (sf_loss, sf_grads), (rb_loss, rb_grads) = losses_and_grads_on_the_same_draws(
+        elbos, single_latent_model, single_latent_guide, data, seed=11
+    )
+    assert sf_loss == pytest.approx(rb_loss, rel=1e-6)
+    for name in ("m", "s"):
+        assert torch.allclose(sf_grads[name], rb_grads[name], rtol=1e-5, atol=1e-6)
 
 
 def test_bad_arguments():

@@ -17,6 +17,7 @@ from pyro_vi import StickingTheLandingELBO
 from pyro_vi.diagnostics import gradient_statistics
 from tests.helpers import NORMAL_GAMMA_AWAY as AWAY
 from tests.helpers import NORMAL_GAMMA_NAMES as NAMES
+from tests.helpers import losses_and_grads_on_the_same_draws
 
 DATA = generate_data()
 
@@ -65,21 +66,18 @@ def noise_guide(data):
 
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_model_parameters_get_the_trace_elbo_gradient(vectorize):
-    data = torch.tensor([0.3, 1.2, -0.7])
-    grads = []
-    for elbo in (
+    elbos = (
         Trace_ELBO(num_particles=3, vectorize_particles=vectorize),
         StickingTheLandingELBO(num_particles=3, vectorize_particles=vectorize),
-    ):
-        pyro.clear_param_store()
-        elbo.loss(noise_model, noise_guide, data)
-        pyro.set_rng_seed(4)
-        loss = elbo.loss_and_grads(noise_model, noise_guide, data)
-        grads.append((loss, {n: p.grad.clone() for n, p in pyro.get_param_store().named_parameters()}))
-    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
-    assert torch.allclose(grads[0][1]["noise"], grads[1][1]["noise"], rtol=1e-5)
+    )
+    data = torch.tensor([0.3, 1.2, -0.7])
+    (trace_loss, trace_grads), (stl_loss, stl_grads) = losses_and_grads_on_the_same_draws(
+        elbos, noise_model, noise_guide, data, seed=4
+    )
+    assert trace_loss == pytest.approx(stl_loss, rel=1e-6)
+    assert torch.allclose(trace_grads["noise"], stl_grads["noise"], rtol=1e-5)
     # ... while the guide's gradients differ: the score term is gone.
-    assert not torch.allclose(grads[0][1]["s"], grads[1][1]["s"])
+    assert not torch.allclose(trace_grads["s"], stl_grads["s"])
 
 
 @pytest.mark.parametrize("autoguide", [AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal])

@@ -15,7 +15,7 @@ from guides.vae import guide as vae_guide
 from models.mnist import MnistNotFoundError, binarize, load_mnist, read_idx, split_test_only
 from models.vae import Decoder, VAEConfig
 from models.vae import model as vae_model
-from tests.refusals import assert_refused, case_ids, in_tmp
+from tests.refusals import assert_refused, case_ids, in_tmp, refusals
 
 
 def _vae(x_of, config=VAEConfig(hidden_dims=(8,), latent_dim=2), which="model"):
@@ -51,168 +51,144 @@ def _mnist(images=IMAGES, labels=LABELS, images_name="t10k-images-idx3-ubyte"):
 
 CASES = [
     # --- the VAE
-    (
+    *refusals(
         "models.vae.model",
-        "uint8 images",
-        _vae(lambda x: (x * 255).to(torch.uint8)),
-        ValueError,
-        r"x has dtype torch\.uint8; .*binarize\(x\.float\(\) / 255\)",
+        (
+            "uint8 images",
+            _vae(lambda x: (x * 255).to(torch.uint8)),
+            r"x has dtype torch\.uint8; .*binarize\(x\.float\(\) / 255\)",
+        ),
+        ("0-255 float pixels", _vae(lambda x: x * 255), r"x has pixel values in \[0, 255\], outside \[0, 1\]"),
+        ("grey pixels", _vae(lambda x: x * 0.5), r"needs binary pixels; binarize first"),
     ),
-    (
+    *refusals(
         "guides.vae.guide",
-        "float64 images for float32 nets",
-        _vae(lambda x: x.double(), which="guide"),
-        ValueError,
-        r"x has dtype torch\.float64 but the encoder's weights are torch\.float32",
+        (
+            "float64 images for float32 nets",
+            _vae(lambda x: x.double(), which="guide"),
+            r"x has dtype torch\.float64 but the encoder's weights are torch\.float32",
+        ),
+        (
+            "(B, 28, 28) images",
+            _vae(lambda x: x.reshape(4, 28, 28), config=VAEConfig(), which="guide"),
+            r"x must have shape \(batch, 784\), got \(4, 28, 28\): flatten",
+        ),
     ),
-    (
-        "guides.vae.guide",
-        "(B, 28, 28) images",
-        _vae(lambda x: x.reshape(4, 28, 28), config=VAEConfig(), which="guide"),
-        ValueError,
-        r"x must have shape \(batch, 784\), got \(4, 28, 28\): flatten",
-    ),
-    (
-        "models.vae.model",
-        "0-255 float pixels",
-        _vae(lambda x: x * 255),
-        ValueError,
-        r"x has pixel values in \[0, 255\], outside \[0, 1\]",
-    ),
-    ("models.vae.model", "grey pixels", _vae(lambda x: x * 0.5), ValueError, r"needs binary pixels; binarize first"),
-    (
+    *refusals(
         "VAEConfig",
-        "float latent_dim",
-        lambda tmp: VAEConfig(latent_dim=2.5),
-        ValueError,
-        r"VAEConfig\.latent_dim must be an integer >= 1, got 2\.5",
+        (
+            "float latent_dim",
+            lambda tmp: VAEConfig(latent_dim=2.5),
+            r"VAEConfig\.latent_dim must be an integer >= 1, got 2\.5",
+        ),
+        (
+            "hidden_dims='200'",
+            lambda tmp: VAEConfig(hidden_dims="200"),
+            r"VAEConfig\.hidden_dims must be a tuple of layer widths .*got '200' \(str\)",
+        ),
+        (
+            "hidden_dims=200",
+            lambda tmp: VAEConfig(hidden_dims=200),
+            r"VAEConfig\.hidden_dims must be a tuple of layer widths .*got 200 \(int\)",
+        ),
     ),
-    (
-        "VAEConfig",
-        "hidden_dims='200'",
-        lambda tmp: VAEConfig(hidden_dims="200"),
-        ValueError,
-        r"VAEConfig\.hidden_dims must be a tuple of layer widths .*got '200' \(str\)",
-    ),
-    (
-        "VAEConfig",
-        "hidden_dims=200",
-        lambda tmp: VAEConfig(hidden_dims=200),
-        ValueError,
-        r"VAEConfig\.hidden_dims must be a tuple of layer widths .*got 200 \(int\)",
-    ),
-    (
+    *refusals(
         "Decoder",
-        "config a dict",
-        lambda tmp: Decoder({"latent_dim": 2}),
-        ValueError,
-        r"config must be a models\.vae\.VAEConfig .*got \{'latent_dim': 2\} \(dict\)",
+        (
+            "config a dict",
+            lambda tmp: Decoder({"latent_dim": 2}),
+            r"config must be a models\.vae\.VAEConfig .*got \{'latent_dim': 2\} \(dict\)",
+        ),
     ),
-    (
+    *refusals(
         "binarize",
-        "uint8 images",
-        lambda tmp: binarize(torch.zeros(2, 784, dtype=torch.uint8)),
-        ValueError,
-        r"images must be a floating-point tensor of intensities in \[0, 1\], got Tensor of dtype torch\.uint8",
+        (
+            "uint8 images",
+            lambda tmp: binarize(torch.zeros(2, 784, dtype=torch.uint8)),
+            r"images must be a floating-point tensor of intensities in \[0, 1\], got Tensor of dtype torch\.uint8",
+        ),
+        (
+            "0-255 intensities",
+            lambda tmp: binarize(torch.full((2, 3), 255.0)),
+            r"images must have intensities in \[0, 1\], got values in \[255, 255\]",
+        ),
     ),
-    (
-        "binarize",
-        "0-255 intensities",
-        lambda tmp: binarize(torch.full((2, 3), 255.0)),
-        ValueError,
-        r"images must have intensities in \[0, 1\], got values in \[255, 255\]",
-    ),
-    (
+    *refusals(
         "split_test_only",
-        "float count",
-        lambda tmp: split_test_only(10.5),
-        ValueError,
-        r"num_images must be an integer >= 2, got 10\.5",
+        ("float count", lambda tmp: split_test_only(10.5), r"num_images must be an integer >= 2, got 10\.5"),
     ),
     # --- load_mnist
-    (
+    *refusals(
         "load_mnist",
-        "empty images file",
-        _mnist(images=b""),
-        ValueError,
-        in_tmp("t10k-images-idx3-ubyte") + r" is empty \(0 bytes\)",
+        ("empty images file", _mnist(images=b""), in_tmp("t10k-images-idx3-ubyte") + r" is empty \(0 bytes\)"),
+        (
+            "truncated images",
+            _mnist(images=IMAGES[:-100]),
+            in_tmp("t10k-images-idx3-ubyte") + r" is truncated: its header promises 3 images",
+        ),
+        (
+            "a .gz that is not gzip",
+            _mnist(images_name="t10k-images-idx3-ubyte.gz"),
+            in_tmp("t10k-images-idx3-ubyte.gz") + r" is not a gzip file",
+        ),
+        (
+            "truncated gzip",
+            _mnist(images=gzip.compress(IMAGES)[:-30], images_name="t10k-images-idx3-ubyte.gz"),
+            in_tmp("t10k-images-idx3-ubyte.gz") + r" is a truncated gzip file",
+        ),
+        (
+            "wrong magic",
+            _mnist(images=b"PK\x03\x04" + IMAGES[4:]),
+            in_tmp("t10k-images-idx3-ubyte") + r" is not an IDX file: it starts with 0x504b0304",
+        ),
+        (
+            "float32 pixels",
+            _mnist(images=_idx(np.zeros((3, 28, 28), np.float32), 0x0D)),
+            in_tmp("t10k-images-idx3-ubyte") + r" holds IDX data of type float32 \(0x0d\)",
+        ),
+        (
+            "10x10 images",
+            _mnist(images=_idx(np.zeros((3, 10, 10), np.uint8))),
+            in_tmp("t10k-images-idx3-ubyte") + r" holds 10x10 images; MNIST images are 28x28",
+        ),
+        (
+            "truncated labels",
+            _mnist(labels=LABELS[:-1]),
+            in_tmp("t10k-labels-idx1-ubyte") + r" is truncated: its header promises 3 labels",
+        ),
+        (
+            "image and label counts differ",
+            _mnist(labels=_idx(np.array([1, 2], np.uint8))),
+            in_tmp("t10k-images-idx3-ubyte")
+            + r" has 3 images but "
+            + in_tmp("t10k-labels-idx1-ubyte")
+            + r" has 2 labels",
+        ),
     ),
-    (
+    *refusals(
         "load_mnist",
-        "truncated images",
-        _mnist(images=IMAGES[:-100]),
-        ValueError,
-        in_tmp("t10k-images-idx3-ubyte") + r" is truncated: its header promises 3 images",
+        (
+            "no files and no download",
+            lambda tmp: load_mnist(str(tmp / "nowhere"), download=False),
+            r"MNIST not found in " + in_tmp("nowhere") + r" and not downloaded",
+        ),
+        error=MnistNotFoundError,
     ),
-    (
+    *refusals(
         "load_mnist",
-        "a .gz that is not gzip",
-        _mnist(images_name="t10k-images-idx3-ubyte.gz"),
-        ValueError,
-        in_tmp("t10k-images-idx3-ubyte.gz") + r" is not a gzip file",
+        (
+            "string download",
+            lambda tmp: load_mnist(str(tmp), download="no"),
+            r"download must be True or False, got 'no'",
+        ),
     ),
-    (
-        "load_mnist",
-        "truncated gzip",
-        _mnist(images=gzip.compress(IMAGES)[:-30], images_name="t10k-images-idx3-ubyte.gz"),
-        ValueError,
-        in_tmp("t10k-images-idx3-ubyte.gz") + r" is a truncated gzip file",
-    ),
-    (
-        "load_mnist",
-        "wrong magic",
-        _mnist(images=b"PK\x03\x04" + IMAGES[4:]),
-        ValueError,
-        in_tmp("t10k-images-idx3-ubyte") + r" is not an IDX file: it starts with 0x504b0304",
-    ),
-    (
-        "load_mnist",
-        "float32 pixels",
-        _mnist(images=_idx(np.zeros((3, 28, 28), np.float32), 0x0D)),
-        ValueError,
-        in_tmp("t10k-images-idx3-ubyte") + r" holds IDX data of type float32 \(0x0d\)",
-    ),
-    (
-        "load_mnist",
-        "10x10 images",
-        _mnist(images=_idx(np.zeros((3, 10, 10), np.uint8))),
-        ValueError,
-        in_tmp("t10k-images-idx3-ubyte") + r" holds 10x10 images; MNIST images are 28x28",
-    ),
-    (
-        "load_mnist",
-        "truncated labels",
-        _mnist(labels=LABELS[:-1]),
-        ValueError,
-        in_tmp("t10k-labels-idx1-ubyte") + r" is truncated: its header promises 3 labels",
-    ),
-    (
-        "load_mnist",
-        "image and label counts differ",
-        _mnist(labels=_idx(np.array([1, 2], np.uint8))),
-        ValueError,
-        in_tmp("t10k-images-idx3-ubyte") + r" has 3 images but " + in_tmp("t10k-labels-idx1-ubyte") + r" has 2 labels",
-    ),
-    (
-        "load_mnist",
-        "no files and no download",
-        lambda tmp: load_mnist(str(tmp / "nowhere"), download=False),
-        MnistNotFoundError,
-        r"MNIST not found in " + in_tmp("nowhere") + r" and not downloaded",
-    ),
-    (
-        "load_mnist",
-        "string download",
-        lambda tmp: load_mnist(str(tmp), download="no"),
-        ValueError,
-        r"download must be True or False, got 'no'",
-    ),
-    (
+    *refusals(
         "read_idx",
-        "unknown kind",
-        lambda tmp: read_idx(str(tmp / "f"), "pixels"),
-        ValueError,
-        r"kind must be 'images' or 'labels', got 'pixels'",
+        (
+            "unknown kind",
+            lambda tmp: read_idx(str(tmp / "f"), "pixels"),
+            r"kind must be 'images' or 'labels', got 'pixels'",
+        ),
     ),
 ]
 

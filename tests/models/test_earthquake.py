@@ -7,32 +7,27 @@ through Pyro traces for the closed-form ELBO.
 """
 
 import math
+from functools import partial
 
 import numpy as np
 import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
-from pyro.optim import Adam
+from pyro.infer import TraceEnum_ELBO
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
-from guides.earthquake import (
-    EarthquakeParams,
-    cavi,
-    cavi_step,
-    elbo,
-    elbo_gradient,
-    global_guide,
-    initial_params,
-    mean_field_guide,
-    params_from_store,
-    responsibilities,
-)
+from guides import earthquake
+from guides.earthquake import EarthquakeParams
 from models.earthquake import DEFAULT_HYPER, EarthquakeHyper, check_data, generate_data, model
-from tests.helpers import assert_cavi_optimum_is_stationary, per_draw_log_prob
+from tests.helpers import (
+    assert_cavi_optimum_is_stationary,
+    assert_enumerated_svi_improves,
+    assert_sampled_z_svi_improves,
+    per_draw_log_prob,
+)
 
 PI = [0.3, 0.3, 0.4]
 HYPER = EarthquakeHyper(tau=1.0, rho=0.05, nu=(0.5, -0.5), alpha=2.0, beta=0.3)
@@ -130,13 +125,13 @@ def test_enumeration_sums_z_out_exactly(num_particles, vectorize):
 
 def test_cavi_history_is_non_decreasing_and_reaches_a_fixed_point():
     x, s, _ = overlapping_data()
-    result = cavi((x, s, PI), HYPER)
+    result = earthquake.cavi((x, s, PI), HYPER)
     assert result.converged and result.num_iters < 500
     history = torch.tensor(result.elbo_history, dtype=torch.float64)
     assert bool((history.diff() >= -1e-9 * history.abs()[1:]).all())
     assert history[-1] > history[0] + 1.0
-    assert result.elbo == pytest.approx(float(elbo((x, s, PI), result.params, HYPER)), rel=1e-12)
-    again = cavi_step((x, s, PI), result.params, HYPER)
+    assert result.elbo == pytest.approx(float(earthquake.elbo((x, s, PI), result.params, HYPER)), rel=1e-12)
+    again = earthquake.cavi_step((x, s, PI), result.params, HYPER)
     for name in ("r", "m", "p", "a", "b"):
         assert torch.allclose(getattr(again, name), getattr(result.params, name), rtol=1e-8, atol=1e-9)
     assert float(result.params.r.max(-1).values.min()) < 0.9
@@ -144,7 +139,7 @@ def test_cavi_history_is_non_decreasing_and_reaches_a_fixed_point():
 
 def test_cavi_fixed_point_is_stationary_for_the_closed_form_elbo():
     x, s, _ = overlapping_data()
-    optimum = cavi((x, s, PI), HYPER).params
+    optimum = earthquake.cavi((x, s, PI), HYPER).params
     assert float(optimum.r.min()) > 1e-200
 
     # teeth: after moving every block a little, every block has a clearly non-zero gradient
@@ -152,7 +147,7 @@ def test_cavi_fixed_point_is_stationary_for_the_closed_form_elbo():
         r=0.9 * optimum.r + 0.1 / 3, m=optimum.m + 0.1, p=optimum.p * 0.9, a=optimum.a * 1.1, b=optimum.b * 0.9
     )
     assert_cavi_optimum_is_stationary(
-        lambda q: elbo_gradient((x, s, PI), q, HYPER), optimum, moved, positive=("p", "a", "b")
+        lambda q: earthquake.elbo_gradient((x, s, PI), q, HYPER), optimum, moved, positive=("p", "a", "b")
     )
 
 
@@ -160,8 +155,8 @@ def test_global_updates_match_the_course_formulas():
     """q(mu_k): precision rho + tau N_k, mean (rho nu + tau sum_n r_nk x_n) / precision;
     q(lambda_k) = Gamma(alpha + sum_n r_nk S_n, beta + N_k): written out per component."""
     x, s, _ = overlapping_data()
-    start = cavi((x, s, PI), HYPER, max_iters=2).params
-    new = cavi_step((x, s, PI), start, HYPER)
+    start = earthquake.cavi((x, s, PI), HYPER, max_iters=2).params
+    new = earthquake.cavi_step((x, s, PI), start, HYPER)
     r, xs, ss = new.r.numpy(), x.double().numpy(), s.double().numpy()
     for k in range(3):
         n_k = sum(r[n, k] for n in range(len(ss)))
@@ -177,7 +172,7 @@ def test_cavi_recovers_true_parameters_on_separated_data():
     x, s, z = separated_data()
     counts = np.bincount(z.numpy(), minlength=3)
     for init in (None, 0):
-        result = cavi((x, s, PI), DEFAULT_HYPER, init=init)
+        result = earthquake.cavi((x, s, PI), DEFAULT_HYPER, init=init)
         assert result.converged
         p = result.params
         cost = ((p.m.numpy()[:, None, :] - SEPARATED_MUS[None]) ** 2).sum(-1)
@@ -197,15 +192,15 @@ def test_cavi_recovers_true_parameters_on_separated_data():
 
 def test_closed_form_elbo_matches_monte_carlo_through_pyro_traces():
     x, s, _ = overlapping_data()
-    optimum = cavi((x, s, PI), HYPER).params
+    optimum = earthquake.cavi((x, s, PI), HYPER).params
     q = EarthquakeParams(r=optimum.r, m=optimum.m + 0.3, p=optimum.p * 0.5, a=optimum.a * 0.7, b=optimum.b * 1.3)
-    exact = float(elbo((x, s, PI), q, HYPER))
-    assert exact < float(elbo((x, s, PI), optimum, HYPER)) - 5
+    exact = float(earthquake.elbo((x, s, PI), q, HYPER))
+    assert exact < float(earthquake.elbo((x, s, PI), optimum, HYPER)) - 5
 
     pyro.set_rng_seed(1)
     num_draws = 20000
     with pyro.plate("particles", num_draws, dim=-2):
-        guide_trace = poutine.trace(mean_field_guide).get_trace(x, s, PI, HYPER, q)
+        guide_trace = poutine.trace(earthquake.mean_field_guide).get_trace(x, s, PI, HYPER, q)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, s, PI, HYPER)
     assert guide_trace.nodes["z"]["value"].shape == (num_draws, len(s))
     assert guide_trace.nodes["mu"]["value"].shape == (num_draws, 3, 2)
@@ -214,7 +209,7 @@ def test_closed_form_elbo_matches_monte_carlo_through_pyro_traces():
     assert 1e-3 < std_err < 0.1
     assert abs(float(log_w.mean()) - exact) < 4 * std_err
 
-    stored = params_from_store()
+    stored = earthquake.params_from_store()
     for name in ("r", "m", "p", "a", "b"):
         assert torch.allclose(getattr(stored, name), getattr(q, name), rtol=1e-5, atol=1e-6)
 
@@ -231,43 +226,18 @@ def poor_init(num_data):
 
 def test_svi_with_trace_enum_and_global_guide_improves_the_elbo():
     x, s, _ = overlapping_data()
-    init = poor_init(len(s))
-
-    def guide(locations, counts, pi, hyper):
-        return global_guide(locations, counts, pi, hyper, init)
-
-    evaluate = TraceEnum_ELBO(max_plate_nesting=1, num_particles=1000, vectorize_particles=True)
-    pyro.set_rng_seed(0)
-    before = -evaluate.loss(model, guide, x, s, PI, HYPER)
-    svi = SVI(model, guide, Adam({"lr": 0.1}), TraceEnum_ELBO(max_plate_nesting=1))
-    for _ in range(100):
-        assert math.isfinite(svi.step(x, s, PI, HYPER))
-    after = -evaluate.loss(model, guide, x, s, PI, HYPER)
-    assert after > before + 5
-    fitted = params_from_store((x, s, PI), HYPER)
-    assert float(elbo((x, s, PI), fitted, HYPER)) > float(elbo((x, s, PI), init, HYPER)) + 20
+    fitted = partial(earthquake.params_from_store, (x, s, PI), HYPER)
+    assert_enumerated_svi_improves(
+        model, earthquake.global_guide, (x, s, PI), HYPER, poor_init(len(s)), earthquake.elbo, fitted
+    )
 
 
 def test_svi_with_vectorized_trace_elbo_and_mean_field_guide_samples_z():
     x, s, _ = overlapping_data()
     init = poor_init(len(s))
-
-    def guide(locations, counts, pi, hyper):
-        return mean_field_guide(locations, counts, pi, hyper, init)
-
-    with pyro.plate("particles", 4, dim=-2):
-        trace = poutine.trace(guide).get_trace(x, s, PI, HYPER)
-    assert trace.nodes["z"]["value"].shape == (4, len(s))
-    assert not trace.nodes["z"]["fn"].has_rsample
-
-    pyro.set_rng_seed(0)
-    loss_fn = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
-    svi = SVI(model, guide, Adam({"lr": 0.1}), loss_fn)
-    for _ in range(50):
-        assert math.isfinite(svi.step(x, s, PI, HYPER))
-    fitted = params_from_store()
-    assert not torch.allclose(fitted.r, init.r)
-    assert float(elbo((x, s, PI), fitted, HYPER)) > float(elbo((x, s, PI), init, HYPER)) + 20
+    assert_sampled_z_svi_improves(
+        model, earthquake.mean_field_guide, (x, s, PI), HYPER, init, earthquake.elbo, earthquake.params_from_store
+    )
 
 
 # ---------------------------------------------------------------- bad input
@@ -312,23 +282,23 @@ GOOD_S = [0, 3, 7]
 def test_bad_data_is_refused_everywhere(locations, counts, match):
     with pytest.raises(ValueError, match=match):
         check_data(locations, counts)
-    closed_form = (lambda *data: cavi(data), lambda *data: initial_params(data))
-    for entry_point in (model, global_guide, mean_field_guide, *closed_form):
+    closed_form = (lambda *data: earthquake.cavi(data), lambda *data: earthquake.initial_params(data))
+    for entry_point in (model, earthquake.global_guide, earthquake.mean_field_guide, *closed_form):
         with pytest.raises(ValueError, match=match):
             entry_point(locations, counts, PI)
 
 
 def test_mismatched_number_of_components_is_refused():
     x, s, _ = overlapping_data()
-    two = cavi((x, s, [0.5, 0.5]), HYPER, max_iters=2).params
+    two = earthquake.cavi((x, s, [0.5, 0.5]), HYPER, max_iters=2).params
     with pytest.raises(ValueError, match="params has 2 components but pi has 3"):
-        elbo((x, s, PI), two, HYPER)
+        earthquake.elbo((x, s, PI), two, HYPER)
     with pytest.raises(ValueError, match="params has 2 components but pi has 3"):
-        cavi_step((x, s, PI), two, HYPER)
+        earthquake.cavi_step((x, s, PI), two, HYPER)
     with pytest.raises(ValueError, match="init has 2 components but pi has 3"):
-        cavi((x, s, PI), HYPER, init=two)
+        earthquake.cavi((x, s, PI), HYPER, init=two)
     with pytest.raises(ValueError, match="init has 2 components but pi has 3"):
-        global_guide(x, s, PI, HYPER, two)
+        earthquake.global_guide(x, s, PI, HYPER, two)
     with pytest.raises(ValueError, match="mus has 2 components but pi has 3"):
         generate_data(10, PI, [[0.0, 0.0], [1.0, 1.0]], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="rates has 2 components but pi has 3"):
@@ -336,12 +306,12 @@ def test_mismatched_number_of_components_is_refused():
     with pytest.raises(ValueError, match=r"mus must have shape \(K, 2\), got \(3,\)"):
         generate_data(10, PI, [0.0, 1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match=r"m must have shape \(3, 2\) for 3 components, got \(2, 2\)"):
-        responsibilities((x, s, PI), two.m, two.p, two.a, two.b)
+        earthquake.responsibilities((x, s, PI), two.m, two.p, two.a, two.b)
     with pytest.raises(ValueError, match="params.r has 60 rows but data has 59 points"):
-        elbo((x[:59], s[:59], [0.5, 0.5]), two, HYPER)
-    mean_field_guide(x, s, [0.5, 0.5], HYPER)
+        earthquake.elbo((x[:59], s[:59], [0.5, 0.5]), two, HYPER)
+    earthquake.mean_field_guide(x, s, [0.5, 0.5], HYPER)
     with pytest.raises(ValueError, match=r"param 'q_mu_loc' in the param store has shape \(2, 2\), expected \(3, 2\)"):
-        mean_field_guide(x, s, PI, HYPER)
+        earthquake.mean_field_guide(x, s, PI, HYPER)
 
 
 @pytest.mark.parametrize(
@@ -369,17 +339,17 @@ def test_bad_variational_params_are_refused(fields, match):
 def test_bad_settings_are_refused():
     x, s, _ = overlapping_data()
     with pytest.raises(ValueError, match="max_iters must be a positive integer"):
-        cavi((x, s, PI), max_iters=0)
+        earthquake.cavi((x, s, PI), max_iters=0)
     with pytest.raises(ValueError, match="tol must be a finite non-negative number"):
-        cavi((x, s, PI), tol=float("inf"))
+        earthquake.cavi((x, s, PI), tol=float("inf"))
     with pytest.raises(ValueError, match="init must be None, an int seed or an EarthquakeParams"):
-        cavi((x, s, PI), init=1.5)
+        earthquake.cavi((x, s, PI), init=1.5)
     with pytest.raises(ValueError, match="cannot initialize 3 components from 2 data points"):
-        cavi((GOOD_X[:2], GOOD_S[:2], PI))
+        earthquake.cavi((GOOD_X[:2], GOOD_S[:2], PI))
     with pytest.raises(ValueError, match="tau must be finite and positive"):
         generate_data(10, PI, SEPARATED_MUS, SEPARATED_RATES, tau=0.0)
     with pytest.raises(ValueError, match="pi must sum to 1"):
         generate_data(10, [0.5, 0.6, 0.1], SEPARATED_MUS, SEPARATED_RATES)
-    global_guide(x, s, PI)
+    earthquake.global_guide(x, s, PI)
     with pytest.raises(ValueError, match="no 'q_z_probs' in the param store"):
-        params_from_store()
+        earthquake.params_from_store()

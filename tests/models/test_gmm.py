@@ -7,14 +7,14 @@ Monte Carlo through Pyro traces for the closed-form ELBO.
 """
 
 import math
+from functools import partial
 
 import numpy as np
 import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
-from pyro.optim import Adam
+from pyro.infer import TraceEnum_ELBO
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
@@ -32,7 +32,12 @@ from guides.gmm import (
     responsibilities,
 )
 from models.gmm import DEFAULT_PRIOR, GMMPrior, check_data, check_weights, generate_data, model
-from tests.helpers import assert_cavi_optimum_is_stationary, per_draw_log_prob
+from tests.helpers import (
+    assert_cavi_optimum_is_stationary,
+    assert_enumerated_svi_improves,
+    assert_sampled_z_svi_improves,
+    per_draw_log_prob,
+)
 
 PI = [0.3, 0.3, 0.4]
 PRIOR = GMMPrior(m0=0.5, lambda0=0.2, a0=2.0, b0=1.5)
@@ -268,43 +273,14 @@ def poor_init(num_data):
 
 def test_svi_with_trace_enum_and_global_guide_improves_the_elbo():
     x, _ = overlapping_data()
-    init = poor_init(len(x))
-
-    def guide(data, pi, prior):
-        return global_guide(data, pi, prior, init)
-
-    evaluate = TraceEnum_ELBO(max_plate_nesting=1, num_particles=1000, vectorize_particles=True)
-    pyro.set_rng_seed(0)
-    before = -evaluate.loss(model, guide, x, PI, PRIOR)
-    svi = SVI(model, guide, Adam({"lr": 0.1}), TraceEnum_ELBO(max_plate_nesting=1))
-    for _ in range(100):
-        assert math.isfinite(svi.step(x, PI, PRIOR))
-    after = -evaluate.loss(model, guide, x, PI, PRIOR)
-    assert after > before + 5
-    # and with r from the CAVI update, the mean-field closed form improved as well
-    assert float(elbo((x, PI), params_from_store((x, PI)), PRIOR)) > float(elbo((x, PI), init, PRIOR)) + 20
+    # the fitted params take r from the CAVI update: the mean-field closed form improves as well
+    fitted = partial(params_from_store, (x, PI))
+    assert_enumerated_svi_improves(model, global_guide, (x, PI), PRIOR, poor_init(len(x)), elbo, fitted)
 
 
 def test_svi_with_vectorized_trace_elbo_and_mean_field_guide_samples_z():
     x, _ = overlapping_data()
-    init = poor_init(len(x))
-
-    def guide(data, pi, prior):
-        return mean_field_guide(data, pi, prior, init)
-
-    with pyro.plate("particles", 4, dim=-2):
-        trace = poutine.trace(guide).get_trace(x, PI, PRIOR)
-    assert trace.nodes["z"]["value"].shape == (4, len(x))
-    assert not trace.nodes["z"]["fn"].has_rsample
-
-    pyro.set_rng_seed(0)
-    loss_fn = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
-    svi = SVI(model, guide, Adam({"lr": 0.1}), loss_fn)
-    for _ in range(50):
-        assert math.isfinite(svi.step(x, PI, PRIOR))
-    fitted = params_from_store()
-    assert not torch.allclose(fitted.r, init.r)  # z's params moved: the score-function part works
-    assert float(elbo((x, PI), fitted, PRIOR)) > float(elbo((x, PI), init, PRIOR)) + 20
+    assert_sampled_z_svi_improves(model, mean_field_guide, (x, PI), PRIOR, poor_init(len(x)), elbo, params_from_store)
 
 
 # ---------------------------------------------------------------- bad input

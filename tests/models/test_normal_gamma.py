@@ -39,6 +39,7 @@ from models.normal_gamma import (
     posterior_means,
 )
 from tests.helpers import per_draw_log_prob
+from tests.refusals import assert_each_refused
 
 SMALL_PRIOR = NormalGammaPrior(mu0=-0.5, lambda0=2.0, a0=3.0, b0=1.5)
 
@@ -382,13 +383,10 @@ def test_bad_variational_params_are_refused(kwargs, match, elbo_match):
 
 def test_bad_settings_are_refused():
     data = course_data()
-    with pytest.raises(ValueError, match="init must be a NormalGammaParams"):
-        mean_field_guide(data, COURSE_PRIOR, init=(0.0, 1.0, 1.0, 1.0))
-    with pytest.raises(ValueError, match="max_iters must be a positive integer"):
-        cavi(data, max_iters=0)
-    with pytest.raises(ValueError, match="tol must be a finite non-negative number"):
-        cavi(data, tol=float("nan"))
-    with pytest.raises(ValueError, match="num_data must be a positive integer"):
-        generate_data(num_data=0)
-    with pytest.raises(ValueError, match="tau must be a finite positive number"):
-        generate_data(tau=-1.0)
+    assert_each_refused(
+        (lambda: mean_field_guide(data, COURSE_PRIOR, init=(0.0, 1.0, 1.0, 1.0)), "init must be a NormalGammaParams"),
+        (lambda: cavi(data, max_iters=0), "max_iters must be a positive integer"),
+        (lambda: cavi(data, tol=float("nan")), "tol must be a finite non-negative number"),
+        (lambda: generate_data(num_data=0), "num_data must be a positive integer"),
+        (lambda: generate_data(tau=-1.0), "tau must be a finite positive number"),
+    )

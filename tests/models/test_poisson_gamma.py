@@ -35,6 +35,7 @@ from models.poisson_gamma import (
     sufficient_statistics,
 )
 from tests.helpers import per_draw_log_prob
+from tests.refusals import assert_each_refused
 
 scipy_integrate = pytest.importorskip("scipy.integrate")
 
@@ -342,13 +343,10 @@ def test_bad_theta_is_refused(theta):
 
 def test_bad_settings_are_refused():
     data = CASES["default"][0]()
-    with pytest.raises(ValueError, match="init_theta must be a real number"):
-        exponential_guide(data, init_theta="1")
-    with pytest.raises(ValueError, match="max_iters must be a positive integer"):
-        optimal_theta(data, max_iters=0)
-    with pytest.raises(ValueError, match="tol must be a finite positive number"):
-        optimal_theta(data, tol=float("nan"))
-    with pytest.raises(ValueError, match="num_data must be a positive integer"):
-        generate_data(num_data=0)
-    with pytest.raises(ValueError, match="rate must be a finite positive number"):
-        generate_data(rate=-1.0)
+    assert_each_refused(
+        (lambda: exponential_guide(data, init_theta="1"), "init_theta must be a real number"),
+        (lambda: optimal_theta(data, max_iters=0), "max_iters must be a positive integer"),
+        (lambda: optimal_theta(data, tol=float("nan")), "tol must be a finite positive number"),
+        (lambda: generate_data(num_data=0), "num_data must be a positive integer"),
+        (lambda: generate_data(rate=-1.0), "rate must be a finite positive number"),
+    )

@@ -17,15 +17,7 @@ import pytest
 import torch
 from pyro.poutine.messenger import Messenger
 
-from pyro_vi import (
-    ControlVariateELBO,
-    DisARMELBO,
-    ImportanceWeightedELBO,
-    RaoBlackwellELBO,
-    ReinforceLeaveOneOutELBO,
-    ScoreFunctionELBO,
-    StickingTheLandingELBO,
-)
+from tests.helpers import CV, IW, RB, RLOO, SF, STL, DisARM
 
 NUM_PARTICLES = 6
 DATA = torch.tensor([0.5, -1.0], dtype=torch.float64)
@@ -156,33 +148,33 @@ BERNOULLI = (bernoulli_model, bernoulli_guide, {})
 
 # label -> (ELBO factory, (model, guide, guide kwargs), whether the samples are detached: score function)
 CASES = {
-    "CV": (ControlVariateELBO, CHAIN, True),
-    "CV(parameters)": (partial(ControlVariateELBO, coordinates="parameters"), CHAIN, True),
-    "CV(pooled)": (partial(ControlVariateELBO, coefficient="pooled"), CHAIN, True),
-    "CV(pathwise)": (partial(ControlVariateELBO, pathwise=True), NOT_RSAMPLE, True),
-    "CV(amortized)": (ControlVariateELBO, AMORTIZED, True),
-    "CV(structured)": (ControlVariateELBO, STRUCTURED, True),
-    "RB": (RaoBlackwellELBO, CHAIN, True),
-    "RB(no CV)": (partial(RaoBlackwellELBO, control_variate=False), CHAIN, True),
-    "RB(parameters)": (partial(RaoBlackwellELBO, coordinates="parameters"), CHAIN, True),
-    "RB(pathwise)": (partial(RaoBlackwellELBO, pathwise=True), NOT_RSAMPLE, True),
-    "RB(amortized)": (RaoBlackwellELBO, AMORTIZED, True),
-    "RB(structured)": (RaoBlackwellELBO, STRUCTURED, True),
-    "RB(structured chain)": (partial(RaoBlackwellELBO, control_variate=False), DEEP, True),
-    "SF": (ScoreFunctionELBO, CHAIN, True),
-    "RLOO": (ReinforceLeaveOneOutELBO, CHAIN, True),
-    "RLOO(pathwise)": (partial(ReinforceLeaveOneOutELBO, pathwise=True), BERNOULLI, False),
-    "STL": (StickingTheLandingELBO, CHAIN, False),
-    "DisARM": (DisARMELBO, BERNOULLI, False),
-    "CV(unplated)": (ControlVariateELBO, UNPLATED, True),
-    "RB(unplated)": (RaoBlackwellELBO, UNPLATED, True),
-    "IW(unplated)": (ImportanceWeightedELBO, UNPLATED, False),
-    "IW(dreg, unplated)": (partial(ImportanceWeightedELBO, gradient="dreg"), UNPLATED, False),
-    "IW(reparam)": (partial(ImportanceWeightedELBO, gradient="reparam"), CHAIN, False),
-    "IW(stl)": (partial(ImportanceWeightedELBO, gradient="stl"), CHAIN, False),
-    "IW(dreg)": (partial(ImportanceWeightedELBO, gradient="dreg"), CHAIN, False),
-    "IW(vimco)": (partial(ImportanceWeightedELBO, gradient="vimco"), BERNOULLI, False),
-    "IW(disarm)": (partial(ImportanceWeightedELBO, gradient="disarm"), BERNOULLI, False),
+    "CV": (CV, CHAIN, True),
+    "CV(parameters)": (partial(CV, coordinates="parameters"), CHAIN, True),
+    "CV(pooled)": (partial(CV, coefficient="pooled"), CHAIN, True),
+    "CV(pathwise)": (partial(CV, pathwise=True), NOT_RSAMPLE, True),
+    "CV(amortized)": (CV, AMORTIZED, True),
+    "CV(structured)": (CV, STRUCTURED, True),
+    "RB": (RB, CHAIN, True),
+    "RB(no CV)": (partial(RB, control_variate=False), CHAIN, True),
+    "RB(parameters)": (partial(RB, coordinates="parameters"), CHAIN, True),
+    "RB(pathwise)": (partial(RB, pathwise=True), NOT_RSAMPLE, True),
+    "RB(amortized)": (RB, AMORTIZED, True),
+    "RB(structured)": (RB, STRUCTURED, True),
+    "RB(structured chain)": (partial(RB, control_variate=False), DEEP, True),
+    "SF": (SF, CHAIN, True),
+    "RLOO": (RLOO, CHAIN, True),
+    "RLOO(pathwise)": (partial(RLOO, pathwise=True), BERNOULLI, False),
+    "STL": (STL, CHAIN, False),
+    "DisARM": (DisARM, BERNOULLI, False),
+    "CV(unplated)": (CV, UNPLATED, True),
+    "RB(unplated)": (RB, UNPLATED, True),
+    "IW(unplated)": (IW, UNPLATED, False),
+    "IW(dreg, unplated)": (partial(IW, gradient="dreg"), UNPLATED, False),
+    "IW(reparam)": (partial(IW, gradient="reparam"), CHAIN, False),
+    "IW(stl)": (partial(IW, gradient="stl"), CHAIN, False),
+    "IW(dreg)": (partial(IW, gradient="dreg"), CHAIN, False),
+    "IW(vimco)": (partial(IW, gradient="vimco"), BERNOULLI, False),
+    "IW(disarm)": (partial(IW, gradient="disarm"), BERNOULLI, False),
 }
 
 

@@ -24,7 +24,18 @@ from pyro_vi import (
     natural_gradient,
     natural_parameter_step,
 )
-from tests.refusals import RUNS, X, assert_refused, case_ids, gamma_model, guide, in_tmp, model, negative_guide
+from tests.refusals import (
+    RUNS,
+    X,
+    assert_refused,
+    case_ids,
+    gamma_model,
+    guide,
+    in_tmp,
+    model,
+    negative_guide,
+    refusals,
+)
 
 
 def narrow_model(x):
@@ -114,215 +125,173 @@ def _natural_gradient_call(factors, grads=None, **options):
 
 CASES = [
     # --- fit (pyro_vi/training/)
-    ("fit", "float num_steps", _fit(num_steps=2.5), ValueError, r"num_steps must be an integer >= 1, got 2\.5"),
-    ("fit", "string num_steps", _fit(num_steps="3"), ValueError, r"num_steps must be an integer >= 1, got '3'"),
-    (
+    *refusals(
         "fit",
-        "ELBO class instead of instance",
-        _fit(elbo=Trace_ELBO),
-        ValueError,
-        r"elbo must be an ELBO instance, got the class Trace_ELBO",
+        ("float num_steps", _fit(num_steps=2.5), r"num_steps must be an integer >= 1, got 2\.5"),
+        ("string num_steps", _fit(num_steps="3"), r"num_steps must be an integer >= 1, got '3'"),
+        (
+            "ELBO class instead of instance",
+            _fit(elbo=Trace_ELBO),
+            r"elbo must be an ELBO instance, got the class Trace_ELBO",
+        ),
+        ("torch optimizer", _fit(optim=torch.optim.Adam), r"optim must be a pyro\.optim optimizer instance"),
+        ("callback not callable", _fit(callback=3), r"callback must be callable or None, got 3"),
+        (
+            "string resume",
+            _fit_into("c.pt", resume="yes"),
+            r"resume must be one of False, True, 'allow_fresh', got 'yes'",
+        ),
+        (
+            "float checkpoint_every",
+            _fit_into("c.pt", checkpoint_every=0.5),
+            r"checkpoint_every must be an integer >= 1, got 0\.5",
+        ),
+        (
+            "checkpoint in a missing directory",
+            _fit_into(os.path.join("missing", "c.pt")),
+            in_tmp(os.path.join("missing", "c.pt")),
+        ),
+        (
+            "resume=True without a checkpoint file",
+            _fit_into("none.pt", resume=True),
+            r"resume=True, but there is no checkpoint " + in_tmp("none.pt"),
+        ),
+        (
+            "existing checkpoint without overwrite",
+            _fit_existing(),
+            r"checkpoint " + in_tmp("existing.pt") + r" exists: pass resume=True",
+        ),
+        (
+            "resume with another ELBO",
+            _fit_existing(resume=True, elbo=Trace_ELBO(num_particles=2)),
+            r"belongs to another run:\n  elbo: 'Trace_ELBO\(num_particles=1\)' in the checkpoint, "
+            r"'Trace_ELBO\(num_particles=2\)' here",
+        ),
     ),
-    (
+    *refusals(
         "fit",
-        "torch optimizer",
-        _fit(optim=torch.optim.Adam),
-        ValueError,
-        r"optim must be a pyro\.optim optimizer instance",
-    ),
-    ("fit", "callback not callable", _fit(callback=3), ValueError, r"callback must be callable or None, got 3"),
-    (
-        "fit",
-        "string resume",
-        _fit_into("c.pt", resume="yes"),
-        ValueError,
-        r"resume must be one of False, True, 'allow_fresh', got 'yes'",
-    ),
-    (
-        "fit",
-        "float checkpoint_every",
-        _fit_into("c.pt", checkpoint_every=0.5),
-        ValueError,
-        r"checkpoint_every must be an integer >= 1, got 0\.5",
-    ),
-    (
-        "fit",
-        "checkpoint in a missing directory",
-        _fit_into(os.path.join("missing", "c.pt")),
-        ValueError,
-        in_tmp(os.path.join("missing", "c.pt")),
-    ),
-    (
-        "fit",
-        "resume=True without a checkpoint file",
-        _fit_into("none.pt", resume=True),
-        ValueError,
-        r"resume=True, but there is no checkpoint " + in_tmp("none.pt"),
-    ),
-    (
-        "fit",
-        "existing checkpoint without overwrite",
-        _fit_existing(),
-        ValueError,
-        r"checkpoint " + in_tmp("existing.pt") + r" exists: pass resume=True",
-    ),
-    (
-        "fit",
-        "resume with another ELBO",
-        _fit_existing(resume=True, elbo=Trace_ELBO(num_particles=2)),
-        ValueError,
-        r"belongs to another run:\n  elbo: 'Trace_ELBO\(num_particles=1\)' in the checkpoint, "
-        r"'Trace_ELBO\(num_particles=2\)' here",
-    ),
-    (
-        "fit",
-        "guide draws outside the model's support",
-        _fit_out_of_support,
-        OutOfSupportError,
-        r"step 1: the model's latent site 'rate' got the value = -[0-9.]+ from the guide",
-        RUNS,
-    ),
-    (
-        "fit",
-        "guide scale driven negative",
-        _fit_scale_driven_negative,
-        OutOfSupportError,
-        r"step 2: the guide's site 'z' got Normal\(scale=\.\.\.\) with scale = -[0-9.]+ outside its support.*param "
-        r"'scale'",
-        RUNS,
+        (
+            "guide draws outside the model's support",
+            _fit_out_of_support,
+            r"step 1: the model's latent site 'rate' got the value = -[0-9.]+ from the guide",
+            RUNS,
+        ),
+        (
+            "guide scale driven negative",
+            _fit_scale_driven_negative,
+            r"step 2: the guide's site 'z' got Normal\(scale=\.\.\.\) with scale = -[0-9.]+ outside its support.*param "
+            r"'scale'",
+            RUNS,
+        ),
+        error=OutOfSupportError,
     ),
     # --- checkpoints
-    (
+    *refusals(
         "load_checkpoint",
-        "empty file",
-        _checkpoint_file(b""),
-        ValueError,
-        r"checkpoint " + in_tmp("ckpt.pt") + r" is empty \(0 bytes\)",
-    ),
-    (
-        "load_checkpoint",
-        "random bytes",
-        _checkpoint_file(b"\x00\x01not a checkpoint" * 3),
-        ValueError,
-        r"checkpoint " + in_tmp("ckpt.pt") + r" is not a readable torch file",
-    ),
-    (
-        "load_checkpoint",
-        "a torch file that is not a checkpoint",
-        _checkpoint_not_a_run,
-        ValueError,
-        r"checkpoint " + in_tmp("weights.pt") + r" is not a pyro_vi\.fit checkpoint v1 file",
-    ),
-    (
-        "load_checkpoint",
-        "missing file",
-        lambda tmp: load_checkpoint(str(tmp / "gone.pt")),
-        ValueError,
-        r"checkpoint " + in_tmp("gone.pt") + r" cannot be read",
+        ("empty file", _checkpoint_file(b""), r"checkpoint " + in_tmp("ckpt.pt") + r" is empty \(0 bytes\)"),
+        (
+            "random bytes",
+            _checkpoint_file(b"\x00\x01not a checkpoint" * 3),
+            r"checkpoint " + in_tmp("ckpt.pt") + r" is not a readable torch file",
+        ),
+        (
+            "a torch file that is not a checkpoint",
+            _checkpoint_not_a_run,
+            r"checkpoint " + in_tmp("weights.pt") + r" is not a pyro_vi\.fit checkpoint v1 file",
+        ),
+        (
+            "missing file",
+            lambda tmp: load_checkpoint(str(tmp / "gone.pt")),
+            r"checkpoint " + in_tmp("gone.pt") + r" cannot be read",
+        ),
     ),
     # --- natural gradients
-    (
+    *refusals(
         "natural_gradient",
-        "NaN gradient",
-        lambda tmp: natural_gradient("normal", [0.0, 1.0], [math.nan, 0.0]),
-        ValueError,
-        r"grad_theta for normal parameter loc is not finite \(nan\)",
-    ),
-    (
-        "natural_gradient",
-        "singular Fisher information",
-        lambda tmp: natural_gradient("gamma", [1e30, 1.0], [1.0, 0.0]),
-        ValueError,
-        r"gamma: the Fisher information at concentration=1e\+30, rate=1 is singular",
-    ),
-    (
-        "natural_gradient",
-        "wrong gradient length",
-        lambda tmp: natural_gradient("normal", [0.0, 1.0], [1.0]),
-        ValueError,
-        r"grad_theta must have last dimension 2, got shape \(1,\)",
-    ),
-    (
-        "natural_gradient",
-        "unknown family",
-        lambda tmp: natural_gradient("beta", [1.0, 1.0], [1.0, 1.0]),
-        ValueError,
-        r"family must be an ExponentialFamily or one of .*got 'beta'",
-    ),
-    (
-        "natural_parameter_step",
-        "negative lr",
-        lambda tmp: natural_parameter_step("normal", [0.0, 1.0], [1.0, 1.0], lr=-0.1),
-        ValueError,
-        r"lr must be > 0, got -0\.1",
-    ),
-    (
-        "natural_parameter_step",
-        "infinite gradient",
-        lambda tmp: natural_parameter_step("gamma", [2.0, 1.0], [0.0, math.inf], lr=0.1),
-        ValueError,
-        r"grad_theta for gamma parameter rate is not finite \(inf\)",
-    ),
-    (
-        "descent_step",
-        "float max_halvings",
-        lambda tmp: descent_step("normal", [0.0, 1.0], [1.0, 1.0], lr=0.1, max_halvings=1.5),
-        ValueError,
-        r"max_halvings must be an integer >= 0, got 1\.5",
-    ),
-    (
-        "descent_step",
-        "a step out of the domain",
-        lambda tmp: descent_step("gamma", [1.0, 1.0], [3.0, 0.0], lr=1.0),
-        NaturalParameterDomainError,
-        r"a step of size 1\.0 \(halved 0 times\) leaves the domain of gamma: it gives parameter concentration",
-    ),
-    (
-        "NaturalGradient",
-        "factor names that match no param",
-        _natural_gradient_call({"z": ("normal", ["q_locc", "q_scale"])}, fallback=Adam({"lr": 0.1})),
-        ValueError,
-        r"factors name param\(s\) \['q_locc'\] that are not in the Pyro param store",
-        RUNS,
-    ),
-    (
-        "NaturalGradient",
-        "NaN gradient",
-        _natural_gradient_call(
-            {"z": ("normal", ["q_loc", "q_scale"])}, grads=(math.nan, 0.0, 0.0), fallback=Adam({"lr": 0.1})
+        (
+            "NaN gradient",
+            lambda tmp: natural_gradient("normal", [0.0, 1.0], [math.nan, 0.0]),
+            r"grad_theta for normal parameter loc is not finite \(nan\)",
         ),
-        ValueError,
-        r"factor 'z': the gradient of param 'q_loc' is not finite \(nan\)",
-        RUNS,
+        (
+            "singular Fisher information",
+            lambda tmp: natural_gradient("gamma", [1e30, 1.0], [1.0, 0.0]),
+            r"gamma: the Fisher information at concentration=1e\+30, rate=1 is singular",
+        ),
+        (
+            "wrong gradient length",
+            lambda tmp: natural_gradient("normal", [0.0, 1.0], [1.0]),
+            r"grad_theta must have last dimension 2, got shape \(1,\)",
+        ),
+        (
+            "unknown family",
+            lambda tmp: natural_gradient("beta", [1.0, 1.0], [1.0, 1.0]),
+            r"family must be an ExponentialFamily or one of .*got 'beta'",
+        ),
     ),
-    (
-        "NaturalGradient",
-        "param in no factor and no fallback",
-        _natural_gradient_call({"z": ("normal", ["q_loc", "q_scale"])}),
-        ValueError,
-        r"NaturalGradient has no factor for param\(s\) \['theta'\]; add them to factors or pass fallback=",
-        RUNS,
+    *refusals(
+        "natural_parameter_step",
+        (
+            "negative lr",
+            lambda tmp: natural_parameter_step("normal", [0.0, 1.0], [1.0, 1.0], lr=-0.1),
+            r"lr must be > 0, got -0\.1",
+        ),
+        (
+            "infinite gradient",
+            lambda tmp: natural_parameter_step("gamma", [2.0, 1.0], [0.0, math.inf], lr=0.1),
+            r"grad_theta for gamma parameter rate is not finite \(inf\)",
+        ),
     ),
-    (
-        "NaturalGradient",
-        "torch optimizer as fallback",
-        lambda tmp: NaturalGradient({"z": ("normal", ["a", "b"])}, fallback=torch.optim.Adam),
-        ValueError,
-        r"fallback must be a pyro\.optim optimizer instance .*got the class Adam",
+    *refusals(
+        "descent_step",
+        (
+            "float max_halvings",
+            lambda tmp: descent_step("normal", [0.0, 1.0], [1.0, 1.0], lr=0.1, max_halvings=1.5),
+            r"max_halvings must be an integer >= 0, got 1\.5",
+        ),
     ),
-    (
-        "NaturalGradient",
-        "zero lr",
-        lambda tmp: NaturalGradient({"z": ("normal", ["a", "b"])}, lr=0),
-        ValueError,
-        r"lr must be > 0, got 0",
+    *refusals(
+        "descent_step",
+        (
+            "a step out of the domain",
+            lambda tmp: descent_step("gamma", [1.0, 1.0], [3.0, 0.0], lr=1.0),
+            r"a step of size 1\.0 \(halved 0 times\) leaves the domain of gamma: it gives parameter concentration",
+        ),
+        error=NaturalParameterDomainError,
     ),
-    (
+    *refusals(
         "NaturalGradient",
-        "one name for a two-parameter family",
-        lambda tmp: NaturalGradient({"z": ("normal", ["a"])}),
-        ValueError,
-        r"factors\['z'\]: normal needs 2 param names \('loc', 'scale'\), got \['a'\]",
+        (
+            "factor names that match no param",
+            _natural_gradient_call({"z": ("normal", ["q_locc", "q_scale"])}, fallback=Adam({"lr": 0.1})),
+            r"factors name param\(s\) \['q_locc'\] that are not in the Pyro param store",
+            RUNS,
+        ),
+        (
+            "NaN gradient",
+            _natural_gradient_call(
+                {"z": ("normal", ["q_loc", "q_scale"])}, grads=(math.nan, 0.0, 0.0), fallback=Adam({"lr": 0.1})
+            ),
+            r"factor 'z': the gradient of param 'q_loc' is not finite \(nan\)",
+            RUNS,
+        ),
+        (
+            "param in no factor and no fallback",
+            _natural_gradient_call({"z": ("normal", ["q_loc", "q_scale"])}),
+            r"NaturalGradient has no factor for param\(s\) \['theta'\]; add them to factors or pass fallback=",
+            RUNS,
+        ),
+        (
+            "torch optimizer as fallback",
+            lambda tmp: NaturalGradient({"z": ("normal", ["a", "b"])}, fallback=torch.optim.Adam),
+            r"fallback must be a pyro\.optim optimizer instance .*got the class Adam",
+        ),
+        ("zero lr", lambda tmp: NaturalGradient({"z": ("normal", ["a", "b"])}, lr=0), r"lr must be > 0, got 0"),
+        (
+            "one name for a two-parameter family",
+            lambda tmp: NaturalGradient({"z": ("normal", ["a"])}),
+            r"factors\['z'\]: normal needs 2 param names \('loc', 'scale'\), got \['a'\]",
+        ),
     ),
 ]
 

@@ -223,28 +223,15 @@ def _worker(rank, init, out):
         lambda: fit(unscaled_model, normal_guide, Trace_ELBO(), Adam({"lr": 0.01}), NORMAL_DATA, num_steps=1)
     )
     dataset = TensorDataset(NORMAL_DATA, torch.arange(NUM_DATA))
-    pyro.clear_param_store()
-    result["loader"] = error_of(
-        lambda: fit(
-            normal_model,
-            normal_guide,
-            Trace_ELBO(),
-            Adam({"lr": 0.01}),
-            data=DataLoader(dataset, batch_size=100, shuffle=True),
-            epochs=1,
-        )
-    )
+
+    def fit_loader(loader, epochs, **options):
+        pyro.clear_param_store()
+        return fit(normal_model, normal_guide, Trace_ELBO(), Adam({"lr": 0.01}), data=loader, epochs=epochs, **options)
+
+    result["loader"] = error_of(lambda: fit_loader(DataLoader(dataset, batch_size=100, shuffle=True), epochs=1))
     sampler = DistributedSampler(dataset, seed=3)
-    pyro.clear_param_store()
-    history = fit(
-        normal_model,
-        normal_guide,
-        Trace_ELBO(),
-        Adam({"lr": 0.01}),
-        data=DataLoader(dataset, batch_size=250, sampler=sampler),
-        epochs=2,
-        track={"epoch": lambda: sampler.epoch},
-    )
+    loader = DataLoader(dataset, batch_size=250, sampler=sampler)
+    history = fit_loader(loader, epochs=2, track={"epoch": lambda: sampler.epoch})
     result["sampler_epochs"] = history.tracked["epoch"].tolist()
 
     # every process must run the same steps with the same params

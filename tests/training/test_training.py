@@ -217,17 +217,9 @@ def test_resume_errors(tmp_path):
     _run(10, path)
     with pytest.raises(ValueError, match="past num_steps"):
         _run(5, path, resume=True)
+    optim = ClippedAdam({"lr": 0.1, "lrd": 0.99})
     with pytest.raises(ValueError, match="track"):
-        fit(
-            model,
-            guide,
-            Trace_ELBO(),
-            ClippedAdam({"lr": 0.1, "lrd": 0.99}),
-            X,
-            num_steps=20,
-            checkpoint=path,
-            resume=True,
-        )
+        fit(model, guide, Trace_ELBO(), optim, X, num_steps=20, checkpoint=path, resume=True)
 
 
 def test_resume_with_pyro_module_is_identical(tmp_path):
@@ -367,6 +359,12 @@ def test_numpy_integers_are_accepted():
 # ---- callbacks, LR schedulers, epochs over data --------------------------------------
 
 
+def _checkpointing(path, resume, every):
+    """fit's options to checkpoint to ``path`` every ``every`` steps, going on from
+    it with ``resume`` and starting it afresh without."""
+    return {"checkpoint": path, "checkpoint_every": every, "resume": resume, "overwrite": not resume}
+
+
 def _scheduled_run(num_steps, path, resume, seed=0):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -385,10 +383,7 @@ def _scheduled_run(num_steps, path, resume, seed=0):
         X,
         num_steps=num_steps,
         callback=callback,
-        checkpoint=path,
-        checkpoint_every=2,
-        resume=resume,
-        overwrite=not resume,
+        **_checkpointing(path, resume, every=2),
     )
     return result, lrs
 
@@ -519,10 +514,7 @@ def test_resume_mid_epoch_is_exact(tmp_path, make_data, stop):
             epochs=4,
             epoch_callback=evaluate,
             state=state,
-            checkpoint=path,
-            checkpoint_every=1,
-            resume=resume,
-            overwrite=not resume,
+            **_checkpointing(path, resume, every=1),
             **limits,
         )
         return result, state
@@ -539,29 +531,17 @@ def test_resume_mid_epoch_is_exact(tmp_path, make_data, stop):
 
 def test_resume_refuses_a_checkpoint_past_the_limits(tmp_path):
     path = tmp_path / "ckpt.pt"
-    fit(batch_model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=[(X[:5],), (X[5:],)], epochs=2, checkpoint=path)
+
+    def fit_batches(batches, epochs, **options):
+        return fit(
+            batch_model, guide, Trace_ELBO(), Adam({"lr": 0.1}), data=batches, epochs=epochs, checkpoint=path, **options
+        )
+
+    fit_batches([(X[:5],), (X[5:],)], epochs=2)
     with pytest.raises(ValueError, match=r"is in epoch 2, past epochs=1"):
-        fit(
-            batch_model,
-            guide,
-            Trace_ELBO(),
-            Adam({"lr": 0.1}),
-            data=[(X[:5],), (X[5:],)],
-            epochs=1,
-            checkpoint=path,
-            resume=True,
-        )
+        fit_batches([(X[:5],), (X[5:],)], epochs=1, resume=True)
     with pytest.raises(ValueError, match=r"data\['batches_per_epoch'\]: 2 in the checkpoint, 3 here"):
-        fit(
-            batch_model,
-            guide,
-            Trace_ELBO(),
-            Adam({"lr": 0.1}),
-            data=[(X[:3],), (X[3:6],), (X[6:],)],
-            epochs=3,
-            checkpoint=path,
-            resume=True,
-        )
+        fit_batches([(X[:3],), (X[3:6],), (X[6:],)], epochs=3, resume=True)
 
 
 # ---- a parameter that leaves its support (issue 10) ------------------------------------
