@@ -21,7 +21,9 @@ gradient of the unlabelled ELBO:
   the Rao-Blackwellized score function with leave-one-out control variates,
   ``--particles`` samples;
 - ``ReinforceLeaveOneOutELBO(pathwise=True)``: z pathwise, y by REINFORCE with
-  the leave-one-out baseline, ``--particles`` samples.
+  the leave-one-out baseline, ``--particles`` samples;
+- ``AutoELBO``: its own choice per site, here z pathwise and y by REINFORCE
+  leave-one-out: the same estimator as the one above (its curves lie on it).
 
 Every estimator starts from the same weights and sees the same batches for a
 seed, for ``--steps`` steps. Every ``--eval-every`` steps: the test accuracy of
@@ -39,7 +41,7 @@ and against training time) and ``results.json``; each run has a checkpoint in
 ``checkpoints/`` (``--resume`` continues it) and, once finished, its record in
 ``runs/`` (``--resume`` skips it).
 
-The defaults, 3 seeds x 3 estimators x 9,000 steps, take about 1.4 CPU hours
+The defaults, 3 seeds x 4 estimators x 9,000 steps, take about 2 CPU hours
 of one torch thread (a pilot's CPU time per unlabelled step: 41 ms for
 TraceEnum_ELBO, 104 ms for RaoBlackwellELBO and 40 ms for
 ReinforceLeaveOneOutELBO with 10 particles; 14 ms per labelled step):
