@@ -58,6 +58,7 @@ SMOKE = {
             "--sweeps",
             "particles",
             "subsample",
+            "gamma",
             "--sizes",
             "3",
             "--estimators",
