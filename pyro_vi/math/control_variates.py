@@ -99,9 +99,8 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
     """
     num_particles = h.shape[0]
     parts = []
-    for hb, fb in _blocks(h, signal, f):
-        sums = (num_particles,) + _block_sums(hb, fb)
-        parts.append(_controlled_block(hb, fb, sums, coefficient, per_particle, h.dtype))
+    for hb, fb, sums in _blocks(h, signal, f):
+        parts.append(_controlled_block(hb, fb, (num_particles,) + sums, coefficient, per_particle, h.dtype))
     joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
     return joined.to(h.dtype).reshape(h.shape if per_particle else h.shape[1:])
 
@@ -112,22 +111,24 @@ _BLOCK_ELEMENTS = 1 << 16
 
 
 def _blocks(h, signal, f):
-    """``(h, f)`` for blocks of parameters: float64 copies, which the caller
-    may overwrite."""
+    """``(h, f, sums)`` for blocks of parameters: float64 copies of ``h``
+    and ``f``, which the caller may overwrite, and their sums over the
+    particles of :math:`h, f, h^2, fh`."""
     num_particles = h.shape[0]
     h = h.detach().reshape(num_particles, -1)
     f = None if f is None else f.detach().reshape(num_particles, -1)
-    signal = None if signal is None else signal.detach().to(torch.float64)[:, None]
+    if signal is not None:  # the sums of h and hL, of h^2 and h^2 L, as two products
+        weights = torch.stack([torch.ones(num_particles, dtype=torch.float64), signal.detach().to(torch.float64)])
     block = max(1, _BLOCK_ELEMENTS // num_particles)
     for start in range(0, h.shape[1], block):
         columns = slice(start, start + block)
         hb = h[:, columns].to(torch.float64, copy=True)
-        yield hb, hb * signal if f is None else f[:, columns].to(torch.float64, copy=True)
-
-
-def _block_sums(hb, fb):
-    """The sums over the particles of :math:`h, f, h^2, fh` of one block."""
-    return hb.sum(0), fb.sum(0), (hb * hb).sum(0), (fb * hb).sum(0)
+        if f is None:
+            (sum_h, sum_f), (sum_hh, sum_fh) = weights @ hb, weights @ (hb * hb)
+            yield hb, hb * weights[1, :, None], (sum_h, sum_f, sum_hh, sum_fh)
+        else:
+            fb = f[:, columns].to(torch.float64, copy=True)
+            yield hb, fb, (hb.sum(0), fb.sum(0), (hb * hb).sum(0), (fb * hb).sum(0))
 
 
 def _controlled_block(hb, fb, sums, coefficient, per_particle, dtype):
@@ -160,14 +161,14 @@ def _leave_one_out_coefficients(hb, fb, sums, dtype):
     # cov^(-s) / k and var^(-s) / k, whose ratio is the coefficient
     k = count / (count - 1)
     cov, var = (sum_fh - f_mean * sum_h) / k, (sum_hh - h_mean * sum_h) / k
-    hc, numerator = hb - h_mean, fb - f_mean
-    numerator = torch.sub(cov, numerator.mul_(hc), out=numerator)
-    denominator = torch.sub(var, hc.square_(), out=hc)
+    hc = hb - h_mean
+    denominator = torch.addcmul(var, hc, hc, value=-1)
+    numerator = torch.addcmul(cov, fb - f_mean, hc, value=-1, out=hc)
     # A variance below tolerance * (the others' sum of squares) is rounding
     # error of the scores; one below 64 float64 epsilons times the sum of
     # squares of all the particles is rounding error of this arithmetic.
     tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(torch.float64).eps
-    if bool((denominator > (tolerance + rounding) / k * sum_hh).all()):  # above every particle's threshold
+    if bool((denominator.amin(0) > (tolerance + rounding) / k * sum_hh).all()):  # above every particle's threshold
         return numerator.div_(denominator)
     threshold = (tolerance * (sum_hh - hb.square()).clamp(min=0) + rounding * sum_hh) / k
     regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
