@@ -40,6 +40,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from matplotlib.ticker import FuncFormatter
 from pyro.distributions import constraints
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam
@@ -319,6 +320,7 @@ def plot(results, path):
                 (handles[name],) = ax.loglog(x, values, ms=5, lw=1.2, alpha=0.85, **styles[name])
             if kind == "ratios":
                 ax.axhline(1.0, color="k", lw=0.8, ls=":")
+                _plain_log_labels(ax)
                 ax.set_ylabel("time per step / the Pyro counterpart's")
                 ax.set_title(f"{sweep}: time, x Pyro (1 = as fast)", fontsize=10)
             else:
@@ -340,6 +342,20 @@ def plot(results, path):
     )
     fig.set_layout_engine("tight", rect=(0, 0.1, 1, 0.96))
     save_figure(fig, path)
+
+
+def _plain_log_labels(ax):
+    """Labels 0.8, 1, 1.5 on a log y-axis rather than 8 x 10^-1: every tick
+    where the axis spans less than a factor 3, else only 1, 2 and 5 times a
+    power of ten."""
+    low, high = ax.get_ylim()
+
+    def label(value, _):
+        leading = round(value / 10 ** np.floor(np.log10(value)), 6)
+        return f"{value:g}" if high / low < 3 or leading in (1, 2, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(FuncFormatter(label))
 
 
 def run(args):
