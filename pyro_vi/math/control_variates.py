@@ -44,7 +44,7 @@ def warn_if_costly(particles, estimator):
         return False
     warnings.warn(
         f'{estimator}: coordinates="parameters" on a guide of {weights:,} weights needs per-particle gradients of '
-        "every weight, about 4 x batch x particles x weights extra multiply-adds: 19 to 23 times a Trace_ELBO step "
+        "every weight, about 4 x batch x particles x weights extra multiply-adds: 8 to 15 times a Trace_ELBO step "
         'on a 13.4-million-weight encoder (the README\'s scaling benchmark). coordinates="distributions" (the '
         "default) costs about one more backward pass",
         UserWarning,
