@@ -13,6 +13,13 @@ Sweeps:
 - ``encoder``: an amortized Gaussian encoder 784 -> H -> H -> 2 x 50 (tanh)
   with Burda's small decoder, batch 100, 10 particles; H sets the encoder's
   parameter count (H = 3250: 13.4M).
+- ``gamma``: a sparse gamma deep exponential family (Ranganath et al.,
+  2015), the shape of Pyro's ``sparse_gamma_def`` example, on 72 images of
+  D Poisson counts: Gamma weight matrices 100 x 40, 40 x 15 and 15 x D,
+  Gamma latents 72 x 100, 72 x 40 and 72 x 15, and a mean-field guide of
+  LogNormal weights and Gamma latents, every matrix a parameter of its own,
+  10 particles; the size is the number of latent scalars (D = 6616:
+  115,720, as many as the example's 115,640).
 
 Every configuration of a size is timed round-robin in one process (the
 median of ``--rounds`` rounds of ``--steps`` steps), so the ratios share the
@@ -33,6 +40,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from matplotlib.ticker import FuncFormatter
 from pyro.distributions import constraints
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam
@@ -76,6 +84,7 @@ SWEEPS = {
     "data": ("N", [1000, 10000, 100000]),
     "subsample": ("N", [1000, 10000, 100000]),
     "encoder": ("encoder parameters", [200, 800, 1600, 3250]),
+    "gamma": ("latent scalars", [512, 2048, 6616]),
 }
 BATCH = 100
 
@@ -91,7 +100,8 @@ def parser():
         type=_cli.positive_int,
         nargs="+",
         default=None,
-        help="sizes of every chosen sweep (default: each sweep's own)",
+        help="sizes of every chosen sweep: S, N, the encoder's width H, the gamma sweep's pixels D (default: each "
+        "sweep's own)",
     )
     parser.add_argument("--estimators", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS))
     timing_arguments(parser, steps=5, rounds=5)
@@ -146,11 +156,58 @@ def encoder_parameters(width):
     return sum(p.numel() for p in Encoder(VAEConfig(hidden_dims=(width, width))).parameters())
 
 
+GAMMA_LAYERS = (100, 40, 15)  # units, top to bottom
+GAMMA_IMAGES = 72
+
+
+def gamma_problem(pixels):
+    """The sparse gamma DEF on ``pixels`` Poisson counts per image."""
+    counts = torch.poisson(torch.full((GAMMA_IMAGES, pixels), 3.0), generator=torch.Generator().manual_seed(0))
+    widths = GAMMA_LAYERS + (pixels,)
+    weights = [(f"w{i}", (widths[i], widths[i + 1])) for i in range(len(GAMMA_LAYERS))]
+    latents = [(f"z{i}", width) for i, width in enumerate(GAMMA_LAYERS)]
+
+    def model(x):
+        w = [pyro.sample(name, dist.Gamma(0.3, 0.3).expand(shape).to_event(2)) for name, shape in weights]
+        with pyro.plate("images", GAMMA_IMAGES):
+            mean = None
+            for i, (name, width) in enumerate(latents):
+                # z0 ~ Gamma(0.1, 0.1); below, the mean of each unit is the layer above times its weights
+                prior = dist.Gamma(0.1, 0.1).expand([width]) if mean is None else dist.Gamma(1.0, 1.0 / mean)
+                mean = pyro.sample(name, prior.to_event(1)) @ w[i]
+            pyro.sample("x", dist.Poisson(mean).to_event(1), obs=x)
+
+    def guide(x):
+        for name, shape in weights:
+            loc = pyro.param(f"{name}_loc", torch.full(shape, -1.0))
+            scale = pyro.param(f"{name}_scale", torch.full(shape, 0.1), constraint=constraints.positive)
+            pyro.sample(name, dist.LogNormal(loc, scale).to_event(2))
+        with pyro.plate("images", GAMMA_IMAGES):
+            for name, width in latents:
+                shape = pyro.param(
+                    f"{name}_shape", torch.full((GAMMA_IMAGES, width), 5.0), constraint=constraints.positive
+                )
+                mean = pyro.param(
+                    f"{name}_mean", torch.full((GAMMA_IMAGES, width), 0.5), constraint=constraints.positive
+                )
+                pyro.sample(name, dist.Gamma(shape, shape / mean).to_event(1))
+
+    return model, guide, (counts,), dict(num_particles=10)
+
+
+def gamma_latents(pixels):
+    """The number of latent scalars of the sparse gamma DEF."""
+    widths = GAMMA_LAYERS + (pixels,)
+    return sum(a * b for a, b in zip(widths, widths[1:])) + GAMMA_IMAGES * sum(GAMMA_LAYERS)
+
+
 def problem(sweep, size):
     if sweep == "particles":
         return particles_problem(size)
     if sweep == "encoder":
         return encoder_problem(size)
+    if sweep == "gamma":
+        return gamma_problem(size)
     return local_problem(size, subsample=sweep == "subsample")
 
 
@@ -263,6 +320,7 @@ def plot(results, path):
                 (handles[name],) = ax.loglog(x, values, ms=5, lw=1.2, alpha=0.85, **styles[name])
             if kind == "ratios":
                 ax.axhline(1.0, color="k", lw=0.8, ls=":")
+                _plain_log_labels(ax)
                 ax.set_ylabel("time per step / the Pyro counterpart's")
                 ax.set_title(f"{sweep}: time, x Pyro (1 = as fast)", fontsize=10)
             else:
@@ -286,6 +344,20 @@ def plot(results, path):
     save_figure(fig, path)
 
 
+def _plain_log_labels(ax):
+    """Labels 0.8, 1, 1.5 on a log y-axis rather than 8 x 10^-1: every tick
+    where the axis spans less than a factor 3, else only 1, 2 and 5 times a
+    power of ten."""
+    low, high = ax.get_ylim()
+
+    def label(value, _):
+        leading = round(value / 10 ** np.floor(np.log10(value)), 6)
+        return f"{value:g}" if high / low < 3 or leading in (1, 2, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(FuncFormatter(label))
+
+
 def run(args):
     results = {
         "threads": args.threads,
@@ -298,7 +370,8 @@ def run(args):
     for sweep in args.sweeps:
         size_name, sizes = SWEEPS[sweep]
         sizes = args.sizes or sizes
-        x = [encoder_parameters(s) for s in sizes] if sweep == "encoder" else sizes
+        measure = {"encoder": encoder_parameters, "gamma": gamma_latents}.get(sweep, lambda size: size)
+        x = [measure(s) for s in sizes]
         data = {"size_name": size_name, "sizes": sizes, "x": x, "ms_per_step": {}, "peak_mb": {}}
         for size in sizes:
             times = time_size(sweep, size, args.estimators, args.rounds, args.steps, args.seeds)

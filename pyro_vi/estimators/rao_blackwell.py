@@ -3,7 +3,7 @@ each latent's score is weighted by the log-density of its Markov blanket
 only, with control variates on top."""
 
 from .. import validation
-from ..math.control_variates import check_coefficient, check_coordinates, controlled_surrogate
+from ..math.control_variates import check_coefficient, check_coordinates, controlled_surrogate, warn_if_costly
 from ..math.signals import markov_blanket_signals
 from ..math.surrogates import pathwise_surrogate, rao_blackwell_term
 from .base import ParticleELBO, pathwise_needs
@@ -59,7 +59,9 @@ class RaoBlackwellELBO(ParticleELBO):
         (**biased** by :math:`O(1/S)`) or a number.
     :param bool pathwise: keep the pathwise derivative of the sites that can
         ``rsample`` (default ``False``: every random site gets a score).
-    :param str coordinates: as in :class:`~pyro_vi.ControlVariateELBO`.
+    :param str coordinates: as in :class:`~pyro_vi.ControlVariateELBO`
+        (``"parameters"`` costs 15 times a ``Trace_ELBO`` step on a
+        13.4-million-weight encoder, and warns once above a million weights).
     :param bool pool_processes: as in :class:`~pyro_vi.ControlVariateELBO`
         (shared particles across processes), with or without control variates.
 
@@ -91,11 +93,16 @@ class RaoBlackwellELBO(ParticleELBO):
         self.coefficient = "leave_one_out" if coefficient is None else coefficient
         min_particles = check_coefficient(self.coefficient, name) if control_variate else 1
         self.coordinates = check_coordinates("distributions" if coordinates is None else coordinates, name)
+        self._warned_cost = False
         self.pool_processes = validation.boolean(f"{name}: pool_processes", pool_processes)
         needs = pathwise_needs(
             self.pathwise, structure=True, scores=self.control_variate, same_in_every_process=self.pool_processes
         )
         super().__init__(num_particles, needs=needs, min_particles=min_particles, **kwargs)
+
+    def check(self, particles):
+        if self.control_variate and self.coordinates == "parameters" and not self._warned_cost:
+            self._warned_cost = warn_if_costly(particles, type(self).__name__)
 
     def elbo_and_surrogate(self, particles):
         log_weights = particles.log_weights().detach()

@@ -56,6 +56,7 @@ SMOKE = {
             "--sweeps",
             "particles",
             "subsample",
+            "gamma",
             "--sizes",
             "3",
             "--estimators",

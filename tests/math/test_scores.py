@@ -6,13 +6,14 @@ formulas."""
 import warnings
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
 from models.catalogue import CATALOGUE
-from pyro_vi import RaoBlackwellELBO
+from pyro_vi import ControlVariateELBO, RaoBlackwellELBO
 from pyro_vi.math import jacobians as scores
-from pyro_vi.math.control_variates import controlled_gradient
+from pyro_vi.math.control_variates import COSTLY_WEIGHTS, controlled_gradient
 from pyro_vi.math.signals import markov_blanket_signals, per_particle
 
 SCORE_PAIRS = sorted(name for name, pair in CATALOGUE.items() if "guide_messenger" not in pair.tags)
@@ -192,3 +193,29 @@ def test_leave_one_out_coefficient_when_the_other_scores_are_all_zero(num_partic
         signal = 5 * torch.randn(num_particles, generator=generator) - 20
         got = controlled_gradient(h, "leave_one_out", signal=signal)
         assert torch.allclose(got, h[-1] * signal[-1] / num_particles, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", [ControlVariateELBO, RaoBlackwellELBO])
+@pytest.mark.parametrize("weights", [COSTLY_WEIGHTS, COSTLY_WEIGHTS + 1])
+def test_parameter_coordinates_warn_once_above_a_million_weights(estimator, weights):
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        w = pyro.param("w", torch.zeros(weights))
+        pyro.sample("z", dist.Normal(w[:2].sum(), 1.0))
+
+    pyro.clear_param_store()
+    for coordinates, warns in [("distributions", False), ("parameters", weights > COSTLY_WEIGHTS)]:
+        elbo = estimator(num_particles=3, vectorize_particles=True, coordinates=coordinates)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                elbo.loss_and_grads(model, guide)
+        costly = [w for w in caught if "coordinates=" in str(w.message)]
+        assert len(costly) == int(warns), (coordinates, [str(w.message) for w in caught])
+        if warns:
+            message = str(costly[0].message)
+            assert costly[0].category is UserWarning
+            for named in (estimator.__name__, f"{weights:,}", 'coordinates="distributions"'):
+                assert named in message
