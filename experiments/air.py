@@ -655,7 +655,7 @@ def plot_curves(results, path):
     same = coinciding(accuracy)
     if same:
         axes[0, 0].set_title(
-            "hidden under an earlier curve (equal): "
+            "identical runs, one drawn over the other: "
             + "; ".join(f"{later} = {earlier}" for later, earlier in same.items()),
             fontsize=7,
             wrap=True,
@@ -775,17 +775,21 @@ def readme_block(results):
             "{} train the bound L_K with K = {}: their gradient variance is that of L_K's gradient, not the "
             "ELBO's.\n".format(" and ".join(bounds), args["particles"])
         )
-    agreement = {
-        label: max(z for z in (row.get("max_z_start"), row.get("max_z_trained")) if z is not None)
-        for label, row in results["estimators"].items()
-        if row.get("max_z_start") is not None or row.get("max_z_trained") is not None
-    }
-    if agreement:
-        lines.append(
-            "Mean presence-head gradient against the first row's, at both points, largest |z| over the head's "
-            "elements: {} (about 3 to 4 is expected of unbiased estimators of the same gradient with this "
-            "number of draws).\n".format(", ".join(f"{label} {z:.1f}" for label, z in agreement.items()))
-        )
+    for point, where in (("start", "at the initial weights"), ("trained", "at the trained weights")):
+        agreement = {
+            label: row["max_z_" + point]
+            for label, row in results["estimators"].items()
+            if row.get("max_z_" + point) is not None
+        }
+        if agreement:
+            lines.append(
+                "Mean presence-head gradient against the first row's {}, largest |z| over the head's elements and "
+                "the seeds: {}.\n".format(where, ", ".join(f"{label} {z:.1f}" for label, z in agreement.items()))
+            )
+    lines.append(
+        "About 3 to 4 is expected of unbiased estimators of the same gradient with this number of draws and "
+        "elements, where the draws show each element's variance.\n"
+    )
     for text in refusals:
         lines.append(f"Refused: {text}\n")
     lines.append(run_line(results))
@@ -889,9 +893,7 @@ def check(args):
         raise ValueError("argument --overwrite: not allowed with --resume (one continues the runs, one replaces them)")
 
 
-# The README block (readme_block) is attached with the final run: README.md
-# gets its markers when results/air/results.json is committed.
-STUDY = Study("air", parser, run, figures, check=check)
+STUDY = Study("air", parser, run, figures, readme_block=readme_block, check=check)
 
 if __name__ == "__main__":
     STUDY.main()
