@@ -26,9 +26,12 @@ class AutoELBO(ParticleELBO):
     - a site that can ``rsample``: the pathwise gradient in the
       sticking-the-landing form [1],
       :math:`\\nabla_\\lambda[\\log p(x, z) - \\log q_{\\mathrm{stop}(\\lambda)}(z)]`;
-    - a Bernoulli site: DisARM [2] on antithetic pairs of particles, also
-      where the site depends on earlier samples (see
-      :class:`~pyro_vi.DisARMELBO`);
+    - a Bernoulli site: DisARM [2] on antithetic pairs of particles, where
+      no Bernoulli site of the guide depends on another latent guide site
+      (a layer of Bernoulli units given the data, as in the Bernoulli VAE);
+      where one does (a sequence, as in attend-infer-repeat), every
+      Bernoulli site gets REINFORCE leave-one-out below instead, the
+      particles drawn without pairs;
     - any other site without a pathwise derivative (a Categorical, a
       ``has_rsample=False`` site, a guide ``pyro.factor``): the score function
       with its Markov-blanket signal and the mean signal of the other
@@ -41,7 +44,9 @@ class AutoELBO(ParticleELBO):
     measurements of the README: the pathwise gradient beats the score
     function with control variates wherever it exists on the course's models;
     DisARM has the lowest variance of the Bernoulli estimators at two
-    evaluations per element; on Categorical sites REINFORCE leave-one-out has
+    evaluations per element on the Bernoulli VAE, while on the scene model's
+    sequence of Bernoulli sites REINFORCE leave-one-out ends with the better
+    ELBO and counts (the README's "Counting objects"); on Categorical sites REINFORCE leave-one-out has
     far lower variance than per-weight control-variate coefficients at a few
     particles (the semi-supervised VAE study). What it chose is
     :attr:`summary`, also logged once at ``INFO`` level.
@@ -67,7 +72,9 @@ class AutoELBO(ParticleELBO):
                 f"AutoELBO: num_particles must be even (the particles are drawn in antithetic pairs), got "
                 f"{num_particles}; pass {num_particles + 1}"
             )
-        needs = Needs(antithetic=True, bernoulli=True, structure=True, stopped_guide=True)
+        needs = Needs(
+            antithetic=True, pair_dependent_bernoulli=False, bernoulli=True, structure=True, stopped_guide=True
+        )
         super().__init__(num_particles // 2, needs=needs, **kwargs)
         self.summary = None
 
@@ -95,7 +102,8 @@ class AutoELBO(ParticleELBO):
             elif site.score_log_prob is None:
                 found[name] = PATHWISE
             else:
-                found[name] = DISARM if name in particles.bernoulli else REINFORCE
+                paired = name in particles.bernoulli and bool(particles.bernoulli[name].paired.any())
+                found[name] = DISARM if paired else REINFORCE
         return found
 
     def _report(self, particles):

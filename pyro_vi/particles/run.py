@@ -50,6 +50,10 @@ class Needs:
         score, its sample detached before the model sees it).
     :ivar bool antithetic: random Bernoulli guide sites are drawn in
         antithetic pairs (particles :math:`2i, 2i + 1`).
+    :ivar bool pair_dependent_bernoulli: with ``antithetic``, also when a
+        Bernoulli site depends on other latent guide sites (the pair then
+        shares those); ``False``: such a guide is drawn without pairs, every
+        particle on its own.
     :ivar bool path_density: only the path derivative of the guide's
         densities is needed: where a site's distribution depends on no
         other sample, its density is computed once, at stopped parameters.
@@ -70,6 +74,7 @@ class Needs:
 
     reparameterize: bool = True
     antithetic: bool = False
+    pair_dependent_bernoulli: bool = True
     path_density: bool = False
     structure: bool = False
     stopped_guide: bool = False
@@ -183,7 +188,8 @@ class Sampler:
         pairs = None
         if self.needs.antithetic:
             shared = self._bernoulli_ancestors(guide, args, kwargs)
-            pairs = AntitheticPairs(self.num_particles, self.vectorized, shared)
+            if self.needs.pair_dependent_bernoulli or not shared:
+                pairs = AntitheticPairs(self.num_particles, self.vectorized, shared)
         nesting = plate_dims + self.vectorized  # as check_site_shape counts, the particle plate included
         if not self.vectorized:
             return [self._run(model, guide, pairs, nesting, args, kwargs) for _ in range(self.num_particles)]
