@@ -804,11 +804,11 @@ def parser():
     p = _cli.parser(
         __doc__,
         out="results/air",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
+        seeds=(0, 1, 2),
         seeds_help="a seed sets the initial weights, the batches and the particles; the canvases are fixed by "
         "--data-seed",
         plot_only=True,
+        data_seed=True,
     )
     p.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
     p.add_argument("--canvas-size", type=_cli.positive_int, default=32, help="canvas side in pixels")
@@ -821,7 +821,6 @@ def parser():
     p.add_argument("--max-digits", type=_cli.nonnegative_int, default=2, help="the most digits on a canvas")
     p.add_argument("--num-train", type=_cli.positive_int, default=3000, help="training canvases")
     p.add_argument("--num-test", type=_cli.positive_int, default=1000, help="held-out canvases")
-    p.add_argument("--data-seed", type=_cli.seed, default=0, help="seed of the canvases")
     p.add_argument("--max-steps", type=_cli.positive_int, default=3, help="T, the most objects the model has")
     p.add_argument("--z-what-dim", type=_cli.positive_int, default=20, help="dimension of z_what")
     p.add_argument(

@@ -69,6 +69,7 @@ from experiments import _cli
 from experiments._figures import band_note, coinciding, legend_outside, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, table
 from experiments._results import spread
+from experiments._runs import mnist_arguments
 from experiments._study import Study
 from guides.ssvae import Classifier, Encoder, SemiSupervisedLoss, classify, guide, unlabelled_elbo
 from models.mnist import binarize, load_mnist
@@ -589,13 +590,11 @@ def parser():
     parser = _cli.parser(
         __doc__,
         out="results/ssvae",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
+        seeds=(0, 1, 2),
         seeds_help="a seed sets the initial weights, the batches, their binarization and the samples",
         plot_only=True,
     )
-    parser.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
-    parser.add_argument("--no-download", action="store_true", help="never download MNIST")
+    mnist_arguments(parser)
     parser.add_argument(
         "--estimators",
         nargs="+",
