@@ -14,7 +14,7 @@ from pyro.optim import ClippedAdam
 from pyro.poutine.messenger import Messenger
 
 from experiments import _cli
-from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
+from experiments._figures import band_note, coinciding, legend_outside, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, spread_sentence, table
 from experiments._results import fmt, indistinguishable, spreads, thin
 from models.gmm import check_weights
@@ -218,17 +218,12 @@ def plot_cavi_and_svi(cavi, histories, path, title):
     svi_ax.set_ylim(low - 0.05 * (optimum - low), optimum + 0.15 * (optimum - low))
     svi_ax.set_xlabel("SVI step")
     svi_ax.set_ylabel("mean-field ELBO of q_t (closed form, nats)")
-    names = list(histories)
-    same = [
-        f"{later} = {earlier}"
-        for i, earlier in enumerate(names)
-        for later in names[i + 1 :]
-        if np.array_equal(histories[earlier]["values"], histories[later]["values"])
-    ]
+    # runs equal to the last digit (exact: near-equal runs are drawn apart by their widths)
+    same = coinciding({name: curve["values"] for name, curve in histories.items()}, rtol=0, atol=0)
     svi_ax.set_title(
         f"SVI against the CAVI optimum ({band_note(num_seeds)});\ny-axis fitted to the means from step "
         f"{last_step // 10} on;\nwhere runs overlap, the earlier in the legend is drawn wider"
-        + "".join(f"\nidentical runs: {pair}" for pair in same),
+        + "".join(f"\nidentical runs: {later} = {earlier}" for later, earlier in same.items()),
         fontsize=9,
     )
     legend_outside(svi_ax, where="below")
