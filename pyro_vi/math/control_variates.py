@@ -118,7 +118,9 @@ def _blocks(h, signal, f):
     h = h.detach().reshape(num_particles, -1)
     f = None if f is None else f.detach().reshape(num_particles, -1)
     if signal is not None:  # the sums of h and hL, of h^2 and h^2 L, as two products
-        weights = torch.stack([torch.ones(num_particles, dtype=torch.float64), signal.detach().to(torch.float64)])
+        weights = torch.stack(
+            [torch.ones(num_particles, dtype=torch.float64, device=h.device), signal.detach().to(torch.float64)]
+        )
     block = max(1, _BLOCK_ELEMENTS // num_particles)
     for start in range(0, h.shape[1], block):
         columns = slice(start, start + block)
