@@ -6,6 +6,8 @@ For per-particle scores :math:`h_s` and score-function terms :math:`f_s`
 """
 
 import warnings
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -97,10 +99,7 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
     terms :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``,
     whose sum over the particles is :math:`\\hat g`.
     """
-    num_particles = h.shape[0]
-    parts = []
-    for hb, fb, sums in _blocks(h, signal, f):
-        parts.append(_controlled_block(hb, fb, (num_particles,) + sums, coefficient, per_particle, h.dtype))
+    parts = [_controlled_block(block, coefficient, per_particle, h.dtype) for block in _blocks(h, signal, f)]
     joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
     return joined.to(h.dtype).reshape(h.shape if per_particle else h.shape[1:])
 
@@ -110,10 +109,27 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
 _BLOCK_ELEMENTS = 1 << 16
 
 
+@dataclass
+class _Block:
+    """One block of columns, in float64, shape ``(S, block)``: ``h``, and
+    ``f`` or the ``signal`` column :math:`L` (``(S, 1)``, then
+    :math:`f = hL`); the particles' count and sums of :math:`h, f, h^2, fh`;
+    and a ``spare`` temporary of the block's shape. The caller may overwrite
+    ``h``, ``f`` and ``spare``."""
+
+    h: torch.Tensor
+    f: Optional[torch.Tensor]
+    signal: Optional[torch.Tensor]
+    sums: tuple
+    spare: torch.Tensor
+
+    def f_values(self):
+        """:math:`f`, a fresh tensor where it is :math:`hL`."""
+        return self.f if self.signal is None else self.h * self.signal
+
+
 def _blocks(h, signal, f):
-    """``(h, f, sums)`` for blocks of parameters: float64 copies of ``h``
-    and ``f``, which the caller may overwrite, and their sums over the
-    particles of :math:`h, f, h^2, fh`."""
+    """The :class:`_Block` of each block of columns."""
     num_particles = h.shape[0]
     h = h.detach().reshape(num_particles, -1)
     f = None if f is None else f.detach().reshape(num_particles, -1)
@@ -121,51 +137,53 @@ def _blocks(h, signal, f):
         weights = torch.stack(
             [torch.ones(num_particles, dtype=torch.float64, device=h.device), signal.detach().to(torch.float64)]
         )
+        column = weights[1, :, None]
     block = max(1, _BLOCK_ELEMENTS // num_particles)
     for start in range(0, h.shape[1], block):
         columns = slice(start, start + block)
         hb = h[:, columns].to(torch.float64, copy=True)
+        squares = hb * hb
         if f is None:
-            (sum_h, sum_f), (sum_hh, sum_fh) = weights @ hb, weights @ (hb * hb)
-            yield hb, hb * weights[1, :, None], (sum_h, sum_f, sum_hh, sum_fh)
+            (sum_h, sum_f), (sum_hh, sum_fh) = weights @ hb, weights @ squares
+            yield _Block(hb, None, column, (num_particles, sum_h, sum_f, sum_hh, sum_fh), squares)
         else:
             fb = f[:, columns].to(torch.float64, copy=True)
-            yield hb, fb, (hb.sum(0), fb.sum(0), (hb * hb).sum(0), (fb * hb).sum(0))
+            sums = (num_particles, hb.sum(0), fb.sum(0), squares.sum(0), torch.mul(fb, hb, out=squares).sum(0))
+            yield _Block(hb, fb, None, sums, squares)
 
 
-def _controlled_block(hb, fb, sums, coefficient, per_particle, dtype):
-    """:math:`(f_d[s] - a_d h_d[s]) / S` of one block of columns (float64
-    ``hb``, ``fb`` of shape ``(S, block)``, overwritten), summed over the
-    particles (shape ``(block,)``) or per particle; ``sums`` are the
-    particles' number, then the block's sums of :math:`h, f, h^2, fh`."""
-    num_particles = hb.shape[0]
+def _controlled_block(block, coefficient, per_particle, dtype):
+    """:math:`(f_d[s] - a_d h_d[s]) / S` of one :class:`_Block`, summed over
+    the particles (shape ``(block,)``) or per particle."""
+    num_particles, hb, sums = block.h.shape[0], block.h, block.sums
     if not isinstance(coefficient, str) or coefficient == "pooled":
         a = _fixed_or_pooled_coefficient(sums, coefficient, dtype)
         if per_particle:
-            return fb.sub_(a * hb).div_(num_particles)
+            return block.f_values().sub_(a * hb).div_(num_particles)
         return (sums[2] - a * sums[1]) / num_particles
-    a = _leave_one_out_coefficients(hb, fb, sums, dtype)
+    a = _leave_one_out_coefficients(block, dtype)
     if per_particle:
-        return fb.sub_(a.mul_(hb)).div_(num_particles)
+        return block.f_values().sub_(a.mul_(hb)).div_(num_particles)
     return (sums[2] - a.mul_(hb).sum(0)) / num_particles
 
 
-def _leave_one_out_coefficients(hb, fb, sums, dtype):
-    """Each particle's :math:`a^{(-s)}_d` for one block of columns (``hb``,
-    ``fb`` float64, shape ``(S, block)``, left unchanged), from the
-    ``sums`` of all the particles: without particle :math:`s` the
-    other centred values sum to :math:`-h^c_s` and :math:`-f^c_s`, so
-    :math:`\\mathrm{cov}^{(-s)} = \\mathrm{cov} - k f^c_s h^c_s` and
-    :math:`\\mathrm{var}^{(-s)} = \\mathrm{var} - k (h^c_s)^2`, with
+def _leave_one_out_coefficients(block, dtype):
+    """Each particle's :math:`a^{(-s)}_d` for one :class:`_Block` (its ``h``
+    and ``f`` left unchanged), from the sums of all the particles: without
+    particle :math:`s` the other centred values sum to :math:`-h^c_s` and
+    :math:`-f^c_s`, so :math:`\\mathrm{cov}^{(-s)} = \\mathrm{cov} - k f^c_s h^c_s`
+    and :math:`\\mathrm{var}^{(-s)} = \\mathrm{var} - k (h^c_s)^2`, with
     :math:`k = N / (N - 1)`."""
-    count, sum_h, sum_f, sum_hh, sum_fh = sums
+    hb = block.h
+    count, sum_h, sum_f, sum_hh, sum_fh = block.sums
     h_mean, f_mean = sum_h / count, sum_f / count
     # cov^(-s) / k and var^(-s) / k, whose ratio is the coefficient
     k = count / (count - 1)
     cov, var = (sum_fh - f_mean * sum_h) / k, (sum_hh - h_mean * sum_h) / k
     hc = hb - h_mean
-    denominator = torch.addcmul(var, hc, hc, value=-1)
-    numerator = torch.addcmul(cov, fb - f_mean, hc, value=-1, out=hc)
+    denominator = torch.addcmul(var, hc, hc, value=-1, out=block.spare)
+    centred_f = block.f - f_mean if block.signal is None else torch.addcmul(-f_mean, hb, block.signal)
+    numerator = torch.addcmul(cov, centred_f, hc, value=-1, out=hc)
     # A variance below tolerance * (the others' sum of squares) is rounding
     # error of the scores; one below 64 float64 epsilons times the sum of
     # squares of all the particles is rounding error of this arithmetic.
@@ -179,7 +197,7 @@ def _leave_one_out_coefficients(hb, fb, sums, dtype):
     # for f = h L), 0 where their h is 0.
     others = count - 1
     others_h = (sum_h - hb) / others
-    others_f = (sum_f - fb) / others
+    others_f = (sum_f - block.f_values()) / others
     origin = others_h.abs() > (k * threshold / others).sqrt()
     through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
     return torch.where(denominator > threshold, regression, through_origin)

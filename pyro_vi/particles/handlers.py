@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import constraints
 
 __all__ = [
     "AntitheticMessenger",
@@ -72,6 +73,8 @@ class GuideValuesInSupport(Messenger):
         if msg["mask"] is False:
             return
         support, value = msg["fn"].support, msg["value"]
+        if _unconstrained(support):  # every value is inside (a NaN is refused with its log-density)
+            return
         try:
             inside = torch.as_tensor(support.check(value)).detach()
         except (NotImplementedError, RuntimeError, TypeError):  # a dependent or unusual support
@@ -94,6 +97,13 @@ class GuideValuesInSupport(Messenger):
                 name,
             )
         )
+
+
+def _unconstrained(support):
+    """Whether ``support`` is the real line (or a product of it)."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
 
 
 def _describe(fn):
@@ -154,7 +164,8 @@ def _without_rsample(fn):
         def sample(self, sample_shape=torch.Size()):
             # A fresh tensor: a transform's cached inverse of the sample (made
             # without a graph) must not be reused by log_prob.
-            return cls.sample(self, sample_shape).clone()
+            value = cls.sample(self, sample_shape)
+            return value.clone() if _has_transforms(self) else value
 
         _SCORE_FUNCTION_CLASSES[cls] = type(cls.__name__, (cls,), {"has_rsample": False, "sample": sample})
     fn = copy.copy(fn)
@@ -162,6 +173,16 @@ def _without_rsample(fn):
         fn.__dict__["has_rsample"] = False
     fn.__class__ = _SCORE_FUNCTION_CLASSES[cls]
     return fn
+
+
+def _has_transforms(fn):
+    """Whether ``fn`` or a distribution it wraps holds transforms (whose
+    caches may keep the sample)."""
+    while fn is not None:
+        if isinstance(fn, torch.distributions.TransformedDistribution) or "transforms" in vars(fn):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
 
 
 def score_function_guide(guide, baseline=None):

@@ -217,7 +217,10 @@ class Particles:
         infinity, or NaN from two of opposite signs), and looks for the site
         only when it is not."""
         log_p, log_q = self._totals
-        if bool(torch.isfinite(log_p + log_q + self.score_log_q()).all()):
+        # a score density that is not the site's log_prob (a mask or a scale) is checked too
+        other = [t.score_log_prob for t in self.score_sites() if t.score_log_prob is not t.log_prob]
+        total = log_p + log_q + self._total(other) if other else log_p + log_q
+        if bool(torch.isfinite(total).all()):
             return
         for site in list(self.model.values()) + list(self.guide.values()):
             for term in (site.log_prob, site.score_log_prob):
