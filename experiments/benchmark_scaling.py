@@ -22,7 +22,8 @@ Sweeps:
   115,720, as many as the example's 115,640).
 
 Every configuration of a size is timed round-robin in one process (the
-median of ``--rounds`` rounds of ``--steps`` steps), so the ratios share the
+median of ``--rounds`` rounds of ``--steps`` steps, and of more rounds for a
+size whose rounds take less than ``--seconds``), so the ratios share the
 machine's noise; peak memory is measured in a subprocess per configuration
 (the peak resident memory of three steps above the memory held between
 steps, after a first step that creates the parameters).
@@ -31,6 +32,7 @@ steps, after a first step that creates the parameters).
 """
 
 import functools
+import math
 import os
 import statistics
 import subprocess
@@ -87,6 +89,7 @@ SWEEPS = {
     "gamma": ("latent scalars", [512, 2048, 6616]),
 }
 BATCH = 100
+MAX_ROUNDS = 100
 
 
 SEEDS = "one by default: a step's cost does not depend on the seed; several seeds pool their rounds"
@@ -105,6 +108,13 @@ def parser():
     )
     parser.add_argument("--estimators", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS))
     timing_arguments(parser, steps=5, rounds=5)
+    parser.add_argument(
+        "--seconds",
+        type=_cli.real(minimum=0),
+        default=2.0,
+        help="a size whose --rounds time each estimator for less than this many seconds gets more rounds, up to "
+        f"{MAX_ROUNDS} (the small sizes' ratios are then medians of many rounds; 0: exactly --rounds)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     return parser
 
@@ -224,8 +234,10 @@ def svi(sweep, size, estimator, seed=0):
 # ---------------------------------------------------------------- measuring
 
 
-def time_size(sweep, size, estimators, rounds, steps, seeds=(0,)):
-    """Median milliseconds per step of each estimator, round-robin."""
+def time_size(sweep, size, estimators, rounds, steps, seeds=(0,), seconds=0.0):
+    """Median milliseconds per step of each estimator, round-robin: ``rounds``
+    rounds, then more (up to :data:`MAX_ROUNDS`) until the slowest
+    estimator has been timed for ``seconds``; and the number of rounds."""
 
     def step(name, seed):
         inference, args = svi(sweep, size, name, seed)  # built right before it is timed
@@ -235,9 +247,14 @@ def time_size(sweep, size, estimators, rounds, steps, seeds=(0,)):
     times = {name: [] for name in estimators}
     for seed in seeds:
         makers = {name: functools.partial(step, name, seed) for name in estimators}
-        for name, seconds in round_robin(makers, rounds, steps).items():
-            times[name] += seconds
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+        for name, timed in round_robin(makers, rounds, steps).items():
+            times[name] += timed
+        per_round = steps * max(statistics.median(t) for t in times.values())
+        extra = min(MAX_ROUNDS - rounds, math.ceil(seconds / per_round) - rounds)
+        if extra > 0:
+            for name, timed in round_robin(makers, extra, steps).items():
+                times[name] += timed
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}, len(times[estimators[0]])
 
 
 def _resident_mb():
@@ -372,9 +389,10 @@ def run(args):
         sizes = args.sizes or sizes
         measure = {"encoder": encoder_parameters, "gamma": gamma_latents}.get(sweep, lambda size: size)
         x = [measure(s) for s in sizes]
-        data = {"size_name": size_name, "sizes": sizes, "x": x, "ms_per_step": {}, "peak_mb": {}}
+        data = {"size_name": size_name, "sizes": sizes, "x": x, "rounds": [], "ms_per_step": {}, "peak_mb": {}}
         for size in sizes:
-            times = time_size(sweep, size, args.estimators, args.rounds, args.steps, args.seeds)
+            times, rounds = time_size(sweep, size, args.estimators, args.rounds, args.steps, args.seeds, args.seconds)
+            data["rounds"].append(rounds)
             memory = {} if args.no_memory else memory_size(sweep, size, args.estimators, args.threads)
             for name in args.estimators:
                 data["ms_per_step"].setdefault(name, []).append(times[name])

@@ -300,7 +300,10 @@ def _through_the_broadcast(broadcast, weights):
                 else:
                     on_copy = batch_shape + (1,) * (copy_.dim() - len(batch_shape))
                     shaped = [w if w is None or w.shape == on_copy else w.reshape(on_copy) for w in site_weights]
-                    per_copy.append(torch.stack([g if w is None else g * w for w in shaped]))
+                    rows = g.new_empty((len(shaped),) + g.shape)
+                    for row, w in zip(rows, shaped):
+                        row.copy_(g) if w is None else torch.mul(g, w, out=row)
+                    per_copy.append(rows)
     else:
         per_row = []
         for site_weights in weights:

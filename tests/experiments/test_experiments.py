@@ -66,6 +66,8 @@ SMOKE = {
             "1",
             "--rounds",
             "1",
+            "--seconds",
+            "0",
             "--no-memory",
         ],
         ["results.json", "scaling.png"],
