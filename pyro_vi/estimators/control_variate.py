@@ -51,10 +51,11 @@ class ControlVariateELBO(ParticleELBO):
         README's Bernoulli VAE section measures it), and they cost an extra
         O(S x B x P) for a batch of B (see
         :func:`~pyro_vi.math.control_variates.controlled_surrogate`): 8
-        times a ``Trace_ELBO`` step on a 13.4-million-weight encoder, 6 times
-        on a 1.3-million one, 2 times on a 0.2-million one (10 particles,
-        batch 100; 15, 7 and 2 times for
-        :class:`~pyro_vi.RaoBlackwellELBO`; the README's scaling benchmark).
+        times a ``Trace_ELBO`` step on a 13.4-million-weight encoder, 5 to 6
+        times on a 1.3-million one, 2 times on a 0.2-million one (10
+        particles, batch 100; 12 to 15, 7 and 2 times for
+        :class:`~pyro_vi.RaoBlackwellELBO`; two runs of the README's scaling
+        benchmark).
         Chosen on a guide of more than a million weights, it warns once
         (``UserWarning``).
     :param bool pool_processes: under :mod:`torch.distributed`, with each

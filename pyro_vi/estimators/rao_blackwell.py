@@ -60,7 +60,7 @@ class RaoBlackwellELBO(ParticleELBO):
     :param bool pathwise: keep the pathwise derivative of the sites that can
         ``rsample`` (default ``False``: every random site gets a score).
     :param str coordinates: as in :class:`~pyro_vi.ControlVariateELBO`
-        (``"parameters"`` costs 15 times a ``Trace_ELBO`` step on a
+        (``"parameters"`` costs 12 to 15 times a ``Trace_ELBO`` step on a
         13.4-million-weight encoder, and warns once above a million weights).
     :param bool pool_processes: as in :class:`~pyro_vi.ControlVariateELBO`
         (shared particles across processes), with or without control variates.
