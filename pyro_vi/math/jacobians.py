@@ -302,7 +302,10 @@ def _through_the_broadcast(broadcast, weights):
                     shaped = [w if w is None or w.shape == on_copy else w.reshape(on_copy) for w in site_weights]
                     rows = g.new_empty((len(shaped),) + g.shape)
                     for row, w in zip(rows, shaped):
-                        row.copy_(g) if w is None else torch.mul(g, w, out=row)
+                        if w is None:
+                            row.copy_(g)
+                        else:
+                            torch.mul(g, w, out=row)
                     per_copy.append(rows)
     else:
         per_row = []
