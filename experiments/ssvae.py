@@ -520,6 +520,12 @@ def figures(results, out):
     plot_curves(results, "cpu_seconds", os.path.join(out, "time.png"))
 
 
+def _points(difference):
+    """An accuracy difference in percentage points, rounded to two decimals
+    (no "-0.00")."""
+    return round(100 * difference, 2) + 0.0
+
+
 def readme_block(results):
     args = results["args"]
     summary = results["summary"]
@@ -555,8 +561,8 @@ def readme_block(results):
             gaps.append(
                 "{}: {:+.2f} points after equal steps, {:+.2f} at equal time".format(
                     label,
-                    100 * (row["final_accuracy"]["mean"] - reference["final_accuracy"]["mean"]),
-                    100 * (row["accuracy_at_equal_time"]["mean"] - reference["accuracy_at_equal_time"]["mean"]),
+                    _points(row["final_accuracy"]["mean"] - reference["final_accuracy"]["mean"]),
+                    _points(row["accuracy_at_equal_time"]["mean"] - reference["accuracy_at_equal_time"]["mean"]),
                 )
             )
         lines.append(
