@@ -235,9 +235,10 @@ def svi(sweep, size, estimator, seed=0):
 
 
 def time_size(sweep, size, estimators, rounds, steps, seeds=(0,), seconds=0.0):
-    """Median milliseconds per step of each estimator, round-robin: ``rounds``
-    rounds, then more (up to :data:`MAX_ROUNDS`) until the slowest
-    estimator has been timed for ``seconds``; and the number of rounds."""
+    """Median milliseconds per step of each estimator, round-robin: for each
+    seed, ``rounds`` rounds, then more (up to :data:`MAX_ROUNDS`) until the
+    slowest estimator has been timed for ``seconds``; and the number of
+    rounds of all the seeds."""
 
     def step(name, seed):
         inference, args = svi(sweep, size, name, seed)  # built right before it is timed
