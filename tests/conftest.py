@@ -35,3 +35,14 @@ def fresh_pyro_state():
     yield
     # so that a module- or session-scoped fixture set up next finds an empty store too
     pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory):
+    """tests/fork_server.py: runs ``python ARGV`` in a child forked from a
+    process that has imported the libraries already."""
+    from tests.fork_server import ForkServer
+
+    server = ForkServer(tmp_path_factory.mktemp("fork_server") / "server.log")
+    yield server
+    server.close()

@@ -59,15 +59,10 @@ def _check_outputs(out, labels):
     return results
 
 
-def test_tutorial_runs_with_small_settings(tutorial, tmp_path):
+def test_tutorial_runs_with_small_settings(tutorial, tmp_path, fork_server):
+    """``python docs/tutorial/choosing_an_estimator.py``, as a new process would."""
     out = str(tmp_path / "tutorial")
-    proc = subprocess.run(
-        [sys.executable, TUTORIAL, "--out", out, "--steps", "10", "--draws", "3", "--particles", "4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = fork_server.run([TUTORIAL, "--out", out, "--steps", "10", "--draws", "3", "--particles", "4"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = _check_outputs(out, list(tutorial.ESTIMATORS))
     refused = {label for label, row in results["estimators"].items() if row["refused"]}

@@ -1,6 +1,8 @@
-"""Every study runs as a subprocess (``python -m experiments.NAME``) with tiny
-flags and writes its outputs (as Pyro's tests/test_examples.py does), redraws
-them with ``--plot-only``, and refuses bad flags before any work."""
+"""Every study runs as a new process would (``python -m experiments.NAME``)
+with tiny flags and writes its outputs (as Pyro's tests/test_examples.py
+does), redraws them with ``--plot-only``, and refuses bad flags before any
+work. The runs are children of the fork server (tests/fork_server.py), which
+has imported the libraries already; one test runs a real subprocess."""
 
 import importlib
 import json
@@ -231,16 +233,10 @@ def test_every_experiment_is_in_the_smoke_list():
     assert {name for name in studies if not name.startswith("_")} - TOOLS == set(SMOKE), "add new experiments to SMOKE"
 
 
-def run(command, out, flags):
-    """Runs an experiment with one torch thread; the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable] + command + ["--out", str(out), "--threads", "1"] + flags,
-        cwd=ROOT,
-        env=dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def run(server, script, out, flags):
+    """``python -m experiments.SCRIPT`` with one torch thread, in a child of
+    the fork ``server``; its CompletedProcess."""
+    return server.run(["-m", "experiments." + script, "--out", out, "--threads", "1"] + flags)
 
 
 @pytest.fixture(scope="session")
@@ -273,10 +269,10 @@ MULTI_SEED = sorted(set(SMOKE) - {"vae_mnist"})
 
 
 @pytest.mark.parametrize("script", sorted(SMOKE))
-def test_experiment_runs(script, tmp_path, request):
+def test_experiment_runs(script, tmp_path, request, fork_server):
     flags, outputs = smoke(script, request)
     seeds = ["--seeds", "0", "1"] if script in MULTI_SEED else []
-    proc = run(["-m", "experiments." + script], tmp_path, flags + seeds)
+    proc = run(fork_server, script, tmp_path, flags + seeds)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_outputs(tmp_path, outputs)
     results = json.loads((tmp_path / "results.json").read_text())
@@ -372,26 +368,40 @@ def test_bad_flags_are_refused_while_parsing(script, flags, message, tmp_path, c
 
 
 @pytest.mark.parametrize(
-    "command, flags",
+    "script, flags",
     [
-        (["-m", "experiments.bbvi_normal_gamma"], ["--lr", "-0.05"]),
-        (["-m", "experiments.poisson_gamma"], ["--lr", "inf"]),
-        (["-m", "experiments.rao_blackwell"], ["--steps", "0"]),
-        (["-m", "experiments.gmm_cavi"], ["--steps", "2.5"]),
+        ("bbvi_normal_gamma", ["--lr", "-0.05"]),
+        ("poisson_gamma", ["--lr", "inf"]),
+        ("rao_blackwell", ["--steps", "0"]),
+        ("gmm_cavi", ["--steps", "2.5"]),
     ],
 )
-def test_bad_flags_exit_with_status_2_before_any_work(command, flags, tmp_path):
+def test_bad_flags_exit_with_status_2_before_any_work(script, flags, tmp_path, fork_server):
     out = tmp_path / "out"
-    proc = run(command, out, flags)
+    proc = run(fork_server, script, out, flags)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "error: argument " + flags[0] in proc.stderr
     assert not out.exists()
 
 
-def test_unwritable_out_is_refused_before_any_work(tmp_path):
+def test_a_real_subprocess_exits_with_status_2_on_a_bad_flag(tmp_path):
+    """The command line itself, in a new interpreter, not a forked child."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.poisson_gamma", "--out", str(out), "--lr", "inf"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "error: argument --lr: value must be a finite number, got inf" in proc.stderr
+    assert not out.exists()
+
+
+def test_unwritable_out_is_refused_before_any_work(tmp_path, fork_server):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    proc = run(["-m", "experiments.rao_blackwell"], blocker / "out", [])
+    proc = run(fork_server, "rao_blackwell", blocker / "out", [])
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "error: argument --out: cannot write to" in proc.stderr
 
@@ -411,8 +421,8 @@ def test_common_flags(tmp_path):
     assert benchmark.STUDY.parse([]).seeds == [0]  # timings: one seed, the spread is over rounds
 
 
-def test_plot_only_needs_an_earlier_run(tmp_path):
-    proc = run(["-m", "experiments.poisson_gamma"], tmp_path, ["--plot-only"])
+def test_plot_only_needs_an_earlier_run(tmp_path, fork_server):
+    proc = run(fork_server, "poisson_gamma", tmp_path, ["--plot-only"])
     assert proc.returncode == 1 and "--plot-only needs" in proc.stderr and "results.json" in proc.stderr
 
 

@@ -3,8 +3,9 @@
 results.json and figures, and under ``torchrun`` with two gloo processes.
 
 The smoke run of the study is in tests/experiments/test_experiments.py; here the study is
-run in-process where that is enough (faster) and as a subprocess where the
-exit status or the launch matters.
+run in-process where that is enough (faster), as a new process would (a
+child of tests/fork_server.py) where the exit status matters, and as a
+subprocess under ``torchrun``.
 """
 
 import copy
@@ -48,10 +49,10 @@ def study(data_dir, out, *extra, epochs=None):
     return STUDY.main(flags(data_dir, out, *extra, epochs=epochs))
 
 
-def script(data_dir, out, *extra, epochs=None, launch=(sys.executable,)):
-    """The study run as ``python -m experiments.vae_mnist`` (or under ``launch``)."""
+def torchrun(data_dir, out, *extra, epochs=None):
+    """The study run as ``torchrun --nproc_per_node=2 -m experiments.vae_mnist``."""
     return subprocess.run(
-        list(launch)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         + ["-m", "experiments.vae_mnist"]
         + flags(data_dir, out, *extra, epochs=epochs)
         + ["--threads", "1"],
@@ -407,9 +408,9 @@ def test_defaults(tmp_path):
     )
 
 
-def test_bad_flag_exits_with_status_2_before_any_work(tmp_path):
+def test_bad_flag_exits_with_status_2_before_any_work(tmp_path, fork_server):
     out = tmp_path / "out"
-    proc = script(tmp_path, out, "--lr", "-0.05")
+    proc = fork_server.run(["-m", "experiments.vae_mnist"] + flags(tmp_path, out, "--lr", "-0.05"))
     assert proc.returncode == 2 and "error: argument --lr: value must be > 0, got -0.05" in proc.stderr
     assert not out.exists()
 
@@ -422,17 +423,11 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
     assert refused.value.code == 2 and "argument --out: cannot write to" in capsys.readouterr().err
 
 
-def test_missing_data_fails_clearly(tmp_path):
+def test_missing_data_fails_clearly(tmp_path, fork_server):
+    argv = ["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--no-download"]
     with pytest.raises(MnistNotFoundError, match="pass --data-dir"):
-        STUDY.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--no-download"])
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.vae_mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]
-        + ["--no-download"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        STUDY.main(argv)
+    proc = fork_server.run(["-m", "experiments.vae_mnist"] + argv)
     assert proc.returncode == 1 and proc.stderr.startswith("vae_mnist: error: ") and "pass --data-dir" in proc.stderr
 
 
@@ -447,15 +442,7 @@ def test_torchrun_with_two_processes(tiny_dir, tmp_path):
     processes, and the evaluation, shared out over both, gives what one
     process gets for the same weights."""
     study(tiny_dir, tmp_path / "one", "--runs", "vae", "--seeds", "0")
-    two = script(
-        tiny_dir,
-        tmp_path / "two",
-        "--runs",
-        "vae",
-        "--seeds",
-        "0",
-        launch=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
-    )
+    two = torchrun(tiny_dir, tmp_path / "two", "--runs", "vae", "--seeds", "0")
     assert two.returncode == 0, two.stderr[-3000:]
     results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")}
     record = results["two"]["run"]
