@@ -10,8 +10,8 @@ ARGS`` with :func:`runpy.run_module` and a script with
 :func:`runpy.run_path`, as ``__main__``, with ``sys.argv`` set, its output in
 the two files and stdin empty. It sends the child SIGKILL after
 ``kill_after`` seconds (or ``timeout``) and answers ``<exit code> <seconds>``,
-the exit code as :mod:`subprocess` gives it (minus the signal for a killed
-child).
+the exit code as :mod:`subprocess` gives it (minus the signal's number for
+a killed child).
 
 :class:`ForkServer` is the tests' side. The imports cost about 3 s of CPU
 per run, a third of a study's smoke run.
@@ -36,14 +36,14 @@ class ForkServer:
     text=True)`` in a forked child."""
 
     def __init__(self, log):
-        self.log = log
+        self.log, self._log_file = log, open(log, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.fork_server"],
             cwd=ROOT,
             env=dict(os.environ, **ENVIRONMENT),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=open(log, "w"),
+            stderr=self._log_file,
             text=True,
         )
 
@@ -68,6 +68,7 @@ class ForkServer:
     def close(self):
         self.process.stdin.close()
         self.process.wait(timeout=60)
+        self._log_file.close()
 
 
 def _warm_up():
