@@ -113,15 +113,23 @@ _BLOCK_ELEMENTS = 1 << 16
 class _Block:
     """One block of columns, in float64, shape ``(S, block)``: ``h``, and
     ``f`` or the ``signal`` column :math:`L` (``(S, 1)``, then
-    :math:`f = hL`); the particles' count and sums of :math:`h, f, h^2, fh`;
+    :math:`f = hL`); the sums over the particles of :math:`h, f, h^2, fh`;
     and a ``spare`` temporary of the block's shape. The caller may overwrite
     ``h``, ``f`` and ``spare``."""
 
     h: torch.Tensor
     f: Optional[torch.Tensor]
     signal: Optional[torch.Tensor]
-    sums: tuple
+    sum_h: torch.Tensor
+    sum_f: torch.Tensor
+    sum_hh: torch.Tensor
+    sum_fh: torch.Tensor
     spare: torch.Tensor
+
+    @property
+    def count(self):
+        """The number of particles, :math:`S`."""
+        return self.h.shape[0]
 
     def f_values(self):
         """:math:`f`, a fresh tensor where it is :math:`hL`."""
@@ -145,26 +153,26 @@ def _blocks(h, signal, f):
         squares = hb * hb
         if f is None:
             (sum_h, sum_f), (sum_hh, sum_fh) = weights @ hb, weights @ squares
-            yield _Block(hb, None, column, (num_particles, sum_h, sum_f, sum_hh, sum_fh), squares)
+            yield _Block(hb, None, column, sum_h, sum_f, sum_hh, sum_fh, squares)
         else:
             fb = f[:, columns].to(torch.float64, copy=True)
-            sums = (num_particles, hb.sum(0), fb.sum(0), squares.sum(0), torch.mul(fb, hb, out=squares).sum(0))
-            yield _Block(hb, fb, None, sums, squares)
+            sums = hb.sum(0), fb.sum(0), squares.sum(0), torch.mul(fb, hb, out=squares).sum(0)
+            yield _Block(hb, fb, None, *sums, squares)
 
 
 def _controlled_block(block, coefficient, per_particle, dtype):
     """:math:`(f_d[s] - a_d h_d[s]) / S` of one :class:`_Block`, summed over
     the particles (shape ``(block,)``) or per particle."""
-    num_particles, hb, sums = block.h.shape[0], block.h, block.sums
+    hb = block.h
     if not isinstance(coefficient, str) or coefficient == "pooled":
-        a = _fixed_or_pooled_coefficient(sums, coefficient, dtype)
+        a = _fixed_or_pooled_coefficient(block, coefficient, dtype)
         if per_particle:
-            return block.f_values().sub_(a * hb).div_(num_particles)
-        return (sums[2] - a * sums[1]) / num_particles
+            return block.f_values().sub_(a * hb).div_(block.count)
+        return (block.sum_f - a * block.sum_h) / block.count
     a = _leave_one_out_coefficients(block, dtype)
     if per_particle:
-        return block.f_values().sub_(a.mul_(hb)).div_(num_particles)
-    return (sums[2] - a.mul_(hb).sum(0)) / num_particles
+        return block.f_values().sub_(a.mul_(hb)).div_(block.count)
+    return (block.sum_f - a.mul_(hb).sum(0)) / block.count
 
 
 def _leave_one_out_coefficients(block, dtype):
@@ -173,9 +181,9 @@ def _leave_one_out_coefficients(block, dtype):
     particle :math:`s` the other centred values sum to :math:`-h^c_s` and
     :math:`-f^c_s`, so :math:`\\mathrm{cov}^{(-s)} = \\mathrm{cov} - k f^c_s h^c_s`
     and :math:`\\mathrm{var}^{(-s)} = \\mathrm{var} - k (h^c_s)^2`, with
-    :math:`k = N / (N - 1)`."""
-    hb = block.h
-    count, sum_h, sum_f, sum_hh, sum_fh = block.sums
+    :math:`k = S / (S - 1)`."""
+    hb, count = block.h, block.count
+    sum_h, sum_f, sum_hh, sum_fh = block.sum_h, block.sum_f, block.sum_hh, block.sum_fh
     h_mean, f_mean = sum_h / count, sum_f / count
     # cov^(-s) / k and var^(-s) / k, whose ratio is the coefficient
     k = count / (count - 1)
@@ -203,13 +211,13 @@ def _leave_one_out_coefficients(block, dtype):
     return torch.where(denominator > threshold, regression, through_origin)
 
 
-def _fixed_or_pooled_coefficient(sums, coefficient, dtype):
-    """A fixed coefficient, or :math:`a^*` of all the particles (0 where
-    their variance is rounding error)."""
+def _fixed_or_pooled_coefficient(block, coefficient, dtype):
+    """A fixed coefficient, or :math:`a^*` of all the particles of a
+    :class:`_Block` (0 where their variance is rounding error)."""
     if coefficient != "pooled":
         return float(coefficient)
-    count, sum_h, sum_f, sum_hh, sum_fh = sums
-    cov, var = sum_fh - sum_f * sum_h / count, sum_hh - sum_h * sum_h / count
+    count, sum_h, sum_hh = block.count, block.sum_h, block.sum_hh
+    cov, var = block.sum_fh - block.sum_f * sum_h / count, sum_hh - sum_h * sum_h / count
     # Below tolerance * (sum of squares), a variance is rounding error: 0.
     return torch.where(var > 64 * torch.finfo(dtype).eps * sum_hh, cov / var, 0.0)
 
