@@ -75,7 +75,7 @@ SMOKE = {
         ["results.json", "scaling.png"],
     ),
     "bbvi_normal_gamma": (
-        ["--steps", "30", "--variance-draws", "3", "--summary-draws", "20"],
+        ["--steps", "10", "--variance-draws", "3", "--summary-draws", "20"],
         ["elbo.png", "posterior_means.png", "results.json"],
     ),
     "benchmark": (["--steps", "3", "--rounds", "2", "--batch-size", "4"], ["results.json"]),
@@ -196,7 +196,7 @@ SMOKE = {
         ["elbo_iwelbo.png", "test_loglik.png", "reconstructions.png", "samples.png", "results.json"],
     ),
     "rao_blackwell": (
-        ["--steps", "20", "--variance-draws", "3", "--num-data", "4"],
+        ["--steps", "5", "--variance-draws", "3", "--num-data", "4"],
         ["variance.png", "elbo.png", "results.json"],
     ),
     "ssvae": (
