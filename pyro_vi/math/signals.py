@@ -35,16 +35,24 @@ def markov_blanket_signals(particles):
     element-wise inside the plates :math:`j` shares with each factor, shape
     ``(S,) + plate_shape``: ``{name: signal}``. The factors are read from the
     programs (:attr:`~pyro_vi.particles.record.Particles.signal_factors`)."""
-    signals = {}
+    signals, summed = {}, {}  # summed: a factor's log-density summed to some plates, shared by the sites
+
+    def factor(table, name, dims):
+        key = (table is particles.guide, name, frozenset(dims))
+        if key not in summed:
+            summed[key] = sum_to_plates(table[name].log_prob, dims)
+        return summed[key]
+
     factors = particles.signal_factors
     for site in particles.score_sites():
         model_factors, guide_factors = factors[site.name]
         signal = particles.zeros(particles.num_particles, *(1,) * particles.plate_dims)
-        for table, chosen, sign in ((particles.model, model_factors, 1.0), (particles.guide, guide_factors, -1.0)):
-            for name, plates in chosen.items():
-                if name in table:
-                    dims = {site.plates[p] for p in plates}
-                    signal = signal + sign * sum_to_plates(table[name].log_prob, dims)
+        for name, plates in model_factors.items():
+            if name in particles.model:
+                signal = signal + factor(particles.model, name, {site.plates[p] for p in plates})
+        for name, plates in guide_factors.items():
+            if name in particles.guide:
+                signal = signal - factor(particles.guide, name, {site.plates[p] for p in plates})
         signals[site.name] = signal.detach()
     return signals
 
