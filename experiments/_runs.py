@@ -1,8 +1,10 @@
 """What the long studies share: the binarized MNIST batches the VAEs train
-on, and the round-robin timings of the benchmarks (every configuration
+on, evaluation draws that leave the training stream alone, and the
+round-robin timings of the benchmarks (every configuration
 timed in turn, round after round, so that their ratios share the machine's
 noise)."""
 
+import contextlib
 import math
 import time
 
@@ -22,6 +24,17 @@ def mnist_arguments(parser):
     where = f"default $PYRO_VI_DATA_DIR or ~/.cache/pyro_vi/data: {default_data_dir()}"
     parser.add_argument("--data-dir", help=f"torchvision MNIST root or folder of the IDX files ({where})")
     parser.add_argument("--no-download", action="store_true", help="never download MNIST (or PYRO_VI_NO_DOWNLOAD=1)")
+
+
+@contextlib.contextmanager
+def fixed_rng(seed):
+    """Runs the block with ``torch.manual_seed(seed)`` and puts the global
+    random states back afterwards, so evaluation never disturbs the training
+    stream."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 class BinarizedBatches:

@@ -49,7 +49,6 @@ that ``--resume`` continues a killed study where it stopped.
 """
 
 import base64
-import contextlib
 import functools
 import json
 import math
@@ -70,6 +69,7 @@ from experiments import _cli
 from experiments._figures import band_note, coinciding, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, table
 from experiments._results import spread
+from experiments._runs import fixed_rng
 from experiments._study import Study
 from guides.air import Baseline, GuideNet, guide
 from models.air import AIRConfig, Decoder, model
@@ -221,15 +221,6 @@ class Networks:
         for name, record in params.items():
             if "$$$" not in name:
                 pyro.get_param_store()[name] = record["value"].clone()
-
-
-@contextlib.contextmanager
-def fixed_rng(seed):
-    """Draws from ``seed`` inside, and leaves torch's global RNG as it was
-    (nothing here draws from Python's or NumPy's)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        yield
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@ per image, chunked to bounded memory and, under ``torchrun``, shared out
 over the processes by batches of images (with the same importance samples
 as one process draws), and Burda et al.'s active units."""
 
-import contextlib
 import math
 import time
 
@@ -12,6 +11,7 @@ import pyro.poutine as poutine
 import torch
 import torch.distributed
 
+from experiments._runs import fixed_rng
 from pyro_vi.training.distributed import process
 
 ACTIVE_UNIT_THRESHOLD = 1e-2
@@ -24,17 +24,6 @@ FIGURE_SEED = 20154
 TEST_SUBSET_SEED = 20155
 # Elements (samples x data points x pixels) per chunk of the test evaluation.
 EVAL_CHUNK_ELEMENTS = 1 << 23
-
-
-@contextlib.contextmanager
-def fixed_rng(seed):
-    """Runs the block with ``torch.manual_seed(seed)`` and puts the global
-    random states back afterwards, so evaluation never disturbs the training
-    stream."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def sample_guide(guide_fn, x, num_samples):

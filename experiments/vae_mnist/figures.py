@@ -8,8 +8,9 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from experiments._figures import plt, save_figure
+from experiments._runs import fixed_rng
 from experiments.vae_mnist.compare import BURDA_REFERENCE, BURDA_TEST_NLL
-from experiments.vae_mnist.evaluate import FIGURE_SEED, TEST_BINARIZATION_SEED, fixed_rng
+from experiments.vae_mnist.evaluate import FIGURE_SEED, TEST_BINARIZATION_SEED
 from experiments.vae_mnist.train import RUNS, checkpoint_path, load_networks
 from models.mnist import MnistNotFoundError, binarize, load_mnist
 from models.vae import VAEConfig

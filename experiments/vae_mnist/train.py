@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from experiments._results import finish
-from experiments._runs import BinarizedBatches
+from experiments._runs import BinarizedBatches, fixed_rng
 from experiments.vae_mnist.compare import BURDA_TEST_NLL, compare, summarize
 from experiments.vae_mnist.evaluate import (
     ACTIVE_UNIT_THRESHOLD,
@@ -27,7 +27,6 @@ from experiments.vae_mnist.evaluate import (
     TEST_SUBSET_SEED,
     bounds,
     evaluate,
-    fixed_rng,
 )
 from guides.vae import Encoder, guide
 from models.mnist import binarize, load_mnist

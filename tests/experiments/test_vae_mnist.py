@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from experiments._runs import fixed_rng
 from experiments.vae_mnist import STUDY, compare, evaluate, figures, train
 from guides.vae import Encoder, guide
 from models.mnist import MnistNotFoundError, binarize, load_mnist
@@ -92,7 +93,7 @@ def test_chunked_bounds_and_active_units(monkeypatch):
     decoder, encoder = Decoder(TINY, 0.3), Encoder(TINY)
     model_fn = functools.partial(model, decoder=decoder)
     guide_fn = functools.partial(guide, encoder=encoder)
-    with evaluate.fixed_rng(0):
+    with fixed_rng(0):
         log_w = evaluate.log_weights(model_fn, guide_fn, x, 12)
     chunks = iter(log_w.split(5))
     monkeypatch.setattr(evaluate, "log_weights", lambda m, g, xb, s: next(chunks)[:s])
@@ -115,10 +116,10 @@ def test_fixed_rng_leaves_the_training_stream_alone():
     torch.manual_seed(3)
     expected = torch.rand(3)
     torch.manual_seed(3)
-    with evaluate.fixed_rng(99):
+    with fixed_rng(99):
         inside = torch.rand(2)
     assert torch.equal(torch.rand(3), expected)
-    with evaluate.fixed_rng(99):
+    with fixed_rng(99):
         assert torch.equal(torch.rand(2), inside)
 
 
