@@ -432,7 +432,7 @@ def readme_block(results):
             )
 
         lines.append(
-            "SVI processes {:.2g} times as many documents per second as a batch CAVI sweep. Its ELBO per "
+            "SVI processes {:.2f} times as many documents per second as a batch CAVI sweep. Its ELBO per "
             "word minus CAVI's: at T/5 {}, at T {}, at the end of each run {}.\n".format(
                 svi["docs_per_second"]["mean"] / cavi["docs_per_second"]["mean"], *(delta(key) for key in keys)
             )
