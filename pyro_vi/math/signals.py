@@ -4,6 +4,8 @@ Notation: particles :math:`z_s \\sim q_\\lambda`, :math:`s = 1..S`;
 :math:`L_s = \\log p(x, z_s) - \\log q(z_s)`.
 """
 
+import torch
+
 __all__ = [
     "leave_one_out_signals",
     "markov_blanket_signals",
@@ -35,24 +37,23 @@ def markov_blanket_signals(particles):
     element-wise inside the plates :math:`j` shares with each factor, shape
     ``(S,) + plate_shape``: ``{name: signal}``. The factors are read from the
     programs (:attr:`~pyro_vi.particles.record.Particles.signal_factors`)."""
-    signals, summed = {}, {}  # summed: a factor's log-density summed to some plates, shared by the sites
-
-    def factor(table, name, dims):
-        key = (table is particles.guide, name, frozenset(dims))
-        if key not in summed:
-            summed[key] = sum_to_plates(table[name].log_prob, dims)
-        return summed[key]
-
+    signals = {}
+    summed = {}  # (table, factor, plate dims) -> its log-density summed to them, shared by the sites
     factors = particles.signal_factors
     for site in particles.score_sites():
         model_factors, guide_factors = factors[site.name]
         signal = particles.zeros(particles.num_particles, *(1,) * particles.plate_dims)
-        for name, plates in model_factors.items():
-            if name in particles.model:
-                signal = signal + factor(particles.model, name, {site.plates[p] for p in plates})
-        for name, plates in guide_factors.items():
-            if name in particles.guide:
-                signal = signal - factor(particles.guide, name, {site.plates[p] for p in plates})
+        for table, chosen, combine in (
+            (particles.model, model_factors, torch.add),
+            (particles.guide, guide_factors, torch.sub),
+        ):
+            for name, plates in chosen.items():
+                if name in table:
+                    dims = frozenset(site.plates[p] for p in plates)
+                    key = (id(table), name, dims)
+                    if key not in summed:
+                        summed[key] = sum_to_plates(table[name].log_prob, dims)
+                    signal = combine(signal, summed[key])
         signals[site.name] = signal.detach()
     return signals
 
