@@ -27,8 +27,11 @@ class StickingTheLandingELBO(ParticleELBO):
     under Trace_ELBO. The surrogate
     :math:`\\log p(x, z) - \\log q(z) + \\log q(\\mathrm{stop}(z))` needs no copy of
     the guide, so hand-written guides, autoguides, flows and ``pyro.module``
-    encoders all work. Every guide site must be reparameterizable (point
-    masses are: their gradient is the MAP gradient).
+    encoders all work. Every guide site must be reparameterizable. Point
+    masses are, and keep their whole gradient, the MAP gradient and that of
+    their ``log_density``: an autoguide's Jacobian term has no score to drop
+    (on ``AutoStructured``, whose random sites are parameter-free, this is
+    ``Trace_ELBO``'s gradient).
 
     **References**
 

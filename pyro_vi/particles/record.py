@@ -112,8 +112,8 @@ class Particles:
         :func:`~pyro_vi.particles.structure.learning_signal_factors`).
     :ivar guide_dependencies: guide site -> the latent guide sites its
         density depends on directly (``Needs.structure``).
-    :ivar stopped_log_q: :math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per guide
-        site: only the variational parameters, not the samples (nor, in a
+    :ivar stopped_log_q: :math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per random
+        guide site: only the variational parameters, not the samples (nor, in a
         structured guide, the upstream samples) carry gradient
         (``Needs.stopped_guide``).
     :ivar bernoulli: the :class:`BernoulliTerm` of each Bernoulli guide site
@@ -182,10 +182,21 @@ class Particles:
         samples (the path derivative; the score term is stopped). A site
         already computed at stopped parameters (``SiteTerm.path_only``) is
         used as it is; for the others it is :math:`\\log q(z) - \\log
-        q_\\lambda(\\mathrm{stop}(z))` plus that value, stopped."""
+        q_\\lambda(\\mathrm{stop}(z))` plus that value, stopped.
+
+        A point mass keeps its whole gradient: it has no score. Its
+        ``log_density`` is the Jacobian term of a transform (an autoguide's
+        constrained sites; ``AutoStructured``'s :math:`-\\log \\sigma` of
+        :math:`z = \\mu + \\sigma \\epsilon` with a parameter-free
+        :math:`\\epsilon`), whose gradient in the parameters has a nonzero
+        mean: stopping it would bias the estimator."""
         stopped = self.stopped_log_q
         return {
-            name: site.log_prob if site.path_only else site.log_prob - stopped[name] + stopped[name].detach()
+            name: (
+                site.log_prob
+                if site.path_only or site.is_point_mass
+                else site.log_prob - stopped[name] + stopped[name].detach()
+            )
             for name, site in self.guide.items()
         }
 

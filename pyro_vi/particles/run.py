@@ -60,7 +60,7 @@ class Needs:
     :ivar bool structure: the Markov-blanket factors of every guide site
         and the guide's dependencies.
     :ivar bool stopped_guide: :math:`\\log q_\\lambda(\\mathrm{stop}(z))` of the
-        guide sites that keep their pathwise derivative.
+        random guide sites that keep their pathwise derivative.
     :ivar bool bernoulli: the logits and values of the Bernoulli guide sites.
     :ivar bool scores: what per-particle scores need (each score site's
         distribution as built inside its plates; the guide's params; with
@@ -152,7 +152,7 @@ class Sampler:
                 model, run_guide, guide, runs, plate_dims, args, kwargs
             )
             extras["guide_dependencies"] = guide_structure.dependencies
-        if needs.stopped_guide and any(not t.path_only and t.score_log_prob is None for t in guide_sites.values()):
+        if needs.stopped_guide and any(_needs_stopped(t) for t in guide_sites.values()):
             extras["stopped_log_q"] = self._stopped_log_q(run_guide, runs, guide_sites, args, kwargs, plate_dims)
         if needs.bernoulli:
             extras["bernoulli"] = _bernoulli_terms(runs, guide_sites, plate_dims, self.vectorized, self.num_particles)
@@ -273,8 +273,17 @@ class Sampler:
             stopped = [_rerun_on_detached(replay, trace, args, kwargs) for _, _, trace in runs]
         return {
             name: _stack([run.get(name) for run in stopped], name, plate_dims, self.vectorized, self.num_particles)
-            for name in guide_sites
+            for name, site in guide_sites.items()
+            if not site.is_point_mass
         }
+
+
+def _needs_stopped(site):
+    """Whether the guide site's :math:`\\log q_\\lambda(\\mathrm{stop}(z))` is
+    needed: a random site that keeps its pathwise derivative and whose density
+    was not already computed at stopped parameters. Point masses keep their
+    whole density (see :meth:`~pyro_vi.particles.Particles.log_q_at_stopped_parameters`)."""
+    return not site.path_only and site.score_log_prob is None and not site.is_point_mass
 
 
 def _one_run(model, guide, args, kwargs):
@@ -415,12 +424,15 @@ def _reaches(output, tensors):
 
 
 def _compute_path_log_prob(guide_trace):
-    """The log-density of each latent guide site whose distribution depends
-    on no other sample, computed at stopped parameters: the gradient through
-    the sample only. Other sites are left to ``compute_score_parts``."""
+    """The log-density of each random latent guide site whose distribution
+    depends on no other sample, computed at stopped parameters: the gradient
+    through the sample only. Other sites, and point masses, are left to
+    ``compute_score_parts``."""
     sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
     samples = [s["value"] for s in sites if s["value"].requires_grad]
     for site in sites:
+        if is_point_mass(site["fn"]):
+            continue
         parts = functional(site["fn"])
         if parts is None:
             continue
@@ -443,6 +455,8 @@ def _log_prob_at_detached(guide_trace):
     for site in sites:
         if site["is_observed"]:
             return None  # a guide factor: only a rerun separates its paths
+        if is_point_mass(site["fn"]):
+            continue  # not needed: a point mass keeps its whole density
         log_prob = site["fn"].log_prob(site["value"].detach(), *site["args"], **site["kwargs"])
         upstream = [v for v in samples if v is not site["value"]]
         if upstream and (_reaches(log_prob, upstream) or _reaches(site["value"], upstream)):
