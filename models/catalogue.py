@@ -26,6 +26,7 @@ from pyro.infer.autoguide import (
     AutoMultivariateNormal,
     AutoNormal,
     AutoNormalMessenger,
+    AutoStructured,
 )
 from pyro.infer.reparam import LatentStableReparam, LocScaleReparam
 from pyro.optim import Adam
@@ -735,6 +736,9 @@ CATALOGUE = {
     "auto_diagonal_normal": Pair(local_model, AutoDiagonalNormal, "autoguide"),
     "auto_multivariate_normal": Pair(nested_model, AutoMultivariateNormal, "autoguide"),
     "auto_delta": Pair(delta_model, AutoDelta, "delta"),
+    # its random sites are parameter-free auxiliaries; point masses carry the
+    # parameters, their log_density a Jacobian term (-log det of each scale)
+    "auto_structured": Pair(nested_model, AutoStructured, "autoguide"),
     "auto_iaf_normal": Pair(local_model, lambda m: AutoIAFNormal(m, hidden_dim=[8], num_transforms=1), "flow"),
     "auto_normal_messenger": Pair(global_model, AutoNormalMessenger, "messenger", frozenset({"guide_messenger"})),
     "amortized": Pair(amortized_model, amortized_guide(), "amortized", args=(DATA,)),

@@ -181,6 +181,8 @@ def particle_gradients(particles, weightings, params):
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
     if particles.vectorized:
         frontier = _distribution_frontier(particles, sites, weights)
+        if frontier == []:  # the score sites' distributions have no parameters
+            return [None] * len(params)
         if frontier is not None:
             return _through_shared_graph(particles, frontier, params, len(weightings))
     return _one_particle_at_a_time(particles, sites, weights, params)

@@ -229,6 +229,7 @@ UNBIASED = {
     "subsample_global": ["ControlVariateELBO", "RaoBlackwellELBO", "StickingTheLandingELBO"],
     "auto_iaf_normal": ["ScoreFunctionELBO", "ControlVariateELBO", "StickingTheLandingELBO"],
     "auto_diagonal_normal": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "ImportanceWeightedELBO(disarm)"],
+    "auto_structured": ["StickingTheLandingELBO", "ImportanceWeightedELBO(dreg)"],
     "delta_after_random": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
     "structured": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "RaoBlackwellELBO(pathwise)"],
     "factor_in_guide_score": ["ScoreFunctionELBO", "RaoBlackwellELBO"],
