@@ -62,9 +62,6 @@ from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 from pyro.optim import Adam
 
-if not __package__:  # run as ``python experiments/air.py``
-    import _repo_root  # noqa: F401
-
 from experiments import _cli
 from experiments._figures import band_note, coinciding, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, table

@@ -307,13 +307,6 @@ def memory_size(sweep, size, estimators, threads):
 # ---------------------------------------------------------------- results
 
 
-def slope(sizes, values):
-    """The least-squares slope of log(value) against log(size)."""
-    if len(sizes) < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(sizes), np.log(values), 1)[0])
-
-
 def plot(results, path):
     """Top row: each estimator's time per step over its Pyro counterpart's
     (Trace_ELBO, or RenyiELBO(alpha=0) for the importance-weighted ones), at

@@ -61,9 +61,6 @@ import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
-if not __package__:  # run as ``python experiments/ssvae.py``
-    import _repo_root  # noqa: F401
-
 import pyro_vi
 from experiments import _cli
 from experiments._figures import band_note, coinciding, legend_outside, plt, save_figure, seed_band
