@@ -59,6 +59,7 @@ class Pair:
         pathwise derivative), ``global_subsample`` (a site outside a subsampled
         plate), ``sequential_subsample``, ``structured_point_mass`` (a point
         mass in a guide whose random samples depend on one another),
+        ``structured_masked`` (a masked or scaled site in such a guide),
         ``guide_messenger``, ``not_bernoulli`` (a guide site without a
         pathwise derivative that is not a Bernoulli); and ``poutine_scale``
         (sites under ``poutine.scale``: the importance-weighted estimators
@@ -710,8 +711,10 @@ CATALOGUE = {
         SCALED,
     ),
     "mask_observed": Pair(mask_obs_model, _same(scale_guide), "mean_field"),
-    "masked_latent": Pair(masked_latent_model, _same(masked_latent_guide), "structured"),
-    "obs_mask": Pair(obs_mask_model, _same(obs_mask_guide), "structured"),
+    "masked_latent": Pair(
+        masked_latent_model, _same(masked_latent_guide), "structured", frozenset({"structured_masked"})
+    ),
+    "obs_mask": Pair(obs_mask_model, _same(obs_mask_guide), "structured", frozenset({"structured_masked"})),
     "factor_in_model": Pair(factor_model, _same(scale_guide), "mean_field"),
     "factor_in_guide_rsample": Pair(factor_model, _same(factor_guide(True)), "mean_field"),
     "factor_in_guide_score": Pair(factor_model, _same(factor_guide(False)), "mean_field", NOT_BERNOULLI),
@@ -724,7 +727,7 @@ CATALOGUE = {
     "latent_stable_reparam": Pair(stable_reparam_model, _same(stable_reparam_guide), "delta"),
     "positive_supports": Pair(positive_model, _same(positive_guide), "mean_field"),
     "transformed": Pair(lognormal_model, _same(transformed_guide), "flow"),
-    "multivariate_obs_mask": Pair(mvn_model, _same(mvn_guide), "structured"),
+    "multivariate_obs_mask": Pair(mvn_model, _same(mvn_guide), "structured", frozenset({"structured_masked"})),
     "to_event": Pair(to_event_model, _same(to_event_guide), "mean_field"),
     "structured": Pair(structured_model, _same(structured_guide), "structured"),
     "delta_after_random": Pair(structured_model, _same(delta_after_random_guide), "structured"),
@@ -839,6 +842,7 @@ REFUSALS = {
         "a site outside the subsampled plate (the bound of shared latents has no minibatch estimate)",
     ),
     "structured_point_mass": ("point-mass site '.*'", "DReG: a point mass in a structured guide"),
+    "structured_masked": ("site '.*' is scaled or masked", "DReG: a scaled or masked site in a structured guide"),
     "not_bernoulli": (
         "site '.*' is not Bernoulli",
         "DisARM: a guide site that is neither Bernoulli nor reparameterizable",
@@ -863,6 +867,8 @@ def refusal_tag(pair: Pair, estimator: Estimator):
         return "global_subsample"
     if estimator.dreg and "structured_point_mass" in pair.tags:
         return "structured_point_mass"
+    if estimator.dreg and "structured_masked" in pair.tags:
+        return "structured_masked"
     return None
 
 

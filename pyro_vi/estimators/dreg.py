@@ -26,7 +26,7 @@ class DReG(ImportanceWeightedGradient):
     random sample :math:`z_k` multiplies its gradient by :math:`\\tilde w_k`,
     while point masses, which have no score to rewrite, keep the weight
     :math:`\\tilde w_k`. For a structured guide the two are taken as separate
-    gradients, and point masses are refused there. With :math:`K = 1` it is
+    gradients, and point masses and scaled or masked sites are refused there. With :math:`K = 1` it is
     :class:`~pyro_vi.StickingTheLandingELBO`'s estimator.
 
     **References**
@@ -47,6 +47,13 @@ class DReG(ImportanceWeightedGradient):
                     f"{estimator}(gradient='dreg'): point-mass site '{site.name}' (Delta) in a guide whose random "
                     "samples depend on one another; DReG's weights apply to random samples only: use "
                     "gradient='stl' or 'reparam'"
+                )
+        for name, samples in particles.samples.items():
+            if any(found is not None and not _is_one(found[2]) for found in samples):
+                raise ValueError(
+                    f"{estimator}(gradient='dreg'): site '{name}' is scaled or masked (poutine.scale, poutine.mask "
+                    "or .mask()) in a guide whose random samples depend on one another; DReG's weight of such a "
+                    "sample needs a gradient of its own: use gradient='stl' or 'reparam'"
                 )
 
     def estimate(self, particles):
@@ -86,17 +93,26 @@ def surrogate_by_hooks(particles, normalized, weighted_path_log_w):
     :math:`\\sum_k \\tilde w_k \\nabla_\\theta \\log p` and the guide parameters,
     which reach the objective only through :math:`z_k` (the score part of
     :math:`\\log q` is stopped), :math:`\\sum_k \\tilde w_k^2 \\partial_{z_k} \\log w_k
-    \\, \\partial_\\phi z_k`. Valid when no random sample depends on another
-    (else a sample's gradient would be scaled twice); point masses are not
-    hooked, so their direct paths keep :math:`\\tilde w_k`."""
+    \\, \\partial_\\phi z_k`. Where the sample's own log-density enters
+    :math:`\\log w_k` with a factor :math:`c` (``poutine.scale``, e.g. KL
+    annealing, or 0 where masked), only :math:`c` times its score is rewritten:
+    the hook multiplies by :math:`1 - c + c \\tilde w_k`. Valid when no random
+    sample depends on another (else a sample's gradient would be scaled
+    twice); point masses are not hooked, so their direct paths keep
+    :math:`\\tilde w_k`."""
     for samples in particles.samples.values():
         for run, found in enumerate(samples):
             if found is None or not found[0].requires_grad:
                 continue
-            sample, batch_dim = found
-            scale = _align(normalized if particles.vectorized else normalized[run], batch_dim, sample.dim())
-            sample.register_hook(lambda grad, scale=scale: grad * scale)
+            sample, batch_dim, tempering = found
+            weights = _align(normalized if particles.vectorized else normalized[run], batch_dim, sample.dim())
+            factor = weights if _is_one(tempering) else 1 - tempering + tempering * weights
+            sample.register_hook(lambda grad, factor=factor: grad * factor)
     return weighted_path_log_w.sum()
+
+
+def _is_one(tempering):
+    return not torch.is_tensor(tempering) and tempering == 1
 
 
 def _align(weights, batch_dim, dim):

@@ -21,6 +21,7 @@ __all__ = [
     "captured_distribution",
     "has_mask",
     "is_point_mass",
+    "masked_distribution",
     "score_function_guide",
     "without_mask",
 ]
@@ -48,9 +49,15 @@ def without_mask(fn):
 
 
 def has_mask(fn):
+    return masked_distribution(fn) is not None
+
+
+def masked_distribution(fn):
+    """The ``MaskedDistribution`` that ``fn`` is (through ``Independent``),
+    or ``None``."""
     while not isinstance(fn, dist.MaskedDistribution) and isinstance(fn, dist.Independent):
         fn = fn.base_dist
-    return isinstance(fn, dist.MaskedDistribution)
+    return fn if isinstance(fn, dist.MaskedDistribution) else None
 
 
 class GuideValuesInSupport(Messenger):

@@ -123,8 +123,10 @@ class Particles:
     :ivar guide_param_values: the guide params' constrained values, by name
         (``Needs.scores``).
     :ivar samples: per random guide site, ``(its sample tensor, the number
-        of batch dims of its distribution)`` in each run (``None`` where a run
-        did not meet it) (``Needs.samples``).
+        of batch dims of its distribution, c)`` in each run (``None`` where a
+        run did not meet it), ``c`` the factor of the site's own log-density
+        in the log-weight, per element (``poutine.scale`` and masks; ``1.0``
+        without) (``Needs.samples``).
     """
 
     model: Dict[str, SiteTerm]

@@ -29,6 +29,7 @@ from .handlers import (
     captured_distribution,
     has_mask,
     is_point_mass,
+    masked_distribution,
     score_function_guide,
     without_mask,
 )
@@ -163,7 +164,7 @@ class Sampler:
             }
         if needs.samples:
             extras["samples"] = {
-                name: [_sample(guide.nodes.get(name)) for _, guide, _ in runs]
+                name: [_sample(guide.nodes.get(name), site.subsample_scale) for _, guide, _ in runs]
                 for name, site in guide_sites.items()
                 if not site.is_point_mass and not site.is_observed
             }
@@ -517,9 +518,27 @@ def _paired(nodes, values, width, vectorized):
     return _stack_full(masks, width, False, len(masks)).expand(unpaired.shape)
 
 
-def _sample(site):
-    """``(value, the number of batch dims of its distribution)``, or ``None``."""
-    return None if site is None else (site["value"], len(site["fn"].batch_shape))
+def _sample(site, subsample_scale):
+    """``(value, the number of batch dims of its distribution, c)``, or
+    ``None``. ``c`` is the factor of the site's own log-density in the
+    log-weight, per element of the value: its ``poutine.scale`` (its scale
+    without the subsampling part) times its masks (``poutine.mask`` and the
+    distribution's ``.mask()``); a number where no factor is a tensor."""
+    if site is None:
+        return None
+    fn, value = site["fn"], site["value"]
+    factors = [(site["scale"] / subsample_scale, fn), (site["mask"], fn)]
+    masked = masked_distribution(fn)
+    if masked is not None:
+        factors.append((masked._mask, masked))
+    c = 1.0
+    for factor, owner in factors:  # each over the batch dims of its owner: event dims appended
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool):
+            c = c * factor
+        elif factor is not None:
+            factor = torch.as_tensor(factor, dtype=value.dtype, device=value.device)
+            c = c * factor.reshape(factor.shape + (1,) * len(owner.event_shape))
+    return value, len(fn.batch_shape), c
 
 
 def _score_distributions(runs, guide_sites, vectorized):

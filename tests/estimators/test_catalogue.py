@@ -230,6 +230,7 @@ UNBIASED = {
     "auto_iaf_normal": ["ScoreFunctionELBO", "ControlVariateELBO", "StickingTheLandingELBO"],
     "auto_diagonal_normal": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "ImportanceWeightedELBO(disarm)"],
     "auto_structured": ["StickingTheLandingELBO", "ImportanceWeightedELBO(dreg)"],
+    "scale_both": ["ImportanceWeightedELBO(dreg)"],
     "delta_after_random": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
     "structured": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "RaoBlackwellELBO(pathwise)"],
     "factor_in_guide_score": ["ScoreFunctionELBO", "RaoBlackwellELBO"],
@@ -253,9 +254,9 @@ UNBIASED = {
     ],
 }
 GRADIENT_CASES = [(pair, estimator) for pair, estimators in UNBIASED.items() for estimator in estimators]
-# Draws where 60 leave too little power: the plain score function, and the
-# structured guide, whose reference (RenyiELBO) is noisy.
-DRAWS = {"ScoreFunctionELBO": 200, "structured": 200}
+# Draws where 60 leave too little power: the plain score function, the
+# structured guide, whose reference (RenyiELBO) is noisy, and the tempered one.
+DRAWS = {"ScoreFunctionELBO": 200, "structured": 200, "scale_both": 600}
 
 
 def _compare_with_reference(pair, estimator, draws):
