@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from models.vae import BURDA_CONFIG, VAEConfig, check_images, mlp
+from models.vae import BURDA_CONFIG, VAEConfig, check_images, data_plate, mlp
 from pyro_vi.validation import instance
 
 __all__ = ["Encoder", "guide"]
@@ -49,10 +49,10 @@ class Encoder(nn.Module):
         return loc, log_scale.exp()
 
 
-def guide(x: torch.Tensor, encoder: Encoder) -> None:
+def guide(x: torch.Tensor, encoder: Encoder, size=None) -> None:
     """
     The amortized guide: ``z_n ~ N(loc(x_n), diag scale(x_n)^2)`` in the same
-    ``"data"`` plate as :func:`models.vae.model`. Pass the encoder with
+    ``"data"`` plate as :func:`models.vae.model` (``size`` as there). Pass the encoder with
     :func:`functools.partial`. ``x`` is checked (:func:`models.vae.check_images`:
     shape, dtype, binary pixels) before the encoder runs.
     """
@@ -60,5 +60,5 @@ def guide(x: torch.Tensor, encoder: Encoder) -> None:
     check_images(x, encoder.config, encoder)
     pyro.module("encoder", encoder)
     loc, scale = encoder(x)
-    with pyro.plate("data", x.shape[0], dim=-1):
+    with data_plate(x, size):
         pyro.sample("z", dist.Normal(loc, scale).to_event(1))

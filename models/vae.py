@@ -182,10 +182,23 @@ def check_images(x, config: VAEConfig, network: nn.Module, name: str = "x") -> N
     check_binary(x)
 
 
-def model(x: torch.Tensor, decoder: Decoder) -> None:
+def data_plate(x: torch.Tensor, size=None):
+    """The plate ``"data"`` (``dim=-1``) over the rows of ``x``. With
+    ``size``, the rows stand for ``size`` data points (under ``torchrun``,
+    one process's share of a batch): the plate subsamples them, so that each
+    point's term is scaled by ``size / len(x)``, outside an importance-weighted
+    bound's log-mean-exp (``poutine.scale`` would temper its weights)."""
+    if size is None:
+        return pyro.plate("data", x.shape[0], dim=-1)
+    size = integer("size", size, minimum=x.shape[0])
+    return pyro.plate("data", size, subsample=torch.arange(x.shape[0], device=x.device), dim=-1)
+
+
+def model(x: torch.Tensor, decoder: Decoder, size=None) -> None:
     """
     The generative model: ``z_n ~ N(0, I)``, ``x_n ~ Bernoulli(logits=decoder(z_n))``
-    for the rows of ``x`` (shape ``(B, data_dim)``, binary pixels).
+    for the rows of ``x`` (shape ``(B, data_dim)``, binary pixels), which
+    stand for ``size`` data points (default ``B``; see :func:`data_plate`).
 
     Pass the decoder with :func:`functools.partial`, e.g.
     ``functools.partial(model, decoder=Decoder(config, mean_pixel))``.
@@ -195,6 +208,6 @@ def model(x: torch.Tensor, decoder: Decoder) -> None:
     check_images(x, decoder.config, decoder)
     pyro.module("decoder", decoder)
     prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand([decoder.config.latent_dim]).to_event(1)
-    with pyro.plate("data", x.shape[0], dim=-1):
+    with data_plate(x, size):
         z = pyro.sample("z", prior)
         pyro.sample("x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(1), obs=x)

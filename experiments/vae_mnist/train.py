@@ -13,7 +13,6 @@ from typing import Callable
 import pyro
 import torch
 import torch.distributed
-from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from experiments._results import finish
@@ -289,11 +288,14 @@ def train_run(key, seed, args, data):
     batches = BinarizedBatches(data.train, args.batch_size, seed + 1, device=data.device)
     optim, step_callback = make_optim(args, len(batches))
     rank, world_size = process()
-    # Each process holds 1/world_size of every batch: scaled by world_size,
-    # its objective estimates the whole batch's, and so does the average of
-    # the processes' gradients (fit refuses shards that count for less).
-    train_model, train_guide = (poutine.scale(fn, scale=float(world_size)) for fn in (model_fn, guide_fn))
+    # Each process holds 1/world_size of every batch, standing for the whole
+    # batch (a plate subsampled from it, so that the importance-weighted runs
+    # scale each point's bound, not temper its weights): its objective
+    # estimates the whole batch's, and so does the average of the processes'
+    # gradients (fit refuses shards that count for less).
+    train_model, train_guide = model_fn, guide_fn
     if world_size > 1:
+        train_model, train_guide = (lambda x, fn=fn: fn(x, size=world_size * x.shape[0]) for fn in (model_fn, guide_fn))
         pyro.set_rng_seed(seed + PROCESS_SEED_STRIDE * rank)  # each process its own particles
     state = {}
 

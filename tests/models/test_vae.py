@@ -154,6 +154,32 @@ def test_model_and_guide_in_a_vectorized_particle_plate():
     assert set(pyro.get_param_store()) >= {"decoder$$$net.0.weight", "encoder$$$net.0.weight"}
 
 
+@pytest.mark.parametrize("make", [Trace_ELBO, ImportanceWeightedELBO], ids=["Trace_ELBO", "IWAE"])
+def test_a_share_of_a_batch_stands_for_the_batch(make):
+    """A process's share of a batch under torchrun: with ``size`` twice its
+    rows, the objective is twice the share's, the importance-weighted bound
+    too (each point's bound scaled, not its weights tempered as
+    ``poutine.scale`` would; the estimate differs by several nats here)."""
+    x = binarize(torch.rand(6, 784), torch.Generator().manual_seed(0))
+    decoder, encoder = Decoder(TINY, 0.3), Encoder(TINY)
+    model_fn = functools.partial(model, decoder=decoder)
+    guide_fn = functools.partial(guide, encoder=encoder)
+    elbo = make(num_particles=5, vectorize_particles=True, max_plate_nesting=1)
+    losses = {}
+    for name, (mdl, gd) in {
+        "share": (model_fn, guide_fn),
+        "batch": (functools.partial(model_fn, size=12), functools.partial(guide_fn, size=12)),
+        "scaled": (poutine.scale(model_fn, scale=2.0), poutine.scale(guide_fn, scale=2.0)),
+    }.items():
+        pyro.set_rng_seed(0)
+        losses[name] = elbo.loss(mdl, gd, x)
+    assert losses["batch"] == pytest.approx(2 * losses["share"], rel=1e-6)
+    if make is ImportanceWeightedELBO:
+        assert abs(losses["scaled"] - 2 * losses["share"]) > 1.0
+    with pytest.raises(ValueError, match="size must be an integer >= 6"):
+        model_fn(x, size=5)
+
+
 # ----------------------------------------------------------------------------
 # data
 
