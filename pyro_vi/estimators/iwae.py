@@ -107,6 +107,10 @@ class ImportanceWeightedELBO(ParticleELBO):
         George Tucker, Dieterich Lawson, Shixiang Gu, Chris J. Maddison (ICLR 2019)
     """
 
+    #: ``poutine.scale`` multiplies the log-weights inside the bound: ``fit``
+    #: refuses it as the scale of a shard of the data under ``torchrun``
+    scale_tempers_weights = True
+
     def __init__(self, num_particles=5, gradient="reparam", **kwargs):
         self.gradient = validation.choice(f"{type(self).__name__}: gradient", gradient, GRADIENTS)
         self.strategy = GRADIENTS[gradient]()

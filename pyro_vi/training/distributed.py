@@ -29,7 +29,11 @@ is initialized (e.g. under ``torchrun``):
    :class:`~torch.utils.data.DataLoader` without a
    :class:`~torch.utils.data.distributed.DistributedSampler` (with one, it
    calls the sampler's ``set_epoch`` at each epoch). Shards should have
-   equal sizes (a ``DistributedSampler``'s do).
+   equal sizes (a ``DistributedSampler``'s do). ``poutine.scale`` scales a
+   shard as well for the ELBO, which is linear in it, but an
+   importance-weighted bound (:class:`~pyro_vi.ImportanceWeightedELBO`,
+   ``RenyiELBO``) takes it inside its weights and would temper them:
+   ``fit`` refuses that.
 3. **Score-function estimators share their particles.** With independent
    particles, process :math:`r`'s learning signal
    :math:`L^r_s = \\frac{N}{B} \\log p(x_r \\mid z_s) + \\log p(z_s) -
@@ -58,6 +62,7 @@ whose settings, batches per epoch or checkpoints differ between them.
 
 import contextlib
 import hashlib
+import math
 import zlib
 
 import pyro
@@ -298,10 +303,12 @@ def _observations(model, guide, args, kwargs):
         if mask is not None:
             counted = counted * torch.as_tensor(mask, dtype=torch.float64).cpu()
         scale = torch.as_tensor(site["scale"], dtype=torch.float64).cpu()
+        subsample = math.prod(f.full_size / f.size for f in site["cond_indep_stack"] if f.full_size)
         found[name] = {
             "plates": [(f.name, f.size, f.full_size or f.size) for f in site["cond_indep_stack"]],
             "count": float(counted.sum()),
             "weight": float((counted * scale).sum()),
+            "tempering": float((scale / subsample).max()),  # poutine.scale's part of the scale
             "checksum": hashlib.blake2b(
                 repr(tuple(value.shape)).encode() + value.cpu().to(torch.float64).numpy().tobytes(), digest_size=8
             ).hexdigest(),
@@ -318,7 +325,7 @@ def _describe_plates(plates):
     )
 
 
-def check_sharding(model, guide, *args, **kwargs):
+def check_sharding(model, guide, *args, importance_weighted=None, **kwargs):
     """Checks, on every process, that every observed site whose values
     differ between the processes is scaled to all the data they hold:
     averaged over the processes, its scaled number of values
@@ -330,6 +337,12 @@ def check_sharding(model, guide, *args, **kwargs):
     any scale. Runs the guide and the model once, leaving every random state
     as it was, and gathers a few numbers per site (one all-gather).
 
+    :param str importance_weighted: the name of an objective that takes
+        ``poutine.scale`` inside its importance weights (a bound over
+        :math:`K > 1` particles): a shard scaled by ``poutine.scale`` is then
+        refused, since it would temper the weights,
+        :math:`\\log \\frac{1}{K}\\sum_k w_k^c` instead of
+        :math:`c \\log \\frac{1}{K}\\sum_k w_k`.
     :returns: the names of the observed sites whose values differ between
         the processes (empty outside a process group).
     :raises ValueError: naming the site, its plates, the counts and the fix.
@@ -346,6 +359,15 @@ def check_sharding(model, guide, *args, **kwargs):
         if any(s is None for s in sites) or len({s["checksum"] for s in sites}) == 1:
             continue
         sharded.append(name)
+        plate = site["plates"][0][0] if site["plates"] else "data"
+        if importance_weighted and abs(site["tempering"] - 1) > 1e-6:
+            raise ValueError(
+                f"observed site {name!r} ({_describe_plates(site['plates'])}): the processes hold different values "
+                f"of it, and this one's are scaled by poutine.scale ({site['tempering']:.6g}), which "
+                f"{importance_weighted} takes inside its importance weights, tempering them (log (1/K) sum_k w_k^c, "
+                f"not c times the bound). Scale each shard with pyro.plate({plate!r}, N_total, "
+                "subsample=my_indices), whose scale multiplies each data point's bound"
+            )
         held = sum(s["count"] for s in sites)
         weight = sum(s["weight"] for s in sites) / size
         if weight < held * (1 - 1e-6):
@@ -365,7 +387,7 @@ def check_sharding(model, guide, *args, **kwargs):
                     " and ".join(f"rank {r} scaled to {s['weight']:.6g}" for r, s in enumerate(sites)),
                     weight / held,
                     (held / weight) ** 0.5,
-                    site["plates"][0][0] if site["plates"] else "data",
+                    plate,
                 )
             )
     return sharded

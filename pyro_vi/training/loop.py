@@ -16,6 +16,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import RenyiELBO
 from pyro.infer.util import torch_item, zero_grads
 from tqdm.auto import tqdm
 
@@ -451,7 +452,9 @@ class _Run:
             check_same_params(params, "at the set-up before the first step")
             broadcast_params(params)
             self.shared = set(params)
-        sharded = check_sharding(s.model, s.guide, *self.batches.first(), **s.kwargs)
+        sharded = check_sharding(
+            s.model, s.guide, *self.batches.first(), importance_weighted=_importance_weighted(s.elbo), **s.kwargs
+        )
         pool = getattr(s.elbo, "pool_processes", None)
         if pool and not sharded:
             raise ValueError(
@@ -469,6 +472,14 @@ class _Run:
                 "the particles".format(", ".join(map(repr, sharded)), type(s.elbo).__name__),
                 stacklevel=4,
             )
+
+
+def _importance_weighted(elbo):
+    """The name of ``elbo`` where it takes ``poutine.scale`` inside importance
+    weights over more than one particle (Pyro's ``RenyiELBO``,
+    :class:`~pyro_vi.ImportanceWeightedELBO`), else ``None``."""
+    tempers = isinstance(elbo, RenyiELBO) or getattr(elbo, "scale_tempers_weights", False)
+    return type(elbo).__name__ if tempers and elbo.num_particles > 1 else None
 
 
 def fit(

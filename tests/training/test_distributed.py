@@ -19,13 +19,14 @@ import pytest
 import torch
 import torch.distributed
 import torch.multiprocessing as mp
+from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal
 from pyro.optim import Adam
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, fit
+from pyro_vi import ControlVariateELBO, ImportanceWeightedELBO, RaoBlackwellELBO, fit
 from pyro_vi.training.distributed import average_gradients, draw_seed
 
 DATA = torch.tensor([0.3, -1.2, 2.1, 0.7, 1.5, -0.4, 0.9, -0.1])
@@ -218,6 +219,12 @@ def _worker(rank, init, out):
     pyro.clear_param_store()
     optim = Adam({"lr": 0.01})
     result["unscaled"] = error_of(lambda: fit(unscaled_model, normal_guide, Trace_ELBO(), optim, x, num_steps=1))
+    # a shard scaled to the full data by poutine.scale: fine for the ELBO, linear in it; an
+    # importance-weighted bound would take the scale inside its weights
+    scaled_shard = poutine.scale(unscaled_model, scale=float(WORLD))
+    for name, elbo in (("poutine_scaled", Trace_ELBO()), ("tempered", ImportanceWeightedELBO(3))):
+        pyro.clear_param_store()
+        result[name] = error_of(lambda e=elbo: fit(scaled_shard, normal_guide, e, Adam({"lr": 0.01}), x, num_steps=1))
     pyro.clear_param_store()
     result["replicated"] = error_of(
         lambda: fit(unscaled_model, normal_guide, Trace_ELBO(), Adam({"lr": 0.01}), NORMAL_DATA, num_steps=1)
@@ -359,6 +366,16 @@ def test_a_plate_not_scaled_to_the_full_data_is_refused(ranks):
         assert "1.41 times too wide" in message
         assert "pyro.plate('data', N_total, subsample=my_indices)" in message
         assert result["replicated"] is None  # the same data on every process may have any scale
+
+
+def test_a_shard_scaled_by_poutine_scale_is_refused_for_an_importance_weighted_bound(ranks):
+    for result in ranks:
+        assert result["poutine_scaled"] is None  # the ELBO is linear in the scale
+        message = result["tempered"]
+        assert message is not None
+        assert "observed site 'x' (plate 'data' of size 500)" in message and "poutine.scale (2)" in message
+        assert "ImportanceWeightedELBO takes inside its importance weights" in message
+        assert "pyro.plate('data', N_total, subsample=my_indices)" in message
 
 
 def test_a_dataloader_needs_a_distributed_sampler(ranks):
