@@ -6,23 +6,30 @@ import copy
 import torch
 from pyro.distributions import Delta
 from torch.distributions import Distribution, Transform, constraints
+from torch.distributions.utils import lazy_property
+
+from .pyro_compat import gradient_node, graph_reaches
 
 __all__ = ["attribute", "functional", "tensors_of"]
 
 
 def tensors_of(fn):
     """``{path: tensor}`` of the tensors of a distribution (nested ones
-    included) that carry gradient, each once; ``None`` when its state holds
-    anything but tensors, plain values, nested distributions and
-    parameter-free transforms (e.g. a flow's neural network)."""
+    included) that carry gradient, each once, without the cached values of
+    its lazy properties computed from them (a Bernoulli's ``logits``, cached
+    by ``log_prob``, from its ``probs``: both would count the same gradient
+    twice); ``None`` when its state holds anything but tensors, plain
+    values, nested distributions and parameter-free transforms (e.g. a
+    flow's neural network)."""
     found, seen = {}, set()
 
     def collect(obj, path):
+        own = {}
         for key, value in vars(obj).items():
             if isinstance(value, torch.Tensor):
                 if value.requires_grad and id(value) not in seen:
                     seen.add(id(value))
-                    found[path + key] = value
+                    own[key] = value
             elif isinstance(value, Distribution):
                 if not collect(value, path + key + "."):
                     return False
@@ -31,9 +38,22 @@ def tensors_of(fn):
                     return False
             elif not _plain(value):
                 return False
+        for key, value in own.items():
+            if not _cached_from(obj, key, value, own):
+                found[path + key] = value
         return True
 
     return found if collect(fn, "") else None
+
+
+def _cached_from(obj, key, value, tensors):
+    """Whether ``value``, at ``key`` of ``obj``, is the cache of a lazy
+    property computed from another of ``obj``'s ``tensors`` (within a few
+    autograd nodes: the conversions between probabilities and logits)."""
+    if not isinstance(getattr(type(obj), key, None), lazy_property):
+        return False
+    others = {gradient_node(t) for k, t in tensors.items() if k != key}
+    return value.grad_fn is not None and graph_reaches([value.grad_fn], others, limit=32)
 
 
 def _plain(value):
@@ -67,6 +87,8 @@ def functional(fn):
         for key, value in vars(obj).items():
             if isinstance(value, torch.Tensor) and id(value) in paths:
                 copied.__dict__[key] = new_tensors[paths[id(value)]]
+            elif isinstance(value, torch.Tensor) and isinstance(getattr(type(obj), key, None), lazy_property):
+                del copied.__dict__[key]  # a cache computed from the old tensors: recomputed from the new
             elif isinstance(value, Distribution):
                 copied.__dict__[key] = rebuild(new_tensors, value)
             elif key == "transforms":

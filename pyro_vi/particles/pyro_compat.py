@@ -72,18 +72,23 @@ def gradient_node(tensor):
     return tensor.grad_fn or torch.autograd.graph.get_gradient_edge(tensor).node
 
 
-def graph_reaches(starts, targets, avoiding=()):
+def graph_reaches(starts, targets, avoiding=(), limit=None):
     """Whether a walk over the recorded autograd graph from the nodes
     ``starts`` meets a node in the set ``targets`` without passing through a
-    node in ``avoiding`` (``next_functions``; no backward pass)."""
+    node in ``avoiding`` (``next_functions``; no backward pass), within
+    ``limit`` nodes if given."""
     seen = set(avoiding)
     stack = list(starts)
+    visited = 0
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         if node in targets:
             return True
+        visited += 1
+        if limit is not None and visited > limit:
+            return False
         seen.add(node)
         stack.extend(child for child, _ in node.next_functions)
     return False
