@@ -1,6 +1,8 @@
 """The importance-weighted bound (Burda, Grosse and Salakhutdinov 2016), with
 its gradient estimators as small strategy objects."""
 
+import dataclasses
+
 from .. import validation
 from ..math.bounds import iwelbo, log_weights_per_point, normalized_weights, per_point, point_scale
 from ..particles import Needs
@@ -114,7 +116,8 @@ class ImportanceWeightedELBO(ParticleELBO):
     def __init__(self, num_particles=5, gradient="reparam", **kwargs):
         self.gradient = validation.choice(f"{type(self).__name__}: gradient", gradient, GRADIENTS)
         self.strategy = GRADIENTS[gradient]()
-        super().__init__(num_particles, needs=self.strategy.needs, min_particles=self.strategy.min_particles, **kwargs)
+        needs = dataclasses.replace(self.strategy.needs, same_minibatch=True)
+        super().__init__(num_particles, needs=needs, min_particles=self.strategy.min_particles, **kwargs)
 
     def check(self, particles):
         self.strategy.check(particles, type(self).__name__)

@@ -71,6 +71,10 @@ class Needs:
     :ivar bool same_in_every_process: under :mod:`torch.distributed`, every
         process draws the same particles (a seed from rank 0 for each draw,
         :func:`~pyro_vi.training.distributed.shared_random_stream`).
+    :ivar bool same_minibatch: with one trace per particle, every particle
+        takes the first one's minibatch of each subsampled plate, as one
+        vectorized trace does (a data point's importance-weighted bound needs
+        all the particles at that point).
     """
 
     reparameterize: bool = True
@@ -83,6 +87,7 @@ class Needs:
     scores: bool = False
     samples: bool = False
     same_in_every_process: bool = False
+    same_minibatch: bool = False
 
 
 class Sampler:
@@ -193,7 +198,11 @@ class Sampler:
                 pairs = AntitheticPairs(self.num_particles, self.vectorized, shared)
         nesting = plate_dims + self.vectorized  # as check_site_shape counts, the particle plate included
         if not self.vectorized:
-            return [self._run(model, guide, pairs, nesting, args, kwargs) for _ in range(self.num_particles)]
+            runs = [self._run(model, guide, pairs, nesting, args, kwargs)]
+            if self.needs.same_minibatch:
+                guide = poutine.replay(guide, trace=_subsample_sites(runs[0][2]))
+            runs += [self._run(model, guide, pairs, nesting, args, kwargs) for _ in range(self.num_particles - 1)]
+            return runs
         if self.needs.scores:  # each score site's distribution before the particle plate broadcasts it
             guide = CaptureDistributions()(guide)
         plate = particle_plate(self.num_particles, plate_dims)
@@ -296,6 +305,16 @@ def _one_run(model, guide, args, kwargs):
         checked_model = GuideValuesInSupport(guide_trace)(model)
         model_trace = poutine.trace(poutine.replay(checked_model, trace=guide_trace)).get_trace(*args, **kwargs)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def _subsample_sites(trace):
+    """A copy of ``trace`` with only its subsample sites (the minibatch
+    indices of its subsampled plates)."""
+    kept = trace.copy()
+    for name, site in trace.nodes.items():
+        if not (site["type"] == "sample" and site_is_subsample(site)):
+            kept.remove_node(name)
+    return kept
 
 
 def _plate_nesting(traces):
