@@ -26,8 +26,9 @@ class DReG(ImportanceWeightedGradient):
     random sample :math:`z_k` multiplies its gradient by :math:`\\tilde w_k`,
     while point masses, which have no score to rewrite, keep the weight
     :math:`\\tilde w_k`. For a structured guide the two are taken as separate
-    gradients, and point masses and scaled or masked sites are refused there. With :math:`K = 1` it is
-    :class:`~pyro_vi.StickingTheLandingELBO`'s estimator.
+    gradients, and point masses and scaled or masked sites are refused there.
+    With :math:`K = 1` it is :class:`~pyro_vi.StickingTheLandingELBO`'s
+    estimator.
 
     **References**
 

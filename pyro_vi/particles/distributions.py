@@ -50,10 +50,12 @@ def _cached_from(obj, key, value, tensors):
     """Whether ``value``, at ``key`` of ``obj``, is the cache of a lazy
     property computed from another of ``obj``'s ``tensors`` (within a few
     autograd nodes: the conversions between probabilities and logits)."""
-    if not isinstance(getattr(type(obj), key, None), lazy_property):
+    if not torch.is_grad_enabled():  # no gradient is taken (and views made now have no gradient edge)
+        return False
+    if value.grad_fn is None or not isinstance(getattr(type(obj), key, None), lazy_property):
         return False
     others = {gradient_node(t) for k, t in tensors.items() if k != key}
-    return value.grad_fn is not None and graph_reaches([value.grad_fn], others, limit=32)
+    return graph_reaches([value.grad_fn], others, limit=32)
 
 
 def _plain(value):
