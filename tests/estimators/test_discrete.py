@@ -101,6 +101,21 @@ UNBIASED = {
 }
 
 
+@pytest.mark.parametrize("guide_fn", [guide, probs_guide], ids=["logits", "probs"])
+@pytest.mark.parametrize("make", [ControlVariateELBO, RaoBlackwellELBO], ids=["ControlVariateELBO", "RaoBlackwellELBO"])
+def test_sequential_particles_take_each_score_once(make, guide_fn):
+    """With one trace per particle, each score is taken at the particle's own
+    distribution, whose log_prob caches the logits of a probs Bernoulli and
+    whose sample caches the probs of a logits one: the score is taken with
+    respect to the parameter alone, not through the cache as well (which
+    counted it twice). Against the exact gradient; the loss (no grad mode) runs."""
+    elbo = make(num_particles=4, vectorize_particles=False, max_plate_nesting=1)
+    name = "theta" if guide_fn is guide else "p"  # p's unconstrained value is the logits
+    agrees, powerful = agrees_with(statistics(elbo, 300, guide_fn=guide_fn, name=name), exact_gradient())
+    assert agrees and powerful
+    assert math.isfinite(make(num_particles=4, vectorize_particles=True, max_plate_nesting=1).loss(model, guide_fn))
+
+
 @pytest.mark.parametrize("name", sorted(UNBIASED))
 def test_mean_gradient_is_the_exact_gradient(name):
     make, k = UNBIASED[name]
