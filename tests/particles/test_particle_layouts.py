@@ -71,13 +71,14 @@ def bernoulli_model():
         pyro.sample("x", dist.Normal(loc + 2 * b, 1.0), obs=DATA)
 
 
-def bernoulli_guide():
+def bernoulli_guide(probs=False):
     logits = pyro.param("logits", torch.tensor([0.3, -0.8], dtype=torch.float64))
     m = pyro.param("m", torch.tensor(0.2, dtype=torch.float64))
     s = pyro.param("s", torch.tensor(0.7, dtype=torch.float64), constraint=dist.constraints.positive)
     pyro.sample("loc", dist.Normal(m, s))
     with pyro.plate("data", 2):
-        pyro.sample("b", dist.Bernoulli(logits=logits))
+        # with probs, log_prob caches logits computed from them on the distribution
+        pyro.sample("b", dist.Bernoulli(probs=torch.sigmoid(logits)) if probs else dist.Bernoulli(logits=logits))
 
 
 def structured_guide():
@@ -145,6 +146,7 @@ AMORTIZED = (chain_model, amortized_guide, {})
 STRUCTURED = (structured_model, structured_guide, {})
 DEEP = (deep_model, deep_guide, {})
 BERNOULLI = (bernoulli_model, bernoulli_guide, {})
+BERNOULLI_PROBS = (bernoulli_model, bernoulli_guide, {"probs": True})
 
 # label -> (ELBO factory, (model, guide, guide kwargs), whether the samples are detached: score function)
 CASES = {
@@ -166,6 +168,8 @@ CASES = {
     "RLOO(pathwise)": (partial(RLOO, pathwise=True), BERNOULLI, False),
     "STL": (STL, CHAIN, False),
     "DisARM": (DisARM, BERNOULLI, False),
+    "CV(Bernoulli probs)": (CV, BERNOULLI_PROBS, True),
+    "RB(Bernoulli probs)": (RB, BERNOULLI_PROBS, True),
     "CV(unplated)": (CV, UNPLATED, True),
     "RB(unplated)": (RB, UNPLATED, True),
     "IW(unplated)": (IW, UNPLATED, False),
