@@ -451,7 +451,7 @@ def positive_model():
     rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
     p = pyro.sample("p", dist.Beta(2.0, 2.0))
     w = pyro.sample("w", dist.Dirichlet(torch.ones(3)))
-    pyro.sample("x", dist.Poisson(rate * p * w.max()), obs=torch.tensor(2.0))
+    pyro.sample("x", dist.Poisson(rate * p * w.max(-1).values), obs=torch.tensor(2.0))  # per particle
 
 
 def positive_guide():
