@@ -7,7 +7,7 @@ from .. import validation
 from ..math.bounds import iwelbo, log_weights_per_point, point_scale
 from ..particles import Needs, Particles, Sampler
 from ..particles.pyro_compat import PyroELBO
-from .refusals import check_reparameterized
+from .refusals import check_reparameterized, check_score_supports
 
 __all__ = ["ImportanceWeightedGradient", "ParticleELBO", "pathwise_needs"]
 
@@ -104,6 +104,7 @@ class ParticleELBO(PyroELBO):
             self.max_plate_nesting = sampler.plate_nesting(model, guide, args, kwargs) + sampler.vectorized
         particles = sampler.draw(model, guide, args, kwargs, self.max_plate_nesting - sampler.vectorized)
         particles.check_finite()
+        check_score_supports(particles, type(self).__name__)
         self.check(particles)
         return particles
 

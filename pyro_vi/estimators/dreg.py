@@ -24,8 +24,9 @@ class DReG(ImportanceWeightedGradient):
     as in IWAE. When no random guide sample depends on another (mean-field,
     amortized, autoguides), one backward pass does both: a hook on each
     random sample :math:`z_k` multiplies its gradient by :math:`\\tilde w_k`,
-    while point masses, which have no score to rewrite, keep the weight
-    :math:`\\tilde w_k`. For a structured guide the two are taken as separate
+    while point masses, which have no score to rewrite, and sites whose
+    support moves, whose score identity fails, keep IWAE's weight
+    :math:`\\tilde w_k` and their whole density. For a structured guide the two are taken as separate
     gradients, and point masses and scaled or masked sites are refused there.
     With :math:`K = 1` it is :class:`~pyro_vi.StickingTheLandingELBO`'s
     estimator.
@@ -43,10 +44,11 @@ class DReG(ImportanceWeightedGradient):
         if particles.random_samples_independent():
             return
         for site in particles.guide.values():
-            if site.is_point_mass:
+            if site.keeps_whole_density:
+                kind = "point-mass site '{}' (Delta)" if site.is_point_mass else "site '{}', whose support moves,"
                 raise ValueError(
-                    f"{estimator}(gradient='dreg'): point-mass site '{site.name}' (Delta) in a guide whose random "
-                    "samples depend on one another; DReG's weights apply to random samples only: use "
+                    f"{estimator}(gradient='dreg'): {kind.format(site.name)} in a guide whose random samples depend "
+                    "on one another; DReG's weights apply only to random samples with a score to rewrite: use "
                     "gradient='stl' or 'reparam'"
                 )
         for name, samples in particles.samples.items():

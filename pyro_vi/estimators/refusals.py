@@ -3,7 +3,7 @@ naming the site and the reason, before any arithmetic."""
 
 from ..math.bounds import independent_plates
 
-__all__ = ["check_antithetic", "check_importance_weighted", "check_reparameterized"]
+__all__ = ["check_antithetic", "check_importance_weighted", "check_reparameterized", "check_score_supports"]
 
 
 def check_reparameterized(particles, estimator):
@@ -15,6 +15,24 @@ def check_reparameterized(particles, estimator):
                 f"{estimator} needs reparameterized guide sites, but {kind} '{site.name}' has no pathwise "
                 "derivative (it cannot rsample, or has_rsample=False); use "
                 "RaoBlackwellELBO or ScoreFunctionELBO for it"
+            )
+
+
+def check_score_supports(particles, estimator):
+    """Refuses, by name, a guide site with a score whose support moves with
+    the parameters (a ``Uniform`` with learned bounds): its score does not
+    average to zero, so no score-function gradient of it is unbiased."""
+    for site in particles.score_sites():
+        if site.support_moves:
+            fix = (
+                "keep its pathwise derivative (pathwise=True, AutoELBO, StickingTheLandingELBO or Trace_ELBO)"
+                if site.has_rsample
+                else "give it a support that does not depend on its parameters"
+            )
+            raise ValueError(
+                f"{estimator}: the support of guide site '{site.name}' moves with its parameters (its bounds "
+                "carry gradient, as a Uniform's learned low and high do), so its score does not average to zero "
+                f"and a score-function gradient of it is biased; {fix}"
             )
 
 

@@ -31,13 +31,14 @@ def pathwise_surrogate(particles):
     without a score. For a site that keeps its pathwise derivative (it
     ``rsample``-s) this is the sticking-the-landing gradient (Roeder et al.
     2017): the score part of :math:`\\nabla_\\lambda \\log q`, whose expectation
-    is zero, is cancelled by the density at stopped parameters. Point masses
+    is zero, is cancelled by the density at stopped parameters. Point masses,
+    sites whose support moves (whose score term does not average to zero)
     and model parameters get their exact gradient. When every random guide
     site has a score (a score-function estimator), this is
     :math:`\\log p - \\log q^{\\mathrm{point\\ masses}}` and nothing is recomputed.
     Shape ``(S,)``."""
     surrogate = particles.log_p() - particles.path_log_q()
-    sites = [s.name for s in particles.guide.values() if s.score_log_prob is None and not s.is_point_mass]
+    sites = [s.name for s in particles.guide.values() if s.score_log_prob is None and not s.keeps_whole_density]
     if sites:
         stopped = particles.stopped_log_q
         for name in sites:

@@ -23,6 +23,7 @@ __all__ = [
     "is_point_mass",
     "masked_distribution",
     "score_function_guide",
+    "support_moves",
     "without_mask",
 ]
 
@@ -36,6 +37,28 @@ def is_point_mass(fn):
     while not isinstance(fn, dist.Delta) and hasattr(fn, "base_dist"):
         fn = fn.base_dist
     return isinstance(fn, dist.Delta)
+
+
+def support_moves(fn):
+    """Whether the support of the distribution ``fn`` (or of one it wraps)
+    has bounds that carry gradient: a ``Uniform`` with learned ``low`` or
+    ``high``, a ``Pareto`` with a learned ``scale``. Then the score
+    :math:`\\nabla_\\lambda \\log q_\\lambda(z)` at a fixed sample has a
+    nonzero mean (the probability mass at a moving boundary is not in it):
+    a score-function gradient of such a site is biased, and its path
+    gradient must keep the score term. Bounds moved by a transform with
+    parameters (``AffineTransform`` of a ``Uniform(0, 1)``) are not seen."""
+    while fn is not None:
+        try:
+            support = fn.support
+        except NotImplementedError:
+            return False
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(support).values()):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
 
 
 def without_mask(fn):

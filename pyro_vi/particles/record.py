@@ -45,6 +45,9 @@ class SiteTerm:
     :ivar bool has_rsample: the distribution could ``rsample`` (before any
         score-function treatment).
     :ivar bool is_point_mass: a ``Delta`` site: no randomness, no score.
+    :ivar bool support_moves: a random guide site whose support moves with
+        the parameters (see :func:`~pyro_vi.particles.handlers.support_moves`):
+        its score has a nonzero mean.
     :ivar bool path_only: ``log_prob`` was computed at stopped distribution
         parameters (``Needs.path_density``): its gradient is the path part only.
     :ivar scale: the site's scale (subsampling times ``poutine.scale``).
@@ -63,11 +66,20 @@ class SiteTerm:
     reparameterized: bool = True
     has_rsample: bool = True
     is_point_mass: bool = False
+    support_moves: bool = False
     path_only: bool = False
     scale: object = 1.0
     subsample_scale: float = 1.0
     subsampled_plates: FrozenSet[str] = frozenset()
     mask: object = None
+
+    @property
+    def keeps_whole_density(self):
+        """Whether a path estimator keeps this guide site's whole
+        log-density (no score term to drop): a point mass, which has no
+        score, or a site whose support moves, whose score does not average
+        to zero."""
+        return self.is_point_mass or self.support_moves
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,7 @@ class Particles:
     :ivar guide_dependencies: guide site -> the latent guide sites its
         density depends on directly (``Needs.structure``).
     :ivar stopped_log_q: :math:`\\log q_\\lambda(\\mathrm{stop}(z_s))` per random
-        guide site: only the variational parameters, not the samples (nor, in a
+        guide site with a fixed support: only the variational parameters, not the samples (nor, in a
         structured guide, the upstream samples) carry gradient
         (``Needs.stopped_guide``).
     :ivar bernoulli: the :class:`BernoulliTerm` of each Bernoulli guide site
@@ -122,7 +134,7 @@ class Particles:
         in each run (``None`` where a run did not meet it) (``Needs.scores``).
     :ivar guide_param_values: the guide params' constrained values, by name
         (``Needs.scores``).
-    :ivar samples: per random guide site, ``(its sample tensor, the number
+    :ivar samples: per random guide site with a fixed support, ``(its sample tensor, the number
         of batch dims of its distribution, c)`` in each run (``None`` where a
         run did not meet it), ``c`` the factor of the site's own log-density
         in the log-weight, per element (``poutine.scale`` and masks; ``1.0``
@@ -191,12 +203,15 @@ class Particles:
         constrained sites; ``AutoStructured``'s :math:`-\\log \\sigma` of
         :math:`z = \\mu + \\sigma \\epsilon` with a parameter-free
         :math:`\\epsilon`), whose gradient in the parameters has a nonzero
-        mean: stopping it would bias the estimator."""
+        mean: stopping it would bias the estimator. So does a site whose
+        support moves with the parameters (a ``Uniform`` with learned
+        bounds: :math:`E[\\partial_{\\mathrm{high}} \\log q] = -1/(\\mathrm{high} - \\mathrm{low})`),
+        which therefore keeps it too (``SiteTerm.keeps_whole_density``)."""
         stopped = self.stopped_log_q
         return {
             name: (
                 site.log_prob
-                if site.path_only or site.is_point_mass
+                if site.path_only or site.keeps_whole_density
                 else site.log_prob - stopped[name] + stopped[name].detach()
             )
             for name, site in self.guide.items()

@@ -31,6 +31,7 @@ from .handlers import (
     is_point_mass,
     masked_distribution,
     score_function_guide,
+    support_moves,
     without_mask,
 )
 from .pyro_compat import PARTICLE_PLATE, gradient_node, graph_reaches, param_leaf, particle_plate, set_log_prob
@@ -171,7 +172,7 @@ class Sampler:
             extras["samples"] = {
                 name: [_sample(guide.nodes.get(name), site.subsample_scale) for _, guide, _ in runs]
                 for name, site in guide_sites.items()
-                if not site.is_point_mass and not site.is_observed
+                if not site.keeps_whole_density and not site.is_observed
             }
         return Particles(
             model=sites[0],
@@ -284,16 +285,17 @@ class Sampler:
         return {
             name: _stack([run.get(name) for run in stopped], name, plate_dims, self.vectorized, self.num_particles)
             for name, site in guide_sites.items()
-            if not site.is_point_mass
+            if not site.keeps_whole_density
         }
 
 
 def _needs_stopped(site):
     """Whether the guide site's :math:`\\log q_\\lambda(\\mathrm{stop}(z))` is
     needed: a random site that keeps its pathwise derivative and whose density
-    was not already computed at stopped parameters. Point masses keep their
-    whole density (see :meth:`~pyro_vi.particles.Particles.log_q_at_stopped_parameters`)."""
-    return not site.path_only and site.score_log_prob is None and not site.is_point_mass
+    was not already computed at stopped parameters. Point masses and sites
+    whose support moves keep their whole density (see
+    :meth:`~pyro_vi.particles.Particles.log_q_at_stopped_parameters`)."""
+    return not site.path_only and site.score_log_prob is None and not site.keeps_whole_density
 
 
 def _one_run(model, guide, args, kwargs):
@@ -374,6 +376,7 @@ def _site_term(sites, plate_dims, vectorized, num_particles, role):
         reparameterized=not has_score,
         has_rsample=bool(site["infer"].get("has_rsample", fn.has_rsample)) or point_mass,
         is_point_mass=point_mass,
+        support_moves=role == 1 and not point_mass and not site["is_observed"] and support_moves(fn),
         path_only=site.get("pyro_vi_path_only", False),
         scale=site["scale"],
         subsample_scale=subsample_scale,
@@ -447,11 +450,12 @@ def _compute_path_log_prob(guide_trace):
     """The log-density of each random latent guide site whose distribution
     depends on no other sample, computed at stopped parameters: the gradient
     through the sample only. Other sites, and point masses, are left to
-    ``compute_score_parts``."""
+    ``compute_score_parts``, as are sites whose support moves (they keep their
+    whole density)."""
     sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
     samples = [s["value"] for s in sites if s["value"].requires_grad]
     for site in sites:
-        if is_point_mass(site["fn"]):
+        if is_point_mass(site["fn"]) or support_moves(site["fn"]):
             continue
         parts = functional(site["fn"])
         if parts is None:
@@ -475,8 +479,8 @@ def _log_prob_at_detached(guide_trace):
     for site in sites:
         if site["is_observed"]:
             return None  # a guide factor: only a rerun separates its paths
-        if is_point_mass(site["fn"]):
-            continue  # not needed: a point mass keeps its whole density
+        if is_point_mass(site["fn"]) or support_moves(site["fn"]):
+            continue  # not needed: the site keeps its whole density
         log_prob = site["fn"].log_prob(site["value"].detach(), *site["args"], **site["kwargs"])
         upstream = [v for v in samples if v is not site["value"]]
         if upstream and (_reaches(log_prob, upstream) or _reaches(site["value"], upstream)):
