@@ -245,8 +245,9 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         the same whether the particles share one vectorized trace or have
         one trace each. Falls back to ``"parameters"`` where a site's
         distribution depends on another guide sample (a structured guide:
-        each particle has its own) or stores its tensors normalized, as a
-        categorical does (see
+        each particle has its own), stores its tensors normalized, as a
+        categorical does, or stores a tensor computed from another, as a
+        ``LowRankMultivariateNormal`` does (see
         :func:`~pyro_vi.math.jacobians.distribution_gradients`).
     """
     params = [p for p in particles.guide_params.values() if p.requires_grad]

@@ -44,6 +44,7 @@ from torch.func import grad, vmap
 from ..particles.distributions import attribute, functional, tensors_of
 from ..particles.handlers import without_mask
 from ..particles.pyro_compat import (
+    computed_from,
     expanded_from,
     gradient_node,
     graph_reaches,
@@ -90,12 +91,13 @@ def distribution_gradients(particles, weightings):
         the list of each particle's own tensor (one trace per particle;
         ``None`` where a particle did not meet the site); or ``None`` where
         a site's distribution depends on another guide sample (structured
-        guides), cannot be taken apart (flows with networks), or stores its
-        tensors normalized (categoricals, see :func:`_normalizes`)."""
+        guides), cannot be taken apart (flows with networks), or has tensors
+        that are not free coordinates (see :func:`_free_coordinates`)."""
     sites = particles.score_sites()
     if not sites:
         return []
-    if any(_normalizes(fn) for site in sites for fn in _site_distributions(particles, site.name) if fn is not None):
+    distributions = (fn for site in sites for fn in _site_distributions(particles, site.name) if fn is not None)
+    if not all(_free_coordinates(fn) for fn in distributions):
         return None
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
     if particles.vectorized:
@@ -147,6 +149,32 @@ def _depends_on_another_sample(particles, name):
     guide sample (read from the programs' structure, which the run phase
     records for per-particle scores of sequential particles)."""
     return bool(particles.guide_dependencies.get(name, frozenset()) - {name})
+
+
+def _free_coordinates(fn):
+    """Whether each tensor of ``fn`` is a free coordinate of its family: its
+    score, the other tensors held fixed, has mean zero, as a control variate
+    needs. Not so where ``fn`` stores its tensors normalized
+    (:func:`_normalizes`), nor where one of its tensors is computed from
+    another (``LowRankMultivariateNormal``'s ``_capacitance_tril`` from its
+    ``cov_diag``, ``StudentT``'s chi-square from its ``df``): moving one alone
+    leaves the family (a mean score of -1.1 on a capacitance entry, which
+    biased ControlVariateELBO's gradient by 20 standard errors). A tensor the
+    program computed from another (``Normal(p, p.exp())``) counts too; the
+    fallback, per-particle gradients of the parameters, is exact for all."""
+    if _normalizes(fn):
+        return False
+    tensors = list((tensors_of(fn) or {}).values())
+    return not any(
+        computed_from(tensor, tensors[:i] + tensors[i + 1 :], limit=_DERIVATION_NODES)
+        for i, tensor in enumerate(tensors)
+    )
+
+
+# How far back a distribution's tensors are searched for another of its
+# tensors: far enough for a constructor's arithmetic (a Cholesky factor of a
+# capacitance matrix), not through an encoder.
+_DERIVATION_NODES = 32
 
 
 def _normalizes(fn):

@@ -16,6 +16,7 @@ from pyro.infer.elbo import ELBO
 __all__ = [
     "PARTICLE_PLATE",
     "PyroELBO",
+    "computed_from",
     "expanded_from",
     "gradient_node",
     "graph_reaches",
@@ -91,6 +92,31 @@ def graph_reaches(starts, targets, avoiding=(), limit=None):
             return False
         seen.add(node)
         stack.extend(child for child, _ in node.next_functions)
+    return False
+
+
+def computed_from(tensor, others, limit=None):
+    """Whether the recorded autograd graph of ``tensor`` reads the value of
+    one of the tensors ``others``: whether a walk over ``next_functions``
+    from its ``grad_fn`` meets one of their gradient edges (node and output
+    number, so that the other outputs of one node, such as the other chunks
+    of a ``chunk``, do not count), within ``limit`` nodes if given."""
+    edges = set()
+    for other in others:
+        edge = torch.autograd.graph.get_gradient_edge(other)
+        edges.add((edge.node, edge.output_nr))
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if limit is not None and len(seen) > limit:
+            return False
+        for child, output_nr in node.next_functions:
+            if (child, output_nr) in edges:
+                return True
+            stack.append(child)
     return False
 
 

@@ -12,6 +12,7 @@ import torch
 
 from models.catalogue import CATALOGUE
 from pyro_vi import ControlVariateELBO, RaoBlackwellELBO
+from pyro_vi.diagnostics import gradient_statistics
 from pyro_vi.math import jacobians as scores
 from pyro_vi.math.control_variates import COSTLY_WEIGHTS, controlled_gradient
 from pyro_vi.math.signals import markov_blanket_signals, per_particle
@@ -219,3 +220,78 @@ def test_parameter_coordinates_warn_once_above_a_million_weights(estimator, weig
             assert costly[0].category is UserWarning
             for named in (estimator.__name__, f"{weights:,}", 'coordinates="distributions"'):
                 assert named in message
+
+
+def _low_rank_model(x):
+    z = pyro.sample("z", dist.MultivariateNormal(torch.zeros(3), torch.eye(3)))
+    pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+LOW_RANK = dict(loc=[0.5, 0.7, 1.2], cov_factor=[[0.3, -0.2], [0.1, 0.4], [-0.3, 0.2]], cov_diag=[0.6, 0.6, 0.6])
+LOW_RANK_DATA = torch.tensor([0.3, 1.5, 2.7])
+
+
+def _low_rank_guide(x):
+    loc = pyro.param("loc", torch.tensor(LOW_RANK["loc"]))
+    cov_factor = pyro.param("cov_factor", torch.tensor(LOW_RANK["cov_factor"]))
+    cov_diag = pyro.param("cov_diag", torch.tensor(LOW_RANK["cov_diag"]), constraint=dist.constraints.positive)
+    pyro.sample("z", dist.LowRankMultivariateNormal(loc, cov_factor, cov_diag))
+
+
+def _low_rank_exact_loss_gradient():
+    """The negative ELBO's gradient from its closed form: for
+    :math:`q = N(m, \\Sigma)`, :math:`\\Sigma = F F^\\top + \\mathrm{diag}(d)`,
+    :math:`\\mathrm{ELBO} = -\\frac{1}{2}(|m|^2 + |x - m|^2) - \\mathrm{tr}\\,\\Sigma
+    + \\frac{1}{2}\\log\\det\\Sigma` up to a constant; ``cov_diag`` by its logarithm."""
+    loc = torch.tensor(LOW_RANK["loc"], dtype=torch.float64, requires_grad=True)
+    factor = torch.tensor(LOW_RANK["cov_factor"], dtype=torch.float64, requires_grad=True)
+    log_diag = torch.tensor(LOW_RANK["cov_diag"], dtype=torch.float64).log().requires_grad_()
+    covariance = factor @ factor.T + torch.diag(log_diag.exp())
+    x = LOW_RANK_DATA.double()
+    elbo = -0.5 * (loc.square().sum() + (x - loc).square().sum()) - covariance.trace() + 0.5 * covariance.logdet()
+    grads = torch.autograd.grad(-elbo, (loc, factor, log_diag))
+    return dict(zip(("loc", "cov_factor", "cov_diag"), grads))
+
+
+def test_a_distribution_with_derived_tensors_falls_back_to_parameter_coordinates():
+    """``LowRankMultivariateNormal`` stores ``_capacitance_tril``, computed
+    from its ``cov_factor`` and ``cov_diag``: the partial score with respect
+    to it, the others held fixed, is not a score of the family (its mean is
+    not zero), so no control variate may be attached to it. A Normal whose
+    ``loc`` and ``scale`` are two chunks of one tensor keeps the fast path."""
+    learned = torch.randn(4, 6, requires_grad=True)
+    loc, log_scale = (torch.ones(5, 4) @ learned).chunk(2, -1)
+    free = {
+        "Normal of two chunks": (dist.Normal(loc, log_scale.exp()), True),
+        "MultivariateNormal": (dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(log_scale.exp())), True),
+        "LowRankMultivariateNormal": (dist.LowRankMultivariateNormal(loc, loc.unsqueeze(-1), log_scale.exp()), False),
+        "StudentT": (dist.StudentT(log_scale.exp(), loc, 1.0), False),
+        "Categorical": (dist.Categorical(logits=loc), False),
+    }
+    for name, (fn, expected) in free.items():
+        assert scores._free_coordinates(fn) == expected, name
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vec", "seq"])
+def test_a_low_rank_guide_takes_per_particle_gradients_of_its_parameters(vectorize):
+    elbo = RaoBlackwellELBO(num_particles=3, vectorize_particles=vectorize, max_plate_nesting=0)
+    pyro.clear_param_store()
+    particles = elbo.particles(_low_rank_model, _low_rank_guide, LOW_RANK_DATA)
+    assert scores.distribution_gradients(particles, [{}]) is None
+
+
+@pytest.mark.parametrize("estimator", [ControlVariateELBO, RaoBlackwellELBO])
+def test_unbiased_on_a_low_rank_multivariate_normal_guide(estimator):
+    """Against the exact gradient. With a control variate on the capacitance
+    matrix's entries, whose scores average -1.1, the default coordinates
+    biased the covariance's gradient by 0.18 to 0.58 (20 standard errors at
+    1,000 draws of 10 particles)."""
+    elbo = estimator(num_particles=200, vectorize_particles=True, max_plate_nesting=0)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    found = gradient_statistics(elbo, _low_rank_model, _low_rank_guide, LOW_RANK_DATA, num_draws=20)
+    for name, exact in _low_rank_exact_loss_gradient().items():
+        mean, error = found[name].mean.double(), found[name].standard_error.double()
+        assert ((mean - exact).abs() < 4.5 * error).all(), (name, mean, exact, error)
+        if name != "loc":  # the old coordinates' bias on these was 0.18 to 0.58: at least 6 standard errors
+            assert (error < 0.03).all(), (name, error)
