@@ -23,6 +23,7 @@ from pyro.infer.autoguide import (
     AutoDelta,
     AutoDiagonalNormal,
     AutoIAFNormal,
+    AutoLowRankMultivariateNormal,
     AutoMultivariateNormal,
     AutoNormal,
     AutoNormalMessenger,
@@ -61,7 +62,8 @@ class Pair:
         mass in a guide whose random samples depend on one another),
         ``structured_masked`` (a masked or scaled site in such a guide),
         ``guide_messenger``, ``not_bernoulli`` (a guide site without a
-        pathwise derivative that is not a Bernoulli); and ``poutine_scale``
+        pathwise derivative that is not a Bernoulli), ``moving_support`` (a
+        guide site whose support moves with the parameters); and ``poutine_scale``
         (sites under ``poutine.scale``: the importance-weighted estimators
         work, on the bound of the tempered weights).
     """
@@ -97,6 +99,13 @@ def global_guide():
     m = pyro.param("m", torch.tensor(0.2))
     s = pyro.param("s", torch.tensor(0.8), constraint=constraints.positive)
     pyro.sample("loc", dist.Normal(m, s))
+
+
+def uniform_bounds_guide():
+    # a support that moves with the parameters: the score of log q has a nonzero mean
+    low = pyro.param("low", torch.tensor(0.6))
+    width = pyro.param("width", torch.tensor(0.3), constraint=constraints.positive)
+    pyro.sample("loc", dist.Uniform(low, low + width))
 
 
 def local_model():
@@ -726,6 +735,7 @@ CATALOGUE = {
     "loc_scale_reparam": Pair(loc_scale_reparam_model, _same(loc_scale_reparam_guide), "mean_field"),
     "latent_stable_reparam": Pair(stable_reparam_model, _same(stable_reparam_guide), "delta"),
     "positive_supports": Pair(positive_model, _same(positive_guide), "mean_field"),
+    "uniform_bounds": Pair(global_model, _same(uniform_bounds_guide), "mean_field", frozenset({"moving_support"})),
     "transformed": Pair(lognormal_model, _same(transformed_guide), "flow"),
     "multivariate_obs_mask": Pair(mvn_model, _same(mvn_guide), "structured", frozenset({"structured_masked"})),
     "to_event": Pair(to_event_model, _same(to_event_guide), "mean_field"),
@@ -738,6 +748,8 @@ CATALOGUE = {
     "auto_normal": Pair(local_model, AutoNormal, "autoguide"),
     "auto_diagonal_normal": Pair(local_model, AutoDiagonalNormal, "autoguide"),
     "auto_multivariate_normal": Pair(nested_model, AutoMultivariateNormal, "autoguide"),
+    # a LowRankMultivariateNormal stores a tensor computed from two others
+    "auto_low_rank_multivariate_normal": Pair(nested_model, AutoLowRankMultivariateNormal, "autoguide"),
     "auto_delta": Pair(delta_model, AutoDelta, "delta"),
     # its random sites are parameter-free auxiliaries; point masses carry the
     # parameters, their log_density a Jacobian term (-log det of each scale)
@@ -786,6 +798,7 @@ class Estimator:
     importance_weighted: bool = False
     dreg: bool = False
     bernoulli_only: bool = False  # every guide site without a pathwise derivative must be Bernoulli
+    scores_every_site: bool = False  # every random guide site gets a score
     antithetic: bool = False  # draws antithetic pairs: not the particles Trace_ELBO draws on the same seed
     ours: bool = True
     options: dict = field(default_factory=dict)
@@ -793,16 +806,24 @@ class Estimator:
 
 ESTIMATORS = {
     "Trace_ELBO": Estimator(Trace_ELBO, ours=False),
-    "ScoreFunctionELBO": Estimator(ScoreFunctionELBO),
-    "ControlVariateELBO": Estimator(ControlVariateELBO),
-    "ControlVariateELBO(pooled)": Estimator(lambda **kw: ControlVariateELBO(coefficient="pooled", **kw)),
-    "ControlVariateELBO(parameters)": Estimator(lambda **kw: ControlVariateELBO(coordinates="parameters", **kw)),
-    "RaoBlackwellELBO": Estimator(RaoBlackwellELBO),
-    "RaoBlackwellELBO(parameters)": Estimator(lambda **kw: RaoBlackwellELBO(coordinates="parameters", **kw)),
-    "RaoBlackwellELBO(no CV)": Estimator(lambda **kw: RaoBlackwellELBO(control_variate=False, **kw)),
+    "ScoreFunctionELBO": Estimator(ScoreFunctionELBO, scores_every_site=True),
+    "ControlVariateELBO": Estimator(ControlVariateELBO, scores_every_site=True),
+    "ControlVariateELBO(pooled)": Estimator(
+        lambda **kw: ControlVariateELBO(coefficient="pooled", **kw), scores_every_site=True
+    ),
+    "ControlVariateELBO(parameters)": Estimator(
+        lambda **kw: ControlVariateELBO(coordinates="parameters", **kw), scores_every_site=True
+    ),
+    "RaoBlackwellELBO": Estimator(RaoBlackwellELBO, scores_every_site=True),
+    "RaoBlackwellELBO(parameters)": Estimator(
+        lambda **kw: RaoBlackwellELBO(coordinates="parameters", **kw), scores_every_site=True
+    ),
+    "RaoBlackwellELBO(no CV)": Estimator(
+        lambda **kw: RaoBlackwellELBO(control_variate=False, **kw), scores_every_site=True
+    ),
     "RaoBlackwellELBO(pathwise)": Estimator(lambda **kw: RaoBlackwellELBO(pathwise=True, **kw)),
     "ControlVariateELBO(pathwise)": Estimator(lambda **kw: ControlVariateELBO(pathwise=True, **kw)),
-    "ReinforceLeaveOneOutELBO": Estimator(ReinforceLeaveOneOutELBO),
+    "ReinforceLeaveOneOutELBO": Estimator(ReinforceLeaveOneOutELBO, scores_every_site=True),
     "ReinforceLeaveOneOutELBO(pathwise)": Estimator(lambda **kw: ReinforceLeaveOneOutELBO(pathwise=True, **kw)),
     "DisARMELBO": Estimator(DisARMELBO, bernoulli_only=True, antithetic=True),
     # its particles are pairs: the smallest even number at least the others'
@@ -843,6 +864,10 @@ REFUSALS = {
     ),
     "structured_point_mass": ("point-mass site '.*'", "DReG: a point mass in a structured guide"),
     "structured_masked": ("site '.*' is scaled or masked", "DReG: a scaled or masked site in a structured guide"),
+    "moving_support": (
+        "support of guide site '.*' moves",
+        "a site whose support moves with the parameters (its score has a nonzero mean)",
+    ),
     "not_bernoulli": (
         "site '.*' is not Bernoulli",
         "DisARM: a guide site that is neither Bernoulli nor reparameterizable",
@@ -861,6 +886,8 @@ def refusal_tag(pair: Pair, estimator: Estimator):
         return "not_reparameterizable"
     if estimator.bernoulli_only and "not_bernoulli" in pair.tags:
         return "not_bernoulli"
+    if estimator.scores_every_site and "moving_support" in pair.tags:
+        return "moving_support"
     if estimator.importance_weighted and "sequential_subsample" in pair.tags:
         return "sequential_subsample"
     if estimator.importance_weighted and "global_subsample" in pair.tags:

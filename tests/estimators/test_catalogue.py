@@ -230,6 +230,8 @@ UNBIASED = {
     "auto_iaf_normal": ["ScoreFunctionELBO", "ControlVariateELBO", "StickingTheLandingELBO"],
     "auto_diagonal_normal": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "ImportanceWeightedELBO(disarm)"],
     "auto_structured": ["StickingTheLandingELBO", "ImportanceWeightedELBO(dreg)"],
+    "auto_low_rank_multivariate_normal": ["ControlVariateELBO", "RaoBlackwellELBO"],
+    "uniform_bounds": ["StickingTheLandingELBO", "RaoBlackwellELBO(pathwise)", "ImportanceWeightedELBO(dreg)"],
     "scale_both": ["ImportanceWeightedELBO(dreg)"],
     "delta_after_random": ["ControlVariateELBO", "ImportanceWeightedELBO(dreg)"],
     "structured": ["RaoBlackwellELBO", "ImportanceWeightedELBO(dreg)", "RaoBlackwellELBO(pathwise)"],
