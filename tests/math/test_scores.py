@@ -17,7 +17,8 @@ from pyro_vi.math import jacobians as scores
 from pyro_vi.math.control_variates import COSTLY_WEIGHTS, controlled_gradient
 from pyro_vi.math.signals import markov_blanket_signals, per_particle
 
-SCORE_PAIRS = sorted(name for name, pair in CATALOGUE.items() if "guide_messenger" not in pair.tags)
+# every pair whose guide sites may all take a score
+SCORE_PAIRS = sorted(name for name, pair in CATALOGUE.items() if not {"guide_messenger", "moving_support"} & pair.tags)
 
 
 def batched_jacobian(rows, params):
