@@ -14,7 +14,6 @@ from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO
 
 from pyro_vi import (
-    AutoELBO,
     ControlVariateELBO,
     DisARMELBO,
     ImportanceWeightedELBO,
@@ -80,12 +79,11 @@ def test_support_moves_sees_learned_bounds_through_wrappers():
     assert not support_moves(dist.Normal(learned, 1.0).to_event(0))
 
 
+# The three places a site's density is stopped: at stopped parameters, in
+# the pathwise surrogate (also ControlVariateELBO's and AutoELBO's), by DReG.
 PATH_ESTIMATORS = {
     "stl": StickingTheLandingELBO,
-    "cv-pathwise": functools.partial(ControlVariateELBO, pathwise=True),
     "rb-pathwise": functools.partial(RaoBlackwellELBO, pathwise=True),
-    "rloo-pathwise": functools.partial(ReinforceLeaveOneOutELBO, pathwise=True),
-    "auto": AutoELBO,
     "disarm": DisARMELBO,
     "iw-stl": functools.partial(ImportanceWeightedELBO, gradient="stl"),
     "dreg": functools.partial(ImportanceWeightedELBO, gradient="dreg"),
