@@ -44,12 +44,13 @@ from torch.func import grad, vmap
 from ..particles.distributions import attribute, functional, tensors_of
 from ..particles.handlers import without_mask
 from ..particles.pyro_compat import (
-    computed_from,
     expanded_from,
+    gradient_edge,
     gradient_node,
     graph_reaches,
     param_constraint,
     parents_of,
+    reaches_edge,
     row_selection,
 )
 
@@ -164,11 +165,12 @@ def _free_coordinates(fn):
     fallback, per-particle gradients of the parameters, is exact for all."""
     if _normalizes(fn):
         return False
-    tensors = list((tensors_of(fn) or {}).values())
-    return not any(
-        computed_from(tensor, tensors[:i] + tensors[i + 1 :], limit=_DERIVATION_NODES)
-        for i, tensor in enumerate(tensors)
-    )
+    tensors = [t for t in (tensors_of(fn) or {}).values()]
+    edges = {gradient_edge(t): t for t in tensors}
+    for tensor in tensors:
+        if tensor.grad_fn is not None and reaches_edge(tensor, edges, limit=_DERIVATION_NODES) is not None:
+            return False
+    return True
 
 
 # How far back a distribution's tensors are searched for another of its

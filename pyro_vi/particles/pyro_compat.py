@@ -16,14 +16,15 @@ from pyro.infer.elbo import ELBO
 __all__ = [
     "PARTICLE_PLATE",
     "PyroELBO",
-    "computed_from",
     "expanded_from",
+    "gradient_edge",
     "gradient_node",
     "graph_reaches",
     "param_constraint",
     "param_leaf",
     "parents_of",
     "particle_plate",
+    "reaches_edge",
     "row_selection",
     "set_log_prob",
 ]
@@ -95,16 +96,18 @@ def graph_reaches(starts, targets, avoiding=(), limit=None):
     return False
 
 
-def computed_from(tensor, others, limit=None):
-    """Whether the recorded autograd graph of ``tensor`` reads the value of
-    one of the tensors ``others``: whether a walk over ``next_functions``
-    from its ``grad_fn`` meets one of their gradient edges (node and output
-    number, so that the other outputs of one node, such as the other chunks
-    of a ``chunk``, do not count), within ``limit`` nodes if given."""
-    edges = set()
-    for other in others:
-        edge = torch.autograd.graph.get_gradient_edge(other)
-        edges.add((edge.node, edge.output_nr))
+def gradient_edge(tensor):
+    """``(node, output number)``: where a gradient of ``tensor`` enters the
+    autograd graph (hashable; the other outputs of one node, such as the
+    other chunks of a ``chunk``, have other edges)."""
+    edge = torch.autograd.graph.get_gradient_edge(tensor)
+    return edge.node, edge.output_nr
+
+
+def reaches_edge(tensor, edges, limit=None):
+    """The first of the gradient ``edges`` (see :func:`gradient_edge`) that
+    the recorded graph of ``tensor`` reads, walking ``next_functions`` from
+    its ``grad_fn`` over at most ``limit`` nodes if given; ``None`` if none."""
     seen, stack = set(), [tensor.grad_fn]
     while stack:
         node = stack.pop()
@@ -112,12 +115,12 @@ def computed_from(tensor, others, limit=None):
             continue
         seen.add(node)
         if limit is not None and len(seen) > limit:
-            return False
-        for child, output_nr in node.next_functions:
-            if (child, output_nr) in edges:
-                return True
-            stack.append(child)
-    return False
+            return None
+        for edge in node.next_functions:
+            if edge in edges:
+                return edge
+            stack.append(edge[0])
+    return None
 
 
 def parents_of(outputs):

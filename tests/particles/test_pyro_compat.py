@@ -83,6 +83,21 @@ def test_graph_walks():
     assert parents[node_b] == [c.grad_fn] and parents[node_a] == [node_b]
 
 
+def test_gradient_edges_tell_the_outputs_of_one_node_apart():
+    """``next_functions`` holds ``(node, output number)`` pairs, the gradient
+    edges: a tensor computed from one chunk of a ``chunk`` reads that chunk's
+    edge, not its sibling's, though both come out of one node."""
+    leaf = torch.randn(4, requires_grad=True)
+    first, second = (leaf * 2).chunk(2)
+    assert first.grad_fn is second.grad_fn
+    edges = {pyro_compat.gradient_edge(t): t for t in (first, second, leaf)}
+    assert len(edges) == 3
+    assert pyro_compat.reaches_edge(second.exp(), {pyro_compat.gradient_edge(first)}) is None
+    assert pyro_compat.reaches_edge(second.exp(), {pyro_compat.gradient_edge(second)}) is not None
+    assert pyro_compat.reaches_edge(second.exp(), {pyro_compat.gradient_edge(leaf)}) is not None
+    assert pyro_compat.reaches_edge(second.exp(), {pyro_compat.gradient_edge(leaf)}, limit=2) is None
+
+
 def test_log_probs_set_in_a_trace_are_kept_by_pyro():
     trace = poutine.trace(program).get_trace()
     site = trace.nodes["z"]
