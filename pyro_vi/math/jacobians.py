@@ -156,21 +156,34 @@ def _free_coordinates(fn):
     """Whether each tensor of ``fn`` is a free coordinate of its family: its
     score, the other tensors held fixed, has mean zero, as a control variate
     needs. Not so where ``fn`` stores its tensors normalized
-    (:func:`_normalizes`), nor where one of its tensors is computed from
-    another (``LowRankMultivariateNormal``'s ``_capacitance_tril`` from its
-    ``cov_diag``, ``StudentT``'s chi-square from its ``df``): moving one alone
-    leaves the family (a mean score of -1.1 on a capacitance entry, which
-    biased ControlVariateELBO's gradient by 20 standard errors). A tensor the
-    program computed from another (``Normal(p, p.exp())``) counts too; the
-    fallback, per-particle gradients of the parameters, is exact for all."""
+    (:func:`_normalizes`), nor where its constructor computed one of them
+    from another (``LowRankMultivariateNormal``'s ``_capacitance_tril`` from
+    its ``cov_diag``, ``StudentT``'s chi-square from its ``df``): moving one
+    alone leaves the family (a mean score of -1.1 on a capacitance entry,
+    which biased ControlVariateELBO's gradient by 20 standard errors). The
+    arguments themselves (``arg_constraints``, also of a ``base_dist``) are
+    free however the program computed them. The fallback, per-particle
+    gradients of the parameters, is exact for all."""
     if _normalizes(fn):
         return False
-    tensors = [t for t in (tensors_of(fn) or {}).values()]
-    edges = {gradient_edge(t): t for t in tensors}
-    for tensor in tensors:
-        if tensor.grad_fn is not None and reaches_edge(tensor, edges, limit=_DERIVATION_NODES) is not None:
+    tensors = tensors_of(fn) or {}
+    edges = {gradient_edge(t) for t in tensors.values()}
+    return not any(
+        reaches_edge(tensor, edges, limit=_DERIVATION_NODES) is not None
+        for path, tensor in tensors.items()
+        if tensor.grad_fn is not None and not _is_argument(fn, path)
+    )
+
+
+def _is_argument(fn, path):
+    """Whether the tensor at ``path`` of ``fn`` is one of its arguments (or
+    of its ``base_dist``'s), not a tensor its constructor computed."""
+    keys = path.split(".")
+    for key in keys[:-1]:
+        if key != "base_dist" and key not in getattr(fn, "arg_constraints", {}):
             return False
-    return True
+        fn = vars(fn)[key]
+    return keys[-1] in getattr(fn, "arg_constraints", {})
 
 
 # How far back a distribution's tensors are searched for another of its

@@ -258,12 +258,13 @@ def test_a_distribution_with_derived_tensors_falls_back_to_parameter_coordinates
     """``LowRankMultivariateNormal`` stores ``_capacitance_tril``, computed
     from its ``cov_factor`` and ``cov_diag``: the partial score with respect
     to it, the others held fixed, is not a score of the family (its mean is
-    not zero), so no control variate may be attached to it. A Normal whose
-    ``loc`` and ``scale`` are two chunks of one tensor keeps the fast path."""
+    not zero), so no control variate may be attached to it. A distribution's
+    arguments are free coordinates however the program computed them."""
     learned = torch.randn(4, 6, requires_grad=True)
     loc, log_scale = (torch.ones(5, 4) @ learned).chunk(2, -1)
     free = {
         "Normal of two chunks": (dist.Normal(loc, log_scale.exp()), True),
+        "Normal whose scale the program computed from its loc": (dist.Normal(loc, loc.exp()), True),
         "MultivariateNormal": (dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(log_scale.exp())), True),
         "LowRankMultivariateNormal": (dist.LowRankMultivariateNormal(loc, loc.unsqueeze(-1), log_scale.exp()), False),
         "StudentT": (dist.StudentT(log_scale.exp(), loc, 1.0), False),
