@@ -45,13 +45,12 @@ from ..particles.distributions import attribute, functional, tensors_of
 from ..particles.handlers import without_mask
 from ..particles.pyro_compat import (
     expanded_from,
-    gradient_edge,
     gradient_node,
     graph_reaches,
     param_constraint,
     parents_of,
-    reaches_edge,
     row_selection,
+    upstream_edges,
 )
 
 __all__ = ["ParticleGradients", "distribution_gradients", "particle_gradients"]
@@ -156,23 +155,26 @@ def _free_coordinates(fn):
     """Whether each tensor of ``fn`` is a free coordinate of its family: its
     score, the other tensors held fixed, has mean zero, as a control variate
     needs. Not so where ``fn`` stores its tensors normalized
-    (:func:`_normalizes`), nor where its constructor computed one of them
-    from another (``LowRankMultivariateNormal``'s ``_capacitance_tril`` from
-    its ``cov_diag``, ``StudentT``'s chi-square from its ``df``): moving one
-    alone leaves the family (a mean score of -1.1 on a capacitance entry,
-    which biased ControlVariateELBO's gradient by 20 standard errors). The
-    arguments themselves (``arg_constraints``, also of a ``base_dist``) are
-    free however the program computed them. The fallback, per-particle
-    gradients of the parameters, is exact for all."""
+    (:func:`_normalizes`), nor where its constructor computed a tensor from
+    what another of its tensors is computed from (``LowRankMultivariateNormal``'s
+    ``_capacitance_tril`` from its ``cov_diag``, ``MixtureOfDiagNormals``'
+    normalized ``categorical`` from its ``component_logits``, ``StudentT``'s
+    chi-square from its ``df``): moving one alone leaves the family (a mean
+    score of -1.1 on a capacitance entry, which biased ControlVariateELBO's
+    gradient by 20 standard errors; the mixture's logits by up to 2.7). The arguments
+    themselves (``arg_constraints``, also of a ``base_dist``) are free however
+    the program computed them. The fallback, per-particle gradients of the
+    parameters, is exact for all; it is also taken where the program computed
+    such a tensor from the inputs of another (an amortized
+    ``MultivariateNormal``'s ``scale_tril`` and ``loc``)."""
     if _normalizes(fn):
         return False
     tensors = tensors_of(fn) or {}
-    edges = {gradient_edge(t) for t in tensors.values()}
-    return not any(
-        reaches_edge(tensor, edges, limit=_DERIVATION_NODES) is not None
-        for path, tensor in tensors.items()
-        if tensor.grad_fn is not None and not _is_argument(fn, path)
-    )
+    computed = [path for path in tensors if not _is_argument(fn, path)]
+    if not computed:
+        return True
+    upstream = {path: upstream_edges(tensor, limit=_DERIVATION_NODES) for path, tensor in tensors.items()}
+    return not any(upstream[path] & upstream[other] for path in computed for other in tensors if other != path)
 
 
 def _is_argument(fn, path):

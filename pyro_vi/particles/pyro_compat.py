@@ -24,9 +24,9 @@ __all__ = [
     "param_leaf",
     "parents_of",
     "particle_plate",
-    "reaches_edge",
     "row_selection",
     "set_log_prob",
+    "upstream_edges",
 ]
 
 #: The name of the outermost plate of Pyro's vectorized ELBOs
@@ -104,23 +104,22 @@ def gradient_edge(tensor):
     return edge.node, edge.output_nr
 
 
-def reaches_edge(tensor, edges, limit=None):
-    """The first of the gradient ``edges`` (see :func:`gradient_edge`) that
-    the recorded graph of ``tensor`` reads, walking ``next_functions`` from
-    its ``grad_fn`` over at most ``limit`` nodes if given; ``None`` if none."""
-    seen, stack = set(), [tensor.grad_fn]
+def upstream_edges(tensor, limit=None):
+    """The gradient edges (see :func:`gradient_edge`) that ``tensor`` is
+    computed from, its own included: a walk over ``next_functions`` from its
+    ``grad_fn``, over at most ``limit`` nodes if given."""
+    found, seen, stack = {gradient_edge(tensor)}, set(), [tensor.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
         if limit is not None and len(seen) > limit:
-            return None
+            break
         for edge in node.next_functions:
-            if edge in edges:
-                return edge
+            found.add(edge)
             stack.append(edge[0])
-    return None
+    return found
 
 
 def parents_of(outputs):
