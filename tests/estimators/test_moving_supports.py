@@ -153,6 +153,28 @@ def test_a_score_of_a_moving_support_is_refused_by_name(estimator):
     assert Trace_ELBO().differentiable_loss(model, guide, DATA).requires_grad  # Pyro takes it pathwise
 
 
+def test_loss_takes_no_gradient_and_gives_the_objectives_value():
+    """``loss`` runs under ``torch.no_grad``, where no bound carries gradient:
+    the one refusal about the gradient alone is not made there, and its value
+    estimates the ELBO as Trace_ELBO's does."""
+
+    def computed_bounds_guide(x):  # no bound is a leaf: under no_grad nothing shows that they move
+        center = pyro.param("center", torch.tensor(LOW + WIDTH / 2))
+        half = pyro.param("half", torch.tensor(WIDTH / 2), constraint=constraints.positive)
+        pyro.sample("a", dist.Uniform(center - half, center + half))
+        scale = pyro.param("scale", torch.tensor(SCALE), constraint=constraints.positive)
+        pyro.sample("b", dist.Normal(pyro.param("loc", torch.tensor(LOC)), scale))
+
+    pyro.clear_param_store()
+    kw = dict(num_particles=5000, vectorize_particles=True, max_plate_nesting=1)
+    pyro.set_rng_seed(0)
+    value = ScoreFunctionELBO(**kw).loss(model, computed_bounds_guide, DATA)
+    pyro.set_rng_seed(0)
+    assert value == pytest.approx(Trace_ELBO(**kw).loss(model, computed_bounds_guide, DATA), rel=1e-6)
+    with pytest.raises(ValueError, match="support of guide site 'a' moves"):
+        ScoreFunctionELBO(**kw).differentiable_loss(model, computed_bounds_guide, DATA)
+
+
 def test_a_moving_support_without_rsample_is_refused_by_every_score_estimator():
     elbo = RaoBlackwellELBO(num_particles=4, pathwise=True, vectorize_particles=True, max_plate_nesting=1)
     pyro.clear_param_store()
