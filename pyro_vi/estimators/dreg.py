@@ -26,10 +26,10 @@ class DReG(ImportanceWeightedGradient):
     random sample :math:`z_k` multiplies its gradient by :math:`\\tilde w_k`,
     while point masses, which have no score to rewrite, and sites whose
     support moves, whose score identity fails, keep IWAE's weight
-    :math:`\\tilde w_k` and their whole density. For a structured guide the two are taken as separate
-    gradients, and point masses and scaled or masked sites are refused there.
-    With :math:`K = 1` it is :class:`~pyro_vi.StickingTheLandingELBO`'s
-    estimator.
+    :math:`\\tilde w_k` and their whole density. For a structured guide the
+    two are taken as separate gradients, and point masses, sites whose
+    support moves and scaled or masked sites are refused there. With
+    :math:`K = 1` it is :class:`~pyro_vi.StickingTheLandingELBO`'s estimator.
 
     **References**
 
@@ -76,7 +76,7 @@ def surrogate_by_two_gradients(particles, weights, normalized, path_log_w, log_p
     for the guide parameters and :math:`\\sum_k \\tilde w_k \\log p(x, z_k)` for
     the model parameters (``weights`` carry the points' subsampling scale),
     returned as a surrogate linear in the parameters. Valid for any guide
-    without point masses."""
+    without point masses or sites whose support moves."""
     surrogate = path_log_w.new_zeros(())
     for params, objective in (
         (particles.guide_params, (weights * normalized * path_log_w).sum()),
@@ -101,8 +101,8 @@ def surrogate_by_hooks(particles, normalized, weighted_path_log_w):
     annealing, or 0 where masked), only :math:`c` times its score is rewritten:
     the hook multiplies by :math:`1 - c + c \\tilde w_k`. Valid when no random
     sample depends on another (else a sample's gradient would be scaled
-    twice); point masses are not hooked, so their direct paths keep
-    :math:`\\tilde w_k`."""
+    twice); point masses and sites whose support moves are not hooked, so
+    their direct paths keep :math:`\\tilde w_k`."""
     for samples in particles.samples.values():
         for run, found in enumerate(samples):
             if found is None or not found[0].requires_grad:

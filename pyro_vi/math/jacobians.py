@@ -161,9 +161,9 @@ def _free_coordinates(fn):
     normalized ``categorical`` from its ``component_logits``, ``StudentT``'s
     chi-square from its ``df``): moving one alone leaves the family (a mean
     score of -1.1 on a capacitance entry, which biased ControlVariateELBO's
-    gradient by 20 standard errors; the mixture's logits by up to 2.7). The arguments
-    themselves (``arg_constraints``, also of a ``base_dist``) are free however
-    the program computed them. The fallback, per-particle gradients of the
+    gradient by 20 standard errors; the mixture's logits by up to 2.7). The
+    arguments themselves (``arg_constraints``, also of a ``base_dist``) are
+    free however the program computed them. The fallback, per-particle gradients of the
     parameters, is exact for all; it is also taken where the program computed
     such a tensor from the inputs of another (an amortized
     ``MultivariateNormal``'s ``scale_tril`` and ``loc``)."""

@@ -298,6 +298,12 @@ def _needs_stopped(site):
     return not site.path_only and site.score_log_prob is None and not site.keeps_whole_density
 
 
+def _keeps_whole_density(fn):
+    """:attr:`~pyro_vi.particles.record.SiteTerm.keeps_whole_density` of a
+    guide site, read from its distribution ``fn`` in a trace."""
+    return is_point_mass(fn) or support_moves(fn)
+
+
 def _one_run(model, guide, args, kwargs):
     """One run of the guide and of the model against it, hidden from outer
     handlers, under a forked random state: the pruned ``(model, guide)``
@@ -455,7 +461,7 @@ def _compute_path_log_prob(guide_trace):
     sites = [s for s in guide_trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
     samples = [s["value"] for s in sites if s["value"].requires_grad]
     for site in sites:
-        if is_point_mass(site["fn"]) or support_moves(site["fn"]):
+        if _keeps_whole_density(site["fn"]):
             continue
         parts = functional(site["fn"])
         if parts is None:
@@ -479,7 +485,7 @@ def _log_prob_at_detached(guide_trace):
     for site in sites:
         if site["is_observed"]:
             return None  # a guide factor: only a rerun separates its paths
-        if is_point_mass(site["fn"]) or support_moves(site["fn"]):
+        if _keeps_whole_density(site["fn"]):
             continue  # not needed: the site keeps its whole density
         log_prob = site["fn"].log_prob(site["value"].detach(), *site["args"], **site["kwargs"])
         upstream = [v for v in samples if v is not site["value"]]
