@@ -7,6 +7,8 @@ release that changes it fails there, by name, instead of silently
 somewhere else.
 """
 
+import sys
+
 import pyro
 import torch
 from pyro.distributions.score_parts import ScoreParts
@@ -17,6 +19,7 @@ __all__ = [
     "PARTICLE_PLATE",
     "PyroELBO",
     "expanded_from",
+    "default_argument_holders",
     "gradient_edge",
     "gradient_node",
     "graph_reaches",
@@ -183,3 +186,20 @@ def set_log_prob(site, log_prob):
     site["log_prob"] = scale_and_mask(log_prob, site["scale"], site["mask"])
     site["log_prob_sum"] = site["log_prob"].sum()
     site["score_parts"] = ScoreParts(site["log_prob"], 0, site["log_prob"])
+
+
+def default_argument_holders(value, module_name="torch.distributed.nn.functional"):
+    """The names of the functions of module ``module_name`` (if imported)
+    that hold ``value`` as a default argument. ``torch.distributed.nn.functional``
+    evaluates ``group=group.WORLD`` when it is imported: imported after
+    ``init_process_group`` (the first ``torch.optim`` optimizer imports it,
+    through ``torch._dynamo``), ten of its functions hold the default
+    process group, which ``destroy_process_group`` then cannot free."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        return []
+    return sorted(
+        name
+        for name, fn in vars(module).items()
+        if callable(fn) and any(default is value for default in getattr(fn, "__defaults__", None) or ())
+    )

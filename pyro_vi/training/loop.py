@@ -30,6 +30,7 @@ from .distributed import (
     check_same_params,
     check_sharding,
     process,
+    warn_if_group_outlives_destroy,
 )
 from .random_states import random_states_kept, set_rng_state
 from .settings import Settings
@@ -443,9 +444,11 @@ class _Run:
     def start_processes(self):
         """Under a process group, before the first step of a fresh run: rank
         0's params on every process. Then, fresh or resumed: the check of the
-        plates' scales (see :func:`pyro_vi.training.distributed.check_sharding`)."""
+        plates' scales (see :func:`pyro_vi.training.distributed.check_sharding`)
+        and of the import order (:func:`~pyro_vi.training.distributed.warn_if_group_outlives_destroy`)."""
         if not self.distributed:
             return
+        warn_if_group_outlives_destroy()
         s = self.settings
         if not self.shared:
             params = self.set_up()

@@ -29,12 +29,15 @@ def reports(tmp_path_factory):
     proc = subprocess.run(
         command + [SCRIPT, str(SEED), str(out)],
         cwd=out,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT),
+        # faulthandler: a process that aborts prints the Python line it was on
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, PYTHONFAULTHANDLER="1"),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = sorted(path.name for path in out.glob("rank*.json"))
+    stderr = proc.stderr if len(proc.stderr) < 8000 else proc.stderr[:4000] + "\n...\n" + proc.stderr[-4000:]
+    assert proc.returncode == 0, f"exit {proc.returncode}; wrote {written}\n{stderr}"
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 
