@@ -104,7 +104,7 @@ def process():
     return 0, 1
 
 
-def warn_if_group_outlives_destroy():
+def warn_if_group_outlives_destroy(stacklevel=2):
     """Warns (``RuntimeWarning``) where ``torch.distributed.nn`` was first
     imported after ``init_process_group``: its functions then hold the
     default process group as a default argument, ``destroy_process_group``
@@ -122,7 +122,7 @@ def warn_if_group_outlives_destroy():
             "tearing it down at interpreter exit sometimes aborts the process (SIGABRT) after the script has "
             "finished. Import pyro_vi (or torch.distributed.nn) before torch.distributed.init_process_group",
             RuntimeWarning,
-            stacklevel=3,  # fit's caller
+            stacklevel=stacklevel + 1,
         )
     return bool(holders)
 

@@ -448,7 +448,8 @@ class _Run:
         and of the import order (:func:`~pyro_vi.training.distributed.warn_if_group_outlives_destroy`)."""
         if not self.distributed:
             return
-        warn_if_group_outlives_destroy()
+        if process()[0] == 0:
+            warn_if_group_outlives_destroy(stacklevel=4)  # fit's caller
         s = self.settings
         if not self.shared:
             params = self.set_up()
