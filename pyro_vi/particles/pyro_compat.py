@@ -8,6 +8,7 @@ somewhere else.
 """
 
 import sys
+import types
 
 import pyro
 import torch
@@ -188,18 +189,23 @@ def set_log_prob(site, log_prob):
     site["score_parts"] = ScoreParts(site["log_prob"], 0, site["log_prob"])
 
 
-def default_argument_holders(value, module_name="torch.distributed.nn.functional"):
-    """The names of the functions of module ``module_name`` (if imported)
-    that hold ``value`` as a default argument. ``torch.distributed.nn.functional``
-    evaluates ``group=group.WORLD`` when it is imported: imported after
-    ``init_process_group`` (the first ``torch.optim`` optimizer imports it,
-    through ``torch._dynamo``), ten of its functions hold the default
-    process group, which ``destroy_process_group`` then cannot free."""
-    module = sys.modules.get(module_name)
-    if module is None:
-        return []
-    return sorted(
-        name
-        for name, fn in vars(module).items()
-        if callable(fn) and any(default is value for default in getattr(fn, "__defaults__", None) or ())
-    )
+def default_argument_holders(value, package="torch.distributed"):
+    """The functions and methods, defined in the imported modules of
+    ``package``, that hold ``value`` as a default argument (``module.name``).
+    ``torch.distributed.nn.functional`` evaluates ``group=group.WORLD`` when
+    it is imported: imported after ``init_process_group`` (the first
+    ``torch.optim`` optimizer imports it, through ``torch._dynamo``), ten of
+    its functions hold the default process group, which
+    ``destroy_process_group`` then cannot free."""
+    holders = []
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not (module_name == package or module_name.startswith(package + ".")):
+            continue
+        for name, obj in list(vars(module).items()):
+            if type(obj) not in (types.FunctionType, type) or obj.__module__ != module_name:
+                continue  # neither a function nor a class, or defined elsewhere (counted there)
+            functions = vars(obj).items() if type(obj) is type else [(None, obj)]
+            for attribute, fn in functions:
+                if type(fn) is types.FunctionType and any(default is value for default in fn.__defaults__ or ()):
+                    holders.append(f"{module_name}.{name}" + (f".{attribute}" if attribute else ""))
+    return sorted(holders)

@@ -105,22 +105,23 @@ def process():
 
 
 def warn_if_group_outlives_destroy(stacklevel=2):
-    """Warns (``RuntimeWarning``) where ``torch.distributed.nn`` was first
-    imported after ``init_process_group``: its functions then hold the
-    default process group as a default argument, ``destroy_process_group``
-    cannot free it, and the group is torn down at interpreter exit, where
-    gloo sometimes aborts the process after the script has finished
-    (SIGABRT, "terminate called without an active exception"; 1 run in 4
-    to 5 of this project's torchrun test). Importing ``pyro_vi`` imports
-    that module first; the first ``torch.optim`` optimizer imports it too.
+    """Warns (``RuntimeWarning``) where a module of ``torch.distributed``
+    was imported after ``init_process_group`` and holds the default process
+    group as a default argument (``torch.distributed.nn.functional``, which
+    the first ``torch.optim`` optimizer imports): ``destroy_process_group``
+    then cannot free the group, and gloo tears it down at interpreter exit,
+    where it sometimes aborts the finished process (SIGABRT, "terminate
+    called without an active exception"; 1 run in 4 to 5 of this project's
+    torchrun test). Importing ``pyro_vi`` imports that module first.
     Returns whether it warned."""
-    holders = default_argument_holders(dist.group.WORLD) if dist.is_available() and dist.is_initialized() else []
+    initialized = dist.is_available() and dist.is_initialized()
+    holders = default_argument_holders(dist.group.WORLD) if initialized else []
     if holders:
         warnings.warn(
-            f"torch.distributed.nn was imported after init_process_group, so its functions ({', '.join(holders)}) "
-            "hold the default process group as a default argument: destroy_process_group cannot free it, and "
+            f"these functions of torch.distributed, imported after init_process_group, hold the default process "
+            f"group as a default argument: {', '.join(holders)}. destroy_process_group cannot free it, and "
             "tearing it down at interpreter exit sometimes aborts the process (SIGABRT) after the script has "
-            "finished. Import pyro_vi (or torch.distributed.nn) before torch.distributed.init_process_group",
+            "finished. Import pyro_vi (and their modules) before torch.distributed.init_process_group",
             RuntimeWarning,
             stacklevel=stacklevel + 1,
         )

@@ -465,4 +465,5 @@ def test_destroy_process_group_frees_the_group_or_fit_warns(before, tmp_path):
         assert (warned, references, messages) == ("False", "1", "[]")  # only the script's own name holds it
     else:
         assert warned == "True" and int(references) > 1
-        assert "Import pyro_vi (or torch.distributed.nn) before torch.distributed.init_process_group" in messages
+        assert "torch.distributed.nn.functional.all_reduce" in messages
+        assert "Import pyro_vi (and their modules) before torch.distributed.init_process_group" in messages
