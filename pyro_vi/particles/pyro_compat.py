@@ -19,8 +19,8 @@ from pyro.infer.elbo import ELBO
 __all__ = [
     "PARTICLE_PLATE",
     "PyroELBO",
-    "expanded_from",
     "default_argument_holders",
+    "expanded_from",
     "gradient_edge",
     "gradient_node",
     "graph_reaches",

@@ -72,15 +72,16 @@ import zlib
 import pyro
 import torch
 import torch.distributed as dist
-
-# Before any process group exists: see warn_if_group_outlives_destroy.
-if dist.is_available():
-    import torch.distributed.nn  # noqa: F401
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ..particles.pyro_compat import default_argument_holders
 from .random_states import random_states_kept
+
+# Imported with pyro_vi, before any process group exists: see
+# warn_if_group_outlives_destroy.
+if dist.is_available():
+    import torch.distributed.nn  # noqa: F401
 
 __all__ = [
     "average_gradients",

@@ -3,6 +3,8 @@
 it fails here, by name."""
 
 import math
+import sys
+import types
 
 import pyro
 import pyro.distributions as dist
@@ -118,3 +120,29 @@ def test_our_elbo_never_uses_pyros_trace_loop(vectorized):
     guide = lambda: pyro.sample("z", dist.Normal(pyro.param("m", torch.zeros(2)), 1.0).to_event(1))  # noqa: E731
     model = lambda: pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))  # noqa: E731
     assert math.isfinite(elbo.loss(model, guide))  # drawn without Pyro's loop, which would raise
+
+
+def test_default_argument_holders_finds_functions_and_methods_defined_in_the_package(monkeypatch):
+    held, other = object(), object()
+    module = types.ModuleType("torch.distributed._probe")
+
+    def holds(x, group=held):
+        return x
+
+    def does_not(x, group=other):
+        return x
+
+    class Holder:
+        def __init__(self, group=held):
+            self.group = group
+
+    for fn in (holds, does_not, Holder):
+        fn.__module__ = module.__name__
+        setattr(module, fn.__name__, fn)
+    module.imported = pyro_compat.default_argument_holders  # defined elsewhere: not counted here
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert pyro_compat.default_argument_holders(held) == [
+        "torch.distributed._probe.Holder.__init__",
+        "torch.distributed._probe.holds",
+    ]
+    assert pyro_compat.default_argument_holders(held, package="pyro") == []
