@@ -36,6 +36,9 @@ import os
 import time
 from typing import Callable, Dict, Optional, Tuple
 
+import torch
+import torch.distributed
+
 from experiments import _cli
 from experiments._results import finish
 from pyro_vi.training.distributed import process
@@ -81,7 +84,17 @@ class Study:
     def main(self, argv=None) -> dict:
         """Parses ``argv``, runs (or, with ``--plot-only``, reloads), draws
         and prints the blocks; returns the results with their run record.
-        Under ``torchrun`` every process runs, the first writes and draws."""
+        Under ``torchrun`` every process runs, the first writes and draws; a
+        process group the run joined is destroyed before ``main`` returns
+        (left to the interpreter's exit, gloo sometimes aborts the finished
+        process there: :func:`pyro_vi.training.distributed.warn_if_group_outlives_destroy`)."""
+        outside = not _in_process_group()
+        results = self._main(argv)
+        if outside and _in_process_group():
+            torch.distributed.destroy_process_group()
+        return results
+
+    def _main(self, argv):
         args = self.parse(argv)
         args._argv = None if argv is None else list(argv)  # for the run record's command
         if getattr(args, "plot_only", False):
@@ -99,3 +112,7 @@ class Study:
             for render in self.renderers().values():
                 print("\n" + render(results))
         return results
+
+
+def _in_process_group():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -463,3 +463,33 @@ def test_curves_are_thinned_for_the_figures():
     assert steps[0] == 1 and steps[-1] == 1000 and len(steps) <= 40 and steps == sorted(set(steps))
     assert curves["a"]["values"] == [[float(s) for s in steps], [float(s + 1) for s in steps]]
     assert curves["b"] == {"step": [1, 2], "values": [[5.0, 6.0]]}
+
+
+@pytest.mark.parametrize("group_before_main", [False, True])
+def test_a_study_leaves_the_process_group_it_joined(group_before_main, tmp_path):
+    """A run that joins a process group (as vae_mnist's does under torchrun)
+    has it destroyed when ``main`` returns, not left to the interpreter's
+    exit, where gloo sometimes aborted the finished process; a group that
+    existed before ``main`` is left alone."""
+    import torch.distributed
+
+    from experiments import _cli
+    from experiments._study import Study
+
+    def join():
+        torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+
+    def run(args):
+        if not torch.distributed.is_initialized():
+            join()
+        return {"ran": True}
+
+    study = Study("probe", lambda: _cli.parser("a probe", out=None), run)
+    try:
+        if group_before_main:
+            join()
+        assert study.main([])["ran"]
+        assert torch.distributed.is_initialized() == group_before_main
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
