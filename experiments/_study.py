@@ -36,7 +36,6 @@ import os
 import time
 from typing import Callable, Dict, Optional, Tuple
 
-import torch
 import torch.distributed
 
 from experiments import _cli
