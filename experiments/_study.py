@@ -40,7 +40,7 @@ import torch.distributed
 
 from experiments import _cli
 from experiments._results import finish
-from pyro_vi.training.distributed import process
+from pyro_vi.training.distributed import in_process_group, process
 
 __all__ = ["Study"]
 
@@ -87,9 +87,9 @@ class Study:
         process group the run joined is destroyed before ``main`` returns
         (left to the interpreter's exit, gloo sometimes aborts the finished
         process there: :func:`pyro_vi.training.distributed.warn_if_group_outlives_destroy`)."""
-        outside = not _in_process_group()
+        outside = not in_process_group()
         results = self._main(argv)
-        if outside and _in_process_group():
+        if outside and in_process_group():
             torch.distributed.destroy_process_group()
         return results
 
@@ -111,7 +111,3 @@ class Study:
             for render in self.renderers().values():
                 print("\n" + render(results))
         return results
-
-
-def _in_process_group():
-    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -91,6 +91,7 @@ __all__ = [
     "check_same_params",
     "check_sharding",
     "draw_seed",
+    "in_process_group",
     "process",
     "shared_random_stream",
     "sum_over_processes",
@@ -98,9 +99,14 @@ __all__ = [
 ]
 
 
+def in_process_group():
+    """Whether a :mod:`torch.distributed` process group is initialized."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def process():
     """``(rank, world_size)``: ``(0, 1)`` outside a process group."""
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -115,8 +121,7 @@ def warn_if_group_outlives_destroy(stacklevel=2):
     called without an active exception"; 1 run in 4 to 5 of this project's
     torchrun test). Importing ``pyro_vi`` imports that module first.
     Returns whether it warned."""
-    initialized = dist.is_available() and dist.is_initialized()
-    holders = default_argument_holders(dist.group.WORLD) if initialized else []
+    holders = default_argument_holders(dist.group.WORLD) if in_process_group() else []
     if holders:
         warnings.warn(
             f"these functions of torch.distributed, imported after init_process_group, hold the default process "
