@@ -7,7 +7,6 @@ For per-particle scores :math:`h_s` and score-function terms :math:`f_s`
 
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -88,14 +87,15 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
     the regression through the origin, :math:`\\bar f_d / \\bar h_d` of the
     other particles (their mean signal, for :math:`f = hL`; 0 where
     :math:`\\bar h_d` is 0), still independent of :math:`z_s`; the pooled one
-    is 0. (A variance below :math:`64` float64 epsilons times the sum of
-    squares of all the particles is the rounding error of this arithmetic,
-    and counts as 0 too.)
+    is 0. (A variance below :math:`64` epsilons of the arithmetic times the
+    sum of squares of all the particles is the rounding error of this
+    arithmetic, and counts as 0 too.)
 
-    The coefficients need only the per-parameter sums of :math:`h, f, h^2,
-    fh` over the particles. The arithmetic goes a block of parameters at a
-    time, in float64, each block's sums and gradient in one go, so that no
-    temporary is larger than a block. With ``per_particle``, the particles'
+    The coefficients need only the per-parameter means of :math:`h, f` and
+    the centred sums of squares and products over the particles. The
+    arithmetic goes a block of parameters at a time, in the scores' dtype
+    (at least float32), each block's sums and gradient in one go, so that
+    no temporary is larger than a block. With ``per_particle``, the particles'
     terms :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``,
     whose sum over the particles is :math:`\\hat g`.
     """
@@ -104,122 +104,128 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
     return joined.to(h.dtype).reshape(h.shape if per_particle else h.shape[1:])
 
 
-# Columns per block: each block's float64 temporaries (a few of S x block)
-# stay small enough to be cached and reused by the allocator.
+# Columns per block: each block's temporaries (a few of S x block) stay
+# small enough to be cached and reused by the allocator.
 _BLOCK_ELEMENTS = 1 << 16
 
 
 @dataclass
 class _Block:
-    """One block of columns, in float64, shape ``(S, block)``: ``h``, and
-    ``f`` or the ``signal`` column :math:`L` (``(S, 1)``, then
-    :math:`f = hL`); the sums over the particles of :math:`h, f, h^2, fh`;
-    and a ``spare`` temporary of the block's shape. The caller may overwrite
-    ``h``, ``f`` and ``spare``."""
+    """One block of columns, shape ``(S, block)``, in the scores' dtype (at
+    least float32): ``h`` and ``f`` (which the caller must not change);
+    their means over the particles; their centred values ``hc``, ``fc``
+    and the products ``hh`` :math:`= h^c h^c` and ``fh`` :math:`= f^c h^c`
+    (which the caller may overwrite); and the centred sums
+    :math:`V = \\sum_s (h^c_s)^2`, :math:`C = \\sum_s f^c_s h^c_s`. Centring
+    first keeps them exact to a few epsilons of the arithmetic, where the
+    one-pass :math:`\\sum h^2 - (\\sum h)^2 / S` would lose what the mean
+    shares with the spread. For :math:`f = hL`, ``f`` is
+    :math:`h (L - c)`, with ``shift`` :math:`c = \\bar L`: every coefficient
+    is then :math:`a - c`, and :math:`f - (a - c) h` is the same gradient,
+    without the rounding error of a large :math:`|\\bar L|` (a
+    log-likelihood of many data)."""
 
     h: torch.Tensor
-    f: Optional[torch.Tensor]
-    signal: Optional[torch.Tensor]
-    sum_h: torch.Tensor
-    sum_f: torch.Tensor
-    sum_hh: torch.Tensor
-    sum_fh: torch.Tensor
-    spare: torch.Tensor
+    f: torch.Tensor
+    h_mean: torch.Tensor
+    f_mean: torch.Tensor
+    hc: torch.Tensor
+    fc: torch.Tensor
+    hh: torch.Tensor
+    fh: torch.Tensor
+    V: torch.Tensor
+    C: torch.Tensor
+    shift: float
+
+    @classmethod
+    def of(cls, h, f, shift=0.0):
+        h_mean, f_mean = h.mean(0), f.mean(0)
+        hc, fc = h - h_mean, f - f_mean
+        hh, fh = hc * hc, fc * hc
+        return cls(h, f, h_mean, f_mean, hc, fc, hh, fh, hh.sum(0), fh.sum(0), shift)
 
     @property
     def count(self):
         """The number of particles, :math:`S`."""
         return self.h.shape[0]
 
-    def f_values(self):
-        """:math:`f`, a fresh tensor where it is :math:`hL`."""
-        return self.f if self.signal is None else self.h * self.signal
+    @property
+    def sum_hh(self):
+        """:math:`\\sum_s h_s^2`, the scale of the rounding error."""
+        return self.V + self.count * self.h_mean.square()
 
 
 def _blocks(h, signal, f):
     """The :class:`_Block` of each block of columns."""
     num_particles = h.shape[0]
+    dtype = torch.promote_types(h.dtype, torch.float32)
     h = h.detach().reshape(num_particles, -1)
     f = None if f is None else f.detach().reshape(num_particles, -1)
-    if signal is not None:  # the sums of h and hL, of h^2 and h^2 L, as two products
-        weights = torch.stack(
-            [torch.ones(num_particles, dtype=torch.float64, device=h.device), signal.detach().to(torch.float64)]
-        )
-        column = weights[1, :, None]
+    if signal is not None:
+        signal = signal.detach().to(dtype)
+        shift = float(signal.mean())
+        column = (signal - shift).reshape(num_particles, 1)
     block = max(1, _BLOCK_ELEMENTS // num_particles)
     for start in range(0, h.shape[1], block):
         columns = slice(start, start + block)
-        hb = h[:, columns].to(torch.float64, copy=True)
-        squares = hb * hb
+        hb = h[:, columns].to(dtype)
         if f is None:
-            (sum_h, sum_f), (sum_hh, sum_fh) = weights @ hb, weights @ squares
-            yield _Block(hb, None, column, sum_h, sum_f, sum_hh, sum_fh, squares)
+            yield _Block.of(hb, hb * column, shift)
         else:
-            fb = f[:, columns].to(torch.float64, copy=True)
-            sums = hb.sum(0), fb.sum(0), squares.sum(0), torch.mul(fb, hb, out=squares).sum(0)
-            yield _Block(hb, fb, None, *sums, squares)
+            yield _Block.of(hb, f[:, columns].to(dtype))
 
 
 def _controlled_block(block, coefficient, per_particle, dtype):
     """:math:`(f_d[s] - a_d h_d[s]) / S` of one :class:`_Block`, summed over
     the particles (shape ``(block,)``) or per particle."""
-    hb = block.h
     if not isinstance(coefficient, str) or coefficient == "pooled":
         a = _fixed_or_pooled_coefficient(block, coefficient, dtype)
-        if per_particle:
-            return block.f_values().sub_(a * hb).div_(block.count)
-        return (block.sum_f - a * block.sum_h) / block.count
-    a = _leave_one_out_coefficients(block, dtype)
+    else:
+        a = _leave_one_out_coefficients(block, dtype)
     if per_particle:
-        return block.f_values().sub_(a.mul_(hb)).div_(block.count)
-    return (block.sum_f - a.mul_(hb).sum(0)) / block.count
+        return (block.f - a * block.h) / block.count
+    return block.f_mean - (a * block.h).sum(0) / block.count
 
 
 def _leave_one_out_coefficients(block, dtype):
-    """Each particle's :math:`a^{(-s)}_d` for one :class:`_Block` (its ``h``
-    and ``f`` left unchanged), from the sums of all the particles: without
-    particle :math:`s` the other centred values sum to :math:`-h^c_s` and
-    :math:`-f^c_s`, so :math:`\\mathrm{cov}^{(-s)} = \\mathrm{cov} - k f^c_s h^c_s`
-    and :math:`\\mathrm{var}^{(-s)} = \\mathrm{var} - k (h^c_s)^2`, with
-    :math:`k = S / (S - 1)`."""
-    hb, count = block.h, block.count
-    sum_h, sum_f, sum_hh, sum_fh = block.sum_h, block.sum_f, block.sum_hh, block.sum_fh
-    h_mean, f_mean = sum_h / count, sum_f / count
-    # cov^(-s) / k and var^(-s) / k, whose ratio is the coefficient
+    """Each particle's :math:`a^{(-s)}_d` for one :class:`_Block`, from the
+    centred sums of all the particles: without particle :math:`s` the other
+    centred values sum to :math:`-h^c_s` and :math:`-f^c_s`, so
+    :math:`\\mathrm{cov}^{(-s)} = (C - k f^c_s h^c_s) / (S - 1)` and
+    :math:`\\mathrm{var}^{(-s)} = (V - k (h^c_s)^2) / (S - 1)`, with
+    :math:`k = S / (S - 1)`. Overwrites ``hh`` and ``fh``."""
+    count = block.count
     k = count / (count - 1)
-    cov, var = (sum_fh - f_mean * sum_h) / k, (sum_hh - h_mean * sum_h) / k
-    hc = hb - h_mean
-    denominator = torch.addcmul(var, hc, hc, value=-1, out=block.spare)
-    centred_f = block.f - f_mean if block.signal is None else torch.addcmul(-f_mean, hb, block.signal)
-    numerator = torch.addcmul(cov, centred_f, hc, value=-1, out=hc)
+    # var^(-s) and cov^(-s), times (S - 1) / k, whose ratio is the coefficient
+    denominator = torch.sub(block.V / k, block.hh, out=block.hh)
+    numerator = torch.sub(block.C / k, block.fh, out=block.fh)
     # A variance below tolerance * (the others' sum of squares) is rounding
-    # error of the scores; one below 64 float64 epsilons times the sum of
-    # squares of all the particles is rounding error of this arithmetic.
-    tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(torch.float64).eps
+    # error of the scores; one below 64 epsilons of the arithmetic times the
+    # sum of squares of all the particles is rounding error of this arithmetic.
+    tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(block.h.dtype).eps
+    sum_hh = block.sum_hh
     if bool((denominator.amin(0) > (tolerance + rounding) / k * sum_hh).all()):  # above every particle's threshold
         return numerator.div_(denominator)
-    threshold = (tolerance * (sum_hh - hb.square()).clamp(min=0) + rounding * sum_hh) / k
+    threshold = (tolerance * (sum_hh - block.h.square()).clamp(min=0) + rounding * sum_hh) / k
     regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
     # The others' scores all equal: the slope is undefined; the coefficient
     # is then their regression through the origin, f / h (their mean signal
     # for f = h L), 0 where their h is 0.
     others = count - 1
-    others_h = (sum_h - hb) / others
-    others_f = (sum_f - block.f_values()) / others
+    others_h = block.h_mean - block.hc / others
+    others_f = block.f_mean - block.fc / others
     origin = others_h.abs() > (k * threshold / others).sqrt()
-    through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
+    through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), -block.shift)
     return torch.where(denominator > threshold, regression, through_origin)
 
 
 def _fixed_or_pooled_coefficient(block, coefficient, dtype):
-    """A fixed coefficient, or :math:`a^*` of all the particles of a
+    """A fixed coefficient, or :math:`a^* = C / V` of all the particles of a
     :class:`_Block` (0 where their variance is rounding error)."""
     if coefficient != "pooled":
-        return float(coefficient)
-    count, sum_h, sum_hh = block.count, block.sum_h, block.sum_hh
-    cov, var = block.sum_fh - block.sum_f * sum_h / count, sum_hh - sum_h * sum_h / count
+        return float(coefficient) - block.shift
     # Below tolerance * (sum of squares), a variance is rounding error: 0.
-    return torch.where(var > 64 * torch.finfo(dtype).eps * sum_hh, cov / var, 0.0)
+    return torch.where(block.V > 64 * torch.finfo(dtype).eps * block.sum_hh, block.C / block.V, -block.shift)
 
 
 def controlled_surrogate(particles, coefficient, signal=None, signals=None, coordinates="parameters"):

@@ -288,7 +288,7 @@ def _distribution_frontier(particles, sites, weights):
             return None
         pairs = _expanded_pairs(captured, recorded.broadcast, particles.num_particles)
         if pairs is not None:
-            broadcast.append((j, site, pairs, recorded.broadcast.batch_shape))
+            broadcast.append((j, site, pairs, recorded.broadcast.batch_shape, recorded))
             continue
         parts = functional(without_mask(captured))
         if parts is None or recorded.value.dim() - len(captured.event_shape) != particle_dim:
@@ -329,17 +329,21 @@ def _through_the_broadcast(broadcast, weights):
     weight times that of the unweighted one: one backward pass through the
     real graph of the score sites' log-densities for all rows; else one per
     row."""
-    copies = [copy_ for _, _, pairs, _ in broadcast for _, copy_ in pairs]
+    copies = [copy_ for _, _, pairs, _, _ in broadcast for _, copy_ in pairs]
     if not copies:
         return []
     per_copy = []  # the rows' gradients at each copy, shape (K,) + copy.shape
-    if all(_entrywise(site, pairs, batch_shape) for _, site, pairs, batch_shape in broadcast):
-        unweighted = sum(site.score_log_prob.sum() for _, site, _, _ in broadcast)
-        grads = iter(torch.autograd.grad(unweighted, copies, retain_graph=True, allow_unused=True))
-        for j, _, pairs, batch_shape in broadcast:
+    if all(_entrywise(site, pairs, batch_shape) for _, site, pairs, batch_shape, _ in broadcast):
+        closed = [closed_form_scores(recorded.broadcast, recorded.value, pairs) for *_, pairs, _, recorded in broadcast]
+        rest = [entry for entry, found in zip(broadcast, closed) if found is None]
+        by_autograd = iter(())
+        if rest:
+            unweighted = sum(site.score_log_prob.sum() for _, site, _, _, _ in rest)
+            rest_copies = [copy_ for _, _, pairs, _, _ in rest for _, copy_ in pairs]
+            by_autograd = iter(torch.autograd.grad(unweighted, rest_copies, retain_graph=True, allow_unused=True))
+        for (j, _, pairs, batch_shape, _), found in zip(broadcast, closed):
             site_weights = [w[j] for w in weights]
-            for _, copy_ in pairs:
-                g = next(grads)
+            for (_, copy_), g in zip(pairs, found or [next(by_autograd) for _ in pairs]):
                 if g is None:
                     per_copy.append(copy_.new_zeros((len(weights),) + copy_.shape))
                 elif all(w is None for w in site_weights):
@@ -358,7 +362,7 @@ def _through_the_broadcast(broadcast, weights):
         per_row = []
         for site_weights in weights:
             row = 0.0
-            for j, site, _, _ in broadcast:
+            for j, site, _, _, _ in broadcast:
                 weight = site_weights[j]
                 term = site.score_log_prob if weight is None else site.score_log_prob * weight
                 row = row + term.sum()
@@ -366,7 +370,7 @@ def _through_the_broadcast(broadcast, weights):
         for i, copy_ in enumerate(copies):
             per_copy.append(torch.stack([torch.zeros_like(copy_) if row[i] is None else row[i] for row in per_row]))
     frontier, rows = [], iter(per_copy)
-    for _, _, pairs, _ in broadcast:
+    for _, _, pairs, _, _ in broadcast:
         for tensor, copy_ in pairs:
             # The captured tensor, right-aligned, either lies right of the
             # particle dim or has a size-1 dim there (a batch dim outside every
@@ -376,6 +380,56 @@ def _through_the_broadcast(broadcast, weights):
             target = (len(weights), copy_.shape[0]) + (1,) * max(new_dims - 1, 0) + kept
             frontier.append((tensor, next(rows).sum_to_size(target).reshape(target[:2] + tensor.shape)))
     return frontier
+
+
+def closed_form_scores(fn, value, pairs):
+    """The gradients of :math:`\\sum \\log q(z)` (the density ``fn`` the
+    particles' ``value`` were drawn from, masks removed) at each broadcast
+    copy of ``pairs``, in closed form, for a Normal or a Gamma, possibly
+    inside ``Independent``:
+
+    .. math::
+
+        \\partial_\\mu = \\frac{z - \\mu}{\\sigma^2}, \\quad
+        \\partial_\\sigma = \\frac{(z - \\mu)^2 / \\sigma^2 - 1}{\\sigma}; \\qquad
+        \\partial_\\alpha = \\log \\beta + \\log z - \\psi(\\alpha), \\quad
+        \\partial_\\beta = \\frac{\\alpha}{\\beta} - z.
+
+    A third of the cost of the backward pass through the log-density.
+    ``None`` for any other distribution, or where a copy is not one of its
+    tensors."""
+    base = without_mask(fn)
+    while _density_of(base, torch.distributions.Independent):
+        base = base.base_dist
+    normal = _density_of(base, torch.distributions.Normal)
+    if normal:
+        names = {id(base.loc): "loc", id(base.scale): "scale"}
+    elif _density_of(base, torch.distributions.Gamma):
+        names = {id(base.concentration): "concentration", id(base.rate): "rate"}
+    else:
+        return None
+    wanted = [names.get(id(copy_)) for _, copy_ in pairs]
+    if None in wanted or value.shape != base.batch_shape:
+        return None
+    with torch.no_grad():
+        if normal:
+            inverse_scale = base.scale.reciprocal()
+            standardized = (value - base.loc) * inverse_scale
+            found = {
+                "loc": lambda: standardized * inverse_scale,
+                "scale": lambda: (standardized * standardized - 1) * inverse_scale,
+            }
+        else:
+            found = {
+                "concentration": lambda: base.rate.log() + value.log() - torch.digamma(base.concentration),
+                "rate": lambda: base.concentration / base.rate - value,
+            }
+        return [found[name]() for name in wanted]
+
+
+def _density_of(fn, family):
+    """Whether ``fn`` is a ``family`` whose log-density is torch's."""
+    return isinstance(fn, family) and type(fn).log_prob is family.log_prob
 
 
 def _entrywise(site, pairs, batch_shape):
