@@ -94,7 +94,7 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
     The coefficients need only the per-parameter means of :math:`h, f` and
     the centred sums of squares and products over the particles. The
     arithmetic goes a block of parameters at a time, in the scores' dtype
-    (at least float32), each block's sums and gradient in one go, so that
+    (at least float32; float64 for a given ``f``), each block's sums and gradient in one go, so that
     no temporary is larger than a block. With ``per_particle``, the particles'
     terms :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``,
     whose sum over the particles is :math:`\\hat g`.
@@ -112,7 +112,7 @@ _BLOCK_ELEMENTS = 1 << 16
 @dataclass
 class _Block:
     """One block of columns, shape ``(S, block)``, in the scores' dtype (at
-    least float32): ``h`` and ``f`` (which the caller must not change);
+    least float32; float64 for a given ``f``): ``h`` and ``f`` (which the caller must not change);
     their means over the particles; their centred values ``hc``, ``fc``
     and the products ``hh`` :math:`= h^c h^c` and ``fh`` :math:`= f^c h^c`
     (which the caller may overwrite); and the centred sums
@@ -158,7 +158,10 @@ class _Block:
 def _blocks(h, signal, f):
     """The :class:`_Block` of each block of columns."""
     num_particles = h.shape[0]
-    dtype = torch.promote_types(h.dtype, torch.float32)
+    # A given f (a Rao-Blackwellized term h L_j) holds large |L_j| (a global
+    # site's signal sums the likelihood of every datum), which float32 sums
+    # would not cancel (test_the_control_variates_leave_no_rounding_floor_...).
+    dtype = torch.promote_types(h.dtype, torch.float32 if f is None else torch.float64)
     h = h.detach().reshape(num_particles, -1)
     f = None if f is None else f.detach().reshape(num_particles, -1)
     if signal is not None:
