@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import validation
-from .jacobians import distribution_gradients, particle_gradients
+from .jacobians import SignalRows, distribution_gradients, particle_gradients
 
 __all__ = [
     "COEFFICIENTS",
@@ -75,7 +75,8 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
         \\qquad a^*_d = \\frac{\\mathrm{Cov}(f_d, h_d)}{\\mathrm{Var}(h_d)},
 
     with :math:`f_s = h_s L_s` for a learning ``signal`` :math:`L` (shape
-    ``(S,)``), or given per particle as ``f``. ``coefficient``:
+    ``(S,)``, or element-wise, the shape of ``h``), or given per particle as
+    ``f``. ``coefficient``:
     ``"pooled"`` estimates :math:`a^*_d` from all ``S`` particles (BBVI's
     choice; it then depends on :math:`z_s`, a bias of order :math:`1/S`);
     ``"leave_one_out"`` gives particle :math:`s` the :math:`a^{(-s)}_d`
@@ -94,10 +95,11 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
     The coefficients need only the per-parameter means of :math:`h, f` and
     the centred sums of squares and products over the particles. The
     arithmetic goes a block of parameters at a time, in the scores' dtype
-    (at least float32; float64 for a given ``f``), each block's sums and gradient in one go, so that
-    no temporary is larger than a block. With ``per_particle``, the particles'
-    terms :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``,
-    whose sum over the particles is :math:`\\hat g`.
+    (at least float32; float64 for a given ``f``), each block's sums and
+    gradient in one go, so that no temporary is larger than a block. With
+    ``per_particle``, the particles' terms :math:`(f_d[s] - a_d h_d[s]) / S`
+    instead, shape ``(S,) + shape``, whose sum over the particles is
+    :math:`\\hat g`.
     """
     parts = [_controlled_block(block, coefficient, per_particle, h.dtype) for block in _blocks(h, signal, f)]
     joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
@@ -112,18 +114,18 @@ _BLOCK_ELEMENTS = 1 << 16
 @dataclass
 class _Block:
     """One block of columns, shape ``(S, block)``, in the scores' dtype (at
-    least float32; float64 for a given ``f``): ``h`` and ``f`` (which the caller must not change);
-    their means over the particles; their centred values ``hc``, ``fc``
-    and the products ``hh`` :math:`= h^c h^c` and ``fh`` :math:`= f^c h^c`
-    (which the caller may overwrite); and the centred sums
-    :math:`V = \\sum_s (h^c_s)^2`, :math:`C = \\sum_s f^c_s h^c_s`. Centring
-    first keeps them exact to a few epsilons of the arithmetic, where the
-    one-pass :math:`\\sum h^2 - (\\sum h)^2 / S` would lose what the mean
-    shares with the spread. For :math:`f = hL`, ``f`` is
-    :math:`h (L - c)`, with ``shift`` :math:`c = \\bar L`: every coefficient
-    is then :math:`a - c`, and :math:`f - (a - c) h` is the same gradient,
-    without the rounding error of a large :math:`|\\bar L|` (a
-    log-likelihood of many data)."""
+    least float32; float64 for a given ``f``): ``h`` and ``f`` (which the
+    caller must not change); their means over the particles; their centred
+    values ``hc``, ``fc`` and the products ``hh`` :math:`= h^c h^c` and
+    ``fh`` :math:`= f^c h^c` (which the caller may overwrite); and the
+    centred sums :math:`V = \\sum_s (h^c_s)^2`, :math:`C = \\sum_s f^c_s h^c_s`.
+    Centring first keeps them exact to a few epsilons of the arithmetic,
+    where the one-pass :math:`\\sum h^2 - (\\sum h)^2 / S` would lose what
+    the mean shares with the spread. For :math:`f = hL`, ``f`` is
+    :math:`h (L - c)`, with ``shift`` :math:`c = \\bar L` (per column for an
+    element-wise signal): every coefficient is then :math:`a - c`, and
+    :math:`f - (a - c) h` is the same gradient, without the rounding error
+    of a large :math:`|\\bar L|` (the log-likelihood of many data)."""
 
     h: torch.Tensor
     f: torch.Tensor
@@ -166,16 +168,23 @@ def _blocks(h, signal, f):
     f = None if f is None else f.detach().reshape(num_particles, -1)
     if signal is not None:
         signal = signal.detach().to(dtype)
-        shift = float(signal.mean())
-        column = (signal - shift).reshape(num_particles, 1)
+        if signal.dim() == 1:
+            shift = float(signal.mean())
+            column = (signal - shift).reshape(num_particles, 1)
+        else:  # element-wise
+            signal = signal.reshape(num_particles, -1)
     block = max(1, _BLOCK_ELEMENTS // num_particles)
     for start in range(0, h.shape[1], block):
         columns = slice(start, start + block)
         hb = h[:, columns].to(dtype)
-        if f is None:
+        if f is not None:
+            yield _Block.of(hb, f[:, columns].to(dtype))
+        elif signal.dim() == 1:
             yield _Block.of(hb, hb * column, shift)
         else:
-            yield _Block.of(hb, f[:, columns].to(dtype))
+            signal_block = signal[:, columns]
+            shift = signal_block.mean(0)
+            yield _Block.of(hb, hb * (signal_block - shift), shift)
 
 
 def _controlled_block(block, coefficient, per_particle, dtype):
@@ -272,12 +281,17 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         return particles.zeros()
     num_particles = particles.num_particles
     per_particle = [isinstance(target, list) for target, _ in frontier]  # each particle's own tensor
+    factored = [isinstance(rows, SignalRows) for _, rows in frontier]
     sizes = [rows.shape[2:].numel() for _, rows in frontier]
     surrogate = 0.0
-    for group in _groups(sizes, per_particle, max(1, _BLOCK_ELEMENTS // num_particles)):
+    for group in _groups(sizes, list(zip(per_particle, factored)), max(1, _BLOCK_ELEMENTS // num_particles)):
         h = _columns([frontier[i][1][0] for i in group], num_particles)
-        f = None if signals is None else _columns([frontier[i][1][1] for i in group], num_particles)
-        controlled = controlled_gradient(h, coefficient, signal, f, per_particle=per_particle[group[0]]).detach()
+        f, group_signal = None, signal
+        if factored[group[0]]:
+            group_signal = _columns([frontier[i][1].signal for i in group], num_particles)
+        elif signals is not None:
+            f = _columns([frontier[i][1][1] for i in group], num_particles)
+        controlled = controlled_gradient(h, coefficient, group_signal, f, per_particle=per_particle[group[0]]).detach()
         if per_particle[group[0]]:
             for i, part in zip(group, controlled.split([sizes[i] for i in group], dim=-1)):
                 for term, own_target in zip(part, frontier[i][0]):
@@ -288,7 +302,7 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
     return surrogate
 
 
-def _groups(sizes, per_particle, columns):
+def _groups(sizes, kinds, columns):
     """The frontier's entries (their numbers of columns ``sizes``) in groups
     of consecutive entries of the same kind and at most ``columns`` columns
     in all (an entry larger than that alone): small tensors go through the
@@ -296,7 +310,7 @@ def _groups(sizes, per_particle, columns):
     groups = []
     for i, size in enumerate(sizes):
         group = groups[-1] if groups else None
-        if group and per_particle[group[0]] == per_particle[i] and sum(sizes[j] for j in group) + size <= columns:
+        if group and kinds[group[0]] == kinds[i] and sum(sizes[j] for j in group) + size <= columns:
             group.append(i)
         else:
             groups.append([i])

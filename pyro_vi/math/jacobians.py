@@ -101,7 +101,7 @@ def distribution_gradients(particles, weightings):
         return None
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
     if particles.vectorized:
-        return _distribution_frontier(particles, sites, weights)
+        return _distribution_frontier(particles, sites, weights, factored=True)
     return _per_run_frontier(particles, sites, weights)
 
 
@@ -274,11 +274,12 @@ def _one_particle_at_a_time(particles, sites, weights, params):
 # ---------------------------------------------------------------- the fast path
 
 
-def _distribution_frontier(particles, sites, weights):
+def _distribution_frontier(particles, sites, weights, factored=False):
     """For each tensor of the score sites' captured distributions, the
     per-particle gradients of every row with respect to it, shape
-    ``(K, S) + tensor.shape``; ``None`` when a site's distribution depends
-    on the particle or cannot be handled."""
+    ``(K, S) + tensor.shape`` (or :class:`SignalRows`, with ``factored``);
+    ``None`` when a site's distribution depends on the particle or cannot
+    be handled."""
     particle_dim = particles.plate_dims + 1  # counted from the right of the batch shape
     broadcast, rebuilt = [], []
     for j, site in enumerate(sites):
@@ -294,7 +295,7 @@ def _distribution_frontier(particles, sites, weights):
         if parts is None or recorded.value.dim() - len(captured.event_shape) != particle_dim:
             return None
         rebuilt.append((j, site, parts, recorded.value))
-    frontier = _through_the_broadcast(broadcast, weights)
+    frontier = _through_the_broadcast(broadcast, weights, factored)
     if rebuilt:
         frontier += _by_functorch(rebuilt, weights)
     return frontier
@@ -320,7 +321,7 @@ def _expanded_pairs(captured, broadcast_fn, num_particles):
     return pairs
 
 
-def _through_the_broadcast(broadcast, weights):
+def _through_the_broadcast(broadcast, weights, factored):
     """Per-particle gradients at the broadcast copies of the distributions'
     tensors, summed back to the captured tensors' shapes. Where each entry
     of every score site's log-density depends only on its own entries of the
@@ -328,7 +329,8 @@ def _through_the_broadcast(broadcast, weights):
     have its whole batch shape), the gradient of a weighted row is the
     weight times that of the unweighted one: one backward pass through the
     real graph of the score sites' log-densities for all rows; else one per
-    row."""
+    row. With ``factored``, rows :math:`[h, h \\odot w]` stay
+    :class:`SignalRows` where they need no sum."""
     copies = [copy_ for _, _, pairs, _, _ in broadcast for _, copy_ in pairs]
     if not copies:
         return []
@@ -351,6 +353,9 @@ def _through_the_broadcast(broadcast, weights):
                 else:
                     on_copy = batch_shape + (1,) * (copy_.dim() - len(batch_shape))
                     shaped = [w if w is None or w.shape == on_copy else w.reshape(on_copy) for w in site_weights]
+                    if factored and len(shaped) == 2 and shaped[0] is None:  # [h, h w], where nothing is summed
+                        per_copy.append((g, shaped[1]))
+                        continue
                     rows = g.new_empty((len(shaped),) + g.shape)
                     for row, w in zip(rows, shaped):
                         if w is None:
@@ -378,8 +383,39 @@ def _through_the_broadcast(broadcast, weights):
             new_dims = copy_.dim() - tensor.dim()
             kept = tensor.shape if new_dims >= 1 else tensor.shape[1:]
             target = (len(weights), copy_.shape[0]) + (1,) * max(new_dims - 1, 0) + kept
-            frontier.append((tensor, next(rows).sum_to_size(target).reshape(target[:2] + tensor.shape)))
+            entry = next(rows)
+            if isinstance(entry, tuple):
+                g, signal = entry
+                if target[1:] == copy_.shape:
+                    per_particle = (copy_.shape[0],) + tensor.shape
+                    frontier.append(
+                        (tensor, SignalRows(g.reshape(per_particle), signal.expand_as(g).reshape(per_particle)))
+                    )
+                    continue
+                entry = torch.stack([g, g * signal])
+            frontier.append((tensor, entry.sum_to_size(target).reshape(target[:2] + tensor.shape)))
     return frontier
+
+
+@dataclass
+class SignalRows:
+    """The two rows :math:`[h, h \\odot w]` of one tensor of the frontier,
+    kept factored where the second is the first times an element-wise
+    signal ``signal`` (a site's Markov-blanket signal, broadcast over the
+    tensor), both of shape ``(S,) + tensor.shape``: the control variates
+    then take :math:`w` as they take a scalar signal
+    (:func:`~pyro_vi.math.control_variates.controlled_gradient`), without
+    the rounding error of :math:`h w` for a large :math:`|w|`."""
+
+    h: torch.Tensor
+    signal: torch.Tensor
+
+    @property
+    def shape(self):
+        return torch.Size((2,) + tuple(self.h.shape))
+
+    def __getitem__(self, row):
+        return (self.h, self.h * self.signal)[row]
 
 
 def closed_form_scores(fn, value, pairs):
