@@ -102,7 +102,7 @@ def distribution_gradients(particles, weightings):
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
     if particles.vectorized:
         return _distribution_frontier(particles, sites, weights, factored=True)
-    return _per_run_frontier(particles, sites, weights)
+    return _per_run_frontier(particles, sites, weights, factored=True)
 
 
 def _site_distributions(particles, name):
@@ -111,11 +111,13 @@ def _site_distributions(particles, name):
     return [None if d is None else d.fn for d in particles.score_distributions[name]]
 
 
-def _per_run_frontier(particles, sites, weights):
+def _per_run_frontier(particles, sites, weights, factored=False):
     """:func:`distribution_gradients` for one trace per particle: particle
     :math:`s`'s gradients with respect to its own run's distribution
     tensors, by a backward pass per particle and row through its
-    log-densities only."""
+    log-densities only. With ``factored``, rows :math:`[h, h \\odot w]` of a
+    site whose every log-density entry depends only on its own entries of
+    the tensors are :class:`SignalRows`, from one pass per particle."""
     if any(_depends_on_another_sample(particles, site.name) for site in sites):
         return None  # a structured guide: the distributions differ by particle
     frontier = []
@@ -128,6 +130,9 @@ def _per_run_frontier(particles, sites, weights):
         paths = list(present[0])
         if any(list(t) != paths or any(t[p].shape != present[0][p].shape for p in paths) for t in present):
             return None
+        if factored and paths and _factorable(site, j, distributions, per_run, weights):
+            frontier += _per_run_signal_rows(site, weights[1][j], distributions, per_run, paths)
+            continue
         grads = {p: [] for p in paths}
         for s, tensors in enumerate(per_run):
             for site_weights in weights:
@@ -142,6 +147,45 @@ def _per_run_frontier(particles, sites, weights):
             stacked = torch.stack(grads[p]).reshape((len(per_run), len(weights)) + present[0][p].shape)
             frontier.append((targets, stacked.transpose(0, 1)))
     return frontier
+
+
+def _factorable(site, j, distributions, per_run, weights):
+    """Whether the site's rows are :math:`[h, h \\odot w]` with each entry of
+    every run's log-density a function of its own entries of the tensors."""
+    if len(weights) != 2 or weights[0][j] is not None or weights[1][j] is None:
+        return False
+    for s, (fn, tensors) in enumerate(zip(distributions, per_run)):
+        if fn is not None:
+            batch = without_mask(fn).batch_shape
+            if site.score_log_prob[s].numel() != batch.numel():
+                return False
+            if any(t.shape[: len(batch)] != batch for t in tensors.values()):
+                return False
+    return True
+
+
+def _per_run_signal_rows(site, weight, distributions, per_run, paths):
+    """The :class:`SignalRows` of a factorable site: each particle's score
+    at its own tensors, and its signal spread over them."""
+    present = next(t for t in per_run if t is not None)
+    grads, signals = {p: [] for p in paths}, {p: [] for p in paths}
+    for s, (fn, tensors) in enumerate(zip(distributions, per_run)):
+        if tensors is None:
+            for p in paths:
+                grads[p].append(torch.zeros_like(present[p]))
+                signals[p].append(torch.zeros_like(present[p]))
+            continue
+        inputs = [tensors[p] for p in paths]
+        found = torch.autograd.grad(site.score_log_prob[s].sum(), inputs, retain_graph=True, allow_unused=True)
+        batch = without_mask(fn).batch_shape
+        for p, g in zip(paths, found):
+            grads[p].append(torch.zeros_like(present[p]) if g is None else g)
+            shaped = weight[s].reshape(batch + (1,) * (present[p].dim() - len(batch)))
+            signals[p].append(shaped.expand_as(present[p]))
+    return [
+        ([None if t is None else t[p] for t in per_run], SignalRows(torch.stack(grads[p]), torch.stack(signals[p])))
+        for p in paths
+    ]
 
 
 def _depends_on_another_sample(particles, name):
