@@ -53,7 +53,7 @@ from ..particles.pyro_compat import (
     upstream_edges,
 )
 
-__all__ = ["ParticleGradients", "distribution_gradients", "particle_gradients"]
+__all__ = ["ParticleGradients", "SignalRows", "closed_form_scores", "distribution_gradients", "particle_gradients"]
 
 
 @dataclass
