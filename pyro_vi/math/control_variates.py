@@ -7,6 +7,7 @@ For per-particle scores :math:`h_s` and score-function terms :math:`f_s`
 
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -137,14 +138,16 @@ class _Block:
     fh: torch.Tensor
     V: torch.Tensor
     C: torch.Tensor
-    shift: float
+    shift: object = 0.0
+    signal: Optional[torch.Tensor] = None
 
     @classmethod
-    def of(cls, h, f, shift=0.0):
+    def of(cls, h, f, shift=0.0, signal=None):
+        """``signal``: :math:`L - c` where :math:`f = h (L - c)`."""
         h_mean, f_mean = h.mean(0), f.mean(0)
         hc, fc = h - h_mean, f - f_mean
         hh, fh = hc * hc, fc * hc
-        return cls(h, f, h_mean, f_mean, hc, fc, hh, fh, hh.sum(0), fh.sum(0), shift)
+        return cls(h, f, h_mean, f_mean, hc, fc, hh, fh, hh.sum(0), fh.sum(0), shift, signal)
 
     @property
     def count(self):
@@ -180,11 +183,12 @@ def _blocks(h, signal, f):
         if f is not None:
             yield _Block.of(hb, f[:, columns].to(dtype))
         elif signal.dim() == 1:
-            yield _Block.of(hb, hb * column, shift)
+            yield _Block.of(hb, hb * column, shift, column)
         else:
             signal_block = signal[:, columns]
             shift = signal_block.mean(0)
-            yield _Block.of(hb, hb * (signal_block - shift), shift)
+            shifted = signal_block - shift
+            yield _Block.of(hb, hb * shifted, shift, shifted)
 
 
 def _controlled_block(block, coefficient, per_particle, dtype):
@@ -213,21 +217,30 @@ def _leave_one_out_coefficients(block, dtype):
     numerator = torch.sub(block.C / k, block.fh, out=block.fh)
     # A variance below tolerance * (the others' sum of squares) is rounding
     # error of the scores; one below 64 epsilons of the arithmetic times the
-    # sum of squares of all the particles is rounding error of this arithmetic.
+    # centred sum of squares V is rounding error of this arithmetic (V/k and
+    # (h^c_s)^2 cancel where the others are equal).
     tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(block.h.dtype).eps
-    sum_hh = block.sum_hh
-    if bool((denominator.amin(0) > (tolerance + rounding) / k * sum_hh).all()):  # above every particle's threshold
+    sum_hh, noise = block.sum_hh, rounding / k * block.V
+    if bool((denominator.amin(0) > tolerance / k * sum_hh + noise).all()):  # above every particle's threshold
         return numerator.div_(denominator)
-    threshold = (tolerance * (sum_hh - block.h.square()).clamp(min=0) + rounding * sum_hh) / k
+    others_squares = tolerance * (sum_hh - block.h.square()).clamp(min=0)
+    threshold = others_squares / k + noise
     regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
     # The others' scores all equal: the slope is undefined; the coefficient
-    # is then their regression through the origin, f / h (their mean signal
-    # for f = h L), 0 where their h is 0.
+    # is then their regression through the origin, f / h: for f = h L their
+    # mean signal, which the shifted signal (of mean 0) gives without h's
+    # cancellation, -(L_s - c) / (S - 1); 0 where their h is 0, up to the
+    # scores' rounding and this arithmetic's.
     others = count - 1
     others_h = block.h_mean - block.hc / others
-    others_f = block.f_mean - block.fc / others
-    origin = others_h.abs() > (k * threshold / others).sqrt()
-    through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), -block.shift)
+    if block.signal is None:
+        slope = block.f_mean - block.fc / others
+        slope = slope / torch.where(others_h == 0, 1.0, others_h)
+    else:
+        slope = -block.signal / others
+    noise_h = rounding * (block.h_mean.abs() + block.hc.abs() / others)
+    origin = others_h.abs() > (others_squares / others).sqrt() + noise_h
+    through_origin = torch.where(origin, slope, -block.shift)
     return torch.where(denominator > threshold, regression, through_origin)
 
 
