@@ -12,7 +12,7 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 
-from pyro_vi import RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
+from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
 from pyro_vi.particles.structure import ProgramStructure, learning_signal_factors, markov_blankets, program_structure
 from tests.helpers import losses_and_grads_on_the_same_draws
 from tests.programs import location_guide, location_model
@@ -201,7 +201,7 @@ def test_the_union_of_two_runs_keeps_program_order():
 
 
 @pytest.mark.parametrize("vectorize", [True, False], ids=["vectorized", "sequential"])
-@pytest.mark.parametrize("estimator", ["ControlVariateELBO", "RaoBlackwellELBO"])
+@pytest.mark.parametrize("estimator", [ControlVariateELBO, RaoBlackwellELBO], ids=lambda cls: cls.__name__)
 def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator, vectorize):
     """A Normal mean from N = 10,000 data, the guide at the exact posterior:
     the global site's signal sums every datum's log-likelihood (about
@@ -211,8 +211,6 @@ def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator, 
     h L_j, of about 2e4 h, were rounded to float32 first: 0.0022
     (vectorized) and 0.0052 (sequential), and summed in float32 too, 1.7 to
     3.3, a floor 1,000 times the noise."""
-    import pyro_vi
-
     num_data = 10_000
     data = 1.0 + 2.0 * torch.randn(num_data, generator=torch.Generator().manual_seed(0))
     precision = 1 / 100 + num_data / 4
@@ -228,7 +226,7 @@ def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator, 
 
     pyro.clear_param_store()
     pyro.set_rng_seed(1)
-    elbo = getattr(pyro_vi, estimator)(num_particles=10, vectorize_particles=vectorize, max_plate_nesting=1)
+    elbo = estimator(num_particles=10, vectorize_particles=vectorize, max_plate_nesting=1)
     grads = []
     for _ in range(200 if vectorize else 60):
         loss = elbo.differentiable_loss(model, guide)
@@ -249,8 +247,6 @@ def test_with_one_latent_site_rao_blackwell_is_the_control_variate_estimator(vec
     over 20 draws: at most 1.1e-4 apart, in gradients of about 75; with
     RaoBlackwellELBO's rows h L rounded to float32 before the arithmetic
     (as before SignalRows), 0.040 apart vectorized and 0.10 sequential."""
-    import pyro_vi
-
     num_data = 10_000
     data = 1.0 + 2.0 * torch.randn(num_data, generator=torch.Generator().manual_seed(0))
 
@@ -263,10 +259,11 @@ def test_with_one_latent_site_rao_blackwell_is_the_control_variate_estimator(vec
         pyro.sample("mu", dist.Normal(pyro.param("m", torch.tensor(1.0)), pyro.param("s", torch.tensor(0.02))))
 
     grads = {}
-    for name in ("ControlVariateELBO", "RaoBlackwellELBO"):
+    for estimator in (ControlVariateELBO, RaoBlackwellELBO):
         pyro.clear_param_store()
         pyro.set_rng_seed(1)
-        elbo = getattr(pyro_vi, name)(num_particles=10, vectorize_particles=vectorize, max_plate_nesting=1)
+        elbo = estimator(num_particles=10, vectorize_particles=vectorize, max_plate_nesting=1)
+        name = estimator.__name__
         grads[name] = []
         for _ in range(20):
             loss = elbo.differentiable_loss(model, guide)
