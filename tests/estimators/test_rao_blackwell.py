@@ -198,3 +198,39 @@ def test_the_union_of_two_runs_keeps_program_order():
     model, guide = _chain_structures("abc")
     assert list(guide.union(guide).dependencies) == ["a", "b", "c"]
     assert list(model.union(model).plates) == ["a", "b", "c", "x"]
+
+
+@pytest.mark.parametrize("estimator", ["ControlVariateELBO", "RaoBlackwellELBO"])
+def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator):
+    """A Normal mean from N = 10,000 data, the guide at the exact posterior:
+    the global site's signal sums every datum's log-likelihood (about
+    -2e4), and its controlled gradient must cancel it to the Monte Carlo
+    noise. Measured (400 draws): total variance 0.0018 (CV) and 0.0022
+    (RB); with RaoBlackwellELBO's terms h L_j summed in float32, 1.7, a
+    floor of rounding error 800 times the noise."""
+    import pyro_vi
+
+    num_data = 10_000
+    data = 1.0 + 2.0 * torch.randn(num_data, generator=torch.Generator().manual_seed(0))
+    precision = 1 / 100 + num_data / 4
+    loc, scale = float(data.sum() / 4 / precision), precision**-0.5
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", num_data):
+            pyro.sample("x", dist.Normal(mu, 2.0), obs=data)
+
+    def guide():
+        pyro.sample("mu", dist.Normal(pyro.param("m", torch.tensor(loc)), pyro.param("s", torch.tensor(scale))))
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    elbo = getattr(pyro_vi, estimator)(num_particles=10, vectorize_particles=True, max_plate_nesting=1)
+    grads = []
+    for _ in range(200):
+        loss = elbo.differentiable_loss(model, guide)
+        params = [pyro.param("m").unconstrained(), pyro.param("s").unconstrained()]
+        grads.append(torch.stack(torch.autograd.grad(loss, params)))
+    total_variance = float(torch.stack(grads).double().var(0).sum())
+    # 200 draws estimate a variance to about 10%; 0.02 is ten times the noise
+    assert total_variance < 0.02
