@@ -200,14 +200,17 @@ def test_the_union_of_two_runs_keeps_program_order():
     assert list(model.union(model).plates) == ["a", "b", "c", "x"]
 
 
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vectorized", "sequential"])
 @pytest.mark.parametrize("estimator", ["ControlVariateELBO", "RaoBlackwellELBO"])
-def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator):
+def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator, vectorize):
     """A Normal mean from N = 10,000 data, the guide at the exact posterior:
     the global site's signal sums every datum's log-likelihood (about
     -2e4), and its controlled gradient must cancel it to the Monte Carlo
-    noise. Measured (400 draws): total variance 0.0018 (CV) and 0.0022
-    (RB); with RaoBlackwellELBO's terms h L_j summed in float32, 1.7, a
-    floor of rounding error 800 times the noise."""
+    noise. Measured (400 draws): total variance 0.0018 (CV, both layouts),
+    0.0022 (RB, vectorized) and 0.0052 (RB, sequential: its terms h L_j,
+    of about 2e4 h, come from a float32 backward pass, whose rounding adds
+    a floor of about 0.003); with those terms summed in float32, 1.7 to
+    3.3, a floor 1,000 times the noise."""
     import pyro_vi
 
     num_data = 10_000
@@ -225,12 +228,13 @@ def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator):
 
     pyro.clear_param_store()
     pyro.set_rng_seed(1)
-    elbo = getattr(pyro_vi, estimator)(num_particles=10, vectorize_particles=True, max_plate_nesting=1)
+    elbo = getattr(pyro_vi, estimator)(num_particles=10, vectorize_particles=vectorize, max_plate_nesting=1)
     grads = []
-    for _ in range(200):
+    for _ in range(200 if vectorize else 60):
         loss = elbo.differentiable_loss(model, guide)
         params = [pyro.param("m").unconstrained(), pyro.param("s").unconstrained()]
         grads.append(torch.stack(torch.autograd.grad(loss, params)))
     total_variance = float(torch.stack(grads).double().var(0).sum())
-    # 200 draws estimate a variance to about 10%; 0.02 is ten times the noise
-    assert total_variance < 0.02
+    # 200 (60) draws estimate a variance to about 10% (18%); 0.02 is ten
+    # times the noise
+    assert total_variance < 0.02, total_variance
