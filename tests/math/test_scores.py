@@ -439,3 +439,20 @@ def test_free_coordinates_have_scores_of_mean_zero(name, fn):
         assert not biased, {path: m for path, (m, _) in biased.items()}
     elif name not in ("StudentT", "MultivariateNormal(covariance)"):
         assert biased, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_rare_draw_keeps_the_others_mean_signal_as_its_baseline(dtype):
+    """A Bernoulli of probability 1e-4 drawn as 1 by one particle of four:
+    the other three scores are all -p, so that particle's leave-one-out
+    coefficient is the regression through the origin, their mean signal,
+    and its term is h_0 (L_0 - mean of the others' L) / S, in either dtype.
+    (The others' scores, about 1e-4, are far above their rounding error; the
+    arithmetic's own rounding, scaled by particle 0's score of about 1, must
+    not count them as 0.)"""
+    p = 1e-4
+    h = torch.tensor([[1 - p], [-p], [-p], [-p]], dtype=dtype)
+    signal = torch.tensor([-100.0, -103.0, -98.0, -101.0], dtype=dtype)
+    got = controlled_gradient(h, "leave_one_out", signal=signal, per_particle=True)
+    expected = (1 - p) * (signal[0] - signal[1:].mean()) / 4
+    assert float(got[0, 0]) == pytest.approx(float(expected), rel=1e-5)
