@@ -12,7 +12,7 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 
-from pyro_vi import RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
+from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
 from pyro_vi.particles.structure import ProgramStructure, learning_signal_factors, markov_blankets, program_structure
 from tests.helpers import losses_and_grads_on_the_same_draws
 from tests.programs import location_guide, location_model
@@ -201,7 +201,7 @@ def test_the_union_of_two_runs_keeps_program_order():
 
 
 @pytest.mark.parametrize("vectorize", [True, False], ids=["vectorized", "sequential"])
-@pytest.mark.parametrize("estimator", ["ControlVariateELBO", "RaoBlackwellELBO"])
+@pytest.mark.parametrize("estimator", [ControlVariateELBO, RaoBlackwellELBO], ids=lambda cls: cls.__name__)
 def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator, vectorize):
     """A Normal mean from N = 10,000 data, the guide at the exact posterior:
     the global site's signal sums every datum's log-likelihood (about
@@ -211,8 +211,6 @@ def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator, 
     of about 2e4 h, come from a float32 backward pass, whose rounding adds
     a floor of about 0.003); with those terms summed in float32, 1.7 to
     3.3, a floor 1,000 times the noise."""
-    import pyro_vi
-
     num_data = 10_000
     data = 1.0 + 2.0 * torch.randn(num_data, generator=torch.Generator().manual_seed(0))
     precision = 1 / 100 + num_data / 4
@@ -228,7 +226,7 @@ def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator, 
 
     pyro.clear_param_store()
     pyro.set_rng_seed(1)
-    elbo = getattr(pyro_vi, estimator)(num_particles=10, vectorize_particles=vectorize, max_plate_nesting=1)
+    elbo = estimator(num_particles=10, vectorize_particles=vectorize, max_plate_nesting=1)
     grads = []
     for _ in range(200 if vectorize else 60):
         loss = elbo.differentiable_loss(model, guide)
