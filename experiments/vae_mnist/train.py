@@ -32,7 +32,7 @@ from models.mnist import binarize, load_mnist
 from models.vae import Decoder, VAEConfig, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
 from pyro_vi.training import fit, load_checkpoint
-from pyro_vi.training.distributed import process
+from pyro_vi.training.distributed import in_process_group, process
 
 BURDA_STAGES = 8  # i = 0..7: 3^i epochs at lr * 10^(-i/7)
 BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))  # 3280
@@ -370,7 +370,7 @@ def start_processes(device):
     CPU, nccl on CUDA), and silences all but the first process. Training then
     averages gradients over the processes (:mod:`pyro_vi.training.distributed`) and
     the evaluations share out the images (:func:`~experiments.vae_mnist.evaluate.bounds`)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not in_process_group():
         torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
     if process()[0] > 0:
         sys.stdout = open(os.devnull, "w")
