@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .. import validation
-from .jacobians import distribution_gradients, particle_gradients
+from .jacobians import SignalRows, distribution_gradients, particle_gradients
 
 __all__ = [
     "COEFFICIENTS",
@@ -76,7 +76,8 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
         \\qquad a^*_d = \\frac{\\mathrm{Cov}(f_d, h_d)}{\\mathrm{Var}(h_d)},
 
     with :math:`f_s = h_s L_s` for a learning ``signal`` :math:`L` (shape
-    ``(S,)``), or given per particle as ``f``. ``coefficient``:
+    ``(S,)``, or element-wise, the shape of ``h``), or given per particle as
+    ``f``. ``coefficient``:
     ``"pooled"`` estimates :math:`a^*_d` from all ``S`` particles (BBVI's
     choice; it then depends on :math:`z_s`, a bias of order :math:`1/S`);
     ``"leave_one_out"`` gives particle :math:`s` the :math:`a^{(-s)}_d`
@@ -88,138 +89,168 @@ def controlled_gradient(h, coefficient, signal=None, f=None, per_particle=False)
     the regression through the origin, :math:`\\bar f_d / \\bar h_d` of the
     other particles (their mean signal, for :math:`f = hL`; 0 where
     :math:`\\bar h_d` is 0), still independent of :math:`z_s`; the pooled one
-    is 0. (A variance below :math:`64` float64 epsilons times the sum of
-    squares of all the particles is the rounding error of this arithmetic,
-    and counts as 0 too.)
+    is 0. (A variance below :math:`64` epsilons of the arithmetic times the
+    sum of squares of all the particles is the rounding error of this
+    arithmetic, and counts as 0 too.)
 
-    The coefficients need only the per-parameter sums of :math:`h, f, h^2,
-    fh` over the particles. The arithmetic goes a block of parameters at a
-    time, in float64, each block's sums and gradient in one go, so that no
-    temporary is larger than a block. With ``per_particle``, the particles'
-    terms :math:`(f_d[s] - a_d h_d[s]) / S` instead, shape ``(S,) + shape``,
-    whose sum over the particles is :math:`\\hat g`.
+    The coefficients need only the per-parameter means of :math:`h, f` and
+    the centred sums of squares and products over the particles. The
+    arithmetic goes a block of parameters at a time, in the scores' dtype
+    (at least float32; float64 for a given ``f``), each block's sums and
+    gradient in one go, so that no temporary is larger than a block. With
+    ``per_particle``, the particles' terms :math:`(f_d[s] - a_d h_d[s]) / S`
+    instead, shape ``(S,) + shape``, whose sum over the particles is
+    :math:`\\hat g`.
     """
     parts = [_controlled_block(block, coefficient, per_particle, h.dtype) for block in _blocks(h, signal, f)]
     joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
     return joined.to(h.dtype).reshape(h.shape if per_particle else h.shape[1:])
 
 
-# Columns per block: each block's float64 temporaries (a few of S x block)
-# stay small enough to be cached and reused by the allocator.
+# Columns per block: each block's temporaries (a few of S x block) stay
+# small enough to be cached and reused by the allocator.
 _BLOCK_ELEMENTS = 1 << 16
 
 
 @dataclass
 class _Block:
-    """One block of columns, in float64, shape ``(S, block)``: ``h``, and
-    ``f`` or the ``signal`` column :math:`L` (``(S, 1)``, then
-    :math:`f = hL`); the sums over the particles of :math:`h, f, h^2, fh`;
-    and a ``spare`` temporary of the block's shape. The caller may overwrite
-    ``h``, ``f`` and ``spare``."""
+    """One block of columns, shape ``(S, block)``, in the scores' dtype (at
+    least float32; float64 for a given ``f``): ``h`` and ``f`` (which the
+    caller must not change); their means over the particles; their centred
+    values ``hc``, ``fc`` and the products ``hh`` :math:`= h^c h^c` and
+    ``fh`` :math:`= f^c h^c` (which the caller may overwrite); and the
+    centred sums :math:`V = \\sum_s (h^c_s)^2`, :math:`C = \\sum_s f^c_s h^c_s`.
+    Centring first keeps them exact to a few epsilons of the arithmetic,
+    where the one-pass :math:`\\sum h^2 - (\\sum h)^2 / S` would lose what
+    the mean shares with the spread. For :math:`f = hL`, ``f`` is
+    :math:`h (L - c)`, with ``shift`` :math:`c = \\bar L` (per column for an
+    element-wise signal): every coefficient is then :math:`a - c`, and
+    :math:`f - (a - c) h` is the same gradient, without the rounding error
+    of a large :math:`|\\bar L|` (the log-likelihood of many data)."""
 
     h: torch.Tensor
-    f: Optional[torch.Tensor]
-    signal: Optional[torch.Tensor]
-    sum_h: torch.Tensor
-    sum_f: torch.Tensor
-    sum_hh: torch.Tensor
-    sum_fh: torch.Tensor
-    spare: torch.Tensor
+    f: torch.Tensor
+    h_mean: torch.Tensor
+    f_mean: torch.Tensor
+    hc: torch.Tensor
+    fc: torch.Tensor
+    hh: torch.Tensor
+    fh: torch.Tensor
+    V: torch.Tensor
+    C: torch.Tensor
+    shift: object = 0.0
+    signal: Optional[torch.Tensor] = None
+
+    @classmethod
+    def of(cls, h, f, shift=0.0, signal=None):
+        """``signal``: :math:`L - c` where :math:`f = h (L - c)`."""
+        h_mean, f_mean = h.mean(0), f.mean(0)
+        hc, fc = h - h_mean, f - f_mean
+        hh, fh = hc * hc, fc * hc
+        return cls(h, f, h_mean, f_mean, hc, fc, hh, fh, hh.sum(0), fh.sum(0), shift, signal)
 
     @property
     def count(self):
         """The number of particles, :math:`S`."""
         return self.h.shape[0]
 
-    def f_values(self):
-        """:math:`f`, a fresh tensor where it is :math:`hL`."""
-        return self.f if self.signal is None else self.h * self.signal
+    @property
+    def sum_hh(self):
+        """:math:`\\sum_s h_s^2`, the scale of the rounding error."""
+        return self.V + self.count * self.h_mean.square()
 
 
 def _blocks(h, signal, f):
     """The :class:`_Block` of each block of columns."""
     num_particles = h.shape[0]
+    # A given f (a Rao-Blackwellized term h L_j) holds large |L_j| (a global
+    # site's signal sums the likelihood of every datum), which float32 sums
+    # would not cancel (test_the_control_variates_leave_no_rounding_floor_...).
+    dtype = torch.promote_types(h.dtype, torch.float32 if f is None else torch.float64)
     h = h.detach().reshape(num_particles, -1)
     f = None if f is None else f.detach().reshape(num_particles, -1)
-    if signal is not None:  # the sums of h and hL, of h^2 and h^2 L, as two products
-        weights = torch.stack(
-            [torch.ones(num_particles, dtype=torch.float64, device=h.device), signal.detach().to(torch.float64)]
-        )
-        column = weights[1, :, None]
+    if signal is not None:
+        signal = signal.detach().to(dtype)
+        if signal.dim() == 1:
+            shift = float(signal.mean())
+            column = (signal - shift).reshape(num_particles, 1)
+        else:  # element-wise
+            signal = signal.reshape(num_particles, -1)
     block = max(1, _BLOCK_ELEMENTS // num_particles)
     for start in range(0, h.shape[1], block):
         columns = slice(start, start + block)
-        hb = h[:, columns].to(torch.float64, copy=True)
-        squares = hb * hb
-        if f is None:
-            (sum_h, sum_f), (sum_hh, sum_fh) = weights @ hb, weights @ squares
-            yield _Block(hb, None, column, sum_h, sum_f, sum_hh, sum_fh, squares)
+        hb = h[:, columns].to(dtype)
+        if f is not None:
+            yield _Block.of(hb, f[:, columns].to(dtype))
+        elif signal.dim() == 1:
+            yield _Block.of(hb, hb * column, shift, column)
         else:
-            fb = f[:, columns].to(torch.float64, copy=True)
-            sums = hb.sum(0), fb.sum(0), squares.sum(0), torch.mul(fb, hb, out=squares).sum(0)
-            yield _Block(hb, fb, None, *sums, squares)
+            signal_block = signal[:, columns]
+            shift = signal_block.mean(0)
+            shifted = signal_block - shift
+            yield _Block.of(hb, hb * shifted, shift, shifted)
 
 
 def _controlled_block(block, coefficient, per_particle, dtype):
     """:math:`(f_d[s] - a_d h_d[s]) / S` of one :class:`_Block`, summed over
     the particles (shape ``(block,)``) or per particle."""
-    hb = block.h
     if not isinstance(coefficient, str) or coefficient == "pooled":
         a = _fixed_or_pooled_coefficient(block, coefficient, dtype)
-        if per_particle:
-            return block.f_values().sub_(a * hb).div_(block.count)
-        return (block.sum_f - a * block.sum_h) / block.count
-    a = _leave_one_out_coefficients(block, dtype)
+    else:
+        a = _leave_one_out_coefficients(block, dtype)
     if per_particle:
-        return block.f_values().sub_(a.mul_(hb)).div_(block.count)
-    return (block.sum_f - a.mul_(hb).sum(0)) / block.count
+        return (block.f - a * block.h) / block.count
+    return block.f_mean - (a * block.h).sum(0) / block.count
 
 
 def _leave_one_out_coefficients(block, dtype):
-    """Each particle's :math:`a^{(-s)}_d` for one :class:`_Block` (its ``h``
-    and ``f`` left unchanged), from the sums of all the particles: without
-    particle :math:`s` the other centred values sum to :math:`-h^c_s` and
-    :math:`-f^c_s`, so :math:`\\mathrm{cov}^{(-s)} = \\mathrm{cov} - k f^c_s h^c_s`
-    and :math:`\\mathrm{var}^{(-s)} = \\mathrm{var} - k (h^c_s)^2`, with
-    :math:`k = S / (S - 1)`."""
-    hb, count = block.h, block.count
-    sum_h, sum_f, sum_hh, sum_fh = block.sum_h, block.sum_f, block.sum_hh, block.sum_fh
-    h_mean, f_mean = sum_h / count, sum_f / count
-    # cov^(-s) / k and var^(-s) / k, whose ratio is the coefficient
+    """Each particle's :math:`a^{(-s)}_d` for one :class:`_Block`, from the
+    centred sums of all the particles: without particle :math:`s` the other
+    centred values sum to :math:`-h^c_s` and :math:`-f^c_s`, so
+    :math:`\\mathrm{cov}^{(-s)} = (C - k f^c_s h^c_s) / (S - 1)` and
+    :math:`\\mathrm{var}^{(-s)} = (V - k (h^c_s)^2) / (S - 1)`, with
+    :math:`k = S / (S - 1)`. Overwrites ``hh`` and ``fh``."""
+    count = block.count
     k = count / (count - 1)
-    cov, var = (sum_fh - f_mean * sum_h) / k, (sum_hh - h_mean * sum_h) / k
-    hc = hb - h_mean
-    denominator = torch.addcmul(var, hc, hc, value=-1, out=block.spare)
-    centred_f = block.f - f_mean if block.signal is None else torch.addcmul(-f_mean, hb, block.signal)
-    numerator = torch.addcmul(cov, centred_f, hc, value=-1, out=hc)
+    # var^(-s) and cov^(-s), times (S - 1) / k, whose ratio is the coefficient
+    denominator = torch.sub(block.V / k, block.hh, out=block.hh)
+    numerator = torch.sub(block.C / k, block.fh, out=block.fh)
     # A variance below tolerance * (the others' sum of squares) is rounding
-    # error of the scores; one below 64 float64 epsilons times the sum of
-    # squares of all the particles is rounding error of this arithmetic.
-    tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(torch.float64).eps
-    if bool((denominator.amin(0) > (tolerance + rounding) / k * sum_hh).all()):  # above every particle's threshold
+    # error of the scores; one below 64 epsilons of the arithmetic times the
+    # centred sum of squares V is rounding error of this arithmetic (V/k and
+    # (h^c_s)^2 cancel where the others are equal).
+    tolerance, rounding = 64 * torch.finfo(dtype).eps, 64 * torch.finfo(block.h.dtype).eps
+    sum_hh, noise = block.sum_hh, rounding / k * block.V
+    if bool((denominator.amin(0) > tolerance / k * sum_hh + noise).all()):  # above every particle's threshold
         return numerator.div_(denominator)
-    threshold = (tolerance * (sum_hh - hb.square()).clamp(min=0) + rounding * sum_hh) / k
+    others_squares = tolerance * (sum_hh - block.h.square()).clamp(min=0)
+    threshold = others_squares / k + noise
     regression = numerator / torch.where(denominator > threshold, denominator, torch.inf)
     # The others' scores all equal: the slope is undefined; the coefficient
-    # is then their regression through the origin, f / h (their mean signal
-    # for f = h L), 0 where their h is 0.
+    # is then their regression through the origin, f / h: for f = h L their
+    # mean signal, which the shifted signal (of mean 0) gives without h's
+    # cancellation, -(L_s - c) / (S - 1); 0 where their h is 0, up to the
+    # scores' rounding and this arithmetic's.
     others = count - 1
-    others_h = (sum_h - hb) / others
-    others_f = (sum_f - block.f_values()) / others
-    origin = others_h.abs() > (k * threshold / others).sqrt()
-    through_origin = torch.where(origin, others_f / torch.where(origin, others_h, 1.0), 0.0)
+    others_h = block.h_mean - block.hc / others
+    if block.signal is None:
+        slope = block.f_mean - block.fc / others
+        slope = slope / torch.where(others_h == 0, 1.0, others_h)
+    else:
+        slope = -block.signal / others
+    noise_h = rounding * (block.h_mean.abs() + block.hc.abs() / others)
+    origin = others_h.abs() > (others_squares / others).sqrt() + noise_h
+    through_origin = torch.where(origin, slope, -block.shift)
     return torch.where(denominator > threshold, regression, through_origin)
 
 
 def _fixed_or_pooled_coefficient(block, coefficient, dtype):
-    """A fixed coefficient, or :math:`a^*` of all the particles of a
+    """A fixed coefficient, or :math:`a^* = C / V` of all the particles of a
     :class:`_Block` (0 where their variance is rounding error)."""
     if coefficient != "pooled":
-        return float(coefficient)
-    count, sum_h, sum_hh = block.count, block.sum_h, block.sum_hh
-    cov, var = block.sum_fh - block.sum_f * sum_h / count, sum_hh - sum_h * sum_h / count
+        return float(coefficient) - block.shift
     # Below tolerance * (sum of squares), a variance is rounding error: 0.
-    return torch.where(var > 64 * torch.finfo(dtype).eps * sum_hh, cov / var, 0.0)
+    return torch.where(block.V > 64 * torch.finfo(dtype).eps * block.sum_hh, block.C / block.V, -block.shift)
 
 
 def controlled_surrogate(particles, coefficient, signal=None, signals=None, coordinates="parameters"):
@@ -263,12 +294,17 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
         return particles.zeros()
     num_particles = particles.num_particles
     per_particle = [isinstance(target, list) for target, _ in frontier]  # each particle's own tensor
+    factored = [isinstance(rows, SignalRows) for _, rows in frontier]
     sizes = [rows.shape[2:].numel() for _, rows in frontier]
     surrogate = 0.0
-    for group in _groups(sizes, per_particle, max(1, _BLOCK_ELEMENTS // num_particles)):
+    for group in _groups(sizes, list(zip(per_particle, factored)), max(1, _BLOCK_ELEMENTS // num_particles)):
         h = _columns([frontier[i][1][0] for i in group], num_particles)
-        f = None if signals is None else _columns([frontier[i][1][1] for i in group], num_particles)
-        controlled = controlled_gradient(h, coefficient, signal, f, per_particle=per_particle[group[0]]).detach()
+        f, group_signal = None, signal
+        if factored[group[0]]:
+            group_signal = _columns([frontier[i][1].signal for i in group], num_particles)
+        elif signals is not None:
+            f = _columns([frontier[i][1][1] for i in group], num_particles)
+        controlled = controlled_gradient(h, coefficient, group_signal, f, per_particle=per_particle[group[0]]).detach()
         if per_particle[group[0]]:
             for i, part in zip(group, controlled.split([sizes[i] for i in group], dim=-1)):
                 for term, own_target in zip(part, frontier[i][0]):
@@ -279,7 +315,7 @@ def controlled_surrogate(particles, coefficient, signal=None, signals=None, coor
     return surrogate
 
 
-def _groups(sizes, per_particle, columns):
+def _groups(sizes, kinds, columns):
     """The frontier's entries (their numbers of columns ``sizes``) in groups
     of consecutive entries of the same kind and at most ``columns`` columns
     in all (an entry larger than that alone): small tensors go through the
@@ -287,7 +323,7 @@ def _groups(sizes, per_particle, columns):
     groups = []
     for i, size in enumerate(sizes):
         group = groups[-1] if groups else None
-        if group and per_particle[group[0]] == per_particle[i] and sum(sizes[j] for j in group) + size <= columns:
+        if group and kinds[group[0]] == kinds[i] and sum(sizes[j] for j in group) + size <= columns:
             group.append(i)
         else:
             groups.append([i])

@@ -174,8 +174,8 @@ def test_control_variates_reduce_variance(where, coefficient, factor):
         # ratio near the optimum is about 0.1, and 3000 Adam steps leave a gap
         # of about 38 nats (the study shows it); S = 1000 makes it converge.
         (lambda: ScoreFunctionELBO(num_particles=1000, vectorize_particles=True), 0.998, 2000, 1.0),
-        # Measured: 0.001 nats.
-        (lambda: ControlVariateELBO(num_particles=10, vectorize_particles=True), 0.999, 3000, 0.01),
+        # Measured: 0.0009 nats (0.007 after 1000 steps, 0.001 after 3000).
+        (lambda: ControlVariateELBO(num_particles=10, vectorize_particles=True), 0.999, 2000, 0.01),
     ],
     ids=["score_function", "control_variate"],
 )

@@ -125,6 +125,22 @@ def test_fixed_coefficient():
     assert controlled_gradient(h, 0.5, signal=signal).item() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("coefficient", ["pooled", "leave_one_out"])
+def test_float32_arithmetic_keeps_a_large_signal_out_of_the_rounding(coefficient):
+    """Scores far from 0 (mean 20, sd 1) and the log-weights of many data
+    (mean -10,000, sd 1), in float32: with the signal shifted by its mean
+    (and the sums centred) the arithmetic agrees with the float64 formula
+    to 2e-5 of the terms' scale. Unshifted, f = hL of about 2e5 loses 0.13
+    to 0.31 of terms of about 230 (20 seeds); shifted, at most 0.0022."""
+    generator = torch.Generator().manual_seed(0)
+    h = 20.0 + torch.randn(8, 64, generator=generator)
+    signal = -1e4 + torch.randn(8, generator=generator)
+    got = controlled_gradient(h, coefficient, signal=signal)
+    expected = direct_controlled_gradient(h.double() * signal.double()[:, None], h, coefficient)
+    assert got.dtype == torch.float32
+    assert (got.double() - expected).abs().max() < 2e-5 * expected.abs().mean()
+
+
 @pytest.mark.parametrize("estimator", ["ControlVariateELBO", "RaoBlackwellELBO"])
 @pytest.mark.parametrize("pair", ["local", "subsample_global", "auto_normal", "positive_supports"])
 def test_distribution_coordinates_equal_parameter_coordinates_on_mean_field_guides(pair, estimator):
@@ -439,6 +455,49 @@ def test_free_coordinates_have_scores_of_mean_zero(name, fn):
         assert not biased, {path: m for path, (m, _) in biased.items()}
     elif name not in ("StudentT", "MultivariateNormal(covariance)"):
         assert biased, name
+
+
+def _closed_form_cases():
+    loc, scale = torch.randn(4, 3), torch.rand(4, 3) + 0.5
+    shape, rate = torch.rand(4, 3) + 0.5, torch.rand(4, 3) + 0.5
+    return {
+        "Normal": (dist.Normal, (loc, scale), lambda d: d),
+        "torch Normal": (torch.distributions.Normal, (loc, scale), lambda d: d),
+        "Independent masked Normal": (dist.Normal, (loc, scale), lambda d: d.mask(torch.rand(4, 3) > 0.5).to_event(1)),
+        "Gamma": (dist.Gamma, (shape, rate), lambda d: d),
+        "Independent Gamma": (dist.Gamma, (shape, rate), lambda d: d.to_event(2)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_closed_form_cases()))
+def test_closed_form_scores_equal_autograd(case):
+    """The closed-form scores of the broadcast copies equal autograd's
+    gradient of the unmasked log-density at the sample."""
+    torch.manual_seed(0)
+    family, tensors, wrap = _closed_form_cases()[case]
+    tensors = [t.clone().requires_grad_() for t in tensors]
+    fn = wrap(family(*tensors))
+    value = fn.sample()
+    expected = torch.autograd.grad(scores.without_mask(fn).log_prob(value).sum(), tensors)
+    got = scores.closed_form_scores(fn, value, [(None, t) for t in tensors])
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_closed_form_scores_only_for_the_densities_they_know():
+    """Another family, a subclass with its own log-density, or a copy that
+    is not one of the distribution's tensors: None (autograd is used)."""
+
+    class Shifted(dist.Normal):
+        def log_prob(self, value):
+            return super().log_prob(value - 1.0)
+
+    loc, scale = torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    value = torch.zeros(3)
+    assert scores.closed_form_scores(dist.Normal(loc, scale), value, [(None, loc), (None, scale)]) is not None
+    assert scores.closed_form_scores(Shifted(loc, scale), value, [(None, loc)]) is None
+    assert scores.closed_form_scores(dist.Beta(scale, scale), value + 0.5, [(None, scale)]) is None
+    assert scores.closed_form_scores(dist.Normal(loc, scale), value, [(None, loc.clone())]) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
