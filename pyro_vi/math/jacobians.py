@@ -102,7 +102,7 @@ def distribution_gradients(particles, weightings):
     weights = [[_weight(w.get(site.name), site) for site in sites] for w in weightings]
     if particles.vectorized:
         return _distribution_frontier(particles, sites, weights, factored=True)
-    return _per_run_frontier(particles, sites, weights, factored=True)
+    return _per_run_frontier(particles, sites, weights)
 
 
 def _site_distributions(particles, name):
@@ -111,13 +111,13 @@ def _site_distributions(particles, name):
     return [None if d is None else d.fn for d in particles.score_distributions[name]]
 
 
-def _per_run_frontier(particles, sites, weights, factored=False):
+def _per_run_frontier(particles, sites, weights):
     """:func:`distribution_gradients` for one trace per particle: particle
     :math:`s`'s gradients with respect to its own run's distribution
     tensors, by a backward pass per particle and row through its
-    log-densities only. With ``factored``, rows :math:`[h, h \\odot w]` of a
-    site whose every log-density entry depends only on its own entries of
-    the tensors are :class:`SignalRows`, from one pass per particle."""
+    log-densities only. Rows :math:`[h, h \\odot w]` of a site whose every
+    log-density entry depends only on its own entries of the tensors are
+    :class:`SignalRows`, from one pass per particle."""
     if any(_depends_on_another_sample(particles, site.name) for site in sites):
         return None  # a structured guide: the distributions differ by particle
     frontier = []
@@ -130,8 +130,8 @@ def _per_run_frontier(particles, sites, weights, factored=False):
         paths = list(present[0])
         if any(list(t) != paths or any(t[p].shape != present[0][p].shape for p in paths) for t in present):
             return None
-        if factored and paths and _factorable(site, j, distributions, per_run, weights):
-            frontier += _per_run_signal_rows(site, weights[1][j], distributions, per_run, paths)
+        if paths and _factorable(site, j, distributions, per_run, weights):
+            frontier += _per_run_signal_rows(site, weights[1][j], distributions, per_run, present[0])
             continue
         grads = {p: [] for p in paths}
         for s, tensors in enumerate(per_run):
@@ -164,10 +164,11 @@ def _factorable(site, j, distributions, per_run, weights):
     return True
 
 
-def _per_run_signal_rows(site, weight, distributions, per_run, paths):
+def _per_run_signal_rows(site, weight, distributions, per_run, present):
     """The :class:`SignalRows` of a factorable site: each particle's score
-    at its own tensors, and its signal spread over them."""
-    present = next(t for t in per_run if t is not None)
+    at its own tensors, and its signal spread over them (``present``: one
+    run's tensors, the shapes of all)."""
+    paths = list(present)
     grads, signals = {p: [] for p in paths}, {p: [] for p in paths}
     for s, (fn, tensors) in enumerate(zip(distributions, per_run)):
         if tensors is None:
