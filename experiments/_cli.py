@@ -17,9 +17,9 @@ Common flags (added by :func:`parser`):
 - ``--seed S`` or ``--seeds S [S ...]``: ``--seed`` keeps its old meaning (one
   seed) and is shorthand for ``--seeds S``. After :func:`parse`, ``args.seeds``
   is the list and ``args.seed`` its first element, so code written for one
-  seed keeps working. A study that aggregates over seeds (``multi_seed=True``)
-  runs its ``default_seeds`` when neither flag is given; one that does not
-  (``multi_seed=False``, the default) runs seed 0 and refuses more than one.
+  seed keeps working. A study that aggregates over seeds (``seeds=(0, 1, 2)``)
+  runs those when neither flag is given; one that does not (no ``seeds``)
+  runs seed 0 and refuses more than one.
 - ``--threads N``: torch's intra-op (and, where still possible, inter-op)
   thread count, default 1, set by :func:`parse` before any work.
 - ``--device {cpu,cuda}``: only for a study that uses it (``device=True``);
@@ -73,15 +73,8 @@ def integer(minimum=None, maximum=None):
         try:
             value = int(text, 10)
         except ValueError:
-            bounds = " ".join(
-                filter(
-                    None,
-                    [f">= {minimum}" if minimum is not None else "", f"<= {maximum}" if maximum is not None else ""],
-                )
-            )
-            raise ValueError(
-                "value must be an integer{}, got {!r}".format(" " + bounds if bounds else "", text)
-            ) from None
+            bounds = "".join(f" {op} {b}" for op, b in ((">=", minimum), ("<=", maximum)) if b is not None)
+            raise ValueError(f"value must be an integer{bounds}, got {text!r}") from None
         return validation.integer("value", value, minimum=minimum, maximum=maximum)
 
     return _type("integer", parse)
@@ -122,35 +115,22 @@ def existing_file(text):
 # the parser
 
 
-def parser(
-    doc,
-    out,
-    device=False,
-    multi_seed=False,
-    default_seeds=(0,),
-    seeds_help=None,
-    plot_only=False,
-    *,
-    seeds=None,
-    data_seed=False,
-):
+def parser(doc, out, *, device=False, seeds=None, seeds_help=None, plot_only=False, data_seed=False):
     """An ``ArgumentParser`` described by the first line of ``doc``, with the
     common flags. ``out=None`` makes ``--out`` optional (no files written
-    unless it is given). A ``multi_seed`` study runs ``default_seeds`` when
-    neither ``--seed`` nor ``--seeds`` is given (``seeds=S`` is short for
-    both); ``seeds_help`` says what a seed changes in it (and, when the
-    default is one seed, why). ``plot_only`` adds ``--plot-only`` (see
-    :class:`experiments._study.Study`), ``data_seed`` the seed of the
-    study's data set, ``--data-seed``."""
-    if seeds is not None:
-        multi_seed, default_seeds = True, seeds
+    unless it is given). ``seeds``: the default seeds of a study that
+    aggregates over seeds; ``seeds_help`` says what a seed changes in it
+    (and, when the default is one seed, why). ``plot_only`` adds
+    ``--plot-only`` (see :class:`experiments._study.Study`), ``data_seed``
+    the seed of the study's data set, ``--data-seed``."""
+    multi_seed = seeds is not None
+    default_seeds = [int(s) for s in seeds] if multi_seed else [0]
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument(
         "--out",
         default=out,
         help="folder for the outputs, created if missing" + (" (default: none)" if out is None else ""),
     )
-    default_seeds = [int(s) for s in default_seeds]
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=seed, default=None, help="one seed; the same as --seeds SEED")
     if multi_seed:
@@ -158,7 +138,7 @@ def parser(
         if seeds_help:
             seeds_text += "; " + seeds_help
     else:
-        seeds_text = f"one seed (this study runs one seed per call; default {default_seeds[0]})"
+        seeds_text = "one seed (this study runs one seed per call; default 0)"
     seeds.add_argument("--seeds", type=seed, nargs="+", default=None, help=seeds_text)
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     if device:
@@ -167,7 +147,7 @@ def parser(
         p.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/results.json; run nothing")
     if data_seed:
         p.add_argument("--data-seed", type=seed, default=0, help="seed of the data set (default 0)")
-    p.set_defaults(_multi_seed=multi_seed, _default_seeds=default_seeds if multi_seed else default_seeds[:1])
+    p.set_defaults(_multi_seed=multi_seed, _default_seeds=default_seeds)
     return p
 
 
@@ -208,10 +188,8 @@ def parse(parser, argv=None, check=None):
             parser.error(str(e))
     if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda asked for, but CUDA is not available; pass --device cpu")
-    if args.out is not None:
-        problem = writable_folder(args.out)
-        if problem:
-            parser.error(f"argument --out: {problem}")
+    if args.out is not None and (problem := writable_folder(args.out)):
+        parser.error(f"argument --out: {problem}")
     set_threads(args.threads)
     return args
 
@@ -242,10 +220,6 @@ def set_threads(num_threads):
 # the estimators a study compares
 
 
-def _same(guide):
-    return guide
-
-
 @dataclasses.dataclass(frozen=True)
 class Estimator:
     """One entry of a study's :data:`Registry`.
@@ -260,7 +234,7 @@ class Estimator:
     """
 
     make: Callable[[], object]
-    guide: Callable = _same
+    guide: Callable = lambda guide: guide
     style: Dict = dataclasses.field(default_factory=dict)
 
 

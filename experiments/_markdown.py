@@ -14,9 +14,8 @@ def table(header, rows, align=None):
     return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
 
 
-def pm(stat, spec=".3f"):
-    """``mean ± std`` of a spread (see :func:`experiments._results.spread`)."""
-    return fmt(stat, spec)
+#: ``pm(stat, spec=".3f")``: ``mean ± std`` of a spread (:func:`experiments._results.fmt`).
+pm = fmt
 
 
 def times(value):

@@ -7,7 +7,6 @@ import operator
 
 import arviz as az
 import numpy as np
-import pyro
 from matplotlib.ticker import MaxNLocator
 from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 from pyro.optim import ClippedAdam
@@ -16,11 +15,10 @@ from pyro.poutine.messenger import Messenger
 from experiments import _cli
 from experiments._figures import band_note, coinciding, legend_outside, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, spread_sentence, table
-from experiments._results import fmt, indistinguishable, spreads, thin
+from experiments._results import fmt, indistinguishable, seeded_fit, spreads, thin
 from models.gmm import check_weights
 from pyro_vi import AutoELBO, RaoBlackwellELBO, ReinforceLeaveOneOutELBO
 from pyro_vi.inference_data import to_inference_data
-from pyro_vi.training import fit
 
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}
 
@@ -43,13 +41,13 @@ def svi_estimators(particles):
     AutoELBO (on these guides, without a Bernoulli site, the same estimator
     as REINFORCE leave-one-out with the pathwise option: the curves
     coincide), and Pyro's TraceGraph_ELBO (pathwise for the components, decaying-average
-    baseline for z). Each picks its guide from the study's
-    ``{"global": ..., "mean_field": ...}``."""
+    baseline for z). Each picks its guide from the study's guides module
+    (:mod:`guides.gmm` or :mod:`guides.earthquake`)."""
     kw = dict(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
-    mean_field = operator.itemgetter("mean_field")
+    mean_field = operator.attrgetter("mean_field_guide")
     return {
         "TraceEnum_ELBO (z enumerated)": _cli.Estimator(
-            lambda: TraceEnum_ELBO(max_plate_nesting=1), guide=operator.itemgetter("global")
+            lambda: TraceEnum_ELBO(max_plate_nesting=1), guide=operator.attrgetter("global_guide")
         ),
         "RaoBlackwellELBO (z sampled)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw), guide=mean_field),
         "RaoBlackwellELBO, pathwise (z sampled)": _cli.Estimator(
@@ -60,30 +58,33 @@ def svi_estimators(particles):
         ),
         "AutoELBO (z sampled)": _cli.Estimator(lambda: AutoELBO(**kw), guide=mean_field),
         "TraceGraph_ELBO + baseline (z sampled)": _cli.Estimator(
-            lambda: TraceGraph_ELBO(**kw), guide=lambda guides: DiscreteSiteBaselines()(guides["mean_field"])
+            lambda: TraceGraph_ELBO(**kw), guide=lambda guides: DiscreteSiteBaselines()(guides.mean_field_guide)
         ),
     }
 
 
-def run_svi(model, guides, data_args, closed_form_elbo, args, summary_sites):
-    """Fits every estimator from the same start once per seed of ``args.seeds``;
-    returns ``name -> [ELBO history per seed]``, ``name -> [row per seed]`` and
-    the ArviZ summaries of the components under each final q of the first seed."""
+def run_svi(model, guides, data_args, args, summary_sites):
+    """Fits every estimator from the same start once per seed of ``args.seeds``,
+    tracked by the closed-form mean-field ELBO of ``guides`` (the study's guides
+    module); returns ``name -> [ELBO history per seed]``, ``name -> [row per
+    seed]`` and the ArviZ summaries of the components under each final q of
+    the first seed."""
+
+    def closed_form_elbo():
+        return guides.elbo(data_args, guides.params_from_store(data_args)).item()
+
     histories, rows, summaries = {}, {}, {}
     for index, seed in enumerate(args.seeds):
         for name, estimator in svi_estimators(args.particles).items():
-            guide = estimator.guide(guides)
-            pyro.clear_param_store()
-            pyro.set_rng_seed(seed)
-            result = fit(
+            result = seeded_fit(
+                seed,
                 model,
-                guide,
+                estimator.guide(guides),
                 estimator.make(),
                 ClippedAdam({"lr": args.lr, "lrd": args.lrd}),
                 *data_args,
                 num_steps=args.steps,
                 track={"elbo": closed_form_elbo},
-                progress=False,
             )
             histories.setdefault(name, []).append(result.tracked["elbo"])
             rows.setdefault(name, []).append(
@@ -92,7 +93,7 @@ def run_svi(model, guides, data_args, closed_form_elbo, args, summary_sites):
             if index == 0:
                 idata = to_inference_data(
                     model,
-                    guides["global"],
+                    guides.global_guide,
                     *data_args,
                     num_samples=args.summary_draws,
                     seed=seed,
@@ -150,15 +151,12 @@ def svi_results(fit_cavi, cavi_means, histories, rows, summaries):
 
 def readme_block(gmm, earthquake):
     """The block ``mixtures``: both studies' gaps to CAVI, one row each."""
-    rows = []
-    for label, results in (
-        ("GMM with unknown precisions (1.D.4)", gmm),
-        ("Earthquakes (2-D locations, Poisson counts)", earthquake),
-    ):
-        rows.append(
-            [label, "{:.3f}".format(results["cavi"]["elbo"]), str(results["cavi"]["num_iters"])]
-            + [pm(row["gap_to_cavi"]) for row in results["svi"].values()]
-        )
+    studies = {"GMM with unknown precisions (1.D.4)": gmm, "Earthquakes (2-D locations, Poisson counts)": earthquake}
+    rows = [
+        [label, "{:.3f}".format(results["cavi"]["elbo"]), str(results["cavi"]["num_iters"])]
+        + [pm(row["gap_to_cavi"]) for row in results["svi"].values()]
+        for label, results in studies.items()
+    ]
     header = ["model (N = {}, K = {})".format(gmm["args"]["num_data"], len(gmm["args"]["pi"])), "CAVI optimum"]
     lines = [table(header + ["CAVI sweeps"] + [f"{n} gap" for n in gmm["svi"]], rows)]
     for label, results in (("GMM", gmm), ("Earthquakes", earthquake)):
@@ -174,18 +172,11 @@ def plot_cavi_and_svi(cavi, histories, path, title):
     num_seeds = len(next(iter(histories.values()))["values"])
     history = np.asarray(cavi["elbo_history"], float)
     fig, (cavi_ax, svi_ax) = plt.subplots(1, 2, figsize=(13, 5))
-    sweeps = np.arange(len(history))
-    cavi_ax.plot(
-        sweeps,
-        np.maximum(cavi["below_final"], 1e-12),
-        marker="o",
-        color="k",
-        label=f"CAVI (deterministic start), ELBO {history[0]:.1f} -> {history[-1]:.3f}",
-    )
+    label = f"CAVI (deterministic start), ELBO {history[0]:.1f} -> {history[-1]:.3f}"
+    cavi_ax.plot(np.arange(len(history)), np.maximum(cavi["below_final"], 1e-12), marker="o", color="k", label=label)
     cavi_ax.set_yscale("log")
     cavi_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    cavi_ax.set_xlabel("CAVI sweep")
-    cavi_ax.set_ylabel("final ELBO - ELBO after the sweep (nats, floored at 1e-12)")
+    cavi_ax.set(xlabel="CAVI sweep", ylabel="final ELBO - ELBO after the sweep (nats, floored at 1e-12)")
     cavi_ax.set_title(
         f"{title}: CAVI, {len(history) - 1} sweeps; the ELBO never decreases beyond float\nrounding (largest "
         f"decrease between sweeps: {cavi['largest_decrease']:.1e} nats)",
@@ -201,23 +192,14 @@ def plot_cavi_and_svi(cavi, histories, path, title):
         # each run narrower than the one before: where two nearly coincide,
         # the later is drawn inside the earlier and both show
         width = max(3.2 - 0.5 * i, 1.0)
-        seed_band(
-            svi_ax,
-            curve["step"],
-            runs,
-            label=name,
-            lw=width,
-            color=f"C{i}",
-            ls=styles[i % len(styles)],
-            alpha=0.85,
-        )
+        style = dict(lw=width, color=f"C{i}", ls=styles[i % len(styles)], alpha=0.85)
+        seed_band(svi_ax, curve["step"], runs, label=name, **style)
         late = np.asarray(curve["step"]) >= last_step / 10
         lows.append(runs.mean(0)[late].min())
     svi_ax.axhline(optimum, color="k", ls="--", lw=1, label=f"CAVI optimum {optimum:.3f}")
     low = min(lows)
     svi_ax.set_ylim(low - 0.05 * (optimum - low), optimum + 0.15 * (optimum - low))
-    svi_ax.set_xlabel("SVI step")
-    svi_ax.set_ylabel("mean-field ELBO of q_t (closed form, nats)")
+    svi_ax.set(xlabel="SVI step", ylabel="mean-field ELBO of q_t (closed form, nats)")
     # runs equal to the last digit (exact: near-equal runs are drawn apart by their widths)
     same = coinciding({name: curve["values"] for name, curve in histories.items()}, rtol=0, atol=0)
     svi_ax.set_title(

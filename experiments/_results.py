@@ -2,7 +2,8 @@
 standard deviation and the per-seed values, a rule for "within the seed
 spread", and a record of how and where the study ran (the command, seeds,
 threads, machine and wall time), which the README's tables are rendered from
-(:mod:`experiments.render_readme`)."""
+(:mod:`experiments.render_readme`); and the seeded fit the SVI studies repeat
+per seed and estimator (:func:`seeded_fit`)."""
 
 import json
 import math
@@ -38,6 +39,29 @@ def spreads(rows, keys=None):
     the numeric ``keys`` (default: every key whose values are numbers)."""
     keys = keys or [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return {k: spread([row[k] for row in rows]) for k in keys}
+
+
+def seed_summary(per_seed, keys=None, within=()):
+    """``{"summary": name -> key -> spread, "within_seed_spread": key ->
+    pairs}`` of ``per_seed`` (name -> one row per seed): :func:`spreads` of
+    each name's rows (``keys``), and for each key of ``within`` the pairs of
+    names :func:`indistinguishable` in it."""
+    summary = {name: spreads(rows, keys) for name, rows in per_seed.items()}
+    pairs = {key: indistinguishable({name: s[key] for name, s in summary.items()}) for key in within}
+    return {"summary": summary, "within_seed_spread": pairs}
+
+
+def seeded_fit(seed, model, guide, elbo, optim, *args, **kwargs):
+    """:func:`pyro_vi.training.fit` without a progress bar, from an empty
+    param store and ``pyro.set_rng_seed(seed)``: every estimator of a seed
+    starts alike."""
+    import pyro
+
+    from pyro_vi.training import fit
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    return fit(model, guide, elbo, optim, *args, progress=False, **kwargs)
 
 
 def within_spread(a, b):

@@ -50,7 +50,6 @@ that ``--resume`` continues a killed study where it stopped.
 
 import base64
 import functools
-import json
 import math
 import os
 import time
@@ -62,11 +61,10 @@ from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 from pyro.optim import Adam
 
-from experiments import _cli
+from experiments import _cli, _runs
 from experiments._figures import band_note, coinciding, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, table
 from experiments._results import spread
-from experiments._runs import fixed_rng
 from experiments._study import Study
 from guides.air import Baseline, GuideNet, guide
 from models.air import AIRConfig, Decoder, model
@@ -125,24 +123,6 @@ def styles(labels):
 
 # ----------------------------------------------------------------------------
 # data, networks, evaluation
-
-
-class Batches:
-    """The training canvases in a fresh random order each epoch, in batches
-    (the last incomplete batch dropped); :attr:`generator` is saved in the
-    checkpoints."""
-
-    def __init__(self, images, batch_size, seed):
-        self.images, self.batch_size = images, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return len(self.images) // self.batch_size
-
-    def __iter__(self):
-        order = torch.randperm(len(self.images), generator=self.generator)
-        for first in range(0, len(self) * self.batch_size, self.batch_size):
-            yield self.images[order[first : first + self.batch_size]]
 
 
 def configs(args):
@@ -244,7 +224,7 @@ def evaluate(nets, images, true_counts, num_particles, max_steps, chunk=200):
     count, columns: inferred count, fractions of the draws)."""
     elbos, bounds, hits = [], [], 0.0
     confusion = torch.zeros(int(true_counts.max()) + 1, max_steps + 1, dtype=torch.float64)
-    with fixed_rng(EVAL_SEED):
+    with _runs.fixed_rng(EVAL_SEED):
         for first in range(0, len(images), chunk):
             x, truth = images[first : first + chunk], true_counts[first : first + chunk]
             log_w, counts, *_ = log_weights(nets, x, num_particles)
@@ -280,7 +260,7 @@ def shown_indices(counts):
 def reconstructions(nets, images):
     """The first draw of the guide for ``images``: each canvas's windows
     (``z_where`` of the present objects) and the model's mean canvas."""
-    with fixed_rng(EVAL_SEED):
+    with _runs.fixed_rng(EVAL_SEED):
         _, counts, canvas, z_pres, z_where = log_weights(nets, images, 1)
     return [
         {
@@ -295,8 +275,8 @@ def reconstructions(nets, images):
 # one run
 
 
-def run_key(label, seed):
-    return "{}-seed{}".format("".join(c if c.isalnum() else "_" for c in label).strip("_"), seed)
+def run_name(label, seed):
+    return "{}-seed{}".format(_runs.safe_name(label).strip("_"), seed)
 
 
 def fingerprint(label, seed, args):
@@ -313,7 +293,7 @@ def fingerprint(label, seed, args):
 def refusal(elbo, nets, guide_fn, batch):
     """The estimator's ``ValueError`` for this model and guide (its message),
     or ``None`` when it takes them; draws nothing from the global RNG."""
-    with fixed_rng(0):
+    with _runs.fixed_rng(0):
         try:
             elbo.loss(nets.training_model, guide_fn, batch)
         except ValueError as error:
@@ -321,9 +301,9 @@ def refusal(elbo, nets, guide_fn, batch):
     return None
 
 
-def train(label, estimator, seed, study, args):
-    """Trains one estimator from the seed's initial weights; returns the
-    run's record."""
+def train(label, estimator, seed, study, args, path):
+    """Trains one estimator from the seed's initial weights (checkpoints in
+    ``path``); returns the run's record."""
     nets = Networks(study["config"], seed, schedule(args))
     guide_fn = estimator.guide(nets.guides)
     elbo = estimator.make()
@@ -364,7 +344,6 @@ def train(label, estimator, seed, study, args):
         clock.update(wall=time.perf_counter(), cpu=time.process_time())
 
     optim = Adam(lambda module, name: {"lr": args.baseline_lr if module == "baseline" else args.lr})
-    path = os.path.join(args.out, "checkpoints", run_key(label, seed) + ".pt")
     if args.resume and os.path.exists(path):
         nets.step = load_checkpoint(path)["step"]
     failure = None
@@ -376,16 +355,13 @@ def train(label, estimator, seed, study, args):
             guide_fn,
             elbo,
             optim,
-            data=Batches(study["train"].images, args.batch_size, seed + 1),
+            data=_runs.Batches(study["train"].images, args.batch_size, seed + 1, drop_last=True),
             num_steps=args.steps,
             callback=callback,
             epoch_callback=before_training,
             state=state,
             fingerprint=fingerprint(label, seed, args),
-            checkpoint=path,
-            checkpoint_every=args.checkpoint_every,
-            resume="allow_fresh" if args.resume else False,
-            overwrite=not args.resume,
+            **_runs.checkpointing(args, path),
             progress=False,
         )
     except (NonFiniteError, OutOfSupportError) as error:  # a diverged run is a result too
@@ -442,7 +418,7 @@ def variance_point(registry, nets, batch, draws, seed):
     reference's (the first estimator; for estimators of the ELBO)."""
     grads = {}
     for i, (label, estimator) in enumerate(registry.items()):
-        with fixed_rng(VARIANCE_SEED + 1000 * seed + i):
+        with _runs.fixed_rng(VARIANCE_SEED + 1000 * seed + i):
             grads[label] = presence_gradients(estimator, nets, batch, draws)
     reference = next(iter(registry))
     out = {}
@@ -480,64 +456,30 @@ def variances(registry, seed, study, args, reference_checkpoint):
 # the study
 
 
-def saved(path, settings):
-    """A finished run's record saved with the same settings, else ``None``."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        record = json.load(f)
-    return record if record.get("settings") == settings else None
-
-
-def save(path, record):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f)
-    os.replace(path + ".tmp", path)
-
-
-def check_fresh(args, registry):
-    """Without ``--resume``, refuses to overwrite another run's checkpoints
-    unless ``--overwrite``: before any work."""
-    if args.resume or args.overwrite:
-        return
-    existing = [
-        run_key(label, seed)
-        for seed in args.seeds
-        for label in registry
-        if os.path.exists(os.path.join(args.out, "checkpoints", run_key(label, seed) + ".pt"))
-    ]
-    if existing:
-        raise SystemExit(
-            "air: {} holds checkpoints of earlier runs ({}); pass --resume to continue them or --overwrite to "
-            "start over".format(os.path.join(args.out, "checkpoints"), ", ".join(existing))
-        )
-
-
 def run(args):
-    registry = selected(args)
-    check_fresh(args, registry)
+    registry = _runs.chosen(estimators(args.particles), args.estimators)
+    settings = fingerprint("", 0, args) | {"steps": args.steps, "variance_draws": args.variance_draws}
+    runs = _runs.SavedRuns(args.out, settings)
+    checkpoints = [runs.checkpoint(run_name(label, seed)) for seed in args.seeds for label in registry]
+    _runs.existing_checkpoints(args, checkpoints, error=lambda text: SystemExit("air: " + text))
     os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
     data_config, config = configs(args)
     train_set, test_set = load_multi_mnist(args.data_dir, data_config)
     study = {"train": train_set, "test": test_set, "config": config}
     print("data: {}; {}".format(train_set.info["mnist_source"], train_set.info["mnist_split"]), flush=True)
-    settings = fingerprint("", 0, args) | {"steps": args.steps, "variance_draws": args.variance_draws}
     records, variance = [], {}
     for seed in args.seeds:
         for label, estimator in registry.items():
-            path = os.path.join(args.out, "runs", run_key(label, seed) + ".json")
-            record = saved(path, settings) if args.resume else None
+            name = run_name(label, seed)
+            record = runs.finished(name) if args.resume else None
             if record is None:
-                record = dict(train(label, estimator, seed, study, args), settings=settings)
-                save(path, record)
+                record = runs.save(name, train(label, estimator, seed, study, args, runs.checkpoint(name)))
             records.append(record)
-        path = os.path.join(args.out, "runs", f"variance-seed{seed}.json")
-        record = saved(path, settings) if args.resume else None
+        name = f"variance-seed{seed}"
+        record = runs.finished(name) if args.resume else None
         if record is None:
-            reference = os.path.join(args.out, "checkpoints", run_key(next(iter(registry)), seed) + ".pt")
-            record = dict(variances(registry, seed, study, args, reference), settings=settings)
-            save(path, record)
+            reference = runs.checkpoint(run_name(next(iter(registry)), seed))
+            record = runs.save(name, variances(registry, seed, study, args, reference))
         variance[seed] = record
     return summarize(records, variance, registry, args, study)
 
@@ -555,11 +497,8 @@ def summarize(records, variance, registry, args, study):
         trained = [r for r in runs if not r.get("refused")]
         if trained:
             row.update(
-                count_accuracy=spread([r["final"]["count_accuracy"] for r in trained]),
-                elbo=spread([r["final"]["elbo"] for r in trained]),
-                bound=spread([r["final"]["bound"] for r in trained]),
-                ms_per_step=spread([r["ms_per_step"] for r in trained]),
-                cpu_ms_per_step=spread([r["cpu_ms_per_step"] for r in trained]),
+                **{key: spread([r["final"][key] for r in trained]) for key in ("count_accuracy", "elbo", "bound")},
+                **{key: spread([r[key] for r in trained]) for key in ("ms_per_step", "cpu_ms_per_step")},
                 confusion=np.mean([r["final"]["confusion"] for r in trained], 0).tolist(),
                 failures={str(r["seed"]): r["failure"] for r in trained if r["failure"]},
                 curves={str(r["seed"]): r["curves"] for r in trained},
@@ -585,18 +524,6 @@ def summarize(records, variance, registry, args, study):
         "estimators": rows,
         "run_seconds": sum(r.get("wall_seconds", 0.0) for r in records),
     }
-
-
-def selected(args):
-    registry = estimators(args.particles)
-    if args.estimators:
-        registry = {label: e for label, e in registry.items() if short(label) in args.estimators}
-    return registry
-
-
-def short(label):
-    """An estimator's name on the command line: its label's first word, without parentheses."""
-    return label.split(" ")[0].split("(")[0]
 
 
 # ----------------------------------------------------------------------------
@@ -699,63 +626,38 @@ def plot_reconstructions(results, path):
 
 def readme_block(results):
     args = results["args"]
-    header = [
-        "estimator",
-        "count accuracy",
-        "held-out ELBO",
-        "grad. variance at start",
-        "at trained weights",
-        "ms/step: CPU",
-        "wall",
+    columns = [  # header, key of the row, format
+        ("count accuracy", "count_accuracy", ".3f"),
+        ("held-out ELBO", "elbo", ".1f"),
+        ("grad. variance at start", "variance_start", ".3g"),
+        ("at trained weights", "variance_trained", ".3g"),
+        ("ms/step: CPU", "cpu_ms_per_step", ".0f"),
+        ("wall", "ms_per_step", ".0f"),
     ]
     body, refusals = [], []
     for label, row in results["estimators"].items():
         if "count_accuracy" not in row:
             body.append([label, "refused"] + [""] * 5)
             refusals.append(row["refused"])
-            continue
-        body.append(
-            [
-                label,
-                pm(row["count_accuracy"], ".3f"),
-                pm(row["elbo"], ".1f"),
-                pm(row["variance_start"], ".3g") if "variance_start" in row else "",
-                pm(row["variance_trained"], ".3g") if "variance_trained" in row else "",
-                pm(row["cpu_ms_per_step"], ".0f"),
-                pm(row["ms_per_step"], ".0f"),
-            ]
-        )
-    lines = [table(header, body)]
+        else:
+            body.append([label] + [pm(row[key], spec) if key in row else "" for _, key, spec in columns])
+    lines = [table(["estimator"] + [header for header, _, _ in columns], body)]
+    anneal = ""
+    if args.get("z_pres_prior_start") is not None:
+        anneal = " (annealed from {z_pres_prior_start:g}: held {anneal_hold} steps, then decayed over {anneal_steps})"
     lines.append(
-        "Mean ± std over seeds. {canvas}x{canvas} canvases with 0 to {digits} digits of {digit}x{digit} pixels, "
-        "{train} training and {test} held-out canvases; at most {steps} objects, prior probability {rho:g} of each "
-        "further one{anneal}; {n} steps of Adam (lr {lr}), "
-        "batch {batch}, {particles} model evaluations per canvas and step. Count accuracy: one guide draw per "
-        "held-out canvas (chance {chance:.2f}). ELBO: {k} draws per held-out canvas. Gradient variance: the "
-        "presence head's gradient per canvas, summed over its elements, {draws} draws on one training batch, "
-        "at the seed's initial weights and at the weights the first row ends with. ms/step: medians over the training "
-        "steps, of the process's CPU time and of the wall time (one torch thread, on a machine shared with other "
-        "jobs: the wall time varies with their load).\n".format(
-            canvas=args["canvas_size"],
-            digits=args["max_digits"],
-            digit=args["digit_size"],
-            train=args["num_train"],
-            test=args["num_test"],
-            steps=args["max_steps"],
-            rho=args["z_pres_prior"],
-            anneal=""
-            if args.get("z_pres_prior_start") is None
-            else " (annealed from {:g}: held {} steps, then decayed over {})".format(
-                args["z_pres_prior_start"], args["anneal_hold"], args["anneal_steps"]
-            ),
-            n=args["steps"],
-            lr=args["lr"],
-            batch=args["batch_size"],
-            particles=args["particles"],
-            chance=1 / (args["max_digits"] + 1),
-            k=args["eval_particles"],
-            draws=args["variance_draws"],
-        )
+        (
+            "Mean ± std over seeds. {canvas_size}x{canvas_size} canvases with 0 to {max_digits} digits of "
+            "{digit_size}x{digit_size} pixels, {num_train} training and {num_test} held-out canvases; at most "
+            "{max_steps} objects, prior probability {z_pres_prior:g} of each further one" + anneal + "; {steps} steps "
+            "of Adam (lr {lr}), batch {batch_size}, {particles} model evaluations per canvas and step. Count "
+            "accuracy: one guide draw per held-out canvas (chance {chance:.2f}). ELBO: {eval_particles} draws per "
+            "held-out canvas. Gradient variance: the presence head's gradient per canvas, summed over its elements, "
+            "{variance_draws} draws on one training batch, at the seed's initial weights and at the weights the "
+            "first row ends with. ms/step: medians over the training steps, of the process's CPU time and of the "
+            "wall time (one torch thread, on a machine shared with other jobs: the wall time varies with their "
+            "load).\n"
+        ).format(**args, chance=1 / (args["max_digits"] + 1))
     )
     bounds = [label for label, row in results["estimators"].items() if row.get("objective") == "L_K"]
     if bounds:
@@ -798,68 +700,59 @@ def parser():
         plot_only=True,
         data_seed=True,
     )
-    p.add_argument("--data-dir", default=None, help="MNIST IDX files (default: models.mnist's data dir)")
-    p.add_argument("--canvas-size", type=_cli.positive_int, default=32, help="canvas side in pixels")
-    p.add_argument(
-        "--digit-size",
-        type=_cli.positive_int,
-        default=16,
-        help="digit (and window) side in pixels (MNIST's are resized)",
-    )
-    p.add_argument("--max-digits", type=_cli.nonnegative_int, default=2, help="the most digits on a canvas")
-    p.add_argument("--num-train", type=_cli.positive_int, default=3000, help="training canvases")
-    p.add_argument("--num-test", type=_cli.positive_int, default=1000, help="held-out canvases")
-    p.add_argument("--max-steps", type=_cli.positive_int, default=3, help="T, the most objects the model has")
-    p.add_argument("--z-what-dim", type=_cli.positive_int, default=20, help="dimension of z_what")
-    p.add_argument(
+    flag, count, probability = p.add_argument, _cli.positive_int, _cli.real(minimum=0, maximum=1, strict_minimum=True)
+    flag("--data-dir", help="MNIST IDX files (default: models.mnist's data dir)")
+    flag("--canvas-size", type=count, default=32, help="canvas side in pixels")
+    flag("--digit-size", type=count, default=16, help="digit (and window) side in pixels (MNIST's are resized)")
+    flag("--max-digits", type=_cli.nonnegative_int, default=2, help="the most digits on a canvas")
+    flag("--num-train", type=count, default=3000, help="training canvases")
+    flag("--num-test", type=count, default=1000, help="held-out canvases")
+    flag("--max-steps", type=count, default=3, help="T, the most objects the model has")
+    flag("--z-what-dim", type=count, default=20, help="dimension of z_what")
+    flag(
         "--z-pres-prior",
-        type=_cli.real(minimum=0, maximum=1, strict_minimum=True),
+        type=probability,
         default=0.01,
         help="the model's prior probability of each further object (after annealing)",
     )
-    p.add_argument(
+    flag(
         "--z-pres-prior-start",
-        type=_cli.real(minimum=0, maximum=1, strict_minimum=True),
+        type=probability,
         default=0.5,
         help="anneal the prior from this value (the same as --z-pres-prior: no annealing)",
     )
-    p.add_argument(
-        "--anneal-hold", type=_cli.nonnegative_int, default=500, help="steps at --z-pres-prior-start before it decays"
-    )
-    p.add_argument(
+    flag("--anneal-hold", type=_cli.nonnegative_int, default=500, help="steps at --z-pres-prior-start before it decays")
+    flag(
         "--anneal-steps",
-        type=_cli.positive_int,
+        type=count,
         default=1000,
         help="steps over which the prior decays geometrically to --z-pres-prior",
     )
-    p.add_argument("--likelihood-sd", type=_cli.positive_real, default=0.3, help="pixel noise of the model")
-    p.add_argument("--steps", type=_cli.positive_int, default=3000, help="training steps per run")
-    p.add_argument("--batch-size", type=_cli.integer(minimum=2), default=32, help="canvases per step")
-    p.add_argument(
+    flag("--likelihood-sd", type=_cli.positive_real, default=0.3, help="pixel noise of the model")
+    flag("--steps", type=count, default=3000, help="training steps per run")
+    flag("--batch-size", type=_cli.integer(minimum=2), default=32, help="canvases per step")
+    flag(
         "--particles",
         type=_cli.integer(minimum=4),
         default=4,
         help="model evaluations per canvas and step (even, >= 4: DisARM draws half as many pairs, the "
         "leave-one-out control variates need 3)",
     )
-    p.add_argument("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
-    p.add_argument("--baseline-lr", type=_cli.positive_real, default=1e-2, help="the baseline networks' learning rate")
-    p.add_argument("--eval-every", type=_cli.positive_int, default=250, help="steps between evaluations")
-    p.add_argument("--eval-size", type=_cli.positive_int, default=500, help="held-out canvases of each evaluation")
-    p.add_argument("--eval-particles", type=_cli.positive_int, default=10, help="guide draws per held-out canvas")
-    p.add_argument(
-        "--variance-draws", type=_cli.integer(minimum=2), default=20, help="gradient draws per variance (>= 2)"
+    flag("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
+    flag("--baseline-lr", type=_cli.positive_real, default=1e-2, help="the baseline networks' learning rate")
+    flag("--eval-every", type=count, default=250, help="steps between evaluations")
+    flag("--eval-size", type=count, default=500, help="held-out canvases of each evaluation")
+    flag("--eval-particles", type=count, default=10, help="guide draws per held-out canvas")
+    flag("--variance-draws", type=_cli.integer(minimum=2), default=20, help="gradient draws per variance (>= 2)")
+    flag("--checkpoint-every", type=count, default=250, help="steps between checkpoints")
+    _runs.estimators_argument(
+        p,
+        estimators(4),
+        "estimators to run (default: all); the first one run is the reference of the gradient variance",
     )
-    p.add_argument("--checkpoint-every", type=_cli.positive_int, default=250, help="steps between checkpoints")
-    p.add_argument(
-        "--estimators",
-        nargs="+",
-        default=None,
-        choices=[short(label) for label in estimators(4)],
-        help="estimators to run (default: all); the first one run is the reference of the gradient variance",
+    _runs.restart_arguments(
+        p, "continue the runs saved under OUT", "start over, replacing the runs saved under OUT", exclusive=False
     )
-    p.add_argument("--resume", action="store_true", help="continue the runs saved under OUT")
-    p.add_argument("--overwrite", action="store_true", help="start over, replacing the runs saved under OUT")
     return p
 
 

@@ -35,21 +35,14 @@ from pyro.optim import ClippedAdam
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, spread_sentence, table, times
-from experiments._results import indistinguishable, spreads, thin
+from experiments._results import seed_summary, seeded_fit, thin
 from experiments._study import Study
 from guides.normal_gamma import DEFAULT_INIT, cavi, mean_field_guide, params_from_store
 from guides.normal_gamma import elbo as closed_form_elbo
-from models.normal_gamma import (
-    COURSE_PRIOR,
-    generate_data,
-    log_evidence,
-    model,
-    posterior_means,
-)
+from models.normal_gamma import COURSE_PRIOR, generate_data, log_evidence, model, posterior_means
 from pyro_vi import ControlVariateELBO, ScoreFunctionELBO, score_function_guide
 from pyro_vi.diagnostics import gradient_statistics
 from pyro_vi.inference_data import to_inference_data
-from pyro_vi.training import fit
 
 BASELINE = "Trace_ELBO"
 POOLED = "ControlVariateELBO, pooled a* (1.C.3, as published)"
@@ -77,13 +70,10 @@ def estimators(num_particles):
     }
 
 
-def current_elbo(data):
-    """The closed-form ELBO of the guide's current parameters."""
-    q = params_from_store()
-    return closed_form_elbo(data, q).item()
-
-
-def total_gradient_variance(elbo, guide, data, num_draws):
+def total_gradient_variance(elbo, guide, data, num_draws, seed):
+    """Per parameter, the gradient variance over ``num_draws`` draws from ``seed``."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
     stats = gradient_statistics(elbo, model, guide, data, COURSE_PRIOR, num_draws=num_draws)
     return {name: float(s.variance.sum()) for name, s in stats.items()}
 
@@ -92,13 +82,10 @@ def run_estimator(name, estimator, data, args, seed, optimum, summarize):
     """Fits one estimator from the poor start with ``seed``; returns its
     tracked history and its row (with the ArviZ summary if ``summarize``)."""
     elbo, wrap = estimator.make(), estimator.guide
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
     start_guide = wrap(functools.partial(mean_field_guide, init=DEFAULT_INIT))
-    variance_start = total_gradient_variance(elbo, start_guide, data, args.variance_draws)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    result = fit(
+    variance_start = total_gradient_variance(elbo, start_guide, data, args.variance_draws, seed)
+    result = seeded_fit(
+        seed,
         model,
         start_guide,
         elbo,
@@ -107,11 +94,10 @@ def run_estimator(name, estimator, data, args, seed, optimum, summarize):
         COURSE_PRIOR,
         num_steps=args.steps,
         track={
-            "elbo": lambda: current_elbo(data),
+            "elbo": lambda: closed_form_elbo(data, params_from_store()).item(),  # of the current q
             "E[mu]": lambda: params_from_store().m,
             "E[tau]": lambda: params_from_store().a / params_from_store().b,
         },
-        progress=False,
     )
     final_q = params_from_store()
     row = {
@@ -123,10 +109,8 @@ def run_estimator(name, estimator, data, args, seed, optimum, summarize):
         summary = az.summary(idata, var_names=["mu", "tau"], kind="stats")
         row["arviz_summary"] = summary.to_dict(orient="index")
         print(f"\n{name}: ArviZ summary of the final q (seed {seed})\n{summary.to_string()}")
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
     optimum_guide = wrap(functools.partial(mean_field_guide, init=optimum.params))
-    variance_optimum = total_gradient_variance(elbo, optimum_guide, data, args.variance_draws)
+    variance_optimum = total_gradient_variance(elbo, optimum_guide, data, args.variance_draws, seed)
     row.update(
         gap_to_cavi=optimum.elbo - row["final_elbo"],
         grad_variance_start=sum(variance_start.values()),
@@ -139,9 +123,7 @@ def run_estimator(name, estimator, data, args, seed, optimum, summarize):
 
 
 def plot_elbo(histories, styles, optimum, log_px, path):
-    """Top: the ELBO of q_t; bottom: KL(q_t || posterior) = log p(X) - ELBO
-    on a log scale, where the CAVI optimum (0.005 nats below log p(X)) is a
-    line of its own. ``histories``: key -> name -> thinned curves."""
+    """``elbo.png`` of the module docstring. ``histories``: key -> name -> thinned curves."""
     histories = histories["elbo"]
     num_seeds = len(next(iter(histories.values()))["values"])
     fig, (ax, kl_ax) = plt.subplots(2, 1, figsize=(11, 8.5))
@@ -149,34 +131,19 @@ def plot_elbo(histories, styles, optimum, log_px, path):
         elbo, steps = np.asarray(curve["values"]), np.asarray(curve["step"])
         seed_band(ax, steps, elbo, label=name, lw=1.2, **styles[name])
         seed_band(kl_ax, steps, np.maximum(log_px - elbo, 1e-6), label=name, lw=1.2, **styles[name])
-    ax.axhline(
-        optimum,
-        color="k",
-        ls=":",
-        lw=1.2,
-        zorder=1,
-        label=f"CAVI optimum {optimum:.4f} and exact log p(X) {log_px:.4f}\n(0.005 nats apart: one line at this "
-        "scale; see lower panel)",
-    )
+    label = f"CAVI optimum {optimum:.4f} and exact log p(X) {log_px:.4f}\n"
+    label += "(0.005 nats apart: one line at this scale; see lower panel)"
+    ax.axhline(optimum, color="k", ls=":", lw=1.2, zorder=1, label=label)
     # from the lowest final ELBO (every run's end is in view) to log p(X)
     last = steps > 2 * steps[-1] // 3
     lowest = min(np.asarray(curve["values"])[:, last].min() for curve in histories.values())
     ax.set_ylim(lowest - 3, log_px + 3)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("ELBO of q_t (closed form, nats)")
+    ax.set(xlabel="iteration", ylabel="ELBO of q_t (closed form, nats)")
     ax.set_title(f"Normal-NormalGamma: ELBO over iterations ({band_note(num_seeds)})")
     legend_outside(ax)
-    kl_ax.axhline(
-        log_px - optimum,
-        color="k",
-        ls=":",
-        lw=1.2,
-        zorder=1,
-        label=f"CAVI optimum: KL(q* || p) = {log_px - optimum:.4f}\n(the best of the mean-field family)",
-    )
-    kl_ax.set_yscale("log")
-    kl_ax.set_xlabel("iteration")
-    kl_ax.set_ylabel("log p(X) - ELBO(q_t) = KL(q_t || p) (nats)")
+    label = f"CAVI optimum: KL(q* || p) = {log_px - optimum:.4f}\n(the best of the mean-field family)"
+    kl_ax.axhline(log_px - optimum, color="k", ls=":", lw=1.2, zorder=1, label=label)
+    kl_ax.set(yscale="log", xlabel="iteration", ylabel="log p(X) - ELBO(q_t) = KL(q_t || p) (nats)")
     kl_ax.set_title("Distance to the exact posterior (log scale; exact log p(X) is 0)")
     legend_outside(kl_ax)
     save_figure(fig, path)
@@ -197,29 +164,16 @@ def plot_means(histories, styles, optimum, cavi_means, exact, path, zoom=0.04, c
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
     for column, (key, label) in enumerate((("mu", "E_q[mu]"), ("tau", "E_q[tau]"))):
         equal = abs(cavi_means[key] - exact[key]) < 1e-6 * abs(exact[key])
+        exact_label = f"exact posterior mean {exact[key]:.4f} (wide grey)"
+        cavi_label = "CAVI {:.4f} (dashed){}".format(cavi_means[key], ", equal to the exact mean" if equal else "")
         for row, ax in enumerate(axes[:, column]):
-            ax.axhline(
-                exact[key],
-                color="0.6",
-                lw=6,
-                alpha=0.5,
-                zorder=1,
-                label=f"exact posterior mean {exact[key]:.4f} (wide grey)",
-            )
-            ax.axhline(
-                cavi_means[key],
-                color="k",
-                ls="--",
-                lw=1,
-                zorder=4,
-                label="CAVI {:.4f} (dashed){}".format(cavi_means[key], ", equal to the exact mean" if equal else ""),
-            )
+            ax.axhline(exact[key], color="0.6", lw=6, alpha=0.5, zorder=1, label=exact_label)
+            ax.axhline(cavi_means[key], color="k", ls="--", lw=1, zorder=4, label=cavi_label)
             for name, curve in histories[f"E[{key}]"].items():
                 if row == 1 and name not in close:
                     continue
                 seed_band(ax, curve["step"], curve["values"], label=name, lw=1, zorder=3, **styles[name])
-            ax.set_xlabel("iteration")
-            ax.set_ylabel(label)
+            ax.set(xlabel="iteration", ylabel=label)
         top, bottom = axes[0, column], axes[1, column]
         top.set_title(f"{label} over iterations ({band_note(num_seeds)})", fontsize=10)
         bottom.set_xlim(2 * steps // 3, steps)
@@ -250,11 +204,9 @@ def run(args):
             for key in histories:
                 histories[key][name].append(tracked[key])
             per_seed[name].append(row)
+        baseline = per_seed[BASELINE][-1]["seconds_per_step"]
         for name in registry:
-            per_seed[name][-1]["time_vs_trace_elbo"] = (
-                per_seed[name][-1]["seconds_per_step"] / per_seed[BASELINE][-1]["seconds_per_step"]
-            )
-    summary = {name: spreads(rows, SUMMARY_KEYS) for name, rows in per_seed.items()}
+            per_seed[name][-1]["time_vs_trace_elbo"] = per_seed[name][-1]["seconds_per_step"] / baseline
     return {
         "references": {
             "log_evidence": log_evidence(data),
@@ -262,11 +214,7 @@ def run(args):
             "cavi_params": optimum.params.__dict__,
             "exact_posterior_means": posterior_means(data),
         },
-        "summary": summary,
-        "within_seed_spread": {
-            key: indistinguishable({name: s[key] for name, s in summary.items()})
-            for key in ("final_elbo", "grad_variance_cavi")
-        },
+        **seed_summary(per_seed, SUMMARY_KEYS, within=("final_elbo", "grad_variance_cavi")),
         "per_seed": per_seed,
         "histories": {key: thin(curves) for key, curves in histories.items()},
     }
@@ -283,33 +231,22 @@ def figures(results, out):
 
 
 def readme_block(results):
-    ref, summary = results["references"], results["summary"]
-    rows = [
-        [
-            name,
-            pm(s["final_elbo"]),
-            pm(s["gap_to_cavi"]),
-            pm(s["grad_variance_start"], ".3g"),
-            pm(s["grad_variance_cavi"], ".3g"),
-        ]
-        for name, s in summary.items()
-    ]
+    summary = results["summary"]
+    log_px, optimum = results["references"]["log_evidence"], results["references"]["cavi_elbo"]
+    columns = {"final_elbo": ".3f", "gap_to_cavi": ".3f", "grad_variance_start": ".3g", "grad_variance_cavi": ".3g"}
+    rows = [[name] + [pm(s[key], spec) for key, spec in columns.items()] for name, s in summary.items()]
     score, pooled, loo = list(summary)[:3]
     cut = summary[score]["grad_variance_cavi"]["mean"] / summary[pooled]["grad_variance_cavi"]["mean"]
     cut_loo = summary[score]["grad_variance_cavi"]["mean"] / summary[loo]["grad_variance_cavi"]["mean"]
     return "\n".join(
         [
-            "Exact references: log p(X) = {:.4f}; CAVI optimum of the mean-field ELBO = {:.4f} (so "
-            "KL(q* || p) = {:.4f} nats).\n".format(
-                ref["log_evidence"], ref["cavi_elbo"], ref["log_evidence"] - ref["cavi_elbo"]
-            ),
+            f"Exact references: log p(X) = {log_px:.4f}; CAVI optimum of the mean-field ELBO = {optimum:.4f} (so "
+            f"KL(q* || p) = {log_px - optimum:.4f} nats).\n",
             table(["estimator", "final ELBO", "gap to CAVI", "grad. variance at start", "at CAVI optimum"], rows),
             "Mean ± standard deviation over seeds; gradient variance summed over the four unconstrained parameters, "
-            "{} draws. At the CAVI optimum the pooled control variate has {} times and leave-one-out {} times lower "
-            "variance than the plain score function. ".format(
-                results["args"]["variance_draws"], times(cut), times(cut_loo)
-            )
-            + spread_sentence(results["within_seed_spread"]["final_elbo"], "final ELBO"),
+            f"{results['args']['variance_draws']} draws. At the CAVI optimum the pooled control variate has "
+            f"{times(cut)} times and leave-one-out {times(cut_loo)} times lower variance than the plain score "
+            "function. " + spread_sentence(results["within_seed_spread"]["final_elbo"], "final ELBO"),
             run_line(results),
         ]
     )

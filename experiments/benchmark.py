@@ -40,11 +40,15 @@ from pyro_vi import (
     score_function_guide,
 )
 
+VECTORIZED = dict(vectorize_particles=True, max_plate_nesting=1)
+#: TraceGraph_ELBO's guide in score-function mode, with its decaying-average baseline
+BASELINE_GUIDE = functools.partial(score_function_guide, baseline={"use_decaying_avg_baseline": True})
+
 
 def normal_gamma_estimators(num_particles):
     """The :data:`~experiments._cli.Registry` of the Normal-NormalGamma
     benchmark; the guides wrap :func:`guides.normal_gamma.mean_field_guide`."""
-    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    kw = dict(num_particles=num_particles, **VECTORIZED)
     return {
         "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),
         "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
@@ -61,13 +65,10 @@ def rao_blackwell_estimators(num_particles):
     """The :data:`~experiments._cli.Registry` of the 1.C.2 benchmark: ours
     against Pyro's TraceGraph_ELBO, both in score-function mode; the guides
     wrap :func:`guides.normal_chain.mean_field_guide`."""
-    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    baseline = {"use_decaying_avg_baseline": True}
+    kw = dict(num_particles=num_particles, **VECTORIZED)
     return {
         "TraceGraph_ELBO (score function)": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
-        "TraceGraph_ELBO + baseline": _cli.Estimator(
-            lambda: TraceGraph_ELBO(**kw), guide=functools.partial(score_function_guide, baseline=baseline)
-        ),
+        "TraceGraph_ELBO + baseline": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=BASELINE_GUIDE),
         "RaoBlackwellELBO (no CV)": _cli.Estimator(lambda: RaoBlackwellELBO(control_variate=False, **kw)),
         "RaoBlackwellELBO (CV)": _cli.Estimator(lambda: RaoBlackwellELBO(**kw)),
     }
@@ -78,13 +79,10 @@ def discrete_estimators(evaluations):
     step (DisARM: half as many pairs), against Pyro's TraceGraph_ELBO (score
     function with its decaying-average baseline) and RenyiELBO(alpha=0),
     which times the same work but gives a discrete guide no gradient."""
-    kw = dict(vectorize_particles=True, max_plate_nesting=1)
-    pairs = evaluations // 2
-    baseline = {"use_decaying_avg_baseline": True}
+    kw, pairs = VECTORIZED, evaluations // 2
     return {
         "TraceGraph_ELBO + baseline": _cli.Estimator(
-            lambda: TraceGraph_ELBO(num_particles=evaluations, **kw),
-            guide=functools.partial(score_function_guide, baseline=baseline),
+            lambda: TraceGraph_ELBO(num_particles=evaluations, **kw), guide=BASELINE_GUIDE
         ),
         "RenyiELBO(alpha=0)": _cli.Estimator(lambda: RenyiELBO(alpha=0.0, num_particles=evaluations, **kw)),
         "RaoBlackwellELBO": _cli.Estimator(lambda: RaoBlackwellELBO(num_particles=evaluations, **kw)),
@@ -103,7 +101,7 @@ def pathwise_estimators(num_particles):
     """The pathwise option on the GMM (continuous components, sampled z),
     against TraceGraph_ELBO with the same split (pathwise components,
     decaying-average baseline on z) and RenyiELBO(alpha=0)."""
-    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    kw = dict(num_particles=num_particles, **VECTORIZED)
     return {
         "TraceGraph_ELBO + baseline": _cli.Estimator(
             lambda: TraceGraph_ELBO(**kw), guide=lambda guide: DiscreteSiteBaselines()(guide)
@@ -116,17 +114,21 @@ def pathwise_estimators(num_particles):
     }
 
 
+def svi_step(model, guide, elbo, *args):
+    """``step(*args)`` of a fresh ``SVI`` of ``elbo`` (Adam, lr 1e-3) on a
+    cleared param store, as a zero-argument callable: what the benchmarks
+    time."""
+    pyro.clear_param_store()
+    svi = SVI(model, guide, Adam({"lr": 1e-3}), elbo)
+    return lambda: svi.step(*args)
+
+
 def benchmark(estimators, model, guide, args, num_steps, rounds):
     """``name -> [seconds per step in each round]`` of every estimator (running
     its wrap of ``guide``), timed round-robin, each in a fresh ``SVI``."""
-
-    def step(elbo, wrapped):
-        pyro.clear_param_store()
-        svi = SVI(model, wrapped, Adam({"lr": 1e-3}), elbo)
-        return lambda: svi.step(*args)
-
     runs = {name: (estimator.make(), estimator.guide(guide)) for name, estimator in estimators.items()}
-    return round_robin({name: functools.partial(step, *run) for name, run in runs.items()}, rounds, num_steps)
+    steps = {name: functools.partial(svi_step, model, wrapped, elbo, *args) for name, (elbo, wrapped) in runs.items()}
+    return round_robin(steps, rounds, num_steps)
 
 
 def summarize(per_seed, baseline, also=None):
@@ -199,18 +201,25 @@ def run(args):
     }
 
 
-def ratio_table(part, target):
-    """An estimator's ms/step and ratio to the part's baseline, with a target."""
-    baseline = part["baseline"]
+def ratio_table(part, last, column):
+    """Each estimator's ms/step, its ratio to the part's baseline (in brackets
+    the rounds' range) and its cell of the last column, headed ``last``:
+    ``column[name]``, or empty."""
     rows = [
-        [name, "{:.2f}".format(row["ms_per_step"]), ratio_cell(row), target.get(name, "")]
+        [name, "{:.2f}".format(row["ms_per_step"]), ratio_cell(row), column.get(name, "")]
         for name, row in part["estimators"].items()
     ]
-    text = table(["estimator", "ms/step", f"x {baseline} (rounds' range)", "target"], rows)
+    return table(["estimator", "ms/step", "x {} (rounds' range)".format(part["baseline"]), last], rows)
+
+
+def target_table(part, target):
+    """:func:`ratio_table` with a target per estimator, and which estimators
+    this run cannot tell from the baseline."""
+    text = ratio_table(part, "target", target)
     like = part["like_baseline"]
     if like:
         text += "\nThe per-round ratio range contains 1 for {}: this run cannot tell {} from {}.\n".format(
-            " and ".join(like), "it" if len(like) == 1 else "them", baseline
+            " and ".join(like), "it" if len(like) == 1 else "them", part["baseline"]
         )
     return text
 
@@ -222,51 +231,32 @@ def readme_block(results):
         "ControlVariateELBO (pooled)": "<= 2",
         "ControlVariateELBO (leave-one-out)": "<= 2",
     }
-    return "\n".join(
-        [
-            "Time per SVI step with {} vectorized particles, all estimators timed round-robin in one run (median of "
-            "{} rounds of {} steps), as a ratio to Trace_ELBO within each round; in brackets the lowest and highest "
-            "round:\n".format(args["particles"], args["rounds"] * len(results["run"]["seeds"]), args["steps"]),
-            ratio_table(results["normal_gamma"], targets),
-            run_line(results),
-        ]
+    intro = (
+        "Time per SVI step with {} vectorized particles, all estimators timed round-robin in one run (median of "
+        "{} rounds of {} steps), as a ratio to Trace_ELBO within each round; in brackets the lowest and highest "
+        "round:\n".format(args["particles"], args["rounds"] * len(results["run"]["seeds"]), args["steps"])
     )
+    return "\n".join([intro, target_table(results["normal_gamma"], targets), run_line(results)])
 
 
 def rao_blackwell_block(results):
-    return "\n".join(
-        [
-            "On the 1.C.2 model (N = 20, {} vectorized particles), from the same run:\n".format(
-                results["args"]["particles"]
-            ),
-            ratio_table(results["rao_blackwell"], {"RaoBlackwellELBO (CV)": "<= 1.5"}),
-        ]
+    intro = "On the 1.C.2 model (N = 20, {particles} vectorized particles), from the same run:\n".format(
+        **results["args"]
     )
+    return intro + "\n" + target_table(results["rao_blackwell"], {"RaoBlackwellELBO (CV)": "<= 1.5"})
 
 
 def discrete_block(results):
-    args = results["args"]
+    titles = {
+        "discrete": "On the Bernoulli VAE (linear, 200 binary latents, batch {batch_size}), {evaluations} model "
+        "evaluations per image",
+        "gmm_pathwise": "On the GMM (N = 300, K = 3) with sampled assignments, {particles} vectorized particles",
+    }
     lines = []
-    for key, title in [
-        (
-            "discrete",
-            "On the Bernoulli VAE (linear, 200 binary latents, batch {}), {} model evaluations per image".format(
-                args["batch_size"], args["evaluations"]
-            ),
-        ),
-        (
-            "gmm_pathwise",
-            "On the GMM (N = 300, K = 3) with sampled assignments, {} vectorized particles".format(args["particles"]),
-        ),
-    ]:
-        part = results[key]
-        also = part["also"]
-        rows = [
-            [name, "{:.2f}".format(row["ms_per_step"]), ratio_cell(row), "{:.2f}".format(row["ratio_" + also])]
-            for name, row in part["estimators"].items()
-        ]
-        header = ["estimator", "ms/step", "x {} (rounds' range)".format(part["baseline"]), f"x {also}"]
-        lines += [f"{title}, from the same run:\n", table(header, rows)]
+    for key, title in titles.items():
+        part, also = results[key], results[key]["also"]
+        column = {name: "{:.2f}".format(row["ratio_" + also]) for name, row in part["estimators"].items()}
+        lines += [title.format(**results["args"]) + ", from the same run:\n", ratio_table(part, f"x {also}", column)]
     return "\n".join(lines)
 
 
@@ -291,13 +281,8 @@ def parser():
     return parser
 
 
-STUDY = Study(
-    "benchmark",
-    parser,
-    run,
-    readme_block=readme_block,
-    blocks={"benchmark_rao_blackwell": rao_blackwell_block, "benchmark_discrete": discrete_block},
-)
+BLOCKS = {"benchmark_rao_blackwell": rao_blackwell_block, "benchmark_discrete": discrete_block}
+STUDY = Study("benchmark", parser, run, readme_block=readme_block, blocks=BLOCKS)
 
 if __name__ == "__main__":
     STUDY.main()

@@ -44,14 +44,14 @@ import pyro.distributions as dist
 import torch
 from matplotlib.ticker import FuncFormatter
 from pyro.distributions import constraints
-from pyro.infer import SVI, RenyiELBO, Trace_ELBO
-from pyro.optim import Adam
+from pyro.infer import RenyiELBO, Trace_ELBO
 
 from experiments import _cli
 from experiments._figures import plt, save_figure
 from experiments._markdown import run_line
 from experiments._runs import round_robin, timing_arguments
 from experiments._study import Study
+from experiments.benchmark import VECTORIZED, svi_step
 from guides import normal_gamma
 from guides.vae import Encoder
 from guides.vae import guide as vae_guide
@@ -79,14 +79,6 @@ ESTIMATORS = {
     "ImportanceWeightedELBO": (ImportanceWeightedELBO, "RenyiELBO(alpha=0)"),
     "ImportanceWeightedELBO(stl)": (lambda **kw: ImportanceWeightedELBO(gradient="stl", **kw), "RenyiELBO(alpha=0)"),
     "ImportanceWeightedELBO(dreg)": (lambda **kw: ImportanceWeightedELBO(gradient="dreg", **kw), "RenyiELBO(alpha=0)"),
-}
-SWEEPS = {
-    # sweep -> (its size's name, default sizes)
-    "particles": ("S", [10, 100, 1000, 10000]),
-    "data": ("N", [1000, 10000, 100000]),
-    "subsample": ("N", [1000, 10000, 100000]),
-    "encoder": ("encoder parameters", [200, 800, 1600, 3250]),
-    "gamma": ("latent scalars", [512, 2048, 6616]),
 }
 BATCH = 100
 MAX_ROUNDS = 100
@@ -120,11 +112,12 @@ def parser():
 
 
 # ---------------------------------------------------------------- the problems
+# each: size -> (model, guide, the model's arguments, particles)
 
 
 def particles_problem(size):
     data = normal_gamma_model.generate_data()
-    return normal_gamma_model.model, normal_gamma.mean_field_guide, (data,), dict(num_particles=size)
+    return normal_gamma_model.model, normal_gamma.mean_field_guide, (data,), size
 
 
 def local_problem(size, subsample):
@@ -144,7 +137,7 @@ def local_problem(size, subsample):
             scale = pyro.param("z_scale", torch.ones(len(data)), constraint=constraints.positive, event_dim=0)
             pyro.sample("z", dist.Normal(loc, scale))
 
-    return model, guide, (data,), dict(num_particles=10)
+    return model, guide, (data,), 10
 
 
 def encoder_problem(width):
@@ -152,14 +145,8 @@ def encoder_problem(width):
     encoder = Encoder(VAEConfig(hidden_dims=(width, width)))
     decoder = Decoder(BURDA_CONFIG, mean_pixel=0.13)
     x = (torch.rand(BATCH, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float()
-
-    def model(x):
-        vae_model(x, decoder)
-
-    def guide(x):
-        vae_guide(x, encoder)
-
-    return model, guide, (x,), dict(num_particles=10)
+    model, guide = functools.partial(vae_model, decoder=decoder), functools.partial(vae_guide, encoder=encoder)
+    return model, guide, (x,), 10
 
 
 def encoder_parameters(width):
@@ -194,15 +181,12 @@ def gamma_problem(pixels):
             pyro.sample(name, dist.LogNormal(loc, scale).to_event(2))
         with pyro.plate("images", GAMMA_IMAGES):
             for name, width in latents:
-                shape = pyro.param(
-                    f"{name}_shape", torch.full((GAMMA_IMAGES, width), 5.0), constraint=constraints.positive
-                )
-                mean = pyro.param(
-                    f"{name}_mean", torch.full((GAMMA_IMAGES, width), 0.5), constraint=constraints.positive
-                )
+                dims = (GAMMA_IMAGES, width)
+                shape = pyro.param(f"{name}_shape", torch.full(dims, 5.0), constraint=constraints.positive)
+                mean = pyro.param(f"{name}_mean", torch.full(dims, 0.5), constraint=constraints.positive)
                 pyro.sample(name, dist.Gamma(shape, shape / mean).to_event(1))
 
-    return model, guide, (counts,), dict(num_particles=10)
+    return model, guide, (counts,), 10
 
 
 def gamma_latents(pixels):
@@ -211,24 +195,25 @@ def gamma_latents(pixels):
     return sum(a * b for a, b in zip(widths, widths[1:])) + GAMMA_IMAGES * sum(GAMMA_LAYERS)
 
 
-def problem(sweep, size):
-    if sweep == "particles":
-        return particles_problem(size)
-    if sweep == "encoder":
-        return encoder_problem(size)
-    if sweep == "gamma":
-        return gamma_problem(size)
-    return local_problem(size, subsample=sweep == "subsample")
+SWEEPS = {
+    # sweep -> (its size's name, default sizes, size -> the problem, size -> its x in the tables and figure)
+    "particles": ("S", [10, 100, 1000, 10000], particles_problem, int),
+    "data": ("N", [1000, 10000, 100000], functools.partial(local_problem, subsample=False), int),
+    "subsample": ("N", [1000, 10000, 100000], functools.partial(local_problem, subsample=True), int),
+    "encoder": ("encoder parameters", [200, 800, 1600, 3250], encoder_problem, encoder_parameters),
+    "gamma": ("latent scalars", [512, 2048, 6616], gamma_problem, gamma_latents),
+}
 
 
-def svi(sweep, size, estimator, seed=0):
-    """A fresh SVI of ``estimator`` on the problem."""
-    pyro.clear_param_store()
+def fresh_step(sweep, size, estimator, seed=0):
+    """A step of a fresh SVI of ``estimator`` on the problem
+    (:func:`experiments.benchmark.svi_step`), taken once: that creates the
+    parameters."""
     pyro.set_rng_seed(seed)
-    model, guide, args, options = problem(sweep, size)
-    make = ESTIMATORS[estimator][0]
-    inference = SVI(model, guide, Adam({"lr": 1e-3}), make(vectorize_particles=True, max_plate_nesting=1, **options))
-    return inference, args
+    model, guide, args, particles = SWEEPS[sweep][2](size)
+    step = svi_step(model, guide, ESTIMATORS[estimator][0](num_particles=particles, **VECTORIZED), *args)
+    step()
+    return step
 
 
 # ---------------------------------------------------------------- measuring
@@ -239,15 +224,9 @@ def time_size(sweep, size, estimators, rounds, steps, seeds=(0,), seconds=0.0):
     seed, ``rounds`` rounds, then more (up to :data:`MAX_ROUNDS`) until the
     slowest estimator has been timed for ``seconds``; and the number of
     rounds of all the seeds."""
-
-    def step(name, seed):
-        inference, args = svi(sweep, size, name, seed)  # built right before it is timed
-        inference.step(*args)  # creates the parameters
-        return lambda: inference.step(*args)
-
     times = {name: [] for name in estimators}
-    for seed in seeds:
-        makers = {name: functools.partial(step, name, seed) for name in estimators}
+    for seed in seeds:  # each step built right before it is timed
+        makers = {name: functools.partial(fresh_step, sweep, size, name, seed) for name in estimators}
         for name, timed in round_robin(makers, rounds, steps).items():
             times[name] += timed
         per_round = steps * max(statistics.median(t) for t in times.values())
@@ -280,12 +259,11 @@ def measure_memory(sweep, size, estimator, steps=3):
     """Peak resident memory of an SVI step above the memory held between
     steps, MB: one step first (it creates the parameters and loads what
     the first call loads), then the peak is reset and ``steps`` steps run."""
-    inference, args = svi(sweep, size, estimator)
-    inference.step(*args)
+    step = fresh_step(sweep, size, estimator)
     before = _resident_mb()
     _reset_peak()
     for _ in range(steps):
-        inference.step(*args)
+        step()
     return _peak_mb() - before
 
 
@@ -307,11 +285,11 @@ def memory_size(sweep, size, estimators, threads):
 # ---------------------------------------------------------------- results
 
 
-def plot(results, path):
-    """Top row: each estimator's time per step over its Pyro counterpart's
-    (Trace_ELBO, or RenyiELBO(alpha=0) for the importance-weighted ones), at
-    each size of each sweep; bottom row: the peak memory of a step. One
-    legend for all panels."""
+def figures(results, out):
+    """``scaling.png``. Top row: each estimator's time per step over its Pyro
+    counterpart's (Trace_ELBO, or RenyiELBO(alpha=0) for the importance-weighted
+    ones), at each size of each sweep; bottom row: the peak memory of a step.
+    One legend for all panels."""
     sweeps = [s for s in SWEEPS if s in results["sweeps"]]
     kinds = ["ratios"] + (["peak_mb"] if results["memory"] else [])
     fig, axes = plt.subplots(len(kinds), len(sweeps), figsize=(4.6 * len(sweeps), 4.0 * len(kinds)), squeeze=False)
@@ -338,21 +316,15 @@ def plot(results, path):
                 ax.set_ylabel("peak memory of a step (MB)")
                 ax.set_title(f"{sweep}: memory", fontsize=10)
             ax.set_xlabel(data["size_name"])
-    fig.legend(
-        [handles[n] for n in ESTIMATORS if n in handles],
-        [n for n in ESTIMATORS if n in handles],
-        loc="lower center",
-        ncol=4,
-        fontsize=9,
-        bbox_to_anchor=(0.5, -0.02),
-    )
+    names = [n for n in ESTIMATORS if n in handles]
+    fig.legend([handles[n] for n in names], names, loc="lower center", ncol=4, fontsize=9, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(
         "How the cost of a step grows (1 torch thread; curves that overlap cost the same; the README's table has the "
         "numbers)",
         fontsize=11,
     )
     fig.set_layout_engine("tight", rect=(0, 0.1, 1, 0.96))
-    save_figure(fig, path)
+    save_figure(fig, os.path.join(out, "scaling.png"))
 
 
 def _plain_log_labels(ax):
@@ -379,9 +351,8 @@ def run(args):
         "sweeps": {},
     }
     for sweep in args.sweeps:
-        size_name, sizes = SWEEPS[sweep]
+        size_name, sizes, _, measure = SWEEPS[sweep]
         sizes = args.sizes or sizes
-        measure = {"encoder": encoder_parameters, "gamma": gamma_latents}.get(sweep, lambda size: size)
         x = [measure(s) for s in sizes]
         data = {"size_name": size_name, "sizes": sizes, "x": x, "rounds": [], "ms_per_step": {}, "peak_mb": {}}
         for size in sizes:
@@ -401,10 +372,6 @@ def run(args):
         }
         results["sweeps"][sweep] = data
     return results
-
-
-def figures(results, out):
-    plot(results, os.path.join(out, "scaling.png"))
 
 
 def readme_block(results):

@@ -17,16 +17,15 @@ given and prints the README's table.
 import functools
 import math
 
-import pyro
 import torch
 import torch.distributions as td
-from pyro.infer import SVI, RenyiELBO, Trace_ELBO
-from pyro.optim import Adam
+from pyro.infer import RenyiELBO, Trace_ELBO
 
 from experiments import _cli
 from experiments._markdown import ratio_cell, run_line, table
 from experiments._runs import ratios, round_robin, timing_arguments
 from experiments._study import Study
+from experiments.benchmark import VECTORIZED, svi_step
 from guides.vae import Encoder, guide
 from models.vae import BURDA_CONFIG, Decoder, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
@@ -38,7 +37,7 @@ PLAIN = "plain PyTorch IWAE"
 def pyro_estimators(k):
     """The :data:`~experiments._cli.Registry` of the Pyro estimators at ``k``
     vectorized particles (the plain-PyTorch loop is timed beside them)."""
-    kw = dict(num_particles=k, vectorize_particles=True, max_plate_nesting=1)
+    kw = dict(num_particles=k, **VECTORIZED)
     return {
         RENYI: _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
         "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),
@@ -59,15 +58,8 @@ def networks(state):
 
 def pyro_step(elbo, state, x):
     """``SVI.step`` of ``elbo`` on the VAE, as a zero-argument callable."""
-    pyro.clear_param_store()
     encoder, decoder = networks(state)
-    svi = SVI(
-        functools.partial(model, decoder=decoder),
-        functools.partial(guide, encoder=encoder),
-        Adam({"lr": 1e-3}),
-        elbo,
-    )
-    return lambda: svi.step(x)
+    return svi_step(functools.partial(model, decoder=decoder), functools.partial(guide, encoder=encoder), elbo, x)
 
 
 def iwae_loss(encoder, decoder, x, k):
@@ -137,35 +129,28 @@ def run(args):
 
 
 def readme_block(results):
-    header = ["estimator"]
-    ks = list(results["results"])
-    for k in ks:
-        header += [f"K = {k} ms", "x Renyi (rounds)", "x plain"]
-    names = list(results["results"][ks[0]])
+    per_k = results["results"]
+    names = list(per_k[next(iter(per_k))])
+    header = ["estimator"] + [column for k in per_k for column in (f"K = {k} ms", "x Renyi (rounds)", "x plain")]
     rows = []
     for name in names:
         row = [name]
-        for k in ks:
-            r = results["results"][k][name]
+        for r in (runs[name] for runs in per_k.values()):
             row += ["{:.1f}".format(r["ms_per_step"]), ratio_cell(r), "{:.2f}".format(r["ratio_to_plain"])]
         rows.append(row)
     lines = [table(header, rows)]
-    for k in ks:
-        like = [n for n, r in results["results"][k].items() if n != names[0] and r["ratio_low"] <= 1 <= r["ratio_high"]]
-        over = [n for n, r in results["results"][k].items() if r["ratio"] > 1.1]
-        over_plain = [n for n, r in results["results"][k].items() if r["ratio_to_plain"] > 1.5]
+    for k, runs in per_k.items():
+        like = [n for n, r in runs.items() if n != names[0] and r["ratio_low"] <= 1 <= r["ratio_high"]]
+        over = [n for n, r in runs.items() if r["ratio"] > 1.1]
+        over_plain = [n for n, r in runs.items() if r["ratio_to_plain"] > 1.5]
         lines.append(
             "K = {}: within the rounds' spread of RenyiELBO (ratio range contains 1): {}. Above the "
             "targets (median), 1.1x RenyiELBO: {}; 1.5x the plain loop: {}.\n".format(
                 k, ", ".join(like) or "none", ", ".join(over) or "none", ", ".join(over_plain) or "none"
             )
         )
-    args = results["args"]
-    lines.append(
-        "Median of {} rounds of {} steps, batch {}. ".format(args["rounds"], args["steps"], args["batch_size"])
-        + run_line(results)
-    )
-    return "\n".join(lines)
+    lines.append("Median of {rounds} rounds of {steps} steps, batch {batch_size}. ".format(**results["args"]))
+    return "\n".join(lines) + run_line(results)
 
 
 SEEDS = (

@@ -27,7 +27,6 @@ run is saved under ``runs/`` so that ``--resume`` skips it.
 """
 
 import functools
-import json
 import math
 import operator
 import os
@@ -46,7 +45,7 @@ from experiments import _cli
 from experiments._figures import plt, save_figure
 from experiments._markdown import machine_text, seconds, table
 from experiments._results import finish
-from experiments._runs import BinarizedBatches, mnist_arguments
+from experiments._runs import BinarizedBatches, SavedRuns, chosen, estimators_argument, mnist_arguments, safe_name
 from experiments._study import Study
 from guides.bernoulli_vae import Encoder, guide
 from models.bernoulli_vae import KINDS, BernoulliVAEConfig, Decoder, model
@@ -243,14 +242,8 @@ def run_one(kind, label, estimator, bound_k, seed, study, args):
 
 def plan(args):
     """Every run of the study: ``(group, kind, label, estimator, K, seed)``."""
-    groups = []
-    single = single_sample_estimators(args.particles, args.temperature)
-    chosen = {
-        label: (e, 1)
-        for label, e in single.items()
-        if args.estimators is None or label.split(" ")[0] in args.estimators
-    }
-    groups += [("single", kind, chosen) for kind in args.models]
+    single = chosen(single_sample_estimators(args.particles, args.temperature), args.estimators)
+    groups = [("single", kind, {label: (e, 1) for label, e in single.items()}) for kind in args.models]
     if args.two_evaluations:
         groups += [
             ("2 evaluations", kind, {label: (e, 1) for label, e in pair_estimators().items()}) for kind in args.models
@@ -271,33 +264,27 @@ def run_settings(args, bound_k):
     return dict({k: getattr(args, k) for k in keys}, steps=args.steps if bound_k == 1 else args.multi_steps)
 
 
-def run_path(out, group, kind, label, seed):
-    safe = "".join(c if c.isalnum() else "_" for c in label)
-    return os.path.join(out, "runs", "{}__{}__{}__seed{}.json".format(group.replace("=", ""), kind, safe, seed))
+def run_name(group, kind, label, seed):
+    return "{}__{}__{}__seed{}".format(group.replace("=", ""), kind, safe_name(label), seed)
 
 
 def run(args):
     start = time.perf_counter()
     study = prepare(args)
     print("data: {}; {}".format(study["info"]["source"], study["info"]["split"]))
-    runs, records = plan(args), []
-    for i, (group, kind, label, estimator, k, seed) in enumerate(runs):
-        path, settings = run_path(args.out, group, kind, label, seed), run_settings(args, k)
-        if args.resume and os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            if saved.get("settings", settings) == settings and saved["steps"] == settings["steps"]:
+    planned, records = plan(args), []
+    for i, (group, kind, label, estimator, k, seed) in enumerate(planned):
+        name, runs = run_name(group, kind, label, seed), SavedRuns(args.out, run_settings(args, k))
+        saved = runs.load(name) if args.resume else None
+        if saved is not None:  # a run saved without its settings (by an older study) is reused
+            if saved.get("settings", runs.settings) == runs.settings and saved["steps"] == runs.settings["steps"]:
                 records.append(saved)
                 continue
-            print(f"  {path} was run with other settings: running it again")
-        record = dict(run_one(kind, label, estimator, k, seed, study, args), group=group, settings=settings)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(path + ".tmp", path)
+            print(f"  {runs.path(name)} was run with other settings: running it again")
+        record = runs.save(name, dict(run_one(kind, label, estimator, k, seed, study, args), group=group))
         records.append(record)
         print(
-            f"[{i + 1}/{len(runs)}] {group} {kind} {label} seed {seed}: train {record['train_objective'][-1]:.2f}, "
+            f"[{i + 1}/{len(planned)}] {group} {kind} {label} seed {seed}: train {record['train_objective'][-1]:.2f}, "
             f"test L_100 {record['test_bound'][-1]:.2f}, {1e3 * record['seconds_per_step']:.1f} ms/step",
             flush=True,
         )
@@ -475,22 +462,10 @@ def readme_block(results):
                 # AutoELBO is DisARMELBO on this model, bit for bit (see the sentence below the table)
                 estimators = dict(estimators, **{"AutoELBO (= DisARMELBO's runs)": estimators["DisARMELBO"]})
             for label, s in estimators.items():
-                last = {
-                    k: {stat: s[k][stat][-1] for stat in ("mean", "min", "max")}
-                    for k in ("train_objective", "test_bound", "grad_variance")
-                }
-                variance = last["grad_variance"]["mean"]
-                rows.append(
-                    [
-                        group,
-                        kind,
-                        label,
-                        "{:.2f}".format(last["train_objective"]["mean"]),
-                        "{:.2f} ({:.2f} to {:.2f})".format(*(last["test_bound"][k] for k in ("mean", "min", "max"))),
-                        "-" if variance is None else f"{variance:.3g}",
-                        "{:.1f}".format(s["ms_per_step"]),
-                    ]
-                )
+                train, variance = s["train_objective"]["mean"][-1], s["grad_variance"]["mean"][-1]
+                test = "{:.2f} ({:.2f} to {:.2f})".format(*(s["test_bound"][k][-1] for k in ("mean", "min", "max")))
+                variance = "-" if variance is None else f"{variance:.3g}"
+                rows.append([group, kind, label, f"{train:.2f}", test, variance, f"{s['ms_per_step']:.1f}"])
     args = results["args"]
     header = ["group", "decoder", "estimator", "train objective", f"test L_{args['test_samples']} (seeds' min to max)"]
     return "\n".join(
@@ -521,9 +496,8 @@ def parser():
     parser = _cli.parser(__doc__, "results/bernoulli_vae", seeds=(0, 1, 2), plot_only=True)
     mnist_arguments(parser)
     flag, count = parser.add_argument, _cli.positive_int
-    single = [name.split(" ")[0] for name in single_sample_estimators(4, 1.0)]
     flag("--models", nargs="+", choices=KINDS, default=list(KINDS))
-    flag("--estimators", nargs="+", choices=single, help="single-sample estimators to run (default: all)")
+    estimators_argument(parser, single_sample_estimators(4, 1.0), "single-sample estimators to run (default: all)")
     flag("--steps", type=count, default=200, help="steps per single-sample run")
     flag("--multi-steps", type=count, default=100, help="steps per multi-sample run")
     flag("--ks", type=_cli.integer(minimum=2), nargs="*", default=[5], help="K of the multi-sample bounds (none: none)")

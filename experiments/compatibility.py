@@ -85,19 +85,14 @@ def readme_block(results):
     notes += ["tempered"] * any(r["tempered"] for r in records)
     header = "| estimator | " + " | ".join(KINDS[k] for k in kinds) + " |"
     lines = [header, "|---" * (len(kinds) + 1) + "|"]
+    groups = {}  # (estimator, kind, subsampled) -> its records
+    for r in records:
+        groups.setdefault((r["estimator"], r["kind"], r["subsampled"]), []).append(r)
     for estimator in dict.fromkeys(r["estimator"] for r in records):
         cells = []
         for kind in kinds:
-            parts = []
-            for subsampled in (False, True):
-                group = [
-                    r
-                    for r in records
-                    if r["estimator"] == estimator and r["kind"] == kind and r["subsampled"] == subsampled
-                ]
-                if group:
-                    parts.append(_cell(group, notes) + (" (subsampled)" if subsampled else ""))
-            cells.append("; ".join(parts))
+            keys = [key for key in ((estimator, kind, False), (estimator, kind, True)) if key in groups]
+            cells.append("; ".join(_cell(groups[key], notes) + (" (subsampled)" if key[2] else "") for key in keys))
         lines.append("| {} | {} |".format(estimator, " | ".join(cells)))
     lines.append("")
     for number, tag in enumerate(notes, 1):
@@ -108,12 +103,8 @@ def readme_block(results):
 def _cell(group, notes):
     works = sum(r["status"] == "works" for r in group)
     marks = sorted({notes.index(r["reason"] or "tempered") + 1 for r in group if r["reason"] or r["tempered"]})
-    footnote = "".join(f"<sup>{m}</sup>" for m in marks)
-    if works == len(group):
-        return "yes" + footnote
-    if works == 0:
-        return "no" + footnote
-    return f"{works} of {len(group)}{footnote}"
+    verdict = "yes" if works == len(group) else "no" if works == 0 else f"{works} of {len(group)}"
+    return verdict + "".join(f"<sup>{m}</sup>" for m in marks)
 
 
 STUDY = Study("compatibility", parser, run, readme_block=readme_block)

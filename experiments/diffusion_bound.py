@@ -91,18 +91,12 @@ def summarize(per_chain):
     }
 
 
-def summarize_terms(terms):
-    """Per-term mean and standard error of a (chains, points, T + 1) tensor."""
-    num_chains, num_points = terms.shape[:2]
-    se = (terms.var(0).mean(0) / (num_chains * num_points)).sqrt()
-    return terms.mean((0, 1)).tolist(), se.tolist()
-
-
 def evaluate(data, process, direct_terms, decomposed_terms, exact):
     """Both forms of the bound and the closed forms for one reverse model."""
     direct, decomposed = summarize(direct_terms.sum(-1)), summarize(decomposed_terms.sum(-1))
     difference = summarize(direct_terms.sum(-1) - decomposed_terms.sum(-1))
     exact_bound = exact.sum(-1).mean().item()
+    num_chains, num_points = decomposed_terms.shape[:2]  # (chains, points, T + 1)
     neg_log_marginal = -model_log_marginal(data, process).mean().item()
     return {
         "exact_bound": exact_bound,
@@ -117,7 +111,7 @@ def evaluate(data, process, direct_terms, decomposed_terms, exact):
         "terms": {
             "exact": exact.mean(0).tolist(),
             "decomposed_mean": decomposed_terms.mean((0, 1)).tolist(),
-            "decomposed_standard_error": summarize_terms(decomposed_terms)[1],
+            "decomposed_standard_error": (decomposed_terms.var(0).mean(0) / (num_chains * num_points)).sqrt().tolist(),
             "decomposed_std": decomposed_terms.var(0).mean(0).sqrt().tolist(),
             "direct_mean": direct_terms.mean((0, 1)).tolist(),
             "direct_std": direct_terms.var(0).mean(0).sqrt().tolist(),
@@ -143,26 +137,16 @@ def plot_terms(r, path, title):
     k = np.arange(len(terms["exact"]))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     left.plot(k[1:], terms["exact"][1:], "k-", lw=1.2, label="closed form")
-    left.errorbar(
-        k[1:],
-        terms["decomposed_mean"][1:],
-        yerr=2 * terms["decomposed_standard_error"][1:],
-        fmt="o",
-        ms=3,
-        capsize=2,
-        label="Monte Carlo over x_t, closed-form KL (2 SE bars)",
-    )
-    left.set_yscale("log")
-    left.set_xlabel("k  (L_k = KL term for x_k; L_T = prior term)")
-    left.set_ylabel("L_k (nats per data point)")
+    mean, two_se = terms["decomposed_mean"][1:], 2 * terms["decomposed_standard_error"][1:]
+    label = "Monte Carlo over x_t, closed-form KL (2 SE bars)"
+    left.errorbar(k[1:], mean, yerr=two_se, fmt="o", ms=3, capsize=2, label=label)
+    left.set(yscale="log", xlabel="k  (L_k = KL term for x_k; L_T = prior term)", ylabel="L_k (nats per data point)")
     left.set_title("{}: L_1..L_T (L_0 = {:.3f}, not on log axis)".format(title, terms["exact"][0]), fontsize=10)
     legend_outside(left, where="below", ncol=1)
     decomposed_std = np.where(terms["decomposed_std"] > 0, terms["decomposed_std"], np.nan)  # L_T is exact
     right.plot(k, terms["direct_std"], "o-", ms=3, label="one-sample log-ratio (inside the direct form)")
     right.plot(k, decomposed_std, "s-", ms=3, label="closed-form KL at x_t (decomposed form; L_T exact)")
-    right.set_yscale("log")
-    right.set_xlabel("k")
-    right.set_ylabel("std of one chain's estimate of L_k (nats)")
+    right.set(yscale="log", xlabel="k", ylabel="std of one chain's estimate of L_k (nats)")
     right.set_title("Per-term spread; the closed-form KL is Rao-Blackwellized over x_k", fontsize=10)
     legend_outside(right, where="below", ncol=1)
     save_figure(fig, path)
@@ -188,44 +172,22 @@ def plot_variance(summary, main, path):
     direct = np.array([summary[n]["direct_variance"]["mean"] for n in names])
     decomposed = np.array([summary[n]["decomposed_variance"]["mean"] for n in names])
     ax.vlines(gaps, np.minimum(direct, decomposed), np.maximum(direct, decomposed), colors="0.8", lw=1)
+    one_seed = "one seed (small dots, inside the markers where the seeds agree)"
     for key, marker, color, label in series:
-        ax.plot(
-            gaps,
-            [summary[n][key]["mean"] for n in names],
-            marker,
-            color=color,
-            ls="none",
-            mfc="none" if marker == "^" else color,
-            ms=9 if marker == "^" else 6,  # the hollow triangle around the others where they coincide
-            label=label,
-        )
+        # the hollow triangle around the others where they coincide
+        hollow = dict(mfc="none", ms=9) if marker == "^" else dict(mfc=color, ms=6)
+        ax.plot(gaps, [summary[n][key]["mean"] for n in names], marker, color=color, ls="none", label=label, **hollow)
         if num_seeds > 1:
             for j in range(num_seeds):
-                ax.plot(
-                    gaps,
-                    [summary[n][key]["values"][j] for n in names],
-                    ".",
-                    color=color,
-                    ms=2,
-                    label="one seed (small dots, inside the markers where the seeds agree)"
-                    if key == "direct_variance" and j == 0
-                    else None,
-                )
+                first = key == "direct_variance" and j == 0
+                values = [summary[n][key]["values"][j] for n in names]
+                ax.plot(gaps, values, ".", color=color, ms=2, label=one_seed if first else None)
+    text = dict(fontsize=7, rotation=90, va="bottom", textcoords="offset points", xytext=(0, 8))
     for index, (gap, name) in enumerate(zip(gaps, names)):
-        ax.annotate(
-            name.replace("gaussian-fit, ", ""),
-            (gap, max(direct[index], decomposed[index])),
-            fontsize=7,
-            rotation=90,
-            ha="left" if index % 2 else "right",
-            va="bottom",  # neighbours apart
-            textcoords="offset points",
-            xytext=(0, 8),
-            color="r" if name == main else "k",
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("looseness of the bound: L - (-log p_theta(x_0)) (nats, closed form)")
+        top = (gap, max(direct[index], decomposed[index]))
+        side = "left" if index % 2 else "right"  # neighbours apart
+        ax.annotate(name.replace("gaussian-fit, ", ""), top, ha=side, color="r" if name == main else "k", **text)
+    ax.set(xscale="log", yscale="log", xlabel="looseness of the bound: L - (-log p_theta(x_0)) (nats, closed form)")
     ax.set_ylabel("variance of one chain's estimate of L(x_0)")
     ax.set_title(f"Which form has the lower variance depends on how good p_theta is ({num_seeds} seed(s))", fontsize=10)
     ax.set_ylim(top=ax.get_ylim()[1] * 300)
@@ -254,8 +216,7 @@ def plot_histogram(hist, path, title):
     for label, density in hist["density"].items():
         ax.stairs(density, hist["edges"], lw=1.5, label=f"{label} (std {hist['std'][label]:.3g})")
     ax.axvline(0, color="k", ls=":", label="exact L(x_0)")
-    ax.set_yscale("log")
-    ax.set_xlabel("one chain's estimate of L(x_0) minus the closed-form L(x_0) (nats)")
+    ax.set(yscale="log", xlabel="one chain's estimate of L(x_0) minus the closed-form L(x_0) (nats)")
     ax.set_ylabel("density (log scale)")
     ax.set_title(title, fontsize=10)
     legend_outside(ax)
@@ -281,14 +242,9 @@ def run(args):
                 first[name] = result
                 if name == args.model:
                     direct_terms, decomposed_terms, exact = terms
+    closed_forms = ("exact_bound", "neg_log_marginal", "gap")  # the same for every seed
     summary = {
-        name: dict(
-            exact_bound=first[name]["exact_bound"],
-            neg_log_marginal=first[name]["neg_log_marginal"],
-            gap=first[name]["gap"],
-            **spreads(rows),
-        )
-        for name, rows in per_seed.items()
+        name: dict({key: first[name][key] for key in closed_forms}, **spreads(rows)) for name, rows in per_seed.items()
     }
     return {
         "main_model": args.model,
@@ -312,33 +268,23 @@ def figures(results, out):
 
 def readme_block(results):
     summary, main = results["summary"], results["main_model"]
+    columns = {"direct": ".4f", "decomposed": ".4f", "direct_variance": ".3g", "decomposed_variance": ".3g"}
     rows = [
-        [
-            name + (" (main)" if name == main else ""),
-            "{:.4f}".format(s["exact_bound"]),
-            pm(s["direct"], ".4f"),
-            pm(s["decomposed"], ".4f"),
-            pm(s["direct_variance"], ".3g"),
-            pm(s["decomposed_variance"], ".3g"),
-        ]
+        [name + (" (main)" if name == main else ""), "{:.4f}".format(s["exact_bound"])]
+        + [pm(s[key], spec) for key, spec in columns.items()]
         for name, s in sorted(summary.items(), key=lambda item: item[1]["gap"])
     ]
-    m = summary[main]
+    difference, variance = summary[main]["paired_difference"], summary[main]["decomposed_variance"]["mean"]
+    samples = results["args"]["samples"]
     header = ["reverse model", "exact bound", "direct (eq. 3)", "decomposed (eq. 5)"]
     return "\n".join(
         [
             table(header + ["variance, direct", "variance, decomposed"], rows),
-            "Nats per data point, mean ± standard deviation over seeds of {} chains per point; variance of one "
-            "chain's estimate. For the main model the decomposed estimate lies {:.4f} ± {:.4f} below the direct one "
-            "on the same chains; its per-chain distribution is skewed to the right (variance {:.3g}), so a mean of "
-            "{} chains usually falls short of the exact value and rare chains with large estimates make up the "
-            "difference.\n".format(
-                results["args"]["samples"],
-                m["paired_difference"]["mean"],
-                m["paired_difference"]["std"] or 0.0,
-                m["decomposed_variance"]["mean"],
-                results["args"]["samples"],
-            ),
+            f"Nats per data point, mean ± standard deviation over seeds of {samples} chains per point; variance of "
+            f"one chain's estimate. For the main model the decomposed estimate lies {difference['mean']:.4f} ± "
+            f"{difference['std'] or 0.0:.4f} below the direct one on the same chains; its per-chain distribution is "
+            f"skewed to the right (variance {variance:.3g}), so a mean of {samples} chains usually falls short of the "
+            "exact value and rare chains with large estimates make up the difference.\n",
             crossover(summary),
             run_line(results),
         ]

@@ -57,6 +57,7 @@ from pyro_vi.math.control_variates import controlled_gradient
 from pyro_vi.training.distributed import average_gradients, process, shared_random_stream
 
 SIGMA, PRIOR, TRUE_LOC = 2.0, 10.0, 1.0
+VECTORIZED = dict(vectorize_particles=True, max_plate_nesting=1)
 LAUNCH_TIMEOUT = 4 * 3600  # seconds, for one launch of the processes
 
 
@@ -67,16 +68,21 @@ def make_data(num_data, seed):
     return TRUE_LOC + SIGMA * torch.randn(num_data, generator=torch.Generator().manual_seed(seed))
 
 
+def _precision(num_data):
+    """The posterior precision of loc."""
+    return 1 / PRIOR**2 + num_data / SIGMA**2
+
+
 def exact_posterior(data):
     """Mean and sd of the posterior of loc."""
-    precision = 1 / PRIOR**2 + len(data) / SIGMA**2
+    precision = _precision(len(data))
     return data.double().sum().item() / SIGMA**2 / precision, precision**-0.5
 
 
-def exact_gradient(data, m, s):
-    """The gradient of the ELBO of Normal(m, s) with respect to (m, log s)."""
-    precision = 1 / PRIOR**2 + len(data) / SIGMA**2
-    return np.array([(data.double().sum().item() - len(data) * m) / SIGMA**2 - m / PRIOR**2, 1 - s**2 * precision])
+def exact_gradient(total, num_data, m, s):
+    """The gradient of the ELBO of Normal(m, s) with respect to (m, log s),
+    for ``num_data`` points that sum to ``total``."""
+    return [(total - num_data * m) / SIGMA**2 - m / PRIOR**2, 1 - s**2 * _precision(num_data)]
 
 
 def shard(data, rank, size):
@@ -107,7 +113,7 @@ def _worker(rank, size, init, out, task, args):
     torch.set_num_threads(args.threads)
     torch.distributed.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=size)
     try:
-        result = TASKS[task](args)
+        result = task(args)
         if rank == 0:
             torch.save(result, os.path.join(out, "result.pt"))
     finally:
@@ -115,24 +121,19 @@ def _worker(rank, size, init, out, task, args):
 
 
 def launch(task, size, args):
-    """``TASKS[task](args)`` in this process (``size == 1``) or in ``size``
+    """``task(args)`` in this process (``size == 1``) or in ``size``
     spawned gloo processes; rank 0's result."""
     if size == 1:
-        return TASKS[task](args)
+        return task(args)
     with tempfile.TemporaryDirectory() as out:
-        context = mp.start_processes(
-            _worker,
-            args=(size, os.path.join(out, "init"), out, task, args),
-            nprocs=size,
-            join=False,
-            start_method="spawn",
-        )
+        worker_args = (size, os.path.join(out, "init"), out, task, args)
+        context = mp.start_processes(_worker, worker_args, nprocs=size, join=False, start_method="spawn")
         deadline = time.monotonic() + LAUNCH_TIMEOUT
         while not context.join(timeout=1):
             if time.monotonic() > deadline:
                 for worker in context.processes:
                     worker.kill()
-                raise RuntimeError(f"the {size} processes of {task} did not finish in {LAUNCH_TIMEOUT} s")
+                raise RuntimeError(f"the {size} processes of {task.__name__} did not finish in {LAUNCH_TIMEOUT} s")
         return torch.load(os.path.join(out, "result.pt"), weights_only=False)
 
 
@@ -159,13 +160,18 @@ def _pooled_statistics_gradient(h, f, size):
     torch.distributed.all_gather(everyone_h, h)
     torch.distributed.all_gather(everyone_f, f)
     all_h, all_f = torch.cat(everyone_h), torch.cat(everyone_f)
-    count = len(all_h)
     sum_h, sum_f, sum_hh, sum_fh = all_h.sum(0), all_f.sum(0), all_h.square().sum(0), (all_f * all_h).sum(0)
-    others = count - 1
+    others = len(all_h) - 1
     mean_h, mean_f = (sum_h - h) / others, (sum_f - f) / others
     cov = (sum_fh - f * h) / others - mean_f * mean_h
     var = (sum_hh - h.square()) / others - mean_h.square()
     return (f - cov / var * h).mean(0)
+
+
+def _gradient(z, x, scale, m, s):
+    """The control-variate gradient (leave-one-out coefficients) of the
+    particles ``z`` on the shard ``x``."""
+    return controlled_gradient(_scores(z, m, s), "leave_one_out", signal=_signal(z, x, scale, m, s))
 
 
 def _mean_over_processes(tensor):
@@ -186,16 +192,12 @@ def variance_task(args):
     exact_loc, exact_sd = exact_posterior(data)
     points = {"optimum": (exact_loc, exact_sd), "off": (exact_loc + 3 * exact_sd, 2 * exact_sd)}
     S = args.particles
-    elbos = {"Trace_ELBO": Trace_ELBO(num_particles=S, vectorize_particles=True, max_plate_nesting=1)}
+    elbos = {"Trace_ELBO": Trace_ELBO(num_particles=S, **VECTORIZED)}
     if size == 1:
-        elbos["ControlVariateELBO"] = ControlVariateELBO(S, vectorize_particles=True, max_plate_nesting=1)
+        elbos["ControlVariateELBO"] = ControlVariateELBO(S, **VECTORIZED)
     else:
-        elbos["ControlVariateELBO, independent particles"] = ControlVariateELBO(
-            S, vectorize_particles=True, max_plate_nesting=1
-        )
-        elbos["ControlVariateELBO, shared particles"] = ControlVariateELBO(
-            S, vectorize_particles=True, max_plate_nesting=1, pool_processes=True
-        )
+        elbos["ControlVariateELBO, independent particles"] = ControlVariateELBO(S, **VECTORIZED)
+        elbos["ControlVariateELBO, shared particles"] = ControlVariateELBO(S, pool_processes=True, **VECTORIZED)
     x64, data64 = x.double(), data.double()
     scale = len(data) / len(x)
     results = {}
@@ -213,37 +215,33 @@ def variance_task(args):
                 elbo.loss_and_grads(model, hand_guide, x, indices)
                 average_gradients(params)
                 grads.append([-p.grad.item() for p in params])
-            draws[name] = {"grads": grads, "seconds_per_draw": (time.perf_counter() - start) / args.draws}
+            per_draw = (time.perf_counter() - start) / args.draws
+            draws[name] = dict(_summary(grads), seconds_per_draw=per_draw)
         # the decomposition, on the same estimator in float64
         parts = {k: [] for k in ("one", "independent", "global", "shard", "pooled", "mismatch", "double", "shared")}
         for _ in range(args.draws):
             z = m + s * torch.randn(S, dtype=torch.float64)
             h, local, whole = _scores(z, m, s), _signal(z, x64, scale, m, s), _signal(z, data64, 1.0, m, s)
             independent = controlled_gradient(h, "leave_one_out", signal=local)
-            parts["one"].append(controlled_gradient(h, "leave_one_out", signal=whole))
+            one = controlled_gradient(h, "leave_one_out", signal=whole)
+            parts["one"].append(one)
             parts["independent"].append(_mean_over_processes(independent.clone()))
-            parts["global"].append(_mean_over_processes(parts["one"][-1].clone()))
-            shard_part = controlled_gradient(h, "leave_one_out", signal=local - whole)
-            parts["shard"].append(_mean_over_processes(shard_part))
+            parts["global"].append(_mean_over_processes(one.clone()))
+            parts["shard"].append(_mean_over_processes(controlled_gradient(h, "leave_one_out", signal=local - whole)))
             if size > 1:
                 pooled = _pooled_statistics_gradient(h, h * local[:, None], size)
                 parts["pooled"].append(_mean_over_processes(pooled.clone()))
                 parts["mismatch"].append(_mean_over_processes(pooled - independent))
             z2 = m + s * torch.randn(2 * S, dtype=torch.float64)
-            parts["double"].append(
-                _mean_over_processes(
-                    controlled_gradient(_scores(z2, m, s), "leave_one_out", signal=_signal(z2, x64, scale, m, s))
-                )
-            )
+            parts["double"].append(_mean_over_processes(_gradient(z2, x64, scale, m, s)))
             with shared_random_stream():
                 zs = m + s * torch.randn(S, dtype=torch.float64)
-            shared = controlled_gradient(_scores(zs, m, s), "leave_one_out", signal=_signal(zs, x64, scale, m, s))
-            parts["shared"].append(_mean_over_processes(shared))
+            parts["shared"].append(_mean_over_processes(_gradient(zs, x64, scale, m, s)))
         results[point] = {
             "m": m,
             "s": s,
-            "exact_gradient": exact_gradient(data, m, s).tolist(),
-            "estimators": {name: _summary(d["grads"], d["seconds_per_draw"]) for name, d in draws.items()},
+            "exact_gradient": exact_gradient(data.double().sum().item(), len(data), m, s),
+            "estimators": draws,
             "decomposition": {k: _summary(torch.stack(v).tolist()) for k, v in parts.items() if v},
             # the shards' objectives' gradients: each process's target
             "shard_gradients": _shard_gradients(data, size, m, s),
@@ -251,44 +249,39 @@ def variance_task(args):
     return results
 
 
-def _summary(grads, seconds=None):
+def _summary(grads):
     grads = np.asarray(grads, dtype=np.float64)
     mean, var = grads.mean(0), grads.var(0, ddof=1)
-    summary = {
+    return {
         "mean": mean.tolist(),
         "standard_error": np.sqrt(var / len(grads)).tolist(),
         "variance": var.tolist(),
         "total_variance": float(var.sum()),
     }
-    if seconds is not None:
-        summary["seconds_per_draw"] = seconds
-    return summary
 
 
 def _shard_gradients(data, size, m, s):
     """The exact gradient in (m, log s) of each shard's objective (its
     likelihood scaled to the full data)."""
-    result = []
-    for rank in range(size):
-        x, _ = shard(data, rank, size)
-        scaled = x.double().sum().item() * len(data) / len(x)
-        grad_m = (scaled - len(data) * m) / SIGMA**2 - m / PRIOR**2
-        result.append([grad_m, 1 - s**2 * (1 / PRIOR**2 + len(data) / SIGMA**2)])
-    return result
+    shards = [shard(data, rank, size)[0] for rank in range(size)]
+    return [exact_gradient(x.double().sum().item() * len(data) / len(x), len(data), m, s) for x in shards]
 
 
 # ---- part 2: fits ------------------------------------------------------------------------
 
 
 def fit_configs(size):
-    """label -> (guide kind, ELBO factory)."""
-    configs = {}
-    for guide in ("hand-written", "AutoDiagonalNormal"):
-        configs[f"{guide}, Trace_ELBO"] = (guide, "Trace_ELBO", False)
-        configs[f"{guide}, ControlVariateELBO"] = (guide, "ControlVariateELBO", False)
-        if size > 1:
-            configs[f"{guide}, ControlVariateELBO(pool_processes=True)"] = (guide, "ControlVariateELBO", True)
-    return configs
+    """label -> (guide kind, ELBO factory: particles -> ELBO)."""
+    elbos = {
+        "Trace_ELBO": lambda particles: Trace_ELBO(num_particles=particles, **VECTORIZED),
+        "ControlVariateELBO": lambda particles: ControlVariateELBO(particles, **VECTORIZED),
+    }
+    if size > 1:
+        elbos["ControlVariateELBO(pool_processes=True)"] = lambda particles: ControlVariateELBO(
+            particles, pool_processes=True, **VECTORIZED
+        )
+    guides = ("hand-written", "AutoDiagonalNormal")
+    return {f"{guide}, {name}": (guide, make) for guide in guides for name, make in elbos.items()}
 
 
 def fit_task(args):
@@ -304,51 +297,40 @@ def fit_task(args):
     for seed in args.seeds:
         data = make_data(args.num_data, seed)
         x, indices = shard(data, rank, size)
-        for label, (guide_kind, elbo_name, pool) in fit_configs(size).items():
+        exact_loc, exact_sd = exact_posterior(data)
+        for label, (guide_kind, make_elbo) in fit_configs(size).items():
             pyro.clear_param_store()
             pyro.set_rng_seed(1000 * seed + rank)  # each process its own seed, as the docs say
-            if elbo_name == "Trace_ELBO":
-                elbo = Trace_ELBO(num_particles=args.particles, vectorize_particles=True, max_plate_nesting=1)
-            else:
-                elbo = ControlVariateELBO(
-                    args.particles, vectorize_particles=True, max_plate_nesting=1, pool_processes=pool
-                )
+            elbo = make_elbo(args.particles)
             guide = hand_guide if guide_kind == "hand-written" else AutoDiagonalNormal(model)
             optim = ClippedAdam({"lr": args.lr, "lrd": (args.final_lr / args.lr) ** (1 / args.steps)})
             with warnings.catch_warnings():  # the one with independent particles is here on purpose
                 warnings.filterwarnings("ignore", message="the processes hold different values")
                 result = fit(model, guide, elbo, optim, x, indices, num_steps=args.steps)
-            if guide_kind == "hand-written":
-                loc, sd = pyro.param("m").item(), pyro.param("s").item()
-            else:
-                loc, sd = guide.loc.item(), guide.scale.item()
+            params = (pyro.param("m"), pyro.param("s")) if guide is hand_guide else (guide.loc, guide.scale)
+            loc, sd = (p.item() for p in params)
             final = torch.tensor([loc, sd], dtype=torch.float64)
-            gap = final.clone()
+            gap = torch.zeros(2, dtype=torch.float64)
             if size > 1:
                 reference = final.clone()
                 torch.distributed.broadcast(reference, 0)
                 gap = (final - reference).abs()
                 torch.distributed.all_reduce(gap, op=torch.distributed.ReduceOp.MAX)
-            else:
-                gap.zero_()
-            exact_loc, exact_sd = exact_posterior(data)
-            rows.append(
-                {
-                    "config": label,
-                    "seed": seed,
-                    "loc": loc,
-                    "sd": sd,
-                    "loc_error_sds": (loc - exact_loc) / exact_sd,
-                    "sd_error_sds": (sd - exact_sd) / exact_sd,
-                    "process_gap": gap.max().item(),
-                    "ms_per_step": 1e3 * result.seconds_per_step,
-                }
-            )
+            row = {
+                "config": label,
+                "seed": seed,
+                "loc": loc,
+                "sd": sd,
+                "loc_error_sds": (loc - exact_loc) / exact_sd,
+                "sd_error_sds": (sd - exact_sd) / exact_sd,
+                "process_gap": gap.max().item(),
+                "ms_per_step": 1e3 * result.seconds_per_step,
+            }
+            rows.append(row)
             if rank == 0:
                 print(
-                    "{} processes, seed {}, {}: loc error {:+.3f} sds, sd error {:+.3f} sds, {:.2f} ms/step".format(
-                        size, seed, label, rows[-1]["loc_error_sds"], rows[-1]["sd_error_sds"], rows[-1]["ms_per_step"]
-                    ),
+                    f"{size} processes, seed {seed}, {label}: loc error {row['loc_error_sds']:+.3f} sds, "
+                    f"sd error {row['sd_error_sds']:+.3f} sds, {row['ms_per_step']:.2f} ms/step",
                     flush=True,
                 )
     return rows
@@ -358,21 +340,14 @@ def variance_and_fits(args):
     return {"variance": variance_task(args), "fits": fit_task(args)}
 
 
-TASKS = {"variance_and_fits": variance_and_fits}
-
-
 # ---- the study --------------------------------------------------------------------------
 
 
+SEEDS = "each seed draws its own data and runs every fit; part 1 uses the first"
+
+
 def parser():
-    p = _cli.parser(
-        __doc__,
-        out="results/distributed_svi",
-        multi_seed=True,
-        default_seeds=(0, 1, 2),
-        seeds_help="each seed draws its own data and runs every fit; part 1 uses the first",
-        plot_only=True,
-    )
+    p = _cli.parser(__doc__, "results/distributed_svi", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True)
     p.add_argument("--num-data", type=_cli.integer(minimum=4), default=10_000, help="data points N")
     p.add_argument("--processes", type=_cli.integer(minimum=2), default=2, help="R, the processes of the parallel runs")
     p.add_argument("--particles", type=_cli.integer(minimum=3), default=10, help="S, particles per process")
@@ -393,9 +368,8 @@ def check(args):
 
 
 def run(args):
-    launches = {
-        size: launch("variance_and_fits", size, args) for size in (1, args.processes)
-    }  # one spawn of R processes
+    # one spawn of R processes
+    launches = {size: launch(variance_and_fits, size, args) for size in (1, args.processes)}
     variance = {size: results["variance"] for size, results in launches.items()}
     for point in ("optimum", "off"):
         print(f"gradient variance at the {point}, S = {args.particles} per process:")
@@ -418,10 +392,9 @@ def run(args):
                     "largest_process_gap": max(r["process_gap"] for r in rows),
                 }
             )
-    data = make_data(args.num_data, args.seeds[0])
     return {
         "args": vars(args),
-        "exact_posterior_first_seed": exact_posterior(data),
+        "exact_posterior_first_seed": exact_posterior(make_data(args.num_data, args.seeds[0])),
         "variance": {str(size): results for size, results in variance.items()},
         "fits": fits,
         "fit_summary": summary,
@@ -442,36 +415,23 @@ def variance_rows(results):
     size = str(results["args"]["processes"])
     one, many = results["variance"]["1"], results["variance"][size]
     S = results["args"]["particles"]
-
-    def real(runs, name):
-        return {point: runs[point]["estimators"][name]["total_variance"] for point in ("optimum", "off")}
-
-    def part(name):
-        return {point: many[point]["decomposition"][name]["total_variance"] for point in ("optimum", "off")}
-
+    cv = f"{size} processes, ControlVariateELBO"
+    rows = [  # label, the runs it is from, measured or the decomposition's, the name there
+        ("1 process, Trace_ELBO", one, "measured", "Trace_ELBO"),
+        ("1 process, ControlVariateELBO", one, "measured", "ControlVariateELBO"),
+        (f"{size} processes, Trace_ELBO", many, "measured", "Trace_ELBO"),
+        (f"{cv}, independent particles", many, "measured", "ControlVariateELBO, independent particles"),
+        ("  its part from the global signal L", many, "decomposition", "global"),
+        ("  its part from the shards' deviations D^r = L^r - L", many, "decomposition", "shard"),
+        (f"{cv}, coefficient statistics pooled (the former pool_processes=True)", many, "decomposition", "pooled"),
+        ("  its part from the pooled coefficients' mismatch", many, "decomposition", "mismatch"),
+        (f"{cv}, {2 * S} independent particles each", many, "decomposition", "double"),
+        (f"{cv}, shared particles (pool_processes=True)", many, "measured", "ControlVariateELBO, shared particles"),
+    ]
+    key = {"measured": "estimators", "decomposition": "decomposition"}
     return [
-        ("1 process, Trace_ELBO", "measured", real(one, "Trace_ELBO")),
-        ("1 process, ControlVariateELBO", "measured", real(one, "ControlVariateELBO")),
-        (f"{size} processes, Trace_ELBO", "measured", real(many, "Trace_ELBO")),
-        (
-            f"{size} processes, ControlVariateELBO, independent particles",
-            "measured",
-            real(many, "ControlVariateELBO, independent particles"),
-        ),
-        ("  its part from the global signal L", "decomposition", part("global")),
-        ("  its part from the shards' deviations D^r = L^r - L", "decomposition", part("shard")),
-        (
-            f"{size} processes, ControlVariateELBO, coefficient statistics pooled (the former pool_processes=True)",
-            "decomposition",
-            part("pooled"),
-        ),
-        ("  its part from the pooled coefficients' mismatch", "decomposition", part("mismatch")),
-        (f"{size} processes, ControlVariateELBO, {2 * S} independent particles each", "decomposition", part("double")),
-        (
-            f"{size} processes, ControlVariateELBO, shared particles (pool_processes=True)",
-            "measured",
-            real(many, "ControlVariateELBO, shared particles"),
-        ),
+        (label, what, {point: runs[point][key[what]][name]["total_variance"] for point in ("optimum", "off")})
+        for label, runs, what, name in rows
     ]
 
 
@@ -503,17 +463,9 @@ def figures(results, out):
         )
         for bar, value, below in zip(bars, values, rounding):
             if below:
-                bar.set_hatch("//")
-                bar.set_facecolor("white")
-                bar.set_edgecolor("C1")
-            ax.annotate(
-                "~0" if below else _variance_label(value),
-                (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                xytext=(3, 0),
-                textcoords="offset points",
-                va="center",
-                fontsize=7,
-            )
+                bar.set(hatch="//", facecolor="white", edgecolor="C1")
+            label, xy = "~0" if below else _variance_label(value), (bar.get_width(), bar.get_y() + bar.get_height() / 2)
+            ax.annotate(label, xy, xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
         ax.axvline(max(rows[1][2][point], ROUNDING), color="k", ls=":", lw=1.2)
         ax.set_xscale("log")
         ax.set_xlim(ROUNDING / 3 if rounding.any() else values.min() / 10, values.max() * 1e3)
@@ -533,8 +485,7 @@ def figures(results, out):
 
 def readme_block(results):
     args = results["args"]
-    size, S = args["processes"], args["particles"]
-    many = results["variance"][str(size)]
+    many = results["variance"][str(args["processes"])]
     rows = [
         [label, _variance_cell(values["optimum"]), _variance_cell(values["off"])]
         for label, _, values in variance_rows(results)
@@ -544,10 +495,10 @@ def readme_block(results):
     exact = many["off"]["exact_gradient"]
     z = [(m - e) / se for m, e, se in zip(shared["mean"], exact, shared["standard_error"])]
     text = (
-        "**Where the variance comes from** (N = {:,}, S = {} particles per process, {:,} draws per row; the "
-        "gradient in (loc, log scale) of a Normal guide; the sum of the variances of its two entries, one "
-        "draw)\n\n".format(args["num_data"], S, args["draws"])
-    )
+        "**Where the variance comes from** (N = {num_data:,}, S = {particles} particles per process, {draws:,} "
+        "draws per row; the gradient in (loc, log scale) of a Normal guide; the sum of the variances of its two "
+        "entries, one draw)\n\n"
+    ).format(**args)
     text += table(["estimator", "at the optimum", "off it (mean +3 sds, sd x2)"], rows)
     text += (
         "\nAt the optimum the shards' objectives have the gradients {} in loc (all the data's: 0). With "
@@ -575,30 +526,18 @@ def readme_block(results):
         for row in results["fit_summary"]
     ]
     text += (
-        "**Fits** ({:,} steps, ClippedAdam with lr from {} to {}, S = {} particles per process, seeds {}; the "
-        "final posterior mean's and sd's errors in posterior sds, mean ± std over the seeds; the largest "
-        "difference between the processes' final values)\n\n".format(
-            args["steps"], args["lr"], args["final_lr"], S, ", ".join(map(str, results["run"]["seeds"]))
-        )
-    )
-    text += table(
-        ["guide", "estimator", "processes", "ms per step", "mean error (sds)", "sd error (sds)", "gap"],
-        fit_rows,
-        align="llrrrrr",
-    )
+        "**Fits** ({steps:,} steps, ClippedAdam with lr from {lr} to {final_lr}, S = {particles} particles per "
+        "process, seeds {run_seeds}; the final posterior mean's and sd's errors in posterior sds, mean ± std over "
+        "the seeds; the largest difference between the processes' final values)\n\n"
+    ).format(**args, run_seeds=", ".join(map(str, results["run"]["seeds"])))
+    header = ["guide", "estimator", "processes", "ms per step", "mean error (sds)", "sd error (sds)", "gap"]
+    text += table(header, fit_rows, align="llrrrrr")
     text += "\n" + run_line(results)
     text += "The spawned processes took {} of CPU besides.\n".format(seconds(results["worker_cpu_seconds"]))
     return text
 
 
-STUDY = Study(
-    name="distributed_svi",
-    parser=parser,
-    run=run,
-    figures=figures,
-    readme_block=readme_block,
-    check=check,
-)
+STUDY = Study("distributed_svi", parser, run, figures, readme_block, check)
 
 if __name__ == "__main__":
     STUDY.main()

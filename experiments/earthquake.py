@@ -15,10 +15,10 @@ summaries of the cluster centres and rates for the first seed.
 import numpy as np
 import torch
 
+import guides.earthquake
 from experiments import _mixtures
 from experiments._figures import legend_outside, plt, save_figure
 from experiments._study import Study
-from guides.earthquake import cavi, elbo, global_guide, mean_field_guide, params_from_store
 from models.earthquake import DEFAULT_HYPER, generate_data, model
 
 TRUE_CENTRES = [[-6.0, -4.0], [5.0, 5.0], [6.0, -6.0]]
@@ -32,30 +32,18 @@ def plot_clusters(data, means, path):
     locations, counts, assignment = (np.asarray(data[k]) for k in ("locations", "counts", "assignment"))
     for k, (centre, rate) in enumerate(zip(means["E_mu"], means["E_lambda"])):
         chosen = assignment == k
+        events = f"cluster {k}: {int(chosen.sum())} events"
+        label = f"{events}, E[mu] ({centre[0]:.2f}, {centre[1]:.2f}), E[lambda] {rate:.1f}"
         ax.scatter(
-            locations[chosen, 0],
-            locations[chosen, 1],
-            color=f"C{k}",
-            s=8 + 2 * counts[chosen],
-            alpha=0.5,
-            edgecolors="none",
-            label=f"cluster {k}: {int(chosen.sum())} events, E[mu] ({centre[0]:.2f}, {centre[1]:.2f}), "
-            f"E[lambda] {rate:.1f}",
+            *locations[chosen].T, color=f"C{k}", s=8 + 2 * counts[chosen], alpha=0.5, edgecolors="none", label=label
         )
         ax.plot(*centre, marker="X", color=f"C{k}", markersize=13, markeredgecolor="k", ls="none")
     ax.plot([], [], marker="X", color="w", markeredgecolor="k", markersize=11, ls="none", label="E[mu_k] (CAVI)")
-    for i, (centre, _rate) in enumerate(zip(TRUE_CENTRES, TRUE_RATES)):
-        ax.plot(
-            *centre,
-            marker="+",
-            color="k",
-            markersize=16,
-            mew=2,
-            ls="none",
-            label="true centres (rates {})".format(", ".join(f"{r:g}" for r in TRUE_RATES)) if i == 0 else None,
-        )
-    ax.set_xlabel("location x1")
-    ax.set_ylabel("location x2")
+    rates = ", ".join(f"{r:g}" for r in TRUE_RATES)
+    for i, centre in enumerate(TRUE_CENTRES):
+        label = f"true centres (rates {rates})" if i == 0 else None
+        ax.plot(*centre, marker="+", color="k", markersize=16, mew=2, ls="none", label=label)
+    ax.set(xlabel="location x1", ylabel="location x2")
     ax.set_title("Earthquakes: events by most likely CAVI cluster (marker area ~ count)", fontsize=10)
     legend_outside(ax, where="below", ncol=1)
     save_figure(fig, path)
@@ -64,15 +52,9 @@ def plot_clusters(data, means, path):
 def run(args):
     pi = torch.tensor(args.pi, dtype=torch.float64)
     locations, counts, _ = generate_data(args.num_data, pi, TRUE_CENTRES, TRUE_RATES, seed=args.data_seed)
-    fit_cavi = _mixtures.run_cavi(cavi, (locations, counts, pi), DEFAULT_HYPER, max_iters=args.cavi_iters)
-    histories, rows, summaries = _mixtures.run_svi(
-        model,
-        {"global": global_guide, "mean_field": mean_field_guide},
-        (locations, counts, pi),
-        lambda: elbo((locations, counts, pi), params_from_store((locations, counts, pi))).item(),
-        args,
-        ["mu", "lambda"],
-    )
+    data_args = (locations, counts, pi)
+    fit_cavi = _mixtures.run_cavi(guides.earthquake.cavi, data_args, DEFAULT_HYPER, max_iters=args.cavi_iters)
+    histories, rows, summaries = _mixtures.run_svi(model, guides.earthquake, data_args, args, ["mu", "lambda"])
     params = fit_cavi.params
     means = {"E_mu": params.m.tolist(), "E_lambda": (params.a / params.b).tolist()}
     data = {"locations": locations.tolist(), "counts": counts.tolist(), "assignment": params.r.argmax(-1).tolist()}

@@ -56,7 +56,9 @@ from pyro_vi.exponential_family import FAMILIES
 from pyro_vi.optim import descent_step, natural_gradient_step
 
 FAMILY = FAMILIES["gamma_shape_scale"]
-METHODS = ("GD", "NGD")
+#: One step of each descent: ``(family, theta, gradient, lr, max_halvings) -> step``.
+STEPS = {"GD": descent_step, "NGD": natural_gradient_step}
+METHODS = tuple(STEPS)
 GAP_FLOOR = 1e-15  # float64 rounding of an NLL of about 2.5
 
 
@@ -133,10 +135,7 @@ def descend(method, init, stats, lr, steps, max_halvings):
     path, nll, halved = [theta], [float(average_nll(theta, stats))], 0
     for _ in range(steps):
         grad = nll_gradient(theta, stats)
-        if method == "GD":
-            step = descent_step(FAMILY, theta, grad, lr, max_halvings)
-        else:
-            step = natural_gradient_step(FAMILY, theta, grad, lr, max_halvings)
+        step = STEPS[method](FAMILY, theta, grad, lr, max_halvings)
         theta, halved = step.theta, halved + (step.step_size < lr)
         path.append(theta)
         nll.append(float(average_nll(theta, stats)))
@@ -156,16 +155,9 @@ def plot_trajectories(steps, paths, mle, truth, seed, path):
         for name, values in paths.items():
             ax.plot(steps, values[i], label=name, lw=1.4)
         ax.axhline(mle[i], color="k", ls="--", lw=1, label=f"MLE {mle[i]:.4f}")
-        ax.axhline(
-            truth[i],
-            color="gray",
-            ls=":",
-            lw=1.5,
-            label=f"true value {truth[i]:g} (dotted; MLE - true = {mle[i] - truth[i]:+.3f})",
-        )
-        ax.set_xscale("log")
-        ax.set_xlabel("iteration + 1 (log scale)")
-        ax.set_ylabel(label)
+        true_label = f"true value {truth[i]:g} (dotted; MLE - true = {mle[i] - truth[i]:+.3f})"
+        ax.axhline(truth[i], color="gray", ls=":", lw=1.5, label=true_label)
+        ax.set(xscale="log", xlabel="iteration + 1 (log scale)", ylabel=label)
         ax.set_title(f"{label} over iterations (data seed {seed})", fontsize=10)
         legend_outside(ax, where="below", ncol=2)
     save_figure(fig, path)
@@ -181,13 +173,10 @@ def plot_nll(steps, nll, bests, tol, path):
         gaps = [np.maximum(np.asarray(runs) - b, GAP_FLOOR) for runs, b in zip(nll[name], bests)]
         seed_band(gap_ax, steps - 1, np.log10(gaps), label=name, lw=1.4, color=f"C{i}")
     ax.axhline(bests[0], color="k", ls="--", lw=1, label=f"NLL at the MLE {bests[0]:.5f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("iteration + 1 (log scale)")
-    ax.set_ylabel("average NLL (nats)")
+    ax.set(xscale="log", xlabel="iteration + 1 (log scale)", ylabel="average NLL (nats)")
     ax.set_title("average negative log-likelihood (first data set)", fontsize=10)
     gap_ax.axhline(np.log10(tol), color="k", ls=":", lw=1, label=f"tolerance {tol:g} nats")
-    gap_ax.set_xlabel("iteration")
-    gap_ax.set_ylabel(f"log10(NLL - NLL(MLE)) (nats, floored at {GAP_FLOOR:g})")
+    gap_ax.set(xlabel="iteration", ylabel=f"log10(NLL - NLL(MLE)) (nats, floored at {GAP_FLOOR:g})")
     gap_ax.set_title(f"gap to the MLE ({band_note(len(bests))})", fontsize=10)
     for a in (ax, gap_ax):
         legend_outside(a, where="below", ncol=2)
@@ -199,14 +188,8 @@ def plot_paths(paths, stats, mle, seed, path):
     stats = torch.as_tensor(stats, dtype=torch.float64)
     points = np.concatenate([np.asarray(values).T for values in paths.values()])
     lo, hi = points.min(0) * 0.9, points.max(0) * 1.1
-    grid = torch.stack(
-        torch.meshgrid(
-            torch.linspace(lo[0], hi[0], 200, dtype=torch.float64),
-            torch.linspace(lo[1], hi[1], 200, dtype=torch.float64),
-            indexing="xy",
-        ),
-        -1,
-    )
+    alphas, betas = (torch.linspace(lo[i], hi[i], 200, dtype=torch.float64) for i in range(2))
+    grid = torch.stack(torch.meshgrid(alphas, betas, indexing="xy"), -1)
     gap = (average_nll(grid, stats) - average_nll(torch.as_tensor(mle), stats)).clamp_min(1e-8)
     fig, ax = plt.subplots(figsize=(7, 5.5))
     contours = ax.contour(grid[..., 0], grid[..., 1], gap.log10(), levels=15, cmap="viridis", linewidths=0.7)
@@ -214,8 +197,7 @@ def plot_paths(paths, stats, mle, seed, path):
     for name, (alpha, beta) in paths.items():
         ax.plot(alpha, beta, ".-", ms=2.5, lw=1, label=name)
     ax.plot(*mle, "k*", ms=12, label="MLE")
-    ax.set_xlabel("shape alpha")
-    ax.set_ylabel("scale beta")
+    ax.set(xlabel="shape alpha", ylabel="scale beta")
     ax.set_title(f"paths in (alpha, beta) over the NLL (data seed {seed})", fontsize=10)
     legend_outside(ax, where="below", ncol=3)
     save_figure(fig, path)
@@ -292,24 +274,15 @@ def figures(results, out):
 def readme_block(results):
     summary, args = results["summary"], results["args"]
     mles = results["mle"]
-    rows = [
-        [
-            name,
-            pm(s["iterations_to_tolerance"], ".1f"),
-            pm(s["halved_steps"], ".0f"),
-            ", ".join("never" if v is None else f"{v:.0f}" for v in s["iterations_to_tolerance"]["values"]),
-        ]
-        for name, s in summary.items()
-    ]
+    rows = []
+    for name, s in summary.items():
+        each = ", ".join("never" if v is None else f"{v:.0f}" for v in s["iterations_to_tolerance"]["values"])
+        rows.append([name, pm(s["iterations_to_tolerance"], ".1f"), pm(s["halved_steps"], ".0f"), each])
+    estimates = "; ".join("{:.4f}, {:.4f}".format(m["alpha"], m["beta"]) for m in mles)
     return "\n".join(
         [
-            "Iterations until the average NLL is within {:g} nats of the MLE, over {} data sets of {} draws (MLE "
-            "alpha, beta: {}):\n".format(
-                results["tolerance_nats"],
-                len(mles),
-                args["num_data"],
-                "; ".join("{:.4f}, {:.4f}".format(m["alpha"], m["beta"]) for m in mles),
-            ),
+            f"Iterations until the average NLL is within {results['tolerance_nats']:g} nats of the MLE, over "
+            f"{len(mles)} data sets of {args['num_data']} draws (MLE alpha, beta: {estimates}):\n",
             table(["method", "iterations (mean ± std)", "halved steps", "per data set"], rows),
             "The closed-form inverse Fisher matches `torch.linalg.inv` of the autograd J^T F(eta) J to {:.0e} "
             "(relative).\n".format(results["checks"]["inverse_closed_vs_inv_of_autograd"]),

@@ -15,10 +15,10 @@ the component parameters for the first seed.
 import numpy as np
 import torch
 
+import guides.gmm
 from experiments import _cli, _mixtures
 from experiments._figures import legend_outside, plt, save_figure
 from experiments._study import Study
-from guides.gmm import cavi, elbo, global_guide, mean_field_guide, params_from_store
 from models.gmm import DEFAULT_PRIOR, generate_data, model
 
 
@@ -38,20 +38,12 @@ def plot_clusters(x, pi, means, mus, taus, path):
     )
     for k in np.argsort(m):
         nearest = int(np.argmin(np.abs(np.asarray(mus) - m[k])))
-        ax.plot(
-            grid,
-            densities[k],
-            lw=1.4,
-            ls="--",
-            zorder=3,
-            label=f"component {k}: pi {pi[k]:.2f}, E[mu] {m[k]:.2f} (nearest true mean {mus[nearest]:.2f}), "
-            f"E[tau] {tau[k]:.2f} (its true tau {taus[nearest]:.2f})",
-        )
+        label = f"component {k}: pi {pi[k]:.2f}, E[mu] {m[k]:.2f} (nearest true mean {mus[nearest]:.2f}), "
+        label += f"E[tau] {tau[k]:.2f} (its true tau {taus[nearest]:.2f})"
+        ax.plot(grid, densities[k], lw=1.4, ls="--", zorder=3, label=label)
     for i, mu in enumerate(mus):
         ax.axvline(mu, color="k", ls=":", lw=1, label="true means" if i == 0 else None)
-    ax.set_xlabel("x")
-    ax.set_ylabel("density")
-    ax.set_title("GMM with unknown precisions: CAVI fit (weighted components dashed)")
+    ax.set(xlabel="x", ylabel="density", title="GMM with unknown precisions: CAVI fit (weighted components dashed)")
     legend_outside(ax, where="below", ncol=1)
     save_figure(fig, path)
 
@@ -59,15 +51,8 @@ def plot_clusters(x, pi, means, mus, taus, path):
 def run(args):
     pi = torch.tensor(args.pi, dtype=torch.float64)
     data, _ = generate_data(args.num_data, pi, args.mus, args.taus, seed=args.data_seed)
-    fit_cavi = _mixtures.run_cavi(cavi, (data, pi), DEFAULT_PRIOR, max_iters=args.cavi_iters)
-    histories, rows, summaries = _mixtures.run_svi(
-        model,
-        {"global": global_guide, "mean_field": mean_field_guide},
-        (data, pi),
-        lambda: elbo((data, pi), params_from_store((data, pi))).item(),
-        args,
-        ["mu", "tau"],
-    )
+    fit_cavi = _mixtures.run_cavi(guides.gmm.cavi, (data, pi), DEFAULT_PRIOR, max_iters=args.cavi_iters)
+    histories, rows, summaries = _mixtures.run_svi(model, guides.gmm, (data, pi), args, ["mu", "tau"])
     means = {"E_mu": fit_cavi.params.m.tolist(), "E_tau": (fit_cavi.params.a / fit_cavi.params.b).tolist()}
     return dict(_mixtures.svi_results(fit_cavi, means, histories, rows, summaries), data=data.tolist())
 

@@ -40,7 +40,7 @@ from scipy import stats
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, table
-from experiments._results import spread
+from experiments._results import spread, spreads
 from experiments._study import Study
 from pyro_vi.gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample
 
@@ -63,23 +63,16 @@ def exact_gradient(logits, c):
 
 
 def samplers(generator):
-    """name -> (function (logits [N, K], tau) -> y [N, K], straight-through?)."""
+    """name -> function (logits [N, K], tau) -> y [N, K]; the last two are straight-through."""
     return {
-        "ours (relaxed)": (lambda x, t: gumbel_softmax_sample(x, t, generator=generator), False),
-        "Pyro RelaxedOneHotCategorical": (
-            lambda x, t: dist.RelaxedOneHotCategorical(torch.tensor(t, device=x.device), logits=x).rsample(),
-            False,
-        ),
-        "ours straight-through (hard=True)": (
-            lambda x, t: gumbel_softmax_sample(x, t, hard=True, generator=generator),
-            True,
-        ),
-        "Pyro RelaxedOneHotCategoricalStraightThrough": (
-            lambda x, t: dist.RelaxedOneHotCategoricalStraightThrough(
-                torch.tensor(t, device=x.device), logits=x
-            ).rsample(),
-            True,
-        ),
+        "ours (relaxed)": lambda x, t: gumbel_softmax_sample(x, t, generator=generator),
+        "Pyro RelaxedOneHotCategorical": lambda x, t: dist.RelaxedOneHotCategorical(
+            torch.tensor(t, device=x.device), logits=x
+        ).rsample(),
+        "ours straight-through (hard=True)": lambda x, t: gumbel_softmax_sample(x, t, hard=True, generator=generator),
+        "Pyro RelaxedOneHotCategoricalStraightThrough": lambda x, t: dist.RelaxedOneHotCategoricalStraightThrough(
+            torch.tensor(t, device=x.device), logits=x
+        ).rsample(),
     }
 
 
@@ -98,10 +91,8 @@ def histogram_counts(logits, probs, args, generator):
     direct = torch.distributions.Categorical(logits=logits).sample((n,))
     counts = {"Categorical (direct)": torch.bincount(direct, minlength=k).cpu().numpy()}
     for tau in args.temperatures:
-        y = gumbel_softmax_sample(logits, tau, (n,), generator=generator)
-        counts[f"Gumbel-softmax argmax, tau={tau:g}"] = (
-            torch.bincount(categorical_from_relaxed(y), minlength=k).cpu().numpy()
-        )
+        argmax = categorical_from_relaxed(gumbel_softmax_sample(logits, tau, (n,), generator=generator))
+        counts[f"Gumbel-softmax argmax, tau={tau:g}"] = torch.bincount(argmax, minlength=k).cpu().numpy()
     return {name: {"counts": c.tolist(), "chisquare_pvalue": chisquare(c, probs)} for name, c in counts.items()}
 
 
@@ -140,7 +131,7 @@ def plot_histogram(per_seed, probs, n, path):
     save_figure(fig, path)
 
 
-def temperature_values(logits, probs, args, generator):
+def temperature_values(logits, args, generator):
     """One seed: the mean largest component over a temperature grid, and the
     samples at ``--temperatures``."""
     n = args.num_samples
@@ -163,47 +154,30 @@ def plot_temperature(temperature, probs, args, path):
     num_seeds = len(mean_max)
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     ax = axes[0]
-    seed_band(
-        ax,
-        grid,
-        mean_max,
-        label=f"mean max_k y_k (N = {args['num_samples']}; {band_note(num_seeds)})",
-        marker="o",
-        ms=3,
-        color="C0",
-    )
+    label = f"mean max_k y_k (N = {args['num_samples']}; {band_note(num_seeds)})"
+    seed_band(ax, grid, mean_max, label=label, marker="o", ms=3, color="C0")
     for i, (tau, values) in enumerate(shown.items()):
         ax.plot([tau], [values["mean_max_component"]["mean"]], "s", ms=7, color=f"C{i + 1}", label=f"tau = {tau:g}")
     ax.axhline(1.0, color="k", ls="--", lw=1, label="one-hot (tau -> 0)")
     ax.axhline(1.0 / k, color="k", ls=":", lw=1, label="uniform 1/K (tau -> inf)")
     ax.axhline(float(probs.max()), color="grey", ls="-.", lw=1, label="max_k a_k")
-    ax.set_xscale("log")
-    ax.set_xlabel("temperature tau (log scale, 1e-2 to 1e2)")
-    ax.set_ylabel("mean largest component of y")
+    ax.set(xscale="log", xlabel="temperature tau (log scale, 1e-2 to 1e2)", ylabel="mean largest component of y")
     ax.set_title("one-hot at low, uniform at high temperature", fontsize=10)
     legend_outside(ax, where="below", ncol=2)
 
     ax = axes[1]
-    per = args["shown_samples"]
     left = 0
     for tau, values in shown.items():
         y = np.asarray(values["samples_first_seed"])
         bottom = np.zeros(len(y))
+        first = tau == args["temperatures"][0]
         for j in range(k):
-            ax.bar(
-                left + np.arange(len(y)),
-                y[:, j],
-                bottom=bottom,
-                color=f"C{j}",
-                label=f"y_{j}" if tau == args["temperatures"][0] else None,
-            )
+            ax.bar(left + np.arange(len(y)), y[:, j], bottom=bottom, color=f"C{j}", label=f"y_{j}" if first else None)
             bottom += y[:, j]
         ax.text(left + (len(y) - 1) / 2, 1.02, f"tau={tau:g}", ha="center", fontsize=8)
         left += len(y) + 1
-    ax.set_xticks([])
-    ax.set_ylim(0, 1.1)
-    ax.set_xlabel(f"{per} samples per temperature (first seed)")
-    ax.set_ylabel("components of y (stacked)")
+    ax.set(xticks=[], ylim=(0, 1.1), ylabel="components of y (stacked)")
+    ax.set_xlabel(f"{args['shown_samples']} samples per temperature (first seed)")
     ax.set_title("Gumbel-softmax samples", fontsize=10)
     legend_outside(ax, where="below", ncol=4)
 
@@ -221,10 +195,10 @@ def gradient_rows(logits, probs, args, generator):
     """One seed: bias and variance of every estimator, objective and temperature."""
     c = torch.tensor(args.coefficients, dtype=logits.dtype, device=logits.device)
     exact = exact_gradient(logits, c)
-    discrete_value = float((c * probs_tensor(probs, logits)).sum())
+    discrete_value = float((c * torch.as_tensor(probs, dtype=c.dtype, device=c.device)).sum())
     rows = []
     for fname, f in OBJECTIVES.items():
-        for name, (sample, _) in samplers(generator).items():
+        for name, sample in samplers(generator).items():
             for tau in args.grad_temperatures:
                 grads, values = gradient_draws(sample, logits, tau, f, c, args.grad_draws)
                 mean, var = grads.mean(0), grads.var(0)
@@ -247,12 +221,11 @@ def gradient_rows(logits, probs, args, generator):
 
 def summarize_gradients(per_seed):
     """Rows of the first seed with each number's mean ± std over seeds."""
+    numbers = ("bias_norm", "bias_norm_se", "max_abs_bias_over_se", "variance_trace", "value_bias")
     summary = []
     for i, row in enumerate(per_seed[0]):
-        entry = {key: row[key] for key in ("objective", "estimator", "temperature")}
-        for key in ("bias_norm", "bias_norm_se", "max_abs_bias_over_se", "variance_trace", "value_bias"):
-            entry[key] = spread([seed[i][key] for seed in per_seed])
-        summary.append(entry)
+        labels = {key: row[key] for key in ("objective", "estimator", "temperature")}
+        summary.append(dict(labels, **spreads([seed[i] for seed in per_seed], numbers)))
     return summary
 
 
@@ -265,6 +238,7 @@ def plot_gradients(summary, names, args, path):
     """Rows: the two objectives; columns: bias and variance. Points: mean over
     seeds, bars: lowest to highest seed; estimators offset horizontally."""
     num_seeds = len(summary[0]["bias_norm"]["values"])
+    note = f"{band_note(num_seeds).split(',')[0]}; points offset around each tau; bars: lowest to highest seed"
     fig, axes = plt.subplots(2, 2, figsize=(14, 9.5))
     markers = ["o", "x", "s", "+"]
     styles = ["-", "--", "-", "--"]
@@ -282,28 +256,14 @@ def plot_gradients(summary, names, args, path):
         bias_ax.axhline(0.0, color="k", lw=1, label="0: unbiased for the discrete gradient")
         bias_ax.set_ylabel("|mean estimate - exact gradient|_2")
         bias_ax.set_title(f"f {fname}: bias w.r.t. d/dlogits sum_k c_k a_k", fontsize=10)
-        var_ax.set_yscale("log")
-        var_ax.set_ylabel("trace of the covariance of one-sample estimates")
+        var_ax.set(yscale="log", ylabel="trace of the covariance of one-sample estimates")
         var_ax.set_title(f"f {fname}: variance ({args['grad_draws']} draws per point)", fontsize=10)
         for ax in (bias_ax, var_ax):
-            ax.set_xscale("log")
+            ax.set(xscale="log", xlabel="temperature tau (log scale, ticks at the temperatures run)")
             ax.set_xticks(args["grad_temperatures"], [f"{t:g}" for t in args["grad_temperatures"]])
             ax.minorticks_off()
-            ax.set_xlabel("temperature tau (log scale, ticks at the temperatures run)")
-            legend_outside(
-                ax,
-                where="below",
-                ncol=2,
-                title="{}; points offset around each tau; bars: lowest to highest seed".format(
-                    band_note(num_seeds).split(",")[0]
-                ),
-                title_fontsize=8,
-            )
+            legend_outside(ax, where="below", ncol=2, title=note, title_fontsize=8)
     save_figure(fig, path)
-
-
-def probs_tensor(probs, like):
-    return torch.as_tensor(probs, dtype=like.dtype, device=like.device)
 
 
 def run(args):
@@ -315,7 +275,7 @@ def run(args):
         pyro.set_rng_seed(seed)
         generator = torch.Generator(device=args.device).manual_seed(seed)
         hist.append(histogram_counts(logits, probs, args, generator))
-        grid, seed_mean_max, seed_shown = temperature_values(logits, probs, args, generator)
+        grid, seed_mean_max, seed_shown = temperature_values(logits, args, generator)
         mean_max.append(seed_mean_max)
         shown.append(seed_shown)
         exact, discrete_value, rows = gradient_rows(logits, probs, args, generator)
@@ -374,9 +334,7 @@ def readme_block(results):
     tail = sum(math.comb(count, j) * 0.05**j * 0.95 ** (count - j) for j in range(below, count + 1))
     return "\n".join(
         [
-            "Chi-square goodness-of-fit p-values of N = {} draws against a, per seed:\n".format(
-                results["args"]["num_samples"]
-            ),
+            f"Chi-square goodness-of-fit p-values of N = {results['args']['num_samples']} draws against a, per seed:\n",
             table(["sampler"] + [f"seed {s}" for s in seeds], rows),
             f"{below} of {count} p-values are below 0.05. Every sampler here is exact (torch's Categorical "
             f"included), so each p-value is uniform on (0, 1): about {0.05 * count:.2f} of {count} are expected "

@@ -53,22 +53,13 @@ def plot_bounds(rows, log_px, exact_elbo, num_draws, num_seeds, path):
     per_seed = np.array([r["bound"]["values"] for r in rows])  # (K, seeds)
     fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(13, 5))
     label = f"L_K: mean of {num_seeds} seeds x {num_draws} draws, 2 SE bars"
-    for axis, values, refs in ((ax, means, True), (gap_ax, log_px - means, False)):
-        shown = per_seed if refs else log_px - per_seed
+    for axis, values, shown in ((ax, means, per_seed), (gap_ax, log_px - means, log_px - per_seed)):
         axis.errorbar(ks, values, yerr=se2, marker="o", capsize=3, color="C0", label=label, zorder=3)
         if num_seeds > 1:
+            one = f"one seed's mean ({num_draws} draws), drawn right of its K"
             for j in range(num_seeds):
-                axis.plot(
-                    ks * 1.12,
-                    shown[:, j],
-                    "o",
-                    color="C1",
-                    ms=3.5,
-                    zorder=4,
-                    label=f"one seed's mean ({num_draws} draws), drawn right of its K" if j == 0 else None,
-                )
-        axis.set_xscale("log")
-        axis.set_xlabel("K (importance samples, log scale)")
+                axis.plot(ks * 1.12, shown[:, j], "o", color="C1", ms=3.5, zorder=4, label=one if j == 0 else None)
+        axis.set(xscale="log", xlabel="K (importance samples, log scale)")
     ax.axhline(log_px, color="k", ls=":", lw=1.2, label=f"exact log p(X) = {log_px:.4f}")
     ax.axhline(exact_elbo, color="k", ls="--", lw=1, label=f"closed-form ELBO of q = L_1 = {exact_elbo:.3f}")
     ax.set_ylabel("bound (nats)")
@@ -139,9 +130,7 @@ def readme_block(results):
     seeds = results["run"]["seeds"]
     header = ["K"] + [str(r["K"]) for r in rows] + ["exact log p(X)"]
     body = [
-        ["L_K (mean ± std over seeds)"]
-        + [pm(r["bound"], ".3f") for r in rows]
-        + ["{:.3f}".format(results["log_evidence"])],
+        ["L_K (mean ± std over seeds)"] + [pm(r["bound"]) for r in rows] + [f"{results['log_evidence']:.3f}"],
         ["log p(X) - L_K"] + ["{:.4f}".format(r["gap_to_log_evidence"]) for r in rows] + [""],
         ["standard error (all draws)"] + ["{:.4f}".format(r["pooled_standard_error"]) for r in rows] + [""],
     ]
@@ -150,26 +139,16 @@ def readme_block(results):
         if not r["seeds_above_log_evidence"]:
             continue
         # log p(X) - L_K shrinks like 1/K: the previous K's gap, scaled
-        expected = previous["gap_to_log_evidence"] * previous["K"] / r["K"]
+        k, k0 = r["K"], previous["K"]
+        expected = previous["gap_to_log_evidence"] * k0 / k
+        bounds = ", ".join(f"{v:.4f}" for v in r["bound"]["values"])
+        errors = ", ".join(f"{v:.4f}" for v in r["standard_error_per_seed"])
         lines.append(
-            "L_{} lies above log p(X) in {} of {} seeds (per seed {}; standard error of one seed's mean "
-            "{}). L_K <= log p(X) holds for the expectation, not for an estimate: the gap shrinks like 1/K, "
-            "so at K = {} it is about {:.4f} nats (L_{}'s gap {:.4f} times {}/{}), of the order of one "
-            "seed's standard error, and estimates of {} draws fall on either side of log p(X)."
-            "\n".format(
-                r["K"],
-                r["seeds_above_log_evidence"],
-                len(seeds),
-                ", ".join(f"{v:.4f}" for v in r["bound"]["values"]),
-                ", ".join(f"{v:.4f}" for v in r["standard_error_per_seed"]),
-                r["K"],
-                expected,
-                previous["K"],
-                previous["gap_to_log_evidence"],
-                previous["K"],
-                r["K"],
-                results["args"]["draws"],
-            )
+            f"L_{k} lies above log p(X) in {r['seeds_above_log_evidence']} of {len(seeds)} seeds (per seed {bounds}; "
+            f"standard error of one seed's mean {errors}). L_K <= log p(X) holds for the expectation, not for an "
+            f"estimate: the gap shrinks like 1/K, so at K = {k} it is about {expected:.4f} nats (L_{k0}'s gap "
+            f"{previous['gap_to_log_evidence']:.4f} times {k0}/{k}), of the order of one seed's standard error, and "
+            f"estimates of {results['args']['draws']} draws fall on either side of log p(X).\n"
         )
     lines.append(
         "Non-decreasing in K and below log p(X), each within 4 standard errors: {} and {}.\n".format(

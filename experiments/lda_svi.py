@@ -43,7 +43,7 @@ from pyro.optim import Adam
 from experiments import _cli
 from experiments._figures import legend_outside, plt, save_figure
 from experiments._markdown import pm, run_line, spread_sentence, table
-from experiments._results import indistinguishable, spread, spreads, within_spread
+from experiments._results import seed_summary, seeded_fit, spread, within_spread
 from experiments._study import Study
 from guides.lda import (
     LAMBDA,
@@ -148,9 +148,8 @@ def run_pyro(counts, init, args):
     # per process), which is not the cost of the algorithm
     pyro.clear_param_store()
     fit(model, pyro_guide, Trace_ELBO(), Adam({"lr": args.pyro_lr}), *pyro_args, num_steps=1, progress=False)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
-    history = fit(
+    history = seeded_fit(
+        args.seed,
         model,
         pyro_guide,
         Trace_ELBO(),
@@ -158,7 +157,6 @@ def run_pyro(counts, init, args):
         *pyro_args,
         num_steps=args.pyro_steps,
         track={"lam": lambda: pyro.param(LAMBDA).detach().clone()},
-        progress=False,
     )
     keep = sorted(checkpoints(args.pyro_steps, args.eval_points))
     snapshots = [(0.0, 0, init.clone())] + [
@@ -176,12 +174,14 @@ def run_pyro(counts, init, args):
     )
 
 
+def full_corpus_elbo(counts, lam, args):
+    """The closed-form mean-field ELBO of the corpus at ``lam``, gamma by a local step."""
+    return corpus_elbo(counts, lam, args.alpha, args.eta, args.local_tol, args.local_max_iters)[0]
+
+
 def evaluate(counts, run, args):
     """Closed-form corpus ELBO at every snapshot (untimed)."""
-    run["elbo"] = [
-        corpus_elbo(counts, lam, args.alpha, args.eta, args.local_tol, args.local_max_iters)[0]
-        for _, _, lam in run["snapshots"]
-    ]
+    run["elbo"] = [full_corpus_elbo(counts, lam, args) for _, _, lam in run["snapshots"]]
     run["time"] = [seconds for seconds, _, _ in run["snapshots"]]
     run["docs_seen"] = [docs for _, docs, _ in run["snapshots"]]
 
@@ -192,10 +192,11 @@ def elbo_at(run, budget):
 
 
 def topic_scores(reference, lam):
+    """The topics of ``lam`` matched to ``reference``, and their distances to it."""
     order, hellinger = match_topics(reference, lam)
     topics = (lam / lam.sum(-1, keepdim=True)).numpy()[order]
     total_variation = 0.5 * np.abs(topics - reference.numpy()).sum(-1)
-    return order, dict(
+    return topics, dict(
         mean_hellinger=float(hellinger.mean()),
         max_hellinger=float(hellinger.max()),
         mean_total_variation=float(total_variation.mean()),
@@ -217,15 +218,9 @@ def plot_elbo(seed_runs, budgets, tokens, reference_elbo, path):
             docs_ax.plot(run["docs"][1:], per_word[1:], marker=".", ms=3, lw=1, color=color, label=label)
             finals.append(per_word[-1])
             values.append(per_word[1:])
+    same = "same wall time T per seed ({})".format(", ".join(f"{b:.3g} s" for b in budgets))
     for index, budget in enumerate(budgets):
-        time_ax.axvline(
-            budget,
-            color="0.5",
-            ls=":",
-            label="same wall time T per seed ({})".format(", ".join(f"{b:.3g} s" for b in budgets))
-            if index == 0
-            else None,
-        )
+        time_ax.axvline(budget, color="0.5", ls=":", label=same if index == 0 else None)
     top = max(finals + ([reference_elbo / tokens] if reference_elbo is not None else []))
     values = np.concatenate(values)
     for ax in (time_ax, docs_ax):
@@ -236,13 +231,11 @@ def plot_elbo(seed_runs, budgets, tokens, reference_elbo, path):
         ax.set_ylim(max(np.percentile(values, 10), top - 10 * (top - min(finals)) - 0.05), top + 0.02)
         ax.grid(alpha=0.3)
         legend_outside(ax, where="below", ncol=2)
-    time_ax.set_xlabel("wall time (s, evaluations excluded)")
-    time_ax.set_ylabel("full-corpus ELBO per word (nats)")
+    time_ax.set(xlabel="wall time (s, evaluations excluded)", ylabel="full-corpus ELBO per word (nats)")
     time_ax.set_title(
         f"ELBO of the global lambda (gamma by a local step); one line per seed ({len(seed_runs)})", fontsize=10
     )
-    docs_ax.set_xscale("log")
-    docs_ax.set_xlabel("documents processed (local steps or Pyro minibatch rows; log scale)")
+    docs_ax.set(xscale="log", xlabel="documents processed (local steps or Pyro minibatch rows; log scale)")
     docs_ax.set_ylabel("full-corpus ELBO per word (nats)")
     docs_ax.tick_params(labelleft=True)
     docs_ax.set_title("the same against documents processed", fontsize=10)
@@ -255,13 +248,9 @@ def plot_topics(reference, label, matched, hellinger, seed, path):
     reference = np.asarray(reference)
     word_order = np.lexsort((-reference.max(0), reference.argmax(0)))
     rows = {label: reference}
-    rows.update(
-        {
-            f"{name}: mean Hellinger {hellinger[name]:.3f} (seed {seed})": np.asarray(topics)
-            for name, topics in matched.items()
-            if name != label
-        }
-    )
+    for name, topics in matched.items():
+        if name != label:
+            rows[f"{name}: mean Hellinger {hellinger[name]:.3f} (seed {seed})"] = np.asarray(topics)
     fig, axes = plt.subplots(len(rows), 1, figsize=(11, 1.2 + 1.4 * len(rows)), sharex=True, layout="constrained")
     vmax = max(float(topics.max()) for topics in rows.values())
     for ax, (title, topics) in zip(axes, rows.items()):
@@ -285,16 +274,13 @@ def run_seed(counts, true_topics, tokens, reference_elbo, args, seed):
     for run in runs.values():
         evaluate(counts, run, args)
     budget = args.budget or min(run["seconds"] for run in runs.values())
-    reference, label = (
-        (true_topics, "true topics")
-        if true_topics is not None
-        else (runs[CAVI]["snapshots"][-1][2] / runs[CAVI]["snapshots"][-1][2].sum(-1, keepdim=True), CAVI)
-    )
-    rows, matched, scores = {}, {}, {}
+    reference, label = true_topics, "true topics"
+    if true_topics is None:  # batch CAVI's topics
+        lam = runs[CAVI]["snapshots"][-1][2]
+        reference, label = lam / lam.sum(-1, keepdim=True), CAVI
+    rows, matched = {}, {}
     for name, run in runs.items():
-        lam = run["snapshots"][-1][2]
-        order, scores[name] = topic_scores(reference, lam)
-        matched[name] = (lam / lam.sum(-1, keepdim=True)).numpy()[order]
+        matched[name], scores = topic_scores(reference, run["snapshots"][-1][2])
         rows[name] = dict(
             docs_per_second=run["docs"] / run["seconds"],
             wall_seconds=run["seconds"],
@@ -307,10 +293,10 @@ def run_seed(counts, true_topics, tokens, reference_elbo, args, seed):
             elbo_per_word_at_fifth_of_budget=elbo_at(run, 0.2 * budget) / tokens,
             elbo_per_word_at_fraction_of_budget={f: elbo_at(run, f * budget) / tokens for f in BUDGET_FRACTIONS},
             topic_distance_to=label,
-            **scores[name],
+            **scores,
             **{key: run[key] for key in ("collapsed_bound_estimate", "mean_field_elbo_own_gamma") if key in run},
         )
-    return runs, budget, rows, reference, label, matched, scores
+    return runs, budget, rows, reference, label, matched
 
 
 NUMBERS = (
@@ -331,29 +317,19 @@ def run(args):
     tokens = float(counts.sum())
     reference_elbo = None
     if true_topics is not None:
-        reference_elbo = corpus_elbo(
-            counts,
-            args.eta + tokens / args.num_topics * true_topics,
-            args.alpha,
-            args.eta,
-            args.local_tol,
-            args.local_max_iters,
-        )[0]
+        reference_elbo = full_corpus_elbo(counts, args.eta + tokens / args.num_topics * true_topics, args)
     history, budgets, per_seed = [], [], []
     for seed in args.seeds:
-        runs, budget, rows, reference, label, matched, _ = run_seed(
+        runs, budget, rows, reference, label, matched = run_seed(
             counts, true_topics, tokens, reference_elbo, args, seed
         )
         if seed == args.seeds[0]:
-            topics = {
-                "reference": reference.tolist(),
-                "label": label,
-                "matched": {n: t.tolist() for n, t in matched.items()},
-            }
+            matched = {n: t.tolist() for n, t in matched.items()}
+            topics = {"reference": reference.tolist(), "label": label, "matched": matched}
         history.append({name: dict(seconds=r["time"], docs=r["docs_seen"], elbo=r["elbo"]) for name, r in runs.items()})
         budgets.append(budget)
         per_seed.append(rows)
-    summary = {name: spreads([rows[name] for rows in per_seed], NUMBERS) for name in per_seed[0]}
+    by_method = {name: [rows[name] for rows in per_seed] for name in per_seed[0]}
     top_words = None
     if vocabulary is not None:
         top_words = {
@@ -372,12 +348,7 @@ def run(args):
         true_topics_elbo=reference_elbo,
         collapsed_bound_per_word=spread([rows[PYRO]["collapsed_bound_estimate"] / tokens for rows in per_seed]),
         top_words=top_words,
-        summary=summary,
-        within_seed_spread={
-            "elbo_per_word_at_budget": indistinguishable(
-                {name: s["elbo_per_word_at_budget"] for name, s in summary.items()}
-            )
-        },
+        **seed_summary(by_method, NUMBERS, within=("elbo_per_word_at_budget",)),
         history_per_seed=history,
         topics_first_seed=topics,
         per_seed=per_seed,
@@ -427,9 +398,7 @@ def readme_block(results):
 
         def delta(key):
             a, b = svi[key], cavi[key]
-            return "{:+.4f} ({} the seed spread)".format(
-                a["mean"] - b["mean"], "within" if within_spread(a, b) else "beyond"
-            )
+            return f"{a['mean'] - b['mean']:+.4f} ({'within' if within_spread(a, b) else 'beyond'} the seed spread)"
 
         lines.append(
             "SVI processes {:.2f} times as many documents per second as a batch CAVI sweep. Its ELBO per "
@@ -438,17 +407,14 @@ def readme_block(results):
             )
         )
 
-        def per_seed(s, key, spec):
-            return ", ".join(format(v, spec) for v in s[key]["values"])
+        def per_seed(s):
+            """The final ELBO per word and the mean Hellinger distance of each seed."""
+            columns = (("final_elbo_per_word", ".4f"), ("mean_hellinger", ".3f"))
+            return [", ".join(format(v, spec) for v in s[key]["values"]) for key, spec in columns]
 
         lines.append(
             "Per seed, SVI ends at ELBO/word {} with mean Hellinger distance {} to the true topics (batch "
-            "CAVI: {}; {}).\n".format(
-                per_seed(svi, "final_elbo_per_word", ".4f"),
-                per_seed(svi, "mean_hellinger", ".3f"),
-                per_seed(cavi, "final_elbo_per_word", ".4f"),
-                per_seed(cavi, "mean_hellinger", ".3f"),
-            )
+            "CAVI: {}; {}).\n".format(*per_seed(svi), *per_seed(cavi))
         )
     lines.append(run_line(results))
     return "\n".join(lines)

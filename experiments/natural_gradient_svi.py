@@ -41,7 +41,7 @@ from pyro.optim import ClippedAdam
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, table
-from experiments._results import spreads, thin
+from experiments._results import seeded_fit, spreads, thin
 from experiments._study import Study
 from guides.normal_gamma import (
     DEFAULT_INIT,
@@ -57,7 +57,6 @@ from guides.normal_gamma import (
 from guides.normal_gamma import elbo as closed_form_elbo
 from models.normal_gamma import COURSE_PRIOR, generate_data, model
 from pyro_vi import NaturalGradient
-from pyro_vi.training import fit
 
 #: The mean-field guide's factors for :class:`~pyro_vi.NaturalGradient`.
 FACTORS = {
@@ -81,19 +80,12 @@ def robbins_monro(rho0, kappa):
     return lambda step: rho0 * (step + 1) ** -kappa
 
 
-def elbo_gap(data, optimum_elbo):
-    q = params_from_store()
-    return optimum_elbo - float(closed_form_elbo(data, q))
-
-
 def run_svi(loss, optim, data, optimum_elbo, num_steps, seed):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
     guide = functools.partial(mean_field_guide, init=DEFAULT_INIT)
-    track = {"gap": lambda: elbo_gap(data, optimum_elbo)}
+    track = {"gap": lambda: optimum_elbo - float(closed_form_elbo(data, params_from_store()))}
     if isinstance(optim, NaturalGradient):
         track["step_size"] = lambda: min(optim.last_step_sizes.values())
-    result = fit(model, guide, loss, optim, data, COURSE_PRIOR, num_steps=num_steps, track=track, progress=False)
+    result = seeded_fit(seed, model, guide, loss, optim, data, COURSE_PRIOR, num_steps=num_steps, track=track)
     row = {"seconds_per_step": result.seconds_per_step}
     if isinstance(optim, NaturalGradient):
         scheduled = np.array([optim.lr(t) if callable(optim.lr) else optim.lr for t in range(num_steps)])
@@ -122,9 +114,7 @@ def plot_gaps(gaps, tol, path):
         style = dict(marker="o", ms=4) if curve["step"][-1] < 50 else {}
         seed_band(ax, curve["step"], values, label=name, lw=1.2, color=f"C{i}", **style)
     ax.axhline(tol, color="k", ls=":", lw=1, label=f"tolerance {tol:g} nats")
-    ax.set_yscale("log")
-    ax.set_xscale("log")
-    ax.set_xlabel("iteration (log scale)")
+    ax.set(yscale="log", xscale="log", xlabel="iteration (log scale)")
     ax.set_ylabel(f"ELBO(CAVI optimum) - ELBO(q_t) (nats, floored at {GAP_FLOOR:g})")
     ax.set_title(
         f"Normal-NormalGamma mean field: ELBO gap to the CAVI optimum\n(Monte Carlo runs: {band_note(num_seeds)}; "

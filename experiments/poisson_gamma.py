@@ -16,20 +16,18 @@ import functools
 import os
 
 import numpy as np
-import pyro
 from pyro.infer import Trace_ELBO
 from pyro.optim import ClippedAdam
 
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band, zoom_ylim
 from experiments._markdown import pm, run_line, spread_sentence, table
-from experiments._results import indistinguishable, spreads, thin
+from experiments._results import seed_summary, seeded_fit, thin
 from experiments._study import Study
 from guides.poisson_gamma import PoissonGammaParams, exponential_guide, optimal_theta, params_from_store
 from guides.poisson_gamma import elbo as closed_form_elbo
 from models.poisson_gamma import DEFAULT_PRIOR, generate_data, log_evidence, model
 from pyro_vi import ControlVariateELBO, ScoreFunctionELBO
-from pyro_vi.training import fit
 
 
 def estimators(num_particles):
@@ -48,9 +46,8 @@ def estimators(num_particles):
 
 
 def fit_one(estimator, data, args, seed):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    return fit(
+    return seeded_fit(
+        seed,
         model,
         estimator.guide(functools.partial(exponential_guide, init_theta=args.init_theta)),
         estimator.make(),
@@ -62,7 +59,6 @@ def fit_one(estimator, data, args, seed):
             "theta": lambda: params_from_store().theta,
             "elbo": lambda: closed_form_elbo(data, params_from_store()).item(),
         },
-        progress=False,
     )
 
 
@@ -82,8 +78,7 @@ def plot_against_reference(curves, styles, reference, error, path, top, bottom):
     ax.axhline(reference[0], color="k", ls=":", lw=1.2, label=reference[1])
     zoom_ylim(ax, tails, include=[reference[0]])
     for axis, (ylabel, title) in ((ax, top), (err_ax, bottom)):
-        axis.set_xlabel("iteration")
-        axis.set_ylabel(ylabel)
+        axis.set(xlabel="iteration", ylabel=ylabel)
         axis.set_title(title.format(first=steps[-1] // 10 + 1, band=band_note(len(runs))), fontsize=10)
         legend_outside(axis)
     err_ax.set_yscale("log")
@@ -145,43 +140,30 @@ def run(args):
                     "seconds_per_step": result.seconds_per_step,
                 }
             )
-    summary = {name: spreads(rows) for name, rows in per_seed.items()}
     return {
         "theta_star": theta_star,
         "elbo_theta_star": best,
         "log_evidence": log_evidence(data),
-        "summary": summary,
-        "within_seed_spread": {
-            "relative_error": indistinguishable({name: s["relative_error"] for name, s in summary.items()})
-        },
+        **seed_summary(per_seed, within=("relative_error",)),
         "per_seed": per_seed,
         "curves": {key: thin(values) for key, values in curves.items()},
     }
 
 
 def readme_block(results):
+    def percent(stat):
+        return {k: None if stat[k] is None else 100 * stat[k] for k in ("mean", "std")}
+
     rows = [
-        [
-            name,
-            pm(s["mean_theta_last_10pct"], ".4f"),
-            pm(
-                {k: None if v is None else 100 * v for k, v in s["relative_error"].items() if k in ("mean", "std")},
-                ".1f",
-            ),
-            pm(s["elbo_gap"], ".3f"),
-        ]
+        [name, pm(s["mean_theta_last_10pct"], ".4f"), pm(percent(s["relative_error"]), ".1f"), pm(s["elbo_gap"])]
         for name, s in results["summary"].items()
     ]
+    args = results["args"]
     return "\n".join(
         [
-            "theta* = {:.5f}; ELBO(theta*) = {:.2f} against log p(X) = {:.2f} (the family is misspecified). Mean "
-            "theta over the last 10% of {} steps with {} particles:\n".format(
-                results["theta_star"],
-                results["elbo_theta_star"],
-                results["log_evidence"],
-                results["args"]["steps"],
-                results["args"]["particles"],
-            ),
+            f"theta* = {results['theta_star']:.5f}; ELBO(theta*) = {results['elbo_theta_star']:.2f} against log p(X) "
+            f"= {results['log_evidence']:.2f} (the family is misspecified). Mean theta over the last 10% of "
+            f"{args['steps']} steps with {args['particles']} particles:\n",
             table(["estimator", "theta", "error (%)", "final ELBO gap"], rows),
             "Mean ± standard deviation over seeds. "
             + spread_sentence(results["within_seed_spread"]["relative_error"], "the error in theta"),

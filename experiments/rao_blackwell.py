@@ -40,7 +40,7 @@ from experiments._figures import (
     zoom_ylim,
 )
 from experiments._markdown import pm, run_line, spread_sentence, table
-from experiments._results import indistinguishable, spread, thin, within_spread
+from experiments._results import indistinguishable, seeded_fit, spreads, thin, within_spread
 from experiments._study import Study
 from guides.normal_chain import PARAM_NAMES, NormalChainParams, cavi, mean_field_guide, params_from_store
 from guides.normal_chain import elbo as closed_form_elbo
@@ -53,7 +53,6 @@ from pyro_vi import (
     score_function_guide,
 )
 from pyro_vi.diagnostics import gradient_statistics
-from pyro_vi.training import fit
 
 REFERENCE = "ScoreFunctionELBO"
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}
@@ -100,10 +99,6 @@ def variances(elbo, guide, data, num_draws, seed):
     return {name: s.total_variance for name, s in stats.items()}
 
 
-def current_elbo(data):
-    return closed_form_elbo(data, params_from_store()).item()
-
-
 def run_seed(registry, data, poor, best, args, seed):
     """One seed: every estimator's variances at both q and its ELBO history."""
     rows, histories = {}, {}
@@ -113,17 +108,15 @@ def run_seed(registry, data, poor, best, args, seed):
         for where, params in zip(WHERE, (poor, best)):
             guide = wrap(functools.partial(mean_field_guide, init=params))
             row["variance_" + where] = variances(elbo, guide, data, args.variance_draws, seed)
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
-        result = fit(
+        result = seeded_fit(
+            seed,
             model,
             wrap(functools.partial(mean_field_guide, init=poor)),
             elbo,
             ClippedAdam({"lr": args.lr, "lrd": args.lrd}),
             data,
             num_steps=args.steps,
-            track={"elbo": lambda: current_elbo(data)},
-            progress=False,
+            track={"elbo": lambda: closed_form_elbo(data, params_from_store()).item()},
         )
         histories[name] = result.tracked["elbo"]
         row.update(final_elbo=float(result.tracked["elbo"][-1]), seconds_per_step=result.seconds_per_step)
@@ -142,13 +135,11 @@ def run_seed(registry, data, poor, best, args, seed):
 
 def summarize(per_seed):
     """Mean ± std over seeds of the final ELBO and of every variance and reduction."""
+    keys = [f"{kind}_{where}" for kind in ("variance", "reduction") for where in WHERE]
     summary = {}
     for name in per_seed[0]:
         rows = [seed_rows[name] for seed_rows in per_seed]
-        entry = {"final_elbo": spread([r["final_elbo"] for r in rows])}
-        for key in ["variance_" + w for w in WHERE] + ["reduction_" + w for w in WHERE]:
-            entry[key] = {k: spread([r[key][k] for r in rows]) for k in rows[0][key]}
-        summary[name] = entry
+        summary[name] = dict(spreads(rows, ["final_elbo"]), **{key: spreads([r[key] for r in rows]) for key in keys})
     return summary
 
 
@@ -162,24 +153,15 @@ def plot_variance(summary, per_seed, styles, path):
         for i, (estimator, entry) in enumerate(summary.items()):
             xs = np.arange(len(names)) + i * width
             label = estimator + (f"  (identical to {same[estimator]})" if estimator in same else "")
-            ax.bar(
-                xs,
-                [entry["variance_" + where][n]["mean"] for n in names],
-                width,
-                color=styles[estimator].get("color"),
-                alpha=0.75,
-                label=label,
-                hatch="//" if estimator in same else None,
-                edgecolor="k" if estimator in same else None,
-            )
+            means = [entry["variance_" + where][n]["mean"] for n in names]
+            hatch = dict(hatch="//", edgecolor="k") if estimator in same else dict(hatch=None, edgecolor=None)
+            ax.bar(xs, means, width, color=styles[estimator].get("color"), alpha=0.75, label=label, **hatch)
             for seed_rows in per_seed:
                 ax.plot(xs, [seed_rows[estimator]["variance_" + where][n] for n in names], "k.", ms=3)
         ax.plot([], [], "k.", ms=3, label="one seed")
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
         ax.set_xticklabels([n[2:] for n in names], rotation=30, ha="right")
-        ax.set_yscale("log")
-        ax.set_xlabel("variational parameter")
-        ax.set_ylabel("gradient variance (summed over elements)")
+        ax.set(yscale="log", xlabel="variational parameter", ylabel="gradient variance (summed over elements)")
         ax.set_title(f"1.C.2 model: gradient variance at the {where} q (bars: mean of {len(per_seed)} seeds)")
         legend_outside(ax)
     save_figure(fig, path)
@@ -203,8 +185,7 @@ def plot_elbo(histories, styles, optimum, same, path):
         seed_band(gap_ax, steps, np.maximum(optimum - h, 1e-4), label=label, **styles[name])
     ax.axhline(optimum, color="k", ls="--", lw=1, label="maximum over the mean-field family")
     zoom_ylim(ax, shown, include=[optimum])
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("ELBO of q_t (closed form, nats)")
+    ax.set(xlabel="iteration", ylabel="ELBO of q_t (closed form, nats)")
     ax.set_title(
         "1.C.2 model: ELBO over iterations ({}){}".format(
             band_note(num_seeds), "\noff this scale (lower panel): " + ", ".join(far) if far else ""
@@ -212,9 +193,7 @@ def plot_elbo(histories, styles, optimum, same, path):
         fontsize=10,
     )
     legend_outside(ax)
-    gap_ax.set_yscale("log")
-    gap_ax.set_xlabel("iteration")
-    gap_ax.set_ylabel("maximum ELBO - ELBO of q_t (nats)")
+    gap_ax.set(yscale="log", xlabel="iteration", ylabel="maximum ELBO - ELBO of q_t (nats)")
     gap_ax.set_title("Gap to the maximum, every run (log scale)", fontsize=10)
     legend_outside(gap_ax)
     save_figure(fig, path)
@@ -253,18 +232,16 @@ def figures(results, out):
 
 
 def readme_block(results):
-    summary, groups = results["summary"], list(results["groups"])
+    summary, groups, args = results["summary"], list(results["groups"]), results["args"]
     reference = next(iter(summary))
     rows = [
         [name] + [pm(s["reduction_poor"][g], ".3g") for g in groups] + [pm(s["final_elbo"])]
         for name, s in summary.items()
     ]
     lines = [
-        "Variance reduction at a poor q, var({}) / var(estimator) summed over each latent's parameters "
-        "(higher is better), {} draws, and the closed-form ELBO after {} steps (maximum over the mean-field "
-        "family {:.3f}):\n".format(
-            reference, results["args"]["variance_draws"], results["args"]["steps"], results["max_elbo"]
-        ),
+        f"Variance reduction at a poor q, var({reference}) / var(estimator) summed over each latent's parameters "
+        f"(higher is better), {args['variance_draws']} draws, and the closed-form ELBO after {args['steps']} steps "
+        f"(maximum over the mean-field family {results['max_elbo']:.3f}):\n",
         table(["estimator"] + groups + ["final ELBO"], rows),
         "Mean ± standard deviation over seeds. "
         + spread_sentence(results["within_seed_spread"]["final_elbo"], "final ELBO"),
@@ -281,12 +258,7 @@ def readme_block(results):
             lines.append(
                 "At the {} q, {} reduces the variance more than {} for {}, less for {}, and within the "
                 "seed spread for {}.\n".format(
-                    where,
-                    ours,
-                    pyro_baseline,
-                    ", ".join(better) or "no latent",
-                    ", ".join(worse) or "no latent",
-                    ", ".join(close) or "no latent",
+                    where, ours, pyro_baseline, *(", ".join(g) or "no latent" for g in (better, worse, close))
                 )
             )
     lines.append(run_line(results))

@@ -10,14 +10,11 @@ A block in README.md is everything between two markers::
     <!-- /results:NAME -->
 
 and its content is what the study that renders block ``NAME`` returns from
-its ``results/STUDY/results.json`` (:class:`experiments._study.Study`: its
-``readme_block`` renders the block of its own name, ``blocks`` any others,
-and ``reads`` names the other studies' results they read). To add a block,
-give a study a renderer and put the two markers where it goes. The Markdown
-helpers are in :mod:`experiments._markdown` (``table``, ``pm`` and
-``run_line`` can be imported from here too). ``tests/experiments/test_render_readme.py``
-checks that README.md equals what this script renders from the committed
-JSON.
+its ``results/STUDY/results.json`` (see :class:`experiments._study.Study`).
+To add a block, give a study a renderer and put the two markers where it
+goes. The Markdown helpers are in :mod:`experiments._markdown`.
+``tests/experiments/test_render_readme.py`` checks that README.md equals
+what this script renders from the committed JSON.
 """
 
 import argparse
@@ -30,7 +27,6 @@ import re
 import sys
 
 import experiments
-from experiments._markdown import pm, run_line, table  # noqa: F401 (the studies' helpers, importable from here)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")

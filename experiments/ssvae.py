@@ -50,7 +50,6 @@ ReinforceLeaveOneOutELBO and 43 ms for AutoELBO, with 10 particles):
 """
 
 import functools
-import json
 import math
 import os
 import time
@@ -62,20 +61,20 @@ from pyro.infer import TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
 import pyro_vi
-from experiments import _cli
+from experiments import _cli, _runs
 from experiments._figures import band_note, coinciding, legend_outside, plt, save_figure, seed_band
 from experiments._markdown import pm, run_line, table
 from experiments._results import spread
-from experiments._runs import mnist_arguments
 from experiments._study import Study
 from guides.ssvae import Classifier, Encoder, SemiSupervisedLoss, classify, guide, unlabelled_elbo
 from models.mnist import binarize, load_mnist
 from models.ssvae import Decoder, SSVAEConfig, labelled_split, model
-from pyro_vi.training import NonFiniteError, OutOfSupportError, fit, load_checkpoint
+from pyro_vi.training import NonFiniteError, OutOfSupportError, fit
 
 KW = dict(vectorize_particles=True, max_plate_nesting=1)
 EVAL_SEED = 12345  # the test binarization, the held-out subset and its z noise: not a run seed
 REFERENCE = "TraceEnum_ELBO"
+CURVE = ("step", "cpu_seconds", "wall_seconds", "accuracy", "heldout_elbo")  # a run's evaluations
 AUTO_STYLE = dict(color="tab:green", ls=":", marker="D")
 
 
@@ -207,18 +206,7 @@ class TimedLoss:
 def settings(args):
     """What a checkpoint or a finished run must share with this call to be
     reused (not ``--steps``: a run can be extended)."""
-    keys = (
-        "labelled",
-        "split_seed",
-        "batch_size",
-        "particles",
-        "lr",
-        "alpha",
-        "hidden_dim",
-        "latent_dim",
-        "eval_every",
-        "elbo_size",
-    )
+    keys = "labelled split_seed batch_size particles lr alpha hidden_dim latent_dim eval_every elbo_size".split()
     return {k: getattr(args, k) for k in keys}
 
 
@@ -233,8 +221,8 @@ def data_fingerprint(study):
     }
 
 
-def run_path(out, folder, label, seed, suffix):
-    return os.path.join(out, folder, f"{label}-seed{seed}{suffix}")
+def run_name(label, seed):
+    return f"{label}-seed{seed}"
 
 
 def evaluate(decoder, encoder, classifier, study, args):
@@ -245,9 +233,9 @@ def evaluate(decoder, encoder, classifier, study, args):
     return accuracy, elbo
 
 
-def train(label, estimator, seed, study, args):
+def train(label, estimator, seed, study, args, path):
     """Trains one run through :func:`~pyro_vi.training.fit` (from its
-    checkpoint with ``--resume``); returns its record."""
+    checkpoint ``path`` with ``--resume``); returns its record."""
     config = SSVAEConfig(hidden_dim=args.hidden_dim, latent_dim=args.latent_dim)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)  # the same initial weights for every estimator
@@ -271,8 +259,7 @@ def train(label, estimator, seed, study, args):
 
     def before_training(epoch, losses):
         if epoch == 0:  # a fresh run: evaluate the initial weights
-            keys = ("step", "cpu_seconds", "wall_seconds", "accuracy", "heldout_elbo")
-            state.update({k: [] for k in keys + ("step_wall", "step_cpu", "step_labelled")})
+            state.update({k: [] for k in CURVE + ("step_wall", "step_cpu", "step_labelled")})
             record_evaluation(0)
 
     def after_step(step, _):
@@ -283,7 +270,6 @@ def train(label, estimator, seed, study, args):
         if step % args.eval_every == 0 or step == args.steps:
             record_evaluation(step)
 
-    path = run_path(args.out, "checkpoints", label, seed, ".pt")
     failure = None
     try:
         result = fit(
@@ -297,10 +283,7 @@ def train(label, estimator, seed, study, args):
             epoch_callback=before_training,
             state=state,
             fingerprint=dict(settings(args), estimator=label, seed=seed, data=data_fingerprint(study)),
-            checkpoint=path,
-            checkpoint_every=args.checkpoint_every,
-            resume="allow_fresh" if args.resume else False,
-            overwrite=args.overwrite,
+            **_runs.checkpointing(args, path),
             progress=False,
         )
         if result.resumed_from:
@@ -319,7 +302,6 @@ def train(label, estimator, seed, study, args):
         seed=seed,
         steps=len(labelled),
         failure=failure,
-        settings=dict(settings(args), data=data_fingerprint(study)),
         ms_per_step={
             kind: {
                 "wall": 1e3 * float(np.median(wall[mask])) if mask.any() else None,
@@ -331,7 +313,7 @@ def train(label, estimator, seed, study, args):
         train_wall_seconds=float(wall.sum()),
         final_accuracy=state["accuracy"][-1],
         final_heldout_elbo_all_test=final_elbo,
-        curve={k: state[k] for k in ("step", "cpu_seconds", "wall_seconds", "accuracy", "heldout_elbo")},
+        curve={k: state[k] for k in CURVE},
     )
 
 
@@ -403,40 +385,27 @@ def run(args):
         ),
         flush=True,
     )
-    for folder in ("checkpoints", "runs"):
-        os.makedirs(os.path.join(args.out, folder), exist_ok=True)
+    os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
+    runs = _runs.SavedRuns(args.out, dict(settings(args), data=data_fingerprint(study)))
     records = []
     for label, estimator, seed in planned(args):
-        path = run_path(args.out, "runs", label, seed, ".json")
-        if args.resume and os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            if saved["settings"] == dict(settings(args), data=data_fingerprint(study)) and saved["steps"] == args.steps:
-                print(f"  {label} seed {seed}: finished earlier ({path})", flush=True)
-                records.append(saved)
-                continue
+        name = run_name(label, seed)
+        saved = runs.finished(name) if args.resume else None
+        if saved is not None and saved["steps"] == args.steps:
+            print(f"  {label} seed {seed}: finished earlier ({runs.path(name)})", flush=True)
+            records.append(saved)
+            continue
         start = time.perf_counter()
-        record = train(label, estimator, seed, study, args)
+        record = train(label, estimator, seed, study, args, runs.checkpoint(name))
         record["run_wall_seconds"] = time.perf_counter() - start
-        with open(path, "w") as f:
-            json.dump(record, f)
-        records.append(record)
+        records.append(runs.save(name, record))
     summary, equal_time = aggregate(records, args)
-    print(
-        "{:<26} {:>18} {:>18} {:>16} {:>16}".format(
-            "estimator", "test accuracy", "held-out ELBO", "ms/step (CPU)", "acc. equal time"
-        )
-    )
+    line = "{:<26} {:>18} {:>18} {:>16} {:>16}".format
+    print(line("estimator", "test accuracy", "held-out ELBO", "ms/step (CPU)", "acc. equal time"))
     for label, row in summary.items():
-        print(
-            "{:<26} {:>18} {:>18} {:>16} {:>16}".format(
-                label,
-                pm(row["final_accuracy"], ".4f"),
-                pm(row["final_heldout_elbo"], ".2f"),
-                pm(row["ms_per_step_cpu"], ".1f"),
-                pm(row["accuracy_at_equal_time"], ".4f") if "accuracy_at_equal_time" in row else "-",
-            )
-        )
+        equal = pm(row["accuracy_at_equal_time"], ".4f") if "accuracy_at_equal_time" in row else "-"
+        accuracy, elbo = pm(row["final_accuracy"], ".4f"), pm(row["final_heldout_elbo"], ".2f")
+        print(line(label, accuracy, elbo, pm(row["ms_per_step_cpu"], ".1f"), equal))
     return {
         "args": {k: v for k, v in vars(args).items()},
         "data": info,
@@ -450,16 +419,11 @@ def run(args):
 # figures and the README block
 
 
-def _styles(summary):
-    registry = estimators(1)
-    return {label: registry[label].style if label in registry else {} for label in summary}
-
-
 def plot_curves(results, x_key, path):
     """Test accuracy and held-out ELBO against ``x_key`` (``"step"`` or
     ``"cpu_seconds"``), each estimator's mean over seeds with its band."""
     summary = {label: row for label, row in results["summary"].items() if "curve" in row}
-    styles = _styles(summary)
+    registry = estimators(1)  # the styles
     num_seeds = len(results["run"]["seeds"])
     # runs equal step for step (AutoELBO is ReinforceLeaveOneOutELBO here): the
     # later one's markers sit between the earlier one's, so both show
@@ -474,7 +438,7 @@ def plot_curves(results, x_key, path):
             x = np.mean(curve[x_key], 0)
             every = max(2, len(x) // 8)
             markevery = (every // 2, every) if label in same else every
-            style = dict(dict(lw=1.5, ms=4), **styles[label])
+            style = dict(dict(lw=1.5, ms=4), **(registry[label].style if label in registry else {}))
             seed_band(ax, x, curve[key], label=row["description"], markevery=markevery, **style)
         late = [np.array(row["curve"][key])[:, len(row["curve"][key][0]) // 5 :] for row in summary.values()]
         low = min(float(v.min()) for v in late)
@@ -535,33 +499,32 @@ def readme_block(results):
         "held-out ELBO at equal time",
         "step reached at equal time",
     ]
-    rows = []
-    for row in summary.values():
-        rows.append(
-            [
-                row["description"],
-                "{} ({})".format(pm(row["ms_per_step_cpu"], ".1f"), pm(row["ms_per_step_wall"], ".1f")),
-                pm(row["final_accuracy"], ".4f"),
-                pm(row["final_heldout_elbo"], ".2f"),
-                pm(row["accuracy_at_equal_time"], ".4f") if "accuracy_at_equal_time" in row else "failed",
-                pm(row["heldout_elbo_at_equal_time"], ".2f") if "heldout_elbo_at_equal_time" in row else "",
-                pm(row["step_at_equal_time"], ".0f") if "step_at_equal_time" in row else "",
-            ]
-        )
+    at_equal_time = [  # key of the row, format, what a row without it shows
+        ("accuracy_at_equal_time", ".4f", "failed"),
+        ("heldout_elbo_at_equal_time", ".2f", ""),
+        ("step_at_equal_time", ".0f", ""),
+    ]
+    rows = [
+        [
+            row["description"],
+            "{} ({})".format(pm(row["ms_per_step_cpu"], ".1f"), pm(row["ms_per_step_wall"], ".1f")),
+            pm(row["final_accuracy"], ".4f"),
+            pm(row["final_heldout_elbo"], ".2f"),
+        ]
+        + [pm(row[key], spec) if key in row else missing for key, spec, missing in at_equal_time]
+        for row in summary.values()
+    ]
     lines = [table(header, rows)]
     reference = summary.get(REFERENCE)
     if reference is not None and "accuracy_at_equal_time" in reference:
-        gaps = []
-        for label, row in summary.items():
-            if label == REFERENCE or "accuracy_at_equal_time" not in row:
-                continue
-            gaps.append(
-                "{}: {:+.2f} points after equal steps, {:+.2f} at equal time".format(
-                    label,
-                    _points(row["final_accuracy"]["mean"] - reference["final_accuracy"]["mean"]),
-                    _points(row["accuracy_at_equal_time"]["mean"] - reference["accuracy_at_equal_time"]["mean"]),
-                )
+        gaps = [
+            "{}: {:+.2f} points after equal steps, {:+.2f} at equal time".format(
+                label,
+                *(_points(row[k]["mean"] - reference[k]["mean"]) for k in ("final_accuracy", "accuracy_at_equal_time")),
             )
+            for label, row in summary.items()
+            if label != REFERENCE and "accuracy_at_equal_time" in row
+        ]
         lines.append(
             "Test accuracy against TraceEnum_ELBO (mean over seeds, in percentage points): {}. Equal time is "
             "{:.0f} CPU seconds of training, the mean time of the fastest estimator's whole run; the others' "
@@ -572,17 +535,11 @@ def readme_block(results):
     failures = {label: row["failures"] for label, row in summary.items() if row["failures"]}
     for label, seeds in failures.items():
         lines.append("{} stopped: {}.\n".format(label, "; ".join(f"seed {s}: {text}" for s, text in seeds.items())))
+    data = results["data"]
     lines.append(
-        "{} labelled images ({} of each digit), {} unlabelled; batches of {}, Adam lr {}, alpha = {} per "
-        "labelled image; networks 784-{}-{} (tanh).\n".format(
-            results["data"]["labelled"],
-            results["data"]["labelled_per_class"][0],
-            results["data"]["unlabelled"],
-            args["batch_size"],
-            args["lr"],
-            args["alpha"],
-            args["hidden_dim"],
-            args["latent_dim"],
+        "{} labelled images ({} of each digit), {} unlabelled; batches of {batch_size}, Adam lr {lr}, alpha = "
+        "{alpha} per labelled image; networks 784-{hidden_dim}-{latent_dim} (tanh).\n".format(
+            data["labelled"], data["labelled_per_class"][0], data["unlabelled"], **args
         )
     )
     lines.append(run_line(results))
@@ -597,49 +554,38 @@ def parser():
         seeds_help="a seed sets the initial weights, the batches, their binarization and the samples",
         plot_only=True,
     )
-    mnist_arguments(parser)
-    parser.add_argument(
-        "--estimators",
-        nargs="+",
-        choices=list(estimators(3)),
-        default=None,
-        help="a subset of the estimators (default: all)",
-    )
-    parser.add_argument(
-        "--steps", type=_cli.positive_int, default=9000, help="training steps of every run (9000: 15 epochs)"
-    )
-    parser.add_argument("--batch-size", type=_cli.positive_int, default=100, help="images per step")
-    parser.add_argument(
+    _runs.mnist_arguments(parser)
+    flag, count = parser.add_argument, _cli.positive_int
+    _runs.estimators_argument(parser, estimators(3), "a subset of the estimators (default: all)")
+    flag("--steps", type=count, default=9000, help="training steps of every run (9000: 15 epochs)")
+    flag("--batch-size", type=count, default=100, help="images per step")
+    flag(
         "--particles",
         type=_cli.integer(minimum=3),
         default=10,
         help="samples per unlabelled image of the sampled estimators (default 10: the decoder evaluations of "
         "the exact sum over 10 classes; >= 3: RaoBlackwellELBO's leave-one-out control variate needs it)",
     )
-    parser.add_argument("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
-    parser.add_argument(
+    flag("--lr", type=_cli.positive_real, default=1e-3, help="Adam's learning rate")
+    flag(
         "--alpha",
         type=_cli.nonnegative_real,
         default=46.0,
         help="weight of log q(y|x) per labelled image (default 46, Pyro's example's aux_loss_multiplier; "
         "Kingma et al.'s alpha = 0.1 N spread over the labelled images is 0.1 * 60000 / 3000 = 2)",
     )
-    parser.add_argument("--labelled", type=_cli.positive_int, default=3000, help="labelled training images")
-    parser.add_argument("--split-seed", type=_cli.seed, default=0, help="seed of the choice of the labelled images")
-    parser.add_argument("--hidden-dim", type=_cli.positive_int, default=256, help="hidden units of every network")
-    parser.add_argument("--latent-dim", type=_cli.positive_int, default=32, help="dimension of z")
-    parser.add_argument("--eval-every", type=_cli.positive_int, default=300, help="steps between evaluations")
-    parser.add_argument(
-        "--elbo-size", type=_cli.positive_int, default=2000, help="test images of the held-out ELBO curves"
+    flag("--labelled", type=count, default=3000, help="labelled training images")
+    flag("--split-seed", type=_cli.seed, default=0, help="seed of the choice of the labelled images")
+    flag("--hidden-dim", type=count, default=256, help="hidden units of every network")
+    flag("--latent-dim", type=count, default=32, help="dimension of z")
+    flag("--eval-every", type=count, default=300, help="steps between evaluations")
+    flag("--elbo-size", type=count, default=2000, help="test images of the held-out ELBO curves")
+    flag("--checkpoint-every", type=count, default=500, help="steps between checkpoints")
+    _runs.restart_arguments(
+        parser,
+        "skip the finished runs in OUT/runs and continue the others from OUT/checkpoints",
+        "start every run over, replacing its checkpoint",
     )
-    parser.add_argument("--checkpoint-every", type=_cli.positive_int, default=500, help="steps between checkpoints")
-    restart = parser.add_mutually_exclusive_group()
-    restart.add_argument(
-        "--resume",
-        action="store_true",
-        help="skip the finished runs in OUT/runs and continue the others from OUT/checkpoints",
-    )
-    restart.add_argument("--overwrite", action="store_true", help="start every run over, replacing its checkpoint")
     return parser
 
 
@@ -652,37 +598,15 @@ def check(args):
         raise ValueError(f"argument --batch-size: must be at most --labelled ({args.labelled}), got {args.batch_size}")
     if args.particles % 2:
         raise ValueError(f"argument --particles: must be even (AutoELBO draws them in pairs), got {args.particles}")
-    if args.plot_only:
-        if args.resume or args.overwrite:
-            raise ValueError("argument --plot-only: trains nothing; drop --resume/--overwrite")
+    if _runs.plotting(args):
         return
     if args.out is None:
         raise ValueError("argument --out: the study keeps its checkpoints there; pass a folder")
-    paths = [run_path(args.out, "checkpoints", label, seed, ".pt") for label, _, seed in planned(args)]
-    existing = [p for p in paths if os.path.exists(p)]
-    if existing and not (args.resume or args.overwrite):
-        raise ValueError(
-            "{} holds checkpoints of this study ({}); pass --resume to continue them or --overwrite to start "
-            "over".format(os.path.join(args.out, "checkpoints"), ", ".join(map(os.path.basename, existing)))
-        )
-    problems = []
-    for path in existing if args.resume else []:
-        saved = load_checkpoint(path)
-        theirs, ours = saved["fingerprint"].get("user") or {}, settings(args)
-        lines = [
-            f"--{key.replace('_', '-')}: {theirs.get(key)!r} in the checkpoint, {ours[key]!r} here"
-            for key in ours
-            if theirs.get(key) != ours[key]
-        ]
-        if saved["step"] > args.steps:
-            lines.append(f"--steps: the checkpoint is at step {saved['step']}, past {args.steps}")
-        if lines:
-            problems.append("{}:\n    {}".format(path, "\n    ".join(lines)))
-    if problems:
-        raise ValueError(
-            "--resume: checkpoint(s) of another configuration, nothing was trained:\n  {}\npass the flags they "
-            "were written with, another --out, or --overwrite".format("\n  ".join(problems))
-        )
+    runs, ours = _runs.SavedRuns(args.out), settings(args)
+    paths = [runs.checkpoint(run_name(label, seed)) for label, _, seed in planned(args)]
+    existing = _runs.existing_checkpoints(args, paths)
+    if args.resume:
+        _runs.check_checkpoints([(path, ours) for path in existing], "step", args.steps, flags=True)
 
 
 STUDY = Study("ssvae", parser, run, figures, readme_block=readme_block, check=check)

@@ -92,7 +92,7 @@ and, on a GPU, Burda et al.'s schedule (hours per run)::
 import os
 
 from experiments import _cli
-from experiments._runs import mnist_arguments
+from experiments._runs import existing_checkpoints, mnist_arguments, plotting, restart_arguments
 from experiments._study import Study
 from experiments.vae_mnist.compare import readme_block
 from experiments.vae_mnist.figures import draw
@@ -105,6 +105,14 @@ from experiments.vae_mnist.train import (
     process_file,
     run,
 )
+
+#: The flags whose default depends on ``--schedule``: name -> (course, burda).
+SCHEDULE_DEFAULTS = {
+    "epochs": (20, BURDA_EPOCHS),
+    "batch_size": (100, 20),
+    "adam_eps": (1e-8, 1e-4),
+    "monitor_every": (1, 40),
+}
 
 
 def _run_names(text):
@@ -149,9 +157,7 @@ def parser():
     flag("--hidden-dims", type=_cli._type("hidden-dims", _widths), default=[200, 200], help="e.g. 200,200")
     flag("--latent-dim", type=_cli.positive_int, default=50)
     flag("--checkpoint-every", type=_cli.positive_int, default=200, help="steps between checkpoints")
-    restart = parser.add_mutually_exclusive_group()
-    restart.add_argument("--resume", action="store_true", help="continue every run from OUT/checkpoints")
-    restart.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/checkpoints")
+    restart_arguments(parser, "continue every run from OUT/checkpoints", "start over, replacing OUT/checkpoints")
     return parser
 
 
@@ -167,37 +173,19 @@ def _check(args):
             "argument --one-seed-runs: {} not among --runs {}".format(", ".join(stray), ", ".join(args.runs))
         )
     burda = args.schedule == "burda"
-    if args.epochs is None:
-        args.epochs = BURDA_EPOCHS if burda else 20
+    for name, (course_default, burda_default) in SCHEDULE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, burda_default if burda else course_default)
     if burda and args.epochs > BURDA_EPOCHS:
         raise ValueError(f"argument --epochs: the burda schedule has {BURDA_EPOCHS} epochs, got {args.epochs}")
-    if args.batch_size is None:
-        args.batch_size = 20 if burda else 100
-    if args.adam_eps is None:
-        args.adam_eps = 1e-4 if burda else 1e-8
-    if args.monitor_every is None:
-        args.monitor_every = 40 if burda else 1
     if args.data_dir is not None and args.no_download and not os.path.isdir(args.data_dir):
         raise ValueError(
             f"argument --data-dir: no folder {args.data_dir!r} (and --no-download); pass the folder with the "
             "MNIST IDX files"
         )
-    if args.plot_only:
-        if args.resume or args.overwrite:
-            raise ValueError("argument --plot-only: trains nothing; drop --resume/--overwrite")
+    if plotting(args):
         return
-    existing = [
-        process_file(checkpoint_path(args.out, k, s))
-        for s, k in planned(args)
-        if os.path.exists(process_file(checkpoint_path(args.out, k, s)))
-    ]
-    if existing and not (args.resume or args.overwrite):
-        raise ValueError(
-            "{} holds checkpoints of this study ({}); pass --resume to continue them or "
-            "--overwrite to start over".format(
-                os.path.join(args.out, "checkpoints"), ", ".join(map(os.path.basename, existing))
-            )
-        )
+    existing = existing_checkpoints(args, [process_file(checkpoint_path(args.out, k, s)) for s, k in planned(args)])
     if args.resume and not existing:
         raise ValueError(
             "argument --resume: no checkpoint of runs {} and seeds {} in {}; run without --resume to start".format(

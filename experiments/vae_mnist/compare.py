@@ -99,19 +99,11 @@ def compare(log_px):
 
 def readme_block(results):
     args = results["args"]
-    rows = []
-    for run in results["runs"].values():
-        m = run["summary"]
-        rows.append(
-            [
-                run["label"],
-                str(len(run["seeds"])),
-                pm(m["test_log_likelihood"], ".2f"),
-                pm(m["test_elbo"], ".2f"),
-                pm(m["active_units"], ".1f"),
-                pm(m["seconds_per_epoch"], ".1f"),
-            ]
-        )
+    rows = [
+        [run["label"], str(len(run["seeds"]))]
+        + [pm(run["summary"][key], spec) for key, spec in zip(SUMMARY_KEYS, (".2f", ".2f", ".1f", ".1f"))]
+        for run in results["runs"].values()
+    ]
     header = ["run", "seeds", "test L_{}".format(args["eval_samples"]), "test ELBO", "active units", "s/epoch"]
     lines = [table(header, rows)]
     bases = sorted({c["basis"] for c in results["comparisons"]})
@@ -119,9 +111,7 @@ def readme_block(results):
         "Comparisons in the papers' order, difference ± 95% half-width ({}): {}.\n".format(
             "; ".join(bases),
             "; ".join(
-                "{} - {} = {:+.2f} ± {:.2f} nats, {}".format(
-                    c["better"], c["worse"], c["mean_difference"], c["half_width_95"], c["verdict"]
-                )
+                "{better} - {worse} = {mean_difference:+.2f} ± {half_width_95:.2f} nats, {verdict}".format(**c)
                 for c in results["comparisons"]
             ),
         )
@@ -136,19 +126,15 @@ def readme_block(results):
             results["references"]["note"].split("; ")[-1],
         )
     )
-    run, machine = results["run"], results["run"]["machine"]
     lines.append(
-        "Command: `{}`; test images: {}; {:.1f} h of training and evaluation in all, on {}, {} logical CPUs, {}, "
-        "{} torch thread, device {}; status: {}.\n".format(
-            run["command"],
+        "Command: `{command}`; test images: {}; {:.1f} h of training and evaluation in all, on {cpu}, {cpu_cores} "
+        "logical CPUs, {platform}, {torch_threads} torch thread, device {}; status: {}.\n".format(
             results["data"]["test_subset"]["how"],
             results["compute_seconds"] / 3600,
-            machine["cpu"],
-            machine["cpu_cores"],
-            machine["platform"],
-            machine["torch_threads"],
             args["device"],
             results["status"],
+            command=results["run"]["command"],
+            **results["run"]["machine"],
         )
     )
     return "\n".join(lines)

@@ -121,14 +121,11 @@ def plot_bounds(results, path):
 
 
 def _figure_title(results):
-    t, d = results["args"], results["data"]
-    return "{} schedule: {} epochs, Adam lr {:g}, batch {}; {} ({:,} training images)".format(
-        t["schedule"],
-        t["epochs"],
-        t["lr"],
-        t["batch_size"],
+    d = results["data"]
+    return "{schedule} schedule: {epochs} epochs, Adam lr {lr:g}, batch {batch_size}; {} ({:,} training images)".format(
         "standard MNIST split" if d["standard_split"] else "FALLBACK split of the test images",
         d["num_train_used"],
+        **results["args"],
     )
 
 

@@ -16,7 +16,7 @@ import torch.distributed
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from experiments._results import finish
-from experiments._runs import BinarizedBatches, fixed_rng
+from experiments._runs import BinarizedBatches, check_checkpoints, checkpointing, fixed_rng
 from experiments.vae_mnist.compare import BURDA_TEST_NLL, compare, summarize
 from experiments.vae_mnist.evaluate import (
     ACTIVE_UNIT_THRESHOLD,
@@ -231,34 +231,6 @@ def fingerprint(key, seed, args, data):
     )
 
 
-def check_checkpoints(args, data):
-    """With ``--resume``: reads every checkpoint of this study (safely, as fit
-    does) and refuses, before any training, those written with another
-    configuration or past ``--epochs``, naming the differences."""
-    problems = []
-    for seed, key in planned(args):
-        path = process_file(checkpoint_path(args.out, key, seed))
-        if not os.path.exists(path):
-            continue
-        saved = load_checkpoint(path)
-        theirs, ours = saved["fingerprint"].get("user") or {}, fingerprint(key, seed, args, data)
-        lines = [
-            f"{name}: {theirs.get(name, '(absent)')!r} in the checkpoint, {ours.get(name, '(absent)')!r} here"
-            for name in sorted(set(theirs) | set(ours))
-            if theirs.get(name) != ours.get(name)
-        ]
-        if saved["epoch"] > args.epochs:
-            lines.append(f"epoch: the checkpoint is at epoch {saved['epoch']}, past --epochs {args.epochs}")
-        if lines:
-            problems.append("{}:\n    {}".format(path, "\n    ".join(lines)))
-    if problems:
-        raise ValueError(
-            "--resume: checkpoint(s) of another configuration, nothing was trained:\n  {}\n"
-            "pass the flags they were written with, another --out, or --overwrite to start "
-            "over".format("\n  ".join(problems))
-        )
-
-
 def load_networks(path, config):
     """The encoder and decoder holding a checkpoint's params (on the CPU)."""
     params = load_checkpoint(path)["params"]
@@ -338,10 +310,7 @@ def train_run(key, seed, args, data):
         epoch_callback=after_epoch,
         state=state,
         fingerprint=fingerprint(key, seed, args, data),
-        checkpoint=path,
-        checkpoint_every=args.checkpoint_every,
-        resume="allow_fresh" if args.resume else False,
-        overwrite=args.overwrite,
+        **checkpointing(args, path),
         progress=False,
     )
     if result.resumed_from:
@@ -431,8 +400,12 @@ def run(args):
     if not data.info["standard_split"]:
         print("NOTE: the FALLBACK split ran, not the standard 60,000/10,000 one", flush=True)
     os.makedirs(os.path.join(args.out, "checkpoints"), exist_ok=True)
-    if args.resume:
-        check_checkpoints(args, data)
+    if args.resume:  # before any training: refuses checkpoints of another configuration or past --epochs
+        checkpoints = [
+            (process_file(checkpoint_path(args.out, key, seed)), fingerprint(key, seed, args, data))
+            for seed, key in planned(args)
+        ]
+        check_checkpoints(checkpoints, "epoch", args.epochs)
     records, log_px, plan = {}, {}, planned(args)
     for seed, key in plan:
         state, result = train_run(key, seed, args, data)
