@@ -5,7 +5,7 @@ validated ``type=`` functions below; :meth:`experiments._study.Study.parse`
 finishes with :func:`parse`::
 
     def parser():
-        parser = _cli.parser(__doc__, "results/study", seeds=(0, 1, 2), plot_only=True, data_seed=True)
+        parser = _cli.parser(__doc__, "results/study", seeds=(0, 1, 2), data_seed=True)
         _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999)
         parser.add_argument("--num-data", type=_cli.positive_int, default=100)
         return parser
@@ -24,11 +24,14 @@ Common flags (added by :func:`parser`):
   thread count, default 1, set by :func:`parse` before any work.
 - ``--device {cpu,cuda}``: only for a study that uses it (``device=True``);
   ``cuda`` is refused when CUDA is not available.
+- ``--plot-only``: redraw the figures from ``OUT/results.json`` (see
+  :class:`experiments._study.Study`).
 
 Every bad value exits through ``parser.error`` (status 2) with a message that
 names the flag, the value and what to pass: the ``type=`` functions wrap
 :mod:`pyro_vi.validation`, and a study's cross-flag ``check`` may raise
-``ValueError``. The matplotlib backend is set in :mod:`experiments._figures`.
+``ValueError`` (:func:`at_most` and :func:`even` raise the common ones). The
+matplotlib backend is set in :mod:`experiments._figures`.
 
 A study declares the estimators it compares as a :data:`Registry`: label ->
 :class:`Estimator` (a factory, the guide it runs, its plotting style).
@@ -115,14 +118,13 @@ def existing_file(text):
 # the parser
 
 
-def parser(doc, out, *, device=False, seeds=None, seeds_help=None, plot_only=False, data_seed=False):
+def parser(doc, out, *, device=False, seeds=None, seeds_help=None, data_seed=False):
     """An ``ArgumentParser`` described by the first line of ``doc``, with the
     common flags. ``out=None`` makes ``--out`` optional (no files written
     unless it is given). ``seeds``: the default seeds of a study that
     aggregates over seeds; ``seeds_help`` says what a seed changes in it
-    (and, when the default is one seed, why). ``plot_only`` adds
-    ``--plot-only`` (see :class:`experiments._study.Study`), ``data_seed``
-    the seed of the study's data set, ``--data-seed``."""
+    (and, when the default is one seed, why). ``data_seed`` adds the seed
+    of the study's data set, ``--data-seed``."""
     multi_seed = seeds is not None
     default_seeds = [int(s) for s in seeds] if multi_seed else [0]
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
@@ -143,8 +145,7 @@ def parser(doc, out, *, device=False, seeds=None, seeds_help=None, plot_only=Fal
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     if device:
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    if plot_only:
-        p.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/results.json; run nothing")
+    p.add_argument("--plot-only", action="store_true", help="redraw the figures from OUT/results.json; run nothing")
     if data_seed:
         p.add_argument("--data-seed", type=seed, default=0, help="seed of the data set (default 0)")
     p.set_defaults(_multi_seed=multi_seed, _default_seeds=default_seeds)
@@ -192,6 +193,25 @@ def parse(parser, argv=None, check=None):
         parser.error(f"argument --out: {problem}")
     set_threads(args.threads)
     return args
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def at_most(args, name, bound):
+    """For a study's ``check``: refuses ``args.<name>`` above ``args.<bound>``
+    (``"batch_size", "num_train"``: ``--batch-size`` above ``--num-train``)."""
+    value, limit = getattr(args, name), getattr(args, bound)
+    if value > limit:
+        raise ValueError(f"argument {_flag(name)}: must be at most {_flag(bound)} ({limit}), got {value}")
+
+
+def even(args, name, why):
+    """For a study's ``check``: refuses an odd ``args.<name>``; ``why`` says
+    what needs it even."""
+    if getattr(args, name) % 2:
+        raise ValueError(f"argument {_flag(name)}: must be even ({why}), got {getattr(args, name)}")
 
 
 def writable_folder(path):

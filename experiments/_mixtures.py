@@ -217,7 +217,7 @@ SEEDS = "a seed sets the SVI runs' particles; the data (--data-seed) and CAVI's 
 
 def parser(doc, out):
     """The parser with the flags both mixture studies share."""
-    parser = _cli.parser(doc, out, seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True)
+    parser = _cli.parser(doc, out, seeds=(0, 1, 2), seeds_help=SEEDS, data_seed=True)
     # RaoBlackwellELBO's leave-one-out control variates need three particles,
     # AutoELBO an even number.
     _cli.add_svi_arguments(parser, steps=1000, particles=10, lr=0.05, lrd=0.999, min_particles=4)
@@ -238,8 +238,7 @@ def parser(doc, out):
 def check_weights_argument(args):
     """``--pi`` must sum to one (:func:`models.gmm.check_weights`); AutoELBO
     draws ``--particles`` in pairs."""
-    if args.particles % 2:
-        raise ValueError(f"argument --particles: must be even (AutoELBO draws pairs), got {args.particles}")
+    _cli.even(args, "particles", "AutoELBO draws pairs")
     try:
         check_weights(args.pi)
     except ValueError as e:

@@ -5,7 +5,7 @@ A study is a module ``experiments/NAME.py`` (or a package
 
     STUDY = Study(
         name="NAME",                 # results/NAME/, the README block <!-- results:NAME -->
-        parser=parser,               # () -> argparse.ArgumentParser, built with _cli.parser(..., plot_only=True)
+        parser=parser,               # () -> argparse.ArgumentParser, built with _cli.parser(...)
         run=run,                     # args -> results dict (numbers, lists, dicts)
         figures=figures,             # (results, out) -> None: PNGs from the results alone
         readme_block=readme_block,   # results -> Markdown of the README block
@@ -96,7 +96,7 @@ class Study:
     def _main(self, argv):
         args = self.parse(argv)
         args._argv = None if argv is None else list(argv)  # for the run record's command
-        if getattr(args, "plot_only", False):
+        if args.plot_only:
             if args.out is None:
                 raise SystemExit(f"{self.name}: --plot-only needs --out, the folder of an earlier run")
             results = self.load(args.out)

@@ -57,7 +57,6 @@ import time
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 from pyro.optim import Adam
 
@@ -66,8 +65,8 @@ from experiments._figures import band_note, coinciding, plt, save_figure, seed_b
 from experiments._markdown import pm, run_line, table
 from experiments._results import spread
 from experiments._study import Study
-from guides.air import Baseline, GuideNet, guide
-from models.air import AIRConfig, Decoder, model
+from guides.air import Baseline, GuideNet, guide, log_weights
+from models.air import AIRConfig, Decoder, PriorSchedule, model
 from models.multi_mnist import MultiMnistConfig, load_multi_mnist
 from pyro_vi import (
     AutoELBO,
@@ -149,27 +148,11 @@ def schedule(args):
     return PriorSchedule(args.z_pres_prior, args.z_pres_prior_start, args.anneal_hold, args.anneal_steps)
 
 
-class PriorSchedule:
-    """The prior probability :math:`\\rho` of each further object at a
-    training step, annealed as in Pyro's AIR example: ``start`` for the first
-    ``hold`` steps, then geometrically to ``final`` over ``decay`` steps.
-    Without annealing (``start`` is ``None``) it is ``final`` throughout."""
-
-    def __init__(self, final, start=None, hold=0, decay=0):
-        self.final, self.start, self.hold, self.decay = final, start, hold, decay
-
-    def __call__(self, step):
-        if self.start is None or step >= self.hold + self.decay:
-            return self.final
-        done = max(step - self.hold, 0) / self.decay
-        return math.exp((1 - done) * math.log(self.start) + done * math.log(self.final))
-
-
 class Networks:
     """The decoder, the guide's networks and the baselines of one run, built
     from the seed (the same initial weights for every estimator); the model
-    trained at :attr:`step` (its prior of ``schedule(step)``), the model
-    evaluated (the final prior) and the two guides (``"plain"``,
+    trained at :attr:`step` (its prior of ``schedule(step)``; the model
+    evaluated has the final prior) and the two guides (``"plain"``,
     ``"baseline"``), as functions of the canvases."""
 
     def __init__(self, config, seed, schedule):
@@ -177,7 +160,6 @@ class Networks:
         pyro.set_rng_seed(seed)
         self.decoder, self.guide, self.baseline = Decoder(config), GuideNet(config), Baseline(config)
         self.schedule, self.step = schedule, 0
-        self.model_fn = functools.partial(model, decoder=self.decoder)
         self.guides = {
             "plain": functools.partial(guide, net=self.guide),
             "baseline": functools.partial(guide, net=self.guide, baseline=self.baseline),
@@ -200,24 +182,6 @@ class Networks:
                 pyro.get_param_store()[name] = record["value"].clone()
 
 
-@torch.no_grad()
-def log_weights(nets, images, num_particles):
-    """One vectorized pass of ``num_particles`` guide draws per canvas:
-    ``(log_w, counts, canvas, z_pres, z_where)`` with ``log_w`` and ``counts``
-    of shape ``(K, B)``."""
-    plate = pyro.plate("eval_particles", num_particles, dim=-2)
-    guide_trace = poutine.trace(plate(nets.guides["plain"])).get_trace(images)
-    model_trace = poutine.trace(poutine.replay(plate(nets.model_fn), trace=guide_trace)).get_trace(images)
-    guide_trace.compute_log_prob()
-    model_trace.compute_log_prob()
-    log_w = sum(s["log_prob"] for s in model_trace.nodes.values() if s["type"] == "sample") - sum(
-        s["log_prob"] for s in guide_trace.nodes.values() if s["type"] == "sample"
-    )
-    z_pres, z_where = guide_trace.nodes["_RETURN"]["value"]
-    counts = torch.stack(z_pres).sum(0).long()
-    return log_w, counts, model_trace.nodes["_RETURN"]["value"], z_pres, z_where
-
-
 def evaluate(nets, images, true_counts, num_particles, max_steps, chunk=200):
     """Count accuracy (one guide draw, averaged over the draws), the mean
     ELBO and bound L_K per canvas, and the confusion matrix (rows: true
@@ -227,7 +191,7 @@ def evaluate(nets, images, true_counts, num_particles, max_steps, chunk=200):
     with _runs.fixed_rng(EVAL_SEED):
         for first in range(0, len(images), chunk):
             x, truth = images[first : first + chunk], true_counts[first : first + chunk]
-            log_w, counts, *_ = log_weights(nets, x, num_particles)
+            log_w, counts, *_ = log_weights(x, nets.decoder, nets.guide, num_particles)
             elbos.append(log_w.mean(0))
             bounds.append(torch.logsumexp(log_w, 0) - math.log(num_particles))
             hits += float((counts == truth).double().mean(0).sum())
@@ -261,7 +225,7 @@ def reconstructions(nets, images):
     """The first draw of the guide for ``images``: each canvas's windows
     (``z_where`` of the present objects) and the model's mean canvas."""
     with _runs.fixed_rng(EVAL_SEED):
-        _, counts, canvas, z_pres, z_where = log_weights(nets, images, 1)
+        _, counts, canvas, z_pres, z_where = log_weights(images, nets.decoder, nets.guide, 1)
     return [
         {
             "reconstruction": encode_image(canvas[0, n].numpy()),
@@ -321,12 +285,11 @@ def train(label, estimator, seed, study, args, path):
         state["train_seconds"].append(float(sum(state["step_seconds"])))
         state["train_cpu_seconds"].append(float(sum(state["step_cpu_seconds"])))
         result = evaluate(nets, *watch, args.eval_particles, args.max_steps)
-        state["count_accuracy"].append(result["count_accuracy"])
-        state["elbo"].append(result["elbo"])
+        accuracy, heldout = result["count_accuracy"], result["elbo"]
+        state["count_accuracy"].append(accuracy)
+        state["elbo"].append(heldout)
         print(
-            "{} seed {} step {:>5}: count accuracy {:.3f}, held-out ELBO {:.1f}".format(
-                label, seed, step, result["count_accuracy"], result["elbo"]
-            ),
+            f"{label} seed {seed} step {step:>5}: count accuracy {accuracy:.3f}, held-out ELBO {heldout:.1f}",
             flush=True,
         )
 
@@ -697,7 +660,6 @@ def parser():
         seeds=(0, 1, 2),
         seeds_help="a seed sets the initial weights, the batches and the particles; the canvases are fixed by "
         "--data-seed",
-        plot_only=True,
         data_seed=True,
     )
     flag, count, probability = p.add_argument, _cli.positive_int, _cli.real(minimum=0, maximum=1, strict_minimum=True)
@@ -757,18 +719,11 @@ def parser():
 
 
 def check(args):
-    if args.particles % 2:
-        raise ValueError(
-            f"argument --particles: must be even (DisARM draws --particles / 2 pairs), got {args.particles}"
-        )
+    _cli.even(args, "particles", "DisARM draws --particles / 2 pairs")
     if args.digit_size > args.canvas_size:
         raise ValueError(f"argument --digit-size: {args.digit_size} is larger than --canvas-size {args.canvas_size}")
-    if args.eval_size > args.num_test:
-        raise ValueError(f"argument --eval-size: must be at most --num-test ({args.num_test}), got {args.eval_size}")
-    if args.batch_size > args.num_train:
-        raise ValueError(
-            f"argument --batch-size: must be at most --num-train ({args.num_train}), got {args.batch_size}"
-        )
+    _cli.at_most(args, "eval_size", "num_test")
+    _cli.at_most(args, "batch_size", "num_train")
     if args.resume and args.overwrite:
         raise ValueError("argument --overwrite: not allowed with --resume (one continues the runs, one replaces them)")
 

@@ -257,13 +257,7 @@ SEEDS = "a seed sets the particles and the gradient-variance draws; the data are
 
 def parser():
     parser = _cli.parser(
-        __doc__,
-        "results/bbvi_normal_gamma",
-        device=True,
-        seeds=(0, 1, 2),
-        seeds_help=SEEDS,
-        plot_only=True,
-        data_seed=True,
+        __doc__, "results/bbvi_normal_gamma", device=True, seeds=(0, 1, 2), seeds_help=SEEDS, data_seed=True
     )
     # ControlVariateELBO's pooled coefficient needs two particles.
     _cli.add_svi_arguments(parser, steps=3000, particles=10, lr=0.05, lrd=0.9995, min_particles=2)

@@ -267,7 +267,7 @@ SEEDS = (
 
 
 def parser():
-    parser = _cli.parser(__doc__, None, seeds=(0,), seeds_help=SEEDS, plot_only=True)
+    parser = _cli.parser(__doc__, None, seeds=(0,), seeds_help=SEEDS)
     # ControlVariateELBO's pooled coefficient needs 2 particles, RaoBlackwellELBO's leave-one-out 3.
     parser.add_argument("--particles", type=_cli.integer(minimum=3), default=10)
     timing_arguments(parser, steps=200, rounds=5)

@@ -88,7 +88,7 @@ SEEDS = "one by default: a step's cost does not depend on the seed; several seed
 
 
 def parser():
-    parser = _cli.parser(__doc__, "results/benchmark_scaling", seeds=(0,), seeds_help=SEEDS, plot_only=True)
+    parser = _cli.parser(__doc__, "results/benchmark_scaling", seeds=(0,), seeds_help=SEEDS)
     parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=list(SWEEPS))
     parser.add_argument(
         "--sizes",

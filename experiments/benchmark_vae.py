@@ -160,7 +160,7 @@ SEEDS = (
 
 
 def parser():
-    parser = _cli.parser(__doc__, None, seeds=(0,), seeds_help=SEEDS, plot_only=True)
+    parser = _cli.parser(__doc__, None, seeds=(0,), seeds_help=SEEDS)
     parser.add_argument("--ks", type=_cli.positive_int, nargs="+", default=[5, 50], help="particles K")
     parser.add_argument("--batch-size", type=_cli.positive_int, default=100)
     timing_arguments(parser, steps=30, rounds=7)

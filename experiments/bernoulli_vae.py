@@ -35,7 +35,6 @@ import warnings
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
@@ -47,7 +46,7 @@ from experiments._markdown import machine_text, seconds, table
 from experiments._results import finish
 from experiments._runs import BinarizedBatches, SavedRuns, chosen, estimators_argument, mnist_arguments, safe_name
 from experiments._study import Study
-from guides.bernoulli_vae import Encoder, guide
+from guides.bernoulli_vae import Encoder, bound, guide
 from models.bernoulli_vae import KINDS, BernoulliVAEConfig, Decoder, model
 from models.mnist import binarize, load_mnist
 from pyro_vi import DisARMELBO, ImportanceWeightedELBO, ReinforceLeaveOneOutELBO, score_function_guide
@@ -134,29 +133,6 @@ def prepare(args):
     variance_batch = fixed(data.train, args.batch_size)
     info = dict(data.info, train_eval_images=len(train_eval), test_eval_images=len(test_eval))
     return dict(train=data.train, train_eval=train_eval, test_eval=test_eval, variance_batch=variance_batch, info=info)
-
-
-@torch.no_grad()
-def log_weights(x, encoder, decoder, num_samples, generator):
-    """:math:`\\log p(x, b_k) - \\log q(b_k | x)` for ``num_samples`` draws from the
-    Bernoulli guide, shape ``(num_samples, len(x))``."""
-    logits = encoder(x)
-    b = torch.bernoulli(torch.sigmoid(logits).expand((num_samples,) + logits.shape), generator=generator)
-    log_q = dist.Bernoulli(logits=logits, validate_args=False).log_prob(b).sum(-1)
-    log_prior = dist.Bernoulli(logits=decoder.prior_logits, validate_args=False).log_prob(b).sum(-1)
-    log_lik = dist.Bernoulli(logits=decoder(b), validate_args=False).log_prob(x).sum(-1)
-    return log_prior + log_lik - log_q
-
-
-def bound(x, encoder, decoder, k, generator, repeats=1, chunk=100):
-    """The mean over the images of ``x`` of the K-sample bound
-    :math:`\\log \\frac{1}{K}\\sum_k w_k` (averaged over ``repeats`` draws)."""
-    total = 0.0
-    for first in range(0, len(x), chunk):
-        for _ in range(repeats):
-            log_w = log_weights(x[first : first + chunk], encoder, decoder, k, generator)
-            total += float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
-    return total / (len(x) * repeats)
 
 
 def encoder_gradient_variance(elbo, model_fn, guide_fn, batch, draws):
@@ -259,8 +235,7 @@ def plan(args):
 
 def run_settings(args, bound_k):
     """What a saved run must share with this call to be resumed."""
-    keys = ("batch_size", "lr", "particles", "temperature", "eval_every", "eval_size", "test_samples", "train_samples")
-    keys += ("variance_draws",)
+    keys = "batch_size lr particles temperature eval_every eval_size test_samples train_samples variance_draws".split()
     return dict({k: getattr(args, k) for k in keys}, steps=args.steps if bound_k == 1 else args.multi_steps)
 
 
@@ -314,34 +289,32 @@ def results_of(records, args, info):
 def aggregate(records):
     """``{group: {model: {label: summary}}}``: per evaluation step the mean
     and the min/max over seeds of each curve, and the mean wall time."""
-    grouped = {}
+    grouped = {}  # (group, model, estimator) -> its runs, in the order of the records
     for r in records:
-        grouped.setdefault(r["group"], {}).setdefault(r["model"], {}).setdefault(r["estimator"], []).append(r)
+        grouped.setdefault((r["group"], r["model"], r["estimator"]), []).append(r)
     summary = {}
-    for group, models in grouped.items():
-        for kind, estimators in models.items():
-            for label, runs in estimators.items():
-                steps = max((r["step"] for r in runs), key=len)
-                times = [r["seconds_per_step"] for r in runs if not math.isnan(r["seconds_per_step"])]
-                row = {
-                    "seeds": [r["seed"] for r in runs],
-                    "step": steps,
-                    "bound_k": runs[0]["bound_k"],
-                    "ms_per_step": 1e3 * float(np.mean(times)) if times else float("nan"),
-                    "failures": {r["seed"]: r["failure"] for r in runs if r.get("failure")},
+    for (group, kind, label), runs in grouped.items():
+        steps = max((r["step"] for r in runs), key=len)
+        times = [r["seconds_per_step"] for r in runs if not math.isnan(r["seconds_per_step"])]
+        row = {
+            "seeds": [r["seed"] for r in runs],
+            "step": steps,
+            "bound_k": runs[0]["bound_k"],
+            "ms_per_step": 1e3 * float(np.mean(times)) if times else float("nan"),
+            "failures": {r["seed"]: r["failure"] for r in runs if r.get("failure")},
+        }
+        for key in ("train_objective", "test_bound", "grad_variance"):
+            values = np.full((len(runs), len(steps)), np.nan)
+            for i, r in enumerate(runs):
+                values[i, : len(r[key])] = [np.nan if v is None else v for v in r[key]]
+            with warnings.catch_warnings():  # all-NaN columns (a run that stopped) stay NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                row[key] = {
+                    "mean": np.nanmean(values, 0).tolist(),
+                    "min": np.nanmin(values, 0).tolist(),
+                    "max": np.nanmax(values, 0).tolist(),
                 }
-                for key in ("train_objective", "test_bound", "grad_variance"):
-                    values = np.full((len(runs), len(steps)), np.nan)
-                    for i, r in enumerate(runs):
-                        values[i, : len(r[key])] = [np.nan if v is None else v for v in r[key]]
-                    with warnings.catch_warnings():  # all-NaN columns (a run that stopped) stay NaN
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        row[key] = {
-                            "mean": np.nanmean(values, 0).tolist(),
-                            "min": np.nanmin(values, 0).tolist(),
-                            "max": np.nanmax(values, 0).tolist(),
-                        }
-                summary.setdefault(group, {}).setdefault(kind, {})[label] = row
+        summary.setdefault(group, {}).setdefault(kind, {})[label] = row
     return summary
 
 
@@ -353,10 +326,10 @@ def plot_group(summary, styles, path, title, objective_label):
         ("grad_variance", "encoder gradient variance"),
     ]
     fig, axes = plt.subplots(len(kinds), 3, figsize=(15, 3.8 * len(kinds)), squeeze=False)
-    handles, below = {}, []
+    handles = {}
     for row, kind in enumerate(kinds):
         for col, (key, ylabel) in enumerate(columns):
-            ax = axes[row, col]
+            ax, below = axes[row, col], []
             for i, (label, s) in enumerate(summary[kind].items()):
                 steps = np.array(s["step"])
                 mean = np.array(s[key]["mean"], float)  # None (NaN in results.json): a run that stopped
@@ -381,11 +354,7 @@ def plot_group(summary, styles, path, title, objective_label):
                     for label, s in summary[kind].items()
                     if np.nanmin(s[key]["mean"]) < low - 0.05 * span
                 ]
-            ax.set_xlabel(
-                "training step"
-                + ("\n(below the axis: {})".format("; ".join(below)) if key != "grad_variance" and below else "")
-            )
-            below = []
+            ax.set_xlabel("training step" + ("\n(below the axis: {})".format("; ".join(below)) if below else ""))
             ax.set_ylabel(ylabel)
             ax.set_title("({}) {} model: {}".format("abcdefghijkl"[row * 3 + col], kind, ylabel.split(" (")[0]))
             ax.grid(alpha=0.3)
@@ -493,7 +462,7 @@ def readme_block(results):
 
 
 def parser():
-    parser = _cli.parser(__doc__, "results/bernoulli_vae", seeds=(0, 1, 2), plot_only=True)
+    parser = _cli.parser(__doc__, "results/bernoulli_vae", seeds=(0, 1, 2))
     mnist_arguments(parser)
     flag, count = parser.add_argument, _cli.positive_int
     flag("--models", nargs="+", choices=KINDS, default=list(KINDS))
@@ -517,10 +486,7 @@ def parser():
 
 
 def check_arguments(args):
-    if args.particles % 2:
-        raise ValueError(
-            f"argument --particles: must be even (DisARM draws --particles / 2 pairs), got {args.particles}"
-        )
+    _cli.even(args, "particles", "DisARM draws --particles / 2 pairs")
     if args.variance_draws == 1:
         raise ValueError("argument --variance-draws: a variance needs 2 draws or more (or 0 for none), got 1")
 

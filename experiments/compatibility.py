@@ -34,7 +34,7 @@ SEEDS = "not used: every outcome is computed with fixed seeds"
 
 
 def parser():
-    parser = _cli.parser(__doc__, "results/compatibility", seeds=(0,), seeds_help=SEEDS, plot_only=True)
+    parser = _cli.parser(__doc__, "results/compatibility", seeds=(0,), seeds_help=SEEDS)
     parser.add_argument(
         "--pairs",
         nargs="+",

@@ -315,9 +315,7 @@ SEEDS = "a seed draws the forward chains; the data are fixed by --data-seed"
 
 
 def parser():
-    parser = _cli.parser(
-        __doc__, "results/diffusion_bound", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
-    )
+    parser = _cli.parser(__doc__, "results/diffusion_bound", seeds=(0, 1, 2), seeds_help=SEEDS, data_seed=True)
     parser.add_argument("--data", choices=("mixture", "gaussian"), default="mixture")
     parser.add_argument("--num-data", type=_cli.positive_int, default=32)
     parser.add_argument(

@@ -347,7 +347,7 @@ SEEDS = "each seed draws its own data and runs every fit; part 1 uses the first"
 
 
 def parser():
-    p = _cli.parser(__doc__, "results/distributed_svi", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True)
+    p = _cli.parser(__doc__, "results/distributed_svi", seeds=(0, 1, 2), seeds_help=SEEDS)
     p.add_argument("--num-data", type=_cli.integer(minimum=4), default=10_000, help="data points N")
     p.add_argument("--processes", type=_cli.integer(minimum=2), default=2, help="R, the processes of the parallel runs")
     p.add_argument("--particles", type=_cli.integer(minimum=3), default=10, help="S, particles per process")
@@ -363,8 +363,7 @@ def check(args):
         raise ValueError(
             f"argument --num-data: needs at least 2 points per process ({2 * args.processes}), got {args.num_data}"
         )
-    if args.final_lr > args.lr:
-        raise ValueError(f"argument --final-lr: must be at most --lr ({args.lr}), got {args.final_lr}")
+    _cli.at_most(args, "final_lr", "lr")
 
 
 def run(args):

@@ -295,7 +295,7 @@ SEEDS = "a seed draws the data set; GD and NGD are deterministic given the data"
 
 
 def parser():
-    parser = _cli.parser(__doc__, "results/gamma_natural_gradient", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True)
+    parser = _cli.parser(__doc__, "results/gamma_natural_gradient", seeds=(0, 1, 2), seeds_help=SEEDS)
     positive = _cli.positive_real
     parser.add_argument("--num-data", type=_cli.integer(minimum=2), default=1000)
     parser.add_argument("--true-shape", type=positive, default=3.0)

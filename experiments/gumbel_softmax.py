@@ -352,9 +352,7 @@ SEEDS = "a seed sets every draw of the study"
 
 
 def parser():
-    parser = _cli.parser(
-        __doc__, "results/gumbel_softmax", device=True, seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True
-    )
+    parser = _cli.parser(__doc__, "results/gumbel_softmax", device=True, seeds=(0, 1, 2), seeds_help=SEEDS)
     positive = _cli.positive_real
     parser.add_argument(
         "--probs",

@@ -163,9 +163,7 @@ SEEDS = "a seed sets the importance samples; the data are fixed by --data-seed"
 
 
 def parser():
-    parser = _cli.parser(
-        __doc__, "results/iwelbo_bounds", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
-    )
+    parser = _cli.parser(__doc__, "results/iwelbo_bounds", seeds=(0, 1, 2), seeds_help=SEEDS, data_seed=True)
     flag = parser.add_argument
     flag("--ks", type=_cli.positive_int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100, 500, 1000], help="K values")
     flag("--draws", type=_cli.integer(minimum=2), default=500, help="draws per K (a standard error needs two)")

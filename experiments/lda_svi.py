@@ -424,7 +424,7 @@ SEEDS = "a seed sets the random start lambda and SVI's minibatches; the corpus i
 
 
 def parser():
-    parser = _cli.parser(__doc__, "results/lda_svi", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True)
+    parser = _cli.parser(__doc__, "results/lda_svi", seeds=(0, 1, 2), seeds_help=SEEDS, data_seed=True)
     positive, count = _cli.positive_real, _cli.positive_int
     corpus = parser.add_argument_group("corpus (synthetic unless --counts is given)")
     corpus.add_argument("--counts", type=_cli.existing_file, help="UCI bag-of-words docword file (see models.lda)")
@@ -462,8 +462,8 @@ def check_arguments(args):
     check_schedule(args.tau0, args.kappa)
     if args.vocab is not None and args.counts is None:
         raise ValueError("argument --vocab: needs --counts")
-    if args.counts is None and args.batch_size > args.num_docs:
-        raise ValueError(f"argument --batch-size: must be at most --num-docs ({args.num_docs}), got {args.batch_size}")
+    if args.counts is None:
+        _cli.at_most(args, "batch_size", "num_docs")
 
 
 STUDY = Study("lda_svi", parser, run, figures, readme_block, check=check_arguments)

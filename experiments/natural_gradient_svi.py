@@ -237,9 +237,7 @@ SEEDS = (
 
 
 def parser():
-    parser = _cli.parser(
-        __doc__, "results/natural_gradient_svi", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
-    )
+    parser = _cli.parser(__doc__, "results/natural_gradient_svi", seeds=(0, 1, 2), seeds_help=SEEDS, data_seed=True)
     parser.add_argument("--steps", type=_cli.positive_int, default=1000, help="SVI steps with Monte Carlo gradients")
     parser.add_argument("--exact-steps", type=_cli.positive_int, default=100, help="SVI steps with exact expectations")
     parser.add_argument("--particles", type=_cli.positive_int, default=10)

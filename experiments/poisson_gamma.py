@@ -176,9 +176,7 @@ SEEDS = "a seed sets the particles; the data are fixed by --data-seed"
 
 
 def parser():
-    parser = _cli.parser(
-        __doc__, "results/poisson_gamma", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
-    )
+    parser = _cli.parser(__doc__, "results/poisson_gamma", seeds=(0, 1, 2), seeds_help=SEEDS, data_seed=True)
     # With 10 particles the score-function runs end 15-25% away from theta*
     # after 2000 steps (the family is misspecified: log q is far from log p and
     # the learning signal varies by tens of nats); 100 particles converge.

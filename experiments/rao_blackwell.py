@@ -269,9 +269,7 @@ SEEDS = "a seed sets the particles and the gradient-variance draws; the data are
 
 
 def parser():
-    parser = _cli.parser(
-        __doc__, "results/rao_blackwell", seeds=(0, 1, 2), seeds_help=SEEDS, plot_only=True, data_seed=True
-    )
+    parser = _cli.parser(__doc__, "results/rao_blackwell", seeds=(0, 1, 2), seeds_help=SEEDS, data_seed=True)
     # RaoBlackwellELBO's leave-one-out control variates need three particles.
     _cli.add_svi_arguments(parser, steps=2000, particles=10, lr=0.05, lrd=0.999, min_particles=3)
     parser.add_argument(

@@ -68,7 +68,7 @@ from experiments._results import spread
 from experiments._study import Study
 from guides.ssvae import Classifier, Encoder, SemiSupervisedLoss, classify, guide, unlabelled_elbo
 from models.mnist import binarize, load_mnist
-from models.ssvae import Decoder, SSVAEConfig, labelled_split, model
+from models.ssvae import Decoder, SemiSupervisedBatches, SSVAEConfig, labelled_split, model
 from pyro_vi.training import NonFiniteError, OutOfSupportError, fit
 
 KW = dict(vectorize_particles=True, max_plate_nesting=1)
@@ -109,38 +109,6 @@ def describe(label, particles):
 
 # ----------------------------------------------------------------------------
 # data
-
-
-class SemiSupervisedBatches:
-    """One epoch: the unlabelled images in random batches of ``batch_size``,
-    as ``(x,)``, with the labelled ones, as ``(x, y)``, spread evenly among
-    them; every batch dynamically binarized with :attr:`generator`. The last
-    incomplete batch of each kind is dropped."""
-
-    def __init__(self, images, labels, labelled, unlabelled, batch_size, seed):
-        self.images, self.labels = images, labels
-        self.labelled, self.unlabelled = labelled, unlabelled
-        self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return (len(self.labelled) + len(self.unlabelled)) // self.batch_size
-
-    def _batches(self, indices):
-        order = indices[torch.randperm(len(indices), generator=self.generator)]
-        return [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
-
-    def __iter__(self):
-        labelled, unlabelled = self._batches(self.labelled), self._batches(self.unlabelled)
-        total = len(labelled) + len(unlabelled)
-        at = {int((i + 0.5) * total / len(labelled)) for i in range(len(labelled))}
-        labelled, unlabelled = iter(labelled), iter(unlabelled)
-        for position in range(total):
-            if position in at:
-                batch = next(labelled)
-                yield binarize(self.images[batch], self.generator), self.labels[batch]
-            else:
-                yield (binarize(self.images[next(unlabelled)], self.generator),)
 
 
 def prepare(args):
@@ -328,13 +296,6 @@ def planned(args):
     return [(label, registry[label], seed) for seed in args.seeds for label in chosen]
 
 
-def interpolate(run, key, at_seconds):
-    """``run``'s curve ``key`` at ``at_seconds`` of training CPU time (linear
-    between evaluations)."""
-    curve = run["curve"]
-    return float(np.interp(at_seconds, curve["cpu_seconds"], curve[key]))
-
-
 def aggregate(records, args):
     """Per estimator: the spreads over seeds and the mean curves."""
     by_label = {}
@@ -360,12 +321,10 @@ def aggregate(records, args):
             "train_cpu_seconds": spread([r["train_cpu_seconds"] for r in done]),
             "train_wall_seconds": spread([r["train_wall_seconds"] for r in done]),
         }
-        if equal_time is not None and done:
-            row["accuracy_at_equal_time"] = spread([interpolate(r, "accuracy", equal_time) for r in done])
-            row["heldout_elbo_at_equal_time"] = spread([interpolate(r, "heldout_elbo", equal_time) for r in done])
-            row["step_at_equal_time"] = spread(
-                [float(np.interp(equal_time, r["curve"]["cpu_seconds"], r["curve"]["step"])) for r in done]
-            )
+        if equal_time is not None and done:  # each run's curve read at equal time, linear between evaluations
+            for key in ("accuracy", "heldout_elbo", "step"):
+                at = [float(np.interp(equal_time, r["curve"]["cpu_seconds"], r["curve"][key])) for r in done]
+                row[key + "_at_equal_time"] = spread(at)
         if done:
             length = min(len(r["curve"]["step"]) for r in done)
             row["curve"] = {
@@ -552,7 +511,6 @@ def parser():
         out="results/ssvae",
         seeds=(0, 1, 2),
         seeds_help="a seed sets the initial weights, the batches, their binarization and the samples",
-        plot_only=True,
     )
     _runs.mnist_arguments(parser)
     flag, count = parser.add_argument, _cli.positive_int
@@ -594,10 +552,8 @@ def check(args):
         raise ValueError(
             f"argument --labelled: must be a multiple of 10 (the same number of each digit), got {args.labelled}"
         )
-    if args.batch_size > args.labelled:
-        raise ValueError(f"argument --batch-size: must be at most --labelled ({args.labelled}), got {args.batch_size}")
-    if args.particles % 2:
-        raise ValueError(f"argument --particles: must be even (AutoELBO draws them in pairs), got {args.particles}")
+    _cli.at_most(args, "batch_size", "labelled")
+    _cli.even(args, "particles", "AutoELBO draws them in pairs")
     if _runs.plotting(args):
         return
     if args.out is None:

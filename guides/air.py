@@ -30,6 +30,9 @@ baseline's squared-error loss trains only the baseline). Optionally Pyro's
 decaying average of the learning signal is added to it, so that the network
 learns the residual. The other estimators ignore the ``baseline`` options.
 
+:func:`log_weights` draws the guide and replays the model on its draws: the
+importance weights, the inferred counts and the model's canvases.
+
 References
 
 1. S. M. A. Eslami et al., *Attend, Infer, Repeat: Fast Scene Understanding
@@ -38,18 +41,20 @@ References
    Networks*, ICML 2014 (input-dependent baselines).
 """
 
+import functools
 from typing import Optional
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro import poutine
 from torch import nn
 
-from models.air import AIRConfig, canvas_to_window, check_canvases, mlp, plate_shape
+from models.air import AIRConfig, canvas_to_window, check_canvases, mlp, model, plate_shape
 from pyro_vi.validation import boolean, instance, integer, real
 
-__all__ = ["Baseline", "GuideNet", "guide"]
+__all__ = ["Baseline", "GuideNet", "guide", "log_weights"]
 
 
 class GuideNet(nn.Module):
@@ -156,3 +161,23 @@ def guide(images, net: GuideNet, baseline: Optional[Baseline] = None):
             z_pres.append(present)
             z_where.append(where)
     return z_pres, z_where
+
+
+@torch.no_grad()
+def log_weights(images, decoder, net: GuideNet, num_particles):
+    """One vectorized pass of ``num_particles`` draws of the guide (without
+    baselines) per canvas, replayed through :func:`models.air.model` with
+    ``decoder``: ``(log_w, counts, canvas, z_pres, z_where)`` with ``log_w``
+    and ``counts`` of shape ``(K, B)``."""
+    plate = pyro.plate("eval_particles", num_particles, dim=-2)
+    guide_trace = poutine.trace(plate(functools.partial(guide, net=net))).get_trace(images)
+    replayed = poutine.replay(plate(functools.partial(model, decoder=decoder)), trace=guide_trace)
+    model_trace = poutine.trace(replayed).get_trace(images)
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    log_w = sum(s["log_prob"] for s in model_trace.nodes.values() if s["type"] == "sample") - sum(
+        s["log_prob"] for s in guide_trace.nodes.values() if s["type"] == "sample"
+    )
+    z_pres, z_where = guide_trace.nodes["_RETURN"]["value"]
+    counts = torch.stack(z_pres).sum(0).long()
+    return log_w, counts, model_trace.nodes["_RETURN"]["value"], z_pres, z_where

@@ -35,8 +35,9 @@ Pyro's AIR example.
 
 :func:`model` puts the canvases in a plate ``"data"`` at ``dim=-1``
 (``max_plate_nesting=1``) and runs inside a vectorized particle plate as well:
-every tensor takes the batch shape of the enclosing plates. The guide is in
-:mod:`guides.air`.
+every tensor takes the batch shape of the enclosing plates. Training may
+anneal :math:`\rho` (its argument ``z_pres_prior``) with :class:`PriorSchedule`.
+The guide is in :mod:`guides.air`.
 
 References
 
@@ -63,6 +64,7 @@ from pyro_vi.validation import instance, integer, real
 __all__ = [
     "AIRConfig",
     "Decoder",
+    "PriorSchedule",
     "canvas_to_window",
     "check_canvases",
     "model",
@@ -274,3 +276,19 @@ def model(images, decoder: Decoder, z_pres_prior=None):
             canvas = canvas + present[..., None, None] * written
         pyro.sample("x", dist.Normal(canvas, config.likelihood_sd).to_event(2), obs=images)
     return canvas
+
+
+class PriorSchedule:
+    """The prior probability :math:`\\rho` of each further object at a
+    training step, annealed as in Pyro's AIR example: ``start`` for the first
+    ``hold`` steps, then geometrically to ``final`` over ``decay`` steps.
+    Without annealing (``start`` is ``None``) it is ``final`` throughout."""
+
+    def __init__(self, final, start=None, hold=0, decay=0):
+        self.final, self.start, self.hold, self.decay = final, start, hold, decay
+
+    def __call__(self, step):
+        if self.start is None or step >= self.hold + self.decay:
+            return self.final
+        done = max(step - self.hold, 0) / self.decay
+        return math.exp((1 - done) * math.log(self.start) + done * math.log(self.final))

@@ -21,7 +21,8 @@ is the linear layer on ``[u, one_hot(y)]`` written as ``W u + E[y] + b``, so tha
 ``u`` of shape ``(B, d)`` (Pyro's ``TraceEnum_ELBO``), or particles ``(S, B)``.
 
 :func:`labelled_split` picks the labelled images: the same number of each
-digit, by a fixed seed.
+digit, by a fixed seed; :class:`SemiSupervisedBatches` draws an epoch's
+batches, labelled and unlabelled.
 
 References
 
@@ -37,10 +38,20 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from models.mnist import binarize
 from models.vae import check_images, output_bias
 from pyro_vi.validation import instance, integer
 
-__all__ = ["DEFAULT_CONFIG", "LabelledLinear", "SSVAEConfig", "Decoder", "check_labels", "labelled_split", "model"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "LabelledLinear",
+    "SSVAEConfig",
+    "Decoder",
+    "SemiSupervisedBatches",
+    "check_labels",
+    "labelled_split",
+    "model",
+]
 
 
 @dataclass(frozen=True)
@@ -173,3 +184,35 @@ def labelled_split(labels, num_labelled, seed=0, num_classes=10) -> Tuple[torch.
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[labelled] = False
     return labelled, mask.nonzero().squeeze(-1)
+
+
+class SemiSupervisedBatches:
+    """One epoch: the unlabelled images in random batches of ``batch_size``,
+    as ``(x,)``, with the labelled ones, as ``(x, y)``, spread evenly among
+    them; every batch dynamically binarized with :attr:`generator`. The last
+    incomplete batch of each kind is dropped."""
+
+    def __init__(self, images, labels, labelled, unlabelled, batch_size, seed):
+        self.images, self.labels = images, labels
+        self.labelled, self.unlabelled = labelled, unlabelled
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return (len(self.labelled) + len(self.unlabelled)) // self.batch_size
+
+    def _batches(self, indices):
+        order = indices[torch.randperm(len(indices), generator=self.generator)]
+        return [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+
+    def __iter__(self):
+        labelled, unlabelled = self._batches(self.labelled), self._batches(self.unlabelled)
+        total = len(labelled) + len(unlabelled)
+        at = {int((i + 0.5) * total / len(labelled)) for i in range(len(labelled))}
+        labelled, unlabelled = iter(labelled), iter(unlabelled)
+        for position in range(total):
+            if position in at:
+                batch = next(labelled)
+                yield binarize(self.images[batch], self.generator), self.labels[batch]
+            else:
+                yield (binarize(self.images[next(unlabelled)], self.generator),)

@@ -135,7 +135,7 @@ def _test_images(text):
 
 
 def parser():
-    parser = _cli.parser(__doc__, out="results/vae_mnist", device=True, seeds=(0, 1, 2), plot_only=True)
+    parser = _cli.parser(__doc__, out="results/vae_mnist", device=True, seeds=(0, 1, 2))
     flag = parser.add_argument
     mnist_arguments(parser)
     runs = _cli._type("runs", _run_names)

@@ -235,27 +235,22 @@ def _image_rows(rows, labels, title, path):
 def plot_images(results, networks, x, out):
     """Reconstructions of ``x`` and decoder means of fixed prior draws, one
     row per run (``networks``: run -> (encoder, decoder))."""
-    seed = results["figures_seed"]
-    recon, recon_labels = [x], ["test data (binarized)"]
-    samples, sample_labels = [], []
     with fixed_rng(FIGURE_SEED):
         z = torch.randn(x.shape[0], results["config"]["latent_dim"], device=x.device)
     with torch.no_grad():
-        for key, (encoder, decoder) in networks.items():
-            recon.append(torch.sigmoid(decoder(encoder(x)[0])))
-            samples.append(torch.sigmoid(decoder(z)))
-            recon_labels.append(_label(results, key))
-            sample_labels.append(_label(results, key))
-    after = "seed {}, after {} epochs".format(seed, results["args"]["epochs"])
+        recon = [x] + [torch.sigmoid(decoder(encoder(x)[0])) for encoder, decoder in networks.values()]
+        samples = [torch.sigmoid(decoder(z)) for _, decoder in networks.values()]
+    labels = [_label(results, key) for key in networks]
+    after = "seed {}, after {} epochs".format(results["figures_seed"], results["args"]["epochs"])
     _image_rows(
         recon,
-        recon_labels,
+        ["test data (binarized)"] + labels,
         f"Reconstructions: Bernoulli means of p(x | z = E_q[z | x]) ({after})",
         os.path.join(out, "reconstructions.png"),
     )
     _image_rows(
         samples,
-        sample_labels,
+        labels,
         f"Samples: Bernoulli means of p(x | z), the same z ~ N(0, I) per column ({after})",
         os.path.join(out, "samples.png"),
     )

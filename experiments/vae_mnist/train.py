@@ -363,11 +363,7 @@ def results_of(args, data, records, log_px, status):
         "status": status,
         "gpu": torch.cuda.get_device_name(data.device) if data.device.type == "cuda" else None,
         "data": dict(data.info, test_subset=data.test_subset),
-        "config": {
-            "data_dim": config.data_dim,
-            "hidden_dims": list(config.hidden_dims),
-            "latent_dim": config.latent_dim,
-        },
+        "config": dict(data_dim=config.data_dim, hidden_dims=list(config.hidden_dims), latent_dim=config.latent_dim),
         "evaluation": {
             "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
             "test_binarization_seed": TEST_BINARIZATION_SEED,

@@ -14,8 +14,8 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 from experiments.air import estimators
-from guides.air import Baseline, GuideNet, guide
-from models.air import AIRConfig, Decoder, canvas_to_window, model, window_to_canvas
+from guides.air import Baseline, GuideNet, guide, log_weights
+from models.air import AIRConfig, Decoder, PriorSchedule, canvas_to_window, model, window_to_canvas
 from models.multi_mnist import MultiMnistConfig, compose, load_multi_mnist
 from tests.helpers import write_tiny_mnist
 
@@ -186,6 +186,24 @@ def test_guide_presence_once_zero_stays_zero():
     assert set(counts.unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
 
 
+def test_log_weights_are_the_vectorized_single_particle_elbo():
+    """Each of log_weights' K particles is one draw of Trace_ELBO's: with the
+    same random stream, K = 1 gives minus its loss, canvas by canvas summed,
+    and the counts are the draws' numbers of present objects."""
+    decoder, net, images = Decoder(TINY), GuideNet(TINY), torch.rand(5, 12, 12)
+    pyro.set_rng_seed(0)
+    log_w, counts, canvas, z_pres, _ = log_weights(images, decoder, net, 1)
+    pyro.set_rng_seed(0)
+    loss = pyro.infer.Trace_ELBO().loss(
+        functools.partial(model, decoder=decoder), functools.partial(guide, net=net), images
+    )
+    assert log_w.shape == counts.shape == (1, 5) and canvas.shape == (1, 5, 12, 12)
+    assert math.isclose(float(log_w.sum()), -loss, rel_tol=1e-5)
+    assert torch.equal(counts, torch.stack(z_pres).sum(0).long())
+    log_w, counts, *_ = log_weights(images, decoder, net, 7)
+    assert log_w.shape == counts.shape == (7, 5) and torch.isfinite(log_w).all()
+
+
 def test_baseline_options_reach_the_z_pres_sites():
     net, baseline = GuideNet(TINY), Baseline(TINY, hidden=4)
     trace = guide_draws(2, torch.rand(3, 12, 12), net, baseline)
@@ -298,8 +316,6 @@ def test_study_resumes_bit_for_bit_and_renders_its_readme_block(tmp_path):
 
 
 def test_prior_schedule_holds_then_decays_geometrically():
-    from experiments.air import PriorSchedule
-
     schedule = PriorSchedule(final=1e-4, start=0.5, hold=10, decay=20)
     assert schedule(0) == schedule(10) == 0.5
     assert schedule(20) == pytest.approx(math.sqrt(0.5 * 1e-4))

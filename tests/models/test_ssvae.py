@@ -20,7 +20,7 @@ from pyro.poutine.util import site_is_subsample
 
 from guides.ssvae import Classifier, Encoder, SemiSupervisedLoss, classify, guide, unlabelled_elbo
 from models.mnist import load_mnist, read_idx
-from models.ssvae import Decoder, SSVAEConfig, labelled_split, model
+from models.ssvae import Decoder, SemiSupervisedBatches, SSVAEConfig, labelled_split, model
 from pyro_vi import RaoBlackwellELBO, ReinforceLeaveOneOutELBO
 from tests.helpers import write_tiny_mnist
 
@@ -289,8 +289,6 @@ def test_mnist_labels_follow_their_images(tmp_path, train):
 
 
 def test_study_batches_visit_every_image_once_per_epoch():
-    from experiments.ssvae import SemiSupervisedBatches
-
     labels = torch.arange(60) % 10
     images_ = torch.rand(60, 784)
     labelled, unlabelled = labelled_split(labels, 20, seed=0)
