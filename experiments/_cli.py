@@ -240,6 +240,10 @@ def set_threads(num_threads):
 # the estimators a study compares
 
 
+#: The studies' ELBO settings: the particles vectorized, in a plate left of the model's one plate.
+VECTORIZED = dict(vectorize_particles=True, max_plate_nesting=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimator:
     """One entry of a study's :data:`Registry`.

@@ -43,7 +43,7 @@ def svi_estimators(particles):
     coincide), and Pyro's TraceGraph_ELBO (pathwise for the components, decaying-average
     baseline for z). Each picks its guide from the study's guides module
     (:mod:`guides.gmm` or :mod:`guides.earthquake`)."""
-    kw = dict(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+    kw = dict(num_particles=particles, **_cli.VECTORIZED)
     mean_field = operator.attrgetter("mean_field_guide")
     return {
         "TraceEnum_ELBO (z enumerated)": _cli.Estimator(

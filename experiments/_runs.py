@@ -18,6 +18,7 @@ from experiments import _cli
 from models.mnist import binarize, default_data_dir
 from pyro_vi.training import load_checkpoint
 from pyro_vi.training.distributed import process
+from pyro_vi.training.random_states import random_states_kept
 
 # ----------------------------------------------------------------------------
 # MNIST
@@ -35,8 +36,7 @@ def fixed_rng(seed):
     """Runs the block with ``torch.manual_seed(seed)`` and puts the global
     random states back afterwards, so evaluation never disturbs the training
     stream."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    with random_states_kept():
         torch.manual_seed(seed)
         yield
 

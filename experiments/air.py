@@ -79,7 +79,7 @@ from pyro_vi import (
 )
 from pyro_vi.training import NonFiniteError, OutOfSupportError, fit
 
-KW = dict(vectorize_particles=True, max_plate_nesting=1)
+KW = _cli.VECTORIZED  # a short name: one line per estimator in estimators()
 PRESENCE = ("guide$$$presence.weight", "guide$$$presence.bias")
 EVAL_SEED = 12345  # the evaluation draws, not a run seed
 VARIANCE_SEED = 54321

@@ -54,7 +54,7 @@ def estimators(num_particles):
     Question 1.C.3 asks for BBVI's Algorithm 2 as published: the control-variate
     coefficient a* pooled over the S samples (biased by O(1/S)). The library's
     default is the unbiased leave-one-out coefficient; both run here."""
-    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    kw = dict(num_particles=num_particles, **_cli.VECTORIZED)
     return {
         "ScoreFunctionELBO (1.D.3)": _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
         POOLED: _cli.Estimator(lambda: ControlVariateELBO(coefficient="pooled", **kw), style=dict(color="C1")),

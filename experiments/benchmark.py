@@ -40,7 +40,6 @@ from pyro_vi import (
     score_function_guide,
 )
 
-VECTORIZED = dict(vectorize_particles=True, max_plate_nesting=1)
 #: TraceGraph_ELBO's guide in score-function mode, with its decaying-average baseline
 BASELINE_GUIDE = functools.partial(score_function_guide, baseline={"use_decaying_avg_baseline": True})
 
@@ -48,7 +47,7 @@ BASELINE_GUIDE = functools.partial(score_function_guide, baseline={"use_decaying
 def normal_gamma_estimators(num_particles):
     """The :data:`~experiments._cli.Registry` of the Normal-NormalGamma
     benchmark; the guides wrap :func:`guides.normal_gamma.mean_field_guide`."""
-    kw = dict(num_particles=num_particles, **VECTORIZED)
+    kw = dict(num_particles=num_particles, **_cli.VECTORIZED)
     return {
         "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),
         "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw)),
@@ -65,7 +64,7 @@ def rao_blackwell_estimators(num_particles):
     """The :data:`~experiments._cli.Registry` of the 1.C.2 benchmark: ours
     against Pyro's TraceGraph_ELBO, both in score-function mode; the guides
     wrap :func:`guides.normal_chain.mean_field_guide`."""
-    kw = dict(num_particles=num_particles, **VECTORIZED)
+    kw = dict(num_particles=num_particles, **_cli.VECTORIZED)
     return {
         "TraceGraph_ELBO (score function)": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=score_function_guide),
         "TraceGraph_ELBO + baseline": _cli.Estimator(lambda: TraceGraph_ELBO(**kw), guide=BASELINE_GUIDE),
@@ -79,7 +78,7 @@ def discrete_estimators(evaluations):
     step (DisARM: half as many pairs), against Pyro's TraceGraph_ELBO (score
     function with its decaying-average baseline) and RenyiELBO(alpha=0),
     which times the same work but gives a discrete guide no gradient."""
-    kw, pairs = VECTORIZED, evaluations // 2
+    kw, pairs = _cli.VECTORIZED, evaluations // 2
     return {
         "TraceGraph_ELBO + baseline": _cli.Estimator(
             lambda: TraceGraph_ELBO(num_particles=evaluations, **kw), guide=BASELINE_GUIDE
@@ -101,7 +100,7 @@ def pathwise_estimators(num_particles):
     """The pathwise option on the GMM (continuous components, sampled z),
     against TraceGraph_ELBO with the same split (pathwise components,
     decaying-average baseline on z) and RenyiELBO(alpha=0)."""
-    kw = dict(num_particles=num_particles, **VECTORIZED)
+    kw = dict(num_particles=num_particles, **_cli.VECTORIZED)
     return {
         "TraceGraph_ELBO + baseline": _cli.Estimator(
             lambda: TraceGraph_ELBO(**kw), guide=lambda guide: DiscreteSiteBaselines()(guide)

@@ -51,7 +51,7 @@ from experiments._figures import plt, save_figure
 from experiments._markdown import run_line
 from experiments._runs import round_robin, timing_arguments
 from experiments._study import Study
-from experiments.benchmark import VECTORIZED, svi_step
+from experiments.benchmark import svi_step
 from guides import normal_gamma
 from guides.vae import Encoder
 from guides.vae import guide as vae_guide
@@ -211,7 +211,7 @@ def fresh_step(sweep, size, estimator, seed=0):
     parameters."""
     pyro.set_rng_seed(seed)
     model, guide, args, particles = SWEEPS[sweep][2](size)
-    step = svi_step(model, guide, ESTIMATORS[estimator][0](num_particles=particles, **VECTORIZED), *args)
+    step = svi_step(model, guide, ESTIMATORS[estimator][0](num_particles=particles, **_cli.VECTORIZED), *args)
     step()
     return step
 

@@ -25,7 +25,7 @@ from experiments import _cli
 from experiments._markdown import ratio_cell, run_line, table
 from experiments._runs import ratios, round_robin, timing_arguments
 from experiments._study import Study
-from experiments.benchmark import VECTORIZED, svi_step
+from experiments.benchmark import svi_step
 from guides.vae import Encoder, guide
 from models.vae import BURDA_CONFIG, Decoder, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
@@ -37,7 +37,7 @@ PLAIN = "plain PyTorch IWAE"
 def pyro_estimators(k):
     """The :data:`~experiments._cli.Registry` of the Pyro estimators at ``k``
     vectorized particles (the plain-PyTorch loop is timed beside them)."""
-    kw = dict(num_particles=k, **VECTORIZED)
+    kw = dict(num_particles=k, **_cli.VECTORIZED)
     return {
         RENYI: _cli.Estimator(lambda: RenyiELBO(alpha=0.0, **kw)),
         "Trace_ELBO": _cli.Estimator(lambda: Trace_ELBO(**kw)),

@@ -55,7 +55,7 @@ from pyro_vi.training import NonFiniteError, OutOfSupportError, fit
 
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.95}
 EVAL_SEED = 12345  # binarization and choice of the evaluation images, not a run seed
-KW = dict(vectorize_particles=True, max_plate_nesting=1)
+KW = _cli.VECTORIZED  # a short name: one line per estimator below
 BERNOULLI = operator.itemgetter("bernoulli")  # the guides are {"bernoulli": ..., "relaxed": ...}
 
 # Colours, line styles and marker positions that keep every curve visible

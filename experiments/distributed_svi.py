@@ -54,10 +54,9 @@ from experiments._results import fmt, spread
 from experiments._study import Study
 from pyro_vi import ControlVariateELBO, fit
 from pyro_vi.math.control_variates import controlled_gradient
-from pyro_vi.training.distributed import average_gradients, process, shared_random_stream
+from pyro_vi.training.distributed import average_gradients, process, shared_random_stream, sum_over_processes
 
 SIGMA, PRIOR, TRUE_LOC = 2.0, 10.0, 1.0
-VECTORIZED = dict(vectorize_particles=True, max_plate_nesting=1)
 LAUNCH_TIMEOUT = 4 * 3600  # seconds, for one launch of the processes
 
 
@@ -175,10 +174,8 @@ def _gradient(z, x, scale, m, s):
 
 
 def _mean_over_processes(tensor):
-    if process()[1] > 1:
-        torch.distributed.all_reduce(tensor)
-        tensor /= process()[1]
-    return tensor
+    """``tensor`` averaged over the processes (summed in place first)."""
+    return sum_over_processes(tensor) / process()[1]
 
 
 def variance_task(args):
@@ -192,12 +189,12 @@ def variance_task(args):
     exact_loc, exact_sd = exact_posterior(data)
     points = {"optimum": (exact_loc, exact_sd), "off": (exact_loc + 3 * exact_sd, 2 * exact_sd)}
     S = args.particles
-    elbos = {"Trace_ELBO": Trace_ELBO(num_particles=S, **VECTORIZED)}
+    elbos = {"Trace_ELBO": Trace_ELBO(num_particles=S, **_cli.VECTORIZED)}
     if size == 1:
-        elbos["ControlVariateELBO"] = ControlVariateELBO(S, **VECTORIZED)
+        elbos["ControlVariateELBO"] = ControlVariateELBO(S, **_cli.VECTORIZED)
     else:
-        elbos["ControlVariateELBO, independent particles"] = ControlVariateELBO(S, **VECTORIZED)
-        elbos["ControlVariateELBO, shared particles"] = ControlVariateELBO(S, pool_processes=True, **VECTORIZED)
+        elbos["ControlVariateELBO, independent particles"] = ControlVariateELBO(S, **_cli.VECTORIZED)
+        elbos["ControlVariateELBO, shared particles"] = ControlVariateELBO(S, pool_processes=True, **_cli.VECTORIZED)
     x64, data64 = x.double(), data.double()
     scale = len(data) / len(x)
     results = {}
@@ -273,12 +270,12 @@ def _shard_gradients(data, size, m, s):
 def fit_configs(size):
     """label -> (guide kind, ELBO factory: particles -> ELBO)."""
     elbos = {
-        "Trace_ELBO": lambda particles: Trace_ELBO(num_particles=particles, **VECTORIZED),
-        "ControlVariateELBO": lambda particles: ControlVariateELBO(particles, **VECTORIZED),
+        "Trace_ELBO": lambda particles: Trace_ELBO(num_particles=particles, **_cli.VECTORIZED),
+        "ControlVariateELBO": lambda particles: ControlVariateELBO(particles, **_cli.VECTORIZED),
     }
     if size > 1:
         elbos["ControlVariateELBO(pool_processes=True)"] = lambda particles: ControlVariateELBO(
-            particles, pool_processes=True, **VECTORIZED
+            particles, pool_processes=True, **_cli.VECTORIZED
         )
     guides = ("hand-written", "AutoDiagonalNormal")
     return {f"{guide}, {name}": (guide, make) for guide in guides for name, make in elbos.items()}

@@ -33,7 +33,7 @@ from pyro_vi import ImportanceWeightedELBO
 
 def estimate_bound(data, q, num_particles, num_draws):
     """Mean and standard error of L_K over ``num_draws`` independent draws."""
-    elbo = ImportanceWeightedELBO(num_particles, vectorize_particles=True, max_plate_nesting=1)
+    elbo = ImportanceWeightedELBO(num_particles, **_cli.VECTORIZED)
     guide = functools.partial(mean_field_guide, init=q)
     pyro.clear_param_store()
     with torch.no_grad():

@@ -33,7 +33,6 @@ import functools
 import os
 
 import numpy as np
-import pyro
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.optim import ClippedAdam
@@ -45,12 +44,9 @@ from experiments._results import seeded_fit, spreads, thin
 from experiments._study import Study
 from guides.normal_gamma import (
     DEFAULT_INIT,
-    MU_LOC,
-    MU_PRECISION,
-    TAU_CONCENTRATION,
-    TAU_RATE,
-    NormalGammaParams,
+    MEAN_FIELD_FACTORS,
     cavi,
+    closed_form_loss,
     mean_field_guide,
     params_from_store,
 )
@@ -58,21 +54,7 @@ from guides.normal_gamma import elbo as closed_form_elbo
 from models.normal_gamma import COURSE_PRIOR, generate_data, model
 from pyro_vi import NaturalGradient
 
-#: The mean-field guide's factors for :class:`~pyro_vi.NaturalGradient`.
-FACTORS = {
-    "mu": ("normal_precision", [MU_LOC, MU_PRECISION]),
-    "tau": ("gamma", [TAU_CONCENTRATION, TAU_RATE]),
-}
 GAP_FLOOR = 1e-12
-
-
-def closed_form_loss(model, guide, data, prior=COURSE_PRIOR):
-    """``-ELBO`` in closed form (exact expectations), as a loss callable for ``SVI``.
-
-    Runs the guide once so that its parameters exist and are recorded as param sites."""
-    guide(data, prior)
-    values = [pyro.param(name) for name in (MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE)]
-    return -closed_form_elbo(data, NormalGammaParams(*values), prior)
 
 
 def robbins_monro(rho0, kappa):
@@ -128,24 +110,24 @@ def plot_gaps(gaps, tol, path):
 def methods(args):
     """``name -> (loss, optimizer, steps, stochastic)`` for the SVI runs."""
     schedule = robbins_monro(args.ng_lr, args.ng_decay)
-    mc = Trace_ELBO(num_particles=args.particles, vectorize_particles=True, max_plate_nesting=1)
+    mc = Trace_ELBO(num_particles=args.particles, **_cli.VECTORIZED)
     rm = f"rho_t = {args.ng_lr:g}(t+1)^-{args.ng_decay:g}"
     return {
         "NG, exact expectations, rho = 1": (
             closed_form_loss,
-            NaturalGradient(FACTORS, lr=1.0),
+            NaturalGradient(MEAN_FIELD_FACTORS, lr=1.0),
             args.exact_steps,
             False,
         ),
         f"NG, exact expectations, {rm}": (
             closed_form_loss,
-            NaturalGradient(FACTORS, lr=schedule),
+            NaturalGradient(MEAN_FIELD_FACTORS, lr=schedule),
             args.exact_steps,
             False,
         ),
         f"NG, Trace_ELBO ({args.particles} particles), {rm}": (
             mc,
-            NaturalGradient(FACTORS, lr=schedule, max_halvings=args.max_halvings),
+            NaturalGradient(MEAN_FIELD_FACTORS, lr=schedule, max_halvings=args.max_halvings),
             args.steps,
             True,
         ),

@@ -32,7 +32,7 @@ from pyro_vi import ControlVariateELBO, ScoreFunctionELBO
 
 def estimators(num_particles):
     """The study's :data:`~experiments._cli.Registry`."""
-    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    kw = dict(num_particles=num_particles, **_cli.VECTORIZED)
     return {
         "ScoreFunctionELBO": _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
         "ControlVariateELBO (pooled a*, as published)": _cli.Estimator(

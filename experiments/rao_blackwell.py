@@ -67,7 +67,7 @@ def estimators(num_particles):
     """The study's :data:`~experiments._cli.Registry`. RaoBlackwellELBO without
     control variates computes exactly TraceGraph_ELBO's gradient on this
     mean-field guide, so those two are drawn with different line styles."""
-    kw = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    kw = dict(num_particles=num_particles, **_cli.VECTORIZED)
     return {
         REFERENCE: _cli.Estimator(lambda: ScoreFunctionELBO(**kw), style=dict(color="C0")),
         "ControlVariateELBO (leave-one-out)": _cli.Estimator(lambda: ControlVariateELBO(**kw), style=dict(color="C1")),

@@ -48,10 +48,12 @@ __all__ = [
     "MU_PRECISION",
     "TAU_CONCENTRATION",
     "TAU_RATE",
+    "MEAN_FIELD_FACTORS",
     "CaviResult",
     "NormalGammaParams",
     "cavi",
     "cavi_step",
+    "closed_form_loss",
     "elbo",
     "elbo_gradient",
     "exact_structured_params",
@@ -65,6 +67,11 @@ MU_LOC = "q_mu_loc"
 MU_PRECISION = "q_mu_precision"
 TAU_CONCENTRATION = "q_tau_concentration"
 TAU_RATE = "q_tau_rate"
+#: :func:`mean_field_guide`'s factors for :class:`~pyro_vi.NaturalGradient`.
+MEAN_FIELD_FACTORS = {
+    "mu": ("normal_precision", [MU_LOC, MU_PRECISION]),
+    "tau": ("gamma", [TAU_CONCENTRATION, TAU_RATE]),
+}
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,16 @@ def elbo_gradient(data, params: NormalGammaParams, prior: NormalGammaPrior = COU
     r""":math:`\partial\mathcal{L}/\partial m, \lambda, a, b` of :func:`elbo` (autograd),
     float64 scalars keyed by field name."""
     return autograd_gradient(elbo, data, params, prior)
+
+
+def closed_form_loss(model, guide, data, prior: NormalGammaPrior = COURSE_PRIOR) -> torch.Tensor:
+    """``-ELBO`` of :func:`mean_field_guide` in closed form (exact expectations), as a
+    loss callable for ``SVI``.
+
+    Runs the guide once so that its parameters exist and are recorded as param sites."""
+    guide(data, prior)
+    values = [pyro.param(name) for name in (MU_LOC, MU_PRECISION, TAU_CONCENTRATION, TAU_RATE)]
+    return -elbo(data, NormalGammaParams(*values), prior)
 
 
 def mean_field_score(params: NormalGammaParams, mu, tau) -> Dict[str, torch.Tensor]:

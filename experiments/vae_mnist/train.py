@@ -15,6 +15,7 @@ import torch
 import torch.distributed
 from pyro.infer import RenyiELBO, Trace_ELBO
 
+from experiments._cli import VECTORIZED
 from experiments._results import finish
 from experiments._runs import BinarizedBatches, check_checkpoints, checkpointing, fixed_rng
 from experiments.vae_mnist.compare import BURDA_TEST_NLL, compare, summarize
@@ -53,7 +54,7 @@ class Run:
 
 
 def _iw(k, gradient="reparam"):
-    return lambda: ImportanceWeightedELBO(k, gradient=gradient, vectorize_particles=True, max_plate_nesting=1)
+    return lambda: ImportanceWeightedELBO(k, gradient=gradient, **VECTORIZED)
 
 
 #: The study's runs, in the order they are run and drawn.
@@ -79,7 +80,7 @@ RUNS = {
     "renyi5": Run(
         "RenyiELBO(alpha=0) k=5",
         "L_5 per data point (Pyro)",
-        lambda: RenyiELBO(alpha=0.0, num_particles=5, vectorize_particles=True, max_plate_nesting=1),
+        lambda: RenyiELBO(alpha=0.0, num_particles=5, **VECTORIZED),
         dict(color="C8", marker="+", ls="--", ms=9),
     ),
 }

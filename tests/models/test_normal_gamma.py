@@ -16,9 +16,11 @@ from pyro.infer import Trace_ELBO
 
 from guides.normal_gamma import (
     DEFAULT_INIT,
+    MEAN_FIELD_FACTORS,
     NormalGammaParams,
     cavi,
     cavi_step,
+    closed_form_loss,
     elbo,
     elbo_gradient,
     exact_structured_params,
@@ -229,6 +231,23 @@ def test_elbo_gradient_matches_finite_differences():
         down = as_elbo(data, dataclasses.replace(q, **{name: getattr(q, name) - eps}))
         assert float(grad) == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-6)
         assert abs(float(grad)) > 1e-2  # not a stationary point, so the check has teeth
+
+
+def test_closed_form_loss_is_minus_elbo_with_its_gradient_on_the_factors_params():
+    data = course_data().double()
+    q = NormalGammaParams(m=0.5, lam=3.0, a=2.0, b=5.0)
+    pyro.clear_param_store()
+    with poutine.trace(param_only=True) as tape:
+        loss = closed_form_loss(model, lambda x, prior: mean_field_guide(x, prior, q), data)
+    names = {name for _, pair in MEAN_FIELD_FACTORS.values() for name in pair}
+    assert set(tape.trace.nodes) == names
+    assert loss.item() == pytest.approx(-as_elbo(data, q), rel=1e-12)
+    loss.backward()
+    grads = elbo_gradient(data, q)
+    store = pyro.get_param_store()
+    for field, name in zip(("m", "lam", "a", "b"), ("q_mu_loc", "q_mu_precision", "q_tau_concentration", "q_tau_rate")):
+        chain = 1.0 if field == "m" else getattr(q, field)  # d(value)/d(unconstrained): exp for positive params
+        assert float(store[name].unconstrained().grad) == pytest.approx(-float(grads[field]) * chain, rel=1e-5)
 
 
 def test_mean_field_score_matches_autograd():

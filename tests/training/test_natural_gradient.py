@@ -22,9 +22,10 @@ from experiments.gamma_natural_gradient import (
     nll_gradient,
     sample_data,
 )
-from experiments.natural_gradient_svi import FACTORS, closed_form_loss, robbins_monro
+from experiments.natural_gradient_svi import robbins_monro
 from guides.normal_gamma import (
     DEFAULT_INIT,
+    MEAN_FIELD_FACTORS,
     MU_LOC,
     MU_PRECISION,
     TAU_CONCENTRATION,
@@ -32,6 +33,7 @@ from guides.normal_gamma import (
     NormalGammaParams,
     cavi,
     cavi_step,
+    closed_form_loss,
     mean_field_guide,
     params_from_store,
 )
@@ -168,14 +170,14 @@ START_POINTS = [
 def test_unit_natural_gradient_step_on_both_factors_is_jacobi_cavi(float64, data, start):
     params = _setup_guide(start)
     _exact_gradients(data)
-    NaturalGradient(FACTORS, lr=1.0)(params)
+    NaturalGradient(MEAN_FIELD_FACTORS, lr=1.0)(params)
     _assert_params_close(params_from_store(), _jacobi_cavi(data, start))
 
 
 @pytest.mark.parametrize("start", START_POINTS)
 def test_unit_steps_factor_by_factor_are_a_cavi_sweep(float64, data, start):
     params = _setup_guide(start)
-    optim = NaturalGradient(FACTORS, lr=1.0)
+    optim = NaturalGradient(MEAN_FIELD_FACTORS, lr=1.0)
     for factor_params in (params[:2], params[2:]):  # q(mu), then q(tau) from the new q(mu)
         _exact_gradients(data)
         optim(factor_params)
@@ -191,7 +193,7 @@ def test_natural_gradient_svi_reaches_cavi_optimum(float64, data):
     svi = SVI(
         model,
         functools.partial(mean_field_guide, init=DEFAULT_INIT),
-        NaturalGradient(FACTORS, lr=robbins_monro(0.5, 0.7), max_halvings=10),
+        NaturalGradient(MEAN_FIELD_FACTORS, lr=robbins_monro(0.5, 0.7), max_halvings=10),
         elbo,
     )
     gaps = []
@@ -209,16 +211,16 @@ def test_domain_error_is_clear_and_changes_nothing(float64, data):
     params = _setup_guide(start)
     _exact_gradients(data)
     _assert_refused_changing_nothing(
-        NaturalGradient(FACTORS, lr=2.0), params, NaturalParameterDomainError, "factor 'tau'.*concentration"
+        NaturalGradient(MEAN_FIELD_FACTORS, lr=2.0), params, NaturalParameterDomainError, "factor 'tau'.*concentration"
     )
-    optim = NaturalGradient(FACTORS, lr=2.0, max_halvings=5)
+    optim = NaturalGradient(MEAN_FIELD_FACTORS, lr=2.0, max_halvings=5)
     optim(params)
     assert optim.last_step_sizes == {"mu": 2.0, "tau": 1.0}
     assert params_from_store().a == pytest.approx(51.5, rel=1e-9)  # rho = 1: the CAVI value
 
 
 def test_params_without_factor_are_refused_or_go_to_fallback(float64, data):
-    mu_only = {"mu": FACTORS["mu"]}
+    mu_only = {"mu": MEAN_FIELD_FACTORS["mu"]}
     params = _setup_guide(DEFAULT_INIT)
     _exact_gradients(data)
     _assert_refused_changing_nothing(
@@ -239,7 +241,7 @@ def test_bad_factors_and_constraints():
     with pytest.raises(ValueError, match="more than one factor"):
         NaturalGradient({"x": ("gamma", ["a", "b"]), "y": ("gamma", ["b", "c"])})
     with pytest.raises(ValueError, match="lr must be > 0, got 0"):
-        NaturalGradient(FACTORS, lr=0)
+        NaturalGradient(MEAN_FIELD_FACTORS, lr=0)
     p = pyro.param("p", torch.tensor([0.2, 0.8]), constraint=constraints.simplex).unconstrained()
     p.grad = torch.ones_like(p)
     with pytest.raises(ValueError, match="'p'.*elementwise constraint"):
@@ -250,7 +252,7 @@ def test_fit_checkpoint_resume_matches_uninterrupted_run(float64, data, tmp_path
     def run(num_steps, resume):
         pyro.clear_param_store()
         pyro.set_rng_seed(1)
-        optim = NaturalGradient(FACTORS, lr=robbins_monro(0.5, 0.7), max_halvings=10)
+        optim = NaturalGradient(MEAN_FIELD_FACTORS, lr=robbins_monro(0.5, 0.7), max_halvings=10)
         elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
         fit(
             model,
@@ -301,7 +303,7 @@ def test_batched_factor_unit_step_gives_the_conjugate_posterior(float64):
 
 
 def test_factor_names_that_match_no_param_are_refused(float64, data):
-    typo = {"mu": ("normal_precision", ["q_mu_locc", MU_PRECISION]), "tau": FACTORS["tau"]}
+    typo = {"mu": ("normal_precision", ["q_mu_locc", MU_PRECISION]), "tau": MEAN_FIELD_FACTORS["tau"]}
     params = _setup_guide(DEFAULT_INIT)
     _exact_gradients(data)
     _assert_refused_changing_nothing(
@@ -317,7 +319,7 @@ def test_nan_gradient_is_refused_naming_the_param(float64, data):
     _exact_gradients(data)
     params[2].grad[...] = float("nan")  # q_tau_concentration
     _assert_refused_changing_nothing(
-        NaturalGradient(FACTORS, lr=1.0),
+        NaturalGradient(MEAN_FIELD_FACTORS, lr=1.0),
         params,
         ValueError,
         r"factor 'tau': the gradient of param 'q_tau_concentration' is not finite \(nan\)",
