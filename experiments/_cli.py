@@ -195,7 +195,8 @@ def parse(parser, argv=None, check=None):
     return args
 
 
-def _flag(name):
+def flag_name(name):
+    """The command-line flag of the argument ``name`` (``batch_size``: ``--batch-size``)."""
     return "--" + name.replace("_", "-")
 
 
@@ -204,14 +205,14 @@ def at_most(args, name, bound):
     (``"batch_size", "num_train"``: ``--batch-size`` above ``--num-train``)."""
     value, limit = getattr(args, name), getattr(args, bound)
     if value > limit:
-        raise ValueError(f"argument {_flag(name)}: must be at most {_flag(bound)} ({limit}), got {value}")
+        raise ValueError(f"argument {flag_name(name)}: must be at most {flag_name(bound)} ({limit}), got {value}")
 
 
 def even(args, name, why):
     """For a study's ``check``: refuses an odd ``args.<name>``; ``why`` says
     what needs it even."""
     if getattr(args, name) % 2:
-        raise ValueError(f"argument {_flag(name)}: must be even ({why}), got {getattr(args, name)}")
+        raise ValueError(f"argument {flag_name(name)}: must be even ({why}), got {getattr(args, name)}")
 
 
 def writable_folder(path):

@@ -168,11 +168,7 @@ def finish(study, args, results, start, report=True):
     results = dict(run=record(study, args, start), **results)
     results.setdefault("args", {k: v for k, v in vars(args).items() if not k.startswith("_")})
     if args.out and process()[0] == 0:
-        path = os.path.join(args.out, "results.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(_clean(results), f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(path + ".tmp", path)
+        write_json(os.path.join(args.out, "results.json"), _clean(results), indent=1, allow_nan=False)
     if report:
         run = results["run"]
         print(
@@ -186,6 +182,15 @@ def finish(study, args, results, start, report=True):
             )
         )
     return results
+
+
+def write_json(path, value, **options):
+    """Writes ``value`` to ``path`` as JSON (``options``: ``json.dump``'s),
+    whole or not at all: to a temporary file first, then renamed."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, **options)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 def thin(curves, points=400):

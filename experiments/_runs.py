@@ -12,9 +12,13 @@ import os
 import time
 
 import numpy as np
+import pyro
 import torch
+from pyro.infer import SVI
+from pyro.optim import Adam
 
 from experiments import _cli
+from experiments._results import write_json
 from models.mnist import binarize, default_data_dir
 from pyro_vi.training import load_checkpoint
 from pyro_vi.training.distributed import process
@@ -144,7 +148,7 @@ def check_checkpoints(checkpoints, unit, end, flags=False):
         theirs = saved["fingerprint"].get("user") or {}
         lines = [
             "{}: {!r} in the checkpoint, {!r} here".format(
-                "--" + key.replace("_", "-") if flags else key, theirs.get(key, "(absent)"), ours.get(key, "(absent)")
+                _cli.flag_name(key) if flags else key, theirs.get(key, "(absent)"), ours.get(key, "(absent)")
             )
             for key in (list(ours) if flags else sorted(set(theirs) | set(ours)))
             if theirs.get(key) != ours.get(key)
@@ -199,9 +203,7 @@ class SavedRuns:
         """Saves ``record`` with the settings; returns what it saved."""
         record, path = dict(record, settings=self.settings), self.path(name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(path + ".tmp", path)
+        write_json(path, record)
         return record
 
 
@@ -213,6 +215,15 @@ def timing_arguments(parser, steps, rounds):
     """``--steps`` (timed per round) and ``--rounds``."""
     parser.add_argument("--steps", type=_cli.positive_int, default=steps, help="steps per timing")
     parser.add_argument("--rounds", type=_cli.positive_int, default=rounds, help="rounds of timings")
+
+
+def svi_step(model, guide, elbo, *args):
+    """``step(*args)`` of a fresh ``SVI`` of ``elbo`` (Adam, lr 1e-3) on a
+    cleared param store, as a zero-argument callable: what the benchmarks
+    time."""
+    pyro.clear_param_store()
+    svi = SVI(model, guide, Adam({"lr": 1e-3}), elbo)
+    return lambda: svi.step(*args)
 
 
 def seconds_per_step(step, num_steps):

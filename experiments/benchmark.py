@@ -16,13 +16,12 @@ import functools
 
 import pyro
 import torch
-from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceGraph_ELBO
-from pyro.optim import Adam
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 
 from experiments import _cli
 from experiments._markdown import ratio_cell, run_line, table
 from experiments._mixtures import DiscreteSiteBaselines
-from experiments._runs import ratios, round_robin, timing_arguments
+from experiments._runs import ratios, round_robin, svi_step, timing_arguments
 from experiments._study import Study
 from guides import bernoulli_vae as bernoulli_vae_guides
 from guides import gmm as gmm_guides
@@ -111,15 +110,6 @@ def pathwise_estimators(num_particles):
         "ControlVariateELBO pathwise": _cli.Estimator(lambda: ControlVariateELBO(pathwise=True, **kw)),
         "ReinforceLeaveOneOutELBO pathwise": _cli.Estimator(lambda: ReinforceLeaveOneOutELBO(pathwise=True, **kw)),
     }
-
-
-def svi_step(model, guide, elbo, *args):
-    """``step(*args)`` of a fresh ``SVI`` of ``elbo`` (Adam, lr 1e-3) on a
-    cleared param store, as a zero-argument callable: what the benchmarks
-    time."""
-    pyro.clear_param_store()
-    svi = SVI(model, guide, Adam({"lr": 1e-3}), elbo)
-    return lambda: svi.step(*args)
 
 
 def benchmark(estimators, model, guide, args, num_steps, rounds):

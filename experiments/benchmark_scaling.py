@@ -49,9 +49,8 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 from experiments import _cli
 from experiments._figures import plt, save_figure
 from experiments._markdown import run_line
-from experiments._runs import round_robin, timing_arguments
+from experiments._runs import round_robin, svi_step, timing_arguments
 from experiments._study import Study
-from experiments.benchmark import svi_step
 from guides import normal_gamma
 from guides.vae import Encoder
 from guides.vae import guide as vae_guide
@@ -207,7 +206,7 @@ SWEEPS = {
 
 def fresh_step(sweep, size, estimator, seed=0):
     """A step of a fresh SVI of ``estimator`` on the problem
-    (:func:`experiments.benchmark.svi_step`), taken once: that creates the
+    (:func:`experiments._runs.svi_step`), taken once: that creates the
     parameters."""
     pyro.set_rng_seed(seed)
     model, guide, args, particles = SWEEPS[sweep][2](size)

@@ -23,9 +23,8 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 
 from experiments import _cli
 from experiments._markdown import ratio_cell, run_line, table
-from experiments._runs import ratios, round_robin, timing_arguments
+from experiments._runs import ratios, round_robin, svi_step, timing_arguments
 from experiments._study import Study
-from experiments.benchmark import svi_step
 from guides.vae import Encoder, guide
 from models.vae import BURDA_CONFIG, Decoder, model
 from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
