@@ -8,7 +8,6 @@ per seed and estimator (:func:`seeded_fit`)."""
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -92,31 +91,6 @@ def fmt(stat, spec=".3f"):
     return text
 
 
-def machine():
-    """Where the study ran: CPU model, cores, torch threads, versions."""
-    import pyro
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "gpu": torch.cuda.is_available(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-        "platform": platform.platform(terse=True),
-    }
-
-
 def _load_average():
     """The machine's 1-minute load average at the end of the run (how busy
     the shared cores were), or None where the OS does not say."""
@@ -143,6 +117,7 @@ def record(study, args, start):
     :meth:`experiments._study.Study.main` was given them), seeds, processes,
     machine, wall time since ``start`` (a ``time.perf_counter()``), the
     process's CPU time and the load average."""
+    from pyro_vi.diagnostics import machine
     from pyro_vi.training.distributed import process
 
     return {

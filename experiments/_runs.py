@@ -1,21 +1,14 @@
 """What the long studies share: the shuffled batches they train on
 (binarized afresh for the VAEs), evaluation draws that leave the training
 stream alone, the runs they save (``--estimators``, ``--resume``,
-``--overwrite``) and the round-robin timings of the benchmarks (every
-configuration timed in turn, round after round, so that their ratios share
-the machine's noise)."""
+``--overwrite``) and the benchmarks' timing flags."""
 
 import contextlib
 import json
 import math
 import os
-import time
 
-import numpy as np
-import pyro
 import torch
-from pyro.infer import SVI
-from pyro.optim import Adam
 
 from experiments import _cli
 from experiments._results import write_json
@@ -215,50 +208,3 @@ def timing_arguments(parser, steps, rounds):
     """``--steps`` (timed per round) and ``--rounds``."""
     parser.add_argument("--steps", type=_cli.positive_int, default=steps, help="steps per timing")
     parser.add_argument("--rounds", type=_cli.positive_int, default=rounds, help="rounds of timings")
-
-
-def svi_step(model, guide, elbo, *args):
-    """``step(*args)`` of a fresh ``SVI`` of ``elbo`` (Adam, lr 1e-3) on a
-    cleared param store, as a zero-argument callable: what the benchmarks
-    time."""
-    pyro.clear_param_store()
-    svi = SVI(model, guide, Adam({"lr": 1e-3}), elbo)
-    return lambda: svi.step(*args)
-
-
-def seconds_per_step(step, num_steps):
-    """Seconds per call of ``step`` (no arguments), after one warm-up call."""
-    step()
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        step()
-    return (time.perf_counter() - start) / num_steps
-
-
-def round_robin(makers, rounds, num_steps):
-    """``name -> [seconds per step in each round]``: every ``makers[name]()``
-    (which builds a fresh step right before it is timed) timed in turn,
-    ``rounds`` times over."""
-    times = {name: [] for name in makers}
-    for _ in range(rounds):
-        for name, make in makers.items():
-            times[name].append(seconds_per_step(make(), num_steps))
-    return times
-
-
-def ratios(times, baseline, key="ratio"):
-    """Per name of ``times`` (seconds per step per round): the median ms per
-    step, and its per-round ratio to ``baseline`` in the same round
-    (``key``), with the median, lowest and highest over the rounds."""
-    table = {}
-    for name, seconds in times.items():
-        per_round = [t / b for t, b in zip(seconds, times[baseline])]
-        table[name] = {
-            "ms_per_step": 1e3 * float(np.median(seconds)),
-            key: float(np.median(per_round)),
-            key + "_low": float(np.min(per_round)),
-            key + "_high": float(np.max(per_round)),
-            "ms_per_step_rounds": [1e3 * t for t in seconds],
-            key + "_rounds": per_round,
-        }
-    return table

@@ -21,7 +21,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from experiments import _cli
 from experiments._markdown import ratio_cell, run_line, table
 from experiments._mixtures import DiscreteSiteBaselines
-from experiments._runs import ratios, round_robin, svi_step, timing_arguments
+from experiments._runs import timing_arguments
 from experiments._study import Study
 from guides import bernoulli_vae as bernoulli_vae_guides
 from guides import gmm as gmm_guides
@@ -36,7 +36,10 @@ from pyro_vi import (
     RaoBlackwellELBO,
     ReinforceLeaveOneOutELBO,
     ScoreFunctionELBO,
+    fresh_svi_step,
     score_function_guide,
+    step_time_ratios,
+    step_times,
 )
 
 #: TraceGraph_ELBO's guide in score-function mode, with its decaying-average baseline
@@ -115,19 +118,21 @@ def pathwise_estimators(num_particles):
 def benchmark(estimators, model, guide, args, num_steps, rounds):
     """``name -> [seconds per step in each round]`` of every estimator (running
     its wrap of ``guide``), timed round-robin, each in a fresh ``SVI``."""
-    runs = {name: (estimator.make(), estimator.guide(guide)) for name, estimator in estimators.items()}
-    steps = {name: functools.partial(svi_step, model, wrapped, elbo, *args) for name, (elbo, wrapped) in runs.items()}
-    return round_robin(steps, rounds, num_steps)
+    steps = {
+        name: functools.partial(fresh_svi_step, model, estimator.guide(guide), estimator.make(), *args)
+        for name, estimator in estimators.items()
+    }
+    return step_times(steps, rounds=rounds, num_steps=num_steps)
 
 
 def summarize(per_seed, baseline, also=None):
     """The seeds' rounds pooled: median ms/step and per-round ratio to
-    ``baseline`` with its lowest and highest (:func:`experiments._runs.ratios`),
+    ``baseline`` with its lowest and highest (:func:`pyro_vi.diagnostics.step_time_ratios`),
     which estimators are within the rounds' spread of each other (their
     ratio ranges overlap) and of the baseline, and with ``also`` the median
     ratio to that estimator too (``ratio_<also>``)."""
     times = {name: [t for seed in per_seed for t in seed[name]] for name in per_seed[0]}
-    table = ratios(times, baseline)
+    table = step_time_ratios(times, baseline)
     names = [n for n in table if n != baseline]
     overlapping = [
         [a, b]
@@ -138,8 +143,8 @@ def summarize(per_seed, baseline, also=None):
     like_baseline = [n for n in names if table[n]["ratio_low"] <= 1.0 <= table[n]["ratio_high"]]
     result = {"baseline": baseline, "estimators": table, "overlapping": overlapping, "like_baseline": like_baseline}
     if also is not None:
-        for name, row in ratios(times, also, "ratio_" + also).items():
-            table[name]["ratio_" + also] = row["ratio_" + also]
+        for name, row in step_time_ratios(times, also).items():
+            table[name]["ratio_" + also] = row["ratio"]
         result["also"] = also
     return result
 

@@ -49,7 +49,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 from experiments import _cli
 from experiments._figures import plt, save_figure
 from experiments._markdown import run_line
-from experiments._runs import round_robin, svi_step, timing_arguments
+from experiments._runs import timing_arguments
 from experiments._study import Study
 from guides import normal_gamma
 from guides.vae import Encoder
@@ -63,6 +63,8 @@ from pyro_vi import (
     RaoBlackwellELBO,
     ScoreFunctionELBO,
     StickingTheLandingELBO,
+    fresh_svi_step,
+    step_times,
 )
 
 ESTIMATORS = {
@@ -206,11 +208,11 @@ SWEEPS = {
 
 def fresh_step(sweep, size, estimator, seed=0):
     """A step of a fresh SVI of ``estimator`` on the problem
-    (:func:`experiments._runs.svi_step`), taken once: that creates the
+    (:func:`pyro_vi.diagnostics.fresh_svi_step`), taken once: that creates the
     parameters."""
     pyro.set_rng_seed(seed)
     model, guide, args, particles = SWEEPS[sweep][2](size)
-    step = svi_step(model, guide, ESTIMATORS[estimator][0](num_particles=particles, **_cli.VECTORIZED), *args)
+    step = fresh_svi_step(model, guide, ESTIMATORS[estimator][0](num_particles=particles, **_cli.VECTORIZED), *args)
     step()
     return step
 
@@ -226,12 +228,12 @@ def time_size(sweep, size, estimators, rounds, steps, seeds=(0,), seconds=0.0):
     times = {name: [] for name in estimators}
     for seed in seeds:  # each step built right before it is timed
         makers = {name: functools.partial(fresh_step, sweep, size, name, seed) for name in estimators}
-        for name, timed in round_robin(makers, rounds, steps).items():
+        for name, timed in step_times(makers, rounds=rounds, num_steps=steps).items():
             times[name] += timed
         per_round = steps * max(statistics.median(t) for t in times.values())
         extra = min(MAX_ROUNDS - rounds, math.ceil(seconds / per_round) - rounds)
         if extra > 0:
-            for name, timed in round_robin(makers, extra, steps).items():
+            for name, timed in step_times(makers, rounds=extra, num_steps=steps).items():
                 times[name] += timed
     return {name: 1000 * statistics.median(t) for name, t in times.items()}, len(times[estimators[0]])
 

@@ -23,11 +23,11 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 
 from experiments import _cli
 from experiments._markdown import ratio_cell, run_line, table
-from experiments._runs import ratios, round_robin, svi_step, timing_arguments
+from experiments._runs import timing_arguments
 from experiments._study import Study
 from guides.vae import Encoder, guide
 from models.vae import BURDA_CONFIG, Decoder, model
-from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO
+from pyro_vi import ImportanceWeightedELBO, StickingTheLandingELBO, fresh_svi_step, step_time_ratios, step_times
 
 RENYI = "RenyiELBO(alpha=0)"
 PLAIN = "plain PyTorch IWAE"
@@ -58,7 +58,7 @@ def networks(state):
 def pyro_step(elbo, state, x):
     """``SVI.step`` of ``elbo`` on the VAE, as a zero-argument callable."""
     encoder, decoder = networks(state)
-    return svi_step(functools.partial(model, decoder=decoder), functools.partial(guide, encoder=encoder), elbo, x)
+    return fresh_svi_step(functools.partial(model, decoder=decoder), functools.partial(guide, encoder=encoder), elbo, x)
 
 
 def iwae_loss(encoder, decoder, x, k):
@@ -103,10 +103,11 @@ def benchmark(k, state, x, num_steps, rounds):
         torch.manual_seed(0)
         return step
 
-    times = round_robin({name: functools.partial(step, name) for name in list(estimators) + [PLAIN]}, rounds, num_steps)
-    table = ratios(times, RENYI)
-    for name, row in ratios(times, PLAIN, "ratio_to_plain").items():
-        table[name].update({key: value for key, value in row.items() if key.startswith("ratio_to_plain")})
+    steps = {name: functools.partial(step, name) for name in list(estimators) + [PLAIN]}
+    times = step_times(steps, rounds=rounds, num_steps=num_steps)
+    table = step_time_ratios(times, RENYI)
+    for name, row in step_time_ratios(times, PLAIN).items():
+        table[name].update({key.replace("ratio", "ratio_to_plain"): v for key, v in row.items() if "ratio" in key})
     return table
 
 

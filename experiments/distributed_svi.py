@@ -2,11 +2,11 @@
 Normal mean, the gradient's variance and where it comes from, and the fitted
 posterior against the exact one.
 
-Model: x_n ~ Normal(loc, 2) for n = 1..N, loc ~ Normal(0, 10); the exact
-posterior of loc is Normal, in closed form. The R processes (started here,
-spawned, one torch thread each, gloo on localhost; each seeded by its rank)
-hold shards of N / R points, scaled to the full data with
-``pyro.plate("data", N, subsample=indices)``.
+Model (:mod:`models.normal_mean`): x_n ~ Normal(loc, 2) for n = 1..N,
+loc ~ Normal(0, 10); the exact posterior of loc is Normal, in closed form.
+The R processes (started here, spawned, one torch thread each, gloo on
+localhost; each seeded by its rank) hold shards of N / R points, scaled to
+the full data with ``pyro.plate("data", N, subsample=indices)``.
 
 Part 1, the gradient at the exact posterior (the optimum) and off it (mean
 +3 posterior sds, sd x2), with respect to the (loc, log scale) of a
@@ -52,57 +52,23 @@ from experiments._figures import plt, save_figure
 from experiments._markdown import run_line, seconds, table, times
 from experiments._results import fmt, spread
 from experiments._study import Study
+from guides.normal_mean import exact_gradient
+from guides.normal_mean import guide as hand_guide
+from models.normal_mean import PRIOR, SIGMA, exact_posterior, generate_data, make_model
 from pyro_vi import ControlVariateELBO, fit
 from pyro_vi.math.control_variates import controlled_gradient
 from pyro_vi.training.distributed import average_gradients, process, shared_random_stream, sum_over_processes
 
-SIGMA, PRIOR, TRUE_LOC = 2.0, 10.0, 1.0
 LAUNCH_TIMEOUT = 4 * 3600  # seconds, for one launch of the processes
 
 
-# ---- the model, its data and its exact posterior -----------------------------------
-
-
-def make_data(num_data, seed):
-    return TRUE_LOC + SIGMA * torch.randn(num_data, generator=torch.Generator().manual_seed(seed))
-
-
-def _precision(num_data):
-    """The posterior precision of loc."""
-    return 1 / PRIOR**2 + num_data / SIGMA**2
-
-
-def exact_posterior(data):
-    """Mean and sd of the posterior of loc."""
-    precision = _precision(len(data))
-    return data.double().sum().item() / SIGMA**2 / precision, precision**-0.5
-
-
-def exact_gradient(total, num_data, m, s):
-    """The gradient of the ELBO of Normal(m, s) with respect to (m, log s),
-    for ``num_data`` points that sum to ``total``."""
-    return [(total - num_data * m) / SIGMA**2 - m / PRIOR**2, 1 - s**2 * _precision(num_data)]
+# ---- the data of each process -----------------------------------------------------
 
 
 def shard(data, rank, size):
     """This process's data and their indices in all of it (every size-th point)."""
     indices = torch.arange(rank, len(data), size)
     return data[indices], indices
-
-
-def make_model(num_data):
-    def model(x, indices):
-        loc = pyro.sample("loc", dist.Normal(0.0, PRIOR))
-        with pyro.plate("data", num_data, subsample=indices):
-            pyro.sample("x", dist.Normal(loc, SIGMA), obs=x)
-
-    return model
-
-
-def hand_guide(x, indices):
-    m = pyro.param("m", torch.tensor(0.0))
-    s = pyro.param("s", torch.tensor(1.0), constraint=constraints.positive)
-    pyro.sample("loc", dist.Normal(m, s))
 
 
 # ---- launching the processes --------------------------------------------------------
@@ -183,7 +149,7 @@ def variance_task(args):
     (rank 0's, averaged over the processes)."""
     rank, size = process()
     pyro.set_rng_seed(1000 * args.seed + rank)
-    data = make_data(args.num_data, args.seed)
+    data = generate_data(args.num_data, args.seed)
     x, indices = shard(data, rank, size)
     model = make_model(args.num_data)
     exact_loc, exact_sd = exact_posterior(data)
@@ -287,12 +253,12 @@ def fit_task(args):
     rank, size = process()
     model = make_model(args.num_data)
     # a warm-up fit, not timed: the first optimizer imports torch._dynamo (seconds)
-    data = make_data(args.num_data, 0)
+    data = generate_data(args.num_data, 0)
     pyro.clear_param_store()
     fit(model, hand_guide, Trace_ELBO(), ClippedAdam({"lr": 0.01}), *shard(data, rank, size), num_steps=2)
     rows = []
     for seed in args.seeds:
-        data = make_data(args.num_data, seed)
+        data = generate_data(args.num_data, seed)
         x, indices = shard(data, rank, size)
         exact_loc, exact_sd = exact_posterior(data)
         for label, (guide_kind, make_elbo) in fit_configs(size).items():
@@ -390,7 +356,7 @@ def run(args):
             )
     return {
         "args": vars(args),
-        "exact_posterior_first_seed": exact_posterior(make_data(args.num_data, args.seeds[0])),
+        "exact_posterior_first_seed": exact_posterior(generate_data(args.num_data, args.seeds[0])),
         "variance": {str(size): results for size, results in variance.items()},
         "fits": fits,
         "fit_summary": summary,

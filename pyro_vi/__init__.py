@@ -6,10 +6,14 @@ Each estimator is a :class:`pyro.infer.ELBO` that drops into
 
 from .diagnostics import (
     GradientStats,
+    fresh_svi_step,
     gradient_statistics,
     gradient_variance_table,
     log_importance_weights,
     psis_khat,
+    step_time_ratios,
+    step_time_table,
+    step_times,
 )
 from .estimators import (
     AutoELBO,
@@ -67,6 +71,7 @@ __all__ = [
     "categorical_from_relaxed",
     "descent_step",
     "fit",
+    "fresh_svi_step",
     "get_family",
     "gradient_statistics",
     "gradient_variance_table",
@@ -80,6 +85,9 @@ __all__ = [
     "process",
     "psis_khat",
     "score_function_guide",
+    "step_time_ratios",
+    "step_time_table",
+    "step_times",
     "sum_over_processes",
     "to_inference_data",
 ]

@@ -1,6 +1,7 @@
 """
 Diagnostics for variational inference: the sampling distribution of any ELBO's
-gradient estimator, and the Pareto k-hat of the importance weights p(x, z) / q(z).
+gradient estimator, the Pareto k-hat of the importance weights p(x, z) / q(z),
+and what a step costs, timed side by side with other steps.
 
 References
 
@@ -14,12 +15,18 @@ References
 
 import collections.abc
 import math
+import os
+import platform
+import time
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
+import pyro
 import torch
+from pyro.infer import SVI
+from pyro.optim import Adam, PyroOptim
 from pyro.poutine.messenger import Messenger
 
 from ._optional import import_arviz
@@ -29,10 +36,15 @@ from .validation import function, instance, integer
 
 __all__ = [
     "GradientStats",
+    "fresh_svi_step",
     "gradient_statistics",
     "gradient_variance_table",
     "log_importance_weights",
+    "machine",
     "psis_khat",
+    "step_time_ratios",
+    "step_time_table",
+    "step_times",
 ]
 
 
@@ -232,7 +244,12 @@ def gradient_variance_table(stats_by_estimator: Dict[str, Dict[str, GradientStat
             value = stats[name].total_variance
             ratio = "n/a" if ref is None else _ratio_string(value, ref.total_variance)
             rows.append((name, estimator, f"{value:.4g}", ratio))
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(4)]
+    return _text_table(header, rows)
+
+
+def _text_table(header, rows) -> str:
+    """``header`` and ``rows`` (tuples of str) in left-aligned columns, a rule under the header."""
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -335,3 +352,162 @@ def log_importance_weights(
                         _check_no_subsampling(name, site, "log_importance_weights")
             weights.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
     return torch.stack(weights).to(torch.float64)
+
+
+# ---------------------------------------------------------------------------
+# what a step costs, measured side by side
+
+
+def fresh_svi_step(model, guide, elbo, *args, optim=None, **kwargs) -> Callable[[], float]:
+    """
+    A step of a fresh :class:`~pyro.infer.svi.SVI`, for :func:`step_times`:
+    clears the param store (the first call creates the parameters anew) and
+    returns ``lambda: svi.step(*args, **kwargs)`` for
+    ``svi = SVI(model, guide, optim, elbo)``.
+
+    :param elbo: an ELBO instance (anything with ``loss_and_grads``).
+    :param optim: a :class:`pyro.optim.PyroOptim`; ``Adam({"lr": 1e-3})`` by default.
+    :returns: the step, a zero-argument callable that returns the loss.
+    :raises ValueError: for an ``elbo`` without ``loss_and_grads``, a
+        ``model`` or ``guide`` that is not callable, or an ``optim`` that is
+        not a Pyro optimizer.
+    """
+    instance("elbo", elbo, "loss_and_grads", "an ELBO instance such as pyro.infer.Trace_ELBO()")
+    function("model", model)
+    function("guide", guide)
+    if optim is not None and not isinstance(optim, PyroOptim):
+        raise ValueError(f"optim must be a pyro.optim optimizer such as Adam({{'lr': 1e-3}}), got {optim!r:.60}")
+    pyro.clear_param_store()
+    svi = SVI(model, guide, Adam({"lr": 1e-3}) if optim is None else optim, elbo)
+    return lambda: svi.step(*args, **kwargs)
+
+
+def _seconds_per_step(step, num_steps) -> float:
+    step()  # untimed: creates the parameters, fills caches
+    start = time.perf_counter()
+    for _ in range(num_steps):
+        step()
+    return (time.perf_counter() - start) / num_steps
+
+
+def step_times(
+    steps: Dict[str, Callable[[], Callable]], *, rounds: int = 5, num_steps: int = 20
+) -> Dict[str, List[float]]:
+    """
+    Seconds per step of each of ``steps``, timed side by side. In each of
+    ``rounds`` rounds, every ``steps[name]()`` in turn builds a fresh step (a
+    zero-argument callable such as :func:`fresh_svi_step` returns), which is
+    called once untimed and then ``num_steps`` times on the clock. The steps
+    of a round share the machine's load, so their ratios
+    (:func:`step_time_ratios`) hold on a busy machine where times taken one
+    after the other do not. The steps run in a param store of their own;
+    yours is put back afterwards. A step on a GPU must wait for its work
+    before it returns, as ``SVI.step`` does (it returns the loss as a float).
+
+    :param dict steps: name -> a zero-argument factory of a step.
+    :param int rounds: rounds (>= 1).
+    :param int num_steps: timed calls of a step per round (>= 1).
+    :returns: name -> seconds per step in each round.
+    :rtype: dict
+    :raises ValueError: before any step, for ``steps`` that is not a non-empty
+        dict of names to factories or a bad count; at the first round, for a
+        factory whose result cannot be called.
+    """
+    if (
+        not isinstance(steps, dict)
+        or not steps
+        or not all(isinstance(n, str) and callable(f) for n, f in steps.items())
+    ):
+        raise ValueError(
+            "steps must be a non-empty dict name -> zero-argument factory of a step, e.g. "
+            f"{{'Trace_ELBO': lambda: fresh_svi_step(model, guide, Trace_ELBO(), data)}}, got {steps!r:.80}"
+        )
+    rounds = integer("rounds", rounds, minimum=1)
+    num_steps = integer("num_steps", num_steps, minimum=1)
+    times = {name: [] for name in steps}
+    with pyro.get_param_store().scope():
+        for _ in range(rounds):
+            for name, make in steps.items():
+                step = make()
+                if not callable(step):
+                    raise ValueError(f"steps[{name!r}]() must return the step to time (a callable), got {step!r:.60}")
+                times[name].append(_seconds_per_step(step, num_steps))
+    return times
+
+
+def _check_times(times, reference) -> None:
+    if not isinstance(times, dict) or not times or not all(isinstance(t, list) and t for t in times.values()):
+        raise ValueError(f"times must be step_times(...)'s output, a dict name -> seconds per round, got {times!r:.60}")
+    if reference not in times:
+        raise ValueError(f"reference={reference!r} is not one of the timed steps {list(times)}")
+    positive = all(isinstance(s, (int, float)) and s > 0 for t in times.values() for s in t)
+    if len({len(t) for t in times.values()}) > 1 or not positive:
+        raise ValueError("times must hold the same number of rounds for every step, each a positive time in seconds")
+
+
+def step_time_ratios(times: Dict[str, List[float]], reference: str) -> Dict[str, dict]:
+    r"""
+    Per step of ``times`` (:func:`step_times`' output): the median milliseconds
+    per step over the rounds, and the ratio :math:`t_r / t^\mathrm{ref}_r` of
+    its time to ``reference``'s in the same round :math:`r`, with its median,
+    lowest and highest over the rounds.
+
+    :returns: name -> ``{"ms_per_step", "ratio", "ratio_low", "ratio_high",
+        "ms_per_step_rounds", "ratio_rounds"}``.
+    :rtype: dict
+    :raises ValueError: if ``reference`` is not timed, or the steps were not timed in the same rounds.
+    """
+    _check_times(times, reference)
+    table = {}
+    for name, seconds in times.items():
+        per_round = [t / r for t, r in zip(seconds, times[reference])]
+        table[name] = {
+            "ms_per_step": 1e3 * float(np.median(seconds)),
+            "ratio": float(np.median(per_round)),
+            "ratio_low": float(np.min(per_round)),
+            "ratio_high": float(np.max(per_round)),
+            "ms_per_step_rounds": [1e3 * t for t in seconds],
+            "ratio_rounds": per_round,
+        }
+    return table
+
+
+def step_time_table(times: Dict[str, List[float]], reference: str) -> str:
+    """
+    Plain-text table of :func:`step_time_ratios`, one row per step, under a
+    line that says where the times were taken (:func:`machine`): a time
+    without its thread count says little.
+
+    :rtype: str
+    """
+    rows = [
+        (name, f"{row['ms_per_step']:.3g}", f"{row['ratio']:.3g}", f"{row['ratio_low']:.3g}-{row['ratio_high']:.3g}")
+        for name, row in step_time_ratios(times, reference).items()
+    ]
+    where = machine()
+    rounds, cores, threads = len(times[reference]), where["cpu_cores"], where["torch_threads"]
+    caption = f"{rounds} round(s) on {where['cpu']} ({cores} core(s), {threads} torch thread(s))"
+    return caption + "\n" + _text_table(("step", "ms/step", "ratio to " + reference, "lowest-highest"), rows)
+
+
+def machine() -> dict:
+    """Where a time was taken: CPU model, cores, torch threads,
+    ``OMP_NUM_THREADS``, GPU, and the versions of Python, torch and Pyro."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "gpu": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "platform": platform.platform(terse=True),
+    }

@@ -18,12 +18,15 @@ from pyro_vi import (
     FAMILIES,
     NaturalParameterDomainError,
     categorical_from_relaxed,
+    fresh_svi_step,
     get_family,
     gradient_statistics,
     gradient_variance_table,
     gumbel_softmax_sample,
     log_importance_weights,
     psis_khat,
+    step_time_ratios,
+    step_times,
     to_inference_data,
 )
 from tests.estimators.test_bad_inputs import CASES as ESTIMATOR_CASES
@@ -105,6 +108,45 @@ CASES = [
             lambda tmp: gradient_variance_table({"a": {"p": 1.0}}, "a"),
             r"stats_by_estimator must be a dict estimator name -> gradient_statistics",
         ),
+    ),
+    *refusals(
+        "fresh_svi_step",
+        ("ELBO class", lambda tmp: fresh_svi_step(model, guide, Trace_ELBO, X), r"elbo must be an ELBO instance"),
+        (
+            "torch optimizer",
+            lambda tmp: fresh_svi_step(model, guide, Trace_ELBO(), X, optim=torch.optim.Adam),
+            r"optim must be a pyro.optim optimizer such as Adam\(\{'lr': 1e-3\}\), got <class 'torch.optim",
+        ),
+    ),
+    *refusals(
+        "step_times",
+        ("no steps", lambda tmp: step_times({}), r"steps must be a non-empty dict name -> zero-argument factory"),
+        ("a step, not its factory", lambda tmp: step_times({"a": 1.0}), r"steps must be a non-empty dict .*got \{'a'"),
+        (
+            "zero rounds",
+            lambda tmp: step_times({"a": lambda: print}, rounds=0),
+            r"rounds must be an integer >= 1, got 0",
+        ),
+        (
+            "factory of a number",
+            lambda tmp: step_times({"Trace_ELBO": lambda: 0.5}),
+            r"steps\['Trace_ELBO'\]\(\) must return the step to time \(a callable\), got 0\.5",
+        ),
+    ),
+    *refusals(
+        "step_time_ratios",
+        (
+            "unknown reference",
+            lambda tmp: step_time_ratios({"a": [1.0]}, "b"),
+            r"reference='b' is not one of the timed",
+        ),
+        (
+            "different rounds",
+            lambda tmp: step_time_ratios({"a": [1.0], "b": [1.0, 2.0]}, "a"),
+            r"times must hold the same number of rounds for every step",
+        ),
+        ("a zero time", lambda tmp: step_time_ratios({"a": [0.0]}, "a"), r"each a positive time in seconds"),
+        ("not per round", lambda tmp: step_time_ratios({"a": 1.0}, "a"), r"times must be step_times\(...\)'s output"),
     ),
     *refusals(
         "psis_khat",

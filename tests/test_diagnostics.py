@@ -9,12 +9,18 @@ from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO
 from scipy import stats
 
+import pyro_vi.diagnostics
 from pyro_vi.diagnostics import (
     GradientStats,
+    fresh_svi_step,
     gradient_statistics,
     gradient_variance_table,
     log_importance_weights,
+    machine,
     psis_khat,
+    step_time_ratios,
+    step_time_table,
+    step_times,
 )
 
 X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.5])
@@ -256,3 +262,89 @@ def test_psis_khat_refuses_non_numbers():
         ValueError, match="log_weights must be a 1-D tensor or array of numbers.*log_importance_weights"
     ):
         psis_khat(["a"] * 30)
+
+
+# ---- what a step costs
+
+
+class FakeClock:
+    """``time.perf_counter`` for :func:`step_times`: only the steps move it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def step(self, seconds, calls):
+        def step():
+            calls.append(seconds)
+            self.now += seconds
+
+        return step
+
+
+def test_step_times_times_each_step_in_turn_round_after_round(monkeypatch):
+    clock, calls, built = FakeClock(), [], []
+    monkeypatch.setattr(pyro_vi.diagnostics.time, "perf_counter", clock)
+    seconds = {"fast": [0.002, 0.003], "slow": [0.006, 0.012]}  # per round
+
+    def factory(name):
+        def make():
+            built.append(name)
+            return clock.step(seconds[name][built.count(name) - 1], calls)
+
+        return make
+
+    times = step_times({name: factory(name) for name in seconds}, rounds=2, num_steps=4)
+    assert built == ["fast", "slow", "fast", "slow"]  # a fresh step right before each timing
+    assert len(calls) == 2 * 2 * (1 + 4)  # one untimed call, then num_steps on the clock
+    assert list(times) == ["fast", "slow"]
+    for name in seconds:
+        assert times[name] == pytest.approx(seconds[name], rel=1e-12)
+    ratios = step_time_ratios(times, "fast")
+    assert ratios["slow"]["ratio_rounds"] == pytest.approx([3.0, 4.0])
+    assert ratios["slow"]["ratio"] == pytest.approx(3.5)  # median of the rounds
+    assert (ratios["slow"]["ratio_low"], ratios["slow"]["ratio_high"]) == pytest.approx((3.0, 4.0))
+    assert ratios["slow"]["ms_per_step"] == pytest.approx(9.0)
+    assert ratios["slow"]["ms_per_step_rounds"] == pytest.approx([6.0, 12.0])
+    assert ratios["fast"]["ratio_rounds"] == [1.0, 1.0]
+
+
+def test_step_time_table_rows_and_where_they_were_taken():
+    text = step_time_table({"Trace_ELBO": [0.004, 0.002, 0.003], "other": [0.008, 0.005, 0.009]}, "Trace_ELBO")
+    caption, header, rule, *rows = text.splitlines()
+    assert caption.startswith("3 round(s) on ") and f"{torch.get_num_threads()} torch thread(s)" in caption
+    assert header.split() == ["step", "ms/step", "ratio", "to", "Trace_ELBO", "lowest-highest"]
+    assert rows[0].split() == ["Trace_ELBO", "3", "1", "1-1"]
+    assert rows[1].split() == ["other", "8", "2.5", "2-3"]
+
+
+def test_machine_says_how_many_threads_timed():
+    where = machine()
+    assert where["torch_threads"] == torch.get_num_threads()
+    assert where["torch"] == torch.__version__ and where["pyro"] == pyro.__version__
+
+
+def test_fresh_svi_steps_are_timed_in_a_param_store_of_their_own():
+    pyro.clear_param_store()
+    mine = pyro.param("mine", torch.tensor([1.0, 2.0]))
+    losses = []
+
+    def make():
+        step = fresh_svi_step(model, guide, Trace_ELBO(), X, optim=pyro.optim.SGD({"lr": 0.01}))
+        assert set(pyro.get_param_store()) == set()  # cleared: the first call creates m and s anew
+        return lambda: losses.append(step())
+
+    times = step_times({"Trace_ELBO": make}, rounds=2, num_steps=3)
+    assert len(times["Trace_ELBO"]) == 2 and all(t > 0 for t in times["Trace_ELBO"])
+    assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)
+    assert set(pyro.get_param_store()) == {"mine"} and pyro.param("mine") is mine
+
+
+def test_fresh_svi_step_steps_from_the_guide_initial_values():
+    pyro.clear_param_store()
+    pyro.param("m", torch.tensor(5.0))  # left over from an earlier fit
+    step = fresh_svi_step(model, guide, Trace_ELBO(), X, optim=pyro.optim.SGD({"lr": 0.0}))
+    step()
+    assert pyro.param("m").item() == pytest.approx(M0)
