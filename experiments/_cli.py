@@ -41,6 +41,7 @@ import argparse
 import dataclasses
 import os
 import tempfile
+import types
 from typing import Callable, Dict
 
 import torch
@@ -241,8 +242,9 @@ def set_threads(num_threads):
 # the estimators a study compares
 
 
-#: The studies' ELBO settings: the particles vectorized, in a plate left of the model's one plate.
-VECTORIZED = dict(vectorize_particles=True, max_plate_nesting=1)
+#: The studies' ELBO settings: the particles vectorized, in a plate left of the model's one plate
+#: (read-only: every registry unpacks this one mapping).
+VECTORIZED = types.MappingProxyType(dict(vectorize_particles=True, max_plate_nesting=1))
 
 
 @dataclasses.dataclass(frozen=True)

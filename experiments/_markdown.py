@@ -2,8 +2,6 @@
 blocks read alike: tables, ``mean ± std``, factors and times in words, and
 the line that says how a study ran."""
 
-from experiments._results import fmt
-
 
 def table(header, rows, align=None):
     """A Markdown table; the first column left-aligned, the others right
@@ -12,10 +10,6 @@ def table(header, rows, align=None):
     rule = ["---" if a == "l" else "---:" for a in align]
     lines = [header, rule] + [[str(cell) for cell in row] for row in rows]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
-
-
-#: ``pm(stat, spec=".3f")``: ``mean ± std`` of a spread (:func:`experiments._results.fmt`).
-pm = fmt
 
 
 def times(value):

@@ -14,7 +14,7 @@ from pyro.poutine.messenger import Messenger
 
 from experiments import _cli
 from experiments._figures import band_note, coinciding, legend_outside, plt, save_figure, seed_band
-from experiments._markdown import pm, run_line, spread_sentence, table
+from experiments._markdown import run_line, spread_sentence, table
 from experiments._results import fmt, indistinguishable, seeded_fit, spreads, thin
 from models.gmm import check_weights
 from pyro_vi import AutoELBO, RaoBlackwellELBO, ReinforceLeaveOneOutELBO
@@ -154,7 +154,7 @@ def readme_block(gmm, earthquake):
     studies = {"GMM with unknown precisions (1.D.4)": gmm, "Earthquakes (2-D locations, Poisson counts)": earthquake}
     rows = [
         [label, "{:.3f}".format(results["cavi"]["elbo"]), str(results["cavi"]["num_iters"])]
-        + [pm(row["gap_to_cavi"]) for row in results["svi"].values()]
+        + [fmt(row["gap_to_cavi"]) for row in results["svi"].values()]
         for label, results in studies.items()
     ]
     header = ["model (N = {}, K = {})".format(gmm["args"]["num_data"], len(gmm["args"]["pi"])), "CAVI optimum"]

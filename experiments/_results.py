@@ -63,6 +63,20 @@ def seeded_fit(seed, model, guide, elbo, optim, *args, **kwargs):
     return fit(model, guide, elbo, optim, *args, progress=False, **kwargs)
 
 
+def seeded_variances(seed, elbo, model, guide, *args, num_draws, params=None):
+    """Per parameter, the total variance of ``elbo``'s gradient over
+    ``num_draws`` draws (:func:`pyro_vi.gradient_statistics`) from an empty
+    param store and ``pyro.set_rng_seed(seed)``."""
+    import pyro
+
+    from pyro_vi import gradient_statistics
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    stats = gradient_statistics(elbo, model, guide, *args, num_draws=num_draws, params=params)
+    return {name: s.total_variance for name, s in stats.items()}
+
+
 def within_spread(a, b):
     """Whether two estimators' means differ by less than the sum of their
     seed standard deviations (mean +- std intervals overlap): then the runs

@@ -62,8 +62,8 @@ from pyro.optim import Adam
 
 from experiments import _cli, _runs
 from experiments._figures import band_note, coinciding, plt, save_figure, seed_band
-from experiments._markdown import pm, run_line, table
-from experiments._results import spread
+from experiments._markdown import run_line, table
+from experiments._results import fmt, spread
 from experiments._study import Study
 from guides.air import Baseline, GuideNet, guide, log_weights
 from models.air import AIRConfig, Decoder, PriorSchedule, model
@@ -603,7 +603,7 @@ def readme_block(results):
             body.append([label, "refused"] + [""] * 5)
             refusals.append(row["refused"])
         else:
-            body.append([label] + [pm(row[key], spec) if key in row else "" for _, key, spec in columns])
+            body.append([label] + [fmt(row[key], spec) if key in row else "" for _, key, spec in columns])
     lines = [table(["estimator"] + [header for header, _, _ in columns], body)]
     anneal = ""
     if args.get("z_pres_prior_start") is not None:

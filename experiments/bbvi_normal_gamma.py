@@ -27,21 +27,19 @@ import os
 
 import arviz as az
 import numpy as np
-import pyro
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import ClippedAdam
 
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._markdown import pm, run_line, spread_sentence, table, times
-from experiments._results import seed_summary, seeded_fit, thin
+from experiments._markdown import run_line, spread_sentence, table, times
+from experiments._results import fmt, seed_summary, seeded_fit, seeded_variances, thin
 from experiments._study import Study
 from guides.normal_gamma import DEFAULT_INIT, cavi, mean_field_guide, params_from_store
 from guides.normal_gamma import elbo as closed_form_elbo
 from models.normal_gamma import COURSE_PRIOR, generate_data, log_evidence, model, posterior_means
 from pyro_vi import ControlVariateELBO, ScoreFunctionELBO, score_function_guide
-from pyro_vi.diagnostics import gradient_statistics
 from pyro_vi.inference_data import to_inference_data
 
 BASELINE = "Trace_ELBO"
@@ -70,20 +68,13 @@ def estimators(num_particles):
     }
 
 
-def total_gradient_variance(elbo, guide, data, num_draws, seed):
-    """Per parameter, the gradient variance over ``num_draws`` draws from ``seed``."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    stats = gradient_statistics(elbo, model, guide, data, COURSE_PRIOR, num_draws=num_draws)
-    return {name: float(s.variance.sum()) for name, s in stats.items()}
-
-
 def run_estimator(name, estimator, data, args, seed, optimum, summarize):
     """Fits one estimator from the poor start with ``seed``; returns its
     tracked history and its row (with the ArviZ summary if ``summarize``)."""
     elbo, wrap = estimator.make(), estimator.guide
     start_guide = wrap(functools.partial(mean_field_guide, init=DEFAULT_INIT))
-    variance_start = total_gradient_variance(elbo, start_guide, data, args.variance_draws, seed)
+    draws = args.variance_draws
+    variance_start = seeded_variances(seed, elbo, model, start_guide, data, COURSE_PRIOR, num_draws=draws)
     result = seeded_fit(
         seed,
         model,
@@ -110,7 +101,7 @@ def run_estimator(name, estimator, data, args, seed, optimum, summarize):
         row["arviz_summary"] = summary.to_dict(orient="index")
         print(f"\n{name}: ArviZ summary of the final q (seed {seed})\n{summary.to_string()}")
     optimum_guide = wrap(functools.partial(mean_field_guide, init=optimum.params))
-    variance_optimum = total_gradient_variance(elbo, optimum_guide, data, args.variance_draws, seed)
+    variance_optimum = seeded_variances(seed, elbo, model, optimum_guide, data, COURSE_PRIOR, num_draws=draws)
     row.update(
         gap_to_cavi=optimum.elbo - row["final_elbo"],
         grad_variance_start=sum(variance_start.values()),
@@ -234,7 +225,7 @@ def readme_block(results):
     summary = results["summary"]
     log_px, optimum = results["references"]["log_evidence"], results["references"]["cavi_elbo"]
     columns = {"final_elbo": ".3f", "gap_to_cavi": ".3f", "grad_variance_start": ".3g", "grad_variance_cavi": ".3g"}
-    rows = [[name] + [pm(s[key], spec) for key, spec in columns.items()] for name, s in summary.items()]
+    rows = [[name] + [fmt(s[key], spec) for key, spec in columns.items()] for name, s in summary.items()]
     score, pooled, loo = list(summary)[:3]
     cut = summary[score]["grad_variance_cavi"]["mean"] / summary[pooled]["grad_variance_cavi"]["mean"]
     cut_loo = summary[score]["grad_variance_cavi"]["mean"] / summary[loo]["grad_variance_cavi"]["mean"]

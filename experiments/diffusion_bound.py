@@ -41,8 +41,8 @@ import torch
 
 from experiments import _cli
 from experiments._figures import legend_outside, plt, save_figure
-from experiments._markdown import pm, run_line, table, times
-from experiments._results import spreads
+from experiments._markdown import run_line, table, times
+from experiments._results import fmt, spreads
 from experiments._study import Study
 from models.diffusion import (
     decomposed_bound_terms,
@@ -93,8 +93,10 @@ def summarize(per_chain):
 
 def evaluate(data, process, direct_terms, decomposed_terms, exact):
     """Both forms of the bound and the closed forms for one reverse model."""
-    direct, decomposed = summarize(direct_terms.sum(-1)), summarize(decomposed_terms.sum(-1))
-    difference = summarize(direct_terms.sum(-1) - decomposed_terms.sum(-1))
+    direct_sum, decomposed_sum = direct_terms.sum(-1), decomposed_terms.sum(-1)
+    direct, decomposed = summarize(direct_sum), summarize(decomposed_sum)
+    difference = summarize(direct_sum - decomposed_sum)
+    term_variance = decomposed_terms.var(0)  # over the chains
     exact_bound = exact.sum(-1).mean().item()
     num_chains, num_points = decomposed_terms.shape[:2]  # (chains, points, T + 1)
     neg_log_marginal = -model_log_marginal(data, process).mean().item()
@@ -106,13 +108,13 @@ def evaluate(data, process, direct_terms, decomposed_terms, exact):
         "decomposed": decomposed,
         "paired_difference": difference,
         # An estimator drawing a fresh x_t for every term has no covariances between terms.
-        "decomposed_independent_terms_variance": decomposed_terms.var(0).sum(-1).mean().item(),
+        "decomposed_independent_terms_variance": term_variance.sum(-1).mean().item(),
         "variance_ratio_direct_over_decomposed": direct["variance"] / decomposed["variance"],
         "terms": {
             "exact": exact.mean(0).tolist(),
             "decomposed_mean": decomposed_terms.mean((0, 1)).tolist(),
-            "decomposed_standard_error": (decomposed_terms.var(0).mean(0) / (num_chains * num_points)).sqrt().tolist(),
-            "decomposed_std": decomposed_terms.var(0).mean(0).sqrt().tolist(),
+            "decomposed_standard_error": (term_variance.mean(0) / (num_chains * num_points)).sqrt().tolist(),
+            "decomposed_std": term_variance.mean(0).sqrt().tolist(),
             "direct_mean": direct_terms.mean((0, 1)).tolist(),
             "direct_std": direct_terms.var(0).mean(0).sqrt().tolist(),
         },
@@ -271,7 +273,7 @@ def readme_block(results):
     columns = {"direct": ".4f", "decomposed": ".4f", "direct_variance": ".3g", "decomposed_variance": ".3g"}
     rows = [
         [name + (" (main)" if name == main else ""), "{:.4f}".format(s["exact_bound"])]
-        + [pm(s[key], spec) for key, spec in columns.items()]
+        + [fmt(s[key], spec) for key, spec in columns.items()]
         for name, s in sorted(summary.items(), key=lambda item: item[1]["gap"])
     ]
     difference, variance = summary[main]["paired_difference"], summary[main]["decomposed_variance"]["mean"]

@@ -49,8 +49,8 @@ import torch
 
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._markdown import pm, run_line, table
-from experiments._results import spreads, thin
+from experiments._markdown import run_line, table
+from experiments._results import fmt, spreads, thin
 from experiments._study import Study
 from pyro_vi.exponential_family import FAMILIES
 from pyro_vi.optim import descent_step, natural_gradient_step
@@ -277,7 +277,7 @@ def readme_block(results):
     rows = []
     for name, s in summary.items():
         each = ", ".join("never" if v is None else f"{v:.0f}" for v in s["iterations_to_tolerance"]["values"])
-        rows.append([name, pm(s["iterations_to_tolerance"], ".1f"), pm(s["halved_steps"], ".0f"), each])
+        rows.append([name, fmt(s["iterations_to_tolerance"], ".1f"), fmt(s["halved_steps"], ".0f"), each])
     estimates = "; ".join("{:.4f}, {:.4f}".format(m["alpha"], m["beta"]) for m in mles)
     return "\n".join(
         [

@@ -39,8 +39,8 @@ from scipy import stats
 
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._markdown import pm, run_line, table
-from experiments._results import spread, spreads
+from experiments._markdown import run_line, table
+from experiments._results import fmt, spread, spreads
 from experiments._study import Study
 from pyro_vi.gumbel_softmax import categorical_from_relaxed, gumbel_softmax_sample
 
@@ -326,7 +326,7 @@ def readme_block(results):
     grads = results["gradients"]["rows"]
     shown = sorted({r["temperature"] for r in grads} & {0.1, 1.0})
     grad_rows = [
-        [r["estimator"], "{:g}".format(r["temperature"]), pm(r["bias_norm"], ".3f"), pm(r["variance_trace"], ".3g")]
+        [r["estimator"], "{:g}".format(r["temperature"]), fmt(r["bias_norm"], ".3f"), fmt(r["variance_trace"], ".3g")]
         for r in grads
         if r["temperature"] in shown and r["objective"] == "square"
     ]

@@ -22,8 +22,8 @@ import torch
 
 from experiments import _cli
 from experiments._figures import legend_outside, plt, save_figure
-from experiments._markdown import pm, run_line, table
-from experiments._results import spread
+from experiments._markdown import run_line, table
+from experiments._results import fmt, spread
 from experiments._study import Study
 from guides.normal_gamma import NormalGammaParams, mean_field_guide
 from guides.normal_gamma import elbo as closed_form_elbo
@@ -130,7 +130,7 @@ def readme_block(results):
     seeds = results["run"]["seeds"]
     header = ["K"] + [str(r["K"]) for r in rows] + ["exact log p(X)"]
     body = [
-        ["L_K (mean ± std over seeds)"] + [pm(r["bound"]) for r in rows] + [f"{results['log_evidence']:.3f}"],
+        ["L_K (mean ± std over seeds)"] + [fmt(r["bound"]) for r in rows] + [f"{results['log_evidence']:.3f}"],
         ["log p(X) - L_K"] + ["{:.4f}".format(r["gap_to_log_evidence"]) for r in rows] + [""],
         ["standard error (all draws)"] + ["{:.4f}".format(r["pooled_standard_error"]) for r in rows] + [""],
     ]

@@ -42,8 +42,8 @@ from pyro.optim import Adam
 
 from experiments import _cli
 from experiments._figures import legend_outside, plt, save_figure
-from experiments._markdown import pm, run_line, spread_sentence, table
-from experiments._results import seed_summary, seeded_fit, spread, within_spread
+from experiments._markdown import run_line, spread_sentence, table
+from experiments._results import fmt, seed_summary, seeded_fit, spread, within_spread
 from experiments._study import Study
 from guides.lda import (
     LAMBDA,
@@ -375,9 +375,9 @@ def readme_block(results):
     summary = results["summary"]
     keys = ("elbo_per_word_at_fifth_of_budget", "elbo_per_word_at_budget", "final_elbo_per_word")
     rows = [
-        [name, pm(s["docs_per_second"], ",.0f"), pm(s["seconds_per_iteration"], ".3f")]
-        + [pm(s[key], ".4f") for key in keys]
-        + [pm(s["mean_hellinger"], ".3f")]
+        [name, fmt(s["docs_per_second"], ",.0f"), fmt(s["seconds_per_iteration"], ".3f")]
+        + [fmt(s[key], ".4f") for key in keys]
+        + [fmt(s["mean_hellinger"], ".3f")]
         for name, s in summary.items()
     ]
     header = ["method", "docs/s", "s per iteration", "ELBO/word at T/5", "ELBO/word at T", "final ELBO/word"]
@@ -388,7 +388,7 @@ def readme_block(results):
     ]
     if results.get("true_topics_elbo") is not None:
         lines[-1] += " The true topics score {:.4f} per word; Pyro's own (collapsed) bound ends at {} per word.".format(
-            results["true_topics_elbo"] / results["tokens"], pm(results["collapsed_bound_per_word"], ".4f")
+            results["true_topics_elbo"] / results["tokens"], fmt(results["collapsed_bound_per_word"], ".4f")
         )
     lines[-1] += " " + spread_sentence(
         results["within_seed_spread"]["elbo_per_word_at_budget"], "the ELBO at the same wall time"

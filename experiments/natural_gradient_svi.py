@@ -39,8 +39,8 @@ from pyro.optim import ClippedAdam
 
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band
-from experiments._markdown import pm, run_line, table
-from experiments._results import seeded_fit, spreads, thin
+from experiments._markdown import run_line, table
+from experiments._results import fmt, seeded_fit, spreads, thin
 from experiments._study import Study
 from guides.normal_gamma import (
     DEFAULT_INIT,
@@ -200,7 +200,7 @@ def readme_block(results):
     rows = []
     for name, s in results["summary"].items():
         note = " (deterministic: run once)" if s.get("deterministic") else ""
-        rows.append([name + note, pm(s["iterations_to_tol"], ".0f"), pm(s["first_below_tol"], ".0f")])
+        rows.append([name + note, fmt(s["iterations_to_tol"], ".0f"), fmt(s["first_below_tol"], ".0f")])
     return "\n".join(
         [
             "Iterations until the ELBO stays within {:g} nats of the CAVI optimum ({:.4f}), and the first iteration "

@@ -21,8 +21,8 @@ from pyro.optim import ClippedAdam
 
 from experiments import _cli
 from experiments._figures import band_note, legend_outside, plt, save_figure, seed_band, zoom_ylim
-from experiments._markdown import pm, run_line, spread_sentence, table
-from experiments._results import seed_summary, seeded_fit, thin
+from experiments._markdown import run_line, spread_sentence, table
+from experiments._results import fmt, seed_summary, seeded_fit, thin
 from experiments._study import Study
 from guides.poisson_gamma import PoissonGammaParams, exponential_guide, optimal_theta, params_from_store
 from guides.poisson_gamma import elbo as closed_form_elbo
@@ -155,7 +155,7 @@ def readme_block(results):
         return {k: None if stat[k] is None else 100 * stat[k] for k in ("mean", "std")}
 
     rows = [
-        [name, pm(s["mean_theta_last_10pct"], ".4f"), pm(percent(s["relative_error"]), ".1f"), pm(s["elbo_gap"])]
+        [name, fmt(s["mean_theta_last_10pct"], ".4f"), fmt(percent(s["relative_error"]), ".1f"), fmt(s["elbo_gap"])]
         for name, s in results["summary"].items()
     ]
     args = results["args"]

@@ -24,7 +24,6 @@ import functools
 import os
 
 import numpy as np
-import pyro
 from pyro.infer import TraceGraph_ELBO
 from pyro.optim import ClippedAdam
 
@@ -39,8 +38,8 @@ from experiments._figures import (
     seed_band,
     zoom_ylim,
 )
-from experiments._markdown import pm, run_line, spread_sentence, table
-from experiments._results import indistinguishable, seeded_fit, spreads, thin, within_spread
+from experiments._markdown import run_line, spread_sentence, table
+from experiments._results import fmt, indistinguishable, seeded_fit, seeded_variances, spreads, thin, within_spread
 from experiments._study import Study
 from guides.normal_chain import PARAM_NAMES, NormalChainParams, cavi, mean_field_guide, params_from_store
 from guides.normal_chain import elbo as closed_form_elbo
@@ -52,7 +51,6 @@ from pyro_vi import (
     ScoreFunctionELBO,
     score_function_guide,
 )
-from pyro_vi.diagnostics import gradient_statistics
 
 REFERENCE = "ScoreFunctionELBO"
 BASELINE = {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}
@@ -90,15 +88,6 @@ def estimators(num_particles):
     }
 
 
-def variances(elbo, guide, data, num_draws, seed):
-    """Total gradient variance of each variational parameter over ``num_draws`` draws."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    # Only the variational parameters: TraceGraph's baselines keep state params too.
-    stats = gradient_statistics(elbo, model, guide, data, num_draws=num_draws, params=PARAM_NAMES)
-    return {name: s.total_variance for name, s in stats.items()}
-
-
 def run_seed(registry, data, poor, best, args, seed):
     """One seed: every estimator's variances at both q and its ELBO history."""
     rows, histories = {}, {}
@@ -107,7 +96,10 @@ def run_seed(registry, data, poor, best, args, seed):
         row = {}
         for where, params in zip(WHERE, (poor, best)):
             guide = wrap(functools.partial(mean_field_guide, init=params))
-            row["variance_" + where] = variances(elbo, guide, data, args.variance_draws, seed)
+            # only the variational parameters: TraceGraph's baselines keep state params too
+            row["variance_" + where] = seeded_variances(
+                seed, elbo, model, guide, data, num_draws=args.variance_draws, params=PARAM_NAMES
+            )
         result = seeded_fit(
             seed,
             model,
@@ -235,7 +227,7 @@ def readme_block(results):
     summary, groups, args = results["summary"], list(results["groups"]), results["args"]
     reference = next(iter(summary))
     rows = [
-        [name] + [pm(s["reduction_poor"][g], ".3g") for g in groups] + [pm(s["final_elbo"])]
+        [name] + [fmt(s["reduction_poor"][g], ".3g") for g in groups] + [fmt(s["final_elbo"])]
         for name, s in summary.items()
     ]
     lines = [

@@ -64,8 +64,8 @@ import pyro_vi
 from experiments import _cli, _runs
 from experiments._cli import VECTORIZED
 from experiments._figures import band_note, coinciding, legend_outside, plt, save_figure, seed_band
-from experiments._markdown import pm, run_line, table
-from experiments._results import spread
+from experiments._markdown import run_line, table
+from experiments._results import fmt, spread
 from experiments._study import Study
 from guides.ssvae import Classifier, Encoder, SemiSupervisedLoss, classify, guide, unlabelled_elbo
 from models.mnist import binarize, load_mnist
@@ -290,7 +290,9 @@ def train(label, estimator, seed, study, args, path):
 
 
 def planned(args):
-    """``(label, estimator, seed)`` of every run, seed by seed."""
+    """``(label, estimator, seed)`` of every run, seed by seed, in the order
+    ``--estimators`` names them (its labels are the short names; unlike
+    :func:`experiments._runs.chosen`, which keeps the registry's order)."""
     registry = estimators(args.particles)
     chosen = args.estimators or list(registry)
     return [(label, registry[label], seed) for seed in args.seeds for label in chosen]
@@ -362,9 +364,9 @@ def run(args):
     line = "{:<26} {:>18} {:>18} {:>16} {:>16}".format
     print(line("estimator", "test accuracy", "held-out ELBO", "ms/step (CPU)", "acc. equal time"))
     for label, row in summary.items():
-        equal = pm(row["accuracy_at_equal_time"], ".4f") if "accuracy_at_equal_time" in row else "-"
-        accuracy, elbo = pm(row["final_accuracy"], ".4f"), pm(row["final_heldout_elbo"], ".2f")
-        print(line(label, accuracy, elbo, pm(row["ms_per_step_cpu"], ".1f"), equal))
+        equal = fmt(row["accuracy_at_equal_time"], ".4f") if "accuracy_at_equal_time" in row else "-"
+        accuracy, elbo = fmt(row["final_accuracy"], ".4f"), fmt(row["final_heldout_elbo"], ".2f")
+        print(line(label, accuracy, elbo, fmt(row["ms_per_step_cpu"], ".1f"), equal))
     return {
         "args": {k: v for k, v in vars(args).items()},
         "data": info,
@@ -466,11 +468,11 @@ def readme_block(results):
     rows = [
         [
             row["description"],
-            "{} ({})".format(pm(row["ms_per_step_cpu"], ".1f"), pm(row["ms_per_step_wall"], ".1f")),
-            pm(row["final_accuracy"], ".4f"),
-            pm(row["final_heldout_elbo"], ".2f"),
+            "{} ({})".format(fmt(row["ms_per_step_cpu"], ".1f"), fmt(row["ms_per_step_wall"], ".1f")),
+            fmt(row["final_accuracy"], ".4f"),
+            fmt(row["final_heldout_elbo"], ".2f"),
         ]
-        + [pm(row[key], spec) if key in row else missing for key, spec, missing in at_equal_time]
+        + [fmt(row[key], spec) if key in row else missing for key, spec, missing in at_equal_time]
         for row in summary.values()
     ]
     lines = [table(header, rows)]

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import torch
 
-from experiments._markdown import pm, table
-from experiments._results import spread
+from experiments._markdown import table
+from experiments._results import fmt, spread
 from experiments.vae_mnist.evaluate import mean_se
 
 # Burda et al. 2015, table 1, one stochastic layer, test NLL (L_5000) after 3,280
@@ -101,7 +101,7 @@ def readme_block(results):
     args = results["args"]
     rows = [
         [run["label"], str(len(run["seeds"]))]
-        + [pm(run["summary"][key], spec) for key, spec in zip(SUMMARY_KEYS, (".2f", ".2f", ".1f", ".1f"))]
+        + [fmt(run["summary"][key], spec) for key, spec in zip(SUMMARY_KEYS, (".2f", ".2f", ".1f", ".1f"))]
         for run in results["runs"].values()
     ]
     header = ["run", "seeds", "test L_{}".format(args["eval_samples"]), "test ELBO", "active units", "s/epoch"]

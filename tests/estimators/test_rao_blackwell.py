@@ -12,6 +12,7 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceGraph_ELBO
 
+from models.normal_mean import PRIOR, SIGMA, exact_posterior, generate_data
 from pyro_vi import ControlVariateELBO, RaoBlackwellELBO, ScoreFunctionELBO, score_function_guide
 from pyro_vi.particles.structure import ProgramStructure, learning_signal_factors, markov_blankets, program_structure
 from tests.helpers import losses_and_grads_on_the_same_draws
@@ -200,9 +201,9 @@ def test_the_union_of_two_runs_keeps_program_order():
     assert list(model.union(model).plates) == ["a", "b", "c", "x"]
 
 
-# A Normal mean from 10,000 data (prior Normal(0, 10), likelihood sd 2): a
-# global site whose learning signal sums every datum's log-likelihood.
-LARGE_DATA = 1.0 + 2.0 * torch.randn(10_000, generator=torch.Generator().manual_seed(0))
+# The Normal mean of models.normal_mean from 10,000 data: a global site whose
+# learning signal sums every datum's log-likelihood.
+LARGE_DATA = generate_data(10_000, seed=0)
 
 
 def normal_mean_gradients(estimator, vectorize, loc, scale, draws):
@@ -211,9 +212,9 @@ def normal_mean_gradients(estimator, vectorize, loc, scale, draws):
     guide Normal(m, s) at ``loc``, ``scale``; shape ``(draws, 2)``."""
 
     def model():
-        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        mu = pyro.sample("mu", dist.Normal(0.0, PRIOR))
         with pyro.plate("data", len(LARGE_DATA)):
-            pyro.sample("x", dist.Normal(mu, 2.0), obs=LARGE_DATA)
+            pyro.sample("x", dist.Normal(mu, SIGMA), obs=LARGE_DATA)
 
     def guide():
         pyro.sample("mu", dist.Normal(pyro.param("m", torch.tensor(loc)), pyro.param("s", torch.tensor(scale))))
@@ -240,8 +241,7 @@ def test_the_control_variates_leave_no_rounding_floor_at_the_optimum(estimator, 
     h L_j, of about 2e4 h, were rounded to float32 first: 0.0022
     (vectorized) and 0.0052 (sequential), and summed in float32 too, 1.7 to
     3.3, a floor 1,000 times the noise."""
-    precision = 1 / 100 + len(LARGE_DATA) / 4
-    loc, scale = float(LARGE_DATA.sum() / 4 / precision), precision**-0.5
+    loc, scale = exact_posterior(LARGE_DATA)
     grads = normal_mean_gradients(estimator, vectorize, loc, scale, 200 if vectorize else 60)
     total_variance = float(grads.double().var(0).sum())
     # 200 (60) draws estimate a variance to about 10% (18%); 0.02 is ten
